@@ -1,0 +1,62 @@
+//! The routing table: for each message type, its handlers, with their
+//! dependencies resolved, in a deterministic order.
+
+use std::fmt;
+
+use crate::inject::Resolved;
+use crate::message::MessageMeta;
+use crate::registry::HandlerRegistration;
+
+/// A handler with its dependencies already looked up.
+pub(crate) struct BoundHandler {
+    pub(crate) registration: &'static HandlerRegistration,
+    pub(crate) dependencies: Box<[Resolved]>,
+}
+
+/// One message type's handlers, sorted by path.
+pub(crate) struct Route {
+    pub(crate) meta: &'static MessageMeta,
+    pub(crate) handlers: Box<[BoundHandler]>,
+}
+
+/// Routes indexed by each message type's process-wide slot: finding a
+/// message's handlers is an index, not a hash lookup.
+#[derive(Default)]
+pub(crate) struct Routes {
+    by_slot: Vec<Option<Route>>,
+}
+
+impl Routes {
+    pub(crate) fn insert(&mut self, route: Route) {
+        let slot = route.meta.slot();
+        if self.by_slot.len() <= slot {
+            self.by_slot.resize_with(slot + 1, || None);
+        }
+        self.by_slot[slot] = Some(route);
+    }
+
+    /// The handlers of a message type; empty when it has none in this bus.
+    #[inline]
+    pub(crate) fn handlers(&self, meta: &'static MessageMeta) -> &[BoundHandler] {
+        match self.by_slot.get(meta.slot()) {
+            Some(Some(route)) if std::ptr::eq(route.meta, meta) => &route.handlers,
+            _ => &[],
+        }
+    }
+
+    /// Every route, in slot order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.by_slot.iter().flatten()
+    }
+}
+
+impl fmt::Debug for Routes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.iter().map(|route| {
+                let names: Vec<&str> = route.handlers.iter().map(|h| h.registration.name()).collect();
+                (route.meta.name(), names)
+            }))
+            .finish()
+    }
+}

@@ -1,0 +1,256 @@
+//! Events on their way to the bus: recorded by aggregates, released on commit.
+//!
+//! The path of an event: an aggregate method [records](EventRecorder::record)
+//! it; the unit of work, once its commit succeeded, hands the aggregate's
+//! events to its [`EventReleaser`]; when the handler returns `Ok`, the bus
+//! appends them to the dispatch's queue. A handler that fails releases nothing.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::message::{Event, MessageMeta};
+
+/// The object-safe face of an event, for queues and recorders.
+trait ErasedEvent: Send + Sync + 'static {
+    fn meta(&self) -> &'static MessageMeta;
+    fn as_any(&self) -> &(dyn Any + Send + Sync);
+    fn clone_box(&self) -> Box<dyn ErasedEvent>;
+    fn debug(&self) -> &dyn fmt::Debug;
+}
+
+impl<E: Event> ErasedEvent for E {
+    fn meta(&self) -> &'static MessageMeta {
+        E::meta()
+    }
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+    fn clone_box(&self) -> Box<dyn ErasedEvent> {
+        Box::new(self.clone())
+    }
+    fn debug(&self) -> &dyn fmt::Debug {
+        self
+    }
+}
+
+/// One event of any type, waiting to be handled.
+pub struct PendingEvent(Box<dyn ErasedEvent>);
+
+impl PendingEvent {
+    /// Wraps an event.
+    pub fn new<E: Event>(event: E) -> Self {
+        PendingEvent(Box::new(event))
+    }
+
+    /// The static description of the event's type.
+    pub fn meta(&self) -> &'static MessageMeta {
+        self.0.meta()
+    }
+
+    /// The event's stable name.
+    pub fn name(&self) -> &'static str {
+        self.0.meta().name()
+    }
+
+    /// The event, if it is an `E`.
+    pub fn downcast_ref<E: Event>(&self) -> Option<&E> {
+        self.0.as_any().downcast_ref()
+    }
+
+    /// Whether the event is an `E`.
+    pub fn is<E: Event>(&self) -> bool {
+        self.0.as_any().is::<E>()
+    }
+
+    pub(crate) fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self.0.as_any()
+    }
+}
+
+impl Clone for PendingEvent {
+    fn clone(&self) -> Self {
+        PendingEvent(self.0.clone_box())
+    }
+}
+
+impl fmt::Debug for PendingEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.debug().fmt(f)
+    }
+}
+
+impl<E: Event> From<E> for PendingEvent {
+    fn from(event: E) -> Self {
+        PendingEvent::new(event)
+    }
+}
+
+/// The events an aggregate raised and nobody has released yet.
+///
+/// ```
+/// use bus_core::{Event, EventRecorder};
+///
+/// #[derive(Debug, Clone, PartialEq, Event)]
+/// struct OutOfStock { sku: String }
+///
+/// let mut recorder = EventRecorder::default();
+/// recorder.record(OutOfStock { sku: "LAMP".into() });
+/// assert_eq!(recorder.of_type::<OutOfStock>().count(), 1);
+/// assert_eq!(recorder.take().len(), 1);
+/// assert!(recorder.is_empty());
+/// ```
+#[derive(Default, Clone, Debug)]
+pub struct EventRecorder {
+    events: Vec<PendingEvent>,
+}
+
+impl EventRecorder {
+    /// Records an event, after those already recorded.
+    pub fn record<E: Event>(&mut self, event: E) {
+        self.events.push(PendingEvent::new(event));
+    }
+
+    /// Takes every recorded event, oldest first, leaving the recorder empty.
+    pub fn take(&mut self) -> Vec<PendingEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The recorded events, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &PendingEvent> {
+        self.events.iter()
+    }
+
+    /// The recorded events of type `E`, oldest first.
+    pub fn of_type<E: Event>(&self) -> impl Iterator<Item = &E> {
+        self.events.iter().filter_map(PendingEvent::downcast_ref)
+    }
+
+    /// How many events are recorded.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether no event is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+/// A consistency boundary that records the events its methods raise.
+///
+/// ```
+/// use bus_core::{Aggregate, Event, EventRecorder};
+///
+/// #[derive(Debug, Clone, Event)]
+/// struct Renamed { to: String }
+///
+/// #[derive(Default)]
+/// struct Product { name: String, events: EventRecorder }
+///
+/// impl Product {
+///     fn rename(&mut self, to: &str) {
+///         self.name = to.to_owned();
+///         self.events.record(Renamed { to: to.to_owned() });
+///     }
+/// }
+///
+/// impl Aggregate for Product {
+///     fn events(&mut self) -> &mut EventRecorder { &mut self.events }
+/// }
+///
+/// let mut p = Product::default();
+/// p.rename("lamp");
+/// assert_eq!(p.events().len(), 1);
+/// ```
+pub trait Aggregate {
+    /// The aggregate's recorder of raised, unreleased events.
+    fn events(&mut self) -> &mut EventRecorder;
+}
+
+/// The channel through which a unit of work hands committed events to the bus.
+///
+/// The bus gives each handler call its own releaser (get it in a scoped
+/// factory with [`Scope::releaser`](crate::Scope::releaser), or take
+/// `EventReleaser` as a handler parameter). What it holds reaches the
+/// dispatch's queue when the handler returns `Ok`, and is dropped when the
+/// handler fails. Clones share one buffer.
+///
+/// A unit of work releases only after its commit succeeded; that is what makes
+/// "events go out only after the transaction that raised them committed" true.
+#[derive(Clone, Default)]
+pub struct EventReleaser {
+    inner: Arc<Mutex<ReleaserState>>,
+}
+
+#[derive(Default)]
+struct ReleaserState {
+    events: Vec<PendingEvent>,
+    closed: bool,
+}
+
+impl EventReleaser {
+    /// A releaser that belongs to no bus, for unit tests of a unit of work:
+    /// inspect it with [`EventReleaser::drain`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, ReleaserState> {
+        // A panic while the lock was held cannot leave the Vec half-written:
+        // pushes are single calls. Keep going with the data.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Releases one event.
+    pub fn release<E: Event>(&self, event: E) {
+        self.release_all([PendingEvent::new(event)]);
+    }
+
+    /// Releases events, in order.
+    pub fn release_all(&self, events: impl IntoIterator<Item = PendingEvent>) {
+        let mut state = self.state();
+        if state.closed {
+            let names: Vec<&str> = events.into_iter().map(|e| e.name()).collect();
+            if !names.is_empty() {
+                tracing::error!(
+                    events = ?names,
+                    "events released after their handler returned were not handled; \
+                     release events before the handler returns"
+                );
+            }
+            return;
+        }
+        state.events.extend(events);
+    }
+
+    /// Releases everything the aggregate recorded, leaving it empty.
+    pub fn release_from<A: Aggregate + ?Sized>(&self, aggregate: &mut A) {
+        let events = aggregate.events().take();
+        if !events.is_empty() {
+            self.release_all(events);
+        }
+    }
+
+    /// Takes what was released so far (for tests of a unit of work).
+    pub fn drain(&self) -> Vec<PendingEvent> {
+        std::mem::take(&mut self.state().events)
+    }
+
+    /// Takes what was released and refuses anything later.
+    pub(crate) fn close(&self) -> Vec<PendingEvent> {
+        let mut state = self.state();
+        state.closed = true;
+        std::mem::take(&mut state.events)
+    }
+}
+
+impl fmt::Debug for EventReleaser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state();
+        f.debug_struct("EventReleaser")
+            .field("events", &state.events)
+            .field("closed", &state.closed)
+            .finish()
+    }
+}

@@ -1,0 +1,256 @@
+//! How a handler parameter becomes a value: the injectable parameter types.
+//!
+//! | parameter type        | comes from                                          |
+//! |-----------------------|-----------------------------------------------------|
+//! | `&T`, `Arc<T>`        | a shared dependency: [`Dependencies::shared`]        |
+//! | `Scoped<T>`           | a scoped one, made per call: [`Dependencies::scoped`] |
+//! | [`EventReleaser`]     | the bus: this call's releaser                       |
+//!
+//! `T` may be unsized (`&dyn Notifications`, `Scoped<dyn UnitOfWork>`), which is
+//! how tests swap a fake in for a real adapter.
+//!
+//! [`Dependencies::shared`]: crate::Dependencies::shared
+//! [`Dependencies::scoped`]: crate::Dependencies::scoped
+
+use std::any::{Any, TypeId};
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use crate::error::BoxError;
+use crate::events::EventReleaser;
+
+/// How long an injected value lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Lifetime {
+    /// One instance for the whole application.
+    Shared,
+    /// A fresh instance for each handler call.
+    Scoped,
+    /// Supplied by the bus itself (such as [`EventReleaser`]); always present.
+    Bus,
+}
+
+impl fmt::Display for Lifetime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Lifetime::Shared => "shared",
+            Lifetime::Scoped => "scoped",
+            Lifetime::Bus => "bus-provided",
+        })
+    }
+}
+
+/// What a handler parameter asks the container for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DependencyKey {
+    type_id: TypeId,
+    type_name: &'static str,
+    lifetime: Lifetime,
+}
+
+impl DependencyKey {
+    /// The key of a dependency of type `T` with the given lifetime.
+    pub fn of<T: ?Sized + 'static>(lifetime: Lifetime) -> Self {
+        DependencyKey {
+            type_id: TypeId::of::<T>(),
+            type_name: std::any::type_name::<T>(),
+            lifetime,
+        }
+    }
+
+    /// The `TypeId` of the registered type (`T` in `&T`, `Arc<T>`, `Scoped<T>`).
+    pub fn type_id(&self) -> TypeId {
+        self.type_id
+    }
+
+    /// The name of the registered type, for errors.
+    pub fn type_name(&self) -> &'static str {
+        self.type_name
+    }
+
+    /// Shared, scoped or bus-provided.
+    pub fn lifetime(&self) -> Lifetime {
+        self.lifetime
+    }
+}
+
+/// A handler parameter type the bus knows how to fill.
+///
+/// Implemented for `&T` and `Arc<T>` (shared), [`Scoped<T>`] (scoped) and
+/// [`EventReleaser`]. The `#[handler]` macro checks every dependency parameter
+/// against this trait at compile time.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be injected into a handler",
+    label = "not injectable",
+    note = "take a shared dependency as `&T` or `Arc<T>` (register it with `Dependencies::shared`), \
+            or a per-call one as `bus_core::Scoped<T>` (register it with `Dependencies::scoped`)"
+)]
+pub trait Dependency {
+    /// What the container must hold for this parameter.
+    fn key() -> DependencyKey;
+}
+
+/// Produces a parameter's value at call time from what the build resolved.
+pub trait Inject<'a>: Dependency + Sized {
+    /// Builds the value.
+    #[doc(hidden)]
+    fn inject(resolved: &'a Resolved, scope: &mut Scope) -> Result<Self, BoxError>;
+}
+
+/// A dependency as the build resolved it for one handler parameter.
+#[doc(hidden)]
+pub enum Resolved {
+    /// Holds an `Arc<T>`.
+    Shared(Arc<dyn Any + Send + Sync>),
+    /// Holds a [`ScopedFactory<T>`].
+    Scoped(Arc<dyn Any + Send + Sync>),
+    /// Supplied from the call's [`Scope`].
+    Bus,
+}
+
+pub(crate) type ScopedFactory<T> = Box<dyn Fn(&mut Scope) -> Box<T> + Send + Sync>;
+
+fn mismatch<T: ?Sized>() -> BoxError {
+    format!(
+        "internal error: the dependency resolved for `{}` has another type",
+        std::any::type_name::<T>()
+    )
+    .into()
+}
+
+impl Resolved {
+    fn shared<T: ?Sized + Send + Sync + 'static>(&self) -> Result<&Arc<T>, BoxError> {
+        match self {
+            Resolved::Shared(value) => value.downcast_ref::<Arc<T>>().ok_or_else(mismatch::<T>),
+            _ => Err(mismatch::<T>()),
+        }
+    }
+}
+
+impl<T: ?Sized + Send + Sync + 'static> Dependency for &T {
+    fn key() -> DependencyKey {
+        DependencyKey::of::<T>(Lifetime::Shared)
+    }
+}
+
+impl<'a, T: ?Sized + Send + Sync + 'static> Inject<'a> for &'a T {
+    #[inline]
+    fn inject(resolved: &'a Resolved, _: &mut Scope) -> Result<Self, BoxError> {
+        resolved.shared::<T>().map(|arc| &**arc)
+    }
+}
+
+impl<T: ?Sized + Send + Sync + 'static> Dependency for Arc<T> {
+    fn key() -> DependencyKey {
+        DependencyKey::of::<T>(Lifetime::Shared)
+    }
+}
+
+impl<'a, T: ?Sized + Send + Sync + 'static> Inject<'a> for Arc<T> {
+    #[inline]
+    fn inject(resolved: &'a Resolved, _: &mut Scope) -> Result<Self, BoxError> {
+        resolved.shared::<T>().cloned()
+    }
+}
+
+impl<T: ?Sized + Send + 'static> Dependency for Scoped<T> {
+    fn key() -> DependencyKey {
+        DependencyKey::of::<T>(Lifetime::Scoped)
+    }
+}
+
+impl<'a, T: ?Sized + Send + 'static> Inject<'a> for Scoped<T> {
+    fn inject(resolved: &'a Resolved, scope: &mut Scope) -> Result<Self, BoxError> {
+        match resolved {
+            Resolved::Scoped(factory) => {
+                let factory = factory
+                    .downcast_ref::<ScopedFactory<T>>()
+                    .ok_or_else(mismatch::<T>)?;
+                Ok(Scoped(factory(scope)))
+            }
+            _ => Err(mismatch::<T>()),
+        }
+    }
+}
+
+impl Dependency for EventReleaser {
+    fn key() -> DependencyKey {
+        DependencyKey::of::<EventReleaser>(Lifetime::Bus)
+    }
+}
+
+impl<'a> Inject<'a> for EventReleaser {
+    fn inject(_: &'a Resolved, scope: &mut Scope) -> Result<Self, BoxError> {
+        Ok(scope.releaser())
+    }
+}
+
+/// A value made for one handler call by a factory registered with
+/// [`Dependencies::scoped`](crate::Dependencies::scoped): a unit of work, say.
+/// Derefs to `T`.
+pub struct Scoped<T: ?Sized>(Box<T>);
+
+impl<T: ?Sized> Scoped<T> {
+    /// Wraps a value (for calling a handler directly in a test).
+    pub fn new(value: Box<T>) -> Self {
+        Scoped(value)
+    }
+
+    /// The boxed value.
+    pub fn into_inner(self) -> Box<T> {
+        self.0
+    }
+}
+
+impl<T> From<T> for Scoped<T> {
+    fn from(value: T) -> Self {
+        Scoped(Box::new(value))
+    }
+}
+
+impl<T: ?Sized> Deref for Scoped<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: ?Sized> DerefMut for Scoped<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
+impl<T: ?Sized + fmt::Debug> fmt::Debug for Scoped<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What a scoped factory gets for one handler call.
+#[derive(Debug, Default)]
+pub struct Scope {
+    releaser: Option<EventReleaser>,
+}
+
+impl Scope {
+    /// A scope outside any bus (for calling a factory in a test).
+    pub fn new() -> Self {
+        Scope { releaser: None }
+    }
+
+    /// This call's event releaser: what is released through it reaches the
+    /// bus when the handler returns `Ok`.
+    pub fn releaser(&mut self) -> EventReleaser {
+        self.releaser.get_or_insert_with(EventReleaser::new).clone()
+    }
+
+    /// Closes the releaser (if any was asked for) and takes what it holds.
+    pub(crate) fn finish(self) -> Vec<crate::events::PendingEvent> {
+        match self.releaser {
+            Some(releaser) => releaser.close(),
+            None => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,52 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+extern crate self as bus_core;
+
+mod bus;
+mod call;
+mod dependencies;
+mod error;
+mod events;
+mod executor;
+mod inject;
+mod message;
+mod observer;
+mod registry;
+mod uow;
+
+pub use bus::{Bus, BusBuilder};
+pub use bus::DEFAULT_MAX_MESSAGES_PER_DISPATCH;
+pub use dependencies::Dependencies;
+pub use error::{BoxError, BuildError, CascadeLimitError, DispatchError, HandlerSite, Problem};
+pub use events::{Aggregate, EventRecorder, EventReleaser, PendingEvent};
+pub use executor::block_on;
+pub use inject::{Dependency, DependencyKey, Inject, Lifetime, Scope, Scoped};
+pub use message::kind::{CommandKind, EventKind, MessageKind, QueryKind};
+pub use message::{Command, Event, Kind, Location, Message, MessageMeta, Query};
+pub use observer::{FailureCause, HandlerFailure, Observer};
+pub use registry::{HandlerDef, HandlerRegistration, Registrations};
+pub use uow::UnitOfWork;
+
+pub use bus_macros::{handler, Command, Event, Query};
+
+/// What the macros' generated code names. Not a public API: it may change in
+/// any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::call::{
+        assert_message, assert_output, boxed, ready_err, released_meta, BoxFuture, Call,
+        DefaultError, HandlerOutput, Output, TakeMessage,
+    };
+    pub use crate::inject::Dependency;
+    pub use crate::message::{Kind, MessageMeta};
+    pub use crate::registry::{HandlerEntry, HandlerFn, HandlerRegistration, MessageEntry};
+    pub use crate::{CommandKind, EventKind, QueryKind};
+    pub use core;
+    pub use inventory;
+
+    /// The `TypeId` of `T`, as a `fn` pointer the derives can store in a static.
+    pub fn type_id_of<T: 'static>() -> ::core::any::TypeId {
+        ::core::any::TypeId::of::<T>()
+    }
+}

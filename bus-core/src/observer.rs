@@ -1,0 +1,101 @@
+//! Reporting event-handler failures to the application.
+
+use std::fmt;
+
+use crate::error::BoxError;
+use crate::message::Location;
+
+/// Why an event handler call failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FailureCause {
+    /// It returned an error.
+    Error(BoxError),
+    /// It panicked; the payload's text when it was a string.
+    Panic(String),
+}
+
+impl fmt::Display for FailureCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailureCause::Error(error) => write!(f, "{error}"),
+            FailureCause::Panic(text) => write!(f, "panicked: {text}"),
+        }
+    }
+}
+
+/// One failed event-handler call. The other handlers and the rest of the queue
+/// ran regardless.
+#[derive(Debug)]
+pub struct HandlerFailure {
+    pub(crate) message: &'static str,
+    pub(crate) handler: &'static str,
+    pub(crate) location: Location,
+    pub(crate) cause: FailureCause,
+}
+
+impl HandlerFailure {
+    /// The event's name.
+    pub fn message(&self) -> &'static str {
+        self.message
+    }
+
+    /// The handler's full path.
+    pub fn handler(&self) -> &'static str {
+        self.handler
+    }
+
+    /// Where the handler is defined.
+    pub fn location(&self) -> Location {
+        self.location
+    }
+
+    /// The error or panic.
+    pub fn cause(&self) -> &FailureCause {
+        &self.cause
+    }
+
+    /// Whether the handler panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self.cause, FailureCause::Panic(_))
+    }
+}
+
+impl fmt::Display for HandlerFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "handler `{}` ({}) of `{}` failed: {}",
+            self.handler, self.location, self.message, self.cause
+        )
+    }
+}
+
+/// Told about every event-handler failure; set one with
+/// [`BusBuilder::observer`](crate::BusBuilder::observer).
+///
+/// Any `Fn(&HandlerFailure) + Send + Sync` closure is an observer.
+pub trait Observer: Send + Sync + 'static {
+    /// Called once per failed handler call, after it was logged.
+    fn handler_failed(&self, failure: &HandlerFailure);
+}
+
+impl<F> Observer for F
+where
+    F: Fn(&HandlerFailure) + Send + Sync + 'static,
+{
+    fn handler_failed(&self, failure: &HandlerFailure) {
+        self(failure)
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}

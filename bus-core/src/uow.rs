@@ -1,0 +1,77 @@
+//! The unit of work: the transaction boundary that releases events on commit.
+
+use std::future::Future;
+
+/// A transaction boundary around the aggregates one handler call touches.
+///
+/// The contract, which is what keeps "events go out only after the transaction
+/// that raised them committed" true:
+/// - the unit of work remembers every [`Aggregate`](crate::Aggregate) it loaded
+///   or added;
+/// - [`commit`](Self::commit) makes the changes durable, and only once that
+///   succeeded hands each seen aggregate's recorded events to the
+///   [`EventReleaser`](crate::EventReleaser) it got from its
+///   [`Scope`](crate::Scope);
+/// - a unit of work dropped without commit, or whose commit failed, releases
+///   nothing, and the bus drops whatever a failed handler released anyway.
+///
+/// Register it as a scoped dependency so every handler call gets a fresh one,
+/// and take it as `Scoped<YourUnitOfWork>` (or `Scoped<dyn YourTrait>` so tests
+/// can substitute a fake).
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::{Arc, Mutex};
+/// use bus_core::{Aggregate, EventRecorder, EventReleaser, Event, UnitOfWork};
+///
+/// #[derive(Debug, Clone, Event)]
+/// struct Opened { id: u32 }
+///
+/// #[derive(Debug, Clone, Default)]
+/// struct Account { id: u32, events: EventRecorder }
+/// impl Aggregate for Account {
+///     fn events(&mut self) -> &mut EventRecorder { &mut self.events }
+/// }
+///
+/// /// Stores accounts in memory; a real one would hold a transaction.
+/// struct InMemoryUow {
+///     store: Arc<Mutex<HashMap<u32, Account>>>,
+///     seen: Vec<Account>,
+///     releaser: EventReleaser,
+/// }
+///
+/// impl UnitOfWork for InMemoryUow {
+///     type Error = std::convert::Infallible;
+///     async fn commit(&mut self) -> Result<(), Self::Error> {
+///         let mut store = self.store.lock().unwrap();
+///         for account in &mut self.seen {
+///             store.insert(account.id, account.clone());
+///             self.releaser.release_from(account); // only after the write
+///         }
+///         Ok(())
+///     }
+///     async fn rollback(&mut self) -> Result<(), Self::Error> {
+///         self.seen.clear();
+///         Ok(())
+///     }
+/// }
+///
+/// let releaser = EventReleaser::new();
+/// let mut uow = InMemoryUow { store: Default::default(), seen: vec![], releaser: releaser.clone() };
+/// let mut account = Account { id: 7, ..Default::default() };
+/// account.events.record(Opened { id: 7 });
+/// uow.seen.push(account);
+/// assert!(releaser.drain().is_empty());           // nothing before commit
+/// bus_core::block_on(uow.commit()).unwrap();
+/// assert_eq!(releaser.drain().len(), 1);          // released on commit
+/// ```
+pub trait UnitOfWork: Send {
+    /// Why a commit or rollback failed.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Makes the changes durable, then releases the seen aggregates' events.
+    fn commit(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Discards the changes; releases nothing.
+    fn rollback(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}

@@ -1,0 +1,335 @@
+//! `#[handler]`: registers a plain `fn` or `async fn` with the bus.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{FnArg, Item, ItemFn, Path, ReturnType, Token, Type};
+
+use crate::args::ArgWalker;
+use crate::errors::Errors;
+
+/// How the handler takes its message.
+enum MessageParam {
+    ByValue(Type),
+    ByRef(Type),
+}
+
+impl MessageParam {
+    fn ty(&self) -> &Type {
+        match self {
+            MessageParam::ByValue(ty) | MessageParam::ByRef(ty) => ty,
+        }
+    }
+}
+
+pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let releases = parse_args(args, &mut errors);
+
+    let parsed: Item = match syn::parse2(item.clone()) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            errors.push(error);
+            let compile_errors = errors.to_compile_errors();
+            return quote!(#compile_errors #item);
+        }
+    };
+    let Item::Fn(function) = parsed else {
+        errors.push(syn::Error::new(
+            item_keyword_span(&parsed),
+            "`#[handler]` goes on a free function (`fn` or `async fn`) whose first parameter is \
+             the message it handles",
+        ));
+        let compile_errors = errors.to_compile_errors();
+        return quote!(#compile_errors #item);
+    };
+
+    let (message, dependencies) = check_signature(&function, &mut errors);
+    if !errors.is_empty() {
+        let compile_errors = errors.to_compile_errors();
+        return quote!(#compile_errors #function);
+    }
+    let Some(message) = message else {
+        return quote!(#function);
+    };
+    let registration = registration(&function, &message, &dependencies, &releases);
+    quote! {
+        #function
+        #registration
+    }
+}
+
+fn parse_args(args: TokenStream, errors: &mut Errors) -> Vec<Path> {
+    let mut releases = Vec::new();
+    if args.is_empty() {
+        return releases;
+    }
+    let mut walker = ArgWalker::new("handler", &["releases"], errors);
+    let parser = syn::meta::parser(|meta| {
+        walker.walk(meta, &mut |key, meta, _| {
+            if key == "releases" {
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let list = Punctuated::<Path, Token![,]>::parse_terminated(&content)?;
+                releases.extend(list);
+            }
+            Ok(())
+        })
+    });
+    if let Err(error) = syn::parse::Parser::parse2(parser, args) {
+        walker.errors.push(error);
+    }
+    releases
+}
+
+fn item_keyword_span(item: &Item) -> proc_macro2::Span {
+    match item {
+        Item::Struct(i) => i.struct_token.span,
+        Item::Enum(i) => i.enum_token.span,
+        Item::Impl(i) => i.impl_token.span,
+        Item::Mod(i) => i.mod_token.span,
+        Item::Trait(i) => i.trait_token.span,
+        Item::Const(i) => i.const_token.span,
+        Item::Static(i) => i.static_token.span,
+        Item::Type(i) => i.type_token.span,
+        Item::Use(i) => i.use_token.span,
+        other => other.span(),
+    }
+}
+
+/// Checks everything that can be checked on the tokens, reporting all of it.
+fn check_signature(function: &ItemFn, errors: &mut Errors) -> (Option<MessageParam>, Vec<Type>) {
+    let sig = &function.sig;
+    if !sig.generics.params.is_empty() {
+        errors.spanned(
+            &sig.generics,
+            "a handler cannot be generic: the bus needs one concrete function per message type; \
+             write a handler per type, or inject a `&dyn Trait` instead of a type parameter",
+        );
+    }
+    if let Some(clause) = &sig.generics.where_clause {
+        errors.spanned(clause, "a handler cannot have a `where` clause");
+    }
+    if let Some(token) = &sig.constness {
+        errors.spanned(token, "a handler cannot be a `const fn`");
+    }
+    if let Some(token) = &sig.unsafety {
+        errors.spanned(token, "a handler cannot be an `unsafe fn`: the bus calls it without an `unsafe` block");
+    }
+    if let Some(abi) = &sig.abi {
+        errors.spanned(abi, "a handler cannot have an `extern` ABI");
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.spanned(variadic, "a handler cannot be variadic");
+    }
+
+    let mut message = None;
+    let mut dependencies = Vec::new();
+    for (index, input) in sig.inputs.iter().enumerate() {
+        let ty = match input {
+            FnArg::Receiver(receiver) => {
+                errors.spanned(
+                    receiver,
+                    "a handler is a free function, not a method: remove `self` and move the \
+                     function out of the `impl` block; inject what `self` held as a dependency",
+                );
+                continue;
+            }
+            FnArg::Typed(typed) => &*typed.ty,
+        };
+        if contains_impl_trait(ty) {
+            errors.spanned(
+                ty,
+                "a handler parameter cannot be `impl Trait` (that makes the handler generic): \
+                 take `&dyn Trait` or `Arc<dyn Trait>` instead",
+            );
+            continue;
+        }
+        if index == 0 {
+            message = message_param(ty, errors);
+        } else {
+            dependencies.push(ty.clone());
+        }
+    }
+    if sig.inputs.is_empty() {
+        errors.spanned(
+            &sig.ident,
+            "a handler takes the message it handles as its first parameter, e.g. \
+             `fn allocate(cmd: Allocate, ...)`",
+        );
+    }
+    (message, dependencies)
+}
+
+fn message_param(ty: &Type, errors: &mut Errors) -> Option<MessageParam> {
+    match ty {
+        Type::Reference(reference) if reference.mutability.is_some() => {
+            errors.spanned(
+                ty,
+                "a handler takes its message by value or by shared reference (`&T`), not `&mut T`",
+            );
+            None
+        }
+        Type::Reference(reference) => Some(MessageParam::ByRef((*reference.elem).clone())),
+        other => Some(MessageParam::ByValue(other.clone())),
+    }
+}
+
+fn contains_impl_trait(ty: &Type) -> bool {
+    match ty {
+        Type::ImplTrait(_) => true,
+        Type::Reference(r) => contains_impl_trait(&r.elem),
+        Type::Paren(p) => contains_impl_trait(&p.elem),
+        Type::Group(g) => contains_impl_trait(&g.elem),
+        Type::Slice(s) => contains_impl_trait(&s.elem),
+        Type::Array(a) => contains_impl_trait(&a.elem),
+        Type::Tuple(t) => t.elems.iter().any(contains_impl_trait),
+        Type::Path(p) => p.path.segments.iter().any(|seg| match &seg.arguments {
+            syn::PathArguments::AngleBracketed(args) => args.args.iter().any(|arg| match arg {
+                syn::GenericArgument::Type(t) => contains_impl_trait(t),
+                _ => false,
+            }),
+            _ => false,
+        }),
+        _ => false,
+    }
+}
+
+/// The registration: a type-namespace handle named like the function, the
+/// erased call, the static registration and its inventory submission.
+fn registration(
+    function: &ItemFn,
+    message: &MessageParam,
+    dependencies: &[Type],
+    releases: &[Path],
+) -> TokenStream {
+    let sig = &function.sig;
+    let ident = &sig.ident;
+    let vis = &function.vis;
+    let message_ty = message.ty();
+    let return_ty = match &sig.output {
+        ReturnType::Default => quote!(()),
+        ReturnType::Type(_, ty) => quote!(#ty),
+    };
+    let return_span = match &sig.output {
+        ReturnType::Default => sig.ident.span(),
+        ReturnType::Type(_, ty) => ty.span(),
+    };
+
+    let assert_message = quote_spanned! {message_ty.span()=>
+        ::bus_core::__private::assert_message::<#message_ty>();
+    };
+    let assert_output = quote_spanned! {return_span=>
+        ::bus_core::__private::assert_output::<#message_ty, #return_ty>();
+    };
+    let take_message = match message {
+        MessageParam::ByValue(ty) => quote_spanned! {ty.span()=>
+            call.message_by_value::<#ty>()
+        },
+        MessageParam::ByRef(ty) => quote_spanned! {ty.span()=>
+            call.message_by_ref::<#ty>()
+        },
+    };
+    let dep_idents: Vec<_> = (0..dependencies.len())
+        .map(|i| format_ident!("__bus_dependency_{}", i))
+        .collect();
+    let take_dependencies: Vec<_> = dependencies
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| {
+            quote_spanned! {ty.span()=> call.dependency::<#ty>(#i) }
+        })
+        .collect();
+    let dependency_keys = dependencies.iter().map(|ty| {
+        quote_spanned! {ty.span()=> <#ty as ::bus_core::__private::Dependency>::key }
+    });
+    let released = releases.iter().map(|path| {
+        quote_spanned! {path.span()=> ::bus_core::__private::released_meta::<#path> }
+    });
+
+    let (call_fn, handler_fn) = if sig.asyncness.is_some() {
+        let async_span = sig.asyncness.map(|a| a.span).unwrap_or_else(|| ident.span());
+        let boxed = quote_spanned! {async_span=>
+            ::bus_core::__private::boxed(async move {
+                let __bus_returned = #ident(__bus_message #(, #dep_idents)*).await;
+                __bus_output.deliver::<#message_ty, #return_ty>(__bus_returned)
+            })
+        };
+        (
+            quote! {
+                fn __bus_call<'a>(
+                    mut call: ::bus_core::__private::Call<'a>,
+                ) -> ::bus_core::__private::BoxFuture<'a, ::core::result::Result<(), ::bus_core::BoxError>> {
+                    #assert_message
+                    #assert_output
+                    let __bus_message = match #take_message {
+                        ::core::result::Result::Ok(value) => value,
+                        ::core::result::Result::Err(error) => return ::bus_core::__private::ready_err(error),
+                    };
+                    #(
+                        let #dep_idents = match #take_dependencies {
+                            ::core::result::Result::Ok(value) => value,
+                            ::core::result::Result::Err(error) => return ::bus_core::__private::ready_err(error),
+                        };
+                    )*
+                    let __bus_output = call.output();
+                    #boxed
+                }
+            },
+            quote!(::bus_core::__private::HandlerFn::Async(__bus_call)),
+        )
+    } else {
+        (
+            quote! {
+                fn __bus_call(
+                    mut call: ::bus_core::__private::Call<'_>,
+                ) -> ::core::result::Result<(), ::bus_core::BoxError> {
+                    #assert_message
+                    #assert_output
+                    let __bus_message = #take_message?;
+                    #( let #dep_idents = #take_dependencies?; )*
+                    let __bus_returned = #ident(__bus_message #(, #dep_idents)*);
+                    call.output().deliver::<#message_ty, #return_ty>(__bus_returned)
+                }
+            },
+            quote!(::bus_core::__private::HandlerFn::Sync(__bus_call)),
+        )
+    };
+
+    let file_line = quote_spanned!(ident.span()=> ::core::file!(), ::core::line!());
+    quote! {
+        /// The bus registration of the handler of the same name (see
+        /// `bus_core::HandlerDef`).
+        #[allow(non_camel_case_types, dead_code)]
+        #[doc(hidden)]
+        #vis struct #ident {}
+
+        #[allow(non_upper_case_globals, clippy::all)]
+        const _: () = {
+            #call_fn
+
+            static __BUS_HANDLER: ::bus_core::__private::HandlerRegistration =
+                ::bus_core::__private::HandlerRegistration::new(
+                    ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
+                    #file_line,
+                    <#message_ty as ::bus_core::Message>::meta,
+                    &[#(#dependency_keys),*],
+                    &[#(#released),*],
+                    #handler_fn,
+                );
+
+            #[automatically_derived]
+            impl ::bus_core::HandlerDef for #ident {
+                #[inline]
+                fn registration() -> &'static ::bus_core::__private::HandlerRegistration {
+                    &__BUS_HANDLER
+                }
+            }
+
+            ::bus_core::__private::inventory::submit! {
+                ::bus_core::__private::HandlerEntry(&__BUS_HANDLER)
+            }
+        };
+    }
+}

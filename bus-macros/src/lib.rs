@@ -1,0 +1,52 @@
+//! Derive and attribute macros for arch-events. Use them through `bus-core`,
+//! which re-exports them and documents them: `bus_core::Command`,
+//! `bus_core::Event`, `bus_core::Query` and `bus_core::handler`.
+
+mod args;
+mod errors;
+mod handler;
+mod message;
+
+use proc_macro::TokenStream;
+
+use message::MessageKind;
+
+/// Makes a struct or enum a command: exactly one handler, whose typed result
+/// reaches the caller of `Bus::dispatch`.
+///
+/// Arguments, all optional, in `#[command(...)]`:
+/// - `output = T`: what the handler returns on success (default `()`);
+/// - `error = E`: the handler's error type (default `Infallible`);
+/// - `name = "..."`: the stable name (default: module path and type name).
+#[proc_macro_derive(Command, attributes(command))]
+pub fn derive_command(input: TokenStream) -> TokenStream {
+    message::expand(input.into(), MessageKind::Command).into()
+}
+
+/// Makes a struct or enum an event: zero or more handlers, each failing alone.
+/// The type must also be `Debug + Clone + Send + Sync`.
+///
+/// Argument, optional, in `#[event(...)]`: `name = "..."`.
+#[proc_macro_derive(Event, attributes(event))]
+pub fn derive_event(input: TokenStream) -> TokenStream {
+    message::expand(input.into(), MessageKind::Event).into()
+}
+
+/// Makes a struct or enum a query of the read side: exactly one handler.
+///
+/// Arguments in `#[query(...)]`: `output = T` (required), `error = E` and
+/// `name = "..."` (optional).
+#[proc_macro_derive(Query, attributes(query))]
+pub fn derive_query(input: TokenStream) -> TokenStream {
+    message::expand(input.into(), MessageKind::Query).into()
+}
+
+/// Registers a free `fn` or `async fn` as a handler. The first parameter is
+/// the message; every other parameter is a dependency injected by type.
+///
+/// Argument, optional: `releases(EventA, EventB)` declares the events the
+/// handler may release.
+#[proc_macro_attribute]
+pub fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
+    handler::expand(args.into(), item.into()).into()
+}

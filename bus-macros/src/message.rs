@@ -1,0 +1,201 @@
+//! `#[derive(Command)]`, `#[derive(Event)]` and `#[derive(Query)]`.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::{Data, DeriveInput, LitStr, Type};
+
+use crate::args::ArgWalker;
+use crate::errors::Errors;
+
+/// Which derive is expanding.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MessageKind {
+    Command,
+    Event,
+    Query,
+}
+
+impl MessageKind {
+    fn attribute(self) -> &'static str {
+        match self {
+            MessageKind::Command => "command",
+            MessageKind::Event => "event",
+            MessageKind::Query => "query",
+        }
+    }
+
+    fn trait_name(self) -> &'static str {
+        match self {
+            MessageKind::Command => "Command",
+            MessageKind::Event => "Event",
+            MessageKind::Query => "Query",
+        }
+    }
+
+    fn known_args(self) -> &'static [&'static str] {
+        match self {
+            MessageKind::Command | MessageKind::Query => &["name", "output", "error"],
+            MessageKind::Event => &["name"],
+        }
+    }
+}
+
+#[derive(Default)]
+struct MessageArgs {
+    name: Option<LitStr>,
+    output: Option<Type>,
+    error: Option<Type>,
+}
+
+pub(crate) fn expand(input: TokenStream, kind: MessageKind) -> TokenStream {
+    let input: DeriveInput = match syn::parse2(input) {
+        Ok(input) => input,
+        Err(error) => return error.to_compile_error(),
+    };
+    let mut errors = Errors::default();
+    let derive = kind.trait_name();
+
+    if !input.generics.params.is_empty() {
+        errors.spanned(
+            &input.generics,
+            format!(
+                "`#[derive({derive})]` does not support generic types: the bus routes each message \
+                 by one concrete type; declare a concrete type for each message"
+            ),
+        );
+    } else if let Some(clause) = &input.generics.where_clause {
+        errors.spanned(
+            clause,
+            format!("`#[derive({derive})]` does not support `where` clauses"),
+        );
+    }
+    if let Data::Union(data) = &input.data {
+        errors.spanned(
+            data.union_token,
+            format!("`#[derive({derive})]` does not support unions: use a struct or an enum"),
+        );
+    }
+
+    let args = parse_args(&input, kind, &mut errors);
+    if kind == MessageKind::Query && args.output.is_none() {
+        errors.spanned(
+            &input.ident,
+            "a query declares what its handler returns: add `#[query(output = T)]`",
+        );
+    }
+    if let Some(name) = &args.name {
+        if name.value().trim().is_empty() {
+            errors.spanned(name, "a message name cannot be empty");
+        }
+    }
+
+    // A generic or union type gets no impls: they could not be right. Argument
+    // mistakes still get impls (with defaults), so that uses of the type do
+    // not cascade into more errors.
+    let structural = input.generics.params.is_empty()
+        && input.generics.where_clause.is_none()
+        && !matches!(input.data, Data::Union(_));
+    let impls = if structural {
+        impls(&input, kind, &args)
+    } else {
+        TokenStream::new()
+    };
+    let compile_errors = errors.to_compile_errors();
+    quote! {
+        #compile_errors
+        #impls
+    }
+}
+
+fn parse_args(input: &DeriveInput, kind: MessageKind, errors: &mut Errors) -> MessageArgs {
+    let mut args = MessageArgs::default();
+    let mut walker = ArgWalker::new(kind.attribute(), kind.known_args(), errors);
+    for attr in input.attrs.iter().filter(|a| a.path().is_ident(kind.attribute())) {
+        let result = attr.parse_nested_meta(|meta| {
+            walker.walk(meta, &mut |key, meta, _| {
+                match key {
+                    "name" => args.name = Some(meta.value()?.parse()?),
+                    "output" => args.output = Some(meta.value()?.parse()?),
+                    "error" => args.error = Some(meta.value()?.parse()?),
+                    _ => {}
+                }
+                Ok(())
+            })
+        });
+        if let Err(error) = result {
+            walker.errors.push(error);
+        }
+    }
+    args
+}
+
+fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStream {
+    let ident = &input.ident;
+    let span = ident.span();
+    let name = match &args.name {
+        Some(name) => quote!(#name),
+        None => quote!(::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident))),
+    };
+    let file_line = quote_spanned!(span=> ::core::file!(), ::core::line!());
+    let (kind_value, kind_type) = match kind {
+        MessageKind::Command => (quote!(Command), quote!(CommandKind)),
+        MessageKind::Event => (quote!(Event), quote!(EventKind)),
+        MessageKind::Query => (quote!(Query), quote!(QueryKind)),
+    };
+    let specific = match kind {
+        MessageKind::Command | MessageKind::Query => {
+            let output = args
+                .output
+                .as_ref()
+                .map(|t| quote!(#t))
+                .unwrap_or_else(|| quote!(()));
+            let error = args
+                .error
+                .as_ref()
+                .map(|t| quote!(#t))
+                .unwrap_or_else(|| quote!(::bus_core::__private::DefaultError));
+            let trait_ident = syn::Ident::new(kind.trait_name(), Span::call_site());
+            quote! {
+                #[automatically_derived]
+                impl ::bus_core::#trait_ident for #ident {
+                    type Output = #output;
+                    type Error = #error;
+                }
+            }
+        }
+        MessageKind::Event => quote_spanned! {span=>
+            #[automatically_derived]
+            impl ::bus_core::Event for #ident {}
+        },
+    };
+    quote! {
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals, clippy::all)]
+        const _: () = {
+            static __BUS_MESSAGE_META: ::bus_core::__private::MessageMeta =
+                ::bus_core::__private::MessageMeta::new(
+                    ::bus_core::__private::Kind::#kind_value,
+                    #name,
+                    ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
+                    #file_line,
+                    ::bus_core::__private::type_id_of::<#ident>,
+                );
+
+            #[automatically_derived]
+            impl ::bus_core::Message for #ident {
+                type Kind = ::bus_core::__private::#kind_type;
+                #[inline]
+                fn meta() -> &'static ::bus_core::__private::MessageMeta {
+                    &__BUS_MESSAGE_META
+                }
+            }
+
+            #specific
+
+            ::bus_core::__private::inventory::submit! {
+                ::bus_core::__private::MessageEntry(&__BUS_MESSAGE_META)
+            }
+        };
+    }
+}
+
