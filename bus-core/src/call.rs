@@ -8,8 +8,8 @@ use std::pin::Pin;
 
 use crate::error::BoxError;
 use crate::inject::{Inject, Resolved, Scope};
-use crate::message::kind::{CommandKind, EventKind, MessageKind, QueryKind};
-use crate::message::{Command, Event, Message, Query};
+use crate::message::{Event, Message, MessageMeta};
+use crate::inject::DependencyKey;
 
 /// A boxed, `Send` future: what an async handler call returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -32,16 +32,61 @@ pub enum MessageRef<'a> {
 }
 
 /// Everything one handler call needs, prepared by the bus.
+///
+/// A call is also made once per handler at build time in *describe* mode: the
+/// generated code then reports the handler's message, dependencies and
+/// declared events instead of running it. Keeping every use of the user's
+/// types in that one generated function is what keeps a type error in a
+/// handler signature down to one diagnostic.
 #[doc(hidden)]
 pub struct Call<'a> {
     message: MessageRef<'a>,
     output: Option<&'a mut (dyn Any + Send)>,
     dependencies: &'a [Resolved],
-    scope: &'a mut Scope,
+    scope: Option<&'a mut Scope>,
+    shape: Option<&'a mut Shape>,
 }
 
 fn internal(what: &str) -> BoxError {
     format!("internal error: {what}").into()
+}
+
+/// What a handler's signature says, gathered in describe mode.
+#[derive(Debug, Default)]
+#[doc(hidden)]
+pub struct Shape {
+    pub(crate) message: Option<&'static MessageMeta>,
+    pub(crate) dependencies: Vec<DependencyKey>,
+    pub(crate) releases: Vec<&'static MessageMeta>,
+}
+
+/// Records a handler's signature; see [`Call`].
+#[doc(hidden)]
+pub struct Describe<'s, 'a> {
+    shape: &'s mut Shape,
+    _call: std::marker::PhantomData<&'a ()>,
+}
+
+impl<'a> Describe<'_, 'a> {
+    /// The message, taken by value.
+    pub fn message_by_value<M: TakeMessage>(&mut self) {
+        self.shape.message = Some(M::meta());
+    }
+
+    /// The message, taken by reference.
+    pub fn message_by_ref<M: Message>(&mut self) {
+        self.shape.message = Some(M::meta());
+    }
+
+    /// The next dependency parameter.
+    pub fn dependency<D: Inject<'a>>(&mut self) {
+        self.shape.dependencies.push(D::key());
+    }
+
+    /// An event declared with `releases(...)`.
+    pub fn releases<E: Event>(&mut self) {
+        self.shape.releases.push(E::meta());
+    }
 }
 
 impl<'a> Call<'a> {
@@ -55,19 +100,34 @@ impl<'a> Call<'a> {
             message,
             output,
             dependencies,
-            scope,
+            scope: Some(scope),
+            shape: None,
         }
+    }
+
+    pub(crate) fn describe_into(shape: &'a mut Shape) -> Self {
+        Call {
+            message: MessageRef::Taken,
+            output: None,
+            dependencies: &[],
+            scope: None,
+            shape: Some(shape),
+        }
+    }
+
+    /// `Some` when the bus asks for the handler's signature, not a call.
+    #[inline]
+    pub fn describe(&mut self) -> Option<Describe<'_, 'a>> {
+        self.shape.as_deref_mut().map(|shape| Describe {
+            shape,
+            _call: std::marker::PhantomData,
+        })
     }
 
     /// The message, for a parameter that takes it by value.
     #[inline]
-    pub fn message_by_value<M>(&mut self) -> Result<M, BoxError>
-    where
-        M: Message,
-        M::Kind: TakeMessage<M>,
-    {
-        let message = std::mem::replace(&mut self.message, MessageRef::Taken);
-        <M::Kind as TakeMessage<M>>::take(message)
+    pub fn message_by_value<M: TakeMessage>(&mut self) -> Result<M, BoxError> {
+        M::take(std::mem::replace(&mut self.message, MessageRef::Taken))
     }
 
     /// The message, for a parameter that takes it by reference.
@@ -94,7 +154,11 @@ impl<'a> Call<'a> {
         let resolved = dependencies
             .get(index)
             .ok_or_else(|| internal("dependency index out of range"))?;
-        D::inject(resolved, self.scope)
+        let scope = self
+            .scope
+            .as_deref_mut()
+            .ok_or_else(|| internal("no scope in describe mode"))?;
+        D::inject(resolved, scope)
     }
 
     /// The slot the handler's result goes to; taken once.
@@ -114,25 +178,30 @@ impl Output<'_> {
     pub fn deliver<M, R>(self, returned: R) -> Result<(), BoxError>
     where
         M: Message,
-        R: HandlerOutput<M, M::Kind>,
+        R: HandlerOutput<M>,
     {
         returned.deliver(self.0)
     }
 }
 
-/// How a message kind hands a by-value parameter its message.
+/// How a by-value handler parameter gets its message: commands and queries
+/// are moved out of the dispatch, events are cloned (they may have several
+/// handlers). Implemented by the derives.
 #[diagnostic::on_unimplemented(
-    message = "a handler cannot take `{M}` by value",
-    label = "taken by value here",
-    note = "take the message by reference instead: `&{M}`"
+    message = "`{Self}` is not a message",
+    label = "not a command, event or query",
+    note = "a handler's first parameter is the message it handles; derive one of `Command`, `Event` or `Query` on `{Self}`"
 )]
 #[doc(hidden)]
-pub trait TakeMessage<M: Message>: MessageKind {
+pub trait TakeMessage: Message + Sized {
     /// Produces the message.
-    fn take(message: MessageRef<'_>) -> Result<M, BoxError>;
+    fn take(message: MessageRef<'_>) -> Result<Self, BoxError>;
 }
 
-fn take_owned<M: Message>(message: MessageRef<'_>) -> Result<M, BoxError> {
+/// [`TakeMessage`] for commands and queries.
+#[doc(hidden)]
+#[inline]
+pub fn take_owned<M: Message>(message: MessageRef<'_>) -> Result<M, BoxError> {
     match message {
         MessageRef::Owned(slot) => slot
             .downcast_mut::<Option<M>>()
@@ -142,51 +211,43 @@ fn take_owned<M: Message>(message: MessageRef<'_>) -> Result<M, BoxError> {
     }
 }
 
-impl<M: Command> TakeMessage<M> for CommandKind {
-    #[inline]
-    fn take(message: MessageRef<'_>) -> Result<M, BoxError> {
-        take_owned(message)
+/// [`TakeMessage`] for events.
+#[doc(hidden)]
+#[inline]
+pub fn take_cloned<M: Event>(message: MessageRef<'_>) -> Result<M, BoxError> {
+    match message {
+        MessageRef::Shared(event) => event
+            .downcast_ref::<M>()
+            .cloned()
+            .ok_or_else(|| internal("event has another type")),
+        _ => Err(internal("an event was passed as a command")),
     }
 }
 
-impl<M: Query> TakeMessage<M> for QueryKind {
-    #[inline]
-    fn take(message: MessageRef<'_>) -> Result<M, BoxError> {
-        take_owned(message)
-    }
-}
-
-impl<M: Event> TakeMessage<M> for EventKind {
-    #[inline]
-    fn take(message: MessageRef<'_>) -> Result<M, BoxError> {
-        match message {
-            MessageRef::Shared(event) => event
-                .downcast_ref::<M>()
-                .cloned()
-                .ok_or_else(|| internal("event has another type")),
-            _ => Err(internal("an event was passed as a command")),
-        }
-    }
-}
-
-/// What a handler of `M` may return.
+/// What a handler of `M` may return; implemented by the derives:
 ///
-/// - a command handler: `Result<C::Output, C::Error>`, as the command declared;
-/// - a query handler: `Result<Q::Output, Q::Error>`, likewise;
+/// - a command handler: `Result<Output, Error>`, as declared in `#[command(..)]`;
+/// - a query handler: `Result<Output, Error>`, as declared in `#[query(..)]`;
 /// - an event handler: `()` or `Result<(), E>` for any error `E`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not what a handler of `{M}` returns",
     label = "wrong return type for a handler of `{M}`",
-    note = "a command or query handler returns `Result<Output, Error>` with the types declared by \
-            `#[command(output = .., error = ..)]` or `#[query(..)]`; an event handler returns `()` or \
-            `Result<(), E>`"
+    note = "a command or query handler returns `Result<Output, Error>` with the types its \
+            `#[command(output = .., error = ..)]` or `#[query(..)]` declares; an event handler \
+            returns `()` or `Result<(), E>`"
 )]
-pub trait HandlerOutput<M: Message, K> {
+pub trait HandlerOutput<M: Message> {
     #[doc(hidden)]
     fn deliver(self, output: Option<&mut (dyn Any + Send)>) -> Result<(), BoxError>;
 }
 
-fn put<T: Send + 'static>(value: T, output: Option<&mut (dyn Any + Send)>) -> Result<(), BoxError> {
+/// [`HandlerOutput`] for commands and queries: the result goes to the caller.
+#[doc(hidden)]
+#[inline]
+pub fn put_output<T: Send + 'static>(
+    value: T,
+    output: Option<&mut (dyn Any + Send)>,
+) -> Result<(), BoxError> {
     let slot = output
         .and_then(|slot| slot.downcast_mut::<Option<T>>())
         .ok_or_else(|| internal("output slot missing or of another type"))?;
@@ -194,48 +255,17 @@ fn put<T: Send + 'static>(value: T, output: Option<&mut (dyn Any + Send)>) -> Re
     Ok(())
 }
 
-impl<C: Command> HandlerOutput<C, CommandKind> for Result<C::Output, C::Error> {
-    #[inline]
-    fn deliver(self, output: Option<&mut (dyn Any + Send)>) -> Result<(), BoxError> {
-        put(self, output)
-    }
-}
-
-impl<Q: Query> HandlerOutput<Q, QueryKind> for Result<Q::Output, Q::Error> {
-    #[inline]
-    fn deliver(self, output: Option<&mut (dyn Any + Send)>) -> Result<(), BoxError> {
-        put(self, output)
-    }
-}
-
-impl<E: Event> HandlerOutput<E, EventKind> for () {
-    #[inline]
-    fn deliver(self, _: Option<&mut (dyn Any + Send)>) -> Result<(), BoxError> {
-        Ok(())
-    }
-}
-
-impl<E: Event, Err: Into<BoxError>> HandlerOutput<E, EventKind> for Result<(), Err> {
-    #[inline]
-    fn deliver(self, _: Option<&mut (dyn Any + Send)>) -> Result<(), BoxError> {
-        self.map_err(Into::into)
-    }
-}
-
-/// Compile-time check that `M` is a message; spanned on the user's parameter.
+/// [`HandlerOutput`] for events returning `Result<(), E>`.
 #[doc(hidden)]
-#[inline(always)]
-pub const fn assert_message<M: Message>() {}
+#[inline]
+pub fn event_result<E: Into<BoxError>>(result: Result<(), E>) -> Result<(), BoxError> {
+    result.map_err(Into::into)
+}
 
-/// Compile-time check that `R` is a valid return type for a handler of `M`.
+/// An async handler's answer in describe mode.
 #[doc(hidden)]
-#[inline(always)]
-pub fn assert_output<M: Message, R: HandlerOutput<M, M::Kind>>() {}
-
-/// Compile-time check that a declared released type is an event.
-#[doc(hidden)]
-pub fn released_meta<E: Event>() -> &'static crate::MessageMeta {
-    E::meta()
+pub fn ready_ok<'a>() -> BoxFuture<'a, Result<(), BoxError>> {
+    Box::pin(std::future::ready(Ok(())))
 }
 
 /// An async handler whose preparation failed: a ready error.
@@ -254,6 +284,6 @@ where
     Box::pin(future)
 }
 
-/// Keeps `Infallible` nameable for generated defaults.
+/// The default error type of commands and queries.
 #[doc(hidden)]
 pub type DefaultError = Infallible;

@@ -84,15 +84,15 @@ impl DependencyKey {
     message = "`{Self}` cannot be injected into a handler",
     label = "not injectable",
     note = "take a shared dependency as `&T` or `Arc<T>` (register it with `Dependencies::shared`), \
-            or a per-call one as `bus_core::Scoped<T>` (register it with `Dependencies::scoped`)"
+            or a per-call one as `bus_core::Scoped<T>` (register it with `Dependencies::scoped`)",
+    note = "handlers run on any thread: a shared dependency must be `Send + Sync` (use a `Mutex` or \
+            an atomic rather than `Cell`/`RefCell`, and `Arc` rather than `Rc`), a scoped one `Send`"
 )]
-pub trait Dependency {
+pub trait Inject<'a>: Sized {
     /// What the container must hold for this parameter.
     fn key() -> DependencyKey;
-}
 
-/// Produces a parameter's value at call time from what the build resolved.
-pub trait Inject<'a>: Dependency + Sized {
+
     /// Builds the value.
     #[doc(hidden)]
     fn inject(resolved: &'a Resolved, scope: &mut Scope) -> Result<Self, BoxError>;
@@ -128,39 +128,30 @@ impl Resolved {
     }
 }
 
-impl<T: ?Sized + Send + Sync + 'static> Dependency for &T {
+impl<'a, T: ?Sized + Send + Sync + 'static> Inject<'a> for &'a T {
     fn key() -> DependencyKey {
         DependencyKey::of::<T>(Lifetime::Shared)
     }
-}
-
-impl<'a, T: ?Sized + Send + Sync + 'static> Inject<'a> for &'a T {
     #[inline]
     fn inject(resolved: &'a Resolved, _: &mut Scope) -> Result<Self, BoxError> {
         resolved.shared::<T>().map(|arc| &**arc)
     }
 }
 
-impl<T: ?Sized + Send + Sync + 'static> Dependency for Arc<T> {
+impl<'a, T: ?Sized + Send + Sync + 'static> Inject<'a> for Arc<T> {
     fn key() -> DependencyKey {
         DependencyKey::of::<T>(Lifetime::Shared)
     }
-}
-
-impl<'a, T: ?Sized + Send + Sync + 'static> Inject<'a> for Arc<T> {
     #[inline]
     fn inject(resolved: &'a Resolved, _: &mut Scope) -> Result<Self, BoxError> {
         resolved.shared::<T>().cloned()
     }
 }
 
-impl<T: ?Sized + Send + 'static> Dependency for Scoped<T> {
+impl<'a, T: ?Sized + Send + 'static> Inject<'a> for Scoped<T> {
     fn key() -> DependencyKey {
         DependencyKey::of::<T>(Lifetime::Scoped)
     }
-}
-
-impl<'a, T: ?Sized + Send + 'static> Inject<'a> for Scoped<T> {
     fn inject(resolved: &'a Resolved, scope: &mut Scope) -> Result<Self, BoxError> {
         match resolved {
             Resolved::Scoped(factory) => {
@@ -174,13 +165,10 @@ impl<'a, T: ?Sized + Send + 'static> Inject<'a> for Scoped<T> {
     }
 }
 
-impl Dependency for EventReleaser {
+impl<'a> Inject<'a> for EventReleaser {
     fn key() -> DependencyKey {
         DependencyKey::of::<EventReleaser>(Lifetime::Bus)
     }
-}
-
-impl<'a> Inject<'a> for EventReleaser {
     fn inject(_: &'a Resolved, scope: &mut Scope) -> Result<Self, BoxError> {
         Ok(scope.releaser())
     }

@@ -21,7 +21,7 @@ pub use dependencies::Dependencies;
 pub use error::{BoxError, BuildError, CascadeLimitError, DispatchError, HandlerSite, Problem};
 pub use events::{Aggregate, EventRecorder, EventReleaser, PendingEvent};
 pub use executor::block_on;
-pub use inject::{Dependency, DependencyKey, Inject, Lifetime, Scope, Scoped};
+pub use inject::{DependencyKey, Inject, Lifetime, Scope, Scoped};
 pub use message::kind::{CommandKind, EventKind, MessageKind, QueryKind};
 pub use message::{Command, Event, Kind, Location, Message, MessageMeta, Query};
 pub use observer::{FailureCause, HandlerFailure, Observer};
@@ -35,10 +35,9 @@ pub use bus_macros::{handler, Command, Event, Query};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::call::{
-        assert_message, assert_output, boxed, ready_err, released_meta, BoxFuture, Call,
-        DefaultError, HandlerOutput, Output, TakeMessage,
+        boxed, event_result, put_output, ready_err, ready_ok, take_cloned, take_owned, BoxFuture,
+        Call, DefaultError, HandlerOutput, MessageRef, Output, TakeMessage,
     };
-    pub use crate::inject::Dependency;
     pub use crate::message::{Kind, MessageMeta};
     pub use crate::registry::{HandlerEntry, HandlerFn, HandlerRegistration, MessageEntry};
     pub use crate::{CommandKind, EventKind, QueryKind};

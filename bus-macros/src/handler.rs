@@ -217,19 +217,15 @@ fn registration(
         ReturnType::Type(_, ty) => ty.span(),
     };
 
-    let assert_message = quote_spanned! {message_ty.span()=>
-        ::bus_core::__private::assert_message::<#message_ty>();
-    };
-    let assert_output = quote_spanned! {return_span=>
-        ::bus_core::__private::assert_output::<#message_ty, #return_ty>();
-    };
-    let take_message = match message {
-        MessageParam::ByValue(ty) => quote_spanned! {ty.span()=>
-            call.message_by_value::<#ty>()
-        },
-        MessageParam::ByRef(ty) => quote_spanned! {ty.span()=>
-            call.message_by_ref::<#ty>()
-        },
+    let (take_message, describe_message) = match message {
+        MessageParam::ByValue(ty) => (
+            quote_spanned! {ty.span()=> call.message_by_value::<#ty>() },
+            quote_spanned! {ty.span()=> __bus_shape.message_by_value::<#ty>(); },
+        ),
+        MessageParam::ByRef(ty) => (
+            quote_spanned! {ty.span()=> call.message_by_ref::<#ty>() },
+            quote_spanned! {ty.span()=> __bus_shape.message_by_ref::<#ty>(); },
+        ),
     };
     let dep_idents: Vec<_> = (0..dependencies.len())
         .map(|i| format_ident!("__bus_dependency_{}", i))
@@ -237,23 +233,35 @@ fn registration(
     let take_dependencies: Vec<_> = dependencies
         .iter()
         .enumerate()
-        .map(|(i, ty)| {
-            quote_spanned! {ty.span()=> call.dependency::<#ty>(#i) }
-        })
+        .map(|(i, ty)| quote_spanned! {ty.span()=> call.dependency::<#ty>(#i) })
         .collect();
-    let dependency_keys = dependencies.iter().map(|ty| {
-        quote_spanned! {ty.span()=> <#ty as ::bus_core::__private::Dependency>::key }
-    });
-    let released = releases.iter().map(|path| {
-        quote_spanned! {path.span()=> ::bus_core::__private::released_meta::<#path> }
-    });
+    let describe_dependencies = dependencies
+        .iter()
+        .map(|ty| quote_spanned! {ty.span()=> __bus_shape.dependency::<#ty>(); });
+    let describe_releases = releases
+        .iter()
+        .map(|path| quote_spanned! {path.span()=> __bus_shape.releases::<#path>(); });
+    let deliver = quote_spanned! {return_span=>
+        __bus_output.deliver::<#message_ty, #return_ty>(__bus_returned)
+    };
+    let describe = |answer: TokenStream| {
+        quote! {
+            if let ::core::option::Option::Some(mut __bus_shape) = call.describe() {
+                #describe_message
+                #(#describe_dependencies)*
+                #(#describe_releases)*
+                return #answer;
+            }
+        }
+    };
 
     let (call_fn, handler_fn) = if sig.asyncness.is_some() {
         let async_span = sig.asyncness.map(|a| a.span).unwrap_or_else(|| ident.span());
+        let describe = describe(quote!(::bus_core::__private::ready_ok()));
         let boxed = quote_spanned! {async_span=>
             ::bus_core::__private::boxed(async move {
                 let __bus_returned = #ident(__bus_message #(, #dep_idents)*).await;
-                __bus_output.deliver::<#message_ty, #return_ty>(__bus_returned)
+                #deliver
             })
         };
         (
@@ -261,8 +269,7 @@ fn registration(
                 fn __bus_call<'a>(
                     mut call: ::bus_core::__private::Call<'a>,
                 ) -> ::bus_core::__private::BoxFuture<'a, ::core::result::Result<(), ::bus_core::BoxError>> {
-                    #assert_message
-                    #assert_output
+                    #describe
                     let __bus_message = match #take_message {
                         ::core::result::Result::Ok(value) => value,
                         ::core::result::Result::Err(error) => return ::bus_core::__private::ready_err(error),
@@ -280,17 +287,18 @@ fn registration(
             quote!(::bus_core::__private::HandlerFn::Async(__bus_call)),
         )
     } else {
+        let describe = describe(quote!(::core::result::Result::Ok(())));
         (
             quote! {
                 fn __bus_call(
                     mut call: ::bus_core::__private::Call<'_>,
                 ) -> ::core::result::Result<(), ::bus_core::BoxError> {
-                    #assert_message
-                    #assert_output
+                    #describe
                     let __bus_message = #take_message?;
                     #( let #dep_idents = #take_dependencies?; )*
                     let __bus_returned = #ident(__bus_message #(, #dep_idents)*);
-                    call.output().deliver::<#message_ty, #return_ty>(__bus_returned)
+                    let __bus_output = call.output();
+                    #deliver
                 }
             },
             quote!(::bus_core::__private::HandlerFn::Sync(__bus_call)),
@@ -298,12 +306,15 @@ fn registration(
     };
 
     let file_line = quote_spanned!(ident.span()=> ::core::file!(), ::core::line!());
-    quote! {
-        /// The bus registration of the handler of the same name (see
-        /// `bus_core::HandlerDef`).
+    // The handle is spanned on the function's name: a `#[handler]` inside an
+    // `impl` block then fails on the user's token, saying to move it out.
+    let handle = quote_spanned! {ident.span()=>
         #[allow(non_camel_case_types, dead_code)]
         #[doc(hidden)]
         #vis struct #ident {}
+    };
+    quote! {
+        #handle
 
         #[allow(non_upper_case_globals, clippy::all)]
         const _: () = {
@@ -313,9 +324,6 @@ fn registration(
                 ::bus_core::__private::HandlerRegistration::new(
                     ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
                     #file_line,
-                    <#message_ty as ::bus_core::Message>::meta,
-                    &[#(#dependency_keys),*],
-                    &[#(#released),*],
                     #handler_fn,
                 );
 

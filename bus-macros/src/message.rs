@@ -161,12 +161,75 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                     type Output = #output;
                     type Error = #error;
                 }
+
+                #[automatically_derived]
+                impl ::bus_core::__private::TakeMessage for #ident {
+                    #[inline]
+                    fn take(
+                        message: ::bus_core::__private::MessageRef<'_>,
+                    ) -> ::core::result::Result<Self, ::bus_core::BoxError> {
+                        ::bus_core::__private::take_owned(message)
+                    }
+                }
+
+                #[automatically_derived]
+                impl ::bus_core::__private::HandlerOutput<#ident>
+                    for ::core::result::Result<#output, #error>
+                {
+                    #[inline]
+                    fn deliver(
+                        self,
+                        output: ::core::option::Option<&mut (dyn ::core::any::Any + ::core::marker::Send)>,
+                    ) -> ::core::result::Result<(), ::bus_core::BoxError> {
+                        ::bus_core::__private::put_output(self, output)
+                    }
+                }
             }
         }
-        MessageKind::Event => quote_spanned! {span=>
-            #[automatically_derived]
-            impl ::bus_core::Event for #ident {}
-        },
+        MessageKind::Event => {
+            let event_impl = quote_spanned! {span=>
+                #[automatically_derived]
+                impl ::bus_core::Event for #ident {}
+            };
+            quote! {
+                #event_impl
+
+                #[automatically_derived]
+                impl ::bus_core::__private::TakeMessage for #ident {
+                    #[inline]
+                    fn take(
+                        message: ::bus_core::__private::MessageRef<'_>,
+                    ) -> ::core::result::Result<Self, ::bus_core::BoxError> {
+                        ::bus_core::__private::take_cloned(message)
+                    }
+                }
+
+                #[automatically_derived]
+                impl ::bus_core::__private::HandlerOutput<#ident> for () {
+                    #[inline]
+                    fn deliver(
+                        self,
+                        _: ::core::option::Option<&mut (dyn ::core::any::Any + ::core::marker::Send)>,
+                    ) -> ::core::result::Result<(), ::bus_core::BoxError> {
+                        ::core::result::Result::Ok(())
+                    }
+                }
+
+                #[automatically_derived]
+                impl<E> ::bus_core::__private::HandlerOutput<#ident> for ::core::result::Result<(), E>
+                where
+                    E: ::core::convert::Into<::bus_core::BoxError>,
+                {
+                    #[inline]
+                    fn deliver(
+                        self,
+                        _: ::core::option::Option<&mut (dyn ::core::any::Any + ::core::marker::Send)>,
+                    ) -> ::core::result::Result<(), ::bus_core::BoxError> {
+                        ::bus_core::__private::event_result(self)
+                    }
+                }
+            }
+        }
     };
     quote! {
         #[doc(hidden)]

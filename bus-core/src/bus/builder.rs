@@ -88,17 +88,23 @@ impl BusBuilder {
         let registrations = self.registrations.unwrap_or_else(Registrations::linked);
         let mut problems = Vec::new();
 
-        let handlers = sorted_unique_handlers(&registrations);
+        let mut handlers = sorted_unique_handlers(&registrations);
+        handlers.retain(|handler| {
+            let described = handler.message().is_some();
+            if !described {
+                problems.push(Problem::UndescribedHandler { handler: site(handler) });
+            }
+            described
+        });
         let messages = unique_messages(&registrations, &handlers);
         problems.extend(duplicate_names(&messages));
 
         let mut by_message: HashMap<*const MessageMeta, Vec<&'static HandlerRegistration>> =
             HashMap::new();
         for &handler in &handlers {
-            by_message
-                .entry(handler.message() as *const _)
-                .or_default()
-                .push(handler);
+            if let Some(message) = handler.message() {
+                by_message.entry(message as *const _).or_default().push(handler);
+            }
         }
 
         let mut routes = Routes::default();
@@ -168,7 +174,7 @@ fn unique_messages(
 ) -> Vec<&'static MessageMeta> {
     let mut messages: Vec<&'static MessageMeta> = registrations
         .messages()
-        .chain(handlers.iter().map(|h| h.message()))
+        .chain(handlers.iter().filter_map(|h| h.message()))
         .collect();
     messages.sort_by_key(|m| (m.name(), m.rust_path(), m.location(), *m as *const MessageMeta));
     messages.dedup_by(|a, b| std::ptr::eq(*a, *b));

@@ -1,0 +1,11 @@
+use bus_core::{Command, Event};
+
+#[derive(Debug, Command)]
+#[command(outptu = String, name = "allocate", name = "again")]
+struct Allocate;
+
+#[derive(Debug, Clone, Event)]
+#[event(output = String)]
+struct Allocated;
+
+fn main() {}

@@ -1,0 +1,8 @@
+use bus_core::Event;
+
+#[derive(Debug, Event)]
+struct Allocated {
+    orderid: String,
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use bus_core::handler;
+
+#[handler]
+fn allocate(qty: u32) -> Result<(), std::convert::Infallible> {
+    let _ = qty;
+    Ok(())
+}
+
+fn main() {}

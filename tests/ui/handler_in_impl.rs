@@ -1,0 +1,15 @@
+use bus_core::{handler, Command};
+
+#[derive(Debug, Command)]
+struct Allocate;
+
+struct Service;
+
+impl Service {
+    #[handler]
+    fn allocate(_cmd: Allocate) -> Result<(), std::convert::Infallible> {
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use bus_core::handler;
+
+#[handler]
+struct AllocateHandler {
+    qty: u32,
+}
+
+fn main() {
+    let _ = AllocateHandler { qty: 1 }.qty;
+}
