@@ -7,9 +7,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::error::BoxError;
+use crate::inject::DependencyKey;
 use crate::inject::{Inject, Resolved, Scope};
 use crate::message::{Event, Message, MessageMeta};
-use crate::inject::DependencyKey;
 
 /// A boxed, `Send` future: what an async handler call returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

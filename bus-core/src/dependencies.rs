@@ -115,9 +115,7 @@ impl Dependencies {
                 Lifetime::Scoped => Resolved::Scoped(entry.value.clone()),
                 _ => Resolved::Shared(entry.value.clone()),
             }),
-            None => Err(other
-                .contains_key(&key.type_id())
-                .then_some(other_lifetime)),
+            None => Err(other.contains_key(&key.type_id()).then_some(other_lifetime)),
         }
     }
 }

@@ -73,7 +73,9 @@ impl<E> DispatchError<E> {
             DispatchError::Handler(error) => DispatchError::Handler(f(error)),
             DispatchError::Unhandled { kind, name } => DispatchError::Unhandled { kind, name },
             DispatchError::CascadeLimit(error) => DispatchError::CascadeLimit(error),
-            DispatchError::Internal { handler, error } => DispatchError::Internal { handler, error },
+            DispatchError::Internal { handler, error } => {
+                DispatchError::Internal { handler, error }
+            }
         }
     }
 }
@@ -193,10 +195,11 @@ impl Problem {
     /// The name the problem is about, used to sort problems.
     fn subject(&self) -> &'static str {
         match self {
-            Problem::NoHandler { message, .. } | Problem::MultipleHandlers { message, .. } => message,
-            Problem::MissingDependency { handler, .. } | Problem::UndescribedHandler { handler } => {
-                handler.name
+            Problem::NoHandler { message, .. } | Problem::MultipleHandlers { message, .. } => {
+                message
             }
+            Problem::MissingDependency { handler, .. }
+            | Problem::UndescribedHandler { handler } => handler.name,
             Problem::DuplicateName { name, .. } => name,
         }
     }

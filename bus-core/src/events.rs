@@ -88,6 +88,10 @@ impl<E: Event> From<E> for PendingEvent {
 
 /// The events an aggregate raised and nobody has released yet.
 ///
+/// Cloning copies the pending events too: a unit of work that stores a copy
+/// of an aggregate should [`take`](Self::take) its events first, or the stored
+/// copy would raise them again when loaded.
+///
 /// ```
 /// use bus_core::{Event, EventRecorder};
 ///
@@ -199,7 +203,9 @@ impl EventReleaser {
     fn state(&self) -> MutexGuard<'_, ReleaserState> {
         // A panic while the lock was held cannot leave the Vec half-written:
         // pushes are single calls. Keep going with the data.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Releases one event.

@@ -31,7 +31,10 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);
     // First poll with a no-op waker: a future that is ready at once needs no
     // real waker, and so no allocation.
-    if let Poll::Ready(output) = future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+    if let Poll::Ready(output) = future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
         return output;
     }
     // It is waiting: poll again at once with a waker that unparks this thread,

@@ -92,7 +92,6 @@ pub trait Inject<'a>: Sized {
     /// What the container must hold for this parameter.
     fn key() -> DependencyKey;
 
-
     /// Builds the value.
     #[doc(hidden)]
     fn inject(resolved: &'a Resolved, scope: &mut Scope) -> Result<Self, BoxError>;

@@ -15,8 +15,8 @@ mod observer;
 mod registry;
 mod uow;
 
-pub use bus::{Bus, BusBuilder};
 pub use bus::DEFAULT_MAX_MESSAGES_PER_DISPATCH;
+pub use bus::{Bus, BusBuilder};
 pub use dependencies::Dependencies;
 pub use error::{BoxError, BuildError, CascadeLimitError, DispatchError, HandlerSite, Problem};
 pub use events::{Aggregate, EventRecorder, EventReleaser, PendingEvent};

@@ -40,7 +40,11 @@ impl<'e> ArgWalker<'e> {
         let Some(ident) = meta.path.get_ident() else {
             self.errors.spanned(
                 &meta.path,
-                format!("unknown argument for `#[{}]`: expected one of {}", self.attribute, self.list()),
+                format!(
+                    "unknown argument for `#[{}]`: expected one of {}",
+                    self.attribute,
+                    self.list()
+                ),
             );
             return skip_value(&meta);
         };
@@ -59,7 +63,10 @@ impl<'e> ArgWalker<'e> {
         if !self.seen.insert(key.clone()) {
             self.errors.spanned(
                 ident,
-                format!("duplicate argument `{key}` for `#[{}]`: give it once", self.attribute),
+                format!(
+                    "duplicate argument `{key}` for `#[{}]`: give it once",
+                    self.attribute
+                ),
             );
             return skip_value(&meta);
         }

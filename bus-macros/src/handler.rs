@@ -115,7 +115,10 @@ fn check_signature(function: &ItemFn, errors: &mut Errors) -> (Option<MessagePar
         errors.spanned(token, "a handler cannot be a `const fn`");
     }
     if let Some(token) = &sig.unsafety {
-        errors.spanned(token, "a handler cannot be an `unsafe fn`: the bus calls it without an `unsafe` block");
+        errors.spanned(
+            token,
+            "a handler cannot be an `unsafe fn`: the bus calls it without an `unsafe` block",
+        );
     }
     if let Some(abi) = &sig.abi {
         errors.spanned(abi, "a handler cannot have an `extern` ABI");
@@ -256,7 +259,10 @@ fn registration(
     };
 
     let (call_fn, handler_fn) = if sig.asyncness.is_some() {
-        let async_span = sig.asyncness.map(|a| a.span).unwrap_or_else(|| ident.span());
+        let async_span = sig
+            .asyncness
+            .map(|a| a.span)
+            .unwrap_or_else(|| ident.span());
         let describe = describe(quote!(::bus_core::__private::ready_ok()));
         let boxed = quote_spanned! {async_span=>
             ::bus_core::__private::boxed(async move {

@@ -110,7 +110,11 @@ pub(crate) fn expand(input: TokenStream, kind: MessageKind) -> TokenStream {
 fn parse_args(input: &DeriveInput, kind: MessageKind, errors: &mut Errors) -> MessageArgs {
     let mut args = MessageArgs::default();
     let mut walker = ArgWalker::new(kind.attribute(), kind.known_args(), errors);
-    for attr in input.attrs.iter().filter(|a| a.path().is_ident(kind.attribute())) {
+    for attr in input
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident(kind.attribute()))
+    {
         let result = attr.parse_nested_meta(|meta| {
             walker.walk(meta, &mut |key, meta, _| {
                 match key {
@@ -134,7 +138,11 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
     let span = ident.span();
     let name = match &args.name {
         Some(name) => quote!(#name),
-        None => quote!(::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident))),
+        None => quote!(::core::concat!(
+            ::core::module_path!(),
+            "::",
+            ::core::stringify!(#ident)
+        )),
     };
     let file_line = quote_spanned!(span=> ::core::file!(), ::core::line!());
     let (kind_value, kind_type) = match kind {
@@ -261,4 +269,3 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
         };
     }
 }
-

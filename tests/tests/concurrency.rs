@@ -72,7 +72,12 @@ impl Future for YieldOnce {
 }
 
 #[handler]
-async fn work(cmd: Work, token: Scoped<CallToken>, trace: &Trace, events: EventReleaser) -> Result<u64, Infallible> {
+async fn work(
+    cmd: Work,
+    token: Scoped<CallToken>,
+    trace: &Trace,
+    events: EventReleaser,
+) -> Result<u64, Infallible> {
     YieldOnce(false).await;
     trace.push(cmd.id, format!("work {}", cmd.id));
     events.release(Step {
@@ -174,7 +179,9 @@ fn tasks_on_a_multi_threaded_runtime_each_see_only_their_own_cascade() {
             let trace = trace.clone();
             tasks.push(tokio::spawn(async move {
                 let depth = (id % 5) as u32;
-                bus.dispatch(Work { id, depth }).await.expect("work succeeds");
+                bus.dispatch(Work { id, depth })
+                    .await
+                    .expect("work succeeds");
                 assert_eq!(trace.of(id), expected(id, depth));
             }));
         }

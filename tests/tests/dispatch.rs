@@ -99,14 +99,13 @@ impl BankUow {
 impl UnitOfWork for BankUow {
     type Error = Infallible;
     async fn commit(&mut self) -> Result<(), Infallible> {
+        let events: Vec<_> = self.seen.iter_mut().flat_map(|a| a.events.take()).collect();
         let mut store = self.store.0.lock().expect("store lock");
-        for account in &mut self.seen {
+        for account in &self.seen {
             store.insert(account.name.clone(), account.clone());
         }
         drop(store);
-        for account in &mut self.seen {
-            self.releaser.release_from(account);
-        }
+        self.releaser.release_all(events);
         self.committed = true;
         Ok(())
     }
@@ -117,12 +116,14 @@ impl UnitOfWork for BankUow {
 }
 
 fn bank_dependencies(store: Arc<Store>, log: Arc<Log>) -> Dependencies {
-    Dependencies::new().shared_arc(log).scoped(move |scope| BankUow {
-        store: store.clone(),
-        seen: Vec::new(),
-        releaser: scope.releaser(),
-        committed: false,
-    })
+    Dependencies::new()
+        .shared_arc(log)
+        .scoped(move |scope| BankUow {
+            store: store.clone(),
+            seen: Vec::new(),
+            releaser: scope.releaser(),
+            committed: false,
+        })
 }
 
 #[handler]
@@ -206,7 +207,11 @@ fn a_command_fails_with_its_typed_error_and_releases_nothing() {
         Err(DispatchError::Handler(BankError::Frozen(name))) => assert_eq!(name, "frozen-bob"),
         other => panic!("expected the typed domain error, got {other:?}"),
     }
-    assert!(log.entries().is_empty(), "no handler ran: {:?}", log.entries());
+    assert!(
+        log.entries().is_empty(),
+        "no handler ran: {:?}",
+        log.entries()
+    );
     assert!(store.0.lock().expect("lock").is_empty());
 }
 
@@ -221,8 +226,21 @@ fn event_handlers_run_in_a_deterministic_order_and_chain() {
     .expect("deposit succeeds");
     assert_eq!(
         log.entries(),
-        ["deposit carol 1", "a carol", "b carol", "c carol", "audited carol"]
+        [
+            "deposit carol 1",
+            "a carol",
+            "b carol",
+            "c carol",
+            "audited carol"
+        ]
     );
+    // A second dispatch releases its own events only, none of the first's.
+    bus.dispatch_blocking(Deposit {
+        account: "carol".into(),
+        amount: 2,
+    })
+    .expect("deposit succeeds");
+    assert_eq!(log.entries().len(), 10, "{:?}", log.entries());
 }
 
 #[test]
@@ -237,7 +255,10 @@ fn an_uncommitted_unit_of_work_releases_nothing() {
         .expect("the handler itself succeeds");
     assert_eq!(balance, 13);
     assert_eq!(log.entries(), ["deposit dave 13"], "no event handler ran");
-    assert!(store.0.lock().expect("lock").is_empty(), "nothing persisted");
+    assert!(
+        store.0.lock().expect("lock").is_empty(),
+        "nothing persisted"
+    );
 }
 
 // ---- failures of event handlers are isolated -----------------------------
@@ -309,14 +330,22 @@ fn an_event_handler_error_or_panic_is_isolated_and_reported() {
     let failures = Arc::new(Mutex::new(Vec::new()));
     let bus = risky_bus(log.clone(), failures.clone());
 
-    bus.publish_blocking(Risky(1)).expect("failures do not fail the publish");
-    bus.publish_blocking(Risky(2)).expect("the bus keeps working");
+    bus.publish_blocking(Risky(1))
+        .expect("failures do not fail the publish");
+    bus.publish_blocking(Risky(2))
+        .expect("the bus keeps working");
 
     assert_eq!(
         log.entries(),
         [
-            "errors", "panics", "async panics", "records 1",
-            "errors", "panics", "async panics", "records 2",
+            "errors",
+            "panics",
+            "async panics",
+            "records 1",
+            "errors",
+            "panics",
+            "async panics",
+            "records 2",
         ],
         "every handler ran, and the erroring one released nothing"
     );
@@ -402,19 +431,29 @@ fn an_endless_cascade_stops_at_the_bound_naming_its_messages() {
         .max_messages_per_dispatch(50)
         .build()
         .expect("valid wiring");
-    let error = bus.dispatch_blocking(Serve).expect_err("the cascade never ends");
+    let error = bus
+        .dispatch_blocking(Serve)
+        .expect_err("the cascade never ends");
     let DispatchError::CascadeLimit(cascade) = &error else {
         panic!("expected the cascade bound, got {error:?}");
     };
     assert_eq!(cascade.limit(), 50);
     assert_eq!(cascade.origin(), "dispatch::Serve");
     let names: Vec<&str> = cascade.pending().iter().map(|(name, _)| *name).collect();
-    assert!(names.contains(&"dispatch::Ping") || names.contains(&"dispatch::Pong"), "{error}");
+    assert!(
+        names.contains(&"dispatch::Ping") || names.contains(&"dispatch::Pong"),
+        "{error}"
+    );
     let text = error.to_string();
-    assert!(text.contains("`dispatch::Serve` stopped after 50 messages"), "{text}");
+    assert!(
+        text.contains("`dispatch::Serve` stopped after 50 messages"),
+        "{text}"
+    );
     assert!(text.contains("max_messages_per_dispatch"), "{text}");
 
-    let published = bus.publish_blocking(Ping(0)).expect_err("publishing cascades too");
+    let published = bus
+        .publish_blocking(Ping(0))
+        .expect_err("publishing cascades too");
     assert!(matches!(published, DispatchError::CascadeLimit(_)));
 }
 
@@ -428,7 +467,12 @@ struct Balance {
 
 #[handler]
 fn balance(query: Balance, store: &Store) -> Result<Option<u64>, Infallible> {
-    Ok(store.0.lock().expect("lock").get(&query.account).map(|a| a.balance))
+    Ok(store
+        .0
+        .lock()
+        .expect("lock")
+        .get(&query.account)
+        .map(|a| a.balance))
 }
 
 #[test]

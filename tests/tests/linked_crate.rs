@@ -15,9 +15,7 @@ fn handlers_from_a_linked_crate_are_registered() {
         .build()
         .expect("the linked handlers satisfy every command");
     let reply = bus
-        .dispatch_blocking(Greet {
-            name: "Ada".into(),
-        })
+        .dispatch_blocking(Greet { name: "Ada".into() })
         .expect("greet succeeds");
     assert_eq!(reply, "Hello, Ada!");
 }

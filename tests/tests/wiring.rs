@@ -127,25 +127,49 @@ fn every_problem_is_reported_at_once_sorted_with_file_and_line() {
         line_of("fn twice_b"),
     );
     assert!(text.contains(&twice), "{text}");
-    assert!(text.contains("command `wiring::Thrice` has 3 handlers"), "{text}");
+    assert!(
+        text.contains("command `wiring::Thrice` has 3 handlers"),
+        "{text}"
+    );
     for name in ["thrice_a", "thrice_b", "thrice_c"] {
-        let site = format!("`wiring::{name}` (tests/tests/wiring.rs:{})", line_of(&format!("fn {name}")));
+        let site = format!(
+            "`wiring::{name}` (tests/tests/wiring.rs:{})",
+            line_of(&format!("fn {name}"))
+        );
         assert!(text.contains(&site), "{site} missing in {text}");
     }
 
     // Missing dependencies: the handler, its location and each parameter type.
-    let needs = format!("handler `wiring::needs_things` (tests/tests/wiring.rs:{})", line_of("fn needs_things"));
-    assert!(text.contains(&format!("{needs} needs the shared dependency `arch_events_tests::Log`")), "{text}");
-    assert!(text.contains(&format!("{needs} needs the scoped dependency `wiring::UnitOfWork`")), "{text}");
+    let needs = format!(
+        "handler `wiring::needs_things` (tests/tests/wiring.rs:{})",
+        line_of("fn needs_things")
+    );
+    assert!(
+        text.contains(&format!(
+            "{needs} needs the shared dependency `arch_events_tests::Log`"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{needs} needs the scoped dependency `wiring::UnitOfWork`"
+        )),
+        "{text}"
+    );
 
     // Two message types with one name.
-    assert!(text.contains("2 message types share the name `shared.name`: `wiring::first::Clash`"), "{text}");
+    assert!(
+        text.contains("2 message types share the name `shared.name`: `wiring::first::Clash`"),
+        "{text}"
+    );
 
     // Sorted by the message or handler each problem is about.
     let subjects: Vec<String> = problems
         .iter()
         .map(|p| match p {
-            Problem::NoHandler { message, .. } | Problem::MultipleHandlers { message, .. } => message.to_string(),
+            Problem::NoHandler { message, .. } | Problem::MultipleHandlers { message, .. } => {
+                message.to_string()
+            }
             Problem::MissingDependency { handler, .. } => handler.name.to_string(),
             Problem::DuplicateName { name, .. } => name.to_string(),
             other => panic!("unexpected {other:?}"),
@@ -163,7 +187,8 @@ fn one_handler_per_command_and_events_without_handlers_build() {
         .build()
         .expect("valid wiring");
     bus.dispatch_blocking(Twice).expect("handled");
-    bus.publish_blocking(Quiet).expect("an event with no handler is fine");
+    bus.publish_blocking(Quiet)
+        .expect("an event with no handler is fine");
 }
 
 #[test]
@@ -181,7 +206,11 @@ fn a_dependency_registered_with_the_other_lifetime_gets_a_hint() {
         .problems()
         .iter()
         .map(|p| match p {
-            Problem::MissingDependency { lifetime, registered_as, .. } => (*lifetime, *registered_as),
+            Problem::MissingDependency {
+                lifetime,
+                registered_as,
+                ..
+            } => (*lifetime, *registered_as),
             other => panic!("unexpected {other:?}"),
         })
         .collect();
@@ -193,7 +222,10 @@ fn a_dependency_registered_with_the_other_lifetime_gets_a_hint() {
             (Lifetime::Scoped, Some(Lifetime::Shared)),
         ]
     );
-    assert!(error.to_string().contains("it is registered as scoped"), "{error}");
+    assert!(
+        error.to_string().contains("it is registered as scoped"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -219,7 +251,10 @@ fn an_allowed_unhandled_command_builds_and_reports_at_dispatch() {
         .expect("explicitly allowed");
     assert!(matches!(
         bus.dispatch_blocking(Lonely),
-        Err(bus_core::DispatchError::Unhandled { name: "wiring::Lonely", .. })
+        Err(bus_core::DispatchError::Unhandled {
+            name: "wiring::Lonely",
+            ..
+        })
     ));
 }
 

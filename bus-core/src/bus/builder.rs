@@ -92,7 +92,9 @@ impl BusBuilder {
         handlers.retain(|handler| {
             let described = handler.message().is_some();
             if !described {
-                problems.push(Problem::UndescribedHandler { handler: site(handler) });
+                problems.push(Problem::UndescribedHandler {
+                    handler: site(handler),
+                });
             }
             described
         });
@@ -103,7 +105,10 @@ impl BusBuilder {
             HashMap::new();
         for &handler in &handlers {
             if let Some(message) = handler.message() {
-                by_message.entry(message as *const _).or_default().push(handler);
+                by_message
+                    .entry(message as *const _)
+                    .or_default()
+                    .push(handler);
             }
         }
 
@@ -176,7 +181,14 @@ fn unique_messages(
         .messages()
         .chain(handlers.iter().filter_map(|h| h.message()))
         .collect();
-    messages.sort_by_key(|m| (m.name(), m.rust_path(), m.location(), *m as *const MessageMeta));
+    messages.sort_by_key(|m| {
+        (
+            m.name(),
+            m.rust_path(),
+            m.location(),
+            *m as *const MessageMeta,
+        )
+    });
     messages.dedup_by(|a, b| std::ptr::eq(*a, *b));
     messages
 }
@@ -191,7 +203,10 @@ fn duplicate_names(messages: &[&'static MessageMeta]) -> Vec<Problem> {
         .filter(|(_, metas)| metas.len() > 1)
         .map(|(name, metas)| Problem::DuplicateName {
             name,
-            types: metas.iter().map(|m| (m.rust_path(), m.location())).collect(),
+            types: metas
+                .iter()
+                .map(|m| (m.rust_path(), m.location()))
+                .collect(),
         })
         .collect()
 }

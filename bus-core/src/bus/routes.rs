@@ -54,7 +54,11 @@ impl fmt::Debug for Routes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
             .entries(self.iter().map(|route| {
-                let names: Vec<&str> = route.handlers.iter().map(|h| h.registration.name()).collect();
+                let names: Vec<&str> = route
+                    .handlers
+                    .iter()
+                    .map(|h| h.registration.name())
+                    .collect();
                 (route.meta.name(), names)
             }))
             .finish()
