@@ -24,3 +24,9 @@ impl Log {
         self.lock().clone()
     }
 }
+
+/// The README's code blocks, compiled and run as doctests so the quick start
+/// stays true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
