@@ -260,3 +260,37 @@ impl fmt::Debug for EventReleaser {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Event;
+
+    #[derive(Debug, Clone, PartialEq, Event)]
+    struct Shipped(u32);
+
+    #[test]
+    fn a_releaser_keeps_order_and_refuses_events_after_its_handler_returned() {
+        let releaser = EventReleaser::new();
+        releaser.release(Shipped(1));
+        releaser.release_all([PendingEvent::new(Shipped(2))]);
+        let clone = releaser.clone();
+        let taken = releaser.close();
+        let values: Vec<_> = taken
+            .iter()
+            .map(|e| e.downcast_ref::<Shipped>().map(|s| s.0))
+            .collect();
+        assert_eq!(values, [Some(1), Some(2)]);
+        clone.release(Shipped(3));
+        assert!(releaser.drain().is_empty(), "a late release is refused");
+    }
+
+    #[test]
+    fn pending_events_know_their_type_and_name() {
+        let event = PendingEvent::new(Shipped(4));
+        assert!(event.is::<Shipped>());
+        assert_eq!(event.name(), "bus_core::events::tests::Shipped");
+        assert_eq!(format!("{event:?}"), "Shipped(4)");
+        assert_eq!(event.clone().downcast_ref::<Shipped>(), Some(&Shipped(4)));
+    }
+}

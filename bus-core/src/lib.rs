@@ -1,4 +1,38 @@
-#![doc = include_str!("../README.md")]
+//! The runtime of arch-events: a message bus built from link-time
+//! registrations, validated at startup, with dependencies injected by type.
+//!
+//! - [`Command`], [`Event`] and [`Query`] are derived on your message types;
+//!   [`handler`] registers a plain `fn` or `async fn` as a handler.
+//! - [`Bus::builder`] gathers every linked registration ([`Registrations`]),
+//!   resolves each handler's parameters from a [`Dependencies`] container, and
+//!   returns a [`BuildError`] listing every wiring [`Problem`] at once.
+//! - [`Bus::dispatch`] returns the command handler's output or its typed error
+//!   ([`DispatchError::Handler`]); the events it released then run, each
+//!   through all of its handlers, in a per-dispatch FIFO queue.
+//! - An [`Aggregate`] records events in an [`EventRecorder`]; a
+//!   [`UnitOfWork`] hands them to its [`EventReleaser`] only after it
+//!   committed.
+//! - An event handler's error or panic is logged, reported to the
+//!   [`Observer`], and does not stop the rest of the queue.
+//!
+//! ```
+//! use bus_core::{handler, Bus, Command, Dependencies};
+//!
+//! #[derive(Debug, Command)]
+//! #[command(output = String)]
+//! struct Greet(String);
+//!
+//! #[handler]
+//! fn greet(cmd: Greet, greeting: &String) -> Result<String, std::convert::Infallible> {
+//!     Ok(format!("{greeting}, {}!", cmd.0))
+//! }
+//!
+//! let bus = Bus::builder()
+//!     .dependencies(Dependencies::new().shared(String::from("Hello")))
+//!     .build()?;
+//! assert_eq!(bus.dispatch_blocking(Greet("Ada".into()))?, "Hello, Ada!");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 
 extern crate self as bus_core;

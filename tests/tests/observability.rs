@@ -1,0 +1,107 @@
+//! Handlers keep their real names in logs and spans.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use bus_core::{handler, Bus, Command, Event, EventReleaser, Registrations};
+use tracing_subscriber::fmt::MakeWriter;
+
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Buffer {
+    type Writer = Buffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[derive(Debug, Command)]
+#[command(name = "shop.checkout")]
+struct Checkout;
+
+#[derive(Debug, Clone, Event)]
+#[event(name = "shop.checked_out")]
+struct CheckedOut;
+
+#[handler]
+fn checkout(_: Checkout, events: EventReleaser) -> Result<(), std::convert::Infallible> {
+    tracing::info!("inside the command handler");
+    events.release(CheckedOut);
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("smtp timed out")]
+struct SmtpTimeout;
+
+#[handler]
+fn send_receipt(_: &CheckedOut) -> Result<(), SmtpTimeout> {
+    Err(SmtpTimeout)
+}
+
+#[test]
+fn spans_and_failure_logs_name_the_message_and_the_handler() {
+    let buffer = Buffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(buffer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    let bus = Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<checkout>()
+                .handler::<send_receipt>(),
+        )
+        .build()
+        .expect("valid wiring");
+    tracing::subscriber::with_default(subscriber, || {
+        bus.dispatch_blocking(Checkout)
+            .expect("the command succeeds");
+    });
+    let output = String::from_utf8(buffer.0.lock().expect("lock").clone()).expect("utf-8");
+    println!("{output}");
+
+    let inside = output
+        .lines()
+        .find(|line| line.contains("inside the command handler"))
+        .expect("the handler's own log line");
+    assert!(
+        inside.contains("dispatch{kind=\"command\" message_name=\"shop.checkout\"}"),
+        "{inside}"
+    );
+    assert!(
+        inside.contains("handler{handler=\"observability::checkout\"}"),
+        "{inside}"
+    );
+
+    let failure = output
+        .lines()
+        .find(|line| line.contains("event handler failed"))
+        .expect("the failure is logged");
+    assert!(failure.contains("ERROR"), "{failure}");
+    assert!(
+        failure.contains("message_name=\"shop.checked_out\""),
+        "{failure}"
+    );
+    assert!(
+        failure.contains("handler=\"observability::send_receipt\""),
+        "{failure}"
+    );
+    assert!(failure.contains("cause=smtp timed out"), "{failure}");
+    assert!(
+        failure.contains("tests/tests/observability.rs:"),
+        "{failure}"
+    );
+}
