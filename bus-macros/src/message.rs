@@ -171,16 +171,6 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                 }
 
                 #[automatically_derived]
-                impl ::bus_core::__private::TakeMessage for #ident {
-                    #[inline]
-                    fn take(
-                        message: ::bus_core::__private::MessageRef<'_>,
-                    ) -> ::core::result::Result<Self, ::bus_core::BoxError> {
-                        ::bus_core::__private::take_owned(message)
-                    }
-                }
-
-                #[automatically_derived]
                 impl ::bus_core::__private::HandlerOutput<#ident>
                     for ::core::result::Result<#output, #error>
                 {
@@ -201,16 +191,6 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
             };
             quote! {
                 #event_impl
-
-                #[automatically_derived]
-                impl ::bus_core::__private::TakeMessage for #ident {
-                    #[inline]
-                    fn take(
-                        message: ::bus_core::__private::MessageRef<'_>,
-                    ) -> ::core::result::Result<Self, ::bus_core::BoxError> {
-                        ::bus_core::__private::take_cloned(message)
-                    }
-                }
 
                 #[automatically_derived]
                 impl ::bus_core::__private::HandlerOutput<#ident> for () {
@@ -239,6 +219,12 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
             }
         }
     };
+    // Commands and queries are moved into their one handler; events are
+    // cloned for each by-value handler.
+    let take = match kind {
+        MessageKind::Command | MessageKind::Query => quote!(take_owned),
+        MessageKind::Event => quote!(take_cloned),
+    };
     quote! {
         #[doc(hidden)]
         #[allow(non_upper_case_globals, clippy::all)]
@@ -262,6 +248,16 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
             }
 
             #specific
+
+            #[automatically_derived]
+            impl ::bus_core::__private::TakeMessage for #ident {
+                #[inline]
+                fn take(
+                    message: ::bus_core::__private::MessageRef<'_>,
+                ) -> ::core::result::Result<Self, ::bus_core::BoxError> {
+                    ::bus_core::__private::#take(message)
+                }
+            }
 
             ::bus_core::__private::inventory::submit! {
                 ::bus_core::__private::MessageEntry(&__BUS_MESSAGE_META)
