@@ -64,6 +64,10 @@ pub use uow::UnitOfWork;
 
 pub use bus_macros::{handler, Command, Event, Query};
 
+/// The `async_trait` attribute, re-exported so that object-safe async traits
+/// such as [`UnitOfWork`] can be implemented without another dependency.
+pub use async_trait::async_trait;
+
 /// What the macros' generated code names. Not a public API: it may change in
 /// any release.
 #[doc(hidden)]

@@ -1,7 +1,5 @@
 //! The unit of work: the transaction boundary that releases events on commit.
 
-use std::future::Future;
-
 /// A transaction boundary around the aggregates one handler call touches.
 ///
 /// The contract, which is what keeps "events go out only after the transaction
@@ -16,8 +14,10 @@ use std::future::Future;
 ///   nothing, and the bus drops whatever a failed handler released anyway.
 ///
 /// Register it as a scoped dependency so every handler call gets a fresh one,
-/// and take it as `Scoped<YourUnitOfWork>` (or `Scoped<dyn YourTrait>` so tests
-/// can substitute a fake).
+/// and take it as `Scoped<YourUnitOfWork>`, or as `Scoped<dyn YourTrait>` so
+/// tests can substitute a fake: the trait is object-safe (its methods are
+/// declared with [`async_trait`](crate::async_trait), re-exported here, which
+/// implementations use too).
 ///
 /// ```
 /// use std::collections::HashMap;
@@ -40,6 +40,7 @@ use std::future::Future;
 ///     releaser: EventReleaser,
 /// }
 ///
+/// #[bus_core::async_trait]
 /// impl UnitOfWork for InMemoryUow {
 ///     type Error = std::convert::Infallible;
 ///     async fn commit(&mut self) -> Result<(), Self::Error> {
@@ -65,13 +66,14 @@ use std::future::Future;
 /// bus_core::block_on(uow.commit()).unwrap();
 /// assert_eq!(releaser.drain().len(), 1);          // released on commit
 /// ```
+#[async_trait::async_trait]
 pub trait UnitOfWork: Send {
     /// Why a commit or rollback failed.
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Makes the changes durable, then releases the seen aggregates' events.
-    fn commit(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    async fn commit(&mut self) -> Result<(), Self::Error>;
 
     /// Discards the changes; releases nothing.
-    fn rollback(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    async fn rollback(&mut self) -> Result<(), Self::Error>;
 }

@@ -96,6 +96,7 @@ impl BankUow {
     }
 }
 
+#[bus_core::async_trait]
 impl UnitOfWork for BankUow {
     type Error = Infallible;
     async fn commit(&mut self) -> Result<(), Infallible> {
