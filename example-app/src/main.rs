@@ -1,48 +1,98 @@
-//! Runs the warehouse example: adds stock, allocates three orders, and prints
-//! what their events caused.
+//! Runs the allocation service: `cargo run -p example-app`, then
+//! `curl localhost:5005/allocations/order-1`. See `--help` for settings.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use example_app::{bootstrap, AddStock, Allocate, StdoutNotifications};
+use bus_core::BuildError;
+use clap::Parser;
+use example_app::adapters::sqlite;
+use example_app::config::Config;
+use example_app::entrypoints::http;
+use example_app::{bootstrap, Adapters};
+use tokio::net::TcpListener;
 
-fn main() -> ExitCode {
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("cannot open the database {url}: {source}")]
+    Database { url: String, source: sqlx::Error },
+    #[error(transparent)]
+    Wiring(#[from] BuildError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-
-    let bus = match bootstrap(Arc::default(), Arc::new(StdoutNotifications)) {
-        Ok(bus) => bus,
+    match run(Config::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::FAILURE;
+            tracing::error!("{error}");
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), StartError> {
+    let pool = sqlite::connect(&config.database_url)
+        .await
+        .map_err(|source| StartError::Database {
+            url: config.database_url.clone(),
+            source,
+        })?;
+    let bus = bootstrap(Adapters::sqlite(pool.clone()))?;
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    let addr = listener.local_addr().unwrap_or(config.bind);
+    tracing::info!(database = %config.database_url, "listening on http://{addr}");
+    http::serve(listener, bus, shutdown_signal())
+        .await
+        .map_err(StartError::Serve)?;
+    pool.close().await;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
         }
     };
-
-    if let Err(error) = bus.dispatch_blocking(AddStock {
-        sku: "RED-CHAIR".into(),
-        qty: 10,
-    }) {
-        eprintln!("adding stock failed: {error}");
-        return ExitCode::FAILURE;
-    }
-    for (orderid, sku, qty) in [
-        ("order-1", "RED-CHAIR", 3),
-        ("order-2", "RED-CHAIR", 8),
-        ("order-3", "BLUE-SOFA", 1),
-    ] {
-        let command = Allocate {
-            orderid: orderid.into(),
-            sku: sku.into(),
-            qty,
-        };
-        match bus.dispatch_blocking(command) {
-            Ok(left) => println!("{orderid}: {qty} x {sku} requested, {left} left"),
-            Err(error) => println!("{orderid}: refused: {error}"),
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
         }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
     }
-    ExitCode::SUCCESS
+    tracing::info!("shutting down: finishing requests in flight");
 }

@@ -1,0 +1,6 @@
+//! The domain: the `Product` aggregate, the messages it speaks in, and nothing
+//! that knows about storage, HTTP or the bus's wiring.
+
+pub mod commands;
+pub mod events;
+pub mod model;

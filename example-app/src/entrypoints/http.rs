@@ -1,0 +1,289 @@
+//! The HTTP API (axum): thin handlers that turn requests into commands and
+//! queries, and domain errors into status codes.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bus_core::{Bus, Command, DispatchError};
+use chrono::NaiveDate;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
+use crate::service_layer::unit_of_work::UowError;
+use crate::service_layer::ServiceError;
+use crate::views::{Allocations, ViewError};
+
+/// How many times a command that lost an optimistic-concurrency race is
+/// tried before the client gets 409.
+pub const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// The routes, over a built bus.
+pub fn router(bus: Bus) -> Router {
+    Router::new()
+        .route("/add_batch", post(add_batch))
+        .route("/allocate", post(allocate))
+        .route("/allocations/{orderid}", get(allocations))
+        .route("/change_batch_quantity", post(change_batch_quantity))
+        .fallback(no_such_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(bus)
+}
+
+/// Serves the API until `shutdown` completes; requests in flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    bus: Bus,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(bus))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// An error answer: a status and a JSON `{"message"}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "message": self.message }))).into_response()
+    }
+}
+
+impl From<DispatchError<ServiceError>> for ApiError {
+    fn from(error: DispatchError<ServiceError>) -> Self {
+        let status = match &error {
+            DispatchError::Handler(ServiceError::InvalidSku(_) | ServiceError::UnknownBatch(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            DispatchError::Handler(ServiceError::DuplicateBatch(_)) => StatusCode::CONFLICT,
+            DispatchError::Handler(ServiceError::Uow(UowError::Conflict { .. })) => {
+                StatusCode::CONFLICT
+            }
+            DispatchError::Handler(ServiceError::Uow(UowError::Storage(_))) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(%error, "command failed");
+        }
+        ApiError::new(status, error.to_string())
+    }
+}
+
+impl From<DispatchError<ViewError>> for ApiError {
+    fn from(error: DispatchError<ViewError>) -> Self {
+        tracing::error!(%error, "query failed");
+        let status = match error {
+            DispatchError::Handler(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, error.to_string())
+    }
+}
+
+/// A JSON body whose every rejection (not JSON, wrong content type, a
+/// missing, unknown or mistyped field) is an [`ApiError`] naming the problem.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    ApiError::new(rejection.status(), rejection.body_text())
+}
+
+fn non_empty(field: &str, value: String) -> Result<String, ApiError> {
+    if value.trim().is_empty() {
+        Err(ApiError::bad_request(format!("{field} must not be empty")))
+    } else {
+        Ok(value)
+    }
+}
+
+fn positive_qty(qty: i64) -> Result<u32, ApiError> {
+    match u32::try_from(qty) {
+        Ok(qty) if qty > 0 => Ok(qty),
+        _ => Err(ApiError::bad_request(format!(
+            "qty must be a whole number from 1 to {}, got {qty}",
+            u32::MAX
+        ))),
+    }
+}
+
+fn eta(value: Option<String>) -> Result<Option<NaiveDate>, ApiError> {
+    value
+        .map(|text| {
+            NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|_| {
+                ApiError::bad_request(format!(
+                    "eta must be a date YYYY-MM-DD or null, got {text:?}"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// Dispatches a command, trying it again while it loses optimistic-
+/// concurrency races (nothing of a lost attempt was written or released).
+async fn dispatch_retrying<C>(
+    bus: &Bus,
+    command: C,
+) -> Result<C::Output, DispatchError<ServiceError>>
+where
+    C: Command<Error = ServiceError> + Clone,
+{
+    let mut attempt = 1;
+    loop {
+        match bus.dispatch(command.clone()).await {
+            Err(DispatchError::Handler(error))
+                if error.is_conflict() && attempt < CONFLICT_ATTEMPTS =>
+            {
+                tracing::debug!(attempt, %error, "conflict; trying again");
+                tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddBatchBody {
+    #[serde(rename = "ref")]
+    reference: String,
+    sku: String,
+    qty: i64,
+    eta: Option<String>,
+}
+
+async fn add_batch(
+    State(bus): State<Bus>,
+    ApiJson(body): ApiJson<AddBatchBody>,
+) -> Result<Response, ApiError> {
+    let command = CreateBatch {
+        reference: non_empty("ref", body.reference)?,
+        sku: non_empty("sku", body.sku)?,
+        qty: positive_qty(body.qty)?,
+        eta: eta(body.eta)?,
+    };
+    let reference = command.reference.clone();
+    dispatch_retrying(&bus, command).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "ref": reference }))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllocateBody {
+    orderid: String,
+    sku: String,
+    qty: i64,
+}
+
+async fn allocate(
+    State(bus): State<Bus>,
+    ApiJson(body): ApiJson<AllocateBody>,
+) -> Result<Response, ApiError> {
+    let command = Allocate {
+        orderid: non_empty("orderid", body.orderid)?,
+        sku: non_empty("sku", body.sku)?,
+        qty: positive_qty(body.qty)?,
+    };
+    let batchref = dispatch_retrying(&bus, command).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "batchref": batchref }))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeBatchQuantityBody {
+    #[serde(rename = "ref")]
+    reference: String,
+    qty: i64,
+}
+
+async fn change_batch_quantity(
+    State(bus): State<Bus>,
+    ApiJson(body): ApiJson<ChangeBatchQuantityBody>,
+) -> Result<Response, ApiError> {
+    let command = ChangeBatchQuantity {
+        reference: non_empty("ref", body.reference)?,
+        qty: positive_qty(body.qty)?,
+    };
+    let answer = json!({ "ref": command.reference, "qty": command.qty });
+    dispatch_retrying(&bus, command).await?;
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+async fn allocations(
+    State(bus): State<Bus>,
+    Path(orderid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let rows = bus
+        .query(Allocations {
+            orderid: orderid.clone(),
+        })
+        .await?;
+    if rows.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no allocations for order {orderid}"),
+        ));
+    }
+    Ok(Json(json!(rows)))
+}
+
+async fn no_such_route(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such route: {}", request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}

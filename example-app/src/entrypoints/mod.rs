@@ -1,0 +1,3 @@
+//! Entrypoints: how requests reach the bus.
+
+pub mod http;

@@ -1,0 +1,48 @@
+//! The unit of work and repository that handlers use, whatever the storage.
+//!
+//! Handlers take `Scoped<dyn UnitOfWork>`: bootstrap decides whether that is
+//! the SQLite one or the in-memory fake.
+
+use bus_core::{async_trait, BoxError, EventReleaser};
+
+use crate::domain::model::Product;
+
+/// Why a unit of work failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UowError {
+    /// Another unit of work changed the product since it was loaded
+    /// (optimistic concurrency): nothing was written; retry the command.
+    #[error("product {sku} was changed concurrently; nothing was written, retry")]
+    Conflict {
+        /// The product.
+        sku: String,
+    },
+    /// The storage failed (unreachable, full, corrupt...).
+    #[error("storage failed: {0}")]
+    Storage(#[source] BoxError),
+}
+
+/// Products, loaded and added through one unit of work.
+#[async_trait]
+pub trait ProductRepository: Send {
+    /// The product with this sku, tracked by the unit of work.
+    async fn get(&mut self, sku: &str) -> Result<Option<&mut Product>, UowError>;
+
+    /// The product that has a batch with this reference.
+    async fn get_by_batchref(&mut self, reference: &str) -> Result<Option<&mut Product>, UowError>;
+
+    /// Adds a new product, tracked by the unit of work.
+    fn add(&mut self, product: Product) -> &mut Product;
+}
+
+/// One transaction over the products: changes are written, and the products'
+/// events released, only by [`commit`](bus_core::UnitOfWork::commit).
+pub trait UnitOfWork: bus_core::UnitOfWork<Error = UowError> {
+    /// The repository of this unit of work.
+    fn products(&mut self) -> &mut dyn ProductRepository;
+}
+
+/// Makes a fresh unit of work for one handler call, given the call's
+/// releaser; bootstrap registers it as a scoped dependency.
+pub type UnitOfWorkFactory =
+    std::sync::Arc<dyn Fn(EventReleaser) -> Box<dyn UnitOfWork> + Send + Sync>;
