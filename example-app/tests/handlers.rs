@@ -1,0 +1,258 @@
+//! The handlers, through the bus, on the in-memory adapters: the service
+//! layer's behaviour without a database.
+
+use std::sync::Arc;
+
+use bus_core::{Bus, DispatchError};
+use chrono::NaiveDate;
+use example_app::adapters::memory::InMemoryStore;
+use example_app::adapters::notifications::RecordingNotifications;
+use example_app::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
+use example_app::service_layer::ServiceError;
+use example_app::views::{AllocationRow, Allocations};
+use example_app::{bootstrap, Adapters};
+
+struct App {
+    bus: Bus,
+    store: Arc<InMemoryStore>,
+    notifications: Arc<RecordingNotifications>,
+}
+
+fn app() -> App {
+    let store = Arc::new(InMemoryStore::default());
+    let notifications = Arc::new(RecordingNotifications::default());
+    let bus = bootstrap(Adapters {
+        notifications: notifications.clone(),
+        ..Adapters::in_memory(&store)
+    })
+    .expect("the app's wiring is valid");
+    App {
+        bus,
+        store,
+        notifications,
+    }
+}
+
+fn batch(reference: &str, sku: &str, qty: u32, eta: Option<NaiveDate>) -> CreateBatch {
+    CreateBatch {
+        reference: reference.into(),
+        sku: sku.into(),
+        qty,
+        eta,
+    }
+}
+
+fn allocate(orderid: &str, sku: &str, qty: u32) -> Allocate {
+    Allocate {
+        orderid: orderid.into(),
+        sku: sku.into(),
+        qty,
+    }
+}
+
+fn tomorrow() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 11, 27).expect("valid date")
+}
+
+#[tokio::test]
+async fn adding_a_batch_for_a_new_product_creates_it() {
+    let app = app();
+    app.bus.dispatch(batch("b1", "CRUNCHY-ARMCHAIR", 100, None)).await.expect("added");
+    let product = app.store.product("CRUNCHY-ARMCHAIR").expect("the product exists");
+    assert_eq!(product.batches.len(), 1);
+    assert_eq!(app.store.commits(), 1);
+}
+
+#[tokio::test]
+async fn adding_a_batch_for_an_existing_product_joins_it() {
+    let app = app();
+    app.bus.dispatch(batch("b1", "GARISH-RUG", 100, None)).await.expect("added");
+    app.bus.dispatch(batch("b2", "GARISH-RUG", 99, None)).await.expect("added");
+    let product = app.store.product("GARISH-RUG").expect("the product exists");
+    let references: Vec<_> = product.batches.iter().map(|b| b.reference.as_str()).collect();
+    assert_eq!(references, ["b1", "b2"]);
+}
+
+#[tokio::test]
+async fn adding_a_batch_with_a_taken_reference_is_refused() {
+    let app = app();
+    app.bus.dispatch(batch("b1", "RUG", 1, None)).await.expect("added");
+    let error = app.bus.dispatch(batch("b1", "LAMP", 1, None)).await.expect_err("taken");
+    assert!(matches!(error, DispatchError::Handler(ServiceError::DuplicateBatch(r)) if r == "b1"));
+    assert!(app.store.product("LAMP").is_none(), "nothing was written");
+}
+
+#[tokio::test]
+async fn allocating_returns_the_batch_and_commits() {
+    let app = app();
+    app.bus.dispatch(batch("batch1", "COMPLICATED-LAMP", 100, None)).await.expect("added");
+    let batchref = app
+        .bus
+        .dispatch(allocate("o1", "COMPLICATED-LAMP", 10))
+        .await
+        .expect("allocated");
+    assert_eq!(batchref.as_deref(), Some("batch1"));
+    assert_eq!(app.store.commits(), 2);
+    let product = app.store.product("COMPLICATED-LAMP").expect("exists");
+    assert_eq!(product.batch("batch1").expect("batch").available_quantity(), 90);
+}
+
+#[tokio::test]
+async fn allocating_an_invalid_sku_is_the_typed_error() {
+    let app = app();
+    app.bus.dispatch(batch("b1", "AREALSKU", 100, None)).await.expect("added");
+    let error = app
+        .bus
+        .dispatch(allocate("o1", "NONEXISTENTSKU", 10))
+        .await
+        .expect_err("no such sku");
+    match error {
+        DispatchError::Handler(ServiceError::InvalidSku(sku)) => assert_eq!(sku, "NONEXISTENTSKU"),
+        other => panic!("expected InvalidSku, got {other:?}"),
+    }
+    assert_eq!(app.store.commits(), 1, "the failed allocation committed nothing");
+}
+
+#[tokio::test]
+async fn out_of_stock_sends_a_notification() {
+    let app = app();
+    app.bus.dispatch(batch("b1", "POPULAR-CURTAINS", 9, None)).await.expect("added");
+    let batchref = app
+        .bus
+        .dispatch(allocate("o1", "POPULAR-CURTAINS", 10))
+        .await
+        .expect("the command itself succeeds");
+    assert_eq!(batchref, None);
+    assert_eq!(
+        app.notifications.sent(),
+        [(
+            "stock@made.com".to_owned(),
+            "Out of stock for POPULAR-CURTAINS".to_owned()
+        )]
+    );
+}
+
+#[tokio::test]
+async fn allocations_reach_the_read_model() {
+    let app = app();
+    app.bus.dispatch(batch("b1", "SQUEAKY-CHAIR", 10, None)).await.expect("added");
+    app.bus.dispatch(allocate("o1", "SQUEAKY-CHAIR", 2)).await.expect("allocated");
+    let rows = app
+        .bus
+        .query(Allocations {
+            orderid: "o1".into(),
+        })
+        .await
+        .expect("answered");
+    assert_eq!(
+        rows,
+        [AllocationRow {
+            sku: "SQUEAKY-CHAIR".into(),
+            batchref: "b1".into()
+        }]
+    );
+}
+
+#[tokio::test]
+async fn changing_a_batch_quantity_changes_it() {
+    let app = app();
+    app.bus.dispatch(batch("b1", "ADORABLE-SETTEE", 100, None)).await.expect("added");
+    app.bus
+        .dispatch(ChangeBatchQuantity {
+            reference: "b1".into(),
+            qty: 50,
+        })
+        .await
+        .expect("changed");
+    let product = app.store.product("ADORABLE-SETTEE").expect("exists");
+    assert_eq!(product.batch("b1").expect("batch").available_quantity(), 50);
+}
+
+#[tokio::test]
+async fn changing_an_unknown_batch_is_the_typed_error() {
+    let app = app();
+    let error = app
+        .bus
+        .dispatch(ChangeBatchQuantity {
+            reference: "nope".into(),
+            qty: 5,
+        })
+        .await
+        .expect_err("no such batch");
+    assert!(matches!(error, DispatchError::Handler(ServiceError::UnknownBatch(r)) if r == "nope"));
+}
+
+#[tokio::test]
+async fn reducing_a_batch_reallocates_its_lines_if_necessary() {
+    let app = app();
+    app.bus.dispatch(batch("in-stock", "INDIFFERENT-TABLE", 50, None)).await.expect("added");
+    app.bus
+        .dispatch(batch("shipping", "INDIFFERENT-TABLE", 50, Some(tomorrow())))
+        .await
+        .expect("added");
+    for orderid in ["order1", "order2"] {
+        let batchref = app
+            .bus
+            .dispatch(allocate(orderid, "INDIFFERENT-TABLE", 20))
+            .await
+            .expect("allocated");
+        assert_eq!(batchref.as_deref(), Some("in-stock"));
+    }
+    let product = app.store.product("INDIFFERENT-TABLE").expect("exists");
+    assert_eq!(product.batch("in-stock").expect("batch").available_quantity(), 10);
+
+    app.bus
+        .dispatch(ChangeBatchQuantity {
+            reference: "in-stock".into(),
+            qty: 25,
+        })
+        .await
+        .expect("changed");
+
+    // One order moved to the shipment: 25 - 20 = 5 left here, 50 - 20 = 30 there.
+    let product = app.store.product("INDIFFERENT-TABLE").expect("exists");
+    assert_eq!(product.batch("in-stock").expect("batch").available_quantity(), 5);
+    assert_eq!(product.batch("shipping").expect("batch").available_quantity(), 30);
+
+    // The read model followed: the moved order now points at the shipment.
+    let mut moved = Vec::new();
+    for orderid in ["order1", "order2"] {
+        let rows = app
+            .bus
+            .query(Allocations {
+                orderid: orderid.into(),
+            })
+            .await
+            .expect("answered");
+        assert_eq!(rows.len(), 1, "{orderid}: {rows:?}");
+        moved.push(rows[0].batchref.clone());
+    }
+    moved.sort();
+    assert_eq!(moved, ["in-stock", "shipping"]);
+}
+
+#[tokio::test]
+async fn a_concurrent_change_loses_with_a_conflict_and_writes_nothing() {
+    use bus_core::UnitOfWork as _;
+    use example_app::adapters::memory::FakeUnitOfWork;
+    use example_app::domain::model::OrderLine;
+    use example_app::service_layer::unit_of_work::{UnitOfWork, UowError};
+
+    let app = app();
+    app.bus.dispatch(batch("b1", "LAMP", 10, None)).await.expect("added");
+    let mut first = FakeUnitOfWork::new(app.store.clone(), bus_core::EventReleaser::new());
+    let mut second = FakeUnitOfWork::new(app.store.clone(), bus_core::EventReleaser::new());
+    for (uow, orderid) in [(&mut first, "o1"), (&mut second, "o2")] {
+        let product = uow.products().get("LAMP").await.expect("read").expect("exists");
+        product.allocate(OrderLine {
+            orderid: orderid.into(),
+            sku: "LAMP".into(),
+            qty: 10,
+        });
+    }
+    first.commit().await.expect("the first commits");
+    let error = second.commit().await.expect_err("the second conflicts");
+    assert!(matches!(error, UowError::Conflict { ref sku } if sku == "LAMP"), "{error}");
+    let product = app.store.product("LAMP").expect("exists");
+    assert_eq!(product.batch("b1").expect("batch").allocations().len(), 1, "never oversold");
+}
