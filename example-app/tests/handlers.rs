@@ -1,6 +1,9 @@
 //! The handlers, through the bus, on the in-memory adapters: the service
 //! layer's behaviour without a database.
 
+// A test whose setup fails should panic, helpers included.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use bus_core::{Bus, DispatchError};
@@ -57,8 +60,14 @@ fn tomorrow() -> NaiveDate {
 #[tokio::test]
 async fn adding_a_batch_for_a_new_product_creates_it() {
     let app = app();
-    app.bus.dispatch(batch("b1", "CRUNCHY-ARMCHAIR", 100, None)).await.expect("added");
-    let product = app.store.product("CRUNCHY-ARMCHAIR").expect("the product exists");
+    app.bus
+        .dispatch(batch("b1", "CRUNCHY-ARMCHAIR", 100, None))
+        .await
+        .expect("added");
+    let product = app
+        .store
+        .product("CRUNCHY-ARMCHAIR")
+        .expect("the product exists");
     assert_eq!(product.batches.len(), 1);
     assert_eq!(app.store.commits(), 1);
 }
@@ -66,18 +75,35 @@ async fn adding_a_batch_for_a_new_product_creates_it() {
 #[tokio::test]
 async fn adding_a_batch_for_an_existing_product_joins_it() {
     let app = app();
-    app.bus.dispatch(batch("b1", "GARISH-RUG", 100, None)).await.expect("added");
-    app.bus.dispatch(batch("b2", "GARISH-RUG", 99, None)).await.expect("added");
+    app.bus
+        .dispatch(batch("b1", "GARISH-RUG", 100, None))
+        .await
+        .expect("added");
+    app.bus
+        .dispatch(batch("b2", "GARISH-RUG", 99, None))
+        .await
+        .expect("added");
     let product = app.store.product("GARISH-RUG").expect("the product exists");
-    let references: Vec<_> = product.batches.iter().map(|b| b.reference.as_str()).collect();
+    let references: Vec<_> = product
+        .batches
+        .iter()
+        .map(|b| b.reference.as_str())
+        .collect();
     assert_eq!(references, ["b1", "b2"]);
 }
 
 #[tokio::test]
 async fn adding_a_batch_with_a_taken_reference_is_refused() {
     let app = app();
-    app.bus.dispatch(batch("b1", "RUG", 1, None)).await.expect("added");
-    let error = app.bus.dispatch(batch("b1", "LAMP", 1, None)).await.expect_err("taken");
+    app.bus
+        .dispatch(batch("b1", "RUG", 1, None))
+        .await
+        .expect("added");
+    let error = app
+        .bus
+        .dispatch(batch("b1", "LAMP", 1, None))
+        .await
+        .expect_err("taken");
     assert!(matches!(error, DispatchError::Handler(ServiceError::DuplicateBatch(r)) if r == "b1"));
     assert!(app.store.product("LAMP").is_none(), "nothing was written");
 }
@@ -85,7 +111,10 @@ async fn adding_a_batch_with_a_taken_reference_is_refused() {
 #[tokio::test]
 async fn allocating_returns_the_batch_and_commits() {
     let app = app();
-    app.bus.dispatch(batch("batch1", "COMPLICATED-LAMP", 100, None)).await.expect("added");
+    app.bus
+        .dispatch(batch("batch1", "COMPLICATED-LAMP", 100, None))
+        .await
+        .expect("added");
     let batchref = app
         .bus
         .dispatch(allocate("o1", "COMPLICATED-LAMP", 10))
@@ -94,13 +123,19 @@ async fn allocating_returns_the_batch_and_commits() {
     assert_eq!(batchref.as_deref(), Some("batch1"));
     assert_eq!(app.store.commits(), 2);
     let product = app.store.product("COMPLICATED-LAMP").expect("exists");
-    assert_eq!(product.batch("batch1").expect("batch").available_quantity(), 90);
+    assert_eq!(
+        product.batch("batch1").expect("batch").available_quantity(),
+        90
+    );
 }
 
 #[tokio::test]
 async fn allocating_an_invalid_sku_is_the_typed_error() {
     let app = app();
-    app.bus.dispatch(batch("b1", "AREALSKU", 100, None)).await.expect("added");
+    app.bus
+        .dispatch(batch("b1", "AREALSKU", 100, None))
+        .await
+        .expect("added");
     let error = app
         .bus
         .dispatch(allocate("o1", "NONEXISTENTSKU", 10))
@@ -110,13 +145,20 @@ async fn allocating_an_invalid_sku_is_the_typed_error() {
         DispatchError::Handler(ServiceError::InvalidSku(sku)) => assert_eq!(sku, "NONEXISTENTSKU"),
         other => panic!("expected InvalidSku, got {other:?}"),
     }
-    assert_eq!(app.store.commits(), 1, "the failed allocation committed nothing");
+    assert_eq!(
+        app.store.commits(),
+        1,
+        "the failed allocation committed nothing"
+    );
 }
 
 #[tokio::test]
 async fn out_of_stock_sends_a_notification() {
     let app = app();
-    app.bus.dispatch(batch("b1", "POPULAR-CURTAINS", 9, None)).await.expect("added");
+    app.bus
+        .dispatch(batch("b1", "POPULAR-CURTAINS", 9, None))
+        .await
+        .expect("added");
     let batchref = app
         .bus
         .dispatch(allocate("o1", "POPULAR-CURTAINS", 10))
@@ -135,8 +177,14 @@ async fn out_of_stock_sends_a_notification() {
 #[tokio::test]
 async fn allocations_reach_the_read_model() {
     let app = app();
-    app.bus.dispatch(batch("b1", "SQUEAKY-CHAIR", 10, None)).await.expect("added");
-    app.bus.dispatch(allocate("o1", "SQUEAKY-CHAIR", 2)).await.expect("allocated");
+    app.bus
+        .dispatch(batch("b1", "SQUEAKY-CHAIR", 10, None))
+        .await
+        .expect("added");
+    app.bus
+        .dispatch(allocate("o1", "SQUEAKY-CHAIR", 2))
+        .await
+        .expect("allocated");
     let rows = app
         .bus
         .query(Allocations {
@@ -156,7 +204,10 @@ async fn allocations_reach_the_read_model() {
 #[tokio::test]
 async fn changing_a_batch_quantity_changes_it() {
     let app = app();
-    app.bus.dispatch(batch("b1", "ADORABLE-SETTEE", 100, None)).await.expect("added");
+    app.bus
+        .dispatch(batch("b1", "ADORABLE-SETTEE", 100, None))
+        .await
+        .expect("added");
     app.bus
         .dispatch(ChangeBatchQuantity {
             reference: "b1".into(),
@@ -185,7 +236,10 @@ async fn changing_an_unknown_batch_is_the_typed_error() {
 #[tokio::test]
 async fn reducing_a_batch_reallocates_its_lines_if_necessary() {
     let app = app();
-    app.bus.dispatch(batch("in-stock", "INDIFFERENT-TABLE", 50, None)).await.expect("added");
+    app.bus
+        .dispatch(batch("in-stock", "INDIFFERENT-TABLE", 50, None))
+        .await
+        .expect("added");
     app.bus
         .dispatch(batch("shipping", "INDIFFERENT-TABLE", 50, Some(tomorrow())))
         .await
@@ -199,7 +253,13 @@ async fn reducing_a_batch_reallocates_its_lines_if_necessary() {
         assert_eq!(batchref.as_deref(), Some("in-stock"));
     }
     let product = app.store.product("INDIFFERENT-TABLE").expect("exists");
-    assert_eq!(product.batch("in-stock").expect("batch").available_quantity(), 10);
+    assert_eq!(
+        product
+            .batch("in-stock")
+            .expect("batch")
+            .available_quantity(),
+        10
+    );
 
     app.bus
         .dispatch(ChangeBatchQuantity {
@@ -211,8 +271,20 @@ async fn reducing_a_batch_reallocates_its_lines_if_necessary() {
 
     // One order moved to the shipment: 25 - 20 = 5 left here, 50 - 20 = 30 there.
     let product = app.store.product("INDIFFERENT-TABLE").expect("exists");
-    assert_eq!(product.batch("in-stock").expect("batch").available_quantity(), 5);
-    assert_eq!(product.batch("shipping").expect("batch").available_quantity(), 30);
+    assert_eq!(
+        product
+            .batch("in-stock")
+            .expect("batch")
+            .available_quantity(),
+        5
+    );
+    assert_eq!(
+        product
+            .batch("shipping")
+            .expect("batch")
+            .available_quantity(),
+        30
+    );
 
     // The read model followed: the moved order now points at the shipment.
     let mut moved = Vec::new();
@@ -239,11 +311,19 @@ async fn a_concurrent_change_loses_with_a_conflict_and_writes_nothing() {
     use example_app::service_layer::unit_of_work::{UnitOfWork, UowError};
 
     let app = app();
-    app.bus.dispatch(batch("b1", "LAMP", 10, None)).await.expect("added");
+    app.bus
+        .dispatch(batch("b1", "LAMP", 10, None))
+        .await
+        .expect("added");
     let mut first = FakeUnitOfWork::new(app.store.clone(), bus_core::EventReleaser::new());
     let mut second = FakeUnitOfWork::new(app.store.clone(), bus_core::EventReleaser::new());
     for (uow, orderid) in [(&mut first, "o1"), (&mut second, "o2")] {
-        let product = uow.products().get("LAMP").await.expect("read").expect("exists");
+        let product = uow
+            .products()
+            .get("LAMP")
+            .await
+            .expect("read")
+            .expect("exists");
         product.allocate(OrderLine {
             orderid: orderid.into(),
             sku: "LAMP".into(),
@@ -252,7 +332,14 @@ async fn a_concurrent_change_loses_with_a_conflict_and_writes_nothing() {
     }
     first.commit().await.expect("the first commits");
     let error = second.commit().await.expect_err("the second conflicts");
-    assert!(matches!(error, UowError::Conflict { ref sku } if sku == "LAMP"), "{error}");
+    assert!(
+        matches!(error, UowError::Conflict { ref sku } if sku == "LAMP"),
+        "{error}"
+    );
     let product = app.store.product("LAMP").expect("exists");
-    assert_eq!(product.batch("b1").expect("batch").allocations().len(), 1, "never oversold");
+    assert_eq!(
+        product.batch("b1").expect("batch").allocations().len(),
+        1,
+        "never oversold"
+    );
 }

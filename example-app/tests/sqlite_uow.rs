@@ -1,5 +1,8 @@
 //! The SQLite unit of work against a real database file.
 
+// A test whose setup fails should panic, helpers included.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use bus_core::{EventReleaser, UnitOfWork as _};
@@ -53,16 +56,32 @@ async fn a_commit_persists_products_batches_and_allocations() {
 
     let releaser = EventReleaser::new();
     let mut uow = SqliteUnitOfWork::new(pool.clone(), releaser.clone());
-    let product = uow.products().get("HIPSTER-WORKBENCH").await.expect("read").expect("exists");
-    assert_eq!(product.allocate(line("o1", "HIPSTER-WORKBENCH", 10)).as_deref(), Some("b1"));
-    assert!(releaser.drain().is_empty(), "nothing released before commit");
+    let product = uow
+        .products()
+        .get("HIPSTER-WORKBENCH")
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(
+        product
+            .allocate(line("o1", "HIPSTER-WORKBENCH", 10))
+            .as_deref(),
+        Some("b1")
+    );
+    assert!(
+        releaser.drain().is_empty(),
+        "nothing released before commit"
+    );
     uow.commit().await.expect("committed");
     let released: Vec<_> = releaser.drain().iter().map(|e| e.name()).collect();
     assert_eq!(released, ["allocation.allocated"]);
 
     let product = load(&pool, "HIPSTER-WORKBENCH").await.expect("persisted");
     assert_eq!(product.version_number, 1);
-    assert_eq!(product.batch("b1").expect("b1").allocations(), [line("o1", "HIPSTER-WORKBENCH", 10)]);
+    assert_eq!(
+        product.batch("b1").expect("b1").allocations(),
+        [line("o1", "HIPSTER-WORKBENCH", 10)]
+    );
     assert_eq!(product.batch("b2").expect("b2").eta, Some(eta));
     assert_eq!(product.batch("b2").expect("b2").available_quantity(), 50);
 }
@@ -73,7 +92,11 @@ async fn without_commit_nothing_is_written_or_released() {
     let releaser = EventReleaser::new();
     {
         let mut uow = SqliteUnitOfWork::new(pool.clone(), releaser.clone());
-        let product = uow.products().add(Product::new("LAMP", vec![Batch::new("b1", "LAMP", 5, None)], 0));
+        let product = uow.products().add(Product::new(
+            "LAMP",
+            vec![Batch::new("b1", "LAMP", 5, None)],
+            0,
+        ));
         product.allocate(line("o1", "LAMP", 1));
     }
     assert!(load(&pool, "LAMP").await.is_none());
@@ -85,7 +108,12 @@ async fn a_rollback_writes_nothing() {
     let (_dir, pool) = database().await;
     insert_product(&pool, "LAMP", vec![Batch::new("b1", "LAMP", 5, None)]).await;
     let mut uow = SqliteUnitOfWork::new(pool.clone(), EventReleaser::new());
-    let product = uow.products().get("LAMP").await.expect("read").expect("exists");
+    let product = uow
+        .products()
+        .get("LAMP")
+        .await
+        .expect("read")
+        .expect("exists");
     product.allocate(line("o1", "LAMP", 1));
     uow.rollback().await.expect("rolled back");
     uow.commit().await.expect("an empty commit");
@@ -99,27 +127,57 @@ async fn a_failed_commit_writes_nothing_and_releases_nothing() {
     insert_product(&pool, "LAMP", vec![Batch::new("b1", "LAMP", 5, None)]).await;
     let releaser = EventReleaser::new();
     let mut stale = SqliteUnitOfWork::new(pool.clone(), releaser.clone());
-    stale.products().get("LAMP").await.expect("read").expect("exists");
+    stale
+        .products()
+        .get("LAMP")
+        .await
+        .expect("read")
+        .expect("exists");
     // Another unit of work changes the product first.
     let mut other = SqliteUnitOfWork::new(pool.clone(), EventReleaser::new());
-    other.products().get("LAMP").await.expect("read").expect("exists").allocate(line("o1", "LAMP", 1));
+    other
+        .products()
+        .get("LAMP")
+        .await
+        .expect("read")
+        .expect("exists")
+        .allocate(line("o1", "LAMP", 1));
     other.commit().await.expect("committed");
 
-    let product = stale.products().get("LAMP").await.expect("read").expect("exists");
+    let product = stale
+        .products()
+        .get("LAMP")
+        .await
+        .expect("read")
+        .expect("exists");
     product.allocate(line("o2", "LAMP", 2));
     product.add_batch(Batch::new("b9", "LAMP", 9, None));
     let error = stale.commit().await.expect_err("stale");
     assert!(matches!(error, UowError::Conflict { .. }), "{error}");
-    assert!(releaser.drain().is_empty(), "a failed commit releases nothing");
+    assert!(
+        releaser.drain().is_empty(),
+        "a failed commit releases nothing"
+    );
     let product = load(&pool, "LAMP").await.expect("exists");
-    assert_eq!(product.batch("b1").expect("b1").allocations(), [line("o1", "LAMP", 1)]);
-    assert!(product.batch("b9").is_none(), "the failed commit's writes were rolled back");
+    assert_eq!(
+        product.batch("b1").expect("b1").allocations(),
+        [line("o1", "LAMP", 1)]
+    );
+    assert!(
+        product.batch("b9").is_none(),
+        "the failed commit's writes were rolled back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_concurrent_allocations_exactly_one_commits() {
     let (_dir, pool) = database().await;
-    insert_product(&pool, "LAST-CHAIR", vec![Batch::new("b1", "LAST-CHAIR", 1, None)]).await;
+    insert_product(
+        &pool,
+        "LAST-CHAIR",
+        vec![Batch::new("b1", "LAST-CHAIR", 1, None)],
+    )
+    .await;
     let barrier = Arc::new(Barrier::new(2));
     let mut tasks = Vec::new();
     for orderid in ["o1", "o2"] {
@@ -148,5 +206,9 @@ async fn of_two_concurrent_allocations_exactly_one_commits() {
     );
     let product = load(&pool, "LAST-CHAIR").await.expect("exists");
     assert_eq!(product.version_number, 1);
-    assert_eq!(product.batch("b1").expect("b1").allocations().len(), 1, "never oversold");
+    assert_eq!(
+        product.batch("b1").expect("b1").allocations().len(),
+        1,
+        "never oversold"
+    );
 }
