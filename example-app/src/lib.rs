@@ -6,7 +6,7 @@
 //! - [`adapters`]: SQLite and in-memory storage, notifications;
 //! - [`views`]: the read model and its query;
 //! - [`entrypoints`]: the HTTP API;
-//! - [`bootstrap`]: the one place where the bus is built from adapters;
+//! - [`mod@bootstrap`]: the one place where the bus is built from adapters;
 //! - [`config`]: command-line and environment settings.
 
 pub mod adapters;
