@@ -343,3 +343,92 @@ async fn a_concurrent_change_loses_with_a_conflict_and_writes_nothing() {
         "never oversold"
     );
 }
+
+/// Wraps the fake unit of work: the commit attempt numbered `fail_attempt`
+/// (counted across all units of work) loses a concurrency race.
+mod racing {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use bus_core::{async_trait, EventReleaser};
+    use example_app::adapters::memory::{FakeUnitOfWork, InMemoryStore};
+    use example_app::service_layer::unit_of_work::{
+        ProductRepository, UnitOfWork, UnitOfWorkFactory, UowError,
+    };
+
+    pub struct Racing {
+        inner: FakeUnitOfWork,
+        attempts: Arc<AtomicUsize>,
+        fail_attempt: usize,
+    }
+
+    #[async_trait]
+    impl bus_core::UnitOfWork for Racing {
+        type Error = UowError;
+        async fn commit(&mut self) -> Result<(), UowError> {
+            let attempt = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
+            if attempt == self.fail_attempt {
+                return Err(UowError::Conflict {
+                    sku: "raced".into(),
+                });
+            }
+            self.inner.commit().await
+        }
+        async fn rollback(&mut self) -> Result<(), UowError> {
+            self.inner.rollback().await
+        }
+    }
+
+    impl UnitOfWork for Racing {
+        fn products(&mut self) -> &mut dyn ProductRepository {
+            self.inner.products()
+        }
+    }
+
+    pub fn factory(store: Arc<InMemoryStore>, fail_attempt: usize) -> UnitOfWorkFactory {
+        let attempts = Arc::new(AtomicUsize::new(0));
+        Arc::new(move |releaser: EventReleaser| {
+            Box::new(Racing {
+                inner: FakeUnitOfWork::new(store.clone(), releaser),
+                attempts: attempts.clone(),
+                fail_attempt,
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_reallocation_that_loses_a_race_is_tried_again() {
+    let store = Arc::new(InMemoryStore::default());
+    // Commits: 1 and 2 add the batches, 3 allocates, 4 changes the quantity,
+    // 5 is the reallocation's first attempt: it loses a race.
+    let bus = bootstrap(Adapters {
+        unit_of_work: racing::factory(store.clone(), 5),
+        ..Adapters::in_memory(&store)
+    })
+    .expect("valid wiring");
+    bus.dispatch(batch("in-stock", "TABLE", 10, None))
+        .await
+        .expect("added");
+    bus.dispatch(batch("shipping", "TABLE", 10, Some(tomorrow())))
+        .await
+        .expect("added");
+    bus.dispatch(allocate("o1", "TABLE", 8))
+        .await
+        .expect("allocated");
+    bus.dispatch(ChangeBatchQuantity {
+        reference: "in-stock".into(),
+        qty: 5,
+    })
+    .await
+    .expect("changed");
+    let product = store.product("TABLE").expect("exists");
+    assert_eq!(
+        product
+            .batch("shipping")
+            .expect("batch")
+            .available_quantity(),
+        2,
+        "the line was reallocated on the second attempt"
+    );
+}

@@ -49,6 +49,11 @@ pub async fn allocate(
     allocate_line(&mut *uow, line).await
 }
 
+/// How many times [`reallocate`] tries again after losing an
+/// optimistic-concurrency race, so that a deallocated line is not left
+/// without a batch because another request changed the product meanwhile.
+pub const REALLOCATE_ATTEMPTS: u32 = 5;
+
 /// Allocates again a line that lost its batch.
 #[handler(releases(Allocated, OutOfStock))]
 pub async fn reallocate(
@@ -60,7 +65,18 @@ pub async fn reallocate(
         sku: event.sku,
         qty: event.qty,
     };
-    allocate_line(&mut *uow, line).await.map(drop)
+    let mut attempt = 1;
+    loop {
+        match allocate_line(&mut *uow, line.clone()).await {
+            Err(error) if error.is_conflict() && attempt < REALLOCATE_ATTEMPTS => {
+                tracing::debug!(attempt, %error, "reallocation lost a race; trying again");
+                // Forget what was loaded, so that the next attempt reads afresh.
+                uow.rollback().await?;
+                attempt += 1;
+            }
+            outcome => return outcome.map(drop),
+        }
+    }
 }
 
 async fn allocate_line(
