@@ -233,6 +233,12 @@ impl Scope {
         self.releaser.get_or_insert_with(EventReleaser::new).clone()
     }
 
+    /// Whether anything asked for this call's releaser.
+    #[inline]
+    pub(crate) fn has_releaser(&self) -> bool {
+        self.releaser.is_some()
+    }
+
     /// Closes the releaser (if any was asked for) and takes what it holds.
     pub(crate) fn finish(self) -> Vec<crate::events::PendingEvent> {
         match self.releaser {

@@ -220,14 +220,24 @@ fn registration(
         ReturnType::Type(_, ty) => ty.span(),
     };
 
+    // The checks below are spanned on the user's tokens, so that a type
+    // error points there. Every local they name is interpolated from an
+    // identifier made here (call-site hygiene): written literally inside
+    // `quote_spanned!`, it would take the user's hygiene and not resolve when
+    // the handler is itself produced by a `macro_rules!` macro.
+    let call = format_ident!("call");
+    let shape = format_ident!("__bus_shape");
+    let output = format_ident!("__bus_output");
+    let returned = format_ident!("__bus_returned");
+    let message_value = format_ident!("__bus_message");
     let (take_message, describe_message) = match message {
         MessageParam::ByValue(ty) => (
-            quote_spanned! {ty.span()=> call.message_by_value::<#ty>() },
-            quote_spanned! {ty.span()=> __bus_shape.message_by_value::<#ty>(); },
+            quote_spanned! {ty.span()=> #call.message_by_value::<#ty>() },
+            quote_spanned! {ty.span()=> #shape.message_by_value::<#ty>(); },
         ),
         MessageParam::ByRef(ty) => (
-            quote_spanned! {ty.span()=> call.message_by_ref::<#ty>() },
-            quote_spanned! {ty.span()=> __bus_shape.message_by_ref::<#ty>(); },
+            quote_spanned! {ty.span()=> #call.message_by_ref::<#ty>() },
+            quote_spanned! {ty.span()=> #shape.message_by_ref::<#ty>(); },
         ),
     };
     let dep_idents: Vec<_> = (0..dependencies.len())
@@ -236,20 +246,20 @@ fn registration(
     let take_dependencies: Vec<_> = dependencies
         .iter()
         .enumerate()
-        .map(|(i, ty)| quote_spanned! {ty.span()=> call.dependency::<#ty>(#i) })
+        .map(|(i, ty)| quote_spanned! {ty.span()=> #call.dependency::<#ty>(#i) })
         .collect();
     let describe_dependencies = dependencies
         .iter()
-        .map(|ty| quote_spanned! {ty.span()=> __bus_shape.dependency::<#ty>(); });
+        .map(|ty| quote_spanned! {ty.span()=> #shape.dependency::<#ty>(); });
     let describe_releases = releases
         .iter()
-        .map(|path| quote_spanned! {path.span()=> __bus_shape.releases::<#path>(); });
+        .map(|path| quote_spanned! {path.span()=> #shape.releases::<#path>(); });
     let deliver = quote_spanned! {return_span=>
-        __bus_output.deliver::<#message_ty, #return_ty>(__bus_returned)
+        #output.deliver::<#message_ty, #return_ty>(#returned)
     };
     let describe = |answer: TokenStream| {
         quote! {
-            if let ::core::option::Option::Some(mut __bus_shape) = call.describe() {
+            if let ::core::option::Option::Some(mut #shape) = #call.describe() {
                 #describe_message
                 #(#describe_dependencies)*
                 #(#describe_releases)*
@@ -266,17 +276,17 @@ fn registration(
         let describe = describe(quote!(::bus_core::__private::ready_ok()));
         let boxed = quote_spanned! {async_span=>
             ::bus_core::__private::boxed(async move {
-                let __bus_returned = #ident(__bus_message #(, #dep_idents)*).await;
+                let #returned = #ident(#message_value #(, #dep_idents)*).await;
                 #deliver
             })
         };
         (
             quote! {
                 fn __bus_call<'a>(
-                    mut call: ::bus_core::__private::Call<'a>,
+                    mut #call: ::bus_core::__private::Call<'a>,
                 ) -> ::bus_core::__private::BoxFuture<'a, ::core::result::Result<(), ::bus_core::BoxError>> {
                     #describe
-                    let __bus_message = match #take_message {
+                    let #message_value = match #take_message {
                         ::core::result::Result::Ok(value) => value,
                         ::core::result::Result::Err(error) => return ::bus_core::__private::ready_err(error),
                     };
@@ -286,7 +296,7 @@ fn registration(
                             ::core::result::Result::Err(error) => return ::bus_core::__private::ready_err(error),
                         };
                     )*
-                    let __bus_output = call.output();
+                    let #output = #call.output();
                     #boxed
                 }
             },
@@ -297,13 +307,13 @@ fn registration(
         (
             quote! {
                 fn __bus_call(
-                    mut call: ::bus_core::__private::Call<'_>,
+                    mut #call: ::bus_core::__private::Call<'_>,
                 ) -> ::core::result::Result<(), ::bus_core::BoxError> {
                     #describe
-                    let __bus_message = #take_message?;
+                    let #message_value = #take_message?;
                     #( let #dep_idents = #take_dependencies?; )*
-                    let __bus_returned = #ident(__bus_message #(, #dep_idents)*);
-                    let __bus_output = call.output();
+                    let #returned = #ident(#message_value #(, #dep_idents)*);
+                    let #output = #call.output();
                     #deliver
                 }
             },

@@ -82,7 +82,7 @@ fn spans_and_failure_logs_name_the_message_and_the_handler() {
         "{inside}"
     );
     assert!(
-        inside.contains("handler{handler=\"observability::checkout\"}"),
+        inside.contains("handler{handler=\"observability::checkout\" message_name=\"shop.checkout\"}"),
         "{inside}"
     );
 
@@ -91,6 +91,10 @@ fn spans_and_failure_logs_name_the_message_and_the_handler() {
         .find(|line| line.contains("event handler failed"))
         .expect("the failure is logged");
     assert!(failure.contains("ERROR"), "{failure}");
+    assert!(
+        failure.contains("dispatch{kind=\"command\" message_name=\"shop.checkout\"}"),
+        "the failure is logged inside the dispatch that caused it: {failure}"
+    );
     assert!(
         failure.contains("message_name=\"shop.checked_out\""),
         "{failure}"

@@ -1,23 +1,33 @@
 //! Dispatching: one caller-owned FIFO queue per dispatch, handlers called with
 //! their dependencies, event-handler failures isolated and reported.
+//!
+//! Plain `fn` handlers are called inline, with no future and no allocation;
+//! only `async fn` handlers go through a (boxed) future. The `*_blocking`
+//! entry points therefore drive a dispatch whose handlers are all plain `fn`s
+//! without touching an executor at all.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use super::routes::BoundHandler;
 use super::unwind::CatchUnwind;
 use super::Bus;
-use crate::call::{Call, MessageRef};
-use crate::error::{CascadeLimitError, DispatchError};
+use crate::call::{AsyncCall, Call, MessageRef, SyncCall};
+use crate::error::{BoxError, CascadeLimitError, DispatchError};
 use crate::events::PendingEvent;
 use crate::executor::block_on;
 use crate::inject::Scope;
 use crate::message::{Command, Event, Message, MessageMeta, Query};
 use crate::observer::{panic_text, FailureCause, HandlerFailure};
 use crate::registry::HandlerFn;
+
+/// What a command or query handler produced: its output and the events it
+/// released, or the error for the caller.
+type Requested<O, E> = Result<(O, Vec<PendingEvent>), DispatchError<E>>;
 
 impl Bus {
     /// Sends a command to its one handler and returns what the handler
@@ -31,169 +41,188 @@ impl Bus {
         &self,
         command: C,
     ) -> Result<C::Output, DispatchError<C::Error>> {
-        let span = tracing::debug_span!("dispatch", kind = "command", message_name = C::name());
-        self.request::<C, C::Output, C::Error>(command)
-            .instrument(span)
-            .await
+        self.request::<C, C::Output, C::Error>(command, "command").await
     }
 
-    /// [`dispatch`](Self::dispatch) without an async runtime: drives the
-    /// dispatch on this thread. Never call it from inside an async task.
+    /// [`dispatch`](Self::dispatch) without an async runtime: plain `fn`
+    /// handlers run inline, `async fn` ones on a minimal executor on this
+    /// thread. Never call it from inside an async task.
     pub fn dispatch_blocking<C: Command>(
         &self,
         command: C,
     ) -> Result<C::Output, DispatchError<C::Error>> {
-        block_on(self.dispatch(command))
+        self.request_blocking::<C, C::Output, C::Error>(command, "command")
     }
 
     /// Asks a query of its one handler (the read side).
     pub async fn query<Q: Query>(&self, query: Q) -> Result<Q::Output, DispatchError<Q::Error>> {
-        let span = tracing::debug_span!("dispatch", kind = "query", message_name = Q::name());
-        self.request::<Q, Q::Output, Q::Error>(query)
-            .instrument(span)
-            .await
+        self.request::<Q, Q::Output, Q::Error>(query, "query").await
     }
 
     /// [`query`](Self::query) without an async runtime.
     pub fn query_blocking<Q: Query>(&self, query: Q) -> Result<Q::Output, DispatchError<Q::Error>> {
-        block_on(self.query(query))
+        self.request_blocking::<Q, Q::Output, Q::Error>(query, "query")
     }
 
     /// Publishes an event raised outside any handler, and runs the cascade it
     /// causes. Fails only when the cascade exceeds the bound.
     pub async fn publish<E: Event>(&self, event: E) -> Result<(), DispatchError<Infallible>> {
-        let span = tracing::debug_span!("dispatch", kind = "event", message_name = E::name());
-        self.run_events(E::meta(), vec![PendingEvent::new(event)], 0)
-            .instrument(span)
-            .await
-            .map_err(DispatchError::CascadeLimit)
+        let span = dispatch_span(E::meta(), "event");
+        let mut cascade = Cascade::new(E::meta(), self.inner.max_messages, 0);
+        async {
+            cascade.count(E::meta())?;
+            self.handle_event(&event, E::meta(), &mut cascade).await;
+            self.run_queue(&mut cascade).await
+        }
+        .instrument(span)
+        .await
+        .map_err(DispatchError::CascadeLimit)
     }
 
     /// [`publish`](Self::publish) without an async runtime.
     pub fn publish_blocking<E: Event>(&self, event: E) -> Result<(), DispatchError<Infallible>> {
-        block_on(self.publish(event))
+        let span = dispatch_span(E::meta(), "event");
+        let mut cascade = Cascade::new(E::meta(), self.inner.max_messages, 0);
+        enter(&span, || {
+            cascade.count(E::meta())?;
+            self.handle_event_blocking(&event, E::meta(), &mut cascade);
+            self.run_queue_blocking(&mut cascade)
+        })
+        .map_err(DispatchError::CascadeLimit)
     }
 
-    /// A command or query: its single handler, then the events it released.
-    async fn request<M, O, E>(&self, message: M) -> Result<O, DispatchError<E>>
+    async fn request<M, O, E>(&self, message: M, kind: &'static str) -> Result<O, DispatchError<E>>
     where
         M: Message,
         O: Send + 'static,
         E: Send + 'static,
     {
         let meta = M::meta();
-        let Some(handler) = self.inner.routes.handlers(meta).first() else {
-            return Err(DispatchError::Unhandled {
+        let span = dispatch_span(meta, kind);
+        let handler = self.single_handler::<E>(meta)?;
+        let (output, released) = match handler.registration.call() {
+            HandlerFn::Sync(f) => enter(&span, || request_sync(handler, f, message)),
+            HandlerFn::Async(f) => {
+                request_async(handler, f, message)
+                    .instrument(span.clone())
+                    .await
+            }
+        }?;
+        if !released.is_empty() {
+            let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
+            cascade.queue.extend(released);
+            self.run_queue(&mut cascade).instrument(span).await?;
+        }
+        Ok(output)
+    }
+
+    fn request_blocking<M, O, E>(&self, message: M, kind: &'static str) -> Result<O, DispatchError<E>>
+    where
+        M: Message,
+        O: Send + 'static,
+        E: Send + 'static,
+    {
+        let meta = M::meta();
+        let span = dispatch_span(meta, kind);
+        let handler = self.single_handler::<E>(meta)?;
+        let (output, released) = match handler.registration.call() {
+            HandlerFn::Sync(f) => enter(&span, || request_sync(handler, f, message)),
+            HandlerFn::Async(f) => block_on(request_async(handler, f, message).instrument(span.clone())),
+        }?;
+        if !released.is_empty() {
+            let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
+            cascade.queue.extend(released);
+            enter(&span, || self.run_queue_blocking(&mut cascade))?;
+        }
+        Ok(output)
+    }
+
+    /// The one handler of a command or query.
+    #[inline]
+    fn single_handler<E>(&self, meta: &'static MessageMeta) -> Result<&BoundHandler, DispatchError<E>> {
+        self.inner
+            .routes
+            .handlers(meta)
+            .first()
+            .ok_or(DispatchError::Unhandled {
                 kind: meta.kind(),
                 name: meta.name(),
-            });
-        };
-        let registration = handler.registration;
-        let mut slot = Some(message);
-        let mut output: Option<Result<O, E>> = None;
-        let mut scope = Scope::new();
-        let call = Call::new(
-            MessageRef::Owned(&mut slot),
-            Some(&mut output),
-            &handler.dependencies,
-            &mut scope,
-        );
-        let span = tracing::debug_span!("handler", handler = registration.name());
-        // A command handler's panic is not caught: commands fail noisily.
-        let called = match registration.call() {
-            HandlerFn::Sync(f) => span.in_scope(|| f(call)),
-            HandlerFn::Async(f) => f(call).instrument(span).await,
-        };
-        if let Err(error) = called {
-            return Err(DispatchError::Internal {
-                handler: registration.name(),
-                error,
-            });
-        }
-        match output {
-            Some(Ok(value)) => {
-                let released = scope.finish();
-                if !released.is_empty() {
-                    self.run_events(meta, released, 1).await?;
-                }
-                Ok(value)
-            }
-            Some(Err(error)) => {
-                let dropped = scope.finish();
-                if !dropped.is_empty() {
-                    tracing::debug!(
-                        dropped = dropped.len(),
-                        "handler failed: the events it released are dropped"
-                    );
-                }
-                Err(DispatchError::Handler(error))
-            }
-            None => Err(DispatchError::Internal {
-                handler: registration.name(),
-                error: "the handler produced no output".into(),
-            }),
-        }
+            })
     }
 
     /// Runs the queue to the end: each event through all of its handlers, in
     /// order; what they release joins the back of the queue.
-    async fn run_events(
-        &self,
-        origin: &'static MessageMeta,
-        initial: Vec<PendingEvent>,
-        mut processed: usize,
-    ) -> Result<(), CascadeLimitError> {
-        let max = self.inner.max_messages;
-        let mut queue = VecDeque::from(initial);
-        while let Some(event) = queue.pop_front() {
-            processed += 1;
-            if processed > max {
-                return Err(cascade_error(origin, max, &event, &queue));
-            }
-            for handler in self.inner.routes.handlers(event.meta()) {
-                let mut scope = Scope::new();
-                match self.call_event_handler(handler, &event, &mut scope).await {
-                    Ok(()) => queue.extend(scope.finish()),
-                    Err(cause) => {
-                        drop(scope.finish());
-                        self.report(event.meta(), handler, cause);
-                    }
-                }
-            }
+    async fn run_queue(&self, cascade: &mut Cascade) -> Result<(), CascadeLimitError> {
+        while let Some(event) = cascade.next()? {
+            self.handle_event(event.as_any(), event.meta(), cascade).await;
         }
         Ok(())
     }
 
-    /// One event-handler call, with its errors and panics caught.
-    async fn call_event_handler(
+    /// [`run_queue`](Self::run_queue), with async handlers driven on this
+    /// thread; the caller has entered the dispatch span.
+    fn run_queue_blocking(&self, cascade: &mut Cascade) -> Result<(), CascadeLimitError> {
+        while let Some(event) = cascade.next()? {
+            self.handle_event_blocking(event.as_any(), event.meta(), cascade);
+        }
+        Ok(())
+    }
+
+    /// One event through all of its handlers.
+    async fn handle_event(
+        &self,
+        event: &(dyn Any + Send + Sync),
+        meta: &'static MessageMeta,
+        cascade: &mut Cascade,
+    ) {
+        for handler in self.inner.routes.handlers(meta) {
+            let mut scope = Scope::new();
+            let outcome = match handler.registration.call() {
+                HandlerFn::Sync(f) => call_event_sync(handler, f, event, meta, &mut scope),
+                HandlerFn::Async(f) => call_event_async(handler, f, event, meta, &mut scope).await,
+            };
+            self.settle(handler, meta, scope, outcome, cascade);
+        }
+    }
+
+    /// [`handle_event`](Self::handle_event), with async handlers driven on this thread.
+    fn handle_event_blocking(
+        &self,
+        event: &(dyn Any + Send + Sync),
+        meta: &'static MessageMeta,
+        cascade: &mut Cascade,
+    ) {
+        for handler in self.inner.routes.handlers(meta) {
+            let mut scope = Scope::new();
+            let outcome = match handler.registration.call() {
+                HandlerFn::Sync(f) => call_event_sync(handler, f, event, meta, &mut scope),
+                HandlerFn::Async(f) => block_on(call_event_async(handler, f, event, meta, &mut scope)),
+            };
+            self.settle(handler, meta, scope, outcome, cascade);
+        }
+    }
+
+    /// After one event-handler call: queue what it released, or report its
+    /// failure and drop what it released.
+    #[inline]
+    fn settle(
         &self,
         handler: &BoundHandler,
-        event: &PendingEvent,
-        scope: &mut Scope,
-    ) -> Result<(), FailureCause> {
-        let registration = handler.registration;
-        let span = tracing::debug_span!(
-            "handler",
-            handler = registration.name(),
-            message_name = event.name()
-        );
-        let call = Call::new(
-            MessageRef::Shared(event.as_any()),
-            None,
-            &handler.dependencies,
-            scope,
-        );
-        let outcome = match registration.call() {
-            HandlerFn::Sync(f) => span.in_scope(|| catch_unwind(AssertUnwindSafe(|| f(call)))),
-            HandlerFn::Async(f) => match catch_unwind(AssertUnwindSafe(|| f(call))) {
-                Ok(future) => CatchUnwind(future).instrument(span).await,
-                Err(payload) => Err(payload),
-            },
-        };
+        meta: &'static MessageMeta,
+        scope: Scope,
+        outcome: Result<(), FailureCause>,
+        cascade: &mut Cascade,
+    ) {
         match outcome {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(FailureCause::Error(error)),
-            Err(payload) => Err(FailureCause::Panic(panic_text(&*payload))),
+            Ok(()) => {
+                if scope.has_releaser() {
+                    cascade.queue.extend(scope.finish());
+                }
+            }
+            Err(cause) => {
+                drop(scope.finish());
+                self.report(meta, handler, cause);
+            }
         }
     }
 
@@ -217,28 +246,209 @@ impl Bus {
     }
 }
 
-fn cascade_error(
+/// The span of one dispatch.
+#[inline]
+fn dispatch_span(meta: &'static MessageMeta, kind: &'static str) -> Span {
+    tracing::debug_span!("dispatch", kind, message_name = meta.name())
+}
+
+/// Runs `f` inside `span` (the dispatch's, when nothing entered it yet).
+#[inline]
+fn enter<R>(span: &Span, f: impl FnOnce() -> R) -> R {
+    if span.is_disabled() {
+        f()
+    } else {
+        span.in_scope(f)
+    }
+}
+
+/// The span of one handler call.
+#[inline]
+fn handler_span(handler: &BoundHandler, meta: &'static MessageMeta) -> Span {
+    tracing::debug_span!(
+        "handler",
+        handler = handler.registration.name(),
+        message_name = meta.name()
+    )
+}
+
+/// A plain `fn` command or query handler, called inline.
+#[inline]
+fn request_sync<M, O, E>(handler: &BoundHandler, f: SyncCall, message: M) -> Requested<O, E>
+where
+    M: Message,
+    O: Send + 'static,
+    E: Send + 'static,
+{
+    let mut slot = Some(message);
+    let mut output: Option<Result<O, E>> = None;
+    let mut scope = Scope::new();
+    let call = Call::new(
+        MessageRef::Owned(&mut slot),
+        Some(&mut output),
+        &handler.dependencies,
+        &mut scope,
+    );
+    // A command handler's panic is not caught: commands fail noisily.
+    let called = if tracing::enabled!(tracing::Level::DEBUG) {
+        handler_span(handler, M::meta()).in_scope(|| f(call))
+    } else {
+        f(call)
+    };
+    finish_request(handler, called, output, scope)
+}
+
+/// An `async fn` command or query handler.
+async fn request_async<M, O, E>(handler: &BoundHandler, f: AsyncCall, message: M) -> Requested<O, E>
+where
+    M: Message,
+    O: Send + 'static,
+    E: Send + 'static,
+{
+    let mut slot = Some(message);
+    let mut output: Option<Result<O, E>> = None;
+    let mut scope = Scope::new();
+    let call = Call::new(
+        MessageRef::Owned(&mut slot),
+        Some(&mut output),
+        &handler.dependencies,
+        &mut scope,
+    );
+    let called = f(call).instrument(handler_span(handler, M::meta())).await;
+    finish_request(handler, called, output, scope)
+}
+
+#[inline]
+fn finish_request<O, E>(
+    handler: &BoundHandler,
+    called: Result<(), BoxError>,
+    output: Option<Result<O, E>>,
+    scope: Scope,
+) -> Requested<O, E> {
+    let name = handler.registration.name();
+    if let Err(error) = called {
+        return Err(DispatchError::Internal { handler: name, error });
+    }
+    match output {
+        Some(Ok(value)) => Ok((value, scope.finish())),
+        Some(Err(error)) => {
+            let dropped = scope.finish();
+            if !dropped.is_empty() {
+                tracing::debug!(
+                    dropped = dropped.len(),
+                    "handler failed: the events it released are dropped"
+                );
+            }
+            Err(DispatchError::Handler(error))
+        }
+        None => Err(DispatchError::Internal {
+            handler: name,
+            error: "the handler produced no output".into(),
+        }),
+    }
+}
+
+/// A plain `fn` event handler, with its errors and panics caught.
+#[inline]
+fn call_event_sync(
+    handler: &BoundHandler,
+    f: SyncCall,
+    event: &(dyn Any + Send + Sync),
+    meta: &'static MessageMeta,
+    scope: &mut Scope,
+) -> Result<(), FailureCause> {
+    let call = Call::new(MessageRef::Shared(event), None, &handler.dependencies, scope);
+    let outcome = if tracing::enabled!(tracing::Level::DEBUG) {
+        handler_span(handler, meta).in_scope(|| catch_unwind(AssertUnwindSafe(|| f(call))))
+    } else {
+        catch_unwind(AssertUnwindSafe(|| f(call)))
+    };
+    failure_cause(outcome)
+}
+
+/// An `async fn` event handler, with its errors and panics caught.
+async fn call_event_async(
+    handler: &BoundHandler,
+    f: AsyncCall,
+    event: &(dyn Any + Send + Sync),
+    meta: &'static MessageMeta,
+    scope: &mut Scope,
+) -> Result<(), FailureCause> {
+    let call = Call::new(MessageRef::Shared(event), None, &handler.dependencies, scope);
+    let outcome = match catch_unwind(AssertUnwindSafe(|| f(call))) {
+        Ok(future) => CatchUnwind(future).instrument(handler_span(handler, meta)).await,
+        Err(payload) => Err(payload),
+    };
+    failure_cause(outcome)
+}
+
+#[inline]
+fn failure_cause(
+    outcome: Result<Result<(), BoxError>, Box<dyn Any + Send>>,
+) -> Result<(), FailureCause> {
+    match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(FailureCause::Error(error)),
+        Err(payload) => Err(FailureCause::Panic(panic_text(&*payload))),
+    }
+}
+
+/// The queue of one dispatch and its count against the bound.
+struct Cascade {
     origin: &'static MessageMeta,
     limit: usize,
-    current: &PendingEvent,
-    queue: &VecDeque<PendingEvent>,
-) -> CascadeLimitError {
-    let mut counts: Vec<(&'static str, usize)> = Vec::new();
-    for name in std::iter::once(current.name()).chain(queue.iter().map(PendingEvent::name)) {
-        match counts.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, count)) => *count += 1,
-            None => counts.push((name, 1)),
+    processed: usize,
+    queue: VecDeque<PendingEvent>,
+}
+
+impl Cascade {
+    fn new(origin: &'static MessageMeta, limit: usize, processed: usize) -> Self {
+        Cascade {
+            origin,
+            limit,
+            processed,
+            queue: VecDeque::new(),
         }
     }
-    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    tracing::error!(
-        origin = origin.name(),
-        limit,
-        "dispatch stopped: its events keep raising events"
-    );
-    CascadeLimitError {
-        origin: origin.name(),
-        limit,
-        pending: counts,
+
+    /// Counts one more message against the bound.
+    #[inline]
+    fn count(&mut self, meta: &'static MessageMeta) -> Result<(), CascadeLimitError> {
+        self.processed += 1;
+        if self.processed > self.limit {
+            return Err(self.limit_error(meta.name()));
+        }
+        Ok(())
+    }
+
+    /// The next queued event, counted against the bound.
+    fn next(&mut self) -> Result<Option<PendingEvent>, CascadeLimitError> {
+        let Some(event) = self.queue.pop_front() else {
+            return Ok(None);
+        };
+        self.count(event.meta())?;
+        Ok(Some(event))
+    }
+
+    #[cold]
+    fn limit_error(&self, current: &'static str) -> CascadeLimitError {
+        let mut counts: Vec<(&'static str, usize)> = Vec::new();
+        for name in std::iter::once(current).chain(self.queue.iter().map(PendingEvent::name)) {
+            match counts.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, count)) => *count += 1,
+                None => counts.push((name, 1)),
+            }
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        tracing::error!(
+            origin = self.origin.name(),
+            limit = self.limit,
+            "dispatch stopped: its events keep raising events"
+        );
+        CascadeLimitError {
+            origin: self.origin.name(),
+            limit: self.limit,
+            pending: counts,
+        }
     }
 }

@@ -1,0 +1,317 @@
+//! The cost of the bus next to the floor (a direct call), the fastest dynamic
+//! dispatch written by hand, and a published mediator crate.
+//!
+//! Run with `cargo bench -p bus-core --bench dispatch`; BENCHMARKS.md has the
+//! figures and what they mean.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::hint::black_box;
+
+use bus_core::{handler, Bus, Command, Dependencies, Event, EventReleaser, Registrations};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+// ---- the command every variant handles ------------------------------------
+
+/// The one shared dependency: read-only configuration.
+#[derive(Debug)]
+struct Config {
+    factor: u64,
+}
+
+#[derive(Debug, Command)]
+#[command(output = u64)]
+struct Scale {
+    value: u64,
+}
+
+#[handler]
+fn scale(cmd: Scale, config: &Config) -> Result<u64, Infallible> {
+    Ok(cmd.value.wrapping_mul(config.factor))
+}
+
+#[derive(Debug, Command)]
+#[command(output = u64)]
+struct ScaleAsync {
+    value: u64,
+}
+
+#[handler]
+async fn scale_async(cmd: ScaleAsync, config: &Config) -> Result<u64, Infallible> {
+    Ok(cmd.value.wrapping_mul(config.factor))
+}
+
+// ---- hand-wired: a TypeId map of erased fn pointers, &mut dyn Any slots ----
+
+type ErasedCommand = fn(&mut dyn Any, &mut dyn Any, &Config);
+
+fn erased_scale(message: &mut dyn Any, output: &mut dyn Any, config: &Config) {
+    let (Some(message), Some(output)) = (
+        message.downcast_mut::<Option<Scale>>(),
+        output.downcast_mut::<Option<Result<u64, Infallible>>>(),
+    ) else {
+        return;
+    };
+    if let Some(cmd) = message.take() {
+        *output = Some(scale(cmd, config));
+    }
+}
+
+struct HandWired {
+    commands: HashMap<TypeId, ErasedCommand>,
+    events: HashMap<TypeId, Vec<fn(&dyn Any)>>,
+    config: Config,
+}
+
+impl HandWired {
+    fn dispatch(&self, cmd: Scale) -> Option<u64> {
+        let handler = self.commands.get(&TypeId::of::<Scale>())?;
+        let mut message = Some(cmd);
+        let mut output: Option<Result<u64, Infallible>> = None;
+        handler(&mut message, &mut output, &self.config);
+        output.and_then(Result::ok)
+    }
+
+    fn publish(&self, event: &Tick) {
+        if let Some(handlers) = self.events.get(&TypeId::of::<Tick>()) {
+            for handler in handlers {
+                handler(event);
+            }
+        }
+    }
+}
+
+// ---- the mediator crate ----------------------------------------------------
+
+struct MediatorScale {
+    value: u64,
+}
+impl mediator::Request<u64> for MediatorScale {}
+
+// ---- one event, ten handlers ------------------------------------------------
+
+#[derive(Debug, Clone, Event)]
+struct Tick(u64);
+
+macro_rules! tick_handlers {
+    ($($name:ident = $k:expr),*) => {
+        $(
+            #[handler]
+            fn $name(event: &Tick) {
+                black_box(event.0.wrapping_mul($k));
+            }
+        )*
+        const TICK_HANDLERS: [fn(&dyn Any); 10] = [$(
+            |event: &dyn Any| {
+                if let Some(event) = event.downcast_ref::<Tick>() {
+                    $name(event);
+                }
+            }
+        ),*];
+        fn tick_registrations() -> Registrations {
+            Registrations::new()$(.handler::<$name>())*
+        }
+    };
+}
+
+tick_handlers!(tick_0 = 1, tick_1 = 2, tick_2 = 3, tick_3 = 4, tick_4 = 5, tick_5 = 6, tick_6 = 7, tick_7 = 8, tick_8 = 9, tick_9 = 10);
+
+// ---- a command releasing three events, each with two handlers -------------
+
+#[derive(Debug, Command)]
+struct Checkout(u64);
+
+#[derive(Debug, Clone, Event)]
+struct Reserved(u64);
+
+#[derive(Debug, Clone, Event)]
+struct Charged(u64);
+
+#[derive(Debug, Clone, Event)]
+struct Shipped(u64);
+
+#[handler]
+fn checkout(cmd: Checkout, events: EventReleaser) -> Result<(), Infallible> {
+    events.release(Reserved(cmd.0));
+    events.release(Charged(cmd.0));
+    events.release(Shipped(cmd.0));
+    Ok(())
+}
+
+macro_rules! chain_handlers {
+    ($($name:ident: $event:ident),*) => {
+        $(
+            #[handler]
+            fn $name(event: &$event) {
+                black_box(event.0);
+            }
+        )*
+        fn chain_registrations() -> Registrations {
+            Registrations::new().handler::<checkout>()$(.handler::<$name>())*
+        }
+    };
+}
+
+chain_handlers!(
+    reserved_a: Reserved, reserved_b: Reserved,
+    charged_a: Charged, charged_b: Charged,
+    shipped_a: Shipped, shipped_b: Shipped
+);
+
+// ---- 1,000 commands with a handler each, for the build benchmarks ---------
+
+/// The dependency of every startup handler.
+#[derive(Debug)]
+struct StartupDep;
+
+macro_rules! startup_leaves {
+    ($($leaf:ident)*) => {$(
+        pub(crate) mod $leaf {
+            /// One of the 1,000 startup commands.
+            #[derive(Debug, bus_core::Command)]
+            pub(crate) struct Cmd;
+
+            /// Its handler.
+            #[bus_core::handler]
+            pub(crate) fn handle(_: Cmd, _dep: &crate::StartupDep) -> Result<(), std::convert::Infallible> {
+                Ok(())
+            }
+        }
+    )*};
+}
+
+macro_rules! startup_tens {
+    ($($ten:ident)*) => {$(
+        pub(crate) mod $ten {
+            startup_leaves!(u0 u1 u2 u3 u4 u5 u6 u7 u8 u9);
+        }
+    )*};
+}
+
+mod startup {
+    macro_rules! startup_hundreds {
+        ($($hundred:ident)*) => {$(
+            pub(crate) mod $hundred {
+                startup_tens!(t0 t1 t2 t3 t4 t5 t6 t7 t8 t9);
+            }
+        )*};
+    }
+    startup_hundreds!(h0 h1 h2 h3 h4 h5 h6 h7 h8 h9);
+}
+
+fn startup_registrations(count: usize) -> Registrations {
+    let mut handlers: Vec<_> = Registrations::linked()
+        .handlers()
+        .filter(|h| h.name().contains("::startup::"))
+        .collect();
+    handlers.sort_by_key(|h| h.name());
+    assert_eq!(handlers.len(), 1000, "the startup handlers are linked");
+    handlers
+        .into_iter()
+        .take(count)
+        .fold(Registrations::new(), Registrations::handler_registration)
+}
+
+// ---- the benchmarks ---------------------------------------------------------
+
+fn command_dispatch(c: &mut Criterion) {
+    let config = Config { factor: 3 };
+    let mut group = c.benchmark_group("command_dispatch");
+
+    group.bench_function("direct_call", |b| {
+        b.iter(|| scale(black_box(Scale { value: 7 }), black_box(&config)))
+    });
+
+    let mut commands: HashMap<TypeId, ErasedCommand> = HashMap::new();
+    commands.insert(TypeId::of::<Scale>(), erased_scale);
+    let hand_wired = HandWired {
+        commands,
+        events: HashMap::new(),
+        config: Config { factor: 3 },
+    };
+    group.bench_function("hand_wired_map", |b| {
+        b.iter(|| hand_wired.dispatch(black_box(Scale { value: 7 })))
+    });
+
+    let bus = Bus::builder()
+        .registrations(Registrations::new().handler::<scale>().handler::<scale_async>())
+        .dependencies(Dependencies::new().shared(Config { factor: 3 }))
+        .build()
+        .expect("valid wiring");
+    group.bench_function("bus_sync", |b| {
+        b.iter(|| bus.dispatch_blocking(black_box(Scale { value: 7 })))
+    });
+    group.bench_function("bus_async", |b| {
+        b.iter(|| bus.dispatch_blocking(black_box(ScaleAsync { value: 7 })))
+    });
+
+    let factor = 3;
+    let mut mediator = mediator::DefaultMediator::builder()
+        .add_handler_fn(move |request: MediatorScale| request.value.wrapping_mul(factor))
+        .build();
+    group.bench_function("mediator_crate", |b| {
+        b.iter(|| {
+            use mediator::Mediator;
+            mediator.send(black_box(MediatorScale { value: 7 }))
+        })
+    });
+    group.finish();
+}
+
+fn event_fanout(c: &mut Criterion) {
+    let mut group = c.benchmark_group("event_fanout");
+    let mut events: HashMap<TypeId, Vec<fn(&dyn Any)>> = HashMap::new();
+    events.insert(TypeId::of::<Tick>(), TICK_HANDLERS.to_vec());
+    let hand_wired = HandWired {
+        commands: HashMap::new(),
+        events,
+        config: Config { factor: 1 },
+    };
+    group.bench_function("hand_wired_10", |b| {
+        b.iter(|| hand_wired.publish(&black_box(Tick(7))))
+    });
+    let bus = Bus::builder()
+        .registrations(tick_registrations())
+        .build()
+        .expect("valid wiring");
+    group.bench_function("bus_10", |b| {
+        b.iter(|| bus.publish_blocking(black_box(Tick(7))))
+    });
+    group.finish();
+}
+
+fn chain(c: &mut Criterion) {
+    let mut group = c.benchmark_group("chain");
+    let bus = Bus::builder()
+        .registrations(chain_registrations())
+        .build()
+        .expect("valid wiring");
+    group.bench_function("bus_command_3_events", |b| {
+        b.iter(|| bus.dispatch_blocking(black_box(Checkout(7))))
+    });
+    group.finish();
+}
+
+fn startup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("startup");
+    for (id, count) in [("build_100", 100), ("build_1000", 1000)] {
+        group.bench_function(id, |b| {
+            b.iter_batched(
+                || startup_registrations(count),
+                |registrations| {
+                    Bus::builder()
+                        .registrations(registrations)
+                        .dependencies(Dependencies::new().shared(StartupDep))
+                        .build()
+                        .expect("valid wiring")
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, command_dispatch, event_fanout, chain, startup);
+criterion_main!(benches);
