@@ -1,9 +1,15 @@
 //! One handler call, type-erased: the contract between `#[handler]`'s
 //! generated code and the bus. Nothing here is meant to be used by hand.
+//!
+//! A command or query travels in a [`Frame`] (the message going in, the
+//! result coming out), handed to the generated code as one `&mut dyn Any`:
+//! one downcast gives the handler its message and the bus its answer. An
+//! event is handed over as `&dyn Any`, shared by all of its handlers.
 
 use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 
 use crate::error::BoxError;
@@ -20,14 +26,30 @@ pub type SyncCall = for<'a> fn(Call<'a>) -> Result<(), BoxError>;
 /// The erased form of an `async fn` handler.
 pub type AsyncCall = for<'a> fn(Call<'a>) -> BoxFuture<'a, Result<(), BoxError>>;
 
+/// A command or query call: the message in, the handler's result out.
+#[doc(hidden)]
+pub struct Frame<M, R> {
+    pub(crate) message: Option<M>,
+    pub(crate) output: Option<R>,
+}
+
+impl<M, R> Frame<M, R> {
+    pub(crate) fn new(message: M) -> Self {
+        Frame {
+            message: Some(message),
+            output: None,
+        }
+    }
+}
+
 /// The message a handler call receives.
 #[doc(hidden)]
 pub enum MessageRef<'a> {
-    /// A command or query: `&mut Option<M>`, taken by a by-value parameter.
+    /// A command or query: a `Frame<M, M::Result>`.
     Owned(&'a mut (dyn Any + Send)),
     /// An event, shared by all of its handlers: `&M`.
     Shared(&'a (dyn Any + Send + Sync)),
-    /// Already taken.
+    /// Already taken, or describe mode.
     Taken,
 }
 
@@ -41,12 +63,12 @@ pub enum MessageRef<'a> {
 #[doc(hidden)]
 pub struct Call<'a> {
     message: MessageRef<'a>,
-    output: Option<&'a mut (dyn Any + Send)>,
     dependencies: &'a [Resolved],
     scope: Option<&'a mut Scope>,
     shape: Option<&'a mut Shape>,
 }
 
+#[cold]
 fn internal(what: &str) -> BoxError {
     format!("internal error: {what}").into()
 }
@@ -64,7 +86,7 @@ pub struct Shape {
 #[doc(hidden)]
 pub struct Describe<'s, 'a> {
     shape: &'s mut Shape,
-    _call: std::marker::PhantomData<&'a ()>,
+    _call: PhantomData<&'a ()>,
 }
 
 impl<'a> Describe<'_, 'a> {
@@ -74,7 +96,7 @@ impl<'a> Describe<'_, 'a> {
     }
 
     /// The message, taken by reference.
-    pub fn message_by_ref<M: Message>(&mut self) {
+    pub fn message_by_ref<M: TakeMessage>(&mut self) {
         self.shape.message = Some(M::meta());
     }
 
@@ -90,15 +112,14 @@ impl<'a> Describe<'_, 'a> {
 }
 
 impl<'a> Call<'a> {
+    #[inline]
     pub(crate) fn new(
         message: MessageRef<'a>,
-        output: Option<&'a mut (dyn Any + Send)>,
         dependencies: &'a [Resolved],
         scope: &'a mut Scope,
     ) -> Self {
         Call {
             message,
-            output,
             dependencies,
             scope: Some(scope),
             shape: None,
@@ -108,7 +129,6 @@ impl<'a> Call<'a> {
     pub(crate) fn describe_into(shape: &'a mut Shape) -> Self {
         Call {
             message: MessageRef::Taken,
-            output: None,
             dependencies: &[],
             scope: None,
             shape: Some(shape),
@@ -120,31 +140,22 @@ impl<'a> Call<'a> {
     pub fn describe(&mut self) -> Option<Describe<'_, 'a>> {
         self.shape.as_deref_mut().map(|shape| Describe {
             shape,
-            _call: std::marker::PhantomData,
+            _call: PhantomData,
         })
     }
 
-    /// The message, for a parameter that takes it by value.
+    /// The message, for a parameter that takes it by value, and where the
+    /// handler's result goes: `(M, Output<M>)`.
     #[inline]
-    pub fn message_by_value<M: TakeMessage>(&mut self) -> Result<M, BoxError> {
+    pub fn message_by_value<M: TakeMessage>(&mut self) -> Result<M::Taken<'a>, BoxError> {
         M::take(std::mem::replace(&mut self.message, MessageRef::Taken))
     }
 
-    /// The message, for a parameter that takes it by reference.
+    /// The message, for a parameter that takes it by reference, and where the
+    /// handler's result goes: `(&M, Output<M>)`.
     #[inline]
-    pub fn message_by_ref<M: Message>(&mut self) -> Result<&'a M, BoxError> {
-        match std::mem::replace(&mut self.message, MessageRef::Taken) {
-            MessageRef::Owned(slot) => {
-                let slot: &'a (dyn Any + Send) = slot;
-                slot.downcast_ref::<Option<M>>()
-                    .and_then(Option::as_ref)
-                    .ok_or_else(|| internal("message slot holds another type"))
-            }
-            MessageRef::Shared(event) => event
-                .downcast_ref::<M>()
-                .ok_or_else(|| internal("event has another type")),
-            MessageRef::Taken => Err(internal("message taken twice")),
-        }
+    pub fn message_by_ref<M: TakeMessage>(&mut self) -> Result<M::Borrowed<'a>, BoxError> {
+        M::borrow(std::mem::replace(&mut self.message, MessageRef::Taken))
     }
 
     /// The dependency at `index` (0 is the first parameter after the message).
@@ -160,33 +171,24 @@ impl<'a> Call<'a> {
             .ok_or_else(|| internal("no scope in describe mode"))?;
         D::inject(resolved, scope)
     }
-
-    /// The slot the handler's result goes to; taken once.
-    #[inline]
-    pub fn output(&mut self) -> Output<'a> {
-        Output(self.output.take())
-    }
 }
 
-/// Where a handler's return value goes.
+/// Where a handler's return value goes: the frame's result slot for a command
+/// or query, nowhere for an event.
 #[doc(hidden)]
-pub struct Output<'a>(Option<&'a mut (dyn Any + Send)>);
+pub struct Output<'a, M: TakeMessage>(Option<&'a mut Option<M::Result>>);
 
-impl Output<'_> {
+impl<M: TakeMessage> Output<'_, M> {
     /// Hands the handler's return value to the bus.
     #[inline]
-    pub fn deliver<M, R>(self, returned: R) -> Result<(), BoxError>
-    where
-        M: Message,
-        R: HandlerOutput<M>,
-    {
+    pub fn deliver<R: HandlerOutput<M>>(self, returned: R) -> Result<(), BoxError> {
         returned.deliver(self.0)
     }
 }
 
-/// How a by-value handler parameter gets its message: commands and queries
-/// are moved out of the dispatch, events are cloned (they may have several
-/// handlers). Implemented by the derives.
+/// How a handler gets its message and gives back its result. Implemented by
+/// the derives: commands and queries are moved out of their frame, events are
+/// shared (and cloned for a by-value parameter).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a message",
     label = "not a command, event or query",
@@ -194,34 +196,78 @@ impl Output<'_> {
 )]
 #[doc(hidden)]
 pub trait TakeMessage: Message + Sized {
-    /// Produces the message.
-    fn take(message: MessageRef<'_>) -> Result<Self, BoxError>;
+    /// What the handler hands back: `Result<Output, Error>` for a command or
+    /// query, `()` for an event.
+    type Result: Send + 'static;
+
+    /// `(Self, Output<'a, Self>)`. Named through the trait so that, when a
+    /// handler's first parameter is not a message, the generated code's later
+    /// uses of it are silenced instead of reported again.
+    type Taken<'a>;
+
+    /// `(&'a Self, Output<'a, Self>)`.
+    type Borrowed<'a>;
+
+    /// The message by value.
+    fn take(message: MessageRef<'_>) -> Result<Self::Taken<'_>, BoxError>;
+
+    /// The message by reference.
+    fn borrow(message: MessageRef<'_>) -> Result<Self::Borrowed<'_>, BoxError>;
 }
 
-/// [`TakeMessage`] for commands and queries.
-#[doc(hidden)]
-#[inline]
-pub fn take_owned<M: Message>(message: MessageRef<'_>) -> Result<M, BoxError> {
+fn frame<'a, M: TakeMessage>(message: MessageRef<'a>) -> Result<&'a mut Frame<M, M::Result>, BoxError> {
     match message {
-        MessageRef::Owned(slot) => slot
-            .downcast_mut::<Option<M>>()
-            .and_then(Option::take)
-            .ok_or_else(|| internal("message slot empty or of another type")),
+        MessageRef::Owned(frame) => frame
+            .downcast_mut::<Frame<M, M::Result>>()
+            .ok_or_else(|| internal("the frame holds another type")),
         _ => Err(internal("a command or query was passed as an event")),
     }
 }
 
-/// [`TakeMessage`] for events.
+/// [`TakeMessage::take`] for commands and queries.
 #[doc(hidden)]
 #[inline]
-pub fn take_cloned<M: Event>(message: MessageRef<'_>) -> Result<M, BoxError> {
+pub fn take_from_frame<M: TakeMessage>(message: MessageRef<'_>) -> Result<(M, Output<'_, M>), BoxError> {
+    let frame = frame::<M>(message)?;
+    let message = frame
+        .message
+        .take()
+        .ok_or_else(|| internal("message taken twice"))?;
+    Ok((message, Output(Some(&mut frame.output))))
+}
+
+/// [`TakeMessage::borrow`] for commands and queries.
+#[doc(hidden)]
+#[inline]
+pub fn borrow_from_frame<M: TakeMessage>(message: MessageRef<'_>) -> Result<(&M, Output<'_, M>), BoxError> {
+    let Frame { message, output } = frame::<M>(message)?;
+    let message = message
+        .as_ref()
+        .ok_or_else(|| internal("message taken twice"))?;
+    Ok((message, Output(Some(output))))
+}
+
+fn event<'a, M: Event>(message: MessageRef<'a>) -> Result<&'a M, BoxError> {
     match message {
         MessageRef::Shared(event) => event
             .downcast_ref::<M>()
-            .cloned()
-            .ok_or_else(|| internal("event has another type")),
+            .ok_or_else(|| internal("the event has another type")),
         _ => Err(internal("an event was passed as a command")),
     }
+}
+
+/// [`TakeMessage::take`] for events: a clone.
+#[doc(hidden)]
+#[inline]
+pub fn take_event<M: Event + TakeMessage>(message: MessageRef<'_>) -> Result<(M, Output<'_, M>), BoxError> {
+    Ok((event::<M>(message)?.clone(), Output(None)))
+}
+
+/// [`TakeMessage::borrow`] for events.
+#[doc(hidden)]
+#[inline]
+pub fn borrow_event<M: Event + TakeMessage>(message: MessageRef<'_>) -> Result<(&M, Output<'_, M>), BoxError> {
+    Ok((event::<M>(message)?, Output(None)))
 }
 
 /// What a handler of `M` may return; implemented by the derives:
@@ -236,21 +282,16 @@ pub fn take_cloned<M: Event>(message: MessageRef<'_>) -> Result<M, BoxError> {
             `#[command(output = .., error = ..)]` or `#[query(..)]` declares; an event handler \
             returns `()` or `Result<(), E>`"
 )]
-pub trait HandlerOutput<M: Message> {
+pub trait HandlerOutput<M: TakeMessage> {
     #[doc(hidden)]
-    fn deliver(self, output: Option<&mut (dyn Any + Send)>) -> Result<(), BoxError>;
+    fn deliver(self, slot: Option<&mut Option<M::Result>>) -> Result<(), BoxError>;
 }
 
 /// [`HandlerOutput`] for commands and queries: the result goes to the caller.
 #[doc(hidden)]
 #[inline]
-pub fn put_output<T: Send + 'static>(
-    value: T,
-    output: Option<&mut (dyn Any + Send)>,
-) -> Result<(), BoxError> {
-    let slot = output
-        .and_then(|slot| slot.downcast_mut::<Option<T>>())
-        .ok_or_else(|| internal("output slot missing or of another type"))?;
+pub fn put_output<T>(value: T, slot: Option<&mut Option<T>>) -> Result<(), BoxError> {
+    let slot = slot.ok_or_else(|| internal("no result slot"))?;
     *slot = Some(value);
     Ok(())
 }

@@ -240,6 +240,7 @@ impl Scope {
     }
 
     /// Closes the releaser (if any was asked for) and takes what it holds.
+    #[inline]
     pub(crate) fn finish(self) -> Vec<crate::events::PendingEvent> {
         match self.releaser {
             Some(releaser) => releaser.close(),

@@ -15,14 +15,6 @@ enum MessageParam {
     ByRef(Type),
 }
 
-impl MessageParam {
-    fn ty(&self) -> &Type {
-        match self {
-            MessageParam::ByValue(ty) | MessageParam::ByRef(ty) => ty,
-        }
-    }
-}
-
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
     let releases = parse_args(args, &mut errors);
@@ -210,7 +202,6 @@ fn registration(
     let sig = &function.sig;
     let ident = &sig.ident;
     let vis = &function.vis;
-    let message_ty = message.ty();
     let return_ty = match &sig.output {
         ReturnType::Default => quote!(()),
         ReturnType::Type(_, ty) => quote!(#ty),
@@ -255,7 +246,7 @@ fn registration(
         .iter()
         .map(|path| quote_spanned! {path.span()=> #shape.releases::<#path>(); });
     let deliver = quote_spanned! {return_span=>
-        #output.deliver::<#message_ty, #return_ty>(#returned)
+        #output.deliver::<#return_ty>(#returned)
     };
     let describe = |answer: TokenStream| {
         quote! {
@@ -286,7 +277,7 @@ fn registration(
                     mut #call: ::bus_core::__private::Call<'a>,
                 ) -> ::bus_core::__private::BoxFuture<'a, ::core::result::Result<(), ::bus_core::BoxError>> {
                     #describe
-                    let #message_value = match #take_message {
+                    let (#message_value, #output) = match #take_message {
                         ::core::result::Result::Ok(value) => value,
                         ::core::result::Result::Err(error) => return ::bus_core::__private::ready_err(error),
                     };
@@ -296,7 +287,6 @@ fn registration(
                             ::core::result::Result::Err(error) => return ::bus_core::__private::ready_err(error),
                         };
                     )*
-                    let #output = #call.output();
                     #boxed
                 }
             },
@@ -310,10 +300,9 @@ fn registration(
                     mut #call: ::bus_core::__private::Call<'_>,
                 ) -> ::core::result::Result<(), ::bus_core::BoxError> {
                     #describe
-                    let #message_value = #take_message?;
+                    let (#message_value, #output) = #take_message?;
                     #( let #dep_idents = #take_dependencies?; )*
                     let #returned = #ident(#message_value #(, #dep_idents)*);
-                    let #output = #call.output();
                     #deliver
                 }
             },

@@ -171,15 +171,36 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                 }
 
                 #[automatically_derived]
+                impl ::bus_core::__private::TakeMessage for #ident {
+                    type Result = ::core::result::Result<#output, #error>;
+                    type Taken<'a> = (Self, ::bus_core::__private::Output<'a, Self>);
+                    type Borrowed<'a> = (&'a Self, ::bus_core::__private::Output<'a, Self>);
+
+                    #[inline]
+                    fn take(
+                        message: ::bus_core::__private::MessageRef<'_>,
+                    ) -> ::core::result::Result<Self::Taken<'_>, ::bus_core::BoxError> {
+                        ::bus_core::__private::take_from_frame(message)
+                    }
+
+                    #[inline]
+                    fn borrow(
+                        message: ::bus_core::__private::MessageRef<'_>,
+                    ) -> ::core::result::Result<Self::Borrowed<'_>, ::bus_core::BoxError> {
+                        ::bus_core::__private::borrow_from_frame(message)
+                    }
+                }
+
+                #[automatically_derived]
                 impl ::bus_core::__private::HandlerOutput<#ident>
                     for ::core::result::Result<#output, #error>
                 {
                     #[inline]
                     fn deliver(
                         self,
-                        output: ::core::option::Option<&mut (dyn ::core::any::Any + ::core::marker::Send)>,
+                        slot: ::core::option::Option<&mut ::core::option::Option<Self>>,
                     ) -> ::core::result::Result<(), ::bus_core::BoxError> {
-                        ::bus_core::__private::put_output(self, output)
+                        ::bus_core::__private::put_output(self, slot)
                     }
                 }
             }
@@ -193,11 +214,32 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                 #event_impl
 
                 #[automatically_derived]
+                impl ::bus_core::__private::TakeMessage for #ident {
+                    type Result = ();
+                    type Taken<'a> = (Self, ::bus_core::__private::Output<'a, Self>);
+                    type Borrowed<'a> = (&'a Self, ::bus_core::__private::Output<'a, Self>);
+
+                    #[inline]
+                    fn take(
+                        message: ::bus_core::__private::MessageRef<'_>,
+                    ) -> ::core::result::Result<Self::Taken<'_>, ::bus_core::BoxError> {
+                        ::bus_core::__private::take_event(message)
+                    }
+
+                    #[inline]
+                    fn borrow(
+                        message: ::bus_core::__private::MessageRef<'_>,
+                    ) -> ::core::result::Result<Self::Borrowed<'_>, ::bus_core::BoxError> {
+                        ::bus_core::__private::borrow_event(message)
+                    }
+                }
+
+                #[automatically_derived]
                 impl ::bus_core::__private::HandlerOutput<#ident> for () {
                     #[inline]
                     fn deliver(
                         self,
-                        _: ::core::option::Option<&mut (dyn ::core::any::Any + ::core::marker::Send)>,
+                        _: ::core::option::Option<&mut ::core::option::Option<()>>,
                     ) -> ::core::result::Result<(), ::bus_core::BoxError> {
                         ::core::result::Result::Ok(())
                     }
@@ -211,19 +253,13 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                     #[inline]
                     fn deliver(
                         self,
-                        _: ::core::option::Option<&mut (dyn ::core::any::Any + ::core::marker::Send)>,
+                        _: ::core::option::Option<&mut ::core::option::Option<()>>,
                     ) -> ::core::result::Result<(), ::bus_core::BoxError> {
                         ::bus_core::__private::event_result(self)
                     }
                 }
             }
         }
-    };
-    // Commands and queries are moved into their one handler; events are
-    // cloned for each by-value handler.
-    let take = match kind {
-        MessageKind::Command | MessageKind::Query => quote!(take_owned),
-        MessageKind::Event => quote!(take_cloned),
     };
     quote! {
         #[doc(hidden)]
@@ -248,16 +284,6 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
             }
 
             #specific
-
-            #[automatically_derived]
-            impl ::bus_core::__private::TakeMessage for #ident {
-                #[inline]
-                fn take(
-                    message: ::bus_core::__private::MessageRef<'_>,
-                ) -> ::core::result::Result<Self, ::bus_core::BoxError> {
-                    ::bus_core::__private::#take(message)
-                }
-            }
 
             ::bus_core::__private::inventory::submit! {
                 ::bus_core::__private::MessageEntry(&__BUS_MESSAGE_META)

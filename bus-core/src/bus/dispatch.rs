@@ -16,7 +16,7 @@ use tracing::{Instrument, Span};
 use super::routes::BoundHandler;
 use super::unwind::CatchUnwind;
 use super::Bus;
-use crate::call::{AsyncCall, Call, MessageRef, SyncCall};
+use crate::call::{AsyncCall, Call, Frame, MessageRef, SyncCall};
 use crate::error::{BoxError, CascadeLimitError, DispatchError};
 use crate::events::PendingEvent;
 use crate::executor::block_on;
@@ -25,9 +25,6 @@ use crate::message::{Command, Event, Message, MessageMeta, Query};
 use crate::observer::{panic_text, FailureCause, HandlerFailure};
 use crate::registry::HandlerFn;
 
-/// What a command or query handler produced: its output and the events it
-/// released, or the error for the caller.
-type Requested<O, E> = Result<(O, Vec<PendingEvent>), DispatchError<E>>;
 
 impl Bus {
     /// Sends a command to its one handler and returns what the handler
@@ -98,19 +95,20 @@ impl Bus {
         E: Send + 'static,
     {
         let meta = M::meta();
-        let span = dispatch_span(meta, kind);
         let handler = self.single_handler::<E>(meta)?;
-        let (output, released) = match handler.registration.call() {
-            HandlerFn::Sync(f) => enter(&span, || request_sync(handler, f, message)),
+        let span = dispatch_span(meta, kind);
+        let mut scope = Scope::new();
+        let output = match handler.registration.call() {
+            HandlerFn::Sync(f) => enter(&span, || request_sync(handler, f, message, &mut scope)),
             HandlerFn::Async(f) => {
-                request_async(handler, f, message)
+                request_async(handler, f, message, &mut scope)
                     .instrument(span.clone())
                     .await
             }
         }?;
-        if !released.is_empty() {
+        if scope.has_releaser() {
             let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
-            cascade.queue.extend(released);
+            cascade.queue.extend(scope.finish());
             self.run_queue(&mut cascade).instrument(span).await?;
         }
         Ok(output)
@@ -123,15 +121,18 @@ impl Bus {
         E: Send + 'static,
     {
         let meta = M::meta();
-        let span = dispatch_span(meta, kind);
         let handler = self.single_handler::<E>(meta)?;
-        let (output, released) = match handler.registration.call() {
-            HandlerFn::Sync(f) => enter(&span, || request_sync(handler, f, message)),
-            HandlerFn::Async(f) => block_on(request_async(handler, f, message).instrument(span.clone())),
+        let span = dispatch_span(meta, kind);
+        let mut scope = Scope::new();
+        let output = match handler.registration.call() {
+            HandlerFn::Sync(f) => enter(&span, || request_sync(handler, f, message, &mut scope)),
+            HandlerFn::Async(f) => block_on(
+                request_async(handler, f, message, &mut scope).instrument(span.clone()),
+            ),
         }?;
-        if !released.is_empty() {
+        if scope.has_releaser() {
             let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
-            cascade.queue.extend(released);
+            cascade.queue.extend(scope.finish());
             enter(&span, || self.run_queue_blocking(&mut cascade))?;
         }
         Ok(output)
@@ -272,80 +273,78 @@ fn handler_span(handler: &BoundHandler, meta: &'static MessageMeta) -> Span {
     )
 }
 
-/// A plain `fn` command or query handler, called inline.
+/// A plain `fn` command or query handler, called inline. On success, what
+/// it released stays in `scope` for the caller.
 #[inline]
-fn request_sync<M, O, E>(handler: &BoundHandler, f: SyncCall, message: M) -> Requested<O, E>
+fn request_sync<M, O, E>(
+    handler: &BoundHandler,
+    f: SyncCall,
+    message: M,
+    scope: &mut Scope,
+) -> Result<O, DispatchError<E>>
 where
     M: Message,
     O: Send + 'static,
     E: Send + 'static,
 {
-    let mut slot = Some(message);
-    let mut output: Option<Result<O, E>> = None;
-    let mut scope = Scope::new();
-    let call = Call::new(
-        MessageRef::Owned(&mut slot),
-        Some(&mut output),
-        &handler.dependencies,
-        &mut scope,
-    );
+    let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
+    let call = Call::new(MessageRef::Owned(&mut frame), &handler.dependencies, scope);
     // A command handler's panic is not caught: commands fail noisily.
     let called = if tracing::enabled!(tracing::Level::DEBUG) {
         handler_span(handler, M::meta()).in_scope(|| f(call))
     } else {
         f(call)
     };
-    finish_request(handler, called, output, scope)
+    complete(handler, called, frame.output, scope)
 }
 
 /// An `async fn` command or query handler.
-async fn request_async<M, O, E>(handler: &BoundHandler, f: AsyncCall, message: M) -> Requested<O, E>
+async fn request_async<M, O, E>(
+    handler: &BoundHandler,
+    f: AsyncCall,
+    message: M,
+    scope: &mut Scope,
+) -> Result<O, DispatchError<E>>
 where
     M: Message,
     O: Send + 'static,
     E: Send + 'static,
 {
-    let mut slot = Some(message);
-    let mut output: Option<Result<O, E>> = None;
-    let mut scope = Scope::new();
-    let call = Call::new(
-        MessageRef::Owned(&mut slot),
-        Some(&mut output),
-        &handler.dependencies,
-        &mut scope,
-    );
+    let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
+    let call = Call::new(MessageRef::Owned(&mut frame), &handler.dependencies, scope);
     let called = f(call).instrument(handler_span(handler, M::meta())).await;
-    finish_request(handler, called, output, scope)
+    complete(handler, called, frame.output, scope)
 }
 
+/// The caller's answer from a command or query handler's call; a failed
+/// handler's released events are dropped.
 #[inline]
-fn finish_request<O, E>(
+fn complete<O, E>(
     handler: &BoundHandler,
     called: Result<(), BoxError>,
     output: Option<Result<O, E>>,
-    scope: Scope,
-) -> Requested<O, E> {
-    let name = handler.registration.name();
-    if let Err(error) = called {
-        return Err(DispatchError::Internal { handler: name, error });
-    }
-    match output {
-        Some(Ok(value)) => Ok((value, scope.finish())),
-        Some(Err(error)) => {
-            let dropped = scope.finish();
-            if !dropped.is_empty() {
-                tracing::debug!(
-                    dropped = dropped.len(),
-                    "handler failed: the events it released are dropped"
-                );
-            }
-            Err(DispatchError::Handler(error))
-        }
-        None => Err(DispatchError::Internal {
-            handler: name,
+    scope: &mut Scope,
+) -> Result<O, DispatchError<E>> {
+    let failure = match (called, output) {
+        (Ok(()), Some(Ok(value))) => return Ok(value),
+        (Ok(()), Some(Err(error))) => DispatchError::Handler(error),
+        (Ok(()), None) => DispatchError::Internal {
+            handler: handler.registration.name(),
             error: "the handler produced no output".into(),
-        }),
+        },
+        (Err(error), _) => DispatchError::Internal {
+            handler: handler.registration.name(),
+            error,
+        },
+    };
+    let dropped = std::mem::take(scope).finish();
+    if !dropped.is_empty() {
+        tracing::debug!(
+            dropped = dropped.len(),
+            "handler failed: the events it released are dropped"
+        );
     }
+    Err(failure)
 }
 
 /// A plain `fn` event handler, with its errors and panics caught.
@@ -357,7 +356,7 @@ fn call_event_sync(
     meta: &'static MessageMeta,
     scope: &mut Scope,
 ) -> Result<(), FailureCause> {
-    let call = Call::new(MessageRef::Shared(event), None, &handler.dependencies, scope);
+    let call = Call::new(MessageRef::Shared(event), &handler.dependencies, scope);
     let outcome = if tracing::enabled!(tracing::Level::DEBUG) {
         handler_span(handler, meta).in_scope(|| catch_unwind(AssertUnwindSafe(|| f(call))))
     } else {
@@ -374,7 +373,7 @@ async fn call_event_async(
     meta: &'static MessageMeta,
     scope: &mut Scope,
 ) -> Result<(), FailureCause> {
-    let call = Call::new(MessageRef::Shared(event), None, &handler.dependencies, scope);
+    let call = Call::new(MessageRef::Shared(event), &handler.dependencies, scope);
     let outcome = match catch_unwind(AssertUnwindSafe(|| f(call))) {
         Ok(future) => CatchUnwind(future).instrument(handler_span(handler, meta)).await,
         Err(payload) => Err(payload),
