@@ -176,10 +176,11 @@ impl Bus {
         meta: &'static MessageMeta,
         cascade: &mut Cascade,
     ) {
+        let traced = tracing::enabled!(tracing::Level::DEBUG);
         for handler in self.inner.routes.handlers(meta) {
             let mut scope = Scope::new();
             let outcome = match handler.registration.call() {
-                HandlerFn::Sync(f) => call_event_sync(handler, f, event, meta, &mut scope),
+                HandlerFn::Sync(f) => call_event_sync(handler, f, event, meta, &mut scope, traced),
                 HandlerFn::Async(f) => call_event_async(handler, f, event, meta, &mut scope).await,
             };
             self.settle(handler, meta, scope, outcome, cascade);
@@ -193,10 +194,11 @@ impl Bus {
         meta: &'static MessageMeta,
         cascade: &mut Cascade,
     ) {
+        let traced = tracing::enabled!(tracing::Level::DEBUG);
         for handler in self.inner.routes.handlers(meta) {
             let mut scope = Scope::new();
             let outcome = match handler.registration.call() {
-                HandlerFn::Sync(f) => call_event_sync(handler, f, event, meta, &mut scope),
+                HandlerFn::Sync(f) => call_event_sync(handler, f, event, meta, &mut scope, traced),
                 HandlerFn::Async(f) => block_on(call_event_async(handler, f, event, meta, &mut scope)),
             };
             self.settle(handler, meta, scope, outcome, cascade);
@@ -355,9 +357,10 @@ fn call_event_sync(
     event: &(dyn Any + Send + Sync),
     meta: &'static MessageMeta,
     scope: &mut Scope,
+    traced: bool,
 ) -> Result<(), FailureCause> {
     let call = Call::new(MessageRef::Shared(event), &handler.dependencies, scope);
-    let outcome = if tracing::enabled!(tracing::Level::DEBUG) {
+    let outcome = if traced {
         handler_span(handler, meta).in_scope(|| catch_unwind(AssertUnwindSafe(|| f(call))))
     } else {
         catch_unwind(AssertUnwindSafe(|| f(call)))
