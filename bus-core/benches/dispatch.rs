@@ -115,7 +115,18 @@ macro_rules! tick_handlers {
     };
 }
 
-tick_handlers!(tick_0 = 1, tick_1 = 2, tick_2 = 3, tick_3 = 4, tick_4 = 5, tick_5 = 6, tick_6 = 7, tick_7 = 8, tick_8 = 9, tick_9 = 10);
+tick_handlers!(
+    tick_0 = 1,
+    tick_1 = 2,
+    tick_2 = 3,
+    tick_3 = 4,
+    tick_4 = 5,
+    tick_5 = 6,
+    tick_6 = 7,
+    tick_7 = 8,
+    tick_8 = 9,
+    tick_9 = 10
+);
 
 // ---- a command releasing three events, each with two handlers -------------
 
@@ -235,7 +246,11 @@ fn command_dispatch(c: &mut Criterion) {
     });
 
     let bus = Bus::builder()
-        .registrations(Registrations::new().handler::<scale>().handler::<scale_async>())
+        .registrations(
+            Registrations::new()
+                .handler::<scale>()
+                .handler::<scale_async>(),
+        )
         .dependencies(Dependencies::new().shared(Config { factor: 3 }))
         .build()
         .expect("valid wiring");

@@ -215,7 +215,9 @@ pub trait TakeMessage: Message + Sized {
     fn borrow(message: MessageRef<'_>) -> Result<Self::Borrowed<'_>, BoxError>;
 }
 
-fn frame<'a, M: TakeMessage>(message: MessageRef<'a>) -> Result<&'a mut Frame<M, M::Result>, BoxError> {
+fn frame<'a, M: TakeMessage>(
+    message: MessageRef<'a>,
+) -> Result<&'a mut Frame<M, M::Result>, BoxError> {
     match message {
         MessageRef::Owned(frame) => frame
             .downcast_mut::<Frame<M, M::Result>>()
@@ -227,7 +229,9 @@ fn frame<'a, M: TakeMessage>(message: MessageRef<'a>) -> Result<&'a mut Frame<M,
 /// [`TakeMessage::take`] for commands and queries.
 #[doc(hidden)]
 #[inline]
-pub fn take_from_frame<M: TakeMessage>(message: MessageRef<'_>) -> Result<(M, Output<'_, M>), BoxError> {
+pub fn take_from_frame<M: TakeMessage>(
+    message: MessageRef<'_>,
+) -> Result<(M, Output<'_, M>), BoxError> {
     let frame = frame::<M>(message)?;
     let message = frame
         .message
@@ -239,7 +243,9 @@ pub fn take_from_frame<M: TakeMessage>(message: MessageRef<'_>) -> Result<(M, Ou
 /// [`TakeMessage::borrow`] for commands and queries.
 #[doc(hidden)]
 #[inline]
-pub fn borrow_from_frame<M: TakeMessage>(message: MessageRef<'_>) -> Result<(&M, Output<'_, M>), BoxError> {
+pub fn borrow_from_frame<M: TakeMessage>(
+    message: MessageRef<'_>,
+) -> Result<(&M, Output<'_, M>), BoxError> {
     let Frame { message, output } = frame::<M>(message)?;
     let message = message
         .as_ref()
@@ -259,14 +265,18 @@ fn event<'a, M: Event>(message: MessageRef<'a>) -> Result<&'a M, BoxError> {
 /// [`TakeMessage::take`] for events: a clone.
 #[doc(hidden)]
 #[inline]
-pub fn take_event<M: Event + TakeMessage>(message: MessageRef<'_>) -> Result<(M, Output<'_, M>), BoxError> {
+pub fn take_event<M: Event + TakeMessage>(
+    message: MessageRef<'_>,
+) -> Result<(M, Output<'_, M>), BoxError> {
     Ok((event::<M>(message)?.clone(), Output(None)))
 }
 
 /// [`TakeMessage::borrow`] for events.
 #[doc(hidden)]
 #[inline]
-pub fn borrow_event<M: Event + TakeMessage>(message: MessageRef<'_>) -> Result<(&M, Output<'_, M>), BoxError> {
+pub fn borrow_event<M: Event + TakeMessage>(
+    message: MessageRef<'_>,
+) -> Result<(&M, Output<'_, M>), BoxError> {
     Ok((event::<M>(message)?, Output(None)))
 }
 

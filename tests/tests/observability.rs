@@ -82,7 +82,9 @@ fn spans_and_failure_logs_name_the_message_and_the_handler() {
         "{inside}"
     );
     assert!(
-        inside.contains("handler{handler=\"observability::checkout\" message_name=\"shop.checkout\"}"),
+        inside.contains(
+            "handler{handler=\"observability::checkout\" message_name=\"shop.checkout\"}"
+        ),
         "{inside}"
     );
 

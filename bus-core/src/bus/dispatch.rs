@@ -25,7 +25,6 @@ use crate::message::{Command, Event, Message, MessageMeta, Query};
 use crate::observer::{panic_text, FailureCause, HandlerFailure};
 use crate::registry::HandlerFn;
 
-
 impl Bus {
     /// Sends a command to its one handler and returns what the handler
     /// returned; then runs every event the handler released (and those their
@@ -38,7 +37,8 @@ impl Bus {
         &self,
         command: C,
     ) -> Result<C::Output, DispatchError<C::Error>> {
-        self.request::<C, C::Output, C::Error>(command, "command").await
+        self.request::<C, C::Output, C::Error>(command, "command")
+            .await
     }
 
     /// [`dispatch`](Self::dispatch) without an async runtime: plain `fn`
@@ -114,7 +114,11 @@ impl Bus {
         Ok(output)
     }
 
-    fn request_blocking<M, O, E>(&self, message: M, kind: &'static str) -> Result<O, DispatchError<E>>
+    fn request_blocking<M, O, E>(
+        &self,
+        message: M,
+        kind: &'static str,
+    ) -> Result<O, DispatchError<E>>
     where
         M: Message,
         O: Send + 'static,
@@ -126,9 +130,9 @@ impl Bus {
         let mut scope = Scope::new();
         let output = match handler.registration.call() {
             HandlerFn::Sync(f) => enter(&span, || request_sync(handler, f, message, &mut scope)),
-            HandlerFn::Async(f) => block_on(
-                request_async(handler, f, message, &mut scope).instrument(span.clone()),
-            ),
+            HandlerFn::Async(f) => {
+                block_on(request_async(handler, f, message, &mut scope).instrument(span.clone()))
+            }
         }?;
         if scope.has_releaser() {
             let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
@@ -140,7 +144,10 @@ impl Bus {
 
     /// The one handler of a command or query.
     #[inline]
-    fn single_handler<E>(&self, meta: &'static MessageMeta) -> Result<&BoundHandler, DispatchError<E>> {
+    fn single_handler<E>(
+        &self,
+        meta: &'static MessageMeta,
+    ) -> Result<&BoundHandler, DispatchError<E>> {
         self.inner
             .routes
             .handlers(meta)
@@ -155,7 +162,8 @@ impl Bus {
     /// order; what they release joins the back of the queue.
     async fn run_queue(&self, cascade: &mut Cascade) -> Result<(), CascadeLimitError> {
         while let Some(event) = cascade.next()? {
-            self.handle_event(event.as_any(), event.meta(), cascade).await;
+            self.handle_event(event.as_any(), event.meta(), cascade)
+                .await;
         }
         Ok(())
     }
@@ -199,7 +207,9 @@ impl Bus {
             let mut scope = Scope::new();
             let outcome = match handler.registration.call() {
                 HandlerFn::Sync(f) => call_event_sync(handler, f, event, meta, &mut scope, traced),
-                HandlerFn::Async(f) => block_on(call_event_async(handler, f, event, meta, &mut scope)),
+                HandlerFn::Async(f) => {
+                    block_on(call_event_async(handler, f, event, meta, &mut scope))
+                }
             };
             self.settle(handler, meta, scope, outcome, cascade);
         }
@@ -378,7 +388,11 @@ async fn call_event_async(
 ) -> Result<(), FailureCause> {
     let call = Call::new(MessageRef::Shared(event), &handler.dependencies, scope);
     let outcome = match catch_unwind(AssertUnwindSafe(|| f(call))) {
-        Ok(future) => CatchUnwind(future).instrument(handler_span(handler, meta)).await,
+        Ok(future) => {
+            CatchUnwind(future)
+                .instrument(handler_span(handler, meta))
+                .await
+        }
         Err(payload) => Err(payload),
     };
     failure_cause(outcome)
