@@ -13,13 +13,13 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE INDEX IF NOT EXISTS batches_by_sku ON batches (sku);
 
 CREATE TABLE IF NOT EXISTS allocations (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
     batchref TEXT NOT NULL REFERENCES batches (reference),
-    position INTEGER NOT NULL,
     orderid  TEXT NOT NULL,
     sku      TEXT NOT NULL,
-    qty      INTEGER NOT NULL,
-    PRIMARY KEY (batchref, position)
+    qty      INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS allocations_by_sku ON allocations (sku);
 
 -- The read model (CQRS): kept by event handlers, read by the query handler.
 CREATE TABLE IF NOT EXISTS allocations_view (

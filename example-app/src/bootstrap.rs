@@ -6,11 +6,10 @@
 use std::sync::Arc;
 
 use bus_core::{BuildError, Bus, Dependencies};
-use sqlx::SqlitePool;
 
 use crate::adapters::memory::{InMemoryAllocationsView, InMemoryStore};
 use crate::adapters::notifications::{LogNotifications, Notifications};
-use crate::adapters::sqlite::{self, SqliteAllocationsView};
+use crate::adapters::sqlite::{self, SqliteAllocationsView, SqliteDatabase};
 use crate::service_layer::unit_of_work::{UnitOfWork, UnitOfWorkFactory};
 use crate::views::AllocationsView;
 
@@ -26,10 +25,10 @@ pub struct Adapters {
 
 impl Adapters {
     /// The real adapters: SQLite for both models, notifications to the log.
-    pub fn sqlite(pool: SqlitePool) -> Self {
+    pub fn sqlite(database: SqliteDatabase) -> Self {
         Adapters {
-            unit_of_work: sqlite::unit_of_work_factory(pool.clone()),
-            views: Arc::new(SqliteAllocationsView::new(pool)),
+            views: Arc::new(SqliteAllocationsView::new(database.clone())),
+            unit_of_work: sqlite::unit_of_work_factory(database),
             notifications: Arc::new(LogNotifications),
         }
     }

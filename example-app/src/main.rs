@@ -45,13 +45,13 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), StartError> {
-    let pool = sqlite::connect(&config.database_url)
+    let database = sqlite::connect(&config.database_url)
         .await
         .map_err(|source| StartError::Database {
             url: config.database_url.clone(),
             source,
         })?;
-    let bus = bootstrap(Adapters::sqlite(pool.clone()))?;
+    let bus = bootstrap(Adapters::sqlite(database.clone()))?;
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|source| StartError::Bind {
@@ -63,7 +63,7 @@ async fn run(config: Config) -> Result<(), StartError> {
     http::serve(listener, bus, shutdown_signal())
         .await
         .map_err(StartError::Serve)?;
-    pool.close().await;
+    database.close().await;
     tracing::info!("shut down cleanly");
     Ok(())
 }

@@ -7,14 +7,13 @@ use std::sync::Arc;
 
 use bus_core::{EventReleaser, UnitOfWork as _};
 use chrono::NaiveDate;
-use example_app::adapters::sqlite::{self, SqliteUnitOfWork};
+use example_app::adapters::sqlite::{self, SqliteDatabase, SqliteUnitOfWork};
 use example_app::domain::model::{Batch, OrderLine, Product};
 use example_app::service_layer::unit_of_work::{UnitOfWork, UowError};
-use sqlx::SqlitePool;
 use tempfile::TempDir;
 use tokio::sync::Barrier;
 
-async fn database() -> (TempDir, SqlitePool) {
+async fn database() -> (TempDir, SqliteDatabase) {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("allocation.db").display());
     let pool = sqlite::connect(&url).await.expect("database opens");
@@ -29,13 +28,13 @@ fn line(orderid: &str, sku: &str, qty: u32) -> OrderLine {
     }
 }
 
-async fn insert_product(pool: &SqlitePool, sku: &str, batches: Vec<Batch>) {
+async fn insert_product(pool: &SqliteDatabase, sku: &str, batches: Vec<Batch>) {
     let mut uow = SqliteUnitOfWork::new(pool.clone(), EventReleaser::new());
     uow.products().add(Product::new(sku, batches, 0));
     uow.commit().await.expect("committed");
 }
 
-async fn load(pool: &SqlitePool, sku: &str) -> Option<Product> {
+async fn load(pool: &SqliteDatabase, sku: &str) -> Option<Product> {
     let mut uow = SqliteUnitOfWork::new(pool.clone(), EventReleaser::new());
     uow.products().get(sku).await.expect("read").cloned()
 }
@@ -210,5 +209,31 @@ async fn of_two_concurrent_allocations_exactly_one_commits() {
         product.batch("b1").expect("b1").allocations().len(),
         1,
         "never oversold"
+    );
+}
+
+#[tokio::test]
+async fn a_deallocation_is_persisted_and_the_rest_kept_in_order() {
+    let (_dir, pool) = database().await;
+    insert_product(&pool, "RUG", vec![Batch::new("b1", "RUG", 50, None)]).await;
+    let mut uow = SqliteUnitOfWork::new(pool.clone(), EventReleaser::new());
+    let product = uow.products().get("RUG").await.expect("read").expect("exists");
+    for orderid in ["o1", "o2", "o3"] {
+        product.allocate(line(orderid, "RUG", 10));
+    }
+    uow.commit().await.expect("committed");
+
+    let mut uow = SqliteUnitOfWork::new(pool.clone(), EventReleaser::new());
+    let product = uow.products().get("RUG").await.expect("read").expect("exists");
+    assert!(product.change_batch_quantity("b1", 25));
+    uow.commit().await.expect("committed");
+
+    let product = load(&pool, "RUG").await.expect("exists");
+    let batch = product.batch("b1").expect("b1");
+    assert_eq!(batch.purchased_quantity(), 25);
+    assert_eq!(
+        batch.allocations(),
+        [line("o1", "RUG", 10), line("o2", "RUG", 10)],
+        "the last line was deallocated; the others kept their order"
     );
 }

@@ -1,14 +1,18 @@
 //! The SQLite adapters: the unit of work and repository of the write model,
 //! and the allocations view of the read model.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bus_core::{async_trait, Aggregate, EventReleaser};
 use chrono::NaiveDate;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Row, Sqlite, Transaction};
+use tokio::sync::Mutex;
 
 use crate::domain::model::{Batch, OrderLine, Product};
 use crate::service_layer::unit_of_work::{
@@ -16,22 +20,54 @@ use crate::service_layer::unit_of_work::{
 };
 use crate::views::{AllocationRow, AllocationsView, ViewError};
 
+/// An open SQLite database: its connection pool, and the turn that this
+/// process's writers take one after the other.
+///
+/// SQLite allows one writer at a time. Writers of this process queue here,
+/// in order, instead of polling SQLite's lock in its busy handler; writers of
+/// other processes still wait on SQLite's lock, up to the busy timeout.
+#[derive(Debug, Clone)]
+pub struct SqliteDatabase {
+    pool: SqlitePool,
+    writer: Arc<Mutex<()>>,
+}
+
+impl SqliteDatabase {
+    /// The connection pool (for the read model, or a health check).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Closes every connection, once what runs on them finished.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
 /// Opens (creating it when missing) the database at `url`, such as
 /// `sqlite://allocation.db`, and brings its schema up to date.
-pub async fn connect(url: &str) -> Result<SqlitePool, sqlx::Error> {
+///
+/// WAL journaling with `synchronous = NORMAL`: a commit survives the process
+/// crashing or being killed; only a power loss can take back the last
+/// commits, the usual trade for SQLite in WAL mode.
+pub async fn connect(url: &str) -> Result<SqliteDatabase, sqlx::Error> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         .busy_timeout(Duration::from_secs(5));
     let pool = SqlitePoolOptions::new().connect_with(options).await?;
     sqlx::migrate!("./migrations").run(&pool).await?;
-    Ok(pool)
+    Ok(SqliteDatabase {
+        pool,
+        writer: Arc::new(Mutex::new(())),
+    })
 }
 
-/// A factory of SQLite units of work over `pool`, for bootstrap.
-pub fn unit_of_work_factory(pool: SqlitePool) -> UnitOfWorkFactory {
-    Arc::new(move |releaser| Box::new(SqliteUnitOfWork::new(pool.clone(), releaser)))
+/// A factory of SQLite units of work over `database`, for bootstrap.
+pub fn unit_of_work_factory(database: SqliteDatabase) -> UnitOfWorkFactory {
+    Arc::new(move |releaser| Box::new(SqliteUnitOfWork::new(database.clone(), releaser)))
 }
 
 fn storage(error: sqlx::Error) -> UowError {
@@ -54,31 +90,46 @@ fn write_error(error: sqlx::Error, sku: &str) -> UowError {
     storage(error)
 }
 
+/// An allocation row as it was loaded.
+struct StoredLine {
+    id: i64,
+    batchref: String,
+    line: OrderLine,
+}
+
 struct Tracked {
     product: Product,
     loaded_version: Option<u64>,
+    /// The allocation rows as loaded: saving writes only the difference.
+    stored: Vec<StoredLine>,
 }
 
-/// Products in SQLite, read and written in the unit of work's transaction.
+/// Products in SQLite.
+///
+/// Each product is read in a short transaction of its own (a consistent
+/// snapshot), and the changes are written at commit in one `BEGIN IMMEDIATE`
+/// transaction that checks every product's version. Holding no transaction
+/// between the read and the write matters on SQLite: its conflicts are
+/// database-wide, so a read transaction kept open would lose to *any* other
+/// write, while the version check makes only a change to the same product a
+/// conflict.
 pub struct SqliteRepository {
-    pool: SqlitePool,
-    tx: Option<Transaction<'static, Sqlite>>,
+    database: SqliteDatabase,
     seen: Vec<Tracked>,
 }
 
 impl SqliteRepository {
-    /// The transaction, begun on first use.
-    async fn tx(&mut self) -> Result<&mut Transaction<'static, Sqlite>, UowError> {
-        if self.tx.is_none() {
-            self.tx = Some(self.pool.begin().await.map_err(storage)?);
-        }
-        self.tx
-            .as_mut()
-            .ok_or_else(|| UowError::Storage("no transaction".into()))
+    async fn load(&self, sku: &str) -> Result<Option<Tracked>, UowError> {
+        let mut tx = self.database.pool.begin().await.map_err(storage)?;
+        let product = Self::load_in(&mut tx, sku).await?;
+        tx.commit().await.map_err(storage)?;
+        Ok(product)
     }
 
-    async fn load(&mut self, sku: &str) -> Result<Option<Product>, UowError> {
-        let tx = self.tx().await?;
+    async fn load_in(
+        tx: &mut Transaction<'static, Sqlite>,
+        sku: &str,
+    ) -> Result<Option<Tracked>, UowError> {
         let Some(product) = sqlx::query("SELECT version_number FROM products WHERE sku = ?")
             .bind(sku)
             .fetch_optional(&mut **tx)
@@ -88,13 +139,36 @@ impl SqliteRepository {
             return Ok(None);
         };
         let version: i64 = product.try_get("version_number").map_err(storage)?;
-        let allocations = sqlx::query(
-            "SELECT batchref, orderid, qty FROM allocations WHERE sku = ? ORDER BY batchref, position",
+        let version = u64::try_from(version)
+            .map_err(|_| UowError::Storage(format!("product {sku}: negative version").into()))?;
+
+        let mut stored = Vec::new();
+        let mut lines_by_batch: HashMap<String, Vec<OrderLine>> = HashMap::new();
+        let rows = sqlx::query(
+            "SELECT id, batchref, orderid, qty FROM allocations WHERE sku = ? ORDER BY id",
         )
         .bind(sku)
         .fetch_all(&mut **tx)
         .await
         .map_err(storage)?;
+        for row in rows {
+            let line = OrderLine {
+                orderid: row.try_get("orderid").map_err(storage)?,
+                sku: sku.to_owned(),
+                qty: to_u32(row.try_get("qty").map_err(storage)?)?,
+            };
+            let batchref: String = row.try_get("batchref").map_err(storage)?;
+            lines_by_batch
+                .entry(batchref.clone())
+                .or_default()
+                .push(line.clone());
+            stored.push(StoredLine {
+                id: row.try_get("id").map_err(storage)?,
+                batchref,
+                line,
+            });
+        }
+
         let rows = sqlx::query(
             "SELECT reference, purchased_quantity, eta FROM batches WHERE sku = ? ORDER BY rowid",
         )
@@ -113,19 +187,7 @@ impl SqliteRepository {
                 .map_err(|e| {
                     UowError::Storage(format!("batch {reference}: bad eta: {e}").into())
                 })?;
-            let mut lines = Vec::new();
-            for allocation in allocations.iter().filter(|a| {
-                a.try_get::<String, _>("batchref")
-                    .map(|r| r == reference)
-                    .unwrap_or(false)
-            }) {
-                let qty: i64 = allocation.try_get("qty").map_err(storage)?;
-                lines.push(OrderLine {
-                    orderid: allocation.try_get("orderid").map_err(storage)?,
-                    sku: sku.to_owned(),
-                    qty: to_u32(qty)?,
-                });
-            }
+            let lines = lines_by_batch.remove(&reference).unwrap_or_default();
             batches.push(Batch::restore(
                 reference,
                 sku.to_owned(),
@@ -134,16 +196,15 @@ impl SqliteRepository {
                 lines,
             ));
         }
-        let version = u64::try_from(version)
-            .map_err(|_| UowError::Storage(format!("product {sku}: negative version").into()))?;
-        Ok(Some(Product::new(sku, batches, version)))
+        Ok(Some(Tracked {
+            product: Product::new(sku, batches, version),
+            loaded_version: Some(version),
+            stored,
+        }))
     }
 
-    fn track(&mut self, product: Product, loaded_version: Option<u64>) -> Option<&mut Product> {
-        self.seen.push(Tracked {
-            product,
-            loaded_version,
-        });
+    fn track(&mut self, tracked: Tracked) -> Option<&mut Product> {
+        self.seen.push(tracked);
         self.seen.last_mut().map(|t| &mut t.product)
     }
 
@@ -201,18 +262,27 @@ impl SqliteRepository {
                 });
             }
         }
-        sqlx::query("DELETE FROM allocations WHERE sku = ?")
-            .bind(sku)
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| write_error(e, sku))?;
+        // Write only what changed: new lines are inserted, lines gone are
+        // deleted, the rest stays as it is.
+        let mut unmatched: HashMap<(&str, &OrderLine), Vec<i64>> = HashMap::new();
+        for stored in &tracked.stored {
+            unmatched
+                .entry((stored.batchref.as_str(), &stored.line))
+                .or_default()
+                .push(stored.id);
+        }
         for batch in &product.batches {
-            for (position, line) in batch.allocations().iter().enumerate() {
+            for line in batch.allocations() {
+                let kept = unmatched
+                    .get_mut(&(batch.reference.as_str(), line))
+                    .and_then(Vec::pop);
+                if kept.is_some() {
+                    continue;
+                }
                 sqlx::query(
-                    "INSERT INTO allocations (batchref, position, orderid, sku, qty) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO allocations (batchref, orderid, sku, qty) VALUES (?, ?, ?, ?)",
                 )
                 .bind(&batch.reference)
-                .bind(position as i64)
                 .bind(&line.orderid)
                 .bind(sku)
                 .bind(i64::from(line.qty))
@@ -220,6 +290,13 @@ impl SqliteRepository {
                 .await
                 .map_err(|e| write_error(e, sku))?;
             }
+        }
+        for id in unmatched.into_values().flatten() {
+            sqlx::query("DELETE FROM allocations WHERE id = ?")
+                .bind(id)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| write_error(e, sku))?;
         }
         Ok(())
     }
@@ -241,10 +318,7 @@ impl ProductRepository for SqliteRepository {
             return Ok(self.seen.get_mut(index).map(|t| &mut t.product));
         }
         match self.load(sku).await? {
-            Some(product) => {
-                let version = product.version_number;
-                Ok(self.track(product, Some(version)))
-            }
+            Some(tracked) => Ok(self.track(tracked)),
             None => Ok(None),
         }
     }
@@ -257,10 +331,9 @@ impl ProductRepository for SqliteRepository {
         {
             return Ok(self.seen.get_mut(index).map(|t| &mut t.product));
         }
-        let tx = self.tx().await?;
         let sku: Option<String> = sqlx::query_scalar("SELECT sku FROM batches WHERE reference = ?")
             .bind(reference)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(&self.database.pool)
             .await
             .map_err(storage)?;
         match sku {
@@ -273,6 +346,7 @@ impl ProductRepository for SqliteRepository {
         self.seen.push(Tracked {
             product,
             loaded_version: None,
+            stored: Vec::new(),
         });
         let last = self.seen.len() - 1;
         &mut self.seen[last].product
@@ -287,12 +361,11 @@ pub struct SqliteUnitOfWork {
 }
 
 impl SqliteUnitOfWork {
-    /// A unit of work over `pool` that releases into `releaser`.
-    pub fn new(pool: SqlitePool, releaser: EventReleaser) -> Self {
+    /// A unit of work over `database` that releases into `releaser`.
+    pub fn new(database: SqliteDatabase, releaser: EventReleaser) -> Self {
         SqliteUnitOfWork {
             repository: SqliteRepository {
-                pool,
-                tx: None,
+                database,
                 seen: Vec::new(),
             },
             releaser,
@@ -306,37 +379,38 @@ impl bus_core::UnitOfWork for SqliteUnitOfWork {
 
     async fn commit(&mut self) -> Result<(), UowError> {
         let repository = &mut self.repository;
-        let mut events = Vec::new();
         let changed = |t: &&Tracked| t.loaded_version != Some(t.product.version_number);
-        if repository.seen.iter().any(|t| changed(&t)) {
-            repository.tx().await?;
-            if let Some(tx) = repository.tx.as_mut() {
-                for tracked in repository.seen.iter().filter(changed) {
-                    SqliteRepository::save(tx, tracked).await?;
-                }
+        if let Some(first) = repository.seen.iter().find(changed) {
+            let sku = first.product.sku.clone();
+            let _turn = repository.database.writer.lock().await;
+            // IMMEDIATE takes the write lock now (waiting up to the busy
+            // timeout), so the writes below cannot fail on a stale snapshot.
+            let mut tx = repository
+                .database
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(|e| write_error(e, &sku))?;
+            for tracked in repository.seen.iter().filter(changed) {
+                SqliteRepository::save(&mut tx, tracked).await?;
             }
-        }
-        if let Some(tx) = repository.tx.take() {
-            let sku = repository
-                .seen
-                .first()
-                .map(|t| t.product.sku.clone())
-                .unwrap_or_default();
             tx.commit().await.map_err(|e| write_error(e, &sku))?;
         }
-        for tracked in &mut repository.seen {
-            events.extend(tracked.product.events().take());
-            tracked.loaded_version = Some(tracked.product.version_number);
-        }
+        // The stored rows no longer match what was loaded: forget the products,
+        // so that anything loaded after this commit is read afresh.
+        let events: Vec<_> = repository
+            .seen
+            .drain(..)
+            .flat_map(|mut tracked| tracked.product.events().take())
+            .collect();
         self.releaser.release_all(events);
         Ok(())
     }
 
     async fn rollback(&mut self) -> Result<(), UowError> {
+        // Nothing was written before commit: forgetting what was loaded is
+        // the whole rollback.
         self.repository.seen.clear();
-        if let Some(tx) = self.repository.tx.take() {
-            tx.rollback().await.map_err(storage)?;
-        }
         Ok(())
     }
 }
@@ -347,16 +421,17 @@ impl UnitOfWork for SqliteUnitOfWork {
     }
 }
 
-/// The allocations view in SQLite.
+/// The allocations view in SQLite; its writes take the database's writer
+/// turn like the units of work do.
 #[derive(Debug, Clone)]
 pub struct SqliteAllocationsView {
-    pool: SqlitePool,
+    database: SqliteDatabase,
 }
 
 impl SqliteAllocationsView {
-    /// The view over `pool`.
-    pub fn new(pool: SqlitePool) -> Self {
-        SqliteAllocationsView { pool }
+    /// The view in `database`.
+    pub fn new(database: SqliteDatabase) -> Self {
+        SqliteAllocationsView { database }
     }
 }
 
@@ -367,21 +442,23 @@ fn view_error(error: sqlx::Error) -> ViewError {
 #[async_trait]
 impl AllocationsView for SqliteAllocationsView {
     async fn add(&self, orderid: &str, sku: &str, batchref: &str) -> Result<(), ViewError> {
+        let _turn = self.database.writer.lock().await;
         sqlx::query("INSERT INTO allocations_view (orderid, sku, batchref) VALUES (?, ?, ?)")
             .bind(orderid)
             .bind(sku)
             .bind(batchref)
-            .execute(&self.pool)
+            .execute(&self.database.pool)
             .await
             .map_err(view_error)?;
         Ok(())
     }
 
     async fn remove(&self, orderid: &str, sku: &str) -> Result<(), ViewError> {
+        let _turn = self.database.writer.lock().await;
         sqlx::query("DELETE FROM allocations_view WHERE orderid = ? AND sku = ?")
             .bind(orderid)
             .bind(sku)
-            .execute(&self.pool)
+            .execute(&self.database.pool)
             .await
             .map_err(view_error)?;
         Ok(())
@@ -392,7 +469,7 @@ impl AllocationsView for SqliteAllocationsView {
             "SELECT sku, batchref FROM allocations_view WHERE orderid = ? ORDER BY rowid",
         )
         .bind(orderid)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.database.pool)
         .await
         .map_err(view_error)?;
         rows.into_iter()

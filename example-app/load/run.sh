@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Load test of POST /allocate on the default SQLite store: starts a release
+# build on a fresh database, seeds 100 products, runs wrk against it.
+# Needs wrk (Debian: apt-get install wrk). Usage: example-app/load/run.sh [seconds] [connections]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+duration="${1:-10}"
+connections="${2:-16}"
+port=5099
+dir="$(mktemp -d)"
+server=""
+trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$dir"' EXIT
+
+cargo build --release -q -p example-app
+RUST_LOG=error target/release/example-app --bind "127.0.0.1:$port" \
+    --database-url "sqlite://$dir/load.db" &
+server=$!
+for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/allocations/none" && break
+    sleep 0.1
+done
+for n in $(seq 0 99); do
+    curl -s -o /dev/null -X POST "http://127.0.0.1:$port/add_batch" \
+        -H 'content-type: application/json' \
+        -d "{\"ref\":\"load-batch-$n\",\"sku\":\"LOAD-SKU-$n\",\"qty\":100000000,\"eta\":null}"
+done
+wrk -t2 -c"$connections" -d"${duration}s" --latency -s example-app/load/allocate.lua \
+    "http://127.0.0.1:$port/allocate"
