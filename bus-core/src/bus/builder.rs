@@ -255,6 +255,7 @@ fn bind(
         })
         .collect();
     BoundHandler {
+        call: registration.call(),
         registration,
         dependencies: resolved,
     }

@@ -98,7 +98,7 @@ impl Bus {
         let handler = self.single_handler::<E>(meta)?;
         let span = dispatch_span(meta, kind);
         let mut scope = Scope::new();
-        let output = match handler.registration.call() {
+        let output = match handler.call {
             HandlerFn::Sync(f) => enter(&span, || request_sync(handler, f, message, &mut scope)),
             HandlerFn::Async(f) => {
                 request_async(handler, f, message, &mut scope)
@@ -128,7 +128,7 @@ impl Bus {
         let handler = self.single_handler::<E>(meta)?;
         let span = dispatch_span(meta, kind);
         let mut scope = Scope::new();
-        let output = match handler.registration.call() {
+        let output = match handler.call {
             HandlerFn::Sync(f) => enter(&span, || request_sync(handler, f, message, &mut scope)),
             HandlerFn::Async(f) => {
                 block_on(request_async(handler, f, message, &mut scope).instrument(span.clone()))
@@ -187,7 +187,7 @@ impl Bus {
         let traced = tracing::enabled!(tracing::Level::DEBUG);
         for handler in self.inner.routes.handlers(meta) {
             let mut scope = Scope::new();
-            let outcome = match handler.registration.call() {
+            let outcome = match handler.call {
                 HandlerFn::Sync(f) => call_event_sync(handler, f, event, meta, &mut scope, traced),
                 HandlerFn::Async(f) => call_event_async(handler, f, event, meta, &mut scope).await,
             };
@@ -205,7 +205,7 @@ impl Bus {
         let traced = tracing::enabled!(tracing::Level::DEBUG);
         for handler in self.inner.routes.handlers(meta) {
             let mut scope = Scope::new();
-            let outcome = match handler.registration.call() {
+            let outcome = match handler.call {
                 HandlerFn::Sync(f) => call_event_sync(handler, f, event, meta, &mut scope, traced),
                 HandlerFn::Async(f) => {
                     block_on(call_event_async(handler, f, event, meta, &mut scope))

@@ -5,10 +5,13 @@ use std::fmt;
 
 use crate::inject::Resolved;
 use crate::message::MessageMeta;
-use crate::registry::HandlerRegistration;
+use crate::registry::{HandlerFn, HandlerRegistration};
 
 /// A handler with its dependencies already looked up.
 pub(crate) struct BoundHandler {
+    /// How to call it, copied out of the registration so that a call reads
+    /// it from the route directly.
+    pub(crate) call: HandlerFn,
     pub(crate) registration: &'static HandlerRegistration,
     pub(crate) dependencies: Box<[Resolved]>,
 }
