@@ -4,6 +4,9 @@
 //! Run with `cargo bench -p bus-core --bench dispatch`; BENCHMARKS.md has the
 //! figures and what they mean.
 
+// A benchmark whose setup fails should stop at once.
+#![allow(clippy::expect_used)]
+
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -45,6 +48,7 @@ async fn scale_async(cmd: ScaleAsync, config: &Config) -> Result<u64, Infallible
 // ---- hand-wired: a TypeId map of erased fn pointers, &mut dyn Any slots ----
 
 type ErasedCommand = fn(&mut dyn Any, &mut dyn Any, &Config);
+type ErasedEventHandlers = HashMap<TypeId, Vec<fn(&dyn Any)>>;
 
 fn erased_scale(message: &mut dyn Any, output: &mut dyn Any, config: &Config) {
     let (Some(message), Some(output)) = (
@@ -60,7 +64,7 @@ fn erased_scale(message: &mut dyn Any, output: &mut dyn Any, config: &Config) {
 
 struct HandWired {
     commands: HashMap<TypeId, ErasedCommand>,
-    events: HashMap<TypeId, Vec<fn(&dyn Any)>>,
+    events: ErasedEventHandlers,
     config: Config,
 }
 
@@ -276,7 +280,7 @@ fn command_dispatch(c: &mut Criterion) {
 
 fn event_fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("event_fanout");
-    let mut events: HashMap<TypeId, Vec<fn(&dyn Any)>> = HashMap::new();
+    let mut events: ErasedEventHandlers = HashMap::new();
     events.insert(TypeId::of::<Tick>(), TICK_HANDLERS.to_vec());
     let hand_wired = HandWired {
         commands: HashMap::new(),

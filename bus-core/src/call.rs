@@ -73,13 +73,33 @@ fn internal(what: &str) -> BoxError {
     format!("internal error: {what}").into()
 }
 
+/// A plain `fn` handler's typed entry: called with the event itself, so a
+/// route of one event type calls its handlers without a downcast each.
+pub type TypedSync<M> =
+    for<'x, 'y> fn(&'x M, &'x [Resolved], &'y mut Scope) -> Result<(), BoxError>;
+
 /// What a handler's signature says, gathered in describe mode.
-#[derive(Debug, Default)]
+#[derive(Default)]
 #[doc(hidden)]
 pub struct Shape {
     pub(crate) message: Option<&'static MessageMeta>,
     pub(crate) dependencies: Vec<DependencyKey>,
     pub(crate) releases: Vec<&'static MessageMeta>,
+    pub(crate) typed: Option<Box<dyn crate::bus::TypedEntry>>,
+}
+
+impl std::fmt::Debug for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shape")
+            .field("message", &self.message.map(MessageMeta::name))
+            .field("dependencies", &self.dependencies)
+            .field(
+                "releases",
+                &self.releases.iter().map(|m| m.name()).collect::<Vec<_>>(),
+            )
+            .field("typed", &self.typed.is_some())
+            .finish()
+    }
 }
 
 /// Records a handler's signature; see [`Call`].
@@ -91,24 +111,67 @@ pub struct Describe<'s, 'a> {
 
 impl<'a> Describe<'_, 'a> {
     /// The message, taken by value.
+    #[cold]
+    #[inline(never)]
     pub fn message_by_value<M: TakeMessage>(&mut self) {
         self.shape.message = Some(M::meta());
     }
 
     /// The message, taken by reference.
+    #[cold]
+    #[inline(never)]
     pub fn message_by_ref<M: TakeMessage>(&mut self) {
         self.shape.message = Some(M::meta());
     }
 
     /// The next dependency parameter.
+    #[cold]
+    #[inline(never)]
     pub fn dependency<D: Inject<'a>>(&mut self) {
         self.shape.dependencies.push(D::key());
     }
 
     /// An event declared with `releases(...)`.
+    #[cold]
+    #[inline(never)]
     pub fn releases<E: Event>(&mut self) {
         self.shape.releases.push(E::meta());
     }
+
+    /// The handler's typed entry (plain `fn` handlers).
+    #[cold]
+    #[inline(never)]
+    pub fn typed_sync<M: TakeMessage>(&mut self, entry: TypedSync<M>) {
+        self.shape.typed = Some(Box::new(crate::bus::TypedSyncEntry(entry)));
+    }
+}
+
+/// Resolves the dependency at `index` for a typed entry.
+#[doc(hidden)]
+#[inline]
+pub fn inject<'a, D: Inject<'a>>(
+    dependencies: &'a [Resolved],
+    index: usize,
+    scope: &mut Scope,
+) -> Result<D, BoxError> {
+    let resolved = dependencies
+        .get(index)
+        .ok_or_else(|| internal("dependency index out of range"))?;
+    D::inject(resolved, scope)
+}
+
+/// An event, cloned for a by-value handler parameter.
+#[doc(hidden)]
+#[inline]
+pub fn clone_event<E: Event>(event: &E) -> E {
+    event.clone()
+}
+
+/// A command or query has a single owner; it is never shared like an event.
+#[doc(hidden)]
+#[cold]
+pub fn not_shared() -> BoxError {
+    internal("a command or query was passed as a shared event")
 }
 
 impl<'a> Call<'a> {
@@ -179,6 +242,13 @@ impl<'a> Call<'a> {
 pub struct Output<'a, M: TakeMessage>(Option<&'a mut Option<M::Result>>);
 
 impl<M: TakeMessage> Output<'_, M> {
+    /// No result slot: an event's handler.
+    #[doc(hidden)]
+    #[inline]
+    pub fn none() -> Self {
+        Output(None)
+    }
+
     /// Hands the handler's return value to the bus.
     #[inline]
     pub fn deliver<R: HandlerOutput<M>>(self, returned: R) -> Result<(), BoxError> {
@@ -200,6 +270,10 @@ pub trait TakeMessage: Message + Sized {
     /// query, `()` for an event.
     type Result: Send + 'static;
 
+    /// Whether the message is shared by its handlers (an event), so that a
+    /// typed entry is worth having.
+    const SHARED: bool;
+
     /// `(Self, Output<'a, Self>)`. Named through the trait so that, when a
     /// handler's first parameter is not a message, the generated code's later
     /// uses of it are silenced instead of reported again.
@@ -213,6 +287,12 @@ pub trait TakeMessage: Message + Sized {
 
     /// The message by reference.
     fn borrow(message: MessageRef<'_>) -> Result<Self::Borrowed<'_>, BoxError>;
+
+    /// The message by value, from a shared reference (an event's clone).
+    fn take_shared(message: &Self) -> Result<Self::Taken<'_>, BoxError>;
+
+    /// The message by reference, from a shared reference.
+    fn borrow_shared(message: &Self) -> Self::Borrowed<'_>;
 }
 
 fn frame<'a, M: TakeMessage>(

@@ -73,9 +73,9 @@ pub use async_trait::async_trait;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::call::{
-        borrow_event, borrow_from_frame, boxed, event_result, put_output, ready_err, ready_ok,
-        take_event, take_from_frame, BoxFuture, Call, DefaultError, HandlerOutput, MessageRef,
-        Output, TakeMessage,
+        borrow_event, borrow_from_frame, boxed, clone_event, event_result, inject, not_shared,
+        put_output, ready_err, ready_ok, take_event, take_from_frame, BoxFuture, Call,
+        DefaultError, HandlerOutput, MessageRef, Output, TakeMessage, TypedSync,
     };
     pub use crate::message::{Kind, MessageMeta};
     pub use crate::registry::{HandlerEntry, HandlerFn, HandlerRegistration, MessageEntry};

@@ -90,6 +90,11 @@ impl HandlerRegistration {
         self.shape().releases.iter().copied()
     }
 
+    /// Its typed entry, when its generated code has one.
+    pub(crate) fn typed_entry(&self) -> Option<&dyn crate::bus::TypedEntry> {
+        self.shape().typed.as_deref()
+    }
+
     /// Whether it is an `async fn`.
     pub fn is_async(&self) -> bool {
         matches!(self.call, HandlerFn::Async(_))

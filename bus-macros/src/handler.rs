@@ -248,12 +248,13 @@ fn registration(
     let deliver = quote_spanned! {return_span=>
         #output.deliver::<#return_ty>(#returned)
     };
-    let describe = |answer: TokenStream| {
+    let describe = |typed: TokenStream, answer: TokenStream| {
         quote! {
             if let ::core::option::Option::Some(mut #shape) = #call.describe() {
                 #describe_message
                 #(#describe_dependencies)*
                 #(#describe_releases)*
+                #typed
                 return #answer;
             }
         }
@@ -264,7 +265,10 @@ fn registration(
             .asyncness
             .map(|a| a.span)
             .unwrap_or_else(|| ident.span());
-        let describe = describe(quote!(::bus_core::__private::ready_ok()));
+        let describe = describe(
+            TokenStream::new(),
+            quote!(::bus_core::__private::ready_ok()),
+        );
         let boxed = quote_spanned! {async_span=>
             ::bus_core::__private::boxed(async move {
                 let #returned = #ident(#message_value #(, #dep_idents)*).await;
@@ -293,7 +297,45 @@ fn registration(
             quote!(::bus_core::__private::HandlerFn::Async(__bus_call)),
         )
     } else {
-        let describe = describe(quote!(::core::result::Result::Ok(())));
+        // The typed entry: the same call, given the event itself, so that an
+        // event's route calls it without a downcast. It lives in this body so
+        // that a type mistake is still reported once.
+        let dependencies_var = format_ident!("__bus_dependencies");
+        let scope_var = format_ident!("__bus_scope");
+        let (shared, typed_entry, take_shared) = match message {
+            MessageParam::ByValue(ty) => (
+                quote_spanned! {ty.span()=> <#ty as ::bus_core::__private::TakeMessage>::SHARED },
+                quote_spanned! {ty.span()=> #shape.typed_sync::<#ty> },
+                quote_spanned! {ty.span()=>
+                    <#ty as ::bus_core::__private::TakeMessage>::take_shared(#message_value)?
+                },
+            ),
+            MessageParam::ByRef(ty) => (
+                quote_spanned! {ty.span()=> <#ty as ::bus_core::__private::TakeMessage>::SHARED },
+                quote_spanned! {ty.span()=> #shape.typed_sync::<#ty> },
+                quote_spanned! {ty.span()=>
+                    <#ty as ::bus_core::__private::TakeMessage>::borrow_shared(#message_value)
+                },
+            ),
+        };
+        let inject_dependencies = dependencies.iter().enumerate().map(|(i, ty)| {
+            quote_spanned! {ty.span()=>
+                ::bus_core::__private::inject::<#ty>(#dependencies_var, #i, #scope_var)
+            }
+        });
+        // Only events have typed entries: for a command the constant is
+        // false and the entry compiles away.
+        let typed = quote! {
+            if #shared {
+                #typed_entry(|#message_value, #dependencies_var, #scope_var| {
+                    let (#message_value, #output) = #take_shared;
+                    #( let #dep_idents = #inject_dependencies?; )*
+                    let #returned = #ident(#message_value #(, #dep_idents)*);
+                    #deliver
+                });
+            }
+        };
+        let describe = describe(typed, quote!(::core::result::Result::Ok(())));
         (
             quote! {
                 fn __bus_call(

@@ -173,6 +173,7 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                 #[automatically_derived]
                 impl ::bus_core::__private::TakeMessage for #ident {
                     type Result = ::core::result::Result<#output, #error>;
+                    const SHARED: bool = false;
                     type Taken<'a> = (Self, ::bus_core::__private::Output<'a, Self>);
                     type Borrowed<'a> = (&'a Self, ::bus_core::__private::Output<'a, Self>);
 
@@ -188,6 +189,18 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                         message: ::bus_core::__private::MessageRef<'_>,
                     ) -> ::core::result::Result<Self::Borrowed<'_>, ::bus_core::BoxError> {
                         ::bus_core::__private::borrow_from_frame(message)
+                    }
+
+                    #[inline]
+                    fn take_shared(
+                        _: &Self,
+                    ) -> ::core::result::Result<Self::Taken<'_>, ::bus_core::BoxError> {
+                        ::core::result::Result::Err(::bus_core::__private::not_shared())
+                    }
+
+                    #[inline]
+                    fn borrow_shared(message: &Self) -> Self::Borrowed<'_> {
+                        (message, ::bus_core::__private::Output::none())
                     }
                 }
 
@@ -216,6 +229,7 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                 #[automatically_derived]
                 impl ::bus_core::__private::TakeMessage for #ident {
                     type Result = ();
+                    const SHARED: bool = true;
                     type Taken<'a> = (Self, ::bus_core::__private::Output<'a, Self>);
                     type Borrowed<'a> = (&'a Self, ::bus_core::__private::Output<'a, Self>);
 
@@ -231,6 +245,21 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                         message: ::bus_core::__private::MessageRef<'_>,
                     ) -> ::core::result::Result<Self::Borrowed<'_>, ::bus_core::BoxError> {
                         ::bus_core::__private::borrow_event(message)
+                    }
+
+                    #[inline]
+                    fn take_shared(
+                        message: &Self,
+                    ) -> ::core::result::Result<Self::Taken<'_>, ::bus_core::BoxError> {
+                        ::core::result::Result::Ok((
+                            ::bus_core::__private::clone_event(message),
+                            ::bus_core::__private::Output::none(),
+                        ))
+                    }
+
+                    #[inline]
+                    fn borrow_shared(message: &Self) -> Self::Borrowed<'_> {
+                        (message, ::bus_core::__private::Output::none())
                     }
                 }
 

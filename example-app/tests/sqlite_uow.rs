@@ -217,14 +217,24 @@ async fn a_deallocation_is_persisted_and_the_rest_kept_in_order() {
     let (_dir, pool) = database().await;
     insert_product(&pool, "RUG", vec![Batch::new("b1", "RUG", 50, None)]).await;
     let mut uow = SqliteUnitOfWork::new(pool.clone(), EventReleaser::new());
-    let product = uow.products().get("RUG").await.expect("read").expect("exists");
+    let product = uow
+        .products()
+        .get("RUG")
+        .await
+        .expect("read")
+        .expect("exists");
     for orderid in ["o1", "o2", "o3"] {
         product.allocate(line(orderid, "RUG", 10));
     }
     uow.commit().await.expect("committed");
 
     let mut uow = SqliteUnitOfWork::new(pool.clone(), EventReleaser::new());
-    let product = uow.products().get("RUG").await.expect("read").expect("exists");
+    let product = uow
+        .products()
+        .get("RUG")
+        .await
+        .expect("read")
+        .expect("exists");
     assert!(product.change_batch_quantity("b1", 25));
     uow.commit().await.expect("committed");
 

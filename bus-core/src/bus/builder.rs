@@ -118,13 +118,22 @@ impl BusBuilder {
             if meta.kind() != Kind::Event {
                 check_single_handler(meta, &mine, &self.allowed_unhandled, &mut problems);
             }
-            let bound = mine
+            let bound: Box<[BoundHandler]> = mine
                 .iter()
                 .map(|&registration| bind(registration, &self.dependencies, &mut problems))
                 .collect();
+            let typed = if meta.kind() == Kind::Event {
+                bound
+                    .iter()
+                    .find_map(|handler| handler.registration.typed_entry())
+                    .map(|entry| entry.build_route(&bound))
+            } else {
+                None
+            };
             routes.insert(Route {
                 meta,
                 handlers: bound,
+                typed,
             });
         }
 

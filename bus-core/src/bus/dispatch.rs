@@ -16,7 +16,7 @@ use tracing::{Instrument, Span};
 use super::routes::BoundHandler;
 use super::unwind::CatchUnwind;
 use super::Bus;
-use crate::call::{AsyncCall, Call, Frame, MessageRef, SyncCall};
+use crate::call::{AsyncCall, Call, Frame, MessageRef, SyncCall, TypedSync};
 use crate::error::{BoxError, CascadeLimitError, DispatchError};
 use crate::events::PendingEvent;
 use crate::executor::block_on;
@@ -108,7 +108,7 @@ impl Bus {
         }?;
         if scope.has_releaser() {
             let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
-            cascade.queue.extend(scope.finish());
+            cascade.push_all(scope.finish());
             self.run_queue(&mut cascade).instrument(span).await?;
         }
         Ok(output)
@@ -136,7 +136,7 @@ impl Bus {
         }?;
         if scope.has_releaser() {
             let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
-            cascade.queue.extend(scope.finish());
+            cascade.push_all(scope.finish());
             enter(&span, || self.run_queue_blocking(&mut cascade))?;
         }
         Ok(output)
@@ -202,8 +202,16 @@ impl Bus {
         meta: &'static MessageMeta,
         cascade: &mut Cascade,
     ) {
+        let Some(route) = self.inner.routes.route(meta) else {
+            return;
+        };
+        if let Some(typed) = &route.typed {
+            if typed.run_blocking(self, &route.handlers, event, meta, cascade) {
+                return;
+            }
+        }
         let traced = tracing::enabled!(tracing::Level::DEBUG);
-        for handler in self.inner.routes.handlers(meta) {
+        for handler in route.handlers.iter() {
             let mut scope = Scope::new();
             let outcome = match handler.call {
                 HandlerFn::Sync(f) => call_event_sync(handler, f, event, meta, &mut scope, traced),
@@ -215,9 +223,46 @@ impl Bus {
         }
     }
 
+    /// One event's handlers through their typed entries (the typed route);
+    /// a handler without one goes through its erased entry.
+    pub(super) fn handle_typed_blocking<M>(
+        &self,
+        calls: &[Option<TypedSync<M>>],
+        handlers: &[BoundHandler],
+        typed: &M,
+        event: &(dyn Any + Send + Sync),
+        meta: &'static MessageMeta,
+        cascade: &mut Cascade,
+    ) {
+        let traced = tracing::enabled!(tracing::Level::DEBUG);
+        for (call, handler) in calls.iter().zip(handlers) {
+            let mut scope = Scope::new();
+            let outcome = match (call, handler.call) {
+                (Some(f), _) => {
+                    let dependencies = &handler.dependencies;
+                    let scope = &mut scope;
+                    let mut run =
+                        || catch_unwind(AssertUnwindSafe(|| f(typed, dependencies, scope)));
+                    failure_cause(if traced {
+                        handler_span(handler, meta).in_scope(run)
+                    } else {
+                        run()
+                    })
+                }
+                (None, HandlerFn::Sync(f)) => {
+                    call_event_sync(handler, f, event, meta, &mut scope, traced)
+                }
+                (None, HandlerFn::Async(f)) => {
+                    block_on(call_event_async(handler, f, event, meta, &mut scope))
+                }
+            };
+            self.settle(handler, meta, scope, outcome, cascade);
+        }
+    }
+
     /// After one event-handler call: queue what it released, or report its
     /// failure and drop what it released.
-    #[inline]
+    #[inline(always)]
     fn settle(
         &self,
         handler: &BoundHandler,
@@ -229,14 +274,26 @@ impl Bus {
         match outcome {
             Ok(()) => {
                 if scope.has_releaser() {
-                    cascade.queue.extend(scope.finish());
+                    cascade.push_all(scope.finish());
                 }
             }
-            Err(cause) => {
-                drop(scope.finish());
-                self.report(meta, handler, cause);
-            }
+            Err(cause) => self.fail(handler, meta, scope, cause),
         }
+    }
+
+    /// A failed event-handler call: what it released is dropped, the failure
+    /// reported.
+    #[cold]
+    #[inline(never)]
+    fn fail(
+        &self,
+        handler: &BoundHandler,
+        meta: &'static MessageMeta,
+        scope: Scope,
+        cause: FailureCause,
+    ) {
+        drop(scope.finish());
+        self.report(meta, handler, cause);
     }
 
     fn report(&self, event: &'static MessageMeta, handler: &BoundHandler, cause: FailureCause) {
@@ -410,11 +467,12 @@ fn failure_cause(
 }
 
 /// The queue of one dispatch and its count against the bound.
-struct Cascade {
+pub(crate) struct Cascade {
     origin: &'static MessageMeta,
     limit: usize,
     processed: usize,
-    queue: VecDeque<PendingEvent>,
+    /// Created on the first release: most dispatches never need one.
+    queue: Option<VecDeque<PendingEvent>>,
 }
 
 impl Cascade {
@@ -423,7 +481,16 @@ impl Cascade {
             origin,
             limit,
             processed,
-            queue: VecDeque::new(),
+            queue: None,
+        }
+    }
+
+    /// Queues released events after those already queued.
+    #[inline]
+    fn push_all(&mut self, events: Vec<PendingEvent>) {
+        match &mut self.queue {
+            Some(queue) => queue.extend(events),
+            None => self.queue = Some(VecDeque::from(events)),
         }
     }
 
@@ -439,7 +506,7 @@ impl Cascade {
 
     /// The next queued event, counted against the bound.
     fn next(&mut self) -> Result<Option<PendingEvent>, CascadeLimitError> {
-        let Some(event) = self.queue.pop_front() else {
+        let Some(event) = self.queue.as_mut().and_then(VecDeque::pop_front) else {
             return Ok(None);
         };
         self.count(event.meta())?;
@@ -449,7 +516,8 @@ impl Cascade {
     #[cold]
     fn limit_error(&self, current: &'static str) -> CascadeLimitError {
         let mut counts: Vec<(&'static str, usize)> = Vec::new();
-        for name in std::iter::once(current).chain(self.queue.iter().map(PendingEvent::name)) {
+        let queued = self.queue.iter().flatten().map(PendingEvent::name);
+        for name in std::iter::once(current).chain(queued) {
             match counts.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, count)) => *count += 1,
                 None => counts.push((name, 1)),

@@ -3,12 +3,14 @@
 mod builder;
 mod dispatch;
 mod routes;
+mod typed_route;
 mod unwind;
 
 use std::sync::Arc;
 
 pub use builder::{BusBuilder, DEFAULT_MAX_MESSAGES_PER_DISPATCH};
 use routes::Routes;
+pub(crate) use typed_route::{TypedEntry, TypedSyncEntry};
 
 use crate::observer::Observer;
 

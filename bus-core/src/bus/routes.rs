@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use super::typed_route::EventRoute;
 use crate::inject::Resolved;
 use crate::message::MessageMeta;
 use crate::registry::{HandlerFn, HandlerRegistration};
@@ -20,6 +21,8 @@ pub(crate) struct BoundHandler {
 pub(crate) struct Route {
     pub(crate) meta: &'static MessageMeta,
     pub(crate) handlers: Box<[BoundHandler]>,
+    /// For an event type whose handlers have typed entries.
+    pub(crate) typed: Option<Box<dyn EventRoute>>,
 }
 
 /// Routes indexed by each message type's process-wide slot: finding a
@@ -38,13 +41,19 @@ impl Routes {
         self.by_slot[slot] = Some(route);
     }
 
+    /// The route of a message type, if it is in this bus.
+    #[inline]
+    pub(crate) fn route(&self, meta: &'static MessageMeta) -> Option<&Route> {
+        match self.by_slot.get(meta.slot()) {
+            Some(Some(route)) if std::ptr::eq(route.meta, meta) => Some(route),
+            _ => None,
+        }
+    }
+
     /// The handlers of a message type; empty when it has none in this bus.
     #[inline]
     pub(crate) fn handlers(&self, meta: &'static MessageMeta) -> &[BoundHandler] {
-        match self.by_slot.get(meta.slot()) {
-            Some(Some(route)) if std::ptr::eq(route.meta, meta) => &route.handlers,
-            _ => &[],
-        }
+        self.route(meta).map_or(&[], |route| &route.handlers)
     }
 
     /// Every route, in slot order.

@@ -1,0 +1,79 @@
+//! Typed routes: for one event type, its plain `fn` handlers' typed entries,
+//! so that publishing calls them with the event itself instead of each one
+//! downcasting it again.
+
+use std::any::Any;
+
+use super::dispatch::Cascade;
+use super::routes::BoundHandler;
+use super::Bus;
+use crate::call::{TakeMessage, TypedSync};
+use crate::message::MessageMeta;
+
+/// A handler's typed entry, as its generated code described it.
+pub(crate) trait TypedEntry: Send + Sync + 'static {
+    fn as_any(&self) -> &dyn Any;
+
+    /// The typed route of the event type this entry takes, over `handlers`
+    /// (all the handlers of that event, in order).
+    fn build_route(&self, handlers: &[BoundHandler]) -> Box<dyn EventRoute>;
+}
+
+/// The typed entry of a plain `fn` handler of `M`.
+pub(crate) struct TypedSyncEntry<M>(pub(crate) TypedSync<M>);
+
+impl<M: TakeMessage> TypedEntry for TypedSyncEntry<M> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn build_route(&self, handlers: &[BoundHandler]) -> Box<dyn EventRoute> {
+        let calls = handlers
+            .iter()
+            .map(|handler| {
+                handler
+                    .registration
+                    .typed_entry()
+                    .and_then(|entry| entry.as_any().downcast_ref::<TypedSyncEntry<M>>())
+                    .map(|entry| entry.0)
+            })
+            .collect();
+        Box::new(TypedRoute::<M> { calls })
+    }
+}
+
+/// Runs one event type's handlers through their typed entries.
+pub(crate) trait EventRoute: Send + Sync {
+    /// Returns `false`, having done nothing, when `event` is of another type.
+    fn run_blocking(
+        &self,
+        bus: &Bus,
+        handlers: &[BoundHandler],
+        event: &(dyn Any + Send + Sync),
+        meta: &'static MessageMeta,
+        cascade: &mut Cascade,
+    ) -> bool;
+}
+
+/// One typed entry per handler, in the route's order; `None` for a handler
+/// that has none (an `async fn`), which is called through its erased entry.
+struct TypedRoute<M> {
+    calls: Vec<Option<TypedSync<M>>>,
+}
+
+impl<M: TakeMessage> EventRoute for TypedRoute<M> {
+    fn run_blocking(
+        &self,
+        bus: &Bus,
+        handlers: &[BoundHandler],
+        event: &(dyn Any + Send + Sync),
+        meta: &'static MessageMeta,
+        cascade: &mut Cascade,
+    ) -> bool {
+        let Some(typed) = event.downcast_ref::<M>() else {
+            return false;
+        };
+        bus.handle_typed_blocking(&self.calls, handlers, typed, event, meta, cascade);
+        true
+    }
+}
