@@ -43,16 +43,29 @@ pub enum DispatchError<E> {
     },
     /// The chain of events this dispatch caused exceeded the bound set with
     /// [`BusBuilder::max_messages_per_dispatch`](crate::BusBuilder::max_messages_per_dispatch).
+    /// (Boxed, like [`Internal`](Self::Internal), to keep the `Result` of every
+    /// dispatch small.)
     #[error(transparent)]
-    CascadeLimit(#[from] CascadeLimitError),
+    CascadeLimit(Box<CascadeLimitError>),
     /// The bus could not prepare the handler's call (a framework bug: report it).
-    #[error("handler `{handler}` could not be called: {error}")]
-    Internal {
-        /// The handler's path.
-        handler: &'static str,
-        /// What went wrong.
-        error: BoxError,
-    },
+    #[error(transparent)]
+    Internal(Box<InternalError>),
+}
+
+impl<E> From<CascadeLimitError> for DispatchError<E> {
+    fn from(error: CascadeLimitError) -> Self {
+        DispatchError::CascadeLimit(Box::new(error))
+    }
+}
+
+/// The bus could not prepare a handler's call: a framework bug, to report.
+#[derive(Debug, thiserror::Error)]
+#[error("handler `{handler}` could not be called: {error}")]
+pub struct InternalError {
+    /// The handler's path.
+    pub handler: &'static str,
+    /// What went wrong.
+    pub error: BoxError,
 }
 
 impl<E> DispatchError<E> {
@@ -73,9 +86,7 @@ impl<E> DispatchError<E> {
             DispatchError::Handler(error) => DispatchError::Handler(f(error)),
             DispatchError::Unhandled { kind, name } => DispatchError::Unhandled { kind, name },
             DispatchError::CascadeLimit(error) => DispatchError::CascadeLimit(error),
-            DispatchError::Internal { handler, error } => {
-                DispatchError::Internal { handler, error }
-            }
+            DispatchError::Internal(error) => DispatchError::Internal(error),
         }
     }
 }

@@ -52,7 +52,9 @@ mod uow;
 pub use bus::DEFAULT_MAX_MESSAGES_PER_DISPATCH;
 pub use bus::{Bus, BusBuilder};
 pub use dependencies::Dependencies;
-pub use error::{BoxError, BuildError, CascadeLimitError, DispatchError, HandlerSite, Problem};
+pub use error::{
+    BoxError, BuildError, CascadeLimitError, DispatchError, HandlerSite, InternalError, Problem,
+};
 pub use events::{Aggregate, EventRecorder, EventReleaser, PendingEvent};
 pub use executor::block_on;
 pub use inject::{DependencyKey, Inject, Lifetime, Scope, Scoped};

@@ -17,7 +17,7 @@ use super::routes::BoundHandler;
 use super::unwind::CatchUnwind;
 use super::Bus;
 use crate::call::{AsyncCall, Call, Frame, MessageRef, SyncCall, TypedSync};
-use crate::error::{BoxError, CascadeLimitError, DispatchError};
+use crate::error::{BoxError, CascadeLimitError, DispatchError, InternalError};
 use crate::events::PendingEvent;
 use crate::executor::block_on;
 use crate::inject::Scope;
@@ -73,7 +73,7 @@ impl Bus {
         }
         .instrument(span)
         .await
-        .map_err(DispatchError::CascadeLimit)
+        .map_err(DispatchError::from)
     }
 
     /// [`publish`](Self::publish) without an async runtime.
@@ -85,7 +85,7 @@ impl Bus {
             self.handle_event_blocking(&event, E::meta(), &mut cascade);
             self.run_queue_blocking(&mut cascade)
         })
-        .map_err(DispatchError::CascadeLimit)
+        .map_err(DispatchError::from)
     }
 
     async fn request<M, O, E>(&self, message: M, kind: &'static str) -> Result<O, DispatchError<E>>
@@ -397,14 +397,14 @@ fn complete<O, E>(
     let failure = match (called, output) {
         (Ok(()), Some(Ok(value))) => return Ok(value),
         (Ok(()), Some(Err(error))) => DispatchError::Handler(error),
-        (Ok(()), None) => DispatchError::Internal {
+        (Ok(()), None) => DispatchError::Internal(Box::new(InternalError {
             handler: handler.registration.name(),
             error: "the handler produced no output".into(),
-        },
-        (Err(error), _) => DispatchError::Internal {
+        })),
+        (Err(error), _) => DispatchError::Internal(Box::new(InternalError {
             handler: handler.registration.name(),
             error,
-        },
+        })),
     };
     let dropped = std::mem::take(scope).finish();
     if !dropped.is_empty() {
