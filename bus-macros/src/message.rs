@@ -163,6 +163,16 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                 .map(|t| quote!(#t))
                 .unwrap_or_else(|| quote!(::bus_core::__private::DefaultError));
             let trait_ident = syn::Ident::new(kind.trait_name(), Span::call_site());
+            let take_message = take_message_impl(
+                ident,
+                quote!(::core::result::Result<#output, #error>),
+                false,
+                quote!(take_from_frame),
+                quote!(borrow_from_frame),
+                quote!(::core::result::Result::Err(
+                    ::bus_core::__private::not_shared()
+                )),
+            );
             quote! {
                 #[automatically_derived]
                 impl ::bus_core::#trait_ident for #ident {
@@ -170,39 +180,7 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                     type Error = #error;
                 }
 
-                #[automatically_derived]
-                impl ::bus_core::__private::TakeMessage for #ident {
-                    type Result = ::core::result::Result<#output, #error>;
-                    const SHARED: bool = false;
-                    type Taken<'a> = (Self, ::bus_core::__private::Output<'a, Self>);
-                    type Borrowed<'a> = (&'a Self, ::bus_core::__private::Output<'a, Self>);
-
-                    #[inline]
-                    fn take(
-                        message: ::bus_core::__private::MessageRef<'_>,
-                    ) -> ::core::result::Result<Self::Taken<'_>, ::bus_core::BoxError> {
-                        ::bus_core::__private::take_from_frame(message)
-                    }
-
-                    #[inline]
-                    fn borrow(
-                        message: ::bus_core::__private::MessageRef<'_>,
-                    ) -> ::core::result::Result<Self::Borrowed<'_>, ::bus_core::BoxError> {
-                        ::bus_core::__private::borrow_from_frame(message)
-                    }
-
-                    #[inline]
-                    fn take_shared(
-                        _: &Self,
-                    ) -> ::core::result::Result<Self::Taken<'_>, ::bus_core::BoxError> {
-                        ::core::result::Result::Err(::bus_core::__private::not_shared())
-                    }
-
-                    #[inline]
-                    fn borrow_shared(message: &Self) -> Self::Borrowed<'_> {
-                        (message, ::bus_core::__private::Output::none())
-                    }
-                }
+                #take_message
 
                 #[automatically_derived]
                 impl ::bus_core::__private::HandlerOutput<#ident>
@@ -223,45 +201,21 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                 #[automatically_derived]
                 impl ::bus_core::Event for #ident {}
             };
+            let take_message = take_message_impl(
+                ident,
+                quote!(()),
+                true,
+                quote!(take_event),
+                quote!(borrow_event),
+                quote!(::core::result::Result::Ok((
+                    ::bus_core::__private::clone_event(message),
+                    ::bus_core::__private::Output::none(),
+                ))),
+            );
             quote! {
                 #event_impl
 
-                #[automatically_derived]
-                impl ::bus_core::__private::TakeMessage for #ident {
-                    type Result = ();
-                    const SHARED: bool = true;
-                    type Taken<'a> = (Self, ::bus_core::__private::Output<'a, Self>);
-                    type Borrowed<'a> = (&'a Self, ::bus_core::__private::Output<'a, Self>);
-
-                    #[inline]
-                    fn take(
-                        message: ::bus_core::__private::MessageRef<'_>,
-                    ) -> ::core::result::Result<Self::Taken<'_>, ::bus_core::BoxError> {
-                        ::bus_core::__private::take_event(message)
-                    }
-
-                    #[inline]
-                    fn borrow(
-                        message: ::bus_core::__private::MessageRef<'_>,
-                    ) -> ::core::result::Result<Self::Borrowed<'_>, ::bus_core::BoxError> {
-                        ::bus_core::__private::borrow_event(message)
-                    }
-
-                    #[inline]
-                    fn take_shared(
-                        message: &Self,
-                    ) -> ::core::result::Result<Self::Taken<'_>, ::bus_core::BoxError> {
-                        ::core::result::Result::Ok((
-                            ::bus_core::__private::clone_event(message),
-                            ::bus_core::__private::Output::none(),
-                        ))
-                    }
-
-                    #[inline]
-                    fn borrow_shared(message: &Self) -> Self::Borrowed<'_> {
-                        (message, ::bus_core::__private::Output::none())
-                    }
-                }
+                #take_message
 
                 #[automatically_derived]
                 impl ::bus_core::__private::HandlerOutput<#ident> for () {
@@ -318,5 +272,54 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                 ::bus_core::__private::MessageEntry(&__BUS_MESSAGE_META)
             }
         };
+    }
+}
+
+/// The `TakeMessage` impl: how handlers of this type get the message and give
+/// back their result. Commands and queries differ from events in the result
+/// type, whether the message is shared, and the helpers that take it.
+fn take_message_impl(
+    ident: &syn::Ident,
+    result: TokenStream,
+    shared: bool,
+    take: TokenStream,
+    borrow: TokenStream,
+    take_shared: TokenStream,
+) -> TokenStream {
+    quote! {
+        #[automatically_derived]
+        impl ::bus_core::__private::TakeMessage for #ident {
+            type Result = #result;
+            const SHARED: bool = #shared;
+            type Taken<'a> = (Self, ::bus_core::__private::Output<'a, Self>);
+            type Borrowed<'a> = (&'a Self, ::bus_core::__private::Output<'a, Self>);
+
+            #[inline]
+            fn take(
+                message: ::bus_core::__private::MessageRef<'_>,
+            ) -> ::core::result::Result<Self::Taken<'_>, ::bus_core::BoxError> {
+                ::bus_core::__private::#take(message)
+            }
+
+            #[inline]
+            fn borrow(
+                message: ::bus_core::__private::MessageRef<'_>,
+            ) -> ::core::result::Result<Self::Borrowed<'_>, ::bus_core::BoxError> {
+                ::bus_core::__private::#borrow(message)
+            }
+
+            #[inline]
+            #[allow(unused_variables)]
+            fn take_shared(
+                message: &Self,
+            ) -> ::core::result::Result<Self::Taken<'_>, ::bus_core::BoxError> {
+                #take_shared
+            }
+
+            #[inline]
+            fn borrow_shared(message: &Self) -> Self::Borrowed<'_> {
+                (message, ::bus_core::__private::Output::none())
+            }
+        }
     }
 }
