@@ -14,6 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use tracing::{Instrument, Span};
 
 use super::routes::BoundHandler;
+use super::typed_route::TypedRoute;
 use super::unwind::CatchUnwind;
 use super::Bus;
 use crate::call::{AsyncCall, Call, Frame, MessageRef, SyncCall, TypedSync};
@@ -78,14 +79,47 @@ impl Bus {
 
     /// [`publish`](Self::publish) without an async runtime.
     pub fn publish_blocking<E: Event>(&self, event: E) -> Result<(), DispatchError<Infallible>> {
-        let span = dispatch_span(E::meta(), "event");
-        let mut cascade = Cascade::new(E::meta(), self.inner.max_messages, 0);
+        let meta = E::meta();
+        let span = dispatch_span(meta, "event");
+        // The published event is the first message processed; the bound is
+        // at least 1.
+        let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
         enter(&span, || {
-            cascade.count(E::meta())?;
-            self.handle_event_blocking(&event, E::meta(), &mut cascade);
-            self.run_queue_blocking(&mut cascade)
+            self.publish_typed_blocking(&event, meta, &mut cascade);
+            if cascade.queue.is_some() {
+                self.run_queue_blocking(&mut cascade)?;
+            }
+            Ok::<(), CascadeLimitError>(())
         })
         .map_err(DispatchError::from)
+    }
+
+    /// The published event through its handlers: its type is known here, so
+    /// its typed route is used without looking at the event's type again.
+    fn publish_typed_blocking<E: Event>(
+        &self,
+        event: &E,
+        meta: &'static MessageMeta,
+        cascade: &mut Cascade,
+    ) {
+        let Some(route) = self.inner.routes.route(meta) else {
+            return;
+        };
+        let typed = route
+            .typed
+            .as_deref()
+            .and_then(|typed| typed.as_any().downcast_ref::<TypedRoute<E>>());
+        match typed {
+            Some(typed) => self.handle_typed_blocking(
+                &typed.calls,
+                &route.handlers,
+                event,
+                event,
+                meta,
+                cascade,
+            ),
+            None => self.handle_event_blocking(event, meta, cascade),
+        }
     }
 
     async fn request<M, O, E>(&self, message: M, kind: &'static str) -> Result<O, DispatchError<E>>

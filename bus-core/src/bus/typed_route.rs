@@ -43,7 +43,10 @@ impl<M: TakeMessage> TypedEntry for TypedSyncEntry<M> {
 }
 
 /// Runs one event type's handlers through their typed entries.
-pub(crate) trait EventRoute: Send + Sync {
+pub(crate) trait EventRoute: Send + Sync + 'static {
+    /// The concrete route, for a caller that knows the event type.
+    fn as_any(&self) -> &dyn Any;
+
     /// Returns `false`, having done nothing, when `event` is of another type.
     fn run_blocking(
         &self,
@@ -57,11 +60,15 @@ pub(crate) trait EventRoute: Send + Sync {
 
 /// One typed entry per handler, in the route's order; `None` for a handler
 /// that has none (an `async fn`), which is called through its erased entry.
-struct TypedRoute<M> {
-    calls: Vec<Option<TypedSync<M>>>,
+pub(crate) struct TypedRoute<M> {
+    pub(crate) calls: Vec<Option<TypedSync<M>>>,
 }
 
 impl<M: TakeMessage> EventRoute for TypedRoute<M> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
     fn run_blocking(
         &self,
         bus: &Bus,
