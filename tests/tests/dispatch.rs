@@ -547,3 +547,32 @@ fn sync_handlers_need_no_runtime_and_async_ones_run_on_any_executor() {
         .expect("deposit succeeds");
     assert_eq!(balance, 7);
 }
+
+#[test]
+fn awaited_publishes_isolate_failures_of_plain_fn_handlers_too() {
+    let log = Arc::new(Log::default());
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let recorded = failures.clone();
+    let bus = Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<risky_1_errors>()
+                .handler::<risky_2_panics>()
+                .handler::<risky_4_records>(),
+        )
+        .dependencies(Dependencies::new().shared_arc(log.clone()))
+        .observer(move |failure: &HandlerFailure| {
+            recorded
+                .lock()
+                .expect("lock")
+                .push(failure.handler().to_owned());
+        })
+        .build()
+        .expect("valid wiring");
+    futures::executor::block_on(bus.publish(Risky(5))).expect("failures do not fail the publish");
+    assert_eq!(log.entries(), ["errors", "panics", "records 5"]);
+    assert_eq!(
+        *failures.lock().expect("lock"),
+        ["dispatch::risky_1_errors", "dispatch::risky_2_panics"]
+    );
+}

@@ -218,8 +218,18 @@ impl Bus {
         meta: &'static MessageMeta,
         cascade: &mut Cascade,
     ) {
+        let Some(route) = self.inner.routes.route(meta) else {
+            return;
+        };
+        if let Some(typed) = &route.typed {
+            // A route whose handlers are all plain `fn`s never blocks: its
+            // typed entries run right here.
+            if typed.all_sync() && typed.run_blocking(self, &route.handlers, event, meta, cascade) {
+                return;
+            }
+        }
         let traced = tracing::enabled!(tracing::Level::DEBUG);
-        for handler in self.inner.routes.handlers(meta) {
+        for handler in route.handlers.iter() {
             let mut scope = Scope::new();
             let outcome = match handler.call {
                 HandlerFn::Sync(f) => call_event_sync(handler, f, event, meta, &mut scope, traced),
@@ -271,26 +281,41 @@ impl Bus {
         let traced = tracing::enabled!(tracing::Level::DEBUG);
         for (call, handler) in calls.iter().zip(handlers) {
             let mut scope = Scope::new();
-            let outcome = match (call, handler.call) {
-                (Some(f), _) => {
-                    let dependencies = &handler.dependencies;
-                    let scope = &mut scope;
-                    let mut run =
-                        || catch_unwind(AssertUnwindSafe(|| f(typed, dependencies, scope)));
-                    failure_cause(if traced {
-                        handler_span(handler, meta).in_scope(run)
-                    } else {
-                        run()
-                    })
-                }
-                (None, HandlerFn::Sync(f)) => {
-                    call_event_sync(handler, f, event, meta, &mut scope, traced)
-                }
-                (None, HandlerFn::Async(f)) => {
-                    block_on(call_event_async(handler, f, event, meta, &mut scope))
+            let Some(f) = call else {
+                // No typed entry (an `async fn`): through the erased one.
+                let outcome = match handler.call {
+                    HandlerFn::Sync(f) => {
+                        call_event_sync(handler, f, event, meta, &mut scope, traced)
+                    }
+                    HandlerFn::Async(f) => {
+                        block_on(call_event_async(handler, f, event, meta, &mut scope))
+                    }
+                };
+                self.settle(handler, meta, scope, outcome, cascade);
+                continue;
+            };
+            let dependencies = &handler.dependencies;
+            let called = {
+                let scope = &mut scope;
+                let mut run = || catch_unwind(AssertUnwindSafe(|| f(typed, dependencies, scope)));
+                if traced {
+                    handler_span(handler, meta).in_scope(run)
+                } else {
+                    run()
                 }
             };
-            self.settle(handler, meta, scope, outcome, cascade);
+            match called {
+                Ok(Ok(())) => {
+                    if scope.has_releaser() {
+                        cascade.push_all(scope.finish());
+                    }
+                }
+                Ok(Err(error)) => self.fail(handler, meta, scope, FailureCause::Error(error)),
+                Err(payload) => {
+                    let cause = FailureCause::Panic(panic_text(&*payload));
+                    self.fail(handler, meta, scope, cause);
+                }
+            }
         }
     }
 

@@ -28,7 +28,7 @@ impl<M: TakeMessage> TypedEntry for TypedSyncEntry<M> {
     }
 
     fn build_route(&self, handlers: &[BoundHandler]) -> Box<dyn EventRoute> {
-        let calls = handlers
+        let calls: Vec<_> = handlers
             .iter()
             .map(|handler| {
                 handler
@@ -38,7 +38,8 @@ impl<M: TakeMessage> TypedEntry for TypedSyncEntry<M> {
                     .map(|entry| entry.0)
             })
             .collect();
-        Box::new(TypedRoute::<M> { calls })
+        let all_sync = calls.iter().all(Option::is_some);
+        Box::new(TypedRoute::<M> { calls, all_sync })
     }
 }
 
@@ -46,6 +47,10 @@ impl<M: TakeMessage> TypedEntry for TypedSyncEntry<M> {
 pub(crate) trait EventRoute: Send + Sync + 'static {
     /// The concrete route, for a caller that knows the event type.
     fn as_any(&self) -> &dyn Any;
+
+    /// Whether every handler has a typed entry (none is an `async fn`), so
+    /// that running the route never blocks.
+    fn all_sync(&self) -> bool;
 
     /// Returns `false`, having done nothing, when `event` is of another type.
     fn run_blocking(
@@ -62,11 +67,16 @@ pub(crate) trait EventRoute: Send + Sync + 'static {
 /// that has none (an `async fn`), which is called through its erased entry.
 pub(crate) struct TypedRoute<M> {
     pub(crate) calls: Vec<Option<TypedSync<M>>>,
+    all_sync: bool,
 }
 
 impl<M: TakeMessage> EventRoute for TypedRoute<M> {
     fn as_any(&self) -> &dyn Any {
         self
+    }
+
+    fn all_sync(&self) -> bool {
+        self.all_sync
     }
 
     fn run_blocking(
