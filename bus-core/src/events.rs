@@ -182,6 +182,45 @@ pub trait Aggregate {
 ///
 /// A unit of work releases only after its commit succeeded; that is what makes
 /// "events go out only after the transaction that raised them committed" true.
+///
+/// ```
+/// use std::sync::Mutex;
+/// use bus_core::{handler, Bus, Command, Dependencies, Event, EventReleaser};
+///
+/// #[derive(Debug, Command)]
+/// #[command(error = Refused)]
+/// struct Ship { ok: bool }
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("refused")]
+/// struct Refused;
+///
+/// #[derive(Debug, Clone, Event)]
+/// struct Shipped;
+///
+/// #[handler]
+/// fn ship(cmd: Ship, events: EventReleaser) -> Result<(), Refused> {
+///     events.release(Shipped);
+///     if cmd.ok { Ok(()) } else { Err(Refused) }
+/// }
+///
+/// #[derive(Default)]
+/// struct Seen(Mutex<u32>);
+///
+/// #[handler]
+/// fn count(_: &Shipped, seen: &Seen) {
+///     *seen.0.lock().unwrap() += 1;
+/// }
+///
+/// let seen = std::sync::Arc::new(Seen::default());
+/// let bus = Bus::builder()
+///     .dependencies(Dependencies::new().shared_arc(seen.clone()))
+///     .build()
+///     .unwrap();
+/// bus.dispatch_blocking(Ship { ok: true }).unwrap();
+/// assert!(bus.dispatch_blocking(Ship { ok: false }).is_err());
+/// assert_eq!(*seen.0.lock().unwrap(), 1, "the failed handler released nothing");
+/// ```
 #[derive(Clone, Default)]
 pub struct EventReleaser {
     inner: Arc<Mutex<ReleaserState>>,

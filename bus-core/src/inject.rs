@@ -176,6 +176,34 @@ impl<'a> Inject<'a> for EventReleaser {
 /// A value made for one handler call by a factory registered with
 /// [`Dependencies::scoped`](crate::Dependencies::scoped): a unit of work, say.
 /// Derefs to `T`.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::sync::Arc;
+/// use bus_core::{handler, Bus, Command, Dependencies, Scoped};
+///
+/// /// Made afresh for every call.
+/// struct Attempt { number: u32 }
+///
+/// #[derive(Debug, Command)]
+/// #[command(output = u32)]
+/// struct Try;
+///
+/// #[handler]
+/// fn try_it(_: Try, attempt: Scoped<Attempt>) -> Result<u32, std::convert::Infallible> {
+///     Ok(attempt.number)
+/// }
+///
+/// let counter = Arc::new(AtomicU32::new(0));
+/// let bus = Bus::builder()
+///     .dependencies(Dependencies::new().scoped(move |_| Attempt {
+///         number: counter.fetch_add(1, Ordering::SeqCst) + 1,
+///     }))
+///     .build()
+///     .unwrap();
+/// assert_eq!(bus.dispatch_blocking(Try).unwrap(), 1);
+/// assert_eq!(bus.dispatch_blocking(Try).unwrap(), 2);
+/// ```
 pub struct Scoped<T: ?Sized>(Box<T>);
 
 impl<T: ?Sized> Scoped<T> {

@@ -75,6 +75,34 @@ impl fmt::Display for HandlerFailure {
 /// [`BusBuilder::observer`](crate::BusBuilder::observer).
 ///
 /// Any `Fn(&HandlerFailure) + Send + Sync` closure is an observer.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use bus_core::{handler, Bus, Event, HandlerFailure};
+///
+/// #[derive(Debug, Clone, Event)]
+/// struct Ordered;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("mail server down")]
+/// struct MailDown;
+///
+/// #[handler]
+/// fn send_confirmation(_: &Ordered) -> Result<(), MailDown> {
+///     Err(MailDown)
+/// }
+///
+/// let failures = Arc::new(Mutex::new(Vec::new()));
+/// let seen = failures.clone();
+/// let bus = Bus::builder()
+///     .observer(move |failure: &HandlerFailure| {
+///         seen.lock().unwrap().push(failure.cause().to_string());
+///     })
+///     .build()
+///     .unwrap();
+/// bus.publish_blocking(Ordered).unwrap(); // the failure does not fail the publish
+/// assert_eq!(*failures.lock().unwrap(), ["mail server down"]);
+/// ```
 pub trait Observer: Send + Sync + 'static {
     /// Called once per failed handler call, after it was logged.
     fn handler_failed(&self, failure: &HandlerFailure);
