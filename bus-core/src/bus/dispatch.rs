@@ -140,9 +140,7 @@ impl Bus {
                     .await
             }
         }?;
-        if scope.has_releaser() {
-            let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
-            cascade.push_all(scope.finish());
+        if let Some(mut cascade) = self.released(meta, scope) {
             self.run_queue(&mut cascade).instrument(span).await?;
         }
         Ok(output)
@@ -168,12 +166,22 @@ impl Bus {
                 block_on(request_async(handler, f, message, &mut scope).instrument(span.clone()))
             }
         }?;
-        if scope.has_releaser() {
-            let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
-            cascade.push_all(scope.finish());
+        if let Some(mut cascade) = self.released(meta, scope) {
             enter(&span, || self.run_queue_blocking(&mut cascade))?;
         }
         Ok(output)
+    }
+
+    /// The cascade of what a command or query handler released, if anything:
+    /// the handler's own message counts as the first one processed.
+    #[inline]
+    fn released(&self, meta: &'static MessageMeta, scope: Scope) -> Option<Cascade> {
+        if !scope.has_releaser() {
+            return None;
+        }
+        let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
+        cascade.push_all(scope.finish());
+        Some(cascade)
     }
 
     /// The one handler of a command or query.
