@@ -50,6 +50,14 @@ pub enum DispatchError<E> {
     /// The bus could not prepare the handler's call (a framework bug: report it).
     #[error(transparent)]
     Internal(Box<InternalError>),
+    /// A layer around the handler failed the call: it refused it, or the
+    /// call timed out. (The handler's own error is [`Handler`](Self::Handler).)
+    #[error("{0}")]
+    Pipeline(Box<crate::observer::HandlerFailure>),
+    /// The bus is closed ([`Bus::close`](crate::Bus::close) or
+    /// [`Bus::shutdown`](crate::Bus::shutdown)): the message was not handled.
+    #[error("the bus is shutting down: it accepts no new dispatch")]
+    Closed,
 }
 
 impl<E> From<CascadeLimitError> for DispatchError<E> {
@@ -87,6 +95,8 @@ impl<E> DispatchError<E> {
             DispatchError::Unhandled { kind, name } => DispatchError::Unhandled { kind, name },
             DispatchError::CascadeLimit(error) => DispatchError::CascadeLimit(error),
             DispatchError::Internal(error) => DispatchError::Internal(error),
+            DispatchError::Pipeline(failure) => DispatchError::Pipeline(failure),
+            DispatchError::Closed => DispatchError::Closed,
         }
     }
 }
@@ -193,6 +203,16 @@ pub enum Problem {
         /// The handler.
         handler: HandlerSite,
     },
+    /// A per-handler setting from the builder that cannot apply: the
+    /// handler is not in this bus, or the setting does not fit it.
+    InvalidSetting {
+        /// The handler (or the command, for a command's retry).
+        handler: HandlerSite,
+        /// The builder method, such as `handler_timeout`.
+        setting: &'static str,
+        /// Why it cannot apply.
+        reason: &'static str,
+    },
     /// Two message types share one name.
     DuplicateName {
         /// The name.
@@ -210,7 +230,8 @@ impl Problem {
                 message
             }
             Problem::MissingDependency { handler, .. }
-            | Problem::UndescribedHandler { handler } => handler.name,
+            | Problem::UndescribedHandler { handler }
+            | Problem::InvalidSetting { handler, .. } => handler.name,
             Problem::DuplicateName { name, .. } => name,
         }
     }
@@ -271,6 +292,11 @@ impl fmt::Display for Problem {
                 f,
                 "handler {handler} could not say which message it takes: register handlers with `#[handler]`"
             ),
+            Problem::InvalidSetting {
+                handler,
+                setting,
+                reason,
+            } => write!(f, "`{setting}` for {handler} cannot apply: {reason}"),
             Problem::DuplicateName { name, types } => {
                 write!(f, "{} message types share the name `{name}`:", types.len())?;
                 for (path, location) in types {

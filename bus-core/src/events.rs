@@ -9,10 +9,11 @@ use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::context::MessageContext;
 use crate::message::{Event, MessageMeta};
 
 /// The object-safe face of an event, for queues and recorders.
-trait ErasedEvent: Send + Sync + 'static {
+pub(crate) trait ErasedEvent: Send + Sync + 'static {
     fn meta(&self) -> &'static MessageMeta;
     fn as_any(&self) -> &(dyn Any + Send + Sync);
     fn clone_box(&self) -> Box<dyn ErasedEvent>;
@@ -35,48 +36,79 @@ impl<E: Event> ErasedEvent for E {
 }
 
 /// One event of any type, waiting to be handled.
-pub struct PendingEvent(Box<dyn ErasedEvent>);
+pub struct PendingEvent {
+    event: Box<dyn ErasedEvent>,
+    /// Set when the event joins a dispatch's queue.
+    pub(crate) context: Option<MessageContext>,
+}
 
 impl PendingEvent {
     /// Wraps an event.
     pub fn new<E: Event>(event: E) -> Self {
-        PendingEvent(Box::new(event))
+        PendingEvent::boxed(Box::new(event))
+    }
+
+    fn boxed(event: Box<dyn ErasedEvent>) -> Self {
+        PendingEvent {
+            event,
+            context: None,
+        }
     }
 
     /// The static description of the event's type.
     pub fn meta(&self) -> &'static MessageMeta {
-        self.0.meta()
+        self.event.meta()
     }
 
     /// The event's stable name.
     pub fn name(&self) -> &'static str {
-        self.0.meta().name()
+        self.event.meta().name()
     }
 
     /// The event, if it is an `E`.
     pub fn downcast_ref<E: Event>(&self) -> Option<&E> {
-        self.0.as_any().downcast_ref()
+        self.event.as_any().downcast_ref()
+    }
+
+    /// The event as JSON, when its type was derived with `#[event(serde)]`
+    /// (`None` otherwise).
+    pub fn to_json(&self) -> Option<Result<String, serde_json::Error>> {
+        self.meta().codec().map(|codec| codec.encode(self))
     }
 
     /// Whether the event is an `E`.
     pub fn is<E: Event>(&self) -> bool {
-        self.0.as_any().is::<E>()
+        self.event.as_any().is::<E>()
     }
 
     pub(crate) fn as_any(&self) -> &(dyn Any + Send + Sync) {
-        self.0.as_any()
+        self.event.as_any()
+    }
+
+    /// The event as the bus handles it.
+    #[inline]
+    pub(crate) fn erased(&self) -> &dyn ErasedEvent {
+        &*self.event
+    }
+
+    /// A copy of an event the bus is handling.
+    pub(crate) fn copy_of(event: &dyn ErasedEvent) -> Self {
+        PendingEvent::boxed(event.clone_box())
     }
 }
 
 impl Clone for PendingEvent {
     fn clone(&self) -> Self {
-        PendingEvent(self.0.clone_box())
+        PendingEvent {
+            event: self.event.clone_box(),
+            context: self.context,
+        }
     }
 }
 
 impl fmt::Debug for PendingEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.debug().fmt(f)
+        self.event.debug().fmt(f)
     }
 }
 

@@ -17,6 +17,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
+use crate::context::MessageContext;
 use crate::error::BoxError;
 use crate::events::EventReleaser;
 
@@ -247,12 +248,28 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for Scoped<T> {
 #[derive(Debug, Default)]
 pub struct Scope {
     releaser: Option<EventReleaser>,
+    context: MessageContext,
 }
 
 impl Scope {
     /// A scope outside any bus (for calling a factory in a test).
     pub fn new() -> Self {
-        Scope { releaser: None }
+        Scope::with_context(MessageContext::root())
+    }
+
+    /// The scope of one handler call on the message `context` describes.
+    #[inline]
+    pub(crate) fn with_context(context: MessageContext) -> Self {
+        Scope {
+            releaser: None,
+            context,
+        }
+    }
+
+    /// The message this call handles: its ids and the attempt number.
+    #[inline]
+    pub fn context(&self) -> MessageContext {
+        self.context
     }
 
     /// This call's event releaser: what is released through it reaches the

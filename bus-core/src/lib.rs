@@ -39,18 +39,28 @@ extern crate self as bus_core;
 
 mod bus;
 mod call;
+mod context;
+mod dead_letter;
 mod dependencies;
 mod error;
 mod events;
 mod executor;
 mod inject;
+mod layer;
 mod message;
 mod observer;
 mod registry;
+mod retry;
+mod timeout;
 mod uow;
 
 pub use bus::DEFAULT_MAX_MESSAGES_PER_DISPATCH;
-pub use bus::{Bus, BusBuilder};
+pub use bus::{Bus, BusBuilder, ReplayError, ShutdownError};
+pub use call::BoxFuture;
+pub use context::{MessageContext, MessageId, ParseMessageIdError};
+pub use dead_letter::{
+    DeadLetter, DeadLetterSink, InMemoryDeadLetters, DEFAULT_DEAD_LETTER_CAPACITY,
+};
 pub use dependencies::Dependencies;
 pub use error::{
     BoxError, BuildError, CascadeLimitError, DispatchError, HandlerSite, InternalError, Problem,
@@ -58,10 +68,13 @@ pub use error::{
 pub use events::{Aggregate, EventRecorder, EventReleaser, PendingEvent};
 pub use executor::block_on;
 pub use inject::{DependencyKey, Inject, Lifetime, Scope, Scoped};
+pub use layer::{HandlerCall, Layer, Next, Outcome};
 pub use message::kind::{CommandKind, EventKind, MessageKind, QueryKind};
-pub use message::{Command, Event, Kind, Location, Message, MessageMeta, Query};
+pub use message::{Command, Event, EventCodec, Kind, Location, Message, MessageMeta, Query};
 pub use observer::{FailureCause, HandlerFailure, Observer};
 pub use registry::{HandlerDef, HandlerRegistration, Registrations};
+pub use retry::{is_permanent, Permanent, Retry, RetryIf, RetryPolicy};
+pub use timeout::Timeout;
 pub use uow::UnitOfWork;
 
 pub use bus_macros::{handler, Command, Event, Query};
@@ -79,7 +92,7 @@ pub mod __private {
         put_output, ready_err, ready_ok, take_event, take_from_frame, BoxFuture, Call,
         DefaultError, HandlerOutput, MessageRef, Output, TakeMessage, TypedSync,
     };
-    pub use crate::message::{Kind, MessageMeta};
+    pub use crate::message::{EventCodec, Kind, MessageMeta};
     pub use crate::registry::{HandlerEntry, HandlerFn, HandlerRegistration, MessageEntry};
     pub use crate::{CommandKind, EventKind, QueryKind};
     pub use core;

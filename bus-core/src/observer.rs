@@ -1,11 +1,13 @@
 //! Reporting event-handler failures to the application.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::error::BoxError;
 use crate::message::Location;
+use crate::retry::is_permanent;
 
-/// Why an event handler call failed.
+/// Why a handler call failed.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum FailureCause {
@@ -13,6 +15,29 @@ pub enum FailureCause {
     Error(BoxError),
     /// It panicked; the payload's text when it was a string.
     Panic(String),
+    /// It did not finish within its timeout (an `async fn` handler with a
+    /// [`Timeout`](crate::Timeout)).
+    TimedOut(Duration),
+}
+
+impl FailureCause {
+    /// Whether trying again may succeed: everything but an error marked
+    /// [`Permanent`](crate::Permanent) (anywhere in its source chain).
+    /// Panics and timeouts count as transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FailureCause::Error(error) => !is_permanent(error.as_ref()),
+            FailureCause::Panic(_) | FailureCause::TimedOut(_) => true,
+        }
+    }
+
+    /// The error the handler returned, if it returned one.
+    pub fn error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            FailureCause::Error(error) => Some(error.as_ref()),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for FailureCause {
@@ -20,18 +45,21 @@ impl fmt::Display for FailureCause {
         match self {
             FailureCause::Error(error) => write!(f, "{error}"),
             FailureCause::Panic(text) => write!(f, "panicked: {text}"),
+            FailureCause::TimedOut(after) => write!(f, "timed out after {after:?}"),
         }
     }
 }
 
-/// One failed event-handler call. The other handlers and the rest of the queue
-/// ran regardless.
+/// One event-handler call that failed for good (after every attempt its
+/// retry policy allowed). The other handlers and the rest of the queue ran
+/// regardless.
 #[derive(Debug)]
 pub struct HandlerFailure {
     pub(crate) message: &'static str,
     pub(crate) handler: &'static str,
     pub(crate) location: Location,
     pub(crate) cause: FailureCause,
+    pub(crate) attempts: u32,
 }
 
 impl HandlerFailure {
@@ -55,9 +83,14 @@ impl HandlerFailure {
         &self.cause
     }
 
-    /// Whether the handler panicked.
+    /// Whether the handler panicked (on its last attempt).
     pub fn is_panic(&self) -> bool {
         matches!(self.cause, FailureCause::Panic(_))
+    }
+
+    /// How many times the handler was called.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
     }
 }
 
@@ -65,13 +98,27 @@ impl fmt::Display for HandlerFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "handler `{}` ({}) of `{}` failed: {}",
-            self.handler, self.location, self.message, self.cause
+            "handler `{}` ({}) of `{}` failed after {} attempt{}: {}",
+            self.handler,
+            self.location,
+            self.message,
+            self.attempts,
+            if self.attempts == 1 { "" } else { "s" },
+            self.cause
         )
     }
 }
 
-/// Told about every event-handler failure; set one with
+impl std::error::Error for HandlerFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.cause {
+            FailureCause::Error(error) => Some(error.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// Told about every event-handler call that failed for good; set one with
 /// [`BusBuilder::observer`](crate::BusBuilder::observer).
 ///
 /// Any `Fn(&HandlerFailure) + Send + Sync` closure is an observer.
@@ -104,7 +151,8 @@ impl fmt::Display for HandlerFailure {
 /// assert_eq!(*failures.lock().unwrap(), ["mail server down"]);
 /// ```
 pub trait Observer: Send + Sync + 'static {
-    /// Called once per failed handler call, after it was logged.
+    /// Called once per handler call that failed for good (retries
+    /// exhausted, or a permanent error), after it was logged.
     fn handler_failed(&self, failure: &HandlerFailure);
 }
 

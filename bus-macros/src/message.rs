@@ -2,6 +2,7 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, LitStr, Type};
 
 use crate::args::ArgWalker;
@@ -35,7 +36,7 @@ impl MessageKind {
     fn known_args(self) -> &'static [&'static str] {
         match self {
             MessageKind::Command | MessageKind::Query => &["name", "output", "error"],
-            MessageKind::Event => &["name"],
+            MessageKind::Event => &["name", "serde"],
         }
     }
 }
@@ -43,6 +44,8 @@ impl MessageKind {
 #[derive(Default)]
 struct MessageArgs {
     name: Option<LitStr>,
+    /// `#[event(serde)]`: the event can be written as JSON and read back.
+    serde: Option<Span>,
     output: Option<Type>,
     error: Option<Type>,
 }
@@ -121,6 +124,14 @@ fn parse_args(input: &DeriveInput, kind: MessageKind, errors: &mut Errors) -> Me
                     "name" => args.name = Some(meta.value()?.parse()?),
                     "output" => args.output = Some(meta.value()?.parse()?),
                     "error" => args.error = Some(meta.value()?.parse()?),
+                    "serde" => {
+                        if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                            return Err(
+                                meta.error("`serde` takes no value: write `#[event(serde)]`")
+                            );
+                        }
+                        args.serde = Some(meta.path.span());
+                    }
                     _ => {}
                 }
                 Ok(())
@@ -244,10 +255,22 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
             }
         }
     };
+    let (codec_static, with_codec) = match args.serde {
+        Some(serde_span) => (
+            quote_spanned! {serde_span=>
+                static __BUS_CODEC: ::bus_core::__private::EventCodec =
+                    ::bus_core::__private::EventCodec::json::<#ident>();
+            },
+            quote!(.with_codec(&__BUS_CODEC)),
+        ),
+        None => (TokenStream::new(), TokenStream::new()),
+    };
     quote! {
         #[doc(hidden)]
         #[allow(non_upper_case_globals, clippy::all)]
         const _: () = {
+            #codec_static
+
             static __BUS_MESSAGE_META: ::bus_core::__private::MessageMeta =
                 ::bus_core::__private::MessageMeta::new(
                     ::bus_core::__private::Kind::#kind_value,
@@ -255,7 +278,7 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                     ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
                     #file_line,
                     ::bus_core::__private::type_id_of::<#ident>,
-                );
+                )#with_codec;
 
             #[automatically_derived]
             impl ::bus_core::Message for #ident {

@@ -1,16 +1,23 @@
 //! Building the bus: gathering registrations, validating all wiring at once,
 //! and resolving every handler's dependencies.
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
+use super::command_retry::CommandRetry;
 use super::routes::{BoundHandler, Route, Routes};
 use super::{Bus, BusInner};
+use crate::dead_letter::{DeadLetterSink, InMemoryDeadLetters};
 use crate::dependencies::Dependencies;
 use crate::error::{BuildError, HandlerSite, Problem};
-use crate::message::{Kind, Message, MessageMeta};
+use crate::layer::{Layer, Pipeline};
+use crate::message::{Command, Kind, Message, MessageMeta};
 use crate::observer::Observer;
-use crate::registry::{HandlerRegistration, Registrations};
+use crate::registry::{HandlerDef, HandlerRegistration, Registrations};
+use crate::retry::{Retry, RetryPolicy};
+use crate::timeout::Timeout;
 
 /// The default bound on messages processed by one dispatch.
 pub const DEFAULT_MAX_MESSAGES_PER_DISPATCH: usize = 10_000;
@@ -33,6 +40,13 @@ pub struct BusBuilder {
     observer: Option<Arc<dyn Observer>>,
     max_messages: usize,
     allowed_unhandled: Vec<&'static MessageMeta>,
+    layers: Vec<Arc<dyn Layer>>,
+    message_layers: Vec<(&'static MessageMeta, Arc<dyn Layer>)>,
+    retry: RetryPolicy,
+    handler_retries: Vec<(&'static HandlerRegistration, RetryPolicy)>,
+    handler_timeouts: Vec<(&'static HandlerRegistration, Duration)>,
+    command_retries: Vec<(&'static MessageMeta, Box<dyn Any + Send + Sync>)>,
+    dead_letters: Option<Arc<dyn DeadLetterSink>>,
 }
 
 impl BusBuilder {
@@ -43,7 +57,119 @@ impl BusBuilder {
             observer: None,
             max_messages: DEFAULT_MAX_MESSAGES_PER_DISPATCH,
             allowed_unhandled: Vec::new(),
+            layers: Vec::new(),
+            message_layers: Vec::new(),
+            retry: RetryPolicy::none(),
+            handler_retries: Vec::new(),
+            handler_timeouts: Vec::new(),
+            command_retries: Vec::new(),
+            dead_letters: None,
         }
+    }
+
+    /// Wraps every handler call (commands, queries and events) in `layer`.
+    /// Layers run in the order they were added, the first one outermost,
+    /// inside the bus's own retry and timeout layers.
+    pub fn layer(mut self, layer: impl Layer) -> Self {
+        self.layers.push(Arc::new(layer));
+        self
+    }
+
+    /// Wraps every call of the handlers of `M` in `layer`, inside the layers
+    /// added with [`layer`](Self::layer).
+    pub fn layer_for<M: Message>(mut self, layer: impl Layer) -> Self {
+        self.message_layers.push((M::meta(), Arc::new(layer)));
+        self
+    }
+
+    /// The retry policy of every event handler without one of its own
+    /// (default: [`RetryPolicy::none`], one attempt).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use bus_core::{Bus, RetryPolicy};
+    ///
+    /// let bus = Bus::builder()
+    ///     .retry(RetryPolicy::exponential(4).first_delay(Duration::from_millis(200)))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = bus;
+    /// ```
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The retry policy of the event handler `H` (the type `#[handler]`
+    /// defines under the function's name), instead of the bus-wide one.
+    pub fn handler_retry<H: HandlerDef>(mut self, policy: RetryPolicy) -> Self {
+        self.handler_retries.push((H::registration(), policy));
+        self
+    }
+
+    /// Fails a call of the `async fn` handler `H` that has not finished after
+    /// `limit` (per attempt): a [`Timeout`] layer just inside its retry
+    /// layer. A plain `fn` cannot be interrupted: the build refuses it.
+    pub fn handler_timeout<H: HandlerDef>(mut self, limit: Duration) -> Self {
+        self.handler_timeouts.push((H::registration(), limit));
+        self
+    }
+
+    /// Opts the command `C` in to retries: when its handler fails with an
+    /// error for which `retry_if` says yes (an optimistic-concurrency
+    /// conflict, say), the whole call runs again on a copy of the command,
+    /// per `policy`. Commands are never retried otherwise.
+    ///
+    /// ```
+    /// use bus_core::{Bus, Command, RetryPolicy};
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// enum BookError {
+    ///     #[error("someone else changed the booking first")]
+    ///     Conflict,
+    ///     #[error("no such room")]
+    ///     NoSuchRoom,
+    /// }
+    ///
+    /// #[derive(Debug, Clone, Command)]
+    /// #[command(error = BookError)]
+    /// struct Book { room: u32 }
+    ///
+    /// #[bus_core::handler]
+    /// fn book(_: Book) -> Result<(), BookError> { Ok(()) }
+    ///
+    /// let bus = Bus::builder()
+    ///     .retry_command::<Book>(RetryPolicy::exponential(5), |error| matches!(error, BookError::Conflict))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = bus;
+    /// ```
+    pub fn retry_command<C: Command + Clone>(
+        mut self,
+        policy: RetryPolicy,
+        retry_if: impl Fn(&C::Error) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        let retry = CommandRetry::<C, C::Error> {
+            policy,
+            copy: C::clone,
+            retry_if: Box::new(retry_if),
+        };
+        self.command_retries.push((C::meta(), Box::new(retry)));
+        self
+    }
+
+    /// Where dead letters go (default: an [`InMemoryDeadLetters`], reachable
+    /// through [`Bus::dead_letters`]).
+    pub fn dead_letters(mut self, sink: impl DeadLetterSink) -> Self {
+        self.dead_letters = Some(Arc::new(sink));
+        self
+    }
+
+    /// [`dead_letters`](Self::dead_letters), with a sink the caller keeps a
+    /// handle on.
+    pub fn dead_letters_arc(mut self, sink: Arc<dyn DeadLetterSink>) -> Self {
+        self.dead_letters = Some(sink);
+        self
     }
 
     /// Builds from this explicit list instead of everything linked into the
@@ -84,9 +210,13 @@ impl BusBuilder {
     }
 
     /// Validates all wiring and builds the bus, or returns every problem at once.
-    pub fn build(self) -> Result<Bus, BuildError> {
-        let registrations = self.registrations.unwrap_or_else(Registrations::linked);
+    pub fn build(mut self) -> Result<Bus, BuildError> {
+        let registrations = self
+            .registrations
+            .take()
+            .unwrap_or_else(Registrations::linked);
         let mut problems = Vec::new();
+        let mut command_retries = std::mem::take(&mut self.command_retries);
 
         let mut handlers = sorted_unique_handlers(&registrations);
         handlers.retain(|handler| {
@@ -120,7 +250,14 @@ impl BusBuilder {
             }
             let bound: Box<[BoundHandler]> = mine
                 .iter()
-                .map(|&registration| bind(registration, &self.dependencies, &mut problems))
+                .map(|&registration| {
+                    let mut handler = bind(registration, &self.dependencies, &mut problems);
+                    handler.pipeline = self.pipeline(meta, registration);
+                    if meta.kind() == Kind::Command {
+                        handler.command_retry = take_command_retry(&mut command_retries, meta);
+                    }
+                    handler
+                })
                 .collect();
             let typed = if meta.kind() == Kind::Event {
                 bound
@@ -137,10 +274,22 @@ impl BusBuilder {
             });
         }
 
+        problems.extend(self.setting_problems(&handlers, &command_retries));
         if !problems.is_empty() {
             return Err(BuildError::new(problems));
         }
         warn_unhandled_releases(&handlers, &routes);
+        let mut handlers_by_name = HashMap::new();
+        let mut messages_by_name = HashMap::new();
+        for route in routes.iter() {
+            messages_by_name.insert(route.meta.name(), route.meta);
+            for (index, handler) in route.handlers.iter().enumerate() {
+                handlers_by_name.insert(handler.registration.name(), (route.meta, index));
+            }
+        }
+        for &meta in &messages {
+            messages_by_name.entry(meta.name()).or_insert(meta);
+        }
         tracing::debug!(
             messages = messages.len(),
             handlers = handlers.len(),
@@ -151,6 +300,12 @@ impl BusBuilder {
                 routes,
                 observer: self.observer,
                 max_messages: self.max_messages,
+                dead_letters: self
+                    .dead_letters
+                    .unwrap_or_else(|| Arc::new(InMemoryDeadLetters::new())),
+                lifecycle: Default::default(),
+                handlers_by_name,
+                messages_by_name,
             }),
         })
     }
@@ -162,8 +317,117 @@ impl std::fmt::Debug for BusBuilder {
             .field("registrations", &self.registrations)
             .field("dependencies", &self.dependencies)
             .field("max_messages", &self.max_messages)
+            .field("layers", &self.layers.len())
+            .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
+}
+
+impl BusBuilder {
+    /// The layers of one handler, outermost first: its retry (event
+    /// handlers), its timeout, the bus-wide layers, then those of its message.
+    fn pipeline(
+        &self,
+        meta: &'static MessageMeta,
+        registration: &'static HandlerRegistration,
+    ) -> Option<Pipeline> {
+        let mut layers: Vec<Arc<dyn Layer>> = Vec::new();
+        if meta.kind() == Kind::Event {
+            let policy = self
+                .handler_retries
+                .iter()
+                .rev()
+                .find(|(h, _)| std::ptr::eq(*h, registration))
+                .map_or(&self.retry, |(_, policy)| policy);
+            if policy.retries() {
+                layers.push(Arc::new(Retry::new(policy.clone())));
+            }
+        }
+        let timeout = self
+            .handler_timeouts
+            .iter()
+            .rev()
+            .find(|(h, _)| std::ptr::eq(*h, registration));
+        if let Some(&(_, limit)) = timeout {
+            if registration.is_async() {
+                layers.push(Arc::new(Timeout::new(limit)));
+            }
+        }
+        layers.extend(self.layers.iter().cloned());
+        layers.extend(
+            self.message_layers
+                .iter()
+                .filter(|(m, _)| std::ptr::eq(*m, meta))
+                .map(|(_, layer)| layer.clone()),
+        );
+        (!layers.is_empty()).then(|| layers.into_boxed_slice())
+    }
+
+    /// Per-handler settings that name a handler outside this bus, or do not
+    /// fit the handler they name.
+    fn setting_problems(
+        &self,
+        handlers: &[&'static HandlerRegistration],
+        unused_command_retries: &[(&'static MessageMeta, Box<dyn Any + Send + Sync>)],
+    ) -> Vec<Problem> {
+        let in_bus = |h: &HandlerRegistration| handlers.iter().any(|b| std::ptr::eq(*b, h));
+        let mut problems = Vec::new();
+        for (handler, _) in &self.handler_retries {
+            let reason = if !in_bus(handler) {
+                Some("the handler is not in this bus")
+            } else if handler.message().map(MessageMeta::kind) != Some(Kind::Event) {
+                Some("only event handlers have retry policies; opt a command in with `retry_command`")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                problems.push(Problem::InvalidSetting {
+                    handler: site(handler),
+                    setting: "handler_retry",
+                    reason,
+                });
+            }
+        }
+        for (handler, _) in &self.handler_timeouts {
+            let reason = if !in_bus(handler) {
+                Some("the handler is not in this bus")
+            } else if !handler.is_async() {
+                Some("a plain `fn` cannot be interrupted while it runs; only `async fn` handlers take a timeout")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                problems.push(Problem::InvalidSetting {
+                    handler: site(handler),
+                    setting: "handler_timeout",
+                    reason,
+                });
+            }
+        }
+        for (meta, _) in unused_command_retries {
+            problems.push(Problem::InvalidSetting {
+                handler: HandlerSite {
+                    name: meta.name(),
+                    location: meta.location(),
+                },
+                setting: "retry_command",
+                reason: "the command has no handler in this bus",
+            });
+        }
+        problems
+    }
+}
+
+/// The retry set for the command `meta`, taken out of the list (what is left
+/// at the end names commands without a handler here).
+fn take_command_retry(
+    retries: &mut Vec<(&'static MessageMeta, Box<dyn Any + Send + Sync>)>,
+    meta: &'static MessageMeta,
+) -> Option<Box<dyn Any + Send + Sync>> {
+    let position = retries.iter().rposition(|(m, _)| std::ptr::eq(*m, meta))?;
+    let (_, retry) = retries.remove(position);
+    retries.retain(|(m, _)| !std::ptr::eq(*m, meta));
+    Some(retry)
 }
 
 fn site(registration: &HandlerRegistration) -> HandlerSite {
@@ -267,6 +531,8 @@ fn bind(
         call: registration.call(),
         registration,
         dependencies: resolved,
+        pipeline: None,
+        command_retry: None,
     }
 }
 

@@ -1,29 +1,29 @@
-//! Dispatching: one caller-owned FIFO queue per dispatch, handlers called with
-//! their dependencies, event-handler failures isolated and reported.
+//! Dispatching commands and queries: the one handler called (directly, or
+//! through its layers, retried when the command opted in), its typed result
+//! returned, then the events it released run to the end.
 //!
-//! Plain `fn` handlers are called inline, with no future and no allocation;
-//! only `async fn` handlers go through a (boxed) future. The `*_blocking`
-//! entry points therefore drive a dispatch whose handlers are all plain `fn`s
-//! without touching an executor at all.
+//! Plain `fn` handlers without layers are called inline, with no future and
+//! no allocation; only `async fn` handlers and layered ones go through a
+//! (boxed) future. The `*_blocking` entry points therefore drive a dispatch
+//! whose handlers are all plain `fn`s without touching an executor at all.
 
-use std::any::Any;
-use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use tracing::{Instrument, Span};
+use tracing::Instrument;
 
+use super::cascade::Cascade;
+use super::command_retry::CommandRetry;
+use super::invocation::{dispatch_span, enter, handler_span, RequestInvocation};
 use super::routes::BoundHandler;
-use super::typed_route::TypedRoute;
-use super::unwind::CatchUnwind;
 use super::Bus;
-use crate::call::{AsyncCall, Call, Frame, MessageRef, SyncCall, TypedSync};
-use crate::error::{BoxError, CascadeLimitError, DispatchError, InternalError};
-use crate::events::PendingEvent;
+use crate::call::{AsyncCall, Call, Frame, MessageRef, SyncCall};
+use crate::context::MessageContext;
+use crate::error::{BoxError, DispatchError, InternalError};
 use crate::executor::block_on;
 use crate::inject::Scope;
+use crate::layer::Next;
 use crate::message::{Command, Event, Message, MessageMeta, Query};
-use crate::observer::{panic_text, FailureCause, HandlerFailure};
+use crate::observer::HandlerFailure;
 use crate::registry::HandlerFn;
 
 impl Bus {
@@ -32,19 +32,31 @@ impl Bus {
     /// handlers release) before returning.
     ///
     /// The handler's error comes back as [`DispatchError::Handler`], typed.
-    /// Event-handler failures do not fail the dispatch: they are logged and
-    /// reported to the observer.
+    /// Event-handler failures do not fail the dispatch: they are retried per
+    /// policy, logged, reported to the observer and kept as dead letters.
     pub async fn dispatch<C: Command>(
         &self,
         command: C,
     ) -> Result<C::Output, DispatchError<C::Error>> {
-        self.request::<C, C::Output, C::Error>(command, "command")
+        self.request::<C, C::Output, C::Error>(command, "command", MessageContext::root())
+            .await
+    }
+
+    /// [`dispatch`](Self::dispatch) as part of an earlier flow: the command
+    /// keeps `context`'s correlation id (a message read from a broker, say).
+    pub async fn dispatch_in<C: Command>(
+        &self,
+        command: C,
+        context: MessageContext,
+    ) -> Result<C::Output, DispatchError<C::Error>> {
+        self.request::<C, C::Output, C::Error>(command, "command", context)
             .await
     }
 
     /// [`dispatch`](Self::dispatch) without an async runtime: plain `fn`
     /// handlers run inline, `async fn` ones on a minimal executor on this
-    /// thread. Never call it from inside an async task.
+    /// thread (retry waits wait on this thread). Never call it from inside an
+    /// async task.
     pub fn dispatch_blocking<C: Command>(
         &self,
         command: C,
@@ -54,7 +66,8 @@ impl Bus {
 
     /// Asks a query of its one handler (the read side).
     pub async fn query<Q: Query>(&self, query: Q) -> Result<Q::Output, DispatchError<Q::Error>> {
-        self.request::<Q, Q::Output, Q::Error>(query, "query").await
+        self.request::<Q, Q::Output, Q::Error>(query, "query", MessageContext::root())
+            .await
     }
 
     /// [`query`](Self::query) without an async runtime.
@@ -63,13 +76,27 @@ impl Bus {
     }
 
     /// Publishes an event raised outside any handler, and runs the cascade it
-    /// causes. Fails only when the cascade exceeds the bound.
+    /// causes. Fails only when the bus is closed or the cascade exceeds the
+    /// bound.
     pub async fn publish<E: Event>(&self, event: E) -> Result<(), DispatchError<Infallible>> {
-        let span = dispatch_span(E::meta(), "event");
+        self.publish_in(event, MessageContext::root()).await
+    }
+
+    /// [`publish`](Self::publish) as part of an earlier flow (see
+    /// [`dispatch_in`](Self::dispatch_in)).
+    pub async fn publish_in<E: Event>(
+        &self,
+        event: E,
+        context: MessageContext,
+    ) -> Result<(), DispatchError<Infallible>> {
+        let _in_flight = self.enter_dispatch()?;
+        let span = dispatch_span(E::meta(), "event", &context);
         let mut cascade = Cascade::new(E::meta(), self.inner.max_messages, 0);
         async {
             cascade.count(E::meta())?;
-            self.handle_event(&event, E::meta(), &mut cascade).await;
+            self.handle_event(&event, E::meta(), context, &mut cascade)
+                .await;
+            self.flush_dead_letters(&mut cascade).await;
             self.run_queue(&mut cascade).await
         }
         .instrument(span)
@@ -79,67 +106,66 @@ impl Bus {
 
     /// [`publish`](Self::publish) without an async runtime.
     pub fn publish_blocking<E: Event>(&self, event: E) -> Result<(), DispatchError<Infallible>> {
+        let _in_flight = self.enter_dispatch()?;
         let meta = E::meta();
-        let span = dispatch_span(meta, "event");
+        let context = MessageContext::root();
+        let span = dispatch_span(meta, "event", &context);
         // The published event is the first message processed; the bound is
         // at least 1.
         let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
         enter(&span, || {
-            self.publish_typed_blocking(&event, meta, &mut cascade);
+            self.publish_typed_blocking(&event, meta, context, &mut cascade);
+            if !cascade.dead.is_empty() {
+                block_on(self.flush_dead_letters(&mut cascade));
+            }
             if cascade.queue.is_some() {
                 self.run_queue_blocking(&mut cascade)?;
             }
-            Ok::<(), CascadeLimitError>(())
+            Ok::<(), crate::error::CascadeLimitError>(())
         })
         .map_err(DispatchError::from)
     }
 
-    /// The published event through its handlers: its type is known here, so
-    /// its typed route is used without looking at the event's type again.
-    fn publish_typed_blocking<E: Event>(
-        &self,
-        event: &E,
-        meta: &'static MessageMeta,
-        cascade: &mut Cascade,
-    ) {
-        let Some(route) = self.inner.routes.route(meta) else {
-            return;
-        };
-        let typed = route
-            .typed
-            .as_deref()
-            .and_then(|typed| typed.as_any().downcast_ref::<TypedRoute<E>>());
-        match typed {
-            Some(typed) => self.handle_typed_blocking(
-                &typed.calls,
-                &route.handlers,
-                event,
-                event,
-                meta,
-                cascade,
-            ),
-            None => self.handle_event_blocking(event, meta, cascade),
-        }
+    /// Counts a dispatch in, or refuses it once the bus is closed.
+    #[inline]
+    fn enter_dispatch<E>(&self) -> Result<super::lifecycle::InFlight<'_>, DispatchError<E>> {
+        self.inner
+            .lifecycle
+            .enter()
+            .map_err(|_| DispatchError::Closed)
     }
 
-    async fn request<M, O, E>(&self, message: M, kind: &'static str) -> Result<O, DispatchError<E>>
+    async fn request<M, O, E>(
+        &self,
+        message: M,
+        kind: &'static str,
+        context: MessageContext,
+    ) -> Result<O, DispatchError<E>>
     where
         M: Message,
         O: Send + 'static,
         E: Send + 'static,
     {
+        let _in_flight = self.enter_dispatch()?;
         let meta = M::meta();
         let handler = self.single_handler::<E>(meta)?;
-        let span = dispatch_span(meta, kind);
-        let mut scope = Scope::new();
-        let output = match handler.call {
-            HandlerFn::Sync(f) => enter(&span, || request_sync(handler, f, message, &mut scope)),
-            HandlerFn::Async(f) => {
-                request_async(handler, f, message, &mut scope)
+        let span = dispatch_span(meta, kind, &context);
+        let (output, scope) = match handler.command_retry::<M, E>() {
+            None => {
+                self.request_once(handler, message, context)
                     .instrument(span.clone())
                     .await
             }
-        }?;
+            Some(retry) => {
+                retry
+                    .run(message, context, |message, context| {
+                        self.request_once(handler, message, context)
+                    })
+                    .instrument(span.clone())
+                    .await
+            }
+        };
+        let output = output?;
         if let Some(mut cascade) = self.released(meta, scope) {
             self.run_queue(&mut cascade).instrument(span).await?;
         }
@@ -156,20 +182,87 @@ impl Bus {
         O: Send + 'static,
         E: Send + 'static,
     {
+        let _in_flight = self.enter_dispatch()?;
         let meta = M::meta();
         let handler = self.single_handler::<E>(meta)?;
-        let span = dispatch_span(meta, kind);
-        let mut scope = Scope::new();
-        let output = match handler.call {
-            HandlerFn::Sync(f) => enter(&span, || request_sync(handler, f, message, &mut scope)),
-            HandlerFn::Async(f) => {
-                block_on(request_async(handler, f, message, &mut scope).instrument(span.clone()))
-            }
-        }?;
+        let context = MessageContext::root();
+        let span = dispatch_span(meta, kind, &context);
+        let (output, scope) = match (handler.command_retry::<M, E>(), &handler.pipeline) {
+            (None, None) => match handler.call {
+                HandlerFn::Sync(f) => enter(&span, || {
+                    let mut scope = Scope::with_context(context);
+                    let output = request_sync(handler, f, message, &mut scope);
+                    (output, scope)
+                }),
+                HandlerFn::Async(f) => block_on(
+                    async {
+                        let mut scope = Scope::with_context(context);
+                        let output = request_async(handler, f, message, &mut scope).await;
+                        (output, scope)
+                    }
+                    .instrument(span.clone()),
+                ),
+            },
+            (None, Some(_)) => block_on(
+                self.request_once(handler, message, context)
+                    .instrument(span.clone()),
+            ),
+            (Some(retry), _) => block_on(
+                retry
+                    .run(message, context, |message, context| {
+                        self.request_once(handler, message, context)
+                    })
+                    .instrument(span.clone()),
+            ),
+        };
+        let output = output?;
         if let Some(mut cascade) = self.released(meta, scope) {
             enter(&span, || self.run_queue_blocking(&mut cascade))?;
         }
         Ok(output)
+    }
+
+    /// One call of a command or query handler, direct or through its layers.
+    async fn request_once<M, O, E>(
+        &self,
+        handler: &BoundHandler,
+        message: M,
+        context: MessageContext,
+    ) -> (Result<O, DispatchError<E>>, Scope)
+    where
+        M: Message,
+        O: Send + 'static,
+        E: Send + 'static,
+    {
+        let mut scope = Scope::with_context(context);
+        let output = match (&handler.pipeline, handler.call) {
+            (None, HandlerFn::Sync(f)) => request_sync(handler, f, message, &mut scope),
+            (None, HandlerFn::Async(f)) => request_async(handler, f, message, &mut scope).await,
+            (Some(pipeline), _) => {
+                let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
+                let invocation = RequestInvocation::new(handler, &mut frame, context);
+                let outcome = Next::new(pipeline, &invocation)
+                    .run(invocation.call(M::meta()))
+                    .await;
+                if let Some(ran) = invocation.into_scope() {
+                    scope = ran;
+                }
+                match outcome {
+                    Ok(()) => complete(handler, Ok(()), frame.output, &mut scope),
+                    Err(cause) => {
+                        drop(std::mem::take(&mut scope).finish());
+                        Err(DispatchError::Pipeline(Box::new(HandlerFailure {
+                            message: M::meta().name(),
+                            handler: handler.registration.name(),
+                            location: handler.registration.location(),
+                            cause,
+                            attempts: 1,
+                        })))
+                    }
+                }
+            }
+        };
+        (output, scope)
     }
 
     /// The cascade of what a command or query handler released, if anything:
@@ -179,8 +272,9 @@ impl Bus {
         if !scope.has_releaser() {
             return None;
         }
+        let context = scope.context();
         let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
-        cascade.push_all(scope.finish());
+        cascade.push_all(scope.finish(), &context);
         Some(cascade)
     }
 
@@ -199,214 +293,15 @@ impl Bus {
                 name: meta.name(),
             })
     }
-
-    /// Runs the queue to the end: each event through all of its handlers, in
-    /// order; what they release joins the back of the queue.
-    async fn run_queue(&self, cascade: &mut Cascade) -> Result<(), CascadeLimitError> {
-        while let Some(event) = cascade.next()? {
-            self.handle_event(event.as_any(), event.meta(), cascade)
-                .await;
-        }
-        Ok(())
-    }
-
-    /// [`run_queue`](Self::run_queue), with async handlers driven on this
-    /// thread; the caller has entered the dispatch span.
-    fn run_queue_blocking(&self, cascade: &mut Cascade) -> Result<(), CascadeLimitError> {
-        while let Some(event) = cascade.next()? {
-            self.handle_event_blocking(event.as_any(), event.meta(), cascade);
-        }
-        Ok(())
-    }
-
-    /// One event through all of its handlers.
-    async fn handle_event(
-        &self,
-        event: &(dyn Any + Send + Sync),
-        meta: &'static MessageMeta,
-        cascade: &mut Cascade,
-    ) {
-        let Some(route) = self.inner.routes.route(meta) else {
-            return;
-        };
-        if let Some(typed) = &route.typed {
-            // A route whose handlers are all plain `fn`s never blocks: its
-            // typed entries run right here.
-            if typed.all_sync() && typed.run_blocking(self, &route.handlers, event, meta, cascade) {
-                return;
-            }
-        }
-        let traced = tracing::enabled!(tracing::Level::DEBUG);
-        for handler in route.handlers.iter() {
-            let mut scope = Scope::new();
-            let outcome = match handler.call {
-                HandlerFn::Sync(f) => call_event_sync(handler, f, event, meta, &mut scope, traced),
-                HandlerFn::Async(f) => call_event_async(handler, f, event, meta, &mut scope).await,
-            };
-            self.settle(handler, meta, scope, outcome, cascade);
-        }
-    }
-
-    /// [`handle_event`](Self::handle_event), with async handlers driven on this thread.
-    fn handle_event_blocking(
-        &self,
-        event: &(dyn Any + Send + Sync),
-        meta: &'static MessageMeta,
-        cascade: &mut Cascade,
-    ) {
-        let Some(route) = self.inner.routes.route(meta) else {
-            return;
-        };
-        if let Some(typed) = &route.typed {
-            if typed.run_blocking(self, &route.handlers, event, meta, cascade) {
-                return;
-            }
-        }
-        let traced = tracing::enabled!(tracing::Level::DEBUG);
-        for handler in route.handlers.iter() {
-            let mut scope = Scope::new();
-            let outcome = match handler.call {
-                HandlerFn::Sync(f) => call_event_sync(handler, f, event, meta, &mut scope, traced),
-                HandlerFn::Async(f) => {
-                    block_on(call_event_async(handler, f, event, meta, &mut scope))
-                }
-            };
-            self.settle(handler, meta, scope, outcome, cascade);
-        }
-    }
-
-    /// One event's handlers through their typed entries (the typed route);
-    /// a handler without one goes through its erased entry.
-    pub(super) fn handle_typed_blocking<M>(
-        &self,
-        calls: &[Option<TypedSync<M>>],
-        handlers: &[BoundHandler],
-        typed: &M,
-        event: &(dyn Any + Send + Sync),
-        meta: &'static MessageMeta,
-        cascade: &mut Cascade,
-    ) {
-        let traced = tracing::enabled!(tracing::Level::DEBUG);
-        for (call, handler) in calls.iter().zip(handlers) {
-            let mut scope = Scope::new();
-            let Some(f) = call else {
-                // No typed entry (an `async fn`): through the erased one.
-                let outcome = match handler.call {
-                    HandlerFn::Sync(f) => {
-                        call_event_sync(handler, f, event, meta, &mut scope, traced)
-                    }
-                    HandlerFn::Async(f) => {
-                        block_on(call_event_async(handler, f, event, meta, &mut scope))
-                    }
-                };
-                self.settle(handler, meta, scope, outcome, cascade);
-                continue;
-            };
-            let dependencies = &handler.dependencies;
-            let called = {
-                let scope = &mut scope;
-                let mut run = || catch_unwind(AssertUnwindSafe(|| f(typed, dependencies, scope)));
-                if traced {
-                    handler_span(handler, meta).in_scope(run)
-                } else {
-                    run()
-                }
-            };
-            match called {
-                Ok(Ok(())) => {
-                    if scope.has_releaser() {
-                        cascade.push_all(scope.finish());
-                    }
-                }
-                Ok(Err(error)) => self.fail(handler, meta, scope, FailureCause::Error(error)),
-                Err(payload) => {
-                    let cause = FailureCause::Panic(panic_text(&*payload));
-                    self.fail(handler, meta, scope, cause);
-                }
-            }
-        }
-    }
-
-    /// After one event-handler call: queue what it released, or report its
-    /// failure and drop what it released.
-    #[inline(always)]
-    fn settle(
-        &self,
-        handler: &BoundHandler,
-        meta: &'static MessageMeta,
-        scope: Scope,
-        outcome: Result<(), FailureCause>,
-        cascade: &mut Cascade,
-    ) {
-        match outcome {
-            Ok(()) => {
-                if scope.has_releaser() {
-                    cascade.push_all(scope.finish());
-                }
-            }
-            Err(cause) => self.fail(handler, meta, scope, cause),
-        }
-    }
-
-    /// A failed event-handler call: what it released is dropped, the failure
-    /// reported.
-    #[cold]
-    #[inline(never)]
-    fn fail(
-        &self,
-        handler: &BoundHandler,
-        meta: &'static MessageMeta,
-        scope: Scope,
-        cause: FailureCause,
-    ) {
-        drop(scope.finish());
-        self.report(meta, handler, cause);
-    }
-
-    fn report(&self, event: &'static MessageMeta, handler: &BoundHandler, cause: FailureCause) {
-        let failure = HandlerFailure {
-            message: event.name(),
-            handler: handler.registration.name(),
-            location: handler.registration.location(),
-            cause,
-        };
-        tracing::error!(
-            message_name = failure.message,
-            handler = failure.handler,
-            location = %failure.location,
-            cause = %failure.cause,
-            "event handler failed; the other handlers and the rest of the queue still run"
-        );
-        if let Some(observer) = &self.inner.observer {
-            observer.handler_failed(&failure);
-        }
-    }
 }
 
-/// The span of one dispatch.
-#[inline]
-fn dispatch_span(meta: &'static MessageMeta, kind: &'static str) -> Span {
-    tracing::debug_span!("dispatch", kind, message_name = meta.name())
-}
-
-/// Runs `f` inside `span` (the dispatch's, when nothing entered it yet).
-#[inline]
-fn enter<R>(span: &Span, f: impl FnOnce() -> R) -> R {
-    if span.is_disabled() {
-        f()
-    } else {
-        span.in_scope(f)
+impl BoundHandler {
+    /// The command's opt-in retry, when it has one (only a command whose
+    /// message and error types are `M` and `E` can).
+    #[inline]
+    fn command_retry<M: 'static, E: 'static>(&self) -> Option<&CommandRetry<M, E>> {
+        self.command_retry.as_deref()?.downcast_ref()
     }
-}
-
-/// The span of one handler call.
-#[inline]
-fn handler_span(handler: &BoundHandler, meta: &'static MessageMeta) -> Span {
-    tracing::debug_span!(
-        "handler",
-        handler = handler.registration.name(),
-        message_name = meta.name()
-    )
 }
 
 /// A plain `fn` command or query handler, called inline. On success, what
@@ -424,10 +319,11 @@ where
     E: Send + 'static,
 {
     let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
+    let context = scope.context();
     let call = Call::new(MessageRef::Owned(&mut frame), &handler.dependencies, scope);
     // A command handler's panic is not caught: commands fail noisily.
     let called = if tracing::enabled!(tracing::Level::DEBUG) {
-        handler_span(handler, M::meta()).in_scope(|| f(call))
+        handler_span(handler, M::meta(), &context).in_scope(|| f(call))
     } else {
         f(call)
     };
@@ -447,8 +343,11 @@ where
     E: Send + 'static,
 {
     let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
+    let context = scope.context();
     let call = Call::new(MessageRef::Owned(&mut frame), &handler.dependencies, scope);
-    let called = f(call).instrument(handler_span(handler, M::meta())).await;
+    let called = f(call)
+        .instrument(handler_span(handler, M::meta(), &context))
+        .await;
     complete(handler, called, frame.output, scope)
 }
 
@@ -481,125 +380,4 @@ fn complete<O, E>(
         );
     }
     Err(failure)
-}
-
-/// A plain `fn` event handler, with its errors and panics caught.
-#[inline]
-fn call_event_sync(
-    handler: &BoundHandler,
-    f: SyncCall,
-    event: &(dyn Any + Send + Sync),
-    meta: &'static MessageMeta,
-    scope: &mut Scope,
-    traced: bool,
-) -> Result<(), FailureCause> {
-    let call = Call::new(MessageRef::Shared(event), &handler.dependencies, scope);
-    let outcome = if traced {
-        handler_span(handler, meta).in_scope(|| catch_unwind(AssertUnwindSafe(|| f(call))))
-    } else {
-        catch_unwind(AssertUnwindSafe(|| f(call)))
-    };
-    failure_cause(outcome)
-}
-
-/// An `async fn` event handler, with its errors and panics caught.
-async fn call_event_async(
-    handler: &BoundHandler,
-    f: AsyncCall,
-    event: &(dyn Any + Send + Sync),
-    meta: &'static MessageMeta,
-    scope: &mut Scope,
-) -> Result<(), FailureCause> {
-    let call = Call::new(MessageRef::Shared(event), &handler.dependencies, scope);
-    let outcome = match catch_unwind(AssertUnwindSafe(|| f(call))) {
-        Ok(future) => {
-            CatchUnwind(future)
-                .instrument(handler_span(handler, meta))
-                .await
-        }
-        Err(payload) => Err(payload),
-    };
-    failure_cause(outcome)
-}
-
-#[inline]
-fn failure_cause(
-    outcome: Result<Result<(), BoxError>, Box<dyn Any + Send>>,
-) -> Result<(), FailureCause> {
-    match outcome {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(FailureCause::Error(error)),
-        Err(payload) => Err(FailureCause::Panic(panic_text(&*payload))),
-    }
-}
-
-/// The queue of one dispatch and its count against the bound.
-pub(crate) struct Cascade {
-    origin: &'static MessageMeta,
-    limit: usize,
-    processed: usize,
-    /// Created on the first release: most dispatches never need one.
-    queue: Option<VecDeque<PendingEvent>>,
-}
-
-impl Cascade {
-    fn new(origin: &'static MessageMeta, limit: usize, processed: usize) -> Self {
-        Cascade {
-            origin,
-            limit,
-            processed,
-            queue: None,
-        }
-    }
-
-    /// Queues released events after those already queued.
-    #[inline]
-    fn push_all(&mut self, events: Vec<PendingEvent>) {
-        match &mut self.queue {
-            Some(queue) => queue.extend(events),
-            None => self.queue = Some(VecDeque::from(events)),
-        }
-    }
-
-    /// Counts one more message against the bound.
-    #[inline]
-    fn count(&mut self, meta: &'static MessageMeta) -> Result<(), CascadeLimitError> {
-        self.processed += 1;
-        if self.processed > self.limit {
-            return Err(self.limit_error(meta.name()));
-        }
-        Ok(())
-    }
-
-    /// The next queued event, counted against the bound.
-    fn next(&mut self) -> Result<Option<PendingEvent>, CascadeLimitError> {
-        let Some(event) = self.queue.as_mut().and_then(VecDeque::pop_front) else {
-            return Ok(None);
-        };
-        self.count(event.meta())?;
-        Ok(Some(event))
-    }
-
-    #[cold]
-    fn limit_error(&self, current: &'static str) -> CascadeLimitError {
-        let mut counts: Vec<(&'static str, usize)> = Vec::new();
-        let queued = self.queue.iter().flatten().map(PendingEvent::name);
-        for name in std::iter::once(current).chain(queued) {
-            match counts.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, count)) => *count += 1,
-                None => counts.push((name, 1)),
-            }
-        }
-        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        tracing::error!(
-            origin = self.origin.name(),
-            limit = self.limit,
-            "dispatch stopped: its events keep raising events"
-        );
-        CascadeLimitError {
-            origin: self.origin.name(),
-            limit: self.limit,
-            pending: counts,
-        }
-    }
 }

@@ -1,17 +1,28 @@
 //! The message bus: built once at startup, then dispatched to concurrently.
 
 mod builder;
+mod cascade;
+mod command_retry;
 mod dispatch;
+mod event_path;
+mod invocation;
+mod lifecycle;
+mod replay;
 mod routes;
 mod typed_route;
 mod unwind;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use builder::{BusBuilder, DEFAULT_MAX_MESSAGES_PER_DISPATCH};
+pub use replay::ReplayError;
 use routes::Routes;
 pub(crate) use typed_route::{TypedEntry, TypedSyncEntry};
 
+use crate::dead_letter::{DeadLetterSink, InMemoryDeadLetters};
+use crate::message::MessageMeta;
 use crate::observer::Observer;
 
 /// The message bus.
@@ -54,6 +65,23 @@ struct BusInner {
     routes: Routes,
     observer: Option<Arc<dyn Observer>>,
     max_messages: usize,
+    dead_letters: Arc<dyn DeadLetterSink>,
+    lifecycle: lifecycle::Lifecycle,
+    /// Every handler by its path: `(its message, its index in the route)`.
+    handlers_by_name: HashMap<&'static str, (&'static MessageMeta, usize)>,
+    /// Every message type by its name.
+    messages_by_name: HashMap<&'static str, &'static MessageMeta>,
+}
+
+/// Dispatches were still running when the grace period of
+/// [`Bus::shutdown`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{running} dispatch(es) still running after the {grace:?} grace period")]
+pub struct ShutdownError {
+    /// How many.
+    pub running: usize,
+    /// The grace period that ended.
+    pub grace: Duration,
 }
 
 impl Bus {
@@ -66,6 +94,74 @@ impl Bus {
     pub fn max_messages_per_dispatch(&self) -> usize {
         self.inner.max_messages
     }
+
+    /// The default in-memory dead-letter sink, unless the bus was built
+    /// with another one ([`BusBuilder::dead_letters`]).
+    pub fn dead_letters(&self) -> Option<&InMemoryDeadLetters> {
+        self.inner.dead_letters.as_in_memory()
+    }
+
+    /// Closes the bus: every later dispatch, query or publish (on any clone
+    /// of this bus) fails at once with
+    /// [`DispatchError::Closed`](crate::DispatchError::Closed); those in
+    /// flight run to the end, their events included.
+    pub fn close(&self) {
+        self.inner.lifecycle.close();
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.lifecycle.is_closed()
+    }
+
+    /// How many dispatches (with their cascades) are running now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.lifecycle.in_flight()
+    }
+
+    /// Graceful shutdown: [`close`](Self::close)s the bus, then waits
+    /// (without blocking the thread) until the dispatches in flight have
+    /// finished, at most `grace`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use bus_core::{handler, Bus, Command, DispatchError};
+    ///
+    /// #[derive(Debug, Command)]
+    /// struct Ping;
+    ///
+    /// #[handler]
+    /// fn ping(_: Ping) -> Result<(), std::convert::Infallible> {
+    ///     Ok(())
+    /// }
+    ///
+    /// let bus = Bus::builder().build().unwrap();
+    /// bus.dispatch_blocking(Ping).unwrap();
+    /// bus.shutdown_blocking(Duration::from_secs(5)).unwrap();
+    /// assert!(matches!(bus.dispatch_blocking(Ping), Err(DispatchError::Closed)));
+    /// ```
+    pub async fn shutdown(&self, grace: Duration) -> Result<(), ShutdownError> {
+        self.close();
+        match self.inner.lifecycle.wait_idle(grace).await {
+            0 => {
+                tracing::info!("bus shut down: no dispatch in flight");
+                Ok(())
+            }
+            running => {
+                tracing::warn!(
+                    running,
+                    ?grace,
+                    "bus shut down with dispatches still running"
+                );
+                Err(ShutdownError { running, grace })
+            }
+        }
+    }
+
+    /// [`shutdown`](Self::shutdown), waiting on this thread.
+    pub fn shutdown_blocking(&self, grace: Duration) -> Result<(), ShutdownError> {
+        crate::executor::block_on(self.shutdown(grace))
+    }
 }
 
 impl std::fmt::Debug for Bus {
@@ -74,6 +170,7 @@ impl std::fmt::Debug for Bus {
             .field("routes", &self.inner.routes)
             .field("max_messages", &self.inner.max_messages)
             .field("observer", &self.inner.observer.is_some())
+            .field("closed", &self.is_closed())
             .finish()
     }
 }

@@ -1,10 +1,12 @@
 //! The routing table: for each message type, its handlers, with their
 //! dependencies resolved, in a deterministic order.
 
+use std::any::Any;
 use std::fmt;
 
 use super::typed_route::EventRoute;
 use crate::inject::Resolved;
+use crate::layer::Pipeline;
 use crate::message::MessageMeta;
 use crate::registry::{HandlerFn, HandlerRegistration};
 
@@ -15,6 +17,11 @@ pub(crate) struct BoundHandler {
     pub(crate) call: HandlerFn,
     pub(crate) registration: &'static HandlerRegistration,
     pub(crate) dependencies: Box<[Resolved]>,
+    /// Its layers, outermost first; `None` when it has none, so that it is
+    /// called directly.
+    pub(crate) pipeline: Option<Pipeline>,
+    /// A command's opt-in retry: a `CommandRetry<C, C::Error>`.
+    pub(crate) command_retry: Option<Box<dyn Any + Send + Sync>>,
 }
 
 /// One message type's handlers, sorted by path.

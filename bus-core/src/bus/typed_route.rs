@@ -4,11 +4,12 @@
 
 use std::any::Any;
 
-use super::dispatch::Cascade;
+use super::cascade::Cascade;
 use super::routes::BoundHandler;
 use super::Bus;
 use crate::call::{TakeMessage, TypedSync};
-use crate::message::MessageMeta;
+use crate::context::MessageContext;
+use crate::events::ErasedEvent;
 
 /// A handler's typed entry, as its generated code described it.
 pub(crate) trait TypedEntry: Send + Sync + 'static {
@@ -31,6 +32,10 @@ impl<M: TakeMessage> TypedEntry for TypedSyncEntry<M> {
         let calls: Vec<_> = handlers
             .iter()
             .map(|handler| {
+                // A layered handler is called through its pipeline.
+                if handler.pipeline.is_some() {
+                    return None;
+                }
                 handler
                     .registration
                     .typed_entry()
@@ -48,8 +53,8 @@ pub(crate) trait EventRoute: Send + Sync + 'static {
     /// The concrete route, for a caller that knows the event type.
     fn as_any(&self) -> &dyn Any;
 
-    /// Whether every handler has a typed entry (none is an `async fn`), so
-    /// that running the route never blocks.
+    /// Whether every handler has a typed entry (none is an `async fn` or has
+    /// layers), so that running the route never blocks.
     fn all_sync(&self) -> bool;
 
     /// Returns `false`, having done nothing, when `event` is of another type.
@@ -57,14 +62,15 @@ pub(crate) trait EventRoute: Send + Sync + 'static {
         &self,
         bus: &Bus,
         handlers: &[BoundHandler],
-        event: &(dyn Any + Send + Sync),
-        meta: &'static MessageMeta,
+        event: &dyn ErasedEvent,
+        context: MessageContext,
         cascade: &mut Cascade,
     ) -> bool;
 }
 
 /// One typed entry per handler, in the route's order; `None` for a handler
-/// that has none (an `async fn`), which is called through its erased entry.
+/// that has none (an `async fn`) or has layers, which is called through its
+/// erased entry.
 pub(crate) struct TypedRoute<M> {
     pub(crate) calls: Vec<Option<TypedSync<M>>>,
     all_sync: bool,
@@ -83,14 +89,14 @@ impl<M: TakeMessage> EventRoute for TypedRoute<M> {
         &self,
         bus: &Bus,
         handlers: &[BoundHandler],
-        event: &(dyn Any + Send + Sync),
-        meta: &'static MessageMeta,
+        event: &dyn ErasedEvent,
+        context: MessageContext,
         cascade: &mut Cascade,
     ) -> bool {
-        let Some(typed) = event.downcast_ref::<M>() else {
+        let Some(typed) = event.as_any().downcast_ref::<M>() else {
             return false;
         };
-        bus.handle_typed_blocking(&self.calls, handlers, typed, event, meta, cascade);
+        bus.handle_typed_blocking(&self.calls, handlers, typed, event, context, cascade);
         true
     }
 }

@@ -1,0 +1,348 @@
+//! Handling events: each queued event through every one of its handlers, in
+//! order; a handler that fails for good is reported and dead-lettered, and
+//! the others and the rest of the queue still run.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::SystemTime;
+
+use super::cascade::Cascade;
+use super::invocation::{call_event_async, call_event_sync, handler_span, EventInvocation};
+use super::routes::BoundHandler;
+use super::typed_route::TypedRoute;
+use super::Bus;
+use crate::call::TypedSync;
+use crate::context::{Causation, MessageContext};
+use crate::dead_letter::DeadLetter;
+use crate::error::CascadeLimitError;
+use crate::events::{ErasedEvent, PendingEvent};
+use crate::executor::block_on;
+use crate::inject::Scope;
+use crate::layer::{Next, Outcome, Pipeline};
+use crate::message::{Event, MessageMeta};
+use crate::observer::{panic_text, FailureCause, HandlerFailure};
+use crate::registry::HandlerFn;
+
+impl Bus {
+    /// The published event through its handlers: its type is known here, so
+    /// its typed route is used without looking at the event's type again.
+    pub(super) fn publish_typed_blocking<E: Event>(
+        &self,
+        event: &E,
+        meta: &'static MessageMeta,
+        context: MessageContext,
+        cascade: &mut Cascade,
+    ) {
+        let Some(route) = self.inner.routes.route(meta) else {
+            return;
+        };
+        let typed = route
+            .typed
+            .as_deref()
+            .and_then(|typed| typed.as_any().downcast_ref::<TypedRoute<E>>());
+        match typed {
+            Some(typed) => self.handle_typed_blocking(
+                &typed.calls,
+                &route.handlers,
+                event,
+                event,
+                context,
+                cascade,
+            ),
+            None => self.handle_event_blocking(event, meta, context, cascade),
+        }
+    }
+
+    /// Runs the queue to the end: each event through all of its handlers, in
+    /// order; what they release joins the back of the queue.
+    pub(super) async fn run_queue(&self, cascade: &mut Cascade) -> Result<(), CascadeLimitError> {
+        while let Some((event, context)) = cascade.next()? {
+            self.handle_event(event.erased(), event.meta(), context, cascade)
+                .await;
+            self.flush_dead_letters(cascade).await;
+        }
+        Ok(())
+    }
+
+    /// [`run_queue`](Self::run_queue), with async handlers driven on this
+    /// thread; the caller has entered the dispatch span.
+    pub(super) fn run_queue_blocking(
+        &self,
+        cascade: &mut Cascade,
+    ) -> Result<(), CascadeLimitError> {
+        while let Some((event, context)) = cascade.next()? {
+            self.handle_event_blocking(event.erased(), event.meta(), context, cascade);
+            if !cascade.dead.is_empty() {
+                block_on(self.flush_dead_letters(cascade));
+            }
+        }
+        Ok(())
+    }
+
+    /// One event through all of its handlers.
+    pub(super) async fn handle_event(
+        &self,
+        event: &dyn ErasedEvent,
+        meta: &'static MessageMeta,
+        context: MessageContext,
+        cascade: &mut Cascade,
+    ) {
+        let Some(route) = self.inner.routes.route(meta) else {
+            return;
+        };
+        if let Some(typed) = &route.typed {
+            // A route whose handlers are all plain `fn`s without layers never
+            // blocks: its typed entries run right here.
+            if typed.all_sync()
+                && typed.run_blocking(self, &route.handlers, event, context, cascade)
+            {
+                return;
+            }
+        }
+        let traced = tracing::enabled!(tracing::Level::DEBUG);
+        for handler in route.handlers.iter() {
+            match (&handler.pipeline, handler.call) {
+                (Some(pipeline), _) => {
+                    self.call_layered(handler, pipeline, event, meta, context, cascade)
+                        .await
+                }
+                (None, HandlerFn::Sync(f)) => {
+                    let mut scope = Scope::with_context(context);
+                    let outcome =
+                        call_event_sync(handler, f, event.as_any(), meta, &mut scope, traced);
+                    self.settle(handler, event, scope, outcome, cascade);
+                }
+                (None, HandlerFn::Async(f)) => {
+                    let mut scope = Scope::with_context(context);
+                    let outcome =
+                        call_event_async(handler, f, event.as_any(), meta, &mut scope).await;
+                    self.settle(handler, event, scope, outcome, cascade);
+                }
+            }
+        }
+    }
+
+    /// [`handle_event`](Self::handle_event), with async handlers driven on this thread.
+    pub(super) fn handle_event_blocking(
+        &self,
+        event: &dyn ErasedEvent,
+        meta: &'static MessageMeta,
+        context: MessageContext,
+        cascade: &mut Cascade,
+    ) {
+        let Some(route) = self.inner.routes.route(meta) else {
+            return;
+        };
+        if let Some(typed) = &route.typed {
+            if typed.run_blocking(self, &route.handlers, event, context, cascade) {
+                return;
+            }
+        }
+        let traced = tracing::enabled!(tracing::Level::DEBUG);
+        for handler in route.handlers.iter() {
+            self.call_erased_blocking(handler, event, meta, context, cascade, traced);
+        }
+    }
+
+    /// One handler of an event, through its erased entry, on this thread.
+    fn call_erased_blocking(
+        &self,
+        handler: &BoundHandler,
+        event: &dyn ErasedEvent,
+        meta: &'static MessageMeta,
+        context: MessageContext,
+        cascade: &mut Cascade,
+        traced: bool,
+    ) {
+        match (&handler.pipeline, handler.call) {
+            (Some(pipeline), _) => {
+                block_on(self.call_layered(handler, pipeline, event, meta, context, cascade))
+            }
+            (None, HandlerFn::Sync(f)) => {
+                let mut scope = Scope::with_context(context);
+                let outcome = call_event_sync(handler, f, event.as_any(), meta, &mut scope, traced);
+                self.settle(handler, event, scope, outcome, cascade);
+            }
+            (None, HandlerFn::Async(f)) => {
+                let mut scope = Scope::with_context(context);
+                let outcome = block_on(call_event_async(
+                    handler,
+                    f,
+                    event.as_any(),
+                    meta,
+                    &mut scope,
+                ));
+                self.settle(handler, event, scope, outcome, cascade);
+            }
+        }
+    }
+
+    /// One handler of an event through its layers (retry, timeout, yours).
+    async fn call_layered(
+        &self,
+        handler: &BoundHandler,
+        pipeline: &Pipeline,
+        event: &dyn ErasedEvent,
+        meta: &'static MessageMeta,
+        context: MessageContext,
+        cascade: &mut Cascade,
+    ) {
+        let invocation = EventInvocation::new(handler, event.as_any(), meta);
+        let outcome = Next::new(pipeline, &invocation)
+            .run(invocation.call(context))
+            .await;
+        let attempts = invocation.attempts();
+        match outcome {
+            Ok(()) => {
+                let released = invocation.released();
+                if !released.is_empty() {
+                    cascade.push_all(released, &context);
+                }
+            }
+            Err(cause) => self.fail(handler, event, context, cause, attempts, cascade),
+        }
+    }
+
+    /// One event's handlers through their typed entries (the typed route);
+    /// a handler without one goes through its erased entry.
+    pub(super) fn handle_typed_blocking<M>(
+        &self,
+        calls: &[Option<TypedSync<M>>],
+        handlers: &[BoundHandler],
+        typed: &M,
+        event: &dyn ErasedEvent,
+        context: MessageContext,
+        cascade: &mut Cascade,
+    ) {
+        let meta = event.meta();
+        let traced = tracing::enabled!(tracing::Level::DEBUG);
+        for (call, handler) in calls.iter().zip(handlers) {
+            let Some(f) = call else {
+                // No typed entry (an `async fn`, or a layered handler).
+                self.call_erased_blocking(handler, event, meta, context, cascade, traced);
+                continue;
+            };
+            let mut scope = Scope::with_context(context);
+            let dependencies = &handler.dependencies;
+            let called = {
+                let scope = &mut scope;
+                let mut run = || catch_unwind(AssertUnwindSafe(|| f(typed, dependencies, scope)));
+                if traced {
+                    handler_span(handler, meta, &context).in_scope(run)
+                } else {
+                    run()
+                }
+            };
+            match called {
+                Ok(Ok(())) => {
+                    if scope.has_releaser() {
+                        cascade.push_all(scope.finish(), &context);
+                    }
+                }
+                Ok(Err(error)) => {
+                    drop(scope.finish());
+                    self.fail(
+                        handler,
+                        event,
+                        context,
+                        FailureCause::Error(error),
+                        1,
+                        cascade,
+                    );
+                }
+                Err(payload) => {
+                    drop(scope.finish());
+                    let cause = FailureCause::Panic(panic_text(&*payload));
+                    self.fail(handler, event, context, cause, 1, cascade);
+                }
+            }
+        }
+    }
+
+    /// After one direct event-handler call: queue what it released, or
+    /// report its failure and drop what it released.
+    #[inline(always)]
+    fn settle(
+        &self,
+        handler: &BoundHandler,
+        event: &dyn ErasedEvent,
+        scope: Scope,
+        outcome: Outcome,
+        cascade: &mut Cascade,
+    ) {
+        let context = scope.context();
+        match outcome {
+            Ok(()) => {
+                if scope.has_releaser() {
+                    cascade.push_all(scope.finish(), &context);
+                }
+            }
+            Err(cause) => {
+                drop(scope.finish());
+                self.fail(handler, event, context, cause, 1, cascade);
+            }
+        }
+    }
+
+    /// An event-handler call that failed for good: logged, reported to the
+    /// observer, and kept as a dead letter.
+    #[cold]
+    #[inline(never)]
+    fn fail(
+        &self,
+        handler: &BoundHandler,
+        event: &dyn ErasedEvent,
+        context: MessageContext,
+        cause: FailureCause,
+        attempts: u32,
+        cascade: &mut Cascade,
+    ) {
+        let failure = HandlerFailure {
+            message: event.meta().name(),
+            handler: handler.registration.name(),
+            location: handler.registration.location(),
+            cause,
+            attempts,
+        };
+        tracing::error!(
+            message_name = failure.message,
+            handler = failure.handler,
+            location = %failure.location,
+            attempts,
+            message_id = %context.message_id(),
+            correlation_id = %context.correlation_id(),
+            causation_id = %Causation(context.causation_id()),
+            cause = %failure.cause,
+            "event handler failed; kept as a dead letter; the other handlers and the rest of the queue still run"
+        );
+        if let Some(observer) = &self.inner.observer {
+            observer.handler_failed(&failure);
+        }
+        cascade.dead.push(DeadLetter {
+            event: PendingEvent::copy_of(event),
+            handler: failure.handler,
+            location: failure.location,
+            error: failure.cause.to_string(),
+            panicked: failure.is_panic(),
+            attempts,
+            failed_at: SystemTime::now(),
+            context: context.at_attempt(1),
+        });
+    }
+
+    /// Hands the dead letters gathered so far to the sink.
+    pub(super) async fn flush_dead_letters(&self, cascade: &mut Cascade) {
+        if cascade.dead.is_empty() {
+            return;
+        }
+        for letter in std::mem::take(&mut cascade.dead) {
+            if let Err(error) = self.inner.dead_letters.store(&letter).await {
+                tracing::error!(
+                    %error,
+                    letter = %letter,
+                    event = ?letter.event(),
+                    "the dead-letter sink failed: this log line is the only record of the letter"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! One handler call: direct (plain `fn` inline, `async fn` awaited), or as
+//! the innermost step of a layered pipeline; with its tracing span, and with
+//! an event handler's errors and panics caught.
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use tracing::{Instrument, Span};
+
+use super::routes::BoundHandler;
+use super::unwind::CatchUnwind;
+use crate::call::{AsyncCall, BoxFuture, Call, MessageRef, SyncCall};
+use crate::context::{Causation, MessageContext};
+use crate::error::BoxError;
+use crate::events::PendingEvent;
+use crate::inject::Scope;
+use crate::layer::{HandlerCall, Invoke, Outcome};
+use crate::message::MessageMeta;
+use crate::observer::{panic_text, FailureCause};
+use crate::registry::HandlerFn;
+
+/// The span of one dispatch.
+#[inline]
+pub(super) fn dispatch_span(
+    meta: &'static MessageMeta,
+    kind: &'static str,
+    context: &MessageContext,
+) -> Span {
+    tracing::debug_span!(
+        "dispatch",
+        kind,
+        message_name = meta.name(),
+        message_id = %context.message_id(),
+        correlation_id = %context.correlation_id(),
+        causation_id = %Causation(context.causation_id()),
+    )
+}
+
+/// The span of one handler call (one attempt).
+#[inline]
+pub(super) fn handler_span(
+    handler: &BoundHandler,
+    meta: &'static MessageMeta,
+    context: &MessageContext,
+) -> Span {
+    tracing::debug_span!(
+        "handler",
+        handler = handler.registration.name(),
+        message_name = meta.name(),
+        attempt = context.attempt(),
+        message_id = %context.message_id(),
+        correlation_id = %context.correlation_id(),
+        causation_id = %Causation(context.causation_id()),
+    )
+}
+
+/// Runs `f` inside `span` (the dispatch's, when nothing entered it yet).
+#[inline]
+pub(super) fn enter<R>(span: &Span, f: impl FnOnce() -> R) -> R {
+    if span.is_disabled() {
+        f()
+    } else {
+        span.in_scope(f)
+    }
+}
+
+/// A plain `fn` event handler, with its errors and panics caught.
+#[inline]
+pub(super) fn call_event_sync(
+    handler: &BoundHandler,
+    f: SyncCall,
+    event: &(dyn Any + Send + Sync),
+    meta: &'static MessageMeta,
+    scope: &mut Scope,
+    traced: bool,
+) -> Outcome {
+    let context = scope.context();
+    let call = Call::new(MessageRef::Shared(event), &handler.dependencies, scope);
+    let outcome = if traced {
+        handler_span(handler, meta, &context)
+            .in_scope(|| catch_unwind(AssertUnwindSafe(|| f(call))))
+    } else {
+        catch_unwind(AssertUnwindSafe(|| f(call)))
+    };
+    failure_cause(outcome)
+}
+
+/// An `async fn` event handler, with its errors and panics caught.
+pub(super) async fn call_event_async(
+    handler: &BoundHandler,
+    f: AsyncCall,
+    event: &(dyn Any + Send + Sync),
+    meta: &'static MessageMeta,
+    scope: &mut Scope,
+) -> Outcome {
+    let context = scope.context();
+    let call = Call::new(MessageRef::Shared(event), &handler.dependencies, scope);
+    let outcome = match catch_unwind(AssertUnwindSafe(|| f(call))) {
+        Ok(future) => {
+            CatchUnwind(future)
+                .instrument(handler_span(handler, meta, &context))
+                .await
+        }
+        Err(payload) => Err(payload),
+    };
+    failure_cause(outcome)
+}
+
+#[inline]
+pub(super) fn failure_cause(outcome: Result<Result<(), BoxError>, Box<dyn Any + Send>>) -> Outcome {
+    match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(FailureCause::Error(error)),
+        Err(payload) => Err(FailureCause::Panic(panic_text(&*payload))),
+    }
+}
+
+/// An event handler as the innermost step of its pipeline: every run is a
+/// fresh call with a fresh scope; the events of the last successful run are
+/// kept for the queue.
+pub(super) struct EventInvocation<'h> {
+    handler: &'h BoundHandler,
+    event: &'h (dyn Any + Send + Sync),
+    meta: &'static MessageMeta,
+    attempts: AtomicU32,
+    released: Mutex<Option<Vec<PendingEvent>>>,
+}
+
+impl<'h> EventInvocation<'h> {
+    pub(super) fn new(
+        handler: &'h BoundHandler,
+        event: &'h (dyn Any + Send + Sync),
+        meta: &'static MessageMeta,
+    ) -> Self {
+        EventInvocation {
+            handler,
+            event,
+            meta,
+            attempts: AtomicU32::new(0),
+            released: Mutex::new(None),
+        }
+    }
+
+    /// The description of this call for the pipeline's layers.
+    pub(super) fn call(&self, context: MessageContext) -> HandlerCall<'h> {
+        HandlerCall {
+            registration: self.handler.registration,
+            meta: self.meta,
+            event: Some(self.event),
+            context,
+        }
+    }
+
+    /// How many times the handler ran.
+    pub(super) fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    /// What the last successful run released.
+    pub(super) fn released(self) -> Vec<PendingEvent> {
+        self.released
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_default()
+    }
+}
+
+impl Invoke for EventInvocation<'_> {
+    fn invoke<'a>(&'a self, call: HandlerCall<'a>) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            self.attempts.fetch_add(1, Ordering::Relaxed);
+            let mut scope = Scope::with_context(call.context);
+            let outcome = match self.handler.call {
+                HandlerFn::Sync(f) => {
+                    let traced = tracing::enabled!(tracing::Level::DEBUG);
+                    call_event_sync(self.handler, f, self.event, self.meta, &mut scope, traced)
+                }
+                HandlerFn::Async(f) => {
+                    call_event_async(self.handler, f, self.event, self.meta, &mut scope).await
+                }
+            };
+            let events = scope.finish();
+            if outcome.is_ok() {
+                *self.released.lock().unwrap_or_else(PoisonError::into_inner) = Some(events);
+            }
+            outcome
+        })
+    }
+}
+
+/// A command or query handler as the innermost step of its pipeline. The
+/// message is moved into the handler by the first run; the handler's typed
+/// result stays in the frame for the caller.
+pub(super) struct RequestInvocation<'h, 'f> {
+    handler: &'h BoundHandler,
+    frame: Mutex<Option<&'f mut (dyn Any + Send)>>,
+    context: MessageContext,
+    scope: Mutex<Option<Scope>>,
+}
+
+impl<'h, 'f> RequestInvocation<'h, 'f> {
+    pub(super) fn new(
+        handler: &'h BoundHandler,
+        frame: &'f mut (dyn Any + Send),
+        context: MessageContext,
+    ) -> Self {
+        RequestInvocation {
+            handler,
+            frame: Mutex::new(Some(frame)),
+            context,
+            scope: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn call(&self, meta: &'static MessageMeta) -> HandlerCall<'h> {
+        HandlerCall {
+            registration: self.handler.registration,
+            meta,
+            event: None,
+            context: self.context,
+        }
+    }
+
+    /// The scope of the run that succeeded, if one did.
+    pub(super) fn into_scope(self) -> Option<Scope> {
+        self.scope
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Invoke for RequestInvocation<'_, '_> {
+    fn invoke<'a>(&'a self, call: HandlerCall<'a>) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let taken = self
+                .frame
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            let Some(frame) = taken else {
+                return Err(FailureCause::Error(
+                    "the command or query was already handed to its handler by an earlier run of \
+                     this pipeline: a layer may call `next` only once for a command or query"
+                        .into(),
+                ));
+            };
+            let mut scope = Scope::with_context(call.context);
+            let span = handler_span(self.handler, call.meta, &call.context);
+            // A command or query handler's panic is not caught: it fails noisily.
+            let called = {
+                let call = Call::new(
+                    MessageRef::Owned(&mut *frame),
+                    &self.handler.dependencies,
+                    &mut scope,
+                );
+                match self.handler.call {
+                    HandlerFn::Sync(f) => span.in_scope(|| f(call)),
+                    HandlerFn::Async(f) => f(call).instrument(span).await,
+                }
+            };
+            match called {
+                Ok(()) => {
+                    *self.scope.lock().unwrap_or_else(PoisonError::into_inner) = Some(scope);
+                    Ok(())
+                }
+                Err(error) => Err(FailureCause::Error(error)),
+            }
+        })
+    }
+}

@@ -1,0 +1,181 @@
+//! Replaying a dead letter: one event through the one handler that failed
+//! on it (the others succeeded already), through that handler's layers, and
+//! then the events it releases, as in any dispatch.
+
+use tracing::Instrument;
+
+use super::cascade::Cascade;
+use super::invocation::{dispatch_span, EventInvocation};
+use super::Bus;
+use crate::context::MessageContext;
+use crate::error::CascadeLimitError;
+use crate::events::PendingEvent;
+use crate::layer::Next;
+use crate::observer::HandlerFailure;
+
+/// Why a replay did not succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// No handler has this path in this bus.
+    #[error("no handler `{0}` in this bus")]
+    UnknownHandler(String),
+    /// The handler takes another event type.
+    #[error("handler `{handler}` takes `{expected}`, not `{given}`")]
+    WrongEvent {
+        /// The handler's path.
+        handler: &'static str,
+        /// The event it takes.
+        expected: &'static str,
+        /// The event given.
+        given: &'static str,
+    },
+    /// No event type has this name in this bus.
+    #[error("no event type is named `{0}` in this bus")]
+    UnknownEvent(String),
+    /// The event type was not derived with `#[event(serde)]`.
+    #[error("event `{0}` cannot be read from JSON: derive it with `#[event(serde)]`")]
+    NotSerializable(&'static str),
+    /// The stored JSON does not read back as the event.
+    #[error("the stored `{name}` does not read back: {error}")]
+    Decode {
+        /// The event's name.
+        name: &'static str,
+        /// What serde said.
+        error: serde_json::Error,
+    },
+    /// The handler failed again (after its retry policy's attempts).
+    #[error(transparent)]
+    Failed(Box<HandlerFailure>),
+    /// The events the replayed call released kept raising events.
+    #[error(transparent)]
+    CascadeLimit(Box<CascadeLimitError>),
+    /// The bus is closed.
+    #[error("the bus is shutting down: it accepts no new dispatch")]
+    Closed,
+}
+
+impl Bus {
+    /// Reads a stored event back: `name` is its
+    /// [`MessageMeta::name`](crate::MessageMeta::name), `json` what
+    /// [`PendingEvent::to_json`] wrote.
+    pub fn decode_event(&self, name: &str, json: &str) -> Result<PendingEvent, ReplayError> {
+        let meta = self
+            .inner
+            .messages_by_name
+            .get(name)
+            .copied()
+            .ok_or_else(|| ReplayError::UnknownEvent(name.to_owned()))?;
+        let codec = meta
+            .codec()
+            .ok_or(ReplayError::NotSerializable(meta.name()))?;
+        codec.decode(json).map_err(|error| ReplayError::Decode {
+            name: meta.name(),
+            error,
+        })
+    }
+
+    /// Calls the event handler at path `handler` on `event` again (a dead
+    /// letter, once its fault is gone), through its layers and retry policy;
+    /// then runs what it releases. `context` keeps the original ids.
+    ///
+    /// A failure is returned, not dead-lettered again: the caller still holds
+    /// the letter.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use bus_core::{handler, Bus, Dependencies, Event};
+    ///
+    /// #[derive(Debug, Clone, Event)]
+    /// struct Ordered;
+    ///
+    /// #[handler]
+    /// fn send_mail(_: &Ordered, mail_up: &AtomicBool) -> Result<(), std::io::Error> {
+    ///     if mail_up.load(Ordering::SeqCst) { Ok(()) } else { Err(std::io::Error::other("mail down")) }
+    /// }
+    ///
+    /// let mail_up = std::sync::Arc::new(AtomicBool::new(false));
+    /// let bus = Bus::builder()
+    ///     .dependencies(Dependencies::new().shared_arc(mail_up.clone()))
+    ///     .build()
+    ///     .unwrap();
+    /// bus.publish_blocking(Ordered).unwrap();
+    /// let letter = bus.dead_letters().unwrap().take().remove(0);
+    /// let replay = || bus.replay_blocking(letter.handler(), letter.event().clone(), letter.context());
+    ///
+    /// assert!(replay().is_err()); // still down
+    /// mail_up.store(true, Ordering::SeqCst);
+    /// assert!(replay().is_ok());
+    /// ```
+    pub async fn replay(
+        &self,
+        handler: &str,
+        event: PendingEvent,
+        context: MessageContext,
+    ) -> Result<(), ReplayError> {
+        let _in_flight = self
+            .inner
+            .lifecycle
+            .enter()
+            .map_err(|_| ReplayError::Closed)?;
+        let (meta, index) = self
+            .inner
+            .handlers_by_name
+            .get(handler)
+            .copied()
+            .ok_or_else(|| ReplayError::UnknownHandler(handler.to_owned()))?;
+        let bound = self
+            .inner
+            .routes
+            .handlers(meta)
+            .get(index)
+            .ok_or_else(|| ReplayError::UnknownHandler(handler.to_owned()))?;
+        if !std::ptr::eq(event.meta(), meta) {
+            return Err(ReplayError::WrongEvent {
+                handler: bound.registration.name(),
+                expected: meta.name(),
+                given: event.name(),
+            });
+        }
+        let span = dispatch_span(meta, "replay", &context);
+        async {
+            let invocation = EventInvocation::new(bound, event.as_any(), meta);
+            let layers = bound.pipeline.as_deref().unwrap_or(&[]);
+            let outcome = Next::new(layers, &invocation)
+                .run(invocation.call(context))
+                .await;
+            let attempts = invocation.attempts();
+            if let Err(cause) = outcome {
+                return Err(ReplayError::Failed(Box::new(HandlerFailure {
+                    message: meta.name(),
+                    handler: bound.registration.name(),
+                    location: bound.registration.location(),
+                    cause,
+                    attempts,
+                })));
+            }
+            tracing::info!(handler, "dead letter replayed");
+            let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
+            let released = invocation.released();
+            if !released.is_empty() {
+                cascade.push_all(released, &context);
+                self.run_queue(&mut cascade)
+                    .await
+                    .map_err(|error| ReplayError::CascadeLimit(Box::new(error)))?;
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// [`replay`](Self::replay) without an async runtime.
+    pub fn replay_blocking(
+        &self,
+        handler: &str,
+        event: PendingEvent,
+        context: MessageContext,
+    ) -> Result<(), ReplayError> {
+        crate::executor::block_on(self.replay(handler, event, context))
+    }
+}

@@ -1,0 +1,278 @@
+//! Retry policies: how often, and how far apart, a failed handler call is
+//! tried again; and how a handler's error says that trying again is useless.
+//!
+//! The delays come from [`backon`]'s exponential backoff (a factor, a first
+//! delay, a cap, and jitter). Waiting never blocks a thread in an awaited
+//! dispatch: the retry [`Layer`](crate::Layer) awaits a timer. In a
+//! `*_blocking` dispatch the dispatching thread waits (it is the one that
+//! asked for the answer; other dispatches are not held up).
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+
+use crate::call::BoxFuture;
+use crate::error::BoxError;
+use crate::layer::{HandlerCall, Layer, Next, Outcome};
+use crate::observer::FailureCause;
+
+/// Marks an error as permanent: retrying the call cannot help (bad data, a
+/// rule broken), so the retry policy gives up at once.
+///
+/// Return it from a handler (`Err(Permanent::new(error))`), or keep it
+/// anywhere in your error's [`source`](std::error::Error::source) chain.
+///
+/// ```
+/// use bus_core::{FailureCause, Permanent};
+///
+/// let cause = FailureCause::Error(Permanent::new("no such customer").into());
+/// assert!(!cause.is_transient());
+/// assert!(FailureCause::Error("mail server timed out".into()).is_transient());
+/// ```
+#[derive(Debug)]
+pub struct Permanent(BoxError);
+
+impl Permanent {
+    /// Wraps the error.
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Permanent(error.into())
+    }
+
+    /// The wrapped error.
+    pub fn into_inner(self) -> BoxError {
+        self.0
+    }
+}
+
+impl fmt::Display for Permanent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl StdError for Permanent {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
+
+/// Whether `error`, or any error in its source chain, is [`Permanent`].
+pub fn is_permanent(error: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<Permanent>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
+/// Decides, for a failure, whether another attempt may help.
+pub type RetryIf = Arc<dyn Fn(&FailureCause) -> bool + Send + Sync>;
+
+/// How many attempts a handler call gets and how long to wait between them:
+/// exponential backoff with jitter and a cap.
+///
+/// ```
+/// use std::time::Duration;
+/// use bus_core::RetryPolicy;
+///
+/// let policy = RetryPolicy::exponential(5)
+///     .first_delay(Duration::from_millis(50))
+///     .max_delay(Duration::from_secs(2));
+/// assert_eq!(policy.max_attempts(), 5);
+/// // Four waits between five attempts, each at most the cap.
+/// let delays: Vec<Duration> = policy.delays().collect();
+/// assert_eq!(delays.len(), 4);
+/// assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
+/// assert_eq!(RetryPolicy::none().delays().count(), 0);
+/// ```
+#[derive(Clone)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    first_delay: Duration,
+    max_delay: Duration,
+    factor: f32,
+    jitter: bool,
+    retry_if: Option<RetryIf>,
+}
+
+impl RetryPolicy {
+    /// One attempt, no retry: the default for event handlers.
+    pub fn none() -> Self {
+        RetryPolicy::exponential(1)
+    }
+
+    /// Up to `max_attempts` attempts in all (at least 1), waiting 100 ms,
+    /// then twice as long each time, at most 10 s, with jitter.
+    pub fn exponential(max_attempts: u32) -> Self {
+        RetryPolicy {
+            max_attempts: max_attempts.max(1),
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+            factor: 2.0,
+            jitter: true,
+            retry_if: None,
+        }
+    }
+
+    /// The wait before the second attempt.
+    pub fn first_delay(mut self, delay: Duration) -> Self {
+        self.first_delay = delay;
+        self
+    }
+
+    /// The longest wait between two attempts (the cap).
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
+        self
+    }
+
+    /// How much longer each wait is than the one before (default 2).
+    pub fn factor(mut self, factor: f32) -> Self {
+        self.factor = factor.max(1.0);
+        self
+    }
+
+    /// Waits exactly the computed delays, with no random part.
+    pub fn without_jitter(mut self) -> Self {
+        self.jitter = false;
+        self
+    }
+
+    /// Decides which failures are worth another attempt, instead of
+    /// [`FailureCause::is_transient`]: for an error type of your own that
+    /// knows whether it is transient.
+    pub fn retry_if(
+        mut self,
+        decide: impl Fn(&FailureCause) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.retry_if = Some(Arc::new(decide));
+        self
+    }
+
+    /// Attempts in all, the first one included.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// Whether this policy ever calls a handler more than once.
+    pub fn retries(&self) -> bool {
+        self.max_attempts > 1
+    }
+
+    /// Whether `cause` is worth another attempt.
+    pub fn is_retryable(&self, cause: &FailureCause) -> bool {
+        match &self.retry_if {
+            Some(decide) => decide(cause),
+            None => cause.is_transient(),
+        }
+    }
+
+    /// The waits between attempts, in order: `max_attempts - 1` of them.
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + Send {
+        let mut builder = ExponentialBuilder::new()
+            .with_min_delay(self.first_delay)
+            .with_max_delay(self.max_delay)
+            .with_factor(self.factor)
+            .with_max_times(self.max_attempts.saturating_sub(1) as usize);
+        if self.jitter {
+            builder = builder.with_jitter();
+        }
+        let cap = self.max_delay;
+        // backon's jitter adds up to one more delay; the cap holds regardless.
+        builder.build().map(move |delay| delay.min(cap))
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy::none()
+    }
+}
+
+impl fmt::Debug for RetryPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryPolicy")
+            .field("max_attempts", &self.max_attempts)
+            .field("first_delay", &self.first_delay)
+            .field("max_delay", &self.max_delay)
+            .field("factor", &self.factor)
+            .field("jitter", &self.jitter)
+            .field("retry_if", &self.retry_if.is_some())
+            .finish()
+    }
+}
+
+/// The retry layer: calls the rest of the pipeline again, per its
+/// [`RetryPolicy`], while the failure is retryable and attempts remain.
+///
+/// [`BusBuilder::retry`](crate::BusBuilder::retry) and
+/// [`BusBuilder::handler_retry`](crate::BusBuilder::handler_retry) put one
+/// outermost around each event handler; it can also be added like any other
+/// layer.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    policy: RetryPolicy,
+}
+
+impl Retry {
+    /// A retry layer with this policy.
+    pub fn new(policy: RetryPolicy) -> Self {
+        Retry { policy }
+    }
+
+    /// Its policy.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+}
+
+impl Layer for Retry {
+    fn call<'a>(&'a self, call: HandlerCall<'a>, next: Next<'a>) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let mut delays = self.policy.delays();
+            let mut attempt = call.attempt();
+            loop {
+                let cause = match next.run(call.at_attempt(attempt)).await {
+                    Ok(()) => return Ok(()),
+                    Err(cause) => cause,
+                };
+                if !self.policy.is_retryable(&cause) {
+                    tracing::debug!(
+                        handler = call.handler_name(),
+                        attempt,
+                        %cause,
+                        "permanent failure: not retried"
+                    );
+                    return Err(cause);
+                }
+                let Some(delay) = delays.next() else {
+                    return Err(cause);
+                };
+                tracing::warn!(
+                    handler = call.handler_name(),
+                    message_name = call.message_name(),
+                    attempt,
+                    retry_in = ?delay,
+                    %cause,
+                    "handler failed; retrying"
+                );
+                sleep(delay).await;
+                attempt += 1;
+            }
+        })
+    }
+}
+
+/// Waits without blocking the thread (a timer thread wakes the task), so it
+/// works under any executor, the bus's own blocking one included.
+pub(crate) async fn sleep(delay: Duration) {
+    if !delay.is_zero() {
+        futures_timer::Delay::new(delay).await;
+    }
+}
