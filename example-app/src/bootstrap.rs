@@ -1,16 +1,23 @@
-//! The composition root: the bus, built from the adapters it is given.
+//! The composition root: the bus, built from the adapters it is given, with
+//! the service's failure policy.
 //!
 //! `main` passes the real adapters; tests pass fakes, one line each:
 //! `bootstrap(Adapters { notifications: fake.clone(), ..Adapters::in_memory(&store) })`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use bus_core::{BuildError, Bus, Dependencies};
+use bus_core::{BuildError, Bus, Dependencies, FailureCause, RetryPolicy};
 
+use crate::adapters::dead_letters::{InMemoryDeadLetterStore, SqliteDeadLetterStore};
 use crate::adapters::memory::{InMemoryAllocationsView, InMemoryStore};
 use crate::adapters::notifications::{LogNotifications, Notifications};
 use crate::adapters::sqlite::{self, SqliteAllocationsView, SqliteDatabase};
+use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
+use crate::service_layer::dead_letters::{DeadLetterStore, StoreSink};
+use crate::service_layer::handlers::reallocate;
 use crate::service_layer::unit_of_work::{UnitOfWork, UnitOfWorkFactory};
+use crate::service_layer::ServiceError;
 use crate::views::AllocationsView;
 
 /// Everything the handlers depend on.
@@ -21,13 +28,17 @@ pub struct Adapters {
     pub views: Arc<dyn AllocationsView>,
     /// Where notifications go.
     pub notifications: Arc<dyn Notifications>,
+    /// Where event-handler calls that failed for good are kept.
+    pub dead_letters: Arc<dyn DeadLetterStore>,
 }
 
 impl Adapters {
-    /// The real adapters: SQLite for both models, notifications to the log.
+    /// The real adapters: SQLite for both models and the dead letters,
+    /// notifications to the log.
     pub fn sqlite(database: SqliteDatabase) -> Self {
         Adapters {
             views: Arc::new(SqliteAllocationsView::new(database.clone())),
+            dead_letters: Arc::new(SqliteDeadLetterStore::new(database.clone())),
             unit_of_work: sqlite::unit_of_work_factory(database),
             notifications: Arc::new(LogNotifications),
         }
@@ -39,21 +50,76 @@ impl Adapters {
             unit_of_work: store.unit_of_work_factory(),
             views: Arc::new(InMemoryAllocationsView::default()),
             notifications: Arc::new(LogNotifications),
+            dead_letters: Arc::new(InMemoryDeadLetterStore::default()),
         }
     }
 }
 
-/// Builds the bus. Every handler is registered by `#[handler]`; this only
-/// decides which adapters they get.
+/// How many times a command that lost an optimistic-concurrency race runs
+/// before its caller gets the conflict (HTTP 409).
+pub const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// How many times an event handler is called before its event becomes a
+/// dead letter.
+pub const EVENT_HANDLER_ATTEMPTS: u32 = 3;
+
+/// Builds the bus. Every handler is registered by `#[handler]`; this decides
+/// which adapters they get, and how failures are handled:
+/// - an event handler is tried [`EVENT_HANDLER_ATTEMPTS`] times (backing
+///   off from 50 ms, at most 1 s apart), unless its error is a broken rule
+///   ([`ServiceError::is_transient`]); then it is a dead letter in
+///   [`Adapters::dead_letters`];
+/// - `reallocate` tries harder ([`CONFLICT_ATTEMPTS`], from 5 ms): it only
+///   ever loses races to other requests on the same product;
+/// - a command that lost an optimistic-concurrency race runs again, up to
+///   [`CONFLICT_ATTEMPTS`] times; no other command error is retried.
 pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
     let Adapters {
         unit_of_work,
         views,
         notifications,
+        dead_letters,
     } = adapters;
     let dependencies = Dependencies::new()
         .scoped_boxed::<dyn UnitOfWork, _>(move |scope| unit_of_work(scope.releaser()))
         .shared_arc(views)
         .shared_arc(notifications);
-    Bus::builder().dependencies(dependencies).build()
+    Bus::builder()
+        .dependencies(dependencies)
+        .retry(
+            RetryPolicy::exponential(EVENT_HANDLER_ATTEMPTS)
+                .first_delay(Duration::from_millis(50))
+                .max_delay(Duration::from_secs(1))
+                .retry_if(is_transient),
+        )
+        .handler_retry::<reallocate>(
+            RetryPolicy::exponential(CONFLICT_ATTEMPTS)
+                .first_delay(Duration::from_millis(5))
+                .max_delay(Duration::from_millis(100))
+                .retry_if(is_transient),
+        )
+        .retry_command::<Allocate>(conflicts(), ServiceError::is_conflict)
+        .retry_command::<ChangeBatchQuantity>(conflicts(), ServiceError::is_conflict)
+        .retry_command::<CreateBatch>(conflicts(), ServiceError::is_conflict)
+        .dead_letters(StoreSink(dead_letters))
+        .build()
+}
+
+/// The retry of a command that lost an optimistic-concurrency race.
+fn conflicts() -> RetryPolicy {
+    RetryPolicy::exponential(CONFLICT_ATTEMPTS)
+        .first_delay(Duration::from_millis(5))
+        .max_delay(Duration::from_millis(100))
+}
+
+/// The service's errors know whether they are transient; any other failure
+/// (a storage error of the read model, a notifier down, a panic) is.
+fn is_transient(cause: &FailureCause) -> bool {
+    match cause
+        .error()
+        .and_then(|error| error.downcast_ref::<ServiceError>())
+    {
+        Some(error) => error.is_transient(),
+        None => cause.is_transient(),
+    }
 }

@@ -2,6 +2,7 @@
 //! `curl localhost:5005/allocations/order-1`. See `--help` for settings.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bus_core::BuildError;
 use clap::Parser;
@@ -10,6 +11,9 @@ use example_app::config::Config;
 use example_app::entrypoints::http;
 use example_app::{bootstrap, Adapters};
 use tokio::net::TcpListener;
+
+/// How long shutdown waits for dispatches still running.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 enum StartError {
@@ -51,7 +55,9 @@ async fn run(config: Config) -> Result<(), StartError> {
             url: config.database_url.clone(),
             source,
         })?;
-    let bus = bootstrap(Adapters::sqlite(database.clone()))?;
+    let adapters = Adapters::sqlite(database.clone());
+    let dead_letters = adapters.dead_letters.clone();
+    let bus = bootstrap(adapters)?;
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|source| StartError::Bind {
@@ -60,9 +66,18 @@ async fn run(config: Config) -> Result<(), StartError> {
         })?;
     let addr = listener.local_addr().unwrap_or(config.bind);
     tracing::info!(database = %config.database_url, "listening on http://{addr}");
-    http::serve(listener, bus, shutdown_signal())
+    let state = http::AppState {
+        bus: bus.clone(),
+        dead_letters,
+    };
+    http::serve(listener, state, shutdown_signal())
         .await
         .map_err(StartError::Serve)?;
+    // The server has stopped taking requests and finished those in flight;
+    // the bus now refuses new dispatches and lets any still running finish.
+    if let Err(error) = bus.shutdown(SHUTDOWN_GRACE).await {
+        tracing::warn!(%error, "stopping anyway");
+    }
     database.close().await;
     tracing::info!("shut down cleanly");
     Ok(())

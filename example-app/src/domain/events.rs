@@ -1,10 +1,14 @@
 //! Events: what happened in the domain.
+//!
+//! `serde` lets a failed event handler's event be stored as a dead letter
+//! and replayed later.
 
 use bus_core::Event;
+use serde::{Deserialize, Serialize};
 
 /// An order line was allocated to a batch.
-#[derive(Debug, Clone, PartialEq, Eq, Event)]
-#[event(name = "allocation.allocated")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(name = "allocation.allocated", serde)]
 pub struct Allocated {
     /// The order.
     pub orderid: String,
@@ -17,8 +21,8 @@ pub struct Allocated {
 }
 
 /// An order line was taken off its batch and needs a new one.
-#[derive(Debug, Clone, PartialEq, Eq, Event)]
-#[event(name = "allocation.deallocated")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(name = "allocation.deallocated", serde)]
 pub struct Deallocated {
     /// The order.
     pub orderid: String,
@@ -29,8 +33,8 @@ pub struct Deallocated {
 }
 
 /// No batch could take an order line.
-#[derive(Debug, Clone, PartialEq, Eq, Event)]
-#[event(name = "allocation.out_of_stock")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(name = "allocation.out_of_stock", serde)]
 pub struct OutOfStock {
     /// The product.
     pub sku: String,

@@ -2,15 +2,15 @@
 //! queries, and domain errors into status codes.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bus_core::{Bus, Command, DispatchError};
+use bus_core::{Bus, DispatchError};
 use chrono::NaiveDate;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -18,33 +18,45 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
+use crate::service_layer::dead_letters::{self, DeadLetterError, DeadLetterStore};
 use crate::service_layer::unit_of_work::UowError;
 use crate::service_layer::ServiceError;
 use crate::views::{Allocations, ViewError};
 
-/// How many times a command that lost an optimistic-concurrency race is
-/// tried before the client gets 409.
-pub const CONFLICT_ATTEMPTS: u32 = 5;
+/// What every route works with: the bus, and the dead letters to list and
+/// replay.
+#[derive(Clone)]
+pub struct AppState {
+    /// The built bus.
+    pub bus: Bus,
+    /// The store the bus's dead letters go to.
+    pub dead_letters: Arc<dyn DeadLetterStore>,
+}
 
-/// The routes, over a built bus.
-pub fn router(bus: Bus) -> Router {
+/// The routes.
+///
+/// A command that loses an optimistic-concurrency race is retried by the bus
+/// (see [`bootstrap`](crate::bootstrap())); one that keeps losing is a 409.
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/add_batch", post(add_batch))
         .route("/allocate", post(allocate))
         .route("/allocations/{orderid}", get(allocations))
         .route("/change_batch_quantity", post(change_batch_quantity))
+        .route("/dead_letters", get(list_dead_letters))
+        .route("/dead_letters/{id}/replay", post(replay_dead_letter))
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(bus)
+        .with_state(state)
 }
 
 /// Serves the API until `shutdown` completes; requests in flight finish.
 pub async fn serve(
     listener: TcpListener,
-    bus: Bus,
+    state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(bus))
+    axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -161,30 +173,6 @@ fn eta(value: Option<String>) -> Result<Option<NaiveDate>, ApiError> {
         .transpose()
 }
 
-/// Dispatches a command, trying it again while it loses optimistic-
-/// concurrency races (nothing of a lost attempt was written or released).
-async fn dispatch_retrying<C>(
-    bus: &Bus,
-    command: C,
-) -> Result<C::Output, DispatchError<ServiceError>>
-where
-    C: Command<Error = ServiceError> + Clone,
-{
-    let mut attempt = 1;
-    loop {
-        match bus.dispatch(command.clone()).await {
-            Err(DispatchError::Handler(error))
-                if error.is_conflict() && attempt < CONFLICT_ATTEMPTS =>
-            {
-                tracing::debug!(attempt, %error, "conflict; trying again");
-                tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AddBatchBody {
@@ -196,7 +184,7 @@ struct AddBatchBody {
 }
 
 async fn add_batch(
-    State(bus): State<Bus>,
+    State(AppState { bus, .. }): State<AppState>,
     ApiJson(body): ApiJson<AddBatchBody>,
 ) -> Result<Response, ApiError> {
     let command = CreateBatch {
@@ -206,7 +194,7 @@ async fn add_batch(
         eta: eta(body.eta)?,
     };
     let reference = command.reference.clone();
-    dispatch_retrying(&bus, command).await?;
+    bus.dispatch(command).await?;
     Ok((StatusCode::CREATED, Json(json!({ "ref": reference }))).into_response())
 }
 
@@ -219,7 +207,7 @@ struct AllocateBody {
 }
 
 async fn allocate(
-    State(bus): State<Bus>,
+    State(AppState { bus, .. }): State<AppState>,
     ApiJson(body): ApiJson<AllocateBody>,
 ) -> Result<Response, ApiError> {
     let command = Allocate {
@@ -227,7 +215,7 @@ async fn allocate(
         sku: non_empty("sku", body.sku)?,
         qty: positive_qty(body.qty)?,
     };
-    let batchref = dispatch_retrying(&bus, command).await?;
+    let batchref = bus.dispatch(command).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "batchref": batchref }))).into_response())
 }
 
@@ -240,7 +228,7 @@ struct ChangeBatchQuantityBody {
 }
 
 async fn change_batch_quantity(
-    State(bus): State<Bus>,
+    State(AppState { bus, .. }): State<AppState>,
     ApiJson(body): ApiJson<ChangeBatchQuantityBody>,
 ) -> Result<Response, ApiError> {
     let command = ChangeBatchQuantity {
@@ -248,12 +236,12 @@ async fn change_batch_quantity(
         qty: positive_qty(body.qty)?,
     };
     let answer = json!({ "ref": command.reference, "qty": command.qty });
-    dispatch_retrying(&bus, command).await?;
+    bus.dispatch(command).await?;
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
 async fn allocations(
-    State(bus): State<Bus>,
+    State(AppState { bus, .. }): State<AppState>,
     Path(orderid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let rows = bus
@@ -268,6 +256,51 @@ async fn allocations(
         ));
     }
     Ok(Json(json!(rows)))
+}
+
+impl From<DeadLetterError> for ApiError {
+    fn from(error: DeadLetterError) -> Self {
+        let status = match &error {
+            DeadLetterError::NotFound(_) => StatusCode::NOT_FOUND,
+            DeadLetterError::AlreadyReplayed(_) | DeadLetterError::StillFailing { .. } => {
+                StatusCode::CONFLICT
+            }
+            DeadLetterError::NotReplayable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            DeadLetterError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        if status.is_server_error() {
+            tracing::error!(%error, "dead-letter store failed");
+        }
+        ApiError::new(status, error.to_string())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListDeadLetters {
+    /// Lists the replayed letters too.
+    #[serde(default)]
+    all: bool,
+}
+
+async fn list_dead_letters(
+    State(AppState { dead_letters, .. }): State<AppState>,
+    query: Result<Query<ListDeadLetters>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let letters = dead_letters.list(query.all).await?;
+    Ok(Json(json!(letters)))
+}
+
+async fn replay_dead_letter(
+    State(AppState { bus, dead_letters }): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("dead letter id must be a number, got {id:?}")))?;
+    let letter = dead_letters::replay(&bus, &*dead_letters, id).await?;
+    Ok(Json(json!(letter)))
 }
 
 async fn no_such_route(request: Request) -> ApiError {

@@ -26,4 +26,10 @@ impl ServiceError {
     pub fn is_conflict(&self) -> bool {
         matches!(self, ServiceError::Uow(UowError::Conflict { .. }))
     }
+
+    /// Whether another attempt may succeed: a conflict or a storage fault;
+    /// not a rule broken by the input (an unknown sku or batch, a duplicate).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ServiceError::Uow(_))
+    }
 }

@@ -5,7 +5,7 @@ use bus_core::{handler, Scoped};
 
 use super::unit_of_work::UnitOfWork;
 use super::ServiceError;
-use crate::adapters::notifications::Notifications;
+use crate::adapters::notifications::{NotificationError, Notifications};
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
 use crate::domain::events::{Allocated, Deallocated, OutOfStock};
 use crate::domain::model::{Batch, OrderLine, Product};
@@ -49,12 +49,11 @@ pub async fn allocate(
     allocate_line(&mut *uow, line).await
 }
 
-/// How many times [`reallocate`] tries again after losing an
-/// optimistic-concurrency race, so that a deallocated line is not left
-/// without a batch because another request changed the product meanwhile.
-pub const REALLOCATE_ATTEMPTS: u32 = 5;
-
 /// Allocates again a line that lost its batch.
+///
+/// When it loses an optimistic-concurrency race, its retry policy (see
+/// [`bootstrap`](crate::bootstrap())) calls it again with a fresh unit of
+/// work; an unknown product is [`Permanent`](bus_core::Permanent).
 #[handler(releases(Allocated, OutOfStock))]
 pub async fn reallocate(
     event: Deallocated,
@@ -65,18 +64,7 @@ pub async fn reallocate(
         sku: event.sku,
         qty: event.qty,
     };
-    let mut attempt = 1;
-    loop {
-        match allocate_line(&mut *uow, line.clone()).await {
-            Err(error) if error.is_conflict() && attempt < REALLOCATE_ATTEMPTS => {
-                tracing::debug!(attempt, %error, "reallocation lost a race; trying again");
-                // Forget what was loaded, so that the next attempt reads afresh.
-                uow.rollback().await?;
-                attempt += 1;
-            }
-            outcome => return outcome.map(drop),
-        }
-    }
+    allocate_line(&mut *uow, line).await.map(drop)
 }
 
 async fn allocate_line(
@@ -106,8 +94,12 @@ pub async fn change_batch_quantity(
     Ok(())
 }
 
-/// Tells the buyers a product ran out.
+/// Tells the buyers a product ran out. A notifier that is down fails the
+/// call; the bus retries it, then keeps it as a dead letter to replay.
 #[handler]
-pub fn send_out_of_stock_notification(event: &OutOfStock, notifications: &dyn Notifications) {
-    notifications.send("stock@made.com", &format!("Out of stock for {}", event.sku));
+pub fn send_out_of_stock_notification(
+    event: &OutOfStock,
+    notifications: &dyn Notifications,
+) -> Result<(), NotificationError> {
+    notifications.send("stock@made.com", &format!("Out of stock for {}", event.sku))
 }
