@@ -449,3 +449,83 @@ fn an_unreachable_database_is_a_clear_startup_error() {
         "{stderr}"
     );
 }
+
+/// Runs one statement on the server's database from outside: the fault
+/// injection of the dead-letter test.
+async fn on_database(database: &Path, statement: &str) {
+    use sqlx::Connection;
+    let mut connection = sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display()))
+        .await
+        .expect("the test opens the server's database");
+    sqlx::query(statement)
+        .execute(&mut connection)
+        .await
+        .expect("the statement runs");
+    connection.close().await.expect("closes");
+}
+
+#[tokio::test]
+async fn a_read_model_fault_becomes_a_dead_letter_that_replays_once_the_fault_is_gone() {
+    let (_dir, path) = database();
+    let server = Server::start(&path);
+    add_batch(&server, "b1", "CHAIR", 10, None).await;
+
+    // The read model's table goes away: its event handler fails on every
+    // attempt, the allocation itself still commits.
+    on_database(&path, "ALTER TABLE allocations_view RENAME TO allocations_view_away").await;
+    let (status, body) = post(
+        &server,
+        "/allocate",
+        json!({"orderid": "o1", "sku": "CHAIR", "qty": 2}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+
+    let (status, letters) = get(&server, "/dead_letters").await;
+    assert_eq!(status, StatusCode::OK);
+    let letters = letters.as_array().expect("a list");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter["message_name"], "allocation.allocated");
+    assert_eq!(
+        letter["handler"],
+        "example_app::views::add_allocation_to_read_model"
+    );
+    assert_eq!(letter["attempts"], 3);
+    assert!(
+        letter["error"].as_str().unwrap().contains("no such table"),
+        "{letter}"
+    );
+    let id = letter["id"].as_i64().unwrap();
+
+    // Still broken: 409, and the letter stays.
+    let (status, body) = post(&server, &format!("/dead_letters/{id}/replay"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(message(&body).contains("no such table"), "{body}");
+
+    // The fault is gone: the replay succeeds and the read model catches up.
+    on_database(&path, "ALTER TABLE allocations_view_away RENAME TO allocations_view").await;
+    let (status, body) = post(&server, &format!("/dead_letters/{id}/replay"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["replayed_at"].is_string(), "{body}");
+    let (status, rows) = get(&server, "/allocations/o1").await;
+    assert_eq!(status, StatusCode::OK, "{rows}");
+    assert_eq!(rows, json!([{"sku": "CHAIR", "batchref": "b1"}]));
+
+    // Once only; then it is listed only with `?all=true`.
+    let (status, _) = post(&server, &format!("/dead_letters/{id}/replay"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (_, open) = get(&server, "/dead_letters").await;
+    assert_eq!(open, json!([]));
+    let (_, all) = get(&server, "/dead_letters?all=true").await;
+    assert_eq!(all.as_array().map(Vec::len), Some(1));
+
+    // Bad requests name the problem.
+    let (status, body) = post(&server, "/dead_letters/999/replay", json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(message(&body), "no dead letter 999");
+    let (status, body) = post(&server, "/dead_letters/abc/replay", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = get(&server, "/dead_letters?everything=yes").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
