@@ -4,142 +4,23 @@
 // A test whose setup fails should panic, helpers included.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
-/// A running `example-app`, killed when dropped.
-struct Server {
-    child: Child,
-    base: String,
-}
+#[path = "support/server.rs"]
+mod server;
 
-impl Server {
-    fn start(database: &Path) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_example-app"))
-            .arg("--bind")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--database-url")
-            .arg(format!("sqlite://{}", database.display()))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the binary starts");
-        let server = Server {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the server did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
+use server::{add_batch, database, get, message, post, post_raw, Server};
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Sends SIGINT (Ctrl-C) and waits for the process to exit.
-    fn interrupt(mut self) -> ExitStatus {
-        let status = Command::new("kill")
-            .arg("-INT")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the server did not shut down");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn database() -> (TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("allocation.db");
-    (dir, path)
-}
-
-async fn post(server: &Server, path: &str, body: Value) -> (StatusCode, Value) {
-    let response = reqwest::Client::new()
-        .post(server.url(path))
-        .json(&body)
-        .send()
-        .await
-        .expect("request sent");
-    let status = response.status();
-    (status, response.json().await.expect("a JSON body"))
-}
-
-async fn post_raw(
-    server: &Server,
-    path: &str,
-    content_type: &str,
-    body: &str,
-) -> (StatusCode, Value) {
-    let response = reqwest::Client::new()
-        .post(server.url(path))
-        .header("content-type", content_type)
-        .body(body.to_owned())
-        .send()
-        .await
-        .expect("request sent");
-    let status = response.status();
-    (status, response.json().await.expect("a JSON body"))
-}
-
-async fn get(server: &Server, path: &str) -> (StatusCode, Value) {
-    let response = reqwest::get(server.url(path)).await.expect("request sent");
-    let status = response.status();
-    (status, response.json().await.expect("a JSON body"))
-}
-
-async fn add_batch(server: &Server, reference: &str, sku: &str, qty: u32, eta: Option<&str>) {
-    let (status, body) = post(
-        server,
-        "/add_batch",
-        json!({"ref": reference, "sku": sku, "qty": qty, "eta": eta}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-}
-
-fn message(body: &Value) -> &str {
-    body["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no message in {body}"))
-}
+/// The binary under test.
+const BINARY: &str = env!("CARGO_BIN_EXE_example-app");
 
 #[tokio::test]
 async fn the_happy_path_allocates_and_reallocates() {
     let (_dir, db) = database();
-    let server = Server::start(&db);
+    let server = Server::start(BINARY, &db);
     add_batch(&server, "b-early", "RETRO-CLOCK", 100, Some("2026-12-01")).await;
     add_batch(&server, "b-stock", "RETRO-CLOCK", 10, None).await;
     add_batch(&server, "b-late", "RETRO-CLOCK", 100, Some("2026-12-31")).await;
@@ -173,7 +54,7 @@ async fn the_happy_path_allocates_and_reallocates() {
 #[tokio::test]
 async fn domain_errors_have_their_status_codes() {
     let (_dir, db) = database();
-    let server = Server::start(&db);
+    let server = Server::start(BINARY, &db);
     add_batch(&server, "b1", "LAMP", 5, None).await;
 
     let (status, body) = post(
@@ -221,7 +102,7 @@ async fn domain_errors_have_their_status_codes() {
 #[tokio::test]
 async fn bad_input_gets_a_4xx_with_a_message_naming_the_problem() {
     let (_dir, db) = database();
-    let server = Server::start(&db);
+    let server = Server::start(BINARY, &db);
     let json_type = "application/json";
     let cases: Vec<(&str, &str, &str, &str)> = vec![
         (
@@ -335,7 +216,7 @@ async fn bad_input_gets_a_4xx_with_a_message_naming_the_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_allocations_never_oversell() {
     let (_dir, db) = database();
-    let server = Server::start(&db);
+    let server = Server::start(BINARY, &db);
     add_batch(&server, "b1", "LIMITED-VASE", 10, None).await;
     let client = reqwest::Client::new();
     let mut requests = Vec::new();
@@ -390,7 +271,7 @@ async fn concurrent_allocations_never_oversell() {
 #[tokio::test]
 async fn ctrl_c_shuts_down_cleanly_and_data_survives_a_restart() {
     let (_dir, db) = database();
-    let server = Server::start(&db);
+    let server = Server::start(BINARY, &db);
     add_batch(&server, "b1", "DURABLE-DESK", 10, None).await;
     let (status, _) = post(
         &server,
@@ -402,7 +283,7 @@ async fn ctrl_c_shuts_down_cleanly_and_data_survives_a_restart() {
     let exit = server.interrupt();
     assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
 
-    let server = Server::start(&db);
+    let server = Server::start(BINARY, &db);
     let (status, body) = get(&server, "/allocations/o1").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!([{"sku": "DURABLE-DESK", "batchref": "b1"}]));
@@ -432,7 +313,7 @@ async fn ctrl_c_shuts_down_cleanly_and_data_survives_a_restart() {
 
 #[test]
 fn an_unreachable_database_is_a_clear_startup_error() {
-    let output = Command::new(env!("CARGO_BIN_EXE_example-app"))
+    let output = Command::new(BINARY)
         .args([
             "--bind",
             "127.0.0.1:0",
@@ -448,84 +329,4 @@ fn an_unreachable_database_is_a_clear_startup_error() {
         stderr.contains("error: cannot open the database sqlite:///no/such/dir/allocation.db"),
         "{stderr}"
     );
-}
-
-/// Runs one statement on the server's database from outside: the fault
-/// injection of the dead-letter test.
-async fn on_database(database: &Path, statement: &str) {
-    use sqlx::Connection;
-    let mut connection = sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display()))
-        .await
-        .expect("the test opens the server's database");
-    sqlx::query(statement)
-        .execute(&mut connection)
-        .await
-        .expect("the statement runs");
-    connection.close().await.expect("closes");
-}
-
-#[tokio::test]
-async fn a_read_model_fault_becomes_a_dead_letter_that_replays_once_the_fault_is_gone() {
-    let (_dir, path) = database();
-    let server = Server::start(&path);
-    add_batch(&server, "b1", "CHAIR", 10, None).await;
-
-    // The read model's table goes away: its event handler fails on every
-    // attempt, the allocation itself still commits.
-    on_database(&path, "ALTER TABLE allocations_view RENAME TO allocations_view_away").await;
-    let (status, body) = post(
-        &server,
-        "/allocate",
-        json!({"orderid": "o1", "sku": "CHAIR", "qty": 2}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-
-    let (status, letters) = get(&server, "/dead_letters").await;
-    assert_eq!(status, StatusCode::OK);
-    let letters = letters.as_array().expect("a list");
-    assert_eq!(letters.len(), 1, "{letters:?}");
-    let letter = &letters[0];
-    assert_eq!(letter["message_name"], "allocation.allocated");
-    assert_eq!(
-        letter["handler"],
-        "example_app::views::add_allocation_to_read_model"
-    );
-    assert_eq!(letter["attempts"], 3);
-    assert!(
-        letter["error"].as_str().unwrap().contains("no such table"),
-        "{letter}"
-    );
-    let id = letter["id"].as_i64().unwrap();
-
-    // Still broken: 409, and the letter stays.
-    let (status, body) = post(&server, &format!("/dead_letters/{id}/replay"), json!({})).await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(message(&body).contains("no such table"), "{body}");
-
-    // The fault is gone: the replay succeeds and the read model catches up.
-    on_database(&path, "ALTER TABLE allocations_view_away RENAME TO allocations_view").await;
-    let (status, body) = post(&server, &format!("/dead_letters/{id}/replay"), json!({})).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(body["replayed_at"].is_string(), "{body}");
-    let (status, rows) = get(&server, "/allocations/o1").await;
-    assert_eq!(status, StatusCode::OK, "{rows}");
-    assert_eq!(rows, json!([{"sku": "CHAIR", "batchref": "b1"}]));
-
-    // Once only; then it is listed only with `?all=true`.
-    let (status, _) = post(&server, &format!("/dead_letters/{id}/replay"), json!({})).await;
-    assert_eq!(status, StatusCode::CONFLICT);
-    let (_, open) = get(&server, "/dead_letters").await;
-    assert_eq!(open, json!([]));
-    let (_, all) = get(&server, "/dead_letters?all=true").await;
-    assert_eq!(all.as_array().map(Vec::len), Some(1));
-
-    // Bad requests name the problem.
-    let (status, body) = post(&server, "/dead_letters/999/replay", json!({})).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    assert_eq!(message(&body), "no dead letter 999");
-    let (status, body) = post(&server, "/dead_letters/abc/replay", json!({})).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    let (status, body) = get(&server, "/dead_letters?everything=yes").await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }

@@ -85,7 +85,11 @@ async fn a_failing_notification_is_retried_kept_and_replayed_once_the_notifier_i
         letter.handler,
         "example_app::service_layer::handlers::send_out_of_stock_notification"
     );
-    assert!(letter.location.contains("handlers.rs:"), "{}", letter.location);
+    assert!(
+        letter.location.contains("handlers.rs:"),
+        "{}",
+        letter.location
+    );
     assert_eq!(
         letter.error,
         "cannot notify stock@made.com: smtp: connection refused"
@@ -102,11 +106,17 @@ async fn a_failing_notification_is_retried_kept_and_replayed_once_the_notifier_i
     let error = dead_letters::replay(&app.bus, &*app.dead_letters, letter.id)
         .await
         .unwrap_err();
-    assert!(matches!(error, DeadLetterError::StillFailing { .. }), "{error}");
+    assert!(
+        matches!(error, DeadLetterError::StillFailing { .. }),
+        "{error}"
+    );
     let kept = app.dead_letters.get(letter.id).await.unwrap().unwrap();
     assert_eq!(kept.replayed_at, None);
     assert!(
-        kept.replay_error.as_deref().unwrap().contains("connection refused"),
+        kept.replay_error
+            .as_deref()
+            .unwrap()
+            .contains("connection refused"),
         "{kept:?}"
     );
     assert!(app.notifications.sent().is_empty());
@@ -120,12 +130,18 @@ async fn a_failing_notification_is_retried_kept_and_replayed_once_the_notifier_i
     assert_eq!(replayed.replay_error, None);
     assert_eq!(
         app.notifications.sent(),
-        [("stock@made.com".to_owned(), "Out of stock for LAMP".to_owned())]
+        [(
+            "stock@made.com".to_owned(),
+            "Out of stock for LAMP".to_owned()
+        )]
     );
     let again = dead_letters::replay(&app.bus, &*app.dead_letters, letter.id)
         .await
         .unwrap_err();
-    assert!(matches!(again, DeadLetterError::AlreadyReplayed(_)), "{again}");
+    assert!(
+        matches!(again, DeadLetterError::AlreadyReplayed(_)),
+        "{again}"
+    );
     assert_eq!(app.notifications.sent().len(), 1, "sent exactly once");
     assert!(app.dead_letters.list(false).await.unwrap().is_empty());
     assert_eq!(app.dead_letters.list(true).await.unwrap().len(), 1);
@@ -151,7 +167,10 @@ async fn replaying_an_unknown_letter_is_not_found_and_a_letter_is_claimed_once()
     run_out_of_stock(&app).await;
     let id = app.dead_letters.list(false).await.unwrap()[0].id;
     assert!(app.dead_letters.claim(id).await.unwrap());
-    assert!(!app.dead_letters.claim(id).await.unwrap(), "two replays at once");
+    assert!(
+        !app.dead_letters.claim(id).await.unwrap(),
+        "two replays at once"
+    );
     let busy = dead_letters::replay(&app.bus, &*app.dead_letters, id)
         .await
         .unwrap_err();

@@ -2,7 +2,8 @@
 //! what cannot be recovered, nothing lost, nothing handled twice, nothing
 //! mixed between dispatches, nothing hung; and the edges (the cascade bound,
 //! permanent errors, timeouts, a panic inside a retry, a command's opt-in
-//! retry, graceful shutdown).
+//! retry, graceful shutdown); and the example app's dead letter, replayed
+//! over HTTP once its fault is gone (the real binary, built if need be).
 //!
 //! The fault-injection run prints its counts as one line:
 //! `cargo test -p arch-events-tests --test reliability -- --nocapture`.
@@ -12,6 +13,9 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Once};
 use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
 
 use bus_core::{
     handler, BoxFuture, BuildError, Bus, Command, Dependencies, DispatchError, Event,
@@ -952,4 +956,133 @@ fn shutdown_reports_dispatches_still_running_after_the_grace_period() {
     gate.open.store(true, Ordering::SeqCst);
     worker.join().expect("joins").expect("it finished anyway");
     assert_eq!(bus.in_flight(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// The example app: a dead letter replayed once its fault is gone
+// ---------------------------------------------------------------------------
+
+#[path = "../../example-app/tests/support/server.rs"]
+mod server;
+
+use server::{add_batch, database, get, message, post, Server};
+
+/// The example app's binary, built first when needed: cargo does not hold
+/// its build lock while tests run, and a fresh binary makes this a no-op.
+fn example_app_binary() -> String {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let mut build = std::process::Command::new(env!("CARGO"));
+    build.args([
+        "build",
+        "--quiet",
+        "-p",
+        "example-app",
+        "--bin",
+        "example-app",
+    ]);
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(
+        status.success(),
+        "cannot build the example app (try `cargo build -p example-app`)"
+    );
+    profile_dir
+        .join(format!("example-app{}", std::env::consts::EXE_SUFFIX))
+        .display()
+        .to_string()
+}
+
+/// Runs one statement on the server's database from outside: the fault
+/// injection of the dead-letter test.
+async fn on_database(database: &std::path::Path, statement: &str) {
+    use sqlx::Connection as _;
+    let mut connection =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display()))
+            .await
+            .expect("the test opens the server's database");
+    sqlx::query(statement)
+        .execute(&mut connection)
+        .await
+        .expect("the statement runs");
+    connection.close().await.expect("closes");
+}
+
+#[tokio::test]
+async fn the_example_app_replays_a_dead_letter_once_the_fault_is_gone() {
+    let (_dir, path) = database();
+    let server = Server::start(&example_app_binary(), &path);
+    add_batch(&server, "b1", "CHAIR", 10, None).await;
+
+    // The read model's table goes away: its event handler fails on every
+    // attempt, the allocation itself still commits.
+    on_database(
+        &path,
+        "ALTER TABLE allocations_view RENAME TO allocations_view_away",
+    )
+    .await;
+    let (status, body) = post(
+        &server,
+        "/allocate",
+        json!({"orderid": "o1", "sku": "CHAIR", "qty": 2}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+
+    let (status, letters) = get(&server, "/dead_letters").await;
+    assert_eq!(status, StatusCode::OK);
+    let letters = letters.as_array().expect("a list");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter["message_name"], "allocation.allocated");
+    assert_eq!(
+        letter["handler"],
+        "example_app::views::add_allocation_to_read_model"
+    );
+    assert_eq!(letter["attempts"], 3);
+    assert!(
+        letter["error"].as_str().unwrap().contains("no such table"),
+        "{letter}"
+    );
+    let id = letter["id"].as_i64().unwrap();
+
+    // Still broken: 409, and the letter stays.
+    let (status, body) = post(&server, &format!("/dead_letters/{id}/replay"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(message(&body).contains("no such table"), "{body}");
+
+    // The fault is gone: the replay succeeds and the read model catches up.
+    on_database(
+        &path,
+        "ALTER TABLE allocations_view_away RENAME TO allocations_view",
+    )
+    .await;
+    let (status, body) = post(&server, &format!("/dead_letters/{id}/replay"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["replayed_at"].is_string(), "{body}");
+    let (status, rows) = get(&server, "/allocations/o1").await;
+    assert_eq!(status, StatusCode::OK, "{rows}");
+    assert_eq!(rows, json!([{"sku": "CHAIR", "batchref": "b1"}]));
+
+    // Once only; then it is listed only with `?all=true`.
+    let (status, _) = post(&server, &format!("/dead_letters/{id}/replay"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (_, open) = get(&server, "/dead_letters").await;
+    assert_eq!(open, json!([]));
+    let (_, all) = get(&server, "/dead_letters?all=true").await;
+    assert_eq!(all.as_array().map(Vec::len), Some(1));
+
+    // Bad requests name the problem.
+    let (status, body) = post(&server, "/dead_letters/999/replay", json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(message(&body), "no dead letter 999");
+    let (status, body) = post(&server, "/dead_letters/abc/replay", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = get(&server, "/dead_letters?everything=yes").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }

@@ -296,9 +296,9 @@ async fn replay_dead_letter(
     State(AppState { bus, dead_letters }): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("dead letter id must be a number, got {id:?}")))?;
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::bad_request(format!("dead letter id must be a number, got {id:?}"))
+    })?;
     let letter = dead_letters::replay(&bus, &*dead_letters, id).await?;
     Ok(Json(json!(letter)))
 }

@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use bus_core::{async_trait, BoxError, Bus, DeadLetter, DeadLetterSink, MessageContext, ReplayError};
+use bus_core::{
+    async_trait, BoxError, Bus, DeadLetter, DeadLetterSink, MessageContext, ReplayError,
+};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -197,14 +199,14 @@ pub async fn replay(
     if !store.claim(id).await? {
         return Err(DeadLetterError::AlreadyReplayed(id));
     }
-    let context = match (
-        letter.message_id.parse(),
-        letter.correlation_id.parse(),
-    ) {
+    let context = match (letter.message_id.parse(), letter.correlation_id.parse()) {
         (Ok(message_id), Ok(correlation_id)) => MessageContext::restored(
             message_id,
             correlation_id,
-            letter.causation_id.as_deref().and_then(|id| id.parse().ok()),
+            letter
+                .causation_id
+                .as_deref()
+                .and_then(|id| id.parse().ok()),
         ),
         _ => MessageContext::root(),
     };

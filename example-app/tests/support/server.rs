@@ -1,0 +1,139 @@
+//! Starting the real `example-app` binary and talking to it over HTTP: shared
+//! by the end-to-end tests (`#[path]`-included, so that each test target
+//! compiles its own copy).
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+/// A running `example-app`, killed when dropped.
+pub struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    /// Starts `binary` on a free port over the SQLite file `database`, and
+    /// waits until it listens.
+    pub fn start(binary: &str, database: &Path) -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new(binary)
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", database.display()))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the binary starts");
+        let server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for the process to exit.
+    pub fn interrupt(mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .arg("-INT")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the server did not shut down");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn database() -> (TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("allocation.db");
+    (dir, path)
+}
+
+pub async fn post(server: &Server, path: &str, body: Value) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .post(server.url(path))
+        .json(&body)
+        .send()
+        .await
+        .expect("request sent");
+    let status = response.status();
+    (status, response.json().await.expect("a JSON body"))
+}
+
+pub async fn post_raw(
+    server: &Server,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .post(server.url(path))
+        .header("content-type", content_type)
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("request sent");
+    let status = response.status();
+    (status, response.json().await.expect("a JSON body"))
+}
+
+pub async fn get(server: &Server, path: &str) -> (StatusCode, Value) {
+    let response = reqwest::get(server.url(path)).await.expect("request sent");
+    let status = response.status();
+    (status, response.json().await.expect("a JSON body"))
+}
+
+pub async fn add_batch(server: &Server, reference: &str, sku: &str, qty: u32, eta: Option<&str>) {
+    let (status, body) = post(
+        server,
+        "/add_batch",
+        json!({"ref": reference, "sku": sku, "qty": qty, "eta": eta}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+pub fn message(body: &Value) -> &str {
+    body["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {body}"))
+}
