@@ -9,6 +9,7 @@ use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
+use std::num::NonZeroU64;
 use std::str::FromStr;
 
 use crate::error::BoxError;
@@ -29,7 +30,11 @@ use crate::inject::{DependencyKey, Inject, Lifetime, Resolved, Scope};
 /// assert_eq!(a.to_string().parse::<MessageId>().unwrap(), a);
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MessageId(u128);
+pub struct MessageId {
+    /// Never zero, so that an `Option<MessageId>` is as small as an id.
+    high: NonZeroU64,
+    low: u64,
+}
 
 thread_local! {
     /// This thread's random prefix (0 until first used) and its counter.
@@ -41,23 +46,28 @@ impl MessageId {
     #[inline]
     pub fn new() -> Self {
         NEXT_ID.with(|next| {
-            let (mut prefix, counter) = next.get();
-            if prefix == 0 {
-                prefix = random_prefix();
-            }
-            next.set((prefix, counter.wrapping_add(1)));
-            MessageId((u128::from(prefix) << 64) | u128::from(counter))
+            let (prefix, counter) = next.get();
+            let high = match NonZeroU64::new(prefix) {
+                Some(high) => high,
+                None => random_prefix(),
+            };
+            next.set((high.get(), counter.wrapping_add(1)));
+            MessageId { high, low: counter }
         })
     }
 
     /// The id as a number.
     pub fn as_u128(self) -> u128 {
-        self.0
+        (u128::from(self.high.get()) << 64) | u128::from(self.low)
     }
 
-    /// An id from a number (one read back from storage).
-    pub fn from_u128(value: u128) -> Self {
-        MessageId(value)
+    /// An id from a number (one read back from storage); `None` for a number
+    /// no id has (one whose high 64 bits are zero).
+    pub fn from_u128(value: u128) -> Option<Self> {
+        Some(MessageId {
+            high: NonZeroU64::new((value >> 64) as u64)?,
+            low: value as u64,
+        })
     }
 }
 
@@ -69,7 +79,7 @@ impl Default for MessageId {
 
 /// A random, non-zero 64-bit prefix for this thread's ids.
 #[cold]
-fn random_prefix() -> u64 {
+fn random_prefix() -> NonZeroU64 {
     // `RandomState` is seeded from the operating system's random source once
     // per process and varies per instance; mixing in the thread's id and the
     // time keeps two threads, or two processes, apart.
@@ -79,12 +89,12 @@ fn random_prefix() -> u64 {
     if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
         hasher.write_u128(now.as_nanos());
     }
-    hasher.finish().max(1)
+    NonZeroU64::new(hasher.finish()).unwrap_or(NonZeroU64::MIN)
 }
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let v = self.0;
+        let v = self.as_u128();
         write!(
             f,
             "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
@@ -105,7 +115,9 @@ impl fmt::Debug for MessageId {
 
 /// A text that is not a [`MessageId`].
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("`{0}` is not a message id (32 hexadecimal digits, dashes allowed)")]
+#[error(
+    "`{0}` is not a message id (32 hexadecimal digits, dashes allowed, the first 16 not all zero)"
+)]
 pub struct ParseMessageIdError(String);
 
 impl FromStr for MessageId {
@@ -117,8 +129,9 @@ impl FromStr for MessageId {
             return Err(ParseMessageIdError(text.to_owned()));
         }
         u128::from_str_radix(&digits, 16)
-            .map(MessageId)
-            .map_err(|_| ParseMessageIdError(text.to_owned()))
+            .ok()
+            .and_then(MessageId::from_u128)
+            .ok_or_else(|| ParseMessageIdError(text.to_owned()))
     }
 }
 

@@ -248,18 +248,21 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for Scoped<T> {
 #[derive(Debug, Default)]
 pub struct Scope {
     releaser: Option<EventReleaser>,
-    context: MessageContext,
+    /// `None` for the first message of a dispatch until something asks for
+    /// its ids: most dispatches never need them.
+    context: Option<MessageContext>,
 }
 
 impl Scope {
     /// A scope outside any bus (for calling a factory in a test).
     pub fn new() -> Self {
-        Scope::with_context(MessageContext::root())
+        Scope::with_context(None)
     }
 
-    /// The scope of one handler call on the message `context` describes.
+    /// The scope of one handler call on the message `context` describes
+    /// (`None`: the first message of a dispatch, ids made on demand).
     #[inline]
-    pub(crate) fn with_context(context: MessageContext) -> Self {
+    pub(crate) fn with_context(context: Option<MessageContext>) -> Self {
         Scope {
             releaser: None,
             context,
@@ -268,8 +271,8 @@ impl Scope {
 
     /// The message this call handles: its ids and the attempt number.
     #[inline]
-    pub fn context(&self) -> MessageContext {
-        self.context
+    pub fn context(&mut self) -> MessageContext {
+        *self.context.get_or_insert_with(MessageContext::root)
     }
 
     /// This call's event releaser: what is released through it reaches the

@@ -9,9 +9,11 @@ use std::time::Duration;
 use super::command_retry::CommandRetry;
 use super::routes::{BoundHandler, Route, Routes};
 use super::{Bus, BusInner};
+use crate::context::MessageContext;
 use crate::dead_letter::{DeadLetterSink, InMemoryDeadLetters};
 use crate::dependencies::Dependencies;
 use crate::error::{BuildError, HandlerSite, Problem};
+use crate::inject::Lifetime;
 use crate::layer::{Layer, Pipeline};
 use crate::message::{Command, Kind, Message, MessageMeta};
 use crate::observer::Observer;
@@ -527,10 +529,15 @@ fn bind(
             }
         })
         .collect();
+    let needs_context = registration.dependencies().any(|key| {
+        key.lifetime() == Lifetime::Scoped
+            || key.type_id() == std::any::TypeId::of::<MessageContext>()
+    });
     BoundHandler {
         call: registration.call(),
         registration,
         dependencies: resolved,
+        needs_context,
         pipeline: None,
         command_retry: None,
     }

@@ -38,7 +38,7 @@ impl Bus {
         &self,
         command: C,
     ) -> Result<C::Output, DispatchError<C::Error>> {
-        self.request::<C, C::Output, C::Error>(command, "command", MessageContext::root())
+        self.request::<C, C::Output, C::Error>(command, "command", None)
             .await
     }
 
@@ -49,7 +49,7 @@ impl Bus {
         command: C,
         context: MessageContext,
     ) -> Result<C::Output, DispatchError<C::Error>> {
-        self.request::<C, C::Output, C::Error>(command, "command", context)
+        self.request::<C, C::Output, C::Error>(command, "command", Some(context))
             .await
     }
 
@@ -66,7 +66,7 @@ impl Bus {
 
     /// Asks a query of its one handler (the read side).
     pub async fn query<Q: Query>(&self, query: Q) -> Result<Q::Output, DispatchError<Q::Error>> {
-        self.request::<Q, Q::Output, Q::Error>(query, "query", MessageContext::root())
+        self.request::<Q, Q::Output, Q::Error>(query, "query", None)
             .await
     }
 
@@ -90,7 +90,7 @@ impl Bus {
         context: MessageContext,
     ) -> Result<(), DispatchError<Infallible>> {
         let _in_flight = self.enter_dispatch()?;
-        let span = dispatch_span(E::meta(), "event", &context);
+        let span = dispatch_span(E::meta(), "event", &mut Some(context));
         let mut cascade = Cascade::new(E::meta(), self.inner.max_messages, 0);
         async {
             cascade.count(E::meta())?;
@@ -106,10 +106,10 @@ impl Bus {
 
     /// [`publish`](Self::publish) without an async runtime.
     pub fn publish_blocking<E: Event>(&self, event: E) -> Result<(), DispatchError<Infallible>> {
-        let _in_flight = self.enter_dispatch()?;
+        let _in_flight = self.enter_blocking()?;
         let meta = E::meta();
         let context = MessageContext::root();
-        let span = dispatch_span(meta, "event", &context);
+        let span = dispatch_span(meta, "event", &mut Some(context));
         // The published event is the first message processed; the bound is
         // at least 1.
         let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
@@ -126,7 +126,7 @@ impl Bus {
         .map_err(DispatchError::from)
     }
 
-    /// Counts a dispatch in, or refuses it once the bus is closed.
+    /// Counts an awaited dispatch in, or refuses it once the bus is closed.
     #[inline]
     fn enter_dispatch<E>(&self) -> Result<super::lifecycle::InFlight<'_>, DispatchError<E>> {
         self.inner
@@ -135,11 +135,21 @@ impl Bus {
             .map_err(|_| DispatchError::Closed)
     }
 
+    /// Counts a blocking dispatch (one that ends on this thread) in, or
+    /// refuses it once the bus is closed.
+    #[inline]
+    fn enter_blocking<E>(&self) -> Result<super::lifecycle::InFlight<'_>, DispatchError<E>> {
+        self.inner
+            .lifecycle
+            .enter_blocking()
+            .map_err(|_| DispatchError::Closed)
+    }
+
     async fn request<M, O, E>(
         &self,
         message: M,
         kind: &'static str,
-        context: MessageContext,
+        mut context: Option<MessageContext>,
     ) -> Result<O, DispatchError<E>>
     where
         M: Message,
@@ -149,14 +159,22 @@ impl Bus {
         let _in_flight = self.enter_dispatch()?;
         let meta = M::meta();
         let handler = self.single_handler::<E>(meta)?;
-        let span = dispatch_span(meta, kind, &context);
-        let (output, scope) = match handler.command_retry::<M, E>() {
-            None => {
+        let span = dispatch_span(meta, kind, &mut context);
+        let (output, scope) = match (handler.command_retry::<M, E>(), handler.call) {
+            // The hot path: a plain `fn`, called inline, no future.
+            (None, HandlerFn::Sync(f)) if handler.pipeline.is_none() => enter(&span, || {
+                let mut scope = Scope::with_context(context);
+                let output = request_sync(handler, f, message, &mut scope);
+                (output, scope)
+            }),
+            (None, _) => {
+                let context = context.unwrap_or_else(MessageContext::root);
                 self.request_once(handler, message, context)
                     .instrument(span.clone())
                     .await
             }
-            Some(retry) => {
+            (Some(retry), _) => {
+                let context = context.unwrap_or_else(MessageContext::root);
                 retry
                     .run(message, context, |message, context| {
                         self.request_once(handler, message, context)
@@ -182,44 +200,72 @@ impl Bus {
         O: Send + 'static,
         E: Send + 'static,
     {
-        let _in_flight = self.enter_dispatch()?;
+        let _in_flight = self.enter_blocking()?;
         let meta = M::meta();
         let handler = self.single_handler::<E>(meta)?;
-        let context = MessageContext::root();
-        let span = dispatch_span(meta, kind, &context);
-        let (output, scope) = match (handler.command_retry::<M, E>(), &handler.pipeline) {
-            (None, None) => match handler.call {
-                HandlerFn::Sync(f) => enter(&span, || {
-                    let mut scope = Scope::with_context(context);
-                    let output = request_sync(handler, f, message, &mut scope);
-                    (output, scope)
-                }),
-                HandlerFn::Async(f) => block_on(
-                    async {
-                        let mut scope = Scope::with_context(context);
-                        let output = request_async(handler, f, message, &mut scope).await;
-                        (output, scope)
-                    }
-                    .instrument(span.clone()),
-                ),
-            },
-            (None, Some(_)) => block_on(
+        let mut context = None;
+        let span = dispatch_span(meta, kind, &mut context);
+        let (output, scope) = match (handler.call, handler.is_direct()) {
+            // The hot path: a plain `fn`, called inline.
+            (HandlerFn::Sync(f), true) => {
+                let mut scope = Scope::with_context(context);
+                let output = enter(&span, || request_sync(handler, f, message, &mut scope))?;
+                if scope.has_releaser() {
+                    self.run_released_blocking(meta, scope, &span)?;
+                }
+                return Ok(output);
+            }
+            _ => self.request_blocking_driven(handler, message, context, &span),
+        };
+        let output = output?;
+        if scope.has_releaser() {
+            self.run_released_blocking(meta, scope, &span)?;
+        }
+        Ok(output)
+    }
+
+    /// Runs what a command or query handler released, on this thread.
+    fn run_released_blocking<E>(
+        &self,
+        meta: &'static MessageMeta,
+        scope: Scope,
+        span: &tracing::Span,
+    ) -> Result<(), DispatchError<E>> {
+        if let Some(mut cascade) = self.released(meta, scope) {
+            enter(span, || self.run_queue_blocking(&mut cascade))?;
+        }
+        Ok(())
+    }
+
+    /// A blocking request whose handler needs driving: an `async fn`, layers,
+    /// or a command's retry.
+    #[inline(never)]
+    fn request_blocking_driven<M, O, E>(
+        &self,
+        handler: &BoundHandler,
+        message: M,
+        context: Option<MessageContext>,
+        span: &tracing::Span,
+    ) -> (Result<O, DispatchError<E>>, Scope)
+    where
+        M: Message,
+        O: Send + 'static,
+        E: Send + 'static,
+    {
+        let context = context.unwrap_or_else(MessageContext::root);
+        match handler.command_retry::<M, E>() {
+            None => block_on(
                 self.request_once(handler, message, context)
                     .instrument(span.clone()),
             ),
-            (Some(retry), _) => block_on(
+            Some(retry) => block_on(
                 retry
                     .run(message, context, |message, context| {
                         self.request_once(handler, message, context)
                     })
                     .instrument(span.clone()),
             ),
-        };
-        let output = output?;
-        if let Some(mut cascade) = self.released(meta, scope) {
-            enter(&span, || self.run_queue_blocking(&mut cascade))?;
         }
-        Ok(output)
     }
 
     /// One call of a command or query handler, direct or through its layers.
@@ -234,7 +280,7 @@ impl Bus {
         O: Send + 'static,
         E: Send + 'static,
     {
-        let mut scope = Scope::with_context(context);
+        let mut scope = Scope::with_context(Some(context));
         let output = match (&handler.pipeline, handler.call) {
             (None, HandlerFn::Sync(f)) => request_sync(handler, f, message, &mut scope),
             (None, HandlerFn::Async(f)) => request_async(handler, f, message, &mut scope).await,
@@ -268,7 +314,7 @@ impl Bus {
     /// The cascade of what a command or query handler released, if anything:
     /// the handler's own message counts as the first one processed.
     #[inline]
-    fn released(&self, meta: &'static MessageMeta, scope: Scope) -> Option<Cascade> {
+    fn released(&self, meta: &'static MessageMeta, mut scope: Scope) -> Option<Cascade> {
         if !scope.has_releaser() {
             return None;
         }
@@ -296,6 +342,12 @@ impl Bus {
 }
 
 impl BoundHandler {
+    /// Whether a call is just the handler: no layer, no command retry.
+    #[inline]
+    fn is_direct(&self) -> bool {
+        self.pipeline.is_none() && self.command_retry.is_none()
+    }
+
     /// The command's opt-in retry, when it has one (only a command whose
     /// message and error types are `M` and `E` can).
     #[inline]
@@ -319,13 +371,17 @@ where
     E: Send + 'static,
 {
     let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
-    let context = scope.context();
-    let call = Call::new(MessageRef::Owned(&mut frame), &handler.dependencies, scope);
     // A command handler's panic is not caught: commands fail noisily.
     let called = if tracing::enabled!(tracing::Level::DEBUG) {
+        let context = scope.context();
+        let call = Call::new(MessageRef::Owned(&mut frame), &handler.dependencies, scope);
         handler_span(handler, M::meta(), &context).in_scope(|| f(call))
     } else {
-        f(call)
+        f(Call::new(
+            MessageRef::Owned(&mut frame),
+            &handler.dependencies,
+            scope,
+        ))
     };
     complete(handler, called, frame.output, scope)
 }

@@ -22,6 +22,15 @@ use crate::message::{Event, MessageMeta};
 use crate::observer::{panic_text, FailureCause, HandlerFailure};
 use crate::registry::HandlerFn;
 
+impl BoundHandler {
+    /// The scope of one call of this event handler on the message `context`
+    /// describes.
+    #[inline]
+    fn scope(&self, context: MessageContext) -> Scope {
+        Scope::with_context(self.needs_context.then_some(context))
+    }
+}
+
 impl Bus {
     /// The published event through its handlers: its type is known here, so
     /// its typed route is used without looking at the event's type again.
@@ -106,16 +115,23 @@ impl Bus {
                         .await
                 }
                 (None, HandlerFn::Sync(f)) => {
-                    let mut scope = Scope::with_context(context);
-                    let outcome =
-                        call_event_sync(handler, f, event.as_any(), meta, &mut scope, traced);
-                    self.settle(handler, event, scope, outcome, cascade);
+                    let mut scope = handler.scope(context);
+                    let outcome = call_event_sync(
+                        handler,
+                        f,
+                        (event.as_any(), &context),
+                        meta,
+                        &mut scope,
+                        traced,
+                    );
+                    self.settle(handler, event, (scope, context), outcome, cascade);
                 }
                 (None, HandlerFn::Async(f)) => {
-                    let mut scope = Scope::with_context(context);
+                    let mut scope = handler.scope(context);
                     let outcome =
-                        call_event_async(handler, f, event.as_any(), meta, &mut scope).await;
-                    self.settle(handler, event, scope, outcome, cascade);
+                        call_event_async(handler, f, (event.as_any(), &context), meta, &mut scope)
+                            .await;
+                    self.settle(handler, event, (scope, context), outcome, cascade);
                 }
             }
         }
@@ -158,20 +174,27 @@ impl Bus {
                 block_on(self.call_layered(handler, pipeline, event, meta, context, cascade))
             }
             (None, HandlerFn::Sync(f)) => {
-                let mut scope = Scope::with_context(context);
-                let outcome = call_event_sync(handler, f, event.as_any(), meta, &mut scope, traced);
-                self.settle(handler, event, scope, outcome, cascade);
+                let mut scope = handler.scope(context);
+                let outcome = call_event_sync(
+                    handler,
+                    f,
+                    (event.as_any(), &context),
+                    meta,
+                    &mut scope,
+                    traced,
+                );
+                self.settle(handler, event, (scope, context), outcome, cascade);
             }
             (None, HandlerFn::Async(f)) => {
-                let mut scope = Scope::with_context(context);
+                let mut scope = handler.scope(context);
                 let outcome = block_on(call_event_async(
                     handler,
                     f,
-                    event.as_any(),
+                    (event.as_any(), &context),
                     meta,
                     &mut scope,
                 ));
-                self.settle(handler, event, scope, outcome, cascade);
+                self.settle(handler, event, (scope, context), outcome, cascade);
             }
         }
     }
@@ -221,7 +244,7 @@ impl Bus {
                 self.call_erased_blocking(handler, event, meta, context, cascade, traced);
                 continue;
             };
-            let mut scope = Scope::with_context(context);
+            let mut scope = handler.scope(context);
             let dependencies = &handler.dependencies;
             let called = {
                 let scope = &mut scope;
@@ -265,11 +288,10 @@ impl Bus {
         &self,
         handler: &BoundHandler,
         event: &dyn ErasedEvent,
-        scope: Scope,
+        (scope, context): (Scope, MessageContext),
         outcome: Outcome,
         cascade: &mut Cascade,
     ) {
-        let context = scope.context();
         match outcome {
             Ok(()) => {
                 if scope.has_releaser() {

@@ -21,21 +21,39 @@ use crate::message::MessageMeta;
 use crate::observer::{panic_text, FailureCause};
 use crate::registry::HandlerFn;
 
-/// The span of one dispatch.
-#[inline]
+/// The span of one dispatch. The ids are made (when still `None`) only
+/// when the span is enabled.
+#[inline(always)]
 pub(super) fn dispatch_span(
     meta: &'static MessageMeta,
     kind: &'static str,
-    context: &MessageContext,
+    context: &mut Option<MessageContext>,
 ) -> Span {
-    tracing::debug_span!(
+    let span = tracing::debug_span!(
         "dispatch",
         kind,
         message_name = meta.name(),
-        message_id = %context.message_id(),
-        correlation_id = %context.correlation_id(),
-        causation_id = %Causation(context.causation_id()),
-    )
+        message_id = tracing::field::Empty,
+        correlation_id = tracing::field::Empty,
+        causation_id = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        record_ids(&span, context.get_or_insert_with(MessageContext::root));
+    }
+    span
+}
+
+#[cold]
+fn record_ids(span: &Span, context: &MessageContext) {
+    span.record("message_id", tracing::field::display(context.message_id()));
+    span.record(
+        "correlation_id",
+        tracing::field::display(context.correlation_id()),
+    );
+    span.record(
+        "causation_id",
+        tracing::field::display(Causation(context.causation_id())),
+    );
 }
 
 /// The span of one handler call (one attempt).
@@ -71,17 +89,16 @@ pub(super) fn enter<R>(span: &Span, f: impl FnOnce() -> R) -> R {
 pub(super) fn call_event_sync(
     handler: &BoundHandler,
     f: SyncCall,
-    event: &(dyn Any + Send + Sync),
+    (event, context): (&(dyn Any + Send + Sync), &MessageContext),
     meta: &'static MessageMeta,
     scope: &mut Scope,
     traced: bool,
 ) -> Outcome {
-    let context = scope.context();
-    let call = Call::new(MessageRef::Shared(event), &handler.dependencies, scope);
     let outcome = if traced {
-        handler_span(handler, meta, &context)
-            .in_scope(|| catch_unwind(AssertUnwindSafe(|| f(call))))
+        let call = Call::new(MessageRef::Shared(event), &handler.dependencies, scope);
+        handler_span(handler, meta, context).in_scope(|| catch_unwind(AssertUnwindSafe(|| f(call))))
     } else {
+        let call = Call::new(MessageRef::Shared(event), &handler.dependencies, scope);
         catch_unwind(AssertUnwindSafe(|| f(call)))
     };
     failure_cause(outcome)
@@ -91,16 +108,15 @@ pub(super) fn call_event_sync(
 pub(super) async fn call_event_async(
     handler: &BoundHandler,
     f: AsyncCall,
-    event: &(dyn Any + Send + Sync),
+    (event, context): (&(dyn Any + Send + Sync), &MessageContext),
     meta: &'static MessageMeta,
     scope: &mut Scope,
 ) -> Outcome {
-    let context = scope.context();
     let call = Call::new(MessageRef::Shared(event), &handler.dependencies, scope);
     let outcome = match catch_unwind(AssertUnwindSafe(|| f(call))) {
         Ok(future) => {
             CatchUnwind(future)
-                .instrument(handler_span(handler, meta, &context))
+                .instrument(handler_span(handler, meta, context))
                 .await
         }
         Err(payload) => Err(payload),
@@ -171,14 +187,16 @@ impl Invoke for EventInvocation<'_> {
     fn invoke<'a>(&'a self, call: HandlerCall<'a>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             self.attempts.fetch_add(1, Ordering::Relaxed);
-            let mut scope = Scope::with_context(call.context);
+            let mut scope = Scope::with_context(Some(call.context));
             let outcome = match self.handler.call {
                 HandlerFn::Sync(f) => {
                     let traced = tracing::enabled!(tracing::Level::DEBUG);
-                    call_event_sync(self.handler, f, self.event, self.meta, &mut scope, traced)
+                    let message = (self.event, &call.context);
+                    call_event_sync(self.handler, f, message, self.meta, &mut scope, traced)
                 }
                 HandlerFn::Async(f) => {
-                    call_event_async(self.handler, f, self.event, self.meta, &mut scope).await
+                    let message = (self.event, &call.context);
+                    call_event_async(self.handler, f, message, self.meta, &mut scope).await
                 }
             };
             let events = scope.finish();
@@ -246,7 +264,7 @@ impl Invoke for RequestInvocation<'_, '_> {
                         .into(),
                 ));
             };
-            let mut scope = Scope::with_context(call.context);
+            let mut scope = Scope::with_context(Some(call.context));
             let span = handler_span(self.handler, call.meta, &call.context);
             // A command or query handler's panic is not caught: it fails noisily.
             let called = {

@@ -137,7 +137,7 @@ impl Bus {
                 given: event.name(),
             });
         }
-        let span = dispatch_span(meta, "replay", &context);
+        let span = dispatch_span(meta, "replay", &mut Some(context));
         async {
             let invocation = EventInvocation::new(bound, event.as_any(), meta);
             let layers = bound.pipeline.as_deref().unwrap_or(&[]);

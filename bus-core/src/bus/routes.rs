@@ -17,6 +17,10 @@ pub(crate) struct BoundHandler {
     pub(crate) call: HandlerFn,
     pub(crate) registration: &'static HandlerRegistration,
     pub(crate) dependencies: Box<[Resolved]>,
+    /// Whether a call's scope must carry the message's ids: the handler asks
+    /// for a `MessageContext`, or for a scoped dependency (whose factory may
+    /// read them). Otherwise they stay out of its scope, which is cheaper.
+    pub(crate) needs_context: bool,
     /// Its layers, outermost first; `None` when it has none, so that it is
     /// called directly.
     pub(crate) pipeline: Option<Pipeline>,
