@@ -13,10 +13,10 @@ use tracing::Instrument;
 
 use super::cascade::Cascade;
 use super::command_retry::CommandRetry;
-use super::invocation::{dispatch_span, enter, handler_span, RequestInvocation};
+use super::invocation::{dispatch_span, enter, request_handler_span, RequestInvocation};
 use super::routes::BoundHandler;
 use super::Bus;
-use crate::call::{AsyncCall, Call, Frame, MessageRef, SyncCall};
+use crate::call::{AsyncCall, BoxFuture, Call, Frame, MessageRef, SyncCall};
 use crate::context::MessageContext;
 use crate::error::{BoxError, DispatchError, InternalError};
 use crate::executor::block_on;
@@ -160,25 +160,24 @@ impl Bus {
         let meta = M::meta();
         let handler = self.single_handler::<E>(meta)?;
         let span = dispatch_span(meta, kind, &mut context);
-        let (output, scope) = match (handler.command_retry::<M, E>(), handler.call) {
+        let (output, scope) = match (handler.is_direct(), handler.call) {
             // The hot path: a plain `fn`, called inline, no future.
-            (None, HandlerFn::Sync(f)) if handler.pipeline.is_none() => enter(&span, || {
+            (true, HandlerFn::Sync(f)) => enter(&span, || {
                 let mut scope = Scope::with_context(context);
                 let output = request_sync(handler, f, message, &mut scope);
                 (output, scope)
             }),
-            (None, _) => {
-                let context = context.unwrap_or_else(MessageContext::root);
-                self.request_once(handler, message, context)
+            (true, HandlerFn::Async(f)) => {
+                let mut scope = Scope::with_context(context);
+                let output = request_async(handler, f, message, &mut scope)
                     .instrument(span.clone())
-                    .await
+                    .await;
+                (output, scope)
             }
-            (Some(retry), _) => {
+            // Layers or a retry: boxed, so that this future stays small.
+            (false, _) => {
                 let context = context.unwrap_or_else(MessageContext::root);
-                retry
-                    .run(message, context, |message, context| {
-                        self.request_once(handler, message, context)
-                    })
+                self.request_driven(handler, message, context)
                     .instrument(span.clone())
                     .await
             }
@@ -188,6 +187,32 @@ impl Bus {
             self.run_queue(&mut cascade).instrument(span).await?;
         }
         Ok(output)
+    }
+
+    /// A request through its layers, or retried: boxed.
+    fn request_driven<'a, M, O, E>(
+        &'a self,
+        handler: &'a BoundHandler,
+        message: M,
+        context: MessageContext,
+    ) -> BoxFuture<'a, (Result<O, DispatchError<E>>, Scope)>
+    where
+        M: Message,
+        O: Send + 'static,
+        E: Send + 'static,
+    {
+        Box::pin(async move {
+            match handler.command_retry::<M, E>() {
+                None => self.request_once(handler, message, context).await,
+                Some(retry) => {
+                    retry
+                        .run(message, context, |message, context| {
+                            self.request_once(handler, message, context)
+                        })
+                        .await
+                }
+            }
+        })
     }
 
     fn request_blocking<M, O, E>(
@@ -252,19 +277,22 @@ impl Bus {
         O: Send + 'static,
         E: Send + 'static,
     {
-        let context = context.unwrap_or_else(MessageContext::root);
-        match handler.command_retry::<M, E>() {
-            None => block_on(
-                self.request_once(handler, message, context)
-                    .instrument(span.clone()),
+        match (handler.is_direct(), handler.call) {
+            (true, HandlerFn::Async(f)) => block_on(
+                async {
+                    let mut scope = Scope::with_context(context);
+                    let output = request_async(handler, f, message, &mut scope).await;
+                    (output, scope)
+                }
+                .instrument(span.clone()),
             ),
-            Some(retry) => block_on(
-                retry
-                    .run(message, context, |message, context| {
-                        self.request_once(handler, message, context)
-                    })
-                    .instrument(span.clone()),
-            ),
+            _ => {
+                let context = context.unwrap_or_else(MessageContext::root);
+                block_on(
+                    self.request_driven(handler, message, context)
+                        .instrument(span.clone()),
+                )
+            }
         }
     }
 
@@ -373,9 +401,9 @@ where
     let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
     // A command handler's panic is not caught: commands fail noisily.
     let called = if tracing::enabled!(tracing::Level::DEBUG) {
-        let context = scope.context();
+        let span = request_handler_span(handler, M::meta(), scope);
         let call = Call::new(MessageRef::Owned(&mut frame), &handler.dependencies, scope);
-        handler_span(handler, M::meta(), &context).in_scope(|| f(call))
+        span.in_scope(|| f(call))
     } else {
         f(Call::new(
             MessageRef::Owned(&mut frame),
@@ -399,11 +427,9 @@ where
     E: Send + 'static,
 {
     let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
-    let context = scope.context();
+    let span = request_handler_span(handler, M::meta(), scope);
     let call = Call::new(MessageRef::Owned(&mut frame), &handler.dependencies, scope);
-    let called = f(call)
-        .instrument(handler_span(handler, M::meta(), &context))
-        .await;
+    let called = f(call).instrument(span).await;
     complete(handler, called, frame.output, scope)
 }
 

@@ -74,6 +74,21 @@ pub(super) fn handler_span(
     )
 }
 
+/// The span of one command or query handler call: its ids are made, when
+/// still missing, only when the span is enabled.
+#[inline]
+pub(super) fn request_handler_span(
+    handler: &BoundHandler,
+    meta: &'static MessageMeta,
+    scope: &mut Scope,
+) -> Span {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        handler_span(handler, meta, &scope.context())
+    } else {
+        Span::none()
+    }
+}
+
 /// Runs `f` inside `span` (the dispatch's, when nothing entered it yet).
 #[inline]
 pub(super) fn enter<R>(span: &Span, f: impl FnOnce() -> R) -> R {
