@@ -301,6 +301,16 @@ fn event_fanout(c: &mut Criterion) {
     group.bench_function("bus_10", |b| {
         b.iter(|| bus.publish_blocking(black_box(Tick(7))).is_ok())
     });
+    // The same ten handlers under a retry policy: each call goes through the
+    // retry layer (never needed here), the price of retries when nothing fails.
+    let retrying = Bus::builder()
+        .registrations(tick_registrations())
+        .retry(bus_core::RetryPolicy::exponential(3))
+        .build()
+        .expect("valid wiring");
+    group.bench_function("bus_10_retry_layer", |b| {
+        b.iter(|| retrying.publish_blocking(black_box(Tick(7))).is_ok())
+    });
     group.finish();
 }
 

@@ -281,17 +281,6 @@ impl BusBuilder {
             return Err(BuildError::new(problems));
         }
         warn_unhandled_releases(&handlers, &routes);
-        let mut handlers_by_name = HashMap::new();
-        let mut messages_by_name = HashMap::new();
-        for route in routes.iter() {
-            messages_by_name.insert(route.meta.name(), route.meta);
-            for (index, handler) in route.handlers.iter().enumerate() {
-                handlers_by_name.insert(handler.registration.name(), (route.meta, index));
-            }
-        }
-        for &meta in &messages {
-            messages_by_name.entry(meta.name()).or_insert(meta);
-        }
         tracing::debug!(
             messages = messages.len(),
             handlers = handlers.len(),
@@ -306,8 +295,8 @@ impl BusBuilder {
                     .dead_letters
                     .unwrap_or_else(|| Arc::new(InMemoryDeadLetters::new())),
                 lifecycle: Default::default(),
-                handlers_by_name,
-                messages_by_name,
+                messages: messages.into_boxed_slice(),
+                names: Default::default(),
             }),
         })
     }

@@ -13,7 +13,7 @@ mod typed_route;
 mod unwind;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 pub use builder::{BusBuilder, DEFAULT_MAX_MESSAGES_PER_DISPATCH};
@@ -67,10 +67,33 @@ struct BusInner {
     max_messages: usize,
     dead_letters: Arc<dyn DeadLetterSink>,
     lifecycle: lifecycle::Lifecycle,
+    /// Every message type of the bus.
+    messages: Box<[&'static MessageMeta]>,
+    /// Handlers and messages by name, made on the first replay.
+    names: OnceLock<Names>,
+}
+
+/// What a replay looks up by name.
+struct Names {
     /// Every handler by its path: `(its message, its index in the route)`.
-    handlers_by_name: HashMap<&'static str, (&'static MessageMeta, usize)>,
+    handlers: HashMap<&'static str, (&'static MessageMeta, usize)>,
     /// Every message type by its name.
-    messages_by_name: HashMap<&'static str, &'static MessageMeta>,
+    messages: HashMap<&'static str, &'static MessageMeta>,
+}
+
+impl BusInner {
+    fn names(&self) -> &Names {
+        self.names.get_or_init(|| {
+            let mut handlers = HashMap::new();
+            for route in self.routes.iter() {
+                for (index, handler) in route.handlers.iter().enumerate() {
+                    handlers.insert(handler.registration.name(), (route.meta, index));
+                }
+            }
+            let messages = self.messages.iter().map(|m| (m.name(), *m)).collect();
+            Names { handlers, messages }
+        })
+    }
 }
 
 /// Dispatches were still running when the grace period of

@@ -62,7 +62,8 @@ impl Bus {
     pub fn decode_event(&self, name: &str, json: &str) -> Result<PendingEvent, ReplayError> {
         let meta = self
             .inner
-            .messages_by_name
+            .names()
+            .messages
             .get(name)
             .copied()
             .ok_or_else(|| ReplayError::UnknownEvent(name.to_owned()))?;
@@ -120,7 +121,8 @@ impl Bus {
             .map_err(|_| ReplayError::Closed)?;
         let (meta, index) = self
             .inner
-            .handlers_by_name
+            .names()
+            .handlers
             .get(handler)
             .copied()
             .ok_or_else(|| ReplayError::UnknownHandler(handler.to_owned()))?;
