@@ -235,7 +235,8 @@ impl Retry {
 impl Layer for Retry {
     fn call<'a>(&'a self, call: HandlerCall<'a>, next: Next<'a>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let mut delays = self.policy.delays();
+            // Made on the first failure: most calls never need it.
+            let mut delays = None;
             let mut attempt = call.attempt();
             loop {
                 let cause = match next.run(call.at_attempt(attempt)).await {
@@ -251,7 +252,7 @@ impl Layer for Retry {
                     );
                     return Err(cause);
                 }
-                let Some(delay) = delays.next() else {
+                let Some(delay) = delays.get_or_insert_with(|| self.policy.delays()).next() else {
                     return Err(cause);
                 };
                 tracing::warn!(

@@ -17,7 +17,7 @@ use crate::error::CascadeLimitError;
 use crate::events::{ErasedEvent, PendingEvent};
 use crate::executor::block_on;
 use crate::inject::Scope;
-use crate::layer::{Next, Outcome, Pipeline};
+use crate::layer::{Next, Outcome};
 use crate::message::{Event, MessageMeta};
 use crate::observer::{panic_text, FailureCause, HandlerFailure};
 use crate::registry::HandlerFn;
@@ -111,8 +111,11 @@ impl Bus {
         for handler in route.handlers.iter() {
             match (&handler.pipeline, handler.call) {
                 (Some(pipeline), _) => {
-                    self.call_layered(handler, pipeline, event, meta, context, cascade)
-                        .await
+                    let invocation = EventInvocation::new(handler, event.as_any(), meta);
+                    let outcome = Next::new(pipeline, &invocation)
+                        .run(invocation.call(context))
+                        .await;
+                    self.settle_layered(handler, event, context, invocation, outcome, cascade);
                 }
                 (None, HandlerFn::Sync(f)) => {
                     let mut scope = handler.scope(context);
@@ -171,7 +174,10 @@ impl Bus {
     ) {
         match (&handler.pipeline, handler.call) {
             (Some(pipeline), _) => {
-                block_on(self.call_layered(handler, pipeline, event, meta, context, cascade))
+                let invocation = EventInvocation::new(handler, event.as_any(), meta);
+                let outcome =
+                    block_on(Next::new(pipeline, &invocation).run(invocation.call(context)));
+                self.settle_layered(handler, event, context, invocation, outcome, cascade);
             }
             (None, HandlerFn::Sync(f)) => {
                 let mut scope = handler.scope(context);
@@ -200,19 +206,17 @@ impl Bus {
     }
 
     /// One handler of an event through its layers (retry, timeout, yours).
-    async fn call_layered(
+    /// After one event handler's pipeline: queue what its last successful
+    /// run released, or report its failure.
+    fn settle_layered(
         &self,
         handler: &BoundHandler,
-        pipeline: &Pipeline,
         event: &dyn ErasedEvent,
-        meta: &'static MessageMeta,
         context: MessageContext,
+        invocation: EventInvocation<'_>,
+        outcome: Outcome,
         cascade: &mut Cascade,
     ) {
-        let invocation = EventInvocation::new(handler, event.as_any(), meta);
-        let outcome = Next::new(pipeline, &invocation)
-            .run(invocation.call(context))
-            .await;
         let attempts = invocation.attempts();
         match outcome {
             Ok(()) => {

@@ -198,28 +198,39 @@ impl<'h> EventInvocation<'h> {
     }
 }
 
+impl EventInvocation<'_> {
+    /// Counts the attempt, and keeps what a successful one released.
+    fn settle(&self, scope: Scope, outcome: &Outcome) {
+        let events = scope.finish();
+        if outcome.is_ok() {
+            *self.released.lock().unwrap_or_else(PoisonError::into_inner) = Some(events);
+        }
+    }
+}
+
 impl Invoke for EventInvocation<'_> {
     fn invoke<'a>(&'a self, call: HandlerCall<'a>) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            self.attempts.fetch_add(1, Ordering::Relaxed);
-            let mut scope = Scope::with_context(Some(call.context));
-            let outcome = match self.handler.call {
-                HandlerFn::Sync(f) => {
-                    let traced = tracing::enabled!(tracing::Level::DEBUG);
-                    let message = (self.event, &call.context);
-                    call_event_sync(self.handler, f, message, self.meta, &mut scope, traced)
-                }
-                HandlerFn::Async(f) => {
-                    let message = (self.event, &call.context);
-                    call_event_async(self.handler, f, message, self.meta, &mut scope).await
-                }
-            };
-            let events = scope.finish();
-            if outcome.is_ok() {
-                *self.released.lock().unwrap_or_else(PoisonError::into_inner) = Some(events);
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        match self.handler.call {
+            // A plain `fn` runs right here; its outcome is a ready future.
+            HandlerFn::Sync(f) => {
+                let mut scope = Scope::with_context(Some(call.context));
+                let traced = tracing::enabled!(tracing::Level::DEBUG);
+                let message = (self.event, &call.context);
+                let outcome =
+                    call_event_sync(self.handler, f, message, self.meta, &mut scope, traced);
+                self.settle(scope, &outcome);
+                Box::pin(std::future::ready(outcome))
             }
-            outcome
-        })
+            HandlerFn::Async(f) => Box::pin(async move {
+                let mut scope = Scope::with_context(Some(call.context));
+                let message = (self.event, &call.context);
+                let outcome =
+                    call_event_async(self.handler, f, message, self.meta, &mut scope).await;
+                self.settle(scope, &outcome);
+                outcome
+            }),
+        }
     }
 }
 
