@@ -235,38 +235,55 @@ impl Retry {
 impl Layer for Retry {
     fn call<'a>(&'a self, call: HandlerCall<'a>, next: Next<'a>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            // Made on the first failure: most calls never need it.
-            let mut delays = None;
-            let mut attempt = call.attempt();
-            loop {
-                let cause = match next.run(call.at_attempt(attempt)).await {
-                    Ok(()) => return Ok(()),
-                    Err(cause) => cause,
-                };
-                if !self.policy.is_retryable(&cause) {
-                    tracing::debug!(
-                        handler = call.handler_name(),
-                        attempt,
-                        %cause,
-                        "permanent failure: not retried"
-                    );
-                    return Err(cause);
-                }
-                let Some(delay) = delays.get_or_insert_with(|| self.policy.delays()).next() else {
-                    return Err(cause);
-                };
-                tracing::warn!(
-                    handler = call.handler_name(),
-                    message_name = call.message_name(),
-                    attempt,
-                    retry_in = ?delay,
-                    %cause,
-                    "handler failed; retrying"
-                );
-                sleep(delay).await;
-                attempt += 1;
+            match next.run(call).await {
+                Ok(()) => Ok(()),
+                Err(cause) => self.after_failure(call, next, cause).await,
             }
         })
+    }
+}
+
+impl Retry {
+    /// What follows a failed attempt (numbered `call.attempt()`): the next
+    /// attempts, while the failure is retryable and the policy allows. The
+    /// bus also calls it directly for a handler whose only layer this is, so
+    /// that its first attempt is a direct call.
+    pub(crate) async fn after_failure<'a>(
+        &'a self,
+        call: HandlerCall<'a>,
+        next: Next<'a>,
+        mut cause: crate::observer::FailureCause,
+    ) -> Outcome {
+        let mut delays = self.policy.delays();
+        let mut attempt = call.attempt();
+        loop {
+            if !self.policy.is_retryable(&cause) {
+                tracing::debug!(
+                    handler = call.handler_name(),
+                    attempt,
+                    %cause,
+                    "permanent failure: not retried"
+                );
+                return Err(cause);
+            }
+            let Some(delay) = delays.next() else {
+                return Err(cause);
+            };
+            tracing::warn!(
+                handler = call.handler_name(),
+                message_name = call.message_name(),
+                attempt,
+                retry_in = ?delay,
+                %cause,
+                "handler failed; retrying"
+            );
+            sleep(delay).await;
+            attempt += 1;
+            cause = match next.run(call.at_attempt(attempt)).await {
+                Ok(()) => return Ok(()),
+                Err(cause) => cause,
+            };
+        }
     }
 }
 

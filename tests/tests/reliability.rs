@@ -204,9 +204,28 @@ fn expected(order: u32, handler: usize) -> (u32, Option<Fault>) {
     (MAX_ATTEMPTS, Some(fault(order, handler, MAX_ATTEMPTS)))
 }
 
+/// Passes every call through: puts the handlers on the layered path (the
+/// retry layer around a pipeline), instead of a direct first attempt.
+struct PassThrough;
+
+impl Layer for PassThrough {
+    fn call<'a>(&'a self, call: HandlerCall<'a>, next: Next<'a>) -> BoxFuture<'a, Outcome> {
+        next.run(call)
+    }
+}
+
 #[test]
 fn under_injected_faults_every_handler_runs_retries_follow_the_policy_and_the_exhausted_are_dead_letters(
 ) {
+    fault_injection(false);
+}
+
+#[test]
+fn under_injected_faults_through_layers_too() {
+    fault_injection(true);
+}
+
+fn fault_injection(layered: bool) {
     quiet_injected_panics();
     let faults = Arc::new(Faults::new());
     let sink = Arc::new(InMemoryDeadLetters::with_capacity(
@@ -228,7 +247,8 @@ fn under_injected_faults_every_handler_runs_retries_follow_the_policy_and_the_ex
                 .first_delay(Duration::from_micros(200))
                 .max_delay(Duration::from_millis(2)),
         )
-        .dead_letters_arc(sink.clone())
+        .dead_letters_arc(sink.clone());
+    let bus = if layered { bus.layer(PassThrough) } else { bus }
         .build()
         .expect("valid wiring");
 
@@ -345,10 +365,11 @@ fn under_injected_faults_every_handler_runs_retries_follow_the_policy_and_the_ex
     );
 
     println!(
-        "reliability figures: seed={SEED:#x} threads={THREADS} commands={COMMANDS} events={} \
+        "reliability figures ({}): seed={SEED:#x} threads={THREADS} commands={COMMANDS} events={} \
          handler_calls={calls} injected_failures={failures} injected_panics={panics} \
          retries={retries} handled_once={successes} dead_letters={} lost={lost} duplicated={duplicated} \
          elapsed_ms={}",
+        if layered { "through a layer" } else { "direct first attempts" },
         COMMANDS * 2,
         letters.len(),
         elapsed.as_millis()

@@ -254,7 +254,7 @@ impl BusBuilder {
                 .iter()
                 .map(|&registration| {
                     let mut handler = bind(registration, &self.dependencies, &mut problems);
-                    handler.pipeline = self.pipeline(meta, registration);
+                    (handler.pipeline, handler.retry) = self.pipeline(meta, registration);
                     if meta.kind() == Kind::Command {
                         handler.command_retry = take_command_retry(&mut command_retries, meta);
                     }
@@ -317,12 +317,17 @@ impl std::fmt::Debug for BusBuilder {
 impl BusBuilder {
     /// The layers of one handler, outermost first: its retry (event
     /// handlers), its timeout, the bus-wide layers, then those of its message.
+    ///
+    /// A handler whose only layer would be its retry keeps the direct call,
+    /// with the retry beside it (`BoundHandler::retry`): its first attempt
+    /// costs nothing more, and the retry layer takes over on a failure.
     fn pipeline(
         &self,
         meta: &'static MessageMeta,
         registration: &'static HandlerRegistration,
-    ) -> Option<Pipeline> {
+    ) -> (Option<Pipeline>, Option<Arc<Retry>>) {
         let mut layers: Vec<Arc<dyn Layer>> = Vec::new();
+        let mut retry = None;
         if meta.kind() == Kind::Event {
             let policy = self
                 .handler_retries
@@ -331,7 +336,9 @@ impl BusBuilder {
                 .find(|(h, _)| std::ptr::eq(*h, registration))
                 .map_or(&self.retry, |(_, policy)| policy);
             if policy.retries() {
-                layers.push(Arc::new(Retry::new(policy.clone())));
+                let layer = Arc::new(Retry::new(policy.clone()));
+                layers.push(layer.clone());
+                retry = Some(layer);
             }
         }
         let timeout = self
@@ -351,7 +358,11 @@ impl BusBuilder {
                 .filter(|(m, _)| std::ptr::eq(*m, meta))
                 .map(|(_, layer)| layer.clone()),
         );
-        (!layers.is_empty()).then(|| layers.into_boxed_slice())
+        match (layers.len(), retry) {
+            (0, _) => (None, None),
+            (1, Some(retry)) => (None, Some(retry)),
+            _ => (Some(layers.into_boxed_slice()), None),
+        }
     }
 
     /// Per-handler settings that name a handler outside this bus, or do not
@@ -528,6 +539,7 @@ fn bind(
         dependencies: resolved,
         needs_context,
         pipeline: None,
+        retry: None,
         command_retry: None,
     }
 }

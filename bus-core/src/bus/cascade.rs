@@ -8,6 +8,8 @@ use crate::dead_letter::DeadLetter;
 use crate::error::CascadeLimitError;
 use crate::events::PendingEvent;
 use crate::message::MessageMeta;
+use crate::observer::FailureCause;
+use crate::registry::HandlerRegistration;
 
 pub(crate) struct Cascade {
     origin: &'static MessageMeta,
@@ -17,6 +19,17 @@ pub(crate) struct Cascade {
     pub(super) queue: Option<VecDeque<PendingEvent>>,
     /// Dead letters waiting to be handed to the sink.
     pub(super) dead: Vec<DeadLetter>,
+    /// Direct calls that failed and are to be retried.
+    pub(super) retries: Vec<PendingRetry>,
+}
+
+/// A direct event-handler call that failed on its first attempt, whose
+/// retry policy gives it more.
+pub(super) struct PendingRetry {
+    pub(super) handler: &'static HandlerRegistration,
+    pub(super) event: PendingEvent,
+    pub(super) context: MessageContext,
+    pub(super) cause: FailureCause,
 }
 
 impl Cascade {
@@ -27,6 +40,7 @@ impl Cascade {
             processed,
             queue: None,
             dead: Vec::new(),
+            retries: Vec::new(),
         }
     }
 

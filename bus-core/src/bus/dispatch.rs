@@ -96,7 +96,7 @@ impl Bus {
             cascade.count(E::meta())?;
             self.handle_event(&event, E::meta(), context, &mut cascade)
                 .await;
-            self.flush_dead_letters(&mut cascade).await;
+            self.after_event(&mut cascade).await;
             self.run_queue(&mut cascade).await
         }
         .instrument(span)
@@ -115,9 +115,7 @@ impl Bus {
         let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
         enter(&span, || {
             self.publish_typed_blocking(&event, meta, context, &mut cascade);
-            if !cascade.dead.is_empty() {
-                block_on(self.flush_dead_letters(&mut cascade));
-            }
+            self.after_event_blocking(&mut cascade);
             if cascade.queue.is_some() {
                 self.run_queue_blocking(&mut cascade)?;
             }

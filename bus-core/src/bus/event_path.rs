@@ -5,7 +5,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::SystemTime;
 
-use super::cascade::Cascade;
+use super::cascade::{Cascade, PendingRetry};
 use super::invocation::{call_event_async, call_event_sync, handler_span, EventInvocation};
 use super::routes::BoundHandler;
 use super::typed_route::TypedRoute;
@@ -67,7 +67,7 @@ impl Bus {
         while let Some((event, context)) = cascade.next()? {
             self.handle_event(event.erased(), event.meta(), context, cascade)
                 .await;
-            self.flush_dead_letters(cascade).await;
+            self.after_event(cascade).await;
         }
         Ok(())
     }
@@ -80,9 +80,7 @@ impl Bus {
     ) -> Result<(), CascadeLimitError> {
         while let Some((event, context)) = cascade.next()? {
             self.handle_event_blocking(event.erased(), event.meta(), context, cascade);
-            if !cascade.dead.is_empty() {
-                block_on(self.flush_dead_letters(cascade));
-            }
+            self.after_event_blocking(cascade);
         }
         Ok(())
     }
@@ -267,19 +265,13 @@ impl Bus {
                 }
                 Ok(Err(error)) => {
                     drop(scope.finish());
-                    self.fail(
-                        handler,
-                        event,
-                        context,
-                        FailureCause::Error(error),
-                        1,
-                        cascade,
-                    );
+                    let cause = FailureCause::Error(error);
+                    self.fail_or_retry(handler, event, context, cause, cascade);
                 }
                 Err(payload) => {
                     drop(scope.finish());
                     let cause = FailureCause::Panic(panic_text(&*payload));
-                    self.fail(handler, event, context, cause, 1, cascade);
+                    self.fail_or_retry(handler, event, context, cause, cascade);
                 }
             }
         }
@@ -304,9 +296,82 @@ impl Bus {
             }
             Err(cause) => {
                 drop(scope.finish());
-                self.fail(handler, event, context, cause, 1, cascade);
+                self.fail_or_retry(handler, event, context, cause, cascade);
             }
         }
+    }
+
+    /// A direct event-handler call that failed: retried later in this
+    /// dispatch when its retry policy allows, failed for good otherwise.
+    #[cold]
+    #[inline(never)]
+    fn fail_or_retry(
+        &self,
+        handler: &BoundHandler,
+        event: &dyn ErasedEvent,
+        context: MessageContext,
+        cause: FailureCause,
+        cascade: &mut Cascade,
+    ) {
+        match &handler.retry {
+            Some(retry) if retry.policy().is_retryable(&cause) => {
+                cascade.retries.push(PendingRetry {
+                    handler: handler.registration,
+                    event: PendingEvent::copy_of(event),
+                    context,
+                    cause,
+                })
+            }
+            _ => self.fail(handler, event, context, cause, 1, cascade),
+        }
+    }
+
+    /// The retries of the direct calls that failed (each after the other
+    /// handlers of its event ran), then the dead letters to the sink.
+    pub(super) async fn after_event(&self, cascade: &mut Cascade) {
+        for pending in std::mem::take(&mut cascade.retries) {
+            self.retry_direct(pending, cascade).await;
+        }
+        self.flush_dead_letters(cascade).await;
+    }
+
+    /// [`after_event`](Self::after_event) on this thread.
+    #[inline]
+    pub(super) fn after_event_blocking(&self, cascade: &mut Cascade) {
+        if !cascade.retries.is_empty() || !cascade.dead.is_empty() {
+            block_on(self.after_event(cascade));
+        }
+    }
+
+    /// The second and later attempts of a direct call, through its retry.
+    async fn retry_direct(&self, pending: PendingRetry, cascade: &mut Cascade) {
+        let meta = pending.event.meta();
+        let handler = self
+            .inner
+            .routes
+            .handlers(meta)
+            .iter()
+            .find(|h| std::ptr::eq(h.registration, pending.handler));
+        let Some((handler, Some(retry))) = handler.map(|h| (h, h.retry.as_ref())) else {
+            return;
+        };
+        let event = pending.event.erased();
+        let invocation = EventInvocation::new(handler, event.as_any(), meta).after(1);
+        let outcome = retry
+            .after_failure(
+                invocation.call(pending.context),
+                Next::new(&[], &invocation),
+                pending.cause,
+            )
+            .await;
+        self.settle_layered(
+            handler,
+            event,
+            pending.context,
+            invocation,
+            outcome,
+            cascade,
+        );
     }
 
     /// An event-handler call that failed for good: logged, reported to the

@@ -174,6 +174,12 @@ impl<'h> EventInvocation<'h> {
         }
     }
 
+    /// An invocation whose first `attempts` calls were made directly.
+    pub(super) fn after(mut self, attempts: u32) -> Self {
+        self.attempts = AtomicU32::new(attempts);
+        self
+    }
+
     /// The description of this call for the pipeline's layers.
     pub(super) fn call(&self, context: MessageContext) -> HandlerCall<'h> {
         HandlerCall {

@@ -2,6 +2,8 @@
 //! on it (the others succeeded already), through that handler's layers, and
 //! then the events it releases, as in any dispatch.
 
+use std::sync::Arc;
+
 use tracing::Instrument;
 
 use super::cascade::Cascade;
@@ -10,7 +12,7 @@ use super::Bus;
 use crate::context::MessageContext;
 use crate::error::CascadeLimitError;
 use crate::events::PendingEvent;
-use crate::layer::Next;
+use crate::layer::{Layer, Next};
 use crate::observer::HandlerFailure;
 
 /// Why a replay did not succeed.
@@ -142,7 +144,13 @@ impl Bus {
         let span = dispatch_span(meta, "replay", &mut Some(context));
         async {
             let invocation = EventInvocation::new(bound, event.as_any(), meta);
-            let layers = bound.pipeline.as_deref().unwrap_or(&[]);
+            // The handler's retry, when it is its only layer, is kept beside it.
+            let retry_only: Vec<Arc<dyn Layer>> = bound
+                .retry
+                .iter()
+                .map(|retry| retry.clone() as Arc<dyn Layer>)
+                .collect();
+            let layers = bound.pipeline.as_deref().unwrap_or(&retry_only);
             let outcome = Next::new(layers, &invocation)
                 .run(invocation.call(context))
                 .await;

@@ -3,12 +3,14 @@
 
 use std::any::Any;
 use std::fmt;
+use std::sync::Arc;
 
 use super::typed_route::EventRoute;
 use crate::inject::Resolved;
 use crate::layer::Pipeline;
 use crate::message::MessageMeta;
 use crate::registry::{HandlerFn, HandlerRegistration};
+use crate::retry::Retry;
 
 /// A handler with its dependencies already looked up.
 pub(crate) struct BoundHandler {
@@ -24,6 +26,9 @@ pub(crate) struct BoundHandler {
     /// Its layers, outermost first; `None` when it has none, so that it is
     /// called directly.
     pub(crate) pipeline: Option<Pipeline>,
+    /// An event handler's retry, when it is its only layer: the handler is
+    /// called directly, and the retry takes over after a failed attempt.
+    pub(crate) retry: Option<Arc<Retry>>,
     /// A command's opt-in retry: a `CommandRetry<C, C::Error>`.
     pub(crate) command_retry: Option<Box<dyn Any + Send + Sync>>,
 }
