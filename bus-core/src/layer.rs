@@ -10,7 +10,9 @@
 //! Install them with [`BusBuilder::layer`](crate::BusBuilder::layer) (every
 //! handler) or [`BusBuilder::layer_for`](crate::BusBuilder::layer_for) (the
 //! handlers of one message type). Handlers with no layer keep the direct,
-//! allocation-free call; a layered call costs one boxed future per layer.
+//! allocation-free call, and so does a handler whose only layer is its retry
+//! policy (the retry takes over after a failed first attempt); a layered
+//! call costs one boxed future per layer.
 //!
 //! Why not `tower`: a `tower::Service` owns its request and hands back a
 //! `'static` future, while a handler call borrows the message, its resolved

@@ -214,7 +214,10 @@ impl fmt::Debug for RetryPolicy {
 /// [`BusBuilder::retry`](crate::BusBuilder::retry) and
 /// [`BusBuilder::handler_retry`](crate::BusBuilder::handler_retry) put one
 /// outermost around each event handler; it can also be added like any other
-/// layer.
+/// layer. When it is a handler's only layer, the bus calls the handler
+/// directly and hands over to it only after a failed first attempt: the
+/// attempts and waits are the same, the other handlers of the event run
+/// before the second attempt, and a call that succeeds costs nothing extra.
 #[derive(Debug, Clone)]
 pub struct Retry {
     policy: RetryPolicy,
