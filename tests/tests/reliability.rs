@@ -989,7 +989,9 @@ mod server;
 use server::{add_batch, database, get, message, post, Server};
 
 /// The example app's binary, built first when needed: cargo does not hold
-/// its build lock while tests run, and a fresh binary makes this a no-op.
+/// its build lock while tests run. It builds what `cargo test --workspace`
+/// builds (the same features, so the same artifacts): after that command's
+/// own build, this is a no-op.
 fn example_app_binary() -> String {
     let exe = std::env::current_exe().expect("the test's own path");
     let profile_dir = exe
