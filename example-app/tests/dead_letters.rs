@@ -80,25 +80,25 @@ async fn a_failing_notification_is_retried_kept_and_replayed_once_the_notifier_i
     let letters = app.dead_letters.list(false).await.unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
     let letter = &letters[0];
-    assert_eq!(letter.message_name, "allocation.out_of_stock");
+    assert_eq!(letter.record.message_name, "allocation.out_of_stock");
     assert_eq!(
-        letter.handler,
+        letter.record.handler,
         "example_app::service_layer::handlers::send_out_of_stock_notification"
     );
     assert!(
-        letter.location.contains("handlers.rs:"),
+        letter.record.location.contains("handlers.rs:"),
         "{}",
-        letter.location
+        letter.record.location
     );
     assert_eq!(
-        letter.error,
+        letter.record.error,
         "cannot notify stock@made.com: smtp: connection refused"
     );
-    assert_eq!(letter.attempts, EVENT_HANDLER_ATTEMPTS);
-    assert_eq!(letter.payload.as_deref(), Some(r#"{"sku":"LAMP"}"#));
+    assert_eq!(letter.record.attempts, EVENT_HANDLER_ATTEMPTS);
+    assert_eq!(letter.record.payload.as_deref(), Some(r#"{"sku":"LAMP"}"#));
     assert_eq!(
-        letter.causation_id.as_deref(),
-        Some(letter.correlation_id.as_str()),
+        letter.record.causation_id.as_deref(),
+        Some(letter.record.correlation_id.as_str()),
         "caused by the command, which opened the flow"
     );
 

@@ -880,8 +880,8 @@ fn slow_work_done(_: &SlowWorkDone, gate: &Gate) -> Result<(), Infallible> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_lets_dispatches_in_flight_finish_and_refuses_new_ones() {
+/// A bus whose `SlowWork` handler waits at `gate` until it is opened.
+fn gated_bus() -> (Arc<Gate>, Bus) {
     let gate = Arc::new(Gate {
         entered: AtomicBool::new(false),
         open: AtomicBool::new(false),
@@ -896,6 +896,12 @@ async fn shutdown_lets_dispatches_in_flight_finish_and_refuses_new_ones() {
         .dependencies(Dependencies::new().shared_arc(gate.clone()))
         .build()
         .expect("valid wiring");
+    (gate, bus)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_dispatches_in_flight_finish_and_refuses_new_ones() {
+    let (gate, bus) = gated_bus();
 
     let in_flight = tokio::spawn({
         let bus = bus.clone();
@@ -943,20 +949,7 @@ async fn shutdown_lets_dispatches_in_flight_finish_and_refuses_new_ones() {
 
 #[test]
 fn shutdown_reports_dispatches_still_running_after_the_grace_period() {
-    let gate = Arc::new(Gate {
-        entered: AtomicBool::new(false),
-        open: AtomicBool::new(false),
-        events_handled: AtomicUsize::new(0),
-    });
-    let bus = Bus::builder()
-        .registrations(
-            Registrations::new()
-                .handler::<slow_work>()
-                .handler::<slow_work_done>(),
-        )
-        .dependencies(Dependencies::new().shared_arc(gate.clone()))
-        .build()
-        .expect("valid wiring");
+    let (gate, bus) = gated_bus();
     let worker = std::thread::spawn({
         let bus = bus.clone();
         move || {

@@ -116,16 +116,7 @@ impl Bus {
                     self.settle_layered(handler, event, context, invocation, outcome, cascade);
                 }
                 (None, HandlerFn::Sync(f)) => {
-                    let mut scope = handler.scope(context);
-                    let outcome = call_event_sync(
-                        handler,
-                        f,
-                        (event.as_any(), &context),
-                        meta,
-                        &mut scope,
-                        traced,
-                    );
-                    self.settle(handler, event, (scope, context), outcome, cascade);
+                    self.call_direct_sync(handler, f, event, context, cascade, traced)
                 }
                 (None, HandlerFn::Async(f)) => {
                     let mut scope = handler.scope(context);
@@ -178,16 +169,7 @@ impl Bus {
                 self.settle_layered(handler, event, context, invocation, outcome, cascade);
             }
             (None, HandlerFn::Sync(f)) => {
-                let mut scope = handler.scope(context);
-                let outcome = call_event_sync(
-                    handler,
-                    f,
-                    (event.as_any(), &context),
-                    meta,
-                    &mut scope,
-                    traced,
-                );
-                self.settle(handler, event, (scope, context), outcome, cascade);
+                self.call_direct_sync(handler, f, event, context, cascade, traced)
             }
             (None, HandlerFn::Async(f)) => {
                 let mut scope = handler.scope(context);
@@ -203,7 +185,23 @@ impl Bus {
         }
     }
 
-    /// One handler of an event through its layers (retry, timeout, yours).
+    /// One plain `fn` handler of an event, called directly.
+    #[inline]
+    fn call_direct_sync(
+        &self,
+        handler: &BoundHandler,
+        f: crate::call::SyncCall,
+        event: &dyn ErasedEvent,
+        context: MessageContext,
+        cascade: &mut Cascade,
+        traced: bool,
+    ) {
+        let mut scope = handler.scope(context);
+        let message = (event.as_any(), &context);
+        let outcome = call_event_sync(handler, f, message, event.meta(), &mut scope, traced);
+        self.settle(handler, event, (scope, context), outcome, cascade);
+    }
+
     /// After one event handler's pipeline: queue what its last successful
     /// run released, or report its failure.
     fn settle_layered(

@@ -8,7 +8,7 @@ use sqlx::Row;
 
 use super::sqlite::SqliteDatabase;
 use crate::service_layer::dead_letters::{
-    DeadLetterError, DeadLetterStore, NewDeadLetter, StoredDeadLetter,
+    DeadLetterError, DeadLetterRecord, DeadLetterStore, StoredDeadLetter,
 };
 
 /// Dead letters in the `dead_letters` table of the service's database.
@@ -32,16 +32,18 @@ fn read_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredDeadLetter, sqlx::Err
     let attempts: i64 = row.try_get("attempts")?;
     Ok(StoredDeadLetter {
         id: row.try_get("id")?,
-        message_name: row.try_get("message_name")?,
-        handler: row.try_get("handler")?,
-        location: row.try_get("location")?,
-        error: row.try_get("error")?,
-        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-        failed_at: row.try_get("failed_at")?,
-        message_id: row.try_get("message_id")?,
-        correlation_id: row.try_get("correlation_id")?,
-        causation_id: row.try_get("causation_id")?,
-        payload: row.try_get("payload")?,
+        record: DeadLetterRecord {
+            message_name: row.try_get("message_name")?,
+            handler: row.try_get("handler")?,
+            location: row.try_get("location")?,
+            error: row.try_get("error")?,
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            failed_at: row.try_get("failed_at")?,
+            message_id: row.try_get("message_id")?,
+            correlation_id: row.try_get("correlation_id")?,
+            causation_id: row.try_get("causation_id")?,
+            payload: row.try_get("payload")?,
+        },
         replayed_at: row.try_get("replayed_at")?,
         replay_error: row.try_get("replay_error")?,
     })
@@ -52,7 +54,7 @@ const COLUMNS: &str = "id, message_name, handler, location, error, attempts, fai
 
 #[async_trait]
 impl DeadLetterStore for SqliteDeadLetterStore {
-    async fn add(&self, letter: NewDeadLetter) -> Result<i64, DeadLetterError> {
+    async fn add(&self, letter: DeadLetterRecord) -> Result<i64, DeadLetterError> {
         let result = sqlx::query(
             "INSERT INTO dead_letters (message_name, handler, location, error, attempts, \
              failed_at, message_id, correlation_id, causation_id, payload) \
@@ -154,22 +156,13 @@ impl InMemoryDeadLetterStore {
 
 #[async_trait]
 impl DeadLetterStore for InMemoryDeadLetterStore {
-    async fn add(&self, letter: NewDeadLetter) -> Result<i64, DeadLetterError> {
+    async fn add(&self, letter: DeadLetterRecord) -> Result<i64, DeadLetterError> {
         let mut letters = self.letters();
         let id = letters.len() as i64 + 1;
         letters.push((
             StoredDeadLetter {
                 id,
-                message_name: letter.message_name,
-                handler: letter.handler,
-                location: letter.location,
-                error: letter.error,
-                attempts: letter.attempts,
-                failed_at: letter.failed_at,
-                message_id: letter.message_id,
-                correlation_id: letter.correlation_id,
-                causation_id: letter.causation_id,
-                payload: letter.payload,
+                record: letter,
                 replayed_at: None,
                 replay_error: None,
             },

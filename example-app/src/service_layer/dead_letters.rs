@@ -14,11 +14,24 @@ use bus_core::{
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-/// A dead letter as the store keeps it.
+/// A dead letter as the store keeps it: the record, its id, and how its
+/// replays went.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoredDeadLetter {
     /// The store's id for it.
     pub id: i64,
+    /// What the bus handed over.
+    #[serde(flatten)]
+    pub record: DeadLetterRecord,
+    /// When a replay succeeded.
+    pub replayed_at: Option<DateTime<Utc>>,
+    /// The error of the last failed replay.
+    pub replay_error: Option<String>,
+}
+
+/// One event-handler call that failed for good, as the service stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetterRecord {
     /// The event's name (`allocation.out_of_stock`).
     pub message_name: String,
     /// The handler that failed on it.
@@ -39,38 +52,9 @@ pub struct StoredDeadLetter {
     pub causation_id: Option<String>,
     /// The event as JSON (`None` when its type cannot be written as JSON).
     pub payload: Option<String>,
-    /// When a replay succeeded.
-    pub replayed_at: Option<DateTime<Utc>>,
-    /// The error of the last failed replay.
-    pub replay_error: Option<String>,
 }
 
-/// A dead letter about to be stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewDeadLetter {
-    /// See [`StoredDeadLetter::message_name`].
-    pub message_name: String,
-    /// See [`StoredDeadLetter::handler`].
-    pub handler: String,
-    /// See [`StoredDeadLetter::location`].
-    pub location: String,
-    /// See [`StoredDeadLetter::error`].
-    pub error: String,
-    /// See [`StoredDeadLetter::attempts`].
-    pub attempts: u32,
-    /// See [`StoredDeadLetter::failed_at`].
-    pub failed_at: DateTime<Utc>,
-    /// See [`StoredDeadLetter::message_id`].
-    pub message_id: String,
-    /// See [`StoredDeadLetter::correlation_id`].
-    pub correlation_id: String,
-    /// See [`StoredDeadLetter::causation_id`].
-    pub causation_id: Option<String>,
-    /// See [`StoredDeadLetter::payload`].
-    pub payload: Option<String>,
-}
-
-impl NewDeadLetter {
+impl DeadLetterRecord {
     /// What the bus handed over, ready to store.
     pub fn from_letter(letter: &DeadLetter) -> Self {
         let context = letter.context();
@@ -82,7 +66,7 @@ impl NewDeadLetter {
             }
             None => None,
         };
-        NewDeadLetter {
+        DeadLetterRecord {
             message_name: letter.message_name().to_owned(),
             handler: letter.handler().to_owned(),
             location: letter.location().to_string(),
@@ -131,7 +115,7 @@ pub enum DeadLetterError {
 #[async_trait]
 pub trait DeadLetterStore: Send + Sync + 'static {
     /// Keeps a new dead letter; returns its id.
-    async fn add(&self, letter: NewDeadLetter) -> Result<i64, DeadLetterError>;
+    async fn add(&self, letter: DeadLetterRecord) -> Result<i64, DeadLetterError>;
 
     /// Every dead letter, oldest first; the replayed ones too when
     /// `include_replayed`.
@@ -159,7 +143,7 @@ pub struct StoreSink(pub Arc<dyn DeadLetterStore>);
 #[async_trait]
 impl DeadLetterSink for StoreSink {
     async fn store(&self, letter: &DeadLetter) -> Result<(), BoxError> {
-        let id = self.0.add(NewDeadLetter::from_letter(letter)).await?;
+        let id = self.0.add(DeadLetterRecord::from_letter(letter)).await?;
         tracing::warn!(
             id,
             handler = letter.handler(),
@@ -181,17 +165,18 @@ pub async fn replay(
     if letter.replayed_at.is_some() {
         return Err(DeadLetterError::AlreadyReplayed(id));
     }
-    let Some(payload) = &letter.payload else {
+    let record = &letter.record;
+    let Some(payload) = &record.payload else {
         return Err(DeadLetterError::NotReplayable {
             id,
             reason: format!(
                 "its event `{}` was not stored (derive it with `#[event(serde)]`)",
-                letter.message_name
+                record.message_name
             ),
         });
     };
     let event = bus
-        .decode_event(&letter.message_name, payload)
+        .decode_event(&record.message_name, payload)
         .map_err(|error| DeadLetterError::NotReplayable {
             id,
             reason: error.to_string(),
@@ -199,18 +184,18 @@ pub async fn replay(
     if !store.claim(id).await? {
         return Err(DeadLetterError::AlreadyReplayed(id));
     }
-    let context = match (letter.message_id.parse(), letter.correlation_id.parse()) {
+    let context = match (record.message_id.parse(), record.correlation_id.parse()) {
         (Ok(message_id), Ok(correlation_id)) => MessageContext::restored(
             message_id,
             correlation_id,
-            letter
+            record
                 .causation_id
                 .as_deref()
                 .and_then(|id| id.parse().ok()),
         ),
         _ => MessageContext::root(),
     };
-    match bus.replay(&letter.handler, event, context).await {
+    match bus.replay(&record.handler, event, context).await {
         Ok(()) => {
             store.settle(id, Ok(Utc::now())).await?;
             store.get(id).await?.ok_or(DeadLetterError::NotFound(id))
