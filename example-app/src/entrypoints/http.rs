@@ -100,6 +100,8 @@ impl From<DispatchError<ServiceError>> for ApiError {
             DispatchError::Handler(ServiceError::Uow(UowError::Storage(_))) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            // Shutting down: another instance, or this one restarted, can serve it.
+            DispatchError::Closed => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
@@ -113,7 +115,7 @@ impl From<DispatchError<ViewError>> for ApiError {
     fn from(error: DispatchError<ViewError>) -> Self {
         tracing::error!(%error, "query failed");
         let status = match error {
-            DispatchError::Handler(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DispatchError::Handler(_) | DispatchError::Closed => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, error.to_string())
