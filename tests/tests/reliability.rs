@@ -1102,3 +1102,69 @@ async fn the_example_app_replays_a_dead_letter_once_the_fault_is_gone() {
     let (status, body) = get(&server, "/dead_letters?everything=yes").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
+
+// Layers around commands.
+
+#[derive(Debug, Command)]
+#[command(output = u32)]
+struct Quote {
+    delay_ms: u64,
+}
+
+#[handler]
+async fn quote(command: Quote) -> Result<u32, Infallible> {
+    tokio::time::sleep(Duration::from_millis(command.delay_ms)).await;
+    Ok(42)
+}
+
+/// Refuses every call outside business hours (here: always).
+struct Closed;
+
+impl Layer for Closed {
+    fn call<'a>(&'a self, _: HandlerCall<'a>, _: Next<'a>) -> BoxFuture<'a, Outcome> {
+        Box::pin(async {
+            Err(bus_core::FailureCause::Error(
+                "outside business hours".into(),
+            ))
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_command_times_out_or_is_refused_by_a_layer_with_a_pipeline_error() {
+    let bus = Bus::builder()
+        .registrations(Registrations::new().handler::<quote>())
+        .handler_timeout::<quote>(Duration::from_millis(30))
+        .build()
+        .expect("valid wiring");
+    assert_eq!(
+        bus.dispatch(Quote { delay_ms: 1 }).await.expect("in time"),
+        42
+    );
+    let error = bus
+        .dispatch(Quote { delay_ms: 5_000 })
+        .await
+        .expect_err("too slow");
+    let DispatchError::Pipeline(failure) = &error else {
+        panic!("expected a pipeline failure, got {error}");
+    };
+    assert!(matches!(
+        failure.cause(),
+        bus_core::FailureCause::TimedOut(limit) if *limit == Duration::from_millis(30)
+    ));
+    assert_eq!(failure.handler(), "reliability::quote");
+
+    let refusing = Bus::builder()
+        .registrations(Registrations::new().handler::<quote>())
+        .layer_for::<Quote>(Closed)
+        .build()
+        .expect("valid wiring");
+    let error = refusing
+        .dispatch(Quote { delay_ms: 1 })
+        .await
+        .expect_err("refused");
+    assert!(
+        error.to_string().contains("outside business hours"),
+        "{error}"
+    );
+}
