@@ -22,7 +22,8 @@ use crate::error::BoxError;
 use crate::events::EventReleaser;
 
 /// How long an injected value lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Lifetime {
     /// One instance for the whole application.
     Shared,

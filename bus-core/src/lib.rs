@@ -55,7 +55,10 @@ mod timeout;
 mod uow;
 
 pub use bus::DEFAULT_MAX_MESSAGES_PER_DISPATCH;
-pub use bus::{Bus, BusBuilder, ReplayError, ShutdownError};
+pub use bus::{
+    Bus, BusBuilder, BusDescription, DependencyDescription, HandlerDescription, MessageDescription,
+    ReplayError, ShutdownError,
+};
 pub use call::BoxFuture;
 pub use context::{MessageContext, MessageId, ParseMessageIdError};
 pub use dead_letter::{

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::events::PendingEvent;
 
 /// The three kinds of message the bus routes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// An instruction with exactly one handler, whose result reaches the caller.
     Command,

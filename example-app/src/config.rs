@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// The allocation service.
 #[derive(Debug, Clone, Parser)]
@@ -23,4 +23,17 @@ pub struct Config {
         default_value = "sqlite://allocation.db"
     )]
     pub database_url: String,
+
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Prints the bus's wiring (every message, its handlers, their
+    /// dependencies and the events they release) as a table, then as a
+    /// Mermaid flowchart; touches no database.
+    Describe,
 }

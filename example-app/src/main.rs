@@ -2,12 +2,14 @@
 //! `curl localhost:5005/allocations/order-1`. See `--help` for settings.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bus_core::BuildError;
 use clap::Parser;
+use example_app::adapters::memory::InMemoryStore;
 use example_app::adapters::sqlite;
-use example_app::config::Config;
+use example_app::config::{Command, Config};
 use example_app::entrypoints::http;
 use example_app::{bootstrap, Adapters};
 use tokio::net::TcpListener;
@@ -49,6 +51,16 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), StartError> {
+    if let Some(Command::Describe) = config.command {
+        // The wiring does not depend on the adapters: describe it over
+        // in-memory ones, without touching the database.
+        let store = Arc::new(InMemoryStore::default());
+        let bus = bootstrap(Adapters::in_memory(&store))?;
+        let wiring = bus.describe();
+        println!("{}", wiring.to_table());
+        print!("{}", wiring.to_mermaid());
+        return Ok(());
+    }
     let database = sqlite::connect(&config.database_url)
         .await
         .map_err(|source| StartError::Database {

@@ -1,30 +1,7 @@
 //! Handlers keep their real names in logs and spans.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
+use arch_events_tests::LogBuffer;
 use bus_core::{handler, Bus, Command, Event, EventReleaser, Registrations};
-use tracing_subscriber::fmt::MakeWriter;
-
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Buffer {
-    type Writer = Buffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 #[derive(Debug, Command)]
 #[command(name = "shop.checkout")]
@@ -53,12 +30,8 @@ fn send_receipt(_: &CheckedOut) -> Result<(), SmtpTimeout> {
 
 #[test]
 fn spans_and_failure_logs_name_the_message_and_the_handler() {
-    let buffer = Buffer::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(buffer.clone())
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .finish();
+    let buffer = LogBuffer::default();
+    let subscriber = buffer.subscriber();
     let bus = Bus::builder()
         .registrations(
             Registrations::new()
@@ -71,7 +44,7 @@ fn spans_and_failure_logs_name_the_message_and_the_handler() {
         bus.dispatch_blocking(Checkout)
             .expect("the command succeeds");
     });
-    let output = String::from_utf8(buffer.0.lock().expect("lock").clone()).expect("utf-8");
+    let output = buffer.text();
     println!("{output}");
 
     let inside = output

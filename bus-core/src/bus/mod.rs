@@ -3,6 +3,7 @@
 mod builder;
 mod cascade;
 mod command_retry;
+mod describe;
 mod dispatch;
 mod event_path;
 mod invocation;
@@ -17,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 pub use builder::{BusBuilder, DEFAULT_MAX_MESSAGES_PER_DISPATCH};
+pub use describe::{BusDescription, DependencyDescription, HandlerDescription, MessageDescription};
 pub use replay::ReplayError;
 use routes::Routes;
 pub(crate) use typed_route::{TypedEntry, TypedSyncEntry};
