@@ -51,6 +51,7 @@ mod message;
 mod observer;
 mod registry;
 mod retry;
+pub mod testing;
 mod timeout;
 mod uow;
 

@@ -6,11 +6,13 @@
 
 use std::sync::Arc;
 
+use bus_core::testing::{HandlerRun, Recorder};
 use bus_core::{Bus, DispatchError};
 use chrono::NaiveDate;
 use example_app::adapters::memory::InMemoryStore;
 use example_app::adapters::notifications::RecordingNotifications;
 use example_app::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
+use example_app::domain::events::Allocated;
 use example_app::service_layer::ServiceError;
 use example_app::views::{AllocationRow, Allocations};
 use example_app::{bootstrap, Adapters};
@@ -19,6 +21,8 @@ struct App {
     bus: Bus,
     store: Arc<InMemoryStore>,
     notifications: Arc<RecordingNotifications>,
+    /// What the bus released and which handlers ran.
+    recorder: Recorder,
 }
 
 fn app() -> App {
@@ -30,6 +34,7 @@ fn app() -> App {
     })
     .expect("the app's wiring is valid");
     App {
+        recorder: Recorder::attach(&bus),
         bus,
         store,
         notifications,
@@ -431,4 +436,71 @@ async fn a_reallocation_that_loses_a_race_is_tried_again() {
         2,
         "the line was reallocated on the second attempt"
     );
+}
+
+#[tokio::test]
+async fn a_smaller_batch_releases_deallocated_then_reallocates_and_the_read_model_follows() {
+    let app = app();
+    for (reference, qty) in [("small", 10), ("big", 50)] {
+        app.bus
+            .dispatch(batch(reference, "VASE", qty, None))
+            .await
+            .expect("added");
+    }
+    app.bus
+        .dispatch(allocate("o1", "VASE", 8))
+        .await
+        .expect("allocated");
+    app.recorder.clear();
+
+    app.bus
+        .dispatch(ChangeBatchQuantity {
+            reference: "small".into(),
+            qty: 5,
+        })
+        .await
+        .expect("changed");
+
+    // No sleeping: the dispatch returned after its whole cascade ran.
+    assert_eq!(
+        app.recorder.event_names(),
+        ["allocation.deallocated", "allocation.allocated"]
+    );
+    assert_eq!(
+        app.recorder.events_of::<Allocated>(),
+        [Allocated {
+            orderid: "o1".into(),
+            sku: "VASE".into(),
+            qty: 8,
+            batchref: "big".into(),
+        }]
+    );
+    let ran = |handler: &'static str, message: &'static str| HandlerRun {
+        handler,
+        message,
+        attempts: 1,
+        ok: true,
+    };
+    assert_eq!(
+        app.recorder.runs(),
+        [
+            ran(
+                "example_app::service_layer::handlers::change_batch_quantity",
+                "allocation.change_batch_quantity"
+            ),
+            ran(
+                "example_app::service_layer::handlers::reallocate",
+                "allocation.deallocated"
+            ),
+            ran(
+                "example_app::views::remove_allocation_from_read_model",
+                "allocation.deallocated"
+            ),
+            ran(
+                "example_app::views::add_allocation_to_read_model",
+                "allocation.allocated"
+            ),
+        ]
+    );
+    assert!(app.recorder.failures().is_empty());
 }

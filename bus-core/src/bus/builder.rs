@@ -297,6 +297,7 @@ impl BusBuilder {
                 lifecycle: Default::default(),
                 messages: messages.into_boxed_slice(),
                 names: Default::default(),
+                tap: Default::default(),
             }),
         })
     }

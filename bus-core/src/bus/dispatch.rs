@@ -180,6 +180,7 @@ impl Bus {
                     .await
             }
         };
+        self.tap_ran(handler, meta, 1, output.is_ok());
         let output = output?;
         if let Some(mut cascade) = self.released(meta, scope) {
             self.run_queue(&mut cascade).instrument(span).await?;
@@ -232,7 +233,9 @@ impl Bus {
             // The hot path: a plain `fn`, called inline.
             (HandlerFn::Sync(f), true) => {
                 let mut scope = Scope::with_context(context);
-                let output = enter(&span, || request_sync(handler, f, message, &mut scope))?;
+                let output = enter(&span, || request_sync(handler, f, message, &mut scope));
+                self.tap_ran(handler, meta, 1, output.is_ok());
+                let output = output?;
                 if scope.has_releaser() {
                     self.run_released_blocking(meta, scope, &span)?;
                 }
@@ -240,6 +243,7 @@ impl Bus {
             }
             _ => self.request_blocking_driven(handler, message, context, &span),
         };
+        self.tap_ran(handler, meta, 1, output.is_ok());
         let output = output?;
         if scope.has_releaser() {
             self.run_released_blocking(meta, scope, &span)?;

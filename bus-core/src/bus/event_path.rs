@@ -22,6 +22,30 @@ use crate::message::{Event, MessageMeta};
 use crate::observer::{panic_text, FailureCause, HandlerFailure};
 use crate::registry::HandlerFn;
 
+impl Bus {
+    /// Tells the attached recorder (tests) about an event leaving the queue.
+    #[inline]
+    pub(super) fn tap_released(&self, event: &PendingEvent) {
+        if let Some(tap) = self.inner.tap.get() {
+            tap.released(event);
+        }
+    }
+
+    /// Tells the attached recorder (tests) how a handler call ended.
+    #[inline]
+    pub(super) fn tap_ran(
+        &self,
+        handler: &BoundHandler,
+        meta: &'static MessageMeta,
+        attempts: u32,
+        ok: bool,
+    ) {
+        if let Some(tap) = self.inner.tap.get() {
+            tap.ran(handler.registration.name(), meta.name(), attempts, ok);
+        }
+    }
+}
+
 impl BoundHandler {
     /// The scope of one call of this event handler on the message `context`
     /// describes.
@@ -65,6 +89,7 @@ impl Bus {
     /// order; what they release joins the back of the queue.
     pub(super) async fn run_queue(&self, cascade: &mut Cascade) -> Result<(), CascadeLimitError> {
         while let Some((event, context)) = cascade.next()? {
+            self.tap_released(&event);
             self.handle_event(event.erased(), event.meta(), context, cascade)
                 .await;
             self.after_event(cascade).await;
@@ -79,6 +104,7 @@ impl Bus {
         cascade: &mut Cascade,
     ) -> Result<(), CascadeLimitError> {
         while let Some((event, context)) = cascade.next()? {
+            self.tap_released(&event);
             self.handle_event_blocking(event.erased(), event.meta(), context, cascade);
             self.after_event_blocking(cascade);
         }
@@ -216,6 +242,7 @@ impl Bus {
         let attempts = invocation.attempts();
         match outcome {
             Ok(()) => {
+                self.tap_ran(handler, event.meta(), attempts, true);
                 let released = invocation.released();
                 if !released.is_empty() {
                     cascade.push_all(released, &context);
@@ -257,6 +284,7 @@ impl Bus {
             };
             match called {
                 Ok(Ok(())) => {
+                    self.tap_ran(handler, meta, 1, true);
                     if scope.has_releaser() {
                         cascade.push_all(scope.finish(), &context);
                     }
@@ -288,6 +316,7 @@ impl Bus {
     ) {
         match outcome {
             Ok(()) => {
+                self.tap_ran(handler, event.meta(), 1, true);
                 if scope.has_releaser() {
                     cascade.push_all(scope.finish(), &context);
                 }
@@ -406,6 +435,7 @@ impl Bus {
         if let Some(observer) = &self.inner.observer {
             observer.handler_failed(&failure);
         }
+        self.tap_ran(handler, event.meta(), attempts, false);
         cascade.dead.push(DeadLetter {
             event: PendingEvent::copy_of(event),
             handler: failure.handler,

@@ -73,6 +73,8 @@ struct BusInner {
     messages: Box<[&'static MessageMeta]>,
     /// Handlers and messages by name, made on the first replay.
     names: OnceLock<Names>,
+    /// A test's recorder, once attached.
+    tap: OnceLock<Arc<crate::testing::RecorderInner>>,
 }
 
 /// What a replay looks up by name.
@@ -180,6 +182,30 @@ impl Bus {
                 );
                 Err(ShutdownError { running, grace })
             }
+        }
+    }
+
+    /// Waits (without blocking the thread) until no dispatch is in flight,
+    /// at most `within`; `false` if some still were. For tests whose
+    /// dispatches run on other tasks: a dispatch itself returns only once
+    /// its whole cascade ran.
+    pub async fn settled(&self, within: Duration) -> bool {
+        self.inner.lifecycle.wait_idle(within).await == 0
+    }
+
+    /// Attaches a test recorder's store; `Err` with the one already attached.
+    pub(crate) fn attach_tap(
+        &self,
+        tap: Arc<crate::testing::RecorderInner>,
+    ) -> Result<(), Arc<crate::testing::RecorderInner>> {
+        let mut fresh = Some(tap);
+        let attached = self
+            .inner
+            .tap
+            .get_or_init(|| fresh.take().unwrap_or_default());
+        match fresh {
+            None => Ok(()),
+            Some(_) => Err(attached.clone()),
         }
     }
 

@@ -1,12 +1,12 @@
-//! In-memory adapters: a fake unit of work, its repository, and an in-memory
-//! allocations view. They keep the same contract as the SQLite ones
-//! (optimistic concurrency included), so handler tests run on them.
+//! In-memory adapters: a fake unit of work over the products, and an
+//! in-memory allocations view. The unit of work is `bus_core::testing`'s
+//! generic one, with the same contract as the SQLite one (optimistic
+//! concurrency included), so handler tests run on it.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use bus_core::{async_trait, Aggregate, EventReleaser};
+use bus_core::testing::{self, Entity};
+use bus_core::{async_trait, EventReleaser};
 
 use crate::domain::model::Product;
 use crate::service_layer::unit_of_work::{
@@ -14,26 +14,33 @@ use crate::service_layer::unit_of_work::{
 };
 use crate::views::{AllocationRow, AllocationsView, ViewError};
 
+impl Entity for Product {
+    type Key = String;
+
+    fn key(&self) -> String {
+        self.sku.clone()
+    }
+
+    fn version(&self) -> u64 {
+        self.version_number
+    }
+}
+
 /// The products, shared by every in-memory unit of work of one app.
 #[derive(Debug, Default)]
 pub struct InMemoryStore {
-    products: Mutex<HashMap<String, Product>>,
-    commits: AtomicUsize,
+    products: Arc<testing::InMemoryStore<Product>>,
 }
 
 impl InMemoryStore {
-    fn products(&self) -> MutexGuard<'_, HashMap<String, Product>> {
-        self.products.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// A copy of the stored product.
     pub fn product(&self, sku: &str) -> Option<Product> {
-        self.products().get(sku).cloned()
+        self.products.get(&sku.to_owned())
     }
 
     /// How many units of work committed.
     pub fn commits(&self) -> usize {
-        self.commits.load(Ordering::SeqCst)
+        self.products.commits()
     }
 
     /// A factory of units of work over this store, for bootstrap.
@@ -43,90 +50,17 @@ impl InMemoryStore {
     }
 }
 
-/// A product loaded or added by a unit of work.
-struct Tracked {
-    product: Product,
-    /// The version it had when loaded; `None` when it was added.
-    loaded_version: Option<u64>,
-}
-
-/// The repository of a [`FakeUnitOfWork`].
-pub struct InMemoryRepository {
-    store: Arc<InMemoryStore>,
-    seen: Vec<Tracked>,
-}
-
-impl InMemoryRepository {
-    fn track(&mut self, product: Product, loaded_version: Option<u64>) -> Option<&mut Product> {
-        self.seen.push(Tracked {
-            product,
-            loaded_version,
-        });
-        self.seen.last_mut().map(|tracked| &mut tracked.product)
-    }
-}
-
-#[async_trait]
-impl ProductRepository for InMemoryRepository {
-    async fn get(&mut self, sku: &str) -> Result<Option<&mut Product>, UowError> {
-        if let Some(index) = self.seen.iter().position(|t| t.product.sku == sku) {
-            return Ok(self.seen.get_mut(index).map(|t| &mut t.product));
-        }
-        let Some(product) = self.store.product(sku) else {
-            return Ok(None);
-        };
-        let version = product.version_number;
-        Ok(self.track(product, Some(version)))
-    }
-
-    async fn get_by_batchref(&mut self, reference: &str) -> Result<Option<&mut Product>, UowError> {
-        let seen = self
-            .seen
-            .iter()
-            .position(|t| t.product.batch(reference).is_some());
-        if let Some(index) = seen {
-            return Ok(self.seen.get_mut(index).map(|t| &mut t.product));
-        }
-        let stored = self
-            .store
-            .products()
-            .values()
-            .find(|p| p.batch(reference).is_some())
-            .cloned();
-        let Some(product) = stored else {
-            return Ok(None);
-        };
-        let version = product.version_number;
-        Ok(self.track(product, Some(version)))
-    }
-
-    fn add(&mut self, product: Product) -> &mut Product {
-        self.seen.push(Tracked {
-            product,
-            loaded_version: None,
-        });
-        let last = self.seen.len() - 1;
-        &mut self.seen[last].product
-    }
-}
-
-/// A unit of work over an [`InMemoryStore`], with the real one's contract:
-/// version check at commit, events released only after it.
-pub struct FakeUnitOfWork {
-    repository: InMemoryRepository,
-    releaser: EventReleaser,
-}
+/// A unit of work over an [`InMemoryStore`]: version check at commit,
+/// events released only after it.
+pub struct FakeUnitOfWork(testing::FakeUnitOfWork<Product>);
 
 impl FakeUnitOfWork {
     /// A unit of work that releases into `releaser`.
     pub fn new(store: Arc<InMemoryStore>, releaser: EventReleaser) -> Self {
-        FakeUnitOfWork {
-            repository: InMemoryRepository {
-                store,
-                seen: Vec::new(),
-            },
+        FakeUnitOfWork(testing::FakeUnitOfWork::new(
+            store.products.clone(),
             releaser,
-        }
+        ))
     }
 }
 
@@ -135,37 +69,41 @@ impl bus_core::UnitOfWork for FakeUnitOfWork {
     type Error = UowError;
 
     async fn commit(&mut self) -> Result<(), UowError> {
-        let store = self.repository.store.clone();
-        let mut products = store.products();
-        for tracked in &self.repository.seen {
-            let stored = products.get(&tracked.product.sku).map(|p| p.version_number);
-            if stored != tracked.loaded_version {
-                return Err(UowError::Conflict {
-                    sku: tracked.product.sku.clone(),
-                });
-            }
-        }
-        let mut events = Vec::new();
-        for tracked in &mut self.repository.seen {
-            events.extend(tracked.product.events().take());
-            tracked.loaded_version = Some(tracked.product.version_number);
-            products.insert(tracked.product.sku.clone(), tracked.product.clone());
-        }
-        drop(products);
-        store.commits.fetch_add(1, Ordering::SeqCst);
-        self.releaser.release_all(events);
-        Ok(())
+        self.0
+            .commit()
+            .await
+            .map_err(|conflict| UowError::Conflict { sku: conflict.key })
     }
 
     async fn rollback(&mut self) -> Result<(), UowError> {
-        self.repository.seen.clear();
-        Ok(())
+        self.0
+            .rollback()
+            .await
+            .map_err(|conflict| UowError::Conflict { sku: conflict.key })
     }
 }
 
 impl UnitOfWork for FakeUnitOfWork {
     fn products(&mut self) -> &mut dyn ProductRepository {
-        &mut self.repository
+        self
+    }
+}
+
+#[async_trait]
+impl ProductRepository for FakeUnitOfWork {
+    async fn get(&mut self, sku: &str) -> Result<Option<&mut Product>, UowError> {
+        Ok(self.0.repository().get(&sku.to_owned()))
+    }
+
+    async fn get_by_batchref(&mut self, reference: &str) -> Result<Option<&mut Product>, UowError> {
+        Ok(self
+            .0
+            .repository()
+            .find(|product| product.batch(reference).is_some()))
+    }
+
+    fn add(&mut self, product: Product) -> &mut Product {
+        self.0.repository().add(product)
     }
 }
 

@@ -217,6 +217,8 @@ impl Product {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::events::{Allocated, Deallocated, OutOfStock};
+    use bus_core::testing::given;
     use chrono::Days;
 
     fn today() -> NaiveDate {
@@ -229,14 +231,6 @@ mod tests {
             sku: sku.into(),
             qty,
         }
-    }
-
-    fn events(product: &Product) -> Vec<String> {
-        product
-            .recorded()
-            .iter()
-            .map(|e| format!("{e:?}"))
-            .collect()
     }
 
     #[test]
@@ -333,25 +327,35 @@ mod tests {
 
     #[test]
     fn allocation_records_allocated_and_bumps_the_version() {
-        let mut product = Product::new("BED", vec![Batch::new("b1", "BED", 20, None)], 7);
-        product.allocate(line("o1", "BED", 3));
-        assert_eq!(product.version_number, 8);
-        assert_eq!(
-            events(&product),
-            [r#"Allocated { orderid: "o1", sku: "BED", qty: 3, batchref: "b1" }"#]
-        );
+        given(Product::new(
+            "BED",
+            vec![Batch::new("b1", "BED", 20, None)],
+            7,
+        ))
+        .when(|product| product.allocate(line("o1", "BED", 3)))
+        .then_events(&[Allocated {
+            orderid: "o1".into(),
+            sku: "BED".into(),
+            qty: 3,
+            batchref: "b1".into(),
+        }])
+        .then(|product, batchref| {
+            assert_eq!(batchref.as_deref(), Some("b1"));
+            assert_eq!(product.version_number, 8);
+        });
     }
 
     #[test]
     fn out_of_stock_records_an_event_and_changes_nothing() {
         let mut product = Product::new("SOFA", vec![Batch::new("b1", "SOFA", 10, None)], 3);
         product.allocate(line("o1", "SOFA", 10));
-        assert_eq!(product.allocate(line("o2", "SOFA", 1)), None);
-        assert_eq!(product.version_number, 4);
-        assert_eq!(
-            events(&product).last().unwrap(),
-            r#"OutOfStock { sku: "SOFA" }"#
-        );
+        given(product)
+            .when(|product| product.allocate(line("o2", "SOFA", 1)))
+            .then_events(&[OutOfStock { sku: "SOFA".into() }])
+            .then(|product, batchref| {
+                assert_eq!(*batchref, None);
+                assert_eq!(product.version_number, 4, "no allocation, no new version");
+            });
     }
 
     #[test]
@@ -359,15 +363,19 @@ mod tests {
         let mut product = Product::new("RUG", vec![Batch::new("b1", "RUG", 50, None)], 0);
         product.allocate(line("o1", "RUG", 20));
         product.allocate(line("o2", "RUG", 20));
-        product.events().take();
-        assert!(product.change_batch_quantity("b1", 25));
-        let batch = product.batch("b1").unwrap();
-        assert_eq!(batch.allocations(), [line("o1", "RUG", 20)]);
-        assert_eq!(batch.available_quantity(), 5);
-        assert_eq!(
-            events(&product),
-            [r#"Deallocated { orderid: "o2", sku: "RUG", qty: 20 }"#]
-        );
+        given(product)
+            .when(|product| product.change_batch_quantity("b1", 25))
+            .then_events(&[Deallocated {
+                orderid: "o2".into(),
+                sku: "RUG".into(),
+                qty: 20,
+            }])
+            .then(|product, changed| {
+                assert!(changed);
+                let batch = product.batch("b1").unwrap();
+                assert_eq!(batch.allocations(), [line("o1", "RUG", 20)]);
+                assert_eq!(batch.available_quantity(), 5);
+            });
     }
 
     #[test]

@@ -1,0 +1,25 @@
+//! Test aids: everything a service's tests need besides its own fakes.
+//!
+//! - [`Recorder`]: attach it to a built bus, dispatch, then assert which
+//!   events were released, in order, and which handlers ran, and how they
+//!   ended. No recorder to write by hand.
+//! - [`given`]: given an aggregate in some state, when a method runs, then
+//!   these events were raised (or this error returned).
+//! - [`InMemoryStore`], [`InMemoryRepository`] and [`FakeUnitOfWork`]: a
+//!   generic in-memory repository and unit of work with the real contract
+//!   (optimistic concurrency at commit, events released only after it), for
+//!   any aggregate that says its key and version ([`Entity`]).
+//!
+//! A dispatch returns only once every event it caused, and every handler of
+//! those, has run: a test never sleeps to let a cascade settle. For
+//! dispatches running on other tasks, [`Bus::settled`](crate::Bus::settled)
+//! waits until none is in flight.
+
+mod recorder;
+mod repository;
+mod scenario;
+
+pub(crate) use recorder::RecorderInner;
+pub use recorder::{HandlerRun, Recorder};
+pub use repository::{Conflict, Entity, FakeUnitOfWork, InMemoryRepository, InMemoryStore};
+pub use scenario::{given, Given, Then};
