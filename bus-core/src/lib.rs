@@ -45,6 +45,7 @@ mod dependencies;
 mod error;
 mod events;
 mod executor;
+pub mod guide;
 mod inject;
 mod layer;
 mod message;

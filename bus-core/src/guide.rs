@@ -1,0 +1,41 @@
+#![doc = include_str!("../../docs/guide/README.md")]
+
+/// Chapter 1.
+pub mod commands_and_events {
+    #![doc = include_str!("../../docs/guide/01-commands-and-events.md")]
+}
+
+/// Chapter 2.
+pub mod handlers_and_dependency_injection {
+    #![doc = include_str!("../../docs/guide/02-handlers-and-dependency-injection.md")]
+}
+
+/// Chapter 3.
+pub mod unit_of_work_and_aggregates {
+    #![doc = include_str!("../../docs/guide/03-unit-of-work-and-aggregates.md")]
+}
+
+/// Chapter 4.
+pub mod queries_and_read_models {
+    #![doc = include_str!("../../docs/guide/04-queries-and-read-models.md")]
+}
+
+/// Chapter 5.
+pub mod bootstrap_and_testing {
+    #![doc = include_str!("../../docs/guide/05-bootstrap-and-testing.md")]
+}
+
+/// Chapter 6.
+pub mod failure_handling {
+    #![doc = include_str!("../../docs/guide/06-failure-handling.md")]
+}
+
+/// Chapter 7.
+pub mod handlers_across_crates {
+    #![doc = include_str!("../../docs/guide/07-handlers-across-crates.md")]
+}
+
+/// Chapter 8.
+pub mod adding_a_use_case {
+    #![doc = include_str!("../../docs/guide/08-adding-a-use-case.md")]
+}
