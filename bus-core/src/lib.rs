@@ -58,8 +58,8 @@ mod uow;
 
 pub use bus::DEFAULT_MAX_MESSAGES_PER_DISPATCH;
 pub use bus::{
-    Bus, BusBuilder, BusDescription, DependencyDescription, HandlerDescription, MessageDescription,
-    ReplayError, ShutdownError,
+    Bus, BusBuilder, BusDescription, CommandCodec, DependencyDescription, HandlerDescription,
+    InboundError, MessageDescription, ReplayError, ShutdownError,
 };
 pub use call::BoxFuture;
 pub use context::{MessageContext, MessageId, ParseMessageIdError};
@@ -92,6 +92,7 @@ pub use async_trait::async_trait;
 /// any release.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::bus::CommandCodec;
     pub use crate::call::{
         borrow_event, borrow_from_frame, boxed, clone_event, event_result, inject, not_shared,
         put_output, ready_err, ready_ok, take_event, take_from_frame, BoxFuture, Call,

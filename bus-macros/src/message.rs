@@ -35,8 +35,9 @@ impl MessageKind {
 
     fn known_args(self) -> &'static [&'static str] {
         match self {
-            MessageKind::Command | MessageKind::Query => &["name", "output", "error"],
-            MessageKind::Event => &["name", "serde"],
+            MessageKind::Command => &["name", "output", "error", "serde", "external"],
+            MessageKind::Query => &["name", "output", "error"],
+            MessageKind::Event => &["name", "serde", "external"],
         }
     }
 }
@@ -44,8 +45,11 @@ impl MessageKind {
 #[derive(Default)]
 struct MessageArgs {
     name: Option<LitStr>,
-    /// `#[event(serde)]`: the event can be written as JSON and read back.
+    /// `#[event(serde)]`: the event can be written as JSON and read back
+    /// (a command: read from JSON and dispatched).
     serde: Option<Span>,
+    /// `#[event(external = "stream")]`: its name on a broker; implies `serde`.
+    external: Option<LitStr>,
     output: Option<Type>,
     error: Option<Type>,
 }
@@ -91,6 +95,11 @@ pub(crate) fn expand(input: TokenStream, kind: MessageKind) -> TokenStream {
             errors.spanned(name, "a message name cannot be empty");
         }
     }
+    if let Some(external) = &args.external {
+        if external.value().trim().is_empty() {
+            errors.spanned(external, "an external name cannot be empty");
+        }
+    }
 
     // A generic or union type gets no impls: they could not be right. Argument
     // mistakes still get impls (with defaults), so that uses of the type do
@@ -126,12 +135,14 @@ fn parse_args(input: &DeriveInput, kind: MessageKind, errors: &mut Errors) -> Me
                     "error" => args.error = Some(meta.value()?.parse()?),
                     "serde" => {
                         if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
-                            return Err(
-                                meta.error("`serde` takes no value: write `#[event(serde)]`")
-                            );
+                            return Err(meta.error(format!(
+                                "`serde` takes no value: write `#[{}(serde)]`",
+                                kind.attribute()
+                            )));
                         }
                         args.serde = Some(meta.path.span());
                     }
+                    "external" => args.external = Some(meta.value()?.parse()?),
                     _ => {}
                 }
                 Ok(())
@@ -255,16 +266,31 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
             }
         }
     };
-    let (codec_static, with_codec) = match args.serde {
-        Some(serde_span) => (
-            quote_spanned! {serde_span=>
+    // `external` implies `serde`; the codec's bounds (`Serialize`,
+    // `Deserialize`) are spanned on the argument that asked for them.
+    let serde_span = args
+        .serde
+        .or_else(|| args.external.as_ref().map(LitStr::span));
+    let (codec_static, mut with_codec) = match (serde_span, kind) {
+        (Some(span), MessageKind::Event) => (
+            quote_spanned! {span=>
                 static __BUS_CODEC: ::bus_core::__private::EventCodec =
                     ::bus_core::__private::EventCodec::json::<#ident>();
             },
             quote!(.with_codec(&__BUS_CODEC)),
         ),
-        None => (TokenStream::new(), TokenStream::new()),
+        (Some(span), MessageKind::Command) => (
+            quote_spanned! {span=>
+                static __BUS_CODEC: ::bus_core::__private::CommandCodec =
+                    ::bus_core::__private::CommandCodec::json::<#ident>();
+            },
+            quote!(.with_command_codec(&__BUS_CODEC)),
+        ),
+        _ => (TokenStream::new(), TokenStream::new()),
     };
+    if let Some(external) = &args.external {
+        with_codec.extend(quote!(.with_external(#external)));
+    }
     quote! {
         #[doc(hidden)]
         #[allow(non_upper_case_globals, clippy::all)]

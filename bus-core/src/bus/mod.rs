@@ -6,6 +6,7 @@ mod command_retry;
 mod describe;
 mod dispatch;
 mod event_path;
+mod inbound;
 mod invocation;
 mod lifecycle;
 mod replay;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 pub use builder::{BusBuilder, DEFAULT_MAX_MESSAGES_PER_DISPATCH};
 pub use describe::{BusDescription, DependencyDescription, HandlerDescription, MessageDescription};
+pub use inbound::{CommandCodec, InboundError};
 pub use replay::ReplayError;
 use routes::Routes;
 pub(crate) use typed_route::{TypedEntry, TypedSyncEntry};
@@ -83,6 +85,19 @@ struct Names {
     handlers: HashMap<&'static str, (&'static MessageMeta, usize)>,
     /// Every message type by its name.
     messages: HashMap<&'static str, &'static MessageMeta>,
+    /// Every message type with an external name, by that name.
+    external: HashMap<&'static str, &'static MessageMeta>,
+}
+
+impl Names {
+    /// The message an inbound `name` means: an external name first, then a
+    /// message's own name.
+    fn inbound(&self, name: &str) -> Option<&'static MessageMeta> {
+        self.external
+            .get(name)
+            .or_else(|| self.messages.get(name))
+            .copied()
+    }
 }
 
 impl BusInner {
@@ -95,7 +110,16 @@ impl BusInner {
                 }
             }
             let messages = self.messages.iter().map(|m| (m.name(), *m)).collect();
-            Names { handlers, messages }
+            let external = self
+                .messages
+                .iter()
+                .filter_map(|m| m.external().map(|name| (name, *m)))
+                .collect();
+            Names {
+                handlers,
+                messages,
+                external,
+            }
         })
     }
 }

@@ -1,0 +1,214 @@
+//! Inbound messages: a message that arrives as a name and a JSON payload
+//! (from a broker, a queue, a webhook) is read into its registered type and
+//! dispatched: a command to its handler, an event to its handlers.
+//!
+//! The names come from the derives, collected at link time like everything
+//! else: a message's external name (`external = "change_batch_quantity"`)
+//! or its own name. A command needs `#[command(serde)]` (or `external`), an
+//! event `#[event(serde)]` (or `external`).
+
+use std::future::Future;
+
+use tracing::Instrument;
+
+use super::cascade::Cascade;
+use super::invocation::dispatch_span;
+use super::Bus;
+use crate::call::BoxFuture;
+use crate::context::MessageContext;
+use crate::message::{Command, Kind, MessageMeta};
+
+/// Why an inbound message was not handled. Every variant says whether
+/// trying it again could help ([`is_retryable`](Self::is_retryable)); a
+/// consumer sends the others to its dead letters.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InboundError {
+    /// No message of this bus has this name.
+    #[error("no message is named `{0}` in this bus")]
+    UnknownName(String),
+    /// The message type cannot be read from JSON.
+    #[error("`{0}` cannot be read from JSON: derive it with `serde` or `external`")]
+    NotSerializable(&'static str),
+    /// A query arrived: the read side is not driven by messages.
+    #[error("`{0}` is a query: queries are asked, not sent")]
+    Query(&'static str),
+    /// The payload is not the message.
+    #[error("malformed `{name}`: {error}")]
+    Malformed {
+        /// The message's name.
+        name: &'static str,
+        /// What serde said.
+        error: serde_json::Error,
+    },
+    /// The command's handler returned its error (or the bus failed the
+    /// dispatch); its text.
+    #[error("`{name}` failed: {error}")]
+    Failed {
+        /// The message's name.
+        name: &'static str,
+        /// The error's text.
+        error: String,
+    },
+    /// The bus is closed: nothing was handled; another instance may take it.
+    #[error("the bus is shutting down: `{0}` was not handled")]
+    Closed(&'static str),
+}
+
+impl InboundError {
+    /// Whether the same message may succeed later (the bus was closed): the
+    /// others will fail the same way every time.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, InboundError::Closed(_))
+    }
+}
+
+/// Reads one command type from JSON and dispatches it; what
+/// `#[command(serde)]` generates.
+pub struct CommandCodec {
+    dispatch:
+        for<'a> fn(&'a Bus, &'a str, MessageContext) -> BoxFuture<'a, Result<(), InboundError>>,
+}
+
+impl CommandCodec {
+    /// The JSON codec of `C`.
+    #[doc(hidden)]
+    pub const fn json<C>() -> Self
+    where
+        C: Command + serde::de::DeserializeOwned,
+    {
+        CommandCodec {
+            dispatch: dispatch_json::<C>,
+        }
+    }
+}
+
+impl std::fmt::Debug for CommandCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommandCodec(json)")
+    }
+}
+
+fn dispatch_json<'a, C>(
+    bus: &'a Bus,
+    json: &'a str,
+    context: MessageContext,
+) -> BoxFuture<'a, Result<(), InboundError>>
+where
+    C: Command + serde::de::DeserializeOwned,
+{
+    let name = C::meta().name();
+    let command = match serde_json::from_str::<C>(json) {
+        Ok(command) => command,
+        Err(error) => {
+            return Box::pin(std::future::ready(Err(InboundError::Malformed {
+                name,
+                error,
+            })))
+        }
+    };
+    Box::pin(async move {
+        match bus.dispatch_in(command, context).await {
+            Ok(_) => Ok(()),
+            Err(crate::error::DispatchError::Closed) => Err(InboundError::Closed(name)),
+            Err(error) => Err(InboundError::Failed {
+                name,
+                error: error.to_string(),
+            }),
+        }
+    })
+}
+
+impl Bus {
+    /// Handles a message that arrived from outside as `name` (its external
+    /// name, or its own) and a JSON `payload`: a command is dispatched, an
+    /// event published, as part of the flow `context` continues.
+    ///
+    /// ```
+    /// use bus_core::{handler, Bus, Command, MessageContext};
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    ///
+    /// #[derive(Debug, serde::Deserialize, Command)]
+    /// #[command(name = "stock.change_quantity", external = "change_batch_quantity")]
+    /// struct ChangeQuantity { batchref: String, qty: u32 }
+    ///
+    /// #[handler]
+    /// fn change_quantity(cmd: ChangeQuantity, last: &AtomicU32) -> Result<(), std::convert::Infallible> {
+    ///     last.store(cmd.qty, Ordering::SeqCst);
+    ///     Ok(())
+    /// }
+    ///
+    /// let last = std::sync::Arc::new(AtomicU32::new(0));
+    /// let bus = Bus::builder()
+    ///     .dependencies(bus_core::Dependencies::new().shared_arc(last.clone()))
+    ///     .build()
+    ///     .unwrap();
+    /// let payload = r#"{"batchref": "b1", "qty": 25}"#;
+    /// bus_core::block_on(bus.handle_external("change_batch_quantity", payload, MessageContext::root())).unwrap();
+    /// assert_eq!(last.load(Ordering::SeqCst), 25);
+    ///
+    /// let malformed = bus_core::block_on(bus.handle_external("change_batch_quantity", "{}", MessageContext::root()));
+    /// assert!(malformed.unwrap_err().to_string().starts_with("malformed `stock.change_quantity`: missing field"));
+    /// ```
+    pub async fn handle_external(
+        &self,
+        name: &str,
+        payload: &str,
+        context: MessageContext,
+    ) -> Result<(), InboundError> {
+        let meta = self
+            .inner
+            .names()
+            .inbound(name)
+            .ok_or_else(|| InboundError::UnknownName(name.to_owned()))?;
+        match meta.kind() {
+            Kind::Query => Err(InboundError::Query(meta.name())),
+            Kind::Command => {
+                let codec = meta
+                    .command_codec()
+                    .ok_or(InboundError::NotSerializable(meta.name()))?;
+                (codec.dispatch)(self, payload, context).await
+            }
+            Kind::Event => {
+                let codec = meta
+                    .codec()
+                    .ok_or(InboundError::NotSerializable(meta.name()))?;
+                let event = codec
+                    .decode(payload)
+                    .map_err(|error| InboundError::Malformed {
+                        name: meta.name(),
+                        error,
+                    })?;
+                self.publish_erased(event, meta, context).await
+            }
+        }
+    }
+
+    /// Publishes an event whose type is known only at run time.
+    fn publish_erased<'a>(
+        &'a self,
+        event: crate::events::PendingEvent,
+        meta: &'static MessageMeta,
+        context: MessageContext,
+    ) -> impl Future<Output = Result<(), InboundError>> + Send + 'a {
+        async move {
+            let Ok(_in_flight) = self.inner.lifecycle.enter() else {
+                return Err(InboundError::Closed(meta.name()));
+            };
+            let span = dispatch_span(meta, "event", &mut Some(context));
+            let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
+            async {
+                self.handle_event(event.erased(), meta, context, &mut cascade)
+                    .await;
+                self.after_event(&mut cascade).await;
+                self.run_queue(&mut cascade).await
+            }
+            .instrument(span)
+            .await
+            .map_err(|error| InboundError::Failed {
+                name: meta.name(),
+                error: error.to_string(),
+            })
+        }
+    }
+}
