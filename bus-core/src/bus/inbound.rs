@@ -7,8 +7,6 @@
 //! or its own name. A command needs `#[command(serde)]` (or `external`), an
 //! event `#[event(serde)]` (or `external`).
 
-use std::future::Future;
-
 use tracing::Instrument;
 
 use super::cascade::Cascade;
@@ -185,30 +183,28 @@ impl Bus {
     }
 
     /// Publishes an event whose type is known only at run time.
-    fn publish_erased<'a>(
-        &'a self,
+    async fn publish_erased(
+        &self,
         event: crate::events::PendingEvent,
         meta: &'static MessageMeta,
         context: MessageContext,
-    ) -> impl Future<Output = Result<(), InboundError>> + Send + 'a {
-        async move {
-            let Ok(_in_flight) = self.inner.lifecycle.enter() else {
-                return Err(InboundError::Closed(meta.name()));
-            };
-            let span = dispatch_span(meta, "event", &mut Some(context));
-            let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
-            async {
-                self.handle_event(event.erased(), meta, context, &mut cascade)
-                    .await;
-                self.after_event(&mut cascade).await;
-                self.run_queue(&mut cascade).await
-            }
-            .instrument(span)
-            .await
-            .map_err(|error| InboundError::Failed {
-                name: meta.name(),
-                error: error.to_string(),
-            })
+    ) -> Result<(), InboundError> {
+        let Ok(_in_flight) = self.inner.lifecycle.enter() else {
+            return Err(InboundError::Closed(meta.name()));
+        };
+        let span = dispatch_span(meta, "event", &mut Some(context));
+        let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
+        async {
+            self.handle_event(event.erased(), meta, context, &mut cascade)
+                .await;
+            self.after_event(&mut cascade).await;
+            self.run_queue(&mut cascade).await
         }
+        .instrument(span)
+        .await
+        .map_err(|error| InboundError::Failed {
+            name: meta.name(),
+            error: error.to_string(),
+        })
     }
 }
