@@ -184,3 +184,11 @@ async fn a_closed_bus_refuses_inbound_messages_as_retryable() {
     }
     assert!(seen.lock().unwrap().is_empty());
 }
+
+#[test]
+fn handling_an_inbound_message_is_a_send_future_for_a_consumer_task() {
+    fn assert_send<T: Send>(_: &T) {}
+    let (bus, _) = bus();
+    let future = bus.handle_external("restocked", "{}", MessageContext::root());
+    assert_send(&future);
+}
