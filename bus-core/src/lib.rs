@@ -54,6 +54,7 @@ mod registry;
 mod retry;
 pub mod testing;
 mod timeout;
+pub mod transport;
 mod uow;
 
 pub use bus::DEFAULT_MAX_MESSAGES_PER_DISPATCH;

@@ -1,0 +1,313 @@
+//! Brokers behind one small contract: publish a message to a stream; read
+//! deliveries as a consumer group member, acknowledge each one, or send it
+//! to the stream's dead letters with the reason.
+//!
+//! The contract is at-least-once, with a unique id per message, which is
+//! what Redis Streams (consumer groups, `XACK`, claiming stale pending
+//! entries), Kafka (consumer groups, committed offsets) and NATS JetStream
+//! (durable consumers, `ack`) all give; a consumer that must not handle a
+//! message twice keeps the ids it handled (an inbox).
+//!
+//! [`Consumer`] runs a [`Subscriber`]'s deliveries through
+//! [`Bus::handle_external`]: handled → acknowledged; malformed, unknown or
+//! failed for good → dead-lettered with the reason, then acknowledged, so it
+//! never blocks the messages behind it; the bus shutting down → left
+//! unacknowledged, for another consumer to claim.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::bus::Bus;
+use crate::context::{MessageContext, MessageId};
+use crate::error::BoxError;
+
+/// One message for a broker: a stream (or topic, or subject), the message's
+/// name, its JSON payload and its ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundMessage {
+    /// Unique per message: a consumer's inbox key.
+    pub id: MessageId,
+    /// Where it goes.
+    pub stream: String,
+    /// The message's name (its type, for the consumer).
+    pub name: String,
+    /// The message as JSON.
+    pub payload: String,
+    /// The flow it belongs to.
+    pub correlation_id: MessageId,
+    /// The message that caused it.
+    pub causation_id: Option<MessageId>,
+}
+
+/// One message as a consumer receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The message (as published).
+    pub message: OutboundMessage,
+    /// The broker's handle on this delivery (an entry id, an offset).
+    pub receipt: String,
+    /// How many times it was delivered before this one.
+    pub redeliveries: u32,
+}
+
+/// A broker failed, or gave something that is not a message.
+#[derive(Debug, thiserror::Error)]
+#[error("{operation}: {source}")]
+pub struct TransportError {
+    /// What was being done.
+    pub operation: &'static str,
+    /// The broker's error.
+    #[source]
+    pub source: BoxError,
+}
+
+impl TransportError {
+    /// A failed `operation`.
+    pub fn new(operation: &'static str, source: impl Into<BoxError>) -> Self {
+        TransportError {
+            operation,
+            source: source.into(),
+        }
+    }
+}
+
+/// Publishes messages to a broker.
+#[crate::async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes one message; `Ok` once the broker has it.
+    async fn publish(&self, message: &OutboundMessage) -> Result<(), TransportError>;
+}
+
+/// Reads a stream as one member of a consumer group.
+#[crate::async_trait]
+pub trait Subscriber: Send + 'static {
+    /// The next deliveries (at most `max`), waiting up to `wait` for one:
+    /// new ones, and ones another member took but never acknowledged.
+    async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, TransportError>;
+
+    /// The delivery was handled: it is not delivered again.
+    async fn ack(&mut self, delivery: &Delivery) -> Result<(), TransportError>;
+
+    /// Keeps the delivery in the stream's dead letters with `reason` (the
+    /// caller acknowledges it next).
+    async fn dead_letter(
+        &mut self,
+        delivery: &Delivery,
+        reason: &str,
+    ) -> Result<(), TransportError>;
+}
+
+/// What a consumer did with one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// Dispatched and acknowledged.
+    Done,
+    /// Dead-lettered with this reason, then acknowledged.
+    DeadLettered(String),
+    /// Left unacknowledged (the bus is shutting down): delivered again later.
+    Left,
+}
+
+/// Runs a subscriber's deliveries through a bus.
+pub struct Consumer<S> {
+    bus: Bus,
+    subscriber: S,
+    batch: usize,
+    wait: Duration,
+}
+
+impl<S: Subscriber> Consumer<S> {
+    /// A consumer of `subscriber`'s deliveries on `bus`.
+    pub fn new(bus: Bus, subscriber: S) -> Self {
+        Consumer {
+            bus,
+            subscriber,
+            batch: 16,
+            wait: Duration::from_millis(500),
+        }
+    }
+
+    /// Handles one delivery: see [`Handled`].
+    pub async fn handle(&mut self, delivery: &Delivery) -> Result<Handled, TransportError> {
+        let message = &delivery.message;
+        let context = MessageContext::continuing(message.correlation_id, message.causation_id);
+        match self
+            .bus
+            .handle_external(&message.name, &message.payload, context)
+            .await
+        {
+            Ok(()) => {
+                self.subscriber.ack(delivery).await?;
+                Ok(Handled::Done)
+            }
+            Err(error) if error.is_retryable() => Ok(Handled::Left),
+            Err(error) => {
+                let reason = error.to_string();
+                tracing::warn!(
+                    message_id = %message.id,
+                    name = %message.name,
+                    %reason,
+                    "inbound message dead-lettered"
+                );
+                self.subscriber.dead_letter(delivery, &reason).await?;
+                self.subscriber.ack(delivery).await?;
+                Ok(Handled::DeadLettered(reason))
+            }
+        }
+    }
+
+    /// Reads and handles one batch: what became of each delivery.
+    pub async fn poll_once(&mut self) -> Result<Vec<Handled>, TransportError> {
+        let deliveries = self.subscriber.next(self.batch, self.wait).await?;
+        let mut handled = Vec::with_capacity(deliveries.len());
+        for delivery in &deliveries {
+            handled.push(self.handle(delivery).await?);
+        }
+        Ok(handled)
+    }
+
+    /// Consumes until the bus closes; a broker error is logged and retried
+    /// after a pause, never the end of the consumer.
+    pub async fn run(mut self) {
+        while !self.bus.is_closed() {
+            if let Err(error) = self.poll_once().await {
+                tracing::error!(%error, "consumer: the broker failed; trying again in 1 s");
+                crate::retry::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for Consumer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("batch", &self.batch)
+            .field("wait", &self.wait)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An in-memory broker with one stream per name: for tests and demos.
+/// Deliveries stay pending until acknowledged; dead letters are kept per
+/// stream.
+#[derive(Debug, Clone, Default)]
+pub struct InMemoryBroker {
+    state: Arc<Mutex<BrokerState>>,
+}
+
+#[derive(Debug, Default)]
+struct BrokerState {
+    streams: std::collections::HashMap<String, VecDeque<(u64, OutboundMessage)>>,
+    pending: Vec<(String, u64, OutboundMessage)>,
+    dead: Vec<(String, OutboundMessage, String)>,
+    next_receipt: u64,
+}
+
+impl InMemoryBroker {
+    fn state(&self) -> std::sync::MutexGuard<'_, BrokerState> {
+        // Every change is a push or a removal: a poisoned lock's data is whole.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A subscriber to `stream`.
+    pub fn subscribe(&self, stream: &str) -> InMemorySubscriber {
+        InMemorySubscriber {
+            broker: self.clone(),
+            stream: stream.to_owned(),
+        }
+    }
+
+    /// The messages published to `stream` and not yet delivered.
+    pub fn waiting(&self, stream: &str) -> Vec<OutboundMessage> {
+        self.state()
+            .streams
+            .get(stream)
+            .map(|queue| queue.iter().map(|(_, m)| m.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The dead letters of `stream`: each message with its reason.
+    pub fn dead_letters(&self, stream: &str) -> Vec<(OutboundMessage, String)> {
+        self.state()
+            .dead
+            .iter()
+            .filter(|(s, _, _)| s == stream)
+            .map(|(_, m, reason)| (m.clone(), reason.clone()))
+            .collect()
+    }
+
+    /// How many deliveries are taken and not acknowledged.
+    pub fn pending(&self) -> usize {
+        self.state().pending.len()
+    }
+}
+
+#[crate::async_trait]
+impl Publisher for InMemoryBroker {
+    async fn publish(&self, message: &OutboundMessage) -> Result<(), TransportError> {
+        let mut state = self.state();
+        state.next_receipt += 1;
+        let receipt = state.next_receipt;
+        state
+            .streams
+            .entry(message.stream.clone())
+            .or_default()
+            .push_back((receipt, message.clone()));
+        Ok(())
+    }
+}
+
+/// A subscriber of an [`InMemoryBroker`] stream.
+#[derive(Debug)]
+pub struct InMemorySubscriber {
+    broker: InMemoryBroker,
+    stream: String,
+}
+
+#[crate::async_trait]
+impl Subscriber for InMemorySubscriber {
+    async fn next(&mut self, max: usize, _wait: Duration) -> Result<Vec<Delivery>, TransportError> {
+        let mut state = self.broker.state();
+        let mut deliveries = Vec::new();
+        while deliveries.len() < max {
+            let Some((receipt, message)) = state
+                .streams
+                .get_mut(&self.stream)
+                .and_then(VecDeque::pop_front)
+            else {
+                break;
+            };
+            state
+                .pending
+                .push((self.stream.clone(), receipt, message.clone()));
+            deliveries.push(Delivery {
+                message,
+                receipt: receipt.to_string(),
+                redeliveries: 0,
+            });
+        }
+        Ok(deliveries)
+    }
+
+    async fn ack(&mut self, delivery: &Delivery) -> Result<(), TransportError> {
+        self.broker
+            .state()
+            .pending
+            .retain(|(_, receipt, _)| receipt.to_string() != delivery.receipt);
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &mut self,
+        delivery: &Delivery,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        self.broker.state().dead.push((
+            self.stream.clone(),
+            delivery.message.clone(),
+            reason.to_owned(),
+        ));
+        Ok(())
+    }
+}
