@@ -90,15 +90,10 @@ async fn redis_streams_deliver_acknowledge_and_dead_letter_a_poison_message_with
             .await
             .unwrap();
     }
-    let subscriber = RedisSubscriber::join(
-        &redis_url(),
-        &stream,
-        "app",
-        "one",
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    let subscriber =
+        RedisSubscriber::join(&redis_url(), &stream, "app", "one", Duration::from_secs(30))
+            .await
+            .unwrap();
     let dead_stream = subscriber.dead_letter_stream();
     let (bus, seen) = bus();
     let handled = Consumer::new(bus, subscriber).poll_once().await.unwrap();
