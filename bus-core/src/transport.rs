@@ -21,6 +21,7 @@ use std::time::Duration;
 use crate::bus::Bus;
 use crate::context::{MessageContext, MessageId};
 use crate::error::BoxError;
+use crate::events::PendingEvent;
 
 /// One message for a broker: a stream (or topic, or subject), the message's
 /// name, its JSON payload and its ids.
@@ -38,6 +39,46 @@ pub struct OutboundMessage {
     pub correlation_id: MessageId,
     /// The message that caused it.
     pub causation_id: Option<MessageId>,
+}
+
+impl OutboundMessage {
+    /// The outbound form of an external event (derived with
+    /// `external = "..."`) raised in the flow `context` belongs to; `None`
+    /// for an internal event. Its name is its stream, which is how a
+    /// consumer finds its type.
+    ///
+    /// ```
+    /// use bus_core::transport::OutboundMessage;
+    /// use bus_core::{Event, MessageContext, PendingEvent};
+    ///
+    /// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+    /// #[event(name = "allocation.allocated", external = "line_allocated")]
+    /// struct Allocated { orderid: String }
+    ///
+    /// let flow = MessageContext::root();
+    /// let event = PendingEvent::new(Allocated { orderid: "o1".into() });
+    /// let message = OutboundMessage::from_event(&event, &flow).unwrap().unwrap();
+    /// assert_eq!((message.stream.as_str(), message.payload.as_str()), ("line_allocated", r#"{"orderid":"o1"}"#));
+    /// assert_eq!(message.correlation_id, flow.correlation_id());
+    /// ```
+    pub fn from_event(
+        event: &PendingEvent,
+        context: &MessageContext,
+    ) -> Option<Result<Self, serde_json::Error>> {
+        let stream = event.meta().external()?;
+        let payload = match event.to_json()? {
+            Ok(payload) => payload,
+            Err(error) => return Some(Err(error)),
+        };
+        Some(Ok(OutboundMessage {
+            id: MessageId::new(),
+            stream: stream.to_owned(),
+            name: stream.to_owned(),
+            payload,
+            correlation_id: context.correlation_id(),
+            causation_id: Some(context.message_id()),
+        }))
+    }
 }
 
 /// One message as a consumer receives it.

@@ -81,7 +81,7 @@ pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
         dead_letters,
     } = adapters;
     let dependencies = Dependencies::new()
-        .scoped_boxed::<dyn UnitOfWork, _>(move |scope| unit_of_work(scope.releaser()))
+        .scoped_boxed::<dyn UnitOfWork, _>(move |scope| unit_of_work(scope))
         .shared_arc(views)
         .shared_arc(notifications);
     Bus::builder()

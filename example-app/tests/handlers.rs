@@ -355,7 +355,7 @@ mod racing {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    use bus_core::{async_trait, EventReleaser};
+    use bus_core::async_trait;
     use example_app::adapters::memory::{FakeUnitOfWork, InMemoryStore};
     use example_app::service_layer::unit_of_work::{
         ProductRepository, UnitOfWork, UnitOfWorkFactory, UowError,
@@ -392,9 +392,9 @@ mod racing {
 
     pub fn factory(store: Arc<InMemoryStore>, fail_attempt: usize) -> UnitOfWorkFactory {
         let attempts = Arc::new(AtomicUsize::new(0));
-        Arc::new(move |releaser: EventReleaser| {
+        Arc::new(move |scope: &mut bus_core::Scope| {
             Box::new(Racing {
-                inner: FakeUnitOfWork::new(store.clone(), releaser),
+                inner: FakeUnitOfWork::new(store.clone(), scope.releaser()),
                 attempts: attempts.clone(),
                 fail_attempt,
             })

@@ -46,7 +46,7 @@ impl InMemoryStore {
     /// A factory of units of work over this store, for bootstrap.
     pub fn unit_of_work_factory(self: &Arc<Self>) -> UnitOfWorkFactory {
         let store = self.clone();
-        Arc::new(move |releaser| Box::new(FakeUnitOfWork::new(store.clone(), releaser)))
+        Arc::new(move |scope| Box::new(FakeUnitOfWork::new(store.clone(), scope.releaser())))
     }
 }
 

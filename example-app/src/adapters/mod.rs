@@ -4,4 +4,5 @@
 pub mod dead_letters;
 pub mod memory;
 pub mod notifications;
+pub mod outbox;
 pub mod sqlite;

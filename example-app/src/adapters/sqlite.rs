@@ -6,7 +6,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::{async_trait, Aggregate, EventReleaser};
+use bus_core::transport::OutboundMessage;
+use bus_core::{async_trait, Aggregate, EventReleaser, MessageContext};
 use chrono::NaiveDate;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -14,6 +15,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use tokio::sync::Mutex;
 
+use super::outbox;
 use crate::domain::model::{Batch, OrderLine, Product};
 use crate::service_layer::unit_of_work::{
     ProductRepository, UnitOfWork, UnitOfWorkFactory, UowError,
@@ -67,7 +69,9 @@ pub async fn connect(url: &str) -> Result<SqliteDatabase, sqlx::Error> {
 
 /// A factory of SQLite units of work over `database`, for bootstrap.
 pub fn unit_of_work_factory(database: SqliteDatabase) -> UnitOfWorkFactory {
-    Arc::new(move |releaser| Box::new(SqliteUnitOfWork::new(database.clone(), releaser)))
+    Arc::new(move |scope| {
+        Box::new(SqliteUnitOfWork::new(database.clone(), scope.releaser()).in_flow(scope.context()))
+    })
 }
 
 fn storage(error: sqlx::Error) -> UowError {
@@ -358,6 +362,9 @@ impl ProductRepository for SqliteRepository {
 pub struct SqliteUnitOfWork {
     repository: SqliteRepository,
     releaser: EventReleaser,
+    /// The message whose handler this unit of work serves: external events
+    /// written to the outbox carry its ids.
+    flow: Option<MessageContext>,
 }
 
 impl SqliteUnitOfWork {
@@ -369,7 +376,15 @@ impl SqliteUnitOfWork {
                 seen: Vec::new(),
             },
             releaser,
+            flow: None,
         }
+    }
+
+    /// The same unit of work, serving the handler of the message `context`
+    /// describes (its outbox messages continue that flow).
+    pub fn in_flow(mut self, context: MessageContext) -> Self {
+        self.flow = Some(context);
+        self
     }
 }
 
@@ -393,6 +408,17 @@ impl bus_core::UnitOfWork for SqliteUnitOfWork {
                 .map_err(|e| write_error(e, &sku))?;
             for tracked in repository.seen.iter().filter(changed) {
                 SqliteRepository::save(&mut tx, tracked).await?;
+            }
+            // The external events go to the outbox in the same transaction:
+            // they leave (by the relay) if and only if the change committed.
+            let flow = self.flow.unwrap_or_default();
+            for tracked in repository.seen.iter().filter(changed) {
+                for event in tracked.product.recorded().iter() {
+                    if let Some(message) = OutboundMessage::from_event(event, &flow) {
+                        let message = message.map_err(|e| UowError::Storage(Box::new(e)))?;
+                        outbox::insert(&mut tx, &message).await.map_err(storage)?;
+                    }
+                }
             }
             tx.commit().await.map_err(|e| write_error(e, &sku))?;
         }

@@ -2,6 +2,7 @@
 
 use bus_core::Command;
 use chrono::NaiveDate;
+use serde::Deserialize;
 
 use crate::service_layer::ServiceError;
 
@@ -33,10 +34,18 @@ pub struct Allocate {
 }
 
 /// Changes a batch's purchased quantity, deallocating lines that no longer fit.
-#[derive(Debug, Clone, PartialEq, Eq, Command)]
-#[command(name = "allocation.change_batch_quantity", error = ServiceError)]
+/// External: also read from the stream `change_batch_quantity` as
+/// `{"batchref","qty"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Command)]
+#[command(
+    name = "allocation.change_batch_quantity",
+    error = ServiceError,
+    external = "change_batch_quantity"
+)]
+#[serde(deny_unknown_fields)]
 pub struct ChangeBatchQuantity {
     /// The batch.
+    #[serde(rename = "batchref")]
     pub reference: String,
     /// The new purchased quantity.
     pub qty: u32,

@@ -6,9 +6,11 @@
 use bus_core::Event;
 use serde::{Deserialize, Serialize};
 
-/// An order line was allocated to a batch.
+/// An order line was allocated to a batch. External: published (through the
+/// outbox) to the stream `line_allocated` as
+/// `{"orderid","sku","qty","batchref"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
-#[event(name = "allocation.allocated", serde)]
+#[event(name = "allocation.allocated", external = "line_allocated")]
 pub struct Allocated {
     /// The order.
     pub orderid: String,

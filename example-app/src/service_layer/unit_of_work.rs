@@ -3,7 +3,7 @@
 //! Handlers take `Scoped<dyn UnitOfWork>`: bootstrap decides whether that is
 //! the SQLite one or the in-memory fake.
 
-use bus_core::{async_trait, BoxError, EventReleaser};
+use bus_core::{async_trait, BoxError};
 
 use crate::domain::model::Product;
 
@@ -45,4 +45,4 @@ pub trait UnitOfWork: bus_core::UnitOfWork<Error = UowError> {
 /// Makes a fresh unit of work for one handler call, given the call's
 /// releaser; bootstrap registers it as a scoped dependency.
 pub type UnitOfWorkFactory =
-    std::sync::Arc<dyn Fn(EventReleaser) -> Box<dyn UnitOfWork> + Send + Sync>;
+    std::sync::Arc<dyn Fn(&mut bus_core::Scope) -> Box<dyn UnitOfWork> + Send + Sync>;
