@@ -24,6 +24,22 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// Redis, for the broker entrypoint: relays the outbox to the stream
+    /// `line_allocated` and consumes `change_batch_quantity`. Without it the
+    /// app runs alone (external events stay in the outbox).
+    #[arg(long = "redis-url", env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// This instance's name in the consumer group (default: host and pid).
+    #[arg(long = "consumer-name", env = "CONSUMER_NAME")]
+    pub consumer_name: Option<String>,
+
+    /// How long the outbox relay waits between rounds when it found nothing.
+    /// A large value is a fault-injection switch: events commit but are not
+    /// relayed yet (kill the process, restart it, nothing is lost).
+    #[arg(long = "relay-pause-ms", env = "RELAY_PAUSE_MS", default_value_t = 100)]
+    pub relay_pause_ms: u64,
+
     /// What to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -10,7 +10,7 @@ use clap::Parser;
 use example_app::adapters::memory::InMemoryStore;
 use example_app::adapters::sqlite;
 use example_app::config::{Command, Config};
-use example_app::entrypoints::http;
+use example_app::entrypoints::{broker, http};
 use example_app::{bootstrap, Adapters};
 use tokio::net::TcpListener;
 
@@ -30,6 +30,8 @@ enum StartError {
     },
     #[error("the server failed: {0}")]
     Serve(std::io::Error),
+    #[error("cannot start the broker entrypoint: {0}")]
+    Broker(bus_core::transport::TransportError),
 }
 
 #[tokio::main]
@@ -76,6 +78,21 @@ async fn run(config: Config) -> Result<(), StartError> {
             addr: config.bind,
             source,
         })?;
+    let mut broker = match &config.redis_url {
+        Some(url) => {
+            let consumer = config
+                .consumer_name
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+            let pause = Duration::from_millis(config.relay_pause_ms);
+            Some(
+                broker::start(url, &consumer, database.clone(), bus.clone(), pause)
+                    .await
+                    .map_err(StartError::Broker)?,
+            )
+        }
+        None => None,
+    };
     let addr = listener.local_addr().unwrap_or(config.bind);
     tracing::info!(database = %config.database_url, "listening on http://{addr}");
     let state = http::AppState {
@@ -86,13 +103,29 @@ async fn run(config: Config) -> Result<(), StartError> {
         .await
         .map_err(StartError::Serve)?;
     // The server has stopped taking requests and finished those in flight;
-    // the bus now refuses new dispatches and lets any still running finish.
+    // the relay stops after its round; the bus now refuses new dispatches
+    // and lets any still running finish; the consumer stops with it.
+    if let Some(broker) = &mut broker {
+        broker.stop_relay().await;
+    }
     if let Err(error) = bus.shutdown(SHUTDOWN_GRACE).await {
         tracing::warn!(%error, "stopping anyway");
+    }
+    if let Some(broker) = broker {
+        broker.join_consumer().await;
     }
     database.close().await;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// This machine's name, for the consumer's name.
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "allocation".to_owned())
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -979,40 +979,7 @@ fn shutdown_reports_dispatches_still_running_after_the_grace_period() {
 #[path = "../../example-app/tests/support/server.rs"]
 mod server;
 
-use server::{add_batch, database, get, message, post, Server};
-
-/// The example app's binary, built first when needed: cargo does not hold
-/// its build lock while tests run. It builds what `cargo test --workspace`
-/// builds (the same features, so the same artifacts): after that command's
-/// own build, this is a no-op.
-fn example_app_binary() -> String {
-    let exe = std::env::current_exe().expect("the test's own path");
-    let profile_dir = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("tests run from target/<profile>/deps");
-    let mut build = std::process::Command::new(env!("CARGO"));
-    build.args([
-        "build",
-        "--quiet",
-        "-p",
-        "example-app",
-        "--bin",
-        "example-app",
-    ]);
-    if profile_dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("cargo runs");
-    assert!(
-        status.success(),
-        "cannot build the example app (try `cargo build -p example-app`)"
-    );
-    profile_dir
-        .join(format!("example-app{}", std::env::consts::EXE_SUFFIX))
-        .display()
-        .to_string()
-}
+use server::{add_batch, database, example_app_binary, get, message, post, Server};
 
 /// Runs one statement on the server's database from outside: the fault
 /// injection of the dead-letter test.

@@ -152,3 +152,197 @@ async fn a_delivery_left_unacknowledged_by_a_dead_consumer_is_claimed_by_another
     assert_eq!(consumer.poll_once().await.unwrap(), [Handled::Done]);
     assert_eq!(*seen.lock().unwrap(), ["b9=1"]);
 }
+
+// ---------------------------------------------------------------------------
+// The example app on Redis: its real binary, SQLite, and the broker
+// ---------------------------------------------------------------------------
+
+#[path = "../../example-app/tests/support/server.rs"]
+mod server;
+
+use serde_json::{json, Value};
+use server::{add_batch, database, example_app_binary, post, Server};
+
+/// The app's streams are fixed names: its tests take turns.
+static APP_STREAMS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn reset_app_streams(connection: &mut MultiplexedConnection) {
+    let _: i64 = redis::cmd("DEL")
+        .arg("line_allocated")
+        .arg("change_batch_quantity")
+        .arg("change_batch_quantity.dead")
+        .query_async(connection)
+        .await
+        .unwrap();
+}
+
+/// The payloads on `stream`, oldest first.
+async fn payloads(connection: &mut MultiplexedConnection, stream: &str) -> Vec<Value> {
+    let entries: redis::Value = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(connection)
+        .await
+        .unwrap();
+    let redis::Value::Array(entries) = entries else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|entry| match entry {
+            redis::Value::Array(mut parts) => parts.pop(),
+            _ => None,
+        })
+        .filter_map(|fields| match fields {
+            redis::Value::Array(fields) => fields
+                .chunks(2)
+                .find(|pair| pair[0] == redis::Value::BulkString(b"payload".to_vec()))
+                .and_then(|pair| match &pair[1] {
+                    redis::Value::BulkString(bytes) => serde_json::from_slice(bytes).ok(),
+                    _ => None,
+                }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits (at most 15 s) until `stream` holds `count` payloads.
+async fn wait_for(
+    connection: &mut MultiplexedConnection,
+    stream: &str,
+    count: usize,
+) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let found = payloads(connection, stream).await;
+        if found.len() >= count || std::time::Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn publish_command(connection: &MultiplexedConnection, payload: &str) {
+    RedisPublisher::new(connection.clone())
+        .publish(&message(
+            "change_batch_quantity",
+            "change_batch_quantity",
+            payload,
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_change_batch_quantity_message_reallocates_and_line_allocated_names_the_new_batch() {
+    let _turn = APP_STREAMS.lock().await;
+    let mut connection = connection().await;
+    reset_app_streams(&mut connection).await;
+    let (_dir, path) = database();
+    let url = redis_url();
+    let server = Server::start_with(&example_app_binary(), &path, &[("REDIS_URL", &url)]);
+    add_batch(&server, "b-small", "VASE", 10, None).await;
+    add_batch(&server, "b-big", "VASE", 50, Some("2030-01-01")).await;
+    let (status, body) = post(
+        &server,
+        "/allocate",
+        json!({"orderid": "o1", "sku": "VASE", "qty": 8}),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["batchref"], "b-small");
+
+    publish_command(&connection, r#"{"batchref": "b-small", "qty": 5}"#).await;
+
+    let allocated = wait_for(&mut connection, "line_allocated", 2).await;
+    assert_eq!(
+        allocated,
+        [
+            json!({"orderid": "o1", "sku": "VASE", "qty": 8, "batchref": "b-small"}),
+            json!({"orderid": "o1", "sku": "VASE", "qty": 8, "batchref": "b-big"}),
+        ]
+    );
+    drop(server);
+}
+
+#[tokio::test]
+async fn a_poison_message_lands_in_the_dead_letter_stream_and_the_next_one_is_handled() {
+    let _turn = APP_STREAMS.lock().await;
+    let mut connection = connection().await;
+    reset_app_streams(&mut connection).await;
+    let (_dir, path) = database();
+    let url = redis_url();
+    let server = Server::start_with(&example_app_binary(), &path, &[("REDIS_URL", &url)]);
+    add_batch(&server, "b1", "CHAIR", 10, None).await;
+    add_batch(&server, "b2", "CHAIR", 10, Some("2030-01-01")).await;
+    post(
+        &server,
+        "/allocate",
+        json!({"orderid": "o1", "sku": "CHAIR", "qty": 6}),
+    )
+    .await;
+
+    publish_command(&connection, r#"{"batchref": "b1", "qty": "many"}"#).await;
+    publish_command(&connection, r#"{"batchref": "b1", "qty": 2}"#).await;
+
+    let allocated = wait_for(&mut connection, "line_allocated", 2).await;
+    assert_eq!(allocated.len(), 2, "{allocated:?}");
+    assert_eq!(
+        allocated[1]["batchref"], "b2",
+        "the message after the poison was handled"
+    );
+    let dead: redis::Value = redis::cmd("XRANGE")
+        .arg("change_batch_quantity.dead")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let text = format!("{dead:?}");
+    assert!(text.contains("many"), "the poison is kept: {text}");
+    assert!(text.contains("malformed"), "with its reason: {text}");
+    drop(server);
+}
+
+#[tokio::test]
+async fn an_event_committed_before_a_kill_9_arrives_exactly_once_after_the_restart() {
+    let _turn = APP_STREAMS.lock().await;
+    let mut connection = connection().await;
+    reset_app_streams(&mut connection).await;
+    let (_dir, path) = database();
+    let url = redis_url();
+    let binary = example_app_binary();
+    // The fault-injection switch: the relay waits ten minutes between
+    // rounds, so the committed event is not relayed before the kill.
+    let server = Server::start_with(
+        &binary,
+        &path,
+        &[("REDIS_URL", &url), ("RELAY_PAUSE_MS", "600000")],
+    );
+    add_batch(&server, "b1", "LAMP", 10, None).await;
+    let (status, _) = post(
+        &server,
+        "/allocate",
+        json!({"orderid": "o9", "sku": "LAMP", "qty": 1}),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "committed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        payloads(&mut connection, "line_allocated").await.is_empty(),
+        "not relayed yet"
+    );
+    server.kill_hard();
+
+    let restarted = Server::start_with(&binary, &path, &[("REDIS_URL", &url)]);
+    let allocated = wait_for(&mut connection, "line_allocated", 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let allocated_later = payloads(&mut connection, "line_allocated").await;
+    assert_eq!(
+        allocated,
+        [json!({"orderid": "o9", "sku": "LAMP", "qty": 1, "batchref": "b1"})]
+    );
+    assert_eq!(allocated_later.len(), 1, "exactly once");
+    drop(restarted);
+}

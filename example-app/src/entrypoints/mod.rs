@@ -1,3 +1,4 @@
 //! Entrypoints: how requests reach the bus.
 
+pub mod broker;
 pub mod http;

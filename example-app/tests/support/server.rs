@@ -23,6 +23,11 @@ impl Server {
     /// Starts `binary` on a free port over the SQLite file `database`, and
     /// waits until it listens.
     pub fn start(binary: &str, database: &Path) -> Server {
+        Server::start_with(binary, database, &[])
+    }
+
+    /// [`start`](Self::start), with more environment variables.
+    pub fn start_with(binary: &str, database: &Path, env: &[(&str, &str)]) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -33,6 +38,7 @@ impl Server {
             .arg("--database-url")
             .arg(format!("sqlite://{}", database.display()))
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -54,6 +60,12 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// Kills the process at once (SIGKILL): no shutdown, no flush.
+    pub fn kill_hard(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGINT (Ctrl-C) and waits for the process to exit.
@@ -136,4 +148,30 @@ pub fn message(body: &Value) -> &str {
     body["message"]
         .as_str()
         .unwrap_or_else(|| panic!("no message in {body}"))
+}
+
+/// The example app's binary, built first when needed: cargo does not hold
+/// its build lock while tests run. It builds what `cargo test --workspace`
+/// builds (the same features, so the same artifacts): after that command's
+/// own build, this is a no-op.
+pub fn example_app_binary() -> String {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "--quiet", "--workspace", "--bins", "--tests"]);
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(
+        status.success(),
+        "cannot build the example app (try `cargo build -p example-app`)"
+    );
+    profile_dir
+        .join(format!("example-app{}", std::env::consts::EXE_SUFFIX))
+        .display()
+        .to_string()
 }
