@@ -181,6 +181,8 @@ pub struct MessageContext {
     correlation_id: MessageId,
     causation_id: Option<MessageId>,
     attempt: u32,
+    /// Whether the message arrived from a broker, with this id.
+    inbound: bool,
 }
 
 impl MessageContext {
@@ -194,7 +196,31 @@ impl MessageContext {
             correlation_id: id,
             causation_id: None,
             attempt: 1,
+            inbound: false,
         }
+    }
+
+    /// The context of a message that arrived from a broker with the id
+    /// `message_id`: a unit of work can record that id (an inbox) in the
+    /// transaction of its effects, so that a redelivery is recognised.
+    pub fn inbound(
+        message_id: MessageId,
+        correlation_id: MessageId,
+        causation_id: Option<MessageId>,
+    ) -> Self {
+        MessageContext {
+            message_id,
+            correlation_id,
+            causation_id,
+            attempt: 1,
+            inbound: true,
+        }
+    }
+
+    /// Whether this message arrived from a broker
+    /// ([`inbound`](Self::inbound)); its id is then the broker message's.
+    pub fn is_inbound(&self) -> bool {
+        self.inbound
     }
 
     /// The context of a first message that continues an earlier flow (one
@@ -205,6 +231,7 @@ impl MessageContext {
             correlation_id,
             causation_id,
             attempt: 1,
+            inbound: false,
         }
     }
 
@@ -219,6 +246,7 @@ impl MessageContext {
             correlation_id,
             causation_id,
             attempt: 1,
+            inbound: false,
         }
     }
 
@@ -230,6 +258,7 @@ impl MessageContext {
             correlation_id: self.correlation_id,
             causation_id: Some(self.message_id),
             attempt: 1,
+            inbound: false,
         }
     }
 

@@ -139,11 +139,22 @@ pub trait Subscriber: Send + 'static {
     ) -> Result<(), TransportError>;
 }
 
+/// The ids of the inbound messages a service already handled, kept by its
+/// units of work in the transaction of each message's effects (see
+/// [`MessageContext::inbound`]).
+#[crate::async_trait]
+pub trait Inbox: Send + Sync + 'static {
+    /// Whether the message with this id was handled.
+    async fn handled(&self, id: MessageId) -> Result<bool, TransportError>;
+}
+
 /// What a consumer did with one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handled {
     /// Dispatched and acknowledged.
     Done,
+    /// Handled before (the inbox has its id): acknowledged, not dispatched.
+    Duplicate,
     /// Dead-lettered with this reason, then acknowledged.
     DeadLettered(String),
     /// Left unacknowledged (the bus is shutting down): delivered again later.
@@ -154,6 +165,7 @@ pub enum Handled {
 pub struct Consumer<S> {
     bus: Bus,
     subscriber: S,
+    inbox: Option<Arc<dyn Inbox>>,
     batch: usize,
     wait: Duration,
 }
@@ -164,15 +176,35 @@ impl<S: Subscriber> Consumer<S> {
         Consumer {
             bus,
             subscriber,
+            inbox: None,
             batch: 16,
             wait: Duration::from_millis(500),
+        }
+    }
+
+    /// Skips (and acknowledges) the messages `inbox` says were handled: an
+    /// idempotent consumer.
+    pub fn with_inbox(mut self, inbox: Arc<dyn Inbox>) -> Self {
+        self.inbox = Some(inbox);
+        self
+    }
+
+    async fn already_handled(&self, id: MessageId) -> Result<bool, TransportError> {
+        match &self.inbox {
+            Some(inbox) => inbox.handled(id).await,
+            None => Ok(false),
         }
     }
 
     /// Handles one delivery: see [`Handled`].
     pub async fn handle(&mut self, delivery: &Delivery) -> Result<Handled, TransportError> {
         let message = &delivery.message;
-        let context = MessageContext::continuing(message.correlation_id, message.causation_id);
+        if self.already_handled(message.id).await? {
+            self.subscriber.ack(delivery).await?;
+            return Ok(Handled::Duplicate);
+        }
+        let context =
+            MessageContext::inbound(message.id, message.correlation_id, message.causation_id);
         match self
             .bus
             .handle_external(&message.name, &message.payload, context)
@@ -183,6 +215,11 @@ impl<S: Subscriber> Consumer<S> {
                 Ok(Handled::Done)
             }
             Err(error) if error.is_retryable() => Ok(Handled::Left),
+            // Another consumer handled it meanwhile: this one's commit lost.
+            Err(_) if self.already_handled(message.id).await? => {
+                self.subscriber.ack(delivery).await?;
+                Ok(Handled::Duplicate)
+            }
             Err(error) => {
                 let reason = error.to_string();
                 tracing::warn!(

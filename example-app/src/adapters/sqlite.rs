@@ -411,7 +411,22 @@ impl bus_core::UnitOfWork for SqliteUnitOfWork {
             }
             // The external events go to the outbox in the same transaction:
             // they leave (by the relay) if and only if the change committed.
+            // An inbound message's id goes to the inbox in it too: a
+            // redelivery then finds it, and a second commit fails.
             let flow = self.flow.unwrap_or_default();
+            if flow.is_inbound() {
+                let id = flow.message_id().to_string();
+                outbox::record_handled(&mut tx, &id)
+                    .await
+                    .map_err(|error| match error {
+                        sqlx::Error::Database(e) if e.is_unique_violation() => {
+                            UowError::AlreadyHandled {
+                                message_id: id.clone(),
+                            }
+                        }
+                        other => storage(other),
+                    })?;
+            }
             for tracked in repository.seen.iter().filter(changed) {
                 for event in tracked.product.recorded().iter() {
                     if let Some(message) = OutboundMessage::from_event(event, &flow) {

@@ -12,7 +12,7 @@ use bus_redis::{RedisPublisher, RedisSubscriber};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::adapters::outbox::SqliteOutbox;
+use crate::adapters::outbox::{SqliteInbox, SqliteOutbox};
 use crate::adapters::sqlite::SqliteDatabase;
 
 /// The stream the app consumes.
@@ -47,12 +47,14 @@ pub async fn start(
         RedisSubscriber::join(url, INBOUND_STREAM, CONSUMER_GROUP, consumer, CLAIM_AFTER).await?;
     let stop_relay = Arc::new(Notify::new());
     let stop = stop_relay.clone();
-    let relay = tokio::spawn(
-        SqliteOutbox::new(database).run(publisher, relay_pause, async move {
-            stop.notified().await;
-        }),
-    );
-    let consumer = tokio::spawn(Consumer::new(bus, subscriber).run());
+    let relay =
+        tokio::spawn(
+            SqliteOutbox::new(database.clone()).run(publisher, relay_pause, async move {
+                stop.notified().await;
+            }),
+        );
+    let inbox = Arc::new(SqliteInbox::new(database.clone()));
+    let consumer = tokio::spawn(Consumer::new(bus, subscriber).with_inbox(inbox).run());
     tracing::info!(
         url,
         stream = INBOUND_STREAM,

@@ -94,9 +94,9 @@ impl From<DispatchError<ServiceError>> for ApiError {
                 StatusCode::BAD_REQUEST
             }
             DispatchError::Handler(ServiceError::DuplicateBatch(_)) => StatusCode::CONFLICT,
-            DispatchError::Handler(ServiceError::Uow(UowError::Conflict { .. })) => {
-                StatusCode::CONFLICT
-            }
+            DispatchError::Handler(ServiceError::Uow(
+                UowError::Conflict { .. } | UowError::AlreadyHandled { .. },
+            )) => StatusCode::CONFLICT,
             DispatchError::Handler(ServiceError::Uow(UowError::Storage(_))) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -30,6 +30,9 @@ impl ServiceError {
     /// Whether another attempt may succeed: a conflict or a storage fault;
     /// not a rule broken by the input (an unknown sku or batch, a duplicate).
     pub fn is_transient(&self) -> bool {
-        matches!(self, ServiceError::Uow(_))
+        matches!(
+            self,
+            ServiceError::Uow(UowError::Conflict { .. } | UowError::Storage(_))
+        )
     }
 }

@@ -20,6 +20,13 @@ pub enum UowError {
     /// The storage failed (unreachable, full, corrupt...).
     #[error("storage failed: {0}")]
     Storage(#[source] BoxError),
+    /// The inbound message this unit of work served was handled already
+    /// (its id is in the inbox): nothing was written.
+    #[error("message {message_id} was handled already; nothing was written")]
+    AlreadyHandled {
+        /// The message's id.
+        message_id: String,
+    },
 }
 
 /// Products, loaded and added through one unit of work.
