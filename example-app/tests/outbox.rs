@@ -136,3 +136,45 @@ async fn a_lost_race_writes_nothing_to_the_outbox() {
         .collect();
     assert_eq!(orders, [json!("o1")], "only the committed change's event");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_never_publish_one_row_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (database, bus) = open(&dir.path().join("relays.db")).await;
+    bus.dispatch(CreateBatch {
+        reference: "b1".into(),
+        sku: "LAMP".into(),
+        qty: 1000,
+        eta: None,
+    })
+    .await
+    .unwrap();
+    for n in 0..40 {
+        allocate(&bus, &format!("o{n}"), 1).await;
+    }
+    let broker = InMemoryBroker::default();
+    let relays: Vec<_> = (0..2)
+        .map(|_| {
+            let outbox = SqliteOutbox::new(database.clone());
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                let mut sent = 0;
+                loop {
+                    match outbox.relay_once(&broker, 3).await.unwrap() {
+                        0 => return sent,
+                        n => sent += n,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for relay in relays {
+        total += relay.await.unwrap();
+    }
+    let published = broker.waiting("line_allocated");
+    let mut ids: Vec<_> = published.iter().map(|m| m.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((total, published.len(), ids.len()), (40, 40, 40));
+}

@@ -86,16 +86,25 @@ pub enum RelayError {
     Transport(#[from] TransportError),
 }
 
+/// How long a relay's claim on outbox rows lasts: after that (the relay
+/// died), another relay may publish them.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
+
 /// The outbox of a SQLite database.
 #[derive(Debug, Clone)]
 pub struct SqliteOutbox {
     database: SqliteDatabase,
+    /// This relay's name in its claims.
+    relay: String,
 }
 
 impl SqliteOutbox {
     /// The outbox in `database`.
     pub fn new(database: SqliteDatabase) -> Self {
-        SqliteOutbox { database }
+        SqliteOutbox {
+            database,
+            relay: MessageId::new().to_string(),
+        }
     }
 
     /// The messages not yet sent, oldest first (at most `max`).
@@ -107,33 +116,47 @@ impl SqliteOutbox {
         .bind(max)
         .fetch_all(self.database.pool())
         .await?;
-        let id = |text: String| text.parse::<MessageId>().unwrap_or_default();
-        rows.iter()
-            .map(|row| {
-                let message_id = id(row.try_get("id")?);
-                Ok(OutboundMessage {
-                    id: message_id,
-                    stream: row.try_get("stream")?,
-                    name: row.try_get("name")?,
-                    payload: row.try_get("payload")?,
-                    correlation_id: id(row.try_get("correlation_id")?),
-                    causation_id: row
-                        .try_get::<Option<String>, _>("causation_id")?
-                        .and_then(|text| text.parse().ok()),
-                })
-            })
-            .collect()
+        read_messages(&rows)
     }
 
-    /// Publishes the unsent messages, oldest first, marking each one sent
-    /// once the broker has it; stops at the first failure. Returns how many
-    /// it published.
+    /// Claims up to `max` unsent rows that no live claim holds, oldest
+    /// first, for [`CLAIM_LEASE`]: one statement, so two relays never
+    /// claim one row.
+    async fn claim(&self, max: u32) -> Result<Vec<OutboundMessage>, sqlx::Error> {
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(CLAIM_LEASE).unwrap_or_default();
+        let rows = sqlx::query(
+            "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE id IN ( \
+                 SELECT id FROM outbox WHERE sent_at IS NULL \
+                 AND (claimed_until IS NULL OR claimed_until < ?) \
+                 ORDER BY created_at, rowid LIMIT ?) \
+             RETURNING id, stream, name, payload, correlation_id, causation_id, created_at",
+        )
+        .bind(&self.relay)
+        .bind(until)
+        .bind(now)
+        .bind(max)
+        .fetch_all(self.database.pool())
+        .await?;
+        // RETURNING gives no order: oldest first again.
+        let mut messages: Vec<(String, OutboundMessage)> = Vec::with_capacity(rows.len());
+        for (row, message) in rows.iter().zip(read_messages(&rows)?) {
+            messages.push((row.try_get("created_at")?, message));
+        }
+        messages.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(messages.into_iter().map(|(_, message)| message).collect())
+    }
+
+    /// Claims the unsent messages (oldest first, those no other relay
+    /// holds), publishes them, marking each one sent once the broker has it;
+    /// stops at the first failure (its claim lapses after [`CLAIM_LEASE`]).
+    /// Returns how many it published.
     pub async fn relay_once(
         &self,
         publisher: &dyn Publisher,
         max: u32,
     ) -> Result<usize, RelayError> {
-        let messages = self.unsent(max).await?;
+        let messages = self.claim(max).await?;
         for message in &messages {
             publisher.publish(message).await?;
             sqlx::query("UPDATE outbox SET sent_at = ? WHERE id = ?")
@@ -170,4 +193,22 @@ impl SqliteOutbox {
             () = stop => {}
         }
     }
+}
+
+fn read_messages(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<OutboundMessage>, sqlx::Error> {
+    let id = |text: String| text.parse::<MessageId>().unwrap_or_default();
+    rows.iter()
+        .map(|row| {
+            Ok(OutboundMessage {
+                id: id(row.try_get("id")?),
+                stream: row.try_get("stream")?,
+                name: row.try_get("name")?,
+                payload: row.try_get("payload")?,
+                correlation_id: id(row.try_get("correlation_id")?),
+                causation_id: row
+                    .try_get::<Option<String>, _>("causation_id")?
+                    .and_then(|text| text.parse().ok()),
+            })
+        })
+        .collect()
 }
