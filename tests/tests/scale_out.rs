@@ -346,3 +346,84 @@ async fn an_event_committed_before_a_kill_9_arrives_exactly_once_after_the_resta
     assert_eq!(allocated_later.len(), 1, "exactly once");
     drop(restarted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_on_one_database_and_one_broker_never_oversell_or_double_publish() {
+    let _turn = APP_STREAMS.lock().await;
+    let mut connection = connection().await;
+    reset_app_streams(&mut connection).await;
+    let (_dir, path) = database();
+    let url = redis_url();
+    let binary = example_app_binary();
+    let servers = [
+        Server::start_with(
+            &binary,
+            &path,
+            &[("REDIS_URL", &url), ("CONSUMER_NAME", "one")],
+        ),
+        Server::start_with(
+            &binary,
+            &path,
+            &[("REDIS_URL", &url), ("CONSUMER_NAME", "two")],
+        ),
+    ];
+    add_batch(&servers[0], "b1", "TABLE", 20, None).await;
+
+    let client = reqwest::Client::new();
+    let requests = (0..40).map(|n| {
+        let url = servers[n % 2].url("/allocate");
+        let client = client.clone();
+        async move {
+            let response = client
+                .post(url)
+                .json(&json!({"orderid": format!("o{n}"), "sku": "TABLE", "qty": 1}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (n, status, body)
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let mut allocated: Vec<String> = answers
+        .iter()
+        .filter(|(_, status, body)| {
+            *status == reqwest::StatusCode::ACCEPTED && body["batchref"] == "b1"
+        })
+        .map(|(n, _, _)| format!("o{n}"))
+        .collect();
+    for (_, status, body) in &answers {
+        assert!(
+            *status == reqwest::StatusCode::ACCEPTED || *status == reqwest::StatusCode::CONFLICT,
+            "{status} {body}"
+        );
+    }
+    assert!(
+        allocated.len() <= 20,
+        "oversold: {} lines on 20 units",
+        allocated.len()
+    );
+    assert!(!allocated.is_empty());
+
+    // Each committed allocation is published once, whichever process's
+    // relay claimed it.
+    let published = wait_for(&mut connection, "line_allocated", allocated.len()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let published_later = payloads(&mut connection, "line_allocated").await;
+    assert_eq!(
+        published.len(),
+        published_later.len(),
+        "nothing more arrived"
+    );
+    let mut orders: Vec<String> = published_later
+        .iter()
+        .map(|p| p["orderid"].as_str().unwrap().to_owned())
+        .collect();
+    orders.sort();
+    allocated.sort();
+    assert_eq!(
+        orders, allocated,
+        "exactly the committed allocations, once each"
+    );
+}
