@@ -309,7 +309,7 @@ fn parse_entries(
         let (name, payload) = match (id, name, payload) {
             (Some(_), Some(name), Some(payload)) => (name, payload),
             _ => (
-                format!("<not a message: entry {receipt} lacks id, name or payload>"),
+                format!("<not a message: entry {receipt} lacks a valid id, a name or a payload>"),
                 String::new(),
             ),
         };
