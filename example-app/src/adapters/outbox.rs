@@ -1,5 +1,5 @@
-//! The transactional outbox and the inbox on SQLite: external events are written by the
-//! unit of work in its commit's transaction; the relay
+//! The transactional outbox and the inbox on SQLite: external events are
+//! written by the unit of work in its commit's transaction; the relay
 //! publishes the unsent ones, oldest first, and marks each one sent once
 //! the broker has it. A crash between the commit and the publish loses
 //! nothing: the row is still unsent when the relay runs again
