@@ -21,6 +21,18 @@ async fn open(path: &std::path::Path) -> (SqliteDatabase, Bus) {
     (database, bus)
 }
 
+/// Adds the batch `b1` of `qty` lamps.
+async fn add_lamps(bus: &Bus, qty: u32) {
+    bus.dispatch(CreateBatch {
+        reference: "b1".into(),
+        sku: "LAMP".into(),
+        qty,
+        eta: None,
+    })
+    .await
+    .unwrap();
+}
+
 async fn allocate(bus: &Bus, orderid: &str, qty: u32) -> Option<String> {
     bus.dispatch(Allocate {
         orderid: orderid.into(),
@@ -35,14 +47,7 @@ async fn allocate(bus: &Bus, orderid: &str, qty: u32) -> Option<String> {
 async fn an_allocation_writes_its_event_to_the_outbox_and_the_relay_publishes_it_once() {
     let dir = tempfile::tempdir().unwrap();
     let (database, bus) = open(&dir.path().join("o.db")).await;
-    bus.dispatch(CreateBatch {
-        reference: "b1".into(),
-        sku: "LAMP".into(),
-        qty: 10,
-        eta: None,
-    })
-    .await
-    .unwrap();
+    add_lamps(&bus, 10).await;
     assert_eq!(allocate(&bus, "o1", 4).await.as_deref(), Some("b1"));
     assert_eq!(
         allocate(&bus, "o2", 99).await,
@@ -81,14 +86,7 @@ async fn an_event_committed_before_a_crash_is_published_after_the_restart() {
     let path = dir.path().join("crash.db");
     {
         let (database, bus) = open(&path).await;
-        bus.dispatch(CreateBatch {
-            reference: "b1".into(),
-            sku: "LAMP".into(),
-            qty: 10,
-            eta: None,
-        })
-        .await
-        .unwrap();
+        add_lamps(&bus, 10).await;
         allocate(&bus, "o1", 4).await;
         // The process dies here: committed, never relayed.
         database.close().await;
@@ -109,14 +107,7 @@ async fn a_lost_race_writes_nothing_to_the_outbox() {
 
     let dir = tempfile::tempdir().unwrap();
     let (database, bus) = open(&dir.path().join("race.db")).await;
-    bus.dispatch(CreateBatch {
-        reference: "b1".into(),
-        sku: "LAMP".into(),
-        qty: 10,
-        eta: None,
-    })
-    .await
-    .unwrap();
+    add_lamps(&bus, 10).await;
     let mut first = SqliteUnitOfWork::new(database.clone(), EventReleaser::new());
     let mut second = SqliteUnitOfWork::new(database.clone(), EventReleaser::new());
     for (uow, orderid) in [(&mut first, "o1"), (&mut second, "o2")] {
@@ -141,14 +132,7 @@ async fn a_lost_race_writes_nothing_to_the_outbox() {
 async fn two_relays_never_publish_one_row_twice() {
     let dir = tempfile::tempdir().unwrap();
     let (database, bus) = open(&dir.path().join("relays.db")).await;
-    bus.dispatch(CreateBatch {
-        reference: "b1".into(),
-        sku: "LAMP".into(),
-        qty: 1000,
-        eta: None,
-    })
-    .await
-    .unwrap();
+    add_lamps(&bus, 1000).await;
     for n in 0..40 {
         allocate(&bus, &format!("o{n}"), 1).await;
     }

@@ -223,6 +223,30 @@ async fn wait_for(
     }
 }
 
+/// The app's turn on its streams, reset: the lock, a connection, a fresh
+/// SQLite file and the Redis URL.
+struct AppRun {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+    connection: MultiplexedConnection,
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    url: String,
+}
+
+async fn app_run() -> AppRun {
+    let turn = APP_STREAMS.lock().await;
+    let mut connection = connection().await;
+    reset_app_streams(&mut connection).await;
+    let (dir, path) = database();
+    AppRun {
+        _turn: turn,
+        connection,
+        _dir: dir,
+        path,
+        url: redis_url(),
+    }
+}
+
 async fn publish_command(connection: &MultiplexedConnection, payload: &str) {
     RedisPublisher::new(connection.clone())
         .publish(&message(
@@ -236,11 +260,8 @@ async fn publish_command(connection: &MultiplexedConnection, payload: &str) {
 
 #[tokio::test]
 async fn a_change_batch_quantity_message_reallocates_and_line_allocated_names_the_new_batch() {
-    let _turn = APP_STREAMS.lock().await;
-    let mut connection = connection().await;
-    reset_app_streams(&mut connection).await;
-    let (_dir, path) = database();
-    let url = redis_url();
+    let run = app_run().await;
+    let (mut connection, path, url) = (run.connection.clone(), run.path.clone(), run.url.clone());
     let server = Server::start_with(&example_app_binary(), &path, &[("REDIS_URL", &url)]);
     add_batch(&server, "b-small", "VASE", 10, None).await;
     add_batch(&server, "b-big", "VASE", 50, Some("2030-01-01")).await;
@@ -268,11 +289,8 @@ async fn a_change_batch_quantity_message_reallocates_and_line_allocated_names_th
 
 #[tokio::test]
 async fn a_poison_message_lands_in_the_dead_letter_stream_and_the_next_one_is_handled() {
-    let _turn = APP_STREAMS.lock().await;
-    let mut connection = connection().await;
-    reset_app_streams(&mut connection).await;
-    let (_dir, path) = database();
-    let url = redis_url();
+    let run = app_run().await;
+    let (mut connection, path, url) = (run.connection.clone(), run.path.clone(), run.url.clone());
     let server = Server::start_with(&example_app_binary(), &path, &[("REDIS_URL", &url)]);
     add_batch(&server, "b1", "CHAIR", 10, None).await;
     add_batch(&server, "b2", "CHAIR", 10, Some("2030-01-01")).await;
@@ -307,11 +325,8 @@ async fn a_poison_message_lands_in_the_dead_letter_stream_and_the_next_one_is_ha
 
 #[tokio::test]
 async fn an_event_committed_before_a_kill_9_arrives_exactly_once_after_the_restart() {
-    let _turn = APP_STREAMS.lock().await;
-    let mut connection = connection().await;
-    reset_app_streams(&mut connection).await;
-    let (_dir, path) = database();
-    let url = redis_url();
+    let run = app_run().await;
+    let (mut connection, path, url) = (run.connection.clone(), run.path.clone(), run.url.clone());
     let binary = example_app_binary();
     // The fault-injection switch: the relay waits ten minutes between
     // rounds, so the committed event is not relayed before the kill.
@@ -349,11 +364,8 @@ async fn an_event_committed_before_a_kill_9_arrives_exactly_once_after_the_resta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_processes_on_one_database_and_one_broker_never_oversell_or_double_publish() {
-    let _turn = APP_STREAMS.lock().await;
-    let mut connection = connection().await;
-    reset_app_streams(&mut connection).await;
-    let (_dir, path) = database();
-    let url = redis_url();
+    let run = app_run().await;
+    let (mut connection, path, url) = (run.connection.clone(), run.path.clone(), run.url.clone());
     let binary = example_app_binary();
     let servers = [
         Server::start_with(
