@@ -2,48 +2,11 @@
 //! messages are acknowledged, poison ones dead-lettered with their reason
 //! and acknowledged, never blocking the next; a closed bus leaves them.
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+#[path = "support/stock.rs"]
+mod stock;
 
-use bus_core::transport::{Consumer, Handled, InMemoryBroker, OutboundMessage, Publisher};
-use bus_core::{handler, Bus, Command, Dependencies, MessageId, Registrations};
-
-#[derive(Debug, serde::Deserialize, Command)]
-#[command(name = "stock.change_quantity", external = "change_batch_quantity")]
-struct ChangeQuantity {
-    batchref: String,
-    qty: u32,
-}
-
-#[handler]
-fn change_quantity(cmd: ChangeQuantity, seen: &Mutex<Vec<String>>) -> Result<(), Infallible> {
-    seen.lock()
-        .unwrap()
-        .push(format!("{}={}", cmd.batchref, cmd.qty));
-    Ok(())
-}
-
-fn message(name: &str, payload: &str) -> OutboundMessage {
-    let id = MessageId::new();
-    OutboundMessage {
-        id,
-        stream: "change_batch_quantity".into(),
-        name: name.into(),
-        payload: payload.into(),
-        correlation_id: id,
-        causation_id: None,
-    }
-}
-
-fn bus() -> (Bus, Arc<Mutex<Vec<String>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let bus = Bus::builder()
-        .registrations(Registrations::new().handler::<change_quantity>())
-        .dependencies(Dependencies::new().shared_arc(seen.clone()))
-        .build()
-        .unwrap();
-    (bus, seen)
-}
+use bus_core::transport::{Consumer, Handled, InMemoryBroker, Publisher};
+use stock::{bus, message};
 
 #[tokio::test]
 async fn a_poison_message_is_dead_lettered_and_the_next_one_is_still_handled() {
@@ -55,7 +18,10 @@ async fn a_poison_message_is_dead_lettered_and_the_next_one_is_still_handled() {
         ("no.such.message", "{}"),
         ("change_batch_quantity", r#"{"batchref": "b2", "qty": 7}"#),
     ] {
-        broker.publish(&message(name, payload)).await.unwrap();
+        broker
+            .publish(&message("change_batch_quantity", name, payload))
+            .await
+            .unwrap();
     }
     let mut consumer = Consumer::new(bus, broker.subscribe("change_batch_quantity"));
     let handled = consumer.poll_once().await.unwrap();
@@ -83,6 +49,7 @@ async fn a_closed_bus_leaves_deliveries_unacknowledged() {
     let broker = InMemoryBroker::default();
     broker
         .publish(&message(
+            "change_batch_quantity",
             "change_batch_quantity",
             r#"{"batchref": "b1", "qty": 5}"#,
         ))

@@ -4,15 +4,17 @@
 //! Redis at `REDIS_URL` (default `redis://127.0.0.1:6379`); without it the
 //! tests fail and say how to start it.
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus_core::transport::{Consumer, Handled, OutboundMessage, Publisher, Subscriber};
-use bus_core::{handler, Bus, Command, Dependencies, MessageId, Registrations};
+#[path = "support/stock.rs"]
+mod stock;
+
+use bus_core::transport::{Consumer, Handled, Publisher, Subscriber};
+use bus_core::MessageId;
 use bus_redis::redis;
 use bus_redis::{RedisPublisher, RedisSubscriber};
 use redis::aio::MultiplexedConnection;
+use stock::{bus, message};
 
 fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -28,43 +30,6 @@ async fn connection() -> MultiplexedConnection {
 /// A stream name no other test run uses.
 fn fresh_stream(what: &str) -> String {
     format!("test.{what}.{}", MessageId::new())
-}
-
-#[derive(Debug, serde::Deserialize, Command)]
-#[command(name = "stock.change_quantity", external = "change_batch_quantity")]
-struct ChangeQuantity {
-    batchref: String,
-    qty: u32,
-}
-
-#[handler]
-fn change_quantity(cmd: ChangeQuantity, seen: &Mutex<Vec<String>>) -> Result<(), Infallible> {
-    seen.lock()
-        .unwrap()
-        .push(format!("{}={}", cmd.batchref, cmd.qty));
-    Ok(())
-}
-
-fn bus() -> (Bus, Arc<Mutex<Vec<String>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let bus = Bus::builder()
-        .registrations(Registrations::new().handler::<change_quantity>())
-        .dependencies(Dependencies::new().shared_arc(seen.clone()))
-        .build()
-        .unwrap();
-    (bus, seen)
-}
-
-fn message(stream: &str, name: &str, payload: &str) -> OutboundMessage {
-    let id = MessageId::new();
-    OutboundMessage {
-        id,
-        stream: stream.into(),
-        name: name.into(),
-        payload: payload.into(),
-        correlation_id: id,
-        causation_id: None,
-    }
 }
 
 async fn stream_len(connection: &mut MultiplexedConnection, stream: &str) -> i64 {
