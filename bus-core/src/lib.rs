@@ -76,7 +76,9 @@ pub use executor::block_on;
 pub use inject::{DependencyKey, Inject, Lifetime, Scope, Scoped};
 pub use layer::{HandlerCall, Layer, Next, Outcome};
 pub use message::kind::{CommandKind, EventKind, MessageKind, QueryKind};
-pub use message::{Command, Event, EventCodec, Kind, Location, Message, MessageMeta, Query};
+pub use message::{
+    Command, Event, EventCodec, JsonCommand, JsonEvent, Kind, Location, Message, MessageMeta, Query,
+};
 pub use observer::{FailureCause, HandlerFailure, Observer};
 pub use registry::{HandlerDef, HandlerRegistration, Registrations};
 pub use retry::{is_permanent, Permanent, Retry, RetryIf, RetryPolicy};

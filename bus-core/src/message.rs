@@ -231,12 +231,34 @@ pub struct EventCodec {
     decode: fn(&str) -> Result<PendingEvent, serde_json::Error>,
 }
 
+/// An event that can be written as JSON and read back: what `#[event(serde)]`
+/// and `external` need. Implemented for every `Serialize + Deserialize` type.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be written as JSON and read back",
+    label = "needs `serde::Serialize` and `serde::Deserialize`",
+    note = "derive them on `{Self}`: `#[derive(serde::Serialize, serde::Deserialize)]`, or drop `serde`/`external`"
+)]
+pub trait JsonEvent: serde::Serialize + serde::de::DeserializeOwned {}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned> JsonEvent for T {}
+
+/// A command that can be read from JSON: what `#[command(serde)]` and
+/// `external` need. Implemented for every `Deserialize` type.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be read from JSON",
+    label = "needs `serde::Deserialize`",
+    note = "derive it on `{Self}`: `#[derive(serde::Deserialize)]`, or drop `serde`/`external`"
+)]
+pub trait JsonCommand: serde::de::DeserializeOwned {}
+
+impl<T: serde::de::DeserializeOwned> JsonCommand for T {}
+
 impl EventCodec {
     /// The JSON codec of `E`.
     #[doc(hidden)]
     pub const fn json<E>() -> Self
     where
-        E: Event + serde::Serialize + serde::de::DeserializeOwned,
+        E: Event + JsonEvent,
     {
         EventCodec {
             encode: encode_json::<E>,

@@ -271,18 +271,21 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
     let serde_span = args
         .serde
         .or_else(|| args.external.as_ref().map(LitStr::span));
+    // The type named with the argument's span: a missing serde derive is
+    // reported on `serde` / `external`, the argument that needs it.
+    let codec_type = serde_span.map(|span| syn::Ident::new(&ident.to_string(), span));
     let (codec_static, mut with_codec) = match (serde_span, kind) {
         (Some(span), MessageKind::Event) => (
             quote_spanned! {span=>
                 static __BUS_CODEC: ::bus_core::__private::EventCodec =
-                    ::bus_core::__private::EventCodec::json::<#ident>();
+                    ::bus_core::__private::EventCodec::json::<#codec_type>();
             },
             quote!(.with_codec(&__BUS_CODEC)),
         ),
         (Some(span), MessageKind::Command) => (
             quote_spanned! {span=>
                 static __BUS_CODEC: ::bus_core::__private::CommandCodec =
-                    ::bus_core::__private::CommandCodec::json::<#ident>();
+                    ::bus_core::__private::CommandCodec::json::<#codec_type>();
             },
             quote!(.with_command_codec(&__BUS_CODEC)),
         ),

@@ -73,7 +73,7 @@ impl CommandCodec {
     #[doc(hidden)]
     pub const fn json<C>() -> Self
     where
-        C: Command + serde::de::DeserializeOwned,
+        C: Command + crate::message::JsonCommand,
     {
         CommandCodec {
             dispatch: dispatch_json::<C>,
