@@ -191,12 +191,23 @@ impl MessageContext {
     #[inline]
     pub fn root() -> Self {
         let id = MessageId::new();
+        MessageContext::with_ids(id, id, None, false)
+    }
+
+    /// A first attempt with these ids.
+    #[inline]
+    fn with_ids(
+        message_id: MessageId,
+        correlation_id: MessageId,
+        causation_id: Option<MessageId>,
+        inbound: bool,
+    ) -> Self {
         MessageContext {
-            message_id: id,
-            correlation_id: id,
-            causation_id: None,
+            message_id,
+            correlation_id,
+            causation_id,
             attempt: 1,
-            inbound: false,
+            inbound,
         }
     }
 
@@ -208,13 +219,7 @@ impl MessageContext {
         correlation_id: MessageId,
         causation_id: Option<MessageId>,
     ) -> Self {
-        MessageContext {
-            message_id,
-            correlation_id,
-            causation_id,
-            attempt: 1,
-            inbound: true,
-        }
+        MessageContext::with_ids(message_id, correlation_id, causation_id, true)
     }
 
     /// Whether this message arrived from a broker
@@ -226,13 +231,7 @@ impl MessageContext {
     /// The context of a first message that continues an earlier flow (one
     /// read from a broker, say): it keeps that flow's correlation id.
     pub fn continuing(correlation_id: MessageId, causation_id: Option<MessageId>) -> Self {
-        MessageContext {
-            message_id: MessageId::new(),
-            correlation_id,
-            causation_id,
-            attempt: 1,
-            inbound: false,
-        }
+        MessageContext::with_ids(MessageId::new(), correlation_id, causation_id, false)
     }
 
     /// A context rebuilt from stored ids (replaying a dead letter).
@@ -241,25 +240,18 @@ impl MessageContext {
         correlation_id: MessageId,
         causation_id: Option<MessageId>,
     ) -> Self {
-        MessageContext {
-            message_id,
-            correlation_id,
-            causation_id,
-            attempt: 1,
-            inbound: false,
-        }
+        MessageContext::with_ids(message_id, correlation_id, causation_id, false)
     }
 
     /// The context of a message released by the handler of this one.
     #[inline]
     pub(crate) fn caused(&self) -> Self {
-        MessageContext {
-            message_id: MessageId::new(),
-            correlation_id: self.correlation_id,
-            causation_id: Some(self.message_id),
-            attempt: 1,
-            inbound: false,
-        }
+        MessageContext::with_ids(
+            MessageId::new(),
+            self.correlation_id,
+            Some(self.message_id),
+            false,
+        )
     }
 
     /// The same message, at another attempt of the handler call.

@@ -277,7 +277,8 @@ pub struct InMemoryBroker {
 #[derive(Debug, Default)]
 struct BrokerState {
     streams: std::collections::HashMap<String, VecDeque<(u64, OutboundMessage)>>,
-    pending: Vec<(String, u64, OutboundMessage)>,
+    /// Taken and not acknowledged: `(stream, receipt, message)`.
+    pending: Vec<(String, String, OutboundMessage)>,
     dead: Vec<(String, OutboundMessage, String)>,
     next_receipt: u64,
 }
@@ -356,12 +357,13 @@ impl Subscriber for InMemorySubscriber {
             else {
                 break;
             };
+            let receipt = receipt.to_string();
             state
                 .pending
-                .push((self.stream.clone(), receipt, message.clone()));
+                .push((self.stream.clone(), receipt.clone(), message.clone()));
             deliveries.push(Delivery {
                 message,
-                receipt: receipt.to_string(),
+                receipt,
                 redeliveries: 0,
             });
         }
@@ -372,7 +374,7 @@ impl Subscriber for InMemorySubscriber {
         self.broker
             .state()
             .pending
-            .retain(|(_, receipt, _)| receipt.to_string() != delivery.receipt);
+            .retain(|(_, receipt, _)| *receipt != delivery.receipt);
         Ok(())
     }
 

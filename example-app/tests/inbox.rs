@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bus_core::transport::{Consumer, Handled, InMemoryBroker, OutboundMessage, Publisher};
 use bus_core::MessageId;
-use example_app::adapters::outbox::SqliteInbox;
+use example_app::adapters::inbox::SqliteInbox;
 use example_app::adapters::sqlite;
 use example_app::domain::commands::CreateBatch;
 use example_app::{bootstrap, Adapters};

@@ -166,11 +166,9 @@ impl Bus {
                 (output, scope)
             }),
             (true, HandlerFn::Async(f)) => {
-                let mut scope = Scope::with_context(context);
-                let output = request_async(handler, f, message, &mut scope)
+                request_direct_async(handler, f, message, context)
                     .instrument(span.clone())
-                    .await;
-                (output, scope)
+                    .await
             }
             // Layers or a retry: boxed, so that this future stays small.
             (false, _) => {
@@ -281,12 +279,7 @@ impl Bus {
     {
         match (handler.is_direct(), handler.call) {
             (true, HandlerFn::Async(f)) => block_on(
-                async {
-                    let mut scope = Scope::with_context(context);
-                    let output = request_async(handler, f, message, &mut scope).await;
-                    (output, scope)
-                }
-                .instrument(span.clone()),
+                request_direct_async(handler, f, message, context).instrument(span.clone()),
             ),
             _ => {
                 let context = context.unwrap_or_else(MessageContext::root);
@@ -414,6 +407,24 @@ where
         ))
     };
     complete(handler, called, frame.output, scope)
+}
+
+/// An `async fn` command or query handler without layers: its answer and
+/// the scope holding what it released.
+async fn request_direct_async<M, O, E>(
+    handler: &BoundHandler,
+    f: AsyncCall,
+    message: M,
+    context: Option<MessageContext>,
+) -> (Result<O, DispatchError<E>>, Scope)
+where
+    M: Message,
+    O: Send + 'static,
+    E: Send + 'static,
+{
+    let mut scope = Scope::with_context(context);
+    let output = request_async(handler, f, message, &mut scope).await;
+    (output, scope)
 }
 
 /// An `async fn` command or query handler.

@@ -1,5 +1,5 @@
-//! The transactional outbox and the inbox on SQLite: external events are
-//! written by the unit of work in its commit's transaction; the relay
+//! The transactional outbox on SQLite: external events are written by the
+//! unit of work in its commit's transaction; the relay
 //! publishes the unsent ones, oldest first, and marks each one sent once
 //! the broker has it. A crash between the commit and the publish loses
 //! nothing: the row is still unsent when the relay runs again
@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use bus_core::transport::{Inbox, OutboundMessage, Publisher, TransportError};
+use bus_core::transport::{OutboundMessage, Publisher, TransportError};
 use bus_core::MessageId;
 use chrono::Utc;
 use sqlx::{Row, Sqlite, Transaction};
@@ -33,46 +33,6 @@ pub(crate) async fn insert(
     .execute(&mut **tx)
     .await
     .map(drop)
-}
-
-/// Records, in the unit of work's transaction, that the inbound message
-/// `id` was handled; a unique violation means it was handled already.
-pub(crate) async fn record_handled(
-    tx: &mut Transaction<'_, Sqlite>,
-    id: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO inbox (message_id, handled_at) VALUES (?, ?)")
-        .bind(id)
-        .bind(Utc::now())
-        .execute(&mut **tx)
-        .await
-        .map(drop)
-}
-
-/// The inbox of a SQLite database: the ids of the inbound messages whose
-/// effects committed.
-#[derive(Debug, Clone)]
-pub struct SqliteInbox {
-    database: SqliteDatabase,
-}
-
-impl SqliteInbox {
-    /// The inbox in `database`.
-    pub fn new(database: SqliteDatabase) -> Self {
-        SqliteInbox { database }
-    }
-}
-
-#[bus_core::async_trait]
-impl Inbox for SqliteInbox {
-    async fn handled(&self, id: MessageId) -> Result<bool, TransportError> {
-        sqlx::query("SELECT 1 FROM inbox WHERE message_id = ?")
-            .bind(id.to_string())
-            .fetch_optional(self.database.pool())
-            .await
-            .map(|row| row.is_some())
-            .map_err(|e| TransportError::new("reading the inbox", e))
-    }
 }
 
 /// Why the relay stopped this round (it tries again next round).

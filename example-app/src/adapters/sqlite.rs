@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use tokio::sync::Mutex;
 
-use super::outbox;
+use super::{inbox, outbox};
 use crate::domain::model::{Batch, OrderLine, Product};
 use crate::service_layer::unit_of_work::{
     ProductRepository, UnitOfWork, UnitOfWorkFactory, UowError,
@@ -416,7 +416,7 @@ impl bus_core::UnitOfWork for SqliteUnitOfWork {
             let flow = self.flow.unwrap_or_default();
             if flow.is_inbound() {
                 let id = flow.message_id().to_string();
-                outbox::record_handled(&mut tx, &id)
+                inbox::record_handled(&mut tx, &id)
                     .await
                     .map_err(|error| match error {
                         sqlx::Error::Database(e) if e.is_unique_violation() => {

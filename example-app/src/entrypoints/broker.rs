@@ -12,7 +12,8 @@ use bus_redis::{RedisPublisher, RedisSubscriber};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::adapters::outbox::{SqliteInbox, SqliteOutbox};
+use crate::adapters::inbox::SqliteInbox;
+use crate::adapters::outbox::SqliteOutbox;
 use crate::adapters::sqlite::SqliteDatabase;
 
 /// The stream the app consumes.
