@@ -175,15 +175,19 @@ impl FromStr for MessageId {
 /// assert_eq!(context.causation_id(), Some(context.correlation_id()));
 /// assert_ne!(context.message_id(), context.correlation_id());
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct MessageContext {
     message_id: MessageId,
     correlation_id: MessageId,
     causation_id: Option<MessageId>,
+    /// The attempt number, and in its top bit whether the message arrived
+    /// from a broker with this id ([`INBOUND`]): one word, so that the
+    /// context stays as cheap to copy into every handler call's scope.
     attempt: u32,
-    /// Whether the message arrived from a broker, with this id.
-    inbound: bool,
 }
+
+/// The bit of `MessageContext::attempt` that marks an inbound message.
+const INBOUND: u32 = 1 << 31;
 
 impl MessageContext {
     /// The context of a dispatch's first message: it correlates everything
@@ -206,8 +210,7 @@ impl MessageContext {
             message_id,
             correlation_id,
             causation_id,
-            attempt: 1,
-            inbound,
+            attempt: if inbound { 1 | INBOUND } else { 1 },
         }
     }
 
@@ -225,7 +228,7 @@ impl MessageContext {
     /// Whether this message arrived from a broker
     /// ([`inbound`](Self::inbound)); its id is then the broker message's.
     pub fn is_inbound(&self) -> bool {
-        self.inbound
+        self.attempt & INBOUND != 0
     }
 
     /// The context of a first message that continues an earlier flow (one
@@ -257,7 +260,7 @@ impl MessageContext {
     /// The same message, at another attempt of the handler call.
     #[inline]
     pub(crate) fn at_attempt(mut self, attempt: u32) -> Self {
-        self.attempt = attempt;
+        self.attempt = (self.attempt & INBOUND) | (attempt & !INBOUND);
         self
     }
 
@@ -280,7 +283,19 @@ impl MessageContext {
     /// Which attempt of this handler call is running: 1, then 2, 3, ... when
     /// a retry policy calls it again.
     pub fn attempt(&self) -> u32 {
-        self.attempt
+        self.attempt & !INBOUND
+    }
+}
+
+impl fmt::Debug for MessageContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageContext")
+            .field("message_id", &self.message_id)
+            .field("correlation_id", &self.correlation_id)
+            .field("causation_id", &self.causation_id)
+            .field("attempt", &self.attempt())
+            .field("inbound", &self.is_inbound())
+            .finish()
     }
 }
 
@@ -309,5 +324,24 @@ impl fmt::Display for Causation {
             Some(id) => id.fmt(f),
             None => f.write_str("none"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MessageContext, MessageId};
+
+    #[test]
+    fn an_inbound_message_stays_inbound_across_attempts_and_its_events_do_not() {
+        let id = MessageId::new();
+        let inbound = MessageContext::inbound(id, id, None);
+        assert!(inbound.is_inbound());
+        assert_eq!(inbound.attempt(), 1);
+        let third = inbound.at_attempt(3);
+        assert!(third.is_inbound());
+        assert_eq!(third.attempt(), 3);
+        assert!(format!("{third:?}").contains("attempt: 3, inbound: true"));
+        assert!(!inbound.caused().is_inbound());
+        assert!(!MessageContext::root().at_attempt(2).is_inbound());
     }
 }

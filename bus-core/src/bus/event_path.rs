@@ -265,6 +265,8 @@ impl Bus {
     ) {
         let meta = event.meta();
         let traced = tracing::enabled!(tracing::Level::DEBUG);
+        // Read once per event: a test's recorder, if one is attached.
+        let tap = self.inner.tap.get();
         for (call, handler) in calls.iter().zip(handlers) {
             let Some(f) = call else {
                 // No typed entry (an `async fn`, or a layered handler).
@@ -284,7 +286,9 @@ impl Bus {
             };
             match called {
                 Ok(Ok(())) => {
-                    self.tap_ran(handler, meta, 1, true);
+                    if let Some(tap) = tap {
+                        tap.ran(handler.registration.name(), meta.name(), 1, true);
+                    }
                     if scope.has_releaser() {
                         cascade.push_all(scope.finish(), &context);
                     }
