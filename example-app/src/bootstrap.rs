@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use bus_core::{BuildError, Bus, Dependencies, FailureCause, RetryPolicy};
 
-use crate::adapters::dead_letters::{InMemoryDeadLetterStore, SqliteDeadLetterStore};
-use crate::adapters::memory::{InMemoryAllocationsView, InMemoryStore};
+use crate::adapters::database::Database;
+use crate::adapters::memory::{InMemoryAllocationsView, InMemoryDeadLetterStore, InMemoryStore};
 use crate::adapters::notifications::{LogNotifications, Notifications};
-use crate::adapters::sqlite::{self, SqliteAllocationsView, SqliteDatabase};
+use crate::adapters::postgres::{self, PostgresDatabase};
+use crate::adapters::sqlite::{self, SqliteDatabase};
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
 use crate::service_layer::dead_letters::{DeadLetterStore, StoreSink};
 use crate::service_layer::handlers::reallocate;
@@ -33,13 +34,31 @@ pub struct Adapters {
 }
 
 impl Adapters {
-    /// The real adapters: SQLite for both models and the dead letters,
-    /// notifications to the log.
+    /// The real adapters over `database`, whichever it is: both models and
+    /// the dead letters in it, notifications to the log.
+    pub fn for_database(database: &Database) -> Self {
+        match database {
+            Database::Sqlite(database) => Adapters::sqlite(database.clone()),
+            Database::Postgres(database) => Adapters::postgres(database.clone()),
+        }
+    }
+
+    /// The real adapters on SQLite.
     pub fn sqlite(database: SqliteDatabase) -> Self {
         Adapters {
-            views: Arc::new(SqliteAllocationsView::new(database.clone())),
-            dead_letters: Arc::new(SqliteDeadLetterStore::new(database.clone())),
+            views: Arc::new(sqlite::SqliteAllocationsView::new(database.clone())),
+            dead_letters: Arc::new(sqlite::SqliteDeadLetterStore::new(database.clone())),
             unit_of_work: sqlite::unit_of_work_factory(database),
+            notifications: Arc::new(LogNotifications),
+        }
+    }
+
+    /// The real adapters on PostgreSQL.
+    pub fn postgres(database: PostgresDatabase) -> Self {
+        Adapters {
+            views: Arc::new(postgres::PostgresAllocationsView::new(database.clone())),
+            dead_letters: Arc::new(postgres::PostgresDeadLetterStore::new(database.clone())),
+            unit_of_work: postgres::unit_of_work_factory(database),
             notifications: Arc::new(LogNotifications),
         }
     }

@@ -16,7 +16,9 @@ pub struct Config {
     #[arg(long = "bind", env = "BIND_ADDR", default_value = "127.0.0.1:5005")]
     pub bind: SocketAddr,
 
-    /// Database to use; the SQLite file is created when missing.
+    /// Database to use: `sqlite://<file>` (created when missing) or
+    /// `postgres://<user>@<host>:<port>/<database>` (for several instances
+    /// sharing one database). The schema is brought up to date at start.
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",

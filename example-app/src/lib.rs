@@ -3,9 +3,10 @@
 //!
 //! - [`domain`]: the `Product` aggregate and the commands and events;
 //! - [`service_layer`]: the handlers and the unit-of-work traits;
-//! - [`adapters`]: SQLite and in-memory storage, notifications;
+//! - [`adapters`]: SQLite, PostgreSQL and in-memory storage, the outbox
+//!   relay, notifications;
 //! - [`views`]: the read model and its query;
-//! - [`entrypoints`]: the HTTP API;
+//! - [`entrypoints`]: the HTTP API and the broker (Redis Streams);
 //! - [`mod@bootstrap`]: the one place where the bus is built from adapters;
 //! - [`config`]: command-line and environment settings.
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bus_core::BuildError;
 use clap::Parser;
+use example_app::adapters::database::{self, Database, DatabaseError};
 use example_app::adapters::memory::InMemoryStore;
-use example_app::adapters::sqlite;
 use example_app::config::{Command, Config};
 use example_app::entrypoints::{broker, http};
 use example_app::{bootstrap, Adapters};
@@ -19,8 +19,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 enum StartError {
-    #[error("cannot open the database {url}: {source}")]
-    Database { url: String, source: sqlx::Error },
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
     #[error(transparent)]
     Wiring(#[from] BuildError),
     #[error("cannot listen on {addr}: {source}")]
@@ -63,13 +63,8 @@ async fn run(config: Config) -> Result<(), StartError> {
         print!("{}", wiring.to_mermaid());
         return Ok(());
     }
-    let database = sqlite::connect(&config.database_url)
-        .await
-        .map_err(|source| StartError::Database {
-            url: config.database_url.clone(),
-            source,
-        })?;
-    let adapters = Adapters::sqlite(database.clone());
+    let database = Database::connect(&config.database_url).await?;
+    let adapters = Adapters::for_database(&database);
     let dead_letters = adapters.dead_letters.clone();
     let bus = bootstrap(adapters)?;
     let listener = TcpListener::bind(config.bind)
@@ -86,7 +81,7 @@ async fn run(config: Config) -> Result<(), StartError> {
                 .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
             let pause = Duration::from_millis(config.relay_pause_ms);
             Some(
-                broker::start(url, &consumer, database.clone(), bus.clone(), pause)
+                broker::start(url, &consumer, &database, bus.clone(), pause)
                     .await
                     .map_err(StartError::Broker)?,
             )
@@ -94,7 +89,10 @@ async fn run(config: Config) -> Result<(), StartError> {
         None => None,
     };
     let addr = listener.local_addr().unwrap_or(config.bind);
-    tracing::info!(database = %config.database_url, "listening on http://{addr}");
+    tracing::info!(
+        database = %database::redacted(&config.database_url),
+        "listening on http://{addr}"
+    );
     let state = http::AppState {
         bus: bus.clone(),
         dead_letters,

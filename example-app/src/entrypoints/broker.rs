@@ -12,9 +12,8 @@ use bus_redis::{RedisPublisher, RedisSubscriber};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::adapters::inbox::SqliteInbox;
-use crate::adapters::outbox::SqliteOutbox;
-use crate::adapters::sqlite::SqliteDatabase;
+use crate::adapters::database::Database;
+use crate::adapters::relay;
 
 /// The stream the app consumes.
 pub const INBOUND_STREAM: &str = "change_batch_quantity";
@@ -39,7 +38,7 @@ pub struct BrokerTasks {
 pub async fn start(
     url: &str,
     consumer: &str,
-    database: SqliteDatabase,
+    database: &Database,
     bus: Bus,
     relay_pause: Duration,
 ) -> Result<BrokerTasks, TransportError> {
@@ -48,14 +47,17 @@ pub async fn start(
         RedisSubscriber::join(url, INBOUND_STREAM, CONSUMER_GROUP, consumer, CLAIM_AFTER).await?;
     let stop_relay = Arc::new(Notify::new());
     let stop = stop_relay.clone();
-    let relay =
-        tokio::spawn(
-            SqliteOutbox::new(database.clone()).run(publisher, relay_pause, async move {
-                stop.notified().await;
-            }),
-        );
-    let inbox = Arc::new(SqliteInbox::new(database.clone()));
-    let consumer = tokio::spawn(Consumer::new(bus, subscriber).with_inbox(inbox).run());
+    let relay = tokio::spawn(relay::run(
+        database.outbox(),
+        publisher,
+        relay_pause,
+        async move { stop.notified().await },
+    ));
+    let consumer = tokio::spawn(
+        Consumer::new(bus, subscriber)
+            .with_inbox(database.inbox())
+            .run(),
+    );
     tracing::info!(
         url,
         stream = INBOUND_STREAM,

@@ -7,20 +7,23 @@ use bus_core::MessageId;
 use chrono::Utc;
 use sqlx::{Sqlite, Transaction};
 
-use super::sqlite::SqliteDatabase;
+use super::SqliteDatabase;
+use crate::adapters::tracked::inbox_error;
+use crate::service_layer::unit_of_work::UowError;
 
 /// Records, in the unit of work's transaction, that the inbound message
-/// `id` was handled; a unique violation means it was handled already.
-pub(crate) async fn record_handled(
+/// `id` was handled; [`UowError::AlreadyHandled`] if it was already.
+pub(super) async fn record_handled(
     tx: &mut Transaction<'_, Sqlite>,
-    id: &str,
-) -> Result<(), sqlx::Error> {
+    id: MessageId,
+) -> Result<(), UowError> {
     sqlx::query("INSERT INTO inbox (message_id, handled_at) VALUES (?, ?)")
-        .bind(id)
+        .bind(id.to_string())
         .bind(Utc::now())
         .execute(&mut **tx)
         .await
         .map(drop)
+        .map_err(|error| inbox_error(error, id))
 }
 
 /// The inbox of a SQLite database: the ids of the inbound messages whose

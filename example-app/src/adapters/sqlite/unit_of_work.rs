@@ -1,0 +1,292 @@
+//! The unit of work and repository of the write model in SQLite.
+
+use std::sync::Arc;
+
+use bus_core::{async_trait, EventReleaser, MessageContext};
+use chrono::NaiveDate;
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{inbox, outbox, storage, write_error, SqliteDatabase};
+use crate::adapters::tracked::{to_i64, StoredBatch, StoredLine, Tracked, Tracker};
+use crate::domain::model::{OrderLine, Product};
+use crate::service_layer::unit_of_work::{
+    ProductRepository, UnitOfWork, UnitOfWorkFactory, UowError,
+};
+
+/// A factory of SQLite units of work over `database`, for bootstrap.
+pub fn unit_of_work_factory(database: SqliteDatabase) -> UnitOfWorkFactory {
+    Arc::new(move |scope| {
+        Box::new(SqliteUnitOfWork::new(database.clone(), scope.releaser()).in_flow(scope.context()))
+    })
+}
+
+/// Products in SQLite.
+///
+/// Each product is read in a short transaction of its own (a consistent
+/// snapshot), and the changes are written at commit in one `BEGIN IMMEDIATE`
+/// transaction that checks every product's version. Holding no transaction
+/// between the read and the write matters on SQLite: its conflicts are
+/// database-wide, so a read transaction kept open would lose to *any* other
+/// write, while the version check makes only a change to the same product a
+/// conflict.
+pub struct SqliteRepository {
+    database: SqliteDatabase,
+    tracker: Tracker,
+}
+
+impl SqliteRepository {
+    async fn load(&self, sku: &str) -> Result<Option<Tracked>, UowError> {
+        let mut tx = self.database.pool.begin().await.map_err(storage)?;
+        let product = Self::load_in(&mut tx, sku).await?;
+        tx.commit().await.map_err(storage)?;
+        Ok(product)
+    }
+
+    async fn load_in(
+        tx: &mut Transaction<'static, Sqlite>,
+        sku: &str,
+    ) -> Result<Option<Tracked>, UowError> {
+        let Some(version) =
+            sqlx::query_scalar::<_, i64>("SELECT version_number FROM products WHERE sku = ?")
+                .bind(sku)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(storage)?
+        else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
+            "SELECT id, batchref, orderid, qty FROM allocations WHERE sku = ? ORDER BY id",
+        )
+        .bind(sku)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(storage)?;
+        let mut lines = Vec::with_capacity(rows.len());
+        for row in rows {
+            lines.push(StoredLine {
+                id: row.try_get("id").map_err(storage)?,
+                batchref: row.try_get("batchref").map_err(storage)?,
+                line: OrderLine {
+                    orderid: row.try_get("orderid").map_err(storage)?,
+                    sku: sku.to_owned(),
+                    qty: crate::adapters::tracked::to_u32(row.try_get("qty").map_err(storage)?)?,
+                },
+            });
+        }
+        let rows = sqlx::query(
+            "SELECT reference, purchased_quantity, eta FROM batches WHERE sku = ? ORDER BY rowid",
+        )
+        .bind(sku)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(storage)?;
+        let mut batches = Vec::with_capacity(rows.len());
+        for row in rows {
+            let reference: String = row.try_get("reference").map_err(storage)?;
+            let eta: Option<String> = row.try_get("eta").map_err(storage)?;
+            let eta = eta
+                .map(|text| NaiveDate::parse_from_str(&text, "%Y-%m-%d"))
+                .transpose()
+                .map_err(|e| {
+                    UowError::Storage(format!("batch {reference}: bad eta: {e}").into())
+                })?;
+            batches.push(StoredBatch {
+                purchased_quantity: row.try_get("purchased_quantity").map_err(storage)?,
+                reference,
+                eta,
+            });
+        }
+        Tracked::loaded(sku, version, lines, batches).map(Some)
+    }
+
+    /// Writes one changed product, checking its version.
+    async fn save(
+        tx: &mut Transaction<'static, Sqlite>,
+        tracked: &Tracked,
+    ) -> Result<(), UowError> {
+        let product = &tracked.product;
+        let sku = product.sku.as_str();
+        let version = to_i64(product.version_number);
+        match tracked.loaded_version {
+            None => {
+                sqlx::query("INSERT INTO products (sku, version_number) VALUES (?, ?)")
+                    .bind(sku)
+                    .bind(version)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| write_error(e, sku))?;
+            }
+            Some(loaded) => {
+                let updated = sqlx::query(
+                    "UPDATE products SET version_number = ? WHERE sku = ? AND version_number = ?",
+                )
+                .bind(version)
+                .bind(sku)
+                .bind(to_i64(loaded))
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| write_error(e, sku))?;
+                if updated.rows_affected() != 1 {
+                    return Err(UowError::Conflict {
+                        sku: sku.to_owned(),
+                    });
+                }
+            }
+        }
+        for batch in &product.batches {
+            let written = sqlx::query(
+                "INSERT INTO batches (reference, sku, purchased_quantity, eta) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (reference) DO UPDATE SET purchased_quantity = excluded.purchased_quantity, \
+                 eta = excluded.eta WHERE batches.sku = excluded.sku",
+            )
+            .bind(&batch.reference)
+            .bind(sku)
+            .bind(i64::from(batch.purchased_quantity()))
+            .bind(batch.eta.map(|d| d.format("%Y-%m-%d").to_string()))
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| write_error(e, sku))?;
+            if written.rows_affected() != 1 {
+                // The reference was taken by another product meanwhile.
+                return Err(UowError::Conflict {
+                    sku: sku.to_owned(),
+                });
+            }
+        }
+        let (inserted, deleted) = tracked.line_changes();
+        for (batchref, line) in inserted {
+            sqlx::query("INSERT INTO allocations (batchref, orderid, sku, qty) VALUES (?, ?, ?, ?)")
+                .bind(batchref)
+                .bind(&line.orderid)
+                .bind(sku)
+                .bind(i64::from(line.qty))
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| write_error(e, sku))?;
+        }
+        for id in deleted {
+            sqlx::query("DELETE FROM allocations WHERE id = ?")
+                .bind(id)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| write_error(e, sku))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProductRepository for SqliteRepository {
+    async fn get(&mut self, sku: &str) -> Result<Option<&mut Product>, UowError> {
+        if self.tracker.by_sku(sku).is_some() {
+            return Ok(self.tracker.by_sku(sku));
+        }
+        match self.load(sku).await? {
+            Some(tracked) => Ok(Some(self.tracker.track(tracked))),
+            None => Ok(None),
+        }
+    }
+
+    async fn get_by_batchref(&mut self, reference: &str) -> Result<Option<&mut Product>, UowError> {
+        if self.tracker.by_batchref(reference).is_some() {
+            return Ok(self.tracker.by_batchref(reference));
+        }
+        let sku: Option<String> = sqlx::query_scalar("SELECT sku FROM batches WHERE reference = ?")
+            .bind(reference)
+            .fetch_optional(&self.database.pool)
+            .await
+            .map_err(storage)?;
+        match sku {
+            Some(sku) => self.get(&sku).await,
+            None => Ok(None),
+        }
+    }
+
+    fn add(&mut self, product: Product) -> &mut Product {
+        self.tracker.add(product)
+    }
+}
+
+/// A unit of work in one SQLite transaction; a product's version is checked
+/// when it is written, so of two concurrent changes only one commits.
+pub struct SqliteUnitOfWork {
+    repository: SqliteRepository,
+    releaser: EventReleaser,
+    /// The message whose handler this unit of work serves: external events
+    /// written to the outbox carry its ids.
+    flow: Option<MessageContext>,
+}
+
+impl SqliteUnitOfWork {
+    /// A unit of work over `database` that releases into `releaser`.
+    pub fn new(database: SqliteDatabase, releaser: EventReleaser) -> Self {
+        SqliteUnitOfWork {
+            repository: SqliteRepository {
+                database,
+                tracker: Tracker::default(),
+            },
+            releaser,
+            flow: None,
+        }
+    }
+
+    /// The same unit of work, serving the handler of the message `context`
+    /// describes (its outbox messages continue that flow).
+    pub fn in_flow(mut self, context: MessageContext) -> Self {
+        self.flow = Some(context);
+        self
+    }
+}
+
+#[async_trait]
+impl bus_core::UnitOfWork for SqliteUnitOfWork {
+    type Error = UowError;
+
+    async fn commit(&mut self) -> Result<(), UowError> {
+        let repository = &mut self.repository;
+        if let Some(sku) = repository.tracker.first_changed() {
+            let sku = sku.to_owned();
+            let _turn = repository.database.writer_turn().await;
+            // IMMEDIATE takes the write lock now (waiting up to the busy
+            // timeout), so the writes below cannot fail on a stale snapshot.
+            let mut tx = repository
+                .database
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(|e| write_error(e, &sku))?;
+            for tracked in repository.tracker.changed() {
+                SqliteRepository::save(&mut tx, tracked).await?;
+            }
+            // An inbound message's id goes to the inbox in the same
+            // transaction: a redelivery then finds it, and a second commit
+            // fails. The external events go to the outbox in it too: they
+            // leave (by the relay) if and only if the change committed.
+            let flow = self.flow.unwrap_or_default();
+            if flow.is_inbound() {
+                inbox::record_handled(&mut tx, flow.message_id()).await?;
+            }
+            for message in repository.tracker.outbound(&flow)? {
+                outbox::insert(&mut tx, &message).await.map_err(storage)?;
+            }
+            tx.commit().await.map_err(|e| write_error(e, &sku))?;
+        }
+        let events = repository.tracker.take_events();
+        self.releaser.release_all(events);
+        Ok(())
+    }
+
+    async fn rollback(&mut self) -> Result<(), UowError> {
+        // Nothing was written before commit: forgetting what was loaded is
+        // the whole rollback.
+        self.repository.tracker.clear();
+        Ok(())
+    }
+}
+
+impl UnitOfWork for SqliteUnitOfWork {
+    fn products(&mut self) -> &mut dyn ProductRepository {
+        &mut self.repository
+    }
+}

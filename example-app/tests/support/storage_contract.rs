@@ -1,0 +1,780 @@
+//! The storage contract: what every database the service runs on must do,
+//! written once and run on each (SQLite in `example-app/tests/storage.rs`,
+//! PostgreSQL in the `postgres_storage` target of the tests package).
+//! `#[path]`-included; [`storage_contract_tests!`] expands to every test
+//! below, given an `async fn` that makes an empty database.
+
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use bus_core::transport::{
+    Consumer, Handled, InMemoryBroker, OutboundMessage, Publisher, TransportError,
+};
+use bus_core::{async_trait, Bus, EventReleaser, MessageId};
+use chrono::{NaiveDate, Utc};
+use example_app::adapters::database::Database;
+use example_app::adapters::memory::InMemoryStore;
+use example_app::adapters::notifications::RecordingNotifications;
+use example_app::bootstrap::EVENT_HANDLER_ATTEMPTS;
+use example_app::domain::commands::{Allocate, CreateBatch};
+use example_app::domain::model::{Batch, OrderLine, Product};
+use example_app::service_layer::dead_letters::{
+    self, DeadLetterError, DeadLetterRecord, DeadLetterStore,
+};
+use example_app::service_layer::unit_of_work::UowError;
+use example_app::views::AllocationRow;
+use example_app::{bootstrap, Adapters};
+use serde_json::json;
+use tokio::sync::Barrier;
+
+/// An empty database for one test, and whatever keeps it alive (a
+/// temporary directory, a guard that drops a PostgreSQL database).
+pub struct TestDatabase {
+    /// Where it is.
+    pub url: String,
+    /// Dropped with the test.
+    pub keep: Box<dyn std::any::Any + Send>,
+}
+
+impl TestDatabase {
+    /// Opens it (again: a restart opens it a second time).
+    pub async fn open(&self) -> Database {
+        Database::connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// Expands to one `#[tokio::test]` per contract test, each on a fresh
+/// database from `$fresh` (an `async fn() -> TestDatabase`).
+macro_rules! storage_contract_tests {
+    ($fresh:path) => {
+        storage_contract_tests!(@each $fresh;
+            a_commit_persists_products_batches_and_allocations,
+            without_commit_nothing_is_written_or_released,
+            a_rollback_writes_nothing,
+            a_failed_commit_writes_nothing_and_releases_nothing,
+            of_two_concurrent_allocations_exactly_one_commits,
+            concurrent_allocations_through_the_bus_never_oversell,
+            a_deallocation_is_persisted_and_the_rest_kept_in_order,
+            a_batch_reference_finds_its_product,
+            the_view_keeps_rows_in_order_and_forgets_removed_ones,
+            an_allocation_writes_its_event_to_the_outbox_and_the_relay_publishes_it_once,
+            an_event_committed_before_a_crash_is_published_after_the_restart,
+            a_lost_race_writes_nothing_to_the_outbox,
+            two_relays_never_publish_one_row_twice,
+            a_failed_publish_leaves_the_rest_for_the_next_round,
+            a_redelivered_message_is_handled_once,
+            a_failing_notification_is_kept_and_replayed_once_the_notifier_is_back,
+            a_dead_letter_is_claimed_once_and_an_unknown_one_is_not_found,
+            a_working_notifier_leaves_no_dead_letter,
+        );
+    };
+    (@each $fresh:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                storage_contract::$name($fresh().await).await
+            }
+        )*
+    };
+}
+
+fn line(orderid: &str, sku: &str, qty: u32) -> OrderLine {
+    OrderLine {
+        orderid: orderid.into(),
+        sku: sku.into(),
+        qty,
+    }
+}
+
+async fn insert_product(database: &Database, sku: &str, batches: Vec<Batch>) {
+    let mut uow = database.unit_of_work(EventReleaser::new());
+    uow.products().add(Product::new(sku, batches, 0));
+    uow.commit().await.expect("committed");
+}
+
+async fn load(database: &Database, sku: &str) -> Option<Product> {
+    let mut uow = database.unit_of_work(EventReleaser::new());
+    uow.products().get(sku).await.expect("read").cloned()
+}
+
+// ---------------------------------------------------------------------------
+// The unit of work
+// ---------------------------------------------------------------------------
+
+pub async fn a_commit_persists_products_batches_and_allocations(db: TestDatabase) {
+    let database = db.open().await;
+    let eta = NaiveDate::from_ymd_opt(2026, 12, 24).expect("date");
+    insert_product(
+        &database,
+        "HIPSTER-WORKBENCH",
+        vec![
+            Batch::new("b1", "HIPSTER-WORKBENCH", 100, None),
+            Batch::new("b2", "HIPSTER-WORKBENCH", 50, Some(eta)),
+        ],
+    )
+    .await;
+
+    let releaser = EventReleaser::new();
+    let mut uow = database.unit_of_work(releaser.clone());
+    let product = uow
+        .products()
+        .get("HIPSTER-WORKBENCH")
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(
+        product
+            .allocate(line("o1", "HIPSTER-WORKBENCH", 10))
+            .as_deref(),
+        Some("b1")
+    );
+    assert!(
+        releaser.drain().is_empty(),
+        "nothing released before commit"
+    );
+    uow.commit().await.expect("committed");
+    let released: Vec<_> = releaser.drain().iter().map(|e| e.name()).collect();
+    assert_eq!(released, ["allocation.allocated"]);
+
+    let product = load(&database, "HIPSTER-WORKBENCH")
+        .await
+        .expect("persisted");
+    assert_eq!(product.version_number, 1);
+    let batches: Vec<_> = product.batches.iter().map(|b| b.reference.as_str()).collect();
+    assert_eq!(batches, ["b1", "b2"], "in the order they were added");
+    assert_eq!(
+        product.batch("b1").expect("b1").allocations(),
+        [line("o1", "HIPSTER-WORKBENCH", 10)]
+    );
+    assert_eq!(product.batch("b2").expect("b2").eta, Some(eta));
+    assert_eq!(product.batch("b2").expect("b2").available_quantity(), 50);
+}
+
+pub async fn without_commit_nothing_is_written_or_released(db: TestDatabase) {
+    let database = db.open().await;
+    let releaser = EventReleaser::new();
+    {
+        let mut uow = database.unit_of_work(releaser.clone());
+        let product = uow.products().add(Product::new(
+            "LAMP",
+            vec![Batch::new("b1", "LAMP", 5, None)],
+            0,
+        ));
+        product.allocate(line("o1", "LAMP", 1));
+    }
+    assert!(load(&database, "LAMP").await.is_none());
+    assert!(releaser.drain().is_empty());
+}
+
+pub async fn a_rollback_writes_nothing(db: TestDatabase) {
+    let database = db.open().await;
+    insert_product(&database, "LAMP", vec![Batch::new("b1", "LAMP", 5, None)]).await;
+    let mut uow = database.unit_of_work(EventReleaser::new());
+    let product = uow
+        .products()
+        .get("LAMP")
+        .await
+        .expect("read")
+        .expect("exists");
+    product.allocate(line("o1", "LAMP", 1));
+    uow.rollback().await.expect("rolled back");
+    uow.commit().await.expect("an empty commit");
+    let product = load(&database, "LAMP").await.expect("exists");
+    assert!(product.batch("b1").expect("b1").allocations().is_empty());
+}
+
+pub async fn a_failed_commit_writes_nothing_and_releases_nothing(db: TestDatabase) {
+    let database = db.open().await;
+    insert_product(&database, "LAMP", vec![Batch::new("b1", "LAMP", 5, None)]).await;
+    let releaser = EventReleaser::new();
+    let mut stale = database.unit_of_work(releaser.clone());
+    stale
+        .products()
+        .get("LAMP")
+        .await
+        .expect("read")
+        .expect("exists");
+    // Another unit of work changes the product first.
+    let mut other = database.unit_of_work(EventReleaser::new());
+    other
+        .products()
+        .get("LAMP")
+        .await
+        .expect("read")
+        .expect("exists")
+        .allocate(line("o1", "LAMP", 1));
+    other.commit().await.expect("committed");
+
+    let product = stale
+        .products()
+        .get("LAMP")
+        .await
+        .expect("read")
+        .expect("exists");
+    product.allocate(line("o2", "LAMP", 2));
+    product.add_batch(Batch::new("b9", "LAMP", 9, None));
+    let error = stale.commit().await.expect_err("stale");
+    assert!(matches!(error, UowError::Conflict { .. }), "{error}");
+    assert!(
+        releaser.drain().is_empty(),
+        "a failed commit releases nothing"
+    );
+    let product = load(&database, "LAMP").await.expect("exists");
+    assert_eq!(
+        product.batch("b1").expect("b1").allocations(),
+        [line("o1", "LAMP", 1)]
+    );
+    assert!(
+        product.batch("b9").is_none(),
+        "the failed commit's writes were rolled back"
+    );
+}
+
+/// The reference's concurrent-update test: two units of work read the same
+/// version, both allocate, both commit at once; exactly one commits.
+pub async fn of_two_concurrent_allocations_exactly_one_commits(db: TestDatabase) {
+    let database = db.open().await;
+    insert_product(
+        &database,
+        "LAST-CHAIR",
+        vec![Batch::new("b1", "LAST-CHAIR", 1, None)],
+    )
+    .await;
+    let barrier = Arc::new(Barrier::new(2));
+    let mut tasks = Vec::new();
+    for orderid in ["o1", "o2"] {
+        let database = database.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut uow = database.unit_of_work(EventReleaser::new());
+            let product = uow.products().get("LAST-CHAIR").await?.expect("exists");
+            product.allocate(line(orderid, "LAST-CHAIR", 1));
+            // Both have read version 0 before either writes.
+            barrier.wait().await;
+            uow.commit().await
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.expect("task finished"));
+    }
+    let committed = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(committed, 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| matches!(o, Err(UowError::Conflict { sku }) if sku == "LAST-CHAIR")),
+        "the loser gets the typed conflict: {outcomes:?}"
+    );
+    let product = load(&database, "LAST-CHAIR").await.expect("exists");
+    assert_eq!(product.version_number, 1);
+    assert_eq!(
+        product.batch("b1").expect("b1").allocations().len(),
+        1,
+        "never oversold"
+    );
+}
+
+/// Thirty allocations at once through the bootstrapped bus (commands retry
+/// on conflicts) on ten units: exactly ten lines, each one committed once.
+pub async fn concurrent_allocations_through_the_bus_never_oversell(db: TestDatabase) {
+    let database = db.open().await;
+    let bus = bootstrap(Adapters::for_database(&database)).expect("wiring");
+    create_batch(&bus, "b1", "DESK", 10).await;
+    let tasks: Vec<_> = (0..30)
+        .map(|n| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                bus.dispatch(Allocate {
+                    orderid: format!("o{n}"),
+                    sku: "DESK".into(),
+                    qty: 1,
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut allocated = 0;
+    for task in tasks {
+        match task.await.expect("task finished") {
+            Ok(Some(_)) => allocated += 1,
+            Ok(None) => {}
+            Err(error) => assert!(error.to_string().contains("concurrently"), "{error}"),
+        }
+    }
+    let product = load(&database, "DESK").await.expect("exists");
+    let lines = product.batch("b1").expect("b1").allocations().len();
+    assert_eq!(lines, allocated, "every committed allocation is stored");
+    assert!(lines <= 10, "oversold: {lines} lines on 10 units");
+    assert!(lines > 0);
+}
+
+pub async fn a_deallocation_is_persisted_and_the_rest_kept_in_order(db: TestDatabase) {
+    let database = db.open().await;
+    insert_product(&database, "RUG", vec![Batch::new("b1", "RUG", 50, None)]).await;
+    let mut uow = database.unit_of_work(EventReleaser::new());
+    let product = uow
+        .products()
+        .get("RUG")
+        .await
+        .expect("read")
+        .expect("exists");
+    for orderid in ["o1", "o2", "o3"] {
+        product.allocate(line(orderid, "RUG", 10));
+    }
+    uow.commit().await.expect("committed");
+
+    let mut uow = database.unit_of_work(EventReleaser::new());
+    let product = uow
+        .products()
+        .get("RUG")
+        .await
+        .expect("read")
+        .expect("exists");
+    assert!(product.change_batch_quantity("b1", 25));
+    uow.commit().await.expect("committed");
+
+    let product = load(&database, "RUG").await.expect("exists");
+    let batch = product.batch("b1").expect("b1");
+    assert_eq!(batch.purchased_quantity(), 25);
+    assert_eq!(
+        batch.allocations(),
+        [line("o1", "RUG", 10), line("o2", "RUG", 10)],
+        "the last line was deallocated; the others kept their order"
+    );
+}
+
+pub async fn a_batch_reference_finds_its_product(db: TestDatabase) {
+    let database = db.open().await;
+    insert_product(&database, "SOFA", vec![Batch::new("s1", "SOFA", 3, None)]).await;
+    let mut uow = database.unit_of_work(EventReleaser::new());
+    let sku = uow
+        .products()
+        .get_by_batchref("s1")
+        .await
+        .expect("read")
+        .map(|product| product.sku.clone());
+    assert_eq!(sku.as_deref(), Some("SOFA"));
+    assert!(uow
+        .products()
+        .get_by_batchref("nope")
+        .await
+        .expect("read")
+        .is_none());
+}
+
+pub async fn the_view_keeps_rows_in_order_and_forgets_removed_ones(db: TestDatabase) {
+    let database = db.open().await;
+    let view = Adapters::for_database(&database).views;
+    view.add("o1", "LAMP", "b1").await.expect("added");
+    view.add("o1", "DESK", "b7").await.expect("added");
+    view.add("o2", "LAMP", "b1").await.expect("added");
+    let row = |sku: &str, batchref: &str| AllocationRow {
+        sku: sku.into(),
+        batchref: batchref.into(),
+    };
+    assert_eq!(
+        view.for_order("o1").await.expect("read"),
+        [row("LAMP", "b1"), row("DESK", "b7")]
+    );
+    view.remove("o1", "LAMP").await.expect("removed");
+    assert_eq!(
+        view.for_order("o1").await.expect("read"),
+        [row("DESK", "b7")]
+    );
+    assert_eq!(
+        view.for_order("o2").await.expect("read"),
+        [row("LAMP", "b1")]
+    );
+    assert!(view.for_order("o3").await.expect("read").is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// The outbox
+// ---------------------------------------------------------------------------
+
+async fn create_batch(bus: &Bus, reference: &str, sku: &str, qty: u32) {
+    bus.dispatch(CreateBatch {
+        reference: reference.into(),
+        sku: sku.into(),
+        qty,
+        eta: None,
+    })
+    .await
+    .expect("batch created");
+}
+
+async fn allocate(bus: &Bus, orderid: &str, qty: u32) -> Option<String> {
+    bus.dispatch(Allocate {
+        orderid: orderid.into(),
+        sku: "LAMP".into(),
+        qty,
+    })
+    .await
+    .expect("allocation ran")
+}
+
+fn orders(messages: &[OutboundMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| {
+            let payload: serde_json::Value = serde_json::from_str(&m.payload).expect("JSON");
+            payload["orderid"].as_str().expect("orderid").to_owned()
+        })
+        .collect()
+}
+
+pub async fn an_allocation_writes_its_event_to_the_outbox_and_the_relay_publishes_it_once(
+    db: TestDatabase,
+) {
+    let database = db.open().await;
+    let bus = bootstrap(Adapters::for_database(&database)).expect("wiring");
+    create_batch(&bus, "b1", "LAMP", 10).await;
+    assert_eq!(allocate(&bus, "o1", 4).await.as_deref(), Some("b1"));
+    assert_eq!(
+        allocate(&bus, "o2", 99).await,
+        None,
+        "out of stock: internal, not in the outbox"
+    );
+
+    let outbox = database.outbox();
+    let unsent = outbox.unsent(10).await.expect("read");
+    assert_eq!(unsent.len(), 1);
+    assert_eq!(unsent[0].stream, "line_allocated");
+    assert_eq!(unsent[0].name, "line_allocated");
+    let payload: serde_json::Value = serde_json::from_str(&unsent[0].payload).expect("JSON");
+    assert_eq!(
+        payload,
+        json!({"orderid": "o1", "sku": "LAMP", "qty": 4, "batchref": "b1"})
+    );
+    assert!(unsent[0].causation_id.is_some());
+
+    let broker = InMemoryBroker::default();
+    assert_eq!(outbox.relay_once(&broker, 10).await.expect("relayed"), 1);
+    assert_eq!(
+        outbox.relay_once(&broker, 10).await.expect("relayed"),
+        0,
+        "sent once"
+    );
+    let published = broker.waiting("line_allocated");
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].id, unsent[0].id, "the message keeps its id");
+    assert!(outbox.unsent(10).await.expect("read").is_empty());
+}
+
+pub async fn an_event_committed_before_a_crash_is_published_after_the_restart(db: TestDatabase) {
+    {
+        let database = db.open().await;
+        let bus = bootstrap(Adapters::for_database(&database)).expect("wiring");
+        create_batch(&bus, "b1", "LAMP", 10).await;
+        allocate(&bus, "o1", 4).await;
+        // The process dies here: committed, never relayed.
+        database.close().await;
+    }
+    let database = db.open().await;
+    let broker = InMemoryBroker::default();
+    let outbox = database.outbox();
+    assert_eq!(outbox.relay_once(&broker, 10).await.expect("relayed"), 1);
+    assert_eq!(orders(&broker.waiting("line_allocated")), ["o1"]);
+}
+
+pub async fn a_lost_race_writes_nothing_to_the_outbox(db: TestDatabase) {
+    let database = db.open().await;
+    let bus = bootstrap(Adapters::for_database(&database)).expect("wiring");
+    create_batch(&bus, "b1", "LAMP", 10).await;
+    let mut first = database.unit_of_work(EventReleaser::new());
+    let mut second = database.unit_of_work(EventReleaser::new());
+    for (uow, orderid) in [(&mut first, "o1"), (&mut second, "o2")] {
+        let product = uow.products().get("LAMP").await.expect("read").expect("exists");
+        product.allocate(line(orderid, "LAMP", 1));
+    }
+    first.commit().await.expect("committed");
+    assert!(second.commit().await.is_err(), "the second one lost");
+    let unsent = database.outbox().unsent(10).await.expect("read");
+    assert_eq!(orders(&unsent), ["o1"], "only the committed change's event");
+}
+
+pub async fn two_relays_never_publish_one_row_twice(db: TestDatabase) {
+    let database = db.open().await;
+    let bus = bootstrap(Adapters::for_database(&database)).expect("wiring");
+    create_batch(&bus, "b1", "LAMP", 1000).await;
+    for n in 0..40 {
+        allocate(&bus, &format!("o{n}"), 1).await;
+    }
+    let broker = InMemoryBroker::default();
+    let relays: Vec<_> = (0..2)
+        .map(|_| {
+            let outbox = database.outbox();
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                let mut sent = 0;
+                loop {
+                    match outbox.relay_once(&broker, 3).await.expect("relayed") {
+                        0 => return sent,
+                        n => sent += n,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for relay in relays {
+        total += relay.await.expect("relay finished");
+    }
+    let published = broker.waiting("line_allocated");
+    let mut ids: Vec<_> = published.iter().map(|m| m.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((total, published.len(), ids.len()), (40, 40, 40));
+}
+
+/// A broker that takes `accept` messages, then fails.
+struct FailingAfter {
+    inner: InMemoryBroker,
+    accept: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Publisher for FailingAfter {
+    async fn publish(&self, message: &OutboundMessage) -> Result<(), TransportError> {
+        use std::sync::atomic::Ordering;
+        let left = self.accept.load(Ordering::SeqCst);
+        if left == 0 {
+            return Err(TransportError::new(
+                "publishing",
+                std::io::Error::other("broker down"),
+            ));
+        }
+        self.accept.store(left - 1, Ordering::SeqCst);
+        self.inner.publish(message).await
+    }
+}
+
+pub async fn a_failed_publish_leaves_the_rest_for_the_next_round(db: TestDatabase) {
+    let database = db.open().await;
+    let bus = bootstrap(Adapters::for_database(&database)).expect("wiring");
+    create_batch(&bus, "b1", "LAMP", 100).await;
+    for n in 0..3 {
+        allocate(&bus, &format!("o{n}"), 1).await;
+    }
+    let broker = InMemoryBroker::default();
+    let flaky = FailingAfter {
+        inner: broker.clone(),
+        accept: 1.into(),
+    };
+    let outbox = database.outbox();
+    let error = outbox.relay_once(&flaky, 10).await.expect_err("broker down");
+    assert!(error.to_string().contains("broker down"), "{error}");
+    assert_eq!(orders(&broker.waiting("line_allocated")), ["o0"]);
+    assert_eq!(
+        orders(&outbox.unsent(10).await.expect("read")),
+        ["o1", "o2"],
+        "what the broker has is marked sent; the rest waits"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The inbox
+// ---------------------------------------------------------------------------
+
+pub async fn a_redelivered_message_is_handled_once(db: TestDatabase) {
+    let database = db.open().await;
+    let bus = bootstrap(Adapters::for_database(&database)).expect("wiring");
+    create_batch(&bus, "b1", "LAMP", 10).await;
+
+    let id = MessageId::new();
+    let message = OutboundMessage {
+        id,
+        stream: "change_batch_quantity".into(),
+        name: "change_batch_quantity".into(),
+        payload: r#"{"batchref": "b1", "qty": 7}"#.into(),
+        correlation_id: id,
+        causation_id: None,
+    };
+    let broker = InMemoryBroker::default();
+    broker.publish(&message).await.expect("published");
+    broker.publish(&message).await.expect("published"); // delivered twice
+
+    let mut consumer = Consumer::new(bus.clone(), broker.subscribe("change_batch_quantity"))
+        .with_inbox(database.inbox());
+    let handled = consumer.poll_once().await.expect("polled");
+    assert_eq!(handled, [Handled::Done, Handled::Duplicate]);
+    assert_eq!(broker.pending(), 0, "both acknowledged");
+    assert!(broker.dead_letters("change_batch_quantity").is_empty());
+    let product = load(&database, "LAMP").await.expect("exists");
+    assert_eq!(product.version_number, 1, "created at 0, changed once");
+    assert_eq!(
+        product.batch("b1").expect("b1").purchased_quantity(),
+        7
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The dead letters
+// ---------------------------------------------------------------------------
+
+struct DeadLetterApp {
+    bus: Bus,
+    notifications: Arc<RecordingNotifications>,
+    dead_letters: Arc<dyn DeadLetterStore>,
+}
+
+/// The in-memory write model, with the database's dead-letter store.
+fn dead_letter_app(database: &Database) -> DeadLetterApp {
+    let store = Arc::new(InMemoryStore::default());
+    let notifications = Arc::new(RecordingNotifications::default());
+    let dead_letters = Adapters::for_database(database).dead_letters;
+    let bus = bootstrap(Adapters {
+        notifications: notifications.clone(),
+        dead_letters: dead_letters.clone(),
+        ..Adapters::in_memory(&store)
+    })
+    .expect("wiring");
+    DeadLetterApp {
+        bus,
+        notifications,
+        dead_letters,
+    }
+}
+
+/// Allocates more than there is: `OutOfStock` is released.
+async fn run_out_of_stock(bus: &Bus) {
+    create_batch(bus, "b1", "LAMP", 1).await;
+    assert_eq!(allocate(bus, "o1", 5).await, None, "out of stock");
+}
+
+pub async fn a_failing_notification_is_kept_and_replayed_once_the_notifier_is_back(
+    db: TestDatabase,
+) {
+    let database = db.open().await;
+    let app = dead_letter_app(&database);
+    app.notifications.fail("smtp: connection refused");
+    run_out_of_stock(&app.bus).await;
+
+    // Retried per policy, then kept, with everything needed to replay it.
+    assert_eq!(app.notifications.refused(), EVENT_HANDLER_ATTEMPTS);
+    let letters = app.dead_letters.list(false).await.expect("listed");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.record.message_name, "allocation.out_of_stock");
+    assert_eq!(
+        letter.record.handler,
+        "example_app::service_layer::handlers::send_out_of_stock_notification"
+    );
+    assert!(
+        letter.record.location.contains("handlers.rs:"),
+        "{}",
+        letter.record.location
+    );
+    assert_eq!(
+        letter.record.error,
+        "cannot notify stock@made.com: smtp: connection refused"
+    );
+    assert_eq!(letter.record.attempts, EVENT_HANDLER_ATTEMPTS);
+    assert!(
+        (Utc::now() - letter.record.failed_at).num_seconds().abs() < 60,
+        "failed just now: {}",
+        letter.record.failed_at
+    );
+    assert_eq!(letter.record.payload.as_deref(), Some(r#"{"sku":"LAMP"}"#));
+    assert_eq!(
+        letter.record.causation_id.as_deref(),
+        Some(letter.record.correlation_id.as_str()),
+        "caused by the command, which opened the flow"
+    );
+
+    // Still down: the replay fails, the letter stays, with the new error.
+    let error = dead_letters::replay(&app.bus, &*app.dead_letters, letter.id)
+        .await
+        .expect_err("still down");
+    assert!(
+        matches!(error, DeadLetterError::StillFailing { .. }),
+        "{error}"
+    );
+    let kept = app
+        .dead_letters
+        .get(letter.id)
+        .await
+        .expect("read")
+        .expect("kept");
+    assert_eq!(kept.replayed_at, None);
+    assert!(
+        kept.replay_error
+            .as_deref()
+            .expect("the replay's error")
+            .contains("connection refused"),
+        "{kept:?}"
+    );
+    assert!(app.notifications.sent().is_empty());
+
+    // Back up: the replay succeeds, once.
+    app.notifications.recover();
+    let replayed = dead_letters::replay(&app.bus, &*app.dead_letters, letter.id)
+        .await
+        .expect("replayed");
+    assert!(replayed.replayed_at.is_some());
+    assert_eq!(replayed.replay_error, None);
+    assert_eq!(
+        app.notifications.sent(),
+        [(
+            "stock@made.com".to_owned(),
+            "Out of stock for LAMP".to_owned()
+        )]
+    );
+    let again = dead_letters::replay(&app.bus, &*app.dead_letters, letter.id)
+        .await
+        .expect_err("replayed already");
+    assert!(
+        matches!(again, DeadLetterError::AlreadyReplayed(_)),
+        "{again}"
+    );
+    assert_eq!(app.notifications.sent().len(), 1, "sent exactly once");
+    assert!(app.dead_letters.list(false).await.expect("listed").is_empty());
+    assert_eq!(app.dead_letters.list(true).await.expect("listed").len(), 1);
+}
+
+pub async fn a_dead_letter_is_claimed_once_and_an_unknown_one_is_not_found(db: TestDatabase) {
+    let database = db.open().await;
+    let app = dead_letter_app(&database);
+    let error = dead_letters::replay(&app.bus, &*app.dead_letters, 42)
+        .await
+        .expect_err("unknown");
+    assert!(matches!(error, DeadLetterError::NotFound(42)));
+
+    let id = app
+        .dead_letters
+        .add(DeadLetterRecord {
+            message_name: "allocation.out_of_stock".into(),
+            handler: "h".into(),
+            location: "src/h.rs:1".into(),
+            error: "down".into(),
+            attempts: 3,
+            failed_at: Utc::now(),
+            message_id: MessageId::new().to_string(),
+            correlation_id: MessageId::new().to_string(),
+            causation_id: None,
+            payload: Some(r#"{"sku":"LAMP"}"#.into()),
+        })
+        .await
+        .expect("added");
+    assert!(app.dead_letters.claim(id).await.expect("claimed"));
+    assert!(
+        !app.dead_letters.claim(id).await.expect("answered"),
+        "two replays at once"
+    );
+    let busy = dead_letters::replay(&app.bus, &*app.dead_letters, id)
+        .await
+        .expect_err("claimed");
+    assert!(matches!(busy, DeadLetterError::AlreadyReplayed(_)));
+}
+
+pub async fn a_working_notifier_leaves_no_dead_letter(db: TestDatabase) {
+    let database = db.open().await;
+    let app = dead_letter_app(&database);
+    run_out_of_stock(&app.bus).await;
+    assert_eq!(app.notifications.sent().len(), 1);
+    assert!(app.dead_letters.list(true).await.expect("listed").is_empty());
+}
