@@ -1,8 +1,11 @@
-//! Against real servers: Redis Streams as the broker. Built only with the
-//! `services` feature (`.ci/run` turns it on):
+//! Against real servers: Redis Streams as the broker, and the example app
+//! scaled out on PostgreSQL and Redis. Built only with the `services`
+//! feature (`.ci/run` turns it on):
 //! `cargo test -p arch-events-tests --features services --test scale_out`.
-//! Redis at `REDIS_URL` (default `redis://127.0.0.1:6379`); without it the
-//! tests fail and say how to start it.
+//! Redis at `REDIS_URL` (default `redis://127.0.0.1:6379`), PostgreSQL at
+//! `POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`, where
+//! each test creates a database of its own); without them the tests fail
+//! and say how to start them.
 
 use std::time::Duration;
 
@@ -119,14 +122,17 @@ async fn a_delivery_left_unacknowledged_by_a_dead_consumer_is_claimed_by_another
 }
 
 // ---------------------------------------------------------------------------
-// The example app on Redis: its real binary, SQLite, and the broker
+// The example app scaled out: its real binary, PostgreSQL, and Redis
 // ---------------------------------------------------------------------------
 
 #[path = "../../example-app/tests/support/server.rs"]
 mod server;
 
+#[path = "support/postgres.rs"]
+mod postgres;
+
 use serde_json::{json, Value};
-use server::{add_batch, database, example_app_binary, post, Server};
+use server::{add_batch, database, example_app_binary, get, post, Server};
 
 /// The app's streams are fixed names: its tests take turns.
 static APP_STREAMS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -188,13 +194,13 @@ async fn wait_for(
     }
 }
 
-/// The app's turn on its streams, reset: the lock, a connection, a fresh
-/// SQLite file and the Redis URL.
+/// The app's turn on its streams, reset: the lock, a Redis connection and
+/// URL, and a fresh PostgreSQL database.
 struct AppRun {
     _turn: tokio::sync::MutexGuard<'static, ()>,
     connection: MultiplexedConnection,
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
+    _database: postgres::FreshDatabase,
+    database_url: String,
     url: String,
 }
 
@@ -202,12 +208,12 @@ async fn app_run() -> AppRun {
     let turn = APP_STREAMS.lock().await;
     let mut connection = connection().await;
     reset_app_streams(&mut connection).await;
-    let (dir, path) = database();
+    let database = postgres::FreshDatabase::create().await;
     AppRun {
         _turn: turn,
         connection,
-        _dir: dir,
-        path,
+        database_url: database.url.clone(),
+        _database: database,
         url: redis_url(),
     }
 }
@@ -226,8 +232,12 @@ async fn publish_command(connection: &MultiplexedConnection, payload: &str) {
 #[tokio::test]
 async fn a_change_batch_quantity_message_reallocates_and_line_allocated_names_the_new_batch() {
     let run = app_run().await;
-    let (mut connection, path, url) = (run.connection.clone(), run.path.clone(), run.url.clone());
-    let server = Server::start_with(&example_app_binary(), &path, &[("REDIS_URL", &url)]);
+    let (mut connection, database_url, url) = (
+        run.connection.clone(),
+        run.database_url.clone(),
+        run.url.clone(),
+    );
+    let server = Server::start_with(&example_app_binary(), &database_url, &[("REDIS_URL", &url)]);
     add_batch(&server, "b-small", "VASE", 10, None).await;
     add_batch(&server, "b-big", "VASE", 50, Some("2030-01-01")).await;
     let (status, body) = post(
@@ -249,14 +259,29 @@ async fn a_change_batch_quantity_message_reallocates_and_line_allocated_names_th
             json!({"orderid": "o1", "sku": "VASE", "qty": 8, "batchref": "b-big"}),
         ]
     );
+    // The read model (in PostgreSQL) followed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(&server, "/allocations/o1").await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        if body == json!([{"sku": "VASE", "batchref": "b-big"}]) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "view: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(server);
 }
 
 #[tokio::test]
 async fn a_poison_message_lands_in_the_dead_letter_stream_and_the_next_one_is_handled() {
     let run = app_run().await;
-    let (mut connection, path, url) = (run.connection.clone(), run.path.clone(), run.url.clone());
-    let server = Server::start_with(&example_app_binary(), &path, &[("REDIS_URL", &url)]);
+    let (mut connection, database_url, url) = (
+        run.connection.clone(),
+        run.database_url.clone(),
+        run.url.clone(),
+    );
+    let server = Server::start_with(&example_app_binary(), &database_url, &[("REDIS_URL", &url)]);
     add_batch(&server, "b1", "CHAIR", 10, None).await;
     add_batch(&server, "b2", "CHAIR", 10, Some("2030-01-01")).await;
     post(
@@ -291,13 +316,17 @@ async fn a_poison_message_lands_in_the_dead_letter_stream_and_the_next_one_is_ha
 #[tokio::test]
 async fn an_event_committed_before_a_kill_9_arrives_exactly_once_after_the_restart() {
     let run = app_run().await;
-    let (mut connection, path, url) = (run.connection.clone(), run.path.clone(), run.url.clone());
+    let (mut connection, database_url, url) = (
+        run.connection.clone(),
+        run.database_url.clone(),
+        run.url.clone(),
+    );
     let binary = example_app_binary();
     // The fault-injection switch: the relay waits ten minutes between
     // rounds, so the committed event is not relayed before the kill.
     let server = Server::start_with(
         &binary,
-        &path,
+        &database_url,
         &[("REDIS_URL", &url), ("RELAY_PAUSE_MS", "600000")],
     );
     add_batch(&server, "b1", "LAMP", 10, None).await;
@@ -315,7 +344,7 @@ async fn an_event_committed_before_a_kill_9_arrives_exactly_once_after_the_resta
     );
     server.kill_hard();
 
-    let restarted = Server::start_with(&binary, &path, &[("REDIS_URL", &url)]);
+    let restarted = Server::start_with(&binary, &database_url, &[("REDIS_URL", &url)]);
     let allocated = wait_for(&mut connection, "line_allocated", 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let allocated_later = payloads(&mut connection, "line_allocated").await;
@@ -328,19 +357,46 @@ async fn an_event_committed_before_a_kill_9_arrives_exactly_once_after_the_resta
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_processes_on_one_database_and_one_broker_never_oversell_or_double_publish() {
+async fn two_processes_on_postgresql_and_redis_never_oversell_or_double_publish() {
     let run = app_run().await;
-    let (mut connection, path, url) = (run.connection.clone(), run.path.clone(), run.url.clone());
+    let database_url = run.database_url.clone();
+    let allocated = two_processes_allocate_concurrently(&run, &database_url).await;
+    // The database agrees with what the processes answered.
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&database_url)
+        .await
+        .unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM allocations WHERE batchref = 'b1'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(rows, allocated as i64, "every 202 is one stored line");
+}
+
+/// The same on one SQLite file (one machine): SQLite's file lock plays the
+/// part of PostgreSQL's row locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_on_one_sqlite_file_never_oversell_or_double_publish() {
+    let run = app_run().await;
+    let (_dir, path) = database();
+    two_processes_allocate_concurrently(&run, &format!("sqlite://{}", path.display())).await;
+}
+
+/// Two processes over `database_url` and Redis, 40 allocations of one unit
+/// spread over both on 20 units: none oversold, each committed allocation
+/// published exactly once, whichever relay took it. Returns how many
+/// committed.
+async fn two_processes_allocate_concurrently(run: &AppRun, database_url: &str) -> usize {
+    let (mut connection, url) = (run.connection.clone(), run.url.clone());
     let binary = example_app_binary();
     let servers = [
         Server::start_with(
             &binary,
-            &path,
+            database_url,
             &[("REDIS_URL", &url), ("CONSUMER_NAME", "one")],
         ),
         Server::start_with(
             &binary,
-            &path,
+            database_url,
             &[("REDIS_URL", &url), ("CONSUMER_NAME", "two")],
         ),
     ];
@@ -382,6 +438,15 @@ async fn two_processes_on_one_database_and_one_broker_never_oversell_or_double_p
         allocated.len()
     );
     assert!(!allocated.is_empty());
+    eprintln!(
+        "two processes on {}: 40 requests, {} allocated, {} refused after conflicts",
+        database_url.split(':').next().unwrap_or("?"),
+        allocated.len(),
+        answers
+            .iter()
+            .filter(|(_, status, _)| *status == reqwest::StatusCode::CONFLICT)
+            .count()
+    );
 
     // Each committed allocation is published once, whichever process's
     // relay claimed it.
@@ -403,4 +468,5 @@ async fn two_processes_on_one_database_and_one_broker_never_oversell_or_double_p
         orders, allocated,
         "exactly the committed allocations, once each"
     );
+    allocated.len()
 }

@@ -91,9 +91,10 @@ impl Database {
             Database::Sqlite(database) => {
                 Box::new(sqlite::SqliteUnitOfWork::new(database.clone(), releaser))
             }
-            Database::Postgres(database) => {
-                Box::new(postgres::PostgresUnitOfWork::new(database.clone(), releaser))
-            }
+            Database::Postgres(database) => Box::new(postgres::PostgresUnitOfWork::new(
+                database.clone(),
+                releaser,
+            )),
         }
     }
 

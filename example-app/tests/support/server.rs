@@ -23,11 +23,12 @@ impl Server {
     /// Starts `binary` on a free port over the SQLite file `database`, and
     /// waits until it listens.
     pub fn start(binary: &str, database: &Path) -> Server {
-        Server::start_with(binary, database, &[])
+        Server::start_with(binary, &format!("sqlite://{}", database.display()), &[])
     }
 
-    /// [`start`](Self::start), with more environment variables.
-    pub fn start_with(binary: &str, database: &Path, env: &[(&str, &str)]) -> Server {
+    /// Starts `binary` on a free port over the database at `database_url`
+    /// (SQLite or PostgreSQL), with more environment variables.
+    pub fn start_with(binary: &str, database_url: &str, env: &[(&str, &str)]) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -36,7 +37,7 @@ impl Server {
             .arg("--bind")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--database-url")
-            .arg(format!("sqlite://{}", database.display()))
+            .arg(database_url)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())

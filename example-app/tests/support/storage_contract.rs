@@ -143,7 +143,11 @@ pub async fn a_commit_persists_products_batches_and_allocations(db: TestDatabase
         .await
         .expect("persisted");
     assert_eq!(product.version_number, 1);
-    let batches: Vec<_> = product.batches.iter().map(|b| b.reference.as_str()).collect();
+    let batches: Vec<_> = product
+        .batches
+        .iter()
+        .map(|b| b.reference.as_str())
+        .collect();
     assert_eq!(batches, ["b1", "b2"], "in the order they were added");
     assert_eq!(
         product.batch("b1").expect("b1").allocations(),
@@ -488,7 +492,12 @@ pub async fn a_lost_race_writes_nothing_to_the_outbox(db: TestDatabase) {
     let mut first = database.unit_of_work(EventReleaser::new());
     let mut second = database.unit_of_work(EventReleaser::new());
     for (uow, orderid) in [(&mut first, "o1"), (&mut second, "o2")] {
-        let product = uow.products().get("LAMP").await.expect("read").expect("exists");
+        let product = uow
+            .products()
+            .get("LAMP")
+            .await
+            .expect("read")
+            .expect("exists");
         product.allocate(line(orderid, "LAMP", 1));
     }
     first.commit().await.expect("committed");
@@ -566,7 +575,10 @@ pub async fn a_failed_publish_leaves_the_rest_for_the_next_round(db: TestDatabas
         accept: 1.into(),
     };
     let outbox = database.outbox();
-    let error = outbox.relay_once(&flaky, 10).await.expect_err("broker down");
+    let error = outbox
+        .relay_once(&flaky, 10)
+        .await
+        .expect_err("broker down");
     assert!(error.to_string().contains("broker down"), "{error}");
     assert_eq!(orders(&broker.waiting("line_allocated")), ["o0"]);
     assert_eq!(
@@ -606,10 +618,7 @@ pub async fn a_redelivered_message_is_handled_once(db: TestDatabase) {
     assert!(broker.dead_letters("change_batch_quantity").is_empty());
     let product = load(&database, "LAMP").await.expect("exists");
     assert_eq!(product.version_number, 1, "created at 0, changed once");
-    assert_eq!(
-        product.batch("b1").expect("b1").purchased_quantity(),
-        7
-    );
+    assert_eq!(product.batch("b1").expect("b1").purchased_quantity(), 7);
 }
 
 // ---------------------------------------------------------------------------
@@ -732,7 +741,12 @@ pub async fn a_failing_notification_is_kept_and_replayed_once_the_notifier_is_ba
         "{again}"
     );
     assert_eq!(app.notifications.sent().len(), 1, "sent exactly once");
-    assert!(app.dead_letters.list(false).await.expect("listed").is_empty());
+    assert!(app
+        .dead_letters
+        .list(false)
+        .await
+        .expect("listed")
+        .is_empty());
     assert_eq!(app.dead_letters.list(true).await.expect("listed").len(), 1);
 }
 
@@ -776,5 +790,10 @@ pub async fn a_working_notifier_leaves_no_dead_letter(db: TestDatabase) {
     let app = dead_letter_app(&database);
     run_out_of_stock(&app.bus).await;
     assert_eq!(app.notifications.sent().len(), 1);
-    assert!(app.dead_letters.list(true).await.expect("listed").is_empty());
+    assert!(app
+        .dead_letters
+        .list(true)
+        .await
+        .expect("listed")
+        .is_empty());
 }

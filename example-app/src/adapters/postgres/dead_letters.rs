@@ -69,11 +69,13 @@ impl DeadLetterStore for PostgresDeadLetterStore {
     }
 
     async fn get(&self, id: i64) -> Result<Option<StoredDeadLetter>, DeadLetterError> {
-        let row = sqlx::query(&format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(self.database.pool())
-            .await
-            .map_err(storage)?;
+        let row = sqlx::query(&format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.database.pool())
+        .await
+        .map_err(storage)?;
         row.as_ref().map(dead_letter).transpose().map_err(storage)
     }
 
@@ -100,12 +102,10 @@ impl DeadLetterStore for PostgresDeadLetterStore {
                  WHERE id = $2",
             )
             .bind(at),
-            Err(error) => {
-                sqlx::query(
-                    "UPDATE dead_letters SET replaying = FALSE, replay_error = $1 WHERE id = $2",
-                )
-                    .bind(error)
-            }
+            Err(error) => sqlx::query(
+                "UPDATE dead_letters SET replaying = FALSE, replay_error = $1 WHERE id = $2",
+            )
+            .bind(error),
         };
         query
             .bind(id)

@@ -9,9 +9,11 @@ mod outbox;
 mod unit_of_work;
 mod views;
 
+use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::Connection;
 
 pub use dead_letters::PostgresDeadLetterStore;
 pub use inbox::PostgresInbox;
@@ -50,10 +52,14 @@ impl PostgresDatabase {
 /// to date (the migrations take an advisory lock: processes starting
 /// together apply each one once).
 pub async fn connect(url: &str) -> Result<PostgresDatabase, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?;
+    // One connection first: an unreachable server or a refused login is then
+    // reported as such (the pool would only say it timed out).
+    PgConnection::connect_with(&options).await?.close().await?;
     let pool = PgPoolOptions::new()
         .max_connections(MAX_CONNECTIONS)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect(url)
+        .connect_with(options)
         .await?;
     sqlx::migrate!("./migrations/postgres").run(&pool).await?;
     Ok(PostgresDatabase { pool })

@@ -56,7 +56,10 @@ impl Outbox for PostgresOutbox {
         .bind(i64::from(max))
         .fetch_all(self.database.pool())
         .await?;
-        Ok(rows.iter().map(outbound_message).collect::<Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(outbound_message)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn relay_once(&self, publisher: &dyn Publisher, max: u32) -> Result<usize, RelayError> {

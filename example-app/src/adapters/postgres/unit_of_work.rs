@@ -15,7 +15,9 @@ use crate::service_layer::unit_of_work::{
 /// A factory of PostgreSQL units of work over `database`, for bootstrap.
 pub fn unit_of_work_factory(database: PostgresDatabase) -> UnitOfWorkFactory {
     Arc::new(move |scope| {
-        Box::new(PostgresUnitOfWork::new(database.clone(), scope.releaser()).in_flow(scope.context()))
+        Box::new(
+            PostgresUnitOfWork::new(database.clone(), scope.releaser()).in_flow(scope.context()),
+        )
     })
 }
 
@@ -152,14 +154,16 @@ impl PostgresRepository {
         }
         let (inserted, deleted) = tracked.line_changes();
         for (batchref, line) in inserted {
-            sqlx::query("INSERT INTO allocations (batchref, orderid, sku, qty) VALUES ($1, $2, $3, $4)")
-                .bind(batchref)
-                .bind(&line.orderid)
-                .bind(sku)
-                .bind(i64::from(line.qty))
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| write_error(e, sku))?;
+            sqlx::query(
+                "INSERT INTO allocations (batchref, orderid, sku, qty) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(batchref)
+            .bind(&line.orderid)
+            .bind(sku)
+            .bind(i64::from(line.qty))
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| write_error(e, sku))?;
         }
         for id in deleted {
             sqlx::query("DELETE FROM allocations WHERE id = $1")
@@ -188,11 +192,12 @@ impl ProductRepository for PostgresRepository {
         if self.tracker.by_batchref(reference).is_some() {
             return Ok(self.tracker.by_batchref(reference));
         }
-        let sku: Option<String> = sqlx::query_scalar("SELECT sku FROM batches WHERE reference = $1")
-            .bind(reference)
-            .fetch_optional(&self.database.pool)
-            .await
-            .map_err(storage)?;
+        let sku: Option<String> =
+            sqlx::query_scalar("SELECT sku FROM batches WHERE reference = $1")
+                .bind(reference)
+                .fetch_optional(&self.database.pool)
+                .await
+                .map_err(storage)?;
         match sku {
             Some(sku) => self.get(&sku).await,
             None => Ok(None),

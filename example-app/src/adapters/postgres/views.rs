@@ -47,12 +47,13 @@ impl AllocationsView for PostgresAllocationsView {
     }
 
     async fn for_order(&self, orderid: &str) -> Result<Vec<AllocationRow>, ViewError> {
-        let rows =
-            sqlx::query("SELECT sku, batchref FROM allocations_view WHERE orderid = $1 ORDER BY id")
-                .bind(orderid)
-                .fetch_all(self.database.pool())
-                .await
-                .map_err(view_error)?;
+        let rows = sqlx::query(
+            "SELECT sku, batchref FROM allocations_view WHERE orderid = $1 ORDER BY id",
+        )
+        .bind(orderid)
+        .fetch_all(self.database.pool())
+        .await
+        .map_err(view_error)?;
         rows.iter()
             .map(allocation_row)
             .collect::<Result<_, _>>()

@@ -69,11 +69,13 @@ impl DeadLetterStore for SqliteDeadLetterStore {
     }
 
     async fn get(&self, id: i64) -> Result<Option<StoredDeadLetter>, DeadLetterError> {
-        let row = sqlx::query(&format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(self.database.pool())
-            .await
-            .map_err(storage)?;
+        let row = sqlx::query(&format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(self.database.pool())
+        .await
+        .map_err(storage)?;
         row.as_ref().map(dead_letter).transpose().map_err(storage)
     }
 

@@ -83,7 +83,6 @@ impl SqliteOutbox {
         messages.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(messages.into_iter().map(|(_, message)| message).collect())
     }
-
 }
 
 #[async_trait]
@@ -98,7 +97,6 @@ impl Outbox for SqliteOutbox {
         .await?;
         Ok(read_messages(&rows)?)
     }
-
 
     async fn relay_once(&self, publisher: &dyn Publisher, max: u32) -> Result<usize, RelayError> {
         let messages = self.claim(max).await?;

@@ -156,14 +156,16 @@ impl SqliteRepository {
         }
         let (inserted, deleted) = tracked.line_changes();
         for (batchref, line) in inserted {
-            sqlx::query("INSERT INTO allocations (batchref, orderid, sku, qty) VALUES (?, ?, ?, ?)")
-                .bind(batchref)
-                .bind(&line.orderid)
-                .bind(sku)
-                .bind(i64::from(line.qty))
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| write_error(e, sku))?;
+            sqlx::query(
+                "INSERT INTO allocations (batchref, orderid, sku, qty) VALUES (?, ?, ?, ?)",
+            )
+            .bind(batchref)
+            .bind(&line.orderid)
+            .bind(sku)
+            .bind(i64::from(line.qty))
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| write_error(e, sku))?;
         }
         for id in deleted {
             sqlx::query("DELETE FROM allocations WHERE id = ?")
