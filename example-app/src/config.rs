@@ -54,4 +54,9 @@ pub enum Command {
     /// dependencies and the events they release) as a table, then as a
     /// Mermaid flowchart; touches no database.
     Describe,
+    /// Runs only the outbox relay (needs `--redis-url`): publishes the
+    /// external events committed by any instance, until Ctrl-C. Several
+    /// relays, in app instances or on their own, never publish one row at
+    /// once.
+    Relay,
 }

@@ -32,6 +32,8 @@ enum StartError {
     Serve(std::io::Error),
     #[error("cannot start the broker entrypoint: {0}")]
     Broker(bus_core::transport::TransportError),
+    #[error("the relay publishes to Redis: give --redis-url or REDIS_URL")]
+    RelayWithoutBroker,
 }
 
 #[tokio::main]
@@ -64,6 +66,18 @@ async fn run(config: Config) -> Result<(), StartError> {
         return Ok(());
     }
     let database = Database::connect(&config.database_url).await?;
+    if let Some(Command::Relay) = config.command {
+        let url = config
+            .redis_url
+            .as_deref()
+            .ok_or(StartError::RelayWithoutBroker)?;
+        let pause = Duration::from_millis(config.relay_pause_ms);
+        let relayed = broker::relay_only(url, &database, pause, shutdown_signal()).await;
+        database.close().await;
+        relayed.map_err(StartError::Broker)?;
+        tracing::info!("relay stopped");
+        return Ok(());
+    }
     let adapters = Adapters::for_database(&database);
     let dead_letters = adapters.dead_letters.clone();
     let bus = bootstrap(adapters)?;

@@ -356,6 +356,64 @@ async fn an_event_committed_before_a_kill_9_arrives_exactly_once_after_the_resta
     drop(restarted);
 }
 
+#[tokio::test]
+async fn the_relay_runs_as_a_process_of_its_own() {
+    let run = app_run().await;
+    let (mut connection, database_url, url) = (
+        run.connection.clone(),
+        run.database_url.clone(),
+        run.url.clone(),
+    );
+    let binary = example_app_binary();
+    // The app without a broker: its external events wait in the outbox.
+    let server = Server::start_with(&binary, &database_url, &[]);
+    add_batch(&server, "b1", "MIRROR", 10, None).await;
+    let (status, _) = post(
+        &server,
+        "/allocate",
+        json!({"orderid": "o5", "sku": "MIRROR", "qty": 2}),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(payloads(&mut connection, "line_allocated").await.is_empty());
+
+    let relay = |redis: Option<&str>| {
+        let mut command = std::process::Command::new(&binary);
+        command
+            .args(["--database-url", &database_url, "relay"])
+            .env("RUST_LOG", "warn")
+            .env_remove("REDIS_URL")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if let Some(redis) = redis {
+            command.env("REDIS_URL", redis);
+        }
+        command
+    };
+    // Without Redis it refuses to start, and says why.
+    let refused = relay(None).output().unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("give --redis-url or REDIS_URL"), "{said}");
+
+    let mut relay = relay(Some(&url)).spawn().unwrap();
+    let published = wait_for(&mut connection, "line_allocated", 1).await;
+    assert_eq!(
+        published,
+        [json!({"orderid": "o5", "sku": "MIRROR", "qty": 2, "batchref": "b1"})]
+    );
+    // Ctrl-C stops it cleanly.
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &relay.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let status = relay.wait().unwrap();
+    assert!(status.success(), "{status}");
+    drop(server);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_processes_on_postgresql_and_redis_never_oversell_or_double_publish() {
     let run = app_run().await;

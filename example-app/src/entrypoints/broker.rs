@@ -70,6 +70,21 @@ pub async fn start(
     })
 }
 
+/// Relays the outbox of `database` to Redis at `url` until `stop` resolves:
+/// the relay as a process of its own (`example-app relay`), beside app
+/// instances that relay too or not at all.
+pub async fn relay_only(
+    url: &str,
+    database: &Database,
+    relay_pause: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), TransportError> {
+    let publisher = Arc::new(RedisPublisher::new(bus_redis::connect(url).await?));
+    tracing::info!(url, "relaying the outbox");
+    relay::run(database.outbox(), publisher, relay_pause, stop).await;
+    Ok(())
+}
+
 impl BrokerTasks {
     /// Stops the relay (after its current round). The consumer stops by
     /// itself once the bus is closed.

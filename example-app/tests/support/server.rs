@@ -39,6 +39,9 @@ impl Server {
             .arg("--database-url")
             .arg(database_url)
             .env("RUST_LOG", "warn")
+            // The broker only when a test asks for it, whatever the
+            // environment the tests run in.
+            .env_remove("REDIS_URL")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
