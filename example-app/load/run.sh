@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Load test of POST /allocate on the default SQLite store: starts a release
-# build on a fresh database, seeds 100 products, runs wrk against it.
+# Load test of POST /allocate: starts a release build on a fresh database,
+# seeds 100 products, runs wrk against it. The database is a new SQLite file,
+# or, when LOAD_DATABASE_URL is set, that (empty) database, such as
+# postgres://postgres@127.0.0.1:5432/load.
 # Needs wrk (Debian: apt-get install wrk). Usage: example-app/load/run.sh [seconds] [connections]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,7 +15,7 @@ trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$dir"' EXIT
 
 cargo build --release -q -p example-app
 RUST_LOG=error target/release/example-app --bind "127.0.0.1:$port" \
-    --database-url "sqlite://$dir/load.db" &
+    --database-url "${LOAD_DATABASE_URL:-sqlite://$dir/load.db}" &
 server=$!
 for _ in $(seq 100); do
     curl -s -o /dev/null "http://127.0.0.1:$port/allocations/none" && break
