@@ -3,11 +3,12 @@
 use std::sync::Arc;
 
 use bus_core::{async_trait, EventReleaser, MessageContext};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use super::{inbox, outbox, storage, write_error, PostgresDatabase};
-use crate::adapters::tracked::{to_i64, StoredBatch, StoredLine, Tracked, Tracker};
-use crate::domain::model::{OrderLine, Product};
+use crate::adapters::rows::{stored_batch, stored_line};
+use crate::adapters::tracked::{to_i64, Tracked, Tracker};
+use crate::domain::model::Product;
 use crate::service_layer::unit_of_work::{
     ProductRepository, UnitOfWork, UnitOfWorkFactory, UowError,
 };
@@ -68,18 +69,10 @@ impl PostgresRepository {
         .fetch_all(&mut **tx)
         .await
         .map_err(storage)?;
-        let mut lines = Vec::with_capacity(rows.len());
-        for row in rows {
-            lines.push(StoredLine {
-                id: row.try_get("id").map_err(storage)?,
-                batchref: row.try_get("batchref").map_err(storage)?,
-                line: OrderLine {
-                    orderid: row.try_get("orderid").map_err(storage)?,
-                    sku: sku.to_owned(),
-                    qty: crate::adapters::tracked::to_u32(row.try_get("qty").map_err(storage)?)?,
-                },
-            });
-        }
+        let lines = rows
+            .iter()
+            .map(|row| stored_line(row, sku))
+            .collect::<Result<_, _>>()?;
         let rows = sqlx::query(
             "SELECT reference, purchased_quantity, eta FROM batches WHERE sku = $1 ORDER BY position",
         )
@@ -87,14 +80,11 @@ impl PostgresRepository {
         .fetch_all(&mut **tx)
         .await
         .map_err(storage)?;
-        let mut batches = Vec::with_capacity(rows.len());
-        for row in rows {
-            batches.push(StoredBatch {
-                reference: row.try_get("reference").map_err(storage)?,
-                purchased_quantity: row.try_get("purchased_quantity").map_err(storage)?,
-                eta: row.try_get("eta").map_err(storage)?,
-            });
-        }
+        let batches = rows
+            .iter()
+            .map(stored_batch)
+            .collect::<Result<_, _>>()
+            .map_err(storage)?;
         Tracked::loaded(sku, version, lines, batches).map(Some)
     }
 

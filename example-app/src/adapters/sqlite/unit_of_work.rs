@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use bus_core::{async_trait, EventReleaser, MessageContext};
-use chrono::NaiveDate;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Sqlite, Transaction};
 
 use super::{inbox, outbox, storage, write_error, SqliteDatabase};
-use crate::adapters::tracked::{to_i64, StoredBatch, StoredLine, Tracked, Tracker};
-use crate::domain::model::{OrderLine, Product};
+use crate::adapters::rows::{stored_batch, stored_line};
+use crate::adapters::tracked::{to_i64, Tracked, Tracker};
+use crate::domain::model::Product;
 use crate::service_layer::unit_of_work::{
     ProductRepository, UnitOfWork, UnitOfWorkFactory, UowError,
 };
@@ -62,18 +62,10 @@ impl SqliteRepository {
         .fetch_all(&mut **tx)
         .await
         .map_err(storage)?;
-        let mut lines = Vec::with_capacity(rows.len());
-        for row in rows {
-            lines.push(StoredLine {
-                id: row.try_get("id").map_err(storage)?,
-                batchref: row.try_get("batchref").map_err(storage)?,
-                line: OrderLine {
-                    orderid: row.try_get("orderid").map_err(storage)?,
-                    sku: sku.to_owned(),
-                    qty: crate::adapters::tracked::to_u32(row.try_get("qty").map_err(storage)?)?,
-                },
-            });
-        }
+        let lines = rows
+            .iter()
+            .map(|row| stored_line(row, sku))
+            .collect::<Result<_, _>>()?;
         let rows = sqlx::query(
             "SELECT reference, purchased_quantity, eta FROM batches WHERE sku = ? ORDER BY rowid",
         )
@@ -81,22 +73,11 @@ impl SqliteRepository {
         .fetch_all(&mut **tx)
         .await
         .map_err(storage)?;
-        let mut batches = Vec::with_capacity(rows.len());
-        for row in rows {
-            let reference: String = row.try_get("reference").map_err(storage)?;
-            let eta: Option<String> = row.try_get("eta").map_err(storage)?;
-            let eta = eta
-                .map(|text| NaiveDate::parse_from_str(&text, "%Y-%m-%d"))
-                .transpose()
-                .map_err(|e| {
-                    UowError::Storage(format!("batch {reference}: bad eta: {e}").into())
-                })?;
-            batches.push(StoredBatch {
-                purchased_quantity: row.try_get("purchased_quantity").map_err(storage)?,
-                reference,
-                eta,
-            });
-        }
+        let batches = rows
+            .iter()
+            .map(stored_batch)
+            .collect::<Result<_, _>>()
+            .map_err(storage)?;
         Tracked::loaded(sku, version, lines, batches).map(Some)
     }
 
@@ -143,7 +124,7 @@ impl SqliteRepository {
             .bind(&batch.reference)
             .bind(sku)
             .bind(i64::from(batch.purchased_quantity()))
-            .bind(batch.eta.map(|d| d.format("%Y-%m-%d").to_string()))
+            .bind(batch.eta)
             .execute(&mut **tx)
             .await
             .map_err(|e| write_error(e, sku))?;
