@@ -245,12 +245,18 @@ impl<S: Subscriber> Consumer<S> {
         Ok(handled)
     }
 
-    /// Consumes until the bus closes; a broker error is logged and retried
-    /// after a pause, never the end of the consumer.
+    /// Consumes until the bus closes. A broker or inbox error (the database
+    /// behind the inbox down, say) is logged and retried after a pause, never
+    /// the end of the consumer; the deliveries it did not settle stay pending,
+    /// to be delivered again.
     pub async fn run(mut self) {
         while !self.bus.is_closed() {
             if let Err(error) = self.poll_once().await {
-                tracing::error!(%error, "consumer: the broker failed; trying again in 1 s");
+                tracing::error!(
+                    %error,
+                    "consumer: deliveries left pending (the broker or the inbox failed); \
+                     trying again in 1 s"
+                );
                 crate::retry::sleep(Duration::from_secs(1)).await;
             }
         }

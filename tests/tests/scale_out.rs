@@ -199,7 +199,7 @@ async fn wait_for(
 struct AppRun {
     _turn: tokio::sync::MutexGuard<'static, ()>,
     connection: MultiplexedConnection,
-    _database: postgres::FreshDatabase,
+    database: postgres::FreshDatabase,
     database_url: String,
     url: String,
 }
@@ -213,7 +213,7 @@ async fn app_run() -> AppRun {
         _turn: turn,
         connection,
         database_url: database.url.clone(),
-        _database: database,
+        database,
         url: redis_url(),
     }
 }
@@ -354,6 +354,79 @@ async fn an_event_committed_before_a_kill_9_arrives_exactly_once_after_the_resta
     );
     assert_eq!(allocated_later.len(), 1, "exactly once");
     drop(restarted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_database_loses_nothing_and_the_app_recovers_when_it_is_back() {
+    let run = app_run().await;
+    let (mut connection, database_url, url) = (
+        run.connection.clone(),
+        run.database_url.clone(),
+        run.url.clone(),
+    );
+    let server = Server::start_with(&example_app_binary(), &database_url, &[("REDIS_URL", &url)]);
+    add_batch(&server, "b1", "CHAIR", 10, None).await;
+    add_batch(&server, "b2", "CHAIR", 10, Some("2030-01-01")).await;
+    let (status, _) = post(
+        &server,
+        "/allocate",
+        json!({"orderid": "o1", "sku": "CHAIR", "qty": 6}),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+    assert_eq!(
+        wait_for(&mut connection, "line_allocated", 1).await.len(),
+        1
+    );
+
+    run.database.kill().await;
+    // A request fails with a clear answer, and the process stays up.
+    let (status, body) = post(
+        &server,
+        "/allocate",
+        json!({"orderid": "o2", "sku": "CHAIR", "qty": 1}),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(server::message(&body).contains("storage failed"), "{body}");
+    // A message arriving meanwhile is neither handled nor dead-lettered:
+    // it stays pending.
+    publish_command(&connection, r#"{"batchref": "b1", "qty": 2}"#).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(payloads(&mut connection, "line_allocated").await.len(), 1);
+    assert_eq!(
+        stream_len(&mut connection, "change_batch_quantity.dead").await,
+        0
+    );
+
+    run.database.revive().await;
+    // The pending message is delivered again (claimed once idle for the
+    // app's CLAIM_AFTER, 10 s) and handled: o1 moves to b2.
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let allocated = loop {
+        let found = payloads(&mut connection, "line_allocated").await;
+        if found.len() >= 2 || std::time::Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        allocated.get(1),
+        Some(&json!({"orderid": "o1", "sku": "CHAIR", "qty": 6, "batchref": "b2"})),
+        "{allocated:?}"
+    );
+    let (status, body) = post(
+        &server,
+        "/allocate",
+        json!({"orderid": "o2", "sku": "CHAIR", "qty": 1}),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    assert_eq!(
+        stream_len(&mut connection, "change_batch_quantity.dead").await,
+        0
+    );
+    drop(server);
 }
 
 #[tokio::test]

@@ -20,7 +20,9 @@ fn with_database(url: &str, name: &str) -> String {
     format!("{server}/{name}")
 }
 
-async fn admin() -> PgConnection {
+/// A connection to the server's own database, to create, drop or switch
+/// off others.
+pub async fn admin() -> PgConnection {
     let url = postgres_url();
     match PgConnection::connect(&url).await {
         Ok(connection) => connection,
@@ -41,6 +43,44 @@ pub struct FreshDatabase {
 }
 
 impl FreshDatabase {
+    /// Its name on the server.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Refuses new connections and ends the open ones: to its clients, the
+    /// database is down. [`revive`](Self::revive) brings it back.
+    pub async fn kill(&self) {
+        let mut admin = admin().await;
+        sqlx::query(&format!(
+            "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS false",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot switch off {}: {e}", self.name));
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&self.name)
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot end the connections to {}: {e}", self.name));
+    }
+
+    /// Accepts connections again.
+    pub async fn revive(&self) {
+        let mut admin = admin().await;
+        sqlx::query(&format!(
+            "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot switch on {}: {e}", self.name));
+    }
+
     /// Creates a database no other test uses.
     pub async fn create() -> FreshDatabase {
         let name = format!(
