@@ -65,6 +65,7 @@ macro_rules! storage_contract_tests {
             a_lost_race_writes_nothing_to_the_outbox,
             two_relays_never_publish_one_row_twice,
             a_failed_publish_leaves_the_rest_for_the_next_round,
+            sent_rows_are_purged_once_old_and_unsent_ones_never,
             a_redelivered_message_is_handled_once,
             a_failing_notification_is_kept_and_replayed_once_the_notifier_is_back,
             a_dead_letter_is_claimed_once_and_an_unknown_one_is_not_found,
@@ -586,6 +587,38 @@ pub async fn a_failed_publish_leaves_the_rest_for_the_next_round(db: TestDatabas
         ["o1", "o2"],
         "what the broker has is marked sent; the rest waits"
     );
+}
+
+pub async fn sent_rows_are_purged_once_old_and_unsent_ones_never(db: TestDatabase) {
+    let database = db.open().await;
+    let bus = bootstrap(Adapters::for_database(&database)).expect("wiring");
+    create_batch(&bus, "b1", "LAMP", 100).await;
+    allocate(&bus, "o1", 1).await;
+    let broker = InMemoryBroker::default();
+    let outbox = database.outbox();
+    assert_eq!(outbox.relay_once(&broker, 10).await.expect("relayed"), 1);
+    allocate(&bus, "o2", 1).await;
+
+    let an_hour = chrono::Duration::hours(1);
+    assert_eq!(
+        outbox
+            .purge_sent(Utc::now() - an_hour)
+            .await
+            .expect("purged"),
+        0,
+        "sent just now: kept"
+    );
+    assert_eq!(
+        outbox
+            .purge_sent(Utc::now() + an_hour)
+            .await
+            .expect("purged"),
+        1,
+        "the sent row, not the unsent one"
+    );
+    assert_eq!(orders(&outbox.unsent(10).await.expect("read")), ["o2"]);
+    assert_eq!(outbox.relay_once(&broker, 10).await.expect("relayed"), 1);
+    assert_eq!(orders(&broker.waiting("line_allocated")), ["o1", "o2"]);
 }
 
 // ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 
 use bus_core::async_trait;
 use bus_core::transport::{OutboundMessage, Publisher};
+use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
 use super::PostgresDatabase;
@@ -93,5 +94,13 @@ impl Outbox for PostgresOutbox {
             Some(error) => Err(error.into()),
             None => Ok(sent),
         }
+    }
+
+    async fn purge_sent(&self, before: DateTime<Utc>) -> Result<u64, RelayError> {
+        let deleted = sqlx::query("DELETE FROM outbox WHERE sent_at < $1")
+            .bind(before)
+            .execute(self.database.pool())
+            .await?;
+        Ok(deleted.rows_affected())
     }
 }

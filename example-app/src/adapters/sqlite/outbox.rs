@@ -7,7 +7,7 @@ use std::time::Duration;
 use bus_core::async_trait;
 use bus_core::transport::{OutboundMessage, Publisher};
 use bus_core::MessageId;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::SqliteDatabase;
@@ -109,6 +109,15 @@ impl Outbox for SqliteOutbox {
                 .await?;
         }
         Ok(messages.len())
+    }
+
+    async fn purge_sent(&self, before: DateTime<Utc>) -> Result<u64, RelayError> {
+        let _turn = self.database.writer_turn().await;
+        let deleted = sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?")
+            .bind(before)
+            .execute(self.database.pool())
+            .await?;
+        Ok(deleted.rows_affected())
     }
 }
 
