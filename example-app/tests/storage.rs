@@ -1,7 +1,7 @@
 //! The storage contract on SQLite, the embedded default: the unit of work,
 //! the view, the outbox, the inbox and the dead letters, each test on a
 //! fresh database file. The same tests run on PostgreSQL in the tests
-//! package (`--features services`, target `postgres_storage`).
+//! package (`--features services`, target `postgres`).
 
 // A test whose setup fails should panic, helpers included.
 #![allow(clippy::expect_used, clippy::unwrap_used)]

@@ -1,6 +1,6 @@
 //! The storage contract: what every database the service runs on must do,
 //! written once and run on each (SQLite in `example-app/tests/storage.rs`,
-//! PostgreSQL in the `postgres_storage` target of the tests package).
+//! PostgreSQL in the `postgres` target of the tests package).
 //! `#[path]`-included; [`storage_contract_tests!`] expands to every test
 //! below, given an `async fn` that makes an empty database.
 

@@ -1,8 +1,9 @@
-//! The storage contract on PostgreSQL: the same tests as on SQLite
-//! (`example-app/tests/storage.rs`), each on a fresh database, and what
-//! only PostgreSQL's relay does. Built only with the `services` feature
+//! The example app on PostgreSQL: the storage contract and the HTTP
+//! contract, the same tests as on SQLite (`example-app/tests/storage.rs`,
+//! `example-app/tests/api.rs`), each on a fresh database, and what only
+//! PostgreSQL's relay does. Built only with the `services` feature
 //! (`.ci/run` turns it on):
-//! `cargo test -p arch-events-tests --features services --test postgres_storage`.
+//! `cargo test -p arch-events-tests --features services --test postgres`.
 //! PostgreSQL at `POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); without it the tests fail
 //! and say how to start it.
@@ -13,6 +14,13 @@ mod storage_contract;
 
 #[path = "support/postgres.rs"]
 mod postgres;
+
+#[path = "../../example-app/tests/support/server.rs"]
+mod server;
+
+#[macro_use]
+#[path = "../../example-app/tests/support/api_contract.rs"]
+mod api_contract;
 
 use std::time::Duration;
 
@@ -31,6 +39,8 @@ async fn fresh_postgres() -> TestDatabase {
 }
 
 storage_contract_tests!(fresh_postgres);
+
+api_contract_tests!(server::example_app_binary(), fresh_postgres);
 
 /// A broker that never answers.
 struct Stuck;
