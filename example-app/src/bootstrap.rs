@@ -13,6 +13,7 @@ use crate::adapters::database::Database;
 use crate::adapters::memory::{InMemoryAllocationsView, InMemoryDeadLetterStore, InMemoryStore};
 use crate::adapters::notifications::{LogNotifications, Notifications};
 use crate::adapters::postgres::{self, PostgresDatabase};
+use crate::adapters::relational;
 use crate::adapters::sqlite::{self, SqliteDatabase};
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
 use crate::service_layer::dead_letters::{DeadLetterStore, StoreSink};
@@ -48,7 +49,7 @@ impl Adapters {
         Adapters {
             views: Arc::new(sqlite::SqliteAllocationsView::new(database.clone())),
             dead_letters: Arc::new(sqlite::SqliteDeadLetterStore::new(database.clone())),
-            unit_of_work: sqlite::unit_of_work_factory(database),
+            unit_of_work: relational::unit_of_work_factory(database),
             notifications: Arc::new(LogNotifications),
         }
     }
@@ -58,7 +59,7 @@ impl Adapters {
         Adapters {
             views: Arc::new(postgres::PostgresAllocationsView::new(database.clone())),
             dead_letters: Arc::new(postgres::PostgresDeadLetterStore::new(database.clone())),
-            unit_of_work: postgres::unit_of_work_factory(database),
+            unit_of_work: relational::unit_of_work_factory(database),
             notifications: Arc::new(LogNotifications),
         }
     }

@@ -10,7 +10,7 @@ use bus_core::EventReleaser;
 use super::postgres::{self, PostgresDatabase};
 use super::relay::Outbox;
 use super::sqlite::{self, SqliteDatabase};
-use crate::service_layer::unit_of_work::{UnitOfWork, UnitOfWorkFactory};
+use crate::service_layer::unit_of_work::UnitOfWork;
 
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -73,14 +73,6 @@ impl Database {
                 .map(Database::Postgres)
                 .map_err(open),
             _ => Err(DatabaseError::Unsupported { url: redacted(url) }),
-        }
-    }
-
-    /// The factory of units of work that bootstrap registers.
-    pub fn unit_of_work_factory(&self) -> UnitOfWorkFactory {
-        match self {
-            Database::Sqlite(database) => sqlite::unit_of_work_factory(database.clone()),
-            Database::Postgres(database) => postgres::unit_of_work_factory(database.clone()),
         }
     }
 

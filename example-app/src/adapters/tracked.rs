@@ -1,11 +1,9 @@
-//! What the relational units of work (SQLite, PostgreSQL) share: the
-//! products a unit of work loaded or added, as they were loaded, and the
-//! difference to write back at commit. Only the SQL differs between them.
+//! A product as a relational database stores it: the rows it was loaded
+//! from, and the difference to write back at commit. What an adapter of
+//! [`ProductTables`](super::relational::ProductTables) reads and writes.
 
 use std::collections::HashMap;
 
-use bus_core::transport::OutboundMessage;
-use bus_core::{Aggregate, MessageContext};
 use chrono::NaiveDate;
 
 use crate::domain::model::{Batch, OrderLine, Product};
@@ -13,7 +11,7 @@ use crate::service_layer::unit_of_work::UowError;
 
 /// An allocation row as it was loaded.
 #[derive(Debug)]
-pub(crate) struct StoredLine {
+pub struct StoredLine {
     /// The row's id.
     pub id: i64,
     /// The batch that holds the line.
@@ -24,15 +22,19 @@ pub(crate) struct StoredLine {
 
 /// A batch row as it was loaded.
 #[derive(Debug)]
-pub(crate) struct StoredBatch {
+pub struct StoredBatch {
+    /// The batch's reference.
     pub reference: String,
+    /// Its quantity.
     pub purchased_quantity: i64,
+    /// When it arrives; `None`: in the warehouse.
     pub eta: Option<NaiveDate>,
 }
 
 /// A product tracked by a unit of work, with what is stored of it.
 #[derive(Debug)]
-pub(crate) struct Tracked {
+pub struct Tracked {
+    /// The product, as the handler changed it.
     pub product: Product,
     /// `None` for a product added by this unit of work.
     pub loaded_version: Option<u64>,
@@ -109,88 +111,6 @@ impl Tracked {
         let mut deleted: Vec<i64> = unmatched.into_values().flatten().collect();
         deleted.sort_unstable();
         (inserted, deleted)
-    }
-}
-
-/// The products one unit of work loaded or added, in that order.
-#[derive(Debug, Default)]
-pub(crate) struct Tracker {
-    seen: Vec<Tracked>,
-}
-
-impl Tracker {
-    /// The tracked product with this sku.
-    pub fn by_sku(&mut self, sku: &str) -> Option<&mut Product> {
-        self.seen
-            .iter_mut()
-            .find(|t| t.product.sku == sku)
-            .map(|t| &mut t.product)
-    }
-
-    /// The tracked product that has a batch with this reference.
-    pub fn by_batchref(&mut self, reference: &str) -> Option<&mut Product> {
-        self.seen
-            .iter_mut()
-            .find(|t| t.product.batch(reference).is_some())
-            .map(|t| &mut t.product)
-    }
-
-    /// Tracks a loaded product.
-    pub fn track(&mut self, tracked: Tracked) -> &mut Product {
-        self.seen.push(tracked);
-        let last = self.seen.len() - 1;
-        &mut self.seen[last].product
-    }
-
-    /// Tracks a new product.
-    pub fn add(&mut self, product: Product) -> &mut Product {
-        self.track(Tracked {
-            product,
-            loaded_version: None,
-            stored: Vec::new(),
-        })
-    }
-
-    /// The sku of the first product to write, if any is to be written.
-    pub fn first_changed(&self) -> Option<&str> {
-        self.changed().next().map(|t| t.product.sku.as_str())
-    }
-
-    /// The products to write at commit.
-    pub fn changed(&self) -> impl Iterator<Item = &Tracked> {
-        self.seen.iter().filter(|t| t.changed())
-    }
-
-    /// The external events of the products to write, as outbox messages
-    /// continuing `flow` (the message whose handler this unit of work
-    /// serves).
-    pub fn outbound(&self, flow: &MessageContext) -> Result<Vec<OutboundMessage>, UowError> {
-        let mut messages = Vec::new();
-        for tracked in self.changed() {
-            for event in tracked.product.recorded().iter() {
-                if let Some(message) = OutboundMessage::from_event(event, flow) {
-                    messages.push(message.map_err(|e| UowError::Storage(Box::new(e)))?);
-                }
-            }
-        }
-        Ok(messages)
-    }
-
-    /// Forgets every product, and hands over the events they raised.
-    ///
-    /// Called once a commit went through: the stored rows no longer match
-    /// what was loaded, so anything loaded after it is read afresh.
-    pub fn take_events(&mut self) -> Vec<bus_core::PendingEvent> {
-        self.seen
-            .drain(..)
-            .flat_map(|mut tracked| tracked.product.events().take())
-            .collect()
-    }
-
-    /// Forgets every product (the rollback of a unit of work that writes
-    /// nothing before its commit).
-    pub fn clear(&mut self) {
-        self.seen.clear();
     }
 }
 

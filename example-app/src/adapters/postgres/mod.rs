@@ -18,7 +18,7 @@ use sqlx::Connection;
 pub use dead_letters::PostgresDeadLetterStore;
 pub use inbox::PostgresInbox;
 pub use outbox::PostgresOutbox;
-pub use unit_of_work::{unit_of_work_factory, PostgresRepository, PostgresUnitOfWork};
+pub use unit_of_work::PostgresUnitOfWork;
 pub use views::PostgresAllocationsView;
 
 use crate::service_layer::unit_of_work::UowError;

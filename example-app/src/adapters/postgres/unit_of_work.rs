@@ -1,28 +1,17 @@
-//! The unit of work and repository of the write model in PostgreSQL.
+//! The write model's SQL in PostgreSQL: the [`ProductTables`] behind
+//! [`PostgresUnitOfWork`].
 
-use std::sync::Arc;
-
-use bus_core::{async_trait, EventReleaser, MessageContext};
+use bus_core::async_trait;
 use sqlx::{Postgres, Transaction};
 
 use super::{inbox, outbox, storage, write_error, PostgresDatabase};
+use crate::adapters::relational::{Changes, ProductTables, RelationalUnitOfWork};
 use crate::adapters::rows::{stored_batch, stored_line};
-use crate::adapters::tracked::{to_i64, Tracked, Tracker};
-use crate::domain::model::Product;
-use crate::service_layer::unit_of_work::{
-    ProductRepository, UnitOfWork, UnitOfWorkFactory, UowError,
-};
+use crate::adapters::tracked::{to_i64, Tracked};
+use crate::service_layer::unit_of_work::UowError;
 
-/// A factory of PostgreSQL units of work over `database`, for bootstrap.
-pub fn unit_of_work_factory(database: PostgresDatabase) -> UnitOfWorkFactory {
-    Arc::new(move |scope| {
-        Box::new(
-            PostgresUnitOfWork::new(database.clone(), scope.releaser()).in_flow(scope.context()),
-        )
-    })
-}
-
-/// Products in PostgreSQL.
+/// A unit of work in PostgreSQL: [`RelationalUnitOfWork`] over a
+/// [`PostgresDatabase`].
 ///
 /// Each product is read in a short read-only `REPEATABLE READ` transaction
 /// (one snapshot for the product, its batches and its allocations), and the
@@ -31,24 +20,9 @@ pub fn unit_of_work_factory(database: PostgresDatabase) -> UnitOfWorkFactory {
 /// transactions changing one product, the second waits for the first, then
 /// finds the version moved and writes nothing. No connection is held while
 /// the handler decides.
-pub struct PostgresRepository {
-    database: PostgresDatabase,
-    tracker: Tracker,
-}
+pub type PostgresUnitOfWork = RelationalUnitOfWork<PostgresDatabase>;
 
-impl PostgresRepository {
-    async fn load(&self, sku: &str) -> Result<Option<Tracked>, UowError> {
-        let mut tx = self
-            .database
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .await
-            .map_err(storage)?;
-        let product = Self::load_in(&mut tx, sku).await?;
-        tx.commit().await.map_err(storage)?;
-        Ok(product)
-    }
-
+impl PostgresDatabase {
     async fn load_in(
         tx: &mut Transaction<'static, Postgres>,
         sku: &str,
@@ -167,114 +141,46 @@ impl PostgresRepository {
 }
 
 #[async_trait]
-impl ProductRepository for PostgresRepository {
-    async fn get(&mut self, sku: &str) -> Result<Option<&mut Product>, UowError> {
-        if self.tracker.by_sku(sku).is_some() {
-            return Ok(self.tracker.by_sku(sku));
+impl ProductTables for PostgresDatabase {
+    async fn load(&self, sku: &str) -> Result<Option<Tracked>, UowError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(storage)?;
+        let product = Self::load_in(&mut tx, sku).await?;
+        tx.commit().await.map_err(storage)?;
+        Ok(product)
+    }
+
+    async fn sku_of_batch(&self, reference: &str) -> Result<Option<String>, UowError> {
+        sqlx::query_scalar("SELECT sku FROM batches WHERE reference = $1")
+            .bind(reference)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(storage)
+    }
+
+    async fn write(&self, changes: Changes<'_>) -> Result<(), UowError> {
+        let Some(first) = changes.products.first() else {
+            return Ok(());
+        };
+        let sku = first.product.sku.as_str();
+
+        let mut tx = self.pool.begin().await.map_err(|e| write_error(e, sku))?;
+        for tracked in &changes.products {
+            Self::save(&mut tx, tracked).await?;
         }
-        match self.load(sku).await? {
-            Some(tracked) => Ok(Some(self.tracker.track(tracked))),
-            None => Ok(None),
+        // An inbound message's id goes to the inbox in the same
+        // transaction: a redelivery then finds it, and a second commit
+        // fails. The external events go to the outbox in it too: they
+        // leave (by the relay) if and only if the change committed.
+        if let Some(id) = changes.handled {
+            inbox::record_handled(&mut tx, id).await?;
         }
-    }
-
-    async fn get_by_batchref(&mut self, reference: &str) -> Result<Option<&mut Product>, UowError> {
-        if self.tracker.by_batchref(reference).is_some() {
-            return Ok(self.tracker.by_batchref(reference));
+        for message in &changes.outbound {
+            outbox::insert(&mut tx, message).await.map_err(storage)?;
         }
-        let sku: Option<String> =
-            sqlx::query_scalar("SELECT sku FROM batches WHERE reference = $1")
-                .bind(reference)
-                .fetch_optional(&self.database.pool)
-                .await
-                .map_err(storage)?;
-        match sku {
-            Some(sku) => self.get(&sku).await,
-            None => Ok(None),
-        }
-    }
-
-    fn add(&mut self, product: Product) -> &mut Product {
-        self.tracker.add(product)
-    }
-}
-
-/// A unit of work in one PostgreSQL transaction; a product's version is checked
-/// when it is written, so of two concurrent changes only one commits.
-pub struct PostgresUnitOfWork {
-    repository: PostgresRepository,
-    releaser: EventReleaser,
-    /// The message whose handler this unit of work serves: external events
-    /// written to the outbox carry its ids.
-    flow: Option<MessageContext>,
-}
-
-impl PostgresUnitOfWork {
-    /// A unit of work over `database` that releases into `releaser`.
-    pub fn new(database: PostgresDatabase, releaser: EventReleaser) -> Self {
-        PostgresUnitOfWork {
-            repository: PostgresRepository {
-                database,
-                tracker: Tracker::default(),
-            },
-            releaser,
-            flow: None,
-        }
-    }
-
-    /// The same unit of work, serving the handler of the message `context`
-    /// describes (its outbox messages continue that flow).
-    pub fn in_flow(mut self, context: MessageContext) -> Self {
-        self.flow = Some(context);
-        self
-    }
-}
-
-#[async_trait]
-impl bus_core::UnitOfWork for PostgresUnitOfWork {
-    type Error = UowError;
-
-    async fn commit(&mut self) -> Result<(), UowError> {
-        let repository = &mut self.repository;
-        if let Some(sku) = repository.tracker.first_changed() {
-            let sku = sku.to_owned();
-            let mut tx = repository
-                .database
-                .pool
-                .begin()
-                .await
-                .map_err(|e| write_error(e, &sku))?;
-            for tracked in repository.tracker.changed() {
-                PostgresRepository::save(&mut tx, tracked).await?;
-            }
-            // An inbound message's id goes to the inbox in the same
-            // transaction: a redelivery then finds it, and a second commit
-            // fails. The external events go to the outbox in it too: they
-            // leave (by the relay) if and only if the change committed.
-            let flow = self.flow.unwrap_or_default();
-            if flow.is_inbound() {
-                inbox::record_handled(&mut tx, flow.message_id()).await?;
-            }
-            for message in repository.tracker.outbound(&flow)? {
-                outbox::insert(&mut tx, &message).await.map_err(storage)?;
-            }
-            tx.commit().await.map_err(|e| write_error(e, &sku))?;
-        }
-        let events = repository.tracker.take_events();
-        self.releaser.release_all(events);
-        Ok(())
-    }
-
-    async fn rollback(&mut self) -> Result<(), UowError> {
-        // Nothing was written before commit: forgetting what was loaded is
-        // the whole rollback.
-        self.repository.tracker.clear();
-        Ok(())
-    }
-}
-
-impl UnitOfWork for PostgresUnitOfWork {
-    fn products(&mut self) -> &mut dyn ProductRepository {
-        &mut self.repository
+        tx.commit().await.map_err(|e| write_error(e, sku))
     }
 }

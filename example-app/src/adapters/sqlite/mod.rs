@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 pub use dead_letters::SqliteDeadLetterStore;
 pub use inbox::SqliteInbox;
 pub use outbox::{SqliteOutbox, CLAIM_LEASE};
-pub use unit_of_work::{unit_of_work_factory, SqliteRepository, SqliteUnitOfWork};
+pub use unit_of_work::SqliteUnitOfWork;
 pub use views::SqliteAllocationsView;
 
 use crate::service_layer::unit_of_work::UowError;

@@ -112,7 +112,6 @@ impl Outbox for SqliteOutbox {
     }
 
     async fn purge_sent(&self, before: DateTime<Utc>) -> Result<u64, RelayError> {
-        let _turn = self.database.writer_turn().await;
         let deleted = sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?")
             .bind(before)
             .execute(self.database.pool())

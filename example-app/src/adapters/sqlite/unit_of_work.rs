@@ -1,26 +1,17 @@
-//! The unit of work and repository of the write model in SQLite.
+//! The write model's SQL in SQLite: the [`ProductTables`] behind
+//! [`SqliteUnitOfWork`].
 
-use std::sync::Arc;
-
-use bus_core::{async_trait, EventReleaser, MessageContext};
+use bus_core::async_trait;
 use sqlx::{Sqlite, Transaction};
 
 use super::{inbox, outbox, storage, write_error, SqliteDatabase};
+use crate::adapters::relational::{Changes, ProductTables, RelationalUnitOfWork};
 use crate::adapters::rows::{stored_batch, stored_line};
-use crate::adapters::tracked::{to_i64, Tracked, Tracker};
-use crate::domain::model::Product;
-use crate::service_layer::unit_of_work::{
-    ProductRepository, UnitOfWork, UnitOfWorkFactory, UowError,
-};
+use crate::adapters::tracked::{to_i64, Tracked};
+use crate::service_layer::unit_of_work::UowError;
 
-/// A factory of SQLite units of work over `database`, for bootstrap.
-pub fn unit_of_work_factory(database: SqliteDatabase) -> UnitOfWorkFactory {
-    Arc::new(move |scope| {
-        Box::new(SqliteUnitOfWork::new(database.clone(), scope.releaser()).in_flow(scope.context()))
-    })
-}
-
-/// Products in SQLite.
+/// A unit of work in SQLite: [`RelationalUnitOfWork`] over a
+/// [`SqliteDatabase`].
 ///
 /// Each product is read in a short transaction of its own (a consistent
 /// snapshot), and the changes are written at commit in one `BEGIN IMMEDIATE`
@@ -29,19 +20,9 @@ pub fn unit_of_work_factory(database: SqliteDatabase) -> UnitOfWorkFactory {
 /// database-wide, so a read transaction kept open would lose to *any* other
 /// write, while the version check makes only a change to the same product a
 /// conflict.
-pub struct SqliteRepository {
-    database: SqliteDatabase,
-    tracker: Tracker,
-}
+pub type SqliteUnitOfWork = RelationalUnitOfWork<SqliteDatabase>;
 
-impl SqliteRepository {
-    async fn load(&self, sku: &str) -> Result<Option<Tracked>, UowError> {
-        let mut tx = self.database.pool.begin().await.map_err(storage)?;
-        let product = Self::load_in(&mut tx, sku).await?;
-        tx.commit().await.map_err(storage)?;
-        Ok(product)
-    }
-
+impl SqliteDatabase {
     async fn load_in(
         tx: &mut Transaction<'static, Sqlite>,
         sku: &str,
@@ -160,116 +141,48 @@ impl SqliteRepository {
 }
 
 #[async_trait]
-impl ProductRepository for SqliteRepository {
-    async fn get(&mut self, sku: &str) -> Result<Option<&mut Product>, UowError> {
-        if self.tracker.by_sku(sku).is_some() {
-            return Ok(self.tracker.by_sku(sku));
-        }
-        match self.load(sku).await? {
-            Some(tracked) => Ok(Some(self.tracker.track(tracked))),
-            None => Ok(None),
-        }
+impl ProductTables for SqliteDatabase {
+    async fn load(&self, sku: &str) -> Result<Option<Tracked>, UowError> {
+        let mut tx = self.pool.begin().await.map_err(storage)?;
+        let product = Self::load_in(&mut tx, sku).await?;
+        tx.commit().await.map_err(storage)?;
+        Ok(product)
     }
 
-    async fn get_by_batchref(&mut self, reference: &str) -> Result<Option<&mut Product>, UowError> {
-        if self.tracker.by_batchref(reference).is_some() {
-            return Ok(self.tracker.by_batchref(reference));
-        }
-        let sku: Option<String> = sqlx::query_scalar("SELECT sku FROM batches WHERE reference = ?")
+    async fn sku_of_batch(&self, reference: &str) -> Result<Option<String>, UowError> {
+        sqlx::query_scalar("SELECT sku FROM batches WHERE reference = ?")
             .bind(reference)
-            .fetch_optional(&self.database.pool)
+            .fetch_optional(&self.pool)
             .await
-            .map_err(storage)?;
-        match sku {
-            Some(sku) => self.get(&sku).await,
-            None => Ok(None),
+            .map_err(storage)
+    }
+
+    async fn write(&self, changes: Changes<'_>) -> Result<(), UowError> {
+        let Some(first) = changes.products.first() else {
+            return Ok(());
+        };
+        let sku = first.product.sku.as_str();
+        let _turn = self.writer_turn().await;
+        // IMMEDIATE takes the write lock now (waiting up to the busy
+        // timeout), so the writes below cannot fail on a stale snapshot.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| write_error(e, sku))?;
+        for tracked in &changes.products {
+            Self::save(&mut tx, tracked).await?;
         }
-    }
-
-    fn add(&mut self, product: Product) -> &mut Product {
-        self.tracker.add(product)
-    }
-}
-
-/// A unit of work in one SQLite transaction; a product's version is checked
-/// when it is written, so of two concurrent changes only one commits.
-pub struct SqliteUnitOfWork {
-    repository: SqliteRepository,
-    releaser: EventReleaser,
-    /// The message whose handler this unit of work serves: external events
-    /// written to the outbox carry its ids.
-    flow: Option<MessageContext>,
-}
-
-impl SqliteUnitOfWork {
-    /// A unit of work over `database` that releases into `releaser`.
-    pub fn new(database: SqliteDatabase, releaser: EventReleaser) -> Self {
-        SqliteUnitOfWork {
-            repository: SqliteRepository {
-                database,
-                tracker: Tracker::default(),
-            },
-            releaser,
-            flow: None,
+        // An inbound message's id goes to the inbox in the same
+        // transaction: a redelivery then finds it, and a second commit
+        // fails. The external events go to the outbox in it too: they
+        // leave (by the relay) if and only if the change committed.
+        if let Some(id) = changes.handled {
+            inbox::record_handled(&mut tx, id).await?;
         }
-    }
-
-    /// The same unit of work, serving the handler of the message `context`
-    /// describes (its outbox messages continue that flow).
-    pub fn in_flow(mut self, context: MessageContext) -> Self {
-        self.flow = Some(context);
-        self
-    }
-}
-
-#[async_trait]
-impl bus_core::UnitOfWork for SqliteUnitOfWork {
-    type Error = UowError;
-
-    async fn commit(&mut self) -> Result<(), UowError> {
-        let repository = &mut self.repository;
-        if let Some(sku) = repository.tracker.first_changed() {
-            let sku = sku.to_owned();
-            let _turn = repository.database.writer_turn().await;
-            // IMMEDIATE takes the write lock now (waiting up to the busy
-            // timeout), so the writes below cannot fail on a stale snapshot.
-            let mut tx = repository
-                .database
-                .pool
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(|e| write_error(e, &sku))?;
-            for tracked in repository.tracker.changed() {
-                SqliteRepository::save(&mut tx, tracked).await?;
-            }
-            // An inbound message's id goes to the inbox in the same
-            // transaction: a redelivery then finds it, and a second commit
-            // fails. The external events go to the outbox in it too: they
-            // leave (by the relay) if and only if the change committed.
-            let flow = self.flow.unwrap_or_default();
-            if flow.is_inbound() {
-                inbox::record_handled(&mut tx, flow.message_id()).await?;
-            }
-            for message in repository.tracker.outbound(&flow)? {
-                outbox::insert(&mut tx, &message).await.map_err(storage)?;
-            }
-            tx.commit().await.map_err(|e| write_error(e, &sku))?;
+        for message in &changes.outbound {
+            outbox::insert(&mut tx, message).await.map_err(storage)?;
         }
-        let events = repository.tracker.take_events();
-        self.releaser.release_all(events);
-        Ok(())
-    }
-
-    async fn rollback(&mut self) -> Result<(), UowError> {
-        // Nothing was written before commit: forgetting what was loaded is
-        // the whole rollback.
-        self.repository.tracker.clear();
-        Ok(())
-    }
-}
-
-impl UnitOfWork for SqliteUnitOfWork {
-    fn products(&mut self) -> &mut dyn ProductRepository {
-        &mut self.repository
+        tx.commit().await.map_err(|e| write_error(e, sku))
     }
 }
