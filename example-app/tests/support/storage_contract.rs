@@ -22,7 +22,7 @@ use example_app::domain::model::{Batch, OrderLine, Product};
 use example_app::service_layer::dead_letters::{
     self, DeadLetterError, DeadLetterRecord, DeadLetterStore,
 };
-use example_app::service_layer::unit_of_work::UowError;
+use example_app::service_layer::unit_of_work::{UnitOfWork, UowError};
 use example_app::views::AllocationRow;
 use example_app::{bootstrap, Adapters};
 use serde_json::json;
@@ -96,6 +96,15 @@ async fn insert_product(database: &Database, sku: &str, batches: Vec<Batch>) {
     uow.commit().await.expect("committed");
 }
 
+/// The product `sku`, which exists, loaded and tracked by `uow`.
+async fn tracked<'a>(uow: &'a mut Box<dyn UnitOfWork>, sku: &str) -> &'a mut Product {
+    uow.products()
+        .get(sku)
+        .await
+        .expect("read")
+        .expect("exists")
+}
+
 async fn load(database: &Database, sku: &str) -> Option<Product> {
     let mut uow = database.unit_of_work(EventReleaser::new());
     uow.products().get(sku).await.expect("read").cloned()
@@ -120,12 +129,7 @@ pub async fn a_commit_persists_products_batches_and_allocations(db: TestDatabase
 
     let releaser = EventReleaser::new();
     let mut uow = database.unit_of_work(releaser.clone());
-    let product = uow
-        .products()
-        .get("HIPSTER-WORKBENCH")
-        .await
-        .expect("read")
-        .expect("exists");
+    let product = tracked(&mut uow, "HIPSTER-WORKBENCH").await;
     assert_eq!(
         product
             .allocate(line("o1", "HIPSTER-WORKBENCH", 10))
@@ -178,12 +182,7 @@ pub async fn a_rollback_writes_nothing(db: TestDatabase) {
     let database = db.open().await;
     insert_product(&database, "LAMP", vec![Batch::new("b1", "LAMP", 5, None)]).await;
     let mut uow = database.unit_of_work(EventReleaser::new());
-    let product = uow
-        .products()
-        .get("LAMP")
-        .await
-        .expect("read")
-        .expect("exists");
+    let product = tracked(&mut uow, "LAMP").await;
     product.allocate(line("o1", "LAMP", 1));
     uow.rollback().await.expect("rolled back");
     uow.commit().await.expect("an empty commit");
@@ -196,29 +195,15 @@ pub async fn a_failed_commit_writes_nothing_and_releases_nothing(db: TestDatabas
     insert_product(&database, "LAMP", vec![Batch::new("b1", "LAMP", 5, None)]).await;
     let releaser = EventReleaser::new();
     let mut stale = database.unit_of_work(releaser.clone());
-    stale
-        .products()
-        .get("LAMP")
-        .await
-        .expect("read")
-        .expect("exists");
+    tracked(&mut stale, "LAMP").await;
     // Another unit of work changes the product first.
     let mut other = database.unit_of_work(EventReleaser::new());
-    other
-        .products()
-        .get("LAMP")
+    tracked(&mut other, "LAMP")
         .await
-        .expect("read")
-        .expect("exists")
         .allocate(line("o1", "LAMP", 1));
     other.commit().await.expect("committed");
 
-    let product = stale
-        .products()
-        .get("LAMP")
-        .await
-        .expect("read")
-        .expect("exists");
+    let product = tracked(&mut stale, "LAMP").await;
     product.allocate(line("o2", "LAMP", 2));
     product.add_batch(Batch::new("b9", "LAMP", 9, None));
     let error = stale.commit().await.expect_err("stale");
@@ -321,24 +306,14 @@ pub async fn a_deallocation_is_persisted_and_the_rest_kept_in_order(db: TestData
     let database = db.open().await;
     insert_product(&database, "RUG", vec![Batch::new("b1", "RUG", 50, None)]).await;
     let mut uow = database.unit_of_work(EventReleaser::new());
-    let product = uow
-        .products()
-        .get("RUG")
-        .await
-        .expect("read")
-        .expect("exists");
+    let product = tracked(&mut uow, "RUG").await;
     for orderid in ["o1", "o2", "o3"] {
         product.allocate(line(orderid, "RUG", 10));
     }
     uow.commit().await.expect("committed");
 
     let mut uow = database.unit_of_work(EventReleaser::new());
-    let product = uow
-        .products()
-        .get("RUG")
-        .await
-        .expect("read")
-        .expect("exists");
+    let product = tracked(&mut uow, "RUG").await;
     assert!(product.change_batch_quantity("b1", 25));
     uow.commit().await.expect("committed");
 
@@ -493,12 +468,7 @@ pub async fn a_lost_race_writes_nothing_to_the_outbox(db: TestDatabase) {
     let mut first = database.unit_of_work(EventReleaser::new());
     let mut second = database.unit_of_work(EventReleaser::new());
     for (uow, orderid) in [(&mut first, "o1"), (&mut second, "o2")] {
-        let product = uow
-            .products()
-            .get("LAMP")
-            .await
-            .expect("read")
-            .expect("exists");
+        let product = tracked(uow, "LAMP").await;
         product.allocate(line(orderid, "LAMP", 1));
     }
     first.commit().await.expect("committed");
