@@ -65,19 +65,20 @@ async fn run(config: Config) -> Result<(), StartError> {
         print!("{}", wiring.to_mermaid());
         return Ok(());
     }
-    let database = Database::connect(&config.database_url).await?;
+    let relay_pause = Duration::from_millis(config.relay_pause_ms);
     if let Some(Command::Relay) = config.command {
         let url = config
             .redis_url
             .as_deref()
             .ok_or(StartError::RelayWithoutBroker)?;
-        let pause = Duration::from_millis(config.relay_pause_ms);
-        let relayed = broker::relay_only(url, &database, pause, shutdown_signal()).await;
+        let database = Database::connect(&config.database_url).await?;
+        let relayed = broker::relay_only(url, &database, relay_pause, shutdown_signal()).await;
         database.close().await;
         relayed.map_err(StartError::Broker)?;
         tracing::info!("relay stopped");
         return Ok(());
     }
+    let database = Database::connect(&config.database_url).await?;
     let adapters = Adapters::for_database(&database);
     let dead_letters = adapters.dead_letters.clone();
     let bus = bootstrap(adapters)?;
@@ -93,9 +94,8 @@ async fn run(config: Config) -> Result<(), StartError> {
                 .consumer_name
                 .clone()
                 .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
-            let pause = Duration::from_millis(config.relay_pause_ms);
             Some(
-                broker::start(url, &consumer, &database, bus.clone(), pause)
+                broker::start(url, &consumer, &database, bus.clone(), relay_pause)
                     .await
                     .map_err(StartError::Broker)?,
             )
