@@ -10,6 +10,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::context::MessageContext;
+use crate::delivery::{Delivery, DeliveryLog, Stored};
 use crate::message::{Event, MessageMeta};
 
 /// The object-safe face of an event, for queues and recorders.
@@ -38,8 +39,11 @@ impl<E: Event> ErasedEvent for E {
 /// One event of any type, waiting to be handled.
 pub struct PendingEvent {
     event: Box<dyn ErasedEvent>,
-    /// Set when the event joins a dispatch's queue.
+    /// Set when the event joins a dispatch's queue, or earlier by a unit of
+    /// work that stores it ([`assign_ids`](Self::assign_ids)).
     pub(crate) context: Option<MessageContext>,
+    /// Set by a store that wrote the event ([`stored`](Self::stored)).
+    pub(crate) stored: Option<Stored>,
 }
 
 impl PendingEvent {
@@ -52,7 +56,58 @@ impl PendingEvent {
         PendingEvent {
             event,
             context: None,
+            stored: None,
         }
+    }
+
+    /// The ids the event is handled with: `None` until it joins a
+    /// dispatch's queue, or until [`assign_ids`](Self::assign_ids).
+    pub fn context(&self) -> Option<MessageContext> {
+        self.context
+    }
+
+    /// Gives the event its ids now, as an event released by the handler of
+    /// the message `cause` describes (unless it has ids already), and
+    /// returns them: a unit of work that stores the events it releases calls
+    /// this before writing them, so that the stored ids are the ones the bus
+    /// handles the event with.
+    ///
+    /// ```
+    /// use bus_core::{Event, MessageContext, PendingEvent};
+    ///
+    /// #[derive(Debug, Clone, Event)]
+    /// struct Shipped;
+    ///
+    /// let command = MessageContext::root();
+    /// let mut event = PendingEvent::new(Shipped);
+    /// let ids = event.assign_ids(&command);
+    /// assert_eq!(ids.causation_id(), Some(command.message_id()));
+    /// assert_eq!(ids.correlation_id(), command.correlation_id());
+    /// assert_eq!(event.assign_ids(&MessageContext::root()), ids, "assigned once");
+    /// ```
+    pub fn assign_ids(&mut self, cause: &MessageContext) -> MessageContext {
+        *self.context.get_or_insert_with(|| cause.caused())
+    }
+
+    /// Marks the event as written by a durable store: the bus tells `log`
+    /// how its delivery goes (see [`DeliveryLog`]). Its ids are made first
+    /// if it has none (see [`assign_ids`](Self::assign_ids)).
+    pub fn stored(mut self, log: Arc<dyn DeliveryLog>) -> Self {
+        if self.context.is_none() {
+            self.context = Some(MessageContext::root());
+        }
+        self.stored = Some(Stored::new(log));
+        self
+    }
+
+    /// Whether a durable store wrote the event ([`stored`](Self::stored)).
+    pub fn is_stored(&self) -> bool {
+        self.stored.is_some()
+    }
+
+    /// The store's log of this event, when it was stored.
+    pub(crate) fn delivery_log(&self) -> Option<&Arc<dyn DeliveryLog>> {
+        self.stored.as_ref().map(|stored| &stored.log)
     }
 
     /// The static description of the event's type.
@@ -98,10 +153,21 @@ impl PendingEvent {
 }
 
 impl Clone for PendingEvent {
+    /// A copy with the same ids; a copy of a stored event still reports to
+    /// its store, but only the original tells it the bus let the event go.
     fn clone(&self) -> Self {
         PendingEvent {
             event: self.event.clone_box(),
             context: self.context,
+            stored: self.stored.as_ref().map(Stored::copy),
+        }
+    }
+}
+
+impl Drop for PendingEvent {
+    fn drop(&mut self) {
+        if let Some(stored) = &mut self.stored {
+            stored.let_go(self.context.map(|context| context.message_id()));
         }
     }
 }
@@ -262,6 +328,21 @@ pub struct EventReleaser {
 struct ReleaserState {
     events: Vec<PendingEvent>,
     closed: bool,
+    /// The stored event this call delivers, if it is one.
+    delivery: Option<Delivery>,
+    recorded: Recorded,
+}
+
+/// What the call's unit of work said about its [`Delivery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Recorded {
+    /// Nothing: the bus records the handler's completion itself.
+    #[default]
+    No,
+    /// Its commit recorded the delivery.
+    Yes,
+    /// The store found the delivery done already: this call is a duplicate.
+    Duplicate,
 }
 
 impl EventReleaser {
@@ -269,6 +350,13 @@ impl EventReleaser {
     /// inspect it with [`EventReleaser::drain`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The releaser of a call that delivers a stored event.
+    pub(crate) fn for_delivery(delivery: Option<Delivery>) -> Self {
+        let releaser = Self::default();
+        releaser.state().delivery = delivery;
+        releaser
     }
 
     fn state(&self) -> MutexGuard<'_, ReleaserState> {
@@ -320,6 +408,33 @@ impl EventReleaser {
         state.closed = true;
         std::mem::take(&mut state.events)
     }
+
+    /// When this call delivers an event a durable store wrote: which event
+    /// and which handler. A unit of work records it in its commit's
+    /// transaction, then calls [`delivery_recorded`](Self::delivery_recorded),
+    /// so that the handler's effect and the record of it commit together.
+    pub fn delivery(&self) -> Option<Delivery> {
+        self.state().delivery
+    }
+
+    /// The commit that recorded this call's [`delivery`](Self::delivery)
+    /// succeeded: the bus records nothing more for it.
+    pub fn delivery_recorded(&self) {
+        self.state().recorded = Recorded::Yes;
+    }
+
+    /// The store found this call's [`delivery`](Self::delivery) done
+    /// already (an earlier run, or another process, handled the event): the
+    /// unit of work wrote nothing, and the handler's error, if it returns
+    /// one, is not a failure.
+    pub fn delivery_duplicate(&self) {
+        self.state().recorded = Recorded::Duplicate;
+    }
+
+    /// What the call's unit of work said about its delivery.
+    pub(crate) fn recorded(&self) -> Recorded {
+        self.state().recorded
+    }
 }
 
 impl fmt::Debug for EventReleaser {
@@ -328,6 +443,7 @@ impl fmt::Debug for EventReleaser {
         f.debug_struct("EventReleaser")
             .field("events", &state.events)
             .field("closed", &state.closed)
+            .field("delivery", &state.delivery)
             .finish()
     }
 }

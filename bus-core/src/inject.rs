@@ -252,6 +252,8 @@ pub struct Scope {
     /// `None` for the first message of a dispatch until something asks for
     /// its ids: most dispatches never need them.
     context: Option<MessageContext>,
+    /// The stored event this call delivers, if it is one.
+    delivery: Option<crate::delivery::Delivery>,
 }
 
 impl Scope {
@@ -267,6 +269,17 @@ impl Scope {
         Scope {
             releaser: None,
             context,
+            delivery: None,
+        }
+    }
+
+    /// The scope of one call delivering a stored event (see
+    /// [`Delivery`](crate::Delivery)).
+    pub(crate) fn delivering(context: MessageContext, delivery: crate::delivery::Delivery) -> Self {
+        Scope {
+            releaser: None,
+            context: Some(context),
+            delivery: Some(delivery),
         }
     }
 
@@ -279,7 +292,10 @@ impl Scope {
     /// This call's event releaser: what is released through it reaches the
     /// bus when the handler returns `Ok`.
     pub fn releaser(&mut self) -> EventReleaser {
-        self.releaser.get_or_insert_with(EventReleaser::new).clone()
+        let delivery = self.delivery;
+        self.releaser
+            .get_or_insert_with(|| EventReleaser::for_delivery(delivery))
+            .clone()
     }
 
     /// Whether anything asked for this call's releaser.
@@ -295,5 +311,12 @@ impl Scope {
             Some(releaser) => releaser.close(),
             None => Vec::new(),
         }
+    }
+
+    /// What the call's unit of work said about the delivery it served.
+    pub(crate) fn recorded(&self) -> crate::events::Recorded {
+        self.releaser
+            .as_ref()
+            .map_or(crate::events::Recorded::No, EventReleaser::recorded)
     }
 }

@@ -41,6 +41,7 @@ mod bus;
 mod call;
 mod context;
 mod dead_letter;
+mod delivery;
 mod dependencies;
 mod error;
 mod events;
@@ -52,6 +53,7 @@ mod message;
 mod observer;
 mod registry;
 mod retry;
+mod spawn;
 pub mod testing;
 mod timeout;
 pub mod transport;
@@ -67,6 +69,7 @@ pub use context::{MessageContext, MessageId, ParseMessageIdError};
 pub use dead_letter::{
     DeadLetter, DeadLetterSink, InMemoryDeadLetters, DEFAULT_DEAD_LETTER_CAPACITY,
 };
+pub use delivery::{Delivery, DeliveryLog};
 pub use dependencies::Dependencies;
 pub use error::{
     BoxError, BuildError, CascadeLimitError, DispatchError, HandlerSite, InternalError, Problem,
@@ -82,6 +85,7 @@ pub use message::{
 pub use observer::{FailureCause, HandlerFailure, Observer};
 pub use registry::{HandlerDef, HandlerRegistration, Registrations};
 pub use retry::{is_permanent, Permanent, Retry, RetryIf, RetryPolicy};
+pub use spawn::Spawn;
 pub use timeout::Timeout;
 pub use uow::UnitOfWork;
 

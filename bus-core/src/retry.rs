@@ -290,6 +290,19 @@ impl Retry {
     }
 }
 
+impl Retry {
+    /// The attempts after one that was interrupted (the dispatch running it
+    /// was dropped at an `.await`): `call` (numbered as the next attempt)
+    /// at once, then as after any failure. The interrupted attempt is not
+    /// counted, so such a call may be made once more than the policy says.
+    pub(crate) async fn resume<'a>(&'a self, call: HandlerCall<'a>, next: Next<'a>) -> Outcome {
+        match next.run(call).await {
+            Ok(()) => Ok(()),
+            Err(cause) => self.after_failure(call, next, cause).await,
+        }
+    }
+}
+
 /// Waits without blocking the thread (a timer thread wakes the task), so it
 /// works under any executor, the bus's own blocking one included.
 pub(crate) async fn sleep(delay: Duration) {

@@ -49,6 +49,7 @@ pub struct BusBuilder {
     handler_timeouts: Vec<(&'static HandlerRegistration, Duration)>,
     command_retries: Vec<(&'static MessageMeta, Box<dyn Any + Send + Sync>)>,
     dead_letters: Option<Arc<dyn DeadLetterSink>>,
+    spawner: Option<Arc<dyn crate::spawn::Spawn>>,
 }
 
 impl BusBuilder {
@@ -66,6 +67,7 @@ impl BusBuilder {
             handler_timeouts: Vec::new(),
             command_retries: Vec::new(),
             dead_letters: None,
+            spawner: None,
         }
     }
 
@@ -171,6 +173,26 @@ impl BusBuilder {
     /// handle on.
     pub fn dead_letters_arc(mut self, sink: Arc<dyn DeadLetterSink>) -> Self {
         self.dead_letters = Some(sink);
+        self
+    }
+
+    /// Where the rest of a dispatch runs when its caller stops waiting for
+    /// it (see [`Bus::dispatch`] and [`Spawn`](crate::Spawn)): name the
+    /// application's runtime here.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let bus = bus_core::Bus::builder()
+    ///     .spawner(|task| {
+    ///         tokio::spawn(task);
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = bus;
+    /// # }
+    /// ```
+    pub fn spawner(mut self, spawner: impl crate::spawn::Spawn) -> Self {
+        self.spawner = Some(Arc::new(spawner));
         self
     }
 
@@ -298,6 +320,9 @@ impl BusBuilder {
                 messages: messages.into_boxed_slice(),
                 names: Default::default(),
                 tap: Default::default(),
+                spawner: self
+                    .spawner
+                    .unwrap_or_else(|| Arc::new(crate::spawn::DefaultSpawn)),
             }),
         })
     }

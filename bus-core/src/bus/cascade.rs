@@ -1,5 +1,7 @@
 //! The queue of one dispatch: the events still to handle, each with its ids,
-//! their count against the bound, and the dead letters not yet stored.
+//! their count against the bound, and the dead letters not yet stored; and
+//! a [`Run`] of it, which knows how far it got, so that what is left of it
+//! can go on elsewhere when the dispatch's caller stops waiting.
 
 use std::collections::VecDeque;
 
@@ -29,7 +31,88 @@ pub(super) struct PendingRetry {
     pub(super) handler: &'static HandlerRegistration,
     pub(super) event: PendingEvent,
     pub(super) context: MessageContext,
-    pub(super) cause: FailureCause,
+    /// Why the first attempt failed; taken when the retry starts, so `None`
+    /// for a retry that was interrupted (its dispatch's future dropped).
+    pub(super) cause: Option<FailureCause>,
+}
+
+/// A cascade being run, and how far the run got: the event being handled
+/// and the retry under way are kept here, not in the running future, so
+/// that a run cut short at an `.await` can be taken up again.
+pub(crate) struct Run {
+    pub(super) current: Option<Current>,
+    pub(super) retrying: Option<PendingRetry>,
+    pub(super) cascade: Cascade,
+}
+
+/// The event a run is handling.
+pub(crate) struct Current {
+    pub(super) event: PendingEvent,
+    pub(super) context: MessageContext,
+    /// The index, in the event's route, of the next handler to call: the
+    /// ones before it are through.
+    pub(super) next: usize,
+    /// The handlers that handled this (stored) event before: a redelivery
+    /// skips them.
+    pub(super) skip: Box<[String]>,
+    /// Whether one of its handlers failed (then no single call finishes a
+    /// stored event's delivery).
+    pub(super) failed: bool,
+    /// Whether a stored event's delivery is recorded as finished.
+    pub(super) settled: bool,
+}
+
+impl Current {
+    pub(super) fn new(event: PendingEvent, context: MessageContext) -> Self {
+        Current {
+            event,
+            context,
+            next: 0,
+            skip: Box::default(),
+            failed: false,
+            settled: false,
+        }
+    }
+
+    /// Whether the handler named `name` handled this event before.
+    pub(super) fn skips(&self, name: &str) -> bool {
+        self.skip.iter().any(|skipped| skipped == name)
+    }
+
+    /// Whether the event goes the durable way: its store hears how its
+    /// delivery goes, and handlers that handled it before are skipped.
+    pub(super) fn is_tracked(&self) -> bool {
+        self.event.is_stored() || !self.skip.is_empty()
+    }
+}
+
+impl Run {
+    /// A run of what is queued in `cascade`.
+    pub(super) fn new(cascade: Cascade) -> Self {
+        Run {
+            current: None,
+            retrying: None,
+            cascade,
+        }
+    }
+
+    /// A run that starts with `event`, not queued (a published event).
+    pub(super) fn starting_with(cascade: Cascade, current: Current) -> Self {
+        Run {
+            current: Some(current),
+            retrying: None,
+            cascade,
+        }
+    }
+
+    /// Whether nothing is left to do.
+    pub(super) fn is_finished(&self) -> bool {
+        self.current.is_none()
+            && self.retrying.is_none()
+            && self.cascade.retries.is_empty()
+            && self.cascade.dead.is_empty()
+            && self.cascade.queue.as_ref().is_none_or(VecDeque::is_empty)
+    }
 }
 
 impl Cascade {
@@ -44,12 +127,23 @@ impl Cascade {
         }
     }
 
+    /// The message the dispatch started with.
+    pub(super) fn origin(&self) -> &'static MessageMeta {
+        self.origin
+    }
+
+    /// How many events wait in the queue.
+    pub(super) fn queued(&self) -> usize {
+        self.queue.as_ref().map_or(0, VecDeque::len)
+    }
+
     /// Queues events released by the handler of the message `cause`
     /// describes, after those already queued.
     #[inline]
     pub(super) fn push_all(&mut self, mut events: Vec<PendingEvent>, cause: &MessageContext) {
         for event in &mut events {
-            event.context = Some(cause.caused());
+            // A unit of work that stored the event gave it its ids already.
+            event.assign_ids(cause);
         }
         match &mut self.queue {
             Some(queue) => queue.extend(events),
@@ -76,7 +170,7 @@ impl Cascade {
             return Ok(None);
         };
         self.count(event.meta())?;
-        let context = event.context.unwrap_or_else(|| self.origin_context());
+        let context = event.context().unwrap_or_else(|| self.origin_context());
         Ok(Some((event, context)))
     }
 

@@ -11,14 +11,16 @@ use std::convert::Infallible;
 
 use tracing::Instrument;
 
-use super::cascade::Cascade;
+use super::cascade::{Cascade, Current, Run};
 use super::command_retry::CommandRetry;
+use super::detach::Detachable;
 use super::invocation::{dispatch_span, enter, request_handler_span, RequestInvocation};
 use super::routes::BoundHandler;
 use super::Bus;
 use crate::call::{AsyncCall, BoxFuture, Call, Frame, MessageRef, SyncCall};
 use crate::context::MessageContext;
 use crate::error::{BoxError, DispatchError, InternalError};
+use crate::events::PendingEvent;
 use crate::executor::block_on;
 use crate::inject::Scope;
 use crate::layer::Next;
@@ -34,6 +36,18 @@ impl Bus {
     /// The handler's error comes back as [`DispatchError::Handler`], typed.
     /// Event-handler failures do not fail the dispatch: they are retried per
     /// policy, logged, reported to the observer and kept as dead letters.
+    ///
+    /// # When the caller stops waiting
+    ///
+    /// Dropping the returned future (a timeout, an HTTP client that hung
+    /// up) before the command handler returned cancels the command: its
+    /// unit of work never commits, nothing it released runs. Dropping it
+    /// after the handler returned cancels nothing: the events still queued
+    /// run to the end on the bus's [`Spawn`](crate::Spawn) (the event
+    /// handler that was running is called again from the start), and a
+    /// graceful [`shutdown`](Self::shutdown) waits for them. Only a crash
+    /// loses them; events stored by a durable unit of work (`bus-sqlx`)
+    /// survive that too.
     pub async fn dispatch<C: Command>(
         &self,
         command: C,
@@ -92,16 +106,14 @@ impl Bus {
         let _in_flight = self.enter_dispatch()?;
         let span = dispatch_span(E::meta(), "event", &mut Some(context));
         let mut cascade = Cascade::new(E::meta(), self.inner.max_messages, 0);
-        async {
-            cascade.count(E::meta())?;
-            self.handle_event(&event, E::meta(), context, &mut cascade)
-                .await;
-            self.after_event(&mut cascade).await;
-            self.run_queue(&mut cascade).await
-        }
-        .instrument(span)
-        .await
-        .map_err(DispatchError::from)
+        cascade.count(E::meta())?;
+        let mut event = PendingEvent::new(event);
+        event.context = Some(context);
+        let run = Run::starting_with(cascade, Current::new(event, context));
+        let mut run = Detachable::new(self, run, span.clone());
+        let ran = self.run_queue(run.run()).instrument(span).await;
+        run.done();
+        ran.map_err(DispatchError::from)
     }
 
     /// [`publish`](Self::publish) without an async runtime.
@@ -112,12 +124,12 @@ impl Bus {
         let span = dispatch_span(meta, "event", &mut Some(context));
         // The published event is the first message processed; the bound is
         // at least 1.
-        let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
+        let mut run = Run::new(Cascade::new(meta, self.inner.max_messages, 1));
         enter(&span, || {
-            self.publish_typed_blocking(&event, meta, context, &mut cascade);
-            self.after_event_blocking(&mut cascade);
-            if cascade.queue.is_some() {
-                self.run_queue_blocking(&mut cascade)?;
+            self.publish_typed_blocking(&event, meta, context, &mut run.cascade);
+            self.after_event_blocking(&mut run);
+            if run.cascade.queue.is_some() {
+                self.run_queue_blocking(&mut run)?;
             }
             Ok::<(), crate::error::CascadeLimitError>(())
         })
@@ -126,7 +138,9 @@ impl Bus {
 
     /// Counts an awaited dispatch in, or refuses it once the bus is closed.
     #[inline]
-    fn enter_dispatch<E>(&self) -> Result<super::lifecycle::InFlight<'_>, DispatchError<E>> {
+    pub(super) fn enter_dispatch<E>(
+        &self,
+    ) -> Result<super::lifecycle::InFlight<'_>, DispatchError<E>> {
         self.inner
             .lifecycle
             .enter()
@@ -180,8 +194,12 @@ impl Bus {
         };
         self.tap_ran(handler, meta, 1, output.is_ok());
         let output = output?;
-        if let Some(mut cascade) = self.released(meta, scope) {
-            self.run_queue(&mut cascade).instrument(span).await?;
+        if let Some(cascade) = self.released(meta, scope) {
+            // From here on, dropping this future does not drop the cascade.
+            let mut run = Detachable::new(self, Run::new(cascade), span.clone());
+            let ran = self.run_queue(run.run()).instrument(span).await;
+            run.done();
+            ran?;
         }
         Ok(output)
     }
@@ -256,8 +274,8 @@ impl Bus {
         scope: Scope,
         span: &tracing::Span,
     ) -> Result<(), DispatchError<E>> {
-        if let Some(mut cascade) = self.released(meta, scope) {
-            enter(span, || self.run_queue_blocking(&mut cascade))?;
+        if let Some(cascade) = self.released(meta, scope) {
+            enter(span, || self.run_queue_blocking(&mut Run::new(cascade)))?;
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::SystemTime;
 
-use super::cascade::{Cascade, PendingRetry};
+use super::cascade::{Cascade, Current, PendingRetry, Run};
 use super::invocation::{call_event_async, call_event_sync, handler_span, EventInvocation};
 use super::routes::BoundHandler;
 use super::typed_route::TypedRoute;
@@ -13,8 +13,9 @@ use super::Bus;
 use crate::call::TypedSync;
 use crate::context::{Causation, MessageContext};
 use crate::dead_letter::DeadLetter;
+use crate::delivery::Delivery;
 use crate::error::CascadeLimitError;
-use crate::events::{ErasedEvent, PendingEvent};
+use crate::events::{ErasedEvent, PendingEvent, Recorded};
 use crate::executor::block_on;
 use crate::inject::Scope;
 use crate::layer::{Next, Outcome};
@@ -86,53 +87,88 @@ impl Bus {
     }
 
     /// Runs the queue to the end: each event through all of its handlers, in
-    /// order; what they release joins the back of the queue.
-    pub(super) async fn run_queue(&self, cascade: &mut Cascade) -> Result<(), CascadeLimitError> {
-        while let Some((event, context)) = cascade.next()? {
-            self.tap_released(&event);
-            self.handle_event(event.erased(), event.meta(), context, cascade)
-                .await;
-            self.after_event(cascade).await;
+    /// order; what they release joins the back of the queue. A run cut short
+    /// (its future dropped) can be run again: it goes on where it stopped.
+    pub(super) async fn run_queue(&self, run: &mut Run) -> Result<(), CascadeLimitError> {
+        loop {
+            if let Some(current) = &mut run.current {
+                if current.is_tracked() {
+                    self.handle_tracked(current, &mut run.cascade).await;
+                } else {
+                    let (event, meta) = (current.event.erased(), current.event.meta());
+                    self.handle_event(
+                        event,
+                        meta,
+                        current.context,
+                        &mut run.cascade,
+                        &mut current.next,
+                    )
+                    .await;
+                }
+            }
+            self.after_event(run).await;
+            run.current = None;
+            match run.cascade.next()? {
+                Some((event, context)) => {
+                    self.tap_released(&event);
+                    run.current = Some(Current::new(event, context));
+                }
+                None => return Ok(()),
+            }
         }
-        Ok(())
     }
 
     /// [`run_queue`](Self::run_queue), with async handlers driven on this
     /// thread; the caller has entered the dispatch span.
-    pub(super) fn run_queue_blocking(
-        &self,
-        cascade: &mut Cascade,
-    ) -> Result<(), CascadeLimitError> {
-        while let Some((event, context)) = cascade.next()? {
-            self.tap_released(&event);
-            self.handle_event_blocking(event.erased(), event.meta(), context, cascade);
-            self.after_event_blocking(cascade);
+    pub(super) fn run_queue_blocking(&self, run: &mut Run) -> Result<(), CascadeLimitError> {
+        loop {
+            if let Some(current) = &mut run.current {
+                if current.is_tracked() {
+                    block_on(self.handle_tracked(current, &mut run.cascade));
+                } else {
+                    let (event, meta) = (current.event.erased(), current.event.meta());
+                    self.handle_event_blocking(event, meta, current.context, &mut run.cascade);
+                }
+            }
+            self.after_event_blocking(run);
+            run.current = None;
+            match run.cascade.next()? {
+                Some((event, context)) => {
+                    self.tap_released(&event);
+                    run.current = Some(Current::new(event, context));
+                }
+                None => return Ok(()),
+            }
         }
-        Ok(())
     }
 
-    /// One event through all of its handlers.
+    /// One event through its handlers, from the `next`th on; `next` counts
+    /// the handlers that are through, so that a call cut short at an
+    /// `.await` can go on where it stopped.
     pub(super) async fn handle_event(
         &self,
         event: &dyn ErasedEvent,
         meta: &'static MessageMeta,
         context: MessageContext,
         cascade: &mut Cascade,
+        next: &mut usize,
     ) {
         let Some(route) = self.inner.routes.route(meta) else {
             return;
         };
         if let Some(typed) = &route.typed {
             // A route whose handlers are all plain `fn`s without layers never
-            // blocks: its typed entries run right here.
-            if typed.all_sync()
+            // blocks: its typed entries run right here, all at once.
+            if *next == 0
+                && typed.all_sync()
                 && typed.run_blocking(self, &route.handlers, event, context, cascade)
             {
+                *next = route.handlers.len();
                 return;
             }
         }
         let traced = tracing::enabled!(tracing::Level::DEBUG);
-        for handler in route.handlers.iter() {
+        while let Some(handler) = route.handlers.get(*next) {
             match (&handler.pipeline, handler.call) {
                 (Some(pipeline), _) => {
                     let invocation = EventInvocation::new(handler, event.as_any(), meta);
@@ -152,6 +188,148 @@ impl Bus {
                     self.settle(handler, event, (scope, context), outcome, cascade);
                 }
             }
+            *next += 1;
+        }
+    }
+
+    /// A stored event (or a redelivered one) through its handlers, from the
+    /// `next`th on, skipping those that handled it before: each call's scope
+    /// carries its [`Delivery`], and each success is recorded with the
+    /// event's store, by the handler's own commit or else here.
+    async fn handle_tracked(&self, current: &mut Current, cascade: &mut Cascade) {
+        let meta = current.event.meta();
+        let Some(route) = self.inner.routes.route(meta) else {
+            return;
+        };
+        let handlers = &route.handlers;
+        let id = current.context.message_id();
+        while let Some(handler) = handlers.get(current.next) {
+            let name = handler.registration.name();
+            if current.skips(name) {
+                current.next += 1;
+                continue;
+            }
+            // This call finishes the delivery when it succeeds if every
+            // handler before it succeeded and none after it is left.
+            let settles = !current.failed
+                && handlers[current.next + 1..]
+                    .iter()
+                    .all(|later| current.skips(later.registration.name()));
+            let delivery = Delivery {
+                event: id,
+                handler: name,
+                settles,
+            };
+            let (outcome, recorded, released, attempts) = self
+                .deliver_once(handler, &current.event, current.context, delivery)
+                .await;
+            match (outcome, recorded) {
+                (_, Recorded::Duplicate) => {
+                    tracing::info!(
+                        handler = name,
+                        message_name = meta.name(),
+                        message_id = %id,
+                        "delivery skipped: the store says this handler handled the event already"
+                    );
+                }
+                (Ok(()), recorded) => {
+                    self.tap_ran(handler, meta, attempts, true);
+                    if !released.is_empty() {
+                        cascade.push_all(released, &current.context);
+                    }
+                    match recorded {
+                        Recorded::Yes => current.settled |= settles,
+                        // The delivery's own record follows at once then.
+                        _ if settles => {}
+                        _ => self.record_handled(&current.event, id, name).await,
+                    }
+                }
+                (Err(cause), _) => {
+                    current.failed = true;
+                    let event = &current.event;
+                    if handler.pipeline.is_some() {
+                        let copy = event.clone();
+                        self.fail(handler, copy, current.context, cause, attempts, cascade);
+                    } else {
+                        self.fail_or_retry(
+                            handler,
+                            event.erased(),
+                            Some(event),
+                            current.context,
+                            cause,
+                            cascade,
+                        );
+                    }
+                }
+            }
+            current.next += 1;
+        }
+    }
+
+    /// One delivery of a stored event to one handler: through its layers,
+    /// or a direct first attempt when its retry (if any) is beside it.
+    /// Returns the outcome, what the call's unit of work said, what it
+    /// released, and how many attempts it took.
+    async fn deliver_once(
+        &self,
+        handler: &BoundHandler,
+        event: &PendingEvent,
+        context: MessageContext,
+        delivery: Delivery,
+    ) -> (crate::layer::Outcome, Recorded, Vec<PendingEvent>, u32) {
+        let meta = event.meta();
+        match (&handler.pipeline, handler.call) {
+            (Some(pipeline), _) => {
+                let invocation =
+                    EventInvocation::new(handler, event.as_any(), meta).delivering(Some(delivery));
+                let outcome = Next::new(pipeline, &invocation)
+                    .run(invocation.call(context))
+                    .await;
+                let (recorded, attempts) = (invocation.recorded(), invocation.attempts());
+                (outcome, recorded, invocation.released(), attempts)
+            }
+            (None, call) => {
+                let mut scope = crate::inject::Scope::delivering(context, delivery);
+                let message = (event.as_any(), &context);
+                let outcome = match call {
+                    HandlerFn::Sync(f) => {
+                        let traced = tracing::enabled!(tracing::Level::DEBUG);
+                        call_event_sync(handler, f, message, meta, &mut scope, traced)
+                    }
+                    HandlerFn::Async(f) => {
+                        call_event_async(handler, f, message, meta, &mut scope).await
+                    }
+                };
+                let recorded = scope.recorded();
+                let released = scope.finish();
+                let released = if outcome.is_ok() {
+                    released
+                } else {
+                    Vec::new()
+                };
+                (outcome, recorded, released, 1)
+            }
+        }
+    }
+
+    /// Tells a stored event's store that `handler` handled it.
+    async fn record_handled(
+        &self,
+        event: &PendingEvent,
+        id: crate::MessageId,
+        handler: &'static str,
+    ) {
+        let Some(log) = event.delivery_log() else {
+            return;
+        };
+        if let Err(error) = log.handled(id, handler).await {
+            tracing::warn!(
+                %error,
+                handler,
+                message_id = %id,
+                "the store did not record that the handler handled the event: \
+                 a recovery may run it again"
+            );
         }
     }
 
@@ -248,7 +426,10 @@ impl Bus {
                     cascade.push_all(released, &context);
                 }
             }
-            Err(cause) => self.fail(handler, event, context, cause, attempts, cascade),
+            Err(cause) => {
+                let copy = PendingEvent::copy_of(event);
+                self.fail(handler, copy, context, cause, attempts, cascade)
+            }
         }
     }
 
@@ -296,12 +477,12 @@ impl Bus {
                 Ok(Err(error)) => {
                     drop(scope.finish());
                     let cause = FailureCause::Error(error);
-                    self.fail_or_retry(handler, event, context, cause, cascade);
+                    self.fail_or_retry(handler, event, None, context, cause, cascade);
                 }
                 Err(payload) => {
                     drop(scope.finish());
                     let cause = FailureCause::Panic(panic_text(&*payload));
-                    self.fail_or_retry(handler, event, context, cause, cascade);
+                    self.fail_or_retry(handler, event, None, context, cause, cascade);
                 }
             }
         }
@@ -327,55 +508,106 @@ impl Bus {
             }
             Err(cause) => {
                 drop(scope.finish());
-                self.fail_or_retry(handler, event, context, cause, cascade);
+                self.fail_or_retry(handler, event, None, context, cause, cascade);
             }
         }
     }
 
     /// A direct event-handler call that failed: retried later in this
     /// dispatch when its retry policy allows, failed for good otherwise.
+    /// `stored` is the event as queued, when it was stored: the copies kept
+    /// for the retry or the dead letter keep its store's mark.
     #[cold]
     #[inline(never)]
     fn fail_or_retry(
         &self,
         handler: &BoundHandler,
         event: &dyn ErasedEvent,
+        stored: Option<&PendingEvent>,
         context: MessageContext,
         cause: FailureCause,
         cascade: &mut Cascade,
     ) {
+        let copy = match stored {
+            Some(stored) => stored.clone(),
+            None => PendingEvent::copy_of(event),
+        };
         match &handler.retry {
             Some(retry) if retry.policy().is_retryable(&cause) => {
                 cascade.retries.push(PendingRetry {
                     handler: handler.registration,
-                    event: PendingEvent::copy_of(event),
+                    event: copy,
                     context,
-                    cause,
+                    cause: Some(cause),
                 })
             }
-            _ => self.fail(handler, event, context, cause, 1, cascade),
+            _ => self.fail(handler, copy, context, cause, 1, cascade),
         }
     }
 
-    /// The retries of the direct calls that failed (each after the other
-    /// handlers of its event ran), then the dead letters to the sink.
-    pub(super) async fn after_event(&self, cascade: &mut Cascade) {
-        for pending in std::mem::take(&mut cascade.retries) {
-            self.retry_direct(pending, cascade).await;
+    /// After one event's handlers: the retries of the direct calls that
+    /// failed (each after the other handlers of its event ran; the one a
+    /// cut-short run was in first), the dead letters to the sink, then, for
+    /// a stored event, the record that its delivery is finished.
+    pub(super) async fn after_event(&self, run: &mut Run) {
+        loop {
+            if run.retrying.is_none() {
+                if run.cascade.retries.is_empty() {
+                    break;
+                }
+                run.retrying = Some(run.cascade.retries.remove(0));
+            }
+            if let Some(pending) = &mut run.retrying {
+                self.retry_direct(pending, &mut run.cascade).await;
+            }
+            run.retrying = None;
         }
-        self.flush_dead_letters(cascade).await;
+        self.flush_dead_letters(&mut run.cascade).await;
+        if let Some(current) = &mut run.current {
+            if !current.settled {
+                current.settled = true;
+                self.record_delivered(&current.event, current.context).await;
+            }
+        }
     }
 
     /// [`after_event`](Self::after_event) on this thread.
     #[inline]
-    pub(super) fn after_event_blocking(&self, cascade: &mut Cascade) {
-        if !cascade.retries.is_empty() || !cascade.dead.is_empty() {
-            block_on(self.after_event(cascade));
+    pub(super) fn after_event_blocking(&self, run: &mut Run) {
+        let stored = run
+            .current
+            .as_ref()
+            .is_some_and(|current| current.event.is_stored() && !current.settled);
+        if stored
+            || run.retrying.is_some()
+            || !run.cascade.retries.is_empty()
+            || !run.cascade.dead.is_empty()
+        {
+            block_on(self.after_event(run));
         }
     }
 
-    /// The second and later attempts of a direct call, through its retry.
-    async fn retry_direct(&self, pending: PendingRetry, cascade: &mut Cascade) {
+    /// Tells a stored event's store that every handler is through.
+    async fn record_delivered(&self, event: &PendingEvent, context: MessageContext) {
+        let Some(log) = event.delivery_log() else {
+            return;
+        };
+        let id = context.message_id();
+        if let Err(error) = log.delivered(id).await {
+            tracing::warn!(
+                %error,
+                message_name = event.name(),
+                message_id = %id,
+                "the store did not record that the event was delivered: \
+                 a recovery will deliver it again to the handlers it has no record of"
+            );
+        }
+    }
+
+    /// The second and later attempts of a direct call, through its retry;
+    /// a retry that a cut-short run interrupted starts again with an
+    /// attempt at once.
+    async fn retry_direct(&self, pending: &mut PendingRetry, cascade: &mut Cascade) {
         let meta = pending.event.meta();
         let handler = self
             .inner
@@ -386,23 +618,78 @@ impl Bus {
         let Some((handler, Some(retry))) = handler.map(|h| (h, h.retry.as_ref())) else {
             return;
         };
+        let stored = pending.event.is_stored();
+        let id = pending.context.message_id();
+        let name = handler.registration.name();
+        let delivery = stored.then_some(Delivery {
+            event: id,
+            handler: name,
+            settles: false,
+        });
         let event = pending.event.erased();
-        let invocation = EventInvocation::new(handler, event.as_any(), meta).after(1);
-        let outcome = retry
-            .after_failure(
-                invocation.call(pending.context),
-                Next::new(&[], &invocation),
-                pending.cause,
-            )
-            .await;
-        self.settle_layered(
+        let invocation = EventInvocation::new(handler, event.as_any(), meta)
+            .after(1)
+            .delivering(delivery);
+        let next = Next::new(&[], &invocation);
+        let outcome = match pending.cause.take() {
+            Some(cause) => {
+                retry
+                    .after_failure(invocation.call(pending.context), next, cause)
+                    .await
+            }
+            None => {
+                retry
+                    .resume(invocation.call(pending.context.at_attempt(2)), next)
+                    .await
+            }
+        };
+        let recorded = invocation.recorded();
+        if recorded == Recorded::Duplicate {
+            tracing::info!(
+                handler = name,
+                message_id = %id,
+                "retry skipped: the store says this handler handled the event already"
+            );
+            return;
+        }
+        let succeeded = outcome.is_ok();
+        let original = stored.then_some(&pending.event);
+        self.settle_retried(
             handler,
             event,
+            original,
             pending.context,
             invocation,
             outcome,
             cascade,
         );
+        if succeeded && stored && recorded == Recorded::No {
+            self.record_handled(&pending.event, id, name).await;
+        }
+    }
+
+    /// After a retried call: queue what its last successful run released,
+    /// or fail it for good (the dead letter keeps a stored event's mark).
+    #[allow(clippy::too_many_arguments)]
+    fn settle_retried(
+        &self,
+        handler: &BoundHandler,
+        event: &dyn ErasedEvent,
+        original: Option<&PendingEvent>,
+        context: MessageContext,
+        invocation: EventInvocation<'_>,
+        outcome: Outcome,
+        cascade: &mut Cascade,
+    ) {
+        match (outcome, original) {
+            (Err(cause), Some(original)) => {
+                let attempts = invocation.attempts();
+                self.fail(handler, original.clone(), context, cause, attempts, cascade)
+            }
+            (outcome, _) => {
+                self.settle_layered(handler, event, context, invocation, outcome, cascade)
+            }
+        }
     }
 
     /// An event-handler call that failed for good: logged, reported to the
@@ -412,7 +699,7 @@ impl Bus {
     fn fail(
         &self,
         handler: &BoundHandler,
-        event: &dyn ErasedEvent,
+        event: PendingEvent,
         context: MessageContext,
         cause: FailureCause,
         attempts: u32,
@@ -441,7 +728,7 @@ impl Bus {
         }
         self.tap_ran(handler, event.meta(), attempts, false);
         cascade.dead.push(DeadLetter {
-            event: PendingEvent::copy_of(event),
+            event,
             handler: failure.handler,
             location: failure.location,
             error: failure.cause.to_string(),
@@ -452,20 +739,24 @@ impl Bus {
         });
     }
 
-    /// Hands the dead letters gathered so far to the sink.
+    /// Hands the dead letters gathered so far to the sink, one at a time
+    /// (each stays queued until the sink has it); a stored event's store
+    /// then hears that the handler is through with it.
     pub(super) async fn flush_dead_letters(&self, cascade: &mut Cascade) {
-        if cascade.dead.is_empty() {
-            return;
-        }
-        for letter in std::mem::take(&mut cascade.dead) {
-            if let Err(error) = self.inner.dead_letters.store(&letter).await {
-                tracing::error!(
+        while let Some(letter) = cascade.dead.first() {
+            match self.inner.dead_letters.store(letter).await {
+                Ok(()) => {
+                    let id = letter.context.message_id();
+                    self.record_handled(&letter.event, id, letter.handler).await;
+                }
+                Err(error) => tracing::error!(
                     %error,
                     letter = %letter,
                     event = ?letter.event(),
                     "the dead-letter sink failed: this log line is the only record of the letter"
-                );
+                ),
             }
+            cascade.dead.remove(0);
         }
     }
 }

@@ -9,7 +9,8 @@
 
 use tracing::Instrument;
 
-use super::cascade::Cascade;
+use super::cascade::{Cascade, Current, Run};
+use super::detach::Detachable;
 use super::invocation::dispatch_span;
 use super::Bus;
 use crate::call::BoxFuture;
@@ -193,16 +194,14 @@ impl Bus {
             return Err(InboundError::Closed(meta.name()));
         };
         let span = dispatch_span(meta, "event", &mut Some(context));
-        let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
-        async {
-            self.handle_event(event.erased(), meta, context, &mut cascade)
-                .await;
-            self.after_event(&mut cascade).await;
-            self.run_queue(&mut cascade).await
-        }
-        .instrument(span)
-        .await
-        .map_err(|error| InboundError::Failed {
+        let cascade = Cascade::new(meta, self.inner.max_messages, 1);
+        let mut event = event;
+        event.context = Some(context);
+        let run = Run::starting_with(cascade, Current::new(event, context));
+        let mut run = Detachable::new(self, run, span.clone());
+        let ran = self.run_queue(run.run()).instrument(span).await;
+        run.done();
+        ran.map_err(|error| InboundError::Failed {
             name: meta.name(),
             error: error.to_string(),
         })

@@ -13,8 +13,9 @@ use super::routes::BoundHandler;
 use super::unwind::CatchUnwind;
 use crate::call::{AsyncCall, BoxFuture, Call, MessageRef, SyncCall};
 use crate::context::{Causation, MessageContext};
+use crate::delivery::Delivery;
 use crate::error::BoxError;
-use crate::events::PendingEvent;
+use crate::events::{PendingEvent, Recorded};
 use crate::inject::Scope;
 use crate::layer::{HandlerCall, Invoke, Outcome};
 use crate::message::MessageMeta;
@@ -150,13 +151,15 @@ pub(super) fn failure_cause(outcome: Result<Result<(), BoxError>, Box<dyn Any + 
 
 /// An event handler as the innermost step of its pipeline: every run is a
 /// fresh call with a fresh scope; the events of the last successful run are
-/// kept for the queue.
+/// kept for the queue, and what the last run's unit of work said about the
+/// stored event it delivered.
 pub(super) struct EventInvocation<'h> {
     handler: &'h BoundHandler,
     event: &'h (dyn Any + Send + Sync),
     meta: &'static MessageMeta,
     attempts: AtomicU32,
-    released: Mutex<Option<Vec<PendingEvent>>>,
+    released: Mutex<(Option<Vec<PendingEvent>>, Recorded)>,
+    delivery: Option<Delivery>,
 }
 
 impl<'h> EventInvocation<'h> {
@@ -170,7 +173,31 @@ impl<'h> EventInvocation<'h> {
             event,
             meta,
             attempts: AtomicU32::new(0),
-            released: Mutex::new(None),
+            released: Mutex::new((None, Recorded::No)),
+            delivery: None,
+        }
+    }
+
+    /// An invocation delivering a stored event: each run's scope carries
+    /// `delivery` for its unit of work.
+    pub(super) fn delivering(mut self, delivery: Option<Delivery>) -> Self {
+        self.delivery = delivery;
+        self
+    }
+
+    /// What the last run's unit of work said about its delivery.
+    pub(super) fn recorded(&self) -> Recorded {
+        self.released
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+    }
+
+    /// The scope of one run.
+    fn scope(&self, context: MessageContext) -> Scope {
+        match self.delivery {
+            Some(delivery) => Scope::delivering(context, delivery),
+            None => Scope::with_context(Some(context)),
         }
     }
 
@@ -200,6 +227,7 @@ impl<'h> EventInvocation<'h> {
         self.released
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner)
+            .0
             .unwrap_or_default()
     }
 }
@@ -207,9 +235,12 @@ impl<'h> EventInvocation<'h> {
 impl EventInvocation<'_> {
     /// Counts the attempt, and keeps what a successful one released.
     fn settle(&self, scope: Scope, outcome: &Outcome) {
+        let recorded = scope.recorded();
         let events = scope.finish();
+        let mut kept = self.released.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.1 = recorded;
         if outcome.is_ok() {
-            *self.released.lock().unwrap_or_else(PoisonError::into_inner) = Some(events);
+            kept.0 = Some(events);
         }
     }
 }
@@ -220,7 +251,7 @@ impl Invoke for EventInvocation<'_> {
         match self.handler.call {
             // A plain `fn` runs right here; its outcome is a ready future.
             HandlerFn::Sync(f) => {
-                let mut scope = Scope::with_context(Some(call.context));
+                let mut scope = self.scope(call.context);
                 let traced = tracing::enabled!(tracing::Level::DEBUG);
                 let message = (self.event, &call.context);
                 let outcome =
@@ -229,7 +260,7 @@ impl Invoke for EventInvocation<'_> {
                 Box::pin(std::future::ready(outcome))
             }
             HandlerFn::Async(f) => Box::pin(async move {
-                let mut scope = Scope::with_context(Some(call.context));
+                let mut scope = self.scope(call.context);
                 let message = (self.event, &call.context);
                 let outcome =
                     call_event_async(self.handler, f, message, self.meta, &mut scope).await;

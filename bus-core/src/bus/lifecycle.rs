@@ -174,6 +174,22 @@ impl Lifecycle {
         Ok(guard)
     }
 
+    /// Counts in the rest of a dispatch that goes on detached from its
+    /// caller, whether or not the bus is closed (it was in flight already);
+    /// returns the counter to [`leave_detached`](Self::leave_detached).
+    pub(crate) fn enter_detached(&self) -> usize {
+        let shard = thread_index() % SHARDS;
+        self.shards[shard].0.fetch_add(1, Ordering::SeqCst);
+        shard
+    }
+
+    /// Counts out what [`enter_detached`](Self::enter_detached) counted in.
+    pub(crate) fn leave_detached(&self, shard: usize) {
+        if let Some(counter) = self.shards.get(shard) {
+            counter.0.fetch_sub(1, Ordering::Release);
+        }
+    }
+
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
     }

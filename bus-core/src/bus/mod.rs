@@ -4,11 +4,13 @@ mod builder;
 mod cascade;
 mod command_retry;
 mod describe;
+mod detach;
 mod dispatch;
 mod event_path;
 mod inbound;
 mod invocation;
 mod lifecycle;
+mod redeliver;
 mod replay;
 mod routes;
 mod typed_route;
@@ -77,6 +79,8 @@ struct BusInner {
     names: OnceLock<Names>,
     /// A test's recorder, once attached.
     tap: OnceLock<Arc<crate::testing::RecorderInner>>,
+    /// Where the rest of a dispatch runs when its caller stops waiting.
+    spawner: Arc<dyn crate::spawn::Spawn>,
 }
 
 /// What a replay looks up by name.

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
-use super::cascade::Cascade;
+use super::cascade::{Cascade, Run};
+use super::detach::Detachable;
 use super::invocation::{dispatch_span, EventInvocation};
 use super::Bus;
 use crate::context::MessageContext;
@@ -169,9 +170,10 @@ impl Bus {
             let released = invocation.released();
             if !released.is_empty() {
                 cascade.push_all(released, &context);
-                self.run_queue(&mut cascade)
-                    .await
-                    .map_err(|error| ReplayError::CascadeLimit(Box::new(error)))?;
+                let mut run = Detachable::new(self, Run::new(cascade), tracing::Span::current());
+                let ran = self.run_queue(run.run()).await;
+                run.done();
+                ran.map_err(|error| ReplayError::CascadeLimit(Box::new(error)))?;
             }
             Ok(())
         }

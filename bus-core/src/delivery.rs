@@ -1,0 +1,121 @@
+//! Durable delivery: the contract between the bus and a store that keeps
+//! every event a unit of work committed until each of its handlers has
+//! handled it, so that nothing committed is lost when the process dies
+//! half-way through a cascade.
+//!
+//! The store's side (`bus-sqlx` implements it on SQLite and PostgreSQL):
+//! - a unit of work writes the events it releases in its commit's
+//!   transaction, then hands them to its [`EventReleaser`](crate::EventReleaser)
+//!   marked with [`PendingEvent::stored`]: the bus now knows whom to tell
+//!   how their delivery went;
+//! - the bus tells the store's [`DeliveryLog`] when a handler of a stored
+//!   event succeeded ([`handled`](DeliveryLog::handled)) and when every
+//!   handler is through ([`delivered`](DeliveryLog::delivered));
+//! - a handler that commits a unit of work records its own completion in
+//!   that commit instead (see [`Delivery`]), so that its effect happens once;
+//! - the store's recovery hands what was never delivered back to the bus
+//!   with [`Bus::redeliver`](crate::Bus::redeliver), naming the handlers
+//!   that completed before.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::context::MessageId;
+use crate::error::BoxError;
+
+/// One handler call delivering a stored event: which event, which handler,
+/// and whether this call is the one that finishes the event's delivery.
+///
+/// A unit of work finds it on its [`EventReleaser`](crate::EventReleaser)
+/// ([`delivery`](crate::EventReleaser::delivery)), records it in its
+/// commit's transaction, and once that committed says so with
+/// [`EventReleaser::delivery_recorded`](crate::EventReleaser::delivery_recorded):
+/// the bus then writes nothing more for this handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub(crate) event: crate::context::MessageId,
+    pub(crate) handler: &'static str,
+    pub(crate) settles: bool,
+}
+
+impl Delivery {
+    /// The stored event's id.
+    pub fn event(&self) -> MessageId {
+        self.event
+    }
+
+    /// The handler's path (its name in every record).
+    pub fn handler(&self) -> &'static str {
+        self.handler
+    }
+
+    /// Whether every other handler of the event is through already: when
+    /// this call succeeds, the event's delivery is finished, and its record
+    /// can go in the same transaction ([`DeliveryLog::delivered`] is then
+    /// not called).
+    pub fn settles(&self) -> bool {
+        self.settles
+    }
+}
+
+/// Where a store hears how the delivery of its events went.
+///
+/// Called by the bus for every event marked with [`PendingEvent::stored`];
+/// an error is logged, never fails the dispatch: the store's recovery
+/// delivers again what it has no record of (at-least-once).
+#[crate::async_trait]
+pub trait DeliveryLog: Send + Sync + 'static {
+    /// The handler `handler` succeeded on the event `event`, and its call
+    /// did not record that itself (see [`Delivery`]).
+    async fn handled(&self, event: MessageId, handler: &'static str) -> Result<(), BoxError>;
+
+    /// Every handler of `event` is through: succeeded, or failed for good
+    /// and kept as a dead letter.
+    async fn delivered(&self, event: MessageId) -> Result<(), BoxError>;
+
+    /// The bus holds the event no longer: its delivery finished, or it was
+    /// dropped before that (its command failed after the commit, or the
+    /// task running it was torn down). A store's recovery may deliver it
+    /// from here on. Called once per stored event, when it is dropped.
+    fn let_go(&self, event: MessageId);
+}
+
+/// The store's mark on an event it wrote.
+pub(crate) struct Stored {
+    pub(crate) log: Arc<dyn DeliveryLog>,
+    /// Whether dropping this copy tells the log the bus let the event go:
+    /// only the copy in a dispatch's queue does; copies (a retry's, a dead
+    /// letter's) do not.
+    owner: bool,
+}
+
+impl Stored {
+    pub(crate) fn new(log: Arc<dyn DeliveryLog>) -> Self {
+        Stored { log, owner: true }
+    }
+
+    /// The same mark, on a copy of the event.
+    pub(crate) fn copy(&self) -> Self {
+        Stored {
+            log: self.log.clone(),
+            owner: false,
+        }
+    }
+
+    /// Lets go of the event when `id` is known and this is the queue's copy.
+    pub(crate) fn let_go(&mut self, id: Option<MessageId>) {
+        if std::mem::take(&mut self.owner) {
+            if let Some(id) = id {
+                self.log.let_go(id);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Stored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stored")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
