@@ -89,6 +89,13 @@ impl PendingEvent {
         *self.context.get_or_insert_with(|| cause.caused())
     }
 
+    /// The event with exactly these ids: a stored event read back, to be
+    /// handled with the ids it was stored with.
+    pub fn with_context(mut self, context: MessageContext) -> Self {
+        self.context = Some(context);
+        self
+    }
+
     /// Marks the event as written by a durable store: the bus tells `log`
     /// how its delivery goes (see [`DeliveryLog`]). Its ids are made first
     /// if it has none (see [`assign_ids`](Self::assign_ids)).

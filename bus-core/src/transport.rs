@@ -118,6 +118,34 @@ impl TransportError {
 pub trait Publisher: Send + Sync + 'static {
     /// Publishes one message; `Ok` once the broker has it.
     async fn publish(&self, message: &OutboundMessage) -> Result<(), TransportError>;
+
+    /// Publishes `messages` in order; `Ok` once the broker has them all. On
+    /// a failure, says how many of the first ones the broker has for sure
+    /// (the rest may or may not have arrived: a relay sends them again, and
+    /// the consumers' inboxes drop the copies).
+    ///
+    /// The default publishes one message at a time; a broker client that can
+    /// pipeline (Redis) sends them in one round trip.
+    async fn publish_batch(&self, messages: &[OutboundMessage]) -> Result<(), BatchError> {
+        for (published, message) in messages.iter().enumerate() {
+            if let Err(error) = self.publish(message).await {
+                return Err(BatchError { published, error });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A batch was published in part: how many of its first messages the broker
+/// has for sure, and why the rest failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{error} (after {published} message(s) of the batch)")]
+pub struct BatchError {
+    /// How many of the batch's first messages the broker has.
+    pub published: usize,
+    /// Why publishing stopped.
+    #[source]
+    pub error: TransportError,
 }
 
 /// Reads a stream as one member of a consumer group.

@@ -13,7 +13,9 @@
 
 use std::time::Duration;
 
-use bus_core::transport::{Delivery, OutboundMessage, Publisher, Subscriber, TransportError};
+use bus_core::transport::{
+    BatchError, Delivery, OutboundMessage, Publisher, Subscriber, TransportError,
+};
 use bus_core::{async_trait, MessageId};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
@@ -82,20 +84,46 @@ fn fields(message: &OutboundMessage) -> [(&'static str, String); 5] {
     ]
 }
 
+fn xadd(message: &OutboundMessage) -> redis::Cmd {
+    let mut command = redis::cmd("XADD");
+    command.arg(&message.stream).arg("*");
+    for (field, value) in fields(message) {
+        command.arg(field).arg(value);
+    }
+    command
+}
+
 #[async_trait]
 impl Publisher for RedisPublisher {
     async fn publish(&self, message: &OutboundMessage) -> Result<(), TransportError> {
         let mut connection = self.connection.clone();
-        let mut command = redis::cmd("XADD");
-        command.arg(&message.stream).arg("*");
-        for (field, value) in fields(message) {
-            command.arg(field).arg(value);
-        }
-        command
+        xadd(message)
             .query_async::<String>(&mut connection)
             .await
             .map(drop)
             .map_err(|e| TransportError::new("XADD", e))
+    }
+
+    /// One pipeline of `XADD`s: one round trip for the whole batch. On an
+    /// error none of it counts as published (some may have been: the relay
+    /// sends them again, the consumers' inboxes drop the copies).
+    async fn publish_batch(&self, messages: &[OutboundMessage]) -> Result<(), BatchError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut pipeline = redis::pipe();
+        for message in messages {
+            pipeline.add_command(xadd(message));
+        }
+        let mut connection = self.connection.clone();
+        pipeline
+            .query_async::<Vec<String>>(&mut connection)
+            .await
+            .map(drop)
+            .map_err(|e| BatchError {
+                published: 0,
+                error: TransportError::new("XADD (pipelined)", e),
+            })
     }
 }
 

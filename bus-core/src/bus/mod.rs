@@ -145,6 +145,21 @@ impl Bus {
         BusBuilder::new()
     }
 
+    /// Every message type the bus knows, sorted by name.
+    pub fn message_types(&self) -> impl Iterator<Item = &'static MessageMeta> + '_ {
+        self.inner.messages.iter().copied()
+    }
+
+    /// The paths of the handlers of the message type `meta`, in the order
+    /// the bus calls them (empty when it has none here).
+    pub fn handlers_of(&self, meta: &'static MessageMeta) -> impl Iterator<Item = &'static str> + '_ {
+        self.inner
+            .routes
+            .handlers(meta)
+            .iter()
+            .map(|handler| handler.registration.name())
+    }
+
     /// The bound on messages one dispatch may process.
     pub fn max_messages_per_dispatch(&self) -> usize {
         self.inner.max_messages

@@ -1,0 +1,184 @@
+//! What each database brings: its SQL for every operation of the store,
+//! behind one trait implemented for `sqlx::Sqlite` and `sqlx::Postgres`.
+//! The store's logic (staging, delivery, recovery, relaying, dead letters)
+//! is written once over it.
+
+use std::time::Duration;
+
+use bus_core::transport::{OutboundMessage, Publisher};
+use chrono::{DateTime, Utc};
+use sqlx::{Pool, Transaction};
+
+use crate::dead_letters::{DeadLetterRecord, StoredDeadLetter};
+use crate::error::{MigrateError, RelayError};
+
+/// A database the store runs on: `sqlx::Sqlite` (feature `sqlite`) or
+/// `sqlx::Postgres` (feature `postgres`). Sealed: its methods are the
+/// store's SQL, not an API.
+pub trait Backend: sql::Sql {}
+
+#[cfg(feature = "sqlite")]
+impl Backend for sqlx::Sqlite {}
+
+#[cfg(feature = "postgres")]
+impl Backend for sqlx::Postgres {}
+
+/// A stored event as the tables hold it.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub(crate) position: i64,
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) payload: String,
+    pub(crate) correlation_id: String,
+    pub(crate) causation_id: Option<String>,
+    pub(crate) recoveries: i64,
+}
+
+/// Where the delivery of one stored event to one handler stands, read in
+/// the handler's transaction (PostgreSQL: with the event's row locked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// The handler has not handled the event yet.
+    Pending,
+    /// The handler handled it already.
+    Handled,
+    /// The event's delivery finished already: its row is gone.
+    Gone,
+}
+
+/// What deleting a dead letter found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    Yes,
+    NotFound,
+    /// A replay holds its claim.
+    Claimed,
+}
+
+pub(crate) mod sql {
+    use super::*;
+
+    /// The store's SQL for one database.
+    #[bus_core::async_trait]
+    pub trait Sql: sqlx::Database + Sized {
+        /// This database's migrations, in order.
+        const MIGRATIONS: &'static [crate::migrate::Migration];
+        /// Whether a process's writers must take turns (SQLite: one writer
+        /// at a time; queueing in the process beats SQLite's busy loop).
+        const ONE_WRITER: bool;
+        /// The database's name, for logs and errors.
+        const LABEL: &'static str;
+
+        async fn migrate(pool: &Pool<Self>) -> Result<(), MigrateError>;
+
+        /// A transaction that writes (SQLite: `BEGIN IMMEDIATE`, so that it
+        /// holds the write lock from the start and cannot fail on a stale
+        /// snapshot later).
+        async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error>;
+
+        // -- nodes --------------------------------------------------------
+        async fn register_node(pool: &Pool<Self>, node: &str) -> Result<(), sqlx::Error>;
+        /// `false` when the node's row was gone (others took it for dead).
+        async fn heartbeat(pool: &Pool<Self>, node: &str) -> Result<bool, sqlx::Error>;
+        async fn remove_node(pool: &Pool<Self>, node: &str) -> Result<(), sqlx::Error>;
+        async fn purge_nodes(pool: &Pool<Self>, stale_for: Duration) -> Result<u64, sqlx::Error>;
+
+        // -- staging, in the unit of work's transaction --------------------
+        async fn delivery_state(
+            connection: &mut Self::Connection,
+            event: &str,
+            handler: &str,
+        ) -> Result<DeliveryState, sqlx::Error>;
+        async fn record_handled_in(
+            connection: &mut Self::Connection,
+            event: &str,
+            handler: &str,
+        ) -> Result<(), sqlx::Error>;
+        /// The event's delivery is finished: its row and its records go.
+        async fn settle_in(connection: &mut Self::Connection, event: &str)
+            -> Result<(), sqlx::Error>;
+        async fn record_inbox(connection: &mut Self::Connection, id: &str)
+            -> Result<(), sqlx::Error>;
+        async fn insert_events(
+            connection: &mut Self::Connection,
+            events: &[EventRow],
+            owner: &str,
+        ) -> Result<(), sqlx::Error>;
+        async fn insert_outbox(
+            connection: &mut Self::Connection,
+            messages: &[OutboundMessage],
+        ) -> Result<(), sqlx::Error>;
+
+        // -- delivery and recovery ------------------------------------------
+        /// Records that `handler` handled `event`, if the event is still
+        /// pending (nothing otherwise).
+        async fn handled(pool: &Pool<Self>, event: &str, handler: &str) -> Result<(), sqlx::Error>;
+        async fn delivered(pool: &Pool<Self>, event: &str) -> Result<(), sqlx::Error>;
+        /// Takes over (for `node`) up to `max` events whose owner's heartbeat
+        /// is older than `node_timeout`, oldest first, counting a recovery
+        /// for each.
+        async fn take_over(
+            pool: &Pool<Self>,
+            node: &str,
+            node_timeout: Duration,
+            max: u32,
+        ) -> Result<Vec<EventRow>, sqlx::Error>;
+        /// Reads a pending event back for `node` (its owner), counting a
+        /// recovery; `None` once its delivery finished.
+        async fn reload(pool: &Pool<Self>, event: &str, node: &str)
+            -> Result<Option<EventRow>, sqlx::Error>;
+        /// The handlers that handled `event`.
+        async fn completed(pool: &Pool<Self>, event: &str) -> Result<Vec<String>, sqlx::Error>;
+        /// How many events wait for delivery, and the oldest one's age.
+        async fn pending_events(pool: &Pool<Self>) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error>;
+
+        // -- outbox ---------------------------------------------------------
+        /// One relay round: up to `max` unsent rows no other relay holds,
+        /// oldest first, published as one batch, and the ones the broker
+        /// has marked sent. Returns how many.
+        async fn relay_round(
+            pool: &Pool<Self>,
+            writer: &std::sync::Arc<tokio::sync::Mutex<()>>,
+            relay: &str,
+            max: u32,
+            lease: Duration,
+            publisher: &dyn Publisher,
+        ) -> Result<usize, RelayError>;
+        async fn unsent(pool: &Pool<Self>, max: u32) -> Result<Vec<OutboundMessage>, sqlx::Error>;
+        async fn purge_sent(pool: &Pool<Self>, before: DateTime<Utc>) -> Result<u64, sqlx::Error>;
+        /// How many rows are unsent, and when the oldest was written.
+        async fn outbox_lag(pool: &Pool<Self>) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error>;
+
+        // -- inbox ----------------------------------------------------------
+        async fn inbox_has(pool: &Pool<Self>, id: &str) -> Result<bool, sqlx::Error>;
+
+        // -- dead letters ---------------------------------------------------
+        async fn add_dead_letter(pool: &Pool<Self>, letter: &DeadLetterRecord)
+            -> Result<i64, sqlx::Error>;
+        async fn list_dead_letters(
+            pool: &Pool<Self>,
+            include_replayed: bool,
+        ) -> Result<Vec<StoredDeadLetter>, sqlx::Error>;
+        async fn get_dead_letter(pool: &Pool<Self>, id: i64)
+            -> Result<Option<StoredDeadLetter>, sqlx::Error>;
+        /// Claims the letter for `lease` unless it was replayed or a live
+        /// claim holds it.
+        async fn claim_dead_letter(pool: &Pool<Self>, id: i64, lease: Duration)
+            -> Result<bool, sqlx::Error>;
+        async fn settle_dead_letter(
+            pool: &Pool<Self>,
+            id: i64,
+            outcome: Result<DateTime<Utc>, String>,
+        ) -> Result<(), sqlx::Error>;
+        async fn delete_dead_letter(pool: &Pool<Self>, id: i64) -> Result<Deleted, sqlx::Error>;
+    }
+}
+
+/// Reads a message id stored as text.
+pub(crate) fn parse_id(column: &str, text: &str) -> Result<bus_core::MessageId, sqlx::Error> {
+    text.parse().map_err(|e| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: Box::new(e),
+    })
+}

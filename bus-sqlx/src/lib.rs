@@ -1,0 +1,143 @@
+//! Durable messaging for arch-events on SQLite and PostgreSQL, through the
+//! service's own [`sqlx`] pool: nothing a unit of work committed is lost,
+//! whatever happens to the caller or the process.
+//!
+//! - **Durable local delivery.** A unit of work stages every event it
+//!   releases in its commit's transaction ([`Store::stage`]); the bus
+//!   handles them right after the commit as usual, and each handler's
+//!   completion is recorded: in the handler's own transaction when it
+//!   commits a unit of work (its effect happens once), otherwise right after
+//!   it succeeds (at-least-once). Events whose handlers did not all complete
+//!   (the process died, the task was torn down) are delivered again to
+//!   exactly the handlers that did not, by each process's recovery loop
+//!   ([`Store::start_recovery`]), never by two processes at once.
+//! - **Transactional outbox.** External events (`external = "stream"`) are
+//!   staged in the same transaction and published by a relay
+//!   ([`Outbox::run`]): batched, `FOR UPDATE SKIP LOCKED` on PostgreSQL, a
+//!   lease on SQLite, any number of relays in any number of processes.
+//! - **Inbox.** The inbound message a unit of work handles is recorded in
+//!   its transaction: a redelivery is recognised ([`Inbox`]).
+//! - **Dead letters.** The bus's sink, with listing, replay under an
+//!   expiring claim, and deletion ([`DeadLetters`], [`replay`]).
+//!
+//! Its tables (`bus_*`) and their migrations are its own, recorded in
+//! `bus_sqlx_migrations`: they live beside the application's tables and
+//! its `sqlx::migrate!()` without touching `_sqlx_migrations`.
+//!
+//! Enable the feature of each database the service runs on: `sqlite`,
+//! `postgres`.
+//!
+//! # A unit of work, made durable
+//!
+//! ```
+//! # #[cfg(feature = "sqlite")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use bus_core::{handler, Bus, Command, Dependencies, Event, EventReleaser, MessageContext, PendingEvent, Scoped};
+//! use bus_sqlx::{Store, StageError};
+//! use sqlx::sqlite::SqlitePoolOptions;
+//! use sqlx::Sqlite;
+//!
+//! #[derive(Debug, Command)]
+//! #[command(error = StageError)]
+//! struct Deposit { account: String, amount: i64 }
+//!
+//! #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+//! #[event(serde)]
+//! struct Deposited { account: String, amount: i64 }
+//!
+//! /// The unit of work of one handler call: its writes and its events
+//! /// commit together, in one transaction.
+//! struct Ledger { store: Store<Sqlite>, releaser: EventReleaser, flow: MessageContext }
+//!
+//! impl Ledger {
+//!     async fn deposit(&self, account: &str, amount: i64) -> Result<(), StageError> {
+//!         let mut tx = self.store.begin().await?;
+//!         sqlx::query("INSERT INTO ledger (account, amount) VALUES (?, ?)")
+//!             .bind(account).bind(amount)
+//!             .execute(&mut **tx).await?;
+//!         let event = PendingEvent::new(Deposited { account: account.into(), amount });
+//!         let staged = self.store.stage(&mut tx, &self.releaser, &self.flow, vec![event]).await?;
+//!         tx.commit().await?;
+//!         staged.release(); // the bus handles `Deposited` now, and again after a crash
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[handler]
+//! async fn deposit(cmd: Deposit, ledger: Scoped<Ledger>) -> Result<(), StageError> {
+//!     ledger.deposit(&cmd.account, cmd.amount).await
+//! }
+//!
+//! #[handler]
+//! fn notify(event: &Deposited) {
+//!     println!("{} +{}", event.account, event.amount);
+//! }
+//!
+//! let pool = SqlitePoolOptions::new().connect("sqlite::memory:").await?;
+//! sqlx::query("CREATE TABLE ledger (account TEXT, amount INTEGER)").execute(&pool).await?;
+//! let store = Store::open(pool).await?; // bus-sqlx's own tables, and this process's node
+//!
+//! let ledger_store = store.clone();
+//! let bus = Bus::builder()
+//!     .dependencies(Dependencies::new().scoped(move |scope| Ledger {
+//!         store: ledger_store.clone(),
+//!         releaser: scope.releaser(),
+//!         flow: scope.context(),
+//!     }))
+//!     .dead_letters(store.dead_letters())
+//!     .spawner(|task| { tokio::spawn(task); })
+//!     .build()?;
+//! let recovery = store.start_recovery(&bus)?; // delivers again what a crash left
+//!
+//! bus.dispatch(Deposit { account: "ada".into(), amount: 10 }).await?;
+//! assert_eq!(store.delivery_lag().await?.count, 0, "delivered, and the record of it gone");
+//!
+//! bus.shutdown(std::time::Duration::from_secs(5)).await?;
+//! recovery.stop().await;
+//! store.close().await;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "sqlite"))]
+//! # fn main() {}
+//! ```
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+compile_error!(
+    "bus-sqlx needs a database: enable its `sqlite` or `postgres` feature (or both), \
+     e.g. `bus-sqlx = { version = \"0.1\", features = [\"sqlite\"] }`"
+);
+
+mod backend;
+mod dead_letters;
+mod error;
+mod inbox;
+mod migrate;
+mod outbox;
+#[cfg(feature = "postgres")]
+mod postgres;
+mod recovery;
+mod rows;
+mod settings;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+mod stage;
+mod store;
+
+pub use backend::Backend;
+pub use dead_letters::{
+    replay, DeadLetterError, DeadLetterRecord, DeadLetterStore, DeadLetters,
+    InMemoryDeadLetterStore, StoreSink, StoredDeadLetter,
+};
+pub use error::{Error, MigrateError, RelayError, StageError};
+pub use inbox::Inbox;
+pub use migrate::migrate;
+pub use outbox::Outbox;
+pub use recovery::Recovery;
+pub use settings::Settings;
+pub use stage::Staged;
+pub use store::{Lag, Store, Tx};
+
+/// The `sqlx` this crate is built on: the pool and transaction types a
+/// service passes in.
+pub use sqlx;

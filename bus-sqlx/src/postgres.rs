@@ -1,0 +1,514 @@
+//! The store's SQL on PostgreSQL: several processes on several machines
+//! sharing one database. Times are the server's (`now()`), so that the
+//! processes' clocks do not matter; a relay round holds its rows' locks
+//! (`FOR UPDATE SKIP LOCKED`) until it commits; a handler's transaction
+//! locks its event's row while it checks and records its delivery; bulk
+//! writes are one statement each (`UNNEST`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus_core::transport::{OutboundMessage, Publisher};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::{Executor, PgConnection, Pool, Postgres, Row, Transaction};
+
+use crate::backend::sql::Sql;
+use crate::backend::{DeliveryState, Deleted, EventRow};
+use crate::dead_letters::{DeadLetterRecord, StoredDeadLetter};
+use crate::error::{MigrateError, RelayError};
+use crate::migrate::{pending, Migration};
+use crate::rows::{
+    by_position, dead_letter, event_row, outbound_message, DEAD_LETTER_COLUMNS, EVENT_COLUMNS,
+    OUTBOX_COLUMNS,
+};
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "durable messaging",
+    sql: include_str!("../migrations/postgres/0001_durable_messaging.sql"),
+}];
+
+/// The advisory lock bus-sqlx's migrations run under (sqlx's own
+/// migrations take another).
+const MIGRATION_LOCK: i64 = 0x6275_735f_7371_6c78; // "bus_sqlx"
+
+fn seconds(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
+#[bus_core::async_trait]
+impl Sql for Postgres {
+    const MIGRATIONS: &'static [Migration] = MIGRATIONS;
+    const ONE_WRITER: bool = false;
+    const LABEL: &'static str = "PostgreSQL";
+
+    async fn migrate(pool: &Pool<Self>) -> Result<(), MigrateError> {
+        // Under an advisory lock held to the commit: processes starting
+        // together apply each migration once, the others wait and find it
+        // applied.
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS bus_sqlx_migrations (
+                version     BIGINT PRIMARY KEY,
+                description TEXT NOT NULL,
+                checksum    TEXT NOT NULL,
+                applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+            )",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let applied: Vec<(i64, String)> =
+            sqlx::query_as("SELECT version, checksum FROM bus_sqlx_migrations ORDER BY version")
+                .fetch_all(&mut *tx)
+                .await?;
+        for migration in pending(MIGRATIONS, &applied)? {
+            tx.execute(sqlx::raw_sql(migration.sql)).await?;
+            sqlx::query(
+                "INSERT INTO bus_sqlx_migrations (version, description, checksum) \
+                 VALUES ($1, $2, $3)",
+            )
+            .bind(migration.version)
+            .bind(migration.description)
+            .bind(migration.checksum())
+            .execute(&mut *tx)
+            .await?;
+            tracing::info!(version = migration.version, "bus-sqlx: migration applied");
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error> {
+        pool.begin().await
+    }
+
+    async fn register_node(pool: &Pool<Self>, node: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO bus_nodes (id) VALUES ($1) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+        )
+        .bind(node)
+        .execute(pool)
+        .await
+        .map(drop)
+    }
+
+    async fn heartbeat(pool: &Pool<Self>, node: &str) -> Result<bool, sqlx::Error> {
+        let updated = sqlx::query("UPDATE bus_nodes SET heartbeat_at = now() WHERE id = $1")
+            .bind(node)
+            .execute(pool)
+            .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn remove_node(pool: &Pool<Self>, node: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM bus_nodes WHERE id = $1")
+            .bind(node)
+            .execute(pool)
+            .await
+            .map(drop)
+    }
+
+    async fn purge_nodes(pool: &Pool<Self>, stale_for: Duration) -> Result<u64, sqlx::Error> {
+        let deleted = sqlx::query(
+            "DELETE FROM bus_nodes WHERE heartbeat_at < now() - make_interval(secs => $1)",
+        )
+        .bind(seconds(stale_for))
+        .execute(pool)
+        .await?;
+        Ok(deleted.rows_affected())
+    }
+
+    async fn delivery_state(
+        connection: &mut PgConnection,
+        event: &str,
+        handler: &str,
+    ) -> Result<DeliveryState, sqlx::Error> {
+        // The event's row stays locked to the commit: two deliveries of one
+        // event record themselves one after the other, and the second one
+        // sees what the first wrote.
+        let pending = sqlx::query("SELECT 1 FROM bus_events WHERE id = $1 FOR UPDATE")
+            .bind(event)
+            .fetch_optional(&mut *connection)
+            .await?;
+        if pending.is_none() {
+            return Ok(DeliveryState::Gone);
+        }
+        let handled = sqlx::query("SELECT 1 FROM bus_handled WHERE event_id = $1 AND handler = $2")
+            .bind(event)
+            .bind(handler)
+            .fetch_optional(&mut *connection)
+            .await?;
+        Ok(if handled.is_some() {
+            DeliveryState::Handled
+        } else {
+            DeliveryState::Pending
+        })
+    }
+
+    async fn record_handled_in(
+        connection: &mut PgConnection,
+        event: &str,
+        handler: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO bus_handled (event_id, handler) VALUES ($1, $2)")
+            .bind(event)
+            .bind(handler)
+            .execute(&mut *connection)
+            .await
+            .map(drop)
+    }
+
+    async fn settle_in(connection: &mut PgConnection, event: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "WITH gone AS (DELETE FROM bus_events WHERE id = $1) \
+             DELETE FROM bus_handled WHERE event_id = $1",
+        )
+        .bind(event)
+        .execute(&mut *connection)
+        .await
+        .map(drop)
+    }
+
+    async fn record_inbox(connection: &mut PgConnection, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO bus_inbox (message_id) VALUES ($1)")
+            .bind(id)
+            .execute(&mut *connection)
+            .await
+            .map(drop)
+    }
+
+    async fn insert_events(
+        connection: &mut PgConnection,
+        events: &[EventRow],
+        owner: &str,
+    ) -> Result<(), sqlx::Error> {
+        let column = |f: fn(&EventRow) -> String| events.iter().map(f).collect::<Vec<String>>();
+        let causes: Vec<Option<String>> = events.iter().map(|e| e.causation_id.clone()).collect();
+        sqlx::query(
+            "INSERT INTO bus_events (id, name, payload, correlation_id, causation_id, owner) \
+             SELECT id, name, payload, correlation_id, causation_id, $6 \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                 WITH ORDINALITY AS e (id, name, payload, correlation_id, causation_id, n) \
+             ORDER BY n",
+        )
+        .bind(column(|e| e.id.clone()))
+        .bind(column(|e| e.name.clone()))
+        .bind(column(|e| e.payload.clone()))
+        .bind(column(|e| e.correlation_id.clone()))
+        .bind(causes)
+        .bind(owner)
+        .execute(&mut *connection)
+        .await
+        .map(drop)
+    }
+
+    async fn insert_outbox(
+        connection: &mut PgConnection,
+        messages: &[OutboundMessage],
+    ) -> Result<(), sqlx::Error> {
+        let column =
+            |f: fn(&OutboundMessage) -> String| messages.iter().map(f).collect::<Vec<String>>();
+        let causes: Vec<Option<String>> = messages
+            .iter()
+            .map(|m| m.causation_id.map(|id| id.to_string()))
+            .collect();
+        sqlx::query(
+            "INSERT INTO bus_outbox (id, stream, name, payload, correlation_id, causation_id) \
+             SELECT id, stream, name, payload, correlation_id, causation_id \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+                 WITH ORDINALITY AS m (id, stream, name, payload, correlation_id, causation_id, n) \
+             ORDER BY n",
+        )
+        .bind(column(|m| m.id.to_string()))
+        .bind(column(|m| m.stream.clone()))
+        .bind(column(|m| m.name.clone()))
+        .bind(column(|m| m.payload.clone()))
+        .bind(column(|m| m.correlation_id.to_string()))
+        .bind(causes)
+        .execute(&mut *connection)
+        .await
+        .map(drop)
+    }
+
+    async fn handled(pool: &Pool<Self>, event: &str, handler: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO bus_handled (event_id, handler) \
+             SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM bus_events WHERE id = $1) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(event)
+        .bind(handler)
+        .execute(pool)
+        .await
+        .map(drop)
+    }
+
+    async fn delivered(pool: &Pool<Self>, event: &str) -> Result<(), sqlx::Error> {
+        let mut connection = pool.acquire().await?;
+        Self::settle_in(&mut connection, event).await
+    }
+
+    async fn take_over(
+        pool: &Pool<Self>,
+        node: &str,
+        node_timeout: Duration,
+        max: u32,
+    ) -> Result<Vec<EventRow>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "UPDATE bus_events SET owner = $1, recoveries = recoveries + 1 \
+             WHERE position IN ( \
+                 SELECT position FROM bus_events \
+                 WHERE owner <> $1 AND owner NOT IN ( \
+                     SELECT id FROM bus_nodes \
+                     WHERE heartbeat_at > now() - make_interval(secs => $2)) \
+                 ORDER BY position LIMIT $3 \
+                 FOR UPDATE SKIP LOCKED) \
+             RETURNING {EVENT_COLUMNS}"
+        ))
+        .bind(node)
+        .bind(seconds(node_timeout))
+        .bind(i64::from(max))
+        .fetch_all(pool)
+        .await?;
+        read_events(&rows)
+    }
+
+    async fn reload(
+        pool: &Pool<Self>,
+        event: &str,
+        node: &str,
+    ) -> Result<Option<EventRow>, sqlx::Error> {
+        let row = sqlx::query(&format!(
+            "UPDATE bus_events SET owner = $1, recoveries = recoveries + 1 WHERE id = $2 \
+             RETURNING {EVENT_COLUMNS}"
+        ))
+        .bind(node)
+        .bind(event)
+        .fetch_optional(pool)
+        .await?;
+        row.as_ref().map(event_row).transpose()
+    }
+
+    async fn completed(pool: &Pool<Self>, event: &str) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT handler FROM bus_handled WHERE event_id = $1 ORDER BY handler")
+            .bind(event)
+            .fetch_all(pool)
+            .await
+    }
+
+    async fn pending_events(
+        pool: &Pool<Self>,
+    ) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
+        sqlx::query_as("SELECT count(*), min(recorded_at) FROM bus_events")
+            .fetch_one(pool)
+            .await
+    }
+
+    async fn relay_round(
+        pool: &Pool<Self>,
+        _writer: &Arc<tokio::sync::Mutex<()>>,
+        _relay: &str,
+        max: u32,
+        _lease: Duration,
+        publisher: &dyn Publisher,
+    ) -> Result<usize, RelayError> {
+        // The round's rows stay locked to its commit: another relay skips
+        // them instead of waiting, and a relay that dies releases them with
+        // its connection.
+        let mut tx = pool.begin().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT position, {OUTBOX_COLUMNS} FROM bus_outbox WHERE sent_at IS NULL \
+             ORDER BY position LIMIT $1 FOR UPDATE SKIP LOCKED"
+        ))
+        .bind(i64::from(max))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut positions = Vec::with_capacity(rows.len());
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in &rows {
+            positions.push(row.try_get::<i64, _>("position")?);
+            messages.push(outbound_message(row)?);
+        }
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        let (published, failure) = match publisher.publish_batch(&messages).await {
+            Ok(()) => (messages.len(), None),
+            Err(error) => (error.published.min(messages.len()), Some(error.error)),
+        };
+        if published > 0 {
+            sqlx::query("UPDATE bus_outbox SET sent_at = now() WHERE position = ANY($1)")
+                .bind(&positions[..published])
+                .execute(&mut *tx)
+                .await?;
+        }
+        // What the broker has is marked sent even when the rest failed; if
+        // this commit fails, those rows go out again next round
+        // (at-least-once: the consumers' inboxes drop the copies).
+        tx.commit().await?;
+        match failure {
+            None => Ok(published),
+            Some(error) => Err(error.into()),
+        }
+    }
+
+    async fn unsent(pool: &Pool<Self>, max: u32) -> Result<Vec<OutboundMessage>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM bus_outbox WHERE sent_at IS NULL \
+             ORDER BY position LIMIT $1"
+        ))
+        .bind(i64::from(max))
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(outbound_message).collect()
+    }
+
+    async fn purge_sent(pool: &Pool<Self>, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+        let deleted = sqlx::query("DELETE FROM bus_outbox WHERE sent_at < $1")
+            .bind(before)
+            .execute(pool)
+            .await?;
+        Ok(deleted.rows_affected())
+    }
+
+    async fn outbox_lag(pool: &Pool<Self>) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
+        sqlx::query_as("SELECT count(*), min(created_at) FROM bus_outbox WHERE sent_at IS NULL")
+            .fetch_one(pool)
+            .await
+    }
+
+    async fn inbox_has(pool: &Pool<Self>, id: &str) -> Result<bool, sqlx::Error> {
+        let row = sqlx::query("SELECT 1 FROM bus_inbox WHERE message_id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn add_dead_letter(
+        pool: &Pool<Self>,
+        letter: &DeadLetterRecord,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "INSERT INTO bus_dead_letters (message_name, handler, location, error, attempts, \
+             failed_at, message_id, correlation_id, causation_id, payload) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        )
+        .bind(&letter.message_name)
+        .bind(&letter.handler)
+        .bind(&letter.location)
+        .bind(&letter.error)
+        .bind(i64::from(letter.attempts))
+        .bind(letter.failed_at)
+        .bind(&letter.message_id)
+        .bind(&letter.correlation_id)
+        .bind(&letter.causation_id)
+        .bind(&letter.payload)
+        .fetch_one(pool)
+        .await
+    }
+
+    async fn list_dead_letters(
+        pool: &Pool<Self>,
+        include_replayed: bool,
+    ) -> Result<Vec<StoredDeadLetter>, sqlx::Error> {
+        let filter = if include_replayed {
+            ""
+        } else {
+            "WHERE replayed_at IS NULL"
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM bus_dead_letters {filter} ORDER BY id"
+        ))
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(dead_letter).collect()
+    }
+
+    async fn get_dead_letter(
+        pool: &Pool<Self>,
+        id: i64,
+    ) -> Result<Option<StoredDeadLetter>, sqlx::Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM bus_dead_letters WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+        row.as_ref().map(dead_letter).transpose()
+    }
+
+    async fn claim_dead_letter(
+        pool: &Pool<Self>,
+        id: i64,
+        lease: Duration,
+    ) -> Result<bool, sqlx::Error> {
+        let claimed = sqlx::query(
+            "UPDATE bus_dead_letters SET claimed_until = now() + make_interval(secs => $2) \
+             WHERE id = $1 AND replayed_at IS NULL \
+             AND (claimed_until IS NULL OR claimed_until < now())",
+        )
+        .bind(id)
+        .bind(seconds(lease))
+        .execute(pool)
+        .await?;
+        Ok(claimed.rows_affected() == 1)
+    }
+
+    async fn settle_dead_letter(
+        pool: &Pool<Self>,
+        id: i64,
+        outcome: Result<DateTime<Utc>, String>,
+    ) -> Result<(), sqlx::Error> {
+        let query = match outcome {
+            Ok(at) => sqlx::query(
+                "UPDATE bus_dead_letters SET claimed_until = NULL, replayed_at = $1, \
+                 replay_error = NULL WHERE id = $2",
+            )
+            .bind(at),
+            Err(error) => sqlx::query(
+                "UPDATE bus_dead_letters SET claimed_until = NULL, replay_error = $1 \
+                 WHERE id = $2",
+            )
+            .bind(error),
+        };
+        query.bind(id).execute(pool).await.map(drop)
+    }
+
+    async fn delete_dead_letter(pool: &Pool<Self>, id: i64) -> Result<Deleted, sqlx::Error> {
+        let deleted = sqlx::query(
+            "DELETE FROM bus_dead_letters WHERE id = $1 \
+             AND (claimed_until IS NULL OR claimed_until < now())",
+        )
+        .bind(id)
+        .execute(pool)
+        .await?;
+        if deleted.rows_affected() == 1 {
+            return Ok(Deleted::Yes);
+        }
+        let exists = sqlx::query("SELECT 1 FROM bus_dead_letters WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+        Ok(if exists.is_some() {
+            Deleted::Claimed
+        } else {
+            Deleted::NotFound
+        })
+    }
+}
+
+fn read_events(rows: &[PgRow]) -> Result<Vec<EventRow>, sqlx::Error> {
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        let event = event_row(row)?;
+        events.push((event.position, event));
+    }
+    Ok(by_position(events))
+}

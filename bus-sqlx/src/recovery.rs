@@ -1,0 +1,284 @@
+//! Recovery: the stored events whose handlers did not all complete are
+//! delivered again, to exactly the handlers that did not.
+//!
+//! Two sources, each round:
+//! - the events this process let go of before their delivery finished (the
+//!   command failed after its commit, the task running the cascade was torn
+//!   down, the store could not record the end of a delivery): the store
+//!   learns of each one the moment the bus drops it;
+//! - the events of processes that died (their heartbeat is older than the
+//!   node timeout): taken over in one statement, so that of several live
+//!   processes exactly one delivers each.
+//!
+//! An event that keeps coming back (recovered more than
+//! [`Settings::max_recoveries`](crate::Settings::max_recoveries) times,
+//! because a handler kills its process) goes to the dead letters, one
+//! letter per handler that never completed; an event whose type this bus
+//! does not know, or whose stored JSON no longer reads, goes there too.
+
+use std::sync::Arc;
+
+use bus_core::{Bus, MessageContext, MessageId};
+use chrono::Utc;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::backend::{parse_id, Backend, EventRow};
+use crate::dead_letters::DeadLetterRecord;
+use crate::error::Error;
+use crate::store::Store;
+
+/// The recovery loop of one process, running.
+#[derive(Debug)]
+pub struct Recovery {
+    stop: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl Recovery {
+    /// Stops the loop after its current round, and waits for it.
+    pub async fn stop(self) {
+        self.stop.notify_one();
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "bus-sqlx: the recovery loop ended badly");
+        }
+    }
+}
+
+impl<DB: Backend> Store<DB> {
+    /// Checks that the bus can store every event it handles, then starts
+    /// this process's recovery loop (a tokio task): a round at once (the
+    /// events a dead process left), then every
+    /// [`recover_every`](crate::Settings::recover_every) and whenever this
+    /// process lets go of an undelivered event, until the bus is closed or
+    /// [`Recovery::stop`].
+    ///
+    /// [`Error::NotStorable`] names every event type that has a handler in
+    /// `bus` but no JSON form (`#[event(serde)]`): a unit of work could not
+    /// stage it.
+    pub fn start_recovery(&self, bus: &Bus) -> Result<Recovery, Error> {
+        check_storable(bus)?;
+        let stop = Arc::new(Notify::new());
+        let task = tokio::spawn(run(self.clone(), bus.clone(), stop.clone()));
+        Ok(Recovery { stop, task })
+    }
+
+    /// One recovery round (what the loop does each time): returns how many
+    /// events it delivered again.
+    pub async fn recover_once(&self, bus: &Bus) -> Result<usize, Error> {
+        let inner = &self.inner;
+        let mut delivered = 0;
+        let mut abandoned = inner.take_abandoned().into_iter();
+        while let Some(id) = abandoned.next() {
+            if !inner.register(id) {
+                continue; // delivered here again already
+            }
+            let row = {
+                let _turn = inner.writer_turn().await;
+                DB::reload(&inner.pool, &id.to_string(), &inner.node).await
+            };
+            match row {
+                Ok(Some(row)) => {
+                    self.deliver(bus, id, row).await;
+                    delivered += 1;
+                }
+                Ok(None) => {
+                    // Its delivery finished (or it was never written).
+                    inner.finished(id);
+                    inner.unregister(id);
+                }
+                Err(error) => {
+                    inner.finished(id);
+                    inner.unregister(id);
+                    inner.abandon_again(std::iter::once(id).chain(abandoned));
+                    return Err(error.into());
+                }
+            }
+        }
+        let rows = {
+            let _turn = inner.writer_turn().await;
+            DB::take_over(
+                &inner.pool,
+                &inner.node,
+                inner.settings.node_timeout,
+                inner.settings.recovery_batch,
+            )
+            .await?
+        };
+        if !rows.is_empty() {
+            tracing::info!(
+                events = rows.len(),
+                "bus-sqlx: taking over the events of a process that stopped"
+            );
+        }
+        for row in rows {
+            let id = match parse_id("id", &row.id) {
+                Ok(id) => id,
+                Err(error) => {
+                    tracing::error!(%error, id = %row.id, "bus-sqlx: a stored event has no valid id");
+                    continue;
+                }
+            };
+            inner.register(id);
+            self.deliver(bus, id, row).await;
+            delivered += 1;
+        }
+        Ok(delivered)
+    }
+
+    /// Delivers one taken-up event (registered in flight) again, or sends
+    /// it to the dead letters when it cannot be. A failure of the database
+    /// leaves it abandoned, for the next round.
+    async fn deliver(&self, bus: &Bus, id: MessageId, row: EventRow) {
+        if let Err(error) = self.try_deliver(bus, id, row).await {
+            tracing::warn!(%error, message_id = %id, "bus-sqlx: redelivery postponed");
+            self.inner.unregister(id);
+        }
+    }
+
+    async fn try_deliver(&self, bus: &Bus, id: MessageId, row: EventRow) -> Result<(), Error> {
+        let inner = &self.inner;
+        let completed = DB::completed(&inner.pool, &row.id).await?;
+        let max = i64::from(inner.settings.max_recoveries);
+        if row.recoveries > max {
+            let reason = format!(
+                "the event was taken up by a recovery {} times without its delivery finishing \
+                 (does a handler crash its process?)",
+                row.recoveries
+            );
+            return self.give_up(bus, &row, id, &completed, &reason).await;
+        }
+        let event = match bus.decode_event(&row.name, &row.payload) {
+            Ok(event) => event,
+            Err(error) => {
+                let reason = format!("the stored event cannot be delivered: {error}");
+                return self.give_up(bus, &row, id, &completed, &reason).await;
+            }
+        };
+        let correlation_id = match parse_id("correlation_id", &row.correlation_id) {
+            Ok(correlation_id) => correlation_id,
+            Err(_) => id,
+        };
+        let context = MessageContext::restored(
+            id,
+            correlation_id,
+            row.causation_id
+                .as_deref()
+                .and_then(|causation| causation.parse().ok()),
+        );
+        // From here on the event tells the store when the bus lets it go.
+        let event = event.with_context(context).stored(self.delivery_log());
+        tracing::info!(
+            message_name = %row.name,
+            message_id = %id,
+            completed = completed.len(),
+            recoveries = row.recoveries,
+            "bus-sqlx: delivering an event again"
+        );
+        if let Err(error) = bus.redeliver(event, &completed).await {
+            tracing::warn!(%error, message_id = %id, "bus-sqlx: redelivery stopped");
+        }
+        Ok(())
+    }
+
+    /// Keeps a dead letter for each handler of the event that did not
+    /// complete (one for the event when its type is unknown here), then
+    /// drops the event. On a database failure the event stays, abandoned.
+    async fn give_up(
+        &self,
+        bus: &Bus,
+        row: &EventRow,
+        id: MessageId,
+        completed: &[String],
+        reason: &str,
+    ) -> Result<(), Error> {
+        let inner = &self.inner;
+        let meta = bus.message_types().find(|meta| meta.name() == row.name);
+        let handlers: Vec<String> = match meta {
+            Some(meta) => bus
+                .handlers_of(meta)
+                .filter(|handler| !completed.iter().any(|done| done == handler))
+                .map(str::to_owned)
+                .collect(),
+            None => vec![String::new()],
+        };
+        tracing::error!(
+            message_name = %row.name,
+            message_id = %id,
+            handlers = ?handlers,
+            reason,
+            "bus-sqlx: an event goes to the dead letters undelivered"
+        );
+        let result = async {
+            let _turn = inner.writer_turn().await;
+            for handler in handlers {
+                let letter = DeadLetterRecord {
+                    message_name: row.name.clone(),
+                    location: meta.map(|m| m.location().to_string()).unwrap_or_default(),
+                    handler,
+                    error: reason.to_owned(),
+                    attempts: u32::try_from(row.recoveries).unwrap_or(u32::MAX),
+                    failed_at: Utc::now(),
+                    message_id: row.id.clone(),
+                    correlation_id: row.correlation_id.clone(),
+                    causation_id: row.causation_id.clone(),
+                    payload: Some(row.payload.clone()),
+                };
+                DB::add_dead_letter(&inner.pool, &letter).await?;
+            }
+            DB::delivered(&inner.pool, &row.id).await
+        }
+        .await;
+        if result.is_ok() {
+            inner.finished(id);
+            inner.unregister(id);
+        }
+        Ok(result?)
+    }
+}
+
+/// Refuses a bus with an event type that has a handler but cannot be
+/// stored.
+fn check_storable(bus: &Bus) -> Result<(), Error> {
+    let unstorable: Vec<&'static str> = bus
+        .message_types()
+        .filter(|meta| meta.kind() == bus_core::Kind::Event && meta.codec().is_none())
+        .filter(|meta| bus.handlers_of(meta).next().is_some())
+        .map(|meta| meta.name())
+        .collect();
+    if unstorable.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::NotStorable(unstorable))
+    }
+}
+
+/// The loop: rounds until the bus closes or `stop` is told; nodes whose
+/// heartbeat stopped long ago are forgotten once an hour.
+async fn run<DB: Backend>(store: Store<DB>, bus: Bus, stop: Arc<Notify>) {
+    let settings = store.settings().clone();
+    let mut purged = tokio::time::Instant::now();
+    loop {
+        if bus.is_closed() {
+            return;
+        }
+        match store.recover_once(&bus).await {
+            Ok(0) => {}
+            Ok(events) => tracing::debug!(events, "bus-sqlx: recovery round"),
+            Err(error) => tracing::warn!(%error, "bus-sqlx: recovery round failed; trying again"),
+        }
+        if purged.elapsed() >= settings.purge_every {
+            purged = tokio::time::Instant::now();
+            let stale_for = settings.node_timeout.max(std::time::Duration::from_secs(24 * 60 * 60));
+            let _turn = store.writer_turn().await;
+            if let Err(error) = DB::purge_nodes(store.pool(), stale_for).await {
+                tracing::warn!(%error, "bus-sqlx: stale nodes not purged");
+            }
+        }
+        tokio::select! {
+            () = stop.notified() => return,
+            () = store.inner.wake.notified() => {}
+            () = tokio::time::sleep(settings.recover_every) => {}
+        }
+    }
+}

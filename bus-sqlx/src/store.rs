@@ -1,0 +1,345 @@
+//! The store: the service's own sqlx pool, the process's place among the
+//! processes sharing the database (a node with a heartbeat), the events it
+//! is delivering now, and the entry points to everything else.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use bus_core::{async_trait, BoxError, DeliveryLog, MessageId};
+use chrono::{DateTime, Utc};
+use sqlx::{Pool, Transaction};
+use tokio::sync::{Notify, OwnedMutexGuard};
+
+use crate::backend::Backend;
+use crate::dead_letters::DeadLetters;
+use crate::error::Error;
+use crate::inbox::Inbox;
+use crate::outbox::Outbox;
+use crate::settings::Settings;
+
+/// The durable side of a service, over its own sqlx pool: staging a
+/// commit's events ([`stage`](Self::stage)), the outbox and its relay
+/// ([`outbox`](Self::outbox)), the inbox ([`inbox`](Self::inbox)), durable
+/// local delivery with its recovery ([`start_recovery`](Self::start_recovery))
+/// and the dead letters ([`dead_letters`](Self::dead_letters)).
+///
+/// Cheap to clone: clones share one pool and one node. Open one per process.
+pub struct Store<DB: Backend> {
+    pub(crate) inner: Arc<Inner<DB>>,
+}
+
+impl<DB: Backend> Clone for Store<DB> {
+    fn clone(&self) -> Self {
+        Store {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<DB: Backend> std::fmt::Debug for Store<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("database", &DB::LABEL)
+            .field("node", &self.inner.node)
+            .field("in_flight", &self.inner.in_flight().len())
+            .finish()
+    }
+}
+
+pub(crate) struct Inner<DB: Backend> {
+    pub(crate) pool: Pool<DB>,
+    /// This process's id among the processes sharing the database.
+    pub(crate) node: String,
+    pub(crate) settings: Settings,
+    /// SQLite: this process's writers take turns (see [`Store::begin`]).
+    pub(crate) writer: Arc<tokio::sync::Mutex<()>>,
+    /// The stored events this process is delivering now, and whether their
+    /// delivery is recorded as finished.
+    in_flight: Mutex<HashMap<MessageId, bool>>,
+    /// Stored events this process let go of before their delivery finished:
+    /// its recovery delivers them again.
+    abandoned: Mutex<Vec<MessageId>>,
+    /// Wakes the recovery loop when something was abandoned.
+    pub(crate) wake: Notify,
+    /// Stops the heartbeat.
+    stop: Arc<Notify>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every change under these locks is one insert, removal or push: a
+    // poisoned lock's data is whole.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<DB: Backend> Inner<DB> {
+    fn in_flight(&self) -> MutexGuard<'_, HashMap<MessageId, bool>> {
+        lock(&self.in_flight)
+    }
+
+    /// Counts `id` in flight here; `false` if it was already.
+    pub(crate) fn register(&self, id: MessageId) -> bool {
+        let mut in_flight = self.in_flight();
+        if in_flight.contains_key(&id) {
+            return false;
+        }
+        in_flight.insert(id, false);
+        true
+    }
+
+    /// Records that `id`'s delivery finished (it stays in flight until let
+    /// go).
+    pub(crate) fn finished(&self, id: MessageId) {
+        if let Some(finished) = self.in_flight().get_mut(&id) {
+            *finished = true;
+        }
+    }
+
+    /// Counts `id` out; an unfinished one is abandoned, for the recovery.
+    pub(crate) fn unregister(&self, id: MessageId) {
+        let finished = self.in_flight().remove(&id);
+        if finished == Some(false) {
+            lock(&self.abandoned).push(id);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Takes the abandoned events.
+    pub(crate) fn take_abandoned(&self) -> Vec<MessageId> {
+        std::mem::take(&mut *lock(&self.abandoned))
+    }
+
+    /// Gives back abandoned events a recovery round could not take up.
+    pub(crate) fn abandon_again(&self, ids: impl IntoIterator<Item = MessageId>) {
+        lock(&self.abandoned).extend(ids);
+    }
+
+    /// This process's turn to write (SQLite), or nothing (PostgreSQL).
+    pub(crate) async fn writer_turn(&self) -> Option<OwnedMutexGuard<()>> {
+        if DB::ONE_WRITER {
+            Some(self.writer.clone().lock_owned().await)
+        } else {
+            None
+        }
+    }
+}
+
+#[async_trait]
+impl<DB: Backend> DeliveryLog for Inner<DB> {
+    async fn handled(&self, event: MessageId, handler: &'static str) -> Result<(), BoxError> {
+        let _turn = self.writer_turn().await;
+        DB::handled(&self.pool, &event.to_string(), handler).await?;
+        Ok(())
+    }
+
+    async fn delivered(&self, event: MessageId) -> Result<(), BoxError> {
+        let _turn = self.writer_turn().await;
+        DB::delivered(&self.pool, &event.to_string()).await?;
+        self.finished(event);
+        Ok(())
+    }
+
+    fn let_go(&self, event: MessageId) {
+        self.unregister(event);
+    }
+}
+
+/// A write transaction from [`Store::begin`]: a `sqlx::Transaction` (it
+/// derefs to one), holding this process's turn to write on SQLite.
+pub struct Tx<DB: Backend> {
+    transaction: Transaction<'static, DB>,
+    _turn: Option<OwnedMutexGuard<()>>,
+}
+
+impl<DB: Backend> Tx<DB> {
+    /// Commits, and gives the turn to the next writer.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.transaction.commit().await
+    }
+
+    /// Rolls back (dropping it does too).
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.transaction.rollback().await
+    }
+}
+
+impl<DB: Backend> std::ops::Deref for Tx<DB> {
+    type Target = Transaction<'static, DB>;
+    fn deref(&self) -> &Self::Target {
+        &self.transaction
+    }
+}
+
+impl<DB: Backend> std::ops::DerefMut for Tx<DB> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.transaction
+    }
+}
+
+impl<DB: Backend> std::fmt::Debug for Tx<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx").field("database", &DB::LABEL).finish()
+    }
+}
+
+/// How far behind a backlog is: how many wait, and for how long the oldest
+/// has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lag {
+    /// How many wait.
+    pub count: u64,
+    /// How long the oldest has waited (`None` when none waits).
+    pub oldest: Option<Duration>,
+}
+
+impl Lag {
+    pub(crate) fn new(count: i64, oldest: Option<DateTime<Utc>>) -> Self {
+        Lag {
+            count: u64::try_from(count).unwrap_or(0),
+            oldest: oldest.map(|at| (Utc::now() - at).to_std().unwrap_or_default()),
+        }
+    }
+}
+
+impl<DB: Backend> Store<DB> {
+    /// Opens the store over `pool`: brings bus-sqlx's tables up to date
+    /// ([`migrate`](crate::migrate)), registers this process as a node and
+    /// starts its heartbeat (a tokio task, for as long as the store lives
+    /// or until [`close`](Self::close)).
+    pub async fn open(pool: Pool<DB>) -> Result<Self, Error> {
+        Self::open_with(pool, Settings::default()).await
+    }
+
+    /// [`open`](Self::open), with other timings.
+    pub async fn open_with(pool: Pool<DB>, settings: Settings) -> Result<Self, Error> {
+        crate::migrate::migrate(&pool).await?;
+        let node = MessageId::new().to_string();
+        DB::register_node(&pool, &node).await?;
+        let stop = Arc::new(Notify::new());
+        let inner = Arc::new(Inner {
+            pool,
+            node,
+            settings,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+            in_flight: Mutex::default(),
+            abandoned: Mutex::default(),
+            wake: Notify::new(),
+            stop: stop.clone(),
+        });
+        tokio::spawn(heartbeat(Arc::downgrade(&inner), stop));
+        tracing::info!(node = %inner.node, database = DB::LABEL, "bus-sqlx store open");
+        Ok(Store { inner })
+    }
+
+    /// The pool the store runs on.
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.inner.pool
+    }
+
+    /// This process's id among the processes sharing the database.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// The store's timings.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// What the bus reports to about the events this store staged (they
+    /// carry it already; see [`bus_core::DeliveryLog`]).
+    pub fn delivery_log(&self) -> Arc<dyn DeliveryLog> {
+        self.inner.clone()
+    }
+
+    /// Begins a write transaction: on SQLite `BEGIN IMMEDIATE`, after this
+    /// process's earlier writers (its writers queue here, in order, instead
+    /// of polling SQLite's lock); on PostgreSQL a plain `BEGIN`.
+    pub async fn begin(&self) -> Result<Tx<DB>, sqlx::Error> {
+        let turn = self.inner.writer_turn().await;
+        let transaction = DB::begin_write(&self.inner.pool).await?;
+        Ok(Tx {
+            transaction,
+            _turn: turn,
+        })
+    }
+
+    /// Waits for this process's turn to write (SQLite; nothing to wait for
+    /// on PostgreSQL): for a write of the application's own outside
+    /// [`begin`](Self::begin), so that it does not contend with the store's.
+    pub async fn writer_turn(&self) -> Option<OwnedMutexGuard<()>> {
+        self.inner.writer_turn().await
+    }
+
+    /// The outbox and its relay.
+    pub fn outbox(&self) -> Outbox<DB> {
+        Outbox::new(self.clone())
+    }
+
+    /// The inbox, for a [`Consumer`](bus_core::transport::Consumer)'s
+    /// duplicate check.
+    pub fn inbox(&self) -> Inbox<DB> {
+        Inbox::new(self.clone())
+    }
+
+    /// The dead letters: the bus's sink, listed, replayed, deleted.
+    pub fn dead_letters(&self) -> DeadLetters<DB> {
+        DeadLetters::new(self.clone())
+    }
+
+    /// How many stored events wait for their handlers, and for how long the
+    /// oldest has: for monitoring.
+    pub async fn delivery_lag(&self) -> Result<Lag, sqlx::Error> {
+        let (count, oldest) = DB::pending_events(&self.inner.pool).await?;
+        Ok(Lag::new(count, oldest))
+    }
+
+    /// How many stored events this process is delivering now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight().len()
+    }
+
+    /// Leaves the processes sharing the database: stops the heartbeat and
+    /// deletes this node's row, so that another process takes over at once
+    /// whatever this one leaves undelivered. Call it last, once the bus is
+    /// shut down and the recovery stopped.
+    pub async fn close(&self) {
+        self.inner.stop.notify_one();
+        let _turn = self.inner.writer_turn().await;
+        if let Err(error) = DB::remove_node(&self.inner.pool, &self.inner.node).await {
+            tracing::warn!(%error, "bus-sqlx: this node's row was not removed; it will time out");
+        }
+    }
+}
+
+/// Tells the other processes this one is alive, every `heartbeat_every`,
+/// until the store is dropped or closed.
+async fn heartbeat<DB: Backend>(inner: Weak<Inner<DB>>, stop: Arc<Notify>) {
+    loop {
+        let Some(every) = inner.upgrade().map(|inner| inner.settings.heartbeat_every) else {
+            return;
+        };
+        tokio::select! {
+            () = stop.notified() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let _turn = inner.writer_turn().await;
+        match DB::heartbeat(&inner.pool, &inner.node).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    node = %inner.node,
+                    "bus-sqlx: this process was taken for dead (no heartbeat for longer than \
+                     the node timeout); another may have taken over some of its events"
+                );
+                if let Err(error) = DB::register_node(&inner.pool, &inner.node).await {
+                    tracing::warn!(%error, "bus-sqlx: heartbeat failed");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "bus-sqlx: heartbeat failed"),
+        }
+    }
+}
