@@ -96,10 +96,14 @@ pub(crate) mod sql {
             handler: &str,
         ) -> Result<(), sqlx::Error>;
         /// The event's delivery is finished: its row and its records go.
-        async fn settle_in(connection: &mut Self::Connection, event: &str)
-            -> Result<(), sqlx::Error>;
-        async fn record_inbox(connection: &mut Self::Connection, id: &str)
-            -> Result<(), sqlx::Error>;
+        async fn settle_in(
+            connection: &mut Self::Connection,
+            event: &str,
+        ) -> Result<(), sqlx::Error>;
+        async fn record_inbox(
+            connection: &mut Self::Connection,
+            id: &str,
+        ) -> Result<(), sqlx::Error>;
         async fn insert_events(
             connection: &mut Self::Connection,
             events: &[EventRow],
@@ -126,12 +130,17 @@ pub(crate) mod sql {
         ) -> Result<Vec<EventRow>, sqlx::Error>;
         /// Reads a pending event back for `node` (its owner), counting a
         /// recovery; `None` once its delivery finished.
-        async fn reload(pool: &Pool<Self>, event: &str, node: &str)
-            -> Result<Option<EventRow>, sqlx::Error>;
+        async fn reload(
+            pool: &Pool<Self>,
+            event: &str,
+            node: &str,
+        ) -> Result<Option<EventRow>, sqlx::Error>;
         /// The handlers that handled `event`.
         async fn completed(pool: &Pool<Self>, event: &str) -> Result<Vec<String>, sqlx::Error>;
         /// How many events wait for delivery, and the oldest one's age.
-        async fn pending_events(pool: &Pool<Self>) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error>;
+        async fn pending_events(
+            pool: &Pool<Self>,
+        ) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error>;
 
         // -- outbox ---------------------------------------------------------
         /// One relay round: up to `max` unsent rows no other relay holds,
@@ -148,24 +157,32 @@ pub(crate) mod sql {
         async fn unsent(pool: &Pool<Self>, max: u32) -> Result<Vec<OutboundMessage>, sqlx::Error>;
         async fn purge_sent(pool: &Pool<Self>, before: DateTime<Utc>) -> Result<u64, sqlx::Error>;
         /// How many rows are unsent, and when the oldest was written.
-        async fn outbox_lag(pool: &Pool<Self>) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error>;
+        async fn outbox_lag(pool: &Pool<Self>)
+            -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error>;
 
         // -- inbox ----------------------------------------------------------
         async fn inbox_has(pool: &Pool<Self>, id: &str) -> Result<bool, sqlx::Error>;
 
         // -- dead letters ---------------------------------------------------
-        async fn add_dead_letter(pool: &Pool<Self>, letter: &DeadLetterRecord)
-            -> Result<i64, sqlx::Error>;
+        async fn add_dead_letter(
+            pool: &Pool<Self>,
+            letter: &DeadLetterRecord,
+        ) -> Result<i64, sqlx::Error>;
         async fn list_dead_letters(
             pool: &Pool<Self>,
             include_replayed: bool,
         ) -> Result<Vec<StoredDeadLetter>, sqlx::Error>;
-        async fn get_dead_letter(pool: &Pool<Self>, id: i64)
-            -> Result<Option<StoredDeadLetter>, sqlx::Error>;
+        async fn get_dead_letter(
+            pool: &Pool<Self>,
+            id: i64,
+        ) -> Result<Option<StoredDeadLetter>, sqlx::Error>;
         /// Claims the letter for `lease` unless it was replayed or a live
         /// claim holds it.
-        async fn claim_dead_letter(pool: &Pool<Self>, id: i64, lease: Duration)
-            -> Result<bool, sqlx::Error>;
+        async fn claim_dead_letter(
+            pool: &Pool<Self>,
+            id: i64,
+            lease: Duration,
+        ) -> Result<bool, sqlx::Error>;
         async fn settle_dead_letter(
             pool: &Pool<Self>,
             id: i64,

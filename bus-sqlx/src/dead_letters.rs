@@ -14,7 +14,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bus_core::{async_trait, BoxError, Bus, DeadLetter, DeadLetterSink, MessageContext, ReplayError};
+use bus_core::{
+    async_trait, BoxError, Bus, DeadLetter, DeadLetterSink, MessageContext, ReplayError,
+};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::Pool;
@@ -234,7 +236,10 @@ impl<DB: Backend> DeadLetterStore for DeadLetters<DB> {
 
     async fn delete(&self, id: i64) -> Result<(), DeadLetterError> {
         let _turn = self.store.writer_turn().await;
-        match DB::delete_dead_letter(&self.pool, id).await.map_err(storage)? {
+        match DB::delete_dead_letter(&self.pool, id)
+            .await
+            .map_err(storage)?
+        {
             Deleted::Yes => Ok(()),
             Deleted::NotFound => Err(DeadLetterError::NotFound(id)),
             Deleted::Claimed => Err(DeadLetterError::BeingReplayed(id)),

@@ -28,7 +28,9 @@ impl<DB: Backend> Clone for Inbox<DB> {
 
 impl<DB: Backend> std::fmt::Debug for Inbox<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inbox").field("database", &DB::LABEL).finish()
+        f.debug_struct("Inbox")
+            .field("database", &DB::LABEL)
+            .finish()
     }
 }
 

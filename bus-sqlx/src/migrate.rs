@@ -99,11 +99,17 @@ mod tests {
             .collect();
         assert_eq!(versions, [2]);
         assert_eq!(pending(MIGRATIONS, &[]).unwrap().len(), 2);
-        let newer = [first.clone(), (2, MIGRATIONS[1].checksum()), (3, "x".into())];
+        let newer = [
+            first.clone(),
+            (2, MIGRATIONS[1].checksum()),
+            (3, "x".into()),
+        ];
         assert!(pending(MIGRATIONS, &newer).unwrap().is_empty());
         let changed = pending(MIGRATIONS, &[(1, "other".into())]).unwrap_err();
         assert!(
-            changed.to_string().contains("migration 1 (one) was applied with another content"),
+            changed
+                .to_string()
+                .contains("migration 1 (one) was applied with another content"),
             "{changed}"
         );
     }

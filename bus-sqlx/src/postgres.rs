@@ -14,7 +14,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{Executor, PgConnection, Pool, Postgres, Row, Transaction};
 
 use crate::backend::sql::Sql;
-use crate::backend::{DeliveryState, Deleted, EventRow};
+use crate::backend::{Deleted, DeliveryState, EventRow};
 use crate::dead_letters::{DeadLetterRecord, StoredDeadLetter};
 use crate::error::{MigrateError, RelayError};
 use crate::migrate::{pending, Migration};

@@ -269,7 +269,9 @@ async fn run<DB: Backend>(store: Store<DB>, bus: Bus, stop: Arc<Notify>) {
         }
         if purged.elapsed() >= settings.purge_every {
             purged = tokio::time::Instant::now();
-            let stale_for = settings.node_timeout.max(std::time::Duration::from_secs(24 * 60 * 60));
+            let stale_for = settings
+                .node_timeout
+                .max(std::time::Duration::from_secs(24 * 60 * 60));
             let _turn = store.writer_turn().await;
             if let Err(error) = DB::purge_nodes(store.pool(), stale_for).await {
                 tracing::warn!(%error, "bus-sqlx: stale nodes not purged");

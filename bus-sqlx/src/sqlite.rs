@@ -12,7 +12,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Executor, Pool, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
 use crate::backend::sql::Sql;
-use crate::backend::{DeliveryState, Deleted, EventRow};
+use crate::backend::{Deleted, DeliveryState, EventRow};
 use crate::dead_letters::{DeadLetterRecord, StoredDeadLetter};
 use crate::error::{MigrateError, RelayError};
 use crate::migrate::{pending, Migration};
@@ -306,11 +306,10 @@ impl Sql for Sqlite {
         let count: i64 = sqlx::query_scalar("SELECT count(*) FROM bus_events")
             .fetch_one(pool)
             .await?;
-        let oldest = sqlx::query_scalar(
-            "SELECT recorded_at FROM bus_events ORDER BY position LIMIT 1",
-        )
-        .fetch_optional(pool)
-        .await?;
+        let oldest =
+            sqlx::query_scalar("SELECT recorded_at FROM bus_events ORDER BY position LIMIT 1")
+                .fetch_optional(pool)
+                .await?;
         Ok((count, oldest))
     }
 
@@ -404,9 +403,10 @@ impl Sql for Sqlite {
     }
 
     async fn outbox_lag(pool: &Pool<Self>) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM bus_outbox WHERE sent_at IS NULL")
-            .fetch_one(pool)
-            .await?;
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM bus_outbox WHERE sent_at IS NULL")
+                .fetch_one(pool)
+                .await?;
         let oldest = sqlx::query_scalar(
             "SELECT created_at FROM bus_outbox WHERE sent_at IS NULL ORDER BY position LIMIT 1",
         )

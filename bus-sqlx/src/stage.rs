@@ -114,7 +114,9 @@ impl<DB: Backend> Store<DB> {
                 DeliveryState::Pending if delivery.settles() => {
                     DB::settle_in(connection, &event).await?
                 }
-                DeliveryState::Pending => DB::record_handled_in(connection, &event, handler).await?,
+                DeliveryState::Pending => {
+                    DB::record_handled_in(connection, &event, handler).await?
+                }
                 DeliveryState::Handled | DeliveryState::Gone => {
                     releaser.delivery_duplicate();
                     return Err(StageError::Duplicate { event, handler });

@@ -152,7 +152,10 @@ impl Bus {
 
     /// The paths of the handlers of the message type `meta`, in the order
     /// the bus calls them (empty when it has none here).
-    pub fn handlers_of(&self, meta: &'static MessageMeta) -> impl Iterator<Item = &'static str> + '_ {
+    pub fn handlers_of(
+        &self,
+        meta: &'static MessageMeta,
+    ) -> impl Iterator<Item = &'static str> + '_ {
         self.inner
             .routes
             .handlers(meta)

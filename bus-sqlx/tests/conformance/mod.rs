@@ -23,12 +23,11 @@ use bus_core::transport::{
     Consumer, Handled, InMemoryBroker, OutboundMessage, Publisher, TransportError,
 };
 use bus_core::{
-    async_trait, handler, Bus, Command, Dependencies, Event, EventReleaser,
-    MessageContext, MessageId, PendingEvent, Registrations, RetryPolicy, Scoped,
+    async_trait, handler, Bus, Command, Dependencies, Event, EventReleaser, MessageContext,
+    MessageId, PendingEvent, Registrations, RetryPolicy, Scoped,
 };
 use bus_sqlx::{
-    Backend, DeadLetterError, DeadLetterRecord, DeadLetterStore, Error, Settings, StageError,
-    Store,
+    Backend, DeadLetterError, DeadLetterRecord, DeadLetterStore, Error, Settings, StageError, Store,
 };
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -466,9 +465,7 @@ where
 /// Runs `work` on a runtime of its own (a process), then tears that
 /// runtime down without letting anything on it finish: what `kill -9` does
 /// to a process, to the tasks and connections it had.
-pub async fn run_then_kill<T: Send + 'static>(
-    work: impl Future<Output = T> + Send + 'static,
-) -> T {
+pub async fn run_then_kill<T: Send + 'static>(work: impl Future<Output = T> + Send + 'static) -> T {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -504,7 +501,11 @@ pub async fn the_crates_migrations_live_beside_the_applications_own<DB: Ledger>(
     bus_sqlx::migrate(&pool).await.unwrap();
     DB::app_migrate(&pool, dir.path()).await;
 
-    assert_eq!(DB::sqlx_versions(&pool).await, [1, 2], "sqlx sees only the app's");
+    assert_eq!(
+        DB::sqlx_versions(&pool).await,
+        [1, 2],
+        "sqlx sees only the app's"
+    );
     assert_eq!(DB::count(&pool, "bus_sqlx_migrations").await, 1);
     assert_eq!(DB::count(&pool, "outbox").await, 0);
     assert_eq!(DB::count(&pool, "bus_outbox").await, 0);
@@ -550,7 +551,11 @@ pub async fn every_handler_of_a_committed_event_runs_once_and_its_record_is_gone
     assert_eq!(DB::balance(app.store.pool(), "ada").await, 50);
     assert_eq!(app.tally.counted_once(), 5);
     let lag = app.store.delivery_lag().await.unwrap();
-    assert_eq!((lag.count, lag.oldest), (0, None), "delivered: nothing pending");
+    assert_eq!(
+        (lag.count, lag.oldest),
+        (0, None),
+        "delivered: nothing pending"
+    );
     assert_eq!(DB::count(app.store.pool(), "bus_handled").await, 0);
     assert_eq!(app.store.in_flight(), 0);
 }
@@ -571,7 +576,12 @@ async fn commit_then_die<DB: Ledger>(db: &TestDatabase, deposits: u32) {
                 amount: 10,
             });
             let staged = store
-                .stage(&mut tx, &EventReleaser::new(), &MessageContext::root(), vec![event])
+                .stage(
+                    &mut tx,
+                    &EventReleaser::new(),
+                    &MessageContext::root(),
+                    vec![event],
+                )
                 .await
                 .unwrap();
             tx.commit().await.unwrap();
@@ -599,9 +609,7 @@ pub async fn events_committed_before_a_crash_are_delivered_by_another_process<DB
     recovery.stop().await;
 }
 
-pub async fn a_crash_between_two_handlers_reruns_only_the_one_that_did_not_complete<
-    DB: Ledger,
->(
+pub async fn a_crash_between_two_handlers_reruns_only_the_one_that_did_not_complete<DB: Ledger>(
     db: TestDatabase,
 ) {
     let url = db.url.clone();
@@ -634,7 +642,11 @@ pub async fn a_crash_between_two_handlers_reruns_only_the_one_that_did_not_compl
         app.store.delivery_lag().await.unwrap().count == 0
     })
     .await;
-    assert_eq!(app.tally.counted_once(), 1, "the one that did not complete ran");
+    assert_eq!(
+        app.tally.counted_once(),
+        1,
+        "the one that did not complete ran"
+    );
     assert_eq!(
         DB::balance(app.store.pool(), "ada").await,
         10,
@@ -716,7 +728,12 @@ pub async fn a_handler_whose_delivery_was_recorded_already_is_a_duplicate_not_a_
     });
     let staged = app
         .store
-        .stage(&mut tx, &EventReleaser::new(), &MessageContext::root(), vec![event])
+        .stage(
+            &mut tx,
+            &EventReleaser::new(),
+            &MessageContext::root(),
+            vec![event],
+        )
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -734,10 +751,20 @@ pub async fn a_handler_whose_delivery_was_recorded_already_is_a_duplicate_not_a_
     .await;
     let event = event.stored(app.store.delivery_log());
     app.bus.redeliver(event, &[]).await.unwrap();
-    assert_eq!(DB::balance(app.store.pool(), "ada").await, 0, "not projected twice");
+    assert_eq!(
+        DB::balance(app.store.pool(), "ada").await,
+        0,
+        "not projected twice"
+    );
     assert_eq!(app.tally.counted_once(), 1, "the other handler ran");
     assert!(app.bus.dead_letters().is_none());
-    assert!(app.store.dead_letters().list(true).await.unwrap().is_empty());
+    assert!(app
+        .store
+        .dead_letters()
+        .list(true)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(app.store.delivery_lag().await.unwrap().count, 0);
 }
 
@@ -758,18 +785,26 @@ pub async fn an_event_that_keeps_crashing_its_process_goes_to_the_dead_letters<D
     let handlers: Vec<String> = letters.iter().map(|l| l.record.handler.clone()).collect();
     assert_eq!(
         handlers,
-        [handler_name("project_balance"), handler_name("tally_deposit")],
+        [
+            handler_name("project_balance"),
+            handler_name("tally_deposit")
+        ],
         "one letter per handler that never completed"
     );
-    assert!(letters[0].record.error.contains("6 times"), "{}", letters[0].record.error);
-    assert_eq!(letters[0].record.payload.as_deref(), Some(r#"{"account":"ada","amount":10}"#));
+    assert!(
+        letters[0].record.error.contains("6 times"),
+        "{}",
+        letters[0].record.error
+    );
+    assert_eq!(
+        letters[0].record.payload.as_deref(),
+        Some(r#"{"account":"ada","amount":10}"#)
+    );
     assert_eq!(app.tally.counted().len(), 0, "not delivered");
     recovery.stop().await;
 }
 
-pub async fn an_event_this_bus_cannot_read_goes_to_the_dead_letters<DB: Ledger>(
-    db: TestDatabase,
-) {
+pub async fn an_event_this_bus_cannot_read_goes_to_the_dead_letters<DB: Ledger>(db: TestDatabase) {
     commit_then_die::<DB>(&db, 2).await;
     let pool = db.pool::<DB>().await;
     DB::execute(
@@ -795,7 +830,10 @@ pub async fn an_event_this_bus_cannot_read_goes_to_the_dead_letters<DB: Ledger>(
     assert_eq!(letters[0].record.message_name, "ledger.renamed");
     assert_eq!(letters[0].record.handler, "", "no handler knows it here");
     assert!(
-        letters[0].record.error.contains("no event type is named `ledger.renamed`"),
+        letters[0]
+            .record
+            .error
+            .contains("no event type is named `ledger.renamed`"),
         "{}",
         letters[0].record.error
     );
@@ -819,7 +857,9 @@ pub async fn a_bus_with_an_event_that_cannot_be_stored_is_refused<DB: Ledger>(db
     let error = store.start_recovery(&bus).unwrap_err();
     assert!(matches!(&error, Error::NotStorable(names) if names == &["ledger.unstorable"]));
     assert!(
-        error.to_string().contains("derive them with `#[event(serde)]`"),
+        error
+            .to_string()
+            .contains("derive them with `#[event(serde)]`"),
         "{error}"
     );
 }
@@ -840,7 +880,11 @@ pub async fn an_unstorable_event_fails_the_commit_with_the_fix<DB: Ledger>(db: T
             .contains("`ledger.unstorable` cannot be stored for durable delivery: derive it with `#[event(serde)]`"),
         "{error}"
     );
-    assert_eq!(store.delivery_lag().await.unwrap().count, 0, "nothing written");
+    assert_eq!(
+        store.delivery_lag().await.unwrap().count,
+        0,
+        "nothing written"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -867,9 +911,7 @@ async fn announce<DB: Ledger>(app: &App<DB>, account: &str, amount: i64) {
         .unwrap();
 }
 
-pub async fn an_external_event_goes_to_the_outbox_in_the_commit_and_is_relayed_once<
-    DB: Ledger,
->(
+pub async fn an_external_event_goes_to_the_outbox_in_the_commit_and_is_relayed_once<DB: Ledger>(
     db: TestDatabase,
 ) {
     let app = ledger_app::<DB>(&db).await;
@@ -879,14 +921,21 @@ pub async fn an_external_event_goes_to_the_outbox_in_the_commit_and_is_relayed_o
     let outbox = app.store.outbox();
     let unsent = outbox.unsent(10).await.unwrap();
     assert_eq!(unsent.len(), 1);
-    assert_eq!((unsent[0].stream.as_str(), unsent[0].name.as_str()), ("deposits", "deposits"));
+    assert_eq!(
+        (unsent[0].stream.as_str(), unsent[0].name.as_str()),
+        ("deposits", "deposits")
+    );
     let payload: serde_json::Value = serde_json::from_str(&unsent[0].payload).unwrap();
     assert_eq!(payload, serde_json::json!({"account": "ada", "amount": 4}));
     assert!(unsent[0].causation_id.is_some(), "caused by the command");
 
     let broker = InMemoryBroker::default();
     assert_eq!(outbox.relay_once(&broker, 10).await.unwrap(), 1);
-    assert_eq!(outbox.relay_once(&broker, 10).await.unwrap(), 0, "sent once");
+    assert_eq!(
+        outbox.relay_once(&broker, 10).await.unwrap(),
+        0,
+        "sent once"
+    );
     let published = broker.waiting("deposits");
     assert_eq!(published.len(), 1);
     assert_eq!(published[0].id, unsent[0].id, "the message keeps its id");
@@ -919,13 +968,22 @@ pub async fn a_rolled_back_commit_writes_nothing_to_the_outbox<DB: Ledger>(db: T
     });
     let staged = app
         .store
-        .stage(&mut tx, &EventReleaser::new(), &MessageContext::root(), vec![event])
+        .stage(
+            &mut tx,
+            &EventReleaser::new(),
+            &MessageContext::root(),
+            vec![event],
+        )
         .await
         .unwrap();
     tx.rollback().await.unwrap();
     drop(staged);
     let unsent = app.store.outbox().unsent(10).await.unwrap();
-    assert_eq!(accounts(&unsent), ["ada"], "only the committed change's event");
+    assert_eq!(
+        accounts(&unsent),
+        ["ada"],
+        "only the committed change's event"
+    );
     assert_eq!(app.store.delivery_lag().await.unwrap().count, 0);
 }
 
@@ -1040,7 +1098,10 @@ pub async fn the_outbox_lag_says_how_many_wait_and_for_how_long<DB: Ledger>(db: 
     let lag = outbox.lag().await.unwrap();
     assert_eq!(lag.count, 2);
     assert!(lag.oldest.unwrap() < Duration::from_secs(60), "{lag:?}");
-    outbox.relay_once(&InMemoryBroker::default(), 10).await.unwrap();
+    outbox
+        .relay_once(&InMemoryBroker::default(), 10)
+        .await
+        .unwrap();
     assert_eq!(outbox.lag().await.unwrap().count, 0);
 }
 
@@ -1069,7 +1130,11 @@ pub async fn a_redelivered_message_is_handled_once<DB: Ledger>(db: TestDatabase)
     assert_eq!(handled, [Handled::Done, Handled::Duplicate]);
     assert_eq!(broker.pending(), 0, "both acknowledged");
     assert!(broker.dead_letters("deposits.in").is_empty());
-    assert_eq!(DB::count(app.store.pool(), "ledger").await, 1, "handled once");
+    assert_eq!(
+        DB::count(app.store.pool(), "ledger").await,
+        1,
+        "handled once"
+    );
     assert_eq!(DB::balance(app.store.pool(), "ada").await, 7);
 
     // The same message committed again (a consumer that did not look
@@ -1107,11 +1172,18 @@ pub async fn a_failing_handler_is_kept_and_replayed_once_the_fault_is_gone<DB: L
     let letter = &kept[0];
     assert_eq!(letter.record.message_name, "ledger.flagged");
     assert_eq!(letter.record.handler, handler_name("notify_flagged"));
-    assert!(letter.record.location.contains("mod.rs:"), "{}", letter.record.location);
+    assert!(
+        letter.record.location.contains("mod.rs:"),
+        "{}",
+        letter.record.location
+    );
     assert_eq!(letter.record.error, "smtp: connection refused");
     assert_eq!(letter.record.attempts, 3);
     assert!((Utc::now() - letter.record.failed_at).num_seconds().abs() < 60);
-    assert_eq!(letter.record.payload.as_deref(), Some(r#"{"account":"ada"}"#));
+    assert_eq!(
+        letter.record.payload.as_deref(),
+        Some(r#"{"account":"ada"}"#)
+    );
     assert_eq!(
         letter.record.causation_id.as_deref(),
         Some(letter.record.correlation_id.as_str()),
@@ -1124,20 +1196,36 @@ pub async fn a_failing_handler_is_kept_and_replayed_once_the_fault_is_gone<DB: L
     );
 
     // Still down: the replay fails, the letter stays, with the new error.
-    let error = bus_sqlx::replay(&app.bus, &letters, letter.id).await.unwrap_err();
-    assert!(matches!(error, DeadLetterError::StillFailing { .. }), "{error}");
+    let error = bus_sqlx::replay(&app.bus, &letters, letter.id)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, DeadLetterError::StillFailing { .. }),
+        "{error}"
+    );
     let stays = letters.get(letter.id).await.unwrap().unwrap();
     assert_eq!(stays.replayed_at, None);
     assert!(stays.replay_error.unwrap().contains("connection refused"));
 
     // Back up: the replay succeeds, once.
     app.tally.mail_down.store(false, Ordering::SeqCst);
-    let replayed = bus_sqlx::replay(&app.bus, &letters, letter.id).await.unwrap();
+    let replayed = bus_sqlx::replay(&app.bus, &letters, letter.id)
+        .await
+        .unwrap();
     assert!(replayed.replayed_at.is_some());
     assert_eq!(replayed.replay_error, None);
-    let again = bus_sqlx::replay(&app.bus, &letters, letter.id).await.unwrap_err();
-    assert!(matches!(again, DeadLetterError::AlreadyReplayed(_)), "{again}");
-    assert_eq!(app.tally.mails.load(Ordering::SeqCst), 1, "sent exactly once");
+    let again = bus_sqlx::replay(&app.bus, &letters, letter.id)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, DeadLetterError::AlreadyReplayed(_)),
+        "{again}"
+    );
+    assert_eq!(
+        app.tally.mails.load(Ordering::SeqCst),
+        1,
+        "sent exactly once"
+    );
     assert!(letters.list(false).await.unwrap().is_empty());
     assert_eq!(letters.list(true).await.unwrap().len(), 1);
 }
@@ -1157,9 +1245,7 @@ fn record() -> DeadLetterRecord {
     }
 }
 
-pub async fn a_dead_letter_is_claimed_once_until_its_claim_runs_out<DB: Ledger>(
-    db: TestDatabase,
-) {
+pub async fn a_dead_letter_is_claimed_once_until_its_claim_runs_out<DB: Ledger>(db: TestDatabase) {
     let pool = db.pool::<DB>().await;
     let settings = fast().dead_letter_claim(Duration::from_millis(200));
     let app = App::<DB>::with(pool, settings, Tally::default()).await;
@@ -1174,7 +1260,10 @@ pub async fn a_dead_letter_is_claimed_once_until_its_claim_runs_out<DB: Ledger>(
     assert!(matches!(busy, DeadLetterError::AlreadyReplayed(_)));
     // The replay that claimed it died: once its claim runs out, another
     // replay takes the letter, and the handler runs.
-    eventually("the claim runs out", || async { letters.claim(id).await.unwrap() }).await;
+    eventually("the claim runs out", || async {
+        letters.claim(id).await.unwrap()
+    })
+    .await;
     letters.settle(id, Err("died".into())).await.unwrap();
     let replayed = bus_sqlx::replay(&app.bus, &letters, id).await.unwrap();
     assert!(replayed.replayed_at.is_some());
