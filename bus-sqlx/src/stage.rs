@@ -105,24 +105,8 @@ impl<DB: Backend> Store<DB> {
         flow: &MessageContext,
         events: Vec<PendingEvent>,
     ) -> Result<Staged<DB>, StageError> {
+        let mut staged = self.stage_delivery(transaction, releaser).await?;
         let connection: &mut DB::Connection = transaction;
-        let delivery = releaser.delivery();
-        if let Some(delivery) = delivery {
-            let event = delivery.event().to_string();
-            let handler = delivery.handler();
-            match DB::delivery_state(connection, &event, handler).await? {
-                DeliveryState::Pending if delivery.settles() => {
-                    DB::settle_in(connection, &event).await?
-                }
-                DeliveryState::Pending => {
-                    DB::record_handled_in(connection, &event, handler).await?
-                }
-                DeliveryState::Handled | DeliveryState::Gone => {
-                    releaser.delivery_duplicate();
-                    return Err(StageError::Duplicate { event, handler });
-                }
-            }
-        }
         if flow.is_inbound() {
             let id = flow.message_id().to_string();
             if let Err(error) = DB::record_inbox(connection, &id).await {
@@ -134,16 +118,10 @@ impl<DB: Backend> Store<DB> {
                 });
             }
         }
-        let mut staged = Staged {
-            store: self.clone(),
-            releaser: releaser.clone(),
-            events: Vec::with_capacity(events.len()),
-            registered: Vec::with_capacity(events.len()),
-            delivery,
-        };
         if events.is_empty() {
             return Ok(staged);
         }
+        staged.events.reserve(events.len());
         let mut rows = Vec::with_capacity(events.len());
         let mut outbound = Vec::new();
         for mut event in events {
@@ -190,5 +168,42 @@ impl<DB: Backend> Store<DB> {
             DB::insert_outbox(connection, &outbound).await?;
         }
         Ok(staged)
+    }
+
+    /// The part of [`stage`](Self::stage) a handler that raises no events
+    /// needs (a read-model projection): the record of the delivery its call
+    /// serves, in `transaction`, so that its write and the record commit
+    /// together; nothing when the call serves none.
+    /// [`StageError::Duplicate`] if it was recorded already.
+    pub async fn stage_delivery(
+        &self,
+        transaction: &mut Transaction<'_, DB>,
+        releaser: &EventReleaser,
+    ) -> Result<Staged<DB>, StageError> {
+        let delivery = releaser.delivery();
+        if let Some(delivery) = delivery {
+            let connection: &mut DB::Connection = transaction;
+            let event = delivery.event().to_string();
+            let handler = delivery.handler();
+            match DB::delivery_state(connection, &event, handler).await? {
+                DeliveryState::Pending if delivery.settles() => {
+                    DB::settle_in(connection, &event).await?
+                }
+                DeliveryState::Pending => {
+                    DB::record_handled_in(connection, &event, handler).await?
+                }
+                DeliveryState::Handled | DeliveryState::Gone => {
+                    releaser.delivery_duplicate();
+                    return Err(StageError::Duplicate { event, handler });
+                }
+            }
+        }
+        Ok(Staged {
+            store: self.clone(),
+            releaser: releaser.clone(),
+            events: Vec::new(),
+            registered: Vec::new(),
+            delivery,
+        })
     }
 }

@@ -8,26 +8,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus_core::{BuildError, Bus, Dependencies, FailureCause, RetryPolicy};
+use bus_sqlx::{DeadLetterStore, InMemoryDeadLetterStore, StoreSink};
 
 use crate::adapters::database::Database;
-use crate::adapters::memory::{InMemoryAllocationsView, InMemoryDeadLetterStore, InMemoryStore};
+use crate::adapters::memory::{InMemoryAllocationsView, InMemoryStore};
 use crate::adapters::notifications::{LogNotifications, Notifications};
 use crate::adapters::postgres::{self, PostgresDatabase};
 use crate::adapters::relational;
 use crate::adapters::sqlite::{self, SqliteDatabase};
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
-use crate::service_layer::dead_letters::{DeadLetterStore, StoreSink};
 use crate::service_layer::handlers::reallocate;
 use crate::service_layer::unit_of_work::{UnitOfWork, UnitOfWorkFactory};
 use crate::service_layer::ServiceError;
-use crate::views::AllocationsView;
+use crate::views::{AllocationsView, AllocationsViewFactory};
 
 /// Everything the handlers depend on.
 pub struct Adapters {
     /// Makes a fresh unit of work for each handler call.
     pub unit_of_work: UnitOfWorkFactory,
-    /// The read model.
-    pub views: Arc<dyn AllocationsView>,
+    /// Makes the read model's view for each handler call.
+    pub views: AllocationsViewFactory,
     /// Where notifications go.
     pub notifications: Arc<dyn Notifications>,
     /// Where event-handler calls that failed for good are kept.
@@ -46,9 +46,15 @@ impl Adapters {
 
     /// The real adapters on SQLite.
     pub fn sqlite(database: SqliteDatabase) -> Self {
+        let views = database.clone();
         Adapters {
-            views: Arc::new(sqlite::SqliteAllocationsView::new(database.clone())),
-            dead_letters: Arc::new(sqlite::SqliteDeadLetterStore::new(database.clone())),
+            views: Arc::new(move |scope| {
+                Box::new(sqlite::SqliteAllocationsView::new(
+                    views.clone(),
+                    scope.releaser(),
+                ))
+            }),
+            dead_letters: Arc::new(database.store().dead_letters()),
             unit_of_work: relational::unit_of_work_factory(database),
             notifications: Arc::new(LogNotifications),
         }
@@ -56,9 +62,15 @@ impl Adapters {
 
     /// The real adapters on PostgreSQL.
     pub fn postgres(database: PostgresDatabase) -> Self {
+        let views = database.clone();
         Adapters {
-            views: Arc::new(postgres::PostgresAllocationsView::new(database.clone())),
-            dead_letters: Arc::new(postgres::PostgresDeadLetterStore::new(database.clone())),
+            views: Arc::new(move |scope| {
+                Box::new(postgres::PostgresAllocationsView::new(
+                    views.clone(),
+                    scope.releaser(),
+                ))
+            }),
+            dead_letters: Arc::new(database.store().dead_letters()),
             unit_of_work: relational::unit_of_work_factory(database),
             notifications: Arc::new(LogNotifications),
         }
@@ -68,7 +80,7 @@ impl Adapters {
     pub fn in_memory(store: &Arc<InMemoryStore>) -> Self {
         Adapters {
             unit_of_work: store.unit_of_work_factory(),
-            views: Arc::new(InMemoryAllocationsView::default()),
+            views: InMemoryAllocationsView::default().factory(),
             notifications: Arc::new(LogNotifications),
             dead_letters: Arc::new(InMemoryDeadLetterStore::default()),
         }
@@ -92,7 +104,9 @@ pub const EVENT_HANDLER_ATTEMPTS: u32 = 3;
 /// - `reallocate` tries harder ([`CONFLICT_ATTEMPTS`], from 5 ms): it only
 ///   ever loses races to other requests on the same product;
 /// - a command that lost an optimistic-concurrency race runs again, up to
-///   [`CONFLICT_ATTEMPTS`] times; no other command error is retried.
+///   [`CONFLICT_ATTEMPTS`] times; no other command error is retried;
+/// - the events of a dispatch whose caller stopped waiting (an HTTP client
+///   hung up) still run, on the tokio runtime.
 pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
     let Adapters {
         unit_of_work,
@@ -102,7 +116,7 @@ pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
     } = adapters;
     let dependencies = Dependencies::new()
         .scoped_boxed::<dyn UnitOfWork, _>(move |scope| unit_of_work(scope))
-        .shared_arc(views)
+        .scoped_boxed::<dyn AllocationsView, _>(move |scope| views(scope))
         .shared_arc(notifications);
     Bus::builder()
         .dependencies(dependencies)
@@ -122,6 +136,9 @@ pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
         .retry_command::<ChangeBatchQuantity>(conflicts(), ServiceError::is_conflict)
         .retry_command::<CreateBatch>(conflicts(), ServiceError::is_conflict)
         .dead_letters(StoreSink(dead_letters))
+        .spawner(|task| {
+            tokio::spawn(task);
+        })
         .build()
 }
 

@@ -1,6 +1,7 @@
 //! Settings, from the command line or the environment.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -42,9 +43,27 @@ pub struct Config {
     #[arg(long = "relay-pause-ms", env = "RELAY_PAUSE_MS", default_value_t = 100)]
     pub relay_pause_ms: u64,
 
+    /// How long a process may go silent before the others take over the
+    /// events it was delivering (its heartbeat is every second).
+    #[arg(
+        long = "node-timeout-ms",
+        env = "NODE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub node_timeout_ms: u64,
+
     /// What to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Config {
+    /// The timings of the durable messaging store.
+    pub fn store_settings(&self) -> bus_sqlx::Settings {
+        bus_sqlx::Settings::default()
+            .relay_pause(Duration::from_millis(self.relay_pause_ms))
+            .node_timeout(Duration::from_millis(self.node_timeout_ms))
+    }
 }
 
 /// The subcommands.

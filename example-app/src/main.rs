@@ -34,6 +34,8 @@ enum StartError {
     Broker(bus_core::transport::TransportError),
     #[error("the relay publishes to Redis: give --redis-url or REDIS_URL")]
     RelayWithoutBroker,
+    #[error("cannot start the delivery of stored events: {0}")]
+    Recovery(#[from] bus_sqlx::Error),
 }
 
 #[tokio::main]
@@ -65,23 +67,26 @@ async fn run(config: Config) -> Result<(), StartError> {
         print!("{}", wiring.to_mermaid());
         return Ok(());
     }
-    let relay_pause = Duration::from_millis(config.relay_pause_ms);
+    let settings = config.store_settings();
     if let Some(Command::Relay) = config.command {
         let url = config
             .redis_url
             .as_deref()
             .ok_or(StartError::RelayWithoutBroker)?;
-        let database = Database::connect(&config.database_url).await?;
-        let relayed = broker::relay_only(url, &database, relay_pause, shutdown_signal()).await;
+        let database = Database::connect_with(&config.database_url, settings).await?;
+        let relayed = broker::relay_only(url, &database, shutdown_signal()).await;
         database.close().await;
         relayed.map_err(StartError::Broker)?;
         tracing::info!("relay stopped");
         return Ok(());
     }
-    let database = Database::connect(&config.database_url).await?;
+    let database = Database::connect_with(&config.database_url, settings).await?;
     let adapters = Adapters::for_database(&database);
     let dead_letters = adapters.dead_letters.clone();
     let bus = bootstrap(adapters)?;
+    // Events committed but not handled (a crash, a task torn down) are
+    // delivered again, from now on.
+    let recovery = database.start_recovery(&bus)?;
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|source| StartError::Bind {
@@ -95,7 +100,7 @@ async fn run(config: Config) -> Result<(), StartError> {
                 .clone()
                 .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
             Some(
-                broker::start(url, &consumer, &database, bus.clone(), relay_pause)
+                broker::start(url, &consumer, &database, bus.clone())
                     .await
                     .map_err(StartError::Broker)?,
             )
@@ -116,7 +121,9 @@ async fn run(config: Config) -> Result<(), StartError> {
         .map_err(StartError::Serve)?;
     // The server has stopped taking requests and finished those in flight;
     // the relay stops after its round; the bus now refuses new dispatches
-    // and lets any still running finish; the consumer stops with it.
+    // and lets any still running finish (their events included); the
+    // consumer and the recovery stop with it; the store leaves, so that
+    // another process takes over at once whatever is left.
     if let Some(broker) = &mut broker {
         broker.stop_relay().await;
     }
@@ -126,6 +133,7 @@ async fn run(config: Config) -> Result<(), StartError> {
     if let Some(broker) = broker {
         broker.join_consumer().await;
     }
+    recovery.stop().await;
     database.close().await;
     tracing::info!("shut down cleanly");
     Ok(())

@@ -1,14 +1,16 @@
 //! The service's database, chosen by URL: SQLite (`sqlite://<file>`, the
 //! embedded default) or PostgreSQL (`postgres://...`, for several processes
-//! sharing it). Each gives every storage adapter the service needs.
+//! sharing it). Each holds the allocation tables and bus-sqlx's store (the
+//! outbox, the inbox, durable delivery of events, the dead letters).
 
+use std::future::Future;
 use std::sync::Arc;
 
-use bus_core::transport::Inbox;
-use bus_core::EventReleaser;
+use bus_core::transport::{Inbox, Publisher};
+use bus_core::{BoxError, Bus, EventReleaser};
+use bus_sqlx::{DeadLetterStore, Recovery, Settings};
 
 use super::postgres::{self, PostgresDatabase};
-use super::relay::Outbox;
 use super::sqlite::{self, SqliteDatabase};
 use crate::service_layer::unit_of_work::UnitOfWork;
 
@@ -30,9 +32,9 @@ pub enum DatabaseError {
     Open {
         /// The URL, its password hidden.
         url: String,
-        /// What the driver said.
+        /// What the driver or the store said.
         #[source]
-        source: sqlx::Error,
+        source: BoxError,
     },
 }
 
@@ -59,16 +61,21 @@ impl Database {
     /// # }
     /// ```
     pub async fn connect(url: &str) -> Result<Database, DatabaseError> {
+        Self::connect_with(url, Settings::default()).await
+    }
+
+    /// [`connect`](Self::connect), with the store's timings.
+    pub async fn connect_with(url: &str, settings: Settings) -> Result<Database, DatabaseError> {
         let open = |source| DatabaseError::Open {
             url: redacted(url),
             source,
         };
         match url.split_once(':').map(|(scheme, _)| scheme) {
-            Some("sqlite") => sqlite::connect(url)
+            Some("sqlite") => sqlite::connect(url, settings)
                 .await
                 .map(Database::Sqlite)
                 .map_err(open),
-            Some("postgres" | "postgresql") => postgres::connect(url)
+            Some("postgres" | "postgresql") => postgres::connect(url, settings)
                 .await
                 .map(Database::Postgres)
                 .map_err(open),
@@ -90,27 +97,41 @@ impl Database {
         }
     }
 
-    /// The outbox, for a relay.
-    pub fn outbox(&self) -> Arc<dyn Outbox> {
+    /// The dead letters.
+    pub fn dead_letters(&self) -> Arc<dyn DeadLetterStore> {
         match self {
-            Database::Sqlite(database) => Arc::new(sqlite::SqliteOutbox::new(database.clone())),
-            Database::Postgres(database) => {
-                Arc::new(postgres::PostgresOutbox::new(database.clone()))
-            }
+            Database::Sqlite(database) => Arc::new(database.store().dead_letters()),
+            Database::Postgres(database) => Arc::new(database.store().dead_letters()),
         }
     }
 
     /// The inbox, for a consumer.
     pub fn inbox(&self) -> Arc<dyn Inbox> {
         match self {
-            Database::Sqlite(database) => Arc::new(sqlite::SqliteInbox::new(database.clone())),
-            Database::Postgres(database) => {
-                Arc::new(postgres::PostgresInbox::new(database.clone()))
-            }
+            Database::Sqlite(database) => Arc::new(database.store().inbox()),
+            Database::Postgres(database) => Arc::new(database.store().inbox()),
         }
     }
 
-    /// Closes every connection, once what runs on them finished.
+    /// Starts delivering again, in the background, the events this process
+    /// or a dead one left undelivered.
+    pub fn start_recovery(&self, bus: &Bus) -> Result<Recovery, bus_sqlx::Error> {
+        match self {
+            Database::Sqlite(database) => database.store().start_recovery(bus),
+            Database::Postgres(database) => database.store().start_recovery(bus),
+        }
+    }
+
+    /// Relays the outbox to `publisher` until `stop` resolves.
+    pub async fn relay(&self, publisher: Arc<dyn Publisher>, stop: impl Future<Output = ()>) {
+        match self {
+            Database::Sqlite(database) => database.store().outbox().run(publisher, stop).await,
+            Database::Postgres(database) => database.store().outbox().run(publisher, stop).await,
+        }
+    }
+
+    /// Leaves the processes sharing the database (another takes over at
+    /// once what this one left undelivered), then closes every connection.
     pub async fn close(&self) {
         match self {
             Database::Sqlite(database) => database.close().await,

@@ -1,22 +1,19 @@
-//! In-memory adapters: a fake unit of work over the products, an
-//! in-memory allocations view and dead-letter store. The unit of work is `bus_core::testing`'s
+//! In-memory adapters: a fake unit of work over the products and an
+//! in-memory allocations view. The unit of work is `bus_core::testing`'s
 //! generic one, with the same contract as the SQLite one (optimistic
-//! concurrency included), so handler tests run on it.
+//! concurrency included), so handler tests run on it; the dead letters of
+//! in-memory adapters are `bus_sqlx::InMemoryDeadLetterStore`.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bus_core::testing::{self, Entity};
 use bus_core::{async_trait, EventReleaser};
-use chrono::{DateTime, Utc};
 
 use crate::domain::model::Product;
-use crate::service_layer::dead_letters::{
-    DeadLetterError, DeadLetterRecord, DeadLetterStore, StoredDeadLetter,
-};
 use crate::service_layer::unit_of_work::{
     ProductRepository, UnitOfWork, UnitOfWorkFactory, UowError,
 };
-use crate::views::{AllocationRow, AllocationsView, ViewError};
+use crate::views::{AllocationRow, AllocationsView, AllocationsViewFactory, ViewError};
 
 impl Entity for Product {
     type Key = String;
@@ -111,15 +108,21 @@ impl ProductRepository for FakeUnitOfWork {
     }
 }
 
-/// The allocations view in memory.
-#[derive(Debug, Default)]
+/// The allocations view in memory; its clones share the rows.
+#[derive(Debug, Clone, Default)]
 pub struct InMemoryAllocationsView {
-    rows: Mutex<Vec<(String, AllocationRow)>>,
+    rows: Arc<Mutex<Vec<(String, AllocationRow)>>>,
 }
 
 impl InMemoryAllocationsView {
     fn rows(&self) -> MutexGuard<'_, Vec<(String, AllocationRow)>> {
         self.rows.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A factory of handles on this view, for bootstrap.
+    pub fn factory(&self) -> AllocationsViewFactory {
+        let view = self.clone();
+        Arc::new(move |_| Box::new(view.clone()))
     }
 }
 
@@ -149,86 +152,5 @@ impl AllocationsView for InMemoryAllocationsView {
             .filter(|(order, _)| order == orderid)
             .map(|(_, row)| row.clone())
             .collect())
-    }
-}
-
-/// Dead letters in memory, for tests and demos.
-#[derive(Debug, Default)]
-pub struct InMemoryDeadLetterStore {
-    letters: Mutex<Vec<(StoredDeadLetter, bool)>>,
-}
-
-impl InMemoryDeadLetterStore {
-    fn letters(&self) -> std::sync::MutexGuard<'_, Vec<(StoredDeadLetter, bool)>> {
-        // Every change below is one assignment or push: a poisoned lock's
-        // data is whole.
-        self.letters.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-#[async_trait]
-impl DeadLetterStore for InMemoryDeadLetterStore {
-    async fn add(&self, letter: DeadLetterRecord) -> Result<i64, DeadLetterError> {
-        let mut letters = self.letters();
-        let id = letters.len() as i64 + 1;
-        letters.push((
-            StoredDeadLetter {
-                id,
-                record: letter,
-                replayed_at: None,
-                replay_error: None,
-            },
-            false,
-        ));
-        Ok(id)
-    }
-
-    async fn list(&self, include_replayed: bool) -> Result<Vec<StoredDeadLetter>, DeadLetterError> {
-        Ok(self
-            .letters()
-            .iter()
-            .filter(|(letter, _)| include_replayed || letter.replayed_at.is_none())
-            .map(|(letter, _)| letter.clone())
-            .collect())
-    }
-
-    async fn get(&self, id: i64) -> Result<Option<StoredDeadLetter>, DeadLetterError> {
-        Ok(self
-            .letters()
-            .iter()
-            .find(|(letter, _)| letter.id == id)
-            .map(|(letter, _)| letter.clone()))
-    }
-
-    async fn claim(&self, id: i64) -> Result<bool, DeadLetterError> {
-        let mut letters = self.letters();
-        match letters.iter_mut().find(|(letter, _)| letter.id == id) {
-            Some((letter, replaying)) if !*replaying && letter.replayed_at.is_none() => {
-                *replaying = true;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    async fn settle(
-        &self,
-        id: i64,
-        outcome: Result<DateTime<Utc>, String>,
-    ) -> Result<(), DeadLetterError> {
-        let mut letters = self.letters();
-        let (letter, replaying) = letters
-            .iter_mut()
-            .find(|(letter, _)| letter.id == id)
-            .ok_or(DeadLetterError::NotFound(id))?;
-        *replaying = false;
-        match outcome {
-            Ok(at) => {
-                letter.replayed_at = Some(at);
-                letter.replay_error = None;
-            }
-            Err(error) => letter.replay_error = Some(error),
-        }
-        Ok(())
     }
 }

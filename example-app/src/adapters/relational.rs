@@ -1,13 +1,15 @@
 //! The unit of work of a relational database, written once: it tracks the
-//! products a handler loads or adds, writes the changed ones at commit in
-//! one transaction (with the inbound message's inbox row and the outbox
-//! rows of the external events), then releases their events. A database
-//! brings only its SQL, as [`ProductTables`] (SQLite and PostgreSQL here).
+//! products a handler loads or adds, and at commit writes the changed ones
+//! and stages their events (bus-sqlx: durable delivery, the outbox, the
+//! inbox, the delivery it serves) in one transaction, then releases the
+//! events. A database brings only its SQL, as [`ProductTables`] (SQLite
+//! and PostgreSQL here).
 
 use std::sync::Arc;
 
-use bus_core::transport::OutboundMessage;
-use bus_core::{async_trait, Aggregate, EventReleaser, MessageContext, MessageId, PendingEvent};
+use bus_core::{async_trait, Aggregate, EventReleaser, MessageContext, PendingEvent};
+use bus_sqlx::{Backend, StageError, Store};
+use sqlx::Transaction;
 
 use super::tracked::Tracked;
 use crate::domain::model::Product;
@@ -15,22 +17,15 @@ use crate::service_layer::unit_of_work::{
     ProductRepository, UnitOfWork, UnitOfWorkFactory, UowError,
 };
 
-/// What a commit writes, in one transaction.
-#[derive(Debug)]
-pub struct Changes<'a> {
-    /// The products to write; each one's version is checked against
-    /// [`Tracked::loaded_version`] (of two concurrent changes, one commits).
-    pub products: Vec<&'a Tracked>,
-    /// The inbound message whose effects these are, for the inbox:
-    /// [`UowError::AlreadyHandled`] if it is there already.
-    pub handled: Option<MessageId>,
-    /// The external events, for the outbox.
-    pub outbound: Vec<OutboundMessage>,
-}
-
 /// A database's SQL for the unit of work.
 #[async_trait]
 pub trait ProductTables: Clone + Send + Sync + 'static {
+    /// The database.
+    type Db: Backend;
+
+    /// The durable messaging store on it.
+    fn store(&self) -> &Store<Self::Db>;
+
     /// The product with this sku, its batches and allocations, read from
     /// one snapshot.
     async fn load(&self, sku: &str) -> Result<Option<Tracked>, UowError>;
@@ -38,9 +33,18 @@ pub trait ProductTables: Clone + Send + Sync + 'static {
     /// The sku of the product that has a batch with this reference.
     async fn sku_of_batch(&self, reference: &str) -> Result<Option<String>, UowError>;
 
-    /// Writes `changes` in one transaction, or nothing:
-    /// [`UowError::Conflict`] when a product changed since it was loaded.
-    async fn write(&self, changes: Changes<'_>) -> Result<(), UowError>;
+    /// Writes one changed product in `transaction`:
+    /// [`UowError::Conflict`] when it changed since it was loaded (of two
+    /// concurrent changes, one commits).
+    async fn save(
+        &self,
+        transaction: &mut Transaction<'static, Self::Db>,
+        tracked: &Tracked,
+    ) -> Result<(), UowError>;
+
+    /// What a failed write of the product `sku` means: a lost race is a
+    /// [`UowError::Conflict`], anything else [`UowError::Storage`].
+    fn write_error(&self, error: sqlx::Error, sku: &str) -> UowError;
 }
 
 /// A factory of units of work over `tables`, for bootstrap.
@@ -60,8 +64,8 @@ pub struct RelationalUnitOfWork<T> {
     /// The products loaded or added, in that order.
     seen: Vec<Tracked>,
     releaser: EventReleaser,
-    /// The message whose handler this unit of work serves: external events
-    /// written to the outbox carry its ids.
+    /// The message whose handler this unit of work serves: the events it
+    /// stages are caused by it, and an inbound one goes to the inbox.
     flow: Option<MessageContext>,
 }
 
@@ -77,7 +81,7 @@ impl<T: ProductTables> RelationalUnitOfWork<T> {
     }
 
     /// The same unit of work, serving the handler of the message `context`
-    /// describes (its outbox messages continue that flow).
+    /// describes.
     pub fn in_flow(mut self, context: MessageContext) -> Self {
         self.flow = Some(context);
         self
@@ -97,18 +101,14 @@ impl<T: ProductTables> RelationalUnitOfWork<T> {
         &mut self.seen[last].product
     }
 
-    /// The external events of the changed products, as outbox messages
-    /// continuing `flow`.
-    fn outbound(&self, flow: &MessageContext) -> Result<Vec<OutboundMessage>, UowError> {
-        let mut messages = Vec::new();
-        for tracked in self.seen.iter().filter(|t| t.changed()) {
-            for event in tracked.product.recorded().iter() {
-                if let Some(message) = OutboundMessage::from_event(event, flow) {
-                    messages.push(message.map_err(|e| UowError::Storage(Box::new(e)))?);
-                }
-            }
+    /// What a failed staging means for the product `sku`.
+    fn stage_error(&self, error: StageError, sku: &str) -> UowError {
+        match error {
+            StageError::AlreadyHandled { message_id } => UowError::AlreadyHandled { message_id },
+            StageError::Duplicate { event, .. } => UowError::AlreadyHandled { message_id: event },
+            StageError::Database(error) => self.tables.write_error(error, sku),
+            other => UowError::Storage(Box::new(other)),
         }
-        Ok(messages)
     }
 }
 
@@ -148,23 +148,47 @@ impl<T: ProductTables> bus_core::UnitOfWork for RelationalUnitOfWork<T> {
     type Error = UowError;
 
     async fn commit(&mut self) -> Result<(), UowError> {
-        if self.seen.iter().any(Tracked::changed) {
-            let flow = self.flow.unwrap_or_default();
-            let changes = Changes {
-                outbound: self.outbound(&flow)?,
-                handled: flow.is_inbound().then(|| flow.message_id()),
-                products: self.seen.iter().filter(|t| t.changed()).collect(),
-            };
-            self.tables.write(changes).await?;
-        }
-        // The stored rows no longer match what was loaded: forget the
-        // products, so that anything loaded after this commit is read afresh.
         let events: Vec<PendingEvent> = self
             .seen
-            .drain(..)
-            .flat_map(|mut tracked| tracked.product.events().take())
+            .iter_mut()
+            .flat_map(|tracked| tracked.product.events().take())
             .collect();
-        self.releaser.release_all(events);
+        let changed: Vec<&Tracked> = self.seen.iter().filter(|t| t.changed()).collect();
+        if changed.is_empty() && events.is_empty() {
+            self.seen.clear();
+            return Ok(());
+        }
+        // The product named in a conflict or storage error.
+        let sku = changed
+            .first()
+            .map_or(&self.seen[0], |tracked| *tracked)
+            .product
+            .sku
+            .clone();
+        let store = self.tables.store();
+        let mut tx = store
+            .begin()
+            .await
+            .map_err(|e| self.tables.write_error(e, &sku))?;
+        for tracked in changed {
+            self.tables.save(&mut tx, tracked).await?;
+        }
+        // The events (for their handlers, again after a crash; external ones
+        // for the outbox), the inbound message's inbox row, and the record
+        // of the delivery this call serves: in the same transaction, so they
+        // exist if and only if the change committed.
+        let flow = self.flow.unwrap_or_default();
+        let staged = store
+            .stage(&mut tx, &self.releaser, &flow, events)
+            .await
+            .map_err(|e| self.stage_error(e, &sku))?;
+        tx.commit()
+            .await
+            .map_err(|e| self.tables.write_error(e, &sku))?;
+        // The stored rows no longer match what was loaded: forget the
+        // products, so that anything loaded after this commit is read afresh.
+        self.seen.clear();
+        staged.release();
         Ok(())
     }
 

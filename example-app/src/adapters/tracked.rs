@@ -124,14 +124,3 @@ pub(crate) fn to_u32(value: i64) -> Result<u32, UowError> {
 pub(crate) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
-
-/// Maps a failed write of an inbound message's id to the inbox: a unique
-/// violation means the message was handled already.
-pub(crate) fn inbox_error(error: sqlx::Error, message_id: bus_core::MessageId) -> UowError {
-    match error {
-        sqlx::Error::Database(e) if e.is_unique_violation() => UowError::AlreadyHandled {
-            message_id: message_id.to_string(),
-        },
-        other => UowError::Storage(Box::new(other)),
-    }
-}

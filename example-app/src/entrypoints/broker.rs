@@ -13,7 +13,6 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::adapters::database::Database;
-use crate::adapters::relay;
 
 /// The stream the app consumes.
 pub const INBOUND_STREAM: &str = "change_batch_quantity";
@@ -33,26 +32,26 @@ pub struct BrokerTasks {
     consumer: JoinHandle<()>,
 }
 
-/// Connects to Redis at `url`, then starts the outbox relay (a round every
-/// `relay_pause` when idle) and the consumer (as `consumer` in the group).
+/// Connects to Redis at `url`, then starts the outbox relay (bus-sqlx's:
+/// batches back to back while there are rows, a round every relay pause
+/// when idle) and the consumer (as `consumer` in the group).
 pub async fn start(
     url: &str,
     consumer: &str,
     database: &Database,
     bus: Bus,
-    relay_pause: Duration,
 ) -> Result<BrokerTasks, TransportError> {
     let publisher = Arc::new(RedisPublisher::new(bus_redis::connect(url).await?));
     let subscriber =
         RedisSubscriber::join(url, INBOUND_STREAM, CONSUMER_GROUP, consumer, CLAIM_AFTER).await?;
     let stop_relay = Arc::new(Notify::new());
     let stop = stop_relay.clone();
-    let relay = tokio::spawn(relay::run(
-        database.outbox(),
-        publisher,
-        relay_pause,
-        async move { stop.notified().await },
-    ));
+    let outbox = database.clone();
+    let relay = tokio::spawn(async move {
+        outbox
+            .relay(publisher, async move { stop.notified().await })
+            .await
+    });
     let consumer = tokio::spawn(
         Consumer::new(bus, subscriber)
             .with_inbox(database.inbox())
@@ -76,12 +75,11 @@ pub async fn start(
 pub async fn relay_only(
     url: &str,
     database: &Database,
-    relay_pause: Duration,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), TransportError> {
     let publisher = Arc::new(RedisPublisher::new(bus_redis::connect(url).await?));
     tracing::info!(url, "relaying the outbox");
-    relay::run(database.outbox(), publisher, relay_pause, stop).await;
+    database.relay(publisher, stop).await;
     Ok(())
 }
 

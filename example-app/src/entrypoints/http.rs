@@ -8,9 +8,10 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bus_core::{Bus, DispatchError};
+use bus_sqlx::{DeadLetterError, DeadLetterStore};
 use chrono::NaiveDate;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -18,7 +19,6 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
-use crate::service_layer::dead_letters::{self, DeadLetterError, DeadLetterStore};
 use crate::service_layer::unit_of_work::UowError;
 use crate::service_layer::ServiceError;
 use crate::views::{Allocations, ViewError};
@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/change_batch_quantity", post(change_batch_quantity))
         .route("/dead_letters", get(list_dead_letters))
         .route("/dead_letters/{id}/replay", post(replay_dead_letter))
+        .route("/dead_letters/{id}", delete(delete_dead_letter))
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -264,11 +265,11 @@ impl From<DeadLetterError> for ApiError {
     fn from(error: DeadLetterError) -> Self {
         let status = match &error {
             DeadLetterError::NotFound(_) => StatusCode::NOT_FOUND,
-            DeadLetterError::AlreadyReplayed(_) | DeadLetterError::StillFailing { .. } => {
-                StatusCode::CONFLICT
-            }
+            DeadLetterError::AlreadyReplayed(_)
+            | DeadLetterError::BeingReplayed(_)
+            | DeadLetterError::StillFailing { .. } => StatusCode::CONFLICT,
             DeadLetterError::NotReplayable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            DeadLetterError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status.is_server_error() {
             tracing::error!(%error, "dead-letter store failed");
@@ -294,15 +295,26 @@ async fn list_dead_letters(
     Ok(Json(json!(letters)))
 }
 
+fn dead_letter_id(id: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::bad_request(format!("dead letter id must be a number, got {id:?}")))
+}
+
 async fn replay_dead_letter(
     State(AppState { bus, dead_letters }): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id: i64 = id.parse().map_err(|_| {
-        ApiError::bad_request(format!("dead letter id must be a number, got {id:?}"))
-    })?;
-    let letter = dead_letters::replay(&bus, &*dead_letters, id).await?;
+    let letter = bus_sqlx::replay(&bus, &*dead_letters, dead_letter_id(&id)?).await?;
     Ok(Json(json!(letter)))
+}
+
+/// Deletes a letter given up on (its event is not handled by that handler).
+async fn delete_dead_letter(
+    State(AppState { dead_letters, .. }): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    dead_letters.delete(dead_letter_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn no_such_route(request: Request) -> ApiError {

@@ -1,8 +1,6 @@
-//! The service layer: the handlers (the use cases), the unit-of-work
-//! abstraction they run in, and the dead letters of the handlers that failed
-//! for good.
+//! The service layer: the handlers (the use cases) and the unit-of-work
+//! abstraction they run in.
 
-pub mod dead_letters;
 mod error;
 pub mod handlers;
 pub mod unit_of_work;

@@ -1,7 +1,9 @@
 //! The read side (CQRS): a denormalized view of allocations, kept up to date
 //! by event handlers and read by a query handler, never from the write model.
 
-use bus_core::{async_trait, handler, BoxError, Query};
+use std::sync::Arc;
+
+use bus_core::{async_trait, handler, BoxError, Query, Scope, Scoped};
 use serde::Serialize;
 
 use crate::domain::events::{Allocated, Deallocated};
@@ -20,7 +22,10 @@ pub struct AllocationRow {
 #[error("allocations view failed: {0}")]
 pub struct ViewError(#[source] pub BoxError);
 
-/// Where the allocations view is stored.
+/// Where the allocations view is stored. Handlers get one per call (a
+/// scoped dependency): each write is a transaction of its own that also
+/// records the call's delivery of the event it handles (bus-sqlx), so that
+/// a redelivered event never writes the view twice.
 #[async_trait]
 pub trait AllocationsView: Send + Sync {
     /// Records that the order's line of `sku` sits in `batchref`.
@@ -30,6 +35,10 @@ pub trait AllocationsView: Send + Sync {
     /// The order's allocations.
     async fn for_order(&self, orderid: &str) -> Result<Vec<AllocationRow>, ViewError>;
 }
+
+/// Makes the view for one handler call, given the call's scope; bootstrap
+/// registers it as a scoped dependency.
+pub type AllocationsViewFactory = Arc<dyn Fn(&mut Scope) -> Box<dyn AllocationsView> + Send + Sync>;
 
 /// Where are an order's lines allocated?
 #[derive(Debug, Clone, PartialEq, Eq, Query)]
@@ -43,7 +52,7 @@ pub struct Allocations {
 #[handler]
 pub async fn allocations(
     query: Allocations,
-    view: &dyn AllocationsView,
+    view: Scoped<dyn AllocationsView>,
 ) -> Result<Vec<AllocationRow>, ViewError> {
     view.for_order(&query.orderid).await
 }
@@ -52,7 +61,7 @@ pub async fn allocations(
 #[handler]
 pub async fn add_allocation_to_read_model(
     event: &Allocated,
-    view: &dyn AllocationsView,
+    view: Scoped<dyn AllocationsView>,
 ) -> Result<(), ViewError> {
     view.add(&event.orderid, &event.sku, &event.batchref).await
 }
@@ -61,7 +70,7 @@ pub async fn add_allocation_to_read_model(
 #[handler]
 pub async fn remove_allocation_from_read_model(
     event: &Deallocated,
-    view: &dyn AllocationsView,
+    view: Scoped<dyn AllocationsView>,
 ) -> Result<(), ViewError> {
     view.remove(&event.orderid, &event.sku).await
 }

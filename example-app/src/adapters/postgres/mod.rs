@@ -1,23 +1,20 @@
 //! PostgreSQL, for several processes on several machines sharing one
-//! database: the unit of work and repository of the write model, the
-//! allocations view, the outbox (relayed with `FOR UPDATE SKIP LOCKED`),
-//! the inbox and the dead letters.
+//! database: the unit of work and repository of the write model and the
+//! allocations view; bus-sqlx's store keeps the outbox (relayed with
+//! `FOR UPDATE SKIP LOCKED`), the inbox, the pending events and the dead
+//! letters in the same database.
 
-mod dead_letters;
-mod inbox;
-mod outbox;
 mod unit_of_work;
 mod views;
 
 use std::str::FromStr;
 use std::time::Duration;
 
+use bus_core::BoxError;
+use bus_sqlx::{Settings, Store};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::Connection;
+use sqlx::{Connection, Postgres};
 
-pub use dead_letters::PostgresDeadLetterStore;
-pub use inbox::PostgresInbox;
-pub use outbox::PostgresOutbox;
 pub use unit_of_work::PostgresUnitOfWork;
 pub use views::PostgresAllocationsView;
 
@@ -29,10 +26,11 @@ pub const MAX_CONNECTIONS: u32 = 16;
 /// How long a unit of work waits for a free connection before it fails.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// An open PostgreSQL database: its connection pool.
+/// An open PostgreSQL database: its connection pool, and the store on it.
 #[derive(Debug, Clone)]
 pub struct PostgresDatabase {
     pool: PgPool,
+    store: Store<Postgres>,
 }
 
 impl PostgresDatabase {
@@ -41,17 +39,24 @@ impl PostgresDatabase {
         &self.pool
     }
 
-    /// Closes every connection, once what runs on them finished.
+    /// The durable messaging store on this database.
+    pub fn store(&self) -> &Store<Postgres> {
+        &self.store
+    }
+
+    /// Leaves the processes sharing the database, then closes every
+    /// connection, once what runs on them finished.
     pub async fn close(&self) {
+        self.store.close().await;
         self.pool.close().await;
     }
 }
 
 /// Connects to the database at `url`, such as
 /// `postgres://postgres@127.0.0.1:5432/allocation`, and brings its schema up
-/// to date (the migrations take an advisory lock: processes starting
-/// together apply each one once).
-pub async fn connect(url: &str) -> Result<PostgresDatabase, sqlx::Error> {
+/// to date: bus-sqlx's tables, then the service's own (both under advisory
+/// locks: processes starting together apply each migration once).
+pub async fn connect(url: &str, settings: Settings) -> Result<PostgresDatabase, BoxError> {
     let options = PgConnectOptions::from_str(url)?;
     // One connection first: an unreachable server or a refused login is then
     // reported as such (the pool would only say it timed out).
@@ -61,8 +66,9 @@ pub async fn connect(url: &str) -> Result<PostgresDatabase, sqlx::Error> {
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await?;
+    let store = Store::open_with(pool.clone(), settings).await?;
     sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-    Ok(PostgresDatabase { pool })
+    Ok(PostgresDatabase { pool, store })
 }
 
 fn storage(error: sqlx::Error) -> UowError {

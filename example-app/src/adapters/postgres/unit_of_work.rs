@@ -2,10 +2,11 @@
 //! [`PostgresUnitOfWork`].
 
 use bus_core::async_trait;
+use bus_sqlx::Store;
 use sqlx::{Postgres, Transaction};
 
-use super::{inbox, outbox, storage, write_error, PostgresDatabase};
-use crate::adapters::relational::{Changes, ProductTables, RelationalUnitOfWork};
+use super::{storage, write_error, PostgresDatabase};
+use crate::adapters::relational::{ProductTables, RelationalUnitOfWork};
 use crate::adapters::rows::{stored_batch, stored_line};
 use crate::adapters::tracked::{to_i64, Tracked};
 use crate::service_layer::unit_of_work::UowError;
@@ -63,7 +64,7 @@ impl PostgresDatabase {
     }
 
     /// Writes one changed product, checking its version.
-    async fn save(
+    async fn save_in(
         tx: &mut Transaction<'static, Postgres>,
         tracked: &Tracked,
     ) -> Result<(), UowError> {
@@ -142,6 +143,12 @@ impl PostgresDatabase {
 
 #[async_trait]
 impl ProductTables for PostgresDatabase {
+    type Db = Postgres;
+
+    fn store(&self) -> &Store<Postgres> {
+        &self.store
+    }
+
     async fn load(&self, sku: &str) -> Result<Option<Tracked>, UowError> {
         let mut tx = self
             .pool
@@ -161,26 +168,15 @@ impl ProductTables for PostgresDatabase {
             .map_err(storage)
     }
 
-    async fn write(&self, changes: Changes<'_>) -> Result<(), UowError> {
-        let Some(first) = changes.products.first() else {
-            return Ok(());
-        };
-        let sku = first.product.sku.as_str();
+    async fn save(
+        &self,
+        transaction: &mut Transaction<'static, Postgres>,
+        tracked: &Tracked,
+    ) -> Result<(), UowError> {
+        Self::save_in(transaction, tracked).await
+    }
 
-        let mut tx = self.pool.begin().await.map_err(|e| write_error(e, sku))?;
-        for tracked in &changes.products {
-            Self::save(&mut tx, tracked).await?;
-        }
-        // An inbound message's id goes to the inbox in the same
-        // transaction: a redelivery then finds it, and a second commit
-        // fails. The external events go to the outbox in it too: they
-        // leave (by the relay) if and only if the change committed.
-        if let Some(id) = changes.handled {
-            inbox::record_handled(&mut tx, id).await?;
-        }
-        for message in &changes.outbound {
-            outbox::insert(&mut tx, message).await.map_err(storage)?;
-        }
-        tx.commit().await.map_err(|e| write_error(e, sku))
+    fn write_error(&self, error: sqlx::Error, sku: &str) -> UowError {
+        write_error(error, sku)
     }
 }

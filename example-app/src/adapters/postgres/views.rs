@@ -1,21 +1,41 @@
 //! The allocations view (the read model) in PostgreSQL.
 
-use bus_core::async_trait;
+use bus_core::{async_trait, EventReleaser};
 
 use super::PostgresDatabase;
 use crate::adapters::rows::allocation_row;
 use crate::views::{AllocationRow, AllocationsView, ViewError};
 
-/// The allocations view in PostgreSQL.
+/// The allocations view in PostgreSQL, for one handler call: each write is
+/// a transaction that also records the call's delivery.
 #[derive(Debug, Clone)]
 pub struct PostgresAllocationsView {
     database: PostgresDatabase,
+    releaser: EventReleaser,
 }
 
 impl PostgresAllocationsView {
-    /// The view in `database`.
-    pub fn new(database: PostgresDatabase) -> Self {
-        PostgresAllocationsView { database }
+    /// The view in `database`, for the call whose releaser is `releaser`.
+    pub fn new(database: PostgresDatabase, releaser: EventReleaser) -> Self {
+        PostgresAllocationsView { database, releaser }
+    }
+
+    /// Runs one write of the view, with the record of the call's delivery.
+    async fn write(&self, sql: &str, binds: &[&str]) -> Result<(), ViewError> {
+        let store = self.database.store();
+        let mut tx = store.begin().await.map_err(view_error)?;
+        let mut query = sqlx::query(sql);
+        for bind in binds {
+            query = query.bind(*bind);
+        }
+        query.execute(&mut **tx).await.map_err(view_error)?;
+        let staged = store
+            .stage_delivery(&mut tx, &self.releaser)
+            .await
+            .map_err(|e| ViewError(Box::new(e)))?;
+        tx.commit().await.map_err(view_error)?;
+        staged.release();
+        Ok(())
     }
 }
 
@@ -26,24 +46,19 @@ fn view_error(error: sqlx::Error) -> ViewError {
 #[async_trait]
 impl AllocationsView for PostgresAllocationsView {
     async fn add(&self, orderid: &str, sku: &str, batchref: &str) -> Result<(), ViewError> {
-        sqlx::query("INSERT INTO allocations_view (orderid, sku, batchref) VALUES ($1, $2, $3)")
-            .bind(orderid)
-            .bind(sku)
-            .bind(batchref)
-            .execute(self.database.pool())
-            .await
-            .map_err(view_error)?;
-        Ok(())
+        self.write(
+            "INSERT INTO allocations_view (orderid, sku, batchref) VALUES ($1, $2, $3)",
+            &[orderid, sku, batchref],
+        )
+        .await
     }
 
     async fn remove(&self, orderid: &str, sku: &str) -> Result<(), ViewError> {
-        sqlx::query("DELETE FROM allocations_view WHERE orderid = $1 AND sku = $2")
-            .bind(orderid)
-            .bind(sku)
-            .execute(self.database.pool())
-            .await
-            .map_err(view_error)?;
-        Ok(())
+        self.write(
+            "DELETE FROM allocations_view WHERE orderid = $1 AND sku = $2",
+            &[orderid, sku],
+        )
+        .await
     }
 
     async fn for_order(&self, orderid: &str) -> Result<Vec<AllocationRow>, ViewError> {

@@ -1,40 +1,35 @@
 //! SQLite, the embedded default: one file, one machine. The unit of work and
-//! repository of the write model, the allocations view, the outbox, the
-//! inbox and the dead letters, all in one database.
+//! repository of the write model and the allocations view; bus-sqlx's store
+//! keeps the outbox, the inbox, the pending events and the dead letters in
+//! the same file.
 
-mod dead_letters;
-mod inbox;
-mod outbox;
 mod unit_of_work;
 mod views;
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
+use bus_core::BoxError;
+use bus_sqlx::{Settings, Store};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use tokio::sync::Mutex;
+use sqlx::Sqlite;
 
-pub use dead_letters::SqliteDeadLetterStore;
-pub use inbox::SqliteInbox;
-pub use outbox::{SqliteOutbox, CLAIM_LEASE};
 pub use unit_of_work::SqliteUnitOfWork;
 pub use views::SqliteAllocationsView;
 
 use crate::service_layer::unit_of_work::UowError;
 
-/// An open SQLite database: its connection pool, and the turn that this
-/// process's writers take one after the other.
-///
-/// SQLite allows one writer at a time. Writers of this process queue here,
-/// in order, instead of polling SQLite's lock in its busy handler; writers of
-/// other processes still wait on SQLite's lock, up to the busy timeout.
+/// An open SQLite database: its connection pool, and the store on it (whose
+/// write transactions take this process's writers one after the other:
+/// SQLite allows one writer at a time, and queueing in the process beats
+/// polling SQLite's lock; writers of other processes still wait on SQLite's
+/// lock, up to the busy timeout).
 #[derive(Debug, Clone)]
 pub struct SqliteDatabase {
     pool: SqlitePool,
-    writer: Arc<Mutex<()>>,
+    store: Store<Sqlite>,
 }
 
 impl SqliteDatabase {
@@ -43,24 +38,26 @@ impl SqliteDatabase {
         &self.pool
     }
 
-    /// Closes every connection, once what runs on them finished.
-    pub async fn close(&self) {
-        self.pool.close().await;
+    /// The durable messaging store on this database.
+    pub fn store(&self) -> &Store<Sqlite> {
+        &self.store
     }
 
-    /// Waits for this process's turn to write.
-    async fn writer_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.writer.lock().await
+    /// Leaves the processes sharing the file, then closes every connection.
+    pub async fn close(&self) {
+        self.store.close().await;
+        self.pool.close().await;
     }
 }
 
 /// Opens (creating it when missing) the database at `url`, such as
-/// `sqlite://allocation.db`, and brings its schema up to date.
+/// `sqlite://allocation.db`, and brings its schema up to date: bus-sqlx's
+/// tables, then the service's own.
 ///
 /// WAL journaling with `synchronous = NORMAL`: a commit survives the process
 /// crashing or being killed; only a power loss can take back the last
 /// commits, the usual trade for SQLite in WAL mode.
-pub async fn connect(url: &str) -> Result<SqliteDatabase, sqlx::Error> {
+pub async fn connect(url: &str, settings: Settings) -> Result<SqliteDatabase, BoxError> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -68,11 +65,9 @@ pub async fn connect(url: &str) -> Result<SqliteDatabase, sqlx::Error> {
         .foreign_keys(true)
         .busy_timeout(Duration::from_secs(5));
     let pool = SqlitePoolOptions::new().connect_with(options).await?;
+    let store = Store::open_with(pool.clone(), settings).await?;
     sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-    Ok(SqliteDatabase {
-        pool,
-        writer: Arc::new(Mutex::new(())),
-    })
+    Ok(SqliteDatabase { pool, store })
 }
 
 fn storage(error: sqlx::Error) -> UowError {

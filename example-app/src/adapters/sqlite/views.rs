@@ -1,22 +1,42 @@
 //! The allocations view (the read model) in SQLite.
 
-use bus_core::async_trait;
+use bus_core::{async_trait, EventReleaser};
 
 use super::SqliteDatabase;
 use crate::adapters::rows::allocation_row;
 use crate::views::{AllocationRow, AllocationsView, ViewError};
 
-/// The allocations view in SQLite; its writes take the database's writer
-/// turn like the units of work do.
+/// The allocations view in SQLite, for one handler call: each write is a
+/// transaction of the store (this process's writers take turns) that also
+/// records the call's delivery.
 #[derive(Debug, Clone)]
 pub struct SqliteAllocationsView {
     database: SqliteDatabase,
+    releaser: EventReleaser,
 }
 
 impl SqliteAllocationsView {
-    /// The view in `database`.
-    pub fn new(database: SqliteDatabase) -> Self {
-        SqliteAllocationsView { database }
+    /// The view in `database`, for the call whose releaser is `releaser`.
+    pub fn new(database: SqliteDatabase, releaser: EventReleaser) -> Self {
+        SqliteAllocationsView { database, releaser }
+    }
+
+    /// Runs one write of the view, with the record of the call's delivery.
+    async fn write(&self, sql: &str, binds: &[&str]) -> Result<(), ViewError> {
+        let store = self.database.store();
+        let mut tx = store.begin().await.map_err(view_error)?;
+        let mut query = sqlx::query(sql);
+        for bind in binds {
+            query = query.bind(*bind);
+        }
+        query.execute(&mut **tx).await.map_err(view_error)?;
+        let staged = store
+            .stage_delivery(&mut tx, &self.releaser)
+            .await
+            .map_err(|e| ViewError(Box::new(e)))?;
+        tx.commit().await.map_err(view_error)?;
+        staged.release();
+        Ok(())
     }
 }
 
@@ -27,26 +47,19 @@ fn view_error(error: sqlx::Error) -> ViewError {
 #[async_trait]
 impl AllocationsView for SqliteAllocationsView {
     async fn add(&self, orderid: &str, sku: &str, batchref: &str) -> Result<(), ViewError> {
-        let _turn = self.database.writer_turn().await;
-        sqlx::query("INSERT INTO allocations_view (orderid, sku, batchref) VALUES (?, ?, ?)")
-            .bind(orderid)
-            .bind(sku)
-            .bind(batchref)
-            .execute(&self.database.pool)
-            .await
-            .map_err(view_error)?;
-        Ok(())
+        self.write(
+            "INSERT INTO allocations_view (orderid, sku, batchref) VALUES (?, ?, ?)",
+            &[orderid, sku, batchref],
+        )
+        .await
     }
 
     async fn remove(&self, orderid: &str, sku: &str) -> Result<(), ViewError> {
-        let _turn = self.database.writer_turn().await;
-        sqlx::query("DELETE FROM allocations_view WHERE orderid = ? AND sku = ?")
-            .bind(orderid)
-            .bind(sku)
-            .execute(&self.database.pool)
-            .await
-            .map_err(view_error)?;
-        Ok(())
+        self.write(
+            "DELETE FROM allocations_view WHERE orderid = ? AND sku = ?",
+            &[orderid, sku],
+        )
+        .await
     }
 
     async fn for_order(&self, orderid: &str) -> Result<Vec<AllocationRow>, ViewError> {
@@ -54,7 +67,7 @@ impl AllocationsView for SqliteAllocationsView {
             "SELECT sku, batchref FROM allocations_view WHERE orderid = ? ORDER BY rowid",
         )
         .bind(orderid)
-        .fetch_all(&self.database.pool)
+        .fetch_all(self.database.pool())
         .await
         .map_err(view_error)?;
         rows.iter()
