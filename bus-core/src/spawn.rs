@@ -1,17 +1,22 @@
-//! Where the rest of a dispatch runs when its caller stops waiting for it.
+//! Where the events of an awaited dispatch run, so that a caller that stops
+//! waiting for it (an HTTP client hung up, a timeout fired) does not stop
+//! them.
 //!
-//! An awaited dispatch runs its whole cascade inside the caller's future.
-//! If that future is dropped once the command handler has returned (an HTTP
-//! client hung up, a timeout fired), the events still queued are not
-//! dropped with it: what is left of the cascade is handed to the bus's
-//! [`Spawn`] and runs to its end there. The event handler that was running
-//! when the future was dropped is called again from the start (it was
-//! interrupted at an `.await`), and so are a retry and a dead letter that
-//! were under way; every other handler runs once, as it would have.
+//! - With a spawner named at build ([`BusBuilder::spawner`](crate::BusBuilder::spawner)),
+//!   the events of an awaited dispatch run on a task of their own, and the
+//!   caller awaits their end: dropping the caller's future once the command
+//!   handler returned interrupts none of them.
+//! - Without one, they run inside the caller's future (no task: the
+//!   cheapest); if that future is dropped at an `.await`, what is left of
+//!   the cascade goes on on the current tokio runtime (bus-core's `tokio`
+//!   feature) or a thread of its own: the event handler that was
+//!   interrupted is called again from the start, and so are a retry and a
+//!   dead letter that were under way; every other handler runs once, as it
+//!   would have.
 
 use crate::call::BoxFuture;
 
-/// Runs a detached piece of a dispatch to its end.
+/// Runs the events of a dispatch to their end, on another task.
 ///
 /// Bootstrap names the application's runtime with
 /// [`BusBuilder::spawner`](crate::BusBuilder::spawner); any `Fn` that spawns
@@ -31,11 +36,12 @@ use crate::call::BoxFuture;
 /// # }
 /// ```
 ///
-/// Without one, the bus uses the tokio runtime the dispatch was dropped on
-/// (with bus-core's `tokio` feature), or else a thread of its own that
-/// drives the rest with [`block_on`](crate::block_on): handlers that need
-/// a runtime's timers or I/O then fail there (loudly: logged, retried,
-/// dead-lettered), so name your runtime.
+/// Without one, a dispatch whose caller stopped waiting goes on on the
+/// tokio runtime it was dropped on (with bus-core's `tokio` feature), or
+/// else on a thread of its own that drives it with
+/// [`block_on`](crate::block_on): handlers that need a runtime's timers or
+/// I/O then fail there (loudly: logged, retried, dead-lettered). Name your
+/// runtime.
 pub trait Spawn: Send + Sync + 'static {
     /// Runs `task` to its end, on another task or thread.
     fn spawn(&self, task: BoxFuture<'static, ()>);

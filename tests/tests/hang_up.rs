@@ -1,9 +1,10 @@
 //! A caller that stops waiting: dropping an awaited dispatch's future once
-//! its command handler returned does not drop the rest of the cascade. The
-//! events still queued run to the end on the bus's spawner (the handler that
-//! was interrupted runs again from the start), a graceful shutdown waits for
-//! them, and dropping the future before the command handler returned
-//! cancels the command and everything it would have caused.
+//! its command handler returned does not drop the rest of the cascade. On a
+//! bus with a spawner the events run on a task of their own (nothing is
+//! interrupted); without one, the rest goes on on a thread (the handler
+//! that was interrupted runs again from the start). A graceful shutdown
+//! waits for them, and dropping the future before the command handler
+//! returned cancels the command and everything it would have caused.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -196,11 +197,19 @@ async fn the_rest_runs_once_after_the_caller_hung_up(tokio_spawner: bool) {
         once_each(&["reserve_stock", "send_mail"], 3),
         "every handler completed once, on every event"
     );
-    assert_eq!(
-        probe.starts("reserve_stock", 0),
-        2,
-        "the interrupted call ran again"
-    );
+    if tokio_spawner {
+        assert_eq!(
+            probe.starts("reserve_stock", 0),
+            1,
+            "nothing was interrupted"
+        );
+    } else {
+        assert_eq!(
+            probe.starts("reserve_stock", 0),
+            2,
+            "the interrupted call ran again"
+        );
+    }
     assert_eq!(probe.starts("send_mail", 0), 1);
 }
 
@@ -227,12 +236,31 @@ async fn a_retry_under_way_when_the_caller_hung_up_still_succeeds_once() {
     };
     // `flaky` failed its first attempt on line 0; its retry waits 200 ms
     // after the event's other handlers ran: the caller hangs up then, and
-    // the retry, taken up again, makes its next attempt at once.
+    // the retry goes on without it.
     dispatch_and_hang_up(&bus, command, &probe.failed_once).await;
     assert!(bus.settled(Duration::from_secs(10)).await, "the rest ran");
     assert_eq!(probe.completions(), once_each(&["flaky", "send_mail"], 2));
     assert_eq!(probe.flaky_attempts.load(Ordering::SeqCst), 2);
     assert!(bus.dead_letters().expect("in memory").is_empty());
+}
+
+/// Without a spawner, a retry under way when the caller hung up is taken up
+/// again, and makes its next attempt at once.
+#[tokio::test]
+async fn without_a_spawner_a_retry_under_way_is_taken_up_again() {
+    let probe = Arc::new(Probe::default());
+    let handlers = Registrations::new()
+        .handler::<flaky>()
+        .handler::<send_mail>();
+    let bus = bus(&probe, handlers, false);
+    let command = PlaceOrder {
+        lines: 2,
+        slow: false,
+    };
+    dispatch_and_hang_up(&bus, command, &probe.failed_once).await;
+    assert!(bus.settled(Duration::from_secs(10)).await, "the rest ran");
+    assert_eq!(probe.completions(), once_each(&["flaky", "send_mail"], 2));
+    assert_eq!(probe.flaky_attempts.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

@@ -176,9 +176,11 @@ impl BusBuilder {
         self
     }
 
-    /// Where the rest of a dispatch runs when its caller stops waiting for
-    /// it (see [`Bus::dispatch`] and [`Spawn`](crate::Spawn)): name the
-    /// application's runtime here.
+    /// The application's runtime: the events of an awaited dispatch then
+    /// run on a task of their own (the caller awaits their end), so that a
+    /// caller that stops waiting (a timeout, an HTTP client that hung up)
+    /// interrupts none of their handlers. See [`Bus::dispatch`] and
+    /// [`Spawn`](crate::Spawn).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -320,9 +322,7 @@ impl BusBuilder {
                 messages: messages.into_boxed_slice(),
                 names: Default::default(),
                 tap: Default::default(),
-                spawner: self
-                    .spawner
-                    .unwrap_or_else(|| Arc::new(crate::spawn::DefaultSpawn)),
+                spawner: self.spawner,
             }),
         })
     }

@@ -13,7 +13,6 @@ use tracing::Instrument;
 
 use super::cascade::{Cascade, Current, Run};
 use super::command_retry::CommandRetry;
-use super::detach::Detachable;
 use super::invocation::{dispatch_span, enter, request_handler_span, RequestInvocation};
 use super::routes::BoundHandler;
 use super::Bus;
@@ -42,12 +41,13 @@ impl Bus {
     /// Dropping the returned future (a timeout, an HTTP client that hung
     /// up) before the command handler returned cancels the command: its
     /// unit of work never commits, nothing it released runs. Dropping it
-    /// after the handler returned cancels nothing: the events still queued
-    /// run to the end on the bus's [`Spawn`](crate::Spawn) (the event
-    /// handler that was running is called again from the start), and a
-    /// graceful [`shutdown`](Self::shutdown) waits for them. Only a crash
-    /// loses them; events stored by a durable unit of work (`bus-sqlx`)
-    /// survive that too.
+    /// after the handler returned cancels nothing: the events run to their
+    /// end, and a graceful [`shutdown`](Self::shutdown) waits for them. On a
+    /// bus built with a [`spawner`](crate::BusBuilder::spawner) they run on
+    /// a task of their own all along, so no handler is interrupted; without
+    /// one, the handler that was running is called again from the start
+    /// (see [`Spawn`](crate::Spawn)). Only a crash loses them; events
+    /// stored by a durable unit of work (`bus-sqlx`) survive that too.
     pub async fn dispatch<C: Command>(
         &self,
         command: C,
@@ -110,10 +110,9 @@ impl Bus {
         let mut event = PendingEvent::new(event);
         event.context = Some(context);
         let run = Run::starting_with(cascade, Current::new(event, context));
-        let mut run = Detachable::new(self, run, span.clone());
-        let ran = self.run_queue(run.run()).instrument(span).await;
-        run.done();
-        ran.map_err(DispatchError::from)
+        self.run_to_end(run, span)
+            .await
+            .map_err(DispatchError::from)
     }
 
     /// [`publish`](Self::publish) without an async runtime.
@@ -196,10 +195,7 @@ impl Bus {
         let output = output?;
         if let Some(cascade) = self.released(meta, scope) {
             // From here on, dropping this future does not drop the cascade.
-            let mut run = Detachable::new(self, Run::new(cascade), span.clone());
-            let ran = self.run_queue(run.run()).instrument(span).await;
-            run.done();
-            ran?;
+            self.run_to_end(Run::new(cascade), span).await?;
         }
         Ok(output)
     }

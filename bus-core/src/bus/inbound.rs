@@ -7,10 +7,8 @@
 //! or its own name. A command needs `#[command(serde)]` (or `external`), an
 //! event `#[event(serde)]` (or `external`).
 
-use tracing::Instrument;
-
 use super::cascade::{Cascade, Current, Run};
-use super::detach::Detachable;
+use super::detach::Stopped;
 use super::invocation::dispatch_span;
 use super::Bus;
 use crate::call::BoxFuture;
@@ -198,12 +196,14 @@ impl Bus {
         let mut event = event;
         event.context = Some(context);
         let run = Run::starting_with(cascade, Current::new(event, context));
-        let mut run = Detachable::new(self, run, span.clone());
-        let ran = self.run_queue(run.run()).instrument(span).await;
-        run.done();
-        ran.map_err(|error| InboundError::Failed {
-            name: meta.name(),
-            error: error.to_string(),
-        })
+        self.run_to_end(run, span)
+            .await
+            .map_err(|stopped| InboundError::Failed {
+                name: meta.name(),
+                error: match stopped {
+                    Stopped::Limit(error) => error.to_string(),
+                    Stopped::Dropped => Stopped::DROPPED.to_owned(),
+                },
+            })
     }
 }

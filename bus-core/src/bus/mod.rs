@@ -79,8 +79,9 @@ struct BusInner {
     names: OnceLock<Names>,
     /// A test's recorder, once attached.
     tap: OnceLock<Arc<crate::testing::RecorderInner>>,
-    /// Where the rest of a dispatch runs when its caller stops waiting.
-    spawner: Arc<dyn crate::spawn::Spawn>,
+    /// Where the cascade of an awaited dispatch runs, when bootstrap named
+    /// a runtime (see `detach.rs`).
+    spawner: Option<Arc<dyn crate::spawn::Spawn>>,
 }
 
 /// What a replay looks up by name.

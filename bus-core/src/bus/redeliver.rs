@@ -5,10 +5,7 @@
 
 use std::convert::Infallible;
 
-use tracing::Instrument;
-
 use super::cascade::{Cascade, Current, Run};
-use super::detach::Detachable;
 use super::invocation::dispatch_span;
 use super::Bus;
 use crate::error::DispatchError;
@@ -66,9 +63,8 @@ impl Bus {
         let mut current = Current::new(event, context);
         current.skip = completed.into();
         let run = Run::starting_with(cascade, current);
-        let mut run = Detachable::new(self, run, span.clone());
-        let ran = self.run_queue(run.run()).instrument(span).await;
-        run.done();
-        ran.map_err(DispatchError::from)
+        self.run_to_end(run, span)
+            .await
+            .map_err(DispatchError::from)
     }
 }

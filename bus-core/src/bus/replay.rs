@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use super::cascade::{Cascade, Run};
-use super::detach::Detachable;
+use super::detach::Stopped;
 use super::invocation::{dispatch_span, EventInvocation};
 use super::Bus;
 use crate::context::MessageContext;
@@ -56,6 +56,12 @@ pub enum ReplayError {
     /// The bus is closed.
     #[error("the bus is shutting down: it accepts no new dispatch")]
     Closed,
+    /// The task running the events the replayed call released was dropped
+    /// before they all ran (its runtime shut down).
+    #[error(
+        "the task running the rest of the replay was dropped before its end (its runtime shut down)"
+    )]
+    Interrupted,
 }
 
 impl Bus {
@@ -170,10 +176,14 @@ impl Bus {
             let released = invocation.released();
             if !released.is_empty() {
                 cascade.push_all(released, &context);
-                let mut run = Detachable::new(self, Run::new(cascade), tracing::Span::current());
-                let ran = self.run_queue(run.run()).await;
-                run.done();
-                ran.map_err(|error| ReplayError::CascadeLimit(Box::new(error)))?;
+                let run = Run::new(cascade);
+                match self.run_to_end(run, tracing::Span::current()).await {
+                    Ok(()) => {}
+                    Err(Stopped::Limit(error)) => {
+                        return Err(ReplayError::CascadeLimit(Box::new(error)))
+                    }
+                    Err(Stopped::Dropped) => return Err(ReplayError::Interrupted),
+                }
             }
             Ok(())
         }

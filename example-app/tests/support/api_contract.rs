@@ -7,6 +7,13 @@
 
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bus_core::{EventReleaser, Scope};
+use example_app::adapters::database::Database;
+use example_app::views::AllocationRow;
+use example_app::Adapters;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -23,6 +30,8 @@ macro_rules! api_contract_tests {
             bad_input_gets_a_4xx_with_a_message_naming_the_problem,
             concurrent_allocations_never_oversell,
             ctrl_c_shuts_down_cleanly_and_data_survives_a_restart,
+            every_event_of_a_command_whose_client_hung_up_is_handled_once,
+            every_event_committed_before_a_kill_9_is_handled_once_after_the_restart,
         );
     };
     (@each $binary:expr, $fresh:path; $($name:ident),* $(,)?) => {
@@ -324,4 +333,172 @@ pub async fn ctrl_c_shuts_down_cleanly_and_data_survives_a_restart(
         (status, body),
         (StatusCode::ACCEPTED, json!({"batchref": null}))
     );
+}
+
+// ---------------------------------------------------------------------------
+// Nothing committed is lost: a client that hangs up, a kill -9
+// ---------------------------------------------------------------------------
+
+/// How many order lines the reallocation scenario moves.
+const LINES: usize = 300;
+
+/// `LINES` lines of `LAMP` allocated to batch `C1` (which they fill), with
+/// room for all of them in `C2`.
+async fn lines_in_c1(server: &Server) {
+    add_batch(server, "C1", "LAMP", LINES as u32, None).await;
+    add_batch(server, "C2", "LAMP", 10 * LINES as u32, None).await;
+    for n in 0..LINES {
+        let line = json!({"orderid": format!("order-{n}"), "sku": "LAMP", "qty": 1});
+        let (status, body) = post(server, "/allocate", line).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(body["batchref"], "C1", "{body}");
+    }
+}
+
+/// The write model of `LAMP` as the database holds it: each order line's
+/// batches (more than one would be a line allocated twice), and `C1`'s
+/// quantity.
+async fn write_model(database: &Database) -> (BTreeMap<String, Vec<String>>, u32) {
+    let mut uow = database.unit_of_work(EventReleaser::new());
+    let product = uow
+        .products()
+        .get("LAMP")
+        .await
+        .expect("read")
+        .expect("exists");
+    let mut lines: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for batch in &product.batches {
+        for line in batch.allocations() {
+            lines
+                .entry(line.orderid.clone())
+                .or_default()
+                .push(batch.reference.clone());
+        }
+    }
+    let c1 = product.batch("C1").expect("C1").purchased_quantity();
+    (lines, c1)
+}
+
+/// Waits (at most 60 s) until every line is in exactly one batch and the
+/// read model says the same of every order, then checks that nothing
+/// happened twice: no line in two batches, no order with two view rows.
+async fn every_line_in_a_batch_and_the_view_agrees(database: &Database) {
+    let view = (Adapters::for_database(database).views)(&mut Scope::new());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (lines, _) = write_model(database).await;
+        let mut agrees = lines.len() == LINES;
+        let mut disagreements = Vec::new();
+        for n in 0..LINES {
+            let orderid = format!("order-{n}");
+            let rows = view.for_order(&orderid).await.expect("read");
+            let expected: Vec<AllocationRow> = lines
+                .get(&orderid)
+                .into_iter()
+                .flatten()
+                .map(|batchref| AllocationRow {
+                    sku: "LAMP".into(),
+                    batchref: batchref.clone(),
+                })
+                .collect();
+            if rows != expected {
+                agrees = false;
+                disagreements.push((orderid, rows, expected));
+            }
+        }
+        if agrees {
+            break;
+        }
+        disagreements.truncate(3);
+        assert!(
+            Instant::now() < deadline,
+            "after 60 s, {} of {LINES} lines are in a batch; the view disagrees on {disagreements:?}",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (lines, c1) = write_model(database).await;
+    assert_eq!(c1, 1);
+    let twice: Vec<_> = lines
+        .iter()
+        .filter(|(_, batches)| batches.len() > 1)
+        .collect();
+    assert!(twice.is_empty(), "lines allocated twice: {twice:?}");
+    let in_c2 = lines.values().filter(|b| b[0] == "C2").count();
+    assert_eq!(in_c2, LINES - 1, "all but one moved to C2");
+}
+
+pub async fn every_event_of_a_command_whose_client_hung_up_is_handled_once(
+    binary: &str,
+    database_url: &str,
+) {
+    let server = Server::start_with(binary, database_url, &[]);
+    lines_in_c1(&server).await;
+    let database = Database::connect(database_url).await.expect("opens");
+
+    // The client hangs up 0.2 s in, while the command's 299 `Deallocated`
+    // events are being handled.
+    let hung_up = reqwest::Client::new()
+        .post(server.url("/change_batch_quantity"))
+        .timeout(Duration::from_millis(200))
+        .json(&json!({"ref": "C1", "qty": 1}))
+        .send()
+        .await;
+    assert!(
+        hung_up.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "the client was to hang up before the answer: {hung_up:?}"
+    );
+    let (lines, c1) = write_model(&database).await;
+    assert_eq!(c1, 1, "the command committed before the client hung up");
+    let moved = lines
+        .values()
+        .filter(|b| b.contains(&"C2".to_owned()))
+        .count();
+    assert!(
+        moved < LINES - 1,
+        "the hang-up came mid-cascade ({moved} lines moved so far)"
+    );
+
+    // The rest of the cascade goes on without the client.
+    every_line_in_a_batch_and_the_view_agrees(&database).await;
+    database.close().await;
+}
+
+pub async fn every_event_committed_before_a_kill_9_is_handled_once_after_the_restart(
+    binary: &str,
+    database_url: &str,
+) {
+    // Processes taken for dead one second after they went silent.
+    let env = [("NODE_TIMEOUT_MS", "1000")];
+    let server = Server::start_with(binary, database_url, &env);
+    lines_in_c1(&server).await;
+    let database = Database::connect(database_url).await.expect("opens");
+
+    let change = reqwest::Client::new()
+        .post(server.url("/change_batch_quantity"))
+        .json(&json!({"ref": "C1", "qty": 1}))
+        .send();
+    let change = tokio::spawn(change);
+    // kill -9 the moment the command's commit is visible: its events are
+    // stored, and their handlers have barely begun.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while write_model(&database).await.1 != 1 {
+        assert!(Instant::now() < deadline, "the command never committed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill_hard();
+    let _ = change.await;
+    let (lines, _) = write_model(&database).await;
+    assert!(
+        lines.len() < LINES,
+        "the kill came mid-cascade ({} of {LINES} lines in a batch)",
+        lines.len()
+    );
+
+    // The restarted service delivers what was left, to the handlers that
+    // had not handled it.
+    let restarted = Server::start_with(binary, database_url, &env);
+    every_line_in_a_batch_and_the_view_agrees(&database).await;
+    drop(restarted);
+    database.close().await;
 }
