@@ -35,18 +35,6 @@ pub struct EventRow {
     pub(crate) recoveries: i64,
 }
 
-/// Where the delivery of one stored event to one handler stands, read in
-/// the handler's transaction (PostgreSQL: with the event's row locked).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryState {
-    /// The handler has not handled the event yet.
-    Pending,
-    /// The handler handled it already.
-    Handled,
-    /// The event's delivery finished already: its row is gone.
-    Gone,
-}
-
 /// What deleting a dead letter found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deleted {
@@ -85,32 +73,27 @@ pub(crate) mod sql {
         async fn purge_nodes(pool: &Pool<Self>, stale_for: Duration) -> Result<u64, sqlx::Error>;
 
         // -- staging, in the unit of work's transaction --------------------
-        async fn delivery_state(
+        /// Records that `handler` handled the pending `event` (with
+        /// `settles`, that its delivery is finished: the event's row and its
+        /// records go). `false`, having written nothing, when the event's
+        /// delivery finished already or `handler` handled it already (a
+        /// duplicate). Two of these for one event run one after the other
+        /// (PostgreSQL: the event's row is locked to the commit).
+        async fn record_delivery(
             connection: &mut Self::Connection,
             event: &str,
             handler: &str,
-        ) -> Result<DeliveryState, sqlx::Error>;
-        async fn record_handled_in(
-            connection: &mut Self::Connection,
-            event: &str,
-            handler: &str,
-        ) -> Result<(), sqlx::Error>;
-        /// The event's delivery is finished: its row and its records go.
-        async fn settle_in(
-            connection: &mut Self::Connection,
-            event: &str,
-        ) -> Result<(), sqlx::Error>;
+            settles: bool,
+        ) -> Result<bool, sqlx::Error>;
         async fn record_inbox(
             connection: &mut Self::Connection,
             id: &str,
         ) -> Result<(), sqlx::Error>;
-        async fn insert_events(
+        /// Writes the events (owned by `owner`) and the outbox messages.
+        async fn insert_staged(
             connection: &mut Self::Connection,
             events: &[EventRow],
             owner: &str,
-        ) -> Result<(), sqlx::Error>;
-        async fn insert_outbox(
-            connection: &mut Self::Connection,
             messages: &[OutboundMessage],
         ) -> Result<(), sqlx::Error>;
 

@@ -14,7 +14,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{Executor, PgConnection, Pool, Postgres, Row, Transaction};
 
 use crate::backend::sql::Sql;
-use crate::backend::{Deleted, DeliveryState, EventRow};
+use crate::backend::{Deleted, EventRow};
 use crate::dead_letters::{DeadLetterRecord, StoredDeadLetter};
 use crate::error::{MigrateError, RelayError};
 use crate::migrate::{pending, Migration};
@@ -124,55 +124,37 @@ impl Sql for Postgres {
         Ok(deleted.rows_affected())
     }
 
-    async fn delivery_state(
+    async fn record_delivery(
         connection: &mut PgConnection,
         event: &str,
         handler: &str,
-    ) -> Result<DeliveryState, sqlx::Error> {
-        // The event's row stays locked to the commit: two deliveries of one
-        // event record themselves one after the other, and the second one
-        // sees what the first wrote.
-        let pending = sqlx::query("SELECT 1 FROM bus_events WHERE id = $1 FOR UPDATE")
-            .bind(event)
-            .fetch_optional(&mut *connection)
-            .await?;
-        if pending.is_none() {
-            return Ok(DeliveryState::Gone);
-        }
-        let handled = sqlx::query("SELECT 1 FROM bus_handled WHERE event_id = $1 AND handler = $2")
-            .bind(event)
-            .bind(handler)
-            .fetch_optional(&mut *connection)
-            .await?;
-        Ok(if handled.is_some() {
-            DeliveryState::Handled
+        settles: bool,
+    ) -> Result<bool, sqlx::Error> {
+        // One statement either way. Settling deletes the event's row (a
+        // second delivery of it waits for that row, then finds it gone);
+        // recording locks the row (`FOR SHARE`: a settling delivery waits
+        // for this one's commit) and inserts under the primary key (a second
+        // record of one handler waits, then conflicts).
+        let sql = if settles {
+            "WITH gone AS ( \
+                 DELETE FROM bus_events WHERE id = $1 AND NOT EXISTS \
+                 (SELECT 1 FROM bus_handled WHERE event_id = $1 AND handler = $2) \
+                 RETURNING id), \
+             cleared AS (DELETE FROM bus_handled WHERE event_id IN (SELECT id FROM gone)) \
+             SELECT count(*) FROM gone"
         } else {
-            DeliveryState::Pending
-        })
-    }
-
-    async fn record_handled_in(
-        connection: &mut PgConnection,
-        event: &str,
-        handler: &str,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO bus_handled (event_id, handler) VALUES ($1, $2)")
+            "WITH pending AS (SELECT id FROM bus_events WHERE id = $1 FOR SHARE), \
+             recorded AS ( \
+                 INSERT INTO bus_handled (event_id, handler) SELECT id, $2 FROM pending \
+                 ON CONFLICT DO NOTHING RETURNING 1) \
+             SELECT count(*) FROM recorded"
+        };
+        let recorded: i64 = sqlx::query_scalar(sql)
             .bind(event)
             .bind(handler)
-            .execute(&mut *connection)
-            .await
-            .map(drop)
-    }
-
-    async fn settle_in(connection: &mut PgConnection, event: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "WITH gone AS (DELETE FROM bus_events WHERE id = $1) \
-             DELETE FROM bus_handled WHERE event_id = $1",
-        )
-        .bind(event)
-        .execute(&mut *connection)
-        .await
-        .map(drop)
+            .fetch_one(&mut *connection)
+            .await?;
+        Ok(recorded == 1)
     }
 
     async fn record_inbox(connection: &mut PgConnection, id: &str) -> Result<(), sqlx::Error> {
@@ -183,54 +165,48 @@ impl Sql for Postgres {
             .map(drop)
     }
 
-    async fn insert_events(
+    async fn insert_staged(
         connection: &mut PgConnection,
         events: &[EventRow],
         owner: &str,
-    ) -> Result<(), sqlx::Error> {
-        let column = |f: fn(&EventRow) -> String| events.iter().map(f).collect::<Vec<String>>();
-        let causes: Vec<Option<String>> = events.iter().map(|e| e.causation_id.clone()).collect();
-        sqlx::query(
-            "INSERT INTO bus_events (id, name, payload, correlation_id, causation_id, owner) \
-             SELECT id, name, payload, correlation_id, causation_id, $6 \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-                 WITH ORDINALITY AS e (id, name, payload, correlation_id, causation_id, n) \
-             ORDER BY n",
-        )
-        .bind(column(|e| e.id.clone()))
-        .bind(column(|e| e.name.clone()))
-        .bind(column(|e| e.payload.clone()))
-        .bind(column(|e| e.correlation_id.clone()))
-        .bind(causes)
-        .bind(owner)
-        .execute(&mut *connection)
-        .await
-        .map(drop)
-    }
-
-    async fn insert_outbox(
-        connection: &mut PgConnection,
         messages: &[OutboundMessage],
     ) -> Result<(), sqlx::Error> {
-        let column =
-            |f: fn(&OutboundMessage) -> String| messages.iter().map(f).collect::<Vec<String>>();
-        let causes: Vec<Option<String>> = messages
+        let event_column = |f: fn(&EventRow) -> String| events.iter().map(f).collect::<Vec<_>>();
+        let message_column =
+            |f: fn(&OutboundMessage) -> String| messages.iter().map(f).collect::<Vec<_>>();
+        let event_causes: Vec<Option<String>> =
+            events.iter().map(|e| e.causation_id.clone()).collect();
+        let message_causes: Vec<Option<String>> = messages
             .iter()
             .map(|m| m.causation_id.map(|id| id.to_string()))
             .collect();
+        // One statement, one round trip: the events, then their outbox rows.
         sqlx::query(
-            "INSERT INTO bus_outbox (id, stream, name, payload, correlation_id, causation_id) \
+            "WITH events AS ( \
+                 INSERT INTO bus_events (id, name, payload, correlation_id, causation_id, owner) \
+                 SELECT id, name, payload, correlation_id, causation_id, $6 \
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                     WITH ORDINALITY AS e (id, name, payload, correlation_id, causation_id, n) \
+                 ORDER BY n) \
+             INSERT INTO bus_outbox (id, stream, name, payload, correlation_id, causation_id) \
              SELECT id, stream, name, payload, correlation_id, causation_id \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+             FROM UNNEST($7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
+                         $12::text[]) \
                  WITH ORDINALITY AS m (id, stream, name, payload, correlation_id, causation_id, n) \
              ORDER BY n",
         )
-        .bind(column(|m| m.id.to_string()))
-        .bind(column(|m| m.stream.clone()))
-        .bind(column(|m| m.name.clone()))
-        .bind(column(|m| m.payload.clone()))
-        .bind(column(|m| m.correlation_id.to_string()))
-        .bind(causes)
+        .bind(event_column(|e| e.id.clone()))
+        .bind(event_column(|e| e.name.clone()))
+        .bind(event_column(|e| e.payload.clone()))
+        .bind(event_column(|e| e.correlation_id.clone()))
+        .bind(event_causes)
+        .bind(owner)
+        .bind(message_column(|m| m.id.to_string()))
+        .bind(message_column(|m| m.stream.clone()))
+        .bind(message_column(|m| m.name.clone()))
+        .bind(message_column(|m| m.payload.clone()))
+        .bind(message_column(|m| m.correlation_id.to_string()))
+        .bind(message_causes)
         .execute(&mut *connection)
         .await
         .map(drop)
@@ -250,8 +226,14 @@ impl Sql for Postgres {
     }
 
     async fn delivered(pool: &Pool<Self>, event: &str) -> Result<(), sqlx::Error> {
-        let mut connection = pool.acquire().await?;
-        Self::settle_in(&mut connection, event).await
+        sqlx::query(
+            "WITH gone AS (DELETE FROM bus_events WHERE id = $1) \
+             DELETE FROM bus_handled WHERE event_id = $1",
+        )
+        .bind(event)
+        .execute(pool)
+        .await
+        .map(drop)
     }
 
     async fn take_over(

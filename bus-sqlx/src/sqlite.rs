@@ -12,7 +12,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Executor, Pool, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
 use crate::backend::sql::Sql;
-use crate::backend::{Deleted, DeliveryState, EventRow};
+use crate::backend::{Deleted, EventRow};
 use crate::dead_letters::{DeadLetterRecord, StoredDeadLetter};
 use crate::error::{MigrateError, RelayError};
 use crate::migrate::{pending, Migration};
@@ -127,51 +127,45 @@ impl Sql for Sqlite {
         Ok(deleted.rows_affected())
     }
 
-    async fn delivery_state(
+    async fn record_delivery(
         connection: &mut SqliteConnection,
         event: &str,
         handler: &str,
-    ) -> Result<DeliveryState, sqlx::Error> {
-        let (pending, handled): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM bus_events WHERE id = ?), \
-                    (SELECT count(*) FROM bus_handled WHERE event_id = ? AND handler = ?)",
-        )
-        .bind(event)
-        .bind(event)
-        .bind(handler)
-        .fetch_one(&mut *connection)
-        .await?;
-        Ok(match (pending, handled) {
-            (0, _) => DeliveryState::Gone,
-            (_, 0) => DeliveryState::Pending,
-            _ => DeliveryState::Handled,
-        })
-    }
-
-    async fn record_handled_in(
-        connection: &mut SqliteConnection,
-        event: &str,
-        handler: &str,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO bus_handled (event_id, handler, handled_at) VALUES (?, ?, ?)")
+        settles: bool,
+    ) -> Result<bool, sqlx::Error> {
+        // A write transaction of SQLite holds the database's one write lock:
+        // two of these never interleave.
+        if settles {
+            let settled = sqlx::query(
+                "DELETE FROM bus_events WHERE id = ? AND NOT EXISTS \
+                 (SELECT 1 FROM bus_handled WHERE event_id = ? AND handler = ?)",
+            )
+            .bind(event)
             .bind(event)
             .bind(handler)
-            .bind(Utc::now())
-            .execute(&mut *connection)
-            .await
-            .map(drop)
-    }
-
-    async fn settle_in(connection: &mut SqliteConnection, event: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM bus_handled WHERE event_id = ?")
-            .bind(event)
             .execute(&mut *connection)
             .await?;
-        sqlx::query("DELETE FROM bus_events WHERE id = ?")
-            .bind(event)
-            .execute(&mut *connection)
-            .await
-            .map(drop)
+            if settled.rows_affected() == 0 {
+                return Ok(false);
+            }
+            sqlx::query("DELETE FROM bus_handled WHERE event_id = ?")
+                .bind(event)
+                .execute(&mut *connection)
+                .await?;
+            return Ok(true);
+        }
+        let recorded = sqlx::query(
+            "INSERT INTO bus_handled (event_id, handler, handled_at) \
+             SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM bus_events WHERE id = ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(event)
+        .bind(handler)
+        .bind(Utc::now())
+        .bind(event)
+        .execute(&mut *connection)
+        .await?;
+        Ok(recorded.rows_affected() == 1)
     }
 
     async fn record_inbox(connection: &mut SqliteConnection, id: &str) -> Result<(), sqlx::Error> {
@@ -183,10 +177,11 @@ impl Sql for Sqlite {
             .map(drop)
     }
 
-    async fn insert_events(
+    async fn insert_staged(
         connection: &mut SqliteConnection,
         events: &[EventRow],
         owner: &str,
+        messages: &[OutboundMessage],
     ) -> Result<(), sqlx::Error> {
         let now = Utc::now();
         for chunk in events.chunks(INSERT_CHUNK) {
@@ -205,14 +200,6 @@ impl Sql for Sqlite {
             });
             insert.build().execute(&mut *connection).await?;
         }
-        Ok(())
-    }
-
-    async fn insert_outbox(
-        connection: &mut SqliteConnection,
-        messages: &[OutboundMessage],
-    ) -> Result<(), sqlx::Error> {
-        let now = Utc::now();
         for chunk in messages.chunks(INSERT_CHUNK) {
             let mut insert = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO bus_outbox \
@@ -249,7 +236,12 @@ impl Sql for Sqlite {
 
     async fn delivered(pool: &Pool<Self>, event: &str) -> Result<(), sqlx::Error> {
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        Self::settle_in(&mut tx, event).await?;
+        for statement in [
+            "DELETE FROM bus_handled WHERE event_id = ?",
+            "DELETE FROM bus_events WHERE id = ?",
+        ] {
+            sqlx::query(statement).bind(event).execute(&mut *tx).await?;
+        }
         tx.commit().await
     }
 

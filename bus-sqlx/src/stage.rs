@@ -8,7 +8,7 @@ use bus_core::transport::OutboundMessage;
 use bus_core::{Delivery, EventReleaser, MessageContext, MessageId, PendingEvent};
 use sqlx::Transaction;
 
-use crate::backend::{Backend, DeliveryState, EventRow};
+use crate::backend::{Backend, EventRow};
 use crate::error::StageError;
 use crate::store::Store;
 
@@ -163,10 +163,7 @@ impl<DB: Backend> Store<DB> {
             }
             staged.events.push(event);
         }
-        DB::insert_events(connection, &rows, &self.inner.node).await?;
-        if !outbound.is_empty() {
-            DB::insert_outbox(connection, &outbound).await?;
-        }
+        DB::insert_staged(connection, &rows, &self.inner.node, &outbound).await?;
         Ok(staged)
     }
 
@@ -185,17 +182,11 @@ impl<DB: Backend> Store<DB> {
             let connection: &mut DB::Connection = transaction;
             let event = delivery.event().to_string();
             let handler = delivery.handler();
-            match DB::delivery_state(connection, &event, handler).await? {
-                DeliveryState::Pending if delivery.settles() => {
-                    DB::settle_in(connection, &event).await?
-                }
-                DeliveryState::Pending => {
-                    DB::record_handled_in(connection, &event, handler).await?
-                }
-                DeliveryState::Handled | DeliveryState::Gone => {
-                    releaser.delivery_duplicate();
-                    return Err(StageError::Duplicate { event, handler });
-                }
+            let recorded =
+                DB::record_delivery(connection, &event, handler, delivery.settles()).await?;
+            if !recorded {
+                releaser.delivery_duplicate();
+                return Err(StageError::Duplicate { event, handler });
             }
         }
         Ok(Staged {

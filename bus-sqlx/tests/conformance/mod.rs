@@ -62,6 +62,7 @@ macro_rules! conformance_tests {
             two_processes_never_redeliver_one_event_at_once,
             events_of_a_command_that_failed_after_its_commit_are_recovered_by_its_own_process,
             a_handler_whose_delivery_was_recorded_already_is_a_duplicate_not_a_failure,
+            two_deliveries_of_one_event_at_once_have_its_committed_effects_once,
             an_event_that_keeps_crashing_its_process_goes_to_the_dead_letters,
             an_event_this_bus_cannot_read_goes_to_the_dead_letters,
             a_bus_with_an_event_that_cannot_be_stored_is_refused,
@@ -766,6 +767,60 @@ pub async fn a_handler_whose_delivery_was_recorded_already_is_a_duplicate_not_a_
         .unwrap()
         .is_empty());
     assert_eq!(app.store.delivery_lag().await.unwrap().count, 0);
+}
+
+/// Two processes deliver one stored event at the same moment (as when one
+/// was taken for dead while it still ran): the handler that commits a unit
+/// of work has its effect once, whichever commits first; the other delivery
+/// of it finds the record and writes nothing.
+pub async fn two_deliveries_of_one_event_at_once_have_its_committed_effects_once<DB: Ledger>(
+    db: TestDatabase,
+) {
+    let first = ledger_app::<DB>(&db).await;
+    let second = App::<DB>::open(db.pool::<DB>().await).await;
+    for round in 0..10 {
+        let mut tx = first.store.begin().await.unwrap();
+        let event = PendingEvent::new(Deposited {
+            account: "ada".into(),
+            amount: 10,
+        });
+        let staged = first
+            .store
+            .stage(
+                &mut tx,
+                &EventReleaser::new(),
+                &MessageContext::root(),
+                vec![event],
+            )
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let event = staged.events()[0].clone();
+        drop(staged);
+        let (a, b) = tokio::join!(
+            first
+                .bus
+                .redeliver(event.clone().stored(first.store.delivery_log()), &[]),
+            second
+                .bus
+                .redeliver(event.stored(second.store.delivery_log()), &[]),
+        );
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(
+            DB::balance(first.store.pool(), "ada").await,
+            10 * (round + 1),
+            "projected once"
+        );
+    }
+    assert_eq!(first.store.delivery_lag().await.unwrap().count, 0);
+    assert!(first
+        .store
+        .dead_letters()
+        .list(true)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 pub async fn an_event_that_keeps_crashing_its_process_goes_to_the_dead_letters<DB: Ledger>(
