@@ -39,3 +39,8 @@ pub mod handlers_across_crates {
 pub mod adding_a_use_case {
     #![doc = include_str!("../../docs/guide/08-adding-a-use-case.md")]
 }
+
+/// Chapter 9.
+pub mod nothing_committed_is_lost {
+    #![doc = include_str!("../../docs/guide/09-nothing-committed-is-lost.md")]
+}
