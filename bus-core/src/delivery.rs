@@ -60,7 +60,8 @@ impl Delivery {
 
 /// Where a store hears how the delivery of its events went.
 ///
-/// Called by the bus for every event marked with [`PendingEvent::stored`];
+/// Called by the bus for every event marked with
+/// [`PendingEvent::stored`](crate::PendingEvent::stored);
 /// an error is logged, never fails the dispatch: the store's recovery
 /// delivers again what it has no record of (at-least-once).
 #[crate::async_trait]
