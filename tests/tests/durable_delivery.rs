@@ -165,19 +165,24 @@ struct Fixture {
     seen: Arc<Seen>,
 }
 
+/// `seen`, and a storing unit of work per call over `log`.
+fn dependencies(log: &Arc<MemoryLog>, seen: &Arc<Seen>) -> Dependencies {
+    let (log, shared) = (log.clone(), seen.clone());
+    Dependencies::new()
+        .shared_arc(seen.clone())
+        .scoped(move |scope| StoringUow {
+            releaser: scope.releaser(),
+            log: log.clone(),
+            seen: shared.clone(),
+            events: Vec::new(),
+            flow: scope.context(),
+        })
+}
+
 fn fixture(registrations: Registrations) -> Fixture {
     let log = Arc::new(MemoryLog::default());
     let seen = Arc::new(Seen::default());
-    let dependencies = Dependencies::new().shared_arc(seen.clone()).scoped({
-        let (log, seen) = (log.clone(), seen.clone());
-        move |scope| StoringUow {
-            releaser: scope.releaser(),
-            log: log.clone(),
-            seen: seen.clone(),
-            events: Vec::new(),
-            flow: scope.context(),
-        }
-    });
+    let dependencies = dependencies(&log, &seen);
     let bus = Bus::builder()
         .registrations(registrations.handler::<ship>())
         .dependencies(dependencies)
@@ -358,16 +363,7 @@ async fn a_duplicate_delivery_is_neither_retried_nor_dead_lettered() {
     f.seen.duplicates.lock().unwrap().insert("b_project");
     let bus = Bus::builder()
         .registrations(both().handler::<ship>())
-        .dependencies(Dependencies::new().shared_arc(f.seen.clone()).scoped({
-            let (log, seen) = (f.log.clone(), f.seen.clone());
-            move |scope| StoringUow {
-                releaser: scope.releaser(),
-                log: log.clone(),
-                seen: seen.clone(),
-                events: Vec::new(),
-                flow: scope.context(),
-            }
-        }))
+        .dependencies(dependencies(&f.log, &f.seen))
         .retry(RetryPolicy::exponential(3).first_delay(Duration::from_millis(1)))
         .build()
         .expect("wiring");
@@ -432,21 +428,7 @@ async fn stored_events_of_a_caller_that_hung_up_are_still_delivered() {
                 .handler::<slow_ship>()
                 .handler::<wait_then_count>(),
         )
-        .dependencies(
-            Dependencies::new()
-                .shared_arc(f.seen.clone())
-                .shared_arc(gate.clone())
-                .scoped({
-                    let (log, seen) = (f.log.clone(), f.seen.clone());
-                    move |scope| StoringUow {
-                        releaser: scope.releaser(),
-                        log: log.clone(),
-                        seen: seen.clone(),
-                        events: Vec::new(),
-                        flow: scope.context(),
-                    }
-                }),
-        )
+        .dependencies(dependencies(&f.log, &f.seen).shared_arc(gate.clone()))
         .spawner(|task| {
             tokio::spawn(task);
         })

@@ -223,20 +223,20 @@ async fn without_a_spawner_the_rest_runs_on_a_thread_of_its_own() {
     the_rest_runs_once_after_the_caller_hung_up(false).await;
 }
 
-#[tokio::test]
-async fn a_retry_under_way_when_the_caller_hung_up_still_succeeds_once() {
+/// `flaky` fails its first attempt on line 0; its retry waits 200 ms after
+/// the event's other handlers ran: the caller hangs up then. With a spawner
+/// the retry goes on without the caller; without one it is taken up again,
+/// and makes its next attempt at once.
+async fn a_retry_under_way_when_the_caller_hung_up_succeeds_once(tokio_spawner: bool) {
     let probe = Arc::new(Probe::default());
     let handlers = Registrations::new()
         .handler::<flaky>()
         .handler::<send_mail>();
-    let bus = bus(&probe, handlers, true);
+    let bus = bus(&probe, handlers, tokio_spawner);
     let command = PlaceOrder {
         lines: 2,
         slow: false,
     };
-    // `flaky` failed its first attempt on line 0; its retry waits 200 ms
-    // after the event's other handlers ran: the caller hangs up then, and
-    // the retry goes on without it.
     dispatch_and_hang_up(&bus, command, &probe.failed_once).await;
     assert!(bus.settled(Duration::from_secs(10)).await, "the rest ran");
     assert_eq!(probe.completions(), once_each(&["flaky", "send_mail"], 2));
@@ -244,23 +244,14 @@ async fn a_retry_under_way_when_the_caller_hung_up_still_succeeds_once() {
     assert!(bus.dead_letters().expect("in memory").is_empty());
 }
 
-/// Without a spawner, a retry under way when the caller hung up is taken up
-/// again, and makes its next attempt at once.
+#[tokio::test]
+async fn a_retry_under_way_when_the_caller_hung_up_still_succeeds_once() {
+    a_retry_under_way_when_the_caller_hung_up_succeeds_once(true).await;
+}
+
 #[tokio::test]
 async fn without_a_spawner_a_retry_under_way_is_taken_up_again() {
-    let probe = Arc::new(Probe::default());
-    let handlers = Registrations::new()
-        .handler::<flaky>()
-        .handler::<send_mail>();
-    let bus = bus(&probe, handlers, false);
-    let command = PlaceOrder {
-        lines: 2,
-        slow: false,
-    };
-    dispatch_and_hang_up(&bus, command, &probe.failed_once).await;
-    assert!(bus.settled(Duration::from_secs(10)).await, "the rest ran");
-    assert_eq!(probe.completions(), once_each(&["flaky", "send_mail"], 2));
-    assert_eq!(probe.flaky_attempts.load(Ordering::SeqCst), 2);
+    a_retry_under_way_when_the_caller_hung_up_succeeds_once(false).await;
 }
 
 #[tokio::test]

@@ -561,6 +561,40 @@ pub async fn every_handler_of_a_committed_event_runs_once_and_its_record_is_gone
     assert_eq!(app.store.in_flight(), 0);
 }
 
+/// Commits a `Deposited` of 10 to `ada` through `store`, outside any bus,
+/// and returns it as staged (with its ids, not yet marked stored).
+async fn commit_deposited<DB: Ledger>(store: &Store<DB>) -> PendingEvent {
+    let mut tx = store.begin().await.unwrap();
+    DB::insert_deposit(&mut tx, "ada", 10).await.unwrap();
+    let event = PendingEvent::new(Deposited {
+        account: "ada".into(),
+        amount: 10,
+    });
+    let staged = store
+        .stage(
+            &mut tx,
+            &EventReleaser::new(),
+            &MessageContext::root(),
+            vec![event],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let event = staged.events()[0].clone();
+    // Killed here (for the callers that stop at this point): committed,
+    // never released to a bus.
+    std::mem::forget(staged);
+    event
+}
+
+/// Waits until `store` has no event left to deliver.
+async fn all_delivered<DB: Ledger>(store: &Store<DB>) {
+    eventually("every stored event is delivered", || async {
+        store.delivery_lag().await.unwrap().count == 0
+    })
+    .await;
+}
+
 /// A process that commits `deposits` of 10 to `ada` and dies right after
 /// each commit, before any handler ran.
 async fn commit_then_die<DB: Ledger>(db: &TestDatabase, deposits: u32) {
@@ -570,24 +604,7 @@ async fn commit_then_die<DB: Ledger>(db: &TestDatabase, deposits: u32) {
         let store = Store::<DB>::open_with(pool.clone(), fast()).await.unwrap();
         DB::create_tables(&pool).await;
         for _ in 0..deposits {
-            let mut tx = store.begin().await.unwrap();
-            DB::insert_deposit(&mut tx, "ada", 10).await.unwrap();
-            let event = PendingEvent::new(Deposited {
-                account: "ada".into(),
-                amount: 10,
-            });
-            let staged = store
-                .stage(
-                    &mut tx,
-                    &EventReleaser::new(),
-                    &MessageContext::root(),
-                    vec![event],
-                )
-                .await
-                .unwrap();
-            tx.commit().await.unwrap();
-            // Killed here: committed, never released to a bus.
-            std::mem::forget(staged);
+            commit_deposited(&store).await;
         }
         std::mem::forget(store);
     })
@@ -601,10 +618,7 @@ pub async fn events_committed_before_a_crash_are_delivered_by_another_process<DB
     let app = App::<DB>::open(db.pool::<DB>().await).await;
     assert_eq!(app.store.delivery_lag().await.unwrap().count, 3, "pending");
     let recovery = app.store.start_recovery(&app.bus).unwrap();
-    eventually("the dead process's events are delivered", || async {
-        app.store.delivery_lag().await.unwrap().count == 0
-    })
-    .await;
+    all_delivered(&app.store).await;
     assert_eq!(DB::balance(app.store.pool(), "ada").await, 30);
     assert_eq!(app.tally.counted_once(), 3);
     recovery.stop().await;
@@ -639,10 +653,7 @@ pub async fn a_crash_between_two_handlers_reruns_only_the_one_that_did_not_compl
 
     let app = App::<DB>::open(db.pool::<DB>().await).await;
     let recovery = app.store.start_recovery(&app.bus).unwrap();
-    eventually("the rest of the delivery is done", || async {
-        app.store.delivery_lag().await.unwrap().count == 0
-    })
-    .await;
+    all_delivered(&app.store).await;
     assert_eq!(
         app.tally.counted_once(),
         1,
@@ -677,10 +688,7 @@ pub async fn two_processes_never_redeliver_one_event_at_once<DB: Ledger>(db: Tes
         apps.push((store, bus, recovery));
     }
     let store = apps[0].0.clone();
-    eventually("both processes delivered everything", || async {
-        store.delivery_lag().await.unwrap().count == 0
-    })
-    .await;
+    all_delivered(&store).await;
     assert_eq!(DB::balance(store.pool(), "ada").await, 400);
     assert_eq!(tally.counted_once(), 40, "no event was delivered twice");
     for (_, _, recovery) in apps {
@@ -704,10 +712,7 @@ pub async fn events_of_a_command_that_failed_after_its_commit_are_recovered_by_i
         .await;
     assert!(failed.is_err(), "the command failed");
     // Its change committed, so its event is delivered all the same.
-    eventually("the committed event is delivered", || async {
-        app.store.delivery_lag().await.unwrap().count == 0
-    })
-    .await;
+    all_delivered(&app.store).await;
     assert_eq!(DB::balance(app.store.pool(), "ada").await, 7);
     assert_eq!(app.tally.counted_once(), 1);
     recovery.stop().await;
@@ -722,24 +727,7 @@ pub async fn a_handler_whose_delivery_was_recorded_already_is_a_duplicate_not_a_
     // An event that `project_balance` handled before (its record is there),
     // redelivered as a recovery would: the handler runs, its unit of work
     // finds the record, writes nothing, and the bus takes it as done.
-    let mut tx = app.store.begin().await.unwrap();
-    let event = PendingEvent::new(Deposited {
-        account: "ada".into(),
-        amount: 10,
-    });
-    let staged = app
-        .store
-        .stage(
-            &mut tx,
-            &EventReleaser::new(),
-            &MessageContext::root(),
-            vec![event],
-        )
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let event = staged.events()[0].clone();
-    drop(staged);
+    let event = commit_deposited(&app.store).await;
     let id = event.context().unwrap().message_id();
     let handled = handler_name("project_balance");
     DB::execute(
@@ -779,24 +767,7 @@ pub async fn two_deliveries_of_one_event_at_once_have_its_committed_effects_once
     let first = ledger_app::<DB>(&db).await;
     let second = App::<DB>::open(db.pool::<DB>().await).await;
     for round in 0..10 {
-        let mut tx = first.store.begin().await.unwrap();
-        let event = PendingEvent::new(Deposited {
-            account: "ada".into(),
-            amount: 10,
-        });
-        let staged = first
-            .store
-            .stage(
-                &mut tx,
-                &EventReleaser::new(),
-                &MessageContext::root(),
-                vec![event],
-            )
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        let event = staged.events()[0].clone();
-        drop(staged);
+        let event = commit_deposited(&first.store).await;
         let (a, b) = tokio::join!(
             first
                 .bus
@@ -832,10 +803,7 @@ pub async fn an_event_that_keeps_crashing_its_process_goes_to_the_dead_letters<D
     DB::execute(&pool, "UPDATE bus_events SET recoveries = 5").await;
     let app = App::<DB>::with(pool, fast().max_recoveries(5), Tally::default()).await;
     let recovery = app.store.start_recovery(&app.bus).unwrap();
-    eventually("the event is given up on", || async {
-        app.store.delivery_lag().await.unwrap().count == 0
-    })
-    .await;
+    all_delivered(&app.store).await;
     let letters = app.store.dead_letters().list(false).await.unwrap();
     let handlers: Vec<String> = letters.iter().map(|l| l.record.handler.clone()).collect();
     assert_eq!(
@@ -876,10 +844,7 @@ pub async fn an_event_this_bus_cannot_read_goes_to_the_dead_letters<DB: Ledger>(
     .await;
     let app = App::<DB>::open(pool).await;
     let recovery = app.store.start_recovery(&app.bus).unwrap();
-    eventually("both are given up on", || async {
-        app.store.delivery_lag().await.unwrap().count == 0
-    })
-    .await;
+    all_delivered(&app.store).await;
     let letters = app.store.dead_letters().list(false).await.unwrap();
     assert_eq!(letters.len(), 3, "{letters:?}");
     assert_eq!(letters[0].record.message_name, "ledger.renamed");

@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use bus_core::{async_trait, Aggregate, EventReleaser, MessageContext, PendingEvent};
+use bus_core::{async_trait, Aggregate, BoxError, EventReleaser, MessageContext, PendingEvent};
 use bus_sqlx::{Backend, StageError, Store};
-use sqlx::Transaction;
+use sqlx::{Encode, Executor, IntoArguments, Transaction, Type};
 
 use super::tracked::Tracked;
 use crate::domain::model::Product;
@@ -204,4 +204,31 @@ impl<T: ProductTables> UnitOfWork for RelationalUnitOfWork<T> {
     fn products(&mut self) -> &mut dyn ProductRepository {
         self
     }
+}
+
+/// Runs one statement of a read model's (`sql`, with `binds`) in a
+/// transaction of its own that also records the delivery the call of
+/// `releaser` serves: a redelivered event never writes the read model twice.
+pub async fn write_once<DB>(
+    store: &Store<DB>,
+    releaser: &EventReleaser,
+    sql: &str,
+    binds: &[&str],
+) -> Result<(), BoxError>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    let mut tx = store.begin().await?;
+    let mut query = sqlx::query::<DB>(sql);
+    for bind in binds {
+        query = query.bind(*bind);
+    }
+    query.execute(&mut **tx).await?;
+    let staged = store.stage_delivery(&mut tx, releaser).await?;
+    tx.commit().await?;
+    staged.release();
+    Ok(())
 }

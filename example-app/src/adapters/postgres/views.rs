@@ -3,6 +3,7 @@
 use bus_core::{async_trait, EventReleaser};
 
 use super::PostgresDatabase;
+use crate::adapters::relational::write_once;
 use crate::adapters::rows::allocation_row;
 use crate::views::{AllocationRow, AllocationsView, ViewError};
 
@@ -19,24 +20,6 @@ impl PostgresAllocationsView {
     pub fn new(database: PostgresDatabase, releaser: EventReleaser) -> Self {
         PostgresAllocationsView { database, releaser }
     }
-
-    /// Runs one write of the view, with the record of the call's delivery.
-    async fn write(&self, sql: &str, binds: &[&str]) -> Result<(), ViewError> {
-        let store = self.database.store();
-        let mut tx = store.begin().await.map_err(view_error)?;
-        let mut query = sqlx::query(sql);
-        for bind in binds {
-            query = query.bind(*bind);
-        }
-        query.execute(&mut **tx).await.map_err(view_error)?;
-        let staged = store
-            .stage_delivery(&mut tx, &self.releaser)
-            .await
-            .map_err(|e| ViewError(Box::new(e)))?;
-        tx.commit().await.map_err(view_error)?;
-        staged.release();
-        Ok(())
-    }
 }
 
 fn view_error(error: sqlx::Error) -> ViewError {
@@ -46,19 +29,25 @@ fn view_error(error: sqlx::Error) -> ViewError {
 #[async_trait]
 impl AllocationsView for PostgresAllocationsView {
     async fn add(&self, orderid: &str, sku: &str, batchref: &str) -> Result<(), ViewError> {
-        self.write(
+        write_once(
+            self.database.store(),
+            &self.releaser,
             "INSERT INTO allocations_view (orderid, sku, batchref) VALUES ($1, $2, $3)",
             &[orderid, sku, batchref],
         )
         .await
+        .map_err(ViewError)
     }
 
     async fn remove(&self, orderid: &str, sku: &str) -> Result<(), ViewError> {
-        self.write(
+        write_once(
+            self.database.store(),
+            &self.releaser,
             "DELETE FROM allocations_view WHERE orderid = $1 AND sku = $2",
             &[orderid, sku],
         )
         .await
+        .map_err(ViewError)
     }
 
     async fn for_order(&self, orderid: &str) -> Result<Vec<AllocationRow>, ViewError> {

@@ -3,6 +3,7 @@
 use bus_core::{async_trait, EventReleaser};
 
 use super::SqliteDatabase;
+use crate::adapters::relational::write_once;
 use crate::adapters::rows::allocation_row;
 use crate::views::{AllocationRow, AllocationsView, ViewError};
 
@@ -20,24 +21,6 @@ impl SqliteAllocationsView {
     pub fn new(database: SqliteDatabase, releaser: EventReleaser) -> Self {
         SqliteAllocationsView { database, releaser }
     }
-
-    /// Runs one write of the view, with the record of the call's delivery.
-    async fn write(&self, sql: &str, binds: &[&str]) -> Result<(), ViewError> {
-        let store = self.database.store();
-        let mut tx = store.begin().await.map_err(view_error)?;
-        let mut query = sqlx::query(sql);
-        for bind in binds {
-            query = query.bind(*bind);
-        }
-        query.execute(&mut **tx).await.map_err(view_error)?;
-        let staged = store
-            .stage_delivery(&mut tx, &self.releaser)
-            .await
-            .map_err(|e| ViewError(Box::new(e)))?;
-        tx.commit().await.map_err(view_error)?;
-        staged.release();
-        Ok(())
-    }
 }
 
 fn view_error(error: sqlx::Error) -> ViewError {
@@ -47,19 +30,25 @@ fn view_error(error: sqlx::Error) -> ViewError {
 #[async_trait]
 impl AllocationsView for SqliteAllocationsView {
     async fn add(&self, orderid: &str, sku: &str, batchref: &str) -> Result<(), ViewError> {
-        self.write(
+        write_once(
+            self.database.store(),
+            &self.releaser,
             "INSERT INTO allocations_view (orderid, sku, batchref) VALUES (?, ?, ?)",
             &[orderid, sku, batchref],
         )
         .await
+        .map_err(ViewError)
     }
 
     async fn remove(&self, orderid: &str, sku: &str) -> Result<(), ViewError> {
-        self.write(
+        write_once(
+            self.database.store(),
+            &self.releaser,
             "DELETE FROM allocations_view WHERE orderid = ? AND sku = ?",
             &[orderid, sku],
         )
         .await
+        .map_err(ViewError)
     }
 
     async fn for_order(&self, orderid: &str) -> Result<Vec<AllocationRow>, ViewError> {
