@@ -29,12 +29,17 @@
 //!
 //! # A unit of work, made durable
 //!
+//! A command's unit of work stages the events it releases; a projection
+//! records its delivery in its own transaction (so a redelivered event never
+//! writes it twice); a plain handler's completion is recorded by the bus.
+//!
 //! ```
 //! # #[cfg(feature = "sqlite")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
 //! use bus_core::{handler, Bus, Command, Dependencies, Event, EventReleaser, MessageContext, PendingEvent, Scoped};
-//! use bus_sqlx::{Store, StageError};
+//! use bus_sqlx::{Settings, Store, StageError};
 //! use sqlx::sqlite::SqlitePoolOptions;
 //! use sqlx::Sqlite;
 //!
@@ -42,15 +47,17 @@
 //! #[command(error = StageError)]
 //! struct Deposit { account: String, amount: i64 }
 //!
+//! // Stored events are found again by name: give durable ones a stable one.
 //! #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
-//! #[event(serde)]
+//! #[event(name = "ledger.deposited", serde)]
 //! struct Deposited { account: String, amount: i64 }
 //!
-//! /// The unit of work of one handler call: its writes and its events
-//! /// commit together, in one transaction.
+//! /// The unit of work of one handler call: its writes, and what it owes the
+//! /// bus, commit together, in one transaction.
 //! struct Ledger { store: Store<Sqlite>, releaser: EventReleaser, flow: MessageContext }
 //!
 //! impl Ledger {
+//!     /// A command's change: writes, and stages the events it releases.
 //!     async fn deposit(&self, account: &str, amount: i64) -> Result<(), StageError> {
 //!         let mut tx = self.store.begin().await?;
 //!         sqlx::query("INSERT INTO ledger (account, amount) VALUES (?, ?)")
@@ -62,6 +69,24 @@
 //!         staged.release(); // the bus handles `Deposited` now, and again after a crash
 //!         Ok(())
 //!     }
+//!
+//!     /// A projection: writes, and records the delivery its call serves.
+//!     /// On a redelivery whose first run committed, `stage_delivery` fails
+//!     /// with `StageError::Duplicate` (nothing is written) and the bus takes
+//!     /// the handler's error as done, not failed.
+//!     async fn add_to_balance(&self, account: &str, amount: i64) -> Result<(), StageError> {
+//!         let mut tx = self.store.begin().await?;
+//!         sqlx::query(
+//!             "INSERT INTO balances (account, total) VALUES (?, ?) \
+//!              ON CONFLICT (account) DO UPDATE SET total = total + excluded.total",
+//!         )
+//!         .bind(account).bind(amount)
+//!         .execute(&mut **tx).await?;
+//!         let staged = self.store.stage_delivery(&mut tx, &self.releaser).await?;
+//!         tx.commit().await?;
+//!         staged.release();
+//!         Ok(())
+//!     }
 //! }
 //!
 //! #[handler]
@@ -69,14 +94,31 @@
 //!     ledger.deposit(&cmd.account, cmd.amount).await
 //! }
 //!
+//! /// Effectively once: its change and the record of it commit together.
+//! #[handler]
+//! async fn project_balance(event: &Deposited, ledger: Scoped<Ledger>) -> Result<(), StageError> {
+//!     ledger.add_to_balance(&event.account, event.amount).await
+//! }
+//!
+//! /// At-least-once: may run again after a crash between its end and the
+//! /// record the bus makes of it.
 //! #[handler]
 //! fn notify(event: &Deposited) {
 //!     println!("{} +{}", event.account, event.amount);
 //! }
 //!
 //! let pool = SqlitePoolOptions::new().connect("sqlite::memory:").await?;
-//! sqlx::query("CREATE TABLE ledger (account TEXT, amount INTEGER)").execute(&pool).await?;
-//! let store = Store::open(pool).await?; // bus-sqlx's own tables, and this process's node
+//! sqlx::raw_sql(
+//!     "CREATE TABLE ledger (account TEXT, amount INTEGER); \
+//!      CREATE TABLE balances (account TEXT PRIMARY KEY, total INTEGER)",
+//! )
+//! .execute(&pool)
+//! .await?;
+//! // bus-sqlx's own tables, and this process's node. A process that stops
+//! // beating is taken for dead after `node_timeout` (the setting of the
+//! // process that takes over); `Store::open` uses the defaults.
+//! let settings = Settings::default().node_timeout(Duration::from_secs(5));
+//! let store = Store::open_with(pool.clone(), settings).await?;
 //!
 //! let ledger_store = store.clone();
 //! let bus = Bus::builder()
@@ -92,8 +134,10 @@
 //!
 //! bus.dispatch(Deposit { account: "ada".into(), amount: 10 }).await?;
 //! assert_eq!(store.delivery_lag().await?.count, 0, "delivered, and the record of it gone");
+//! let total: i64 = sqlx::query_scalar("SELECT total FROM balances").fetch_one(&pool).await?;
+//! assert_eq!(total, 10);
 //!
-//! bus.shutdown(std::time::Duration::from_secs(5)).await?;
+//! bus.shutdown(Duration::from_secs(5)).await?;
 //! recovery.stop().await;
 //! store.close().await;
 //! # Ok(())
@@ -101,6 +145,15 @@
 //! # #[cfg(not(feature = "sqlite"))]
 //! # fn main() {}
 //! ```
+//!
+//! # Trying a crash yourself
+//!
+//! `bus.dispatch(..).await` returns once the events it caused were
+//! handled, so a process that aborts after it has nothing left to lose.
+//! Abort between the unit of work's `tx.commit()` and `staged.release()`
+//! (or `kill -9` a process whose handler is still running): the next
+//! process to run [`Store::start_recovery`] delivers what was left, once
+//! the dead one has been silent for the node timeout.
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
 compile_error!(

@@ -10,10 +10,19 @@ use std::time::Duration;
 /// use std::time::Duration;
 /// use bus_sqlx::Settings;
 ///
+/// # #[cfg(feature = "sqlite")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let settings = Settings::default()
 ///     .node_timeout(Duration::from_secs(5))
 ///     .relay_batch(1_000);
-/// # let _ = settings;
+/// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+/// let store = bus_sqlx::Store::open_with(pool, settings).await?;
+/// # store.close().await;
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
 /// ```
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -56,10 +65,14 @@ impl Settings {
     }
 
     /// How long a process may go without a heartbeat before the others take
-    /// over the events it was delivering (default 10 s). Longer than any
-    /// pause a live process makes (a stop-the-world of its host), or two
-    /// processes may deliver one event at once (a handler that commits a
-    /// unit of work still has its effect once; others may run twice).
+    /// over the events it was delivering (default 10 s). It is the setting
+    /// of the process that takes over that counts; a process restarted
+    /// after a crash is a new node, and takes over its predecessor's events
+    /// once this long has passed. Longer than any pause a live process
+    /// makes (a stop-the-world of its host), or two processes may deliver
+    /// one event at once (a handler that commits a unit of work still has
+    /// its effect once; others may run twice). Nodes silent for a day are
+    /// forgotten.
     pub fn node_timeout(mut self, timeout: Duration) -> Self {
         self.node_timeout = timeout;
         self
