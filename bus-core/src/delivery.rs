@@ -36,9 +36,33 @@ pub struct Delivery {
     pub(crate) event: crate::context::MessageId,
     pub(crate) handler: &'static str,
     pub(crate) settles: bool,
+    /// The address of the store's log: which store the event is in.
+    pub(crate) log: usize,
 }
 
 impl Delivery {
+    /// A delivery of the event `event`, stored with `log`, to `handler`.
+    pub(crate) fn new(
+        event: MessageId,
+        handler: &'static str,
+        settles: bool,
+        log: &Arc<dyn DeliveryLog>,
+    ) -> Self {
+        Delivery {
+            event,
+            handler,
+            settles,
+            log: log_address(log),
+        }
+    }
+
+    /// Whether the event was stored by the store whose log is `log`: a
+    /// unit of work records only the deliveries of its own store's events
+    /// (one on another database leaves the record to the bus).
+    pub fn is_for(&self, log: &Arc<dyn DeliveryLog>) -> bool {
+        self.log == log_address(log)
+    }
+
     /// The stored event's id.
     pub fn event(&self) -> MessageId {
         self.event
@@ -79,6 +103,11 @@ pub trait DeliveryLog: Send + Sync + 'static {
     /// task running it was torn down). A store's recovery may deliver it
     /// from here on. Called once per stored event, when it is dropped.
     fn let_go(&self, event: MessageId);
+}
+
+/// Where a log lives: what tells two stores apart.
+fn log_address(log: &Arc<dyn DeliveryLog>) -> usize {
+    Arc::as_ptr(log).cast::<()>() as usize
 }
 
 /// The store's mark on an event it wrote.

@@ -419,9 +419,16 @@ impl EventReleaser {
     /// When this call delivers an event a durable store wrote: which event
     /// and which handler. A unit of work records it in its commit's
     /// transaction, then calls [`delivery_recorded`](Self::delivery_recorded),
-    /// so that the handler's effect and the record of it commit together.
+    /// so that the handler's effect and the record of it commit together;
+    /// `None` from then on (a second commit of the call records nothing).
     pub fn delivery(&self) -> Option<Delivery> {
-        self.state().delivery
+        let state = self.state();
+        // Recorded once per call: a second commit in the same call has
+        // nothing more to record.
+        match state.recorded {
+            Recorded::No => state.delivery,
+            Recorded::Yes | Recorded::Duplicate => None,
+        }
     }
 
     /// The commit that recorded this call's [`delivery`](Self::delivery)

@@ -275,11 +275,14 @@ impl Scope {
 
     /// The scope of one call delivering a stored event (see
     /// [`Delivery`](crate::Delivery)).
-    pub(crate) fn delivering(context: MessageContext, delivery: crate::delivery::Delivery) -> Self {
+    pub(crate) fn delivering(
+        context: MessageContext,
+        delivery: Option<crate::delivery::Delivery>,
+    ) -> Self {
         Scope {
             releaser: None,
             context: Some(context),
-            delivery: Some(delivery),
+            delivery,
         }
     }
 

@@ -111,13 +111,29 @@ pub(crate) mod sql {
             node_timeout: Duration,
             max: u32,
         ) -> Result<Vec<EventRow>, sqlx::Error>;
-        /// Reads a pending event back for `node` (its owner), counting a
-        /// recovery; `None` once its delivery finished.
+        /// Reads a pending event back for `node`, counting a recovery,
+        /// provided `node` owns it or its owner is dead (older than
+        /// `node_timeout`); `None` otherwise, or once its delivery finished.
         async fn reload(
             pool: &Pool<Self>,
             event: &str,
             node: &str,
+            node_timeout: Duration,
         ) -> Result<Option<EventRow>, sqlx::Error>;
+        /// The ids of up to `max` pending events `node` owns that were
+        /// recorded more than `older_than` ago, oldest first.
+        async fn owned_before(
+            pool: &Pool<Self>,
+            node: &str,
+            older_than: Duration,
+            max: u32,
+        ) -> Result<Vec<String>, sqlx::Error>;
+        /// Keeps `letters` and ends `event`'s delivery, in one transaction.
+        async fn give_up(
+            pool: &Pool<Self>,
+            letters: &[DeadLetterRecord],
+            event: &str,
+        ) -> Result<(), sqlx::Error>;
         /// The handlers that handled `event`.
         async fn completed(pool: &Pool<Self>, event: &str) -> Result<Vec<String>, sqlx::Error>;
         /// How many events wait for delivery, and the oldest one's age.
@@ -136,6 +152,7 @@ pub(crate) mod sql {
             max: u32,
             lease: Duration,
             publisher: &dyn Publisher,
+            publish_timeout: Duration,
         ) -> Result<usize, RelayError>;
         async fn unsent(pool: &Pool<Self>, max: u32) -> Result<Vec<OutboundMessage>, sqlx::Error>;
         async fn purge_sent(pool: &Pool<Self>, before: DateTime<Utc>) -> Result<u64, sqlx::Error>;
@@ -172,6 +189,26 @@ pub(crate) mod sql {
             outcome: Result<DateTime<Utc>, String>,
         ) -> Result<(), sqlx::Error>;
         async fn delete_dead_letter(pool: &Pool<Self>, id: i64) -> Result<Deleted, sqlx::Error>;
+    }
+}
+
+/// Publishes `messages` as one batch, giving up after `limit`: how many the
+/// broker has for sure, and the error that stopped the rest.
+pub(crate) async fn publish_within(
+    publisher: &dyn Publisher,
+    messages: &[OutboundMessage],
+    limit: Duration,
+) -> (usize, Option<bus_core::transport::TransportError>) {
+    match tokio::time::timeout(limit, publisher.publish_batch(messages)).await {
+        Ok(Ok(())) => (messages.len(), None),
+        Ok(Err(error)) => (error.published.min(messages.len()), Some(error.error)),
+        Err(_) => (
+            0,
+            Some(bus_core::transport::TransportError::new(
+                "publishing",
+                format!("the broker did not answer within {limit:?}"),
+            )),
+        ),
     }
 }
 

@@ -13,6 +13,9 @@ pub enum Error {
     /// The store's tables could not be brought up to date.
     #[error(transparent)]
     Migrate(#[from] MigrateError),
+    /// The store's timings cannot work (see [`Settings`](crate::Settings)).
+    #[error("bus-sqlx settings refused: {0}")]
+    InvalidSettings(String),
     /// The bus cannot store some of the events it handles: a durable unit
     /// of work would fail to commit them. Names every such event type.
     #[error(

@@ -80,6 +80,7 @@ impl<DB: Backend> Outbox<DB> {
             max,
             inner.settings.outbox_lease,
             publisher,
+            inner.settings.publish_timeout,
         )
         .await
     }

@@ -14,7 +14,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{Executor, PgConnection, Pool, Postgres, Row, Transaction};
 
 use crate::backend::sql::Sql;
-use crate::backend::{Deleted, EventRow};
+use crate::backend::{publish_within, Deleted, EventRow};
 use crate::dead_letters::{DeadLetterRecord, StoredDeadLetter};
 use crate::error::{MigrateError, RelayError};
 use crate::migrate::{pending, Migration};
@@ -130,31 +130,32 @@ impl Sql for Postgres {
         handler: &str,
         settles: bool,
     ) -> Result<bool, sqlx::Error> {
-        // One statement either way. Settling deletes the event's row (a
-        // second delivery of it waits for that row, then finds it gone);
-        // recording locks the row (`FOR SHARE`: a settling delivery waits
-        // for this one's commit) and inserts under the primary key (a second
-        // record of one handler waits, then conflicts).
-        let sql = if settles {
-            "WITH gone AS ( \
-                 DELETE FROM bus_events WHERE id = $1 AND NOT EXISTS \
-                 (SELECT 1 FROM bus_handled WHERE event_id = $1 AND handler = $2) \
-                 RETURNING id), \
-             cleared AS (DELETE FROM bus_handled WHERE event_id IN (SELECT id FROM gone)) \
-             SELECT count(*) FROM gone"
-        } else {
-            "WITH pending AS (SELECT id FROM bus_events WHERE id = $1 FOR SHARE), \
+        // The event's row is locked to the commit: the deliveries of one
+        // event record themselves one after the other, each seeing what the
+        // one before committed (a locked row read after waiting is read
+        // again; a unique key sees committed and running inserts alike).
+        let recorded: i64 = sqlx::query_scalar(
+            "WITH pending AS (SELECT id FROM bus_events WHERE id = $1 FOR UPDATE), \
              recorded AS ( \
                  INSERT INTO bus_handled (event_id, handler) SELECT id, $2 FROM pending \
                  ON CONFLICT DO NOTHING RETURNING 1) \
-             SELECT count(*) FROM recorded"
-        };
-        let recorded: i64 = sqlx::query_scalar(sql)
-            .bind(event)
-            .bind(handler)
-            .fetch_one(&mut *connection)
-            .await?;
-        Ok(recorded == 1)
+             SELECT count(*) FROM recorded",
+        )
+        .bind(event)
+        .bind(handler)
+        .fetch_one(&mut *connection)
+        .await?;
+        if recorded != 1 {
+            return Ok(false);
+        }
+        if settles {
+            // Its records go with it (ON DELETE CASCADE).
+            sqlx::query("DELETE FROM bus_events WHERE id = $1")
+                .bind(event)
+                .execute(&mut *connection)
+                .await?;
+        }
+        Ok(true)
     }
 
     async fn record_inbox(connection: &mut PgConnection, id: &str) -> Result<(), sqlx::Error> {
@@ -214,8 +215,8 @@ impl Sql for Postgres {
 
     async fn handled(pool: &Pool<Self>, event: &str, handler: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO bus_handled (event_id, handler) \
-             SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM bus_events WHERE id = $1) \
+            "WITH pending AS (SELECT id FROM bus_events WHERE id = $1 FOR UPDATE) \
+             INSERT INTO bus_handled (event_id, handler) SELECT id, $2 FROM pending \
              ON CONFLICT DO NOTHING",
         )
         .bind(event)
@@ -226,14 +227,12 @@ impl Sql for Postgres {
     }
 
     async fn delivered(pool: &Pool<Self>, event: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "WITH gone AS (DELETE FROM bus_events WHERE id = $1) \
-             DELETE FROM bus_handled WHERE event_id = $1",
-        )
-        .bind(event)
-        .execute(pool)
-        .await
-        .map(drop)
+        // Its records go with it (ON DELETE CASCADE).
+        sqlx::query("DELETE FROM bus_events WHERE id = $1")
+            .bind(event)
+            .execute(pool)
+            .await
+            .map(drop)
     }
 
     async fn take_over(
@@ -265,16 +264,56 @@ impl Sql for Postgres {
         pool: &Pool<Self>,
         event: &str,
         node: &str,
+        node_timeout: Duration,
     ) -> Result<Option<EventRow>, sqlx::Error> {
         let row = sqlx::query(&format!(
             "UPDATE bus_events SET owner = $1, recoveries = recoveries + 1 WHERE id = $2 \
+             AND (owner = $1 OR owner NOT IN ( \
+                 SELECT id FROM bus_nodes \
+                 WHERE heartbeat_at > now() - make_interval(secs => $3))) \
              RETURNING {EVENT_COLUMNS}"
         ))
         .bind(node)
         .bind(event)
+        .bind(seconds(node_timeout))
         .fetch_optional(pool)
         .await?;
         row.as_ref().map(event_row).transpose()
+    }
+
+    async fn owned_before(
+        pool: &Pool<Self>,
+        node: &str,
+        older_than: Duration,
+        max: u32,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT id FROM bus_events WHERE owner = $1 \
+             AND recorded_at < now() - make_interval(secs => $2) \
+             ORDER BY position LIMIT $3",
+        )
+        .bind(node)
+        .bind(seconds(older_than))
+        .bind(i64::from(max))
+        .fetch_all(pool)
+        .await
+    }
+
+    async fn give_up(
+        pool: &Pool<Self>,
+        letters: &[DeadLetterRecord],
+        event: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        for letter in letters {
+            insert_dead_letter(&mut tx, letter).await?;
+        }
+        // Its records go with it (ON DELETE CASCADE).
+        sqlx::query("DELETE FROM bus_events WHERE id = $1")
+            .bind(event)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
     }
 
     async fn completed(pool: &Pool<Self>, event: &str) -> Result<Vec<String>, sqlx::Error> {
@@ -299,6 +338,7 @@ impl Sql for Postgres {
         max: u32,
         _lease: Duration,
         publisher: &dyn Publisher,
+        publish_timeout: Duration,
     ) -> Result<usize, RelayError> {
         // The round's rows stay locked to its commit: another relay skips
         // them instead of waiting, and a relay that dies releases them with
@@ -320,10 +360,9 @@ impl Sql for Postgres {
         if messages.is_empty() {
             return Ok(0);
         }
-        let (published, failure) = match publisher.publish_batch(&messages).await {
-            Ok(()) => (messages.len(), None),
-            Err(error) => (error.published.min(messages.len()), Some(error.error)),
-        };
+        // The rows stay locked while the broker is asked: not for longer
+        // than the publish timeout.
+        let (published, failure) = publish_within(publisher, &messages, publish_timeout).await;
         if published > 0 {
             sqlx::query("UPDATE bus_outbox SET sent_at = now() WHERE position = ANY($1)")
                 .bind(&positions[..published])
@@ -377,23 +416,8 @@ impl Sql for Postgres {
         pool: &Pool<Self>,
         letter: &DeadLetterRecord,
     ) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar(
-            "INSERT INTO bus_dead_letters (message_name, handler, location, error, attempts, \
-             failed_at, message_id, correlation_id, causation_id, payload) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-        )
-        .bind(&letter.message_name)
-        .bind(&letter.handler)
-        .bind(&letter.location)
-        .bind(&letter.error)
-        .bind(i64::from(letter.attempts))
-        .bind(letter.failed_at)
-        .bind(&letter.message_id)
-        .bind(&letter.correlation_id)
-        .bind(&letter.causation_id)
-        .bind(&letter.payload)
-        .fetch_one(pool)
-        .await
+        let mut connection = pool.acquire().await?;
+        insert_dead_letter(&mut connection, letter).await
     }
 
     async fn list_dead_letters(
@@ -484,6 +508,30 @@ impl Sql for Postgres {
             Deleted::NotFound
         })
     }
+}
+
+/// Keeps one dead letter; returns its id.
+async fn insert_dead_letter(
+    connection: &mut PgConnection,
+    letter: &DeadLetterRecord,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO bus_dead_letters (message_name, handler, location, error, attempts, \
+         failed_at, message_id, correlation_id, causation_id, payload) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+    )
+    .bind(&letter.message_name)
+    .bind(&letter.handler)
+    .bind(&letter.location)
+    .bind(&letter.error)
+    .bind(i64::from(letter.attempts))
+    .bind(letter.failed_at)
+    .bind(&letter.message_id)
+    .bind(&letter.correlation_id)
+    .bind(&letter.causation_id)
+    .bind(&letter.payload)
+    .fetch_one(&mut *connection)
+    .await
 }
 
 fn read_events(rows: &[PgRow]) -> Result<Vec<EventRow>, sqlx::Error> {

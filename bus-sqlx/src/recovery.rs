@@ -58,40 +58,32 @@ impl<DB: Backend> Store<DB> {
     /// stage it.
     pub fn start_recovery(&self, bus: &Bus) -> Result<Recovery, Error> {
         check_storable(bus)?;
+        self.inner
+            .recovering
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let stop = Arc::new(Notify::new());
         let task = tokio::spawn(run(self.clone(), bus.clone(), stop.clone()));
         Ok(Recovery { stop, task })
     }
 
     /// One recovery round (what the loop does each time): returns how many
-    /// events it delivered again.
+    /// events it delivered again. Three sources, in this order: the events
+    /// this process let go of undelivered; the events of dead processes;
+    /// and this process's own events older than the node timeout that it is
+    /// not delivering (whatever the first source missed: a commit whose
+    /// outcome showed only after its events were looked for).
     pub async fn recover_once(&self, bus: &Bus) -> Result<usize, Error> {
         let inner = &self.inner;
+        let settings = &inner.settings;
         let mut delivered = 0;
         let mut abandoned = inner.take_abandoned().into_iter();
         while let Some(id) = abandoned.next() {
-            if !inner.register(id) {
-                continue; // delivered here again already
-            }
-            let row = {
-                let _turn = inner.writer_turn().await;
-                DB::reload(&inner.pool, &id.to_string(), &inner.node).await
-            };
-            match row {
-                Ok(Some(row)) => {
-                    self.deliver(bus, id, row).await;
-                    delivered += 1;
-                }
-                Ok(None) => {
-                    // Its delivery finished (or it was never written).
-                    inner.finished(id);
-                    inner.unregister(id);
-                }
+            match self.take_up(bus, id).await {
+                Ok(true) => delivered += 1,
+                Ok(false) => {}
                 Err(error) => {
-                    inner.finished(id);
-                    inner.unregister(id);
-                    inner.abandon_again(std::iter::once(id).chain(abandoned));
-                    return Err(error.into());
+                    inner.abandon_again(abandoned);
+                    return Err(error);
                 }
             }
         }
@@ -100,8 +92,8 @@ impl<DB: Backend> Store<DB> {
             DB::take_over(
                 &inner.pool,
                 &inner.node,
-                inner.settings.node_timeout,
-                inner.settings.recovery_batch,
+                settings.node_timeout,
+                settings.recovery_batch,
             )
             .await?
         };
@@ -119,11 +111,64 @@ impl<DB: Backend> Store<DB> {
                     continue;
                 }
             };
-            inner.register(id);
+            if !inner.register(id) {
+                continue; // this process delivers it already
+            }
             self.deliver(bus, id, row).await;
             delivered += 1;
         }
+        let own = DB::owned_before(
+            &inner.pool,
+            &inner.node,
+            settings.node_timeout,
+            settings.recovery_batch,
+        )
+        .await?;
+        for text in own {
+            let Ok(id) = parse_id("id", &text) else {
+                continue;
+            };
+            if self.take_up(bus, id).await? {
+                delivered += 1;
+            }
+        }
         Ok(delivered)
+    }
+
+    /// Takes up one of this process's events that nothing here delivers
+    /// (`false` when something does, or when its delivery finished).
+    async fn take_up(&self, bus: &Bus, id: MessageId) -> Result<bool, Error> {
+        let inner = &self.inner;
+        if !inner.register(id) {
+            return Ok(false); // delivered here again already
+        }
+        let row = {
+            let _turn = inner.writer_turn().await;
+            DB::reload(
+                &inner.pool,
+                &id.to_string(),
+                &inner.node,
+                inner.settings.node_timeout,
+            )
+            .await
+        };
+        match row {
+            Ok(Some(row)) => {
+                self.deliver(bus, id, row).await;
+                Ok(true)
+            }
+            Ok(None) => {
+                // Its delivery finished, it was never written, or another
+                // live process owns it now.
+                inner.finished(id);
+                inner.unregister(id);
+                Ok(false)
+            }
+            Err(error) => {
+                inner.unregister_quietly(id);
+                Err(error.into())
+            }
+        }
     }
 
     /// Delivers one taken-up event (registered in flight) again, or sends
@@ -132,7 +177,7 @@ impl<DB: Backend> Store<DB> {
     async fn deliver(&self, bus: &Bus, id: MessageId, row: EventRow) {
         if let Err(error) = self.try_deliver(bus, id, row).await {
             tracing::warn!(%error, message_id = %id, "bus-sqlx: redelivery postponed");
-            self.inner.unregister(id);
+            self.inner.unregister_quietly(id);
         }
     }
 
@@ -209,31 +254,35 @@ impl<DB: Backend> Store<DB> {
             reason,
             "bus-sqlx: an event goes to the dead letters undelivered"
         );
-        let result = async {
+        let letters: Vec<DeadLetterRecord> = handlers
+            .into_iter()
+            .map(|handler| DeadLetterRecord {
+                message_name: row.name.clone(),
+                location: meta.map(|m| m.location().to_string()).unwrap_or_default(),
+                handler,
+                error: reason.to_owned(),
+                attempts: u32::try_from(row.recoveries).unwrap_or(u32::MAX),
+                failed_at: Utc::now(),
+                message_id: row.id.clone(),
+                correlation_id: row.correlation_id.clone(),
+                causation_id: row.causation_id.clone(),
+                payload: Some(row.payload.clone()),
+            })
+            .collect();
+        let result = {
             let _turn = inner.writer_turn().await;
-            for handler in handlers {
-                let letter = DeadLetterRecord {
-                    message_name: row.name.clone(),
-                    location: meta.map(|m| m.location().to_string()).unwrap_or_default(),
-                    handler,
-                    error: reason.to_owned(),
-                    attempts: u32::try_from(row.recoveries).unwrap_or(u32::MAX),
-                    failed_at: Utc::now(),
-                    message_id: row.id.clone(),
-                    correlation_id: row.correlation_id.clone(),
-                    causation_id: row.causation_id.clone(),
-                    payload: Some(row.payload.clone()),
-                };
-                DB::add_dead_letter(&inner.pool, &letter).await?;
+            // The letters and the end of the delivery in one transaction: a
+            // failure leaves neither, and the next round tries again.
+            DB::give_up(&inner.pool, &letters, &row.id).await
+        };
+        match result {
+            Ok(()) => {
+                inner.finished(id);
+                inner.unregister(id);
+                Ok(())
             }
-            DB::delivered(&inner.pool, &row.id).await
+            Err(error) => Err(error.into()),
         }
-        .await;
-        if result.is_ok() {
-            inner.finished(id);
-            inner.unregister(id);
-        }
-        Ok(result?)
     }
 }
 
@@ -256,13 +305,21 @@ fn check_storable(bus: &Bus) -> Result<(), Error> {
 /// The loop: rounds until the bus closes or `stop` is told; nodes whose
 /// heartbeat stopped long ago are forgotten once an hour.
 async fn run<DB: Backend>(store: Store<DB>, bus: Bus, stop: Arc<Notify>) {
+    round_after_round(&store, &bus, &stop).await;
+    store
+        .inner
+        .recovering
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
+async fn round_after_round<DB: Backend>(store: &Store<DB>, bus: &Bus, stop: &Notify) {
     let settings = store.settings().clone();
     let mut purged = tokio::time::Instant::now();
     loop {
         if bus.is_closed() {
             return;
         }
-        match store.recover_once(&bus).await {
+        match store.recover_once(bus).await {
             Ok(0) => {}
             Ok(events) => tracing::debug!(events, "bus-sqlx: recovery round"),
             Err(error) => tracing::warn!(%error, "bus-sqlx: recovery round failed; trying again"),

@@ -37,6 +37,7 @@ pub struct Settings {
     pub(crate) keep_sent: Duration,
     pub(crate) purge_every: Duration,
     pub(crate) dead_letter_claim: Duration,
+    pub(crate) publish_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -53,6 +54,7 @@ impl Default for Settings {
             keep_sent: Duration::from_secs(7 * 24 * 60 * 60),
             purge_every: Duration::from_secs(60 * 60),
             dead_letter_claim: Duration::from_secs(5 * 60),
+            publish_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -133,6 +135,33 @@ impl Settings {
     pub fn purge_every(mut self, every: Duration) -> Self {
         self.purge_every = every;
         self
+    }
+
+    /// How long a relay waits for the broker to take a batch before it gives
+    /// the round up (default 30 s): a PostgreSQL relay holds the batch's
+    /// rows locked meanwhile.
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
+    /// Whether these timings can work: a heartbeat, a node timeout of
+    /// several heartbeats, a recovery that runs.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.heartbeat_every.is_zero() || self.recover_every.is_zero() {
+            return Err("heartbeat_every and recover_every must not be zero".into());
+        }
+        if self.node_timeout < self.heartbeat_every * 3 {
+            return Err(format!(
+                "node_timeout ({:?}) must be at least three heartbeats ({:?} each): \
+                 with less, live processes take each other for dead",
+                self.node_timeout, self.heartbeat_every
+            ));
+        }
+        if self.publish_timeout.is_zero() {
+            return Err("publish_timeout must not be zero".into());
+        }
+        Ok(())
     }
 
     /// How long a replay's claim on its dead letter lasts: a replay whose

@@ -12,7 +12,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Executor, Pool, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
 use crate::backend::sql::Sql;
-use crate::backend::{Deleted, EventRow};
+use crate::backend::{publish_within, Deleted, EventRow};
 use crate::dead_letters::{DeadLetterRecord, StoredDeadLetter};
 use crate::error::{MigrateError, RelayError};
 use crate::migrate::{pending, Migration};
@@ -273,16 +273,56 @@ impl Sql for Sqlite {
         pool: &Pool<Self>,
         event: &str,
         node: &str,
+        node_timeout: Duration,
     ) -> Result<Option<EventRow>, sqlx::Error> {
         let row = sqlx::query(&format!(
             "UPDATE bus_events SET owner = ?, recoveries = recoveries + 1 WHERE id = ? \
+             AND (owner = ? OR owner NOT IN (SELECT id FROM bus_nodes WHERE heartbeat_at > ?)) \
              RETURNING {EVENT_COLUMNS}"
         ))
         .bind(node)
         .bind(event)
+        .bind(node)
+        .bind(now_ms() - millis(node_timeout))
         .fetch_optional(pool)
         .await?;
         row.as_ref().map(event_row).transpose()
+    }
+
+    async fn owned_before(
+        pool: &Pool<Self>,
+        node: &str,
+        older_than: Duration,
+        max: u32,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let before = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or_default();
+        sqlx::query_scalar(
+            "SELECT id FROM bus_events WHERE owner = ? AND recorded_at < ? \
+             ORDER BY position LIMIT ?",
+        )
+        .bind(node)
+        .bind(before)
+        .bind(max)
+        .fetch_all(pool)
+        .await
+    }
+
+    async fn give_up(
+        pool: &Pool<Self>,
+        letters: &[DeadLetterRecord],
+        event: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        for letter in letters {
+            insert_dead_letter(&mut tx, letter).await?;
+        }
+        for statement in [
+            "DELETE FROM bus_handled WHERE event_id = ?",
+            "DELETE FROM bus_events WHERE id = ?",
+        ] {
+            sqlx::query(statement).bind(event).execute(&mut *tx).await?;
+        }
+        tx.commit().await
     }
 
     async fn completed(pool: &Pool<Self>, event: &str) -> Result<Vec<String>, sqlx::Error> {
@@ -312,6 +352,7 @@ impl Sql for Sqlite {
         max: u32,
         lease: Duration,
         publisher: &dyn Publisher,
+        publish_timeout: Duration,
     ) -> Result<usize, RelayError> {
         // Claim the oldest rows that no live claim holds, in one statement:
         // two relays never claim one row.
@@ -340,10 +381,7 @@ impl Sql for Sqlite {
         if messages.is_empty() {
             return Ok(0);
         }
-        let (published, failure) = match publisher.publish_batch(&messages).await {
-            Ok(()) => (messages.len(), None),
-            Err(error) => (error.published.min(messages.len()), Some(error.error)),
-        };
+        let (published, failure) = publish_within(publisher, &messages, publish_timeout).await;
         let _turn = writer.lock().await;
         if published > 0 {
             let mut mark = QueryBuilder::<Sqlite>::new("UPDATE bus_outbox SET sent_at = ");
@@ -419,23 +457,8 @@ impl Sql for Sqlite {
         pool: &Pool<Self>,
         letter: &DeadLetterRecord,
     ) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar(
-            "INSERT INTO bus_dead_letters (message_name, handler, location, error, attempts, \
-             failed_at, message_id, correlation_id, causation_id, payload) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(&letter.message_name)
-        .bind(&letter.handler)
-        .bind(&letter.location)
-        .bind(&letter.error)
-        .bind(i64::from(letter.attempts))
-        .bind(letter.failed_at)
-        .bind(&letter.message_id)
-        .bind(&letter.correlation_id)
-        .bind(&letter.causation_id)
-        .bind(&letter.payload)
-        .fetch_one(pool)
-        .await
+        let mut connection = pool.acquire().await?;
+        insert_dead_letter(&mut connection, letter).await
     }
 
     async fn list_dead_letters(
@@ -527,6 +550,30 @@ impl Sql for Sqlite {
             Deleted::NotFound
         })
     }
+}
+
+/// Keeps one dead letter; returns its id.
+async fn insert_dead_letter(
+    connection: &mut SqliteConnection,
+    letter: &DeadLetterRecord,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO bus_dead_letters (message_name, handler, location, error, attempts, \
+         failed_at, message_id, correlation_id, causation_id, payload) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(&letter.message_name)
+    .bind(&letter.handler)
+    .bind(&letter.location)
+    .bind(&letter.error)
+    .bind(i64::from(letter.attempts))
+    .bind(letter.failed_at)
+    .bind(&letter.message_id)
+    .bind(&letter.correlation_id)
+    .bind(&letter.causation_id)
+    .bind(&letter.payload)
+    .fetch_one(&mut *connection)
+    .await
 }
 
 fn read_events(rows: &[SqliteRow]) -> Result<Vec<EventRow>, sqlx::Error> {

@@ -3,8 +3,9 @@
 //! is delivering now, and the entry points to everything else.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bus_core::{async_trait, BoxError, DeliveryLog, MessageId};
 use chrono::{DateTime, Utc};
@@ -62,6 +63,10 @@ pub(crate) struct Inner<DB: Backend> {
     abandoned: Mutex<Vec<MessageId>>,
     /// Wakes the recovery loop when something was abandoned.
     pub(crate) wake: Notify,
+    /// Whether a recovery loop runs for this store.
+    pub(crate) recovering: AtomicBool,
+    /// Whether this process said that nothing recovers what it abandons.
+    warned: AtomicBool,
     /// Stops the heartbeat.
     stop: Arc<Notify>,
 }
@@ -95,13 +100,35 @@ impl<DB: Backend> Inner<DB> {
         }
     }
 
-    /// Counts `id` out; an unfinished one is abandoned, for the recovery.
+    /// Counts `id` out; an unfinished one is abandoned, for the recovery,
+    /// which wakes.
     pub(crate) fn unregister(&self, id: MessageId) {
-        let finished = self.in_flight().remove(&id);
-        if finished == Some(false) {
-            lock(&self.abandoned).push(id);
+        if self.abandon(id) {
             self.wake.notify_one();
         }
+    }
+
+    /// [`unregister`](Self::unregister), leaving the recovery asleep (it
+    /// takes the event up next round: after a failure, not at once).
+    pub(crate) fn unregister_quietly(&self, id: MessageId) {
+        self.abandon(id);
+    }
+
+    /// Counts `id` out; `true` when it was unfinished, and so abandoned.
+    fn abandon(&self, id: MessageId) -> bool {
+        let finished = self.in_flight().remove(&id);
+        if finished != Some(false) {
+            return false;
+        }
+        lock(&self.abandoned).push(id);
+        if !self.recovering.load(Ordering::Relaxed) && !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                message_id = %id,
+                "bus-sqlx: an event was left undelivered, and no recovery runs in this process: \
+                 call Store::start_recovery, or it waits until this process stops"
+            );
+        }
+        true
     }
 
     /// Takes the abandoned events.
@@ -212,6 +239,7 @@ impl<DB: Backend> Store<DB> {
 
     /// [`open`](Self::open), with other timings.
     pub async fn open_with(pool: Pool<DB>, settings: Settings) -> Result<Self, Error> {
+        settings.check().map_err(Error::InvalidSettings)?;
         crate::migrate::migrate(&pool).await?;
         let node = MessageId::new().to_string();
         DB::register_node(&pool, &node).await?;
@@ -224,6 +252,8 @@ impl<DB: Backend> Store<DB> {
             in_flight: Mutex::default(),
             abandoned: Mutex::default(),
             wake: Notify::new(),
+            recovering: AtomicBool::new(false),
+            warned: AtomicBool::new(false),
             stop: stop.clone(),
         });
         tokio::spawn(heartbeat(Arc::downgrade(&inner), stop));
@@ -313,8 +343,10 @@ impl<DB: Backend> Store<DB> {
 }
 
 /// Tells the other processes this one is alive, every `heartbeat_every`,
-/// until the store is dropped or closed.
+/// until the store is dropped or closed. Not in the writers' turn (SQLite):
+/// a backlog of this process's writes does not hold it up.
 async fn heartbeat<DB: Backend>(inner: Weak<Inner<DB>>, stop: Arc<Notify>) {
+    let mut last = Instant::now();
     loop {
         let Some(every) = inner.upgrade().map(|inner| inner.settings.heartbeat_every) else {
             return;
@@ -326,17 +358,23 @@ async fn heartbeat<DB: Backend>(inner: Weak<Inner<DB>>, stop: Arc<Notify>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let _turn = inner.writer_turn().await;
         match DB::heartbeat(&inner.pool, &inner.node).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(
-                    node = %inner.node,
-                    "bus-sqlx: this process was taken for dead (no heartbeat for longer than \
-                     the node timeout); another may have taken over some of its events"
-                );
-                if let Err(error) = DB::register_node(&inner.pool, &inner.node).await {
-                    tracing::warn!(%error, "bus-sqlx: heartbeat failed");
+            Ok(alive) => {
+                let silent = last.elapsed();
+                last = Instant::now();
+                if !alive || silent > inner.settings.node_timeout {
+                    tracing::warn!(
+                        node = %inner.node,
+                        silent = ?silent,
+                        "bus-sqlx: this process went without a heartbeat for longer than the \
+                         node timeout: others may have taken over some of its events (handlers \
+                         that commit a unit of work still have their effect once)"
+                    );
+                }
+                if !alive {
+                    if let Err(error) = DB::register_node(&inner.pool, &inner.node).await {
+                        tracing::warn!(%error, "bus-sqlx: heartbeat failed");
+                    }
                 }
             }
             Err(error) => tracing::warn!(%error, "bus-sqlx: heartbeat failed"),

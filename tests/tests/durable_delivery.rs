@@ -469,3 +469,222 @@ fn stored_events_of_a_blocking_dispatch_are_recorded_too() {
         .collect();
     assert_eq!(heard, expected);
 }
+
+// ---- the corners: a second commit, another store, the cascade bound, a
+// failing sink, a failure after the commit
+
+#[derive(Debug, Clone, Event)]
+struct Followed;
+
+/// Commits twice in one call: the second commit releases `Followed`.
+#[handler]
+fn c_twice(_: &Shipped, mut uow: Scoped<StoringUow>) -> Result<(), BoxError> {
+    uow.commit("c_twice")?;
+    uow.events.push(PendingEvent::new(Followed));
+    uow.commit("c_twice")
+}
+
+#[handler]
+fn d_follow(_: &Followed, seen: &Seen) {
+    seen.calls.lock().unwrap().push("d_follow".into());
+}
+
+#[tokio::test]
+async fn a_second_commit_in_one_call_has_no_delivery_left_to_record() {
+    let f = fixture(
+        Registrations::new()
+            .handler::<c_twice>()
+            .handler::<d_follow>(),
+    );
+    f.bus
+        .dispatch(Ship {
+            fail_after_commit: false,
+        })
+        .await
+        .expect("shipped");
+    assert_eq!(
+        f.seen.deliveries.lock().unwrap().len(),
+        2,
+        "one delivery seen per Shipped: the second commit of each call saw none"
+    );
+    assert_eq!(
+        f.seen.calls(),
+        ["d_follow", "d_follow"],
+        "nothing was dropped"
+    );
+}
+
+/// What a unit of work of another store sees of its call's delivery.
+#[handler]
+fn e_other_store(
+    _: &Shipped,
+    events: EventReleaser,
+    logs: &Mutex<Option<Arc<dyn DeliveryLog>>>,
+    seen: &Seen,
+) {
+    let delivery = events.delivery().expect("a stored event's delivery");
+    let other: Arc<dyn DeliveryLog> = Arc::new(MemoryLog::default());
+    let own = logs.lock().unwrap().clone().expect("the fixture's log");
+    seen.calls.lock().unwrap().push(format!(
+        "for its own store: {}, for another: {}",
+        delivery.is_for(&own),
+        delivery.is_for(&other)
+    ));
+}
+
+#[tokio::test]
+async fn a_delivery_says_which_store_the_event_is_in() {
+    let log = Arc::new(MemoryLog::default());
+    let seen = Arc::new(Seen::default());
+    let own: Arc<dyn DeliveryLog> = log.clone();
+    let bus = Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<ship>()
+                .handler::<e_other_store>(),
+        )
+        .dependencies(dependencies(&log, &seen).shared(Mutex::new(Some(own))))
+        .build()
+        .expect("wiring");
+    bus.dispatch(Ship {
+        fail_after_commit: false,
+    })
+    .await
+    .expect("shipped");
+    assert_eq!(
+        seen.calls(),
+        ["for its own store: true, for another: false"; 2]
+    );
+}
+
+#[derive(Debug, Command)]
+#[command(error = Refused)]
+struct StartEcho;
+
+#[derive(Debug, Clone, Event)]
+struct Echo(u32);
+
+#[handler]
+fn start_echo(_: StartEcho, mut uow: Scoped<StoringUow>) -> Result<(), Refused> {
+    uow.events.push(PendingEvent::new(Echo(0)));
+    uow.commit("start_echo").map_err(|_| Refused)
+}
+
+/// Raises the next echo for ever: a chain that never ends.
+#[handler]
+fn echo(event: &Echo, mut uow: Scoped<StoringUow>) -> Result<(), BoxError> {
+    uow.events.push(PendingEvent::new(Echo(event.0 + 1)));
+    uow.events.push(PendingEvent::new(Echo(event.0 + 1)));
+    uow.commit("echo")
+}
+
+#[tokio::test]
+async fn stored_events_stopped_by_the_cascade_bound_are_dead_letters_not_recovered() {
+    let log = Arc::new(MemoryLog::default());
+    let seen = Arc::new(Seen::default());
+    let bus = Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<start_echo>()
+                .handler::<echo>(),
+        )
+        .dependencies(dependencies(&log, &seen))
+        .max_messages_per_dispatch(5)
+        .build()
+        .expect("wiring");
+    let error = bus.dispatch(StartEcho).await.expect_err("a runaway chain");
+    assert!(
+        matches!(error, bus_core::DispatchError::CascadeLimit(_)),
+        "{error}"
+    );
+    let letters = bus.dead_letters().expect("in memory").take();
+    assert!(!letters.is_empty());
+    assert!(letters
+        .iter()
+        .all(|letter| letter.error().contains("messages") && letter.handler().ends_with("::echo")));
+    let heard = log.heard();
+    for letter in &letters {
+        let id = letter.context().message_id();
+        assert!(
+            heard.contains(&Heard::Delivered(id)),
+            "a stopped event's delivery is ended, so no recovery takes the chain up again"
+        );
+    }
+}
+
+/// A sink that keeps nothing.
+struct BrokenSink;
+
+#[async_trait]
+impl bus_core::DeadLetterSink for BrokenSink {
+    async fn store(&self, _: &bus_core::DeadLetter) -> Result<(), BoxError> {
+        Err("the dead-letter table is gone".into())
+    }
+}
+
+#[tokio::test]
+async fn a_stored_event_whose_dead_letter_was_not_kept_stays_undelivered() {
+    let log = Arc::new(MemoryLog::default());
+    let seen = Arc::new(Seen::default());
+    seen.failing.lock().unwrap().insert("a_notify");
+    let bus = Bus::builder()
+        .registrations(Registrations::new().handler::<ship>().handler::<a_notify>())
+        .dependencies(dependencies(&log, &seen))
+        .dead_letters(BrokenSink)
+        .build()
+        .expect("wiring");
+    bus.dispatch(Ship {
+        fail_after_commit: false,
+    })
+    .await
+    .expect("shipped");
+    let heard = log.heard();
+    assert_eq!(heard.len(), 2, "{heard:?}");
+    assert!(
+        heard.iter().all(|h| matches!(h, Heard::LetGo(_))),
+        "let go undelivered: the store's recovery calls the handler again: {heard:?}"
+    );
+}
+
+/// Commits its unit of work, then fails.
+#[handler]
+fn f_commit_then_fail(
+    _: &Shipped,
+    mut uow: Scoped<StoringUow>,
+    seen: &Seen,
+) -> Result<(), BoxError> {
+    seen.calls.lock().unwrap().push("f_commit_then_fail".into());
+    uow.commit("f_commit_then_fail")?;
+    Err("the mail after the commit failed".into())
+}
+
+#[tokio::test]
+async fn a_handler_that_fails_after_its_commit_recorded_the_delivery_counts_as_done() {
+    let log = Arc::new(MemoryLog::default());
+    let seen = Arc::new(Seen::default());
+    let bus = Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<ship>()
+                .handler::<f_commit_then_fail>(),
+        )
+        .dependencies(dependencies(&log, &seen))
+        .retry(RetryPolicy::exponential(3).first_delay(Duration::from_millis(1)))
+        .build()
+        .expect("wiring");
+    bus.dispatch(Ship {
+        fail_after_commit: false,
+    })
+    .await
+    .expect("shipped");
+    assert_eq!(seen.calls().len(), 2, "once per event: not retried");
+    assert!(
+        bus.dead_letters().expect("in memory").is_empty(),
+        "not a dead letter"
+    );
+    let heard = log.heard();
+    assert!(
+        heard.iter().all(|h| matches!(h, Heard::LetGo(_))),
+        "its commit settled the delivery: {heard:?}"
+    );
+}

@@ -108,12 +108,16 @@ impl Bus {
             }
             self.after_event(run).await;
             run.current = None;
-            match run.cascade.next()? {
-                Some((event, context)) => {
+            match run.cascade.next() {
+                Ok(Some((event, context))) => {
                     self.tap_released(&event);
                     run.current = Some(Current::new(event, context));
                 }
-                None => return Ok(()),
+                Ok(None) => return Ok(()),
+                Err(limit) => {
+                    self.stop_stored(&mut run.cascade, &limit).await;
+                    return Err(limit);
+                }
             }
         }
     }
@@ -132,12 +136,16 @@ impl Bus {
             }
             self.after_event_blocking(run);
             run.current = None;
-            match run.cascade.next()? {
-                Some((event, context)) => {
+            match run.cascade.next() {
+                Ok(Some((event, context))) => {
                     self.tap_released(&event);
                     run.current = Some(Current::new(event, context));
                 }
-                None => return Ok(()),
+                Ok(None) => return Ok(()),
+                Err(limit) => {
+                    block_on(self.stop_stored(&mut run.cascade, &limit));
+                    return Err(limit);
+                }
             }
         }
     }
@@ -215,14 +223,16 @@ impl Bus {
                 && handlers[current.next + 1..]
                     .iter()
                     .all(|later| current.skips(later.registration.name()));
-            let delivery = Delivery {
-                event: id,
-                handler: name,
-                settles,
-            };
+            let delivery = current
+                .event
+                .delivery_log()
+                .map(|log| Delivery::new(id, name, settles, log));
             let (outcome, recorded, released, attempts) = self
                 .deliver_once(handler, &current.event, current.context, delivery)
                 .await;
+            // Through with this handler before the record below is awaited:
+            // a run cut short there does not call it again.
+            current.next += 1;
             match (outcome, recorded) {
                 (_, Recorded::Duplicate) => {
                     tracing::info!(
@@ -244,7 +254,21 @@ impl Bus {
                         _ => self.record_handled(&current.event, id, name).await,
                     }
                 }
-                (Err(cause), _) => {
+                (Err(cause), Recorded::Yes) => {
+                    // Its unit of work committed the handler's effect and the
+                    // record of it: another call could only find the record.
+                    tracing::warn!(
+                        handler = name,
+                        message_name = meta.name(),
+                        message_id = %id,
+                        %cause,
+                        "handler failed after its unit of work committed: counted as done, \
+                         not retried"
+                    );
+                    self.tap_ran(handler, meta, attempts, false);
+                    current.settled |= settles;
+                }
+                (Err(cause), Recorded::No) => {
                     current.failed = true;
                     let event = &current.event;
                     if handler.pipeline.is_some() {
@@ -262,7 +286,6 @@ impl Bus {
                     }
                 }
             }
-            current.next += 1;
         }
     }
 
@@ -275,13 +298,13 @@ impl Bus {
         handler: &BoundHandler,
         event: &PendingEvent,
         context: MessageContext,
-        delivery: Delivery,
+        delivery: Option<Delivery>,
     ) -> (crate::layer::Outcome, Recorded, Vec<PendingEvent>, u32) {
         let meta = event.meta();
         match (&handler.pipeline, handler.call) {
             (Some(pipeline), _) => {
                 let invocation =
-                    EventInvocation::new(handler, event.as_any(), meta).delivering(Some(delivery));
+                    EventInvocation::new(handler, event.as_any(), meta).delivering(delivery);
                 let outcome = Next::new(pipeline, &invocation)
                     .run(invocation.call(context))
                     .await;
@@ -562,11 +585,13 @@ impl Bus {
             }
             run.retrying = None;
         }
-        self.flush_dead_letters(&mut run.cascade).await;
+        let kept = self.flush_dead_letters(&mut run.cascade).await;
         if let Some(current) = &mut run.current {
-            if !current.settled {
-                current.settled = true;
+            // A stored event whose dead letter could not be kept stays
+            // undelivered: the store's recovery calls that handler again.
+            if !current.settled && kept {
                 self.record_delivered(&current.event, current.context).await;
+                current.settled = true;
             }
         }
     }
@@ -621,11 +646,10 @@ impl Bus {
         let stored = pending.event.is_stored();
         let id = pending.context.message_id();
         let name = handler.registration.name();
-        let delivery = stored.then_some(Delivery {
-            event: id,
-            handler: name,
-            settles: false,
-        });
+        let delivery = pending
+            .event
+            .delivery_log()
+            .map(|log| Delivery::new(id, name, false, log));
         let event = pending.event.erased();
         let invocation = EventInvocation::new(handler, event.as_any(), meta)
             .after(1)
@@ -649,6 +673,15 @@ impl Bus {
                 handler = name,
                 message_id = %id,
                 "retry skipped: the store says this handler handled the event already"
+            );
+            return;
+        }
+        if let (Err(cause), Recorded::Yes) = (&outcome, recorded) {
+            tracing::warn!(
+                handler = name,
+                message_id = %id,
+                %cause,
+                "handler failed after its unit of work committed: counted as done, not retried"
             );
             return;
         }
@@ -742,21 +775,62 @@ impl Bus {
     /// Hands the dead letters gathered so far to the sink, one at a time
     /// (each stays queued until the sink has it); a stored event's store
     /// then hears that the handler is through with it.
-    pub(super) async fn flush_dead_letters(&self, cascade: &mut Cascade) {
+    /// Returns whether the sink kept them all.
+    pub(super) async fn flush_dead_letters(&self, cascade: &mut Cascade) -> bool {
+        let mut kept = true;
         while let Some(letter) = cascade.dead.first() {
             match self.inner.dead_letters.store(letter).await {
                 Ok(()) => {
+                    // Kept: through with it before the record is awaited.
+                    let letter = cascade.dead.remove(0);
                     let id = letter.context.message_id();
                     self.record_handled(&letter.event, id, letter.handler).await;
                 }
-                Err(error) => tracing::error!(
-                    %error,
-                    letter = %letter,
-                    event = ?letter.event(),
-                    "the dead-letter sink failed: this log line is the only record of the letter"
-                ),
+                Err(error) => {
+                    let letter = cascade.dead.remove(0);
+                    kept = false;
+                    tracing::error!(
+                        %error,
+                        letter = %letter,
+                        event = ?letter.event(),
+                        stored = letter.event.is_stored(),
+                        "the dead-letter sink failed: this log line is the only record of the \
+                         letter (a stored event stays undelivered, and its recovery calls the \
+                         handler again)"
+                    );
+                }
             }
-            cascade.dead.remove(0);
+        }
+        kept
+    }
+
+    /// The cascade bound stopped a run: the stored events left in its
+    /// queue are kept as dead letters (one per handler) and their delivery
+    /// ended, so that no recovery takes the runaway chain up again; the
+    /// others are dropped with the run, as the caller is told.
+    #[cold]
+    pub(super) async fn stop_stored(&self, cascade: &mut Cascade, limit: &CascadeLimitError) {
+        let queued: Vec<PendingEvent> =
+            cascade.queue.iter_mut().flat_map(|q| q.drain(..)).collect();
+        for event in queued {
+            let (Some(context), true) = (event.context(), event.is_stored()) else {
+                continue;
+            };
+            for handler in self.inner.routes.handlers(event.meta()) {
+                cascade.dead.push(DeadLetter {
+                    event: event.clone(),
+                    handler: handler.registration.name(),
+                    location: handler.registration.location(),
+                    error: limit.to_string(),
+                    panicked: false,
+                    attempts: 0,
+                    failed_at: SystemTime::now(),
+                    context: context.at_attempt(1),
+                });
+            }
+            if self.flush_dead_letters(cascade).await {
+                self.record_delivered(&event, context).await;
+            }
         }
     }
 }

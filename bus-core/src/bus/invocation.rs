@@ -195,10 +195,7 @@ impl<'h> EventInvocation<'h> {
 
     /// The scope of one run.
     fn scope(&self, context: MessageContext) -> Scope {
-        match self.delivery {
-            Some(delivery) => Scope::delivering(context, delivery),
-            None => Scope::with_context(Some(context)),
-        }
+        Scope::delivering(context, self.delivery)
     }
 
     /// An invocation whose first `attempts` calls were made directly.

@@ -30,8 +30,9 @@ CREATE INDEX IF NOT EXISTS bus_events_by_owner ON bus_events (owner, position);
 
 -- Which handlers of a pending event handled it: written in the handler's
 -- own transaction when it commits a unit of work, else right after it.
+-- Gone with the event (a record of a deleted event cannot be written).
 CREATE TABLE IF NOT EXISTS bus_handled (
-    event_id   TEXT NOT NULL,
+    event_id   TEXT NOT NULL REFERENCES bus_events (id) ON DELETE CASCADE,
     handler    TEXT NOT NULL,
     handled_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (event_id, handler)

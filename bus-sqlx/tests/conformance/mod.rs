@@ -63,6 +63,8 @@ macro_rules! conformance_tests {
             events_of_a_command_that_failed_after_its_commit_are_recovered_by_its_own_process,
             a_handler_whose_delivery_was_recorded_already_is_a_duplicate_not_a_failure,
             two_deliveries_of_one_event_at_once_have_its_committed_effects_once,
+            an_event_of_this_process_that_nothing_here_delivers_is_found_again,
+            timings_that_cannot_work_are_refused,
             an_event_that_keeps_crashing_its_process_goes_to_the_dead_letters,
             an_event_this_bus_cannot_read_goes_to_the_dead_letters,
             a_bus_with_an_event_that_cannot_be_stored_is_refused,
@@ -72,6 +74,7 @@ macro_rules! conformance_tests {
             a_rolled_back_commit_writes_nothing_to_the_outbox,
             two_relays_never_publish_one_row_twice,
             a_failed_publish_leaves_the_rest_for_the_next_round,
+            a_broker_that_does_not_answer_fails_the_round_and_frees_its_rows,
             sent_rows_are_purged_once_old_and_unsent_ones_never,
             the_outbox_lag_says_how_many_wait_and_for_how_long,
             a_redelivered_message_is_handled_once,
@@ -794,6 +797,49 @@ pub async fn two_deliveries_of_one_event_at_once_have_its_committed_effects_once
         .is_empty());
 }
 
+/// An event this process owns, that nothing in it delivers, and that it
+/// never heard it let go of (a commit whose outcome showed only after the
+/// recovery looked for its events): a later round finds it among the
+/// process's own old rows.
+pub async fn an_event_of_this_process_that_nothing_here_delivers_is_found_again<DB: Ledger>(
+    db: TestDatabase,
+) {
+    commit_then_die::<DB>(&db, 1).await;
+    let app = ledger_app::<DB>(&db).await;
+    DB::execute(
+        app.store.pool(),
+        &format!(
+            "UPDATE bus_events SET owner = '{}', recorded_at = '2000-01-01T00:00:00+00:00'",
+            app.store.node()
+        ),
+    )
+    .await;
+    assert_eq!(app.store.recover_once(&app.bus).await.unwrap(), 1);
+    all_delivered(&app.store).await;
+    assert_eq!(DB::balance(app.store.pool(), "ada").await, 10);
+    assert_eq!(app.tally.counted_once(), 1);
+}
+
+pub async fn timings_that_cannot_work_are_refused<DB: Ledger>(db: TestDatabase) {
+    let pool = db.pool::<DB>().await;
+    let too_short = Settings::default()
+        .heartbeat_every(Duration::from_secs(1))
+        .node_timeout(Duration::from_millis(1500));
+    let error = Store::<DB>::open_with(pool.clone(), too_short)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidSettings(_)));
+    assert!(
+        error.to_string().contains("at least three heartbeats"),
+        "{error}"
+    );
+    let never = Settings::default().heartbeat_every(Duration::ZERO);
+    assert!(matches!(
+        Store::<DB>::open_with(pool, never).await.unwrap_err(),
+        Error::InvalidSettings(_)
+    ));
+}
+
 pub async fn an_event_that_keeps_crashing_its_process_goes_to_the_dead_letters<DB: Ledger>(
     db: TestDatabase,
 ) {
@@ -1082,6 +1128,39 @@ pub async fn a_failed_publish_leaves_the_rest_for_the_next_round<DB: Ledger>(db:
     // The broker is back: the next round publishes the rest at once.
     assert_eq!(outbox.relay_once(&broker, 10).await.unwrap(), 2);
     assert_eq!(accounts(&broker.waiting("deposits")), ["a0", "a1", "a2"]);
+}
+
+/// A broker that never answers.
+struct Stuck;
+
+#[async_trait]
+impl Publisher for Stuck {
+    async fn publish(&self, _: &OutboundMessage) -> Result<(), TransportError> {
+        std::future::pending().await
+    }
+}
+
+pub async fn a_broker_that_does_not_answer_fails_the_round_and_frees_its_rows<DB: Ledger>(
+    db: TestDatabase,
+) {
+    let pool = db.pool::<DB>().await;
+    let settings = fast().publish_timeout(Duration::from_millis(200));
+    let app = App::<DB>::with(pool.clone(), settings, Tally::default()).await;
+    DB::create_tables(&pool).await;
+    announce(&app, "a1", 1).await;
+    let outbox = app.store.outbox();
+    let error = outbox.relay_once(&Stuck, 10).await.unwrap_err();
+    assert!(
+        error.to_string().contains("did not answer within"),
+        "{error}"
+    );
+    assert_eq!(accounts(&outbox.unsent(10).await.unwrap()), ["a1"]);
+    let broker = InMemoryBroker::default();
+    assert_eq!(
+        app.store.outbox().relay_once(&broker, 10).await.unwrap(),
+        1,
+        "another relay takes the rows at once"
+    );
 }
 
 pub async fn sent_rows_are_purged_once_old_and_unsent_ones_never<DB: Ledger>(db: TestDatabase) {
