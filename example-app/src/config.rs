@@ -44,7 +44,8 @@ pub struct Config {
     pub relay_pause_ms: u64,
 
     /// How long a process may go silent before the others take over the
-    /// events it was delivering (its heartbeat is every second).
+    /// events it was delivering (its heartbeat is every second, or every
+    /// quarter of this when that is shorter).
     #[arg(
         long = "node-timeout-ms",
         env = "NODE_TIMEOUT_MS",
@@ -60,9 +61,11 @@ pub struct Config {
 impl Config {
     /// The timings of the durable messaging store.
     pub fn store_settings(&self) -> bus_sqlx::Settings {
+        let node_timeout = Duration::from_millis(self.node_timeout_ms);
         bus_sqlx::Settings::default()
             .relay_pause(Duration::from_millis(self.relay_pause_ms))
-            .node_timeout(Duration::from_millis(self.node_timeout_ms))
+            .heartbeat_every((node_timeout / 4).min(Duration::from_secs(1)))
+            .node_timeout(node_timeout)
     }
 }
 

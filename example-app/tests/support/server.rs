@@ -47,12 +47,15 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the binary starts");
-        let server = Server {
+        let mut server = Server {
             child,
             base: format!("http://127.0.0.1:{port}"),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("the server exited before it listened ({status}): see its error above");
+            }
             assert!(
                 Instant::now() < deadline,
                 "the server did not start listening"
