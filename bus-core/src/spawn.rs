@@ -20,7 +20,10 @@ use crate::call::BoxFuture;
 ///
 /// Bootstrap names the application's runtime with
 /// [`BusBuilder::spawner`](crate::BusBuilder::spawner); any `Fn` that spawns
-/// a `'static` future will do:
+/// a `'static` future will do. Handlers then run on that task, not the
+/// caller's (a task-local of the caller is not there), and every awaited
+/// dispatch must be driven inside that runtime (`tokio::spawn` panics
+/// outside one):
 ///
 /// ```
 /// use bus_core::Bus;

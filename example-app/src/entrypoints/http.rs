@@ -300,11 +300,19 @@ fn dead_letter_id(id: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("dead letter id must be a number, got {id:?}")))
 }
 
+/// Replays a letter on a task of its own: a client that hangs up does not
+/// cut the replay short between the handler's success and the letter's
+/// record of it (which would leave it to be replayed again).
 async fn replay_dead_letter(
     State(AppState { bus, dead_letters }): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let letter = bus_sqlx::replay(&bus, &*dead_letters, dead_letter_id(&id)?).await?;
+    let id = dead_letter_id(&id)?;
+    let replay = tokio::spawn(async move { bus_sqlx::replay(&bus, &*dead_letters, id).await });
+    let letter = replay.await.map_err(|error| {
+        tracing::error!(%error, id, "the replay of a dead letter ended badly");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the replay ended badly")
+    })??;
     Ok(Json(json!(letter)))
 }
 
