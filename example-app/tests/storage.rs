@@ -29,7 +29,6 @@ storage_contract_tests!(fresh_sqlite);
 /// over to bus-sqlx's tables.
 #[tokio::test]
 async fn a_database_from_before_bus_sqlx_keeps_its_outbox_inbox_and_dead_letters() {
-    use bus_core::transport::Inbox;
     use example_app::adapters::database::Database;
 
     let dir = tempfile::tempdir().expect("temp dir");
