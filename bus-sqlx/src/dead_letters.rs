@@ -141,8 +141,9 @@ pub trait DeadLetterStore: Send + Sync + 'static {
 
     /// Claims the letter for a replay, unless it was replayed already or a
     /// replay holds a live claim on it: `false` then. Makes two concurrent
-    /// replays of one letter impossible; a claim whose replay died runs
-    /// out.
+    /// replays of one letter impossible; a claim whose replay died runs out
+    /// ([`Settings::dead_letter_claim`](crate::Settings::dead_letter_claim),
+    /// 5 min: a replay that takes longer may find a second one beside it).
     async fn claim(&self, id: i64) -> Result<bool, DeadLetterError>;
 
     /// Ends a claim: replayed at `at` (`Ok`), or failed again with this error.
