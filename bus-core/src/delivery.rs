@@ -38,6 +38,8 @@ pub struct Delivery {
     pub(crate) settles: bool,
     /// The address of the store's log: which store the event is in.
     pub(crate) log: usize,
+    /// The store's id of the dead letter this call replays, if it replays one.
+    pub(crate) letter: Option<i64>,
 }
 
 impl Delivery {
@@ -53,7 +55,32 @@ impl Delivery {
             handler,
             settles,
             log: log_address(log),
+            letter: None,
         }
+    }
+
+    /// The replay of the dead letter `letter` (the store's id of it) of the
+    /// event `event` to `handler`.
+    pub(crate) fn replaying(
+        event: MessageId,
+        handler: &'static str,
+        log: &Arc<dyn DeliveryLog>,
+        letter: i64,
+    ) -> Self {
+        Delivery {
+            letter: Some(letter),
+            ..Delivery::new(event, handler, false, log)
+        }
+    }
+
+    /// When this call replays a dead letter
+    /// ([`Bus::replay_letter`](crate::Bus::replay_letter)): the store's id
+    /// of the letter. A unit of work then marks the letter replayed in its
+    /// transaction (instead of recording the event's delivery, which ended
+    /// when the letter was kept), so that a second replay finds it replayed
+    /// and writes nothing.
+    pub fn letter(&self) -> Option<i64> {
+        self.letter
     }
 
     /// Whether the event was stored by the store whose log is `log`: a

@@ -26,7 +26,6 @@ impl Backend for sqlx::Postgres {}
 /// A stored event as the tables hold it.
 #[derive(Debug, Clone)]
 pub struct EventRow {
-    pub(crate) position: i64,
     pub(crate) id: String,
     pub(crate) name: String,
     pub(crate) payload: String,
@@ -66,7 +65,13 @@ pub(crate) mod sql {
         async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error>;
 
         // -- nodes --------------------------------------------------------
-        async fn register_node(pool: &Pool<Self>, node: &str) -> Result<(), sqlx::Error>;
+        /// Registers `node`, which others take for dead once its heartbeat is
+        /// older than `timeout`.
+        async fn register_node(
+            pool: &Pool<Self>,
+            node: &str,
+            timeout: Duration,
+        ) -> Result<(), sqlx::Error>;
         /// `false` when the node's row was gone (others took it for dead).
         async fn heartbeat(pool: &Pool<Self>, node: &str) -> Result<bool, sqlx::Error>;
         async fn remove_node(pool: &Pool<Self>, node: &str) -> Result<(), sqlx::Error>;
@@ -85,6 +90,12 @@ pub(crate) mod sql {
             handler: &str,
             settles: bool,
         ) -> Result<bool, sqlx::Error>;
+        /// Marks the dead letter `letter` replayed, in the replay's own
+        /// transaction; `false` when it was replayed already (or is gone).
+        async fn record_replay(
+            connection: &mut Self::Connection,
+            letter: i64,
+        ) -> Result<bool, sqlx::Error>;
         async fn record_inbox(
             connection: &mut Self::Connection,
             id: &str,
@@ -102,23 +113,22 @@ pub(crate) mod sql {
         /// pending (nothing otherwise).
         async fn handled(pool: &Pool<Self>, event: &str, handler: &str) -> Result<(), sqlx::Error>;
         async fn delivered(pool: &Pool<Self>, event: &str) -> Result<(), sqlx::Error>;
-        /// Takes over (for `node`) up to `max` events whose owner's heartbeat
-        /// is older than `node_timeout`, oldest first, counting a recovery
-        /// for each.
+        /// Takes over (for `node`) up to `max` events whose owner is dead
+        /// (its heartbeat older than the timeout it declared, or no row),
+        /// oldest first; returns their ids. (The recovery then takes each
+        /// one up with [`reload`](Self::reload), which counts the attempt.)
         async fn take_over(
             pool: &Pool<Self>,
             node: &str,
-            node_timeout: Duration,
             max: u32,
-        ) -> Result<Vec<EventRow>, sqlx::Error>;
+        ) -> Result<Vec<String>, sqlx::Error>;
         /// Reads a pending event back for `node`, counting a recovery,
-        /// provided `node` owns it or its owner is dead (older than
-        /// `node_timeout`); `None` otherwise, or once its delivery finished.
+        /// provided `node` owns it or its owner is dead; `None` otherwise,
+        /// or once its delivery finished.
         async fn reload(
             pool: &Pool<Self>,
             event: &str,
             node: &str,
-            node_timeout: Duration,
         ) -> Result<Option<EventRow>, sqlx::Error>;
         /// The ids of up to `max` pending events `node` owns that were
         /// recorded more than `older_than` ago, oldest first.

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bus_core::{
-    async_trait, BoxError, Bus, DeadLetter, DeadLetterSink, MessageContext, ReplayError,
+    async_trait, BoxError, Bus, DeadLetter, DeadLetterSink, DeliveryLog, MessageContext,
+    ReplayError,
 };
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -156,6 +157,13 @@ pub trait DeadLetterStore: Send + Sync + 'static {
     /// Deletes a letter given up on; [`DeadLetterError::BeingReplayed`]
     /// while a replay holds it.
     async fn delete(&self, id: i64) -> Result<(), DeadLetterError>;
+
+    /// The log of the store the letters are in, when a replay's unit of
+    /// work can mark its letter replayed in its own transaction
+    /// ([`Bus::replay_letter`]): then a replay's effect happens once.
+    fn delivery_log(&self) -> Option<Arc<dyn DeliveryLog>> {
+        None
+    }
 }
 
 /// The dead letters in the store's database (`bus_dead_letters`).
@@ -246,6 +254,10 @@ impl<DB: Backend> DeadLetterStore for DeadLetters<DB> {
             Deleted::Claimed => Err(DeadLetterError::BeingReplayed(id)),
         }
     }
+
+    fn delivery_log(&self) -> Option<Arc<dyn DeliveryLog>> {
+        Some(self.store.delivery_log())
+    }
 }
 
 #[async_trait]
@@ -311,7 +323,11 @@ pub async fn replay(
             reason: error.to_string(),
         })?;
     if !store.claim(id).await? {
-        return Err(DeadLetterError::AlreadyReplayed(id));
+        // Deleted meanwhile, or replayed, or being replayed.
+        return Err(match store.get(id).await? {
+            None => DeadLetterError::NotFound(id),
+            Some(_) => DeadLetterError::AlreadyReplayed(id),
+        });
     }
     let context = match (record.message_id.parse(), record.correlation_id.parse()) {
         (Ok(message_id), Ok(correlation_id)) => MessageContext::restored(
@@ -324,7 +340,14 @@ pub async fn replay(
         ),
         _ => MessageContext::root(),
     };
-    match bus.replay(&record.handler, event, context).await {
+    let replayed = match store.delivery_log() {
+        Some(log) => {
+            bus.replay_letter(&record.handler, event, context, &log, id)
+                .await
+        }
+        None => bus.replay(&record.handler, event, context).await,
+    };
+    match replayed {
         Ok(()) => {
             store.settle(id, Ok(Utc::now())).await?;
             store.get(id).await?.ok_or(DeadLetterError::NotFound(id))

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bus_core::transport::{OutboundMessage, Publisher};
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgRow;
 use sqlx::{Executor, PgConnection, Pool, Postgres, Row, Transaction};
 
 use crate::backend::sql::Sql;
@@ -32,6 +31,11 @@ const MIGRATIONS: &[Migration] = &[Migration {
 /// The advisory lock bus-sqlx's migrations run under (sqlx's own
 /// migrations take another).
 const MIGRATION_LOCK: i64 = 0x6275_735f_7371_6c78; // "bus_sqlx"
+
+/// The nodes alive now: their heartbeat is younger than the timeout each
+/// declared.
+const LIVE_NODES: &str =
+    "SELECT id FROM bus_nodes WHERE heartbeat_at + timeout_ms * interval '1 millisecond' > now()";
 
 fn seconds(duration: Duration) -> f64 {
     duration.as_secs_f64()
@@ -87,12 +91,17 @@ impl Sql for Postgres {
         pool.begin().await
     }
 
-    async fn register_node(pool: &Pool<Self>, node: &str) -> Result<(), sqlx::Error> {
+    async fn register_node(
+        pool: &Pool<Self>,
+        node: &str,
+        timeout: Duration,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO bus_nodes (id) VALUES ($1) \
+            "INSERT INTO bus_nodes (id, timeout_ms) VALUES ($1, $2) \
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
         )
         .bind(node)
+        .bind(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX))
         .execute(pool)
         .await
         .map(drop)
@@ -156,6 +165,20 @@ impl Sql for Postgres {
                 .await?;
         }
         Ok(true)
+    }
+
+    async fn record_replay(
+        connection: &mut PgConnection,
+        letter: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let marked = sqlx::query(
+            "UPDATE bus_dead_letters SET replayed_at = now(), replay_error = NULL, \
+             claimed_until = NULL WHERE id = $1 AND replayed_at IS NULL",
+        )
+        .bind(letter)
+        .execute(&mut *connection)
+        .await?;
+        Ok(marked.rows_affected() == 1)
     }
 
     async fn record_inbox(connection: &mut PgConnection, id: &str) -> Result<(), sqlx::Error> {
@@ -238,44 +261,40 @@ impl Sql for Postgres {
     async fn take_over(
         pool: &Pool<Self>,
         node: &str,
-        node_timeout: Duration,
         max: u32,
-    ) -> Result<Vec<EventRow>, sqlx::Error> {
+    ) -> Result<Vec<String>, sqlx::Error> {
         let rows = sqlx::query(&format!(
-            "UPDATE bus_events SET owner = $1, recoveries = recoveries + 1 \
+            "UPDATE bus_events SET owner = $1 \
              WHERE position IN ( \
                  SELECT position FROM bus_events \
-                 WHERE owner <> $1 AND owner NOT IN ( \
-                     SELECT id FROM bus_nodes \
-                     WHERE heartbeat_at > now() - make_interval(secs => $2)) \
-                 ORDER BY position LIMIT $3 \
+                 WHERE owner <> $1 AND owner NOT IN ({LIVE_NODES}) \
+                 ORDER BY position LIMIT $2 \
                  FOR UPDATE SKIP LOCKED) \
-             RETURNING {EVENT_COLUMNS}"
+             RETURNING position, id"
         ))
         .bind(node)
-        .bind(seconds(node_timeout))
         .bind(i64::from(max))
         .fetch_all(pool)
         .await?;
-        read_events(&rows)
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in &rows {
+            ids.push((row.try_get::<i64, _>("position")?, row.try_get("id")?));
+        }
+        Ok(by_position(ids))
     }
 
     async fn reload(
         pool: &Pool<Self>,
         event: &str,
         node: &str,
-        node_timeout: Duration,
     ) -> Result<Option<EventRow>, sqlx::Error> {
         let row = sqlx::query(&format!(
             "UPDATE bus_events SET owner = $1, recoveries = recoveries + 1 WHERE id = $2 \
-             AND (owner = $1 OR owner NOT IN ( \
-                 SELECT id FROM bus_nodes \
-                 WHERE heartbeat_at > now() - make_interval(secs => $3))) \
+             AND (owner = $1 OR owner NOT IN ({LIVE_NODES})) \
              RETURNING {EVENT_COLUMNS}"
         ))
         .bind(node)
         .bind(event)
-        .bind(seconds(node_timeout))
         .fetch_optional(pool)
         .await?;
         row.as_ref().map(event_row).transpose()
@@ -532,13 +551,4 @@ async fn insert_dead_letter(
     .bind(&letter.payload)
     .fetch_one(&mut *connection)
     .await
-}
-
-fn read_events(rows: &[PgRow]) -> Result<Vec<EventRow>, sqlx::Error> {
-    let mut events = Vec::with_capacity(rows.len());
-    for row in rows {
-        let event = event_row(row)?;
-        events.push((event.position, event));
-    }
-    Ok(by_position(events))
 }

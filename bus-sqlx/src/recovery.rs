@@ -87,35 +87,33 @@ impl<DB: Backend> Store<DB> {
                 }
             }
         }
-        let rows = {
+        let taken = {
             let _turn = inner.writer_turn().await;
-            DB::take_over(
-                &inner.pool,
-                &inner.node,
-                settings.node_timeout,
-                settings.recovery_batch,
-            )
-            .await?
+            DB::take_over(&inner.pool, &inner.node, settings.recovery_batch).await?
         };
-        if !rows.is_empty() {
+        if !taken.is_empty() {
             tracing::info!(
-                events = rows.len(),
+                events = taken.len(),
                 "bus-sqlx: taking over the events of a process that stopped"
             );
         }
-        for row in rows {
-            let id = match parse_id("id", &row.id) {
-                Ok(id) => id,
-                Err(error) => {
-                    tracing::error!(%error, id = %row.id, "bus-sqlx: a stored event has no valid id");
-                    continue;
-                }
+        // Each one is counted as a recovery when it is taken up, not when
+        // it is taken over: a batch this process dies in the middle of is
+        // not counted against the events it never got to.
+        let mut taken = taken.into_iter();
+        while let Some(text) = taken.next() {
+            let Ok(id) = parse_id("id", &text) else {
+                tracing::error!(id = %text, "bus-sqlx: a stored event has no valid id");
+                continue;
             };
-            if !inner.register(id) {
-                continue; // this process delivers it already
+            match self.take_up(bus, id).await {
+                Ok(true) => delivered += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    // They are this process's now: its own sweep finds them.
+                    return Err(error);
+                }
             }
-            self.deliver(bus, id, row).await;
-            delivered += 1;
         }
         let own = DB::owned_before(
             &inner.pool,
@@ -144,13 +142,7 @@ impl<DB: Backend> Store<DB> {
         }
         let row = {
             let _turn = inner.writer_turn().await;
-            DB::reload(
-                &inner.pool,
-                &id.to_string(),
-                &inner.node,
-                inner.settings.node_timeout,
-            )
-            .await
+            DB::reload(&inner.pool, &id.to_string(), &inner.node).await
         };
         match row {
             Ok(Some(row)) => {

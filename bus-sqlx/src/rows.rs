@@ -33,19 +33,17 @@ where
 
 /// The columns [`event_row`] reads.
 pub(crate) const EVENT_COLUMNS: &str =
-    "position, id, name, payload, correlation_id, causation_id, recoveries";
+    "id, name, payload, correlation_id, causation_id, recoveries";
 
 /// Reads a `bus_events` row.
 pub(crate) fn event_row<R>(row: &R) -> Result<EventRow, sqlx::Error>
 where
     R: Row,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> i32: Decode<'r, R::Database> + Type<R::Database>,
     for<'c> &'c str: ColumnIndex<R>,
 {
     Ok(EventRow {
-        position: row.try_get("position")?,
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         payload: row.try_get("payload")?,

@@ -148,8 +148,19 @@ impl Settings {
     /// Whether these timings can work: a heartbeat, a node timeout of
     /// several heartbeats, a recovery that runs.
     pub(crate) fn check(&self) -> Result<(), String> {
-        if self.heartbeat_every.is_zero() || self.recover_every.is_zero() {
-            return Err("heartbeat_every and recover_every must not be zero".into());
+        let floor = Duration::from_millis(10);
+        if self.heartbeat_every < floor || self.recover_every < floor {
+            return Err(format!(
+                "heartbeat_every ({:?}) and recover_every ({:?}) must be at least {floor:?}",
+                self.heartbeat_every, self.recover_every
+            ));
+        }
+        let ceiling = Duration::from_secs(24 * 60 * 60);
+        if self.node_timeout > ceiling {
+            return Err(format!(
+                "node_timeout ({:?}) must be at most a day: a process silent that long is dead",
+                self.node_timeout
+            ));
         }
         if self.node_timeout < self.heartbeat_every * 3 {
             return Err(format!(

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bus_core::transport::{OutboundMessage, Publisher};
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Executor, Pool, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
 use crate::backend::sql::Sql;
@@ -26,6 +25,10 @@ const MIGRATIONS: &[Migration] = &[Migration {
     description: "durable messaging",
     sql: include_str!("../migrations/sqlite/0001_durable_messaging.sql"),
 }];
+
+/// The nodes alive at the bound Unix time (milliseconds): their heartbeat
+/// is younger than the timeout each declared.
+const LIVE_NODES: &str = "SELECT id FROM bus_nodes WHERE heartbeat_at + timeout_ms > ?";
 
 /// Rows per multi-row `INSERT` (SQLite takes at most 32,766 bound values).
 const INSERT_CHUNK: usize = 500;
@@ -89,14 +92,19 @@ impl Sql for Sqlite {
         pool.begin_with("BEGIN IMMEDIATE").await
     }
 
-    async fn register_node(pool: &Pool<Self>, node: &str) -> Result<(), sqlx::Error> {
+    async fn register_node(
+        pool: &Pool<Self>,
+        node: &str,
+        timeout: Duration,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO bus_nodes (id, started_at, heartbeat_at) VALUES (?, ?, ?) \
+            "INSERT INTO bus_nodes (id, started_at, heartbeat_at, timeout_ms) VALUES (?, ?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
         )
         .bind(node)
         .bind(Utc::now())
         .bind(now_ms())
+        .bind(millis(timeout))
         .execute(pool)
         .await
         .map(drop)
@@ -166,6 +174,21 @@ impl Sql for Sqlite {
         .execute(&mut *connection)
         .await?;
         Ok(recorded.rows_affected() == 1)
+    }
+
+    async fn record_replay(
+        connection: &mut SqliteConnection,
+        letter: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let marked = sqlx::query(
+            "UPDATE bus_dead_letters SET replayed_at = ?, replay_error = NULL, \
+             claimed_until = NULL WHERE id = ? AND replayed_at IS NULL",
+        )
+        .bind(Utc::now())
+        .bind(letter)
+        .execute(&mut *connection)
+        .await?;
+        Ok(marked.rows_affected() == 1)
     }
 
     async fn record_inbox(connection: &mut SqliteConnection, id: &str) -> Result<(), sqlx::Error> {
@@ -248,42 +271,43 @@ impl Sql for Sqlite {
     async fn take_over(
         pool: &Pool<Self>,
         node: &str,
-        node_timeout: Duration,
         max: u32,
-    ) -> Result<Vec<EventRow>, sqlx::Error> {
+    ) -> Result<Vec<String>, sqlx::Error> {
         let rows = sqlx::query(&format!(
-            "UPDATE bus_events SET owner = ?, recoveries = recoveries + 1 \
+            "UPDATE bus_events SET owner = ? \
              WHERE position IN ( \
                  SELECT position FROM bus_events \
-                 WHERE owner <> ? \
-                   AND owner NOT IN (SELECT id FROM bus_nodes WHERE heartbeat_at > ?) \
+                 WHERE owner <> ? AND owner NOT IN ({LIVE_NODES}) \
                  ORDER BY position LIMIT ?) \
-             RETURNING {EVENT_COLUMNS}"
+             RETURNING position, id"
         ))
         .bind(node)
         .bind(node)
-        .bind(now_ms() - millis(node_timeout))
+        .bind(now_ms())
         .bind(max)
         .fetch_all(pool)
         .await?;
-        read_events(&rows)
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in &rows {
+            ids.push((row.try_get::<i64, _>("position")?, row.try_get("id")?));
+        }
+        Ok(by_position(ids))
     }
 
     async fn reload(
         pool: &Pool<Self>,
         event: &str,
         node: &str,
-        node_timeout: Duration,
     ) -> Result<Option<EventRow>, sqlx::Error> {
         let row = sqlx::query(&format!(
             "UPDATE bus_events SET owner = ?, recoveries = recoveries + 1 WHERE id = ? \
-             AND (owner = ? OR owner NOT IN (SELECT id FROM bus_nodes WHERE heartbeat_at > ?)) \
+             AND (owner = ? OR owner NOT IN ({LIVE_NODES})) \
              RETURNING {EVENT_COLUMNS}"
         ))
         .bind(node)
         .bind(event)
         .bind(node)
-        .bind(now_ms() - millis(node_timeout))
+        .bind(now_ms())
         .fetch_optional(pool)
         .await?;
         row.as_ref().map(event_row).transpose()
@@ -574,13 +598,4 @@ async fn insert_dead_letter(
     .bind(&letter.payload)
     .fetch_one(&mut *connection)
     .await
-}
-
-fn read_events(rows: &[SqliteRow]) -> Result<Vec<EventRow>, sqlx::Error> {
-    let mut events = Vec::with_capacity(rows.len());
-    for row in rows {
-        let event = event_row(row)?;
-        events.push((event.position, event));
-    }
-    Ok(by_position(events))
 }

@@ -148,7 +148,6 @@ impl<DB: Backend> Store<DB> {
                 });
             }
             rows.push(EventRow {
-                position: 0,
                 id: context.message_id().to_string(),
                 name: name.to_owned(),
                 payload,
@@ -177,13 +176,22 @@ impl<DB: Backend> Store<DB> {
         transaction: &mut Transaction<'_, DB>,
         releaser: &EventReleaser,
     ) -> Result<Staged<DB>, StageError> {
-        let delivery = releaser.delivery();
+        // Only a delivery of this store's events: a unit of work on another
+        // database leaves the record to the bus.
+        let log = self.delivery_log();
+        let delivery = releaser.delivery().filter(|delivery| delivery.is_for(&log));
         if let Some(delivery) = delivery {
             let connection: &mut DB::Connection = transaction;
             let event = delivery.event().to_string();
             let handler = delivery.handler();
-            let recorded =
-                DB::record_delivery(connection, &event, handler, delivery.settles()).await?;
+            let recorded = match delivery.letter() {
+                // A replay of a dead letter: the event's delivery ended when
+                // the letter was kept; the letter is what records this one.
+                Some(letter) => DB::record_replay(connection, letter).await?,
+                None => {
+                    DB::record_delivery(connection, &event, handler, delivery.settles()).await?
+                }
+            };
             if !recorded {
                 releaser.delivery_duplicate();
                 return Err(StageError::Duplicate { event, handler });

@@ -242,7 +242,7 @@ impl<DB: Backend> Store<DB> {
         settings.check().map_err(Error::InvalidSettings)?;
         crate::migrate::migrate(&pool).await?;
         let node = MessageId::new().to_string();
-        DB::register_node(&pool, &node).await?;
+        DB::register_node(&pool, &node, settings.node_timeout).await?;
         let stop = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
             pool,
@@ -372,7 +372,8 @@ async fn heartbeat<DB: Backend>(inner: Weak<Inner<DB>>, stop: Arc<Notify>) {
                     );
                 }
                 if !alive {
-                    if let Err(error) = DB::register_node(&inner.pool, &inner.node).await {
+                    let timeout = inner.settings.node_timeout;
+                    if let Err(error) = DB::register_node(&inner.pool, &inner.node, timeout).await {
                         tracing::warn!(%error, "bus-sqlx: heartbeat failed");
                     }
                 }

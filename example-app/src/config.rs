@@ -49,7 +49,8 @@ pub struct Config {
     #[arg(
         long = "node-timeout-ms",
         env = "NODE_TIMEOUT_MS",
-        default_value_t = 10_000
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1_000..=86_400_000)
     )]
     pub node_timeout_ms: u64,
 

@@ -123,6 +123,35 @@ impl Bus {
         event: PendingEvent,
         context: MessageContext,
     ) -> Result<(), ReplayError> {
+        self.replay_with(handler, event, context, None).await
+    }
+
+    /// [`replay`](Self::replay) of the dead letter `letter` of the store
+    /// whose log is `log`: the call's unit of work, when it is that store's,
+    /// marks the letter replayed in its own transaction (see
+    /// [`Delivery::letter`](crate::Delivery::letter)), so that the
+    /// handler's effect happens once however often the letter is replayed.
+    /// A replay that finds the letter replayed already succeeds, doing
+    /// nothing.
+    pub async fn replay_letter(
+        &self,
+        handler: &str,
+        event: PendingEvent,
+        context: MessageContext,
+        log: &Arc<dyn crate::DeliveryLog>,
+        letter: i64,
+    ) -> Result<(), ReplayError> {
+        self.replay_with(handler, event, context, Some((log, letter)))
+            .await
+    }
+
+    async fn replay_with(
+        &self,
+        handler: &str,
+        event: PendingEvent,
+        context: MessageContext,
+        letter: Option<(&Arc<dyn crate::DeliveryLog>, i64)>,
+    ) -> Result<(), ReplayError> {
         let _in_flight = self
             .inner
             .lifecycle
@@ -149,8 +178,12 @@ impl Bus {
             });
         }
         let span = dispatch_span(meta, "replay", &mut Some(context));
+        let name = bound.registration.name();
+        let delivery = letter.map(|(log, letter)| {
+            crate::delivery::Delivery::replaying(context.message_id(), name, log, letter)
+        });
         async {
-            let invocation = EventInvocation::new(bound, event.as_any(), meta);
+            let invocation = EventInvocation::new(bound, event.as_any(), meta).delivering(delivery);
             // The handler's retry, when it is its only layer, is kept beside it.
             let retry_only: Vec<Arc<dyn Layer>> = bound
                 .retry
@@ -162,7 +195,21 @@ impl Bus {
                 .run(invocation.call(context))
                 .await;
             let attempts = invocation.attempts();
-            if let Err(cause) = outcome {
+            match (&outcome, invocation.recorded()) {
+                (Err(_), crate::events::Recorded::Duplicate) => {
+                    tracing::info!(handler, "dead letter replayed already: nothing done");
+                    return Ok(());
+                }
+                (Err(cause), crate::events::Recorded::Yes) => {
+                    tracing::warn!(
+                        handler,
+                        %cause,
+                        "replayed handler failed after its unit of work committed: replayed"
+                    );
+                }
+                _ => {}
+            }
+            if let (Err(cause), crate::events::Recorded::No) = (outcome, invocation.recorded()) {
                 return Err(ReplayError::Failed(Box::new(HandlerFailure {
                     message: meta.name(),
                     handler: bound.registration.name(),

@@ -3,12 +3,13 @@
 -- `bus_sqlx_migrations`: the application's own migrations (sqlx's
 -- `_sqlx_migrations`) never see these.
 
--- The processes running a store: a process whose heartbeat stopped is
--- dead, and its events are delivered by another.
+-- The processes running a store: a process whose heartbeat is older than
+-- the timeout it declared is dead, and its events are delivered by another.
 CREATE TABLE IF NOT EXISTS bus_nodes (
     id           TEXT PRIMARY KEY,
     started_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
-    heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    timeout_ms   BIGINT NOT NULL
 );
 
 -- Events a unit of work committed whose handlers have not all handled

@@ -2,13 +2,14 @@
 -- which keeps its own record in `bus_sqlx_migrations`: the application's
 -- own migrations (sqlx's `_sqlx_migrations`) never see these.
 
--- The processes running a store: a process whose heartbeat stopped is
--- dead, and its events are delivered by another.
+-- The processes running a store: a process whose heartbeat is older than
+-- the timeout it declared is dead, and its events are delivered by another.
 CREATE TABLE IF NOT EXISTS bus_nodes (
     id           TEXT PRIMARY KEY NOT NULL,
     started_at   TEXT NOT NULL,
     -- Unix time, milliseconds.
-    heartbeat_at INTEGER NOT NULL
+    heartbeat_at INTEGER NOT NULL,
+    timeout_ms   INTEGER NOT NULL
 );
 
 -- Events a unit of work committed whose handlers have not all handled

@@ -65,6 +65,7 @@ macro_rules! conformance_tests {
             two_deliveries_of_one_event_at_once_have_its_committed_effects_once,
             an_event_of_this_process_that_nothing_here_delivers_is_found_again,
             timings_that_cannot_work_are_refused,
+            a_live_process_keeps_its_events_whatever_the_others_timeouts,
             an_event_that_keeps_crashing_its_process_goes_to_the_dead_letters,
             an_event_this_bus_cannot_read_goes_to_the_dead_letters,
             a_bus_with_an_event_that_cannot_be_stored_is_refused,
@@ -79,6 +80,7 @@ macro_rules! conformance_tests {
             the_outbox_lag_says_how_many_wait_and_for_how_long,
             a_redelivered_message_is_handled_once,
             a_failing_handler_is_kept_and_replayed_once_the_fault_is_gone,
+            a_projection_replayed_twice_has_its_effect_once,
             a_dead_letter_is_claimed_once_until_its_claim_runs_out,
             a_dead_letter_given_up_on_is_deleted_unless_it_is_being_replayed,
         );
@@ -135,6 +137,8 @@ pub enum LedgerError {
     Stage(#[from] StageError),
     #[error("failed after its commit")]
     AfterCommit,
+    #[error("the projection's table is down")]
+    Down,
 }
 
 #[derive(Debug, Clone, Deserialize, Command)]
@@ -206,6 +210,8 @@ pub struct Tally {
     pub mails: AtomicUsize,
     /// `notify_flagged`'s mail server is down.
     pub mail_down: AtomicBool,
+    /// `project_balance` fails.
+    pub projection_down: AtomicBool,
     /// `tally_deposit` waits here (never, unless a test closes it).
     pub gate: Option<Arc<tokio::sync::Semaphore>>,
 }
@@ -304,8 +310,12 @@ fn handler_name(name: &str) -> String {
 pub async fn project_balance(
     event: &Deposited,
     mut uow: Scoped<dyn LedgerUow>,
-) -> Result<(), StageError> {
-    uow.project(event).await
+    tally: &Tally,
+) -> Result<(), LedgerError> {
+    if tally.projection_down.load(Ordering::SeqCst) {
+        return Err(LedgerError::Down);
+    }
+    Ok(uow.project(event).await?)
 }
 
 /// At-least-once: counts in memory (after `project_balance`: the bus calls
@@ -820,6 +830,26 @@ pub async fn an_event_of_this_process_that_nothing_here_delivers_is_found_again<
     assert_eq!(app.tally.counted_once(), 1);
 }
 
+/// A process is dead by the timeout it declared, not by the takers':
+/// one with a short timeout never takes over a live one's events.
+pub async fn a_live_process_keeps_its_events_whatever_the_others_timeouts<DB: Ledger>(
+    db: TestDatabase,
+) {
+    let patient =
+        App::<DB>::with(db.pool::<DB>().await, Settings::default(), Tally::default()).await;
+    DB::create_tables(patient.store.pool()).await;
+    commit_deposited(&patient.store).await; // in flight in `patient`, for ever
+    let hasty = App::<DB>::open(db.pool::<DB>().await).await; // a 300 ms timeout
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(hasty.store.recover_once(&hasty.bus).await.unwrap(), 0);
+    assert_eq!(
+        hasty.tally.counted().len(),
+        0,
+        "the patient process is alive by its own 10 s timeout"
+    );
+    assert_eq!(patient.store.delivery_lag().await.unwrap().count, 1);
+}
+
 pub async fn timings_that_cannot_work_are_refused<DB: Ledger>(db: TestDatabase) {
     let pool = db.pool::<DB>().await;
     let too_short = Settings::default()
@@ -1327,6 +1357,46 @@ pub async fn a_failing_handler_is_kept_and_replayed_once_the_fault_is_gone<DB: L
     );
     assert!(letters.list(false).await.unwrap().is_empty());
     assert_eq!(letters.list(true).await.unwrap().len(), 1);
+}
+
+/// A replay marks its letter replayed in the projection's own transaction:
+/// replayed again (a crash after its commit, before the letter's mark; two
+/// replays at once), it writes nothing.
+pub async fn a_projection_replayed_twice_has_its_effect_once<DB: Ledger>(db: TestDatabase) {
+    let app = ledger_app::<DB>(&db).await;
+    app.tally.projection_down.store(true, Ordering::SeqCst);
+    app.deposit("ada", 10).await;
+    let letters = app.store.dead_letters();
+    let kept = letters.list(false).await.unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].record.handler, handler_name("project_balance"));
+    app.tally.projection_down.store(false, Ordering::SeqCst);
+
+    let record = &kept[0].record;
+    let event = app
+        .bus
+        .decode_event(&record.message_name, record.payload.as_deref().unwrap())
+        .unwrap();
+    let context = MessageContext::restored(
+        record.message_id.parse().unwrap(),
+        record.correlation_id.parse().unwrap(),
+        None,
+    );
+    let log = app.store.delivery_log();
+    for _ in 0..2 {
+        app.bus
+            .replay_letter(&record.handler, event.clone(), context, &log, kept[0].id)
+            .await
+            .unwrap();
+    }
+    assert_eq!(DB::balance(app.store.pool(), "ada").await, 10, "projected once");
+    let replayed = letters.get(kept[0].id).await.unwrap().unwrap();
+    assert!(replayed.replayed_at.is_some(), "marked in the replay's own commit");
+    let again = bus_sqlx::replay(&app.bus, &letters, kept[0].id)
+        .await
+        .unwrap_err();
+    assert!(matches!(again, DeadLetterError::AlreadyReplayed(_)), "{again}");
+    assert_eq!(DB::balance(app.store.pool(), "ada").await, 10);
 }
 
 fn record() -> DeadLetterRecord {

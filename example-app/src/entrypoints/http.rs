@@ -296,8 +296,13 @@ async fn list_dead_letters(
 }
 
 fn dead_letter_id(id: &str) -> Result<i64, ApiError> {
-    id.parse()
-        .map_err(|_| ApiError::bad_request(format!("dead letter id must be a number, got {id:?}")))
+    let digits = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit());
+    match id.parse() {
+        Ok(number) if digits => Ok(number),
+        _ => Err(ApiError::bad_request(format!(
+            "dead letter id must be a whole number, got {id:?}"
+        ))),
+    }
 }
 
 /// Replays a letter on a task of its own: a client that hangs up does not
