@@ -100,8 +100,7 @@ impl<DB: Backend> Store<DB> {
         // Each one is counted as a recovery when it is taken up, not when
         // it is taken over: a batch this process dies in the middle of is
         // not counted against the events it never got to.
-        let mut taken = taken.into_iter();
-        while let Some(text) = taken.next() {
+        for text in taken {
             let Ok(id) = parse_id("id", &text) else {
                 tracing::error!(id = %text, "bus-sqlx: a stored event has no valid id");
                 continue;
