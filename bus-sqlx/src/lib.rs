@@ -189,7 +189,7 @@ pub use outbox::Outbox;
 pub use recovery::Recovery;
 pub use settings::Settings;
 pub use stage::Staged;
-pub use store::{Lag, Store, Tx};
+pub use store::{begin_on, Lag, Store, Tx};
 
 /// The `sqlx` this crate is built on: the pool and transaction types a
 /// service passes in.

@@ -51,7 +51,7 @@ impl Sql for Postgres {
         // Under an advisory lock held to the commit: processes starting
         // together apply each migration once, the others wait and find it
         // applied.
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::store::begin_on(pool, "BEGIN").await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATION_LOCK)
             .execute(&mut *tx)
@@ -88,7 +88,7 @@ impl Sql for Postgres {
     }
 
     async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error> {
-        pool.begin().await
+        crate::store::begin_on(pool, "BEGIN").await
     }
 
     async fn register_node(
@@ -323,7 +323,7 @@ impl Sql for Postgres {
         letters: &[DeadLetterRecord],
         event: &str,
     ) -> Result<(), sqlx::Error> {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::store::begin_on(pool, "BEGIN").await?;
         for letter in letters {
             insert_dead_letter(&mut tx, letter).await?;
         }
@@ -362,7 +362,7 @@ impl Sql for Postgres {
         // The round's rows stay locked to its commit: another relay skips
         // them instead of waiting, and a relay that dies releases them with
         // its connection.
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::store::begin_on(pool, "BEGIN").await?;
         let rows = sqlx::query(&format!(
             "SELECT position, {OUTBOX_COLUMNS} FROM bus_outbox WHERE sent_at IS NULL \
              ORDER BY position LIMIT $1 FOR UPDATE SKIP LOCKED"

@@ -55,7 +55,7 @@ impl Sql for Sqlite {
     async fn migrate(pool: &Pool<Self>) -> Result<(), MigrateError> {
         // One IMMEDIATE transaction: processes starting together apply each
         // migration once, the others wait and find it applied.
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = crate::store::begin_on(pool, "BEGIN IMMEDIATE").await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS bus_sqlx_migrations (
                 version     INTEGER PRIMARY KEY NOT NULL,
@@ -89,7 +89,7 @@ impl Sql for Sqlite {
     }
 
     async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error> {
-        pool.begin_with("BEGIN IMMEDIATE").await
+        crate::store::begin_on(pool, "BEGIN IMMEDIATE").await
     }
 
     async fn register_node(
@@ -258,7 +258,7 @@ impl Sql for Sqlite {
     }
 
     async fn delivered(pool: &Pool<Self>, event: &str) -> Result<(), sqlx::Error> {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = crate::store::begin_on(pool, "BEGIN IMMEDIATE").await?;
         for statement in [
             "DELETE FROM bus_handled WHERE event_id = ?",
             "DELETE FROM bus_events WHERE id = ?",
@@ -336,7 +336,7 @@ impl Sql for Sqlite {
         letters: &[DeadLetterRecord],
         event: &str,
     ) -> Result<(), sqlx::Error> {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = crate::store::begin_on(pool, "BEGIN IMMEDIATE").await?;
         for letter in letters {
             insert_dead_letter(&mut tx, letter).await?;
         }

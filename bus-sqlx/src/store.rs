@@ -209,6 +209,47 @@ impl<DB: Backend> std::fmt::Debug for Tx<DB> {
     }
 }
 
+/// Begins a transaction on `pool` with `statement` (`"BEGIN"`, or one with
+/// an isolation level), on a task of its own.
+///
+/// sqlx 0.8 and 0.9 are not cancel-safe here on PostgreSQL: a future of
+/// `Pool::begin` dropped while its `BEGIN` is in flight (an HTTP client that
+/// hangs up, a timeout) returns the connection to the pool inside a
+/// transaction nothing rolls back, and the next borrowers' statements run
+/// in it (transact-rs/sqlx#4393). Here the `BEGIN` always completes; a
+/// caller that stopped waiting drops the transaction, which rolls back.
+///
+/// ```
+/// # #[cfg(feature = "sqlite")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), sqlx::Error> {
+/// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+/// let mut tx = bus_sqlx::begin_on(&pool, "BEGIN").await?;
+/// sqlx::query("SELECT 1").execute(&mut *tx).await?;
+/// tx.commit().await?;
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
+/// ```
+pub async fn begin_on<DB: Backend>(
+    pool: &Pool<DB>,
+    statement: &'static str,
+) -> Result<Transaction<'static, DB>, sqlx::Error> {
+    let pool = pool.clone();
+    detached(async move { pool.begin_with(statement).await }).await
+}
+
+/// Runs `work` on a task of its own: dropping this future does not cut it
+/// short (its result is dropped instead).
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'static,
+) -> Result<T, sqlx::Error> {
+    tokio::spawn(work)
+        .await
+        .map_err(|error| sqlx::Error::Io(std::io::Error::other(error)))?
+}
+
 /// How far behind a backlog is: how many wait, and for how long the oldest
 /// has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +326,8 @@ impl<DB: Backend> Store<DB> {
     /// Begins a write transaction: on SQLite `BEGIN IMMEDIATE`, after this
     /// process's earlier writers (its writers queue here, in order, instead
     /// of polling SQLite's lock); on PostgreSQL a plain `BEGIN`.
+    ///
+    /// Cancel-safe: the `BEGIN` runs on a task of its own (see [`begin_on`]).
     pub async fn begin(&self) -> Result<Tx<DB>, sqlx::Error> {
         let turn = self.inner.writer_turn().await;
         let transaction = DB::begin_write(&self.inner.pool).await?;

@@ -95,14 +95,20 @@ pub const CONFLICT_ATTEMPTS: u32 = 5;
 /// dead letter.
 pub const EVENT_HANDLER_ATTEMPTS: u32 = 3;
 
+/// How many times `reallocate` is called before its line waits in the dead
+/// letters: it only ever loses races (and database outages), so it keeps
+/// trying for about two seconds.
+pub const REALLOCATION_ATTEMPTS: u32 = 10;
+
 /// Builds the bus. Every handler is registered by `#[handler]`; this decides
 /// which adapters they get, and how failures are handled:
 /// - an event handler is tried [`EVENT_HANDLER_ATTEMPTS`] times (backing
 ///   off from 50 ms, at most 1 s apart), unless its error is a broken rule
 ///   ([`ServiceError::is_transient`]); then it is a dead letter in
 ///   [`Adapters::dead_letters`];
-/// - `reallocate` tries harder ([`CONFLICT_ATTEMPTS`], from 5 ms): it only
-///   ever loses races to other requests on the same product;
+/// - `reallocate` tries harder ([`REALLOCATION_ATTEMPTS`], from 10 ms to
+///   half a second apart): it only ever loses races to other requests on
+///   the same product, or a database that is briefly away;
 /// - a command that lost an optimistic-concurrency race runs again, up to
 ///   [`CONFLICT_ATTEMPTS`] times; no other command error is retried;
 /// - the events of a dispatch whose caller stopped waiting (an HTTP client
@@ -127,9 +133,9 @@ pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
                 .retry_if(is_transient),
         )
         .handler_retry::<reallocate>(
-            RetryPolicy::exponential(CONFLICT_ATTEMPTS)
-                .first_delay(Duration::from_millis(5))
-                .max_delay(Duration::from_millis(100))
+            RetryPolicy::exponential(REALLOCATION_ATTEMPTS)
+                .first_delay(Duration::from_millis(10))
+                .max_delay(Duration::from_millis(500))
                 .retry_if(is_transient),
         )
         .retry_command::<Allocate>(conflicts(), ServiceError::is_conflict)

@@ -106,3 +106,44 @@ impl conformance::Ledger for sqlx::Postgres {
 }
 
 conformance_tests!(sqlx::Postgres, fresh_ledger);
+
+/// `bus_sqlx::begin_on` is cancel-safe where sqlx's `Pool::begin` is not
+/// (transact-rs/sqlx#4393): a caller that stops waiting during `BEGIN` never
+/// leaves the pool's connection inside a transaction, which would swallow
+/// the next borrower's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_begin_cut_short_leaves_no_connection_inside_a_transaction() {
+    use sqlx::Connection;
+
+    let database = postgres::FreshDatabase::create().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database.url)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE writes (n INTEGER)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut other = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    for n in 0..50_i32 {
+        // Cut short at once, or a little later: with BEGIN on the wire.
+        let wait = std::time::Duration::from_micros(50 * u64::from(n.unsigned_abs() % 5));
+        let _ = tokio::time::timeout(wait, bus_sqlx::begin_on(&pool, "BEGIN")).await;
+        sqlx::query("INSERT INTO writes (n) VALUES ($1)")
+            .bind(n)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM writes")
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+        assert_eq!(
+            seen,
+            i64::from(n) + 1,
+            "write {n} committed, visible elsewhere"
+        );
+    }
+    pool.close().await;
+}

@@ -1389,13 +1389,23 @@ pub async fn a_projection_replayed_twice_has_its_effect_once<DB: Ledger>(db: Tes
             .await
             .unwrap();
     }
-    assert_eq!(DB::balance(app.store.pool(), "ada").await, 10, "projected once");
+    assert_eq!(
+        DB::balance(app.store.pool(), "ada").await,
+        10,
+        "projected once"
+    );
     let replayed = letters.get(kept[0].id).await.unwrap().unwrap();
-    assert!(replayed.replayed_at.is_some(), "marked in the replay's own commit");
+    assert!(
+        replayed.replayed_at.is_some(),
+        "marked in the replay's own commit"
+    );
     let again = bus_sqlx::replay(&app.bus, &letters, kept[0].id)
         .await
         .unwrap_err();
-    assert!(matches!(again, DeadLetterError::AlreadyReplayed(_)), "{again}");
+    assert!(
+        matches!(again, DeadLetterError::AlreadyReplayed(_)),
+        "{again}"
+    );
     assert_eq!(DB::balance(app.store.pool(), "ada").await, 10);
 }
 

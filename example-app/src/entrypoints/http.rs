@@ -123,6 +123,18 @@ impl From<DispatchError<ViewError>> for ApiError {
     }
 }
 
+/// Runs a request's work on a task of its own: a client that hangs up
+/// cancels nothing half-way (a command runs to its end, events included,
+/// and its transactions are never cut short).
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(work).await.map_err(|error| {
+        tracing::error!(%error, "a request's task ended badly");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the request ended badly")
+    })
+}
+
 /// A JSON body whose every rejection (not JSON, wrong content type, a
 /// missing, unknown or mistyped field) is an [`ApiError`] naming the problem.
 pub struct ApiJson<T>(pub T);
@@ -197,7 +209,7 @@ async fn add_batch(
         eta: eta(body.eta)?,
     };
     let reference = command.reference.clone();
-    bus.dispatch(command).await?;
+    detached(async move { bus.dispatch(command).await }).await??;
     Ok((StatusCode::CREATED, Json(json!({ "ref": reference }))).into_response())
 }
 
@@ -218,7 +230,7 @@ async fn allocate(
         sku: non_empty("sku", body.sku)?,
         qty: positive_qty(body.qty)?,
     };
-    let batchref = bus.dispatch(command).await?;
+    let batchref = detached(async move { bus.dispatch(command).await }).await??;
     Ok((StatusCode::ACCEPTED, Json(json!({ "batchref": batchref }))).into_response())
 }
 
@@ -239,7 +251,7 @@ async fn change_batch_quantity(
         qty: positive_qty(body.qty)?,
     };
     let answer = json!({ "ref": command.reference, "qty": command.qty });
-    bus.dispatch(command).await?;
+    detached(async move { bus.dispatch(command).await }).await??;
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
@@ -306,8 +318,7 @@ fn dead_letter_id(id: &str) -> Result<i64, ApiError> {
 }
 
 /// Replays a letter on a task of its own: a client that hangs up does not
-/// cut the replay short between the handler's success and the letter's
-/// record of it (which would leave it to be replayed again).
+/// cut the replay short.
 async fn replay_dead_letter(
     State(AppState { bus, dead_letters }): State<AppState>,
     Path(id): Path<String>,

@@ -26,6 +26,10 @@ pub const MAX_CONNECTIONS: u32 = 16;
 /// How long a unit of work waits for a free connection before it fails.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the server lets a session sit idle inside a transaction before
+/// it ends it (PostgreSQL's `idle_in_transaction_session_timeout`).
+pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "10s";
+
 /// An open PostgreSQL database: its connection pool, and the store on it.
 #[derive(Debug, Clone)]
 pub struct PostgresDatabase {
@@ -57,7 +61,13 @@ impl PostgresDatabase {
 /// to date: bus-sqlx's tables, then the service's own (both under advisory
 /// locks: processes starting together apply each migration once).
 pub async fn connect(url: &str, settings: Settings) -> Result<PostgresDatabase, BoxError> {
-    let options = PgConnectOptions::from_str(url)?;
+    // A process frozen in a transaction (SIGSTOP, a paused VM) would hold
+    // its locks for as long as its connection lives: the server ends such
+    // a session after a while, and its transaction rolls back.
+    let options = PgConnectOptions::from_str(url)?.options([(
+        "idle_in_transaction_session_timeout",
+        IDLE_IN_TRANSACTION_TIMEOUT,
+    )]);
     // One connection first: an unreachable server or a refused login is then
     // reported as such (the pool would only say it timed out).
     PgConnection::connect_with(&options).await?.close().await?;

@@ -150,11 +150,12 @@ impl ProductTables for PostgresDatabase {
     }
 
     async fn load(&self, sku: &str) -> Result<Option<Tracked>, UowError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .await
-            .map_err(storage)?;
+        let mut tx = bus_sqlx::begin_on(
+            &self.pool,
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        )
+        .await
+        .map_err(storage)?;
         let product = Self::load_in(&mut tx, sku).await?;
         tx.commit().await.map_err(storage)?;
         Ok(product)

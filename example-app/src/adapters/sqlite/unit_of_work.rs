@@ -150,7 +150,9 @@ impl ProductTables for SqliteDatabase {
     }
 
     async fn load(&self, sku: &str) -> Result<Option<Tracked>, UowError> {
-        let mut tx = self.pool.begin().await.map_err(storage)?;
+        let mut tx = bus_sqlx::begin_on(&self.pool, "BEGIN")
+            .await
+            .map_err(storage)?;
         let product = Self::load_in(&mut tx, sku).await?;
         tx.commit().await.map_err(storage)?;
         Ok(product)
