@@ -201,6 +201,7 @@ async fn allocations_reach_the_read_model() {
         rows,
         [AllocationRow {
             sku: "SQUEAKY-CHAIR".into(),
+            qty: 2,
             batchref: "b1".into()
         }]
     );
@@ -473,6 +474,9 @@ async fn a_smaller_batch_releases_deallocated_then_reallocates_and_the_read_mode
             sku: "VASE".into(),
             qty: 8,
             batchref: "big".into(),
+            // Created with `small` (0), `big` added (1), allocated (2),
+            // `small` changed (3), reallocated (4).
+            version: 4,
         }]
     );
     let ran = |handler: &'static str, message: &'static str| HandlerRun {

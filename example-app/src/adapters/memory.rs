@@ -9,11 +9,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bus_core::testing::{self, Entity};
 use bus_core::{async_trait, EventReleaser};
 
-use crate::domain::model::Product;
+use crate::domain::model::{OrderLine, Product};
 use crate::service_layer::unit_of_work::{
     ProductRepository, UnitOfWork, UnitOfWorkFactory, UowError,
 };
-use crate::views::{AllocationRow, AllocationsView, AllocationsViewFactory, ViewError};
+use crate::views::{
+    AllocationRow, AllocationsView, AllocationsViewFactory, LineChange, ViewError,
+};
 
 impl Entity for Product {
     type Key = String;
@@ -96,6 +98,10 @@ impl ProductRepository for FakeUnitOfWork {
         Ok(self.0.repository().get(&sku.to_owned()))
     }
 
+    async fn get_for_line(&mut self, line: &OrderLine) -> Result<Option<&mut Product>, UowError> {
+        self.get(&line.sku).await
+    }
+
     async fn get_by_batchref(&mut self, reference: &str) -> Result<Option<&mut Product>, UowError> {
         Ok(self
             .0
@@ -108,15 +114,27 @@ impl ProductRepository for FakeUnitOfWork {
     }
 }
 
-/// The allocations view in memory; its clones share the rows.
+/// One line in the in-memory view: `(orderid, sku, qty)`, where it is,
+/// and the version that put it there.
+#[derive(Debug, Clone)]
+struct ViewLine {
+    orderid: String,
+    sku: String,
+    qty: u32,
+    batchref: Option<String>,
+    version: u64,
+}
+
+/// The allocations view in memory; its clones share the rows. Like the SQL
+/// ones, it keeps the newest change per line ([`LineChange`]).
 #[derive(Debug, Clone, Default)]
 pub struct InMemoryAllocationsView {
-    rows: Arc<Mutex<Vec<(String, AllocationRow)>>>,
+    lines: Arc<Mutex<Vec<ViewLine>>>,
 }
 
 impl InMemoryAllocationsView {
-    fn rows(&self) -> MutexGuard<'_, Vec<(String, AllocationRow)>> {
-        self.rows.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lines(&self) -> MutexGuard<'_, Vec<ViewLine>> {
+        self.lines.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A factory of handles on this view, for bootstrap.
@@ -128,29 +146,40 @@ impl InMemoryAllocationsView {
 
 #[async_trait]
 impl AllocationsView for InMemoryAllocationsView {
-    async fn add(&self, orderid: &str, sku: &str, batchref: &str) -> Result<(), ViewError> {
-        self.rows().push((
-            orderid.to_owned(),
-            AllocationRow {
-                sku: sku.to_owned(),
-                batchref: batchref.to_owned(),
-            },
-        ));
-        Ok(())
-    }
-
-    async fn remove(&self, orderid: &str, sku: &str) -> Result<(), ViewError> {
-        self.rows()
-            .retain(|(order, row)| !(order == orderid && row.sku == sku));
+    async fn apply(&self, change: LineChange<'_>) -> Result<(), ViewError> {
+        let mut lines = self.lines();
+        let batchref = change.batchref.map(str::to_owned);
+        match lines.iter_mut().find(|line| {
+            line.orderid == change.orderid && line.sku == change.sku && line.qty == change.qty
+        }) {
+            Some(line) if line.version < change.version => {
+                line.batchref = batchref;
+                line.version = change.version;
+            }
+            Some(_) => {}
+            None => lines.push(ViewLine {
+                orderid: change.orderid.to_owned(),
+                sku: change.sku.to_owned(),
+                qty: change.qty,
+                batchref,
+                version: change.version,
+            }),
+        }
         Ok(())
     }
 
     async fn for_order(&self, orderid: &str) -> Result<Vec<AllocationRow>, ViewError> {
         Ok(self
-            .rows()
+            .lines()
             .iter()
-            .filter(|(order, _)| order == orderid)
-            .map(|(_, row)| row.clone())
+            .filter(|line| line.orderid == orderid)
+            .filter_map(|line| {
+                Some(AllocationRow {
+                    sku: line.sku.clone(),
+                    qty: line.qty,
+                    batchref: line.batchref.clone()?,
+                })
+            })
             .collect())
     }
 }

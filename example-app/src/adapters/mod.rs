@@ -3,12 +3,14 @@
 //! store on it (outbox, inbox, durable delivery, dead letters); each
 //! ([`sqlite`], [`postgres`]) has its view and the SQL of the unit of work
 //! that [`relational`] runs; [`memory`] holds the in-memory fakes,
-//! [`notifications`] the notifiers.
+//! [`notifications`] the notifiers; [`product_locks`] lets one unit of work
+//! at a time change a product within the process.
 
 pub mod database;
 pub mod memory;
 pub mod notifications;
 pub mod postgres;
+pub mod product_locks;
 pub mod relational;
 mod rows;
 pub mod sqlite;

@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use bus_core::{async_trait, Aggregate, BoxError, EventReleaser, MessageContext, PendingEvent};
 use bus_sqlx::{Backend, StageError, Store};
-use sqlx::{Encode, Executor, IntoArguments, Transaction, Type};
+use sqlx::{Executor, IntoArguments, Transaction};
 
-use super::tracked::Tracked;
-use crate::domain::model::Product;
+use super::product_locks::{ProductGuard, ProductLocks};
+use super::tracked::{Lines, Tracked};
+use crate::domain::model::{OrderLine, Product};
 use crate::service_layer::unit_of_work::{
     ProductRepository, UnitOfWork, UnitOfWorkFactory, UowError,
 };
@@ -26,9 +27,12 @@ pub trait ProductTables: Clone + Send + Sync + 'static {
     /// The durable messaging store on it.
     fn store(&self) -> &Store<Self::Db>;
 
-    /// The product with this sku, its batches and allocations, read from
-    /// one snapshot.
-    async fn load(&self, sku: &str) -> Result<Option<Tracked>, UowError>;
+    /// The units of work of this process that hold a product.
+    fn locks(&self) -> &ProductLocks;
+
+    /// The product with this sku, its batches and the allocation rows
+    /// `lines` names, read from one snapshot.
+    async fn load(&self, sku: &str, lines: Lines) -> Result<Option<Tracked>, UowError>;
 
     /// The sku of the product that has a batch with this reference.
     async fn sku_of_batch(&self, reference: &str) -> Result<Option<String>, UowError>;
@@ -67,6 +71,9 @@ pub struct RelationalUnitOfWork<T> {
     /// The message whose handler this unit of work serves: the events it
     /// stages are caused by it, and an inbound one goes to the inbox.
     flow: Option<MessageContext>,
+    /// The product this unit of work holds (the first it loaded), until it
+    /// commits, rolls back or is dropped.
+    held: Option<ProductGuard>,
 }
 
 impl<T: ProductTables> RelationalUnitOfWork<T> {
@@ -77,6 +84,7 @@ impl<T: ProductTables> RelationalUnitOfWork<T> {
             seen: Vec::new(),
             releaser,
             flow: None,
+            held: None,
         }
     }
 
@@ -91,8 +99,33 @@ impl<T: ProductTables> RelationalUnitOfWork<T> {
         self.seen.iter().position(|t| found(&t.product))
     }
 
-    fn product_at(&mut self, index: usize) -> Option<&mut Product> {
-        self.seen.get_mut(index).map(|t| &mut t.product)
+    /// The product `sku` with the rows `lines` names: the one tracked when
+    /// it has them, else loaded (again, when it is tracked unchanged).
+    async fn load(&mut self, sku: &str, lines: Lines) -> Result<Option<&mut Product>, UowError> {
+        if let Some(index) = self.position(|p| p.sku == sku) {
+            let tracked = &self.seen[index];
+            if tracked.covers(&lines) {
+                return Ok(Some(&mut self.seen[index].product));
+            }
+            if tracked.changed() || !tracked.product.recorded().is_empty() {
+                return Err(UowError::Storage(
+                    format!(
+                        "product {sku} was changed after a load of {:?}, then asked for {lines:?}: \
+                         load what the use case needs first",
+                        tracked.lines
+                    )
+                    .into(),
+                ));
+            }
+            self.seen.remove(index);
+        }
+        if self.held.is_none() {
+            self.held = Some(self.tables.locks().lock(sku).await);
+        }
+        match self.tables.load(sku, lines).await? {
+            Some(tracked) => Ok(Some(self.track(tracked))),
+            None => Ok(None),
+        }
     }
 
     fn track(&mut self, tracked: Tracked) -> &mut Product {
@@ -115,23 +148,24 @@ impl<T: ProductTables> RelationalUnitOfWork<T> {
 #[async_trait]
 impl<T: ProductTables> ProductRepository for RelationalUnitOfWork<T> {
     async fn get(&mut self, sku: &str) -> Result<Option<&mut Product>, UowError> {
-        if let Some(index) = self.position(|p| p.sku == sku) {
-            return Ok(self.product_at(index));
-        }
-        match self.tables.load(sku).await? {
-            Some(tracked) => Ok(Some(self.track(tracked))),
-            None => Ok(None),
-        }
+        self.load(sku, Lines::None).await
+    }
+
+    async fn get_for_line(&mut self, line: &OrderLine) -> Result<Option<&mut Product>, UowError> {
+        self.load(&line.sku, Lines::Of(line.clone())).await
     }
 
     async fn get_by_batchref(&mut self, reference: &str) -> Result<Option<&mut Product>, UowError> {
-        if let Some(index) = self.position(|p| p.batch(reference).is_some()) {
-            return Ok(self.product_at(index));
-        }
-        match self.tables.sku_of_batch(reference).await? {
-            Some(sku) => self.get(&sku).await,
-            None => Ok(None),
-        }
+        let sku = match self.position(|p| p.batch(reference).is_some()) {
+            Some(index) => self.seen[index].product.sku.clone(),
+            None => match self.tables.sku_of_batch(reference).await? {
+                Some(sku) => sku,
+                None => return Ok(None),
+            },
+        };
+        // A batch never moves to another product: the sku read before the
+        // product is held is still its product's.
+        self.load(&sku, Lines::InBatch(reference.to_owned())).await
     }
 
     fn add(&mut self, product: Product) -> &mut Product {
@@ -139,6 +173,7 @@ impl<T: ProductTables> ProductRepository for RelationalUnitOfWork<T> {
             product,
             loaded_version: None,
             stored: Vec::new(),
+            lines: None,
         })
     }
 }
@@ -156,6 +191,7 @@ impl<T: ProductTables> bus_core::UnitOfWork for RelationalUnitOfWork<T> {
         let changed: Vec<&Tracked> = self.seen.iter().filter(|t| t.changed()).collect();
         if changed.is_empty() && events.is_empty() {
             self.seen.clear();
+            self.held = None;
             return Ok(());
         }
         // The product named in a conflict or storage error.
@@ -186,8 +222,10 @@ impl<T: ProductTables> bus_core::UnitOfWork for RelationalUnitOfWork<T> {
             .await
             .map_err(|e| self.tables.write_error(e, &sku))?;
         // The stored rows no longer match what was loaded: forget the
-        // products, so that anything loaded after this commit is read afresh.
+        // products, so that anything loaded after this commit is read afresh,
+        // and let the next unit of work have the product.
         self.seen.clear();
+        self.held = None;
         staged.release();
         Ok(())
     }
@@ -196,6 +234,7 @@ impl<T: ProductTables> bus_core::UnitOfWork for RelationalUnitOfWork<T> {
         // Nothing was written before commit: forgetting what was loaded is
         // the whole rollback.
         self.seen.clear();
+        self.held = None;
         Ok(())
     }
 }
@@ -206,26 +245,20 @@ impl<T: ProductTables> UnitOfWork for RelationalUnitOfWork<T> {
     }
 }
 
-/// Runs one statement of a read model's (`sql`, with `binds`) in a
-/// transaction of its own that also records the delivery the call of
-/// `releaser` serves: a redelivered event never writes the read model twice.
-pub async fn write_once<DB>(
+/// Runs one statement of a read model's (`query`) in a transaction of its
+/// own that also records the delivery the call of `releaser` serves: a
+/// redelivered event never writes the read model twice.
+pub async fn write_once<'q, DB>(
     store: &Store<DB>,
     releaser: &EventReleaser,
-    sql: &str,
-    binds: &[&str],
+    query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
 ) -> Result<(), BoxError>
 where
     DB: Backend,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    <DB as sqlx::Database>::Arguments<'q>: IntoArguments<'q, DB>,
 {
     let mut tx = store.begin().await?;
-    let mut query = sqlx::query::<DB>(sql);
-    for bind in binds {
-        query = query.bind(*bind);
-    }
     query.execute(&mut **tx).await?;
     let staged = store.stage_delivery(&mut tx, releaser).await?;
     tx.commit().await?;

@@ -9,15 +9,18 @@ use crate::domain::model::OrderLine;
 use crate::service_layer::unit_of_work::UowError;
 use crate::views::AllocationRow;
 
-/// Reads an `allocations_view` row (`sku, batchref`).
+/// Reads an `allocations_view` row (`sku, qty, batchref`).
 pub(crate) fn allocation_row<R>(row: &R) -> Result<AllocationRow, sqlx::Error>
 where
     R: Row,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
     for<'c> &'c str: ColumnIndex<R>,
 {
+    let qty: i64 = row.try_get("qty")?;
     Ok(AllocationRow {
         sku: row.try_get("sku")?,
+        qty: u32::try_from(qty).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         batchref: row.try_get("batchref")?,
     })
 }
@@ -42,7 +45,7 @@ where
     })
 }
 
-/// Reads a `batches` row (`reference, purchased_quantity, eta`).
+/// Reads a `batches` row (`reference, purchased_quantity, allocated_quantity, eta`).
 pub(crate) fn stored_batch<R>(row: &R) -> Result<StoredBatch, sqlx::Error>
 where
     R: Row,
@@ -54,6 +57,7 @@ where
     Ok(StoredBatch {
         reference: row.try_get("reference")?,
         purchased_quantity: row.try_get("purchased_quantity")?,
+        allocated_quantity: row.try_get("allocated_quantity")?,
         eta: row.try_get("eta")?,
     })
 }

@@ -27,8 +27,30 @@ pub struct StoredBatch {
     pub reference: String,
     /// Its quantity.
     pub purchased_quantity: i64,
+    /// Units allocated to it, by every line.
+    pub allocated_quantity: i64,
     /// When it arrives; `None`: in the warehouse.
     pub eta: Option<NaiveDate>,
+}
+
+/// Which allocation rows a load reads besides the product's batches: only
+/// what the decision at hand needs, so that a request costs the same after
+/// a million allocations as after ten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lines {
+    /// None: enough to add a batch.
+    None,
+    /// Where this line is allocated, if anywhere: enough to allocate it.
+    Of(OrderLine),
+    /// Every line of this batch: enough to change its quantity.
+    InBatch(String),
+}
+
+impl Lines {
+    /// Whether a load of `self` has every line a load of `other` would.
+    pub fn covers(&self, other: &Lines) -> bool {
+        *other == Lines::None || self == other
+    }
 }
 
 /// A product tracked by a unit of work, with what is stored of it.
@@ -40,14 +62,18 @@ pub struct Tracked {
     pub loaded_version: Option<u64>,
     /// The allocation rows as loaded: saving writes only the difference.
     pub stored: Vec<StoredLine>,
+    /// Which rows those are; everything for a product added.
+    pub lines: Option<Lines>,
 }
 
 impl Tracked {
-    /// The product stored as `version`, `lines` and `batches` (in the order
-    /// they were added).
+    /// The product stored as `version` and `batches` (in the order they
+    /// were added), with the allocation rows `stored` that a load of
+    /// `lines` read.
     pub fn loaded(
         sku: &str,
         version: i64,
+        lines: Lines,
         stored: Vec<StoredLine>,
         batches: Vec<StoredBatch>,
     ) -> Result<Tracked, UowError> {
@@ -62,23 +88,49 @@ impl Tracked {
         }
         let mut restored = Vec::with_capacity(batches.len());
         for batch in batches {
-            let lines = lines_by_batch
+            let lines_of = lines_by_batch
                 .remove(batch.reference.as_str())
                 .unwrap_or_default();
             let qty = to_u32(batch.purchased_quantity)?;
-            restored.push(Batch::restore(
-                batch.reference,
-                sku.to_owned(),
-                qty,
-                batch.eta,
-                lines,
-            ));
+            let allocated = u64::try_from(batch.allocated_quantity).map_err(|_| {
+                UowError::Storage(format!("batch {}: negative allocation", batch.reference).into())
+            })?;
+            let whole = matches!(&lines, Lines::InBatch(reference) if *reference == batch.reference);
+            let restored_batch = if whole {
+                Batch::restore(batch.reference, sku.to_owned(), qty, batch.eta, lines_of)
+            } else {
+                Batch::restore_partly(
+                    batch.reference,
+                    sku.to_owned(),
+                    qty,
+                    batch.eta,
+                    allocated,
+                    lines_of,
+                )
+            };
+            if restored_batch.allocated_quantity() != allocated {
+                return Err(UowError::Storage(
+                    format!(
+                        "batch {}: its lines add up to {} units, its row says {allocated}",
+                        restored_batch.reference,
+                        restored_batch.allocated_quantity()
+                    )
+                    .into(),
+                ));
+            }
+            restored.push(restored_batch);
         }
         Ok(Tracked {
             product: Product::new(sku, restored, version),
             loaded_version: Some(version),
             stored,
+            lines: Some(lines),
         })
+    }
+
+    /// Whether the load had every line a decision needing `lines` reads.
+    pub fn covers(&self, lines: &Lines) -> bool {
+        self.lines.as_ref().is_none_or(|loaded| loaded.covers(lines))
     }
 
     /// Whether the product must be written at commit.

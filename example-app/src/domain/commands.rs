@@ -4,6 +4,7 @@ use bus_core::Command;
 use chrono::NaiveDate;
 use serde::Deserialize;
 
+use super::validation::{self, InvalidField};
 use crate::service_layer::ServiceError;
 
 /// Adds a batch of stock (creating its product when it is new).
@@ -20,6 +21,24 @@ pub struct CreateBatch {
     pub eta: Option<NaiveDate>,
 }
 
+impl CreateBatch {
+    /// The command, from what a client sent: each field checked by
+    /// [`validation`].
+    pub fn new(
+        reference: String,
+        sku: String,
+        qty: i64,
+        eta: Option<String>,
+    ) -> Result<Self, InvalidField> {
+        Ok(CreateBatch {
+            reference: validation::identifier("ref", reference)?,
+            sku: validation::identifier("sku", sku)?,
+            qty: validation::quantity("qty", qty)?,
+            eta: validation::date("eta", eta)?,
+        })
+    }
+}
+
 /// Allocates an order line to a batch. Returns the batch's reference, or
 /// `None` when the product is out of stock (an `OutOfStock` event follows).
 #[derive(Debug, Clone, PartialEq, Eq, Command)]
@@ -33,20 +52,60 @@ pub struct Allocate {
     pub qty: u32,
 }
 
+impl Allocate {
+    /// The command, from what a client sent: each field checked by
+    /// [`validation`].
+    pub fn new(orderid: String, sku: String, qty: i64) -> Result<Self, InvalidField> {
+        Ok(Allocate {
+            orderid: validation::identifier("orderid", orderid)?,
+            sku: validation::identifier("sku", sku)?,
+            qty: validation::quantity("qty", qty)?,
+        })
+    }
+}
+
 /// Changes a batch's purchased quantity, deallocating lines that no longer fit.
 /// External: also read from the stream `change_batch_quantity` as
-/// `{"batchref","qty"}`.
+/// `{"batchref","qty"}`, checked as over HTTP (a message that fails is
+/// dead-lettered with the reason).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Command)]
 #[command(
     name = "allocation.change_batch_quantity",
     error = ServiceError,
     external = "change_batch_quantity"
 )]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "ChangeBatchQuantityMessage")]
 pub struct ChangeBatchQuantity {
     /// The batch.
-    #[serde(rename = "batchref")]
     pub reference: String,
     /// The new purchased quantity.
     pub qty: u32,
+}
+
+impl ChangeBatchQuantity {
+    /// The command, from what a client sent: each field checked by
+    /// [`validation`]; `field` names the reference as the client spells it
+    /// (`ref` over HTTP, `batchref` on the stream).
+    pub fn new(field: &'static str, reference: String, qty: i64) -> Result<Self, InvalidField> {
+        Ok(ChangeBatchQuantity {
+            reference: validation::identifier(field, reference)?,
+            qty: validation::quantity("qty", qty)?,
+        })
+    }
+}
+
+/// [`ChangeBatchQuantity`] as it comes from the stream, before its check.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeBatchQuantityMessage {
+    batchref: String,
+    qty: i64,
+}
+
+impl TryFrom<ChangeBatchQuantityMessage> for ChangeBatchQuantity {
+    type Error = InvalidField;
+
+    fn try_from(message: ChangeBatchQuantityMessage) -> Result<Self, InvalidField> {
+        ChangeBatchQuantity::new("batchref", message.batchref, message.qty)
+    }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// An order line was allocated to a batch. External: published (through the
 /// outbox) to the stream `line_allocated` as
-/// `{"orderid","sku","qty","batchref"}`.
+/// `{"orderid","sku","qty","batchref","version"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
 #[event(name = "allocation.allocated", external = "line_allocated")]
 pub struct Allocated {
@@ -20,6 +20,12 @@ pub struct Allocated {
     pub qty: u32,
     /// The batch that holds them.
     pub batchref: String,
+    /// The product's version this allocation made: of two events about
+    /// one line, the one with the higher version is the newer. (0 in an
+    /// event stored before events carried it: older than any row of the
+    /// view, which was rebuilt from the write model then.)
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// An order line was taken off its batch and needs a new one.
@@ -32,6 +38,12 @@ pub struct Deallocated {
     pub sku: String,
     /// Units to allocate again.
     pub qty: u32,
+    /// The product's version this deallocation made: of two events about
+    /// one line, the one with the higher version is the newer. (0 in an
+    /// event stored before events carried it: older than any row of the
+    /// view, which was rebuilt from the write model then.)
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// No batch could take an order line.

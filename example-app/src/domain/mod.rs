@@ -4,3 +4,4 @@
 pub mod commands;
 pub mod events;
 pub mod model;
+pub mod validation;

@@ -19,6 +19,12 @@ pub struct OrderLine {
 }
 
 /// Stock of one product that is in the warehouse (`eta: None`) or on its way.
+///
+/// A batch always knows how many units it has allocated; it holds only the
+/// lines its repository loaded (see
+/// [`ProductRepository`](crate::service_layer::unit_of_work::ProductRepository)):
+/// a decision never needs every line ever allocated, and loading them all
+/// would make every request cost more than the one before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     /// Unique reference.
@@ -28,7 +34,12 @@ pub struct Batch {
     /// When it arrives; `None` when it is in the warehouse.
     pub eta: Option<NaiveDate>,
     purchased_quantity: u32,
+    /// Units allocated, by every line (loaded or not).
+    allocated_quantity: u64,
+    /// The lines loaded, oldest first.
     allocations: Vec<OrderLine>,
+    /// Whether `allocations` holds every line of the batch.
+    all_loaded: bool,
 }
 
 impl Batch {
@@ -39,11 +50,13 @@ impl Batch {
             sku: sku.to_owned(),
             eta,
             purchased_quantity: qty,
+            allocated_quantity: 0,
             allocations: Vec::new(),
+            all_loaded: true,
         }
     }
 
-    /// A batch as stored, with its allocations in the order they were made.
+    /// A batch as stored, with every allocation, in the order they were made.
     pub fn restore(
         reference: String,
         sku: String,
@@ -51,13 +64,44 @@ impl Batch {
         eta: Option<NaiveDate>,
         allocations: Vec<OrderLine>,
     ) -> Self {
+        let allocated_quantity = allocations.iter().map(|l| u64::from(l.qty)).sum();
         Batch {
             reference,
             sku,
             eta,
             purchased_quantity: qty,
+            allocated_quantity,
             allocations,
+            all_loaded: true,
         }
+    }
+
+    /// A batch as stored, with `allocated_quantity` units allocated and only
+    /// some of its lines loaded (`loaded`, oldest first): enough to allocate
+    /// to it, and to know whether those lines are in it, not to change its
+    /// quantity.
+    pub fn restore_partly(
+        reference: String,
+        sku: String,
+        qty: u32,
+        eta: Option<NaiveDate>,
+        allocated_quantity: u64,
+        loaded: Vec<OrderLine>,
+    ) -> Self {
+        Batch {
+            reference,
+            sku,
+            eta,
+            purchased_quantity: qty,
+            allocated_quantity,
+            allocations: loaded,
+            all_loaded: false,
+        }
+    }
+
+    /// Whether every line of the batch is loaded.
+    pub fn all_loaded(&self) -> bool {
+        self.all_loaded
     }
 
     /// Units purchased.
@@ -65,17 +109,15 @@ impl Batch {
         self.purchased_quantity
     }
 
-    /// The lines allocated to it, oldest first.
+    /// The lines allocated to it that are loaded, oldest first: all of them
+    /// when [`all_loaded`](Self::all_loaded).
     pub fn allocations(&self) -> &[OrderLine] {
         &self.allocations
     }
 
     /// Units allocated.
     pub fn allocated_quantity(&self) -> u64 {
-        self.allocations
-            .iter()
-            .map(|line| u64::from(line.qty))
-            .sum()
+        self.allocated_quantity
     }
 
     /// Units still free; negative after its quantity was reduced too far.
@@ -83,7 +125,7 @@ impl Batch {
         i64::from(self.purchased_quantity) - self.allocated_quantity() as i64
     }
 
-    /// Whether the line is allocated to this batch.
+    /// Whether the line is allocated to this batch (among the lines loaded).
     pub fn holds(&self, line: &OrderLine) -> bool {
         self.allocations.contains(line)
     }
@@ -95,12 +137,15 @@ impl Batch {
 
     fn allocate(&mut self, line: OrderLine) {
         if !self.holds(&line) {
+            self.allocated_quantity += u64::from(line.qty);
             self.allocations.push(line);
         }
     }
 
     fn deallocate_one(&mut self) -> Option<OrderLine> {
-        self.allocations.pop()
+        let line = self.allocations.pop()?;
+        self.allocated_quantity -= u64::from(line.qty);
+        Some(line)
     }
 
     /// Warehouse stock first, then the earliest arrival.
@@ -180,24 +225,39 @@ impl Product {
             return None;
         };
         let reference = batch.reference.clone();
+        let version = self.version_number + 1;
         self.events.record(Allocated {
             orderid: line.orderid.clone(),
             sku: line.sku.clone(),
             qty: line.qty,
             batchref: reference.clone(),
+            version,
         });
         batch.allocate(line);
-        self.version_number += 1;
+        self.version_number = version;
         Some(reference)
     }
 
     /// Sets a batch's purchased quantity, deallocating its most recent lines
-    /// until the rest fit; records `Deallocated` for each. Returns `false`
-    /// when the product has no such batch.
-    pub fn change_batch_quantity(&mut self, reference: &str, qty: u32) -> bool {
+    /// until the rest fit; records `Deallocated` for each.
+    ///
+    /// # Errors
+    /// [`ChangeQuantityError::UnknownBatch`] when the product has no such
+    /// batch; [`ChangeQuantityError::LinesNotLoaded`] when lines must be
+    /// deallocated and the batch was loaded without all of them (the
+    /// repository loaded it for another decision). Nothing changed then.
+    pub fn change_batch_quantity(
+        &mut self,
+        reference: &str,
+        qty: u32,
+    ) -> Result<(), ChangeQuantityError> {
         let Some(batch) = self.batches.iter_mut().find(|b| b.reference == reference) else {
-            return false;
+            return Err(ChangeQuantityError::UnknownBatch(reference.to_owned()));
         };
+        if !batch.all_loaded && batch.allocated_quantity > u64::from(qty) {
+            return Err(ChangeQuantityError::LinesNotLoaded(reference.to_owned()));
+        }
+        let version = self.version_number + 1;
         batch.purchased_quantity = qty;
         while batch.available_quantity() < 0 {
             let Some(line) = batch.deallocate_one() else {
@@ -207,11 +267,23 @@ impl Product {
                 orderid: line.orderid,
                 sku: line.sku,
                 qty: line.qty,
+                version,
             });
         }
-        self.version_number += 1;
-        true
+        self.version_number = version;
+        Ok(())
     }
+}
+
+/// Why a batch's quantity could not be changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeQuantityError {
+    /// The product has no batch with this reference.
+    #[error("the product has no batch {0}")]
+    UnknownBatch(String),
+    /// Lines must be deallocated, and not all of them were loaded.
+    #[error("batch {0} was loaded without all its lines: load it by its reference")]
+    LinesNotLoaded(String),
 }
 
 #[cfg(test)]
@@ -338,6 +410,7 @@ mod tests {
             sku: "BED".into(),
             qty: 3,
             batchref: "b1".into(),
+            version: 8,
         }])
         .then(|product, batchref| {
             assert_eq!(batchref.as_deref(), Some("b1"));
@@ -369,9 +442,10 @@ mod tests {
                 orderid: "o2".into(),
                 sku: "RUG".into(),
                 qty: 20,
+                version: 3,
             }])
             .then(|product, changed| {
-                assert!(changed);
+                assert_eq!(*changed, Ok(()));
                 let batch = product.batch("b1").unwrap();
                 assert_eq!(batch.allocations(), [line("o1", "RUG", 20)]);
                 assert_eq!(batch.available_quantity(), 5);
@@ -381,7 +455,33 @@ mod tests {
     #[test]
     fn changing_an_unknown_batch_reports_it() {
         let mut product = Product::new("RUG", vec![], 0);
-        assert!(!product.change_batch_quantity("nope", 1));
+        assert_eq!(
+            product.change_batch_quantity("nope", 1),
+            Err(ChangeQuantityError::UnknownBatch("nope".into()))
+        );
         assert_eq!(product.version_number, 0);
+    }
+
+    #[test]
+    fn a_partly_loaded_batch_is_never_reduced_below_its_allocations() {
+        let batch = Batch::restore_partly("b1".into(), "RUG".into(), 50, None, 40, vec![]);
+        let mut product = Product::new("RUG", vec![batch], 4);
+        assert_eq!(
+            product.change_batch_quantity("b1", 30),
+            Err(ChangeQuantityError::LinesNotLoaded("b1".into()))
+        );
+        assert_eq!(product.version_number, 4, "nothing changed");
+        assert_eq!(product.batch("b1").unwrap().purchased_quantity(), 50);
+        assert_eq!(product.change_batch_quantity("b1", 45), Ok(()), "no line to move");
+        assert_eq!(product.batch("b1").unwrap().available_quantity(), 5);
+    }
+
+    #[test]
+    fn a_partly_loaded_batch_counts_the_lines_it_did_not_load() {
+        let batch = Batch::restore_partly("b1".into(), "RUG".into(), 10, None, 9, vec![]);
+        let mut product = Product::new("RUG", vec![batch], 1);
+        assert_eq!(product.allocate(line("o9", "RUG", 2)), None, "one unit is free");
+        assert_eq!(product.allocate(line("o9", "RUG", 1)).as_deref(), Some("b1"));
+        assert_eq!(product.batch("b1").unwrap().allocated_quantity(), 10);
     }
 }

@@ -3,7 +3,7 @@
 
 use bus_core::{handler, Scoped};
 
-use super::unit_of_work::UnitOfWork;
+use super::unit_of_work::{UnitOfWork, UowError};
 use super::ServiceError;
 use crate::adapters::notifications::{NotificationError, Notifications};
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
@@ -71,7 +71,7 @@ async fn allocate_line(
     uow: &mut dyn UnitOfWork,
     line: OrderLine,
 ) -> Result<Option<String>, ServiceError> {
-    let Some(product) = uow.products().get(&line.sku).await? else {
+    let Some(product) = uow.products().get_for_line(&line).await? else {
         return Err(ServiceError::InvalidSku(line.sku));
     };
     let batchref = product.allocate(line);
@@ -89,7 +89,9 @@ pub async fn change_batch_quantity(
     let Some(product) = uow.products().get_by_batchref(&cmd.reference).await? else {
         return Err(ServiceError::UnknownBatch(cmd.reference));
     };
-    product.change_batch_quantity(&cmd.reference, cmd.qty);
+    product
+        .change_batch_quantity(&cmd.reference, cmd.qty)
+        .map_err(|error| UowError::Storage(Box::new(error)))?;
     uow.commit().await?;
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use bus_core::{async_trait, BoxError};
 
-use crate::domain::model::Product;
+use crate::domain::model::{OrderLine, Product};
 
 /// Why a unit of work failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +30,32 @@ pub enum UowError {
 }
 
 /// Products, loaded and added through one unit of work.
+///
+/// Each getter loads what one kind of decision needs, never every line the
+/// product ever allocated (so that a request costs the same however many
+/// came before it): the batches with their quantities always, and the lines
+/// named below. A product loaded by one getter and asked for again by
+/// another is loaded again if the unit of work has not changed it yet, and
+/// is a [`UowError::Storage`] if it has (a use case that needs both loads
+/// should ask for the larger one first).
+///
+/// A unit of work that loads a product holds it until it commits or is
+/// dropped: the other units of work of this process that load it wait their
+/// turn, so that a busy product gets slower, not a stream of conflicts
+/// (between processes, optimistic concurrency still decides). A unit of
+/// work loads one product.
 #[async_trait]
 pub trait ProductRepository: Send {
-    /// The product with this sku, tracked by the unit of work.
+    /// The product with this sku, its batches and none of their lines:
+    /// enough to add a batch.
     async fn get(&mut self, sku: &str) -> Result<Option<&mut Product>, UowError>;
 
-    /// The product that has a batch with this reference.
+    /// The product of `line`, with the line where it is allocated (if it
+    /// is): enough to allocate it.
+    async fn get_for_line(&mut self, line: &OrderLine) -> Result<Option<&mut Product>, UowError>;
+
+    /// The product that has a batch with this reference, with every line of
+    /// that batch: enough to change its quantity.
     async fn get_by_batchref(&mut self, reference: &str) -> Result<Option<&mut Product>, UowError>;
 
     /// Adds a new product, tracked by the unit of work.

@@ -8,13 +8,36 @@ use serde::Serialize;
 
 use crate::domain::events::{Allocated, Deallocated};
 
-/// One row of the allocations view.
+/// One row of the allocations view: a line of the order, and where it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AllocationRow {
     /// The product.
     pub sku: String,
+    /// Units.
+    pub qty: u32,
     /// The batch that holds it.
     pub batchref: String,
+}
+
+/// What an event says about one order line: where it is (`batchref`, or
+/// `None` when it was deallocated) as of the product's `version`.
+///
+/// A line is its order, product and quantity (as the domain's `OrderLine`),
+/// and every change to it makes a new version of its product: the view
+/// keeps, per line, the change with the highest version. Applying changes in
+/// any order, any number of times, leaves the same rows, the write model's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineChange<'a> {
+    /// The order.
+    pub orderid: &'a str,
+    /// The product.
+    pub sku: &'a str,
+    /// Units.
+    pub qty: u32,
+    /// The batch that holds the line, `None` when it holds none.
+    pub batchref: Option<&'a str>,
+    /// The product's version the change made.
+    pub version: u64,
 }
 
 /// Why the view could not be read or written.
@@ -24,15 +47,15 @@ pub struct ViewError(#[source] pub BoxError);
 
 /// Where the allocations view is stored. Handlers get one per call (a
 /// scoped dependency): each write is a transaction of its own that also
-/// records the call's delivery of the event it handles (bus-sqlx), so that
-/// a redelivered event never writes the view twice.
+/// records the call's delivery of the event it handles (bus-sqlx). The
+/// writes are idempotent and independent of order anyway ([`LineChange`]):
+/// concurrent changes of one product, and redeliveries, never make the view
+/// drift from the write model.
 #[async_trait]
 pub trait AllocationsView: Send + Sync {
-    /// Records that the order's line of `sku` sits in `batchref`.
-    async fn add(&self, orderid: &str, sku: &str, batchref: &str) -> Result<(), ViewError>;
-    /// Forgets the order's line of `sku`.
-    async fn remove(&self, orderid: &str, sku: &str) -> Result<(), ViewError>;
-    /// The order's allocations.
+    /// Applies `change` unless the view holds a newer one for that line.
+    async fn apply(&self, change: LineChange<'_>) -> Result<(), ViewError>;
+    /// The order's allocated lines, in the order they were first allocated.
     async fn for_order(&self, orderid: &str) -> Result<Vec<AllocationRow>, ViewError>;
 }
 
@@ -63,7 +86,14 @@ pub async fn add_allocation_to_read_model(
     event: &Allocated,
     view: Scoped<dyn AllocationsView>,
 ) -> Result<(), ViewError> {
-    view.add(&event.orderid, &event.sku, &event.batchref).await
+    view.apply(LineChange {
+        orderid: &event.orderid,
+        sku: &event.sku,
+        qty: event.qty,
+        batchref: Some(&event.batchref),
+        version: event.version,
+    })
+    .await
 }
 
 /// Keeps the view in step with a deallocation.
@@ -72,5 +102,12 @@ pub async fn remove_allocation_from_read_model(
     event: &Deallocated,
     view: Scoped<dyn AllocationsView>,
 ) -> Result<(), ViewError> {
-    view.remove(&event.orderid, &event.sku).await
+    view.apply(LineChange {
+        orderid: &event.orderid,
+        sku: &event.sku,
+        qty: event.qty,
+        batchref: None,
+        version: event.version,
+    })
+    .await
 }

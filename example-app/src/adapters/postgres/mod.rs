@@ -18,6 +18,7 @@ use sqlx::{Connection, Postgres};
 pub use unit_of_work::PostgresUnitOfWork;
 pub use views::PostgresAllocationsView;
 
+use crate::adapters::product_locks::ProductLocks;
 use crate::service_layer::unit_of_work::UowError;
 
 /// How many connections one process keeps to PostgreSQL at most.
@@ -35,6 +36,8 @@ pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "10s";
 pub struct PostgresDatabase {
     pool: PgPool,
     store: Store<Postgres>,
+    /// The products this process's units of work hold.
+    locks: ProductLocks,
 }
 
 impl PostgresDatabase {
@@ -78,7 +81,11 @@ pub async fn connect(url: &str, settings: Settings) -> Result<PostgresDatabase, 
         .await?;
     let store = Store::open_with(pool.clone(), settings).await?;
     sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-    Ok(PostgresDatabase { pool, store })
+    Ok(PostgresDatabase {
+        pool,
+        store,
+        locks: ProductLocks::default(),
+    })
 }
 
 fn storage(error: sqlx::Error) -> UowError {

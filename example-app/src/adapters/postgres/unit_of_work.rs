@@ -8,7 +8,8 @@ use sqlx::{Postgres, Transaction};
 use super::{storage, write_error, PostgresDatabase};
 use crate::adapters::relational::{ProductTables, RelationalUnitOfWork};
 use crate::adapters::rows::{stored_batch, stored_line};
-use crate::adapters::tracked::{to_i64, Tracked};
+use crate::adapters::product_locks::ProductLocks;
+use crate::adapters::tracked::{to_i64, Lines, Tracked};
 use crate::service_layer::unit_of_work::UowError;
 
 /// A unit of work in PostgreSQL: [`RelationalUnitOfWork`] over a
@@ -27,6 +28,7 @@ impl PostgresDatabase {
     async fn load_in(
         tx: &mut Transaction<'static, Postgres>,
         sku: &str,
+        lines: Lines,
     ) -> Result<Option<Tracked>, UowError> {
         let Some(version) =
             sqlx::query_scalar::<_, i64>("SELECT version_number FROM products WHERE sku = $1")
@@ -37,19 +39,35 @@ impl PostgresDatabase {
         else {
             return Ok(None);
         };
-        let rows = sqlx::query(
-            "SELECT id, batchref, orderid, qty FROM allocations WHERE sku = $1 ORDER BY id",
-        )
-        .bind(sku)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(storage)?;
-        let lines = rows
+        let rows = match &lines {
+            Lines::None => Vec::new(),
+            Lines::Of(line) => sqlx::query(
+                "SELECT id, batchref, orderid, qty FROM allocations \
+                 WHERE sku = $1 AND orderid = $2 AND qty = $3 ORDER BY id",
+            )
+            .bind(sku)
+            .bind(&line.orderid)
+            .bind(i64::from(line.qty))
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(storage)?,
+            Lines::InBatch(reference) => sqlx::query(
+                "SELECT id, batchref, orderid, qty FROM allocations \
+                 WHERE batchref = $1 AND sku = $2 ORDER BY id",
+            )
+            .bind(reference)
+            .bind(sku)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(storage)?,
+        };
+        let stored = rows
             .iter()
             .map(|row| stored_line(row, sku))
             .collect::<Result<_, _>>()?;
         let rows = sqlx::query(
-            "SELECT reference, purchased_quantity, eta FROM batches WHERE sku = $1 ORDER BY position",
+            "SELECT reference, purchased_quantity, allocated_quantity, eta FROM batches \
+             WHERE sku = $1 ORDER BY position",
         )
         .bind(sku)
         .fetch_all(&mut **tx)
@@ -60,7 +78,7 @@ impl PostgresDatabase {
             .map(stored_batch)
             .collect::<Result<_, _>>()
             .map_err(storage)?;
-        Tracked::loaded(sku, version, lines, batches).map(Some)
+        Tracked::loaded(sku, version, lines, stored, batches).map(Some)
     }
 
     /// Writes one changed product, checking its version.
@@ -99,13 +117,16 @@ impl PostgresDatabase {
         }
         for batch in &product.batches {
             let written = sqlx::query(
-                "INSERT INTO batches (reference, sku, purchased_quantity, eta) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (reference) DO UPDATE SET purchased_quantity = excluded.purchased_quantity, \
-                 eta = excluded.eta WHERE batches.sku = excluded.sku",
+                "INSERT INTO batches (reference, sku, purchased_quantity, allocated_quantity, eta) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (reference) DO UPDATE \
+                 SET purchased_quantity = excluded.purchased_quantity, \
+                 allocated_quantity = excluded.allocated_quantity, eta = excluded.eta \
+                 WHERE batches.sku = excluded.sku",
             )
             .bind(&batch.reference)
             .bind(sku)
             .bind(i64::from(batch.purchased_quantity()))
+            .bind(to_i64(batch.allocated_quantity()))
             .bind(batch.eta)
             .execute(&mut **tx)
             .await
@@ -149,14 +170,18 @@ impl ProductTables for PostgresDatabase {
         &self.store
     }
 
-    async fn load(&self, sku: &str) -> Result<Option<Tracked>, UowError> {
+    fn locks(&self) -> &ProductLocks {
+        &self.locks
+    }
+
+    async fn load(&self, sku: &str, lines: Lines) -> Result<Option<Tracked>, UowError> {
         let mut tx = bus_sqlx::begin_on(
             &self.pool,
             "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
         )
         .await
         .map_err(storage)?;
-        let product = Self::load_in(&mut tx, sku).await?;
+        let product = Self::load_in(&mut tx, sku, lines).await?;
         tx.commit().await.map_err(storage)?;
         Ok(product)
     }

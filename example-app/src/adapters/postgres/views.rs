@@ -5,7 +5,8 @@ use bus_core::{async_trait, EventReleaser};
 use super::PostgresDatabase;
 use crate::adapters::relational::write_once;
 use crate::adapters::rows::allocation_row;
-use crate::views::{AllocationRow, AllocationsView, ViewError};
+use crate::adapters::tracked::to_i64;
+use crate::views::{AllocationRow, AllocationsView, LineChange, ViewError};
 
 /// The allocations view in PostgreSQL, for one handler call: each write is
 /// a transaction that also records the call's delivery.
@@ -28,31 +29,27 @@ fn view_error(error: sqlx::Error) -> ViewError {
 
 #[async_trait]
 impl AllocationsView for PostgresAllocationsView {
-    async fn add(&self, orderid: &str, sku: &str, batchref: &str) -> Result<(), ViewError> {
-        write_once(
-            self.database.store(),
-            &self.releaser,
-            "INSERT INTO allocations_view (orderid, sku, batchref) VALUES ($1, $2, $3)",
-            &[orderid, sku, batchref],
+    async fn apply(&self, change: LineChange<'_>) -> Result<(), ViewError> {
+        let query = sqlx::query(
+            "INSERT INTO allocations_view (orderid, sku, qty, batchref, version) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (orderid, sku, qty) DO UPDATE \
+             SET batchref = excluded.batchref, version = excluded.version \
+             WHERE excluded.version > allocations_view.version",
         )
-        .await
-        .map_err(ViewError)
-    }
-
-    async fn remove(&self, orderid: &str, sku: &str) -> Result<(), ViewError> {
-        write_once(
-            self.database.store(),
-            &self.releaser,
-            "DELETE FROM allocations_view WHERE orderid = $1 AND sku = $2",
-            &[orderid, sku],
-        )
-        .await
-        .map_err(ViewError)
+        .bind(change.orderid)
+        .bind(change.sku)
+        .bind(i64::from(change.qty))
+        .bind(change.batchref)
+        .bind(to_i64(change.version));
+        write_once(self.database.store(), &self.releaser, query)
+            .await
+            .map_err(ViewError)
     }
 
     async fn for_order(&self, orderid: &str) -> Result<Vec<AllocationRow>, ViewError> {
         let rows = sqlx::query(
-            "SELECT sku, batchref FROM allocations_view WHERE orderid = $1 ORDER BY id",
+            "SELECT sku, qty, batchref FROM allocations_view \
+             WHERE orderid = $1 AND batchref IS NOT NULL ORDER BY id",
         )
         .bind(orderid)
         .fetch_all(self.database.pool())

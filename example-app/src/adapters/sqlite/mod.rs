@@ -19,6 +19,7 @@ use sqlx::Sqlite;
 pub use unit_of_work::SqliteUnitOfWork;
 pub use views::SqliteAllocationsView;
 
+use crate::adapters::product_locks::ProductLocks;
 use crate::service_layer::unit_of_work::UowError;
 
 /// An open SQLite database: its connection pool, and the store on it (whose
@@ -30,6 +31,8 @@ use crate::service_layer::unit_of_work::UowError;
 pub struct SqliteDatabase {
     pool: SqlitePool,
     store: Store<Sqlite>,
+    /// The products this process's units of work hold.
+    locks: ProductLocks,
 }
 
 impl SqliteDatabase {
@@ -67,7 +70,11 @@ pub async fn connect(url: &str, settings: Settings) -> Result<SqliteDatabase, Bo
     let pool = SqlitePoolOptions::new().connect_with(options).await?;
     let store = Store::open_with(pool.clone(), settings).await?;
     sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-    Ok(SqliteDatabase { pool, store })
+    Ok(SqliteDatabase {
+        pool,
+        store,
+        locks: ProductLocks::default(),
+    })
 }
 
 fn storage(error: sqlx::Error) -> UowError {

@@ -8,7 +8,8 @@ use sqlx::{Sqlite, Transaction};
 use super::{storage, write_error, SqliteDatabase};
 use crate::adapters::relational::{ProductTables, RelationalUnitOfWork};
 use crate::adapters::rows::{stored_batch, stored_line};
-use crate::adapters::tracked::{to_i64, Tracked};
+use crate::adapters::product_locks::ProductLocks;
+use crate::adapters::tracked::{to_i64, Lines, Tracked};
 use crate::service_layer::unit_of_work::UowError;
 
 /// A unit of work in SQLite: [`RelationalUnitOfWork`] over a
@@ -27,6 +28,7 @@ impl SqliteDatabase {
     async fn load_in(
         tx: &mut Transaction<'static, Sqlite>,
         sku: &str,
+        lines: Lines,
     ) -> Result<Option<Tracked>, UowError> {
         let Some(version) =
             sqlx::query_scalar::<_, i64>("SELECT version_number FROM products WHERE sku = ?")
@@ -37,19 +39,35 @@ impl SqliteDatabase {
         else {
             return Ok(None);
         };
-        let rows = sqlx::query(
-            "SELECT id, batchref, orderid, qty FROM allocations WHERE sku = ? ORDER BY id",
-        )
-        .bind(sku)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(storage)?;
-        let lines = rows
+        let rows = match &lines {
+            Lines::None => Vec::new(),
+            Lines::Of(line) => sqlx::query(
+                "SELECT id, batchref, orderid, qty FROM allocations \
+                 WHERE sku = ? AND orderid = ? AND qty = ? ORDER BY id",
+            )
+            .bind(sku)
+            .bind(&line.orderid)
+            .bind(i64::from(line.qty))
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(storage)?,
+            Lines::InBatch(reference) => sqlx::query(
+                "SELECT id, batchref, orderid, qty FROM allocations \
+                 WHERE batchref = ? AND sku = ? ORDER BY id",
+            )
+            .bind(reference)
+            .bind(sku)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(storage)?,
+        };
+        let stored = rows
             .iter()
             .map(|row| stored_line(row, sku))
             .collect::<Result<_, _>>()?;
         let rows = sqlx::query(
-            "SELECT reference, purchased_quantity, eta FROM batches WHERE sku = ? ORDER BY rowid",
+            "SELECT reference, purchased_quantity, allocated_quantity, eta FROM batches \
+             WHERE sku = ? ORDER BY rowid",
         )
         .bind(sku)
         .fetch_all(&mut **tx)
@@ -60,7 +78,7 @@ impl SqliteDatabase {
             .map(stored_batch)
             .collect::<Result<_, _>>()
             .map_err(storage)?;
-        Tracked::loaded(sku, version, lines, batches).map(Some)
+        Tracked::loaded(sku, version, lines, stored, batches).map(Some)
     }
 
     /// Writes one changed product, checking its version.
@@ -99,13 +117,16 @@ impl SqliteDatabase {
         }
         for batch in &product.batches {
             let written = sqlx::query(
-                "INSERT INTO batches (reference, sku, purchased_quantity, eta) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (reference) DO UPDATE SET purchased_quantity = excluded.purchased_quantity, \
-                 eta = excluded.eta WHERE batches.sku = excluded.sku",
+                "INSERT INTO batches (reference, sku, purchased_quantity, allocated_quantity, eta) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (reference) DO UPDATE \
+                 SET purchased_quantity = excluded.purchased_quantity, \
+                 allocated_quantity = excluded.allocated_quantity, eta = excluded.eta \
+                 WHERE batches.sku = excluded.sku",
             )
             .bind(&batch.reference)
             .bind(sku)
             .bind(i64::from(batch.purchased_quantity()))
+            .bind(to_i64(batch.allocated_quantity()))
             .bind(batch.eta)
             .execute(&mut **tx)
             .await
@@ -149,11 +170,15 @@ impl ProductTables for SqliteDatabase {
         &self.store
     }
 
-    async fn load(&self, sku: &str) -> Result<Option<Tracked>, UowError> {
+    fn locks(&self) -> &ProductLocks {
+        &self.locks
+    }
+
+    async fn load(&self, sku: &str, lines: Lines) -> Result<Option<Tracked>, UowError> {
         let mut tx = bus_sqlx::begin_on(&self.pool, "BEGIN")
             .await
             .map_err(storage)?;
-        let product = Self::load_in(&mut tx, sku).await?;
+        let product = Self::load_in(&mut tx, sku, lines).await?;
         tx.commit().await.map_err(storage)?;
         Ok(product)
     }

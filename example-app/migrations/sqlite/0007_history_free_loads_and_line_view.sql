@@ -1,0 +1,27 @@
+-- Loads read only what a decision needs: a batch keeps the units it has
+-- allocated (kept by every save), and a line is found by its order, a
+-- batch's lines by the batch.
+ALTER TABLE batches ADD COLUMN allocated_quantity INTEGER NOT NULL DEFAULT 0;
+UPDATE batches SET allocated_quantity =
+    (SELECT COALESCE(SUM(qty), 0) FROM allocations WHERE allocations.batchref = batches.reference);
+CREATE INDEX IF NOT EXISTS allocations_by_line ON allocations (sku, orderid, qty);
+CREATE INDEX IF NOT EXISTS allocations_by_batch ON allocations (batchref, id);
+
+-- The view keeps one row per line (order, product, quantity) with the
+-- product version of its latest change: events applied in any order, or
+-- twice, leave the write model's rows. Rebuilt from the write model.
+DROP TABLE allocations_view;
+CREATE TABLE allocations_view (
+    orderid  TEXT NOT NULL,
+    sku      TEXT NOT NULL,
+    qty      INTEGER NOT NULL,
+    -- NULL: the line was deallocated (kept, so that an older event about
+    -- it arriving late changes nothing).
+    batchref TEXT NULL,
+    version  INTEGER NOT NULL,
+    PRIMARY KEY (orderid, sku, qty)
+);
+INSERT OR IGNORE INTO allocations_view (orderid, sku, qty, batchref, version)
+    SELECT a.orderid, a.sku, a.qty, a.batchref, p.version_number
+    FROM allocations a JOIN products p ON p.sku = a.sku
+    ORDER BY a.id;

@@ -1,0 +1,129 @@
+//! What a message's fields may hold, checked once, wherever the message
+//! enters (an HTTP body, a broker's stream): the commands' constructors and
+//! their `Deserialize` both go through here.
+//!
+//! Identifiers (references, skus, order ids) are 1 to
+//! [`MAX_IDENTIFIER_BYTES`] bytes of printable text: no control characters
+//! (NUL, newlines, escapes), which a database, a log line or a terminal
+//! would otherwise take as something else. The limits are the same on every
+//! database, so a request that SQLite takes, PostgreSQL takes too.
+
+use chrono::NaiveDate;
+
+/// The longest identifier, in bytes of UTF-8.
+pub const MAX_IDENTIFIER_BYTES: usize = 200;
+
+/// The largest quantity.
+pub const MAX_QUANTITY: u32 = 1_000_000_000;
+
+/// A field that does not hold what it must; the message names the field
+/// and says what is wrong, without echoing an oversized value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {problem}")]
+pub struct InvalidField {
+    /// The field, as the client spells it.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl InvalidField {
+    fn new(field: &'static str, problem: impl Into<String>) -> Self {
+        InvalidField {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// An identifier: not blank, at most [`MAX_IDENTIFIER_BYTES`] bytes, no
+/// control characters.
+pub fn identifier(field: &'static str, value: String) -> Result<String, InvalidField> {
+    if value.len() > MAX_IDENTIFIER_BYTES {
+        return Err(InvalidField::new(
+            field,
+            format!(
+                "must be at most {MAX_IDENTIFIER_BYTES} bytes, got {}",
+                value.len()
+            ),
+        ));
+    }
+    if value.trim().is_empty() {
+        return Err(InvalidField::new(field, "must not be empty"));
+    }
+    if let Some(position) = value.chars().position(char::is_control) {
+        return Err(InvalidField::new(
+            field,
+            format!("must not contain control characters (one at character {position})"),
+        ));
+    }
+    Ok(value)
+}
+
+/// A quantity: a whole number from 1 to [`MAX_QUANTITY`].
+pub fn quantity(field: &'static str, value: i64) -> Result<u32, InvalidField> {
+    match u32::try_from(value) {
+        Ok(qty) if (1..=MAX_QUANTITY).contains(&qty) => Ok(qty),
+        _ => Err(InvalidField::new(
+            field,
+            format!("must be a whole number from 1 to {MAX_QUANTITY}, got {value}"),
+        )),
+    }
+}
+
+/// A date as `YYYY-MM-DD`, or none.
+pub fn date(field: &'static str, value: Option<String>) -> Result<Option<NaiveDate>, InvalidField> {
+    value
+        .map(|text| {
+            NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|_| {
+                let shown: String = text.chars().take(32).collect();
+                InvalidField::new(
+                    field,
+                    format!("must be a date YYYY-MM-DD or null, got {shown:?}"),
+                )
+            })
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_short_printable_text() {
+        assert_eq!(identifier("sku", "LAMP".into()), Ok("LAMP".into()));
+        assert_eq!(identifier("sku", "é".repeat(100)).map(|s| s.len()), Ok(200));
+        for (value, problem) in [
+            (String::new(), "must not be empty"),
+            ("  ".into(), "must not be empty"),
+            ("b\u{0}".into(), "control characters (one at character 1)"),
+            ("a\nb".into(), "control characters"),
+            ("\u{1b}[31m".into(), "control characters"),
+            ("x".repeat(201), "at most 200 bytes, got 201"),
+            ("é".repeat(101), "at most 200 bytes, got 202"),
+        ] {
+            let error = identifier("sku", value.clone()).unwrap_err();
+            assert_eq!(error.field, "sku");
+            assert!(error.to_string().contains(problem), "{value:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn quantities_are_whole_numbers_from_one() {
+        assert_eq!(quantity("qty", 1), Ok(1));
+        assert_eq!(quantity("qty", i64::from(MAX_QUANTITY)), Ok(MAX_QUANTITY));
+        for value in [0, -1, i64::from(MAX_QUANTITY) + 1, i64::MAX, i64::MIN] {
+            let error = quantity("qty", value).unwrap_err();
+            assert!(error.to_string().contains(&format!("got {value}")), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_bad_date_is_named_and_not_echoed_whole() {
+        assert_eq!(date("eta", None), Ok(None));
+        assert!(date("eta", Some("2026-12-01".into())).unwrap().is_some());
+        let error = date("eta", Some("9".repeat(10_000))).unwrap_err();
+        assert!(error.to_string().len() < 120, "{error}");
+    }
+}
