@@ -9,10 +9,11 @@
 //! message twice keeps the ids it handled (an inbox).
 //!
 //! [`Consumer`] runs a [`Subscriber`]'s deliveries through
-//! [`Bus::handle_external`]: handled → acknowledged; malformed, unknown or
-//! failed for good → dead-lettered with the reason, then acknowledged, so it
-//! never blocks the messages behind it; the bus shutting down → left
-//! unacknowledged, for another consumer to claim.
+//! [`Bus::handle_external`], on the subscriber's own stream: handled →
+//! acknowledged; not declared for that stream, too large, malformed,
+//! unknown or failed for good → dead-lettered with the reason, then
+//! acknowledged, so it never blocks the messages behind it; the bus shutting
+//! down → left unacknowledged, for another consumer to claim.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,6 +23,7 @@ use crate::bus::Bus;
 use crate::context::{MessageContext, MessageId};
 use crate::error::BoxError;
 use crate::events::PendingEvent;
+use crate::InboundError;
 
 /// One message for a broker: a stream (or topic, or subject), the message's
 /// name, its JSON payload and its ids.
@@ -151,6 +153,13 @@ pub struct BatchError {
 /// Reads a stream as one member of a consumer group.
 #[crate::async_trait]
 pub trait Subscriber: Send + 'static {
+    /// The stream this subscriber reads: the one a [`Consumer`] checks each
+    /// message against (a message enters only on the stream its type
+    /// declares with `external = "..."`). It is the subscriber's own
+    /// configuration, never read from a delivery (whose fields whoever can
+    /// write to the stream controls).
+    fn stream(&self) -> &str;
+
     /// The next deliveries (at most `max`), waiting up to `wait` for one:
     /// new ones, and ones another member took but never acknowledged.
     async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, TransportError>;
@@ -190,15 +199,65 @@ pub enum Handled {
 }
 
 /// Runs a subscriber's deliveries through a bus.
+///
+/// A stream is an entrance: a consumer dispatches only the messages
+/// declared for the stream it reads ([`Subscriber::stream`]), that is the
+/// commands and events derived with `external = "<that stream>"`. Anything
+/// else is refused and dead-lettered with the reason, before its payload is
+/// read: an internal command or event (no `external`, even with `serde`), a
+/// message declared for another stream, a query, an unknown name; so is a
+/// payload larger than [`max_payload`](Self::max_payload) (64 KiB unless
+/// set), unread. A refused message is acknowledged after it is
+/// dead-lettered, like a malformed one: it never blocks the messages behind
+/// it.
+///
+/// ```
+/// use bus_core::transport::{Consumer, Handled, InMemoryBroker, OutboundMessage, Publisher};
+/// use bus_core::{handler, Bus, Command, Event, MessageId};
+///
+/// #[derive(Debug, serde::Deserialize, Command)]
+/// #[command(name = "stock.change_quantity", external = "change_batch_quantity")]
+/// struct ChangeQuantity { batchref: String, qty: u32 }
+///
+/// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+/// #[event(name = "stock.changed", serde)]
+/// struct Changed { batchref: String }
+///
+/// #[handler]
+/// fn change_quantity(_: ChangeQuantity) -> Result<(), std::convert::Infallible> { Ok(()) }
+///
+/// let broker = InMemoryBroker::default();
+/// let send = |name: &str, payload: &str| {
+///     let id = MessageId::new();
+///     let message = OutboundMessage {
+///         id, stream: "change_batch_quantity".into(), name: name.into(), payload: payload.into(),
+///         correlation_id: id, causation_id: None,
+///     };
+///     bus_core::block_on(broker.publish(&message)).unwrap();
+/// };
+/// send("stock.changed", r#"{"batchref": "b1"}"#); // internal: refused
+/// send("change_batch_quantity", r#"{"batchref": "b1", "qty": 3}"#);
+///
+/// let bus = Bus::builder().build().unwrap();
+/// let mut consumer = Consumer::new(bus, broker.subscribe("change_batch_quantity"));
+/// let handled = bus_core::block_on(consumer.poll_once()).unwrap();
+/// assert!(matches!(&handled[0], Handled::DeadLettered(reason) if reason.contains("is internal")));
+/// assert_eq!(handled[1], Handled::Done);
+/// ```
 pub struct Consumer<S> {
     bus: Bus,
     subscriber: S,
     inbox: Option<Arc<dyn Inbox>>,
     batch: usize,
     wait: Duration,
+    max_payload: usize,
 }
 
 impl<S: Subscriber> Consumer<S> {
+    /// The largest payload a consumer reads unless told otherwise
+    /// ([`max_payload`](Self::max_payload)): 64 KiB.
+    pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
+
     /// A consumer of `subscriber`'s deliveries on `bus`.
     pub fn new(bus: Bus, subscriber: S) -> Self {
         Consumer {
@@ -207,7 +266,18 @@ impl<S: Subscriber> Consumer<S> {
             inbox: None,
             batch: 16,
             wait: Duration::from_millis(500),
+            max_payload: Self::DEFAULT_MAX_PAYLOAD,
         }
+    }
+
+    /// Dead-letters, unread, every payload larger than `bytes`
+    /// ([`InboundError::TooLarge`]); the default is
+    /// [`DEFAULT_MAX_PAYLOAD`](Self::DEFAULT_MAX_PAYLOAD), 64 KiB.
+    /// (The broker client has the payload in memory by then: this bounds
+    /// what the bus parses and dispatches, not what the broker accepts.)
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
     }
 
     /// Skips (and acknowledges) the messages `inbox` says were handled: an
@@ -224,18 +294,34 @@ impl<S: Subscriber> Consumer<S> {
         }
     }
 
-    /// Handles one delivery: see [`Handled`].
+    /// Handles one delivery: see [`Handled`]. The message must be declared
+    /// for this consumer's stream (see [`Consumer`]), and its payload no
+    /// larger than [`max_payload`](Self::max_payload).
     pub async fn handle(&mut self, delivery: &Delivery) -> Result<Handled, TransportError> {
         let message = &delivery.message;
         if self.already_handled(message.id).await? {
             self.subscriber.ack(delivery).await?;
             return Ok(Handled::Duplicate);
         }
+        if message.payload.len() > self.max_payload {
+            let refused = InboundError::TooLarge {
+                size: message.payload.len(),
+                limit: self.max_payload,
+            };
+            return self.dead_letter(delivery, &refused).await;
+        }
         let context =
             MessageContext::inbound(message.id, message.correlation_id, message.causation_id);
+        // The subscriber's stream, not the delivery's: the entrance it
+        // guards is its own configuration.
         match self
             .bus
-            .handle_external(&message.name, &message.payload, context)
+            .handle_external(
+                self.subscriber.stream(),
+                &message.name,
+                &message.payload,
+                context,
+            )
             .await
         {
             Ok(()) => {
@@ -243,24 +329,38 @@ impl<S: Subscriber> Consumer<S> {
                 Ok(Handled::Done)
             }
             Err(error) if error.is_retryable() => Ok(Handled::Left),
+            // Refused unread: nobody can have handled it.
+            Err(error @ InboundError::NotDeclared { .. }) => {
+                self.dead_letter(delivery, &error).await
+            }
             // Another consumer handled it meanwhile: this one's commit lost.
             Err(_) if self.already_handled(message.id).await? => {
                 self.subscriber.ack(delivery).await?;
                 Ok(Handled::Duplicate)
             }
-            Err(error) => {
-                let reason = error.to_string();
-                tracing::warn!(
-                    message_id = %message.id,
-                    name = %message.name,
-                    %reason,
-                    "inbound message dead-lettered"
-                );
-                self.subscriber.dead_letter(delivery, &reason).await?;
-                self.subscriber.ack(delivery).await?;
-                Ok(Handled::DeadLettered(reason))
-            }
+            Err(error) => self.dead_letter(delivery, &error).await,
         }
+    }
+
+    /// Keeps `delivery` in the dead letters with `error` as its reason, then
+    /// acknowledges it.
+    async fn dead_letter(
+        &mut self,
+        delivery: &Delivery,
+        error: &InboundError,
+    ) -> Result<Handled, TransportError> {
+        let message = &delivery.message;
+        let reason = error.to_string();
+        tracing::warn!(
+            message_id = %message.id,
+            stream = %self.subscriber.stream(),
+            name = %Shortened(&message.name),
+            %reason,
+            "inbound message dead-lettered"
+        );
+        self.subscriber.dead_letter(delivery, &reason).await?;
+        self.subscriber.ack(delivery).await?;
+        Ok(Handled::DeadLettered(reason))
     }
 
     /// Reads and handles one batch: what became of each delivery.
@@ -296,7 +396,25 @@ impl<S> std::fmt::Debug for Consumer<S> {
         f.debug_struct("Consumer")
             .field("batch", &self.batch)
             .field("wait", &self.wait)
+            .field("max_payload", &self.max_payload)
             .finish_non_exhaustive()
+    }
+}
+
+/// A name from outside, in a log line: at most 200 bytes of it.
+struct Shortened<'a>(&'a str);
+
+impl std::fmt::Display for Shortened<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const MAX: usize = 200;
+        if self.0.len() <= MAX {
+            return f.write_str(self.0);
+        }
+        let mut end = MAX;
+        while !self.0.is_char_boundary(end) {
+            end -= 1;
+        }
+        write!(f, "{}... ({} bytes)", &self.0[..end], self.0.len())
     }
 }
 
@@ -380,6 +498,10 @@ pub struct InMemorySubscriber {
 
 #[crate::async_trait]
 impl Subscriber for InMemorySubscriber {
+    fn stream(&self) -> &str {
+        &self.stream
+    }
+
     async fn next(&mut self, max: usize, _wait: Duration) -> Result<Vec<Delivery>, TransportError> {
         let mut state = self.broker.state();
         let mut deliveries = Vec::new();

@@ -9,7 +9,37 @@
 //!   nothing), and keeps poison messages in `<stream>.dead` with the reason.
 //!
 //! Both implement `bus_core::transport`'s traits, so a
-//! `bus_core::transport::Consumer` runs them through a bus.
+//! `bus_core::transport::Consumer` runs them through a bus (which dispatches
+//! only the messages declared for the subscriber's stream).
+//!
+//! # Length caps
+//!
+//! Every stream is capped: each `XADD` carries `MAXLEN ~ <n>`, so Redis
+//! trims a stream's oldest entries as new ones arrive, and its memory stays
+//! bounded whatever the traffic.
+//!
+//! - A published stream keeps about [`RedisPublisher::DEFAULT_MAX_LEN`]
+//!   (1,000,000) entries unless told otherwise
+//!   ([`RedisPublisher::max_len`]). **Redis (7.0 here) trims by length
+//!   whether or not the consumer groups have read the entries**: an entry
+//!   trimmed before a group read it, or while it is pending (delivered, not
+//!   acknowledged), is gone for that group, and a consumer that falls
+//!   further behind than the cap loses messages without an error. Set the
+//!   cap above the largest backlog a consumer may build up (its outage ×
+//!   the publish rate, with room to spare), and watch the groups' lag
+//!   (`XINFO GROUPS`).
+//! - A dead-letter stream (`<stream>.dead`) keeps about
+//!   [`RedisSubscriber::DEFAULT_DEAD_LETTER_MAX_LEN`] (10,000) entries
+//!   ([`RedisSubscriber::dead_letter_max_len`]), and of each poison message
+//!   only the first [`RedisSubscriber::DEFAULT_DEAD_LETTER_PAYLOAD_LIMIT`]
+//!   bytes (4 KiB) of its payload (and of its name and reason), cut on a
+//!   UTF-8 character boundary ([`RedisSubscriber::dead_letter_payload_limit`]);
+//!   the entry records the payload's original length (`payload_len`) and
+//!   whether it was cut (`payload_truncated`: `true` or `false`).
+//!
+//! `~` lets Redis trim whole macro nodes only (`stream-node-max-entries`,
+//! 100 entries by default), which is what makes trimming cheap: a stream
+//! holds its cap plus up to about one node more, never fewer than the cap.
 
 use std::time::Duration;
 
@@ -49,30 +79,107 @@ async fn connect_with(
         })
 }
 
-/// Publishes messages with `XADD`.
+/// Publishes messages with `XADD ... MAXLEN ~ <cap>`: each stream keeps
+/// about its last [`max_len`](Self::max_len) entries (see the crate's
+/// [length caps](crate#length-caps)).
 #[derive(Clone)]
 pub struct RedisPublisher {
     connection: MultiplexedConnection,
+    max_len: u64,
 }
 
 impl RedisPublisher {
-    /// A publisher over `connection`.
+    /// The entries a stream keeps unless told otherwise
+    /// ([`max_len`](Self::max_len)): 1,000,000.
+    pub const DEFAULT_MAX_LEN: u64 = 1_000_000;
+
+    /// A publisher over `connection`, capping each stream at
+    /// [`DEFAULT_MAX_LEN`](Self::DEFAULT_MAX_LEN) entries.
     pub fn new(connection: MultiplexedConnection) -> Self {
-        RedisPublisher { connection }
+        RedisPublisher {
+            connection,
+            max_len: Self::DEFAULT_MAX_LEN,
+        }
+    }
+
+    /// Caps each stream this publisher appends to at about `entries`
+    /// (`MAXLEN ~ entries`: Redis trims whole macro nodes, so a stream holds
+    /// `entries` and up to about one node, 100 entries by default, more).
+    ///
+    /// Redis 7.0 trims by length **whether or not the consumer groups have
+    /// read the entries**: an entry trimmed before a group read it is lost
+    /// to that group, silently. The cap must exceed the backlog a consumer
+    /// can fall behind by (its longest outage times the publish rate), with
+    /// room to spare.
+    ///
+    /// # Panics
+    ///
+    /// When `entries` is 0 (a stream that keeps nothing is a mistake) or
+    /// larger than `i64::MAX` (more than Redis can count).
+    pub fn max_len(mut self, entries: u64) -> Self {
+        assert!(
+            entries > 0 && i64::try_from(entries).is_ok(),
+            "RedisPublisher::max_len({entries}): a stream's cap is from 1 to i64::MAX entries"
+        );
+        self.max_len = entries;
+        self
+    }
+
+    fn xadd(&self, message: &OutboundMessage) -> redis::Cmd {
+        let mut command = xadd_capped(&message.stream, self.max_len);
+        for (field, value) in fields(message) {
+            command.arg(field).arg(value);
+        }
+        command
     }
 }
 
 impl std::fmt::Debug for RedisPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RedisPublisher")
+        f.debug_struct("RedisPublisher")
+            .field("max_len", &self.max_len)
+            .finish_non_exhaustive()
     }
 }
 
+/// `XADD <stream> MAXLEN ~ <max_len> *`, for its fields to follow.
+fn xadd_capped(stream: &str, max_len: u64) -> redis::Cmd {
+    let mut command = redis::cmd("XADD");
+    command
+        .arg(stream)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(max_len)
+        .arg("*");
+    command
+}
+
+/// At most `limit` bytes of `text`, cut on a character boundary.
+fn truncated(text: &str, limit: usize) -> &str {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 fn fields(message: &OutboundMessage) -> [(&'static str, String); 5] {
+    fields_with(message, &message.name, &message.payload)
+}
+
+/// A message's fields, with this `name` and `payload`.
+fn fields_with(
+    message: &OutboundMessage,
+    name: &str,
+    payload: &str,
+) -> [(&'static str, String); 5] {
     [
         ("id", message.id.to_string()),
-        ("name", message.name.clone()),
-        ("payload", message.payload.clone()),
+        ("name", name.to_owned()),
+        ("payload", payload.to_owned()),
         ("correlation_id", message.correlation_id.to_string()),
         (
             "causation_id",
@@ -84,20 +191,11 @@ fn fields(message: &OutboundMessage) -> [(&'static str, String); 5] {
     ]
 }
 
-fn xadd(message: &OutboundMessage) -> redis::Cmd {
-    let mut command = redis::cmd("XADD");
-    command.arg(&message.stream).arg("*");
-    for (field, value) in fields(message) {
-        command.arg(field).arg(value);
-    }
-    command
-}
-
 #[async_trait]
 impl Publisher for RedisPublisher {
     async fn publish(&self, message: &OutboundMessage) -> Result<(), TransportError> {
         let mut connection = self.connection.clone();
-        xadd(message)
+        self.xadd(message)
             .query_async::<String>(&mut connection)
             .await
             .map(drop)
@@ -113,7 +211,7 @@ impl Publisher for RedisPublisher {
         }
         let mut pipeline = redis::pipe();
         for message in messages {
-            pipeline.add_command(xadd(message));
+            pipeline.add_command(self.xadd(message));
         }
         let mut connection = self.connection.clone();
         pipeline
@@ -127,13 +225,17 @@ impl Publisher for RedisPublisher {
     }
 }
 
-/// One member of a consumer group on one stream.
+/// One member of a consumer group on one stream. Its poison messages go to
+/// `<stream>.dead`, capped in length and in payload (see the crate's
+/// [length caps](crate#length-caps)).
 pub struct RedisSubscriber {
     connection: MultiplexedConnection,
     stream: String,
     group: String,
     consumer: String,
     min_idle: Duration,
+    dead_letter_max_len: u64,
+    dead_letter_payload_limit: usize,
 }
 
 impl std::fmt::Debug for RedisSubscriber {
@@ -143,11 +245,51 @@ impl std::fmt::Debug for RedisSubscriber {
             .field("group", &self.group)
             .field("consumer", &self.consumer)
             .field("min_idle", &self.min_idle)
+            .field("dead_letter_max_len", &self.dead_letter_max_len)
+            .field("dead_letter_payload_limit", &self.dead_letter_payload_limit)
             .finish()
     }
 }
 
 impl RedisSubscriber {
+    /// The entries a dead-letter stream keeps unless told otherwise
+    /// ([`dead_letter_max_len`](Self::dead_letter_max_len)): 10,000.
+    pub const DEFAULT_DEAD_LETTER_MAX_LEN: u64 = 10_000;
+
+    /// The bytes of a poison message's payload its dead letter keeps unless
+    /// told otherwise
+    /// ([`dead_letter_payload_limit`](Self::dead_letter_payload_limit)):
+    /// 4 KiB.
+    pub const DEFAULT_DEAD_LETTER_PAYLOAD_LIMIT: usize = 4 * 1024;
+
+    /// Caps the dead-letter stream at about `entries` (`MAXLEN ~`; trimmed
+    /// whether or not anyone read them: the oldest dead letters go first).
+    /// The default is
+    /// [`DEFAULT_DEAD_LETTER_MAX_LEN`](Self::DEFAULT_DEAD_LETTER_MAX_LEN).
+    ///
+    /// # Panics
+    ///
+    /// When `entries` is 0 or larger than `i64::MAX`.
+    pub fn dead_letter_max_len(mut self, entries: u64) -> Self {
+        assert!(
+            entries > 0 && i64::try_from(entries).is_ok(),
+            "RedisSubscriber::dead_letter_max_len({entries}): a stream's cap is from 1 to \
+             i64::MAX entries"
+        );
+        self.dead_letter_max_len = entries;
+        self
+    }
+
+    /// Keeps at most `bytes` of a poison message's payload in its dead
+    /// letter (cut on a UTF-8 character boundary, so possibly a few bytes
+    /// fewer), and at most as much of its name and of the reason; the
+    /// entry's `payload_len` is the payload's original length in bytes, and
+    /// its `payload_truncated` says whether it was cut. The default is
+    /// [`DEFAULT_DEAD_LETTER_PAYLOAD_LIMIT`](Self::DEFAULT_DEAD_LETTER_PAYLOAD_LIMIT).
+    pub fn dead_letter_payload_limit(mut self, bytes: usize) -> Self {
+        self.dead_letter_payload_limit = bytes;
+        self
+    }
     /// Joins `group` on `stream` as `consumer`, on a connection of its own
     /// to `url` (its blocking reads must not hold up anyone else's
     /// commands), creating the group (from the stream's start) and the
@@ -173,6 +315,8 @@ impl RedisSubscriber {
             group: group.to_owned(),
             consumer: consumer.to_owned(),
             min_idle,
+            dead_letter_max_len: Self::DEFAULT_DEAD_LETTER_MAX_LEN,
+            dead_letter_payload_limit: Self::DEFAULT_DEAD_LETTER_PAYLOAD_LIMIT,
         };
         let created = redis::cmd("XGROUP")
             .arg("CREATE")
@@ -220,6 +364,10 @@ impl RedisSubscriber {
 
 #[async_trait]
 impl Subscriber for RedisSubscriber {
+    fn stream(&self) -> &str {
+        &self.stream
+    }
+
     async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, TransportError> {
         let claimed = self.claim_stale(max).await?;
         if !claimed.is_empty() {
@@ -275,14 +423,24 @@ impl Subscriber for RedisSubscriber {
         delivery: &Delivery,
         reason: &str,
     ) -> Result<(), TransportError> {
-        let mut command = redis::cmd("XADD");
-        command.arg(self.dead_letter_stream()).arg("*");
-        for (field, value) in fields(&delivery.message) {
+        let limit = self.dead_letter_payload_limit;
+        let message = &delivery.message;
+        let payload = truncated(&message.payload, limit);
+        let mut command = xadd_capped(&self.dead_letter_stream(), self.dead_letter_max_len);
+        for (field, value) in fields_with(message, truncated(&message.name, limit), payload) {
             command.arg(field).arg(value);
         }
         command
+            .arg("payload_len")
+            .arg(message.payload.len())
+            .arg("payload_truncated")
+            .arg(if payload.len() < message.payload.len() {
+                "true"
+            } else {
+                "false"
+            })
             .arg("reason")
-            .arg(reason)
+            .arg(truncated(reason, limit))
             .arg("receipt")
             .arg(&delivery.receipt)
             .query_async::<String>(&mut self.connection)
@@ -364,5 +522,26 @@ fn text(value: Value) -> String {
         Value::SimpleString(text) => text,
         Value::Int(n) => n.to_string(),
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncated;
+
+    #[test]
+    fn a_text_is_cut_on_a_character_boundary_at_most_at_the_limit() {
+        assert_eq!(truncated("short", 10), "short");
+        assert_eq!(truncated("exactly", 7), "exactly");
+        assert_eq!(truncated("abcdef", 3), "abc");
+        // `é` is two bytes (1..3): a cut at 2 falls inside it.
+        assert_eq!(truncated("aébc", 2), "a");
+        assert_eq!(truncated("aébc", 3), "aé");
+        // A four-byte character, cut anywhere inside, is dropped whole.
+        for limit in 0..4 {
+            assert_eq!(truncated("🦀x", limit), "");
+        }
+        assert_eq!(truncated("🦀x", 4), "🦀");
+        assert_eq!(truncated("", 0), "");
     }
 }

@@ -1,5 +1,6 @@
-//! Inbound messages: a name and a JSON payload, read into the registered
-//! type and dispatched; every way it can go wrong is a typed error.
+//! Inbound messages: a name and a JSON payload arriving on a stream, read
+//! into the registered type and dispatched when the type is declared for
+//! that stream; every way it can go wrong is a typed error.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -55,6 +56,33 @@ fn note_restock(event: &Restocked, seen: &Seen) -> Result<(), Infallible> {
     Ok(())
 }
 
+/// An internal event: it can be stored as JSON (`serde`), but it is
+/// declared for no stream.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+#[event(name = "stock.deallocated", serde)]
+struct Deallocated {
+    orderid: String,
+}
+
+#[handler]
+fn note_deallocation(event: &Deallocated, seen: &Seen) -> Result<(), Infallible> {
+    seen.lock()
+        .unwrap()
+        .push(format!("deallocated {}", event.orderid));
+    Ok(())
+}
+
+/// An internal command that can be read from JSON: still not for outside.
+#[derive(Debug, serde::Deserialize, Command)]
+#[command(name = "stock.recount", serde)]
+struct Recount;
+
+#[handler]
+fn recount(_: Recount, seen: &Seen) -> Result<(), Infallible> {
+    seen.lock().unwrap().push("recount".into());
+    Ok(())
+}
+
 /// A command that cannot be read from JSON (no `serde`).
 #[derive(Debug, Command)]
 #[command(name = "stock.internal_only")]
@@ -81,6 +109,8 @@ fn bus() -> (Bus, Arc<Seen>) {
             Registrations::new()
                 .handler::<change_quantity>()
                 .handler::<note_restock>()
+                .handler::<note_deallocation>()
+                .handler::<recount>()
                 .handler::<internal_only>()
                 .handler::<level>(),
         )
@@ -96,13 +126,15 @@ async fn a_command_arrives_by_its_external_name_and_continues_the_senders_flow()
     let flow = MessageContext::root();
     bus.handle_external(
         "change_batch_quantity",
+        "change_batch_quantity",
         r#"{"batchref": "b1", "qty": 25}"#,
         MessageContext::continuing(flow.correlation_id(), Some(flow.message_id())),
     )
     .await
     .unwrap();
-    // Its own name works too.
+    // Its own name works too, on its stream.
     bus.handle_external(
+        "change_batch_quantity",
         "stock.change_quantity",
         r#"{"batchref": "b2", "qty": 5}"#,
         MessageContext::root(),
@@ -124,47 +156,172 @@ async fn a_command_arrives_by_its_external_name_and_continues_the_senders_flow()
 #[tokio::test]
 async fn an_event_arrives_and_reaches_its_handlers() {
     let (bus, seen) = bus();
-    bus.handle_external("restocked", r#"{"sku": "LAMP"}"#, MessageContext::root())
-        .await
-        .unwrap();
+    bus.handle_external(
+        "restocked",
+        "restocked",
+        r#"{"sku": "LAMP"}"#,
+        MessageContext::root(),
+    )
+    .await
+    .unwrap();
     assert_eq!(*seen.lock().unwrap(), ["restocked LAMP"]);
 }
 
 #[tokio::test]
 async fn every_bad_message_is_a_typed_error_and_none_is_retryable() {
-    let (bus, _) = bus();
-    let cases: [(&str, &str, &str); 6] = [
-        ("nobody.knows", "{}", "no message is named `nobody.knows` in this bus"),
+    let (bus, seen) = bus();
+    let on_cbq = "change_batch_quantity";
+    let cases: [(&str, &str, &str, &str); 9] = [
+        (on_cbq, "nobody.knows", "{}", "no message is named `nobody.knows` in this bus"),
         (
+            on_cbq,
             "change_batch_quantity",
             "not json",
             "malformed `stock.change_quantity`: expected ident at line 1 column 2",
         ),
         (
+            on_cbq,
             "change_batch_quantity",
             r#"{"batchref": "b1", "qty": -3}"#,
             "malformed `stock.change_quantity`: invalid value: integer `-3`, expected u32 at line 1 column 28",
         ),
         (
+            on_cbq,
             "change_batch_quantity",
             r#"{"batchref": "missing", "qty": 3}"#,
             "`stock.change_quantity` failed: no batch missing",
         ),
         (
+            on_cbq,
             "stock.internal_only",
             "null",
-            "`stock.internal_only` cannot be read from JSON: derive it with `serde` or `external`",
+            "the command `stock.internal_only` is internal (declared for no stream: no \
+             `external = \"...\"`): not accepted on stream `change_batch_quantity`",
         ),
-        ("stock.level", "null", "`stock.level` is a query: queries are asked, not sent"),
+        (
+            on_cbq,
+            "stock.recount",
+            "null",
+            "the command `stock.recount` is internal (declared for no stream: no \
+             `external = \"...\"`): not accepted on stream `change_batch_quantity`",
+        ),
+        (
+            on_cbq,
+            "stock.deallocated",
+            r#"{"orderid": "o1"}"#,
+            "the event `stock.deallocated` is internal (declared for no stream: no \
+             `external = \"...\"`): not accepted on stream `change_batch_quantity`",
+        ),
+        (
+            on_cbq,
+            "restocked",
+            r#"{"sku": "LAMP"}"#,
+            "the event `stock.restocked` is declared for stream `restocked`: \
+             not accepted on stream `change_batch_quantity`",
+        ),
+        (on_cbq, "stock.level", "null", "`stock.level` is a query: queries are asked, not sent"),
     ];
-    for (name, payload, expected) in cases {
+    for (stream, name, payload, expected) in cases {
         let error = bus
-            .handle_external(name, payload, MessageContext::root())
+            .handle_external(stream, name, payload, MessageContext::root())
             .await
             .expect_err(name);
         assert_eq!(error.to_string(), expected);
         assert!(!error.is_retryable(), "{error}");
     }
+    assert!(seen.lock().unwrap().is_empty(), "no handler ran");
+}
+
+#[tokio::test]
+async fn an_internal_event_on_a_stream_is_refused_before_its_payload_is_read() {
+    let (bus, seen) = bus();
+    for payload in [r#"{"orderid": "o1"}"#, "not even json"] {
+        let error = bus
+            .handle_external(
+                "change_batch_quantity",
+                "stock.deallocated",
+                payload,
+                MessageContext::root(),
+            )
+            .await
+            .unwrap_err();
+        let InboundError::NotDeclared {
+            name,
+            kind,
+            stream,
+            declared,
+        } = error
+        else {
+            panic!("refused as not declared, unread: {error}")
+        };
+        assert_eq!(
+            (name, kind, stream.as_str(), declared),
+            (
+                "stock.deallocated",
+                bus_core::Kind::Event,
+                "change_batch_quantity",
+                None
+            )
+        );
+    }
+    assert!(seen.lock().unwrap().is_empty(), "its handler never ran");
+}
+
+#[tokio::test]
+async fn a_message_declared_for_another_stream_is_refused_by_either_of_its_names() {
+    let (bus, seen) = bus();
+    for (stream, name, payload, declared) in [
+        (
+            "change_batch_quantity",
+            "restocked",
+            r#"{"sku": "LAMP"}"#,
+            "restocked",
+        ),
+        (
+            "change_batch_quantity",
+            "stock.restocked",
+            r#"{"sku": "LAMP"}"#,
+            "restocked",
+        ),
+        (
+            "restocked",
+            "change_batch_quantity",
+            r#"{"batchref": "b1", "qty": 1}"#,
+            "change_batch_quantity",
+        ),
+        (
+            "restocked",
+            "stock.change_quantity",
+            r#"{"batchref": "b1", "qty": 1}"#,
+            "change_batch_quantity",
+        ),
+    ] {
+        let error = bus
+            .handle_external(stream, name, payload, MessageContext::root())
+            .await
+            .expect_err(name);
+        assert!(
+            matches!(&error, InboundError::NotDeclared { stream: on, declared: Some(d), .. } if on == stream && *d == declared),
+            "{error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("declared for stream `{declared}`")),
+            "{error}"
+        );
+    }
+    assert!(seen.lock().unwrap().is_empty(), "no handler ran");
+    // Each on its own stream is dispatched.
+    bus.handle_external(
+        "restocked",
+        "restocked",
+        r#"{"sku": "LAMP"}"#,
+        MessageContext::root(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(*seen.lock().unwrap(), ["restocked LAMP"]);
 }
 
 #[tokio::test]
@@ -176,7 +333,7 @@ async fn a_closed_bus_refuses_inbound_messages_as_retryable() {
         ("restocked", r#"{"sku": "LAMP"}"#),
     ] {
         let error = bus
-            .handle_external(name, payload, MessageContext::root())
+            .handle_external(name, name, payload, MessageContext::root())
             .await
             .expect_err("closed");
         assert!(matches!(error, InboundError::Closed(_)), "{error}");
@@ -189,6 +346,6 @@ async fn a_closed_bus_refuses_inbound_messages_as_retryable() {
 fn handling_an_inbound_message_is_a_send_future_for_a_consumer_task() {
     fn assert_send<T: Send>(_: &T) {}
     let (bus, _) = bus();
-    let future = bus.handle_external("restocked", "{}", MessageContext::root());
+    let future = bus.handle_external("restocked", "restocked", "{}", MessageContext::root());
     assert_send(&future);
 }

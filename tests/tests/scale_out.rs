@@ -43,10 +43,22 @@ async fn stream_len(connection: &mut MultiplexedConnection, stream: &str) -> i64
         .unwrap()
 }
 
+/// The stream the stock fixture's command is declared for
+/// (`external = "change_batch_quantity"`), the app's inbound stream too: a
+/// test that consumes it takes its turn with the app's tests, and starts
+/// from an empty stream.
+async fn declared_stream(
+    connection: &mut MultiplexedConnection,
+) -> (tokio::sync::MutexGuard<'static, ()>, String) {
+    let turn = APP_STREAMS.lock().await;
+    reset_app_streams(connection).await;
+    (turn, "change_batch_quantity".to_owned())
+}
+
 #[tokio::test]
 async fn redis_streams_deliver_acknowledge_and_dead_letter_a_poison_message_without_blocking() {
     let mut connection = connection().await;
-    let stream = fresh_stream("cbq");
+    let (_turn, stream) = declared_stream(&mut connection).await;
     let publisher = RedisPublisher::new(connection.clone());
     for (name, payload) in [
         ("change_batch_quantity", r#"{"batchref": "b1", "qty": 5}"#),
@@ -90,8 +102,8 @@ async fn redis_streams_deliver_acknowledge_and_dead_letter_a_poison_message_with
 
 #[tokio::test]
 async fn a_delivery_left_unacknowledged_by_a_dead_consumer_is_claimed_by_another() {
-    let connection = connection().await;
-    let stream = fresh_stream("claim");
+    let mut connection = connection().await;
+    let (_turn, stream) = declared_stream(&mut connection).await;
     RedisPublisher::new(connection.clone())
         .publish(&message(
             &stream,
@@ -119,6 +131,266 @@ async fn a_delivery_left_unacknowledged_by_a_dead_consumer_is_claimed_by_another
     tokio::time::sleep(idle + Duration::from_millis(50)).await;
     assert_eq!(consumer.poll_once().await.unwrap(), [Handled::Done]);
     assert_eq!(*seen.lock().unwrap(), ["b9=1"]);
+}
+
+#[tokio::test]
+async fn on_redis_a_message_is_checked_against_the_stream_it_was_read_from() {
+    let mut connection = connection().await;
+    // Not `change_batch_quantity`: nothing the fixture declares.
+    let stream = fresh_stream("undeclared");
+    let publisher = RedisPublisher::new(connection.clone());
+    for (name, payload) in [
+        ("change_batch_quantity", r#"{"batchref": "b1", "qty": 5}"#),
+        ("stock.deallocated", r#"{"orderid": "o1"}"#),
+    ] {
+        publisher
+            .publish(&message(&stream, name, payload))
+            .await
+            .unwrap();
+    }
+    let subscriber =
+        RedisSubscriber::join(&redis_url(), &stream, "app", "one", Duration::from_secs(30))
+            .await
+            .unwrap();
+    let dead_stream = subscriber.dead_letter_stream();
+    let (bus, seen) = bus();
+    let handled = Consumer::new(bus, subscriber).poll_once().await.unwrap();
+    assert_eq!(
+        handled,
+        [
+            Handled::DeadLettered(format!(
+                "the command `stock.change_quantity` is declared for stream \
+                 `change_batch_quantity`: not accepted on stream `{stream}`"
+            )),
+            Handled::DeadLettered(format!(
+                "the event `stock.deallocated` is internal (declared for no stream: no \
+                 `external = \"...\"`): not accepted on stream `{stream}`"
+            )),
+        ]
+    );
+    assert!(seen.lock().unwrap().is_empty(), "no handler ran");
+    assert_eq!(stream_len(&mut connection, &dead_stream).await, 2);
+    delete(&mut connection, &[&stream, &dead_stream]).await;
+}
+
+async fn delete(connection: &mut MultiplexedConnection, keys: &[&str]) {
+    let _: i64 = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(connection)
+        .await
+        .unwrap();
+}
+
+/// How many entries a stream's macro node holds at most: what `MAXLEN ~`
+/// may keep above its cap (it trims whole nodes only, and never below the
+/// cap).
+async fn node_max_entries(connection: &mut MultiplexedConnection) -> i64 {
+    let config: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("stream-node-max-entries")
+        .query_async(connection)
+        .await
+        .unwrap();
+    config[1].parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_published_stream_keeps_about_its_cap_whether_published_one_by_one_or_in_batches() {
+    let mut connection = connection().await;
+    let cap = 10;
+    // Redis trims whole nodes (100 entries by default): a stream holds its
+    // cap and fewer than one node more, never less than its cap, whatever
+    // the entries' sizes (a node also closes at 4 KiB, which only makes it
+    // smaller). A bound that holds every time.
+    let bound = cap + node_max_entries(&mut connection).await;
+    let publisher = RedisPublisher::new(connection.clone()).max_len(cap as u64);
+
+    let one_by_one = fresh_stream("capped");
+    for n in 0..1_000 {
+        let payload = format!(r#"{{"batchref": "b{n}", "qty": 1}}"#);
+        publisher
+            .publish(&message(&one_by_one, "change_batch_quantity", &payload))
+            .await
+            .unwrap();
+    }
+    let kept = stream_len(&mut connection, &one_by_one).await;
+    assert!(
+        (cap..bound).contains(&kept),
+        "{kept} entries kept of 1,000 published, the cap being {cap}"
+    );
+    // The newest are the ones kept.
+    assert_eq!(
+        payloads(&mut connection, &one_by_one).await.last(),
+        Some(&json!({"batchref": "b999", "qty": 1}))
+    );
+
+    let batched = fresh_stream("capped_batches");
+    let messages: Vec<_> = (0..1_000)
+        .map(|n| {
+            message(
+                &batched,
+                "change_batch_quantity",
+                &format!(r#"{{"batchref": "b{n}", "qty": 1}}"#),
+            )
+        })
+        .collect();
+    for batch in messages.chunks(100) {
+        publisher.publish_batch(batch).await.unwrap();
+    }
+    let kept = stream_len(&mut connection, &batched).await;
+    assert!(
+        (cap..bound).contains(&kept),
+        "{kept} entries kept of 1,000 published in batches, the cap being {cap}"
+    );
+    delete(&mut connection, &[&one_by_one, &batched]).await;
+}
+
+#[tokio::test]
+async fn a_stream_is_capped_at_a_million_entries_unless_told_otherwise() {
+    assert_eq!(RedisPublisher::DEFAULT_MAX_LEN, 1_000_000);
+    assert_eq!(RedisSubscriber::DEFAULT_DEAD_LETTER_MAX_LEN, 10_000);
+    assert_eq!(RedisSubscriber::DEFAULT_DEAD_LETTER_PAYLOAD_LIMIT, 4096);
+    // The default cap is sent: a publisher without `max_len` trims too.
+    let mut connection = connection().await;
+    let stream = fresh_stream("default_cap");
+    RedisPublisher::new(connection.clone())
+        .publish(&message(&stream, "change_batch_quantity", "{}"))
+        .await
+        .unwrap();
+    assert_eq!(stream_len(&mut connection, &stream).await, 1);
+    delete(&mut connection, &[&stream]).await;
+}
+
+/// The fields of each entry of `stream`, oldest first.
+async fn entries(
+    connection: &mut MultiplexedConnection,
+    stream: &str,
+) -> Vec<std::collections::HashMap<String, Vec<u8>>> {
+    let reply: redis::Value = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(connection)
+        .await
+        .unwrap();
+    let redis::Value::Array(entries) = reply else {
+        panic!("XRANGE: {reply:?}")
+    };
+    let bytes = |value: &redis::Value| match value {
+        redis::Value::BulkString(bytes) => bytes.clone(),
+        other => panic!("not a bulk string: {other:?}"),
+    };
+    entries
+        .iter()
+        .map(|entry| {
+            let redis::Value::Array(parts) = entry else {
+                panic!("entry: {entry:?}")
+            };
+            let redis::Value::Array(fields) = &parts[1] else {
+                panic!("fields: {parts:?}")
+            };
+            fields
+                .chunks(2)
+                .map(|pair| (String::from_utf8(bytes(&pair[0])).unwrap(), bytes(&pair[1])))
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_dead_letter_of_a_megabyte_payload_keeps_4_kib_of_it_and_its_length() {
+    let mut connection = connection().await;
+    let stream = fresh_stream("huge");
+    // 1 MB of a three-byte character: 4 KiB falls inside one, so the cut
+    // lands on the boundary before it (4,095 bytes).
+    let huge = "€".repeat(1_048_576 / 3 + 1);
+    assert!(huge.len() >= 1_048_576);
+    let publisher = RedisPublisher::new(connection.clone());
+    publisher
+        .publish(&message(&stream, "change_batch_quantity", &huge))
+        .await
+        .unwrap();
+    // A small poison message: kept whole.
+    publisher
+        .publish(&message(&stream, "no.such.message", "{}"))
+        .await
+        .unwrap();
+    let subscriber =
+        RedisSubscriber::join(&redis_url(), &stream, "app", "one", Duration::from_secs(30))
+            .await
+            .unwrap();
+    let dead_stream = subscriber.dead_letter_stream();
+    let (bus, seen) = bus();
+    let handled = Consumer::new(bus, subscriber).poll_once().await.unwrap();
+    assert_eq!(
+        handled[0],
+        Handled::DeadLettered(format!(
+            "a payload of {} bytes is over the limit of 65536 bytes: not read",
+            huge.len()
+        ))
+    );
+    assert!(matches!(&handled[1], Handled::DeadLettered(_)));
+    assert!(seen.lock().unwrap().is_empty());
+
+    let dead = entries(&mut connection, &dead_stream).await;
+    assert_eq!(dead.len(), 2);
+    let text = |entry: &std::collections::HashMap<String, Vec<u8>>, field: &str| {
+        String::from_utf8(entry[field].clone()).unwrap()
+    };
+    let payload = text(&dead[0], "payload");
+    assert_eq!(payload.len(), 4095, "cut on a character boundary");
+    assert!(huge.starts_with(&payload));
+    assert_eq!(text(&dead[0], "payload_len"), huge.len().to_string());
+    assert_eq!(text(&dead[0], "payload_truncated"), "true");
+    assert!(text(&dead[0], "reason").contains("over the limit"));
+    let stored: usize = dead[0].iter().map(|(k, v)| k.len() + v.len()).sum();
+    assert!(
+        stored < 4096 + 1024,
+        "the dead letter holds {stored} bytes: the payload's first 4 KiB and a few fields"
+    );
+    assert_eq!(text(&dead[1], "payload"), "{}");
+    assert_eq!(text(&dead[1], "payload_len"), "2");
+    assert_eq!(text(&dead[1], "payload_truncated"), "false");
+    delete(&mut connection, &[&stream, &dead_stream]).await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_stream_keeps_about_its_cap_and_its_payload_limit_is_set_on_the_subscriber() {
+    let mut connection = connection().await;
+    let cap = 10;
+    let bound = cap + node_max_entries(&mut connection).await;
+    let stream = fresh_stream("dead_capped");
+    let mut subscriber =
+        RedisSubscriber::join(&redis_url(), &stream, "app", "one", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .dead_letter_max_len(cap as u64)
+            .dead_letter_payload_limit(8);
+    let dead_stream = subscriber.dead_letter_stream();
+    for n in 0..1_000 {
+        let delivery = bus_core::transport::Delivery {
+            message: message(&stream, "no.such.message", &format!("poison number {n}")),
+            receipt: format!("{n}-0"),
+            redeliveries: 0,
+        };
+        subscriber
+            .dead_letter(&delivery, "a reason longer than eight bytes")
+            .await
+            .unwrap();
+    }
+    let kept = stream_len(&mut connection, &dead_stream).await;
+    assert!(
+        (cap..bound).contains(&kept),
+        "{kept} dead letters kept of 1,000, the cap being {cap}"
+    );
+    let dead = entries(&mut connection, &dead_stream).await;
+    let last = dead.last().unwrap();
+    assert_eq!(last["payload"], b"poison n");
+    assert_eq!(last["payload_len"], b"17");
+    assert_eq!(last["payload_truncated"], b"true");
+    assert_eq!(last["reason"], b"a reason", "the reason is capped too");
+    assert_eq!(last["name"], b"no.such.", "and the name");
+    delete(&mut connection, &[&stream, &dead_stream]).await;
 }
 
 // ---------------------------------------------------------------------------

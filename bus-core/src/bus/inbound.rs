@@ -1,11 +1,14 @@
-//! Inbound messages: a message that arrives as a name and a JSON payload
-//! (from a broker, a queue, a webhook) is read into its registered type and
-//! dispatched: a command to its handler, an event to its handlers.
+//! Inbound messages: a message that arrives on a stream as a name and a JSON
+//! payload (from a broker, a queue, a webhook) is read into its registered
+//! type and dispatched: a command to its handler, an event to its handlers.
 //!
 //! The names come from the derives, collected at link time like everything
 //! else: a message's external name (`external = "change_batch_quantity"`)
-//! or its own name. A command needs `#[command(serde)]` (or `external`), an
-//! event `#[event(serde)]` (or `external`).
+//! or its own name. A message enters only on the stream it declared with
+//! `external = "<stream>"`: a command or event without `external` is
+//! internal and never enters from outside, a query never does, and a
+//! message declared for another stream is refused on this one
+//! ([`InboundError::NotDeclared`]), before its payload is read.
 
 use super::cascade::{Cascade, Current, Run};
 use super::detach::Stopped;
@@ -30,6 +33,29 @@ pub enum InboundError {
     /// A query arrived: the read side is not driven by messages.
     #[error("`{0}` is a query: queries are asked, not sent")]
     Query(&'static str),
+    /// The message is not declared for the stream it arrived on: it is
+    /// internal (no `external = "..."`), or declared for another stream.
+    /// Refused before its payload is read.
+    #[error("the {kind} `{name}` {}: not accepted on stream `{stream}`", declared_for(.declared))]
+    NotDeclared {
+        /// The message's name.
+        name: &'static str,
+        /// Command or event.
+        kind: Kind,
+        /// The stream it arrived on.
+        stream: String,
+        /// The stream it is declared for (`external = "..."`), `None` for an
+        /// internal message.
+        declared: Option<&'static str>,
+    },
+    /// The payload is larger than the consumer accepts: refused unread.
+    #[error("a payload of {size} bytes is over the limit of {limit} bytes: not read")]
+    TooLarge {
+        /// The payload's size, in bytes.
+        size: usize,
+        /// The largest payload accepted, in bytes.
+        limit: usize,
+    },
     /// The payload is not the message.
     #[error("malformed `{name}`: {error}")]
     Malformed {
@@ -50,6 +76,13 @@ pub enum InboundError {
     /// The bus is closed: nothing was handled; another instance may take it.
     #[error("the bus is shutting down: `{0}` was not handled")]
     Closed(&'static str),
+}
+
+fn declared_for(declared: &Option<&'static str>) -> String {
+    match declared {
+        Some(stream) => format!("is declared for stream `{stream}`"),
+        None => "is internal (declared for no stream: no `external = \"...\"`)".to_owned(),
+    }
 }
 
 impl InboundError {
@@ -117,17 +150,32 @@ where
 }
 
 impl Bus {
-    /// Handles a message that arrived from outside as `name` (its external
-    /// name, or its own) and a JSON `payload`: a command is dispatched, an
-    /// event published, as part of the flow `context` continues.
+    /// Handles a message that arrived from outside on `stream` as `name`
+    /// (its external name, or its own) and a JSON `payload`: a command is
+    /// dispatched, an event published, as part of the flow `context`
+    /// continues.
+    ///
+    /// A message enters only on the stream it declared (invariant 11):
+    /// `stream` must be the one its type names with `external = "<stream>"`
+    /// ([`MessageMeta::external`]). A command or event without `external` is
+    /// internal and never accepted here, a message declared for another
+    /// stream is refused ([`InboundError::NotDeclared`]), and so is a query
+    /// ([`InboundError::Query`]); all of them before the payload is read.
+    /// `stream` is where the caller read the message (a consumer passes its
+    /// subscriber's stream, never a field of the message itself).
     ///
     /// ```
-    /// use bus_core::{handler, Bus, Command, MessageContext};
+    /// use bus_core::{handler, Bus, Command, Event, InboundError, MessageContext};
     /// use std::sync::atomic::{AtomicU32, Ordering};
     ///
     /// #[derive(Debug, serde::Deserialize, Command)]
     /// #[command(name = "stock.change_quantity", external = "change_batch_quantity")]
     /// struct ChangeQuantity { batchref: String, qty: u32 }
+    ///
+    /// /// An internal event: it can be stored as JSON, never sent from outside.
+    /// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+    /// #[event(name = "stock.changed", serde)]
+    /// struct Changed { batchref: String }
     ///
     /// #[handler]
     /// fn change_quantity(cmd: ChangeQuantity, last: &AtomicU32) -> Result<(), std::convert::Infallible> {
@@ -140,15 +188,33 @@ impl Bus {
     ///     .dependencies(bus_core::Dependencies::new().shared_arc(last.clone()))
     ///     .build()
     ///     .unwrap();
-    /// let payload = r#"{"batchref": "b1", "qty": 25}"#;
-    /// bus_core::block_on(bus.handle_external("change_batch_quantity", payload, MessageContext::root())).unwrap();
+    /// let on = |name, payload| {
+    ///     bus_core::block_on(bus.handle_external("change_batch_quantity", name, payload, MessageContext::root()))
+    /// };
+    /// on("change_batch_quantity", r#"{"batchref": "b1", "qty": 25}"#).unwrap();
     /// assert_eq!(last.load(Ordering::SeqCst), 25);
     ///
-    /// let malformed = bus_core::block_on(bus.handle_external("change_batch_quantity", "{}", MessageContext::root()));
-    /// assert!(malformed.unwrap_err().to_string().starts_with("malformed `stock.change_quantity`: missing field"));
+    /// let malformed = on("change_batch_quantity", "{}").unwrap_err();
+    /// assert!(malformed.to_string().starts_with("malformed `stock.change_quantity`: missing field"));
+    ///
+    /// let internal = on("stock.changed", r#"{"batchref": "b1"}"#).unwrap_err();
+    /// assert!(matches!(internal, InboundError::NotDeclared { declared: None, .. }));
+    /// assert_eq!(
+    ///     internal.to_string(),
+    ///     "the event `stock.changed` is internal (declared for no stream: no `external = \"...\"`): \
+    ///      not accepted on stream `change_batch_quantity`"
+    /// );
+    ///
+    /// // Declared for `change_batch_quantity`, refused anywhere else.
+    /// let elsewhere = bus_core::block_on(bus.handle_external(
+    ///     "line_allocated", "change_batch_quantity", r#"{"batchref": "b1", "qty": 3}"#, MessageContext::root(),
+    /// ));
+    /// assert!(matches!(elsewhere, Err(InboundError::NotDeclared { declared: Some("change_batch_quantity"), .. })));
+    /// assert_eq!(last.load(Ordering::SeqCst), 25);
     /// ```
     pub async fn handle_external(
         &self,
+        stream: &str,
         name: &str,
         payload: &str,
         context: MessageContext,
@@ -158,6 +224,17 @@ impl Bus {
             .names()
             .inbound(name)
             .ok_or_else(|| InboundError::UnknownName(name.to_owned()))?;
+        if meta.kind() == Kind::Query {
+            return Err(InboundError::Query(meta.name()));
+        }
+        if meta.external() != Some(stream) {
+            return Err(InboundError::NotDeclared {
+                name: meta.name(),
+                kind: meta.kind(),
+                stream: stream.to_owned(),
+                declared: meta.external(),
+            });
+        }
         match meta.kind() {
             Kind::Query => Err(InboundError::Query(meta.name())),
             Kind::Command => {

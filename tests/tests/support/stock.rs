@@ -1,12 +1,14 @@
 //! A tiny inbound-command fixture shared by the consumer tests (in-memory
 //! and Redis): `change_batch_quantity` messages, and a handler that notes
-//! each one. `#[path]`-included, so each test target has its own copy.
+//! each one; and two events a `change_batch_quantity` consumer must refuse
+//! (an internal one, one declared for `line_allocated`), with handlers that
+//! would note them. `#[path]`-included, so each test target has its own copy.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use bus_core::transport::OutboundMessage;
-use bus_core::{handler, Bus, Command, Dependencies, MessageId, Registrations};
+use bus_core::{handler, Bus, Command, Dependencies, Event, MessageId, Registrations};
 
 #[derive(Debug, serde::Deserialize, Command)]
 #[command(name = "stock.change_quantity", external = "change_batch_quantity")]
@@ -23,11 +25,46 @@ pub fn change_quantity(cmd: ChangeQuantity, seen: &Mutex<Vec<String>>) -> Result
     Ok(())
 }
 
-/// A bus with that handler, and what it noted.
+/// An internal event: JSON (to store it), but no stream.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+#[event(name = "stock.deallocated", serde)]
+pub struct Deallocated {
+    pub orderid: String,
+}
+
+#[handler]
+pub fn note_deallocated(event: &Deallocated, seen: &Mutex<Vec<String>>) -> Result<(), Infallible> {
+    seen.lock()
+        .unwrap()
+        .push(format!("deallocated {}", event.orderid));
+    Ok(())
+}
+
+/// An event declared for another stream.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+#[event(name = "stock.allocated", external = "line_allocated")]
+pub struct Allocated {
+    pub orderid: String,
+}
+
+#[handler]
+pub fn note_allocated(event: &Allocated, seen: &Mutex<Vec<String>>) -> Result<(), Infallible> {
+    seen.lock()
+        .unwrap()
+        .push(format!("allocated {}", event.orderid));
+    Ok(())
+}
+
+/// A bus with those handlers, and what they noted.
 pub fn bus() -> (Bus, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let bus = Bus::builder()
-        .registrations(Registrations::new().handler::<change_quantity>())
+        .registrations(
+            Registrations::new()
+                .handler::<change_quantity>()
+                .handler::<note_deallocated>()
+                .handler::<note_allocated>(),
+        )
         .dependencies(Dependencies::new().shared_arc(seen.clone()))
         .build()
         .unwrap();
