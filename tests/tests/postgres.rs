@@ -22,6 +22,10 @@ mod server;
 #[path = "../../example-app/tests/support/api_contract.rs"]
 mod api_contract;
 
+#[macro_use]
+#[path = "../../example-app/tests/support/under_load.rs"]
+mod under_load;
+
 use std::time::Duration;
 
 use bus_core::transport::{InMemoryBroker, OutboundMessage, Publisher, TransportError};
@@ -42,6 +46,8 @@ async fn fresh_postgres() -> TestDatabase {
 storage_contract_tests!(fresh_postgres);
 
 api_contract_tests!(server::example_app_binary(), fresh_postgres);
+
+under_load_tests!(server::example_app_binary(), fresh_postgres);
 
 /// A broker that never answers.
 struct Stuck;

@@ -13,9 +13,7 @@ use crate::domain::model::{OrderLine, Product};
 use crate::service_layer::unit_of_work::{
     ProductRepository, UnitOfWork, UnitOfWorkFactory, UowError,
 };
-use crate::views::{
-    AllocationRow, AllocationsView, AllocationsViewFactory, LineChange, ViewError,
-};
+use crate::views::{AllocationRow, AllocationsView, AllocationsViewFactory, LineChange, ViewError};
 
 impl Entity for Product {
     type Key = String;

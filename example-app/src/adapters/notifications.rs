@@ -24,7 +24,7 @@ pub struct LogNotifications;
 
 impl Notifications for LogNotifications {
     fn send(&self, destination: &str, message: &str) -> Result<(), NotificationError> {
-        tracing::warn!(target: "notifications", destination, "{message}");
+        tracing::warn!(target: "notifications", destination, text = message, "notification");
         Ok(())
     }
 }

@@ -95,7 +95,8 @@ impl Tracked {
             let allocated = u64::try_from(batch.allocated_quantity).map_err(|_| {
                 UowError::Storage(format!("batch {}: negative allocation", batch.reference).into())
             })?;
-            let whole = matches!(&lines, Lines::InBatch(reference) if *reference == batch.reference);
+            let whole =
+                matches!(&lines, Lines::InBatch(reference) if *reference == batch.reference);
             let restored_batch = if whole {
                 Batch::restore(batch.reference, sku.to_owned(), qty, batch.eta, lines_of)
             } else {
@@ -130,7 +131,9 @@ impl Tracked {
 
     /// Whether the load had every line a decision needing `lines` reads.
     pub fn covers(&self, lines: &Lines) -> bool {
-        self.lines.as_ref().is_none_or(|loaded| loaded.covers(lines))
+        self.lines
+            .as_ref()
+            .is_none_or(|loaded| loaded.covers(lines))
     }
 
     /// Whether the product must be written at commit.

@@ -472,7 +472,11 @@ mod tests {
         );
         assert_eq!(product.version_number, 4, "nothing changed");
         assert_eq!(product.batch("b1").unwrap().purchased_quantity(), 50);
-        assert_eq!(product.change_batch_quantity("b1", 45), Ok(()), "no line to move");
+        assert_eq!(
+            product.change_batch_quantity("b1", 45),
+            Ok(()),
+            "no line to move"
+        );
         assert_eq!(product.batch("b1").unwrap().available_quantity(), 5);
     }
 
@@ -480,8 +484,15 @@ mod tests {
     fn a_partly_loaded_batch_counts_the_lines_it_did_not_load() {
         let batch = Batch::restore_partly("b1".into(), "RUG".into(), 10, None, 9, vec![]);
         let mut product = Product::new("RUG", vec![batch], 1);
-        assert_eq!(product.allocate(line("o9", "RUG", 2)), None, "one unit is free");
-        assert_eq!(product.allocate(line("o9", "RUG", 1)).as_deref(), Some("b1"));
+        assert_eq!(
+            product.allocate(line("o9", "RUG", 2)),
+            None,
+            "one unit is free"
+        );
+        assert_eq!(
+            product.allocate(line("o9", "RUG", 1)).as_deref(),
+            Some("b1")
+        );
         assert_eq!(product.batch("b1").unwrap().allocated_quantity(), 10);
     }
 }

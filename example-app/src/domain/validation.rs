@@ -115,7 +115,10 @@ mod tests {
         assert_eq!(quantity("qty", i64::from(MAX_QUANTITY)), Ok(MAX_QUANTITY));
         for value in [0, -1, i64::from(MAX_QUANTITY) + 1, i64::MAX, i64::MIN] {
             let error = quantity("qty", value).unwrap_err();
-            assert!(error.to_string().contains(&format!("got {value}")), "{error}");
+            assert!(
+                error.to_string().contains(&format!("got {value}")),
+                "{error}"
+            );
         }
     }
 

@@ -68,6 +68,7 @@ macro_rules! storage_contract_tests {
             an_event_committed_before_a_crash_is_published_after_the_restart,
             a_lost_race_writes_nothing_to_the_outbox,
             a_redelivered_message_is_handled_once,
+            the_stream_takes_only_its_own_messages_checked_as_over_http,
             an_allocation_committed_before_a_crash_reaches_the_view_after_the_restart,
             a_failing_notification_is_kept_and_replayed_once_the_notifier_is_back,
             a_dead_letter_is_claimed_once_and_an_unknown_one_is_not_found,
@@ -544,7 +545,7 @@ pub async fn an_allocation_writes_its_event_to_the_outbox_and_the_relay_publishe
     let payload: serde_json::Value = serde_json::from_str(&unsent[0].payload).expect("JSON");
     assert_eq!(
         payload,
-        json!({"orderid": "o1", "sku": "LAMP", "qty": 4, "batchref": "b1"})
+        json!({"orderid": "o1", "sku": "LAMP", "qty": 4, "batchref": "b1", "version": 1})
     );
     assert!(unsent[0].causation_id.is_some());
 
@@ -619,6 +620,73 @@ pub async fn a_redelivered_message_is_handled_once(db: TestDatabase) {
     let product = load(&database, "LAMP").await.expect("exists");
     assert_eq!(product.version_number, 1, "created at 0, changed once");
     assert_eq!(product.batch("b1").expect("b1").purchased_quantity(), 7);
+}
+
+/// The stream `change_batch_quantity` takes only that command, checked as
+/// over HTTP: an internal event (a fake `Deallocated` would allocate stock
+/// to an order never placed), another stream's event (a fake `Allocated`
+/// would write a row into the view), a quantity of 0 and a reference with a
+/// NUL are each dead-lettered with the reason, and change nothing.
+pub async fn the_stream_takes_only_its_own_messages_checked_as_over_http(db: TestDatabase) {
+    let database = db.open().await;
+    let bus = bootstrap(Adapters::for_database(&database)).expect("wiring");
+    create_batch(&bus, "b1", "LAMP", 10).await;
+    let broker = InMemoryBroker::default();
+    let cases = [
+        (
+            "allocation.deallocated",
+            r#"{"orderid": "ghost", "sku": "LAMP", "qty": 1, "version": 99}"#,
+            "allocation.deallocated",
+        ),
+        (
+            "allocation.allocated",
+            r#"{"orderid": "ghost", "sku": "LAMP", "qty": 1, "batchref": "b1", "version": 99}"#,
+            "line_allocated",
+        ),
+        (
+            "allocation.change_batch_quantity",
+            r#"{"batchref": "b1", "qty": 0}"#,
+            "qty must be a whole number from 1",
+        ),
+        (
+            "allocation.change_batch_quantity",
+            r#"{"batchref": "b\u0000", "qty": 5}"#,
+            "batchref must not contain control characters",
+        ),
+    ];
+    for (name, payload, _) in &cases {
+        let id = MessageId::new();
+        broker
+            .publish(&OutboundMessage {
+                id,
+                stream: "change_batch_quantity".into(),
+                name: (*name).into(),
+                payload: (*payload).into(),
+                correlation_id: id,
+                causation_id: None,
+            })
+            .await
+            .expect("published");
+    }
+    let mut consumer = Consumer::new(bus.clone(), broker.subscribe("change_batch_quantity"))
+        .with_inbox(database.inbox());
+    let handled = consumer.poll_once().await.expect("polled");
+    assert_eq!(handled.len(), cases.len());
+    for (outcome, (name, payload, reason)) in handled.iter().zip(&cases) {
+        match outcome {
+            Handled::DeadLettered(said) => {
+                assert!(said.contains(reason), "{name} {payload}: {said:?} lacks {reason:?}")
+            }
+            other => panic!("{name} {payload} was not refused: {other:?}"),
+        }
+    }
+    assert_eq!(broker.dead_letters("change_batch_quantity").len(), cases.len());
+    let product = load(&database, "LAMP").await.expect("exists");
+    let batch = product.batch("b1").expect("b1");
+    assert_eq!(batch.purchased_quantity(), 10, "no change went through");
+    assert!(batch.allocations().is_empty(), "nothing allocated to ghost");
+    let view = (Adapters::for_database(&database).views)(&mut Scope::new());
+    assert!(view.for_order("ghost").await.expect("read").is_empty());
 }
 
 /// An allocation whose process died between its commit and its handlers:

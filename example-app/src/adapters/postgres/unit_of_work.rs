@@ -6,9 +6,9 @@ use bus_sqlx::Store;
 use sqlx::{Postgres, Transaction};
 
 use super::{storage, write_error, PostgresDatabase};
+use crate::adapters::product_locks::ProductLocks;
 use crate::adapters::relational::{ProductTables, RelationalUnitOfWork};
 use crate::adapters::rows::{stored_batch, stored_line};
-use crate::adapters::product_locks::ProductLocks;
 use crate::adapters::tracked::{to_i64, Lines, Tracked};
 use crate::service_layer::unit_of_work::UowError;
 

@@ -1,0 +1,33 @@
+//! The red-team suite on SQLite: the service under hostile input
+//! (`support/fuzz.rs`) and under concurrent load (`support/under_load.rs`),
+//! the real binary on a fresh SQLite file per test. The same suite runs on
+//! PostgreSQL in the tests package (`tests/tests/postgres.rs`, under the
+//! `services` feature).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+#[path = "support/server.rs"]
+mod server;
+
+#[macro_use]
+#[path = "support/under_load.rs"]
+mod under_load;
+
+/// The binary under test.
+const BINARY: &str = env!("CARGO_BIN_EXE_example-app");
+
+/// A fresh SQLite file, in a directory kept as long as the test runs.
+struct FreshSqlite {
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn fresh_sqlite() -> FreshSqlite {
+    let (dir, path) = server::database();
+    FreshSqlite {
+        url: format!("sqlite://{}", path.display()),
+        _dir: dir,
+    }
+}
+
+under_load_tests!(BINARY, fresh_sqlite);
