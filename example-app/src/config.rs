@@ -1,9 +1,14 @@
 //! Settings, from the command line or the environment.
 
+use std::convert::Infallible;
+use std::fmt;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+use crate::entrypoints::http::{self, AdminToken, BadAdminToken};
 
 /// The allocation service.
 #[derive(Debug, Clone, Parser)]
@@ -54,6 +59,55 @@ pub struct Config {
     )]
     pub node_timeout_ms: u64,
 
+    /// How long a client has to send a request's line and headers, from
+    /// the moment its connection waits for one: a new connection, or one
+    /// kept alive after an answer (so this is also the idle keep-alive
+    /// timeout). Then the connection is closed.
+    #[arg(
+        long = "header-timeout-ms",
+        env = "HEADER_TIMEOUT_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(100..=3_600_000)
+    )]
+    pub header_timeout_ms: u64,
+
+    /// How long a request may take from its headers to its answer, its body
+    /// included: then it is answered 408. A command still running goes on
+    /// to its end (its task is not cancelled).
+    #[arg(
+        long = "request-timeout-ms",
+        env = "REQUEST_TIMEOUT_MS",
+        default_value_t = 30_000,
+        value_parser = clap::value_parser!(u64).range(100..=3_600_000)
+    )]
+    pub request_timeout_ms: u64,
+
+    /// How many connections are open at once: the next ones wait in the
+    /// listen backlog until one closes. Lowered at start to what the
+    /// process's open-files limit leaves room for.
+    #[arg(
+        long = "max-connections",
+        env = "MAX_CONNECTIONS",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub max_connections: u32,
+
+    /// The largest request body, in bytes: a larger one is answered 413.
+    #[arg(
+        long = "max-body-bytes",
+        env = "MAX_BODY_BYTES",
+        default_value_t = 65_536,
+        value_parser = clap::value_parser!(u32).range(64..=1_073_741_824)
+    )]
+    pub max_body_bytes: u32,
+
+    /// The token of the operations routes (`/dead_letters`), sent as
+    /// `Authorization: Bearer <token>`; at least 16 characters. Without it
+    /// those routes do not exist (404).
+    #[arg(long = "admin-token", env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
     /// What to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -67,6 +121,42 @@ impl Config {
             .relay_pause(Duration::from_millis(self.relay_pause_ms))
             .heartbeat_every((node_timeout / 4).min(Duration::from_secs(1)))
             .node_timeout(node_timeout)
+    }
+}
+
+impl Config {
+    /// The HTTP server's settings; an error for an admin token that is too
+    /// short to be one.
+    pub fn http_settings(&self) -> Result<http::Settings, BadAdminToken> {
+        Ok(http::Settings {
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_connections: self.max_connections as usize,
+            max_body_bytes: self.max_body_bytes as usize,
+            admin_token: self
+                .admin_token
+                .as_ref()
+                .map(|token| AdminToken::new(&token.0))
+                .transpose()?,
+        })
+    }
+}
+
+/// A setting that `Debug` does not show.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(text.to_owned()))
     }
 }
 

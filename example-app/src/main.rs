@@ -28,8 +28,8 @@ enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("the server failed: {0}")]
-    Serve(std::io::Error),
+    #[error(transparent)]
+    AdminToken(#[from] http::BadAdminToken),
     #[error("cannot start the broker entrypoint: {0}")]
     Broker(bus_core::transport::TransportError),
     #[error("the relay publishes to Redis: give --redis-url or REDIS_URL")]
@@ -68,6 +68,7 @@ async fn run(config: Config) -> Result<(), StartError> {
         return Ok(());
     }
     let settings = config.store_settings();
+    let http_settings = config.http_settings()?;
     if let Some(Command::Relay) = config.command {
         let url = config
             .redis_url
@@ -116,9 +117,13 @@ async fn run(config: Config) -> Result<(), StartError> {
         bus: bus.clone(),
         dead_letters,
     };
-    http::serve(listener, state, shutdown_signal())
-        .await
-        .map_err(StartError::Serve)?;
+    http::serve(
+        listener,
+        state,
+        http_settings.fit_open_files_limit(),
+        shutdown_signal(),
+    )
+    .await;
     // The server has stopped taking requests and finished those in flight;
     // the relay stops after its round; the bus now refuses new dispatches
     // and lets any still running finish (their events included); the

@@ -979,7 +979,8 @@ fn shutdown_reports_dispatches_still_running_after_the_grace_period() {
 #[path = "../../example-app/tests/support/server.rs"]
 mod server;
 
-use server::{add_batch, database, example_app_binary, get, message, post, Server};
+use reqwest::Method;
+use server::{add_batch, admin, database, example_app_binary, get, message, post, Server};
 
 /// Runs one statement on the server's database from outside: the fault
 /// injection of the dead-letter test.
@@ -999,7 +1000,11 @@ async fn on_database(database: &std::path::Path, statement: &str) {
 #[tokio::test]
 async fn the_example_app_replays_a_dead_letter_once_the_fault_is_gone() {
     let (_dir, path) = database();
-    let server = Server::start(&example_app_binary(), &path);
+    let server = Server::start_with(
+        &example_app_binary(),
+        &format!("sqlite://{}", path.display()),
+        &[("ADMIN_TOKEN", server::ADMIN_TOKEN)],
+    );
     add_batch(&server, "b1", "CHAIR", 10, None).await;
 
     // The read model's table goes away: its event handler fails on every
@@ -1017,7 +1022,7 @@ async fn the_example_app_replays_a_dead_letter_once_the_fault_is_gone() {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
 
-    let (status, letters) = get(&server, "/dead_letters").await;
+    let (status, letters) = admin(&server, Method::GET, "/dead_letters").await;
     assert_eq!(status, StatusCode::OK);
     let letters = letters.as_array().expect("a list");
     assert_eq!(letters.len(), 1, "{letters:?}");
@@ -1035,7 +1040,7 @@ async fn the_example_app_replays_a_dead_letter_once_the_fault_is_gone() {
     let id = letter["id"].as_i64().unwrap();
 
     // Still broken: 409, and the letter stays.
-    let (status, body) = post(&server, &format!("/dead_letters/{id}/replay"), json!({})).await;
+    let (status, body) = admin(&server, Method::POST, &format!("/dead_letters/{id}/replay")).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(message(&body).contains("no such table"), "{body}");
 
@@ -1045,7 +1050,7 @@ async fn the_example_app_replays_a_dead_letter_once_the_fault_is_gone() {
         "ALTER TABLE allocations_view_away RENAME TO allocations_view",
     )
     .await;
-    let (status, body) = post(&server, &format!("/dead_letters/{id}/replay"), json!({})).await;
+    let (status, body) = admin(&server, Method::POST, &format!("/dead_letters/{id}/replay")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body["replayed_at"].is_string(), "{body}");
     let (status, rows) = get(&server, "/allocations/o1").await;
@@ -1053,20 +1058,20 @@ async fn the_example_app_replays_a_dead_letter_once_the_fault_is_gone() {
     assert_eq!(rows, json!([{"sku": "CHAIR", "batchref": "b1"}]));
 
     // Once only; then it is listed only with `?all=true`.
-    let (status, _) = post(&server, &format!("/dead_letters/{id}/replay"), json!({})).await;
+    let (status, _) = admin(&server, Method::POST, &format!("/dead_letters/{id}/replay")).await;
     assert_eq!(status, StatusCode::CONFLICT);
-    let (_, open) = get(&server, "/dead_letters").await;
+    let (_, open) = admin(&server, Method::GET, "/dead_letters").await;
     assert_eq!(open, json!([]));
-    let (_, all) = get(&server, "/dead_letters?all=true").await;
+    let (_, all) = admin(&server, Method::GET, "/dead_letters?all=true").await;
     assert_eq!(all.as_array().map(Vec::len), Some(1));
 
     // Bad requests name the problem.
-    let (status, body) = post(&server, "/dead_letters/999/replay", json!({})).await;
+    let (status, body) = admin(&server, Method::POST, "/dead_letters/999/replay").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(message(&body), "no dead letter 999");
-    let (status, body) = post(&server, "/dead_letters/abc/replay", json!({})).await;
+    let (status, body) = admin(&server, Method::POST, "/dead_letters/abc/replay").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    let (status, body) = get(&server, "/dead_letters?everything=yes").await;
+    let (status, body) = admin(&server, Method::GET, "/dead_letters?everything=yes").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
 

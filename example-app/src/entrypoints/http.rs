@@ -1,22 +1,38 @@
 //! The HTTP API (axum): thin handlers that turn requests into commands and
 //! queries, and domain errors into status codes.
+//!
+//! Every error answer is JSON `{"message"}`. A 4xx's message names the
+//! problem; a 5xx's says only what could not be done, with an `error_id`
+//! that the log's line about the error carries too (a database's own error
+//! text never reaches a client). The limits and timeouts that keep slow or
+//! hostile clients from holding the server are in [`Settings`] and
+//! [`serve`]; the operations routes (`/dead_letters`) exist only with an
+//! [`AdminToken`].
+
+mod admin;
+mod limits;
+mod server;
+
+pub use admin::{AdminToken, BadAdminToken};
+pub use limits::{MAX_HEADERS, MAX_HEADER_BYTES, MAX_URI_BYTES};
+pub use server::{serve, Settings, HYPER_MAX_HEADERS, HYPER_MAX_HEAD_BYTES};
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::{middleware, Json, Router};
 use bus_core::{Bus, DispatchError};
 use bus_sqlx::{DeadLetterError, DeadLetterStore};
 use chrono::NaiveDate;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
 use crate::service_layer::unit_of_work::UowError;
@@ -33,40 +49,52 @@ pub struct AppState {
     pub dead_letters: Arc<dyn DeadLetterStore>,
 }
 
-/// The routes.
+/// The routes, and what every request goes through: the limits on its
+/// head ([`MAX_URI_BYTES`], [`MAX_HEADER_BYTES`], [`MAX_HEADERS`]) and
+/// body, the request timeout, JSON for every error answer. The operations
+/// routes exist only when `settings` has an admin token, and need it.
 ///
 /// A command that loses an optimistic-concurrency race is retried by the bus
 /// (see [`bootstrap`](crate::bootstrap())); one that keeps losing is a 409.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+pub fn router(state: AppState, settings: &Settings) -> Router {
+    let mut routes = Router::new()
         .route("/add_batch", post(add_batch))
         .route("/allocate", post(allocate))
         .route("/allocations/{orderid}", get(allocations))
-        .route("/change_batch_quantity", post(change_batch_quantity))
-        .route("/dead_letters", get(list_dead_letters))
-        .route("/dead_letters/{id}/replay", post(replay_dead_letter))
-        .route("/dead_letters/{id}", delete(delete_dead_letter))
+        .route("/change_batch_quantity", post(change_batch_quantity));
+    if let Some(token) = &settings.admin_token {
+        let operations = Router::new()
+            .route("/dead_letters", get(list_dead_letters))
+            .route("/dead_letters/{id}/replay", post(replay_dead_letter))
+            .route("/dead_letters/{id}", delete(delete_dead_letter))
+            .route_layer(middleware::from_fn_with_state(
+                Arc::new(token.clone()),
+                admin::require_token,
+            ));
+        routes = routes.merge(operations);
+    }
+    routes
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            settings.request_timeout,
+        ))
+        .layer(middleware::from_fn(limits::head_within_limits))
+        .layer(middleware::map_response(limits::json_errors))
         .with_state(state)
 }
 
-/// Serves the API until `shutdown` completes; requests in flight finish.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// An error answer: a status and a JSON `{"message"}`.
+/// An error answer: a status and a JSON `{"message"}`; for a 5xx, a
+/// generic message and an `error_id`, the error itself going to the log.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
+    /// For a 4xx, what the client is told; for a 5xx, what the log is told.
     message: String,
+    /// For a 5xx, what could not be done ("command", "query"...).
+    failed: &'static str,
 }
 
 impl ApiError {
@@ -74,6 +102,16 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            failed: "request",
+        }
+    }
+
+    /// A 5xx about `error`, which only the log sees.
+    fn server(status: StatusCode, failed: &'static str, error: impl std::fmt::Display) -> Self {
+        ApiError {
+            status,
+            message: error.to_string(),
+            failed,
         }
     }
 
@@ -84,7 +122,20 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "message": self.message }))).into_response()
+        if !self.status.is_server_error() {
+            return (self.status, Json(json!({ "message": self.message }))).into_response();
+        }
+        let error_id = uuid::Uuid::new_v4();
+        tracing::error!(
+            %error_id,
+            status = self.status.as_u16(),
+            failed = self.failed,
+            error = %self.message,
+            "the service could not complete a {}", self.failed
+        );
+        let message = format!("the service could not complete the {}", self.failed);
+        let body = json!({ "message": message, "error_id": error_id.to_string() });
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -106,7 +157,7 @@ impl From<DispatchError<ServiceError>> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
-            tracing::error!(%error, "command failed");
+            return ApiError::server(status, "command", error);
         }
         ApiError::new(status, error.to_string())
     }
@@ -114,12 +165,11 @@ impl From<DispatchError<ServiceError>> for ApiError {
 
 impl From<DispatchError<ViewError>> for ApiError {
     fn from(error: DispatchError<ViewError>) -> Self {
-        tracing::error!(%error, "query failed");
         let status = match error {
             DispatchError::Handler(_) | DispatchError::Closed => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError::new(status, error.to_string())
+        ApiError::server(status, "query", error)
     }
 }
 
@@ -129,10 +179,9 @@ impl From<DispatchError<ViewError>> for ApiError {
 async fn detached<T: Send + 'static>(
     work: impl Future<Output = T> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::spawn(work).await.map_err(|error| {
-        tracing::error!(%error, "a request's task ended badly");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the request ended badly")
-    })
+    tokio::spawn(work)
+        .await
+        .map_err(|error| ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "request", error))
 }
 
 /// A JSON body whose every rejection (not JSON, wrong content type, a
@@ -284,7 +333,7 @@ impl From<DeadLetterError> for ApiError {
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status.is_server_error() {
-            tracing::error!(%error, "dead-letter store failed");
+            return ApiError::server(status, "dead-letter operation", error);
         }
         ApiError::new(status, error.to_string())
     }
@@ -326,8 +375,11 @@ async fn replay_dead_letter(
     let id = dead_letter_id(&id)?;
     let replay = tokio::spawn(async move { bus_sqlx::replay(&bus, &*dead_letters, id).await });
     let letter = replay.await.map_err(|error| {
-        tracing::error!(%error, id, "the replay of a dead letter ended badly");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the replay ended badly")
+        ApiError::server(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "replay",
+            format_args!("dead letter {id}: {error}"),
+        )
     })??;
     Ok(Json(json!(letter)))
 }

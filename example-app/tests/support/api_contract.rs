@@ -8,6 +8,8 @@
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bus_core::{EventReleaser, Scope};
@@ -32,6 +34,11 @@ macro_rules! api_contract_tests {
             ctrl_c_shuts_down_cleanly_and_data_survives_a_restart,
             every_event_of_a_command_whose_client_hung_up_is_handled_once,
             every_event_committed_before_a_kill_9_is_handled_once_after_the_restart,
+            idle_and_half_sent_connections_cannot_starve_the_server,
+            beyond_the_connection_cap_a_connection_waits_until_one_closes,
+            every_error_answer_is_json_with_a_message,
+            a_server_error_names_no_internal_detail_only_an_error_id,
+            operations_routes_are_off_unless_an_admin_token_is_configured,
         );
     };
     (@each $binary:expr, $fresh:path; $($name:ident),* $(,)?) => {
@@ -501,4 +508,424 @@ pub async fn every_event_committed_before_a_kill_9_is_handled_once_after_the_res
     every_line_in_a_batch_and_the_view_agrees(&database).await;
     drop(restarted);
     database.close().await;
+}
+
+// ---------------------------------------------------------------------------
+// Under attack: idle and half-sent connections, the connection cap, error
+// answers, the operations routes
+// ---------------------------------------------------------------------------
+
+/// A raw connection to `addr`, whose reads give up after 60 s (a guard
+/// against a test that would hang; no assertion depends on it).
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("a read timeout");
+    stream
+}
+
+/// What the server sends until it closes the connection; an error if it
+/// resets it, or if it is still open after the read guard.
+fn until_closed(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut received = Vec::new();
+    stream.read_to_end(&mut received)?;
+    Ok(received)
+}
+
+/// Reads one response: its status and its body (by its `Content-Length`).
+fn response(stream: &mut TcpStream) -> (u16, Value) {
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = stream.read(&mut chunk).expect("a response");
+        assert!(n > 0, "closed before a response");
+        received.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&received[..head_end]).to_ascii_lowercase();
+    let status = head[9..12].parse().expect("a status");
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(0, |value| value.trim().parse().expect("a length"));
+    while received.len() < head_end + length {
+        let n = stream.read(&mut chunk).expect("the body");
+        assert!(n > 0, "closed in the body");
+        received.extend_from_slice(&chunk[..n]);
+    }
+    let body = &received[head_end..head_end + length];
+    (status, serde_json::from_slice(body).expect("a JSON body"))
+}
+
+/// A complete request, answered 404 in JSON.
+const GET_NOBODY: &[u8] = b"GET /allocations/nobody HTTP/1.1\r\nHost: test\r\n\r\n";
+
+pub async fn idle_and_half_sent_connections_cannot_starve_the_server(
+    binary: &str,
+    database_url: &str,
+) {
+    let env = [
+        ("HEADER_TIMEOUT_MS", "2000"),
+        ("REQUEST_TIMEOUT_MS", "3000"),
+    ];
+    let server = Server::start_with(binary, database_url, &env);
+    let addr = server.addr();
+    let start = Instant::now();
+    // 400 connections: 100 that send nothing, 100 half a head, 100 half a
+    // body, 100 that had an answer and stay open (kept alive).
+    let attackers = tokio::task::spawn_blocking(move || {
+        (0..400)
+            .map(|n| {
+                let mut stream = connect(addr);
+                match n % 4 {
+                    0 => {}
+                    1 => stream
+                        .write_all(b"GET /allocations/o1 HTTP/1.1\r\nHost: test\r\nX-Slow: ")
+                        .expect("sent"),
+                    2 => stream
+                        .write_all(
+                            b"POST /allocate HTTP/1.1\r\nHost: test\r\n\
+                              Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n\
+                              {\"orderid\": ",
+                        )
+                        .expect("sent"),
+                    _ => {
+                        stream.write_all(GET_NOBODY).expect("sent");
+                        assert_eq!(response(&mut stream).0, 404);
+                    }
+                }
+                (n % 4, stream)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("opened");
+    let opened = start.elapsed();
+
+    // With all of them open, a client is served.
+    let asked = Instant::now();
+    let (status, body) = get(&server, "/allocations/nobody").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let served = asked.elapsed();
+
+    // Then the server closes every one of them: those that sent no
+    // complete head after the header timeout, those with half a body with
+    // a JSON 408 after the request timeout.
+    let closed = tokio::task::spawn_blocking(move || {
+        for (kind, mut stream) in attackers {
+            let received = until_closed(&mut stream)
+                .unwrap_or_else(|error| panic!("connection of kind {kind} not closed: {error}"));
+            let text = String::from_utf8_lossy(&received);
+            if kind == 2 {
+                assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+                assert!(text.contains("application/json"), "{text}");
+                assert!(text.contains("\"message\""), "{text}");
+            } else {
+                assert!(received.is_empty(), "kind {kind} got {text}");
+            }
+        }
+    });
+    closed.await.expect("all closed");
+    eprintln!(
+        "400 connections opened in {opened:?}; a request with them open served in {served:?}; \
+         all closed by the server {:?} after the first opened",
+        start.elapsed()
+    );
+}
+
+pub async fn beyond_the_connection_cap_a_connection_waits_until_one_closes(
+    binary: &str,
+    database_url: &str,
+) {
+    let env = [("MAX_CONNECTIONS", "50"), ("HEADER_TIMEOUT_MS", "60000")];
+    let server = Server::start_with(binary, database_url, &env);
+    let addr = server.addr();
+    tokio::task::spawn_blocking(move || {
+        // 50 connections, each answered once, then kept open.
+        let mut held: Vec<TcpStream> = (0..50)
+            .map(|_| {
+                let mut stream = connect(addr);
+                stream.write_all(GET_NOBODY).expect("sent");
+                assert_eq!(response(&mut stream).0, 404);
+                stream
+            })
+            .collect();
+        // The 51st connects (the kernel's listen backlog takes it) but is
+        // not served while the 50 stay open...
+        let mut waiting = connect(addr);
+        waiting.write_all(GET_NOBODY).expect("sent");
+        waiting
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let early = waiting.read(&mut [0u8; 1]);
+        assert!(
+            early.as_ref().is_err_and(|e| matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )),
+            "the 51st connection was answered while 50 were open: {early:?}"
+        );
+        // ... and is served as soon as one of them closes.
+        drop(held.pop());
+        waiting
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let (status, body) = response(&mut waiting);
+        assert_eq!(status, 404, "{body}");
+        assert!(body["message"].is_string(), "{body}");
+        drop(held);
+    })
+    .await
+    .expect("the cap holds");
+}
+
+/// `(status, content type, body)` of an answer (a body that is not JSON
+/// as `{"not json": text}`).
+async fn answer(response: reqwest::Response) -> (StatusCode, String, Value) {
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = response.bytes().await.expect("a body");
+    let body = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| json!({ "not json": String::from_utf8_lossy(&body) }));
+    (status, content_type, body)
+}
+
+pub async fn every_error_answer_is_json_with_a_message(binary: &str, database_url: &str) {
+    let env = [
+        ("MAX_BODY_BYTES", "1024"),
+        ("REQUEST_TIMEOUT_MS", "1000"),
+        ("ADMIN_TOKEN", crate::server::ADMIN_TOKEN),
+    ];
+    let server = Server::start_with(binary, database_url, &env);
+    let client = reqwest::Client::new();
+    let long_path = format!("/allocations/{}", "a".repeat(9 * 1024));
+    let many_headers = (0..150)
+        .map(|n| {
+            (
+                reqwest::header::HeaderName::try_from(format!("x-header-{n}")).unwrap(),
+                reqwest::header::HeaderValue::from_static("1"),
+            )
+        })
+        .collect::<reqwest::header::HeaderMap>();
+    let big_body = format!(
+        r#"{{"orderid": "{}", "sku": "X", "qty": 1}}"#,
+        "o".repeat(4096)
+    );
+    let cases = [
+        (
+            client.get(server.url("/allocations/%FF")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (client.get(server.url(&long_path)), StatusCode::URI_TOO_LONG),
+        (
+            client
+                .get(server.url("/allocations/o1"))
+                .header("x-big", "b".repeat(17 * 1024)),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        ),
+        (
+            client
+                .get(server.url("/allocations/o1"))
+                .headers(many_headers),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        ),
+        (
+            client
+                .post(server.url("/allocate"))
+                .header("content-type", "application/json")
+                .body(big_body),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            client.get(server.url("/no/such/route")),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            client.get(server.url("/allocate")),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            client.get(server.url("/dead_letters")),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ];
+    for (request, expected) in cases {
+        let request = request.build().expect("a request");
+        let what = format!("{} {:.60}", request.method(), request.url().path());
+        let (status, content_type, body) =
+            answer(client.execute(request).await.expect("sent")).await;
+        assert_eq!(status, expected, "{what}: {body}");
+        assert_eq!(content_type, "application/json", "{what}: {body}");
+        assert!(body["message"].is_string(), "{what}: {body}");
+    }
+
+    // Half a body: a 408 once the request timeout is up, in JSON too.
+    let addr = server.addr();
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        let mut stream = connect(addr);
+        stream
+            .write_all(
+                b"POST /allocate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+                  Content-Length: 100\r\n\r\n{",
+            )
+            .expect("sent");
+        response(&mut stream)
+    })
+    .await
+    .expect("answered");
+    assert_eq!(status, 408, "{body}");
+    assert!(body["message"].is_string(), "{body}");
+}
+
+/// Runs `statement` on the server's database from outside (SQLite or
+/// PostgreSQL, by the URL): the fault injection of the 5xx test.
+async fn on_database(database_url: &str, statement: &str) {
+    use sqlx::Connection as _;
+    if database_url.starts_with("sqlite:") {
+        let mut connection = sqlx::SqliteConnection::connect(database_url)
+            .await
+            .expect("opens");
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .expect("runs");
+        connection.close().await.expect("closes");
+    } else {
+        let mut connection = sqlx::PgConnection::connect(database_url)
+            .await
+            .expect("opens");
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .expect("runs");
+        connection.close().await.expect("closes");
+    }
+}
+
+pub async fn a_server_error_names_no_internal_detail_only_an_error_id(
+    binary: &str,
+    database_url: &str,
+) {
+    let server = Server::start_with(binary, database_url, &[]);
+    add_batch(&server, "b1", "LAMP", 5, None).await;
+    // The read model's table goes away: its query fails in the database.
+    on_database(
+        database_url,
+        "ALTER TABLE allocations_view RENAME TO allocations_view_away",
+    )
+    .await;
+    let (status, content_type, body) = answer(
+        reqwest::get(server.url("/allocations/o1"))
+            .await
+            .expect("sent"),
+    )
+    .await;
+    assert!(status.is_server_error(), "{status} {body}");
+    assert_eq!(content_type, "application/json");
+    let fields: Vec<&String> = body.as_object().expect("an object").keys().collect();
+    assert_eq!(fields, ["error_id", "message"], "{body}");
+    let text = message(&body);
+    assert!(
+        !text.contains("allocations_view") && !text.to_lowercase().contains("table"),
+        "the database's error reached the client: {body}"
+    );
+    let id = body["error_id"].as_str().expect("an id");
+    let dashes: Vec<usize> = id.match_indices('-').map(|(at, _)| at).collect();
+    assert!(
+        id.len() == 36 && dashes == [8, 13, 18, 23],
+        "error_id {id} is not a UUID"
+    );
+    // Another failure, another id.
+    let (_, _, again) = answer(
+        reqwest::get(server.url("/allocations/o1"))
+            .await
+            .expect("sent"),
+    )
+    .await;
+    assert_ne!(again["error_id"], body["error_id"]);
+}
+
+pub async fn operations_routes_are_off_unless_an_admin_token_is_configured(
+    binary: &str,
+    database_url: &str,
+) {
+    use crate::server::{admin, ADMIN_TOKEN};
+    use reqwest::Method;
+
+    let operations = [
+        (Method::GET, "/dead_letters"),
+        (Method::POST, "/dead_letters/1/replay"),
+        (Method::DELETE, "/dead_letters/1"),
+    ];
+    // Off: the routes do not exist.
+    let server = Server::start_with(binary, database_url, &[]);
+    for (method, path) in &operations {
+        let (status, body) = admin(&server, method.clone(), path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
+        assert!(body["message"].is_string(), "{body}");
+    }
+    drop(server);
+
+    // A token too short to be one is refused at start, and not echoed.
+    let output = std::process::Command::new(binary)
+        .args(["--bind", "127.0.0.1:0", "--database-url", database_url])
+        .env("ADMIN_TOKEN", "abc123")
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("the binary runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("at least 16 characters"), "{stderr}");
+    assert!(!stderr.contains("abc123"), "{stderr}");
+
+    // On: every operations route needs the token.
+    let server = Server::start_with(binary, database_url, &[("ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let client = reqwest::Client::new();
+    let wrong = format!("{ADMIN_TOKEN}x");
+    let basic = format!("Basic {ADMIN_TOKEN}");
+    for (method, path) in &operations {
+        let url = server.url(path);
+        let refused = [
+            client.request(method.clone(), &url),
+            client.request(method.clone(), &url).bearer_auth(&wrong),
+            client.request(method.clone(), &url).bearer_auth(""),
+            client
+                .request(method.clone(), &url)
+                .header("authorization", &basic),
+        ];
+        for request in refused {
+            let response = request.send().await.expect("sent");
+            let challenge = response
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let (status, _, body) = answer(response).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+            assert_eq!(challenge.as_deref(), Some("Bearer"));
+            assert!(body["message"].is_string(), "{body}");
+        }
+    }
+    let (status, body) = admin(&server, Method::GET, "/dead_letters").await;
+    assert_eq!((status, body), (StatusCode::OK, json!([])));
+    let (status, body) = admin(&server, Method::POST, "/dead_letters/1/replay").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = admin(&server, Method::DELETE, "/dead_letters/1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    // The scheme's case does not matter.
+    let response = client
+        .get(server.url("/dead_letters"))
+        .header("authorization", format!("bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::OK);
 }

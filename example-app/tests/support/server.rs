@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +17,12 @@ use tempfile::TempDir;
 pub struct Server {
     child: Child,
     base: String,
+    addr: SocketAddr,
 }
+
+/// The admin token of the servers that tests start with
+/// `("ADMIN_TOKEN", ADMIN_TOKEN)`: see [`admin`].
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 impl Server {
     /// Starts `binary` on a free port over the SQLite file `database`, and
@@ -50,6 +55,7 @@ impl Server {
         let mut server = Server {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -67,6 +73,11 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// Where it listens, for raw TCP.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Kills the process at once (SIGKILL): no shutdown, no flush.
@@ -139,6 +150,23 @@ pub async fn get(server: &Server, path: &str) -> (StatusCode, Value) {
     let response = reqwest::get(server.url(path)).await.expect("request sent");
     let status = response.status();
     (status, response.json().await.expect("a JSON body"))
+}
+
+/// A request to an operations route with [`ADMIN_TOKEN`]; the body of a
+/// 204 is `null`.
+pub async fn admin(server: &Server, method: reqwest::Method, path: &str) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .request(method, server.url(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("request sent");
+    let status = response.status();
+    let body = response.bytes().await.expect("a body");
+    if body.is_empty() {
+        return (status, Value::Null);
+    }
+    (status, serde_json::from_slice(&body).expect("a JSON body"))
 }
 
 pub async fn add_batch(server: &Server, reference: &str, sku: &str, qty: u32, eta: Option<&str>) {
