@@ -1055,7 +1055,7 @@ async fn the_example_app_replays_a_dead_letter_once_the_fault_is_gone() {
     assert!(body["replayed_at"].is_string(), "{body}");
     let (status, rows) = get(&server, "/allocations/o1").await;
     assert_eq!(status, StatusCode::OK, "{rows}");
-    assert_eq!(rows, json!([{"sku": "CHAIR", "batchref": "b1"}]));
+    assert_eq!(rows, json!([{"sku": "CHAIR", "qty": 2, "batchref": "b1"}]));
 
     // Once only; then it is listed only with `?all=true`.
     let (status, _) = admin(&server, Method::POST, &format!("/dead_letters/{id}/replay")).await;

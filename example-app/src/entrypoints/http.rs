@@ -28,13 +28,13 @@ use axum::routing::{delete, get, post};
 use axum::{middleware, Json, Router};
 use bus_core::{Bus, DispatchError};
 use bus_sqlx::{DeadLetterError, DeadLetterStore};
-use chrono::NaiveDate;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
+use crate::domain::validation::{self, InvalidField};
 use crate::service_layer::unit_of_work::UowError;
 use crate::service_layer::ServiceError;
 use crate::views::{Allocations, ViewError};
@@ -207,34 +207,10 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     ApiError::new(rejection.status(), rejection.body_text())
 }
 
-fn non_empty(field: &str, value: String) -> Result<String, ApiError> {
-    if value.trim().is_empty() {
-        Err(ApiError::bad_request(format!("{field} must not be empty")))
-    } else {
-        Ok(value)
+impl From<InvalidField> for ApiError {
+    fn from(error: InvalidField) -> Self {
+        ApiError::bad_request(error.to_string())
     }
-}
-
-fn positive_qty(qty: i64) -> Result<u32, ApiError> {
-    match u32::try_from(qty) {
-        Ok(qty) if qty > 0 => Ok(qty),
-        _ => Err(ApiError::bad_request(format!(
-            "qty must be a whole number from 1 to {}, got {qty}",
-            u32::MAX
-        ))),
-    }
-}
-
-fn eta(value: Option<String>) -> Result<Option<NaiveDate>, ApiError> {
-    value
-        .map(|text| {
-            NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|_| {
-                ApiError::bad_request(format!(
-                    "eta must be a date YYYY-MM-DD or null, got {text:?}"
-                ))
-            })
-        })
-        .transpose()
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,12 +227,7 @@ async fn add_batch(
     State(AppState { bus, .. }): State<AppState>,
     ApiJson(body): ApiJson<AddBatchBody>,
 ) -> Result<Response, ApiError> {
-    let command = CreateBatch {
-        reference: non_empty("ref", body.reference)?,
-        sku: non_empty("sku", body.sku)?,
-        qty: positive_qty(body.qty)?,
-        eta: eta(body.eta)?,
-    };
+    let command = CreateBatch::new(body.reference, body.sku, body.qty, body.eta)?;
     let reference = command.reference.clone();
     detached(async move { bus.dispatch(command).await }).await??;
     Ok((StatusCode::CREATED, Json(json!({ "ref": reference }))).into_response())
@@ -274,11 +245,7 @@ async fn allocate(
     State(AppState { bus, .. }): State<AppState>,
     ApiJson(body): ApiJson<AllocateBody>,
 ) -> Result<Response, ApiError> {
-    let command = Allocate {
-        orderid: non_empty("orderid", body.orderid)?,
-        sku: non_empty("sku", body.sku)?,
-        qty: positive_qty(body.qty)?,
-    };
+    let command = Allocate::new(body.orderid, body.sku, body.qty)?;
     let batchref = detached(async move { bus.dispatch(command).await }).await??;
     Ok((StatusCode::ACCEPTED, Json(json!({ "batchref": batchref }))).into_response())
 }
@@ -295,10 +262,7 @@ async fn change_batch_quantity(
     State(AppState { bus, .. }): State<AppState>,
     ApiJson(body): ApiJson<ChangeBatchQuantityBody>,
 ) -> Result<Response, ApiError> {
-    let command = ChangeBatchQuantity {
-        reference: non_empty("ref", body.reference)?,
-        qty: positive_qty(body.qty)?,
-    };
+    let command = ChangeBatchQuantity::new("ref", body.reference, body.qty)?;
     let answer = json!({ "ref": command.reference, "qty": command.qty });
     detached(async move { bus.dispatch(command).await }).await??;
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
@@ -308,6 +272,7 @@ async fn allocations(
     State(AppState { bus, .. }): State<AppState>,
     Path(orderid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let orderid = validation::identifier("orderid", orderid)?;
     let rows = bus
         .query(Allocations {
             orderid: orderid.clone(),

@@ -69,7 +69,10 @@ pub async fn the_happy_path_allocates_and_reallocates(binary: &str, database_url
 
     let (status, body) = get(&server, "/allocations/o1").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!([{"sku": "RETRO-CLOCK", "batchref": "b-stock"}]));
+    assert_eq!(
+        body,
+        json!([{"sku": "RETRO-CLOCK", "qty": 3, "batchref": "b-stock"}])
+    );
 
     // Shrinking the warehouse batch moves the order to the earliest shipment.
     let (status, body) = post(
@@ -81,7 +84,10 @@ pub async fn the_happy_path_allocates_and_reallocates(binary: &str, database_url
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let (status, body) = get(&server, "/allocations/o1").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!([{"sku": "RETRO-CLOCK", "batchref": "b-early"}]));
+    assert_eq!(
+        body,
+        json!([{"sku": "RETRO-CLOCK", "qty": 3, "batchref": "b-early"}])
+    );
 }
 
 pub async fn domain_errors_have_their_status_codes(binary: &str, database_url: &str) {
@@ -317,7 +323,10 @@ pub async fn ctrl_c_shuts_down_cleanly_and_data_survives_a_restart(
     let server = Server::start_with(binary, database_url, &[]);
     let (status, body) = get(&server, "/allocations/o1").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!([{"sku": "DURABLE-DESK", "batchref": "b1"}]));
+    assert_eq!(
+        body,
+        json!([{"sku": "DURABLE-DESK", "qty": 2, "batchref": "b1"}])
+    );
     let (status, body) = post(
         &server,
         "/allocate",
@@ -366,24 +375,54 @@ async fn lines_in_c1(server: &Server) {
 /// batches (more than one would be a line allocated twice), and `C1`'s
 /// quantity.
 async fn write_model(database: &Database) -> (BTreeMap<String, Vec<String>>, u32) {
-    let mut uow = database.unit_of_work(EventReleaser::new());
-    let product = uow
-        .products()
-        .get("LAMP")
-        .await
-        .expect("read")
-        .expect("exists");
-    let mut lines: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for batch in &product.batches {
+    let (lines, quantities) = lines_of(database, "LAMP").await;
+    let mut by_order: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (orderid, _, batchref) in lines {
+        by_order.entry(orderid).or_default().push(batchref);
+    }
+    (by_order, quantities["C1"])
+}
+
+/// Every line of the product `sku` as the write model holds it
+/// (`(orderid, qty, batchref)`, sorted), and each batch's quantity: each
+/// batch loaded whole by its reference.
+pub async fn lines_of(
+    database: &Database,
+    sku: &str,
+) -> (Vec<(String, u32, String)>, BTreeMap<String, u32>) {
+    let references: Vec<String> = {
+        let mut uow = database.unit_of_work(EventReleaser::new());
+        let product = uow
+            .products()
+            .get(sku)
+            .await
+            .expect("read")
+            .expect("exists");
+        product
+            .batches
+            .iter()
+            .map(|b| b.reference.clone())
+            .collect()
+    };
+    let mut lines = Vec::new();
+    let mut quantities = BTreeMap::new();
+    for reference in references {
+        let mut uow = database.unit_of_work(EventReleaser::new());
+        let product = uow
+            .products()
+            .get_by_batchref(&reference)
+            .await
+            .expect("read")
+            .expect("exists");
+        let batch = product.batch(&reference).expect("its batch");
+        assert!(batch.all_loaded());
+        quantities.insert(reference.clone(), batch.purchased_quantity());
         for line in batch.allocations() {
-            lines
-                .entry(line.orderid.clone())
-                .or_default()
-                .push(batch.reference.clone());
+            lines.push((line.orderid.clone(), line.qty, reference.clone()));
         }
     }
-    let c1 = product.batch("C1").expect("C1").purchased_quantity();
-    (lines, c1)
+    lines.sort();
+    (lines, quantities)
 }
 
 /// Waits (at most 60 s) until every line is in exactly one batch and the
@@ -405,6 +444,7 @@ async fn every_line_in_a_batch_and_the_view_agrees(database: &Database) {
                 .flatten()
                 .map(|batchref| AllocationRow {
                     sku: "LAMP".into(),
+                    qty: 1,
                     batchref: batchref.clone(),
                 })
                 .collect();
