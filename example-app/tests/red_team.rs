@@ -10,6 +10,10 @@
 mod server;
 
 #[macro_use]
+#[path = "support/fuzz.rs"]
+mod fuzz;
+
+#[macro_use]
 #[path = "support/under_load.rs"]
 mod under_load;
 
@@ -29,5 +33,7 @@ async fn fresh_sqlite() -> FreshSqlite {
         _dir: dir,
     }
 }
+
+fuzz_tests!(BINARY, fresh_sqlite);
 
 under_load_tests!(BINARY, fresh_sqlite);

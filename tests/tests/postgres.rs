@@ -23,6 +23,10 @@ mod server;
 mod api_contract;
 
 #[macro_use]
+#[path = "../../example-app/tests/support/fuzz.rs"]
+mod fuzz;
+
+#[macro_use]
 #[path = "../../example-app/tests/support/under_load.rs"]
 mod under_load;
 
@@ -46,6 +50,8 @@ async fn fresh_postgres() -> TestDatabase {
 storage_contract_tests!(fresh_postgres);
 
 api_contract_tests!(server::example_app_binary(), fresh_postgres);
+
+fuzz_tests!(server::example_app_binary(), fresh_postgres);
 
 under_load_tests!(server::example_app_binary(), fresh_postgres);
 
