@@ -350,7 +350,9 @@ impl<S: Subscriber> Consumer<S> {
         error: &InboundError,
     ) -> Result<Handled, TransportError> {
         let message = &delivery.message;
-        let reason = error.to_string();
+        // The reason may quote what the sender sent (a name, a field):
+        // stored, logged and returned at most `MAX_REASON` bytes of it.
+        let reason = Shortened::to(&error.to_string(), MAX_REASON);
         tracing::warn!(
             message_id = %message.id,
             stream = %self.subscriber.stream(),
@@ -404,17 +406,28 @@ impl<S> std::fmt::Debug for Consumer<S> {
 /// A name from outside, in a log line: at most 200 bytes of it.
 struct Shortened<'a>(&'a str);
 
-impl std::fmt::Display for Shortened<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        const MAX: usize = 200;
-        if self.0.len() <= MAX {
-            return f.write_str(self.0);
+/// The longest dead-letter reason a [`Consumer`] keeps, in bytes (plus a
+/// note of the full length).
+const MAX_REASON: usize = 1024;
+
+impl Shortened<'_> {
+    /// `text`, cut to at most `max` bytes on a character boundary, with its
+    /// full length said when it was cut.
+    fn to(text: &str, max: usize) -> String {
+        if text.len() <= max {
+            return text.to_owned();
         }
-        let mut end = MAX;
-        while !self.0.is_char_boundary(end) {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
             end -= 1;
         }
-        write!(f, "{}... ({} bytes)", &self.0[..end], self.0.len())
+        format!("{}... ({} bytes)", &text[..end], text.len())
+    }
+}
+
+impl std::fmt::Display for Shortened<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&Shortened::to(self.0, 200))
     }
 }
 

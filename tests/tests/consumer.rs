@@ -200,6 +200,29 @@ async fn an_oversized_payload_is_dead_lettered_unread_and_the_next_one_is_handle
 }
 
 #[tokio::test]
+async fn a_dead_letter_reason_quotes_at_most_a_kilobyte_of_what_was_sent() {
+    let (bus, _) = bus();
+    let broker = InMemoryBroker::default();
+    let stream = "change_batch_quantity";
+    let name = "n".repeat(1 << 20);
+    broker.publish(&message(stream, &name, "{}")).await.unwrap();
+    let mut consumer = Consumer::new(bus, broker.subscribe(stream));
+    let handled = consumer.poll_once().await.unwrap();
+    let [Handled::DeadLettered(reason)] = handled.as_slice() else {
+        panic!("{handled:?}");
+    };
+    assert!(reason.len() < 1100, "{} bytes", reason.len());
+    assert!(
+        reason.ends_with(" bytes)"),
+        "it says it was cut: {}",
+        &reason[1000..]
+    );
+    let dead = broker.dead_letters(stream);
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].1.len() < 1100, "the stored reason is cut too");
+}
+
+#[tokio::test]
 async fn the_payload_limit_is_set_on_the_consumer() {
     let (bus, seen) = bus();
     let broker = InMemoryBroker::default();

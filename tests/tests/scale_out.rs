@@ -643,7 +643,10 @@ async fn a_dead_database_loses_nothing_and_the_app_recovers_when_it_is_back() {
         server::message(&body).contains("could not complete"),
         "{body}"
     );
-    assert!(body["error_id"].is_string(), "the client can quote it: {body}");
+    assert!(
+        body["error_id"].is_string(),
+        "the client can quote it: {body}"
+    );
     // A message arriving meanwhile is neither handled nor dead-lettered:
     // it stays pending.
     publish_command(&connection, r#"{"batchref": "b1", "qty": 2}"#).await;

@@ -83,6 +83,7 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         ))
         .layer(middleware::from_fn(limits::head_within_limits))
         .layer(middleware::map_response(limits::json_errors))
+        .layer(middleware::from_fn(limits::close_if_body_unread))
         .with_state(state)
 }
 
@@ -123,7 +124,8 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if !self.status.is_server_error() {
-            return (self.status, Json(json!({ "message": self.message }))).into_response();
+            let message = shortened(&self.message);
+            return (self.status, Json(json!({ "message": message }))).into_response();
         }
         let error_id = uuid::Uuid::new_v4();
         tracing::error!(
@@ -137,6 +139,23 @@ impl IntoResponse for ApiError {
         let body = json!({ "message": message, "error_id": error_id.to_string() });
         (self.status, Json(body)).into_response()
     }
+}
+
+/// The longest message a 4xx carries, in bytes: a message may quote what
+/// the client sent (a path, a field's value), and never echoes more.
+pub const MAX_MESSAGE_BYTES: usize = 300;
+
+/// `message`, cut to [`MAX_MESSAGE_BYTES`] on a character boundary, saying
+/// how long it was.
+fn shortened(message: &str) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message.to_owned();
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... (cut from {} bytes)", &message[..end], message.len())
 }
 
 impl From<DispatchError<ServiceError>> for ApiError {

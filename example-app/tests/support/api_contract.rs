@@ -807,6 +807,82 @@ pub async fn every_error_answer_is_json_with_a_message(binary: &str, database_ur
         assert!(body["message"].is_string(), "{what}: {body}");
     }
 
+    // A message quotes at most 300 bytes of what the client sent.
+    let long_route = format!("/{}", "r".repeat(7000));
+    let long_type = format!(
+        r#"{{"orderid": "o1", "sku": "X", "qty": "{}"}}"#,
+        "9".repeat(900)
+    );
+    let quoting = [
+        client.get(server.url(&long_route)),
+        client.put(server.url(&format!("/allocations/{}", "o".repeat(2000)))),
+        client
+            .post(server.url("/allocate"))
+            .header("content-type", "application/json")
+            .body(long_type),
+    ];
+    for request in quoting {
+        let (status, _, body) = answer(request.send().await.expect("sent")).await;
+        assert!(status.is_client_error(), "{status} {body}");
+        let message = message(&body);
+        assert!(
+            message.len() < 340,
+            "{} bytes: {message:.80}",
+            message.len()
+        );
+        assert!(message.contains("(cut from "), "{message:.80}");
+    }
+
+    // A body refused unread (too large, wrong type, no such route): the
+    // answer says the connection closes, so a client that keeps its
+    // connections sends its next request on a new one, which is served.
+    let unread = "x".repeat(60_000);
+    for (path, content_type, expected) in [
+        (
+            "/allocate",
+            "text/plain",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "/allocate",
+            "application/json",
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        ("/no/such/route", "application/json", StatusCode::NOT_FOUND),
+    ] {
+        let response = client
+            .post(server.url(path))
+            .header("content-type", content_type)
+            .body(unread.clone())
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), expected, "{path} {content_type}");
+        assert_eq!(
+            response.headers().get("connection").map(|v| v.as_bytes()),
+            Some(&b"close"[..]),
+            "{path} {content_type}"
+        );
+        let (status, _) = get(&server, "/allocations/nobody").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "the next request is served");
+        let again = client
+            .get(server.url("/allocations/nobody"))
+            .send()
+            .await
+            .expect("the same client's next request is served");
+        assert_eq!(again.status(), StatusCode::NOT_FOUND);
+    }
+    // A body read to its end keeps the connection.
+    let read = client
+        .post(server.url("/allocate"))
+        .header("content-type", "application/json")
+        .body(r#"{"orderid": "o1", "sku": "NOPE", "qty": 1}"#)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(read.status(), StatusCode::BAD_REQUEST);
+    assert!(read.headers().get("connection").is_none());
+
     // Half a body: a 408 once the request timeout is up, in JSON too.
     let addr = server.addr();
     let (status, body) = tokio::task::spawn_blocking(move || {

@@ -675,12 +675,18 @@ pub async fn the_stream_takes_only_its_own_messages_checked_as_over_http(db: Tes
     for (outcome, (name, payload, reason)) in handled.iter().zip(&cases) {
         match outcome {
             Handled::DeadLettered(said) => {
-                assert!(said.contains(reason), "{name} {payload}: {said:?} lacks {reason:?}")
+                assert!(
+                    said.contains(reason),
+                    "{name} {payload}: {said:?} lacks {reason:?}"
+                )
             }
             other => panic!("{name} {payload} was not refused: {other:?}"),
         }
     }
-    assert_eq!(broker.dead_letters("change_batch_quantity").len(), cases.len());
+    assert_eq!(
+        broker.dead_letters("change_batch_quantity").len(),
+        cases.len()
+    );
     let product = load(&database, "LAMP").await.expect("exists");
     let batch = product.batch("b1").expect("b1");
     assert_eq!(batch.purchased_quantity(), 10, "no change went through");

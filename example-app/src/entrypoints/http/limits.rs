@@ -1,12 +1,17 @@
 //! What every request and every error answer goes through: the limits on a
 //! request's head, and JSON for every error, whoever produced it.
 
-use axum::body::to_bytes;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+
+use axum::body::{to_bytes, Body};
 use axum::extract::Request;
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 
 use super::ApiError;
 
@@ -56,6 +61,41 @@ pub(super) async fn head_within_limits(request: Request, next: Next) -> Response
         .into_response();
     }
     next.run(request).await
+}
+
+/// Answers with `Connection: close` a request whose body was not read to
+/// its end (refused before it was: a 413, a wrong content type, an unknown
+/// route...). The server closes such a connection after the answer, since
+/// the rest of the body is still on it; saying so lets a client that keeps
+/// its connections open a new one instead of sending its next request into
+/// a closed one.
+pub(super) async fn close_if_body_unread(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let has_body = headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0");
+    if !has_body {
+        return next.run(request).await;
+    }
+    let read_to_end = Arc::new(AtomicBool::new(false));
+    let seen = read_to_end.clone();
+    let (parts, body) = request.into_parts();
+    let body = body
+        .into_data_stream()
+        .chain(futures::stream::poll_fn(move |_| {
+            seen.store(true, Ordering::Release);
+            Poll::Ready(None)
+        }));
+    let mut response = next
+        .run(Request::from_parts(parts, Body::from_stream(body)))
+        .await;
+    if !read_to_end.load(Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Turns an error answer that is not JSON (an extractor's plain-text
