@@ -17,21 +17,8 @@ mod api_contract;
 /// The binary under test.
 const BINARY: &str = env!("CARGO_BIN_EXE_example-app");
 
-/// A fresh SQLite file, in a directory kept as long as the test runs.
-struct FreshSqlite {
-    url: String,
-    _dir: tempfile::TempDir,
-}
 
-async fn fresh_sqlite() -> FreshSqlite {
-    let (dir, path) = server::database();
-    FreshSqlite {
-        url: format!("sqlite://{}", path.display()),
-        _dir: dir,
-    }
-}
-
-api_contract_tests!(BINARY, fresh_sqlite);
+api_contract_tests!(BINARY, server::fresh_sqlite);
 
 #[test]
 fn an_unreachable_database_is_a_clear_startup_error() {

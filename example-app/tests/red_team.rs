@@ -20,20 +20,7 @@ mod under_load;
 /// The binary under test.
 const BINARY: &str = env!("CARGO_BIN_EXE_example-app");
 
-/// A fresh SQLite file, in a directory kept as long as the test runs.
-struct FreshSqlite {
-    url: String,
-    _dir: tempfile::TempDir,
-}
 
-async fn fresh_sqlite() -> FreshSqlite {
-    let (dir, path) = server::database();
-    FreshSqlite {
-        url: format!("sqlite://{}", path.display()),
-        _dir: dir,
-    }
-}
+fuzz_tests!(BINARY, server::fresh_sqlite);
 
-fuzz_tests!(BINARY, fresh_sqlite);
-
-under_load_tests!(BINARY, fresh_sqlite);
+under_load_tests!(BINARY, server::fresh_sqlite);

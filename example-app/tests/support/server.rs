@@ -112,6 +112,22 @@ impl Drop for Server {
     }
 }
 
+/// A fresh SQLite file, in a directory kept as long as the test runs.
+pub struct FreshSqlite {
+    /// Its URL.
+    pub url: String,
+    _dir: TempDir,
+}
+
+/// A fresh SQLite database, for the contract macros.
+pub async fn fresh_sqlite() -> FreshSqlite {
+    let (dir, path) = database();
+    FreshSqlite {
+        url: format!("sqlite://{}", path.display()),
+        _dir: dir,
+    }
+}
+
 pub fn database() -> (TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("allocation.db");
