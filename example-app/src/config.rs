@@ -82,6 +82,16 @@ pub struct Config {
     )]
     pub request_timeout_ms: u64,
 
+    /// How long an answer's write may make no progress (a client that
+    /// stops reading): then the connection is closed.
+    #[arg(
+        long = "write-timeout-ms",
+        env = "WRITE_TIMEOUT_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(100..=3_600_000)
+    )]
+    pub write_timeout_ms: u64,
+
     /// How many connections are open at once: the next ones wait in the
     /// listen backlog until one closes. Lowered at start to what the
     /// process's open-files limit leaves room for.
@@ -104,7 +114,9 @@ pub struct Config {
 
     /// The token of the operations routes (`/dead_letters`), sent as
     /// `Authorization: Bearer <token>`; at least 16 characters. Without it
-    /// those routes do not exist (404).
+    /// those routes do not exist (404). Prefer the environment variable:
+    /// a command-line argument is visible to every user of the machine
+    /// (`ps`, `/proc/<pid>/cmdline`).
     #[arg(long = "admin-token", env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
 
@@ -131,6 +143,7 @@ impl Config {
         Ok(http::Settings {
             header_timeout: Duration::from_millis(self.header_timeout_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
             max_connections: self.max_connections as usize,
             max_body_bytes: self.max_body_bytes as usize,
             admin_token: self

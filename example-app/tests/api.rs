@@ -17,7 +17,6 @@ mod api_contract;
 /// The binary under test.
 const BINARY: &str = env!("CARGO_BIN_EXE_example-app");
 
-
 api_contract_tests!(BINARY, server::fresh_sqlite);
 
 #[test]

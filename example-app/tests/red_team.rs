@@ -20,7 +20,6 @@ mod under_load;
 /// The binary under test.
 const BINARY: &str = env!("CARGO_BIN_EXE_example-app");
 
-
 fuzz_tests!(BINARY, server::fresh_sqlite);
 
 under_load_tests!(BINARY, server::fresh_sqlite);

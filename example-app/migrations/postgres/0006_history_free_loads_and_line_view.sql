@@ -1,3 +1,10 @@
+-- Stop every instance of the service before this migration runs: an older
+-- one neither keeps batches.allocated_quantity nor writes this view. The
+-- service took identifiers of any length before; PostgreSQL's indexes
+-- refuse a key over about 2.7 KB, so a database holding an order id or sku
+-- that long makes this migration fail (and the service not start) until
+-- those rows are shortened or removed.
+--
 -- Loads read only what a decision needs: a batch keeps the units it has
 -- allocated (kept by every save), and a line is found by its order, a
 -- batch's lines by the batch.

@@ -1,3 +1,6 @@
+-- Stop every instance of the service before this migration runs: an older
+-- one neither keeps batches.allocated_quantity nor writes this view.
+--
 -- Loads read only what a decision needs: a batch keeps the units it has
 -- allocated (kept by every save), and a line is found by its order, a
 -- batch's lines by the batch.
@@ -12,6 +15,8 @@ CREATE INDEX IF NOT EXISTS allocations_by_batch ON allocations (batchref, id);
 -- twice, leave the write model's rows. Rebuilt from the write model.
 DROP TABLE allocations_view;
 CREATE TABLE allocations_view (
+    -- First allocation first (an explicit key: VACUUM keeps it).
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
     orderid  TEXT NOT NULL,
     sku      TEXT NOT NULL,
     qty      INTEGER NOT NULL,
@@ -19,7 +24,7 @@ CREATE TABLE allocations_view (
     -- it arriving late changes nothing).
     batchref TEXT NULL,
     version  INTEGER NOT NULL,
-    PRIMARY KEY (orderid, sku, qty)
+    UNIQUE (orderid, sku, qty)
 );
 INSERT OR IGNORE INTO allocations_view (orderid, sku, qty, batchref, version)
     SELECT a.orderid, a.sku, a.qty, a.batchref, p.version_number

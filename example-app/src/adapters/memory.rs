@@ -100,6 +100,13 @@ impl ProductRepository for FakeUnitOfWork {
         self.get(&line.sku).await
     }
 
+    async fn get_with_batch_lines(
+        &mut self,
+        reference: &str,
+    ) -> Result<Option<&mut Product>, UowError> {
+        self.get_by_batchref(reference).await
+    }
+
     async fn get_by_batchref(&mut self, reference: &str) -> Result<Option<&mut Product>, UowError> {
         Ok(self
             .0

@@ -38,6 +38,11 @@ impl ProductLocks {
     /// version check at commit decides between them as between processes.
     /// So is code outside any tokio task (a `block_on`), which cannot be
     /// told apart from the tasks it waits for.
+    ///
+    /// Reentrant per task only: a handler that holds a product and waits
+    /// for work on another task that loads it (a dispatch whose events run
+    /// on tasks of their own, before the handler commits) waits for
+    /// itself. Commit, or drop the unit of work, before such a wait.
     pub async fn lock(&self, sku: &str) -> ProductGuard {
         let Some(me) = task::try_id() else {
             return ProductGuard {

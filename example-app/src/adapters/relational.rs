@@ -156,6 +156,35 @@ impl<T: ProductTables> ProductRepository for RelationalUnitOfWork<T> {
     }
 
     async fn get_by_batchref(&mut self, reference: &str) -> Result<Option<&mut Product>, UowError> {
+        self.load_by_batchref(reference, Lines::None).await
+    }
+
+    async fn get_with_batch_lines(
+        &mut self,
+        reference: &str,
+    ) -> Result<Option<&mut Product>, UowError> {
+        self.load_by_batchref(reference, Lines::InBatch(reference.to_owned()))
+            .await
+    }
+
+    fn add(&mut self, product: Product) -> &mut Product {
+        self.track(Tracked {
+            product,
+            loaded_version: None,
+            stored: Vec::new(),
+            stored_batches: Vec::new(),
+            lines: None,
+        })
+    }
+}
+
+impl<T: ProductTables> RelationalUnitOfWork<T> {
+    /// The product that has a batch with this reference, with `lines`.
+    async fn load_by_batchref(
+        &mut self,
+        reference: &str,
+        lines: Lines,
+    ) -> Result<Option<&mut Product>, UowError> {
         let sku = match self.position(|p| p.batch(reference).is_some()) {
             Some(index) => self.seen[index].product.sku.clone(),
             None => match self.tables.sku_of_batch(reference).await? {
@@ -165,16 +194,7 @@ impl<T: ProductTables> ProductRepository for RelationalUnitOfWork<T> {
         };
         // A batch never moves to another product: the sku read before the
         // product is held is still its product's.
-        self.load(&sku, Lines::InBatch(reference.to_owned())).await
-    }
-
-    fn add(&mut self, product: Product) -> &mut Product {
-        self.track(Tracked {
-            product,
-            loaded_version: None,
-            stored: Vec::new(),
-            lines: None,
-        })
+        self.load(&sku, lines).await
     }
 }
 

@@ -62,6 +62,9 @@ pub struct Tracked {
     pub loaded_version: Option<u64>,
     /// The allocation rows as loaded: saving writes only the difference.
     pub stored: Vec<StoredLine>,
+    /// The references of the batch rows as loaded: saving updates those and
+    /// inserts the others (a reference taken meanwhile is refused).
+    pub stored_batches: Vec<String>,
     /// Which rows those are; everything for a product added.
     pub lines: Option<Lines>,
 }
@@ -87,6 +90,7 @@ impl Tracked {
                 .push(stored.line.clone());
         }
         let mut restored = Vec::with_capacity(batches.len());
+        let stored_batches = batches.iter().map(|b| b.reference.clone()).collect();
         for batch in batches {
             let lines_of = lines_by_batch
                 .remove(batch.reference.as_str())
@@ -125,6 +129,7 @@ impl Tracked {
             product: Product::new(sku, restored, version),
             loaded_version: Some(version),
             stored,
+            stored_batches,
             lines: Some(lines),
         })
     }
@@ -134,6 +139,11 @@ impl Tracked {
         self.lines
             .as_ref()
             .is_none_or(|loaded| loaded.covers(lines))
+    }
+
+    /// Whether the batch `reference` has a row already.
+    pub fn batch_is_stored(&self, reference: &str) -> bool {
+        self.stored_batches.iter().any(|stored| stored == reference)
     }
 
     /// Whether the product must be written at commit.

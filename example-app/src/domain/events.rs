@@ -22,8 +22,8 @@ pub struct Allocated {
     pub batchref: String,
     /// The product's version this allocation made: of two events about
     /// one line, the one with the higher version is the newer. (0 in an
-    /// event stored before events carried it: older than any row of the
-    /// view, which was rebuilt from the write model then.)
+    /// event stored before events carried it, which the read model skips:
+    /// see [`UNVERSIONED`](crate::views::UNVERSIONED).)
     #[serde(default)]
     pub version: u64,
 }
@@ -40,8 +40,8 @@ pub struct Deallocated {
     pub qty: u32,
     /// The product's version this deallocation made: of two events about
     /// one line, the one with the higher version is the newer. (0 in an
-    /// event stored before events carried it: older than any row of the
-    /// view, which was rebuilt from the write model then.)
+    /// event stored before events carried it, which the read model skips:
+    /// see [`UNVERSIONED`](crate::views::UNVERSIONED).)
     #[serde(default)]
     pub version: u64,
 }

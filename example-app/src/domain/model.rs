@@ -199,10 +199,15 @@ impl Product {
         self.batches.iter().find(|b| b.reference == reference)
     }
 
-    /// Adds a batch.
-    pub fn add_batch(&mut self, batch: Batch) {
+    /// Adds a batch; `false` (and nothing changed) when the product has a
+    /// batch with its reference already.
+    pub fn add_batch(&mut self, batch: Batch) -> bool {
+        if self.batch(&batch.reference).is_some() {
+            return false;
+        }
         self.batches.push(batch);
         self.version_number += 1;
+        true
     }
 
     /// Allocates the line to the preferred batch that can take it and returns
@@ -450,6 +455,16 @@ mod tests {
                 assert_eq!(batch.allocations(), [line("o1", "RUG", 20)]);
                 assert_eq!(batch.available_quantity(), 5);
             });
+    }
+
+    #[test]
+    fn a_batch_is_added_once() {
+        let mut product = Product::new("RUG", vec![Batch::new("b1", "RUG", 5, None)], 2);
+        assert!(!product.add_batch(Batch::new("b1", "RUG", 50, None)));
+        assert_eq!(product.version_number, 2);
+        assert_eq!(product.batch("b1").unwrap().purchased_quantity(), 5);
+        assert!(product.add_batch(Batch::new("b2", "RUG", 50, None)));
+        assert_eq!(product.version_number, 3);
     }
 
     #[test]

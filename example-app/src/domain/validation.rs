@@ -8,7 +8,7 @@
 //! would otherwise take as something else. The limits are the same on every
 //! database, so a request that SQLite takes, PostgreSQL takes too.
 
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 
 /// The longest identifier, in bytes of UTF-8.
 pub const MAX_IDENTIFIER_BYTES: usize = 200;
@@ -51,13 +51,42 @@ pub fn identifier(field: &'static str, value: String) -> Result<String, InvalidF
     if value.trim().is_empty() {
         return Err(InvalidField::new(field, "must not be empty"));
     }
-    if let Some(position) = value.chars().position(char::is_control) {
+    if let Some(position) = value.chars().position(invisible) {
         return Err(InvalidField::new(
             field,
-            format!("must not contain control characters (one at character {position})"),
+            format!(
+                "must not contain control or invisible formatting characters \
+                 (one at character {position})"
+            ),
+        ));
+    }
+    if value.trim() != value {
+        return Err(InvalidField::new(
+            field,
+            "must not start or end with whitespace",
         ));
     }
     Ok(value)
+}
+
+/// A character that is not text a person can read and tell apart: a control
+/// character (NUL, newline, escape...), a line or paragraph separator, or
+/// an invisible formatting one (zero-width, bidirectional overrides, the
+/// byte-order mark), which would make two identifiers look the same or
+/// reorder what a log or a terminal shows.
+fn invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
 }
 
 /// A quantity: a whole number from 1 to [`MAX_QUANTITY`].
@@ -71,17 +100,22 @@ pub fn quantity(field: &'static str, value: i64) -> Result<u32, InvalidField> {
     }
 }
 
-/// A date as `YYYY-MM-DD`, or none.
+/// A date as `YYYY-MM-DD`, years 1 to 9999, or none.
 pub fn date(field: &'static str, value: Option<String>) -> Result<Option<NaiveDate>, InvalidField> {
     value
         .map(|text| {
-            NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|_| {
-                let shown: String = text.chars().take(32).collect();
-                InvalidField::new(
-                    field,
-                    format!("must be a date YYYY-MM-DD or null, got {shown:?}"),
-                )
-            })
+            NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+                .ok()
+                .filter(|date| (1..=9999).contains(&date.year()))
+                .ok_or_else(|| {
+                    let shown: String = text.chars().take(32).collect();
+                    InvalidField::new(
+                        field,
+                        format!(
+                            "must be a date YYYY-MM-DD (years 1 to 9999) or null, got {shown:?}"
+                        ),
+                    )
+                })
         })
         .transpose()
 }
@@ -94,12 +128,25 @@ mod tests {
     fn identifiers_are_short_printable_text() {
         assert_eq!(identifier("sku", "LAMP".into()), Ok("LAMP".into()));
         assert_eq!(identifier("sku", "é".repeat(100)).map(|s| s.len()), Ok(200));
+        assert_eq!(
+            identifier("sku", "RED CHAIR".into()),
+            Ok("RED CHAIR".into())
+        );
         for (value, problem) in [
             (String::new(), "must not be empty"),
             ("  ".into(), "must not be empty"),
-            ("b\u{0}".into(), "control characters (one at character 1)"),
-            ("a\nb".into(), "control characters"),
-            ("\u{1b}[31m".into(), "control characters"),
+            (
+                "b\u{0}".into(),
+                "control or invisible formatting characters (one at character 1)",
+            ),
+            ("a\u{200B}b".into(), "invisible formatting"),
+            ("\u{202E}PMAL".into(), "invisible formatting"),
+            ("a\u{2028}b".into(), "invisible formatting"),
+            ("\u{FEFF}LAMP".into(), "invisible formatting"),
+            (" LAMP".into(), "must not start or end with whitespace"),
+            ("LAMP ".into(), "must not start or end with whitespace"),
+            ("a\nb".into(), "control or invisible"),
+            ("\u{1b}[31m".into(), "control or invisible"),
             ("x".repeat(201), "at most 200 bytes, got 201"),
             ("é".repeat(101), "at most 200 bytes, got 202"),
         ] {
@@ -128,5 +175,13 @@ mod tests {
         assert!(date("eta", Some("2026-12-01".into())).unwrap().is_some());
         let error = date("eta", Some("9".repeat(10_000))).unwrap_err();
         assert!(error.to_string().len() < 120, "{error}");
+        for out_of_range in ["-100000-01-01", "0000-12-31", "+10000-01-01"] {
+            assert!(
+                date("eta", Some(out_of_range.into())).is_err(),
+                "{out_of_range}"
+            );
+        }
+        assert!(date("eta", Some("9999-12-31".into())).unwrap().is_some());
+        assert!(date("eta", Some("0001-01-01".into())).unwrap().is_some());
     }
 }

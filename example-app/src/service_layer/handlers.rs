@@ -8,9 +8,14 @@ use super::ServiceError;
 use crate::adapters::notifications::{NotificationError, Notifications};
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
 use crate::domain::events::{Allocated, Deallocated, OutOfStock};
-use crate::domain::model::{Batch, OrderLine, Product};
+use crate::domain::model::{Batch, ChangeQuantityError, OrderLine, Product};
 
 /// Adds a batch, creating the product on its first batch.
+///
+/// A reference is unique across products: the check below sees the batches
+/// committed so far, and the database refuses a second row for the same
+/// reference (two adds at once: one commits, the other is a conflict, which
+/// the bus retries, and the retry finds the batch).
 #[handler]
 pub async fn add_batch(
     cmd: CreateBatch,
@@ -26,7 +31,11 @@ pub async fn add_batch(
     }
     let batch = Batch::new(&cmd.reference, &cmd.sku, cmd.qty, cmd.eta);
     match uow.products().get(&cmd.sku).await? {
-        Some(product) => product.add_batch(batch),
+        Some(product) => {
+            if !product.add_batch(batch) {
+                return Err(ServiceError::DuplicateBatch(cmd.reference));
+            }
+        }
         None => {
             uow.products().add(Product::new(&cmd.sku, vec![batch], 0));
         }
@@ -80,18 +89,32 @@ async fn allocate_line(
 }
 
 /// Changes a batch's quantity; lines that no longer fit are deallocated, and
-/// their `Deallocated` events reallocate them.
+/// their `Deallocated` events reallocate them. The batch's lines are loaded
+/// only when some must go (the new quantity is below what is allocated).
 #[handler(releases(Deallocated))]
 pub async fn change_batch_quantity(
     cmd: ChangeBatchQuantity,
     mut uow: Scoped<dyn UnitOfWork>,
 ) -> Result<(), ServiceError> {
-    let Some(product) = uow.products().get_by_batchref(&cmd.reference).await? else {
-        return Err(ServiceError::UnknownBatch(cmd.reference));
-    };
-    product
-        .change_batch_quantity(&cmd.reference, cmd.qty)
-        .map_err(|error| UowError::Storage(Box::new(error)))?;
+    let unknown = || ServiceError::UnknownBatch(cmd.reference.clone());
+    let product = uow
+        .products()
+        .get_by_batchref(&cmd.reference)
+        .await?
+        .ok_or_else(unknown)?;
+    match product.change_batch_quantity(&cmd.reference, cmd.qty) {
+        Ok(()) => {}
+        Err(ChangeQuantityError::LinesNotLoaded(_)) => {
+            // Nothing changed: load the batch again, with its lines.
+            uow.products()
+                .get_with_batch_lines(&cmd.reference)
+                .await?
+                .ok_or_else(unknown)?
+                .change_batch_quantity(&cmd.reference, cmd.qty)
+                .map_err(|error| UowError::Storage(Box::new(error)))?;
+        }
+        Err(ChangeQuantityError::UnknownBatch(_)) => return Err(unknown()),
+    }
     uow.commit().await?;
     Ok(())
 }

@@ -54,9 +54,17 @@ pub trait ProductRepository: Send {
     /// is): enough to allocate it.
     async fn get_for_line(&mut self, line: &OrderLine) -> Result<Option<&mut Product>, UowError>;
 
-    /// The product that has a batch with this reference, with every line of
-    /// that batch: enough to change its quantity.
+    /// The product that has a batch with this reference, its batches and
+    /// none of their lines: enough to raise the batch's quantity, or to
+    /// lower it while what is allocated still fits.
     async fn get_by_batchref(&mut self, reference: &str) -> Result<Option<&mut Product>, UowError>;
+
+    /// The product that has a batch with this reference, with every line of
+    /// that batch: enough to lower its quantity below what is allocated.
+    async fn get_with_batch_lines(
+        &mut self,
+        reference: &str,
+    ) -> Result<Option<&mut Product>, UowError>;
 
     /// Adds a new product, tracked by the unit of work.
     fn add(&mut self, product: Product) -> &mut Product;

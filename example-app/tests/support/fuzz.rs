@@ -328,9 +328,25 @@ fn weird_string(rng: &mut StdRng) -> String {
     }
 }
 
-/// The service's rule for identifiers.
+/// The service's rule for identifiers: at most 200 bytes, not blank, no
+/// whitespace at either end, no control, separator or invisible formatting
+/// characters.
 fn valid_identifier(s: &str) -> bool {
-    s.len() <= 200 && !s.trim().is_empty() && !s.chars().any(char::is_control)
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{00AD}'
+                    | '\u{061C}'
+                    | '\u{180E}'
+                    | '\u{200B}'..='\u{200F}'
+                    | '\u{2028}'..='\u{202E}'
+                    | '\u{2060}'..='\u{206F}'
+                    | '\u{FEFF}'
+                    | '\u{FFF9}'..='\u{FFFB}'
+            )
+    };
+    s.len() <= 200 && !s.trim().is_empty() && s.trim() == s && !s.chars().any(invisible)
 }
 
 /// The service's rule for quantities.
@@ -348,6 +364,9 @@ const INVALID_DATES: &[&str] = &[
     "tomorrow",
     "2026-12-01T00:00:00",
     "2026-12-01Z",
+    "-100000-01-01",
+    "0000-12-31",
+    "+10000-01-01",
 ];
 
 const EDGE_INTS: &[i64] = &[
@@ -2316,7 +2335,7 @@ pub async fn no_broker_payload_escapes_the_inbound_rules(database_url: &str) {
         let mut uow = database.unit_of_work(EventReleaser::new());
         let product = uow
             .products()
-            .get_by_batchref(reference)
+            .get_with_batch_lines(reference)
             .await
             .unwrap_or_else(|e| panic!("seed {seed}: reading {reference}: {e}"))
             .unwrap_or_else(|| panic!("seed {seed}: batch {reference} is gone"));

@@ -29,6 +29,7 @@ macro_rules! under_load_tests {
             the_view_equals_the_write_model_after_a_concurrent_run,
             a_hot_product_gets_slower_instead_of_failing,
             a_hot_product_on_two_processes_never_oversells_or_drifts,
+            a_batch_added_many_times_at_once_is_added_once,
         );
     };
     (@each $binary:expr, $fresh:path; $($name:ident),* $(,)?) => {
@@ -113,7 +114,7 @@ async fn write_model(database: &Database, skus: &[&str]) -> Vec<Line> {
             let mut uow = database.unit_of_work(EventReleaser::new());
             let product = uow
                 .products()
-                .get_by_batchref(&reference)
+                .get_with_batch_lines(&reference)
                 .await
                 .expect("read")
                 .expect("exists");
@@ -212,6 +213,70 @@ pub async fn two_lines_of_one_order_and_product_are_two_rows_of_the_view(
         write_model(&database, &["LAMP"]).await,
         [("o1".into(), "LAMP".into(), 3, "b1".into())]
     );
+}
+
+/// Twelve adds of one reference at once (eight for one product, four for
+/// another) while lines of the first product are allocated: one add wins,
+/// the others are 409s, the batch keeps the winner's quantity and what was
+/// allocated to it, and its lines add up to its allocated quantity.
+pub async fn a_batch_added_many_times_at_once_is_added_once(binary: &str, database_url: &str) {
+    let server = Server::start_with(binary, database_url, &[]);
+    let client = Arc::new(Client::new(&server));
+    let mut adds = Vec::new();
+    for n in 0..12u32 {
+        let client = client.clone();
+        let sku = if n < 8 { "LAMP" } else { "DESK" };
+        adds.push(tokio::spawn(async move {
+            let body = json!({"ref": "near", "sku": sku, "qty": 20 + n, "eta": null});
+            let (status, body) = client.post("/add_batch", body).await;
+            (status, body, sku, 20 + n)
+        }));
+    }
+    let mut allocations = Vec::new();
+    for n in 0..20 {
+        let client = client.clone();
+        allocations.push(tokio::spawn(async move {
+            let line = json!({"orderid": format!("o{n}"), "sku": "LAMP", "qty": 1});
+            client.post("/allocate", line).await
+        }));
+    }
+    let mut winners = Vec::new();
+    for add in adds {
+        let (status, body, sku, qty) = add.await.expect("an add ends");
+        match status {
+            StatusCode::CREATED => winners.push((sku, qty)),
+            StatusCode::CONFLICT => assert!(
+                body["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("already exists")),
+                "{body}"
+            ),
+            other => panic!("add: {other} {body}"),
+        }
+    }
+    for allocation in allocations {
+        let (status, body) = allocation.await.expect("an allocation ends");
+        assert!(
+            status == StatusCode::ACCEPTED || status == StatusCode::BAD_REQUEST,
+            "allocate: {status} {body}"
+        );
+    }
+    assert_eq!(winners.len(), 1, "added once: {winners:?}");
+    let (sku, qty) = winners[0];
+    let database = Database::connect(database_url).await.expect("opens");
+    let mut uow = database.unit_of_work(EventReleaser::new());
+    let product = uow
+        .products()
+        .get_with_batch_lines("near")
+        .await
+        .expect("read")
+        .expect("the batch exists");
+    assert_eq!(product.sku, sku);
+    let batch = product.batch("near").expect("near");
+    assert_eq!(batch.purchased_quantity(), qty, "the winner's quantity");
+    let lines: u64 = batch.allocations().iter().map(|l| u64::from(l.qty)).sum();
+    assert_eq!(lines, batch.allocated_quantity(), "its lines add up");
+    assert!(batch.available_quantity() >= 0, "never oversold");
 }
 
 /// How many order lines the concurrent runs place.

@@ -116,23 +116,35 @@ impl PostgresDatabase {
             }
         }
         for batch in &product.batches {
-            let written = sqlx::query(
-                "INSERT INTO batches (reference, sku, purchased_quantity, allocated_quantity, eta) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (reference) DO UPDATE \
-                 SET purchased_quantity = excluded.purchased_quantity, \
-                 allocated_quantity = excluded.allocated_quantity, eta = excluded.eta \
-                 WHERE batches.sku = excluded.sku",
-            )
-            .bind(&batch.reference)
-            .bind(sku)
-            .bind(i64::from(batch.purchased_quantity()))
-            .bind(to_i64(batch.allocated_quantity()))
-            .bind(batch.eta)
-            .execute(&mut **tx)
-            .await
+            let written = if tracked.batch_is_stored(&batch.reference) {
+                sqlx::query(
+                    "UPDATE batches SET purchased_quantity = $1, allocated_quantity = $2, \
+                     eta = $3 WHERE reference = $4 AND sku = $5",
+                )
+                .bind(i64::from(batch.purchased_quantity()))
+                .bind(to_i64(batch.allocated_quantity()))
+                .bind(batch.eta)
+                .bind(&batch.reference)
+                .bind(sku)
+                .execute(&mut **tx)
+                .await
+            } else {
+                // A reference taken meanwhile, by this product or another,
+                // is a unique violation: a conflict, retried.
+                sqlx::query(
+                    "INSERT INTO batches (reference, sku, purchased_quantity, allocated_quantity, eta) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&batch.reference)
+                .bind(sku)
+                .bind(i64::from(batch.purchased_quantity()))
+                .bind(to_i64(batch.allocated_quantity()))
+                .bind(batch.eta)
+                .execute(&mut **tx)
+                .await
+            }
             .map_err(|e| write_error(e, sku))?;
             if written.rows_affected() != 1 {
-                // The reference was taken by another product meanwhile.
                 return Err(UowError::Conflict {
                     sku: sku.to_owned(),
                 });

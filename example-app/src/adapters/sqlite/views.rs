@@ -50,7 +50,7 @@ impl AllocationsView for SqliteAllocationsView {
     async fn for_order(&self, orderid: &str) -> Result<Vec<AllocationRow>, ViewError> {
         let rows = sqlx::query(
             "SELECT sku, qty, batchref FROM allocations_view \
-             WHERE orderid = ? AND batchref IS NOT NULL ORDER BY rowid",
+             WHERE orderid = ? AND batchref IS NOT NULL ORDER BY id",
         )
         .bind(orderid)
         .fetch_all(self.database.pool())

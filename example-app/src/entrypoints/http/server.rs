@@ -8,12 +8,19 @@
 //! - a request has [`Settings::request_timeout`] from its headers to its
 //!   answer, its body included: a client that sends half a body gets a 408
 //!   and is cut off;
+//! - an answer's write may make no progress for at most
+//!   [`Settings::write_timeout`] (a client that stops reading an answer
+//!   larger than the kernel's buffers): then the connection is closed;
 //! - at most [`Settings::max_connections`] connections are open at once: the
 //!   accept loop takes a slot before it accepts, so the next connections
 //!   wait in the kernel's listen backlog (served in turn as slots free up,
 //!   or refused by the kernel once the backlog is full) instead of using up
 //!   the process's file descriptors. HTTP/1.1 carries one request at a time
-//!   per connection, so this also bounds the requests in progress.
+//!   per connection, so this also bounds the requests being read and
+//!   answered (a command whose client hung up or timed out still runs to
+//!   its end, on a task of its own);
+//! - at shutdown, the connections still open after the request timeout and
+//!   the header timeout are dropped.
 //!
 //! HTTP/2 is not served (HTTPS and HTTP/2 belong to the proxy in front).
 //! What hyper answers itself, before the API sees a request: a head (request
@@ -23,10 +30,7 @@
 //! that is not HTTP (a 400). Anything smaller reaches the API, whose own,
 //! lower limits answer in JSON ([`MAX_URI_BYTES`](super::MAX_URI_BYTES),
 //! [`MAX_HEADER_BYTES`](super::MAX_HEADER_BYTES),
-//! [`MAX_HEADERS`](super::MAX_HEADERS)). hyper has no write timeout: a
-//! client that stops reading an answer larger than the kernel's send buffer
-//! holds its connection; the API's answers are small (a long dead-letter
-//! list aside, behind the admin token).
+//! [`MAX_HEADERS`](super::MAX_HEADERS)).
 
 use std::future::Future;
 use std::io;
@@ -40,6 +44,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_io_timeout::TimeoutStream;
 
 use super::{router, AdminToken, AppState};
 
@@ -64,6 +69,8 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// How long a request may take from its headers to its answer.
     pub request_timeout: Duration,
+    /// How long a write of an answer may make no progress.
+    pub write_timeout: Duration,
     /// How many connections are open at once.
     pub max_connections: usize,
     /// The largest request body, in bytes.
@@ -99,7 +106,9 @@ impl Settings {
 
 /// Serves the API on `listener` until `shutdown` completes; then stops
 /// accepting, lets the requests in flight finish (each is bounded by the
-/// request timeout, each idle connection closes at once) and returns.
+/// request timeout; an idle connection closes at once, one that sent half
+/// a head within the header timeout) and returns, dropping what is still
+/// open after both timeouts.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -123,8 +132,12 @@ pub async fn serve(
         let Some((stream, slot)) = accepted else {
             continue;
         };
-        let connection =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(settings.write_timeout));
+        let connection = http.serve_connection(
+            TokioIo::new(Box::pin(stream)),
+            TowerToHyperService::new(app.clone()),
+        );
         let connection = connections.watch(connection);
         tokio::spawn(async move {
             // A client that went silent, sent garbage or hung up: nothing
@@ -137,7 +150,16 @@ pub async fn serve(
     }
     // Connections still in the backlog are refused from now on.
     drop(listener);
-    connections.shutdown().await;
+    let grace = settings.request_timeout + settings.header_timeout;
+    if tokio::time::timeout(grace, connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "connections still open after the grace period are dropped"
+        );
+    }
 }
 
 /// Takes a connection slot, then accepts a connection; `None` after an
