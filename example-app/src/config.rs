@@ -103,6 +103,17 @@ pub struct Config {
     )]
     pub max_connections: u32,
 
+    /// How many commands may be in progress at once (a command whose client
+    /// hung up or timed out still runs to its end, and counts): the next
+    /// ones are answered 503 with `Retry-After: 1`.
+    #[arg(
+        long = "max-commands",
+        env = "MAX_COMMANDS",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub max_commands: u32,
+
     /// The largest request body, in bytes: a larger one is answered 413.
     #[arg(
         long = "max-body-bytes",

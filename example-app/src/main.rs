@@ -113,10 +113,7 @@ async fn run(config: Config) -> Result<(), StartError> {
         database = %database::redacted(&config.database_url),
         "listening on http://{addr}"
     );
-    let state = http::AppState {
-        bus: bus.clone(),
-        dead_letters,
-    };
+    let state = http::AppState::new(bus.clone(), dead_letters, config.max_commands as usize);
     http::serve(
         listener,
         state,

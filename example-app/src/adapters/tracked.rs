@@ -33,6 +33,41 @@ pub struct StoredBatch {
     pub eta: Option<NaiveDate>,
 }
 
+/// What a batch row holds, to tell whether saving must write it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRow {
+    /// The batch's reference.
+    pub reference: String,
+    /// Its quantity.
+    pub purchased_quantity: u32,
+    /// Units allocated to it.
+    pub allocated_quantity: u64,
+    /// When it arrives.
+    pub eta: Option<NaiveDate>,
+}
+
+impl BatchRow {
+    fn of(batch: &Batch) -> BatchRow {
+        BatchRow {
+            reference: batch.reference.clone(),
+            purchased_quantity: batch.purchased_quantity(),
+            allocated_quantity: batch.allocated_quantity(),
+            eta: batch.eta,
+        }
+    }
+}
+
+/// What saving does with one batch's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchWrite {
+    /// A new batch: insert its row.
+    Insert,
+    /// A loaded batch that changed: update its row.
+    Update,
+    /// A loaded batch as it was: nothing to write.
+    Keep,
+}
+
 /// Which allocation rows a load reads besides the product's batches: only
 /// what the decision at hand needs, so that a request costs the same after
 /// a million allocations as after ten.
@@ -62,9 +97,10 @@ pub struct Tracked {
     pub loaded_version: Option<u64>,
     /// The allocation rows as loaded: saving writes only the difference.
     pub stored: Vec<StoredLine>,
-    /// The references of the batch rows as loaded: saving updates those and
-    /// inserts the others (a reference taken meanwhile is refused).
-    pub stored_batches: Vec<String>,
+    /// The batch rows as loaded: saving updates those that changed, leaves
+    /// the others alone, and inserts the new ones (a reference taken
+    /// meanwhile is refused).
+    pub stored_batches: Vec<BatchRow>,
     /// Which rows those are; everything for a product added.
     pub lines: Option<Lines>,
 }
@@ -90,7 +126,7 @@ impl Tracked {
                 .push(stored.line.clone());
         }
         let mut restored = Vec::with_capacity(batches.len());
-        let stored_batches = batches.iter().map(|b| b.reference.clone()).collect();
+        let mut stored_batches = Vec::with_capacity(batches.len());
         for batch in batches {
             let lines_of = lines_by_batch
                 .remove(batch.reference.as_str())
@@ -123,6 +159,7 @@ impl Tracked {
                     .into(),
                 ));
             }
+            stored_batches.push(BatchRow::of(&restored_batch));
             restored.push(restored_batch);
         }
         Ok(Tracked {
@@ -141,9 +178,26 @@ impl Tracked {
             .is_none_or(|loaded| loaded.covers(lines))
     }
 
-    /// Whether the batch `reference` has a row already.
-    pub fn batch_is_stored(&self, reference: &str) -> bool {
-        self.stored_batches.iter().any(|stored| stored == reference)
+    /// What saving must do with `batch`'s row: a product change touches
+    /// one or two batches, and writing only those keeps a save's cost
+    /// independent of how many batches the product has.
+    /// `index` is the batch's place in the product: batches keep the order
+    /// they were loaded in, new ones come after.
+    pub fn batch_write(&self, index: usize, batch: &Batch) -> BatchWrite {
+        let stored = self
+            .stored_batches
+            .get(index)
+            .filter(|stored| stored.reference == batch.reference)
+            .or_else(|| {
+                self.stored_batches
+                    .iter()
+                    .find(|stored| stored.reference == batch.reference)
+            });
+        match stored {
+            None => BatchWrite::Insert,
+            Some(stored) if *stored == BatchRow::of(batch) => BatchWrite::Keep,
+            Some(_) => BatchWrite::Update,
+        }
     }
 
     /// Whether the product must be written at commit.

@@ -72,10 +72,14 @@ pub fn identifier(field: &'static str, value: String) -> Result<String, InvalidF
 /// A character that is not text a person can read and tell apart: a control
 /// character (NUL, newline, escape...), a line or paragraph separator, or
 /// an invisible formatting one (zero-width, bidirectional overrides, the
-/// byte-order mark), which would make two identifiers look the same or
-/// reorder what a log or a terminal shows.
+/// byte-order mark, variation selectors, tag characters), a blank that is
+/// not a space (no-break and ideographic spaces, Hangul fillers, the blank
+/// Braille cell), or a private-use character: what would make two
+/// identifiers look the same or reorder what a log or a terminal shows.
+/// (Text is not normalized: `CAFÉ` composed and decomposed are two skus.)
 fn invisible(c: char) -> bool {
     c.is_control()
+        || (c.is_whitespace() && c != ' ')
         || matches!(
             c,
             '\u{00AD}'
@@ -86,6 +90,16 @@ fn invisible(c: char) -> bool {
                 | '\u{2060}'..='\u{206F}'
                 | '\u{FEFF}'
                 | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{034F}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FFA0}'
+            | '\u{E0000}'..='\u{E0FFF}'
+            | '\u{F0000}'..='\u{10FFFF}'
+            | '\u{E000}'..='\u{F8FF}'
         )
 }
 
@@ -104,8 +118,14 @@ pub fn quantity(field: &'static str, value: i64) -> Result<u32, InvalidField> {
 pub fn date(field: &'static str, value: Option<String>) -> Result<Option<NaiveDate>, InvalidField> {
     value
         .map(|text| {
-            NaiveDate::parse_from_str(&text, "%Y-%m-%d")
-                .ok()
+            let shaped = text.len() == 10
+                && text.bytes().enumerate().all(|(i, b)| match i {
+                    4 | 7 => b == b'-',
+                    _ => b.is_ascii_digit(),
+                });
+            Some(&text)
+                .filter(|_| shaped)
+                .and_then(|text| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok())
                 .filter(|date| (1..=9999).contains(&date.year()))
                 .ok_or_else(|| {
                     let shown: String = text.chars().take(32).collect();
@@ -144,6 +164,11 @@ mod tests {
             ("a\u{2028}b".into(), "invisible formatting"),
             ("\u{FEFF}LAMP".into(), "invisible formatting"),
             (" LAMP".into(), "must not start or end with whitespace"),
+            ("A\u{00A0}B".into(), "invisible formatting"),
+            ("\u{3164}".into(), "invisible formatting"),
+            ("\u{2800}".into(), "invisible formatting"),
+            ("LAMP\u{E0041}".into(), "invisible formatting"),
+            ("LAMP\u{FE0F}".into(), "invisible formatting"),
             ("LAMP ".into(), "must not start or end with whitespace"),
             ("a\nb".into(), "control or invisible"),
             ("\u{1b}[31m".into(), "control or invisible"),
@@ -175,7 +200,14 @@ mod tests {
         assert!(date("eta", Some("2026-12-01".into())).unwrap().is_some());
         let error = date("eta", Some("9".repeat(10_000))).unwrap_err();
         assert!(error.to_string().len() < 120, "{error}");
-        for out_of_range in ["-100000-01-01", "0000-12-31", "+10000-01-01"] {
+        for out_of_range in [
+            "-100000-01-01",
+            "0000-12-31",
+            "+10000-01-01",
+            "2026-1-1",
+            "+2026-01-01",
+            " 2026-01-01",
+        ] {
             assert!(
                 date("eta", Some(out_of_range.into())).is_err(),
                 "{out_of_range}"

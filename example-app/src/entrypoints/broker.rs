@@ -12,7 +12,7 @@ use bus_redis::{RedisPublisher, RedisSubscriber};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::adapters::database::Database;
+use crate::adapters::database::{redacted, Database};
 
 /// The stream the app consumes.
 pub const INBOUND_STREAM: &str = "change_batch_quantity";
@@ -58,7 +58,7 @@ pub async fn start(
             .run(),
     );
     tracing::info!(
-        url,
+        url = %redacted(url),
         stream = INBOUND_STREAM,
         "broker: relaying the outbox and consuming"
     );
@@ -78,7 +78,7 @@ pub async fn relay_only(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), TransportError> {
     let publisher = Arc::new(RedisPublisher::new(bus_redis::connect(url).await?));
-    tracing::info!(url, "relaying the outbox");
+    tracing::info!(url = %redacted(url), "relaying the outbox");
     database.relay(publisher, stop).await;
     Ok(())
 }

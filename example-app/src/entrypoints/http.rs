@@ -31,6 +31,7 @@ use bus_sqlx::{DeadLetterError, DeadLetterStore};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::sync::Semaphore;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
@@ -47,6 +48,23 @@ pub struct AppState {
     pub bus: Bus,
     /// The store the bus's dead letters go to.
     pub dead_letters: Arc<dyn DeadLetterStore>,
+    /// Room for commands in progress: a command runs to its end even when
+    /// its client hangs up or times out, so without a bound, clients that
+    /// send and drop requests could pile up work without end. When it is
+    /// full, a command is answered 503 with `Retry-After`.
+    pub commands: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// The state of the routes, with room for `max_commands` commands in
+    /// progress at once.
+    pub fn new(bus: Bus, dead_letters: Arc<dyn DeadLetterStore>, max_commands: usize) -> Self {
+        AppState {
+            bus,
+            dead_letters,
+            commands: Arc::new(Semaphore::new(max_commands)),
+        }
+    }
 }
 
 /// The routes, and what every request goes through: the limits on its
@@ -96,6 +114,9 @@ pub struct ApiError {
     message: String,
     /// For a 5xx, what could not be done ("command", "query"...).
     failed: &'static str,
+    /// Whether the client is told to retry after a second (the service is
+    /// busy, not failing): the message is then the client's.
+    retry_after: bool,
 }
 
 impl ApiError {
@@ -104,6 +125,7 @@ impl ApiError {
             status,
             message: message.into(),
             failed: "request",
+            retry_after: false,
         }
     }
 
@@ -113,16 +135,32 @@ impl ApiError {
             status,
             message: error.to_string(),
             failed,
+            retry_after: false,
         }
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
+
+    /// Too many commands in progress: try again shortly.
+    fn busy() -> Self {
+        ApiError {
+            retry_after: true,
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many commands in progress; retry in a second",
+            )
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.retry_after {
+            let retry = [(axum::http::header::RETRY_AFTER, "1")];
+            return (self.status, retry, Json(json!({ "message": self.message }))).into_response();
+        }
         if !self.status.is_server_error() {
             let message = shortened(&self.message);
             return (self.status, Json(json!({ "message": message }))).into_response();
@@ -192,15 +230,24 @@ impl From<DispatchError<ViewError>> for ApiError {
     }
 }
 
-/// Runs a request's work on a task of its own: a client that hangs up
-/// cancels nothing half-way (a command runs to its end, events included,
-/// and its transactions are never cut short).
+/// Runs a command on a task of its own, in one of the `commands` slots: a
+/// client that hangs up cancels nothing half-way (a command runs to its end,
+/// events included, and its transactions are never cut short), and holds
+/// its slot until then. No slot free: a 503 with `Retry-After`.
 async fn detached<T: Send + 'static>(
+    commands: &Arc<Semaphore>,
     work: impl Future<Output = T> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::spawn(work)
-        .await
-        .map_err(|error| ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "request", error))
+    let Ok(slot) = Arc::clone(commands).try_acquire_owned() else {
+        return Err(ApiError::busy());
+    };
+    tokio::spawn(async move {
+        let done = work.await;
+        drop(slot);
+        done
+    })
+    .await
+    .map_err(|error| ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "request", error))
 }
 
 /// A JSON body whose every rejection (not JSON, wrong content type, a
@@ -243,12 +290,12 @@ struct AddBatchBody {
 }
 
 async fn add_batch(
-    State(AppState { bus, .. }): State<AppState>,
+    State(AppState { bus, commands, .. }): State<AppState>,
     ApiJson(body): ApiJson<AddBatchBody>,
 ) -> Result<Response, ApiError> {
     let command = CreateBatch::new(body.reference, body.sku, body.qty, body.eta)?;
     let reference = command.reference.clone();
-    detached(async move { bus.dispatch(command).await }).await??;
+    detached(&commands, async move { bus.dispatch(command).await }).await??;
     Ok((StatusCode::CREATED, Json(json!({ "ref": reference }))).into_response())
 }
 
@@ -261,11 +308,11 @@ struct AllocateBody {
 }
 
 async fn allocate(
-    State(AppState { bus, .. }): State<AppState>,
+    State(AppState { bus, commands, .. }): State<AppState>,
     ApiJson(body): ApiJson<AllocateBody>,
 ) -> Result<Response, ApiError> {
     let command = Allocate::new(body.orderid, body.sku, body.qty)?;
-    let batchref = detached(async move { bus.dispatch(command).await }).await??;
+    let batchref = detached(&commands, async move { bus.dispatch(command).await }).await??;
     Ok((StatusCode::ACCEPTED, Json(json!({ "batchref": batchref }))).into_response())
 }
 
@@ -278,12 +325,12 @@ struct ChangeBatchQuantityBody {
 }
 
 async fn change_batch_quantity(
-    State(AppState { bus, .. }): State<AppState>,
+    State(AppState { bus, commands, .. }): State<AppState>,
     ApiJson(body): ApiJson<ChangeBatchQuantityBody>,
 ) -> Result<Response, ApiError> {
     let command = ChangeBatchQuantity::new("ref", body.reference, body.qty)?;
     let answer = json!({ "ref": command.reference, "qty": command.qty });
-    detached(async move { bus.dispatch(command).await }).await??;
+    detached(&commands, async move { bus.dispatch(command).await }).await??;
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
@@ -353,7 +400,9 @@ fn dead_letter_id(id: &str) -> Result<i64, ApiError> {
 /// Replays a letter on a task of its own: a client that hangs up does not
 /// cut the replay short.
 async fn replay_dead_letter(
-    State(AppState { bus, dead_letters }): State<AppState>,
+    State(AppState {
+        bus, dead_letters, ..
+    }): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = dead_letter_id(&id)?;

@@ -37,6 +37,7 @@ macro_rules! api_contract_tests {
             idle_and_half_sent_connections_cannot_starve_the_server,
             beyond_the_connection_cap_a_connection_waits_until_one_closes,
             a_client_that_stops_reading_is_cut_off,
+            commands_beyond_the_limit_are_told_to_retry,
             every_error_answer_is_json_with_a_message,
             a_server_error_names_no_internal_detail_only_an_error_id,
             operations_routes_are_off_unless_an_admin_token_is_configured,
@@ -791,6 +792,85 @@ pub async fn a_client_that_stops_reading_is_cut_off(binary: &str, database_url: 
         }
     }
     assert!(cut_short >= 1, "no slow reader was cut off");
+}
+
+/// Commands beyond `MAX_COMMANDS` in progress are told to retry (503,
+/// `Retry-After`), so that clients sending and dropping requests cannot
+/// pile up work: with the database held by another session, one command
+/// takes the only slot and waits; the other is answered at once.
+pub async fn commands_beyond_the_limit_are_told_to_retry(binary: &str, database_url: &str) {
+    use sqlx::Connection as _;
+    let server = Server::start_with(binary, database_url, &[("MAX_COMMANDS", "1")]);
+    add_batch(&server, "b1", "LAMP", 10, None).await;
+    // Hold the database from another session: the next command waits.
+    let mut held: Box<dyn std::any::Any> = if database_url.starts_with("sqlite:") {
+        let mut connection = sqlx::SqliteConnection::connect(database_url)
+            .await
+            .expect("opens");
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut connection)
+            .await
+            .expect("holds");
+        Box::new(connection)
+    } else {
+        let mut connection = sqlx::PgConnection::connect(database_url)
+            .await
+            .expect("opens");
+        sqlx::query("BEGIN")
+            .execute(&mut connection)
+            .await
+            .expect("begins");
+        sqlx::query("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut connection)
+            .await
+            .expect("holds");
+        Box::new(connection)
+    };
+    let allocate = |orderid: &'static str| {
+        let url = server.url("/allocate");
+        tokio::spawn(async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"orderid": orderid, "sku": "LAMP", "qty": 1}))
+                .send()
+                .await
+                .expect("sent");
+            let retry_after = response.headers().get("retry-after").cloned();
+            let status = response.status();
+            (
+                status,
+                retry_after,
+                response.json::<Value>().await.expect("JSON"),
+            )
+        })
+    };
+    let (mut first, mut second) = (allocate("o1"), allocate("o2"));
+    // One of them waits for the database; the other is answered first.
+    let (answered, waiting) = tokio::select! {
+        done = &mut first => (done, second),
+        done = &mut second => (done, first),
+    };
+    let (status, retry_after, body) = answered.expect("a request ends");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(retry_after.as_ref().map(|v| v.as_bytes()), Some(&b"1"[..]));
+    assert!(message(&body).contains("too many commands"), "{body}");
+    drop(std::mem::replace(&mut held, Box::new(())));
+    let (status, _, body) = waiting.await.expect("a request ends");
+    assert!(
+        status == StatusCode::ACCEPTED || status == StatusCode::CONFLICT,
+        "the waiting command ends once the database is free: {status} {body}"
+    );
+    let (status, body) = post(
+        &server,
+        "/allocate",
+        json!({"orderid": "o3", "sku": "LAMP", "qty": 1}),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "its slot is free again: {body}"
+    );
 }
 
 /// `(status, content type, body)` of an answer (a body that is not JSON

@@ -334,6 +334,7 @@ fn weird_string(rng: &mut StdRng) -> String {
 fn valid_identifier(s: &str) -> bool {
     let invisible = |c: char| {
         c.is_control()
+            || (c.is_whitespace() && c != ' ')
             || matches!(
                 c,
                 '\u{00AD}'
@@ -344,6 +345,16 @@ fn valid_identifier(s: &str) -> bool {
                     | '\u{2060}'..='\u{206F}'
                     | '\u{FEFF}'
                     | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{034F}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{2800}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FFA0}'
+                | '\u{E0000}'..='\u{E0FFF}'
+                | '\u{F0000}'..='\u{10FFFF}'
+                | '\u{E000}'..='\u{F8FF}'
             )
     };
     s.len() <= 200 && !s.trim().is_empty() && s.trim() == s && !s.chars().any(invisible)
@@ -367,6 +378,9 @@ const INVALID_DATES: &[&str] = &[
     "-100000-01-01",
     "0000-12-31",
     "+10000-01-01",
+    "2026-1-1",
+    "+2026-01-01",
+    " 2026-01-01",
 ];
 
 const EDGE_INTS: &[i64] = &[

@@ -9,7 +9,7 @@ use super::{storage, write_error, SqliteDatabase};
 use crate::adapters::product_locks::ProductLocks;
 use crate::adapters::relational::{ProductTables, RelationalUnitOfWork};
 use crate::adapters::rows::{stored_batch, stored_line};
-use crate::adapters::tracked::{to_i64, Lines, Tracked};
+use crate::adapters::tracked::{to_i64, BatchWrite, Lines, Tracked};
 use crate::service_layer::unit_of_work::UowError;
 
 /// A unit of work in SQLite: [`RelationalUnitOfWork`] over a
@@ -115,8 +115,12 @@ impl SqliteDatabase {
                 }
             }
         }
-        for batch in &product.batches {
-            let written = if tracked.batch_is_stored(&batch.reference) {
+        for (index, batch) in product.batches.iter().enumerate() {
+            let write = tracked.batch_write(index, batch);
+            if write == BatchWrite::Keep {
+                continue;
+            }
+            let written = if write == BatchWrite::Update {
                 sqlx::query(
                     "UPDATE batches SET purchased_quantity = ?, allocated_quantity = ?, \
                      eta = ? WHERE reference = ? AND sku = ?",
