@@ -51,7 +51,7 @@ pub fn identifier(field: &'static str, value: String) -> Result<String, InvalidF
     if value.trim().is_empty() {
         return Err(InvalidField::new(field, "must not be empty"));
     }
-    if let Some(position) = value.chars().position(invisible) {
+    if let Some(position) = value.chars().position(refused_character) {
         return Err(InvalidField::new(
             field,
             format!(
@@ -77,7 +77,16 @@ pub fn identifier(field: &'static str, value: String) -> Result<String, InvalidF
 /// Braille cell), or a private-use character: what would make two
 /// identifiers look the same or reorder what a log or a terminal shows.
 /// (Text is not normalized: `CAFÉ` composed and decomposed are two skus.)
-fn invisible(c: char) -> bool {
+///
+/// ```
+/// use example_app::domain::validation::refused_character;
+///
+/// assert!(refused_character('\u{200B}'), "zero-width space");
+/// assert!(refused_character('\u{00A0}'), "no-break space");
+/// assert!(!refused_character(' '));
+/// assert!(!refused_character('é'));
+/// ```
+pub fn refused_character(c: char) -> bool {
     c.is_control()
         || (c.is_whitespace() && c != ' ')
         || matches!(
