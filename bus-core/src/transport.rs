@@ -414,15 +414,33 @@ impl Shortened<'_> {
     /// `text`, cut to at most `max` bytes on a character boundary, with its
     /// full length said when it was cut.
     fn to(text: &str, max: usize) -> String {
-        if text.len() <= max {
+        let kept = truncated(text, max);
+        if kept.len() == text.len() {
             return text.to_owned();
         }
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}... ({} bytes)", &text[..end], text.len())
+        format!("{kept}... ({} bytes)", text.len())
     }
+}
+
+/// At most `limit` bytes of `text`, cut on a character boundary: how a
+/// transport keeps what a sender sent (a name, a reason, a payload) from
+/// growing a dead letter or a log line without end.
+///
+/// ```
+/// use bus_core::transport::truncated;
+///
+/// assert_eq!(truncated("short", 10), "short");
+/// assert_eq!(truncated("aébc", 2), "a", "`é` is two bytes: not cut in half");
+/// ```
+pub fn truncated(text: &str, limit: usize) -> &str {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 impl std::fmt::Display for Shortened<'_> {
@@ -558,5 +576,26 @@ impl Subscriber for InMemorySubscriber {
             reason.to_owned(),
         ));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncated;
+
+    #[test]
+    fn a_text_is_cut_on_a_character_boundary_at_most_at_the_limit() {
+        assert_eq!(truncated("short", 10), "short");
+        assert_eq!(truncated("exactly", 7), "exactly");
+        assert_eq!(truncated("abcdef", 3), "abc");
+        // `é` is two bytes (1..3): a cut at 2 falls inside it.
+        assert_eq!(truncated("aébc", 2), "a");
+        assert_eq!(truncated("aébc", 3), "aé");
+        // A four-byte character, cut anywhere inside, is dropped whole.
+        for limit in 0..4 {
+            assert_eq!(truncated("🦀x", limit), "");
+        }
+        assert_eq!(truncated("🦀x", 4), "🦀");
+        assert_eq!(truncated("", 0), "");
     }
 }

@@ -44,7 +44,7 @@
 use std::time::Duration;
 
 use bus_core::transport::{
-    BatchError, Delivery, OutboundMessage, Publisher, Subscriber, TransportError,
+    truncated, BatchError, Delivery, OutboundMessage, Publisher, Subscriber, TransportError,
 };
 use bus_core::{async_trait, MessageId};
 use redis::aio::MultiplexedConnection;
@@ -152,18 +152,6 @@ fn xadd_capped(stream: &str, max_len: u64) -> redis::Cmd {
         .arg(max_len)
         .arg("*");
     command
-}
-
-/// At most `limit` bytes of `text`, cut on a character boundary.
-fn truncated(text: &str, limit: usize) -> &str {
-    if text.len() <= limit {
-        return text;
-    }
-    let mut end = limit;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 fn fields(message: &OutboundMessage) -> [(&'static str, String); 5] {
@@ -522,26 +510,5 @@ fn text(value: Value) -> String {
         Value::SimpleString(text) => text,
         Value::Int(n) => n.to_string(),
         other => format!("{other:?}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::truncated;
-
-    #[test]
-    fn a_text_is_cut_on_a_character_boundary_at_most_at_the_limit() {
-        assert_eq!(truncated("short", 10), "short");
-        assert_eq!(truncated("exactly", 7), "exactly");
-        assert_eq!(truncated("abcdef", 3), "abc");
-        // `é` is two bytes (1..3): a cut at 2 falls inside it.
-        assert_eq!(truncated("aébc", 2), "a");
-        assert_eq!(truncated("aébc", 3), "aé");
-        // A four-byte character, cut anywhere inside, is dropped whole.
-        for limit in 0..4 {
-            assert_eq!(truncated("🦀x", limit), "");
-        }
-        assert_eq!(truncated("🦀x", 4), "🦀");
-        assert_eq!(truncated("", 0), "");
     }
 }

@@ -10,6 +10,9 @@ use std::process::Command;
 #[path = "support/server.rs"]
 mod server;
 
+#[path = "support/write_model.rs"]
+mod write_model;
+
 #[macro_use]
 #[path = "support/api_contract.rs"]
 mod api_contract;

@@ -9,6 +9,9 @@
 #[path = "support/server.rs"]
 mod server;
 
+#[path = "support/write_model.rs"]
+mod write_model;
+
 #[macro_use]
 #[path = "support/fuzz.rs"]
 mod fuzz;

@@ -18,6 +18,9 @@ mod postgres;
 #[path = "../../example-app/tests/support/server.rs"]
 mod server;
 
+#[path = "../../example-app/tests/support/write_model.rs"]
+mod write_model;
+
 #[macro_use]
 #[path = "../../example-app/tests/support/api_contract.rs"]
 mod api_contract;

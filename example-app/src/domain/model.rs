@@ -66,13 +66,8 @@ impl Batch {
     ) -> Self {
         let allocated_quantity = allocations.iter().map(|l| u64::from(l.qty)).sum();
         Batch {
-            reference,
-            sku,
-            eta,
-            purchased_quantity: qty,
-            allocated_quantity,
-            allocations,
             all_loaded: true,
+            ..Batch::restore_partly(reference, sku, qty, eta, allocated_quantity, allocations)
         }
     }
 

@@ -186,14 +186,11 @@ pub const MAX_MESSAGE_BYTES: usize = 300;
 /// `message`, cut to [`MAX_MESSAGE_BYTES`] on a character boundary, saying
 /// how long it was.
 fn shortened(message: &str) -> String {
-    if message.len() <= MAX_MESSAGE_BYTES {
+    let kept = bus_core::transport::truncated(message, MAX_MESSAGE_BYTES);
+    if kept.len() == message.len() {
         return message.to_owned();
     }
-    let mut end = MAX_MESSAGE_BYTES;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... (cut from {} bytes)", &message[..end], message.len())
+    format!("{kept}... (cut from {} bytes)", message.len())
 }
 
 impl From<DispatchError<ServiceError>> for ApiError {

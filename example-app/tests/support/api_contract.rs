@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use bus_core::{EventReleaser, Scope};
+use bus_core::Scope;
 use example_app::adapters::database::Database;
 use example_app::views::AllocationRow;
 use example_app::Adapters;
@@ -392,35 +392,14 @@ pub async fn lines_of(
     database: &Database,
     sku: &str,
 ) -> (Vec<(String, u32, String)>, BTreeMap<String, u32>) {
-    let references: Vec<String> = {
-        let mut uow = database.unit_of_work(EventReleaser::new());
-        let product = uow
-            .products()
-            .get(sku)
-            .await
-            .expect("read")
-            .expect("exists");
-        product
-            .batches
-            .iter()
-            .map(|b| b.reference.clone())
-            .collect()
-    };
+    let batches = crate::write_model::batches_of(database, sku).await;
+    assert!(!batches.is_empty(), "{sku} exists");
     let mut lines = Vec::new();
     let mut quantities = BTreeMap::new();
-    for reference in references {
-        let mut uow = database.unit_of_work(EventReleaser::new());
-        let product = uow
-            .products()
-            .get_with_batch_lines(&reference)
-            .await
-            .expect("read")
-            .expect("exists");
-        let batch = product.batch(&reference).expect("its batch");
-        assert!(batch.all_loaded());
-        quantities.insert(reference.clone(), batch.purchased_quantity());
+    for batch in batches {
+        quantities.insert(batch.reference.clone(), batch.purchased_quantity());
         for line in batch.allocations() {
-            lines.push((line.orderid.clone(), line.qty, reference.clone()));
+            lines.push((line.orderid.clone(), line.qty, batch.reference.clone()));
         }
     }
     lines.sort();

@@ -99,29 +99,11 @@ type Line = (String, String, u32, String);
 async fn write_model(database: &Database, skus: &[&str]) -> Vec<Line> {
     let mut lines = Vec::new();
     for sku in skus {
-        let references: Vec<String> = {
-            let mut uow = database.unit_of_work(EventReleaser::new());
-            match uow.products().get(sku).await.expect("read") {
-                Some(product) => product
-                    .batches
-                    .iter()
-                    .map(|b| b.reference.clone())
-                    .collect(),
-                None => Vec::new(),
-            }
-        };
-        for reference in references {
-            let mut uow = database.unit_of_work(EventReleaser::new());
-            let product = uow
-                .products()
-                .get_with_batch_lines(&reference)
-                .await
-                .expect("read")
-                .expect("exists");
-            let batch = product.batch(&reference).expect("its batch");
+        for batch in crate::write_model::batches_of(database, sku).await {
             assert!(
                 batch.available_quantity() >= 0,
-                "batch {reference} oversold: {} of {}",
+                "batch {} oversold: {} of {}",
+                batch.reference,
                 batch.allocated_quantity(),
                 batch.purchased_quantity()
             );
@@ -130,7 +112,7 @@ async fn write_model(database: &Database, skus: &[&str]) -> Vec<Line> {
                     line.orderid.clone(),
                     line.sku.clone(),
                     line.qty,
-                    reference.clone(),
+                    batch.reference.clone(),
                 ));
             }
         }
