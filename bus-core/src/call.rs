@@ -109,19 +109,40 @@ pub struct Describe<'s, 'a> {
     _call: PhantomData<&'a ()>,
 }
 
+/// The kind of the message a described handler takes, for the checks of
+/// its other parameters.
+#[doc(hidden)]
+pub struct KindOf<K>(PhantomData<K>);
+
+/// The kinds of message whose handlers may release events: commands and
+/// events, not queries.
+#[diagnostic::on_unimplemented(
+    message = "a query handler cannot take `EventReleaser`: a query reads, it never releases events",
+    label = "not in a query handler",
+    note = "the read side never changes state: release events from a command handler (or an \
+            event handler), and answer the query from a read model"
+)]
+#[doc(hidden)]
+pub trait ReleasingKind {}
+
+impl ReleasingKind for crate::message::kind::CommandKind {}
+impl ReleasingKind for crate::message::kind::EventKind {}
+
 impl<'a> Describe<'_, 'a> {
     /// The message, taken by value.
     #[cold]
     #[inline(never)]
-    pub fn message_by_value<M: TakeMessage>(&mut self) {
+    pub fn message_by_value<M: TakeMessage>(&mut self) -> KindOf<<M as Message>::Kind> {
         self.shape.message = Some(M::meta());
+        KindOf(PhantomData)
     }
 
     /// The message, taken by reference.
     #[cold]
     #[inline(never)]
-    pub fn message_by_ref<M: TakeMessage>(&mut self) {
+    pub fn message_by_ref<M: TakeMessage>(&mut self) -> KindOf<<M as Message>::Kind> {
         self.shape.message = Some(M::meta());
+        KindOf(PhantomData)
     }
 
     /// The next dependency parameter.
@@ -130,6 +151,13 @@ impl<'a> Describe<'_, 'a> {
     pub fn dependency<D: Inject<'a>>(&mut self) {
         self.shape.dependencies.push(D::key());
     }
+
+    /// A parameter spelled `EventReleaser`, in a handler of a message of
+    /// kind `K`: refused in a query handler. (A releaser that reaches a
+    /// query handler another way is refused when the query runs.)
+    #[cold]
+    #[inline(never)]
+    pub fn releaser<K: ReleasingKind>(&mut self, _: &KindOf<K>) {}
 
     /// An event declared with `releases(...)`.
     #[cold]

@@ -151,7 +151,7 @@ impl FromStr for MessageId {
 /// #[derive(Debug, Clone, Event)]
 /// struct Started;
 ///
-/// #[handler]
+/// #[handler(releases(Started))]
 /// fn start(_: Start, events: EventReleaser) -> Result<(), std::convert::Infallible> {
 ///     events.release(Started);
 ///     Ok(())

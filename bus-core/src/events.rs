@@ -303,7 +303,7 @@ pub trait Aggregate {
 /// #[derive(Debug, Clone, Event)]
 /// struct Shipped;
 ///
-/// #[handler]
+/// #[handler(releases(Shipped))]
 /// fn ship(cmd: Ship, events: EventReleaser) -> Result<(), Refused> {
 ///     events.release(Shipped);
 ///     if cmd.ok { Ok(()) } else { Err(Refused) }
@@ -335,9 +335,44 @@ pub struct EventReleaser {
 struct ReleaserState {
     events: Vec<PendingEvent>,
     closed: bool,
+    /// Whether the bus made it for a handler call (and so checks it when
+    /// the call ends); `false` for [`EventReleaser::new`].
+    in_call: bool,
     /// The stored event this call delivers, if it is one.
     delivery: Option<Delivery>,
     recorded: Recorded,
+    /// What units of work of this call dropped without committing.
+    uncommitted: Uncommitted,
+}
+
+/// What a unit of work dropped without commit still held: reported with
+/// [`EventReleaser::dropped_uncommitted`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Uncommitted {
+    /// Aggregates it loaded and changed, or added.
+    pub aggregates: usize,
+    /// Events its aggregates recorded.
+    pub events: usize,
+}
+
+impl Uncommitted {
+    /// Whether it held nothing.
+    pub fn is_empty(&self) -> bool {
+        self.aggregates == 0 && self.events == 0
+    }
+}
+
+impl fmt::Display for Uncommitted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} changed aggregate{} and {} recorded event{}",
+            self.aggregates,
+            if self.aggregates == 1 { "" } else { "s" },
+            self.events,
+            if self.events == 1 { "" } else { "s" },
+        )
+    }
 }
 
 /// What the call's unit of work said about its [`Delivery`].
@@ -359,10 +394,15 @@ impl EventReleaser {
         Self::default()
     }
 
-    /// The releaser of a call that delivers a stored event.
-    pub(crate) fn for_delivery(delivery: Option<Delivery>) -> Self {
+    /// The releaser of one handler call (`delivery`: the stored event it
+    /// delivers, if it is one).
+    pub(crate) fn for_call(delivery: Option<Delivery>) -> Self {
         let releaser = Self::default();
-        releaser.state().delivery = delivery;
+        {
+            let mut state = releaser.state();
+            state.delivery = delivery;
+            state.in_call = true;
+        }
         releaser
     }
 
@@ -411,9 +451,68 @@ impl EventReleaser {
 
     /// Takes what was released and refuses anything later.
     pub(crate) fn close(&self) -> Vec<PendingEvent> {
+        self.close_checked().0
+    }
+
+    /// Takes what was released, and what units of work dropped without
+    /// committing, and refuses anything later.
+    pub(crate) fn close_checked(&self) -> (Vec<PendingEvent>, Uncommitted) {
         let mut state = self.state();
         state.closed = true;
-        std::mem::take(&mut state.events)
+        (
+            std::mem::take(&mut state.events),
+            std::mem::take(&mut state.uncommitted),
+        )
+    }
+
+    /// Says that a unit of work was dropped without commit or rollback while
+    /// it still held `aggregates` changed (or added) aggregates and `events`
+    /// recorded events: nothing of them was stored or released. Call it from
+    /// your unit of work's `Drop`; it does nothing when both are zero.
+    ///
+    /// When the handler of this call then returns `Ok` anyway, the caller
+    /// hears success for work that was never stored: the bus logs a warning
+    /// naming the handler, and a test's [`Recorder`](crate::testing::Recorder)
+    /// fails. (A handler that returns an error dropped its unit of work on
+    /// purpose: nothing is reported.) On a releaser made with
+    /// [`EventReleaser::new`], outside any bus, the warning is logged at once.
+    ///
+    /// ```
+    /// use bus_core::{Aggregate, EventRecorder, EventReleaser};
+    ///
+    /// struct Account { version: u64, loaded: u64, events: EventRecorder }
+    ///
+    /// /// A unit of work that says what it drops.
+    /// struct UnitOfWork { seen: Vec<Account>, releaser: EventReleaser }
+    ///
+    /// impl Drop for UnitOfWork {
+    ///     fn drop(&mut self) {
+    ///         // `commit` and `rollback` empty `seen`: only an uncommitted
+    ///         // unit of work has something to say here.
+    ///         let changed = self.seen.iter().filter(|a| a.version != a.loaded).count();
+    ///         let events = self.seen.iter_mut().map(|a| a.events.len()).sum();
+    ///         self.releaser.dropped_uncommitted(changed, events);
+    ///     }
+    /// }
+    /// # let _ = UnitOfWork { seen: Vec::new(), releaser: EventReleaser::new() };
+    /// ```
+    pub fn dropped_uncommitted(&self, aggregates: usize, events: usize) {
+        if aggregates == 0 && events == 0 {
+            return;
+        }
+        let mut state = self.state();
+        if state.in_call && !state.closed {
+            state.uncommitted.aggregates += aggregates;
+            state.uncommitted.events += events;
+            return;
+        }
+        drop(state);
+        let uncommitted = Uncommitted { aggregates, events };
+        tracing::warn!(
+            %uncommitted,
+            "a unit of work was dropped without commit or rollback: nothing of what it held \
+             was stored or released"
+        );
     }
 
     /// When this call delivers an event a durable store wrote: which event
@@ -458,6 +557,7 @@ impl fmt::Debug for EventReleaser {
             .field("events", &state.events)
             .field("closed", &state.closed)
             .field("delivery", &state.delivery)
+            .field("uncommitted", &state.uncommitted)
             .finish()
     }
 }

@@ -21,12 +21,18 @@ impl Wake for ThreadWaker {
 /// future waits.
 ///
 /// A future that completes on its first poll (a dispatch whose handlers are
-/// all plain `fn`s) costs no allocation. Do not call this from inside an async
-/// runtime's worker thread: it would block that worker; `.await` instead.
+/// all plain `fn`s) costs no allocation.
+///
+/// # Panics
+///
+/// When the future has to wait and this thread is inside an async runtime
+/// (a tokio runtime's thread, or a handler of an awaited dispatch of the
+/// bus): parking it could hang that runtime. `.await` the future there.
 ///
 /// ```
 /// assert_eq!(bus_core::block_on(async { 40 + 2 }), 42);
 /// ```
+#[track_caller]
 pub fn block_on<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);
     // First poll with a no-op waker: a future that is ready at once needs no
@@ -36,6 +42,9 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
         .poll(&mut Context::from_waker(Waker::noop()))
     {
         return output;
+    }
+    if crate::blocking::inside_async_runtime() {
+        refuse_to_park();
     }
     // It is waiting: poll again at once with a waker that unparks this thread,
     // so the wake-up it registers now is the one we wait for.
@@ -47,6 +56,15 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
             Poll::Pending => thread::park(),
         }
     }
+}
+
+#[cold]
+#[inline(never)]
+fn refuse_to_park() -> ! {
+    panic!(
+        "`bus_core::block_on` would park a thread that drives async tasks (it is inside an \
+         async runtime), which can hang that runtime: `.await` the future instead"
+    )
 }
 
 #[cfg(test)]

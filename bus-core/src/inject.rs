@@ -297,7 +297,7 @@ impl Scope {
     pub fn releaser(&mut self) -> EventReleaser {
         let delivery = self.delivery;
         self.releaser
-            .get_or_insert_with(|| EventReleaser::for_delivery(delivery))
+            .get_or_insert_with(|| EventReleaser::for_call(delivery))
             .clone()
     }
 
@@ -313,6 +313,18 @@ impl Scope {
         match self.releaser {
             Some(releaser) => releaser.close(),
             None => Vec::new(),
+        }
+    }
+
+    /// [`finish`](Self::finish), with what the call's units of work dropped
+    /// without committing.
+    #[inline]
+    pub(crate) fn finish_checked(
+        self,
+    ) -> (Vec<crate::events::PendingEvent>, crate::events::Uncommitted) {
+        match self.releaser {
+            Some(releaser) => releaser.close_checked(),
+            None => Default::default(),
         }
     }
 

@@ -37,6 +37,7 @@
 
 extern crate self as bus_core;
 
+mod blocking;
 mod bus;
 mod call;
 mod context;
@@ -61,8 +62,8 @@ mod uow;
 
 pub use bus::DEFAULT_MAX_MESSAGES_PER_DISPATCH;
 pub use bus::{
-    Bus, BusBuilder, BusDescription, CommandCodec, DependencyDescription, HandlerDescription,
-    InboundError, MessageDescription, ReplayError, ShutdownError,
+    Bus, BusBuilder, BusDescription, CommandCodec, DeadEnd, DependencyDescription,
+    HandlerDescription, InboundError, MessageDescription, ReplayError, ShutdownError,
 };
 pub use call::BoxFuture;
 pub use context::{MessageContext, MessageId, ParseMessageIdError};
@@ -72,9 +73,10 @@ pub use dead_letter::{
 pub use delivery::{Delivery, DeliveryLog};
 pub use dependencies::Dependencies;
 pub use error::{
-    BoxError, BuildError, CascadeLimitError, DispatchError, HandlerSite, InternalError, Problem,
+    BoxError, BuildError, CascadeLimitError, DispatchError, HandlerSite, InternalError,
+    MisuseError, Problem,
 };
-pub use events::{Aggregate, EventRecorder, EventReleaser, PendingEvent};
+pub use events::{Aggregate, EventRecorder, EventReleaser, PendingEvent, Uncommitted};
 pub use executor::block_on;
 pub use inject::{DependencyKey, Inject, Lifetime, Scope, Scoped};
 pub use layer::{HandlerCall, Layer, Next, Outcome};

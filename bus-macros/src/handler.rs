@@ -1,7 +1,7 @@
 //! `#[handler]`: registers a plain `fn` or `async fn` with the bus.
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote, quote_spanned};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{FnArg, Item, ItemFn, Path, ReturnType, Token, Type};
@@ -119,16 +119,27 @@ fn check_signature(function: &ItemFn, errors: &mut Errors) -> (Option<MessagePar
         errors.spanned(variadic, "a handler cannot be variadic");
     }
 
+    // An attribute cannot see whether its function sits in an `impl` block;
+    // `self` or `Self` in the signature says it does.
+    let has_receiver = sig
+        .inputs
+        .iter()
+        .any(|input| matches!(input, FnArg::Receiver(_)));
+    if !has_receiver {
+        if let Some(self_type) = first_self_type(sig.to_token_stream()) {
+            errors.push(syn::Error::new(
+                self_type.span(),
+                not_free(sig, "its signature names `Self`"),
+            ));
+        }
+    }
+
     let mut message = None;
     let mut dependencies = Vec::new();
     for (index, input) in sig.inputs.iter().enumerate() {
         let ty = match input {
             FnArg::Receiver(receiver) => {
-                errors.spanned(
-                    receiver,
-                    "a handler is a free function, not a method: remove `self` and move the \
-                     function out of the `impl` block; inject what `self` held as a dependency",
-                );
+                errors.spanned(receiver, not_free(sig, "it takes `self`"));
                 continue;
             }
             FnArg::Typed(typed) => &*typed.ty,
@@ -157,6 +168,32 @@ fn check_signature(function: &ItemFn, errors: &mut Errors) -> (Option<MessagePar
     (message, dependencies)
 }
 
+/// The error for a handler written as a method or an associated function:
+/// what a handler is, and how to call a method from one.
+fn not_free(sig: &syn::Signature, why: &str) -> String {
+    let name = &sig.ident;
+    let message = sig.inputs.iter().find_map(|input| match input {
+        FnArg::Typed(typed) => Some(typed.ty.to_token_stream().to_string()),
+        FnArg::Receiver(_) => None,
+    });
+    let message = message.as_deref().unwrap_or("YourCommand");
+    format!(
+        "a handler is a free `fn`, and `{name}` is a method or an associated function ({why}): \
+         move it out of the `impl` block. To call a method from a handler, write a free \
+         `#[handler] fn {name}(message: {message}, service: &YourType)` that calls \
+         `service.{name}(message)`, and register the value with `Dependencies::shared`"
+    )
+}
+
+/// The first `Self` in a token stream.
+fn first_self_type(tokens: TokenStream) -> Option<proc_macro2::Ident> {
+    tokens.into_iter().find_map(|token| match token {
+        proc_macro2::TokenTree::Ident(ident) if ident == "Self" => Some(ident),
+        proc_macro2::TokenTree::Group(group) => first_self_type(group.stream()),
+        _ => None,
+    })
+}
+
 fn message_param(ty: &Type, errors: &mut Errors) -> Option<MessageParam> {
     match ty {
         Type::Reference(reference) if reference.mutability.is_some() => {
@@ -168,6 +205,20 @@ fn message_param(ty: &Type, errors: &mut Errors) -> Option<MessageParam> {
         }
         Type::Reference(reference) => Some(MessageParam::ByRef((*reference.elem).clone())),
         other => Some(MessageParam::ByValue(other.clone())),
+    }
+}
+
+/// Whether a parameter type is spelled `EventReleaser` (any path ending so).
+fn is_releaser(ty: &Type) -> bool {
+    match ty {
+        Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|segment| segment.ident == "EventReleaser"),
+        Type::Paren(paren) => is_releaser(&paren.elem),
+        Type::Group(group) => is_releaser(&group.elem),
+        _ => false,
     }
 }
 
@@ -221,14 +272,15 @@ fn registration(
     let output = format_ident!("__bus_output");
     let returned = format_ident!("__bus_returned");
     let message_value = format_ident!("__bus_message");
+    let kind = format_ident!("__bus_kind");
     let (take_message, describe_message) = match message {
         MessageParam::ByValue(ty) => (
             quote_spanned! {ty.span()=> #call.message_by_value::<#ty>() },
-            quote_spanned! {ty.span()=> #shape.message_by_value::<#ty>(); },
+            quote_spanned! {ty.span()=> let #kind = #shape.message_by_value::<#ty>(); },
         ),
         MessageParam::ByRef(ty) => (
             quote_spanned! {ty.span()=> #call.message_by_ref::<#ty>() },
-            quote_spanned! {ty.span()=> #shape.message_by_ref::<#ty>(); },
+            quote_spanned! {ty.span()=> let #kind = #shape.message_by_ref::<#ty>(); },
         ),
     };
     let dep_idents: Vec<_> = (0..dependencies.len())
@@ -239,9 +291,23 @@ fn registration(
         .enumerate()
         .map(|(i, ty)| quote_spanned! {ty.span()=> #call.dependency::<#ty>(#i) })
         .collect();
-    let describe_dependencies = dependencies
-        .iter()
-        .map(|ty| quote_spanned! {ty.span()=> #shape.dependency::<#ty>(); });
+    let describe_dependencies = dependencies.iter().map(|ty| {
+        // `EventReleaser` is refused in a query handler; spelled as
+        // itself, that is a compile error on this parameter.
+        // The kind, named with call-site hygiene but located at the
+        // parameter, so that the error points there.
+        // The kind is bound again under a name spanned on the
+        // parameter (declared and used with that one span, so it
+        // resolves whatever its hygiene), so that an error points there.
+        let kind_here = proc_macro2::Ident::new("__bus_releaser_kind", ty.span());
+        let releaser = is_releaser(ty).then(|| {
+            quote_spanned! {ty.span()=>
+                let #kind_here = &#kind;
+                #shape.releaser(#kind_here);
+            }
+        });
+        quote_spanned! {ty.span()=> #shape.dependency::<#ty>(); #releaser }
+    });
     let describe_releases = releases
         .iter()
         .map(|path| quote_spanned! {path.span()=> #shape.releases::<#path>(); });

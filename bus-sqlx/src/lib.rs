@@ -89,7 +89,7 @@
 //!     }
 //! }
 //!
-//! #[handler]
+//! #[handler(releases(Deposited))]
 //! async fn deposit(cmd: Deposit, ledger: Scoped<Ledger>) -> Result<(), StageError> {
 //!     ledger.deposit(&cmd.account, cmd.amount).await
 //! }

@@ -112,7 +112,9 @@ pub const REALLOCATION_ATTEMPTS: u32 = 10;
 /// - a command that lost an optimistic-concurrency race runs again, up to
 ///   [`CONFLICT_ATTEMPTS`] times; no other command error is retried;
 /// - the events of a dispatch whose caller stopped waiting (an HTTP client
-///   hung up) still run, on the tokio runtime.
+///   hung up) still run, on the tokio runtime;
+/// - every event must have a handler: a handler that lost its `#[handler]`
+///   (or whose crate is no longer linked) stops the service at startup.
 pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
     let Adapters {
         unit_of_work,
@@ -126,6 +128,7 @@ pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
         .shared_arc(notifications);
     Bus::builder()
         .dependencies(dependencies)
+        .require_event_handlers()
         .retry(
             RetryPolicy::exponential(EVENT_HANDLER_ATTEMPTS)
                 .first_delay(Duration::from_millis(50))

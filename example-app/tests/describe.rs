@@ -31,7 +31,7 @@ fn the_readme_shows_the_apps_own_flowchart() {
 #[test]
 fn every_declared_event_has_a_handler_and_every_message_is_described() {
     let wiring = wiring();
-    assert_eq!(wiring.dead_ends(), Vec::<(&str, &str)>::new());
+    assert_eq!(wiring.dead_ends(), Vec::<bus_core::DeadEnd>::new());
     let allocate = wiring.message("allocation.allocate").unwrap();
     assert_eq!(allocate.kind, bus_core::Kind::Command);
     assert_eq!(

@@ -18,7 +18,7 @@ struct Ship;
 #[event(name = "kit.shipped")]
 struct Shipped;
 
-#[handler]
+#[handler(releases(Shipped))]
 fn ship(_: Ship, events: EventReleaser) -> Result<(), Infallible> {
     events.release(Shipped);
     Ok(())

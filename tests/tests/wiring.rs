@@ -141,18 +141,20 @@ fn every_problem_is_reported_at_once_sorted_with_file_and_line() {
 
     // Missing dependencies: the handler, its location and each parameter type.
     let needs = format!(
-        "handler `wiring::needs_things` (tests/tests/wiring.rs:{})",
+        "`wiring::needs_things` (tests/tests/wiring.rs:{})",
         line_of("fn needs_things")
     );
     assert!(
         text.contains(&format!(
-            "{needs} needs the shared dependency `arch_events_tests::Log`"
+            "the shared dependency `arch_events_tests::Log` was not provided; 1 handler needs \
+             it: {needs}; register it with `Dependencies::shared(value)`"
         )),
         "{text}"
     );
     assert!(
         text.contains(&format!(
-            "{needs} needs the scoped dependency `wiring::UnitOfWork`"
+            "the scoped dependency `wiring::UnitOfWork` was not provided; 1 handler needs it: \
+             {needs}; register it with `Dependencies::scoped(|scope| value)`"
         )),
         "{text}"
     );
@@ -170,7 +172,7 @@ fn every_problem_is_reported_at_once_sorted_with_file_and_line() {
             Problem::NoHandler { message, .. } | Problem::MultipleHandlers { message, .. } => {
                 message.to_string()
             }
-            Problem::MissingDependency { handler, .. } => handler.name.to_string(),
+            Problem::MissingDependency { type_name, .. } => type_name.to_string(),
             Problem::DuplicateName { name, .. } => name.to_string(),
             other => panic!("unexpected {other:?}"),
         })

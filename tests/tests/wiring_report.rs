@@ -120,9 +120,17 @@ fn the_bus_describes_its_wiring_and_warns_about_dead_ends() {
             .handlers[0]
             .is_async
     );
-    assert_eq!(
-        wiring.dead_ends(),
-        [("wiring_report::checkout", "shop.audited")]
+    let dead_ends = wiring.dead_ends();
+    let ends: Vec<(&str, &[&str])> = dead_ends
+        .iter()
+        .map(|end| (end.event, &end.released_by[..]))
+        .collect();
+    assert_eq!(ends, [("shop.audited", &["wiring_report::checkout"][..])]);
+    assert!(
+        dead_ends[0]
+            .location
+            .starts_with("tests/tests/wiring_report.rs:"),
+        "{dead_ends:?}"
     );
 
     let table = wiring.to_table();

@@ -13,9 +13,9 @@ use crate::context::MessageContext;
 use crate::dead_letter::{DeadLetterSink, InMemoryDeadLetters};
 use crate::dependencies::Dependencies;
 use crate::error::{BuildError, HandlerSite, Problem};
-use crate::inject::Lifetime;
+use crate::inject::{DependencyKey, Lifetime};
 use crate::layer::{Layer, Pipeline};
-use crate::message::{Command, Kind, Message, MessageMeta};
+use crate::message::{Command, Kind, Location, Message, MessageMeta};
 use crate::observer::Observer;
 use crate::registry::{HandlerDef, HandlerRegistration, Registrations};
 use crate::retry::{Retry, RetryPolicy};
@@ -41,7 +41,10 @@ pub struct BusBuilder {
     dependencies: Dependencies,
     observer: Option<Arc<dyn Observer>>,
     max_messages: usize,
+    /// Where `max_messages_per_dispatch` was called, for its problem.
+    max_messages_at: Option<Location>,
     allowed_unhandled: Vec<&'static MessageMeta>,
+    require_event_handlers: bool,
     layers: Vec<Arc<dyn Layer>>,
     message_layers: Vec<(&'static MessageMeta, Arc<dyn Layer>)>,
     retry: RetryPolicy,
@@ -59,7 +62,9 @@ impl BusBuilder {
             dependencies: Dependencies::new(),
             observer: None,
             max_messages: DEFAULT_MAX_MESSAGES_PER_DISPATCH,
+            max_messages_at: None,
             allowed_unhandled: Vec::new(),
+            require_event_handlers: false,
             layers: Vec::new(),
             message_layers: Vec::new(),
             retry: RetryPolicy::none(),
@@ -205,10 +210,11 @@ impl BusBuilder {
         self
     }
 
-    /// The container the handlers' dependencies come from (replaces any
-    /// earlier one).
+    /// The container the handlers' dependencies come from. Called again,
+    /// it adds the new container's registrations to the earlier ones (a type
+    /// registered in both is a build problem, as in one container).
     pub fn dependencies(mut self, dependencies: Dependencies) -> Self {
-        self.dependencies = dependencies;
+        self.dependencies = std::mem::take(&mut self.dependencies).merge(dependencies);
         self
     }
 
@@ -222,16 +228,56 @@ impl BusBuilder {
     /// not) one dispatch may process before it stops with
     /// [`DispatchError::CascadeLimit`](crate::DispatchError::CascadeLimit).
     /// Default: [`DEFAULT_MAX_MESSAGES_PER_DISPATCH`].
+    /// At least 1: 0 is a build problem (no dispatch could run).
+    #[track_caller]
     pub fn max_messages_per_dispatch(mut self, max: usize) -> Self {
-        self.max_messages = max.max(1);
+        let caller = std::panic::Location::caller();
+        self.max_messages = max;
+        self.max_messages_at = Some(Location {
+            file: caller.file(),
+            line: caller.line(),
+        });
         self
     }
 
     /// Lets the command or query `M` have no handler in this binary (another
     /// process handles it); dispatching it here returns
-    /// [`DispatchError::Unhandled`](crate::DispatchError::Unhandled).
+    /// [`DispatchError::Unhandled`](crate::DispatchError::Unhandled). With
+    /// [`require_event_handlers`](Self::require_event_handlers), lets the
+    /// event `M` have none.
     pub fn allow_unhandled<M: Message>(mut self) -> Self {
         self.allowed_unhandled.push(M::meta());
+        self
+    }
+
+    /// Refuses to build when an event type of the bus has no handler
+    /// (except those allowed with [`allow_unhandled`](Self::allow_unhandled)):
+    /// a function meant as its handler that lacks `#[handler]`, or sits in
+    /// a crate that is not linked, is found at startup, not in production.
+    /// Off by default (an event may have no handler);
+    /// [`BusDescription::dead_ends`](crate::BusDescription::dead_ends) lists
+    /// them either way.
+    ///
+    /// ```
+    /// use bus_core::{Bus, Event};
+    ///
+    /// #[derive(Debug, Clone, Event)]
+    /// struct Shipped;
+    ///
+    /// #[derive(Debug, Clone, Event)]
+    /// struct Audited;
+    ///
+    /// let refused = Bus::builder()
+    ///     .registrations(bus_core::Registrations::new().message::<Shipped>().message::<Audited>())
+    ///     .require_event_handlers()
+    ///     .allow_unhandled::<Audited>() // published for another service
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(refused.problems().len(), 1);
+    /// assert!(refused.to_string().contains("event `rust_out::Shipped`"));
+    /// ```
+    pub fn require_event_handlers(mut self) -> Self {
+        self.require_event_handlers = true;
         self
     }
 
@@ -243,6 +289,8 @@ impl BusBuilder {
             .unwrap_or_else(Registrations::linked);
         let mut problems = Vec::new();
         let mut command_retries = std::mem::take(&mut self.command_retries);
+        let retried_commands: Vec<&'static MessageMeta> =
+            command_retries.iter().map(|(meta, _)| *meta).collect();
 
         let mut handlers = sorted_unique_handlers(&registrations);
         handlers.retain(|handler| {
@@ -269,15 +317,28 @@ impl BusBuilder {
         }
 
         let mut routes = Routes::default();
+        let mut missing = MissingDependencies::default();
         for &meta in &messages {
             let mine = by_message.remove(&(meta as *const _)).unwrap_or_default();
             if meta.kind() != Kind::Event {
                 check_single_handler(meta, &mine, &self.allowed_unhandled, &mut problems);
+            } else if self.require_event_handlers
+                && mine.is_empty()
+                && !self
+                    .allowed_unhandled
+                    .iter()
+                    .any(|m| std::ptr::eq(*m, meta))
+            {
+                problems.push(Problem::NoHandler {
+                    kind: Kind::Event,
+                    message: meta.name(),
+                    declared_at: meta.location(),
+                });
             }
             let bound: Box<[BoundHandler]> = mine
                 .iter()
                 .map(|&registration| {
-                    let mut handler = bind(registration, &self.dependencies, &mut problems);
+                    let mut handler = bind(registration, &self.dependencies, &mut missing);
                     (handler.pipeline, handler.retry) = self.pipeline(meta, registration);
                     if meta.kind() == Kind::Command {
                         handler.command_retry = take_command_retry(&mut command_retries, meta);
@@ -300,7 +361,20 @@ impl BusBuilder {
             });
         }
 
-        problems.extend(self.setting_problems(&handlers, &command_retries));
+        problems.extend(missing.into_problems(&self.dependencies));
+        problems.extend(self.dependencies.duplicates().iter().map(|duplicate| {
+            Problem::DuplicateDependency {
+                type_name: duplicate.type_name,
+                lifetime: duplicate.lifetime,
+                registered_at: duplicate.at.clone(),
+            }
+        }));
+        problems.extend(self.setting_problems(
+            &handlers,
+            &messages,
+            &retried_commands,
+            &command_retries,
+        ));
         if !problems.is_empty() {
             return Err(BuildError::new(problems));
         }
@@ -321,7 +395,7 @@ impl BusBuilder {
                 lifecycle: Default::default(),
                 messages: messages.into_boxed_slice(),
                 names: Default::default(),
-                tap: Default::default(),
+                watch: Default::default(),
                 spawner: self.spawner,
             }),
         })
@@ -396,10 +470,96 @@ impl BusBuilder {
     fn setting_problems(
         &self,
         handlers: &[&'static HandlerRegistration],
+        messages: &[&'static MessageMeta],
+        retried_commands: &[&'static MessageMeta],
         unused_command_retries: &[(&'static MessageMeta, Box<dyn Any + Send + Sync>)],
     ) -> Vec<Problem> {
         let in_bus = |h: &HandlerRegistration| handlers.iter().any(|b| std::ptr::eq(*b, h));
         let mut problems = Vec::new();
+        if self.max_messages == 0 {
+            problems.push(Problem::InvalidSetting {
+                handler: HandlerSite {
+                    name: "the bus",
+                    location: self.max_messages_at.unwrap_or(Location {
+                        file: "(bootstrap)",
+                        line: 0,
+                    }),
+                },
+                setting: "max_messages_per_dispatch",
+                reason: "it must be at least 1: the message dispatched counts as the first",
+            });
+        }
+        // The same handler named twice by one setting: which value should win?
+        let twice = |list: &mut dyn Iterator<Item = &'static HandlerRegistration>| {
+            let mut seen: Vec<&'static HandlerRegistration> = Vec::new();
+            let mut repeated: Vec<&'static HandlerRegistration> = Vec::new();
+            for handler in list {
+                if seen.iter().any(|s| std::ptr::eq(*s, handler)) {
+                    if !repeated.iter().any(|r| std::ptr::eq(*r, handler)) {
+                        repeated.push(handler);
+                    }
+                } else {
+                    seen.push(handler);
+                }
+            }
+            repeated
+        };
+        let settings: [(&'static str, Vec<&'static HandlerRegistration>); 2] = [
+            (
+                "handler_retry",
+                twice(&mut self.handler_retries.iter().map(|(h, _)| *h)),
+            ),
+            (
+                "handler_timeout",
+                twice(&mut self.handler_timeouts.iter().map(|(h, _)| *h)),
+            ),
+        ];
+        for (setting, repeated) in settings {
+            for handler in repeated {
+                problems.push(Problem::InvalidSetting {
+                    handler: site(handler),
+                    setting,
+                    reason: "it is set twice for this handler: keep one",
+                });
+            }
+        }
+        let mut retried: Vec<&'static MessageMeta> = Vec::new();
+        for meta in retried_commands {
+            if retried.iter().any(|m| std::ptr::eq(*m, *meta)) {
+                continue;
+            }
+            let count = retried_commands
+                .iter()
+                .filter(|m| std::ptr::eq(**m, *meta))
+                .count();
+            if count > 1 {
+                retried.push(meta);
+                problems.push(Problem::InvalidSetting {
+                    handler: HandlerSite {
+                        name: meta.name(),
+                        location: meta.location(),
+                    },
+                    setting: "retry_command",
+                    reason: "it is set twice for this command: keep one",
+                });
+            }
+        }
+        for (meta, _) in &self.message_layers {
+            let routed = messages.iter().any(|m| std::ptr::eq(*m, *meta))
+                && handlers
+                    .iter()
+                    .any(|h| h.message().is_some_and(|m| std::ptr::eq(m, *meta)));
+            if !routed {
+                problems.push(Problem::InvalidSetting {
+                    handler: HandlerSite {
+                        name: meta.name(),
+                        location: meta.location(),
+                    },
+                    setting: "layer_for",
+                    reason: "the message has no handler in this bus: the layer would wrap nothing",
+                });
+            }
+        }
         for (handler, _) in &self.handler_retries {
             let reason = if !in_bus(handler) {
                 Some("the handler is not in this bus")
@@ -473,7 +633,8 @@ fn sorted_unique_handlers(registrations: &Registrations) -> Vec<&'static Handler
     handlers
 }
 
-/// Every message type: those registered and those named by a handler.
+/// Every message type: those registered and those a handler takes or
+/// declares it releases.
 fn unique_messages(
     registrations: &Registrations,
     handlers: &[&'static HandlerRegistration],
@@ -481,6 +642,7 @@ fn unique_messages(
     let mut messages: Vec<&'static MessageMeta> = registrations
         .messages()
         .chain(handlers.iter().filter_map(|h| h.message()))
+        .chain(handlers.iter().flat_map(|h| h.releases()))
         .collect();
     messages.sort_by_key(|m| {
         (
@@ -538,19 +700,14 @@ fn check_single_handler(
 fn bind(
     registration: &'static HandlerRegistration,
     dependencies: &Dependencies,
-    problems: &mut Vec<Problem>,
+    missing: &mut MissingDependencies,
 ) -> BoundHandler {
     let resolved = registration
         .dependencies()
         .filter_map(|key| match dependencies.resolve(&key) {
             Ok(resolved) => Some(resolved),
             Err(registered_as) => {
-                problems.push(Problem::MissingDependency {
-                    handler: site(registration),
-                    type_name: key.type_name(),
-                    lifetime: key.lifetime(),
-                    registered_as,
-                });
+                missing.add(key, registered_as, site(registration));
                 None
             }
         })
@@ -568,6 +725,104 @@ fn bind(
         retry: None,
         command_retry: None,
     }
+}
+
+/// The dependencies nobody provided, each once, with every handler that
+/// asks for it.
+#[derive(Default)]
+struct MissingDependencies {
+    by_key: HashMap<(std::any::TypeId, Lifetime), Missing>,
+}
+
+struct Missing {
+    key: DependencyKey,
+    registered_as: Option<Lifetime>,
+    handlers: Vec<HandlerSite>,
+}
+
+impl MissingDependencies {
+    fn add(&mut self, key: DependencyKey, registered_as: Option<Lifetime>, handler: HandlerSite) {
+        let missing = self
+            .by_key
+            .entry((key.type_id(), key.lifetime()))
+            .or_insert_with(|| Missing {
+                key,
+                registered_as,
+                handlers: Vec::new(),
+            });
+        if !missing.handlers.contains(&handler) {
+            missing.handlers.push(handler);
+        }
+    }
+
+    fn into_problems(self, dependencies: &Dependencies) -> impl Iterator<Item = Problem> + '_ {
+        self.by_key.into_values().map(move |mut missing| {
+            missing.handlers.sort();
+            Problem::MissingDependency {
+                type_name: missing.key.type_name(),
+                lifetime: missing.key.lifetime(),
+                handlers: missing.handlers,
+                registered_as: missing.registered_as,
+                near: near_registrations(&missing.key, dependencies),
+            }
+        })
+    }
+}
+
+/// What the container holds under a type near `key`'s: the same name
+/// inside or outside an `Arc`, a `Box` or an `Rc`, or with or without
+/// `dyn`; or, when `key` is a trait object, any concrete type of its
+/// lifetime (the value that was meant to be registered as that trait
+/// object, perhaps). At most eight.
+fn near_registrations(
+    key: &DependencyKey,
+    dependencies: &Dependencies,
+) -> Vec<(&'static str, Lifetime)> {
+    let wanted = key.type_name();
+    let wanted_base = base_name(wanted);
+    let wants_dyn = wanted.starts_with("dyn ");
+    let mut near: Vec<(&'static str, Lifetime)> = dependencies
+        .registered()
+        .filter(|r| !(r.type_name == wanted && r.lifetime != key.lifetime()))
+        .filter(|r| r.type_name != wanted)
+        .filter(|r| {
+            base_name(r.type_name) == wanted_base
+                || (wants_dyn && r.lifetime == key.lifetime() && !r.type_name.starts_with("dyn "))
+        })
+        .map(|r| (r.type_name, r.lifetime))
+        .collect();
+    near.sort_unstable();
+    near.truncate(8);
+    near
+}
+
+/// A type's name without wrappers, `dyn`, auto-trait bounds and module
+/// path: `alloc::sync::Arc<dyn app::Mailer + core::marker::Send>` →
+/// `Mailer`.
+fn base_name(type_name: &str) -> &str {
+    const WRAPPERS: [&str; 4] = [
+        "alloc::sync::Arc<",
+        "alloc::boxed::Box<",
+        "alloc::rc::Rc<",
+        "&",
+    ];
+    let mut name = type_name.trim();
+    loop {
+        let before = name;
+        for wrapper in WRAPPERS {
+            if let Some(inner) = name.strip_prefix(wrapper) {
+                name = inner.strip_suffix('>').unwrap_or(inner).trim();
+            }
+        }
+        name = name.strip_prefix("dyn ").unwrap_or(name).trim();
+        name = name.strip_prefix("mut ").unwrap_or(name).trim();
+        if name == before {
+            break;
+        }
+    }
+    let name = name.split(" + ").next().unwrap_or(name);
+    let path = name.split('<').next().unwrap_or(name);
+    path.rsplit("::").next().unwrap_or(path)
 }
 
 /// A handler that declares it releases an event nobody handles is a dead end

@@ -33,6 +33,8 @@ use crate::message::Kind;
 /// let wiring = bus.describe();
 /// let checkout = wiring.message("shop.checkout").unwrap();
 /// assert_eq!(checkout.handlers[0].releases, ["shop.checked_out"]);
+/// let dead_end = &wiring.dead_ends()[0]; // nobody handles it
+/// assert_eq!((dead_end.event, &dead_end.released_by[..]), ("shop.checked_out", &[checkout.handlers[0].name][..]));
 /// assert!(wiring.to_mermaid().starts_with("flowchart LR"));
 /// println!("{}", wiring.to_table());
 /// ```
@@ -53,8 +55,28 @@ pub struct MessageDescription {
     pub rust_path: &'static str,
     /// Where it is declared (`file:line`).
     pub location: String,
+    /// Its name on a broker, when it has one (`external = "..."`).
+    pub external: Option<&'static str>,
     /// Its handlers, in the order the bus calls them.
     pub handlers: Vec<HandlerDescription>,
+}
+
+/// An event type that no handler of the bus handles: its name, where it is
+/// declared, and the handlers that declare they release it.
+///
+/// An event may have no handler (it is published for another service, say,
+/// through an outbox: see [`external`](MessageDescription::external)); a
+/// handler function that lacks `#[handler]`, or sits in a crate that is not
+/// linked, shows up here too. [`BusBuilder::require_event_handlers`](crate::BusBuilder::require_event_handlers)
+/// makes every one of them a build problem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadEnd {
+    /// The event's name.
+    pub event: &'static str,
+    /// Where it is declared (`file:line`).
+    pub location: String,
+    /// The handlers that declare they release it, sorted.
+    pub released_by: Vec<&'static str>,
 }
 
 /// One handler.
@@ -69,6 +91,9 @@ pub struct HandlerDescription {
     /// What it asks for, in parameter order: the type and how it is given.
     pub dependencies: Vec<DependencyDescription>,
     /// The events it declares it releases (`#[handler(releases(...))]`).
+    /// The bus checks every call against this list: an undeclared release
+    /// is logged and fails a test's [`Recorder`](crate::testing::Recorder),
+    /// so the edges drawn from it are the ones that happen.
     pub releases: Vec<&'static str>,
 }
 
@@ -95,6 +120,7 @@ impl Bus {
                 name: meta.name(),
                 rust_path: meta.rust_path(),
                 location: meta.location().to_string(),
+                external: meta.external(),
                 handlers: self
                     .inner
                     .routes
@@ -130,28 +156,30 @@ impl BusDescription {
         self.messages.iter().find(|m| m.name == name)
     }
 
-    /// Events that a handler declares it releases and that no handler of
-    /// this bus handles: dead ends, as `(handler, event)`.
-    pub fn dead_ends(&self) -> Vec<(&'static str, &'static str)> {
-        let handled = |name: &str| {
-            self.message(name)
-                .is_some_and(|message| !message.handlers.is_empty())
-        };
-        let mut ends: Vec<_> = self
-            .messages
+    /// Every event type that no handler of this bus handles, sorted by
+    /// name, each with the handlers that declare they release it. See
+    /// [`DeadEnd`].
+    pub fn dead_ends(&self) -> Vec<DeadEnd> {
+        self.messages
             .iter()
-            .flat_map(|message| &message.handlers)
-            .flat_map(|handler| {
-                handler
-                    .releases
+            .filter(|m| m.kind == Kind::Event && m.handlers.is_empty())
+            .map(|event| {
+                let mut released_by: Vec<&'static str> = self
+                    .messages
                     .iter()
-                    .map(move |event| (handler.name, *event))
+                    .flat_map(|message| &message.handlers)
+                    .filter(|handler| handler.releases.contains(&event.name))
+                    .map(|handler| handler.name)
+                    .collect();
+                released_by.sort_unstable();
+                released_by.dedup();
+                DeadEnd {
+                    event: event.name,
+                    location: event.location.clone(),
+                    released_by,
+                }
             })
-            .filter(|(_, event)| !handled(event))
-            .collect();
-        ends.sort_unstable();
-        ends.dedup();
-        ends
+            .collect()
     }
 
     /// A plain-text table: one row per handler (or per message without one).

@@ -16,14 +16,15 @@ use super::command_retry::CommandRetry;
 use super::invocation::{dispatch_span, enter, request_handler_span, RequestInvocation};
 use super::routes::BoundHandler;
 use super::Bus;
+use crate::blocking::{driving, refuse_inside_runtime};
 use crate::call::{AsyncCall, BoxFuture, Call, Frame, MessageRef, SyncCall};
 use crate::context::MessageContext;
-use crate::error::{BoxError, DispatchError, InternalError};
+use crate::error::{BoxError, DispatchError, InternalError, MisuseError};
 use crate::events::PendingEvent;
 use crate::executor::block_on;
 use crate::inject::Scope;
 use crate::layer::Next;
-use crate::message::{Command, Event, Message, MessageMeta, Query};
+use crate::message::{Command, Event, Kind, Message, MessageMeta, Query};
 use crate::observer::HandlerFailure;
 use crate::registry::HandlerFn;
 
@@ -52,8 +53,7 @@ impl Bus {
         &self,
         command: C,
     ) -> Result<C::Output, DispatchError<C::Error>> {
-        self.request::<C, C::Output, C::Error>(command, "command", None)
-            .await
+        driving(self.request::<C, C::Output, C::Error>(command, "command", None)).await
     }
 
     /// [`dispatch`](Self::dispatch) as part of an earlier flow: the command
@@ -63,29 +63,42 @@ impl Bus {
         command: C,
         context: MessageContext,
     ) -> Result<C::Output, DispatchError<C::Error>> {
-        self.request::<C, C::Output, C::Error>(command, "command", Some(context))
-            .await
+        driving(self.request::<C, C::Output, C::Error>(command, "command", Some(context))).await
     }
 
     /// [`dispatch`](Self::dispatch) without an async runtime: plain `fn`
     /// handlers run inline, `async fn` ones on a minimal executor on this
-    /// thread (retry waits wait on this thread). Never call it from inside an
-    /// async task.
+    /// thread (retry waits wait on this thread).
+    ///
+    /// # Panics
+    ///
+    /// At once, naming the awaited method, when called from inside an async
+    /// runtime (a tokio runtime's thread, or a handler of an awaited
+    /// dispatch): blocking there can hang the runtime. `.await`
+    /// [`dispatch`](Self::dispatch) instead.
+    #[track_caller]
     pub fn dispatch_blocking<C: Command>(
         &self,
         command: C,
     ) -> Result<C::Output, DispatchError<C::Error>> {
+        refuse_inside_runtime("Bus::dispatch_blocking", "bus.dispatch(command).await");
         self.request_blocking::<C, C::Output, C::Error>(command, "command")
     }
 
     /// Asks a query of its one handler (the read side).
     pub async fn query<Q: Query>(&self, query: Q) -> Result<Q::Output, DispatchError<Q::Error>> {
-        self.request::<Q, Q::Output, Q::Error>(query, "query", None)
-            .await
+        driving(self.request::<Q, Q::Output, Q::Error>(query, "query", None)).await
     }
 
     /// [`query`](Self::query) without an async runtime.
+    ///
+    /// # Panics
+    ///
+    /// When called from inside an async runtime, like
+    /// [`dispatch_blocking`](Self::dispatch_blocking).
+    #[track_caller]
     pub fn query_blocking<Q: Query>(&self, query: Q) -> Result<Q::Output, DispatchError<Q::Error>> {
+        refuse_inside_runtime("Bus::query_blocking", "bus.query(query).await");
         self.request_blocking::<Q, Q::Output, Q::Error>(query, "query")
     }
 
@@ -103,6 +116,14 @@ impl Bus {
         event: E,
         context: MessageContext,
     ) -> Result<(), DispatchError<Infallible>> {
+        driving(self.publish_awaited(event, context)).await
+    }
+
+    async fn publish_awaited<E: Event>(
+        &self,
+        event: E,
+        context: MessageContext,
+    ) -> Result<(), DispatchError<Infallible>> {
         let _in_flight = self.enter_dispatch()?;
         let span = dispatch_span(E::meta(), "event", &mut Some(context));
         let mut cascade = Cascade::new(E::meta(), self.inner.max_messages, 0);
@@ -116,7 +137,14 @@ impl Bus {
     }
 
     /// [`publish`](Self::publish) without an async runtime.
+    ///
+    /// # Panics
+    ///
+    /// When called from inside an async runtime, like
+    /// [`dispatch_blocking`](Self::dispatch_blocking).
+    #[track_caller]
     pub fn publish_blocking<E: Event>(&self, event: E) -> Result<(), DispatchError<Infallible>> {
+        refuse_inside_runtime("Bus::publish_blocking", "bus.publish(event).await");
         let _in_flight = self.enter_blocking()?;
         let meta = E::meta();
         let context = MessageContext::root();
@@ -193,7 +221,7 @@ impl Bus {
         };
         self.tap_ran(handler, meta, 1, output.is_ok());
         let output = output?;
-        if let Some(cascade) = self.released(meta, scope) {
+        if let Some(cascade) = self.released(handler, meta, scope)? {
             // From here on, dropping this future does not drop the cascade.
             self.run_to_end(Run::new(cascade), span).await?;
         }
@@ -249,7 +277,7 @@ impl Bus {
                 self.tap_ran(handler, meta, 1, output.is_ok());
                 let output = output?;
                 if scope.has_releaser() {
-                    self.run_released_blocking(meta, scope, &span)?;
+                    self.run_released_blocking(handler, meta, scope, &span)?;
                 }
                 return Ok(output);
             }
@@ -258,7 +286,7 @@ impl Bus {
         self.tap_ran(handler, meta, 1, output.is_ok());
         let output = output?;
         if scope.has_releaser() {
-            self.run_released_blocking(meta, scope, &span)?;
+            self.run_released_blocking(handler, meta, scope, &span)?;
         }
         Ok(output)
     }
@@ -266,11 +294,12 @@ impl Bus {
     /// Runs what a command or query handler released, on this thread.
     fn run_released_blocking<E>(
         &self,
+        handler: &BoundHandler,
         meta: &'static MessageMeta,
         scope: Scope,
         span: &tracing::Span,
     ) -> Result<(), DispatchError<E>> {
-        if let Some(cascade) = self.released(meta, scope) {
+        if let Some(cascade) = self.released(handler, meta, scope)? {
             enter(span, || self.run_queue_blocking(&mut Run::new(cascade)))?;
         }
         Ok(())
@@ -348,17 +377,30 @@ impl Bus {
         (output, scope)
     }
 
-    /// The cascade of what a command or query handler released, if anything:
-    /// the handler's own message counts as the first one processed.
+    /// The cascade of what a command handler released, if anything: the
+    /// handler's own message counts as the first one processed. A query's
+    /// handler that released events fails the query instead.
     #[inline]
-    fn released(&self, meta: &'static MessageMeta, mut scope: Scope) -> Option<Cascade> {
+    fn released<E>(
+        &self,
+        handler: &BoundHandler,
+        meta: &'static MessageMeta,
+        mut scope: Scope,
+    ) -> Result<Option<Cascade>, DispatchError<E>> {
         if !scope.has_releaser() {
-            return None;
+            return Ok(None);
         }
         let context = scope.context();
+        let events = self.inner.watch.accept(handler.registration, scope);
+        if events.is_empty() {
+            return Ok(None);
+        }
+        if meta.kind() == Kind::Query {
+            return Err(query_released(handler, meta, events));
+        }
         let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
-        cascade.push_all(scope.finish(), &context);
-        Some(cascade)
+        cascade.push_all(events, &context);
+        Ok(Some(cascade))
     }
 
     /// The one handler of a command or query.
@@ -458,6 +500,30 @@ where
     let call = Call::new(MessageRef::Owned(&mut frame), &handler.dependencies, scope);
     let called = f(call).instrument(span).await;
     complete(handler, called, frame.output, scope)
+}
+
+/// A query whose handler released events: refused, the events dropped
+/// (stored ones are let go to their store's recovery).
+#[cold]
+#[inline(never)]
+fn query_released<E>(
+    handler: &BoundHandler,
+    meta: &'static MessageMeta,
+    events: Vec<PendingEvent>,
+) -> DispatchError<E> {
+    let misuse = MisuseError::QueryReleased {
+        query: meta.name(),
+        handler: handler.registration.name(),
+        events: events.iter().map(PendingEvent::name).collect(),
+    };
+    tracing::error!(
+        query = meta.name(),
+        handler = handler.registration.name(),
+        location = %handler.registration.location(),
+        error = %misuse,
+        "query refused: its handler released events"
+    );
+    DispatchError::Misuse(Box::new(misuse))
 }
 
 /// The caller's answer from a command or query handler's call; a failed

@@ -27,7 +27,7 @@ impl Bus {
     /// Tells the attached recorder (tests) about an event leaving the queue.
     #[inline]
     pub(super) fn tap_released(&self, event: &PendingEvent) {
-        if let Some(tap) = self.inner.tap.get() {
+        if let Some(tap) = self.inner.watch.tap.get() {
             tap.released(event);
         }
     }
@@ -41,7 +41,7 @@ impl Bus {
         attempts: u32,
         ok: bool,
     ) {
-        if let Some(tap) = self.inner.tap.get() {
+        if let Some(tap) = self.inner.watch.tap.get() {
             tap.ran(handler.registration.name(), meta.name(), attempts, ok);
         }
     }
@@ -179,7 +179,8 @@ impl Bus {
         while let Some(handler) = route.handlers.get(*next) {
             match (&handler.pipeline, handler.call) {
                 (Some(pipeline), _) => {
-                    let invocation = EventInvocation::new(handler, event.as_any(), meta);
+                    let invocation =
+                        EventInvocation::new(handler, event.as_any(), meta, &self.inner.watch);
                     let outcome = Next::new(pipeline, &invocation)
                         .run(invocation.call(context))
                         .await;
@@ -304,7 +305,8 @@ impl Bus {
         match (&handler.pipeline, handler.call) {
             (Some(pipeline), _) => {
                 let invocation =
-                    EventInvocation::new(handler, event.as_any(), meta).delivering(delivery);
+                    EventInvocation::new(handler, event.as_any(), meta, &self.inner.watch)
+                        .delivering(delivery);
                 let outcome = Next::new(pipeline, &invocation)
                     .run(invocation.call(context))
                     .await;
@@ -324,10 +326,10 @@ impl Bus {
                     }
                 };
                 let recorded = scope.recorded();
-                let released = scope.finish();
                 let released = if outcome.is_ok() {
-                    released
+                    self.inner.watch.accept(handler.registration, scope)
                 } else {
+                    drop(scope.finish());
                     Vec::new()
                 };
                 (outcome, recorded, released, 1)
@@ -390,7 +392,8 @@ impl Bus {
     ) {
         match (&handler.pipeline, handler.call) {
             (Some(pipeline), _) => {
-                let invocation = EventInvocation::new(handler, event.as_any(), meta);
+                let invocation =
+                    EventInvocation::new(handler, event.as_any(), meta, &self.inner.watch);
                 let outcome =
                     block_on(Next::new(pipeline, &invocation).run(invocation.call(context)));
                 self.settle_layered(handler, event, context, invocation, outcome, cascade);
@@ -470,7 +473,7 @@ impl Bus {
         let meta = event.meta();
         let traced = tracing::enabled!(tracing::Level::DEBUG);
         // Read once per event: a test's recorder, if one is attached.
-        let tap = self.inner.tap.get();
+        let tap = self.inner.watch.tap.get();
         for (call, handler) in calls.iter().zip(handlers) {
             let Some(f) = call else {
                 // No typed entry (an `async fn`, or a layered handler).
@@ -494,7 +497,8 @@ impl Bus {
                         tap.ran(handler.registration.name(), meta.name(), 1, true);
                     }
                     if scope.has_releaser() {
-                        cascade.push_all(scope.finish(), &context);
+                        let released = self.inner.watch.accept(handler.registration, scope);
+                        cascade.push_all(released, &context);
                     }
                 }
                 Ok(Err(error)) => {
@@ -526,7 +530,8 @@ impl Bus {
             Ok(()) => {
                 self.tap_ran(handler, event.meta(), 1, true);
                 if scope.has_releaser() {
-                    cascade.push_all(scope.finish(), &context);
+                    let released = self.inner.watch.accept(handler.registration, scope);
+                    cascade.push_all(released, &context);
                 }
             }
             Err(cause) => {
@@ -651,7 +656,7 @@ impl Bus {
             .delivery_log()
             .map(|log| Delivery::new(id, name, false, log));
         let event = pending.event.erased();
-        let invocation = EventInvocation::new(handler, event.as_any(), meta)
+        let invocation = EventInvocation::new(handler, event.as_any(), meta, &self.inner.watch)
             .after(1)
             .delivering(delivery);
         let next = Next::new(&[], &invocation);

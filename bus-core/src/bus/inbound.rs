@@ -253,7 +253,7 @@ impl Bus {
                         name: meta.name(),
                         error,
                     })?;
-                self.publish_erased(event, meta, context).await
+                crate::blocking::driving(self.publish_erased(event, meta, context)).await
             }
         }
     }

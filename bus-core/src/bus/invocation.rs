@@ -155,6 +155,7 @@ pub(super) fn failure_cause(outcome: Result<Result<(), BoxError>, Box<dyn Any + 
 /// stored event it delivered.
 pub(super) struct EventInvocation<'h> {
     handler: &'h BoundHandler,
+    watch: &'h super::watch::Watch,
     event: &'h (dyn Any + Send + Sync),
     meta: &'static MessageMeta,
     attempts: AtomicU32,
@@ -167,9 +168,11 @@ impl<'h> EventInvocation<'h> {
         handler: &'h BoundHandler,
         event: &'h (dyn Any + Send + Sync),
         meta: &'static MessageMeta,
+        watch: &'h super::watch::Watch,
     ) -> Self {
         EventInvocation {
             handler,
+            watch,
             event,
             meta,
             attempts: AtomicU32::new(0),
@@ -233,11 +236,16 @@ impl EventInvocation<'_> {
     /// Counts the attempt, and keeps what a successful one released.
     fn settle(&self, scope: Scope, outcome: &Outcome) {
         let recorded = scope.recorded();
-        let events = scope.finish();
+        let events = if outcome.is_ok() {
+            Some(self.watch.accept(self.handler.registration, scope))
+        } else {
+            drop(scope.finish());
+            None
+        };
         let mut kept = self.released.lock().unwrap_or_else(PoisonError::into_inner);
         kept.1 = recorded;
-        if outcome.is_ok() {
-            kept.0 = Some(events);
+        if events.is_some() {
+            kept.0 = events;
         }
     }
 }

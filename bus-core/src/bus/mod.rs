@@ -15,13 +15,16 @@ mod replay;
 mod routes;
 mod typed_route;
 mod unwind;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 pub use builder::{BusBuilder, DEFAULT_MAX_MESSAGES_PER_DISPATCH};
-pub use describe::{BusDescription, DependencyDescription, HandlerDescription, MessageDescription};
+pub use describe::{
+    BusDescription, DeadEnd, DependencyDescription, HandlerDescription, MessageDescription,
+};
 pub use inbound::{CommandCodec, InboundError};
 pub use replay::ReplayError;
 use routes::Routes;
@@ -48,7 +51,7 @@ use crate::observer::Observer;
 /// #[derive(Debug, Clone, Event)]
 /// struct Added(usize);
 ///
-/// #[handler]
+/// #[handler(releases(Added))]
 /// fn add(cmd: Add, total: &AtomicUsize, events: EventReleaser) -> Result<usize, std::convert::Infallible> {
 ///     let now = total.fetch_add(cmd.0, Ordering::SeqCst) + cmd.0;
 ///     events.release(Added(now));
@@ -77,8 +80,9 @@ struct BusInner {
     messages: Box<[&'static MessageMeta]>,
     /// Handlers and messages by name, made on the first replay.
     names: OnceLock<Names>,
-    /// A test's recorder, once attached.
-    tap: OnceLock<Arc<crate::testing::RecorderInner>>,
+    /// A test's recorder, once attached, and the run-time checks of what
+    /// handlers release.
+    watch: watch::Watch,
     /// Where the cascade of an awaited dispatch runs, when bootstrap named
     /// a runtime (see `detach.rs`).
     spawner: Option<Arc<dyn crate::spawn::Spawn>>,
@@ -248,6 +252,7 @@ impl Bus {
         let mut fresh = Some(tap);
         let attached = self
             .inner
+            .watch
             .tap
             .get_or_init(|| fresh.take().unwrap_or_default());
         match fresh {
@@ -257,7 +262,17 @@ impl Bus {
     }
 
     /// [`shutdown`](Self::shutdown), waiting on this thread.
+    ///
+    /// # Panics
+    ///
+    /// When called from inside an async runtime, like
+    /// [`dispatch_blocking`](Self::dispatch_blocking).
+    #[track_caller]
     pub fn shutdown_blocking(&self, grace: Duration) -> Result<(), ShutdownError> {
+        crate::blocking::refuse_inside_runtime(
+            "Bus::shutdown_blocking",
+            "bus.shutdown(grace).await",
+        );
         crate::executor::block_on(self.shutdown(grace))
     }
 }

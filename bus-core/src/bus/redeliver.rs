@@ -50,6 +50,14 @@ impl Bus {
     /// ```
     pub async fn redeliver(
         &self,
+        event: PendingEvent,
+        completed: &[String],
+    ) -> Result<(), DispatchError<Infallible>> {
+        crate::blocking::driving(self.redeliver_awaited(event, completed)).await
+    }
+
+    async fn redeliver_awaited(
+        &self,
         mut event: PendingEvent,
         completed: &[String],
     ) -> Result<(), DispatchError<Infallible>> {

@@ -123,7 +123,7 @@ impl Bus {
         event: PendingEvent,
         context: MessageContext,
     ) -> Result<(), ReplayError> {
-        self.replay_with(handler, event, context, None).await
+        crate::blocking::driving(self.replay_with(handler, event, context, None)).await
     }
 
     /// [`replay`](Self::replay) of the dead letter `letter` of the store
@@ -141,7 +141,7 @@ impl Bus {
         log: &Arc<dyn crate::DeliveryLog>,
         letter: i64,
     ) -> Result<(), ReplayError> {
-        self.replay_with(handler, event, context, Some((log, letter)))
+        crate::blocking::driving(self.replay_with(handler, event, context, Some((log, letter))))
             .await
     }
 
@@ -183,7 +183,8 @@ impl Bus {
             crate::delivery::Delivery::replaying(context.message_id(), name, log, letter)
         });
         async {
-            let invocation = EventInvocation::new(bound, event.as_any(), meta).delivering(delivery);
+            let invocation = EventInvocation::new(bound, event.as_any(), meta, &self.inner.watch)
+                .delivering(delivery);
             // The handler's retry, when it is its only layer, is kept beside it.
             let retry_only: Vec<Arc<dyn Layer>> = bound
                 .retry
@@ -239,12 +240,22 @@ impl Bus {
     }
 
     /// [`replay`](Self::replay) without an async runtime.
+    ///
+    /// # Panics
+    ///
+    /// When called from inside an async runtime, like
+    /// [`dispatch_blocking`](Self::dispatch_blocking).
+    #[track_caller]
     pub fn replay_blocking(
         &self,
         handler: &str,
         event: PendingEvent,
         context: MessageContext,
     ) -> Result<(), ReplayError> {
+        crate::blocking::refuse_inside_runtime(
+            "Bus::replay_blocking",
+            "bus.replay(handler, event, context).await",
+        );
         crate::executor::block_on(self.replay(handler, event, context))
     }
 }

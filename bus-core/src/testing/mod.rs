@@ -20,6 +20,6 @@ mod repository;
 mod scenario;
 
 pub(crate) use recorder::RecorderInner;
-pub use recorder::{HandlerRun, Recorder};
+pub use recorder::{handler_name, HandlerRun, Misuse, Recorder};
 pub use repository::{Conflict, Entity, FakeUnitOfWork, InMemoryRepository, InMemoryStore};
 pub use scenario::{given, Given, Then};

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use crate::bus::Bus;
 use crate::events::PendingEvent;
 use crate::message::Event;
+use crate::registry::HandlerDef;
 
 /// One handler call, as the recorder saw it end.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,10 +21,57 @@ pub struct HandlerRun {
     pub ok: bool,
 }
 
+/// Something a handler did that compiles and runs, but that the bus
+/// would otherwise let pass silently. A [`Recorder`] that saw one fails the
+/// test when it is dropped, unless the test took it with
+/// [`Recorder::take_misuses`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Misuse {
+    /// A handler call released an event that its `#[handler(releases(...))]`
+    /// does not declare: [`Bus::describe`] and its diagram leave that edge
+    /// out. Declare it.
+    UndeclaredRelease {
+        /// The handler's path.
+        handler: &'static str,
+        /// The event's name.
+        event: &'static str,
+    },
+    /// A handler returned `Ok` although a unit of work of its call was
+    /// dropped without commit while it held changes (see
+    /// [`EventReleaser::dropped_uncommitted`](crate::EventReleaser::dropped_uncommitted)):
+    /// nothing of them was stored, yet its caller heard success.
+    Uncommitted {
+        /// The handler's path.
+        handler: &'static str,
+        /// What the unit of work held.
+        dropped: crate::events::Uncommitted,
+    },
+}
+
+impl std::fmt::Display for Misuse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Misuse::UndeclaredRelease { handler, event } => write!(
+                f,
+                "handler `{handler}` released the event `{event}`, which it does not declare: \
+                 add it to `#[handler(releases(...))]`"
+            ),
+            Misuse::Uncommitted { handler, dropped } => write!(
+                f,
+                "handler `{handler}` returned Ok, but a unit of work of its call was dropped \
+                 without commit while it held {dropped}: nothing of them was stored; commit it, \
+                 or return an error"
+            ),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Recorded {
     events: Vec<PendingEvent>,
     runs: Vec<HandlerRun>,
+    misuses: Vec<Misuse>,
 }
 
 /// Records everything a bus does: every event its handlers release, in the
@@ -32,8 +80,15 @@ struct Recorded {
 /// Attach one to a bus (its clones included) in a test; it stays attached
 /// for the bus's life.
 ///
+/// It also watches for [`Misuse`]s, which the bus only logs: a handler that
+/// releases an event it did not declare, or that returns `Ok` after dropping
+/// a unit of work that held changes. When the last clone of a recorder is
+/// dropped while it holds misuses that the test did not take with
+/// [`take_misuses`](Self::take_misuses), it panics, listing them: the test
+/// fails.
+///
 /// ```
-/// use bus_core::testing::Recorder;
+/// use bus_core::testing::{handler_name, Recorder};
 /// use bus_core::{handler, Bus, Command, Event, EventReleaser};
 ///
 /// #[derive(Debug, Command)]
@@ -42,7 +97,7 @@ struct Recorded {
 /// #[derive(Debug, Clone, PartialEq, Event)]
 /// struct OrderPlaced { id: u32 }
 ///
-/// #[handler]
+/// #[handler(releases(OrderPlaced))]
 /// fn place_order(cmd: PlaceOrder, events: EventReleaser) -> Result<(), std::convert::Infallible> {
 ///     events.release(OrderPlaced { id: cmd.id });
 ///     Ok(())
@@ -58,11 +113,65 @@ struct Recorded {
 /// bus.dispatch_blocking(PlaceOrder { id: 7 }).unwrap();
 ///
 /// assert_eq!(recorder.events_of::<OrderPlaced>(), [OrderPlaced { id: 7 }]);
-/// assert_eq!(recorder.handlers_that_ran(), ["rust_out::place_order", "rust_out::confirm"]);
+/// assert!(recorder.ran::<place_order>() && recorder.ran::<confirm>());
+/// assert_eq!(
+///     recorder.handlers_that_ran(),
+///     [handler_name::<place_order>(), handler_name::<confirm>()],
+/// );
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Recorder {
     inner: Arc<RecorderInner>,
+    /// Shared by this recorder's clones only (the bus holds `inner`): its
+    /// drop is the end of the test's use of the recorder.
+    _watch: Arc<MisuseCheck>,
+}
+
+/// The path of the handler `H` (the type `#[handler]` defines under the
+/// function's name), as the bus names it in logs, errors and
+/// [`Recorder::handlers_that_ran`]: `your_crate::module::function`.
+///
+/// ```
+/// use bus_core::testing::handler_name;
+/// use bus_core::{handler, Command};
+///
+/// #[derive(Debug, Command)]
+/// struct Ping;
+///
+/// #[handler]
+/// fn ping(_: Ping) -> Result<(), std::convert::Infallible> { Ok(()) }
+///
+/// assert_eq!(handler_name::<ping>(), concat!(module_path!(), "::ping"));
+/// ```
+pub fn handler_name<H: HandlerDef>() -> &'static str {
+    H::registration().name()
+}
+
+/// Fails the test when the last clone of a recorder goes while it holds
+/// misuses the test did not take.
+struct MisuseCheck(Arc<RecorderInner>);
+
+impl Drop for MisuseCheck {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let misuses = std::mem::take(&mut self.0.lock().misuses);
+        if misuses.is_empty() {
+            return;
+        }
+        let mut text = format!(
+            "the recorder saw {} misuse{} (take them with `Recorder::take_misuses` if the test \
+             expects them):",
+            misuses.len(),
+            if misuses.len() == 1 { "" } else { "s" }
+        );
+        for misuse in &misuses {
+            text.push_str("\n  - ");
+            text.push_str(&misuse.to_string());
+        }
+        panic!("{text}");
+    }
 }
 
 /// What a recorder holds; the bus writes to it when one is attached.
@@ -79,6 +188,13 @@ impl RecorderInner {
 impl RecorderInner {
     pub(crate) fn released(&self, event: &PendingEvent) {
         self.lock().events.push(event.clone());
+    }
+
+    pub(crate) fn misused(&self, misuse: Misuse) {
+        let mut recorded = self.lock();
+        if !recorded.misuses.contains(&misuse) {
+            recorded.misuses.push(misuse);
+        }
     }
 
     pub(crate) fn ran(
@@ -102,11 +218,46 @@ impl Recorder {
     ///
     /// A bus takes one recorder: attaching a second one returns the first.
     pub fn attach(bus: &Bus) -> Recorder {
-        let recorder = Recorder::default();
-        match bus.attach_tap(recorder.inner.clone()) {
-            Ok(()) => recorder,
-            Err(existing) => Recorder { inner: existing },
+        let fresh = Arc::new(RecorderInner::default());
+        let inner = match bus.attach_tap(fresh.clone()) {
+            Ok(()) => fresh,
+            Err(existing) => existing,
+        };
+        Recorder {
+            _watch: Arc::new(MisuseCheck(inner.clone())),
+            inner,
         }
+    }
+
+    /// Whether the handler `H` (the type `#[handler]` defines under the
+    /// function's name) ran, successfully or not.
+    pub fn ran<H: HandlerDef>(&self) -> bool {
+        let name = H::registration().name();
+        self.inner.lock().runs.iter().any(|r| r.handler == name)
+    }
+
+    /// The calls of the handler `H` that ended so far, in order.
+    pub fn runs_of<H: HandlerDef>(&self) -> Vec<HandlerRun> {
+        let name = H::registration().name();
+        self.inner
+            .lock()
+            .runs
+            .iter()
+            .filter(|r| r.handler == name)
+            .cloned()
+            .collect()
+    }
+
+    /// The misuses seen so far (see [`Misuse`]); they stay, and still fail
+    /// the test when the recorder is dropped.
+    pub fn misuses(&self) -> Vec<Misuse> {
+        self.inner.lock().misuses.clone()
+    }
+
+    /// Takes the misuses seen so far: a test that expects them takes them,
+    /// and the recorder no longer fails for those.
+    pub fn take_misuses(&self) -> Vec<Misuse> {
+        std::mem::take(&mut self.inner.lock().misuses)
     }
 
     /// Every event released so far, in the order the bus handled them.
@@ -156,8 +307,8 @@ impl Recorder {
             .collect()
     }
 
-    /// Forgets everything recorded so far (between the "given" and the
-    /// "when" of a test).
+    /// Forgets the events and handler calls recorded so far (between the
+    /// "given" and the "when" of a test); not the misuses.
     pub fn clear(&self) {
         let mut recorded = self.inner.lock();
         recorded.events.clear();
@@ -171,6 +322,7 @@ impl std::fmt::Debug for Recorder {
         f.debug_struct("Recorder")
             .field("events", &recorded.events)
             .field("runs", &recorded.runs)
+            .field("misuses", &recorded.misuses)
             .finish()
     }
 }

@@ -243,3 +243,21 @@ impl<A: Entity> UnitOfWork for FakeUnitOfWork<A> {
         Ok(())
     }
 }
+
+/// Says what it drops uncommitted (see
+/// [`EventReleaser::dropped_uncommitted`]): an aggregate added, or changed
+/// since it was loaded, or holding recorded events. After a commit or a
+/// rollback it holds nothing of the kind.
+impl<A: Entity> Drop for FakeUnitOfWork<A> {
+    fn drop(&mut self) {
+        let mut changed = 0;
+        let mut events = 0;
+        for seen in &mut self.repository.seen {
+            if seen.loaded != Some(seen.aggregate.version()) {
+                changed += 1;
+            }
+            events += seen.aggregate.events().len();
+        }
+        self.releaser.dropped_uncommitted(changed, events);
+    }
+}

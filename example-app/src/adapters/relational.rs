@@ -259,6 +259,17 @@ impl<T: ProductTables> bus_core::UnitOfWork for RelationalUnitOfWork<T> {
     }
 }
 
+/// A unit of work dropped without commit or rollback while it held
+/// changes says so: when its handler returns `Ok` all the same, the bus
+/// warns (nothing was stored) and a test's recorder fails.
+impl<T> Drop for RelationalUnitOfWork<T> {
+    fn drop(&mut self) {
+        let changed = self.seen.iter().filter(|t| t.changed()).count();
+        let events = self.seen.iter().map(|t| t.product.recorded().len()).sum();
+        self.releaser.dropped_uncommitted(changed, events);
+    }
+}
+
 impl<T: ProductTables> UnitOfWork for RelationalUnitOfWork<T> {
     fn products(&mut self) -> &mut dyn ProductRepository {
         self

@@ -1,0 +1,116 @@
+//! What the bus checks when a handler call ends well: the events it
+//! released against those it declared, and the units of work it dropped
+//! without committing. Neither stops anything (the events were committed:
+//! they run), both are logged, and a test's recorder fails on them.
+//!
+//! The checks cost nothing for a call that released nothing and asked for
+//! no releaser: they read the releaser's state, which only such calls have.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use crate::events::{PendingEvent, Uncommitted};
+use crate::inject::Scope;
+use crate::registry::HandlerRegistration;
+use crate::testing::{Misuse, RecorderInner};
+
+/// The test recorder, if one is attached, and the misuses logged so far.
+#[derive(Default)]
+pub(crate) struct Watch {
+    /// A test's recorder, once attached.
+    pub(crate) tap: OnceLock<Arc<RecorderInner>>,
+    /// `(handler, event)` pairs already warned about: an undeclared release
+    /// is logged once per pair, not once per call.
+    warned: Mutex<HashSet<(usize, usize)>>,
+}
+
+impl Watch {
+    /// What a handler call that succeeded released, for the queue: checked
+    /// against what it declared, and against what its units of work
+    /// dropped.
+    #[inline]
+    pub(crate) fn accept(
+        &self,
+        registration: &'static HandlerRegistration,
+        scope: Scope,
+    ) -> Vec<PendingEvent> {
+        let (events, uncommitted) = scope.finish_checked();
+        if !uncommitted.is_empty() {
+            self.uncommitted(registration, uncommitted);
+        }
+        if !events.is_empty() {
+            self.check_declared(registration, &events);
+        }
+        events
+    }
+
+    fn check_declared(&self, registration: &'static HandlerRegistration, events: &[PendingEvent]) {
+        for (index, event) in events.iter().enumerate() {
+            let meta = event.meta();
+            if registration
+                .releases()
+                .any(|declared| std::ptr::eq(declared, meta))
+                || events[..index]
+                    .iter()
+                    .any(|earlier| std::ptr::eq(earlier.meta(), meta))
+            {
+                continue;
+            }
+            self.undeclared(registration, meta);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn undeclared(
+        &self,
+        registration: &'static HandlerRegistration,
+        meta: &'static crate::message::MessageMeta,
+    ) {
+        let key = (
+            registration as *const HandlerRegistration as usize,
+            meta as *const crate::message::MessageMeta as usize,
+        );
+        let first = self
+            .warned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key);
+        if first {
+            tracing::warn!(
+                handler = registration.name(),
+                location = %registration.location(),
+                event = meta.name(),
+                "handler released an event it does not declare: `describe()` and its diagram \
+                 leave this edge out; add the event to `#[handler(releases(...))]` \
+                 (logged once per handler and event)"
+            );
+        }
+        if let Some(tap) = self.tap.get() {
+            tap.misused(Misuse::UndeclaredRelease {
+                handler: registration.name(),
+                event: meta.name(),
+            });
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn uncommitted(&self, registration: &'static HandlerRegistration, dropped: Uncommitted) {
+        tracing::warn!(
+            handler = registration.name(),
+            location = %registration.location(),
+            aggregates = dropped.aggregates,
+            events = dropped.events,
+            "handler returned Ok, but a unit of work of its call was dropped without commit \
+             while it held changes: nothing of them was stored or released; commit it, or \
+             return an error"
+        );
+        if let Some(tap) = self.tap.get() {
+            tap.misused(Misuse::Uncommitted {
+                handler: registration.name(),
+                dropped,
+            });
+        }
+    }
+}
