@@ -198,7 +198,9 @@ impl fmt::Display for HandlerSite {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Problem {
-    /// A command or query with no handler.
+    /// A command or query with no handler; or an event with none, when the
+    /// bus requires one for every event
+    /// ([`require_event_handlers`](crate::BusBuilder::require_event_handlers)).
     NoHandler {
         /// Command or query.
         kind: Kind,
@@ -295,9 +297,14 @@ impl fmt::Display for Problem {
                 declared_at,
             } => write!(
                 f,
-                "{kind} `{message}` (declared at {declared_at}) has no handler: write a \
+                "{kind} `{message}` (declared at {declared_at}) has no handler{}: write a \
                  `#[handler]` fn taking it, make sure the crate that holds it is linked \
-                 (`use that_crate as _;`), or allow it with `allow_unhandled`"
+                 (`use that_crate as _;`), or allow it with `allow_unhandled`",
+                if *kind == Kind::Event {
+                    ", and this bus requires one for every event (`require_event_handlers`)"
+                } else {
+                    ""
+                }
             ),
             Problem::MultipleHandlers {
                 kind,

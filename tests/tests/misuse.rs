@@ -1,0 +1,881 @@
+//! No silent misuse: each mistake below compiles, and is caught at build
+//! time, fails at once, or fails a test's recorder; never a silent no-op.
+//! (Compile-time ones are in `ui/`; what is logged is in `misuse_log.rs`.)
+
+use std::convert::Infallible;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use bus_core::testing::{
+    handler_name, Entity, FakeUnitOfWork, InMemoryStore, Misuse, Recorder,
+};
+use bus_core::{
+    handler, Aggregate, Bus, BusBuilder, Command, Dependencies, DispatchError, Event,
+    EventRecorder, EventReleaser, Kind, Lifetime, MisuseError, Problem, Query, Registrations,
+    Scoped, Uncommitted, UnitOfWork,
+};
+
+fn line_of(needle: &str) -> u32 {
+    let source = include_str!("misuse.rs");
+    let index = source
+        .lines()
+        .position(|line| line.contains(needle))
+        .unwrap_or_else(|| panic!("`{needle}` not in misuse.rs"));
+    index as u32 + 1
+}
+
+fn at(needle: &str) -> String {
+    format!("tests/tests/misuse.rs:{}", line_of(needle))
+}
+
+// ---------------------------------------------------------------------------
+// A shelf, its event, and a fake unit of work over it.
+
+#[derive(Debug, Clone, PartialEq, Event)]
+#[event(name = "misuse.renamed")]
+struct Renamed(String);
+
+#[derive(Debug, Clone, PartialEq, Event)]
+#[event(name = "misuse.audited")]
+struct Audited;
+
+#[derive(Clone, Default)]
+struct Shelf {
+    id: u32,
+    name: String,
+    version: u64,
+    events: EventRecorder,
+}
+
+impl Aggregate for Shelf {
+    fn events(&mut self) -> &mut EventRecorder {
+        &mut self.events
+    }
+}
+
+impl Entity for Shelf {
+    type Key = u32;
+    fn key(&self) -> u32 {
+        self.id
+    }
+    fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl Shelf {
+    fn rename(&mut self, name: &str) {
+        self.name = name.to_owned();
+        self.version += 1;
+        self.events.record(Renamed(name.to_owned()));
+    }
+}
+
+type Uow = FakeUnitOfWork<Shelf>;
+
+fn shelves() -> Arc<InMemoryStore<Shelf>> {
+    let store = Arc::new(InMemoryStore::default());
+    store.insert(Shelf {
+        id: 1,
+        ..Default::default()
+    });
+    store
+}
+
+fn with_shelves(store: &Arc<InMemoryStore<Shelf>>) -> Dependencies {
+    let store = store.clone();
+    Dependencies::new().scoped(move |scope| Uow::new(store.clone(), scope.releaser()))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("refused")]
+struct Refused;
+
+// ---------------------------------------------------------------------------
+// A query handler that releases events (through its unit of work).
+
+#[derive(Debug, Query)]
+#[query(output = String)]
+struct ShelfName;
+
+/// Renames through a unit of work, in a query: the read side never changes
+/// state, so the query fails and nothing runs.
+#[handler]
+async fn shelf_name(_: ShelfName, mut uow: Scoped<Uow>) -> Result<String, Infallible> {
+    if let Some(shelf) = uow.repository().get(&1) {
+        shelf.rename("sneaky");
+    }
+    let _ = uow.commit().await;
+    Ok("shelf".into())
+}
+
+#[handler]
+fn count_renames(_: &Renamed, count: &AtomicU32) {
+    count.fetch_add(1, Ordering::SeqCst);
+}
+
+#[test]
+fn a_query_whose_handler_releases_events_fails_and_its_events_do_not_run() {
+    let store = shelves();
+    let count = Arc::new(AtomicU32::new(0));
+    let bus = Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<shelf_name>()
+                .handler::<count_renames>(),
+        )
+        .dependencies(with_shelves(&store).shared_arc(count.clone()))
+        .build()
+        .expect("valid wiring");
+    for result in [
+        bus.query_blocking(ShelfName),
+        bus_core::block_on(bus.query(ShelfName)),
+    ] {
+        let Err(DispatchError::Misuse(misuse)) = result else {
+            panic!("the query must fail, got {result:?}");
+        };
+        assert_eq!(
+            *misuse,
+            MisuseError::QueryReleased {
+                query: "misuse::ShelfName",
+                handler: handler_name::<shelf_name>(),
+                events: vec!["misuse.renamed"],
+            }
+        );
+        assert!(
+            misuse.to_string().contains("a query reads, it never changes state"),
+            "{misuse}"
+        );
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 0, "no released event ran");
+}
+
+// ---------------------------------------------------------------------------
+// The same dependency type registered twice.
+
+struct Clock(u32);
+
+#[derive(Debug, Command)]
+#[command(output = u32)]
+struct Tick;
+
+#[handler]
+fn tick(_: Tick, clock: &Clock) -> Result<u32, Infallible> {
+    Ok(clock.0)
+}
+
+#[test]
+fn a_dependency_registered_twice_is_a_build_problem_naming_both_lines() {
+    let error = Bus::builder()
+        .registrations(Registrations::new().handler::<tick>())
+        .dependencies(
+            Dependencies::new()
+                .shared(Clock(1)) // first clock
+                .shared(Clock(2)), // second clock
+        )
+        .build()
+        .expect_err("which clock?");
+    assert_eq!(
+        error.problems(),
+        [Problem::DuplicateDependency {
+            type_name: "misuse::Clock",
+            lifetime: Lifetime::Shared,
+            registered_at: vec![
+                bus_core::Location {
+                    file: "tests/tests/misuse.rs",
+                    line: line_of("// first clock"),
+                },
+                bus_core::Location {
+                    file: "tests/tests/misuse.rs",
+                    line: line_of("// second clock"),
+                },
+            ],
+        }]
+    );
+    let text = error.to_string();
+    assert!(
+        text.contains(&format!(
+            "the shared dependency `misuse::Clock` is registered 2 times: {}; {};",
+            at("// first clock"),
+            at("// second clock")
+        )),
+        "{text}"
+    );
+    assert!(text.contains("Dependencies::replace_shared"), "{text}");
+}
+
+#[test]
+fn two_containers_given_to_one_builder_add_up_and_a_type_in_both_is_a_problem() {
+    struct Other;
+    let both = Bus::builder()
+        .registrations(Registrations::new().handler::<tick>())
+        .dependencies(Dependencies::new().shared(Clock(1)))
+        .dependencies(Dependencies::new().shared(Other))
+        .build()
+        .expect("the first container is kept, not replaced");
+    assert_eq!(both.dispatch_blocking(Tick).expect("ticks"), 1);
+
+    let error = Bus::builder()
+        .registrations(Registrations::new().handler::<tick>())
+        .dependencies(Dependencies::new().shared(Clock(1)))
+        .dependencies(Dependencies::new().shared(Clock(2)))
+        .build()
+        .expect_err("a clock in each");
+    assert!(matches!(
+        error.problems(),
+        [Problem::DuplicateDependency { type_name: "misuse::Clock", registered_at, .. }]
+            if registered_at.len() == 2
+    ));
+}
+
+#[test]
+fn replace_swaps_a_registration_on_purpose() {
+    let bus = Bus::builder()
+        .registrations(Registrations::new().handler::<tick>())
+        .dependencies(
+            Dependencies::new()
+                .shared(Clock(1))
+                .replace_shared(Clock(7))
+                .scoped(|_| Clock(3))
+                .replace_scoped(|_| Clock(4)),
+        )
+        .build()
+        .expect("a replacement is not a duplicate");
+    assert_eq!(bus.dispatch_blocking(Tick).expect("ticks"), 7);
+}
+
+// ---------------------------------------------------------------------------
+// A handler that releases an event it does not declare.
+
+#[derive(Debug, Command)]
+struct Check;
+
+#[handler(releases(Renamed))]
+fn check(_: Check, events: EventReleaser) -> Result<(), Infallible> {
+    events.release(Renamed("declared".into()));
+    events.release(Audited);
+    events.release(Audited);
+    Ok(())
+}
+
+#[derive(Debug, Command)]
+struct CheckAsync;
+
+#[handler]
+async fn check_async(_: CheckAsync, events: EventReleaser) -> Result<(), Infallible> {
+    events.release(Audited);
+    Ok(())
+}
+
+/// An event handler that releases an undeclared event too.
+#[handler]
+fn audit_renames(_: &Renamed, events: EventReleaser) -> Result<(), Infallible> {
+    events.release(Audited);
+    Ok(())
+}
+
+fn undeclared(handler: &'static str) -> Misuse {
+    Misuse::UndeclaredRelease {
+        handler,
+        event: "misuse.audited",
+    }
+}
+
+#[test]
+fn an_undeclared_release_runs_and_is_a_misuse_the_recorder_reports_once_per_call() {
+    let bus = Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<check>()
+                .handler::<check_async>()
+                .handler::<audit_renames>()
+                .message::<Audited>(),
+        )
+        .build()
+        .expect("valid wiring");
+    let recorder = Recorder::attach(&bus);
+    bus.dispatch_blocking(Check).expect("handled");
+    // Nothing committed is lost: the undeclared events ran.
+    assert_eq!(
+        recorder.event_names(),
+        ["misuse.renamed", "misuse.audited", "misuse.audited", "misuse.audited"]
+    );
+    assert_eq!(
+        recorder.take_misuses(),
+        [
+            undeclared(handler_name::<check>()),
+            undeclared(handler_name::<audit_renames>()),
+        ]
+    );
+    bus_core::block_on(bus.dispatch(CheckAsync)).expect("handled");
+    assert_eq!(
+        recorder.take_misuses(),
+        [undeclared(handler_name::<check_async>())]
+    );
+    assert!(recorder.misuses().is_empty());
+}
+
+#[test]
+fn a_recorder_that_saw_a_misuse_fails_the_test_when_dropped() {
+    let bus = Bus::builder()
+        .registrations(Registrations::new().handler::<check>())
+        .build()
+        .expect("valid wiring");
+    let recorder = Recorder::attach(&bus);
+    let clone = recorder.clone();
+    bus.dispatch_blocking(Check).expect("handled");
+    drop(clone); // one clone left: nothing yet
+    let dropped = catch_unwind(AssertUnwindSafe(move || drop(recorder)));
+    let panic = dropped.expect_err("the last recorder fails the test");
+    let text = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        text.contains(&format!(
+            "handler `{}` released the event `misuse.audited`, which it does not declare: \
+             add it to `#[handler(releases(...))]`",
+            handler_name::<check>()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn declared_releases_are_no_misuse() {
+    #[derive(Debug, Command)]
+    struct Fine;
+
+    #[handler(releases(Renamed))]
+    fn fine(_: Fine, events: EventReleaser) -> Result<(), Infallible> {
+        events.release(Renamed("ok".into()));
+        Ok(())
+    }
+
+    let bus = Bus::builder()
+        .registrations(Registrations::new().handler::<fine>())
+        .build()
+        .expect("valid wiring");
+    let recorder = Recorder::attach(&bus);
+    bus.dispatch_blocking(Fine).expect("handled");
+    assert_eq!(recorder.event_names(), ["misuse.renamed"]);
+    assert!(recorder.misuses().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// A unit of work dropped without commit while it holds changes.
+
+#[derive(Debug, Command)]
+#[command(error = Refused)]
+struct Rename {
+    commit: bool,
+    fail: bool,
+}
+
+#[handler(releases(Renamed))]
+async fn rename(cmd: Rename, mut uow: Scoped<Uow>) -> Result<(), Refused> {
+    if let Some(shelf) = uow.repository().get(&1) {
+        shelf.rename("new");
+    }
+    if cmd.commit {
+        uow.commit().await.map_err(|_| Refused)?;
+    }
+    if cmd.fail {
+        return Err(Refused);
+    }
+    Ok(())
+}
+
+/// An event handler that forgets to commit.
+#[handler]
+fn rename_on_audit(_: &Audited, mut uow: Scoped<Uow>) -> Result<(), Infallible> {
+    if let Some(shelf) = uow.repository().get(&1) {
+        shelf.rename("audited");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Command)]
+struct Audit;
+
+#[handler(releases(Audited))]
+fn audit(_: Audit, events: EventReleaser) -> Result<(), Infallible> {
+    events.release(Audited);
+    Ok(())
+}
+
+#[derive(Debug, Command)]
+#[command(output = String)]
+struct ReadShelf;
+
+/// Loads without changing: nothing to commit.
+#[handler]
+fn read_shelf(_: ReadShelf, mut uow: Scoped<Uow>) -> Result<String, Infallible> {
+    Ok(uow
+        .repository()
+        .get(&1)
+        .map(|shelf| shelf.name.clone())
+        .unwrap_or_default())
+}
+
+fn rename_bus(store: &Arc<InMemoryStore<Shelf>>) -> Bus {
+    Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<rename>()
+                .handler::<read_shelf>()
+                .handler::<audit>()
+                .handler::<rename_on_audit>(),
+        )
+        .dependencies(with_shelves(store))
+        .build()
+        .expect("valid wiring")
+}
+
+#[test]
+fn ok_after_dropping_an_uncommitted_unit_of_work_is_a_misuse() {
+    let store = shelves();
+    let bus = rename_bus(&store);
+    let recorder = Recorder::attach(&bus);
+
+    bus.dispatch_blocking(Rename {
+        commit: false,
+        fail: false,
+    })
+    .expect("the handler said Ok");
+    assert_eq!(store.commits(), 0, "nothing was stored");
+    assert_eq!(
+        recorder.take_misuses(),
+        [Misuse::Uncommitted {
+            handler: handler_name::<rename>(),
+            dropped: Uncommitted {
+                aggregates: 1,
+                events: 1,
+            },
+        }]
+    );
+
+    // An event handler's call too.
+    bus.dispatch_blocking(Audit).expect("handled");
+    assert_eq!(
+        recorder.take_misuses(),
+        [Misuse::Uncommitted {
+            handler: handler_name::<rename_on_audit>(),
+            dropped: Uncommitted {
+                aggregates: 1,
+                events: 1,
+            },
+        }]
+    );
+}
+
+#[test]
+fn a_unit_of_work_committed_read_only_or_dropped_by_a_failing_handler_is_no_misuse() {
+    let store = shelves();
+    let bus = rename_bus(&store);
+    let recorder = Recorder::attach(&bus);
+    assert_eq!(bus.dispatch_blocking(ReadShelf).expect("read"), "");
+    let failed = bus.dispatch_blocking(Rename {
+        commit: false,
+        fail: true,
+    });
+    assert!(matches!(failed, Err(DispatchError::Handler(Refused))));
+    bus.dispatch_blocking(Rename {
+        commit: true,
+        fail: false,
+    })
+    .expect("renamed");
+    assert_eq!(store.commits(), 1);
+    assert_eq!(bus.dispatch_blocking(ReadShelf).expect("read"), "new");
+    assert_eq!(recorder.event_names(), ["misuse.renamed"]);
+    assert!(recorder.misuses().is_empty(), "{:?}", recorder.misuses());
+}
+
+// ---------------------------------------------------------------------------
+// A `*_blocking` call from inside an async runtime.
+
+#[derive(Debug, Command)]
+struct Ping;
+
+#[handler]
+fn ping(_: Ping) -> Result<(), Infallible> {
+    Ok(())
+}
+
+#[derive(Debug, Clone, Event)]
+struct Pinged;
+
+fn ping_bus() -> Bus {
+    Bus::builder()
+        .registrations(Registrations::new().handler::<ping>().message::<Pinged>())
+        .build()
+        .expect("valid wiring")
+}
+
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_blocking_call_inside_a_tokio_runtime_panics_at_once_naming_the_awaited_method() {
+    let bus = ping_bus();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let calls: [(&str, Box<dyn Fn(&Bus)>); 4] = [
+        (
+            "bus.dispatch(command).await",
+            Box::new(|bus| drop(bus.dispatch_blocking(Ping))),
+        ),
+        (
+            "bus.publish(event).await",
+            Box::new(|bus| drop(bus.publish_blocking(Pinged))),
+        ),
+        (
+            "bus.query(query).await",
+            Box::new(|bus| drop(bus.query_blocking(ShelfName))),
+        ),
+        (
+            "bus.shutdown(grace).await",
+            Box::new(|bus| drop(bus.shutdown_blocking(std::time::Duration::from_secs(1)))),
+        ),
+    ];
+    for (instead, call) in calls {
+        let refused = runtime.block_on(async { catch_unwind(AssertUnwindSafe(|| call(&bus))) });
+        let text = panic_text(refused.expect_err("refused at once"));
+        assert!(
+            text.contains("was called from inside an async runtime")
+                && text.contains(&format!("Call `{instead}` instead")),
+            "{text}"
+        );
+    }
+    assert!(!bus.is_closed(), "the refused shutdown did nothing");
+    // Outside the runtime, the same calls work.
+    bus.dispatch_blocking(Ping).expect("handled");
+}
+
+#[derive(Debug, Command)]
+struct Nested;
+
+/// A handler that makes a blocking dispatch: inside an awaited one, on any
+/// executor, that is refused.
+#[handler]
+fn nested(_: Nested, bus: &BusHandle) -> Result<(), Infallible> {
+    if let Some(bus) = bus.0.get() {
+        let _ = bus.dispatch_blocking(Ping);
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct BusHandle(std::sync::OnceLock<Bus>);
+
+#[test]
+fn a_handler_of_an_awaited_dispatch_that_blocks_is_refused_on_any_executor() {
+    let handle = Arc::new(BusHandle::default());
+    let bus = Bus::builder()
+        .registrations(Registrations::new().handler::<nested>().handler::<ping>())
+        .dependencies(Dependencies::new().shared_arc(handle.clone()))
+        .build()
+        .expect("valid wiring");
+    assert!(handle.0.set(bus.clone()).is_ok());
+    // `futures`' executor: no tokio context at all.
+    let refused = catch_unwind(AssertUnwindSafe(|| {
+        futures::executor::block_on(bus.dispatch(Nested))
+    }));
+    let text = panic_text(refused.expect_err("the handler's blocking call is refused"));
+    assert!(text.contains("`Bus::dispatch_blocking`"), "{text}");
+    // A blocking dispatch whose handler dispatches blocking is fine: it
+    // drives nothing else.
+    bus.dispatch_blocking(Nested).expect("nested blocking calls work");
+}
+
+// ---------------------------------------------------------------------------
+// An event with no handler: a function that lost its `#[handler]`.
+
+#[derive(Debug, Clone, Event)]
+#[event(name = "misuse.shipped")]
+struct Shipped;
+
+/// Meant as `Shipped`'s handler, but its `#[handler]` is missing.
+#[allow(dead_code)]
+fn email_customer(_: &Shipped) {}
+
+#[derive(Debug, Command)]
+struct Ship;
+
+#[handler(releases(Shipped))]
+fn ship(_: Ship, events: EventReleaser) -> Result<(), Infallible> {
+    events.release(Shipped);
+    Ok(())
+}
+
+fn shipping() -> BusBuilder {
+    Bus::builder().registrations(
+        Registrations::new()
+            .handler::<ship>()
+            .handler::<count_renames>()
+            .message::<Shipped>()
+            .message::<Audited>(),
+    )
+}
+
+#[test]
+fn dead_ends_list_every_event_without_a_handler() {
+    let bus = shipping()
+        .dependencies(Dependencies::new().shared(AtomicU32::new(0)))
+        .build()
+        .expect("events may have no handler");
+    let ends = bus.describe().dead_ends();
+    let ends: Vec<(&str, Vec<&str>)> = ends
+        .iter()
+        .map(|end| (end.event, end.released_by.clone()))
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            ("misuse.audited", vec![]),
+            ("misuse.shipped", vec![handler_name::<ship>()]),
+        ]
+    );
+}
+
+#[test]
+fn require_event_handlers_refuses_every_event_without_one_but_those_allowed() {
+    let error = shipping()
+        .dependencies(Dependencies::new().shared(AtomicU32::new(0)))
+        .require_event_handlers()
+        .build()
+        .expect_err("two events have no handler");
+    assert_eq!(
+        error.problems(),
+        [
+            Problem::NoHandler {
+                kind: Kind::Event,
+                message: "misuse.audited",
+                declared_at: bus_core::Location {
+                    file: "tests/tests/misuse.rs",
+                    line: line_of("struct Audited;"),
+                },
+            },
+            Problem::NoHandler {
+                kind: Kind::Event,
+                message: "misuse.shipped",
+                declared_at: bus_core::Location {
+                    file: "tests/tests/misuse.rs",
+                    line: line_of("struct Shipped;"),
+                },
+            },
+        ]
+    );
+    let text = error.to_string();
+    assert!(
+        text.contains("event `misuse.shipped` (declared at tests/tests/misuse.rs:")
+            && text.contains("`require_event_handlers`")
+            && text.contains("allow_unhandled"),
+        "{text}"
+    );
+
+    shipping()
+        .dependencies(Dependencies::new().shared(AtomicU32::new(0)))
+        .require_event_handlers()
+        .allow_unhandled::<Shipped>()
+        .allow_unhandled::<Audited>()
+        .build()
+        .expect("both allowed");
+}
+
+// ---------------------------------------------------------------------------
+// Hints for a missing dependency: the exact call, and what is near.
+
+trait Notifications: Send + Sync {
+    fn send(&self, text: &str);
+}
+
+struct Stdout;
+
+impl Notifications for Stdout {
+    fn send(&self, text: &str) {
+        println!("{text}");
+    }
+}
+
+trait Journal: Send {}
+
+struct Log;
+
+#[derive(Debug, Command)]
+struct Notify;
+
+#[handler]
+fn notify(_: Notify, notifications: &dyn Notifications) -> Result<(), Infallible> {
+    notifications.send("hi");
+    Ok(())
+}
+
+#[derive(Debug, Command)]
+struct NotifyAgain;
+
+#[handler]
+fn notify_again(_: NotifyAgain, notifications: Arc<dyn Notifications>) -> Result<(), Infallible> {
+    notifications.send("hi again");
+    Ok(())
+}
+
+#[handler]
+fn notify_on_audit(_: &Audited, _notifications: &dyn Notifications, _log: &Log) {}
+
+#[derive(Debug, Command)]
+struct Write;
+
+#[handler]
+fn write(_: Write, _journal: Scoped<dyn Journal>) -> Result<(), Infallible> {
+    Ok(())
+}
+
+#[test]
+fn a_missing_dependency_is_reported_once_with_its_handlers_the_exact_call_and_what_is_near() {
+    let error = Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<notify>()
+                .handler::<notify_again>()
+                .handler::<notify_on_audit>()
+                .handler::<write>(),
+        )
+        .dependencies(
+            Dependencies::new()
+                .shared(Stdout) // the value, not the trait object
+                .shared(Arc::new(Log)), // an Arc in an Arc
+        )
+        .build()
+        .expect_err("three types are missing");
+    let text = error.to_string();
+    println!("{text}");
+    assert_eq!(error.problems().len(), 3, "one per type: {text}");
+
+    let Problem::MissingDependency {
+        type_name,
+        lifetime,
+        handlers,
+        registered_as,
+        near,
+    } = error
+        .problems()
+        .iter()
+        .find(|p| matches!(p, Problem::MissingDependency { type_name, .. } if type_name.contains("Notifications")))
+        .expect("the trait object is missing")
+    else {
+        panic!("{text}");
+    };
+    assert_eq!(*type_name, "dyn misuse::Notifications");
+    assert_eq!(*lifetime, Lifetime::Shared);
+    assert_eq!(*registered_as, None);
+    let names: Vec<&str> = handlers.iter().map(|h| h.name).collect();
+    assert_eq!(
+        names,
+        [
+            handler_name::<notify>(),
+            handler_name::<notify_again>(),
+            handler_name::<notify_on_audit>(),
+        ]
+    );
+    assert_eq!(
+        handlers[0].location.to_string(),
+        at("fn notify(_: Notify")
+    );
+    assert_eq!(
+        near,
+        &[
+            ("alloc::sync::Arc<misuse::Log>", Lifetime::Shared),
+            ("misuse::Stdout", Lifetime::Shared),
+        ]
+    );
+    assert!(
+        text.contains(
+            "the shared dependency `dyn misuse::Notifications` was not provided; 3 handlers \
+             need it:"
+        ) && text.contains(
+            "register it with `Dependencies::shared_arc::<dyn misuse::Notifications>(Arc::new(value))`; \
+             registered: `alloc::sync::Arc<misuse::Log>` (shared), `misuse::Stdout` (shared)"
+        ),
+        "{text}"
+    );
+    // `&Log` asked, `Arc<Log>` registered: named as near.
+    assert!(
+        text.contains(
+            "the shared dependency `misuse::Log` was not provided; 1 handler needs it:"
+        ) && text.contains("registered: `alloc::sync::Arc<misuse::Log>` (shared)"),
+        "{text}"
+    );
+    // A scoped trait object: `scoped_boxed`, in its exact generic form.
+    assert!(
+        text.contains(
+            "register it with `Dependencies::scoped_boxed::<dyn misuse::Journal, _>(|scope| \
+             Box::new(value))`"
+        ),
+        "{text}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Builder settings that would do nothing, or would fight.
+
+#[test]
+fn settings_that_would_do_nothing_or_fight_are_build_problems() {
+    use bus_core::{BoxFuture, HandlerCall, Layer, Next, Outcome, RetryPolicy};
+
+    struct Pass;
+    impl Layer for Pass {
+        fn call<'a>(&'a self, call: HandlerCall<'a>, next: Next<'a>) -> BoxFuture<'a, Outcome> {
+            next.run(call)
+        }
+    }
+
+    let error = Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<count_renames>()
+                .handler::<tick>()
+                .message::<Audited>(),
+        )
+        .dependencies(
+            Dependencies::new()
+                .shared(AtomicU32::new(0))
+                .shared(Clock(1)),
+        )
+        .handler_retry::<count_renames>(RetryPolicy::exponential(2))
+        .handler_retry::<count_renames>(RetryPolicy::exponential(3))
+        .layer_for::<Audited>(Pass) // Audited has no handler here
+        .max_messages_per_dispatch(0) // no dispatch could run
+        .build()
+        .expect_err("three settings cannot apply");
+    let text = error.to_string();
+    assert_eq!(error.problems().len(), 3, "{text}");
+    assert!(
+        text.contains(&format!(
+            "`handler_retry` for `{}` ({}) cannot apply: it is set twice for this handler",
+            handler_name::<count_renames>(),
+            at("fn count_renames")
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("`layer_for` for `misuse.audited`")
+            && text.contains("the layer would wrap nothing"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "`max_messages_per_dispatch` for `the bus` ({}) cannot apply: it must be at least 1",
+            at("// no dispatch could run")
+        )),
+        "{text}"
+    );
+}
