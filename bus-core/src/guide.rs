@@ -44,3 +44,8 @@ pub mod adding_a_use_case {
 pub mod nothing_committed_is_lost {
     #![doc = include_str!("../../docs/guide/09-nothing-committed-is-lost.md")]
 }
+
+/// Chapter 10.
+pub mod your_own_domain {
+    #![doc = include_str!("../../docs/guide/10-your-own-domain.md")]
+}

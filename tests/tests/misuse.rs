@@ -7,9 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use bus_core::testing::{
-    handler_name, Entity, FakeUnitOfWork, InMemoryStore, Misuse, Recorder,
-};
+use bus_core::testing::{handler_name, Entity, FakeUnitOfWork, InMemoryStore, Misuse, Recorder};
 use bus_core::{
     handler, Aggregate, Bus, BusBuilder, Command, Dependencies, DispatchError, Event,
     EventRecorder, EventReleaser, Kind, Lifetime, MisuseError, Problem, Query, Registrations,
@@ -144,7 +142,9 @@ fn a_query_whose_handler_releases_events_fails_and_its_events_do_not_run() {
             }
         );
         assert!(
-            misuse.to_string().contains("a query reads, it never changes state"),
+            misuse
+                .to_string()
+                .contains("a query reads, it never changes state"),
             "{misuse}"
         );
     }
@@ -299,7 +299,12 @@ fn an_undeclared_release_runs_and_is_a_misuse_the_recorder_reports_once_per_call
     // Nothing committed is lost: the undeclared events ran.
     assert_eq!(
         recorder.event_names(),
-        ["misuse.renamed", "misuse.audited", "misuse.audited", "misuse.audited"]
+        [
+            "misuse.renamed",
+            "misuse.audited",
+            "misuse.audited",
+            "misuse.audited"
+        ]
     );
     assert_eq!(
         recorder.take_misuses(),
@@ -328,10 +333,7 @@ fn a_recorder_that_saw_a_misuse_fails_the_test_when_dropped() {
     drop(clone); // one clone left: nothing yet
     let dropped = catch_unwind(AssertUnwindSafe(move || drop(recorder)));
     let panic = dropped.expect_err("the last recorder fails the test");
-    let text = panic
-        .downcast_ref::<String>()
-        .cloned()
-        .unwrap_or_default();
+    let text = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(
         text.contains(&format!(
             "handler `{}` released the event `misuse.audited`, which it does not declare: \
@@ -528,7 +530,8 @@ fn a_blocking_call_inside_a_tokio_runtime_panics_at_once_naming_the_awaited_meth
         .enable_all()
         .build()
         .expect("a runtime");
-    let calls: [(&str, Box<dyn Fn(&Bus)>); 4] = [
+    type Call = Box<dyn Fn(&Bus)>;
+    let calls: [(&str, Call); 4] = [
         (
             "bus.dispatch(command).await",
             Box::new(|bus| drop(bus.dispatch_blocking(Ping))),
@@ -543,7 +546,9 @@ fn a_blocking_call_inside_a_tokio_runtime_panics_at_once_naming_the_awaited_meth
         ),
         (
             "bus.shutdown(grace).await",
-            Box::new(|bus| drop(bus.shutdown_blocking(std::time::Duration::from_secs(1)))),
+            Box::new(|bus| {
+                let _ = bus.shutdown_blocking(std::time::Duration::from_secs(1));
+            }),
         ),
     ];
     for (instead, call) in calls {
@@ -593,7 +598,8 @@ fn a_handler_of_an_awaited_dispatch_that_blocks_is_refused_on_any_executor() {
     assert!(text.contains("`Bus::dispatch_blocking`"), "{text}");
     // A blocking dispatch whose handler dispatches blocking is fine: it
     // drives nothing else.
-    bus.dispatch_blocking(Nested).expect("nested blocking calls work");
+    bus.dispatch_blocking(Nested)
+        .expect("nested blocking calls work");
 }
 
 // ---------------------------------------------------------------------------
@@ -786,10 +792,7 @@ fn a_missing_dependency_is_reported_once_with_its_handlers_the_exact_call_and_wh
             handler_name::<notify_on_audit>(),
         ]
     );
-    assert_eq!(
-        handlers[0].location.to_string(),
-        at("fn notify(_: Notify")
-    );
+    assert_eq!(handlers[0].location.to_string(), at("fn notify(_: Notify"));
     assert_eq!(
         near,
         &[
@@ -809,9 +812,8 @@ fn a_missing_dependency_is_reported_once_with_its_handlers_the_exact_call_and_wh
     );
     // `&Log` asked, `Arc<Log>` registered: named as near.
     assert!(
-        text.contains(
-            "the shared dependency `misuse::Log` was not provided; 1 handler needs it:"
-        ) && text.contains("registered: `alloc::sync::Arc<misuse::Log>` (shared)"),
+        text.contains("the shared dependency `misuse::Log` was not provided; 1 handler needs it:")
+            && text.contains("registered: `alloc::sync::Arc<misuse::Log>` (shared)"),
         "{text}"
     );
     // A scoped trait object: `scoped_boxed`, in its exact generic form.
@@ -826,6 +828,9 @@ fn a_missing_dependency_is_reported_once_with_its_handlers_the_exact_call_and_wh
 
 // ---------------------------------------------------------------------------
 // Builder settings that would do nothing, or would fight.
+
+#[handler]
+async fn slow_audit(_: &Renamed) {}
 
 #[test]
 fn settings_that_would_do_nothing_or_fight_are_build_problems() {
@@ -843,6 +848,7 @@ fn settings_that_would_do_nothing_or_fight_are_build_problems() {
             Registrations::new()
                 .handler::<count_renames>()
                 .handler::<tick>()
+                .handler::<slow_audit>()
                 .message::<Audited>(),
         )
         .dependencies(
@@ -852,12 +858,21 @@ fn settings_that_would_do_nothing_or_fight_are_build_problems() {
         )
         .handler_retry::<count_renames>(RetryPolicy::exponential(2))
         .handler_retry::<count_renames>(RetryPolicy::exponential(3))
+        .handler_timeout::<slow_audit>(std::time::Duration::ZERO)
         .layer_for::<Audited>(Pass) // Audited has no handler here
         .max_messages_per_dispatch(0) // no dispatch could run
         .build()
-        .expect_err("three settings cannot apply");
+        .expect_err("four settings cannot apply");
     let text = error.to_string();
-    assert_eq!(error.problems().len(), 3, "{text}");
+    assert_eq!(error.problems().len(), 4, "{text}");
+    assert!(
+        text.contains(&format!(
+            "`handler_timeout` for `{}` ({}) cannot apply: a timeout of zero fails every call",
+            handler_name::<slow_audit>(),
+            at("async fn slow_audit")
+        )),
+        "{text}"
+    );
     assert!(
         text.contains(&format!(
             "`handler_retry` for `{}` ({}) cannot apply: it is set twice for this handler",

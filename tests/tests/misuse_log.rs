@@ -46,9 +46,7 @@ fn misuses_that_run_are_logged_naming_the_handler() {
     tracing::subscriber::with_default(log.subscriber(), || {
         let bus = Bus::builder()
             .registrations(Registrations::new().handler::<audit>().handler::<forget>())
-            .dependencies(
-                bus_core::Dependencies::new().scoped(|scope| Forgetful(scope.releaser())),
-            )
+            .dependencies(bus_core::Dependencies::new().scoped(|scope| Forgetful(scope.releaser())))
             .build()
             .expect("valid wiring");
         for _ in 0..3 {

@@ -576,9 +576,11 @@ impl BusBuilder {
                 });
             }
         }
-        for (handler, _) in &self.handler_timeouts {
+        for (handler, limit) in &self.handler_timeouts {
             let reason = if !in_bus(handler) {
                 Some("the handler is not in this bus")
+            } else if limit.is_zero() {
+                Some("a timeout of zero fails every call before it starts")
             } else if !handler.is_async() {
                 Some("a plain `fn` cannot be interrupted while it runs; only `async fn` handlers take a timeout")
             } else {
