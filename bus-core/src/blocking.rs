@@ -7,15 +7,24 @@
 //! I/O that the runtime was to drive. So every `*_blocking` method panics at
 //! once, naming the awaited method to call instead, when its thread
 //!
-//! - is inside a tokio runtime (bus-core's `tokio` feature, on by default):
-//!   a task, a `block_on`, or a runtime's blocking pool, where tokio gives no
-//!   way to tell these apart; or
+//! - is driving tokio tasks (bus-core's `tokio` feature, on by default):
+//!   inside the poll of a task or of a `block_on`. A runtime's blocking pool
+//!   (`spawn_blocking`), `block_in_place` and a thread that merely entered a
+//!   runtime (`Handle::enter`) drive no task: blocking there is what they
+//!   are for, and is allowed. tokio tells them apart by its cooperative
+//!   budget, which it sets for the poll of a task or a `block_on` and lifts
+//!   everywhere else; the check asks for that budget (and gives back what
+//!   it took), so it rests on no timing; or
 //! - is polling an awaited dispatch of the bus (whatever the executor): a
 //!   handler that makes a blocking call inside an awaited one.
 //!
 //! The second check is a thread-local counter raised for the length of each
 //! poll of an awaited dispatch: it says nothing about any other thread, and
 //! nothing after the poll returned.
+//!
+//! A call made while the thread is unwinding from a panic (a `Drop` that
+//! shuts the bus down, say) is not refused: a second panic would abort the
+//! process. It is logged instead, and goes on.
 
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
@@ -33,8 +42,38 @@ pub(crate) fn inside_async_runtime() -> bool {
         return true;
     }
     #[cfg(feature = "tokio")]
-    if tokio::runtime::Handle::try_current().is_ok() {
+    if drives_tokio_tasks() {
         return true;
+    }
+    false
+}
+
+/// Whether this thread is inside the poll of a tokio task or `block_on`:
+/// there, and only there, tokio gives the thread a cooperative budget (at
+/// most 128 units). Asks for units until tokio says the budget is spent
+/// (constrained) or more were given than any budget holds (unconstrained:
+/// no task is being driven); then gives every unit back.
+#[cfg(feature = "tokio")]
+fn drives_tokio_tasks() -> bool {
+    use std::task::{Context, Poll, Waker};
+    use tokio::task::coop;
+
+    // Outside any runtime context: no tokio task is being driven here.
+    if tokio::runtime::Handle::try_current().is_err() {
+        return false;
+    }
+    let mut cx = Context::from_waker(Waker::noop());
+    // The first unit's guard gives the whole budget back when it drops
+    // (it was not marked as progress); the later ones are marked, so that
+    // each one stays taken until then.
+    let Poll::Ready(_restore) = coop::poll_proceed(&mut cx) else {
+        return true; // spent already: a task's budget
+    };
+    for _ in 0..=u8::MAX {
+        match coop::poll_proceed(&mut cx) {
+            Poll::Ready(unit) => unit.made_progress(),
+            Poll::Pending => return true,
+        }
     }
     false
 }
@@ -46,6 +85,16 @@ pub(crate) fn inside_async_runtime() -> bool {
 #[inline]
 pub(crate) fn refuse_inside_runtime(method: &'static str, instead: &'static str) {
     if inside_async_runtime() {
+        if std::thread::panicking() {
+            tracing::error!(
+                method,
+                instead,
+                "a blocking call of the bus was made from inside an async runtime while \
+                 unwinding from a panic: not refused (a second panic would abort), but it \
+                 may hang that runtime"
+            );
+            return;
+        }
         refuse(method, instead);
     }
 }
@@ -57,10 +106,9 @@ fn refuse(method: &'static str, instead: &'static str) -> ! {
     panic!(
         "`{method}` was called from inside an async runtime: it would block a thread that \
          drives async tasks, and a current-thread runtime (what `#[tokio::test]` gives) hangs \
-         for ever once a handler waits on a timer or I/O. Call `{instead}` instead. (From \
-         synchronous code on a runtime's blocking pool, `spawn_blocking`, run \
-         `tokio::runtime::Handle::current().block_on({instead_future})`.)",
-        instead_future = instead.trim_end_matches(".await"),
+         for ever once a handler waits on a timer or I/O. Call `{instead}` instead. (Synchronous \
+         code that must block runs on the runtime's blocking pool, `spawn_blocking`, where \
+         `{method}` is allowed.)"
     )
 }
 
@@ -112,22 +160,74 @@ mod tests {
         assert!(!inside_async_runtime(), "after it");
     }
 
-    #[test]
-    fn a_tokio_runtime_thread_is_inside_a_runtime() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap_or_else(|error| panic!("a runtime: {error}"));
-        assert!(runtime.block_on(async { inside_async_runtime() }));
-        assert!(!inside_async_runtime());
+    #[cfg(feature = "tokio")]
+    fn runtime(threads: usize) -> tokio::runtime::Runtime {
+        let built = if threads == 0 {
+            tokio::runtime::Builder::new_current_thread().build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .build()
+        };
+        built.unwrap_or_else(|error| panic!("a runtime: {error}"))
     }
 
     #[test]
+    #[cfg(feature = "tokio")]
+    fn a_thread_driving_tokio_tasks_is_inside_a_runtime() {
+        let current = runtime(0);
+        assert!(
+            current.block_on(async { inside_async_runtime() }),
+            "block_on"
+        );
+        let spawned =
+            current.block_on(async { tokio::spawn(async { inside_async_runtime() }).await });
+        assert!(spawned.unwrap_or(false), "a task");
+        let multi = runtime(2);
+        let on_worker =
+            multi.block_on(async { tokio::spawn(async { inside_async_runtime() }).await });
+        assert!(on_worker.unwrap_or(false), "a worker's task");
+        assert!(!inside_async_runtime(), "after");
+    }
+
+    #[test]
+    #[cfg(feature = "tokio")]
+    fn a_runtime_thread_that_drives_no_task_is_not() {
+        let current = runtime(0);
+        let pool =
+            current.block_on(async { tokio::task::spawn_blocking(inside_async_runtime).await });
+        assert_eq!(pool.ok(), Some(false), "spawn_blocking");
+        let entered = current.enter();
+        assert!(!inside_async_runtime(), "Handle::enter");
+        drop(entered);
+        let multi = runtime(2);
+        let in_place = multi.block_on(async {
+            tokio::spawn(async { tokio::task::block_in_place(inside_async_runtime) }).await
+        });
+        assert_eq!(in_place.ok(), Some(false), "block_in_place");
+    }
+
+    #[test]
+    #[cfg(feature = "tokio")]
+    fn the_check_gives_the_budget_back() {
+        let current = runtime(0);
+        current.block_on(async {
+            assert!(tokio::task::coop::has_budget_remaining());
+            for _ in 0..1000 {
+                assert!(inside_async_runtime());
+            }
+            assert!(
+                tokio::task::coop::has_budget_remaining(),
+                "not spent by the checks"
+            );
+        });
+    }
+
+    #[test]
+    #[cfg(feature = "tokio")]
     #[should_panic(expected = "Call `bus.dispatch(command).await` instead")]
     fn a_blocking_call_inside_a_runtime_panics_naming_the_awaited_one() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap_or_else(|error| panic!("a runtime: {error}"));
-        runtime.block_on(async {
+        runtime(0).block_on(async {
             refuse_inside_runtime("Bus::dispatch_blocking", "bus.dispatch(command).await")
         });
     }

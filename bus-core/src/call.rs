@@ -128,6 +128,20 @@ pub trait ReleasingKind {}
 impl ReleasingKind for crate::message::kind::CommandKind {}
 impl ReleasingKind for crate::message::kind::EventKind {}
 
+/// The kinds of message whose handlers may declare events they release:
+/// commands and events, not queries.
+#[diagnostic::on_unimplemented(
+    message = "a query handler cannot release events: remove `releases(...)`",
+    label = "a query handler declares no event",
+    note = "the read side never changes state: release events from a command handler (or an \
+            event handler), and answer the query from a read model"
+)]
+#[doc(hidden)]
+pub trait DeclaresReleases {}
+
+impl DeclaresReleases for crate::message::kind::CommandKind {}
+impl DeclaresReleases for crate::message::kind::EventKind {}
+
 impl<'a> Describe<'_, 'a> {
     /// The message, taken by value.
     #[cold]
@@ -159,10 +173,11 @@ impl<'a> Describe<'_, 'a> {
     #[inline(never)]
     pub fn releaser<K: ReleasingKind>(&mut self, _: &KindOf<K>) {}
 
-    /// An event declared with `releases(...)`.
+    /// An event declared with `releases(...)`, by a handler of a message
+    /// of kind `K` (not a query).
     #[cold]
     #[inline(never)]
-    pub fn releases<E: Event>(&mut self) {
+    pub fn releases<E: Event, K: DeclaresReleases>(&mut self, _: &KindOf<K>) {
         self.shape.releases.push(E::meta());
     }
 

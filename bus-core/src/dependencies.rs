@@ -8,36 +8,32 @@ use std::sync::Arc;
 use crate::inject::{DependencyKey, Lifetime, Resolved, Scope, ScopedFactory};
 use crate::message::Location;
 
-struct Entry {
-    type_name: &'static str,
-    value: Arc<dyn Any + Send + Sync>,
-    /// Where it was registered.
-    at: Location,
+/// How a registration treats one already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A second registration of the type is a build problem.
+    Add,
+    /// It replaces the one there, on purpose; there must be one.
+    Replace,
 }
 
-/// A type registered twice with one lifetime, without `replace_*`: the bus
-/// refuses to build (which one should win?).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Duplicate {
+/// One call of `shared`, `scoped`, `replace_*`...
+struct Registration {
     type_id: TypeId,
-    pub(crate) type_name: &'static str,
-    pub(crate) lifetime: Lifetime,
-    /// Every place it was registered, in order.
-    pub(crate) at: Vec<Location>,
-}
-
-/// What the container holds under a type near one a handler asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct Registered {
-    pub(crate) type_name: &'static str,
-    pub(crate) lifetime: Lifetime,
+    type_name: &'static str,
+    lifetime: Lifetime,
+    value: Arc<dyn Any + Send + Sync>,
+    at: Location,
+    mode: Mode,
 }
 
 /// Everything handlers may ask for, keyed by type.
 ///
 /// Each type is registered once per lifetime: registering it again is a
 /// build problem that names both places (which one should win?). A test
-/// that builds the real set and swaps a fake in says so with `replace_*`:
+/// that builds the real set and swaps a fake in says so with `replace_*`,
+/// which must replace something (a replacement of a type nothing
+/// registered is a build problem too: the fake would never be injected):
 ///
 /// ```
 /// use std::sync::Arc;
@@ -58,7 +54,9 @@ pub(crate) struct Registered {
 /// ```
 ///
 /// Where each registration is made is kept (`#[track_caller]`), for the
-/// build's messages.
+/// build's messages. The container is the list of its registrations, in
+/// order: [`merge`](Self::merge) appends another's, as if they were made
+/// here.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -78,19 +76,8 @@ pub(crate) struct Registered {
 /// ```
 #[derive(Default)]
 pub struct Dependencies {
-    shared: HashMap<TypeId, Entry>,
-    scoped: HashMap<TypeId, Entry>,
-    /// Types registered twice (without `replace_*`), for the build.
-    duplicates: Vec<Duplicate>,
-}
-
-/// How a registration treats one already there.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// A second registration is a build problem.
-    Add,
-    /// It replaces the first, on purpose.
-    Replace,
+    /// Every registration, in the order it was made.
+    log: Vec<Registration>,
 }
 
 impl Dependencies {
@@ -105,7 +92,7 @@ impl Dependencies {
     /// `Arc` already, or a trait object, use [`shared_arc`](Self::shared_arc).
     #[track_caller]
     pub fn shared<T: Send + Sync + 'static>(self, value: T) -> Self {
-        self.insert_shared(Arc::new(value), Mode::Add)
+        self.shared_with(Arc::new(value), Mode::Add)
     }
 
     /// Registers an already shared instance; `T` may be a trait object, so
@@ -113,7 +100,7 @@ impl Dependencies {
     /// `shared_arc::<dyn Mailer>(Arc::new(Smtp))`.
     #[track_caller]
     pub fn shared_arc<T: ?Sized + Send + Sync + 'static>(self, value: Arc<T>) -> Self {
-        self.insert_shared(value, Mode::Add)
+        self.shared_with(value, Mode::Add)
     }
 
     /// Registers a factory called once per handler call that takes
@@ -124,7 +111,7 @@ impl Dependencies {
         T: Send + 'static,
         F: Fn(&mut Scope) -> T + Send + Sync + 'static,
     {
-        self.insert_scoped::<T>(Box::new(move |scope| Box::new(factory(scope))), Mode::Add)
+        self.scoped_with::<T>(Box::new(move |scope| Box::new(factory(scope))), Mode::Add)
     }
 
     /// Like [`scoped`](Self::scoped) for a type that may be a trait object:
@@ -136,180 +123,211 @@ impl Dependencies {
         T: ?Sized + Send + 'static,
         F: Fn(&mut Scope) -> Box<T> + Send + Sync + 'static,
     {
-        self.insert_scoped::<T>(Box::new(factory), Mode::Add)
+        self.scoped_with::<T>(Box::new(factory), Mode::Add)
     }
 
     /// [`shared`](Self::shared), replacing what is registered for `T` (a
-    /// test's fake in place of the real adapter); registers it if nothing
-    /// is.
+    /// test's fake in place of the real adapter).
     #[track_caller]
     pub fn replace_shared<T: Send + Sync + 'static>(self, value: T) -> Self {
-        self.insert_shared(Arc::new(value), Mode::Replace)
+        self.shared_with(Arc::new(value), Mode::Replace)
     }
 
     /// [`shared_arc`](Self::shared_arc), replacing what is registered for
-    /// `T`; registers it if nothing is.
+    /// `T`: `replace_shared_arc::<dyn Mailer>(Arc::new(FakeMailer))`.
     #[track_caller]
     pub fn replace_shared_arc<T: ?Sized + Send + Sync + 'static>(self, value: Arc<T>) -> Self {
-        self.insert_shared(value, Mode::Replace)
+        self.shared_with(value, Mode::Replace)
     }
 
-    /// [`scoped`](Self::scoped), replacing what is registered for `T`;
-    /// registers it if nothing is.
+    /// [`scoped`](Self::scoped), replacing what is registered for `T`.
     #[track_caller]
     pub fn replace_scoped<T, F>(self, factory: F) -> Self
     where
         T: Send + 'static,
         F: Fn(&mut Scope) -> T + Send + Sync + 'static,
     {
-        self.insert_scoped::<T>(
+        self.scoped_with::<T>(
             Box::new(move |scope| Box::new(factory(scope))),
             Mode::Replace,
         )
     }
 
     /// [`scoped_boxed`](Self::scoped_boxed), replacing what is registered
-    /// for `T`; registers it if nothing is.
+    /// for `T`: `replace_scoped_boxed::<dyn UnitOfWork, _>(|scope| ...)`.
     #[track_caller]
     pub fn replace_scoped_boxed<T, F>(self, factory: F) -> Self
     where
         T: ?Sized + Send + 'static,
         F: Fn(&mut Scope) -> Box<T> + Send + Sync + 'static,
     {
-        self.insert_scoped::<T>(Box::new(factory), Mode::Replace)
+        self.scoped_with::<T>(Box::new(factory), Mode::Replace)
     }
 
-    /// Adds every registration of `other` to this container, as if made
-    /// here: a type that both register with one lifetime is a build
-    /// problem, as a second registration is.
+    /// Appends every registration of `other`, as if it were made here,
+    /// after this container's own: a type registered in both is a build
+    /// problem, and a `replace_*` of `other` replaces what this one holds.
+    ///
+    /// ```
+    /// use bus_core::Dependencies;
+    ///
+    /// struct Clock(u32);
+    ///
+    /// let production = Dependencies::new().shared(Clock(1)).shared(String::from("config"));
+    /// let fakes = Dependencies::new().replace_shared(Clock(7));
+    /// assert_eq!(production.merge(fakes).len(), 2);
+    /// ```
     pub fn merge(mut self, other: Dependencies) -> Self {
-        self.duplicates.extend(other.duplicates);
-        for (lifetime, entries) in [
-            (Lifetime::Shared, other.shared),
-            (Lifetime::Scoped, other.scoped),
-        ] {
-            for (type_id, entry) in entries {
-                self.insert(lifetime, type_id, entry, Mode::Add);
-            }
-        }
+        self.log.extend(other.log);
         self
     }
 
     #[track_caller]
-    fn insert_shared<T: ?Sized + Send + Sync + 'static>(self, value: Arc<T>, mode: Mode) -> Self {
-        self.insert_entry::<T>(Lifetime::Shared, Arc::new(value), mode)
+    fn shared_with<T: ?Sized + Send + Sync + 'static>(self, value: Arc<T>, mode: Mode) -> Self {
+        self.register::<T>(Lifetime::Shared, Arc::new(value), mode)
     }
 
     #[track_caller]
-    fn insert_scoped<T: ?Sized + Send + 'static>(
+    fn scoped_with<T: ?Sized + Send + 'static>(
         self,
         factory: ScopedFactory<T>,
         mode: Mode,
     ) -> Self {
-        self.insert_entry::<T>(Lifetime::Scoped, Arc::new(factory), mode)
+        self.register::<T>(Lifetime::Scoped, Arc::new(factory), mode)
     }
 
     #[track_caller]
-    fn insert_entry<T: ?Sized + 'static>(
+    fn register<T: ?Sized + 'static>(
         mut self,
         lifetime: Lifetime,
         value: Arc<dyn Any + Send + Sync>,
         mode: Mode,
     ) -> Self {
         let caller = std::panic::Location::caller();
-        let entry = Entry {
+        self.log.push(Registration {
+            type_id: TypeId::of::<T>(),
             type_name: std::any::type_name::<T>(),
+            lifetime,
             value,
             at: Location {
                 file: caller.file(),
                 line: caller.line(),
             },
-        };
-        self.insert(lifetime, TypeId::of::<T>(), entry, mode);
+            mode,
+        });
         self
     }
 
-    fn insert(&mut self, lifetime: Lifetime, type_id: TypeId, entry: Entry, mode: Mode) {
-        let map = match lifetime {
-            Lifetime::Scoped => &mut self.scoped,
-            _ => &mut self.shared,
-        };
-        let (type_name, at) = (entry.type_name, entry.at);
-        let Some(first) = map.insert(type_id, entry) else {
-            return;
-        };
-        if mode == Mode::Replace {
-            return;
-        }
-        // Keep the first: the build refuses the container anyway, and its
-        // message names every place.
-        let first_at = first.at;
-        map.insert(type_id, first);
-        match self
-            .duplicates
-            .iter_mut()
-            .find(|d| d.type_id == type_id && d.lifetime == lifetime)
-        {
-            Some(duplicate) => duplicate.at.push(at),
-            None => self.duplicates.push(Duplicate {
-                type_id,
-                type_name,
-                lifetime,
-                at: vec![first_at, at],
-            }),
-        }
-    }
-
-    /// How many registrations the container holds.
+    /// How many types the container provides (a type registered twice, or
+    /// replaced, counts once).
     pub fn len(&self) -> usize {
-        self.shared.len() + self.scoped.len()
+        self.container().entries.len()
     }
 
     /// Whether the container is empty.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.log.is_empty()
     }
 
-    /// The types registered twice without `replace_*`.
-    pub(crate) fn duplicates(&self) -> &[Duplicate] {
-        &self.duplicates
+    /// What the registrations add up to, in order.
+    pub(crate) fn container(&self) -> Container {
+        let mut entries: HashMap<(TypeId, Lifetime), Entry> = HashMap::new();
+        for registration in &self.log {
+            let key = (registration.type_id, registration.lifetime);
+            match (entries.get_mut(&key), registration.mode) {
+                // A second registration: the first stays (the build refuses
+                // the container anyway), every place is named.
+                (Some(entry), Mode::Add) => entry.sites.push(registration.at),
+                (Some(entry), Mode::Replace) => {
+                    entry.value = registration.value.clone();
+                    entry.sites = vec![registration.at];
+                }
+                (None, mode) => {
+                    entries.insert(
+                        key,
+                        Entry {
+                            type_name: registration.type_name,
+                            value: registration.value.clone(),
+                            sites: vec![registration.at],
+                            replaced_nothing: mode == Mode::Replace,
+                        },
+                    );
+                }
+            }
+        }
+        Container { entries }
     }
+}
 
+/// What one type, with one lifetime, is registered as.
+pub(crate) struct Entry {
+    pub(crate) type_name: &'static str,
+    value: Arc<dyn Any + Send + Sync>,
+    /// Where the registrations in force were made: more than one is a
+    /// duplicate; a `replace_*` starts the list again.
+    pub(crate) sites: Vec<Location>,
+    /// Whether the first registration was a `replace_*` of nothing.
+    pub(crate) replaced_nothing: bool,
+}
+
+/// The registrations of a [`Dependencies`], added up: what the build
+/// resolves handler parameters against.
+pub(crate) struct Container {
+    pub(crate) entries: HashMap<(TypeId, Lifetime), Entry>,
+}
+
+/// What the container holds under a type near one a handler asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Registered {
+    pub(crate) type_id: TypeId,
+    pub(crate) type_name: &'static str,
+    pub(crate) lifetime: Lifetime,
+}
+
+impl Container {
     /// Every registration: its type and lifetime.
     pub(crate) fn registered(&self) -> impl Iterator<Item = Registered> + '_ {
-        let shared = self.shared.values().map(|e| Registered {
-            type_name: e.type_name,
-            lifetime: Lifetime::Shared,
-        });
-        let scoped = self.scoped.values().map(|e| Registered {
-            type_name: e.type_name,
-            lifetime: Lifetime::Scoped,
-        });
-        shared.chain(scoped)
+        self.entries
+            .iter()
+            .map(|(&(type_id, lifetime), entry)| Registered {
+                type_id,
+                type_name: entry.type_name,
+                lifetime,
+            })
     }
 
     /// Finds what a handler parameter needs; `Err` carries a hint when the
     /// type is registered with the other lifetime.
     pub(crate) fn resolve(&self, key: &DependencyKey) -> Result<Resolved, Option<Lifetime>> {
-        let (own, other, other_lifetime) = match key.lifetime() {
+        let other = match key.lifetime() {
             Lifetime::Bus => return Ok(Resolved::Bus),
-            Lifetime::Shared => (&self.shared, &self.scoped, Lifetime::Scoped),
-            Lifetime::Scoped => (&self.scoped, &self.shared, Lifetime::Shared),
+            Lifetime::Shared => Lifetime::Scoped,
+            Lifetime::Scoped => Lifetime::Shared,
         };
-        match own.get(&key.type_id()) {
+        match self.entries.get(&(key.type_id(), key.lifetime())) {
             Some(entry) => Ok(match key.lifetime() {
                 Lifetime::Scoped => Resolved::Scoped(entry.value.clone()),
                 _ => Resolved::Shared(entry.value.clone()),
             }),
-            None => Err(other.contains_key(&key.type_id()).then_some(other_lifetime)),
+            None => Err(self
+                .entries
+                .contains_key(&(key.type_id(), other))
+                .then_some(other)),
         }
     }
 }
 
 impl fmt::Debug for Dependencies {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut shared: Vec<_> = self.shared.values().map(|e| e.type_name).collect();
-        let mut scoped: Vec<_> = self.scoped.values().map(|e| e.type_name).collect();
+        let container = self.container();
+        let mut shared = Vec::new();
+        let mut scoped = Vec::new();
+        for registered in container.registered() {
+            match registered.lifetime {
+                Lifetime::Scoped => scoped.push(registered.type_name),
+                _ => shared.push(registered.type_name),
+            }
+        }
         shared.sort_unstable();
         scoped.sort_unstable();
         f.debug_struct("Dependencies")

@@ -233,6 +233,17 @@ pub enum Problem {
         /// asked for): each type with its lifetime, sorted.
         near: Vec<(&'static str, crate::Lifetime)>,
     },
+    /// A `replace_*` of a type that nothing registered with that lifetime:
+    /// the replacement (a test's fake, say) would be injected nowhere,
+    /// since the handlers ask for another type.
+    ReplacesNothing {
+        /// The type replaced.
+        type_name: &'static str,
+        /// Shared or scoped.
+        lifetime: crate::Lifetime,
+        /// Where the replacement was made.
+        at: Location,
+    },
     /// A type registered twice with one lifetime, without `replace_*`.
     DuplicateDependency {
         /// The type.
@@ -275,7 +286,8 @@ impl Problem {
                 message
             }
             Problem::MissingDependency { type_name, .. }
-            | Problem::DuplicateDependency { type_name, .. } => type_name,
+            | Problem::DuplicateDependency { type_name, .. }
+            | Problem::ReplacesNothing { type_name, .. } => type_name,
             Problem::UndescribedHandler { handler } | Problem::InvalidSetting { handler, .. } => {
                 handler.name
             }
@@ -383,13 +395,22 @@ impl fmt::Display for Problem {
                 }
                 write!(
                     f,
-                    " keep one, or say that a later one replaces it with `Dependencies::replace_{}`",
-                    match lifetime {
-                        crate::Lifetime::Scoped => "scoped",
-                        _ => "shared",
-                    }
+                    " keep one, or say that a later one replaces it with `{}`",
+                    replacement(type_name, *lifetime)
                 )
             }
+            Problem::ReplacesNothing {
+                type_name,
+                lifetime,
+                at,
+            } => write!(
+                f,
+                "the {lifetime} dependency `{type_name}` is replaced at {at}, but nothing \
+                 registered it: no handler would get the replacement; replace the type the \
+                 handlers ask for (a trait object: `{}`), or register it with `{}`",
+                replacement(type_name, *lifetime),
+                registration(type_name, *lifetime)
+            ),
             Problem::UndescribedHandler { handler } => write!(
                 f,
                 "handler {handler} could not say which message it takes: register handlers with `#[handler]`"
@@ -426,6 +447,22 @@ fn registration(type_name: &str, lifetime: crate::Lifetime) -> String {
     }
 }
 
+/// How to replace a dependency of this type and lifetime, in its exact
+/// generic form.
+fn replacement(type_name: &str, lifetime: crate::Lifetime) -> String {
+    let is_dyn = type_name.starts_with("dyn ");
+    match (lifetime, is_dyn) {
+        (crate::Lifetime::Scoped, true) => {
+            format!("Dependencies::replace_scoped_boxed::<{type_name}, _>(|scope| Box::new(value))")
+        }
+        (crate::Lifetime::Scoped, false) => {
+            "Dependencies::replace_scoped(|scope| value)".to_owned()
+        }
+        (_, true) => format!("Dependencies::replace_shared_arc::<{type_name}>(Arc::new(value))"),
+        (_, false) => "Dependencies::replace_shared(value)".to_owned(),
+    }
+}
+
 /// The bus refused to start: every wiring problem found, sorted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildError {
@@ -435,6 +472,8 @@ pub struct BuildError {
 impl BuildError {
     pub(crate) fn new(mut problems: Vec<Problem>) -> Self {
         problems.sort_by_cached_key(Problem::sort_key);
+        // A setting named twice for a handler outside the bus says so once.
+        problems.dedup();
         BuildError { problems }
     }
 

@@ -338,11 +338,26 @@ struct ReleaserState {
     /// Whether the bus made it for a handler call (and so checks it when
     /// the call ends); `false` for [`EventReleaser::new`].
     in_call: bool,
+    /// The releaser of a query's handler call: it takes no event.
+    reads_only: bool,
+    /// The names of the events refused because the call is a query's.
+    refused: Vec<&'static str>,
     /// The stored event this call delivers, if it is one.
     delivery: Option<Delivery>,
     recorded: Recorded,
     /// What units of work of this call dropped without committing.
     uncommitted: Uncommitted,
+}
+
+/// What a handler call's releaser held when the call ended.
+#[derive(Default)]
+pub(crate) struct Closed {
+    /// What it released, for the queue.
+    pub(crate) events: Vec<PendingEvent>,
+    /// What its units of work dropped without committing.
+    pub(crate) uncommitted: Uncommitted,
+    /// What it tried to release although it is a query's.
+    pub(crate) refused: Vec<&'static str>,
 }
 
 /// What a unit of work dropped without commit still held: reported with
@@ -395,15 +410,31 @@ impl EventReleaser {
     }
 
     /// The releaser of one handler call (`delivery`: the stored event it
-    /// delivers, if it is one).
-    pub(crate) fn for_call(delivery: Option<Delivery>) -> Self {
+    /// delivers, if it is one; `reads_only`: the call is a query's).
+    pub(crate) fn for_call(delivery: Option<Delivery>, reads_only: bool) -> Self {
         let releaser = Self::default();
         {
             let mut state = releaser.state();
             state.delivery = delivery;
             state.in_call = true;
+            state.reads_only = reads_only;
         }
         releaser
+    }
+
+    /// Whether events released here can be handled: `false` for the
+    /// releaser of a query's handler call (a query reads, it never changes
+    /// state or releases events), whose events are refused and fail the
+    /// query. A unit of work that writes the events it releases in its own
+    /// transaction checks this before writing them, and fails its commit
+    /// instead (bus-sqlx's `Store::stage` does): a refused event must not
+    /// be stored either, or a recovery would deliver it later.
+    ///
+    /// ```
+    /// assert!(bus_core::EventReleaser::new().accepts_events());
+    /// ```
+    pub fn accepts_events(&self) -> bool {
+        !self.state().reads_only
     }
 
     fn state(&self) -> MutexGuard<'_, ReleaserState> {
@@ -422,6 +453,18 @@ impl EventReleaser {
     /// Releases events, in order.
     pub fn release_all(&self, events: impl IntoIterator<Item = PendingEvent>) {
         let mut state = self.state();
+        if state.reads_only {
+            let names: Vec<&'static str> = events.into_iter().map(|e| e.name()).collect();
+            if !names.is_empty() {
+                tracing::error!(
+                    events = ?names,
+                    "a query's handler released events: refused, and the query fails \
+                     (a query reads, it never releases events)"
+                );
+                state.refused.extend(names);
+            }
+            return;
+        }
         if state.closed {
             let names: Vec<&str> = events.into_iter().map(|e| e.name()).collect();
             if !names.is_empty() {
@@ -451,18 +494,20 @@ impl EventReleaser {
 
     /// Takes what was released and refuses anything later.
     pub(crate) fn close(&self) -> Vec<PendingEvent> {
-        self.close_checked().0
+        self.close_checked().events
     }
 
-    /// Takes what was released, and what units of work dropped without
-    /// committing, and refuses anything later.
-    pub(crate) fn close_checked(&self) -> (Vec<PendingEvent>, Uncommitted) {
+    /// Takes what was released, what units of work dropped without
+    /// committing and what a query's call tried to release, and refuses
+    /// anything later.
+    pub(crate) fn close_checked(&self) -> Closed {
         let mut state = self.state();
         state.closed = true;
-        (
-            std::mem::take(&mut state.events),
-            std::mem::take(&mut state.uncommitted),
-        )
+        Closed {
+            events: std::mem::take(&mut state.events),
+            uncommitted: std::mem::take(&mut state.uncommitted),
+            refused: std::mem::take(&mut state.refused),
+        }
     }
 
     /// Says that a unit of work was dropped without commit or rollback while

@@ -26,8 +26,8 @@ impl Wake for ThreadWaker {
 /// # Panics
 ///
 /// When the future has to wait and this thread is inside an async runtime
-/// (a tokio runtime's thread, or a handler of an awaited dispatch of the
-/// bus): parking it could hang that runtime. `.await` the future there.
+/// (a thread driving tokio tasks, or a handler of an awaited dispatch of
+/// the bus): parking it could hang that runtime. `.await` the future there.
 ///
 /// ```
 /// assert_eq!(bus_core::block_on(async { 40 + 2 }), 42);
@@ -44,7 +44,15 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
         return output;
     }
     if crate::blocking::inside_async_runtime() {
-        refuse_to_park();
+        if std::thread::panicking() {
+            // A second panic would abort the process: say it, and wait.
+            tracing::error!(
+                "`bus_core::block_on` parks a thread that drives async tasks while unwinding \
+                 from a panic: this may hang that runtime"
+            );
+        } else {
+            refuse_to_park();
+        }
     }
     // It is waiting: poll again at once with a waker that unparks this thread,
     // so the wake-up it registers now is the one we wait for.

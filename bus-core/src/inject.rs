@@ -254,6 +254,8 @@ pub struct Scope {
     context: Option<MessageContext>,
     /// The stored event this call delivers, if it is one.
     delivery: Option<crate::delivery::Delivery>,
+    /// Whether the call is a query's handler's: its releaser takes no event.
+    reads_only: bool,
 }
 
 impl Scope {
@@ -270,6 +272,16 @@ impl Scope {
             releaser: None,
             context,
             delivery: None,
+            reads_only: false,
+        }
+    }
+
+    /// The scope of one call of a command's or a query's handler.
+    #[inline]
+    pub(crate) fn request(context: Option<MessageContext>, kind: crate::message::Kind) -> Self {
+        Scope {
+            reads_only: kind == crate::message::Kind::Query,
+            ..Scope::with_context(context)
         }
     }
 
@@ -283,6 +295,7 @@ impl Scope {
             releaser: None,
             context: Some(context),
             delivery,
+            reads_only: false,
         }
     }
 
@@ -295,9 +308,9 @@ impl Scope {
     /// This call's event releaser: what is released through it reaches the
     /// bus when the handler returns `Ok`.
     pub fn releaser(&mut self) -> EventReleaser {
-        let delivery = self.delivery;
+        let (delivery, reads_only) = (self.delivery, self.reads_only);
         self.releaser
-            .get_or_insert_with(|| EventReleaser::for_call(delivery))
+            .get_or_insert_with(|| EventReleaser::for_call(delivery, reads_only))
             .clone()
     }
 
@@ -317,11 +330,9 @@ impl Scope {
     }
 
     /// [`finish`](Self::finish), with what the call's units of work dropped
-    /// without committing.
+    /// without committing, and what a query's call tried to release.
     #[inline]
-    pub(crate) fn finish_checked(
-        self,
-    ) -> (Vec<crate::events::PendingEvent>, crate::events::Uncommitted) {
+    pub(crate) fn finish_checked(self) -> crate::events::Closed {
         match self.releaser {
             Some(releaser) => releaser.close_checked(),
             None => Default::default(),

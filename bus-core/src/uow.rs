@@ -11,7 +11,16 @@
 ///   [`EventReleaser`](crate::EventReleaser) it got from its
 ///   [`Scope`](crate::Scope);
 /// - a unit of work dropped without commit, or whose commit failed, releases
-///   nothing, and the bus drops whatever a failed handler released anyway.
+///   nothing, and the bus drops whatever a failed handler released anyway;
+/// - dropped without commit or rollback while it still holds changes, it
+///   says so from its `Drop`, with
+///   [`EventReleaser::dropped_uncommitted`](crate::EventReleaser::dropped_uncommitted):
+///   a handler that then returns `Ok` told its caller of a success that
+///   was never stored, and the bus warns (a test's recorder fails);
+/// - a query's call takes no event
+///   ([`EventReleaser::accepts_events`](crate::EventReleaser::accepts_events)
+///   is `false`): a unit of work that writes its events in its commit's
+///   transaction checks it first, and fails the commit instead.
 ///
 /// Register it as a scoped dependency so every handler call gets a fresh one,
 /// and take it as `Scoped<YourUnitOfWork>`, or as `Scoped<dyn YourTrait>` so
@@ -45,15 +54,24 @@
 ///     type Error = std::convert::Infallible;
 ///     async fn commit(&mut self) -> Result<(), Self::Error> {
 ///         let mut store = self.store.lock().unwrap();
-///         for account in &mut self.seen {
-///             store.insert(account.id, account.clone());
-///             self.releaser.release_from(account); // only after the write
+///         for mut account in self.seen.drain(..) {
+///             let events = account.events.take();
+///             store.insert(account.id, account);
+///             self.releaser.release_all(events); // only after the write
 ///         }
 ///         Ok(())
 ///     }
 ///     async fn rollback(&mut self) -> Result<(), Self::Error> {
 ///         self.seen.clear();
 ///         Ok(())
+///     }
+/// }
+///
+/// /// Commit and rollback empty `seen`: what is left was never stored.
+/// impl Drop for InMemoryUow {
+///     fn drop(&mut self) {
+///         let events = self.seen.iter_mut().map(|a| a.events.len()).sum();
+///         self.releaser.dropped_uncommitted(self.seen.len(), events);
 ///     }
 /// }
 ///

@@ -173,8 +173,10 @@ fn check_signature(function: &ItemFn, errors: &mut Errors) -> (Option<MessagePar
 fn not_free(sig: &syn::Signature, why: &str) -> String {
     let name = &sig.ident;
     let message = sig.inputs.iter().find_map(|input| match input {
-        FnArg::Typed(typed) => Some(typed.ty.to_token_stream().to_string()),
-        FnArg::Receiver(_) => None,
+        FnArg::Typed(typed) if first_self_type(typed.ty.to_token_stream()).is_none() => {
+            Some(compact(&typed.ty.to_token_stream().to_string()))
+        }
+        _ => None,
     });
     let message = message.as_deref().unwrap_or("YourCommand");
     format!(
@@ -183,6 +185,19 @@ fn not_free(sig: &syn::Signature, why: &str) -> String {
          `#[handler] fn {name}(message: {message}, service: &YourType)` that calls \
          `service.{name}(message)`, and register the value with `Dependencies::shared`"
     )
+}
+
+/// Tokens as a person writes them: `& Allocate` → `&Allocate`.
+fn compact(tokens: &str) -> String {
+    tokens
+        .replace("& ", "&")
+        .replace(" :: ", "::")
+        .replace(":: ", "::")
+        .replace(" < ", "<")
+        .replace(" <", "<")
+        .replace("< ", "<")
+        .replace(" >", ">")
+        .replace(" ,", ",")
 }
 
 /// The first `Self` in a token stream.
@@ -292,13 +307,11 @@ fn registration(
         .map(|(i, ty)| quote_spanned! {ty.span()=> #call.dependency::<#ty>(#i) })
         .collect();
     let describe_dependencies = dependencies.iter().map(|ty| {
-        // `EventReleaser` is refused in a query handler; spelled as
-        // itself, that is a compile error on this parameter.
-        // The kind, named with call-site hygiene but located at the
-        // parameter, so that the error points there.
-        // The kind is bound again under a name spanned on the
-        // parameter (declared and used with that one span, so it
-        // resolves whatever its hygiene), so that an error points there.
+        // `EventReleaser` is refused in a query handler; spelled as itself,
+        // that is a compile error on this parameter. The message's kind is
+        // bound again under a name spanned on the parameter (declared and
+        // used with that one span, so it resolves whatever its hygiene), so
+        // that the error points there.
         let kind_here = proc_macro2::Ident::new("__bus_releaser_kind", ty.span());
         let releaser = is_releaser(ty).then(|| {
             quote_spanned! {ty.span()=>
@@ -308,9 +321,14 @@ fn registration(
         });
         quote_spanned! {ty.span()=> #shape.dependency::<#ty>(); #releaser }
     });
-    let describe_releases = releases
-        .iter()
-        .map(|path| quote_spanned! {path.span()=> #shape.releases::<#path>(); });
+    // A query handler declares no event (the same binding, on the path).
+    let describe_releases = releases.iter().map(|path| {
+        let kind_here = proc_macro2::Ident::new("__bus_releases_kind", path.span());
+        quote_spanned! {path.span()=>
+            let #kind_here = &#kind;
+            #shape.releases::<#path, _>(#kind_here);
+        }
+    });
     let deliver = quote_spanned! {return_span=>
         #output.deliver::<#return_ty>(#returned)
     };

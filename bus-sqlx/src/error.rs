@@ -90,6 +90,18 @@ pub enum StageError {
         #[source]
         source: BoxError,
     },
+    /// The call is a query handler's (see
+    /// [`EventReleaser::accepts_events`](bus_core::EventReleaser::accepts_events)):
+    /// a query reads, it never releases events, so none is stored; roll the
+    /// transaction back.
+    #[error(
+        "a query's handler released {events:?}: a query never changes state or releases \
+         events; nothing was written"
+    )]
+    QueryReleases {
+        /// The names of the events, in order.
+        events: Vec<&'static str>,
+    },
     /// The database failed.
     #[error("the database failed: {0}")]
     Database(#[from] sqlx::Error),

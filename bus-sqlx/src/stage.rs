@@ -92,6 +92,9 @@ impl<DB: Backend> Store<DB> {
     /// - the outbox message of every external event (`external = "..."`),
     ///   for the relay.
     ///
+    /// Events released by a query's handler are refused
+    /// ([`StageError::QueryReleases`]): none is stored.
+    ///
     /// On an error, roll the transaction back (drop it). Once it committed,
     /// [`release`](Staged::release) what this returns.
     ///
@@ -105,6 +108,11 @@ impl<DB: Backend> Store<DB> {
         flow: &MessageContext,
         events: Vec<PendingEvent>,
     ) -> Result<Staged<DB>, StageError> {
+        if !events.is_empty() && !releaser.accepts_events() {
+            return Err(StageError::QueryReleases {
+                events: events.iter().map(PendingEvent::name).collect(),
+            });
+        }
         let mut staged = self.stage_delivery(transaction, releaser).await?;
         let connection: &mut DB::Connection = transaction;
         if flow.is_inbound() {

@@ -126,6 +126,7 @@ fn a_query_whose_handler_releases_events_fails_and_its_events_do_not_run() {
         .dependencies(with_shelves(&store).shared_arc(count.clone()))
         .build()
         .expect("valid wiring");
+    let recorder = Recorder::attach(&bus);
     for result in [
         bus.query_blocking(ShelfName),
         bus_core::block_on(bus.query(ShelfName)),
@@ -149,6 +150,50 @@ fn a_query_whose_handler_releases_events_fails_and_its_events_do_not_run() {
         );
     }
     assert_eq!(count.load(Ordering::SeqCst), 0, "no released event ran");
+    // Like a store that writes events in its commit, the fake wrote nothing.
+    assert_eq!(store.get(&1).expect("shelf").name, "");
+    assert_eq!(store.commits(), 0);
+    // The refusal is the query's failure, not a second misuse.
+    assert!(recorder.events().is_empty());
+    assert_eq!(recorder.failures().len(), 2, "{:?}", recorder.runs());
+    assert_eq!(recorder.failures()[0].handler, handler_name::<shelf_name>());
+    assert!(recorder.misuses().is_empty(), "{:?}", recorder.misuses());
+}
+
+#[derive(Debug, Query)]
+#[query(output = u32, error = Refused)]
+struct Stash;
+
+/// A query that releases events and fails anyway: its caller gets the
+/// handler's error; the events were refused all the same.
+#[handler]
+fn stash(_: Stash, mut uow: Scoped<Uow>) -> Result<u32, Refused> {
+    if let Some(shelf) = uow.repository().get(&1) {
+        shelf.rename("stashed");
+    }
+    let _ = bus_core::block_on(uow.commit());
+    Err(Refused)
+}
+
+#[test]
+fn a_query_that_releases_then_fails_returns_its_error_and_releases_nothing() {
+    let store = shelves();
+    let count = Arc::new(AtomicU32::new(0));
+    let bus = Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<stash>()
+                .handler::<count_renames>(),
+        )
+        .dependencies(with_shelves(&store).shared_arc(count.clone()))
+        .build()
+        .expect("valid wiring");
+    assert!(matches!(
+        bus.query_blocking(Stash),
+        Err(DispatchError::Handler(Refused))
+    ));
+    assert_eq!(count.load(Ordering::SeqCst), 0);
+    assert_eq!(store.commits(), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -226,6 +271,100 @@ fn two_containers_given_to_one_builder_add_up_and_a_type_in_both_is_a_problem() 
         error.problems(),
         [Problem::DuplicateDependency { type_name: "misuse::Clock", registered_at, .. }]
             if registered_at.len() == 2
+    ));
+}
+
+#[test]
+fn a_trait_object_registered_twice_is_told_to_use_replace_shared_arc() {
+    let error = Bus::builder()
+        .registrations(Registrations::new().handler::<notify>())
+        .dependencies(
+            Dependencies::new()
+                .shared_arc::<dyn Notifications>(Arc::new(Stdout))
+                .shared_arc::<dyn Notifications>(Arc::new(Stdout)),
+        )
+        .build()
+        .expect_err("registered twice");
+    let text = error.to_string();
+    assert!(
+        text.contains(
+            "say that a later one replaces it with \
+             `Dependencies::replace_shared_arc::<dyn misuse::Notifications>(Arc::new(value))`"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_replacement_of_a_type_nothing_registered_is_a_build_problem() {
+    struct FakeStdout;
+    impl Notifications for FakeStdout {
+        fn send(&self, _: &str) {}
+    }
+    // The fake is given as itself, not as the trait object the handler asks
+    // for: it would be injected nowhere.
+    let error = Bus::builder()
+        .registrations(Registrations::new().handler::<notify>())
+        .dependencies(
+            Dependencies::new()
+                .shared_arc::<dyn Notifications>(Arc::new(Stdout))
+                .replace_shared(FakeStdout), // the wrong replacement
+        )
+        .build()
+        .expect_err("the fake replaces nothing");
+    let text = error.to_string();
+    assert_eq!(
+        error.problems(),
+        [Problem::ReplacesNothing {
+            type_name:
+                "misuse::a_replacement_of_a_type_nothing_registered_is_a_build_problem::FakeStdout",
+            lifetime: Lifetime::Shared,
+            at: bus_core::Location {
+                file: "tests/tests/misuse.rs",
+                line: line_of("// the wrong replacement"),
+            },
+        }],
+        "{text}"
+    );
+    assert!(text.contains("but nothing registered it"), "{text}");
+}
+
+fn production() -> Dependencies {
+    Dependencies::new().shared(Clock(1))
+}
+
+#[test]
+fn a_replacement_merged_in_later_replaces_what_came_before() {
+    for dependencies in [
+        production().merge(Dependencies::new().replace_shared(Clock(7))),
+        Dependencies::new()
+            .shared(Clock(0))
+            .replace_shared(Clock(5))
+            .merge(Dependencies::new().replace_shared(Clock(7))),
+    ] {
+        let bus = Bus::builder()
+            .registrations(Registrations::new().handler::<tick>())
+            .dependencies(dependencies)
+            .build()
+            .expect("replaced on purpose");
+        assert_eq!(bus.dispatch_blocking(Tick).expect("ticks"), 7);
+    }
+    let bus = Bus::builder()
+        .registrations(Registrations::new().handler::<tick>())
+        .dependencies(production())
+        .dependencies(Dependencies::new().replace_shared(Clock(7)))
+        .build()
+        .expect("a second container replaces on purpose");
+    assert_eq!(bus.dispatch_blocking(Tick).expect("ticks"), 7);
+    // A replacement, then a plain registration again: two registrations.
+    let twice = Bus::builder()
+        .registrations(Registrations::new().handler::<tick>())
+        .dependencies(production().replace_shared(Clock(7)).shared(Clock(8)))
+        .build()
+        .expect_err("7 or 8?");
+    assert!(matches!(
+        twice.problems(),
+        [Problem::DuplicateDependency { registered_at, .. }] if registered_at.len() == 2
     ));
 }
 
@@ -343,6 +482,70 @@ fn a_recorder_that_saw_a_misuse_fails_the_test_when_dropped() {
         "{text}"
     );
 }
+
+#[test]
+fn a_second_recorder_of_one_bus_shares_the_first_ones_misuses_and_check() {
+    let bus = Bus::builder()
+        .registrations(Registrations::new().handler::<check>())
+        .build()
+        .expect("valid wiring");
+    let recorder = Recorder::attach(&bus);
+    bus.dispatch_blocking(Check).expect("handled");
+    // A helper that attaches, reads, and drops its recorder.
+    let seen = Recorder::attach(&bus).event_names().len();
+    assert_eq!(seen, 3, "the same records");
+    assert_eq!(
+        recorder.take_misuses(),
+        [undeclared(handler_name::<check>())],
+        "still there"
+    );
+}
+
+/// Passes a call through, or turns its success into a failure.
+struct Veto(bool);
+
+impl bus_core::Layer for Veto {
+    fn call<'a>(
+        &'a self,
+        call: bus_core::HandlerCall<'a>,
+        next: bus_core::Next<'a>,
+    ) -> bus_core::BoxFuture<'a, bus_core::Outcome> {
+        Box::pin(async move {
+            let outcome = next.run(call).await;
+            if self.0 {
+                return Err(bus_core::FailureCause::Error("vetoed".into()));
+            }
+            outcome
+        })
+    }
+}
+
+#[test]
+fn a_layered_call_is_checked_once_its_pipeline_decided() {
+    for (veto, misuses) in [(false, 1), (true, 0)] {
+        let bus = Bus::builder()
+            .registrations(
+                Registrations::new()
+                    .handler::<audit>()
+                    .handler::<audit_renames>()
+                    .handler::<log_audit>(),
+            )
+            .layer_for::<Renamed>(Veto(veto))
+            .build()
+            .expect("valid wiring");
+        let recorder = Recorder::attach(&bus);
+        bus.publish_blocking(Renamed("x".into()))
+            .expect("published");
+        assert_eq!(
+            recorder.take_misuses().len(),
+            misuses,
+            "veto {veto}: a call that failed in the end released nothing"
+        );
+    }
+}
+
+#[handler]
+fn log_audit(_: &Audited) {}
 
 #[test]
 fn declared_releases_are_no_misuse() {
@@ -563,6 +766,71 @@ fn a_blocking_call_inside_a_tokio_runtime_panics_at_once_naming_the_awaited_meth
     assert!(!bus.is_closed(), "the refused shutdown did nothing");
     // Outside the runtime, the same calls work.
     bus.dispatch_blocking(Ping).expect("handled");
+}
+
+#[test]
+fn blocking_calls_where_no_task_is_driven_work_inside_a_runtime() {
+    let bus = ping_bus();
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let pooled = current.block_on({
+        let bus = bus.clone();
+        async move { tokio::task::spawn_blocking(move || bus.dispatch_blocking(Ping)).await }
+    });
+    assert!(matches!(pooled, Ok(Ok(()))), "spawn_blocking: {pooled:?}");
+    let entered = current.enter();
+    bus.dispatch_blocking(Ping)
+        .expect("a thread that entered a runtime");
+    drop(entered);
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let in_place = multi.block_on({
+        let bus = bus.clone();
+        async move {
+            tokio::spawn(async move { tokio::task::block_in_place(|| bus.dispatch_blocking(Ping)) })
+                .await
+        }
+    });
+    assert!(
+        matches!(in_place, Ok(Ok(()))),
+        "block_in_place: {in_place:?}"
+    );
+}
+
+/// Shuts the bus down when dropped: an app guard.
+struct App(Bus);
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .shutdown_blocking(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_blocking_call_while_unwinding_inside_a_runtime_is_not_a_second_panic() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let bus = ping_bus();
+    let failed = catch_unwind(AssertUnwindSafe(|| {
+        runtime.block_on(async {
+            let app = App(bus.clone());
+            app.0.dispatch(Ping).await.expect("handled");
+            panic!("the test's own failure");
+        })
+    }));
+    // A refusal while unwinding would have aborted the process.
+    let text = panic_text(failed.expect_err("the test's panic"));
+    assert_eq!(text, "the test's own failure");
+    assert!(bus.is_closed(), "the guard's shutdown ran");
 }
 
 #[derive(Debug, Command)]

@@ -11,7 +11,7 @@ use super::routes::{BoundHandler, Route, Routes};
 use super::{Bus, BusInner};
 use crate::context::MessageContext;
 use crate::dead_letter::{DeadLetterSink, InMemoryDeadLetters};
-use crate::dependencies::Dependencies;
+use crate::dependencies::{Container, Dependencies, Registered};
 use crate::error::{BuildError, HandlerSite, Problem};
 use crate::inject::{DependencyKey, Lifetime};
 use crate::layer::{Layer, Pipeline};
@@ -274,7 +274,8 @@ impl BusBuilder {
     ///     .build()
     ///     .unwrap_err();
     /// assert_eq!(refused.problems().len(), 1);
-    /// assert!(refused.to_string().contains("event `rust_out::Shipped`"));
+    /// let shipped = <Shipped as bus_core::Message>::name();
+    /// assert!(refused.to_string().contains(&format!("event `{shipped}`")));
     /// ```
     pub fn require_event_handlers(mut self) -> Self {
         self.require_event_handlers = true;
@@ -283,6 +284,7 @@ impl BusBuilder {
 
     /// Validates all wiring and builds the bus, or returns every problem at once.
     pub fn build(mut self) -> Result<Bus, BuildError> {
+        let registrations_linked = self.registrations.is_none();
         let registrations = self
             .registrations
             .take()
@@ -317,6 +319,7 @@ impl BusBuilder {
         }
 
         let mut routes = Routes::default();
+        let container = self.dependencies.container();
         let mut missing = MissingDependencies::default();
         for &meta in &messages {
             let mine = by_message.remove(&(meta as *const _)).unwrap_or_default();
@@ -338,7 +341,7 @@ impl BusBuilder {
             let bound: Box<[BoundHandler]> = mine
                 .iter()
                 .map(|&registration| {
-                    let mut handler = bind(registration, &self.dependencies, &mut missing);
+                    let mut handler = bind(registration, &container, &mut missing);
                     (handler.pipeline, handler.retry) = self.pipeline(meta, registration);
                     if meta.kind() == Kind::Command {
                         handler.command_retry = take_command_retry(&mut command_retries, meta);
@@ -361,14 +364,9 @@ impl BusBuilder {
             });
         }
 
-        problems.extend(missing.into_problems(&self.dependencies));
-        problems.extend(self.dependencies.duplicates().iter().map(|duplicate| {
-            Problem::DuplicateDependency {
-                type_name: duplicate.type_name,
-                lifetime: duplicate.lifetime,
-                registered_at: duplicate.at.clone(),
-            }
-        }));
+        problems.extend(missing.into_problems(&container, &handlers));
+        problems.extend(registration_problems(&container));
+        warn_unused(&container, &handlers, registrations_linked);
         problems.extend(self.setting_problems(
             &handlers,
             &messages,
@@ -549,14 +547,19 @@ impl BusBuilder {
                 && handlers
                     .iter()
                     .any(|h| h.message().is_some_and(|m| std::ptr::eq(m, *meta)));
-            if !routed {
+            let elsewhere = self
+                .allowed_unhandled
+                .iter()
+                .any(|m| std::ptr::eq(*m, *meta));
+            if !routed && !elsewhere {
                 problems.push(Problem::InvalidSetting {
                     handler: HandlerSite {
                         name: meta.name(),
                         location: meta.location(),
                     },
                     setting: "layer_for",
-                    reason: "the message has no handler in this bus: the layer would wrap nothing",
+                    reason: "the message has no handler in this bus (and is not allowed \
+                             unhandled): the layer would wrap nothing",
                 });
             }
         }
@@ -701,7 +704,7 @@ fn check_single_handler(
 /// Resolves a handler's dependencies, recording each missing one.
 fn bind(
     registration: &'static HandlerRegistration,
-    dependencies: &Dependencies,
+    dependencies: &Container,
     missing: &mut MissingDependencies,
 ) -> BoundHandler {
     let resolved = registration
@@ -757,7 +760,11 @@ impl MissingDependencies {
         }
     }
 
-    fn into_problems(self, dependencies: &Dependencies) -> impl Iterator<Item = Problem> + '_ {
+    fn into_problems<'a>(
+        self,
+        container: &'a Container,
+        handlers: &'a [&'static HandlerRegistration],
+    ) -> impl Iterator<Item = Problem> + 'a {
         self.by_key.into_values().map(move |mut missing| {
             missing.handlers.sort();
             Problem::MissingDependency {
@@ -765,66 +772,121 @@ impl MissingDependencies {
                 lifetime: missing.key.lifetime(),
                 handlers: missing.handlers,
                 registered_as: missing.registered_as,
-                near: near_registrations(&missing.key, dependencies),
+                near: near_registrations(&missing.key, container, handlers),
             }
         })
     }
 }
 
-/// What the container holds under a type near `key`'s: the same name
-/// inside or outside an `Arc`, a `Box` or an `Rc`, or with or without
-/// `dyn`; or, when `key` is a trait object, any concrete type of its
-/// lifetime (the value that was meant to be registered as that trait
-/// object, perhaps). At most eight.
+/// Types registered twice, and replacements of nothing.
+fn registration_problems(container: &Container) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (&(_, lifetime), entry) in &container.entries {
+        if entry.replaced_nothing {
+            problems.push(Problem::ReplacesNothing {
+                type_name: entry.type_name,
+                lifetime,
+                at: entry.sites[0],
+            });
+        }
+        if entry.sites.len() > 1 {
+            problems.push(Problem::DuplicateDependency {
+                type_name: entry.type_name,
+                lifetime,
+                registered_at: entry.sites.clone(),
+            });
+        }
+    }
+    problems
+}
+
+/// Whether some handler asks for `registered`.
+fn asked_for(registered: &Registered, handlers: &[&'static HandlerRegistration]) -> bool {
+    handlers.iter().any(|handler| {
+        handler
+            .dependencies()
+            .any(|key| key.type_id() == registered.type_id && key.lifetime() == registered.lifetime)
+    })
+}
+
+/// A registration no handler of the whole binary asks for is most likely
+/// registered under the wrong type (an `Arc<T>` given to `shared`, a
+/// concrete type meant as a trait object): a warning, since a container may
+/// serve several buses. Only for a bus built from every linked handler.
+fn warn_unused(container: &Container, handlers: &[&'static HandlerRegistration], linked: bool) {
+    if !linked {
+        return;
+    }
+    for registered in container.registered() {
+        if !asked_for(&registered, handlers) {
+            tracing::warn!(
+                type_name = registered.type_name,
+                lifetime = %registered.lifetime,
+                "a dependency is registered that no handler asks for: check its type \
+                 (a trait object is registered with `shared_arc::<dyn Trait>` or \
+                 `scoped_boxed::<dyn Trait, _>`)"
+            );
+        }
+    }
+}
+
+/// What the container holds under a type near `key`'s: the same type
+/// inside or outside an `Arc`, a `Box`, an `Rc` or a reference, with or
+/// without `dyn`; or, when `key` is a trait object, a concrete type of its
+/// lifetime that no handler asks for (the value meant to be registered as
+/// that trait object, most likely). Sorted, at most five.
 fn near_registrations(
     key: &DependencyKey,
-    dependencies: &Dependencies,
+    container: &Container,
+    handlers: &[&'static HandlerRegistration],
 ) -> Vec<(&'static str, Lifetime)> {
     let wanted = key.type_name();
-    let wanted_base = base_name(wanted);
+    let wanted_bare = bare_type(wanted);
     let wants_dyn = wanted.starts_with("dyn ");
-    let mut near: Vec<(&'static str, Lifetime)> = dependencies
+    let mut near: Vec<(&'static str, Lifetime)> = container
         .registered()
-        .filter(|r| !(r.type_name == wanted && r.lifetime != key.lifetime()))
-        .filter(|r| r.type_name != wanted)
+        .filter(|r| r.type_id != key.type_id())
         .filter(|r| {
-            base_name(r.type_name) == wanted_base
-                || (wants_dyn && r.lifetime == key.lifetime() && !r.type_name.starts_with("dyn "))
+            bare_type(r.type_name) == wanted_bare
+                || (wants_dyn
+                    && r.lifetime == key.lifetime()
+                    && !r.type_name.starts_with("dyn ")
+                    && !asked_for(r, handlers))
         })
         .map(|r| (r.type_name, r.lifetime))
         .collect();
     near.sort_unstable();
-    near.truncate(8);
+    near.truncate(5);
     near
 }
 
-/// A type's name without wrappers, `dyn`, auto-trait bounds and module
-/// path: `alloc::sync::Arc<dyn app::Mailer + core::marker::Send>` →
-/// `Mailer`.
-fn base_name(type_name: &str) -> &str {
-    const WRAPPERS: [&str; 4] = [
-        "alloc::sync::Arc<",
-        "alloc::boxed::Box<",
-        "alloc::rc::Rc<",
-        "&",
-    ];
+/// A type's name without the wrappers it may be handed over in, `dyn` and
+/// auto-trait bounds: `alloc::sync::Arc<dyn app::Mailer + core::marker::Send>`
+/// → `app::Mailer`. Generic arguments stay: `Mutex<A>` is not `Mutex<B>`.
+fn bare_type(type_name: &str) -> &str {
+    const WRAPPERS: [&str; 3] = ["alloc::sync::Arc<", "alloc::boxed::Box<", "alloc::rc::Rc<"];
     let mut name = type_name.trim();
     loop {
         let before = name;
         for wrapper in WRAPPERS {
-            if let Some(inner) = name.strip_prefix(wrapper) {
-                name = inner.strip_suffix('>').unwrap_or(inner).trim();
+            if let Some(inner) = name.strip_prefix(wrapper).and_then(|n| n.strip_suffix('>')) {
+                name = inner.trim();
             }
         }
+        if let Some(inner) = name.strip_prefix('&') {
+            name = inner.trim_start();
+            name = name.strip_prefix("mut ").unwrap_or(name);
+        }
         name = name.strip_prefix("dyn ").unwrap_or(name).trim();
-        name = name.strip_prefix("mut ").unwrap_or(name).trim();
         if name == before {
             break;
         }
     }
-    let name = name.split(" + ").next().unwrap_or(name);
-    let path = name.split('<').next().unwrap_or(name);
-    path.rsplit("::").next().unwrap_or(path)
+    // `dyn A + core::marker::Send` → `A`, outside any generic argument.
+    match name.find(" + ") {
+        Some(at) if !name[..at].contains('<') => &name[..at],
+        _ => name,
+    }
 }
 
 /// A handler that declares it releases an event nobody handles is a dead end

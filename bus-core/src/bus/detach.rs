@@ -61,7 +61,9 @@ impl Bus {
         let in_flight = DetachedInFlight::enter(self);
         let task = async move {
             let mut run = run;
-            let ran = in_flight.bus.run_queue(&mut run).await;
+            // Its handlers are an awaited dispatch's: a blocking call in one
+            // is refused, on whatever executor the spawner uses.
+            let ran = crate::blocking::driving(in_flight.bus.run_queue(&mut run)).await;
             drop(in_flight);
             // The caller may have stopped waiting: the run ended regardless.
             let _ = sender.send(ran);
@@ -155,7 +157,7 @@ impl Bus {
              (the handler it was in runs again)"
         );
         let task = async move {
-            if let Err(error) = in_flight.bus.run_queue(&mut run).await {
+            if let Err(error) = crate::blocking::driving(in_flight.bus.run_queue(&mut run)).await {
                 tracing::error!(%error, "the rest of a dispatch stopped");
             }
             drop(in_flight);

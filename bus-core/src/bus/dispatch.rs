@@ -24,7 +24,7 @@ use crate::events::PendingEvent;
 use crate::executor::block_on;
 use crate::inject::Scope;
 use crate::layer::Next;
-use crate::message::{Command, Event, Kind, Message, MessageMeta, Query};
+use crate::message::{Command, Event, Message, MessageMeta, Query};
 use crate::observer::HandlerFailure;
 use crate::registry::HandlerFn;
 
@@ -73,7 +73,7 @@ impl Bus {
     /// # Panics
     ///
     /// At once, naming the awaited method, when called from inside an async
-    /// runtime (a tokio runtime's thread, or a handler of an awaited
+    /// runtime (a thread driving tokio tasks, or a handler of an awaited
     /// dispatch): blocking there can hang the runtime. `.await`
     /// [`dispatch`](Self::dispatch) instead.
     #[track_caller]
@@ -202,7 +202,7 @@ impl Bus {
         let (output, scope) = match (handler.is_direct(), handler.call) {
             // The hot path: a plain `fn`, called inline, no future.
             (true, HandlerFn::Sync(f)) => enter(&span, || {
-                let mut scope = Scope::with_context(context);
+                let mut scope = Scope::request(context, meta.kind());
                 let output = request_sync(handler, f, message, &mut scope);
                 (output, scope)
             }),
@@ -219,9 +219,15 @@ impl Bus {
                     .await
             }
         };
-        self.tap_ran(handler, meta, 1, output.is_ok());
-        let output = output?;
-        if let Some(cascade) = self.released(handler, meta, scope)? {
+        let answer = match output {
+            Ok(value) => self
+                .released(handler, meta, scope)
+                .map(|cascade| (value, cascade)),
+            Err(error) => Err(error),
+        };
+        self.tap_ran(handler, meta, 1, answer.is_ok());
+        let (output, cascade) = answer?;
+        if let Some(cascade) = cascade {
             // From here on, dropping this future does not drop the cascade.
             self.run_to_end(Run::new(cascade), span).await?;
         }
@@ -272,37 +278,38 @@ impl Bus {
         let (output, scope) = match (handler.call, handler.is_direct()) {
             // The hot path: a plain `fn`, called inline.
             (HandlerFn::Sync(f), true) => {
-                let mut scope = Scope::with_context(context);
+                let mut scope = Scope::request(context, meta.kind());
                 let output = enter(&span, || request_sync(handler, f, message, &mut scope));
-                self.tap_ran(handler, meta, 1, output.is_ok());
-                let output = output?;
-                if scope.has_releaser() {
-                    self.run_released_blocking(handler, meta, scope, &span)?;
-                }
-                return Ok(output);
+                return self.answer_blocking(handler, meta, output, scope, &span);
             }
             _ => self.request_blocking_driven(handler, message, context, &span),
         };
-        self.tap_ran(handler, meta, 1, output.is_ok());
-        let output = output?;
-        if scope.has_releaser() {
-            self.run_released_blocking(handler, meta, scope, &span)?;
-        }
-        Ok(output)
+        self.answer_blocking(handler, meta, output, scope, &span)
     }
 
-    /// Runs what a command or query handler released, on this thread.
-    fn run_released_blocking<E>(
+    /// A command's or query's answer, once what its handler released ran
+    /// on this thread.
+    #[inline]
+    fn answer_blocking<O, E>(
         &self,
         handler: &BoundHandler,
         meta: &'static MessageMeta,
+        output: Result<O, DispatchError<E>>,
         scope: Scope,
         span: &tracing::Span,
-    ) -> Result<(), DispatchError<E>> {
-        if let Some(cascade) = self.released(handler, meta, scope)? {
+    ) -> Result<O, DispatchError<E>> {
+        let answer = match output {
+            Ok(value) => self
+                .released(handler, meta, scope)
+                .map(|cascade| (value, cascade)),
+            Err(error) => Err(error),
+        };
+        self.tap_ran(handler, meta, 1, answer.is_ok());
+        let (value, cascade) = answer?;
+        if let Some(cascade) = cascade {
             enter(span, || self.run_queue_blocking(&mut Run::new(cascade)))?;
         }
-        Ok(())
+        Ok(value)
     }
 
     /// A blocking request whose handler needs driving: an `async fn`, layers,
@@ -346,7 +353,7 @@ impl Bus {
         O: Send + 'static,
         E: Send + 'static,
     {
-        let mut scope = Scope::with_context(Some(context));
+        let mut scope = Scope::request(Some(context), M::meta().kind());
         let output = match (&handler.pipeline, handler.call) {
             (None, HandlerFn::Sync(f)) => request_sync(handler, f, message, &mut scope),
             (None, HandlerFn::Async(f)) => request_async(handler, f, message, &mut scope).await,
@@ -379,7 +386,8 @@ impl Bus {
 
     /// The cascade of what a command handler released, if anything: the
     /// handler's own message counts as the first one processed. A query's
-    /// handler that released events fails the query instead.
+    /// handler that released events (they were refused) fails the query
+    /// instead.
     #[inline]
     fn released<E>(
         &self,
@@ -391,12 +399,14 @@ impl Bus {
             return Ok(None);
         }
         let context = scope.context();
-        let events = self.inner.watch.accept(handler.registration, scope);
+        let mut closed = scope.finish_checked();
+        let refused = std::mem::take(&mut closed.refused);
+        let events = self.inner.watch.accept_closed(handler.registration, closed);
+        if !refused.is_empty() {
+            return Err(query_released(handler, meta, refused));
+        }
         if events.is_empty() {
             return Ok(None);
-        }
-        if meta.kind() == Kind::Query {
-            return Err(query_released(handler, meta, events));
         }
         let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
         cascade.push_all(events, &context);
@@ -478,7 +488,7 @@ where
     O: Send + 'static,
     E: Send + 'static,
 {
-    let mut scope = Scope::with_context(context);
+    let mut scope = Scope::request(context, M::meta().kind());
     let output = request_async(handler, f, message, &mut scope).await;
     (output, scope)
 }
@@ -502,19 +512,19 @@ where
     complete(handler, called, frame.output, scope)
 }
 
-/// A query whose handler released events: refused, the events dropped
-/// (stored ones are let go to their store's recovery).
+/// A query whose handler released events: they were refused (never
+/// queued, and a unit of work that stores events did not commit them).
 #[cold]
 #[inline(never)]
 fn query_released<E>(
     handler: &BoundHandler,
     meta: &'static MessageMeta,
-    events: Vec<PendingEvent>,
+    events: Vec<&'static str>,
 ) -> DispatchError<E> {
     let misuse = MisuseError::QueryReleased {
         query: meta.name(),
         handler: handler.registration.name(),
-        events: events.iter().map(PendingEvent::name).collect(),
+        events,
     };
     tracing::error!(
         query = meta.name(),

@@ -15,7 +15,7 @@ use crate::context::{Causation, MessageContext};
 use crate::dead_letter::DeadLetter;
 use crate::delivery::Delivery;
 use crate::error::CascadeLimitError;
-use crate::events::{ErasedEvent, PendingEvent, Recorded};
+use crate::events::{Closed, ErasedEvent, PendingEvent, Recorded};
 use crate::executor::block_on;
 use crate::inject::Scope;
 use crate::layer::{Next, Outcome};
@@ -228,7 +228,7 @@ impl Bus {
                 .event
                 .delivery_log()
                 .map(|log| Delivery::new(id, name, settles, log));
-            let (outcome, recorded, released, attempts) = self
+            let (outcome, recorded, closed, attempts) = self
                 .deliver_once(handler, &current.event, current.context, delivery)
                 .await;
             // Through with this handler before the record below is awaited:
@@ -245,6 +245,7 @@ impl Bus {
                 }
                 (Ok(()), recorded) => {
                     self.tap_ran(handler, meta, attempts, true);
+                    let released = self.inner.watch.accept_closed(handler.registration, closed);
                     if !released.is_empty() {
                         cascade.push_all(released, &current.context);
                     }
@@ -292,15 +293,16 @@ impl Bus {
 
     /// One delivery of a stored event to one handler: through its layers,
     /// or a direct first attempt when its retry (if any) is beside it.
-    /// Returns the outcome, what the call's unit of work said, what it
-    /// released, and how many attempts it took.
+    /// Returns the outcome, what the call's unit of work said, what its
+    /// releaser held (unchecked: the caller checks it once it knows the
+    /// call counts), and how many attempts it took.
     async fn deliver_once(
         &self,
         handler: &BoundHandler,
         event: &PendingEvent,
         context: MessageContext,
         delivery: Option<Delivery>,
-    ) -> (crate::layer::Outcome, Recorded, Vec<PendingEvent>, u32) {
+    ) -> (crate::layer::Outcome, Recorded, Closed, u32) {
         let meta = event.meta();
         match (&handler.pipeline, handler.call) {
             (Some(pipeline), _) => {
@@ -311,7 +313,7 @@ impl Bus {
                     .run(invocation.call(context))
                     .await;
                 let (recorded, attempts) = (invocation.recorded(), invocation.attempts());
-                (outcome, recorded, invocation.released(), attempts)
+                (outcome, recorded, invocation.closed(), attempts)
             }
             (None, call) => {
                 let mut scope = crate::inject::Scope::delivering(context, delivery);
@@ -326,13 +328,13 @@ impl Bus {
                     }
                 };
                 let recorded = scope.recorded();
-                let released = if outcome.is_ok() {
-                    self.inner.watch.accept(handler.registration, scope)
+                let closed = if outcome.is_ok() {
+                    scope.finish_checked()
                 } else {
                     drop(scope.finish());
-                    Vec::new()
+                    Closed::default()
                 };
-                (outcome, recorded, released, 1)
+                (outcome, recorded, closed, 1)
             }
         }
     }

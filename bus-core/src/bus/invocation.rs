@@ -15,7 +15,7 @@ use crate::call::{AsyncCall, BoxFuture, Call, MessageRef, SyncCall};
 use crate::context::{Causation, MessageContext};
 use crate::delivery::Delivery;
 use crate::error::BoxError;
-use crate::events::{PendingEvent, Recorded};
+use crate::events::{Closed, PendingEvent, Recorded};
 use crate::inject::Scope;
 use crate::layer::{HandlerCall, Invoke, Outcome};
 use crate::message::MessageMeta;
@@ -159,7 +159,9 @@ pub(super) struct EventInvocation<'h> {
     event: &'h (dyn Any + Send + Sync),
     meta: &'static MessageMeta,
     attempts: AtomicU32,
-    released: Mutex<(Option<Vec<PendingEvent>>, Recorded)>,
+    /// What the last successful run's releaser held, and what the last
+    /// run's unit of work said about its delivery.
+    released: Mutex<(Option<Closed>, Recorded)>,
     delivery: Option<Delivery>,
 }
 
@@ -222,13 +224,21 @@ impl<'h> EventInvocation<'h> {
         self.attempts.load(Ordering::Relaxed)
     }
 
-    /// What the last successful run released.
-    pub(super) fn released(self) -> Vec<PendingEvent> {
+    /// What the last successful run left, unchecked: for a caller that
+    /// checks it once the pipeline's outcome is known.
+    pub(super) fn closed(self) -> Closed {
         self.released
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner)
             .0
             .unwrap_or_default()
+    }
+
+    /// What the last successful run released, checked (see `watch.rs`):
+    /// call it only when the pipeline's outcome is `Ok`.
+    pub(super) fn released(self) -> Vec<PendingEvent> {
+        let (watch, registration) = (self.watch, self.handler.registration);
+        watch.accept_closed(registration, self.closed())
     }
 }
 
@@ -236,16 +246,16 @@ impl EventInvocation<'_> {
     /// Counts the attempt, and keeps what a successful one released.
     fn settle(&self, scope: Scope, outcome: &Outcome) {
         let recorded = scope.recorded();
-        let events = if outcome.is_ok() {
-            Some(self.watch.accept(self.handler.registration, scope))
+        let closed = if outcome.is_ok() {
+            Some(scope.finish_checked())
         } else {
             drop(scope.finish());
             None
         };
         let mut kept = self.released.lock().unwrap_or_else(PoisonError::into_inner);
         kept.1 = recorded;
-        if events.is_some() {
-            kept.0 = events;
+        if closed.is_some() {
+            kept.0 = closed;
         }
     }
 }
@@ -332,7 +342,7 @@ impl Invoke for RequestInvocation<'_, '_> {
                         .into(),
                 ));
             };
-            let mut scope = Scope::with_context(Some(call.context));
+            let mut scope = Scope::request(Some(call.context), call.meta.kind());
             let span = handler_span(self.handler, call.meta, &call.context);
             // A command or query handler's panic is not caught: it fails noisily.
             let called = {

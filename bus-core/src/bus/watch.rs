@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use crate::events::{PendingEvent, Uncommitted};
+use crate::events::{Closed, PendingEvent, Uncommitted};
 use crate::inject::Scope;
 use crate::registry::HandlerRegistration;
 use crate::testing::{Misuse, RecorderInner};
@@ -34,14 +34,25 @@ impl Watch {
         registration: &'static HandlerRegistration,
         scope: Scope,
     ) -> Vec<PendingEvent> {
-        let (events, uncommitted) = scope.finish_checked();
-        if !uncommitted.is_empty() {
-            self.uncommitted(registration, uncommitted);
+        self.accept_closed(registration, scope.finish_checked())
+    }
+
+    /// [`accept`](Self::accept), for a call whose scope was closed already
+    /// (a layered call keeps what its last successful run left, until the
+    /// pipeline's outcome is known).
+    #[inline]
+    pub(crate) fn accept_closed(
+        &self,
+        registration: &'static HandlerRegistration,
+        closed: Closed,
+    ) -> Vec<PendingEvent> {
+        if !closed.uncommitted.is_empty() {
+            self.uncommitted(registration, closed.uncommitted);
         }
-        if !events.is_empty() {
-            self.check_declared(registration, &events);
+        if !closed.events.is_empty() {
+            self.check_declared(registration, &closed.events);
         }
-        events
+        closed.events
     }
 
     fn check_declared(&self, registration: &'static HandlerRegistration, events: &[PendingEvent]) {
@@ -103,8 +114,8 @@ impl Watch {
             aggregates = dropped.aggregates,
             events = dropped.events,
             "handler returned Ok, but a unit of work of its call was dropped without commit \
-             while it held changes: nothing of them was stored or released; commit it, or \
-             return an error"
+             while it held changes: nothing of them was stored or released; commit it, roll \
+             it back (a dry run), or return an error"
         );
         if let Some(tap) = self.tap.get() {
             tap.misused(Misuse::Uncommitted {

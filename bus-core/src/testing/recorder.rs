@@ -1,7 +1,7 @@
 //! Recording what a bus did: the events released, in order, and the
 //! handler calls, with how they ended.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use crate::bus::Bus;
 use crate::events::PendingEvent;
@@ -61,7 +61,7 @@ impl std::fmt::Display for Misuse {
                 f,
                 "handler `{handler}` returned Ok, but a unit of work of its call was dropped \
                  without commit while it held {dropped}: nothing of them was stored; commit it, \
-                 or return an error"
+                 roll it back (a dry run), or return an error"
             ),
         }
     }
@@ -176,7 +176,7 @@ impl Drop for MisuseCheck {
 
 /// What a recorder holds; the bus writes to it when one is attached.
 #[derive(Default)]
-pub(crate) struct RecorderInner(Mutex<Recorded>);
+pub(crate) struct RecorderInner(Mutex<Recorded>, Mutex<Weak<MisuseCheck>>);
 
 impl RecorderInner {
     fn lock(&self) -> MutexGuard<'_, Recorded> {
@@ -216,15 +216,29 @@ impl RecorderInner {
 impl Recorder {
     /// Attaches a new recorder to `bus` and returns it.
     ///
-    /// A bus takes one recorder: attaching a second one returns the first.
+    /// A bus takes one recorder: attaching again returns one that shares
+    /// the first's records and its check on drop.
     pub fn attach(bus: &Bus) -> Recorder {
         let fresh = Arc::new(RecorderInner::default());
         let inner = match bus.attach_tap(fresh.clone()) {
             Ok(()) => fresh,
             Err(existing) => existing,
         };
+        // Every recorder of one bus shares one check: the test's use of the
+        // recorder ends when the last of them goes.
+        let check = {
+            let mut shared = inner.1.lock().unwrap_or_else(PoisonError::into_inner);
+            match shared.upgrade() {
+                Some(check) => check,
+                None => {
+                    let check = Arc::new(MisuseCheck(inner.clone()));
+                    *shared = Arc::downgrade(&check);
+                    check
+                }
+            }
+        };
         Recorder {
-            _watch: Arc::new(MisuseCheck(inner.clone())),
+            _watch: check,
             inner,
         }
     }

@@ -226,6 +226,26 @@ impl<A: Entity> UnitOfWork for FakeUnitOfWork<A> {
                 return Err(Conflict { key });
             }
         }
+        // A query's call takes no event (see `EventReleaser::accepts_events`):
+        // like a store that writes its events in the commit, write nothing,
+        // and hand the events over to be refused (the query fails).
+        if !self.releaser.accepts_events()
+            && self
+                .repository
+                .seen
+                .iter_mut()
+                .any(|s| !s.aggregate.events().is_empty())
+        {
+            drop(items);
+            let events: Vec<_> = self
+                .repository
+                .seen
+                .drain(..)
+                .flat_map(|mut seen| seen.aggregate.events().take())
+                .collect();
+            self.releaser.release_all(events);
+            return Ok(());
+        }
         let mut events = Vec::new();
         for seen in &mut self.repository.seen {
             events.extend(seen.aggregate.events().take());

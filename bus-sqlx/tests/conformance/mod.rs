@@ -23,8 +23,8 @@ use bus_core::transport::{
     Consumer, Handled, InMemoryBroker, OutboundMessage, Publisher, TransportError,
 };
 use bus_core::{
-    async_trait, handler, Bus, Command, Dependencies, Event, EventReleaser, MessageContext,
-    MessageId, PendingEvent, Registrations, RetryPolicy, Scoped,
+    async_trait, handler, Bus, Command, Dependencies, DispatchError, Event, EventReleaser,
+    MessageContext, MessageId, PendingEvent, Query, Registrations, RetryPolicy, Scoped,
 };
 use bus_sqlx::{
     Backend, DeadLetterError, DeadLetterRecord, DeadLetterStore, Error, Settings, StageError, Store,
@@ -70,6 +70,7 @@ macro_rules! conformance_tests {
             an_event_this_bus_cannot_read_goes_to_the_dead_letters,
             a_bus_with_an_event_that_cannot_be_stored_is_refused,
             an_unstorable_event_fails_the_commit_with_the_fix,
+            a_query_that_stages_events_writes_nothing,
             an_external_event_goes_to_the_outbox_in_the_commit_and_is_relayed_once,
             an_event_committed_before_a_crash_is_published_after_the_restart,
             a_rolled_back_commit_writes_nothing_to_the_outbox,
@@ -381,6 +382,20 @@ impl<DB: Ledger> UnstorableUow for SqlLedger<DB> {
         staged.release();
         Ok(())
     }
+}
+
+/// A query whose handler deposits (a misuse: a query never changes state).
+#[derive(Debug, Query)]
+#[query(output = i64, error = LedgerError)]
+pub struct SneakyBalance;
+
+#[handler]
+pub async fn sneaky_balance(
+    _: SneakyBalance,
+    mut uow: Scoped<dyn LedgerUow>,
+) -> Result<i64, LedgerError> {
+    uow.deposit(&Deposit::of("ada", 10)).await?;
+    Ok(0)
 }
 
 /// The ledger's handlers (`Unstorable`'s left out).
@@ -981,6 +996,38 @@ pub async fn an_unstorable_event_fails_the_commit_with_the_fix<DB: Ledger>(db: T
         0,
         "nothing written"
     );
+}
+
+pub async fn a_query_that_stages_events_writes_nothing<DB: Ledger>(db: TestDatabase) {
+    let pool = db.pool::<DB>().await;
+    let store = Store::<DB>::open_with(pool.clone(), fast()).await.unwrap();
+    DB::create_tables(&pool).await;
+    let tally = Arc::new(Tally::default());
+    let bus = Bus::builder()
+        .registrations(ledger().handler::<sneaky_balance>())
+        .dependencies(App::dependencies(&store, &tally))
+        .build()
+        .unwrap();
+    let refused = bus.query(SneakyBalance).await.unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            DispatchError::Handler(LedgerError::Stage(StageError::QueryReleases { events }))
+                if events == &["ledger.deposited"]
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        DB::count(&pool, "ledger").await,
+        0,
+        "the deposit rolled back"
+    );
+    assert_eq!(
+        store.delivery_lag().await.unwrap().count,
+        0,
+        "no event stored: no recovery will deliver one"
+    );
+    assert_eq!(tally.counted_once(), 0);
 }
 
 // ---------------------------------------------------------------------------
