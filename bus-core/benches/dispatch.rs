@@ -146,7 +146,7 @@ struct Charged(u64);
 #[derive(Debug, Clone, Event)]
 struct Shipped(u64);
 
-#[handler]
+#[handler(releases(Reserved, Charged, Shipped))]
 fn checkout(cmd: Checkout, events: EventReleaser) -> Result<(), Infallible> {
     events.release(Reserved(cmd.0));
     events.release(Charged(cmd.0));

@@ -1,11 +1,13 @@
 //! Refusing a blocking call on a thread that drives async tasks.
 //!
-//! A `*_blocking` method of the bus parks its thread until the dispatch is
-//! done. On a thread that an async runtime uses to drive its tasks, that
-//! parks the runtime too: a current-thread runtime (what `#[tokio::test]`
-//! gives) then hangs for ever as soon as a handler waits on a timer or on
-//! I/O that the runtime was to drive. So every `*_blocking` method panics at
-//! once, naming the awaited method to call instead, when its thread
+//! A `*_blocking` method of the bus that must drive a future (an `async fn`
+//! handler, a layer, a retry, a durable store) parks its thread while the
+//! future waits. On a thread that an async runtime uses to drive its tasks,
+//! that parks the runtime too: a current-thread runtime (what
+//! `#[tokio::test]` gives) then hangs for ever as soon as a handler waits
+//! on a timer or on I/O that the runtime was to drive. So each such call
+//! checks, before it drives anything, and panics, naming the awaited method
+//! to call instead, when its thread
 //!
 //! - is driving tokio tasks (bus-core's `tokio` feature, on by default):
 //!   inside the poll of a task or of a `block_on`. A runtime's blocking pool
@@ -22,13 +24,21 @@
 //! poll of an awaited dispatch: it says nothing about any other thread, and
 //! nothing after the poll returned.
 //!
+//! A dispatch whose handlers are all plain `fn`s drives no future: it never
+//! parks, is never refused, and pays nothing for the check. When the need
+//! to drive comes after a command's handler returned (an `async fn` handler
+//! of one of its events), the rest of the run goes on on the runtime, as
+//! for a caller that stopped waiting, before the call panics: nothing the
+//! command committed is dropped.
+//!
 //! A call made while the thread is unwinding from a panic (a `Drop` that
 //! shuts the bus down, say) is not refused: a second panic would abort the
 //! process. It is logged instead, and goes on.
 
 use std::cell::Cell;
-use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 thread_local! {
     /// How many polls of awaited dispatches this thread is inside.
@@ -78,50 +88,106 @@ fn drives_tokio_tasks() -> bool {
     false
 }
 
-/// Panics when `method` (a `*_blocking` method of the bus) is called where
-/// it would park an async runtime's thread; `instead` names the awaited
-/// call to make.
-#[track_caller]
-#[inline]
-pub(crate) fn refuse_inside_runtime(method: &'static str, instead: &'static str) {
-    if inside_async_runtime() {
+/// A `*_blocking` method of the bus, and the awaited call to make instead.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Blocking {
+    method: &'static str,
+    instead: &'static str,
+}
+
+impl Blocking {
+    pub(crate) const DISPATCH: Blocking = Blocking {
+        method: "Bus::dispatch_blocking",
+        instead: "bus.dispatch(command).await",
+    };
+    pub(crate) const QUERY: Blocking = Blocking {
+        method: "Bus::query_blocking",
+        instead: "bus.query(query).await",
+    };
+    pub(crate) const PUBLISH: Blocking = Blocking {
+        method: "Bus::publish_blocking",
+        instead: "bus.publish(event).await",
+    };
+    pub(crate) const REPLAY: Blocking = Blocking {
+        method: "Bus::replay_blocking",
+        instead: "bus.replay(handler, event, context).await",
+    };
+    pub(crate) const SHUTDOWN: Blocking = Blocking {
+        method: "Bus::shutdown_blocking",
+        instead: "bus.shutdown(grace).await",
+    };
+
+    /// Whether this call may not drive a future here: its thread drives
+    /// async tasks (see the module docs). While unwinding from a panic it
+    /// may (a second panic would abort the process): that is logged.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn refused(&self) -> bool {
+        if !inside_async_runtime() {
+            return false;
+        }
         if std::thread::panicking() {
             tracing::error!(
-                method,
-                instead,
-                "a blocking call of the bus was made from inside an async runtime while \
-                 unwinding from a panic: not refused (a second panic would abort), but it \
-                 may hang that runtime"
+                method = self.method,
+                instead = self.instead,
+                "a blocking call of the bus waits on a thread that drives async tasks, while \
+                 unwinding from a panic: not refused (a second panic would abort), but it may \
+                 hang that runtime"
             );
-            return;
+            return false;
         }
-        refuse(method, instead);
+        true
+    }
+
+    /// Panics, naming the awaited call to make instead.
+    #[cold]
+    #[inline(never)]
+    #[track_caller]
+    pub(crate) fn refuse(&self) -> ! {
+        panic!(
+            "`{method}` was called from inside an async runtime: it would block a thread that \
+             drives async tasks, and a current-thread runtime (what `#[tokio::test]` gives) \
+             hangs for ever once a handler waits on a timer or I/O. Call `{instead}` instead. \
+             (Synchronous code that must block runs on the runtime's blocking pool, \
+             `spawn_blocking`, where `{method}` is allowed.)",
+            method = self.method,
+            instead = self.instead,
+        )
+    }
+
+    /// Panics when this call may not drive a future here.
+    #[track_caller]
+    #[inline]
+    pub(crate) fn check(&self) {
+        if self.refused() {
+            self.refuse();
+        }
     }
 }
 
-#[cold]
-#[inline(never)]
-#[track_caller]
-fn refuse(method: &'static str, instead: &'static str) -> ! {
-    panic!(
-        "`{method}` was called from inside an async runtime: it would block a thread that \
-         drives async tasks, and a current-thread runtime (what `#[tokio::test]` gives) hangs \
-         for ever once a handler waits on a timer or I/O. Call `{instead}` instead. (Synchronous \
-         code that must block runs on the runtime's blocking pool, `spawn_blocking`, where \
-         `{method}` is allowed.)"
-    )
+pin_project_lite::pin_project! {
+    /// An awaited dispatch's future, marking its thread for the length of
+    /// each poll: a blocking call made by a handler inside it is refused.
+    pub(crate) struct Driving<F> {
+        #[pin]
+        future: F,
+    }
 }
 
-/// Awaits an awaited dispatch's future, marking its thread for the length
-/// of each poll: a blocking call made by a handler inside it is refused.
-#[inline]
-pub(crate) async fn driving<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    poll_fn(|cx| {
+impl<F: Future> Future for Driving<F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let _mark = Mark::enter();
-        future.as_mut().poll(cx)
-    })
-    .await
+        self.project().future.poll(cx)
+    }
+}
+
+/// Marks `future`'s polls (see [`Driving`]).
+#[inline]
+pub(crate) fn driving<F: Future>(future: F) -> Driving<F> {
+    Driving { future }
 }
 
 /// The thread is inside a poll of an awaited dispatch until this drops
@@ -150,7 +216,7 @@ mod tests {
     #[test]
     fn a_plain_thread_is_not_inside_a_runtime() {
         assert!(!inside_async_runtime());
-        refuse_inside_runtime("Bus::dispatch_blocking", "bus.dispatch(command).await");
+        Blocking::DISPATCH.check();
     }
 
     #[test]
@@ -227,8 +293,6 @@ mod tests {
     #[cfg(feature = "tokio")]
     #[should_panic(expected = "Call `bus.dispatch(command).await` instead")]
     fn a_blocking_call_inside_a_runtime_panics_naming_the_awaited_one() {
-        runtime(0).block_on(async {
-            refuse_inside_runtime("Bus::dispatch_blocking", "bus.dispatch(command).await")
-        });
+        runtime(0).block_on(async { Blocking::DISPATCH.check() });
     }
 }

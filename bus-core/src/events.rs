@@ -416,8 +416,8 @@ impl EventReleaser {
         {
             let mut state = releaser.state();
             state.delivery = delivery;
-            state.in_call = true;
             state.reads_only = reads_only;
+            state.in_call = true;
         }
         releaser
     }

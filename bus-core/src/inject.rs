@@ -332,8 +332,8 @@ impl Scope {
     /// [`finish`](Self::finish), with what the call's units of work dropped
     /// without committing, and what a query's call tried to release.
     #[inline]
-    pub(crate) fn finish_checked(self) -> crate::events::Closed {
-        match self.releaser {
+    pub(crate) fn finish_checked(&mut self) -> crate::events::Closed {
+        match self.releaser.take() {
             Some(releaser) => releaser.close_checked(),
             None => Default::default(),
         }

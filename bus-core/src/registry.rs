@@ -90,6 +90,12 @@ impl HandlerRegistration {
         self.shape().releases.iter().copied()
     }
 
+    /// [`releases`](Self::releases), as a slice.
+    #[inline]
+    pub(crate) fn declared(&self) -> &[&'static MessageMeta] {
+        &self.shape().releases
+    }
+
     /// Its typed entry, when its generated code has one.
     pub(crate) fn typed_entry(&self) -> Option<&dyn crate::bus::TypedEntry> {
         self.shape().typed.as_deref()

@@ -708,14 +708,58 @@ fn ping(_: Ping) -> Result<(), Infallible> {
     Ok(())
 }
 
+#[derive(Debug, Command)]
+struct PingAsync;
+
+/// An `async fn` handler: a blocking dispatch of it must drive a future.
+#[handler]
+async fn ping_async(_: PingAsync) -> Result<(), Infallible> {
+    Ok(())
+}
+
+#[derive(Debug, Query)]
+#[query(output = u32)]
+struct Depth;
+
+#[handler]
+async fn depth(_: Depth) -> Result<u32, Infallible> {
+    Ok(3)
+}
+
 #[derive(Debug, Clone, Event)]
 struct Pinged;
 
-fn ping_bus() -> Bus {
-    Bus::builder()
-        .registrations(Registrations::new().handler::<ping>().message::<Pinged>())
+/// Counts `Pinged`, in an `async fn`.
+#[handler]
+async fn count_pings(_: &Pinged, pings: &AtomicU32) {
+    pings.fetch_add(1, Ordering::SeqCst);
+}
+
+#[derive(Debug, Command)]
+struct Announce;
+
+/// A plain `fn` whose event has an `async fn` handler.
+#[handler(releases(Pinged))]
+fn announce(_: Announce, events: EventReleaser) -> Result<(), Infallible> {
+    events.release(Pinged);
+    Ok(())
+}
+
+fn ping_bus() -> (Bus, Arc<AtomicU32>) {
+    let pings = Arc::new(AtomicU32::new(0));
+    let bus = Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<ping>()
+                .handler::<ping_async>()
+                .handler::<depth>()
+                .handler::<count_pings>()
+                .handler::<announce>(),
+        )
+        .dependencies(Dependencies::new().shared_arc(pings.clone()))
         .build()
-        .expect("valid wiring")
+        .expect("valid wiring");
+    (bus, pings)
 }
 
 fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
@@ -726,18 +770,22 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_default()
 }
 
-#[test]
-fn a_blocking_call_inside_a_tokio_runtime_panics_at_once_naming_the_awaited_method() {
-    let bus = ping_bus();
-    let runtime = tokio::runtime::Builder::new_current_thread()
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("a runtime");
+        .expect("a runtime")
+}
+
+#[test]
+fn a_blocking_call_that_would_wait_on_a_task_s_thread_panics_before_it_starts() {
+    let (bus, pings) = ping_bus();
+    let runtime = current_thread();
     type Call = Box<dyn Fn(&Bus)>;
     let calls: [(&str, Call); 4] = [
         (
             "bus.dispatch(command).await",
-            Box::new(|bus| drop(bus.dispatch_blocking(Ping))),
+            Box::new(|bus| drop(bus.dispatch_blocking(PingAsync))),
         ),
         (
             "bus.publish(event).await",
@@ -745,7 +793,7 @@ fn a_blocking_call_inside_a_tokio_runtime_panics_at_once_naming_the_awaited_meth
         ),
         (
             "bus.query(query).await",
-            Box::new(|bus| drop(bus.query_blocking(ShelfName))),
+            Box::new(|bus| drop(bus.query_blocking(Depth))),
         ),
         (
             "bus.shutdown(grace).await",
@@ -763,25 +811,50 @@ fn a_blocking_call_inside_a_tokio_runtime_panics_at_once_naming_the_awaited_meth
             "{text}"
         );
     }
+    assert_eq!(
+        pings.load(Ordering::SeqCst),
+        0,
+        "the refused publish ran nothing"
+    );
     assert!(!bus.is_closed(), "the refused shutdown did nothing");
+    // A dispatch of plain `fn`s only never waits: it is not refused.
+    runtime
+        .block_on(async { bus.dispatch_blocking(Ping) })
+        .expect("handled");
     // Outside the runtime, the same calls work.
-    bus.dispatch_blocking(Ping).expect("handled");
+    bus.dispatch_blocking(PingAsync).expect("handled");
+    assert_eq!(bus.query_blocking(Depth).expect("answered"), 3);
+}
+
+#[test]
+fn refused_after_its_command_ran_a_blocking_dispatch_leaves_its_events_to_the_runtime() {
+    let (bus, pings) = ping_bus();
+    let runtime = current_thread();
+    runtime.block_on(async {
+        let refused = catch_unwind(AssertUnwindSafe(|| bus.dispatch_blocking(Announce)));
+        let text = panic_text(refused.expect_err("its event needs driving"));
+        assert!(
+            text.contains("Call `bus.dispatch(command).await` instead"),
+            "{text}"
+        );
+        // The command committed: its event is not lost, it runs on the
+        // runtime, as for a caller that stopped waiting.
+        assert!(bus.settled(std::time::Duration::from_secs(10)).await);
+    });
+    assert_eq!(pings.load(Ordering::SeqCst), 1);
 }
 
 #[test]
 fn blocking_calls_where_no_task_is_driven_work_inside_a_runtime() {
-    let bus = ping_bus();
-    let current = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let (bus, _) = ping_bus();
+    let current = current_thread();
     let pooled = current.block_on({
         let bus = bus.clone();
-        async move { tokio::task::spawn_blocking(move || bus.dispatch_blocking(Ping)).await }
+        async move { tokio::task::spawn_blocking(move || bus.dispatch_blocking(PingAsync)).await }
     });
     assert!(matches!(pooled, Ok(Ok(()))), "spawn_blocking: {pooled:?}");
     let entered = current.enter();
-    bus.dispatch_blocking(Ping)
+    bus.dispatch_blocking(PingAsync)
         .expect("a thread that entered a runtime");
     drop(entered);
     let multi = tokio::runtime::Builder::new_multi_thread()
@@ -792,8 +865,10 @@ fn blocking_calls_where_no_task_is_driven_work_inside_a_runtime() {
     let in_place = multi.block_on({
         let bus = bus.clone();
         async move {
-            tokio::spawn(async move { tokio::task::block_in_place(|| bus.dispatch_blocking(Ping)) })
-                .await
+            tokio::spawn(
+                async move { tokio::task::block_in_place(|| bus.dispatch_blocking(PingAsync)) },
+            )
+            .await
         }
     });
     assert!(
@@ -819,7 +894,7 @@ fn a_blocking_call_while_unwinding_inside_a_runtime_is_not_a_second_panic() {
         .enable_all()
         .build()
         .expect("a runtime");
-    let bus = ping_bus();
+    let (bus, _) = ping_bus();
     let failed = catch_unwind(AssertUnwindSafe(|| {
         runtime.block_on(async {
             let app = App(bus.clone());
@@ -836,12 +911,12 @@ fn a_blocking_call_while_unwinding_inside_a_runtime_is_not_a_second_panic() {
 #[derive(Debug, Command)]
 struct Nested;
 
-/// A handler that makes a blocking dispatch: inside an awaited one, on any
-/// executor, that is refused.
+/// A handler that makes a blocking dispatch (which must drive a future):
+/// inside an awaited one, on any executor, that is refused.
 #[handler]
 fn nested(_: Nested, bus: &BusHandle) -> Result<(), Infallible> {
     if let Some(bus) = bus.0.get() {
-        let _ = bus.dispatch_blocking(Ping);
+        let _ = bus.dispatch_blocking(PingAsync);
     }
     Ok(())
 }
@@ -853,7 +928,11 @@ struct BusHandle(std::sync::OnceLock<Bus>);
 fn a_handler_of_an_awaited_dispatch_that_blocks_is_refused_on_any_executor() {
     let handle = Arc::new(BusHandle::default());
     let bus = Bus::builder()
-        .registrations(Registrations::new().handler::<nested>().handler::<ping>())
+        .registrations(
+            Registrations::new()
+                .handler::<nested>()
+                .handler::<ping_async>(),
+        )
         .dependencies(Dependencies::new().shared_arc(handle.clone()))
         .build()
         .expect("valid wiring");

@@ -17,7 +17,7 @@ use crate::inject::{DependencyKey, Lifetime};
 use crate::layer::{Layer, Pipeline};
 use crate::message::{Command, Kind, Location, Message, MessageMeta};
 use crate::observer::Observer;
-use crate::registry::{HandlerDef, HandlerRegistration, Registrations};
+use crate::registry::{HandlerDef, HandlerFn, HandlerRegistration, Registrations};
 use crate::retry::{Retry, RetryPolicy};
 use crate::timeout::Timeout;
 
@@ -357,10 +357,14 @@ impl BusBuilder {
             } else {
                 None
             };
+            let drives = bound.iter().any(|handler| {
+                handler.pipeline.is_some() || matches!(handler.call, HandlerFn::Async(_))
+            });
             routes.insert(Route {
                 meta,
                 handlers: bound,
                 typed,
+                drives,
             });
         }
 

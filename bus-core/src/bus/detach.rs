@@ -148,7 +148,7 @@ impl Drop for DetachedInFlight {
 impl Bus {
     /// Runs the rest of a cut-short `run` on the default spawner, counted in
     /// flight until it ends (so that a graceful shutdown waits for it).
-    fn detach(&self, mut run: Run, span: tracing::Span) {
+    pub(super) fn detach(&self, mut run: Run, span: tracing::Span) {
         let in_flight = DetachedInFlight::enter(self);
         tracing::info!(
             parent: &span,

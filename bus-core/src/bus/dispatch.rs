@@ -8,6 +8,7 @@
 //! whose handlers are all plain `fn`s without touching an executor at all.
 
 use std::convert::Infallible;
+use std::future::Future;
 
 use tracing::Instrument;
 
@@ -16,7 +17,7 @@ use super::command_retry::CommandRetry;
 use super::invocation::{dispatch_span, enter, request_handler_span, RequestInvocation};
 use super::routes::BoundHandler;
 use super::Bus;
-use crate::blocking::{driving, refuse_inside_runtime};
+use crate::blocking::{driving, Blocking};
 use crate::call::{AsyncCall, BoxFuture, Call, Frame, MessageRef, SyncCall};
 use crate::context::MessageContext;
 use crate::error::{BoxError, DispatchError, InternalError, MisuseError};
@@ -49,21 +50,21 @@ impl Bus {
     /// one, the handler that was running is called again from the start
     /// (see [`Spawn`](crate::Spawn)). Only a crash loses them; events
     /// stored by a durable unit of work (`bus-sqlx`) survive that too.
-    pub async fn dispatch<C: Command>(
+    pub fn dispatch<C: Command>(
         &self,
         command: C,
-    ) -> Result<C::Output, DispatchError<C::Error>> {
-        driving(self.request::<C, C::Output, C::Error>(command, "command", None)).await
+    ) -> impl Future<Output = Result<C::Output, DispatchError<C::Error>>> + Send + '_ {
+        driving(self.request::<C, C::Output, C::Error>(command, "command", None))
     }
 
     /// [`dispatch`](Self::dispatch) as part of an earlier flow: the command
     /// keeps `context`'s correlation id (a message read from a broker, say).
-    pub async fn dispatch_in<C: Command>(
+    pub fn dispatch_in<C: Command>(
         &self,
         command: C,
         context: MessageContext,
-    ) -> Result<C::Output, DispatchError<C::Error>> {
-        driving(self.request::<C, C::Output, C::Error>(command, "command", Some(context))).await
+    ) -> impl Future<Output = Result<C::Output, DispatchError<C::Error>>> + Send + '_ {
+        driving(self.request::<C, C::Output, C::Error>(command, "command", Some(context)))
     }
 
     /// [`dispatch`](Self::dispatch) without an async runtime: plain `fn`
@@ -72,51 +73,61 @@ impl Bus {
     ///
     /// # Panics
     ///
-    /// At once, naming the awaited method, when called from inside an async
-    /// runtime (a thread driving tokio tasks, or a handler of an awaited
-    /// dispatch): blocking there can hang the runtime. `.await`
-    /// [`dispatch`](Self::dispatch) instead.
+    /// When it would have to wait (an `async fn` handler, layers, a retry
+    /// or a durable store to drive) on a thread that drives async tasks (a
+    /// tokio task, the body of a `block_on`, a handler of an awaited
+    /// dispatch): blocking there can hang the runtime. It panics before it
+    /// drives anything, naming the awaited method; `.await`
+    /// [`dispatch`](Self::dispatch) there instead. When that point comes
+    /// after the command's handler returned, the rest of its events goes
+    /// on on the runtime, as for a caller that stopped waiting. A dispatch
+    /// whose handlers are all plain `fn`s never waits, and is never
+    /// refused.
     #[track_caller]
     pub fn dispatch_blocking<C: Command>(
         &self,
         command: C,
     ) -> Result<C::Output, DispatchError<C::Error>> {
-        refuse_inside_runtime("Bus::dispatch_blocking", "bus.dispatch(command).await");
-        self.request_blocking::<C, C::Output, C::Error>(command, "command")
+        self.request_blocking::<C, C::Output, C::Error>(command, "command", &Blocking::DISPATCH)
     }
 
     /// Asks a query of its one handler (the read side).
-    pub async fn query<Q: Query>(&self, query: Q) -> Result<Q::Output, DispatchError<Q::Error>> {
-        driving(self.request::<Q, Q::Output, Q::Error>(query, "query", None)).await
+    pub fn query<Q: Query>(
+        &self,
+        query: Q,
+    ) -> impl Future<Output = Result<Q::Output, DispatchError<Q::Error>>> + Send + '_ {
+        driving(self.request::<Q, Q::Output, Q::Error>(query, "query", None))
     }
 
     /// [`query`](Self::query) without an async runtime.
     ///
     /// # Panics
     ///
-    /// When called from inside an async runtime, like
+    /// When it would have to wait on a thread that drives async tasks, like
     /// [`dispatch_blocking`](Self::dispatch_blocking).
     #[track_caller]
     pub fn query_blocking<Q: Query>(&self, query: Q) -> Result<Q::Output, DispatchError<Q::Error>> {
-        refuse_inside_runtime("Bus::query_blocking", "bus.query(query).await");
-        self.request_blocking::<Q, Q::Output, Q::Error>(query, "query")
+        self.request_blocking::<Q, Q::Output, Q::Error>(query, "query", &Blocking::QUERY)
     }
 
     /// Publishes an event raised outside any handler, and runs the cascade it
     /// causes. Fails only when the bus is closed or the cascade exceeds the
     /// bound.
-    pub async fn publish<E: Event>(&self, event: E) -> Result<(), DispatchError<Infallible>> {
-        self.publish_in(event, MessageContext::root()).await
+    pub fn publish<E: Event>(
+        &self,
+        event: E,
+    ) -> impl Future<Output = Result<(), DispatchError<Infallible>>> + Send + '_ {
+        self.publish_in(event, MessageContext::root())
     }
 
     /// [`publish`](Self::publish) as part of an earlier flow (see
     /// [`dispatch_in`](Self::dispatch_in)).
-    pub async fn publish_in<E: Event>(
+    pub fn publish_in<E: Event>(
         &self,
         event: E,
         context: MessageContext,
-    ) -> Result<(), DispatchError<Infallible>> {
-        driving(self.publish_awaited(event, context)).await
+    ) -> impl Future<Output = Result<(), DispatchError<Infallible>>> + Send + '_ {
+        driving(self.publish_awaited(event, context))
     }
 
     async fn publish_awaited<E: Event>(
@@ -140,23 +151,29 @@ impl Bus {
     ///
     /// # Panics
     ///
-    /// When called from inside an async runtime, like
+    /// When it would have to wait on a thread that drives async tasks, like
     /// [`dispatch_blocking`](Self::dispatch_blocking).
     #[track_caller]
     pub fn publish_blocking<E: Event>(&self, event: E) -> Result<(), DispatchError<Infallible>> {
-        refuse_inside_runtime("Bus::publish_blocking", "bus.publish(event).await");
-        let _in_flight = self.enter_blocking()?;
+        let blocking = &Blocking::PUBLISH;
         let meta = E::meta();
+        let route = self.inner.routes.route(meta);
+        if route.is_some_and(|route| route.drives) {
+            blocking.check();
+        }
+        let _in_flight = self.enter_blocking()?;
         let context = MessageContext::root();
         let span = dispatch_span(meta, "event", &mut Some(context));
         // The published event is the first message processed; the bound is
         // at least 1.
         let mut run = Run::new(Cascade::new(meta, self.inner.max_messages, 1));
         enter(&span, || {
-            self.publish_typed_blocking(&event, meta, context, &mut run.cascade);
-            self.after_event_blocking(&mut run);
+            if let Some(route) = route {
+                self.publish_typed_blocking(&event, route, context, &mut run.cascade);
+            }
+            self.after_event_blocking(&mut run, blocking);
             if run.cascade.queue.is_some() {
-                self.run_queue_blocking(&mut run)?;
+                self.run_queue_blocking(&mut run, blocking)?;
             }
             Ok::<(), crate::error::CascadeLimitError>(())
         })
@@ -199,7 +216,7 @@ impl Bus {
         let meta = M::meta();
         let handler = self.single_handler::<E>(meta)?;
         let span = dispatch_span(meta, kind, &mut context);
-        let (output, scope) = match (handler.is_direct(), handler.call) {
+        let (output, mut scope) = match (handler.is_direct(), handler.call) {
             // The hot path: a plain `fn`, called inline, no future.
             (true, HandlerFn::Sync(f)) => enter(&span, || {
                 let mut scope = Scope::request(context, meta.kind());
@@ -219,19 +236,29 @@ impl Bus {
                     .await
             }
         };
-        let answer = match output {
-            Ok(value) => self
-                .released(handler, meta, scope)
-                .map(|cascade| (value, cascade)),
-            Err(error) => Err(error),
+        if !scope.has_releaser() {
+            self.tap_ran(handler, meta, 1, output.is_ok());
+            // Rebuilt, not moved whole: cheaper for a small output.
+            let value = output?;
+            return Ok(value);
+        }
+        let released = match &output {
+            Ok(_) => self.released(handler, meta, &mut scope),
+            Err(_) => Ok(None),
         };
-        self.tap_ran(handler, meta, 1, answer.is_ok());
-        let (output, cascade) = answer?;
-        if let Some(cascade) = cascade {
+        let released = match released {
+            Ok(released) => released,
+            Err(misuse) => {
+                self.tap_ran(handler, meta, 1, false);
+                return Err(DispatchError::Misuse(misuse));
+            }
+        };
+        self.tap_ran(handler, meta, 1, output.is_ok());
+        if let Some(cascade) = released {
             // From here on, dropping this future does not drop the cascade.
             self.run_to_end(Run::new(cascade), span).await?;
         }
-        Ok(output)
+        output
     }
 
     /// A request through its layers, or retried: boxed.
@@ -260,10 +287,12 @@ impl Bus {
         })
     }
 
+    #[track_caller]
     fn request_blocking<M, O, E>(
         &self,
         message: M,
         kind: &'static str,
+        blocking: &Blocking,
     ) -> Result<O, DispatchError<E>>
     where
         M: Message,
@@ -275,41 +304,63 @@ impl Bus {
         let handler = self.single_handler::<E>(meta)?;
         let mut context = None;
         let span = dispatch_span(meta, kind, &mut context);
-        let (output, scope) = match (handler.call, handler.is_direct()) {
+        let (output, mut scope) = match (handler.call, handler.is_direct()) {
             // The hot path: a plain `fn`, called inline.
             (HandlerFn::Sync(f), true) => {
                 let mut scope = Scope::request(context, meta.kind());
                 let output = enter(&span, || request_sync(handler, f, message, &mut scope));
-                return self.answer_blocking(handler, meta, output, scope, &span);
+                if !scope.has_releaser() {
+                    self.tap_ran(handler, meta, 1, output.is_ok());
+                    let value = output?;
+                    return Ok(value);
+                }
+                return self.answer_blocking(handler, meta, output, &mut scope, &span, blocking);
             }
-            _ => self.request_blocking_driven(handler, message, context, &span),
+            _ => {
+                // An `async fn`, layers or a retry: driven on this thread.
+                blocking.check();
+                self.request_blocking_driven(handler, message, context, &span)
+            }
         };
-        self.answer_blocking(handler, meta, output, scope, &span)
+        if !scope.has_releaser() {
+            self.tap_ran(handler, meta, 1, output.is_ok());
+            // Rebuilt, not moved whole: cheaper for a small output.
+            let value = output?;
+            return Ok(value);
+        }
+        self.answer_blocking(handler, meta, output, &mut scope, &span, blocking)
     }
 
     /// A command's or query's answer, once what its handler released ran
     /// on this thread.
-    #[inline]
+    #[inline(never)]
     fn answer_blocking<O, E>(
         &self,
         handler: &BoundHandler,
         meta: &'static MessageMeta,
         output: Result<O, DispatchError<E>>,
-        scope: Scope,
+        scope: &mut Scope,
         span: &tracing::Span,
+        blocking: &Blocking,
     ) -> Result<O, DispatchError<E>> {
-        let answer = match output {
-            Ok(value) => self
-                .released(handler, meta, scope)
-                .map(|cascade| (value, cascade)),
-            Err(error) => Err(error),
+        let released = match &output {
+            Ok(_) => self.released(handler, meta, scope),
+            Err(_) => Ok(None),
         };
-        self.tap_ran(handler, meta, 1, answer.is_ok());
-        let (value, cascade) = answer?;
-        if let Some(cascade) = cascade {
-            enter(span, || self.run_queue_blocking(&mut Run::new(cascade)))?;
+        let released = match released {
+            Ok(released) => released,
+            Err(misuse) => {
+                self.tap_ran(handler, meta, 1, false);
+                return Err(DispatchError::Misuse(misuse));
+            }
+        };
+        self.tap_ran(handler, meta, 1, output.is_ok());
+        if let Some(cascade) = released {
+            enter(span, || {
+                self.run_queue_blocking(&mut Run::new(cascade), blocking)
+            })?;
         }
-        Ok(value)
+        output
     }
 
     /// A blocking request whose handler needs driving: an `async fn`, layers,
@@ -389,12 +440,12 @@ impl Bus {
     /// handler that released events (they were refused) fails the query
     /// instead.
     #[inline]
-    fn released<E>(
+    fn released(
         &self,
         handler: &BoundHandler,
         meta: &'static MessageMeta,
-        mut scope: Scope,
-    ) -> Result<Option<Cascade>, DispatchError<E>> {
+        scope: &mut Scope,
+    ) -> Result<Option<Cascade>, Box<MisuseError>> {
         if !scope.has_releaser() {
             return Ok(None);
         }
@@ -516,11 +567,11 @@ where
 /// queued, and a unit of work that stores events did not commit them).
 #[cold]
 #[inline(never)]
-fn query_released<E>(
+fn query_released(
     handler: &BoundHandler,
     meta: &'static MessageMeta,
     events: Vec<&'static str>,
-) -> DispatchError<E> {
+) -> Box<MisuseError> {
     let misuse = MisuseError::QueryReleased {
         query: meta.name(),
         handler: handler.registration.name(),
@@ -533,7 +584,7 @@ fn query_released<E>(
         error = %misuse,
         "query refused: its handler released events"
     );
-    DispatchError::Misuse(Box::new(misuse))
+    Box::new(misuse)
 }
 
 /// The caller's answer from a command or query handler's call; a failed

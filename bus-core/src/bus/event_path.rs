@@ -10,6 +10,7 @@ use super::invocation::{call_event_async, call_event_sync, handler_span, EventIn
 use super::routes::BoundHandler;
 use super::typed_route::TypedRoute;
 use super::Bus;
+use crate::blocking::Blocking;
 use crate::call::TypedSync;
 use crate::context::{Causation, MessageContext};
 use crate::dead_letter::DeadLetter;
@@ -62,13 +63,11 @@ impl Bus {
     pub(super) fn publish_typed_blocking<E: Event>(
         &self,
         event: &E,
-        meta: &'static MessageMeta,
+        route: &super::routes::Route,
         context: MessageContext,
         cascade: &mut Cascade,
     ) {
-        let Some(route) = self.inner.routes.route(meta) else {
-            return;
-        };
+        let meta = route.meta;
         let typed = route
             .typed
             .as_deref()
@@ -82,7 +81,7 @@ impl Bus {
                 context,
                 cascade,
             ),
-            None => self.handle_event_blocking(event, meta, context, cascade),
+            None => self.handle_route_blocking(route, event, meta, context, cascade),
         }
     }
 
@@ -124,17 +123,37 @@ impl Bus {
 
     /// [`run_queue`](Self::run_queue), with async handlers driven on this
     /// thread; the caller has entered the dispatch span.
-    pub(super) fn run_queue_blocking(&self, run: &mut Run) -> Result<(), CascadeLimitError> {
+    pub(super) fn run_queue_blocking(
+        &self,
+        run: &mut Run,
+        blocking: &Blocking,
+    ) -> Result<(), CascadeLimitError> {
         loop {
-            if let Some(current) = &mut run.current {
-                if current.is_tracked() {
-                    block_on(self.handle_tracked(current, &mut run.cascade));
-                } else {
-                    let (event, meta) = (current.event.erased(), current.event.meta());
-                    self.handle_event_blocking(event, meta, current.context, &mut run.cascade);
+            if let Some(current) = &run.current {
+                let route = self.inner.routes.route(current.event.meta());
+                let drives = current.is_tracked() || route.is_some_and(|route| route.drives);
+                if drives && blocking.refused() {
+                    self.refuse_detaching(run, blocking);
+                }
+                if let (Some(current), Some(route)) = (&mut run.current, route) {
+                    if current.is_tracked() {
+                        block_on(self.handle_tracked(current, &mut run.cascade));
+                    } else {
+                        let (event, meta) = (current.event.erased(), current.event.meta());
+                        self.handle_route_blocking(
+                            route,
+                            event,
+                            meta,
+                            current.context,
+                            &mut run.cascade,
+                        );
+                        // Through with every handler: a run taken up
+                        // elsewhere goes on after them.
+                        current.next = usize::MAX;
+                    }
                 }
             }
-            self.after_event_blocking(run);
+            self.after_event_blocking(run, blocking);
             run.current = None;
             match run.cascade.next() {
                 Ok(Some((event, context))) => {
@@ -360,17 +379,16 @@ impl Bus {
         }
     }
 
-    /// [`handle_event`](Self::handle_event), with async handlers driven on this thread.
-    pub(super) fn handle_event_blocking(
+    /// [`handle_event`](Self::handle_event) through the handlers of its
+    /// `route`, with async handlers driven on this thread.
+    fn handle_route_blocking(
         &self,
+        route: &super::routes::Route,
         event: &dyn ErasedEvent,
         meta: &'static MessageMeta,
         context: MessageContext,
         cascade: &mut Cascade,
     ) {
-        let Some(route) = self.inner.routes.route(meta) else {
-            return;
-        };
         if let Some(typed) = &route.typed {
             if typed.run_blocking(self, &route.handlers, event, context, cascade) {
                 return;
@@ -605,7 +623,7 @@ impl Bus {
 
     /// [`after_event`](Self::after_event) on this thread.
     #[inline]
-    pub(super) fn after_event_blocking(&self, run: &mut Run) {
+    pub(super) fn after_event_blocking(&self, run: &mut Run, blocking: &Blocking) {
         let stored = run
             .current
             .as_ref()
@@ -615,8 +633,24 @@ impl Bus {
             || !run.cascade.retries.is_empty()
             || !run.cascade.dead.is_empty()
         {
+            if blocking.refused() {
+                self.refuse_detaching(run, blocking);
+            }
             block_on(self.after_event(run));
         }
+    }
+
+    /// A blocking dispatch that would have to wait on a thread that drives
+    /// async tasks: what is left of its run goes on on the runtime (as for
+    /// a caller that stopped waiting: nothing it committed is dropped), and
+    /// the call panics, naming the awaited one.
+    #[cold]
+    #[inline(never)]
+    fn refuse_detaching(&self, run: &mut Run, blocking: &Blocking) -> ! {
+        let empty = Run::new(Cascade::new(run.cascade.origin(), 1, 0));
+        let rest = std::mem::replace(run, empty);
+        self.detach(rest, tracing::Span::current());
+        blocking.refuse()
     }
 
     /// Tells a stored event's store that every handler is through.

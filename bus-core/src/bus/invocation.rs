@@ -244,7 +244,7 @@ impl<'h> EventInvocation<'h> {
 
 impl EventInvocation<'_> {
     /// Counts the attempt, and keeps what a successful one released.
-    fn settle(&self, scope: Scope, outcome: &Outcome) {
+    fn settle(&self, mut scope: Scope, outcome: &Outcome) {
         let recorded = scope.recorded();
         let closed = if outcome.is_ok() {
             Some(scope.finish_checked())

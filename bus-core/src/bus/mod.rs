@@ -265,14 +265,11 @@ impl Bus {
     ///
     /// # Panics
     ///
-    /// When called from inside an async runtime, like
-    /// [`dispatch_blocking`](Self::dispatch_blocking).
+    /// When called on a thread that drives async tasks (it always waits on
+    /// a future), like [`dispatch_blocking`](Self::dispatch_blocking).
     #[track_caller]
     pub fn shutdown_blocking(&self, grace: Duration) -> Result<(), ShutdownError> {
-        crate::blocking::refuse_inside_runtime(
-            "Bus::shutdown_blocking",
-            "bus.shutdown(grace).await",
-        );
+        crate::blocking::Blocking::SHUTDOWN.check();
         crate::executor::block_on(self.shutdown(grace))
     }
 }

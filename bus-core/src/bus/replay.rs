@@ -243,8 +243,8 @@ impl Bus {
     ///
     /// # Panics
     ///
-    /// When called from inside an async runtime, like
-    /// [`dispatch_blocking`](Self::dispatch_blocking).
+    /// When called on a thread that drives async tasks (it always waits on
+    /// a future), like [`dispatch_blocking`](Self::dispatch_blocking).
     #[track_caller]
     pub fn replay_blocking(
         &self,
@@ -252,10 +252,7 @@ impl Bus {
         event: PendingEvent,
         context: MessageContext,
     ) -> Result<(), ReplayError> {
-        crate::blocking::refuse_inside_runtime(
-            "Bus::replay_blocking",
-            "bus.replay(handler, event, context).await",
-        );
+        crate::blocking::Blocking::REPLAY.check();
         crate::executor::block_on(self.replay(handler, event, context))
     }
 }

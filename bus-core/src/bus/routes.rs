@@ -39,6 +39,10 @@ pub(crate) struct Route {
     pub(crate) handlers: Box<[BoundHandler]>,
     /// For an event type whose handlers have typed entries.
     pub(crate) typed: Option<Box<dyn EventRoute>>,
+    /// Whether calling its handlers drives a future (an `async fn` or a
+    /// layered handler): what a blocking dispatch may not do on a thread
+    /// that drives async tasks.
+    pub(crate) drives: bool,
 }
 
 /// Routes indexed by each message type's process-wide slot: finding a
