@@ -242,18 +242,9 @@ impl Bus {
             let value = output?;
             return Ok(value);
         }
-        let released = match &output {
-            Ok(_) => self.released(handler, meta, &mut scope),
-            Err(_) => Ok(None),
-        };
-        let released = match released {
-            Ok(released) => released,
-            Err(misuse) => {
-                self.tap_ran(handler, meta, 1, false);
-                return Err(DispatchError::Misuse(misuse));
-            }
-        };
-        self.tap_ran(handler, meta, 1, output.is_ok());
+        let released = self
+            .settle_request(handler, meta, &output, &mut scope)
+            .map_err(DispatchError::Misuse)?;
         if let Some(cascade) = released {
             // From here on, dropping this future does not drop the cascade.
             self.run_to_end(Run::new(cascade), span).await?;
@@ -343,18 +334,9 @@ impl Bus {
         span: &tracing::Span,
         blocking: &Blocking,
     ) -> Result<O, DispatchError<E>> {
-        let released = match &output {
-            Ok(_) => self.released(handler, meta, scope),
-            Err(_) => Ok(None),
-        };
-        let released = match released {
-            Ok(released) => released,
-            Err(misuse) => {
-                self.tap_ran(handler, meta, 1, false);
-                return Err(DispatchError::Misuse(misuse));
-            }
-        };
-        self.tap_ran(handler, meta, 1, output.is_ok());
+        let released = self
+            .settle_request(handler, meta, &output, scope)
+            .map_err(DispatchError::Misuse)?;
         if let Some(cascade) = released {
             enter(span, || {
                 self.run_queue_blocking(&mut Run::new(cascade), blocking)
@@ -433,6 +415,24 @@ impl Bus {
             }
         };
         (output, scope)
+    }
+
+    /// After a command's or query's handler returned: the cascade of what
+    /// it released (when it succeeded), and the recorder told how the call
+    /// ended (a query refused for releasing failed).
+    fn settle_request<O, E>(
+        &self,
+        handler: &BoundHandler,
+        meta: &'static MessageMeta,
+        output: &Result<O, DispatchError<E>>,
+        scope: &mut Scope,
+    ) -> Result<Option<Cascade>, Box<MisuseError>> {
+        let released = match output {
+            Ok(_) => self.released(handler, meta, scope),
+            Err(_) => Ok(None),
+        };
+        self.tap_ran(handler, meta, 1, output.is_ok() && released.is_ok());
+        released
     }
 
     /// The cascade of what a command handler released, if anything: the
