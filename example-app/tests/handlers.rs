@@ -354,26 +354,47 @@ async fn a_concurrent_change_loses_with_a_conflict_and_writes_nothing() {
 /// (counted across all units of work) loses a concurrency race.
 mod racing {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
-    use bus_core::async_trait;
+    use bus_core::{async_trait, MessageContext};
     use example_app::adapters::memory::{FakeUnitOfWork, InMemoryStore};
     use example_app::service_layer::unit_of_work::{
         ProductRepository, UnitOfWork, UnitOfWorkFactory, UowError,
     };
 
+    /// One commit: its number, the message its call handled, which attempt
+    /// of that call it was, and whether it lost the race.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Commit {
+        pub number: usize,
+        pub message: bus_core::MessageId,
+        pub attempt: u32,
+        pub lost: bool,
+    }
+
     pub struct Racing {
         inner: FakeUnitOfWork,
+        context: MessageContext,
         attempts: Arc<AtomicUsize>,
         fail_attempt: usize,
+        commits: Arc<Mutex<Vec<Commit>>>,
     }
 
     #[async_trait]
     impl bus_core::UnitOfWork for Racing {
         type Error = UowError;
         async fn commit(&mut self) -> Result<(), UowError> {
-            let attempt = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
-            if attempt == self.fail_attempt {
+            let number = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
+            let lost = number == self.fail_attempt;
+            self.commits.lock().unwrap().push(Commit {
+                number,
+                message: self.context.message_id(),
+                attempt: self.context.attempt(),
+                lost,
+            });
+            if lost {
+                // Lost: what it changed is not stored.
+                self.inner.rollback().await?;
                 return Err(UowError::Conflict {
                     sku: "raced".into(),
                 });
@@ -391,15 +412,25 @@ mod racing {
         }
     }
 
-    pub fn factory(store: Arc<InMemoryStore>, fail_attempt: usize) -> UnitOfWorkFactory {
+    /// Units of work over `store` whose `fail_attempt`th commit (counting
+    /// every unit of work's) loses a race; and the log of the commits.
+    pub fn factory(
+        store: Arc<InMemoryStore>,
+        fail_attempt: usize,
+    ) -> (UnitOfWorkFactory, Arc<Mutex<Vec<Commit>>>) {
         let attempts = Arc::new(AtomicUsize::new(0));
-        Arc::new(move |scope: &mut bus_core::Scope| {
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let log = commits.clone();
+        let factory: UnitOfWorkFactory = Arc::new(move |scope: &mut bus_core::Scope| {
             Box::new(Racing {
                 inner: FakeUnitOfWork::new(store.clone(), scope.releaser()),
+                context: scope.context(),
                 attempts: attempts.clone(),
                 fail_attempt,
+                commits: commits.clone(),
             })
-        })
+        });
+        (factory, log)
     }
 }
 
@@ -408,8 +439,9 @@ async fn a_reallocation_that_loses_a_race_is_tried_again() {
     let store = Arc::new(InMemoryStore::default());
     // Commits: 1 and 2 add the batches, 3 allocates, 4 changes the quantity,
     // 5 is the reallocation's first attempt: it loses a race.
+    let (unit_of_work, commits) = racing::factory(store.clone(), 5);
     let bus = bootstrap(Adapters {
-        unit_of_work: racing::factory(store.clone(), 5),
+        unit_of_work,
         ..Adapters::in_memory(&store)
     })
     .expect("valid wiring");
@@ -437,6 +469,14 @@ async fn a_reallocation_that_loses_a_race_is_tried_again() {
         2,
         "the line was reallocated on the second attempt"
     );
+    // The race happened, and the retry is what won it: the reallocation's
+    // first attempt lost commit 5, its second attempt made commit 6.
+    let commits = commits.lock().unwrap().clone();
+    assert_eq!(commits.len(), 6, "{commits:?}");
+    let (lost, won) = (commits[4], commits[5]);
+    assert!(lost.lost && !won.lost, "{commits:?}");
+    assert_eq!((lost.attempt, won.attempt), (1, 2), "{commits:?}");
+    assert_eq!(lost.message, won.message, "one reallocation, tried twice");
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@
 
 use std::convert::Infallible;
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use allocation_counter::measure;
 use bus_core::{handler, Bus, Command, Dependencies, Event, EventReleaser, Registrations};
@@ -13,12 +15,29 @@ struct Config {
     factor: u64,
 }
 
+/// What the handlers did: each counts its calls, so that a dispatch that
+/// silently did nothing cannot pass for one that allocated nothing.
+#[derive(Debug, Default)]
+struct Calls {
+    scale: AtomicU64,
+    tick_a: AtomicU64,
+    tick_b: AtomicU64,
+    /// `tick_b` fails its next call.
+    fail_tick_b: AtomicBool,
+}
+
+/// How many calls a counter of [`Calls`] saw.
+fn count(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::SeqCst)
+}
+
 #[derive(Debug, Command)]
 #[command(output = u64)]
 struct Scale(u64);
 
 #[handler]
-fn scale(cmd: Scale, config: &Config) -> Result<u64, Infallible> {
+fn scale(cmd: Scale, config: &Config, calls: &Calls) -> Result<u64, Infallible> {
+    calls.scale.fetch_add(1, Ordering::Relaxed);
     Ok(cmd.0.wrapping_mul(config.factor))
 }
 
@@ -27,7 +46,8 @@ fn scale(cmd: Scale, config: &Config) -> Result<u64, Infallible> {
 struct ScaleAsync(u64);
 
 #[handler]
-async fn scale_async(cmd: ScaleAsync, config: &Config) -> Result<u64, Infallible> {
+async fn scale_async(cmd: ScaleAsync, config: &Config, calls: &Calls) -> Result<u64, Infallible> {
+    calls.scale.fetch_add(1, Ordering::Relaxed);
     Ok(cmd.0.wrapping_mul(config.factor))
 }
 
@@ -35,30 +55,38 @@ async fn scale_async(cmd: ScaleAsync, config: &Config) -> Result<u64, Infallible
 struct Tick(u64);
 
 #[handler]
-fn tick_a(event: &Tick) {
+fn tick_a(event: &Tick, calls: &Calls) {
+    calls.tick_a.fetch_add(1, Ordering::Relaxed);
     black_box(event.0);
 }
 
 #[handler]
-fn tick_b(event: &Tick, config: &Config) {
+fn tick_b(event: &Tick, config: &Config, calls: &Calls) -> Result<(), std::io::Error> {
+    calls.tick_b.fetch_add(1, Ordering::Relaxed);
+    if calls.fail_tick_b.swap(false, Ordering::SeqCst) {
+        return Err(std::io::Error::other("printer jammed"));
+    }
     black_box(event.0 * config.factor);
+    Ok(())
 }
 
 #[derive(Debug, Command)]
 struct Checkout(u64);
 
-#[handler]
+#[handler(releases(Tick))]
 fn checkout(cmd: Checkout, events: EventReleaser) -> Result<(), Infallible> {
     events.release(Tick(cmd.0));
     Ok(())
 }
 
-fn bus() -> Bus {
-    builder().build().expect("valid wiring")
+fn bus() -> (Bus, Arc<Calls>) {
+    let (builder, calls) = builder();
+    (builder.build().expect("valid wiring"), calls)
 }
 
-fn builder() -> bus_core::BusBuilder {
-    Bus::builder()
+fn builder() -> (bus_core::BusBuilder, Arc<Calls>) {
+    let calls = Arc::new(Calls::default());
+    let builder = Bus::builder()
         .registrations(
             Registrations::new()
                 .handler::<scale>()
@@ -67,7 +95,12 @@ fn builder() -> bus_core::BusBuilder {
                 .handler::<tick_b>()
                 .handler::<checkout>(),
         )
-        .dependencies(Dependencies::new().shared(Config { factor: 3 }))
+        .dependencies(
+            Dependencies::new()
+                .shared(Config { factor: 3 })
+                .shared_arc(calls.clone()),
+        );
+    (builder, calls)
 }
 
 const CALLS: u64 = 1_000;
@@ -83,52 +116,62 @@ fn allocations_are_counted_at_all() {
 
 #[test]
 fn a_sync_command_dispatch_without_events_allocates_nothing() {
-    let bus = bus();
+    let (bus, calls) = bus();
     bus.dispatch_blocking(Scale(1)).expect("warm-up");
+    let mut wrong = 0;
     let info = measure(|| {
         for n in 0..CALLS {
-            black_box(
-                bus.dispatch_blocking(black_box(Scale(n)))
-                    .expect("dispatched"),
-            );
+            let scaled = bus
+                .dispatch_blocking(black_box(Scale(n)))
+                .expect("dispatched");
+            wrong += u64::from(scaled != n * 3);
         }
     });
     assert_eq!(info.count_total, 0, "{info:?}");
+    assert_eq!(wrong, 0, "every answer is the handler's");
+    assert_eq!(count(&calls.scale), CALLS + 1);
 }
 
 #[test]
 fn awaiting_a_sync_command_dispatch_allocates_nothing() {
-    let bus = bus();
+    let (bus, calls) = bus();
     bus_core::block_on(bus.dispatch(Scale(1))).expect("warm-up");
+    let mut wrong = 0;
     let info = measure(|| {
         for n in 0..CALLS {
-            black_box(bus_core::block_on(bus.dispatch(black_box(Scale(n)))).expect("dispatched"));
+            let scaled = bus_core::block_on(bus.dispatch(black_box(Scale(n)))).expect("dispatched");
+            wrong += u64::from(scaled != n * 3);
         }
     });
     assert_eq!(info.count_total, 0, "{info:?}");
+    assert_eq!(wrong, 0, "every answer is the handler's");
+    assert_eq!(count(&calls.scale), CALLS + 1);
 }
 
 #[test]
 fn an_async_handler_call_allocates_once() {
-    let bus = bus();
+    let (bus, calls) = bus();
     bus.dispatch_blocking(ScaleAsync(1)).expect("warm-up");
+    let mut wrong = 0;
     let info = measure(|| {
         for n in 0..CALLS {
-            black_box(
-                bus.dispatch_blocking(black_box(ScaleAsync(n)))
-                    .expect("dispatched"),
-            );
+            let scaled = bus
+                .dispatch_blocking(black_box(ScaleAsync(n)))
+                .expect("dispatched");
+            wrong += u64::from(scaled != n * 3);
         }
     });
     assert_eq!(
         info.count_total, CALLS,
         "one boxed future per call: {info:?}"
     );
+    assert_eq!(wrong, 0, "every answer is the handler's");
+    assert_eq!(count(&calls.scale), CALLS + 1);
 }
 
 #[test]
 fn publishing_to_plain_fn_handlers_allocates_nothing() {
-    let bus = bus();
+    let (bus, calls) = bus();
     bus.publish_blocking(Tick(1)).expect("warm-up");
     let info = measure(|| {
         for n in 0..CALLS {
@@ -136,12 +179,18 @@ fn publishing_to_plain_fn_handlers_allocates_nothing() {
         }
     });
     assert_eq!(info.count_total, 0, "{info:?}");
+    assert_eq!(
+        (count(&calls.tick_a), count(&calls.tick_b)),
+        (CALLS + 1, CALLS + 1),
+        "both handlers ran every time"
+    );
 }
 
 #[test]
 fn a_retry_policy_costs_nothing_until_a_handler_fails() {
-    let bus = builder()
-        .retry(bus_core::RetryPolicy::exponential(3))
+    let (builder, calls) = builder();
+    let bus = builder
+        .retry(bus_core::RetryPolicy::exponential(3).first_delay(std::time::Duration::ZERO))
         .build()
         .expect("valid wiring");
     bus.publish_blocking(Tick(1)).expect("warm-up");
@@ -151,11 +200,24 @@ fn a_retry_policy_costs_nothing_until_a_handler_fails() {
         }
     });
     assert_eq!(info.count_total, 0, "{info:?}");
+    assert_eq!(count(&calls.tick_b), CALLS + 1);
+    // The policy is in force on this bus: a failure is retried.
+    calls.fail_tick_b.store(true, Ordering::SeqCst);
+    bus.publish_blocking(Tick(0)).expect("published");
+    assert_eq!(
+        count(&calls.tick_b),
+        CALLS + 3,
+        "the failed call and its retry"
+    );
+    assert!(
+        bus.dead_letters().expect("in memory").is_empty(),
+        "the retry succeeded"
+    );
 }
 
 #[test]
 fn releasing_an_event_costs_a_bounded_number_of_allocations() {
-    let bus = bus();
+    let (bus, calls) = bus();
     bus.dispatch_blocking(Checkout(1)).expect("warm-up");
     let info = measure(|| {
         for n in 0..CALLS {
@@ -167,4 +229,9 @@ fn releasing_an_event_costs_a_bounded_number_of_allocations() {
     // and the boxed event.
     assert_eq!(info.count_total, 3 * CALLS, "{info:?}");
     assert_eq!(info.count_current, 0, "nothing leaks: {info:?}");
+    assert_eq!(
+        (count(&calls.tick_a), count(&calls.tick_b)),
+        (CALLS + 1, CALLS + 1),
+        "every released event was handled"
+    );
 }

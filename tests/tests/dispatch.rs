@@ -127,7 +127,7 @@ fn bank_dependencies(store: Arc<Store>, log: Arc<Log>) -> Dependencies {
         })
 }
 
-#[handler]
+#[handler(releases(Deposited))]
 async fn deposit(cmd: Deposit, mut uow: Scoped<BankUow>, log: &Log) -> Result<u64, BankError> {
     let balance = uow.get(&cmd.account).deposit(cmd.amount)?;
     // A deposit of 13 is unlucky: the handler forgets to commit.
@@ -144,7 +144,7 @@ fn on_deposited_c(event: &Deposited, log: &Log) {
     log.push(format!("c {}", event.account));
 }
 
-#[handler]
+#[handler(releases(Audited))]
 fn on_deposited_a(event: Deposited, log: &Log, events: EventReleaser) {
     log.push(format!("a {}", event.account));
     events.release(Audited {
@@ -236,12 +236,34 @@ fn event_handlers_run_in_a_deterministic_order_and_chain() {
         ]
     );
     // A second dispatch releases its own events only, none of the first's.
+    let recorder = bus_core::testing::Recorder::attach(&bus);
     bus.dispatch_blocking(Deposit {
         account: "carol".into(),
         amount: 2,
     })
     .expect("deposit succeeds");
-    assert_eq!(log.entries().len(), 10, "{:?}", log.entries());
+    assert_eq!(
+        log.entries()[5..],
+        [
+            "deposit carol 2",
+            "a carol",
+            "b carol",
+            "c carol",
+            "audited carol"
+        ]
+    );
+    assert_eq!(
+        recorder.events_of::<Deposited>(),
+        [Deposited {
+            account: "carol".into(),
+            amount: 2,
+        }],
+        "the second deposit's event, once"
+    );
+    assert_eq!(
+        recorder.event_names(),
+        ["dispatch::Deposited", "dispatch::Audited"]
+    );
 }
 
 #[test]

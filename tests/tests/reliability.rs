@@ -912,38 +912,40 @@ async fn shutdown_lets_dispatches_in_flight_finish_and_refuses_new_ones() {
     }
     assert_eq!(bus.in_flight(), 1);
 
-    let shutdown = tokio::spawn({
-        let bus = bus.clone();
-        async move { bus.shutdown(Duration::from_secs(30)).await }
-    });
-    while !bus.is_closed() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    // The dispatch cannot finish while the gate is shut: a shutdown that
+    // ends before its grace runs out did not wait for it.
+    let grace = Duration::from_millis(50);
+    let early = bus.shutdown(grace).await;
+    assert_eq!(
+        early,
+        Err(bus_core::ShutdownError { running: 1, grace }),
+        "shutdown waits for the dispatch in flight"
+    );
+    assert!(bus.is_closed());
     let refused = bus.dispatch(SlowWork).await.expect_err("closed");
     assert!(matches!(refused, DispatchError::Closed));
     assert_eq!(
         refused.to_string(),
         "the bus is shutting down: it accepts no new dispatch"
     );
-    assert!(
-        !shutdown.is_finished(),
-        "shutdown waits for the dispatch in flight"
-    );
+    assert_eq!(bus.in_flight(), 1, "the refused dispatch was not counted");
 
+    // A shutdown waiting while the dispatch runs ends after its events.
+    let shutdown = tokio::spawn({
+        let (bus, gate) = (bus.clone(), gate.clone());
+        async move {
+            let done = bus.shutdown(Duration::from_secs(30)).await;
+            (done, gate.events_handled.load(Ordering::SeqCst))
+        }
+    });
     gate.open.store(true, Ordering::SeqCst);
     in_flight
         .await
         .expect("the task")
         .expect("the dispatch in flight finished");
-    shutdown
-        .await
-        .expect("the task")
-        .expect("nothing left in flight");
-    assert_eq!(
-        gate.events_handled.load(Ordering::SeqCst),
-        1,
-        "the in-flight dispatch's events ran too"
-    );
+    let (done, handled) = shutdown.await.expect("the task");
+    done.expect("nothing left in flight");
+    assert_eq!(handled, 1, "the in-flight dispatch's events ran before");
     assert_eq!(bus.in_flight(), 0);
 }
 

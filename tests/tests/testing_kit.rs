@@ -85,21 +85,95 @@ fn the_recorder_sees_events_handler_runs_attempts_and_failures() {
     assert!(recorder.runs().is_empty() && recorder.events().is_empty());
 }
 
-#[tokio::test]
+#[derive(Debug, Command)]
+struct Pack;
+
+#[derive(Debug, Clone, PartialEq, Event)]
+#[event(name = "kit.packed")]
+struct Packed;
+
+#[handler(releases(Packed))]
+fn pack(_: Pack, events: EventReleaser) -> Result<(), Infallible> {
+    events.release(Packed);
+    Ok(())
+}
+
+/// Holds every `Packed` handler until the test opens it.
+struct Gate {
+    open: tokio::sync::Semaphore,
+    inside: AtomicU32,
+    arrived: tokio::sync::Notify,
+    through: AtomicU32,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            open: tokio::sync::Semaphore::new(0),
+            inside: AtomicU32::new(0),
+            arrived: tokio::sync::Notify::new(),
+            through: AtomicU32::new(0),
+        }
+    }
+}
+
+#[handler]
+async fn wait_at_gate(_: &Packed, gate: &Gate) {
+    gate.inside.fetch_add(1, Ordering::SeqCst);
+    gate.arrived.notify_waiters();
+    drop(gate.open.acquire().await);
+    gate.through.fetch_add(1, Ordering::SeqCst);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settled_waits_for_dispatches_running_on_other_tasks() {
-    let bus = bus();
+    let gate = std::sync::Arc::new(Gate::default());
+    let bus = Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<pack>()
+                .handler::<wait_at_gate>(),
+        )
+        .dependencies(Dependencies::new().shared_arc(gate.clone()))
+        .build()
+        .expect("valid wiring");
     let recorder = Recorder::attach(&bus);
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let bus = bus.clone();
-            tokio::spawn(async move { bus.dispatch(Ship).await })
+            tokio::spawn(async move { bus.dispatch(Pack).await })
         })
         .collect();
-    for task in tasks {
-        task.await.expect("joined").expect("shipped");
+    // Every dispatch is inside its handler, held at the gate.
+    while gate.inside.load(Ordering::SeqCst) < 20 {
+        // Registered before the count is read again: no arrival is missed.
+        let arrived = gate.arrived.notified();
+        tokio::pin!(arrived);
+        arrived.as_mut().enable();
+        if gate.inside.load(Ordering::SeqCst) < 20 {
+            arrived.await;
+        }
     }
-    assert!(bus.settled(Duration::from_secs(5)).await);
-    assert_eq!(recorder.events_of::<Shipped>().len(), 20);
+    // None can finish while the gate is shut: not settled, whatever the wait.
+    assert!(!bus.settled(Duration::from_millis(20)).await);
+    assert_eq!(bus.in_flight(), 20);
+    // Waiting while they run: settled once the last one is through, and
+    // not before.
+    let settled = tokio::spawn({
+        let (bus, gate) = (bus.clone(), gate.clone());
+        async move {
+            let settled = bus.settled(Duration::from_secs(30)).await;
+            (settled, gate.through.load(Ordering::SeqCst))
+        }
+    });
+    gate.open.add_permits(20);
+    let (settled, through) = settled.await.expect("joined");
+    assert!(settled);
+    assert_eq!(through, 20, "settled saw every handler through");
+    assert_eq!(recorder.events_of::<Packed>().len(), 20);
+    for task in tasks {
+        task.await.expect("joined").expect("packed");
+    }
 }
 
 #[derive(Default)]

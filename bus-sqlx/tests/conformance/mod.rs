@@ -1136,15 +1136,23 @@ pub async fn two_relays_never_publish_one_row_twice<DB: Ledger>(db: TestDatabase
         announce(&app, &format!("a{n}"), 1).await;
     }
     let broker = InMemoryBroker::default();
+    // Each relay's first batch waits, inside its publish, for the other's:
+    // both hold rows at once, so a row they both claimed would show.
+    let both_publishing = Arc::new(tokio::sync::Barrier::new(2));
     let relays: Vec<_> = (0..2)
         .map(|_| {
             let outbox = app.store.outbox();
-            let broker = broker.clone();
+            let publisher = MeetingFirst {
+                inner: broker.clone(),
+                barrier: both_publishing.clone(),
+                met: AtomicBool::new(false),
+                first_batch: Mutex::new(Vec::new()),
+            };
             tokio::spawn(async move {
                 let mut sent = 0;
                 loop {
-                    match outbox.relay_once(&broker, 3).await.unwrap() {
-                        0 => return sent,
+                    match outbox.relay_once(&publisher, 3).await.unwrap() {
+                        0 => return (sent, publisher.first_batch.into_inner().unwrap()),
                         n => sent += n,
                     }
                 }
@@ -1152,14 +1160,60 @@ pub async fn two_relays_never_publish_one_row_twice<DB: Ledger>(db: TestDatabase
         })
         .collect();
     let mut total = 0;
+    let mut first_batches = Vec::new();
     for relay in relays {
-        total += relay.await.unwrap();
+        let (sent, first) = relay.await.unwrap();
+        total += sent;
+        first_batches.push(first);
     }
+    assert_eq!(
+        first_batches.iter().map(Vec::len).collect::<Vec<_>>(),
+        [3, 3],
+        "both relays published a batch at the same time"
+    );
+    assert!(
+        first_batches[0]
+            .iter()
+            .all(|id| !first_batches[1].contains(id)),
+        "two relays publishing at once hold different rows: {first_batches:?}"
+    );
     let published = broker.waiting("deposits");
     let mut ids: Vec<_> = published.iter().map(|m| m.id).collect();
     ids.sort();
     ids.dedup();
     assert_eq!((total, published.len(), ids.len()), (40, 40, 40));
+}
+
+/// A publisher whose first batch waits for the other relay's first batch
+/// (a barrier both publishers share), and remembers which ids it held.
+struct MeetingFirst {
+    inner: InMemoryBroker,
+    barrier: Arc<tokio::sync::Barrier>,
+    met: AtomicBool,
+    first_batch: Mutex<Vec<MessageId>>,
+}
+
+#[async_trait]
+impl Publisher for MeetingFirst {
+    async fn publish(&self, message: &OutboundMessage) -> Result<(), TransportError> {
+        self.inner.publish(message).await
+    }
+
+    async fn publish_batch(
+        &self,
+        messages: &[OutboundMessage],
+    ) -> Result<(), bus_core::transport::BatchError> {
+        if !self.met.swap(true, Ordering::SeqCst) {
+            *self.first_batch.lock().unwrap() = messages.iter().map(|m| m.id).collect();
+            self.barrier.wait().await;
+        }
+        for (published, message) in messages.iter().enumerate() {
+            if let Err(error) = self.inner.publish(message).await {
+                return Err(bus_core::transport::BatchError { published, error });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A broker that takes `accept` messages, then fails.
