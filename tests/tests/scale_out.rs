@@ -43,6 +43,55 @@ async fn stream_len(connection: &mut MultiplexedConnection, stream: &str) -> i64
         .unwrap()
 }
 
+/// How many of `group`'s deliveries on `stream` are pending (read, not
+/// acknowledged), as the broker says (`XPENDING`).
+async fn pending(connection: &mut MultiplexedConnection, stream: &str, group: &str) -> i64 {
+    let summary: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(connection)
+        .await
+        .unwrap();
+    match summary {
+        redis::Value::Array(parts) => match parts.first() {
+            Some(redis::Value::Int(count)) => *count,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// The outbox of the app's database at `database_url`: `(unsent, sent)`.
+async fn outbox(database_url: &str) -> (i64, i64) {
+    let sql = "SELECT count(*) FILTER (WHERE sent_at IS NULL), \
+               count(*) FILTER (WHERE sent_at IS NOT NULL) FROM bus_outbox";
+    if database_url.starts_with("sqlite") {
+        let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(database_url)
+            .await
+            .unwrap();
+        sqlx::query_as(sql).fetch_one(&mut db).await.unwrap()
+    } else {
+        let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(database_url)
+            .await
+            .unwrap();
+        sqlx::query_as(sql).fetch_one(&mut db).await.unwrap()
+    }
+}
+
+/// Waits (at most 30 s) until the outbox at `database_url` has sent
+/// everything: a row marked sent is never published again, so what the
+/// broker holds then is final.
+async fn outbox_all_sent(database_url: &str) -> (i64, i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (unsent, sent) = outbox(database_url).await;
+        if unsent == 0 || std::time::Instant::now() > deadline {
+            return (unsent, sent);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The stream the stock fixture's command is declared for
 /// (`external = "change_batch_quantity"`), the app's inbound stream too: a
 /// test that consumes it takes its turn with the app's tests, and starts
@@ -121,15 +170,35 @@ async fn a_delivery_left_unacknowledged_by_a_dead_consumer_is_claimed_by_another
     assert_eq!(taken.len(), 1);
     drop(first);
 
+    // A member that claims only what sat an hour: nothing to claim yet,
+    // nothing new.
+    let patient = RedisSubscriber::join(
+        &redis_url(),
+        &stream,
+        "app",
+        "patient",
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    let (bus, seen) = bus();
+    let mut consumer = Consumer::new(bus.clone(), patient);
+    assert!(consumer.poll_once().await.unwrap().is_empty());
+    assert!(seen.lock().unwrap().is_empty());
+    // One that claims what sat `idle`: it gets it once the broker says it
+    // has sat that long.
     let second = RedisSubscriber::join(&redis_url(), &stream, "app", "second", idle)
         .await
         .unwrap();
-    let (bus, seen) = bus();
     let mut consumer = Consumer::new(bus, second);
-    // Not yet idle long enough: nothing to claim, nothing new.
-    assert!(consumer.poll_once().await.unwrap().is_empty());
-    tokio::time::sleep(idle + Duration::from_millis(50)).await;
-    assert_eq!(consumer.poll_once().await.unwrap(), [Handled::Done]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let handled = loop {
+        let handled = consumer.poll_once().await.unwrap();
+        if !handled.is_empty() || std::time::Instant::now() > deadline {
+            break handled;
+        }
+    };
+    assert_eq!(handled, [Handled::Done]);
     assert_eq!(*seen.lock().unwrap(), ["b9=1"]);
 }
 
@@ -403,6 +472,7 @@ mod server;
 #[path = "support/postgres.rs"]
 mod postgres;
 
+use example_app::entrypoints::broker::CONSUMER_GROUP;
 use serde_json::{json, Value};
 use server::{add_batch, database, example_app_binary, get, post, Server};
 
@@ -600,7 +670,13 @@ async fn an_event_committed_before_a_kill_9_arrives_exactly_once_after_the_resta
     )
     .await;
     assert_eq!(status, reqwest::StatusCode::ACCEPTED, "committed");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Committed with its event in the outbox, not relayed: the outbox says
+    // so, and the broker has nothing.
+    assert_eq!(
+        outbox(&run.database_url).await,
+        (1, 0),
+        "in the outbox, unsent"
+    );
     assert!(
         payloads(&mut connection, "line_allocated").await.is_empty(),
         "not relayed yet"
@@ -608,14 +684,15 @@ async fn an_event_committed_before_a_kill_9_arrives_exactly_once_after_the_resta
     server.kill_hard();
 
     let restarted = run.start(&[]);
-    let allocated = wait_for(&mut connection, "line_allocated", 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let allocated_later = payloads(&mut connection, "line_allocated").await;
+    // Once its row is marked sent it is never published again: what the
+    // broker holds then is final.
+    assert_eq!(outbox_all_sent(&run.database_url).await, (0, 1));
+    let allocated = payloads(&mut connection, "line_allocated").await;
     assert_eq!(
         allocated,
-        [json!({"orderid": "o9", "sku": "LAMP", "qty": 1, "batchref": "b1", "version": 1})]
+        [json!({"orderid": "o9", "sku": "LAMP", "qty": 1, "batchref": "b1", "version": 1})],
+        "exactly once"
     );
-    assert_eq!(allocated_later.len(), 1, "exactly once");
     drop(restarted);
 }
 
@@ -648,9 +725,18 @@ async fn a_dead_database_loses_nothing_and_the_app_recovers_when_it_is_back() {
         "the client can quote it: {body}"
     );
     // A message arriving meanwhile is neither handled nor dead-lettered:
-    // it stays pending.
+    // it stays pending. The broker says when the app has read it; with the
+    // database down the app cannot acknowledge it (it acknowledges only
+    // after its inbox, in the database, said whether it was handled).
     publish_command(&connection, r#"{"batchref": "b1", "qty": 2}"#).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pending(&mut connection, "change_batch_quantity", CONSUMER_GROUP).await < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the app never read it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(payloads(&mut connection, "line_allocated").await.len(), 1);
     assert_eq!(
         stream_len(&mut connection, "change_batch_quantity.dead").await,
@@ -684,6 +770,11 @@ async fn a_dead_database_loses_nothing_and_the_app_recovers_when_it_is_back() {
         stream_len(&mut connection, "change_batch_quantity.dead").await,
         0
     );
+    assert_eq!(
+        pending(&mut connection, "change_batch_quantity", CONSUMER_GROUP).await,
+        0,
+        "handled and acknowledged once the database was back"
+    );
     drop(server);
 }
 
@@ -706,7 +797,7 @@ async fn the_relay_runs_as_a_process_of_its_own() {
     )
     .await;
     assert_eq!(status, reqwest::StatusCode::ACCEPTED);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(outbox(&database_url).await, (1, 0), "waiting in the outbox");
     assert!(payloads(&mut connection, "line_allocated").await.is_empty());
 
     let relay = |redis: Option<&str>| {
@@ -839,14 +930,15 @@ async fn two_processes_allocate_concurrently(run: &AppRun, database_url: &str) -
 
     // Each committed allocation is published once, whichever process's
     // relay claimed it.
-    let published = wait_for(&mut connection, "line_allocated", allocated.len()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let published_later = payloads(&mut connection, "line_allocated").await;
+    // Every row marked sent: none is published again, what the broker
+    // holds is final.
+    let (unsent, sent) = outbox_all_sent(database_url).await;
     assert_eq!(
-        published.len(),
-        published_later.len(),
-        "nothing more arrived"
+        (unsent, sent),
+        (0, allocated.len() as i64),
+        "each one relayed"
     );
+    let published_later = payloads(&mut connection, "line_allocated").await;
     let mut orders: Vec<String> = published_later
         .iter()
         .map(|p| p["orderid"].as_str().unwrap().to_owned())
