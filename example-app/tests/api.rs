@@ -1,5 +1,5 @@
-//! End to end on SQLite: the HTTP contract (`support/api_contract.rs`,
-//! also run on PostgreSQL by the tests package) on a fresh SQLite file per
+//! End to end on SQLite: the HTTP contract (the test-support crate's
+//! `api_contract`, also run on PostgreSQL by the tests package) on a fresh SQLite file per
 //! test, and SQLite's own startup error.
 
 // A test whose setup fails should panic, helpers included.
@@ -7,15 +7,7 @@
 
 use std::process::Command;
 
-#[path = "support/server.rs"]
-mod server;
-
-#[path = "support/write_model.rs"]
-mod write_model;
-
-#[macro_use]
-#[path = "support/api_contract.rs"]
-mod api_contract;
+use arch_events_test_support::{api_contract_tests, server};
 
 /// The binary under test.
 const BINARY: &str = env!("CARGO_BIN_EXE_example-app");

@@ -6,11 +6,8 @@
 // A test whose setup fails should panic, helpers included.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-#[macro_use]
-#[path = "support/storage_contract.rs"]
-mod storage_contract;
-
-use storage_contract::TestDatabase;
+use arch_events_test_support::storage_contract::TestDatabase;
+use arch_events_test_support::storage_contract_tests;
 
 /// A fresh SQLite file in a temporary directory.
 async fn fresh_sqlite() -> TestDatabase {

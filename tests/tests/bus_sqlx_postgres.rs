@@ -8,100 +8,14 @@
 //! `postgres://postgres@127.0.0.1:5432/test`); without it the tests fail
 //! and say how to start it.
 
-#[macro_use]
-#[path = "../../bus-sqlx/tests/conformance/mod.rs"]
-mod conformance;
-
-#[path = "support/postgres.rs"]
-mod postgres;
+use arch_events_test_support::postgres;
+use bus_sqlx_conformance::{self as conformance, conformance_tests};
 
 async fn fresh_ledger() -> conformance::TestDatabase {
     let database = postgres::FreshDatabase::create().await;
     conformance::TestDatabase {
         url: database.url.clone(),
         keep: Box::new(database),
-    }
-}
-
-#[bus_core::async_trait]
-impl conformance::Ledger for sqlx::Postgres {
-    async fn connect(url: &str) -> sqlx::PgPool {
-        sqlx::postgres::PgPoolOptions::new()
-            .max_connections(8)
-            .connect(url)
-            .await
-            .unwrap()
-    }
-
-    async fn create_tables(pool: &sqlx::PgPool) {
-        sqlx::raw_sql(
-            "CREATE TABLE IF NOT EXISTS ledger (account TEXT NOT NULL, amount BIGINT NOT NULL);
-             CREATE TABLE IF NOT EXISTS balances (account TEXT PRIMARY KEY, total BIGINT NOT NULL);",
-        )
-        .execute(pool)
-        .await
-        .unwrap();
-    }
-
-    async fn insert_deposit(
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        account: &str,
-        amount: i64,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO ledger (account, amount) VALUES ($1, $2)")
-            .bind(account)
-            .bind(amount)
-            .execute(&mut **tx)
-            .await
-            .map(drop)
-    }
-
-    async fn add_to_balance(
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        account: &str,
-        amount: i64,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO balances (account, total) VALUES ($1, $2) \
-             ON CONFLICT (account) DO UPDATE SET total = balances.total + excluded.total",
-        )
-        .bind(account)
-        .bind(amount)
-        .execute(&mut **tx)
-        .await
-        .map(drop)
-    }
-
-    async fn balance(pool: &sqlx::PgPool, account: &str) -> i64 {
-        sqlx::query_scalar("SELECT total FROM balances WHERE account = $1")
-            .bind(account)
-            .fetch_optional(pool)
-            .await
-            .unwrap()
-            .unwrap_or(0)
-    }
-
-    async fn count(pool: &sqlx::PgPool, table: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-            .fetch_one(pool)
-            .await
-            .unwrap()
-    }
-
-    async fn execute(pool: &sqlx::PgPool, sql: &str) {
-        sqlx::raw_sql(sql).execute(pool).await.unwrap();
-    }
-
-    async fn sqlx_versions(pool: &sqlx::PgPool) -> Vec<i64> {
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
-            .fetch_all(pool)
-            .await
-            .unwrap()
-    }
-
-    async fn app_migrate(pool: &sqlx::PgPool, dir: &std::path::Path) {
-        let migrator = sqlx::migrate::Migrator::new(dir).await.unwrap();
-        migrator.run(pool).await.unwrap();
     }
 }
 

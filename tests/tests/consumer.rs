@@ -3,15 +3,12 @@
 //! for the stream, too large) dead-lettered with their reason and
 //! acknowledged, never blocking the next; a closed bus leaves them.
 
-#[path = "support/stock.rs"]
-mod stock;
-
 use std::time::Duration;
 
 use bus_core::transport::{
     Consumer, Delivery, Handled, InMemoryBroker, Publisher, Subscriber, TransportError,
 };
-use stock::{bus, message};
+use fixture_stock::{bus, message};
 
 #[tokio::test]
 async fn a_poison_message_is_dead_lettered_and_the_next_one_is_still_handled() {

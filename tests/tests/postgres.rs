@@ -8,30 +8,10 @@
 //! `postgres://postgres@127.0.0.1:5432/test`); without it the tests fail
 //! and say how to start it.
 
-#[macro_use]
-#[path = "../../example-app/tests/support/storage_contract.rs"]
-mod storage_contract;
-
-#[path = "support/postgres.rs"]
-mod postgres;
-
-#[path = "../../example-app/tests/support/server.rs"]
-mod server;
-
-#[path = "../../example-app/tests/support/write_model.rs"]
-mod write_model;
-
-#[macro_use]
-#[path = "../../example-app/tests/support/api_contract.rs"]
-mod api_contract;
-
-#[macro_use]
-#[path = "../../example-app/tests/support/fuzz.rs"]
-mod fuzz;
-
-#[macro_use]
-#[path = "../../example-app/tests/support/under_load.rs"]
-mod under_load;
+use arch_events_test_support::storage_contract::TestDatabase;
+use arch_events_test_support::{
+    api_contract_tests, fuzz_tests, postgres, server, storage_contract_tests, under_load_tests,
+};
 
 use std::time::Duration;
 
@@ -40,7 +20,6 @@ use bus_core::{async_trait, Bus};
 use example_app::adapters::database::Database;
 use example_app::domain::commands::{Allocate, CreateBatch};
 use example_app::{bootstrap, Adapters};
-use storage_contract::TestDatabase;
 
 async fn fresh_postgres() -> TestDatabase {
     let database = postgres::FreshDatabase::create().await;

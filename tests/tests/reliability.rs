@@ -978,9 +978,7 @@ fn shutdown_reports_dispatches_still_running_after_the_grace_period() {
 // The example app: a dead letter replayed once its fault is gone
 // ---------------------------------------------------------------------------
 
-#[path = "../../example-app/tests/support/server.rs"]
-mod server;
-
+use arch_events_test_support::server;
 use reqwest::Method;
 use server::{add_batch, admin, database, example_app_binary, get, message, post, Server};
 

@@ -9,15 +9,12 @@
 
 use std::time::Duration;
 
-#[path = "support/stock.rs"]
-mod stock;
-
 use bus_core::transport::{Consumer, Handled, Publisher, Subscriber};
 use bus_core::MessageId;
 use bus_redis::redis;
 use bus_redis::{RedisPublisher, RedisSubscriber};
+use fixture_stock::{bus, message};
 use redis::aio::MultiplexedConnection;
-use stock::{bus, message};
 
 fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -466,11 +463,7 @@ async fn a_dead_letter_stream_keeps_about_its_cap_and_its_payload_limit_is_set_o
 // The example app scaled out: its real binary, PostgreSQL, and Redis
 // ---------------------------------------------------------------------------
 
-#[path = "../../example-app/tests/support/server.rs"]
-mod server;
-
-#[path = "support/postgres.rs"]
-mod postgres;
+use arch_events_test_support::{postgres, server};
 
 use example_app::entrypoints::broker::CONSUMER_GROUP;
 use serde_json::{json, Value};

@@ -2,7 +2,7 @@
 //! large batch, allocations one after another through the bus (the same
 //! work as `POST /allocate` minus HTTP), on SQLite and on PostgreSQL.
 //!
-//! `cargo bench -p example-app --bench history` (PostgreSQL at
+//! `cargo bench -p arch-events-benches --bench history` (PostgreSQL at
 //! `POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`, in a
 //! database of its own that it drops; skipped with a note when
 //! unreachable). `HISTORY_ALLOCATIONS` sets the last point (20,000).

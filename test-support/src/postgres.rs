@@ -1,8 +1,6 @@
 //! A fresh PostgreSQL database per test, on the server at `POSTGRES_URL`
 //! (default `postgres://postgres@127.0.0.1:5432/test`), dropped when the
-//! test ends. `#[path]`-included by the targets that need the server.
-
-#![allow(dead_code)]
+//! test ends.
 
 use sqlx::{Connection, PgConnection};
 

@@ -1,10 +1,8 @@
 //! The service under concurrent load: the read model never drifts from the
 //! write model, and a hot product gets slower instead of failing. Written
 //! once and run on each database (SQLite in `example-app/tests/red_team.rs`,
-//! PostgreSQL in the tests package's `postgres` target); `#[path]`-included
-//! next to `support/server.rs` (as the crate's `server` module).
-
-#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
+//! PostgreSQL in the tests package's `postgres` target);
+//! [`under_load_tests!`](crate::under_load_tests) expands to every test.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,9 +20,10 @@ use crate::server::Server;
 /// Expands to one `#[tokio::test]` per test below, each starting `$binary`
 /// over a fresh database from `$fresh` (an `async fn` whose value has a
 /// `url` field, kept for the test's length).
+#[macro_export]
 macro_rules! under_load_tests {
     ($binary:expr, $fresh:path) => {
-        under_load_tests!(@each $binary, $fresh;
+        $crate::under_load_tests!(@each $binary, $fresh;
             two_lines_of_one_order_and_product_are_two_rows_of_the_view,
             the_view_equals_the_write_model_after_a_concurrent_run,
             a_hot_product_gets_slower_instead_of_failing,
@@ -37,7 +36,7 @@ macro_rules! under_load_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
                 let database = $fresh().await;
-                under_load::$name(&$binary, &database.url).await
+                $crate::under_load::$name(&$binary, &database.url).await
             }
         )*
     };

@@ -1,7 +1,7 @@
 //! The cost of the bus next to the floor (a direct call), the fastest dynamic
 //! dispatch written by hand, and a published mediator crate.
 //!
-//! Run with `cargo bench -p bus-core --bench dispatch`; BENCHMARKS.md has the
+//! Run with `cargo bench -p arch-events-benches --bench dispatch`; BENCHMARKS.md has the
 //! figures and what they mean.
 
 // A benchmark whose setup fails should stop at once.

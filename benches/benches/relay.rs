@@ -5,8 +5,8 @@
 //! drops everything). Needs Redis and PostgreSQL:
 //!
 //! ```sh
-//! cargo bench -p bus-sqlx --bench relay            # 50,000 messages, batches of 1,000
-//! RELAY_MESSAGES=100000 RELAY_BATCH=500 cargo bench -p bus-sqlx --bench relay
+//! cargo bench -p arch-events-benches --bench relay            # 50,000 messages, batches of 1,000
+//! RELAY_MESSAGES=100000 RELAY_BATCH=500 cargo bench -p arch-events-benches --bench relay
 //! ```
 //!
 //! `REDIS_URL` (default `redis://127.0.0.1:6379`) and `POSTGRES_URL`

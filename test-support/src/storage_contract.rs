@@ -4,10 +4,8 @@
 //! the tests package): the unit of work, the view, and what the service's
 //! events and failures leave in bus-sqlx's store (the outbox, the inbox,
 //! the dead letters; bus-sqlx's own conformance suite covers the store
-//! itself). `#[path]`-included; [`storage_contract_tests!`] expands to
+//! itself). [`storage_contract_tests!`](crate::storage_contract_tests) expands to
 //! every test below, given an `async fn` that makes an empty database.
-
-#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
 use std::sync::Arc;
 
@@ -51,9 +49,10 @@ impl TestDatabase {
 
 /// Expands to one `#[tokio::test]` per contract test, each on a fresh
 /// database from `$fresh` (an `async fn() -> TestDatabase`).
+#[macro_export]
 macro_rules! storage_contract_tests {
     ($fresh:path) => {
-        storage_contract_tests!(@each $fresh;
+        $crate::storage_contract_tests!(@each $fresh;
             a_commit_persists_products_batches_and_allocations,
             without_commit_nothing_is_written_or_released,
             a_rollback_writes_nothing,
@@ -80,7 +79,7 @@ macro_rules! storage_contract_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                storage_contract::$name($fresh().await).await
+                $crate::storage_contract::$name($fresh().await).await
             }
         )*
     };

@@ -5,8 +5,8 @@
 //! `Consumer` with the database's inbox), on whichever database `$fresh`
 //! gives. Written once and run on each database (SQLite in
 //! `example-app/tests/red_team.rs`, PostgreSQL in the `postgres` target of
-//! the tests package). `#[path]`-included next to `support/server.rs` (as
-//! the crate's `server` module); [`fuzz_tests!`] expands to both tests.
+//! the tests package); [`fuzz_tests!`](crate::fuzz_tests) expands to both
+//! tests.
 //!
 //! Every case is made from the seed and its own index alone (not from what
 //! the cases before it did), so a failure names its seed and index and is
@@ -17,8 +17,6 @@
 //! printable text, quantities from 1 to 1 000 000 000, dates `YYYY-MM-DD`),
 //! and checks the answer against that too: an invalid input is never
 //! accepted, a field that breaks a rule is named.
-
-#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -46,6 +44,7 @@ use crate::server::{add_batch, post, Server};
 /// expression, evaluated only by that test) over a fresh database from
 /// `$fresh` (an `async fn` whose value has a `url` field, kept for the
 /// test's length); the broker one builds the bus in-process over another.
+#[macro_export]
 macro_rules! fuzz_tests {
     ($binary:expr, $fresh:path) => {
         /// The fuzz tests (a module of their own: `cargo test fuzz` runs them).
@@ -55,14 +54,17 @@ macro_rules! fuzz_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn no_request_gets_a_5xx_or_a_body_that_is_not_json() {
                 let database = $fresh().await;
-                fuzz::no_request_gets_a_5xx_or_a_body_that_is_not_json(&$binary, &database.url)
-                    .await
+                $crate::fuzz::no_request_gets_a_5xx_or_a_body_that_is_not_json(
+                    &$binary,
+                    &database.url,
+                )
+                .await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn no_broker_payload_escapes_the_inbound_rules() {
                 let database = $fresh().await;
-                fuzz::no_broker_payload_escapes_the_inbound_rules(&database.url).await
+                $crate::fuzz::no_broker_payload_escapes_the_inbound_rules(&database.url).await
             }
         }
     };
@@ -475,6 +477,7 @@ fn bad_value(rng: &mut StdRng, label: &mut Vec<String>) -> (Val, String) {
             (Val::Other, text)
         }
         5..=7 => string_value(weird_string(rng)),
+        8 if rng.gen_bool(0.5) => string_value((*pick(rng, INVALID_DATES)).to_owned()),
         8 => string_value((*pick(rng, &["5", "1", "-1", "0", "1e3", "  7"])).to_owned()),
         _ => {
             let len = rng.gen_range(1024..=60_000);

@@ -1,11 +1,8 @@
 //! The HTTP contract: the real binary, started on a free port over a fresh
 //! database, exercised over HTTP; written once and run on each database
 //! (SQLite in `example-app/tests/api.rs`, PostgreSQL in the `postgres`
-//! target of the tests package). `#[path]`-included next to
-//! `support/server.rs` (as the crate's `server` module);
-//! [`api_contract_tests!`] expands to every test below.
-
-#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
+//! target of the tests package); [`api_contract_tests!`](crate::api_contract_tests)
+//! expands to every test below.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -24,9 +21,10 @@ use crate::server::{add_batch, get, message, post, post_raw, Server};
 /// Expands to one `#[tokio::test]` per contract test, each starting
 /// `$binary` (a `&str` expression) over a fresh database from `$fresh` (an
 /// `async fn` whose value has a `url` field, kept for the test's length).
+#[macro_export]
 macro_rules! api_contract_tests {
     ($binary:expr, $fresh:path) => {
-        api_contract_tests!(@each $binary, $fresh;
+        $crate::api_contract_tests!(@each $binary, $fresh;
             the_happy_path_allocates_and_reallocates,
             domain_errors_have_their_status_codes,
             bad_input_gets_a_4xx_with_a_message_naming_the_problem,
@@ -48,7 +46,7 @@ macro_rules! api_contract_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
                 let database = $fresh().await;
-                api_contract::$name(&$binary, &database.url).await
+                $crate::api_contract::$name(&$binary, &database.url).await
             }
         )*
     };

@@ -2,7 +2,10 @@
 //! and Redis): `change_batch_quantity` messages, and a handler that notes
 //! each one; and two events a `change_batch_quantity` consumer must refuse
 //! (an internal one, one declared for `line_allocated`), with handlers that
-//! would note them. `#[path]`-included, so each test target has its own copy.
+//! would note them. A crate of its own: only the targets that link it get
+//! its handlers.
+
+#![allow(missing_docs, clippy::unwrap_used)]
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

@@ -1,9 +1,6 @@
 //! Reading the write model as the database holds it, for the tests that
 //! compare it with the read model: every batch of a product, each loaded
 //! whole by its reference (a load reads only what a decision needs).
-//! `#[path]`-included by the test targets that need it.
-
-#![allow(dead_code, clippy::expect_used)]
 
 use bus_core::EventReleaser;
 use example_app::adapters::database::Database;

@@ -1,8 +1,5 @@
 //! Starting the real `example-app` binary and talking to it over HTTP: shared
-//! by the end-to-end tests (`#[path]`-included, so that each test target
-//! compiles its own copy).
-
-#![allow(dead_code)]
+//! by the end-to-end tests.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
