@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn a_poll_of_an_awaited_dispatch_marks_its_thread_for_its_length_only() {
-        let seen = crate::block_on(driving(async { inside_async_runtime() }));
+        let seen = crate::executor::block_on(driving(async { inside_async_runtime() }));
         assert!(seen, "inside the poll");
         assert!(!inside_async_runtime(), "after it");
     }

@@ -125,8 +125,8 @@ pub struct KindOf<K>(PhantomData<K>);
 #[doc(hidden)]
 pub trait ReleasingKind {}
 
-impl ReleasingKind for crate::message::kind::CommandKind {}
-impl ReleasingKind for crate::message::kind::EventKind {}
+impl ReleasingKind for crate::message::marker::CommandMarker {}
+impl ReleasingKind for crate::message::marker::EventMarker {}
 
 /// The kinds of message whose handlers may declare events they release:
 /// commands and events, not queries.
@@ -139,14 +139,14 @@ impl ReleasingKind for crate::message::kind::EventKind {}
 #[doc(hidden)]
 pub trait DeclaresReleases {}
 
-impl DeclaresReleases for crate::message::kind::CommandKind {}
-impl DeclaresReleases for crate::message::kind::EventKind {}
+impl DeclaresReleases for crate::message::marker::CommandMarker {}
+impl DeclaresReleases for crate::message::marker::EventMarker {}
 
 impl<'a> Describe<'_, 'a> {
     /// The message, taken by value.
     #[cold]
     #[inline(never)]
-    pub fn message_by_value<M: TakeMessage>(&mut self) -> KindOf<<M as Message>::Kind> {
+    pub fn message_by_value<M: TakeMessage>(&mut self) -> KindOf<<M as Message>::Marker> {
         self.shape.message = Some(M::meta());
         KindOf(PhantomData)
     }
@@ -154,7 +154,7 @@ impl<'a> Describe<'_, 'a> {
     /// The message, taken by reference.
     #[cold]
     #[inline(never)]
-    pub fn message_by_ref<M: TakeMessage>(&mut self) -> KindOf<<M as Message>::Kind> {
+    pub fn message_by_ref<M: TakeMessage>(&mut self) -> KindOf<<M as Message>::Marker> {
         self.shape.message = Some(M::meta());
         KindOf(PhantomData)
     }

@@ -6,7 +6,7 @@
 //! The store's side (`bus-sqlx` implements it on SQLite and PostgreSQL):
 //! - a unit of work writes the events it releases in its commit's
 //!   transaction, then hands them to its [`EventReleaser`](crate::EventReleaser)
-//!   marked with [`PendingEvent::stored`]: the bus now knows whom to tell
+//!   marked with [`PendingEvent::stored`](crate::PendingEvent::stored): the bus now knows whom to tell
 //!   how their delivery went;
 //! - the bus tells the store's [`DeliveryLog`] when a handler of a stored
 //!   event succeeded ([`handled`](DeliveryLog::handled)) and when every

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::message::{Kind, Location};
+use crate::message::{Location, MessageKind};
 
 /// Any error, boxed: what an event handler's error becomes once erased.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -38,7 +38,7 @@ pub enum DispatchError<E> {
     #[error("{kind} `{name}` has no handler in this bus")]
     Unhandled {
         /// Command or query.
-        kind: Kind,
+        kind: MessageKind,
         /// The message's name.
         name: &'static str,
     },
@@ -203,7 +203,7 @@ pub enum Problem {
     /// ([`require_event_handlers`](crate::BusBuilder::require_event_handlers)).
     NoHandler {
         /// Command or query.
-        kind: Kind,
+        kind: MessageKind,
         /// Its name.
         message: &'static str,
         /// Where the type is declared.
@@ -212,7 +212,7 @@ pub enum Problem {
     /// A command or query with two or more handlers.
     MultipleHandlers {
         /// Command or query.
-        kind: Kind,
+        kind: MessageKind,
         /// Its name.
         message: &'static str,
         /// Every one of its handlers.
@@ -312,7 +312,7 @@ impl fmt::Display for Problem {
                 "{kind} `{message}` (declared at {declared_at}) has no handler{}: write a \
                  `#[handler]` fn taking it, make sure the crate that holds it is linked \
                  (`use that_crate as _;`), or allow it with `allow_unhandled`",
-                if *kind == Kind::Event {
+                if *kind == MessageKind::Event {
                     ", and this bus requires one for every event (`require_event_handlers`)"
                 } else {
                     ""

@@ -134,7 +134,7 @@ impl PendingEvent {
 
     /// The event as JSON, when its type was derived with `#[event(serde)]`
     /// (`None` otherwise).
-    pub fn to_json(&self) -> Option<Result<String, serde_json::Error>> {
+    pub fn to_json(&self) -> Option<Result<String, crate::CodecError>> {
         self.meta().codec().map(|codec| codec.encode(self))
     }
 

@@ -1,4 +1,6 @@
-//! A minimal `block_on`, so sync code can drive the bus with no async runtime.
+//! A minimal `block_on`: what drives a `*_blocking` dispatch and a handler's
+//! describe call with no async runtime. Internal: applications use their
+//! runtime's (`tokio::runtime::Runtime::block_on`, `futures::executor::block_on`).
 
 use std::future::Future;
 use std::pin::pin;
@@ -28,10 +30,6 @@ impl Wake for ThreadWaker {
 /// When the future has to wait and this thread is inside an async runtime
 /// (a thread driving tokio tasks, or a handler of an awaited dispatch of
 /// the bus): parking it could hang that runtime. `.await` the future there.
-///
-/// ```
-/// assert_eq!(bus_core::block_on(async { 40 + 2 }), 42);
-/// ```
 #[track_caller]
 pub fn block_on<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);
@@ -100,6 +98,11 @@ mod tests {
             });
             Poll::Pending
         }
+    }
+
+    #[test]
+    fn a_ready_future_is_answered_on_its_first_poll() {
+        assert_eq!(block_on(async { 40 + 2 }), 42);
     }
 
     #[test]

@@ -278,15 +278,18 @@ impl Scope {
 
     /// The scope of one call of a command's or a query's handler.
     #[inline]
-    pub(crate) fn request(context: Option<MessageContext>, kind: crate::message::Kind) -> Self {
+    pub(crate) fn request(
+        context: Option<MessageContext>,
+        kind: crate::message::MessageKind,
+    ) -> Self {
         Scope {
-            reads_only: kind == crate::message::Kind::Query,
+            reads_only: kind == crate::message::MessageKind::Query,
             ..Scope::with_context(context)
         }
     }
 
     /// The scope of one call delivering a stored event (see
-    /// [`Delivery`](crate::Delivery)).
+    /// [`Delivery`](crate::delivery::Delivery)).
     pub(crate) fn delivering(
         context: MessageContext,
         delivery: Option<crate::delivery::Delivery>,

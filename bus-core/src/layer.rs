@@ -23,8 +23,8 @@
 //! ```
 //! use std::sync::atomic::{AtomicUsize, Ordering};
 //! use std::sync::Arc;
-//! use bus_core::{handler, Bus, Event, HandlerCall, Layer, Next, Outcome};
-//! use bus_core::BoxFuture;
+//! use bus_core::{handler, Bus, Event};
+//! use bus_core::layer::{BoxFuture, HandlerCall, Layer, Next, Outcome};
 //!
 //! #[derive(Debug, Clone, Event)]
 //! struct Shipped { order: u32 }
@@ -60,9 +60,9 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use crate::call::BoxFuture;
+pub use crate::call::BoxFuture;
 use crate::context::MessageContext;
-use crate::message::{Event, Kind, Location, MessageMeta};
+use crate::message::{Event, Location, MessageKind, MessageMeta};
 use crate::observer::FailureCause;
 use crate::registry::HandlerRegistration;
 
@@ -118,7 +118,7 @@ impl<'a> HandlerCall<'a> {
     }
 
     /// Command, event or query.
-    pub fn kind(&self) -> Kind {
+    pub fn kind(&self) -> MessageKind {
         self.meta.kind()
     }
 

@@ -40,19 +40,21 @@ extern crate self as bus_core;
 mod blocking;
 mod bus;
 mod call;
+mod codec;
 mod context;
-mod dead_letter;
-mod delivery;
+pub mod dead_letter;
+pub mod delivery;
 mod dependencies;
 mod error;
 mod events;
 mod executor;
 pub mod guide;
 mod inject;
-mod layer;
+pub mod layer;
 mod message;
 mod observer;
-mod registry;
+pub mod prelude;
+pub mod registry;
 mod retry;
 mod spawn;
 pub mod testing;
@@ -61,35 +63,32 @@ pub mod transport;
 mod uow;
 
 pub use bus::DEFAULT_MAX_MESSAGES_PER_DISPATCH;
-pub use bus::{
-    Bus, BusBuilder, BusDescription, CommandCodec, DeadEnd, DependencyDescription,
-    HandlerDescription, InboundError, MessageDescription, ReplayError, ShutdownError,
-};
-pub use call::BoxFuture;
+pub use bus::{Bus, BusBuilder, InboundError, ReplayError, ShutdownError};
+pub use codec::CodecError;
 pub use context::{MessageContext, MessageId, ParseMessageIdError};
-pub use dead_letter::{
-    DeadLetter, DeadLetterSink, InMemoryDeadLetters, DEFAULT_DEAD_LETTER_CAPACITY,
-};
-pub use delivery::{Delivery, DeliveryLog};
 pub use dependencies::Dependencies;
 pub use error::{
     BoxError, BuildError, CascadeLimitError, DispatchError, HandlerSite, InternalError,
     MisuseError, Problem,
 };
 pub use events::{Aggregate, EventRecorder, EventReleaser, PendingEvent, Uncommitted};
-pub use executor::block_on;
 pub use inject::{DependencyKey, Inject, Lifetime, Scope, Scoped};
-pub use layer::{HandlerCall, Layer, Next, Outcome};
-pub use message::kind::{CommandKind, EventKind, MessageKind, QueryKind};
-pub use message::{
-    Command, Event, EventCodec, JsonCommand, JsonEvent, Kind, Location, Message, MessageMeta, Query,
-};
+pub use message::{Command, Event, Message, MessageKind, Query};
 pub use observer::{FailureCause, HandlerFailure, Observer};
-pub use registry::{HandlerDef, HandlerRegistration, Registrations};
-pub use retry::{is_permanent, Permanent, Retry, RetryIf, RetryPolicy};
+pub use registry::Registrations;
+pub use retry::{is_permanent, Permanent, Retry, RetryPolicy};
 pub use spawn::Spawn;
 pub use timeout::Timeout;
 pub use uow::UnitOfWork;
+
+/// The wiring report: what a built bus routes, to which handlers, with
+/// which dependencies; as data ([`Bus::describe`]), as a table and as a
+/// Mermaid flowchart.
+pub mod describe {
+    pub use crate::bus::{
+        BusDescription, DeadEnd, DependencyDescription, HandlerDescription, MessageDescription,
+    };
+}
 
 pub use bus_macros::{handler, Command, Event, Query};
 
@@ -107,9 +106,14 @@ pub mod __private {
         put_output, ready_err, ready_ok, take_event, take_from_frame, BoxFuture, Call,
         DefaultError, HandlerOutput, MessageRef, Output, TakeMessage, TypedSync,
     };
-    pub use crate::message::{EventCodec, Kind, MessageMeta};
-    pub use crate::registry::{HandlerEntry, HandlerFn, HandlerRegistration, MessageEntry};
-    pub use crate::{CommandKind, EventKind, QueryKind};
+    pub use crate::codec::{JsonCommand, JsonEvent};
+    pub use crate::executor::block_on;
+    pub use crate::message::marker::{CommandMarker, EventMarker, KindMarker, QueryMarker};
+    pub use crate::message::{EventCodec, MessageKind, MessageMeta};
+    pub use crate::registry::{
+        HandlerDef, HandlerEntry, HandlerFn, HandlerRegistration, MessageEntry,
+    };
+    pub use crate::{BoxError, Command, Event, Message, Query};
     pub use core;
     pub use inventory;
 

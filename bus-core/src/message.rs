@@ -8,12 +8,13 @@ use std::any::{Any, TypeId};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::codec::{self, CodecError, JsonEvent};
 use crate::events::PendingEvent;
 
 /// The three kinds of message the bus routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Kind {
+pub enum MessageKind {
     /// An instruction with exactly one handler, whose result reaches the caller.
     Command,
     /// A fact with zero or more handlers, each of which fails alone.
@@ -22,18 +23,18 @@ pub enum Kind {
     Query,
 }
 
-impl Kind {
+impl MessageKind {
     /// The lower-case word used in errors and logs: `command`, `event`, `query`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Kind::Command => "command",
-            Kind::Event => "event",
-            Kind::Query => "query",
+            MessageKind::Command => "command",
+            MessageKind::Event => "event",
+            MessageKind::Query => "query",
         }
     }
 }
 
-impl fmt::Display for Kind {
+impl fmt::Display for MessageKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -59,7 +60,7 @@ impl fmt::Display for Location {
 /// One `MessageMeta` exists per message type, as a `static`; the bus keys its
 /// routing tables on it.
 pub struct MessageMeta {
-    kind: Kind,
+    kind: MessageKind,
     name: &'static str,
     rust_path: &'static str,
     location: Location,
@@ -80,7 +81,7 @@ impl MessageMeta {
     /// Builds the description; called from generated code only.
     #[doc(hidden)]
     pub const fn new(
-        kind: Kind,
+        kind: MessageKind,
         name: &'static str,
         rust_path: &'static str,
         file: &'static str,
@@ -144,7 +145,7 @@ impl MessageMeta {
     }
 
     /// Command, event or query.
-    pub fn kind(&self) -> Kind {
+    pub fn kind(&self) -> MessageKind {
         self.kind
     }
 
@@ -227,31 +228,9 @@ impl fmt::Debug for MessageMeta {
 /// assert_eq!(back.downcast_ref::<Shipped>(), Some(&Shipped { order: 7 }));
 /// ```
 pub struct EventCodec {
-    encode: fn(&dyn Any) -> Result<String, serde_json::Error>,
-    decode: fn(&str) -> Result<PendingEvent, serde_json::Error>,
+    encode: fn(&dyn Any) -> Result<String, CodecError>,
+    decode: fn(&str) -> Result<PendingEvent, CodecError>,
 }
-
-/// An event that can be written as JSON and read back: what `#[event(serde)]`
-/// and `external` need. Implemented for every `Serialize + Deserialize` type.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be written as JSON and read back",
-    label = "needs `serde::Serialize` and `serde::Deserialize`",
-    note = "derive them on `{Self}`: `#[derive(serde::Serialize, serde::Deserialize)]`, or drop `serde`/`external`"
-)]
-pub trait JsonEvent: serde::Serialize + serde::de::DeserializeOwned {}
-
-impl<T: serde::Serialize + serde::de::DeserializeOwned> JsonEvent for T {}
-
-/// A command that can be read from JSON: what `#[command(serde)]` and
-/// `external` need. Implemented for every `Deserialize` type.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be read from JSON",
-    label = "needs `serde::Deserialize`",
-    note = "derive it on `{Self}`: `#[derive(serde::Deserialize)]`, or drop `serde`/`external`"
-)]
-pub trait JsonCommand: serde::de::DeserializeOwned {}
-
-impl<T: serde::de::DeserializeOwned> JsonCommand for T {}
 
 impl EventCodec {
     /// The JSON codec of `E`.
@@ -267,12 +246,12 @@ impl EventCodec {
     }
 
     /// Writes the event (which must be of this codec's type) as JSON.
-    pub fn encode(&self, event: &PendingEvent) -> Result<String, serde_json::Error> {
+    pub fn encode(&self, event: &PendingEvent) -> Result<String, CodecError> {
         (self.encode)(event.as_any())
     }
 
     /// Reads an event of this codec's type from JSON.
-    pub fn decode(&self, json: &str) -> Result<PendingEvent, serde_json::Error> {
+    pub fn decode(&self, json: &str) -> Result<PendingEvent, CodecError> {
         (self.decode)(json)
     }
 }
@@ -283,59 +262,57 @@ impl fmt::Debug for EventCodec {
     }
 }
 
-fn encode_json<E: Event + serde::Serialize>(event: &dyn Any) -> Result<String, serde_json::Error> {
+fn encode_json<E: Event + JsonEvent>(event: &dyn Any) -> Result<String, CodecError> {
     match event.downcast_ref::<E>() {
-        Some(event) => serde_json::to_string(event),
-        None => Err(<serde_json::Error as serde::ser::Error>::custom(format!(
+        Some(event) => codec::to_json(event),
+        None => Err(CodecError::new(format!(
             "the event is not a `{}`",
             E::meta().rust_path()
         ))),
     }
 }
 
-fn decode_json<E: Event + serde::de::DeserializeOwned>(
-    json: &str,
-) -> Result<PendingEvent, serde_json::Error> {
-    serde_json::from_str::<E>(json).map(PendingEvent::new)
+fn decode_json<E: Event + JsonEvent>(json: &str) -> Result<PendingEvent, CodecError> {
+    codec::event_from_json::<E>(json).map(PendingEvent::new)
 }
 
 /// Marker types naming a message's kind at the type level.
-pub mod kind {
+pub mod marker {
     mod sealed {
         pub trait Sealed {}
     }
 
-    /// Implemented by [`CommandKind`], [`EventKind`] and [`QueryKind`] only.
-    pub trait MessageKind: sealed::Sealed + Send + Sync + 'static {
+    /// Implemented by [`CommandMarker`], [`EventMarker`] and [`QueryMarker`] only.
+    pub trait KindMarker: sealed::Sealed + Send + Sync + 'static {
         /// The value-level kind.
-        const KIND: super::Kind;
+        const KIND: super::MessageKind;
     }
 
     /// The kind of every [`Command`](super::Command).
     #[derive(Debug)]
-    pub enum CommandKind {}
+    pub enum CommandMarker {}
     /// The kind of every [`Event`](super::Event).
     #[derive(Debug)]
-    pub enum EventKind {}
+    pub enum EventMarker {}
     /// The kind of every [`Query`](super::Query).
     #[derive(Debug)]
-    pub enum QueryKind {}
+    pub enum QueryMarker {}
 
-    impl sealed::Sealed for CommandKind {}
-    impl sealed::Sealed for EventKind {}
-    impl sealed::Sealed for QueryKind {}
-    impl MessageKind for CommandKind {
-        const KIND: super::Kind = super::Kind::Command;
+    impl sealed::Sealed for CommandMarker {}
+    impl sealed::Sealed for EventMarker {}
+    impl sealed::Sealed for QueryMarker {}
+    impl KindMarker for CommandMarker {
+        const KIND: super::MessageKind = super::MessageKind::Command;
     }
-    impl MessageKind for EventKind {
-        const KIND: super::Kind = super::Kind::Event;
+    impl KindMarker for EventMarker {
+        const KIND: super::MessageKind = super::MessageKind::Event;
     }
-    impl MessageKind for QueryKind {
-        const KIND: super::Kind = super::Kind::Query;
+    impl KindMarker for QueryMarker {
+        const KIND: super::MessageKind = super::MessageKind::Query;
     }
 }
 
-use kind::{CommandKind, EventKind, MessageKind, QueryKind};
+use marker::{CommandMarker, EventMarker, KindMarker, QueryMarker};
 
 /// Anything the bus routes. Derived, never written by hand.
 #[diagnostic::on_unimplemented(
@@ -344,8 +321,9 @@ use kind::{CommandKind, EventKind, MessageKind, QueryKind};
     note = "derive one of `Command`, `Event` or `Query` on `{Self}`: `#[derive(Debug, bus_core::Command)]`"
 )]
 pub trait Message: fmt::Debug + Send + 'static {
-    /// [`CommandKind`], [`EventKind`] or [`QueryKind`].
-    type Kind: MessageKind;
+    /// [`CommandMarker`], [`EventMarker`] or [`QueryMarker`].
+    #[doc(hidden)]
+    type Marker: KindMarker;
 
     /// The static description of this type.
     fn meta() -> &'static MessageMeta;
@@ -380,7 +358,7 @@ pub trait Message: fmt::Debug + Send + 'static {
     label = "not a command",
     note = "derive it: `#[derive(Debug, bus_core::Command)]`, with `#[command(output = T, error = E)]` when its handler returns something"
 )]
-pub trait Command: Message<Kind = CommandKind> {
+pub trait Command: Message<Marker = CommandMarker> {
     /// What the handler returns on success (`()` unless declared).
     type Output: Send + 'static;
     /// The handler's error type (`std::convert::Infallible` unless declared).
@@ -396,7 +374,7 @@ pub trait Command: Message<Kind = CommandKind> {
     label = "not an event",
     note = "derive it: `#[derive(Debug, Clone, bus_core::Event)]`"
 )]
-pub trait Event: Message<Kind = EventKind> + Clone + Sync {}
+pub trait Event: Message<Marker = EventMarker> + Clone + Sync {}
 
 /// A read-side question with exactly one handler, answered from a read model.
 #[diagnostic::on_unimplemented(
@@ -404,7 +382,7 @@ pub trait Event: Message<Kind = EventKind> + Clone + Sync {}
     label = "not a query",
     note = "derive it: `#[derive(Debug, bus_core::Query)]`, with `#[query(output = T, error = E)]`"
 )]
-pub trait Query: Message<Kind = QueryKind> {
+pub trait Query: Message<Marker = QueryMarker> {
     /// What the handler returns on success.
     type Output: Send + 'static;
     /// The handler's error type (`std::convert::Infallible` unless declared).

@@ -1,12 +1,21 @@
 //! Link-time registrations: what the derives and `#[handler]` submit, and the
 //! list the bus is built from.
+//!
+//! [`Registrations`] is the list (every linked one, or a test's own);
+//! a [`MessageMeta`] describes one message type (its name, its kind, where
+//! it is declared, its codec when it crosses a process boundary), a
+//! [`HandlerRegistration`] one handler. Adapters read them to store and
+//! replay messages by name; an application rarely names them.
 
 use std::fmt;
 use std::sync::OnceLock;
 
 use crate::call::{AsyncCall, Call, Shape, SyncCall};
 use crate::inject::DependencyKey;
-use crate::message::{Location, Message, MessageMeta};
+use crate::message::Message;
+
+pub use crate::bus::CommandCodec;
+pub use crate::message::{EventCodec, Location, MessageMeta};
 
 /// A message type, as submitted by its derive.
 #[doc(hidden)]
@@ -54,7 +63,9 @@ impl HandlerRegistration {
             let mut shape = Shape::default();
             let answered = match self.call {
                 HandlerFn::Sync(f) => f(Call::describe_into(&mut shape)),
-                HandlerFn::Async(f) => crate::block_on(f(Call::describe_into(&mut shape))),
+                HandlerFn::Async(f) => {
+                    crate::executor::block_on(f(Call::describe_into(&mut shape)))
+                }
             };
             if let Err(error) = answered {
                 tracing::error!(handler = self.name, %error, "handler could not describe itself");

@@ -3,7 +3,7 @@
 //!
 //! The delays come from [`backon`]'s exponential backoff (a factor, a first
 //! delay, a cap, and jitter). Waiting never blocks a thread in an awaited
-//! dispatch: the retry [`Layer`](crate::Layer) awaits a timer. In a
+//! dispatch: the retry [`Layer`](crate::layer::Layer) awaits a timer. In a
 //! `*_blocking` dispatch the dispatching thread waits (it is the one that
 //! asked for the answer; other dispatches are not held up).
 

@@ -42,7 +42,7 @@ use crate::call::BoxFuture;
 /// Without one, a dispatch whose caller stopped waiting goes on on the
 /// tokio runtime it was dropped on (with bus-core's `tokio` feature), or
 /// else on a thread of its own that drives it with
-/// [`block_on`](crate::block_on): handlers that need a runtime's timers or
+/// a minimal executor of its own: handlers that need a runtime's timers or
 /// I/O then fail there (loudly: logged, retried, dead-lettered). Name your
 /// runtime.
 pub trait Spawn: Send + Sync + 'static {

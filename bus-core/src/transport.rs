@@ -66,7 +66,7 @@ impl OutboundMessage {
     pub fn from_event(
         event: &PendingEvent,
         context: &MessageContext,
-    ) -> Option<Result<Self, serde_json::Error>> {
+    ) -> Option<Result<Self, crate::CodecError>> {
         let stream = event.meta().external()?;
         let payload = match event.to_json()? {
             Ok(payload) => payload,
@@ -233,14 +233,14 @@ pub enum Handled {
 ///         id, stream: "change_batch_quantity".into(), name: name.into(), payload: payload.into(),
 ///         correlation_id: id, causation_id: None,
 ///     };
-///     bus_core::block_on(broker.publish(&message)).unwrap();
+///     futures::executor::block_on(broker.publish(&message)).unwrap();
 /// };
 /// send("stock.changed", r#"{"batchref": "b1"}"#); // internal: refused
 /// send("change_batch_quantity", r#"{"batchref": "b1", "qty": 3}"#);
 ///
 /// let bus = Bus::builder().build().unwrap();
 /// let mut consumer = Consumer::new(bus, broker.subscribe("change_batch_quantity"));
-/// let handled = bus_core::block_on(consumer.poll_once()).unwrap();
+/// let handled = futures::executor::block_on(consumer.poll_once()).unwrap();
 /// assert!(matches!(&handled[0], Handled::DeadLettered(reason) if reason.contains("is internal")));
 /// assert_eq!(handled[1], Handled::Done);
 /// ```

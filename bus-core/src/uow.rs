@@ -81,7 +81,7 @@
 /// account.events.record(Opened { id: 7 });
 /// uow.seen.push(account);
 /// assert!(releaser.drain().is_empty());           // nothing before commit
-/// bus_core::block_on(uow.commit()).unwrap();
+/// futures::executor::block_on(uow.commit()).unwrap();
 /// assert_eq!(releaser.drain().len(), 1);          // released on commit
 /// ```
 #[async_trait::async_trait]

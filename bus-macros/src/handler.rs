@@ -363,7 +363,7 @@ fn registration(
             quote! {
                 fn __bus_call<'a>(
                     mut #call: ::bus_core::__private::Call<'a>,
-                ) -> ::bus_core::__private::BoxFuture<'a, ::core::result::Result<(), ::bus_core::BoxError>> {
+                ) -> ::bus_core::__private::BoxFuture<'a, ::core::result::Result<(), ::bus_core::__private::BoxError>> {
                     #describe
                     let (#message_value, #output) = match #take_message {
                         ::core::result::Result::Ok(value) => value,
@@ -424,7 +424,7 @@ fn registration(
             quote! {
                 fn __bus_call(
                     mut #call: ::bus_core::__private::Call<'_>,
-                ) -> ::core::result::Result<(), ::bus_core::BoxError> {
+                ) -> ::core::result::Result<(), ::bus_core::__private::BoxError> {
                     #describe
                     let (#message_value, #output) = #take_message?;
                     #( let #dep_idents = #take_dependencies?; )*
@@ -459,7 +459,7 @@ fn registration(
                 );
 
             #[automatically_derived]
-            impl ::bus_core::HandlerDef for #ident {
+            impl ::bus_core::__private::HandlerDef for #ident {
                 #[inline]
                 fn registration() -> &'static ::bus_core::__private::HandlerRegistration {
                     &__BUS_HANDLER

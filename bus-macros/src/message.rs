@@ -168,9 +168,9 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
     };
     let file_line = quote_spanned!(span=> ::core::file!(), ::core::line!());
     let (kind_value, kind_type) = match kind {
-        MessageKind::Command => (quote!(Command), quote!(CommandKind)),
-        MessageKind::Event => (quote!(Event), quote!(EventKind)),
-        MessageKind::Query => (quote!(Query), quote!(QueryKind)),
+        MessageKind::Command => (quote!(Command), quote!(CommandMarker)),
+        MessageKind::Event => (quote!(Event), quote!(EventMarker)),
+        MessageKind::Query => (quote!(Query), quote!(QueryMarker)),
     };
     let specific = match kind {
         MessageKind::Command | MessageKind::Query => {
@@ -197,7 +197,7 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
             );
             quote! {
                 #[automatically_derived]
-                impl ::bus_core::#trait_ident for #ident {
+                impl ::bus_core::__private::#trait_ident for #ident {
                     type Output = #output;
                     type Error = #error;
                 }
@@ -212,7 +212,7 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                     fn deliver(
                         self,
                         slot: ::core::option::Option<&mut ::core::option::Option<Self>>,
-                    ) -> ::core::result::Result<(), ::bus_core::BoxError> {
+                    ) -> ::core::result::Result<(), ::bus_core::__private::BoxError> {
                         ::bus_core::__private::put_output(self, slot)
                     }
                 }
@@ -221,7 +221,7 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
         MessageKind::Event => {
             let event_impl = quote_spanned! {span=>
                 #[automatically_derived]
-                impl ::bus_core::Event for #ident {}
+                impl ::bus_core::__private::Event for #ident {}
             };
             let take_message = take_message_impl(
                 ident,
@@ -245,7 +245,7 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                     fn deliver(
                         self,
                         _: ::core::option::Option<&mut ::core::option::Option<()>>,
-                    ) -> ::core::result::Result<(), ::bus_core::BoxError> {
+                    ) -> ::core::result::Result<(), ::bus_core::__private::BoxError> {
                         ::core::result::Result::Ok(())
                     }
                 }
@@ -253,13 +253,13 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                 #[automatically_derived]
                 impl<E> ::bus_core::__private::HandlerOutput<#ident> for ::core::result::Result<(), E>
                 where
-                    E: ::core::convert::Into<::bus_core::BoxError>,
+                    E: ::core::convert::Into<::bus_core::__private::BoxError>,
                 {
                     #[inline]
                     fn deliver(
                         self,
                         _: ::core::option::Option<&mut ::core::option::Option<()>>,
-                    ) -> ::core::result::Result<(), ::bus_core::BoxError> {
+                    ) -> ::core::result::Result<(), ::bus_core::__private::BoxError> {
                         ::bus_core::__private::event_result(self)
                     }
                 }
@@ -302,7 +302,7 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
 
             static __BUS_MESSAGE_META: ::bus_core::__private::MessageMeta =
                 ::bus_core::__private::MessageMeta::new(
-                    ::bus_core::__private::Kind::#kind_value,
+                    ::bus_core::__private::MessageKind::#kind_value,
                     #name,
                     ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
                     #file_line,
@@ -310,8 +310,8 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                 )#with_codec;
 
             #[automatically_derived]
-            impl ::bus_core::Message for #ident {
-                type Kind = ::bus_core::__private::#kind_type;
+            impl ::bus_core::__private::Message for #ident {
+                type Marker = ::bus_core::__private::#kind_type;
                 #[inline]
                 fn meta() -> &'static ::bus_core::__private::MessageMeta {
                     &__BUS_MESSAGE_META
@@ -349,14 +349,14 @@ fn take_message_impl(
             #[inline]
             fn take(
                 message: ::bus_core::__private::MessageRef<'_>,
-            ) -> ::core::result::Result<Self::Taken<'_>, ::bus_core::BoxError> {
+            ) -> ::core::result::Result<Self::Taken<'_>, ::bus_core::__private::BoxError> {
                 ::bus_core::__private::#take(message)
             }
 
             #[inline]
             fn borrow(
                 message: ::bus_core::__private::MessageRef<'_>,
-            ) -> ::core::result::Result<Self::Borrowed<'_>, ::bus_core::BoxError> {
+            ) -> ::core::result::Result<Self::Borrowed<'_>, ::bus_core::__private::BoxError> {
                 ::bus_core::__private::#borrow(message)
             }
 
@@ -364,7 +364,7 @@ fn take_message_impl(
             #[allow(unused_variables)]
             fn take_shared(
                 message: &Self,
-            ) -> ::core::result::Result<Self::Taken<'_>, ::bus_core::BoxError> {
+            ) -> ::core::result::Result<Self::Taken<'_>, ::bus_core::__private::BoxError> {
                 #take_shared
             }
 

@@ -14,10 +14,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bus_core::{
-    async_trait, BoxError, Bus, DeadLetter, DeadLetterSink, DeliveryLog, MessageContext,
-    ReplayError,
-};
+use bus_core::dead_letter::{DeadLetter, DeadLetterSink};
+use bus_core::delivery::DeliveryLog;
+use bus_core::{async_trait, BoxError, Bus, MessageContext, ReplayError};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::Pool;

@@ -282,7 +282,7 @@ impl<DB: Backend> Store<DB> {
 fn check_storable(bus: &Bus) -> Result<(), Error> {
     let unstorable: Vec<&'static str> = bus
         .message_types()
-        .filter(|meta| meta.kind() == bus_core::Kind::Event && meta.codec().is_none())
+        .filter(|meta| meta.kind() == bus_core::MessageKind::Event && meta.codec().is_none())
         .filter(|meta| bus.handlers_of(meta).next().is_some())
         .map(|meta| meta.name())
         .collect();

@@ -4,8 +4,9 @@
 //! the inbound message it handles, and the record of the stored event it
 //! delivers.
 
+use bus_core::delivery::Delivery;
 use bus_core::transport::OutboundMessage;
-use bus_core::{Delivery, EventReleaser, MessageContext, MessageId, PendingEvent};
+use bus_core::{EventReleaser, MessageContext, MessageId, PendingEvent};
 use sqlx::Transaction;
 
 use crate::backend::{Backend, EventRow};

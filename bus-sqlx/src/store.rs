@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use bus_core::{async_trait, BoxError, DeliveryLog, MessageId};
+use bus_core::delivery::DeliveryLog;
+use bus_core::{async_trait, BoxError, MessageId};
 use chrono::{DateTime, Utc};
 use sqlx::{Pool, Transaction};
 use tokio::sync::{Notify, OwnedMutexGuard};
@@ -318,7 +319,7 @@ impl<DB: Backend> Store<DB> {
     }
 
     /// What the bus reports to about the events this store staged (they
-    /// carry it already; see [`bus_core::DeliveryLog`]).
+    /// carry it already; see [`bus_core::delivery::DeliveryLog`]).
     pub fn delivery_log(&self) -> Arc<dyn DeliveryLog> {
         self.inner.clone()
     }

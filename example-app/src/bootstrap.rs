@@ -11,7 +11,7 @@ use bus_core::{BuildError, Bus, Dependencies, FailureCause, RetryPolicy};
 use bus_sqlx::{DeadLetterStore, InMemoryDeadLetterStore, StoreSink};
 
 use crate::adapters::database::Database;
-use crate::adapters::memory::{InMemoryAllocationsView, InMemoryStore};
+use crate::adapters::memory::{InMemoryAllocationsView, InMemoryProducts};
 use crate::adapters::notifications::{LogNotifications, Notifications};
 use crate::adapters::postgres::{self, PostgresDatabase};
 use crate::adapters::relational;
@@ -77,7 +77,7 @@ impl Adapters {
     }
 
     /// In-memory adapters over `store`, for tests and demos.
-    pub fn in_memory(store: &Arc<InMemoryStore>) -> Self {
+    pub fn in_memory(store: &Arc<InMemoryProducts>) -> Self {
         Adapters {
             unit_of_work: store.unit_of_work_factory(),
             views: InMemoryAllocationsView::default().factory(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bus_core::BuildError;
 use clap::Parser;
 use example_app::adapters::database::{self, Database, DatabaseError};
-use example_app::adapters::memory::InMemoryStore;
+use example_app::adapters::memory::InMemoryProducts;
 use example_app::config::{Command, Config};
 use example_app::entrypoints::{broker, http};
 use example_app::{bootstrap, Adapters};
@@ -60,7 +60,7 @@ async fn run(config: Config) -> Result<(), StartError> {
     if let Some(Command::Describe) = config.command {
         // The wiring does not depend on the adapters: describe it over
         // in-memory ones, without touching the database.
-        let store = Arc::new(InMemoryStore::default());
+        let store = Arc::new(InMemoryProducts::default());
         let bus = bootstrap(Adapters::in_memory(&store))?;
         let wiring = bus.describe();
         println!("{}", wiring.to_table());

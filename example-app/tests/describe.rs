@@ -7,11 +7,11 @@
 use std::process::Command;
 use std::sync::Arc;
 
-use example_app::adapters::memory::InMemoryStore;
+use example_app::adapters::memory::InMemoryProducts;
 use example_app::{bootstrap, Adapters};
 
-fn wiring() -> bus_core::BusDescription {
-    let store = Arc::new(InMemoryStore::default());
+fn wiring() -> bus_core::describe::BusDescription {
+    let store = Arc::new(InMemoryProducts::default());
     bootstrap(Adapters::in_memory(&store)).unwrap().describe()
 }
 
@@ -31,9 +31,12 @@ fn the_readme_shows_the_apps_own_flowchart() {
 #[test]
 fn every_declared_event_has_a_handler_and_every_message_is_described() {
     let wiring = wiring();
-    assert_eq!(wiring.dead_ends(), Vec::<bus_core::DeadEnd>::new());
+    assert_eq!(
+        wiring.dead_ends(),
+        Vec::<bus_core::describe::DeadEnd>::new()
+    );
     let allocate = wiring.message("allocation.allocate").unwrap();
-    assert_eq!(allocate.kind, bus_core::Kind::Command);
+    assert_eq!(allocate.kind, bus_core::MessageKind::Command);
     assert_eq!(
         allocate.handlers[0].name,
         "example_app::service_layer::handlers::allocate"

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bus_core::testing::{HandlerRun, Recorder};
 use bus_core::{Bus, DispatchError};
 use chrono::NaiveDate;
-use example_app::adapters::memory::InMemoryStore;
+use example_app::adapters::memory::InMemoryProducts;
 use example_app::adapters::notifications::RecordingNotifications;
 use example_app::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
 use example_app::domain::events::Allocated;
@@ -19,14 +19,14 @@ use example_app::{bootstrap, Adapters};
 
 struct App {
     bus: Bus,
-    store: Arc<InMemoryStore>,
+    store: Arc<InMemoryProducts>,
     notifications: Arc<RecordingNotifications>,
     /// What the bus released and which handlers ran.
     recorder: Recorder,
 }
 
 fn app() -> App {
-    let store = Arc::new(InMemoryStore::default());
+    let store = Arc::new(InMemoryProducts::default());
     let notifications = Arc::new(RecordingNotifications::default());
     let bus = bootstrap(Adapters {
         notifications: notifications.clone(),
@@ -312,7 +312,7 @@ async fn reducing_a_batch_reallocates_its_lines_if_necessary() {
 #[tokio::test]
 async fn a_concurrent_change_loses_with_a_conflict_and_writes_nothing() {
     use bus_core::UnitOfWork as _;
-    use example_app::adapters::memory::FakeUnitOfWork;
+    use example_app::adapters::memory::InMemoryUnitOfWork;
     use example_app::domain::model::OrderLine;
     use example_app::service_layer::unit_of_work::{UnitOfWork, UowError};
 
@@ -321,8 +321,8 @@ async fn a_concurrent_change_loses_with_a_conflict_and_writes_nothing() {
         .dispatch(batch("b1", "LAMP", 10, None))
         .await
         .expect("added");
-    let mut first = FakeUnitOfWork::new(app.store.clone(), bus_core::EventReleaser::new());
-    let mut second = FakeUnitOfWork::new(app.store.clone(), bus_core::EventReleaser::new());
+    let mut first = InMemoryUnitOfWork::new(app.store.clone(), bus_core::EventReleaser::new());
+    let mut second = InMemoryUnitOfWork::new(app.store.clone(), bus_core::EventReleaser::new());
     for (uow, orderid) in [(&mut first, "o1"), (&mut second, "o2")] {
         let product = uow
             .products()
@@ -357,7 +357,7 @@ mod racing {
     use std::sync::{Arc, Mutex};
 
     use bus_core::{async_trait, MessageContext};
-    use example_app::adapters::memory::{FakeUnitOfWork, InMemoryStore};
+    use example_app::adapters::memory::{InMemoryProducts, InMemoryUnitOfWork};
     use example_app::service_layer::unit_of_work::{
         ProductRepository, UnitOfWork, UnitOfWorkFactory, UowError,
     };
@@ -373,7 +373,7 @@ mod racing {
     }
 
     pub struct Racing {
-        inner: FakeUnitOfWork,
+        inner: InMemoryUnitOfWork,
         context: MessageContext,
         attempts: Arc<AtomicUsize>,
         fail_attempt: usize,
@@ -415,7 +415,7 @@ mod racing {
     /// Units of work over `store` whose `fail_attempt`th commit (counting
     /// every unit of work's) loses a race; and the log of the commits.
     pub fn factory(
-        store: Arc<InMemoryStore>,
+        store: Arc<InMemoryProducts>,
         fail_attempt: usize,
     ) -> (UnitOfWorkFactory, Arc<Mutex<Vec<Commit>>>) {
         let attempts = Arc::new(AtomicUsize::new(0));
@@ -423,7 +423,7 @@ mod racing {
         let log = commits.clone();
         let factory: UnitOfWorkFactory = Arc::new(move |scope: &mut bus_core::Scope| {
             Box::new(Racing {
-                inner: FakeUnitOfWork::new(store.clone(), scope.releaser()),
+                inner: InMemoryUnitOfWork::new(store.clone(), scope.releaser()),
                 context: scope.context(),
                 attempts: attempts.clone(),
                 fail_attempt,
@@ -436,7 +436,7 @@ mod racing {
 
 #[tokio::test]
 async fn a_reallocation_that_loses_a_race_is_tried_again() {
-    let store = Arc::new(InMemoryStore::default());
+    let store = Arc::new(InMemoryProducts::default());
     // Commits: 1 and 2 add the batches, 3 allocates, 4 changes the quantity,
     // 5 is the reallocation's first attempt: it loses a race.
     let (unit_of_work, commits) = racing::factory(store.clone(), 5);

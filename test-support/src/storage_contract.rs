@@ -14,7 +14,7 @@ use bus_core::{Bus, EventReleaser, MessageId, Scope};
 use bus_sqlx::{DeadLetterError, DeadLetterRecord, DeadLetterStore};
 use chrono::{NaiveDate, Utc};
 use example_app::adapters::database::Database;
-use example_app::adapters::memory::InMemoryStore;
+use example_app::adapters::memory::InMemoryProducts;
 use example_app::adapters::notifications::RecordingNotifications;
 use example_app::bootstrap::EVENT_HANDLER_ATTEMPTS;
 use example_app::domain::commands::{Allocate, CreateBatch};
@@ -788,7 +788,7 @@ struct DeadLetterApp {
 
 /// The in-memory write model, with the database's dead-letter store.
 fn dead_letter_app(database: &Database) -> DeadLetterApp {
-    let store = Arc::new(InMemoryStore::default());
+    let store = Arc::new(InMemoryProducts::default());
     let notifications = Arc::new(RecordingNotifications::default());
     let dead_letters = database.dead_letters();
     let bus = bootstrap(Adapters {

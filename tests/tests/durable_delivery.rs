@@ -9,9 +9,10 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bus_core::delivery::{Delivery, DeliveryLog};
 use bus_core::{
-    async_trait, handler, BoxError, Bus, Command, Delivery, DeliveryLog, Dependencies, Event,
-    EventReleaser, MessageContext, MessageId, PendingEvent, Registrations, RetryPolicy, Scoped,
+    async_trait, handler, BoxError, Bus, Command, Dependencies, Event, EventReleaser,
+    MessageContext, MessageId, PendingEvent, Registrations, RetryPolicy, Scoped,
 };
 
 /// What the bus told the store, in order.
@@ -616,8 +617,8 @@ async fn stored_events_stopped_by_the_cascade_bound_are_dead_letters_not_recover
 struct BrokenSink;
 
 #[async_trait]
-impl bus_core::DeadLetterSink for BrokenSink {
-    async fn store(&self, _: &bus_core::DeadLetter) -> Result<(), BoxError> {
+impl bus_core::dead_letter::DeadLetterSink for BrokenSink {
+    async fn store(&self, _: &bus_core::dead_letter::DeadLetter) -> Result<(), BoxError> {
         Err("the dead-letter table is gone".into())
     }
 }

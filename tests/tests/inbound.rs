@@ -258,7 +258,7 @@ async fn an_internal_event_on_a_stream_is_refused_before_its_payload_is_read() {
             (name, kind, stream.as_str(), declared),
             (
                 "stock.deallocated",
-                bus_core::Kind::Event,
+                bus_core::MessageKind::Event,
                 "change_batch_quantity",
                 None
             )

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bus_core::testing::{handler_name, Entity, FakeUnitOfWork, InMemoryStore, Misuse, Recorder};
 use bus_core::{
     handler, Aggregate, Bus, BusBuilder, Command, Dependencies, DispatchError, Event,
-    EventRecorder, EventReleaser, Kind, Lifetime, MisuseError, Problem, Query, Registrations,
-    Scoped, Uncommitted, UnitOfWork,
+    EventRecorder, EventReleaser, Lifetime, MessageKind, MisuseError, Problem, Query,
+    Registrations, Scoped, Uncommitted, UnitOfWork,
 };
 
 fn line_of(needle: &str) -> u32 {
@@ -129,7 +129,7 @@ fn a_query_whose_handler_releases_events_fails_and_its_events_do_not_run() {
     let recorder = Recorder::attach(&bus);
     for result in [
         bus.query_blocking(ShelfName),
-        bus_core::block_on(bus.query(ShelfName)),
+        futures::executor::block_on(bus.query(ShelfName)),
     ] {
         let Err(DispatchError::Misuse(misuse)) = result else {
             panic!("the query must fail, got {result:?}");
@@ -171,7 +171,7 @@ fn stash(_: Stash, mut uow: Scoped<Uow>) -> Result<u32, Refused> {
     if let Some(shelf) = uow.repository().get(&1) {
         shelf.rename("stashed");
     }
-    let _ = bus_core::block_on(uow.commit());
+    let _ = futures::executor::block_on(uow.commit());
     Err(Refused)
 }
 
@@ -227,11 +227,11 @@ fn a_dependency_registered_twice_is_a_build_problem_naming_both_lines() {
             type_name: "misuse::Clock",
             lifetime: Lifetime::Shared,
             registered_at: vec![
-                bus_core::Location {
+                bus_core::registry::Location {
                     file: "tests/tests/misuse.rs",
                     line: line_of("// first clock"),
                 },
-                bus_core::Location {
+                bus_core::registry::Location {
                     file: "tests/tests/misuse.rs",
                     line: line_of("// second clock"),
                 },
@@ -319,7 +319,7 @@ fn a_replacement_of_a_type_nothing_registered_is_a_build_problem() {
             type_name:
                 "misuse::a_replacement_of_a_type_nothing_registered_is_a_build_problem::FakeStdout",
             lifetime: Lifetime::Shared,
-            at: bus_core::Location {
+            at: bus_core::registry::Location {
                 file: "tests/tests/misuse.rs",
                 line: line_of("// the wrong replacement"),
             },
@@ -452,7 +452,7 @@ fn an_undeclared_release_runs_and_is_a_misuse_the_recorder_reports_once_per_call
             undeclared(handler_name::<audit_renames>()),
         ]
     );
-    bus_core::block_on(bus.dispatch(CheckAsync)).expect("handled");
+    futures::executor::block_on(bus.dispatch(CheckAsync)).expect("handled");
     assert_eq!(
         recorder.take_misuses(),
         [undeclared(handler_name::<check_async>())]
@@ -504,12 +504,12 @@ fn a_second_recorder_of_one_bus_shares_the_first_ones_misuses_and_check() {
 /// Passes a call through, or turns its success into a failure.
 struct Veto(bool);
 
-impl bus_core::Layer for Veto {
+impl bus_core::layer::Layer for Veto {
     fn call<'a>(
         &'a self,
-        call: bus_core::HandlerCall<'a>,
-        next: bus_core::Next<'a>,
-    ) -> bus_core::BoxFuture<'a, bus_core::Outcome> {
+        call: bus_core::layer::HandlerCall<'a>,
+        next: bus_core::layer::Next<'a>,
+    ) -> bus_core::layer::BoxFuture<'a, bus_core::layer::Outcome> {
         Box::pin(async move {
             let outcome = next.run(call).await;
             if self.0 {
@@ -1010,17 +1010,17 @@ fn require_event_handlers_refuses_every_event_without_one_but_those_allowed() {
         error.problems(),
         [
             Problem::NoHandler {
-                kind: Kind::Event,
+                kind: MessageKind::Event,
                 message: "misuse.audited",
-                declared_at: bus_core::Location {
+                declared_at: bus_core::registry::Location {
                     file: "tests/tests/misuse.rs",
                     line: line_of("struct Audited;"),
                 },
             },
             Problem::NoHandler {
-                kind: Kind::Event,
+                kind: MessageKind::Event,
                 message: "misuse.shipped",
-                declared_at: bus_core::Location {
+                declared_at: bus_core::registry::Location {
                     file: "tests/tests/misuse.rs",
                     line: line_of("struct Shipped;"),
                 },
@@ -1181,7 +1181,8 @@ async fn slow_audit(_: &Renamed) {}
 
 #[test]
 fn settings_that_would_do_nothing_or_fight_are_build_problems() {
-    use bus_core::{BoxFuture, HandlerCall, Layer, Next, Outcome, RetryPolicy};
+    use bus_core::layer::{BoxFuture, HandlerCall, Layer, Next, Outcome};
+    use bus_core::RetryPolicy;
 
     struct Pass;
     impl Layer for Pass {

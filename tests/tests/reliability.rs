@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
+use bus_core::dead_letter::InMemoryDeadLetters;
+use bus_core::layer::{BoxFuture, HandlerCall, Layer, Next, Outcome};
 use bus_core::{
-    handler, BoxFuture, BuildError, Bus, Command, Dependencies, DispatchError, Event,
-    EventReleaser, HandlerCall, InMemoryDeadLetters, Layer, MessageContext, MessageId, Next,
-    Outcome, Permanent, Problem, Registrations, RetryPolicy,
+    handler, BuildError, Bus, Command, Dependencies, DispatchError, Event, EventReleaser,
+    MessageContext, MessageId, Permanent, Problem, Registrations, RetryPolicy,
 };
 
 // ---------------------------------------------------------------------------

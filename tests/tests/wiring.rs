@@ -110,9 +110,9 @@ fn every_problem_is_reported_at_once_sorted_with_file_and_line() {
 
     // Zero handlers, with the type's file:line.
     assert!(problems.contains(&Problem::NoHandler {
-        kind: bus_core::Kind::Command,
+        kind: bus_core::MessageKind::Command,
         message: "wiring::Lonely",
-        declared_at: bus_core::Location {
+        declared_at: bus_core::registry::Location {
             file: "tests/tests/wiring.rs",
             line: line_of("struct Lonely;"),
         },

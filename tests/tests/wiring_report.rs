@@ -8,7 +8,7 @@ use std::convert::Infallible;
 
 use arch_events_tests::LogBuffer;
 use bus_core::{
-    handler, Bus, Command, Dependencies, Event, EventReleaser, Kind, Lifetime, Query,
+    handler, Bus, Command, Dependencies, Event, EventReleaser, Lifetime, MessageKind, Query,
     Registrations, Scoped,
 };
 
@@ -83,14 +83,15 @@ fn the_bus_describes_its_wiring_and_warns_about_dead_ends() {
     assert!(warning.contains("event=\"shop.audited\""), "{warning}");
 
     let wiring = bus.describe();
-    let names: Vec<(Kind, &str)> = wiring.messages.iter().map(|m| (m.kind, m.name)).collect();
+    let names: Vec<(MessageKind, &str)> =
+        wiring.messages.iter().map(|m| (m.kind, m.name)).collect();
     assert_eq!(
         names,
         [
-            (Kind::Event, "shop.audited"),
-            (Kind::Query, "shop.basket"),
-            (Kind::Event, "shop.checked_out"),
-            (Kind::Command, "shop.checkout"),
+            (MessageKind::Event, "shop.audited"),
+            (MessageKind::Query, "shop.basket"),
+            (MessageKind::Event, "shop.checked_out"),
+            (MessageKind::Command, "shop.checkout"),
         ]
     );
     let checkout = &wiring.message("shop.checkout").expect("described").handlers[0];

@@ -15,7 +15,7 @@ use crate::dependencies::{Container, Dependencies, Registered};
 use crate::error::{BuildError, HandlerSite, Problem};
 use crate::inject::{DependencyKey, Lifetime};
 use crate::layer::{Layer, Pipeline};
-use crate::message::{Command, Kind, Location, Message, MessageMeta};
+use crate::message::{Command, Location, Message, MessageKind, MessageMeta};
 use crate::observer::Observer;
 use crate::registry::{HandlerDef, HandlerFn, HandlerRegistration, Registrations};
 use crate::retry::{Retry, RetryPolicy};
@@ -255,7 +255,7 @@ impl BusBuilder {
     /// a function meant as its handler that lacks `#[handler]`, or sits in
     /// a crate that is not linked, is found at startup, not in production.
     /// Off by default (an event may have no handler);
-    /// [`BusDescription::dead_ends`](crate::BusDescription::dead_ends) lists
+    /// [`BusDescription::dead_ends`](crate::describe::BusDescription::dead_ends) lists
     /// them either way.
     ///
     /// ```
@@ -323,7 +323,7 @@ impl BusBuilder {
         let mut missing = MissingDependencies::default();
         for &meta in &messages {
             let mine = by_message.remove(&(meta as *const _)).unwrap_or_default();
-            if meta.kind() != Kind::Event {
+            if meta.kind() != MessageKind::Event {
                 check_single_handler(meta, &mine, &self.allowed_unhandled, &mut problems);
             } else if self.require_event_handlers
                 && mine.is_empty()
@@ -333,7 +333,7 @@ impl BusBuilder {
                     .any(|m| std::ptr::eq(*m, meta))
             {
                 problems.push(Problem::NoHandler {
-                    kind: Kind::Event,
+                    kind: MessageKind::Event,
                     message: meta.name(),
                     declared_at: meta.location(),
                 });
@@ -343,13 +343,13 @@ impl BusBuilder {
                 .map(|&registration| {
                     let mut handler = bind(registration, &container, &mut missing);
                     (handler.pipeline, handler.retry) = self.pipeline(meta, registration);
-                    if meta.kind() == Kind::Command {
+                    if meta.kind() == MessageKind::Command {
                         handler.command_retry = take_command_retry(&mut command_retries, meta);
                     }
                     handler
                 })
                 .collect();
-            let typed = if meta.kind() == Kind::Event {
+            let typed = if meta.kind() == MessageKind::Event {
                 bound
                     .iter()
                     .find_map(|handler| handler.registration.typed_entry())
@@ -430,7 +430,7 @@ impl BusBuilder {
     ) -> (Option<Pipeline>, Option<Arc<Retry>>) {
         let mut layers: Vec<Arc<dyn Layer>> = Vec::new();
         let mut retry = None;
-        if meta.kind() == Kind::Event {
+        if meta.kind() == MessageKind::Event {
             let policy = self
                 .handler_retries
                 .iter()
@@ -570,7 +570,7 @@ impl BusBuilder {
         for (handler, _) in &self.handler_retries {
             let reason = if !in_bus(handler) {
                 Some("the handler is not in this bus")
-            } else if handler.message().map(MessageMeta::kind) != Some(Kind::Event) {
+            } else if handler.message().map(MessageMeta::kind) != Some(MessageKind::Event) {
                 Some("only event handlers have retry policies; opt a command in with `retry_command`")
             } else {
                 None

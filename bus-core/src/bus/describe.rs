@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::Bus;
 use crate::inject::Lifetime;
-use crate::message::Kind;
+use crate::message::MessageKind;
 
 /// A built bus, described: every message it knows, in name order.
 ///
@@ -48,7 +48,7 @@ pub struct BusDescription {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MessageDescription {
     /// Command, event or query.
-    pub kind: Kind,
+    pub kind: MessageKind,
     /// Its stable name.
     pub name: &'static str,
     /// Its Rust path.
@@ -162,7 +162,7 @@ impl BusDescription {
     pub fn dead_ends(&self) -> Vec<DeadEnd> {
         self.messages
             .iter()
-            .filter(|m| m.kind == Kind::Event && m.handlers.is_empty())
+            .filter(|m| m.kind == MessageKind::Event && m.handlers.is_empty())
             .map(|event| {
                 let mut released_by: Vec<&'static str> = self
                     .messages
@@ -267,11 +267,11 @@ impl BusDescription {
             let id = node_id("m", message.name);
             let label = escape(message.name);
             let _ = match message.kind {
-                Kind::Command => writeln!(out, "    {id}[\"{label}\"]"),
-                Kind::Query => writeln!(out, "    {id}{{{{\"{label}\"}}}}"),
-                Kind::Event => writeln!(out, "    {id}([\"{label}\"])"),
+                MessageKind::Command => writeln!(out, "    {id}[\"{label}\"]"),
+                MessageKind::Query => writeln!(out, "    {id}{{{{\"{label}\"}}}}"),
+                MessageKind::Event => writeln!(out, "    {id}([\"{label}\"])"),
             };
-            if message.kind == Kind::Event && message.handlers.is_empty() {
+            if message.kind == MessageKind::Event && message.handlers.is_empty() {
                 let _ = writeln!(out, "    style {id} stroke-dasharray: 5 5");
             }
         }

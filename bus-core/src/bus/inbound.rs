@@ -15,8 +15,9 @@ use super::detach::Stopped;
 use super::invocation::dispatch_span;
 use super::Bus;
 use crate::call::BoxFuture;
+use crate::codec::{self, CodecError, JsonCommand};
 use crate::context::MessageContext;
-use crate::message::{Command, Kind, MessageMeta};
+use crate::message::{Command, MessageKind, MessageMeta};
 
 /// Why an inbound message was not handled. Every variant says whether
 /// trying it again could help ([`is_retryable`](Self::is_retryable)); a
@@ -41,7 +42,7 @@ pub enum InboundError {
         /// The message's name.
         name: &'static str,
         /// Command or event.
-        kind: Kind,
+        kind: MessageKind,
         /// The stream it arrived on.
         stream: String,
         /// The stream it is declared for (`external = "..."`), `None` for an
@@ -61,8 +62,8 @@ pub enum InboundError {
     Malformed {
         /// The message's name.
         name: &'static str,
-        /// What serde said.
-        error: serde_json::Error,
+        /// What the codec said.
+        error: CodecError,
     },
     /// The command's handler returned its error (or the bus failed the
     /// dispatch); its text.
@@ -105,7 +106,7 @@ impl CommandCodec {
     #[doc(hidden)]
     pub const fn json<C>() -> Self
     where
-        C: Command + crate::message::JsonCommand,
+        C: Command + JsonCommand,
     {
         CommandCodec {
             dispatch: dispatch_json::<C>,
@@ -125,10 +126,10 @@ fn dispatch_json<'a, C>(
     context: MessageContext,
 ) -> BoxFuture<'a, Result<(), InboundError>>
 where
-    C: Command + serde::de::DeserializeOwned,
+    C: Command + JsonCommand,
 {
     let name = C::meta().name();
-    let command = match serde_json::from_str::<C>(json) {
+    let command = match codec::command_from_json::<C>(json) {
         Ok(command) => command,
         Err(error) => {
             return Box::pin(std::future::ready(Err(InboundError::Malformed {
@@ -189,7 +190,7 @@ impl Bus {
     ///     .build()
     ///     .unwrap();
     /// let on = |name, payload| {
-    ///     bus_core::block_on(bus.handle_external("change_batch_quantity", name, payload, MessageContext::root()))
+    ///     futures::executor::block_on(bus.handle_external("change_batch_quantity", name, payload, MessageContext::root()))
     /// };
     /// on("change_batch_quantity", r#"{"batchref": "b1", "qty": 25}"#).unwrap();
     /// assert_eq!(last.load(Ordering::SeqCst), 25);
@@ -206,7 +207,7 @@ impl Bus {
     /// );
     ///
     /// // Declared for `change_batch_quantity`, refused anywhere else.
-    /// let elsewhere = bus_core::block_on(bus.handle_external(
+    /// let elsewhere = futures::executor::block_on(bus.handle_external(
     ///     "line_allocated", "change_batch_quantity", r#"{"batchref": "b1", "qty": 3}"#, MessageContext::root(),
     /// ));
     /// assert!(matches!(elsewhere, Err(InboundError::NotDeclared { declared: Some("change_batch_quantity"), .. })));
@@ -224,7 +225,7 @@ impl Bus {
             .names()
             .inbound(name)
             .ok_or_else(|| InboundError::UnknownName(name.to_owned()))?;
-        if meta.kind() == Kind::Query {
+        if meta.kind() == MessageKind::Query {
             return Err(InboundError::Query(meta.name()));
         }
         if meta.external() != Some(stream) {
@@ -236,14 +237,14 @@ impl Bus {
             });
         }
         match meta.kind() {
-            Kind::Query => Err(InboundError::Query(meta.name())),
-            Kind::Command => {
+            MessageKind::Query => Err(InboundError::Query(meta.name())),
+            MessageKind::Command => {
                 let codec = meta
                     .command_codec()
                     .ok_or(InboundError::NotSerializable(meta.name()))?;
                 (codec.dispatch)(self, payload, context).await
             }
-            Kind::Event => {
+            MessageKind::Event => {
                 let codec = meta
                     .codec()
                     .ok_or(InboundError::NotSerializable(meta.name()))?;

@@ -13,11 +13,11 @@ use crate::events::PendingEvent;
 
 impl Bus {
     /// Delivers `event` again to each of its handlers except those named in
-    /// `completed` (their paths, as [`Delivery::handler`](crate::Delivery::handler)
+    /// `completed` (their paths, as [`Delivery::handler`](crate::delivery::Delivery::handler)
     /// gave them), with its own ids (its [`context`](PendingEvent::context),
     /// set by the store), then runs the cascade they cause. Retries and dead
     /// letters work as in any dispatch; a stored event's store hears how the
-    /// delivery goes (see [`DeliveryLog`](crate::DeliveryLog)). A name in
+    /// delivery goes (see [`DeliveryLog`](crate::delivery::DeliveryLog)). A name in
     /// `completed` that is no handler of the event here is ignored.
     ///
     /// ```
@@ -44,7 +44,7 @@ impl Bus {
     /// let mut event = PendingEvent::new(Shipped);
     /// event.assign_ids(&MessageContext::root());
     /// let emailed = [format!("{}::email", module_path!())];
-    /// bus_core::block_on(bus.redeliver(event, &emailed))?;
+    /// futures::executor::block_on(bus.redeliver(event, &emailed))?;
     /// assert_eq!(*calls.lock().unwrap(), ["invoice"]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```

@@ -44,8 +44,8 @@ pub enum ReplayError {
     Decode {
         /// The event's name.
         name: &'static str,
-        /// What serde said.
-        error: serde_json::Error,
+        /// What the codec said.
+        error: crate::CodecError,
     },
     /// The handler failed again (after its retry policy's attempts).
     #[error(transparent)]
@@ -66,7 +66,7 @@ pub enum ReplayError {
 
 impl Bus {
     /// Reads a stored event back: `name` is its
-    /// [`MessageMeta::name`](crate::MessageMeta::name), `json` what
+    /// [`MessageMeta::name`](crate::registry::MessageMeta::name), `json` what
     /// [`PendingEvent::to_json`] wrote.
     pub fn decode_event(&self, name: &str, json: &str) -> Result<PendingEvent, ReplayError> {
         let meta = self
@@ -129,7 +129,7 @@ impl Bus {
     /// [`replay`](Self::replay) of the dead letter `letter` of the store
     /// whose log is `log`: the call's unit of work, when it is that store's,
     /// marks the letter replayed in its own transaction (see
-    /// [`Delivery::letter`](crate::Delivery::letter)), so that the
+    /// [`Delivery::letter`](crate::delivery::Delivery::letter)), so that the
     /// handler's effect happens once however often the letter is replayed.
     /// A replay that finds the letter replayed already succeeds, doing
     /// nothing.
@@ -138,7 +138,7 @@ impl Bus {
         handler: &str,
         event: PendingEvent,
         context: MessageContext,
-        log: &Arc<dyn crate::DeliveryLog>,
+        log: &Arc<dyn crate::delivery::DeliveryLog>,
         letter: i64,
     ) -> Result<(), ReplayError> {
         crate::blocking::driving(self.replay_with(handler, event, context, Some((log, letter))))
@@ -150,7 +150,7 @@ impl Bus {
         handler: &str,
         event: PendingEvent,
         context: MessageContext,
-        letter: Option<(&Arc<dyn crate::DeliveryLog>, i64)>,
+        letter: Option<(&Arc<dyn crate::delivery::DeliveryLog>, i64)>,
     ) -> Result<(), ReplayError> {
         let _in_flight = self
             .inner

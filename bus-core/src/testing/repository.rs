@@ -159,7 +159,8 @@ pub struct Conflict<K: Debug> {
 /// ```
 /// use std::sync::Arc;
 /// use bus_core::testing::{Entity, FakeUnitOfWork, InMemoryStore};
-/// use bus_core::{block_on, Aggregate, Event, EventRecorder, EventReleaser, UnitOfWork};
+/// use futures::executor::block_on;
+/// use bus_core::{Aggregate, Event, EventRecorder, EventReleaser, UnitOfWork};
 ///
 /// #[derive(Debug, Clone, Event)]
 /// struct Renamed;

@@ -29,11 +29,11 @@ impl Entity for Product {
 
 /// The products, shared by every in-memory unit of work of one app.
 #[derive(Debug, Default)]
-pub struct InMemoryStore {
+pub struct InMemoryProducts {
     products: Arc<testing::InMemoryStore<Product>>,
 }
 
-impl InMemoryStore {
+impl InMemoryProducts {
     /// A copy of the stored product.
     pub fn product(&self, sku: &str) -> Option<Product> {
         self.products.get(&sku.to_owned())
@@ -47,18 +47,18 @@ impl InMemoryStore {
     /// A factory of units of work over this store, for bootstrap.
     pub fn unit_of_work_factory(self: &Arc<Self>) -> UnitOfWorkFactory {
         let store = self.clone();
-        Arc::new(move |scope| Box::new(FakeUnitOfWork::new(store.clone(), scope.releaser())))
+        Arc::new(move |scope| Box::new(InMemoryUnitOfWork::new(store.clone(), scope.releaser())))
     }
 }
 
-/// A unit of work over an [`InMemoryStore`]: version check at commit,
+/// A unit of work over an [`InMemoryProducts`]: version check at commit,
 /// events released only after it.
-pub struct FakeUnitOfWork(testing::FakeUnitOfWork<Product>);
+pub struct InMemoryUnitOfWork(testing::FakeUnitOfWork<Product>);
 
-impl FakeUnitOfWork {
+impl InMemoryUnitOfWork {
     /// A unit of work that releases into `releaser`.
-    pub fn new(store: Arc<InMemoryStore>, releaser: EventReleaser) -> Self {
-        FakeUnitOfWork(testing::FakeUnitOfWork::new(
+    pub fn new(store: Arc<InMemoryProducts>, releaser: EventReleaser) -> Self {
+        InMemoryUnitOfWork(testing::FakeUnitOfWork::new(
             store.products.clone(),
             releaser,
         ))
@@ -66,7 +66,7 @@ impl FakeUnitOfWork {
 }
 
 #[async_trait]
-impl bus_core::UnitOfWork for FakeUnitOfWork {
+impl bus_core::UnitOfWork for InMemoryUnitOfWork {
     type Error = UowError;
 
     async fn commit(&mut self) -> Result<(), UowError> {
@@ -84,14 +84,14 @@ impl bus_core::UnitOfWork for FakeUnitOfWork {
     }
 }
 
-impl UnitOfWork for FakeUnitOfWork {
+impl UnitOfWork for InMemoryUnitOfWork {
     fn products(&mut self) -> &mut dyn ProductRepository {
         self
     }
 }
 
 #[async_trait]
-impl ProductRepository for FakeUnitOfWork {
+impl ProductRepository for InMemoryUnitOfWork {
     async fn get(&mut self, sku: &str) -> Result<Option<&mut Product>, UowError> {
         Ok(self.0.repository().get(&sku.to_owned()))
     }
