@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hint::black_box;
 
-use bus_core::{handler, Bus, Command, Dependencies, Event, EventReleaser, Registrations};
+use arch_events::{handler, Bus, Command, Dependencies, Event, EventReleaser, Registrations};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 // ---- the command every variant handles ------------------------------------
@@ -184,11 +184,11 @@ macro_rules! startup_leaves {
     ($($leaf:ident)*) => {$(
         pub(crate) mod $leaf {
             /// One of the 1,000 startup commands.
-            #[derive(Debug, bus_core::Command)]
+            #[derive(Debug, arch_events::Command)]
             pub(crate) struct Cmd;
 
             /// Its handler.
-            #[bus_core::handler]
+            #[arch_events::handler]
             pub(crate) fn handle(_: Cmd, _dep: &crate::StartupDep) -> Result<(), std::convert::Infallible> {
                 Ok(())
             }
@@ -305,7 +305,7 @@ fn event_fanout(c: &mut Criterion) {
     // retry layer (never needed here), the price of retries when nothing fails.
     let retrying = Bus::builder()
         .registrations(tick_registrations())
-        .retry(bus_core::RetryPolicy::exponential(3))
+        .retry(arch_events::RetryPolicy::exponential(3))
         .build()
         .expect("valid wiring");
     group.bench_function("bus_10_retry_layer", |b| {

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use bus_core::Bus;
+use arch_events::Bus;
 use example_app::adapters::database::Database;
 use example_app::domain::commands::{Allocate, CreateBatch};
 use example_app::{bootstrap, Adapters};

@@ -19,10 +19,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bus_core::transport::{OutboundMessage, Publisher, TransportError};
-use bus_core::{async_trait, Event, EventReleaser, MessageContext, PendingEvent};
-use bus_redis::RedisPublisher;
-use bus_sqlx::{Backend, Settings, Store};
+use arch_events::transport::{OutboundMessage, Publisher, TransportError};
+use arch_events::{async_trait, Event, EventReleaser, MessageContext, PendingEvent};
+use arch_events_redis::RedisPublisher;
+use arch_events_sqlx::{Backend, Settings, Store};
 use sqlx::{Connection, PgConnection, Pool, Postgres, Sqlite};
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
@@ -113,15 +113,15 @@ async fn relay<DB: Backend>(
 async fn redis_publishers(url: &str, count: usize) -> Vec<Arc<dyn Publisher>> {
     let mut publishers: Vec<Arc<dyn Publisher>> = Vec::new();
     for _ in 0..count {
-        let connection = bus_redis::connect(url).await.unwrap();
+        let connection = arch_events_redis::connect(url).await.unwrap();
         publishers.push(Arc::new(RedisPublisher::new(connection)));
     }
     publishers
 }
 
 async fn trim(url: &str) {
-    let mut connection = bus_redis::connect(url).await.unwrap();
-    let _: () = bus_redis::redis::cmd("DEL")
+    let mut connection = arch_events_redis::connect(url).await.unwrap();
+    let _: () = arch_events_redis::redis::cmd("DEL")
         .arg("bench.relay")
         .query_async(&mut connection)
         .await
@@ -131,7 +131,7 @@ async fn trim(url: &str) {
 /// The ceiling: the same messages, `XADD`ed by one pipelined client in
 /// batches of `batch`.
 async fn ceiling(url: &str, count: u64, batch: u32) -> Duration {
-    let publisher = RedisPublisher::new(bus_redis::connect(url).await.unwrap());
+    let publisher = RedisPublisher::new(arch_events_redis::connect(url).await.unwrap());
     let messages: Vec<OutboundMessage> = (0..count)
         .map(|order| {
             let event = PendingEvent::new(Shipped {

@@ -9,7 +9,7 @@
 //! checks, before it drives anything, and panics, naming the awaited method
 //! to call instead, when its thread
 //!
-//! - is driving tokio tasks (bus-core's `tokio` feature, on by default):
+//! - is driving tokio tasks (arch-events' `tokio` feature, on by default):
 //!   inside the poll of a task or of a `block_on`. A runtime's blocking pool
 //!   (`spawn_blocking`), `block_in_place` and a thread that merely entered a
 //!   runtime (`Handle::enter`) drive no task: blocking there is what they

@@ -15,7 +15,7 @@ use crate::error::BoxError;
 /// itself.
 ///
 /// ```
-/// use bus_core::{Event, PendingEvent};
+/// use arch_events::{Event, PendingEvent};
 ///
 /// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
 /// #[event(serde)]
@@ -73,18 +73,18 @@ impl<T: serde::de::DeserializeOwned> JsonCommand for T {}
 /// with `serde` or `external` fails to compile, naming the feature.
 #[cfg(not(feature = "json"))]
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be written as JSON: bus-core's `json` feature is off",
-    label = "`serde` and `external` need bus-core's `json` feature",
-    note = "turn the feature back on (it is a default feature of bus-core), or drop `serde`/`external`"
+    message = "`{Self}` cannot be written as JSON: arch-events' `json` feature is off",
+    label = "`serde` and `external` need arch-events' `json` feature",
+    note = "turn the feature back on (it is a default feature of arch-events), or drop `serde`/`external`"
 )]
 pub trait JsonEvent {}
 
 /// Without the `json` feature no type is a `JsonCommand` (see [`JsonEvent`]).
 #[cfg(not(feature = "json"))]
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be read from JSON: bus-core's `json` feature is off",
-    label = "`serde` and `external` need bus-core's `json` feature",
-    note = "turn the feature back on (it is a default feature of bus-core), or drop `serde`/`external`"
+    message = "`{Self}` cannot be read from JSON: arch-events' `json` feature is off",
+    label = "`serde` and `external` need arch-events' `json` feature",
+    note = "turn the feature back on (it is a default feature of arch-events), or drop `serde`/`external`"
 )]
 pub trait JsonCommand {}
 
@@ -108,15 +108,15 @@ pub(crate) fn command_from_json<T: JsonCommand>(json: &str) -> Result<T, CodecEr
 
 #[cfg(not(feature = "json"))]
 pub(crate) fn to_json<T: JsonEvent>(_: &T) -> Result<String, CodecError> {
-    Err(CodecError::new("bus-core's `json` feature is off"))
+    Err(CodecError::new("arch-events' `json` feature is off"))
 }
 
 #[cfg(not(feature = "json"))]
 pub(crate) fn event_from_json<T: JsonEvent>(_: &str) -> Result<T, CodecError> {
-    Err(CodecError::new("bus-core's `json` feature is off"))
+    Err(CodecError::new("arch-events' `json` feature is off"))
 }
 
 #[cfg(not(feature = "json"))]
 pub(crate) fn command_from_json<T: JsonCommand>(_: &str) -> Result<T, CodecError> {
-    Err(CodecError::new("bus-core's `json` feature is off"))
+    Err(CodecError::new("arch-events' `json` feature is off"))
 }

@@ -22,7 +22,7 @@ use crate::inject::{DependencyKey, Inject, Lifetime, Resolved, Scope};
 /// system call.
 ///
 /// ```
-/// use bus_core::MessageId;
+/// use arch_events::MessageId;
 ///
 /// let a = MessageId::new();
 /// let b = MessageId::new();
@@ -142,7 +142,7 @@ impl FromStr for MessageId {
 /// Ask for it as a handler parameter:
 ///
 /// ```
-/// use bus_core::{handler, Bus, Command, Event, EventReleaser, MessageContext};
+/// use arch_events::{handler, Bus, Command, Event, EventReleaser, MessageContext};
 /// use std::sync::Mutex;
 ///
 /// #[derive(Debug, Command)]
@@ -165,7 +165,7 @@ impl FromStr for MessageId {
 ///
 /// let seen = std::sync::Arc::new(Mutex::new(Vec::<MessageContext>::new()));
 /// let bus = Bus::builder()
-///     .dependencies(bus_core::Dependencies::new().shared_arc(seen.clone()))
+///     .dependencies(arch_events::Dependencies::new().shared_arc(seen.clone()))
 ///     .build()
 ///     .unwrap();
 /// bus.dispatch_blocking(Start).unwrap();

@@ -116,7 +116,7 @@ pub trait DeadLetterSink: Send + Sync + 'static {
 /// and counted.
 ///
 /// ```
-/// use bus_core::{handler, Bus, Event};
+/// use arch_events::{handler, Bus, Event};
 ///
 /// #[derive(Debug, Clone, Event)]
 /// struct Ordered { id: u32 }

@@ -3,7 +3,7 @@
 //! handled it, so that nothing committed is lost when the process dies
 //! half-way through a cascade.
 //!
-//! The store's side (`bus-sqlx` implements it on SQLite and PostgreSQL):
+//! The store's side (`arch-events-sqlx` implements it on SQLite and PostgreSQL):
 //! - a unit of work writes the events it releases in its commit's
 //!   transaction, then hands them to its [`EventReleaser`](crate::EventReleaser)
 //!   marked with [`PendingEvent::stored`](crate::PendingEvent::stored): the bus now knows whom to tell

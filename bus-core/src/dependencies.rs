@@ -37,7 +37,7 @@ struct Registration {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use bus_core::Dependencies;
+/// use arch_events::Dependencies;
 ///
 /// trait Mailer: Send + Sync { fn send(&self, to: &str); }
 /// struct Smtp;
@@ -60,7 +60,7 @@ struct Registration {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use bus_core::{Dependencies, EventReleaser};
+/// use arch_events::{Dependencies, EventReleaser};
 ///
 /// trait Notifications: Send + Sync { fn send(&self, to: &str, text: &str); }
 /// struct Log;
@@ -169,7 +169,7 @@ impl Dependencies {
     /// problem, and a `replace_*` of `other` replaces what this one holds.
     ///
     /// ```
-    /// use bus_core::Dependencies;
+    /// use arch_events::Dependencies;
     ///
     /// struct Clock(u32);
     ///

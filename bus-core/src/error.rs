@@ -14,7 +14,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// error directly:
 ///
 /// ```
-/// # use bus_core::DispatchError;
+/// # use arch_events::DispatchError;
 /// #[derive(Debug, thiserror::Error)]
 /// enum AllocError { #[error("Invalid sku {0}")] InvalidSku(String) }
 ///

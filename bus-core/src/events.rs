@@ -73,7 +73,7 @@ impl PendingEvent {
     /// handles the event with.
     ///
     /// ```
-    /// use bus_core::{Event, MessageContext, PendingEvent};
+    /// use arch_events::{Event, MessageContext, PendingEvent};
     ///
     /// #[derive(Debug, Clone, Event)]
     /// struct Shipped;
@@ -198,7 +198,7 @@ impl<E: Event> From<E> for PendingEvent {
 /// copy would raise them again when loaded.
 ///
 /// ```
-/// use bus_core::{Event, EventRecorder};
+/// use arch_events::{Event, EventRecorder};
 ///
 /// #[derive(Debug, Clone, PartialEq, Event)]
 /// struct OutOfStock { sku: String }
@@ -249,7 +249,7 @@ impl EventRecorder {
 /// A consistency boundary that records the events its methods raise.
 ///
 /// ```
-/// use bus_core::{Aggregate, Event, EventRecorder};
+/// use arch_events::{Aggregate, Event, EventRecorder};
 ///
 /// #[derive(Debug, Clone, Event)]
 /// struct Renamed { to: String }
@@ -290,7 +290,7 @@ pub trait Aggregate {
 ///
 /// ```
 /// use std::sync::Mutex;
-/// use bus_core::{handler, Bus, Command, Dependencies, Event, EventReleaser};
+/// use arch_events::{handler, Bus, Command, Dependencies, Event, EventReleaser};
 ///
 /// #[derive(Debug, Command)]
 /// #[command(error = Refused)]
@@ -427,11 +427,11 @@ impl EventReleaser {
     /// state or releases events), whose events are refused and fail the
     /// query. A unit of work that writes the events it releases in its own
     /// transaction checks this before writing them, and fails its commit
-    /// instead (bus-sqlx's `Store::stage` does): a refused event must not
+    /// instead (arch-events-sqlx's `Store::stage` does): a refused event must not
     /// be stored either, or a recovery would deliver it later.
     ///
     /// ```
-    /// assert!(bus_core::EventReleaser::new().accepts_events());
+    /// assert!(arch_events::EventReleaser::new().accepts_events());
     /// ```
     pub fn accepts_events(&self) -> bool {
         !self.state().reads_only
@@ -523,7 +523,7 @@ impl EventReleaser {
     /// [`EventReleaser::new`], outside any bus, the warning is logged at once.
     ///
     /// ```
-    /// use bus_core::{Aggregate, EventRecorder, EventReleaser};
+    /// use arch_events::{Aggregate, EventRecorder, EventReleaser};
     ///
     /// struct Account { version: u64, loaded: u64, events: EventRecorder }
     ///
@@ -635,7 +635,7 @@ mod tests {
     fn pending_events_know_their_type_and_name() {
         let event = PendingEvent::new(Shipped(4));
         assert!(event.is::<Shipped>());
-        assert_eq!(event.name(), "bus_core::events::tests::Shipped");
+        assert_eq!(event.name(), "arch_events::events::tests::Shipped");
         assert_eq!(format!("{event:?}"), "Shipped(4)");
         assert_eq!(event.clone().downcast_ref::<Shipped>(), Some(&Shipped(4)));
     }

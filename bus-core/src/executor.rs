@@ -45,7 +45,7 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
         if std::thread::panicking() {
             // A second panic would abort the process: say it, and wait.
             tracing::error!(
-                "`bus_core::block_on` parks a thread that drives async tasks while unwinding \
+                "`arch_events::block_on` parks a thread that drives async tasks while unwinding \
                  from a panic: this may hang that runtime"
             );
         } else {
@@ -68,7 +68,7 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 #[inline(never)]
 fn refuse_to_park() -> ! {
     panic!(
-        "`bus_core::block_on` would park a thread that drives async tasks (it is inside an \
+        "`arch_events::block_on` would park a thread that drives async tasks (it is inside an \
          async runtime), which can hang that runtime: `.await` the future instead"
     )
 }

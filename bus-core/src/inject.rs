@@ -24,6 +24,7 @@ use crate::events::EventReleaser;
 /// How long an injected value lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Lifetime {
     /// One instance for the whole application.
     Shared,
@@ -86,7 +87,7 @@ impl DependencyKey {
     message = "`{Self}` cannot be injected into a handler",
     label = "not injectable",
     note = "take a shared dependency as `&T` or `Arc<T>` (register it with `Dependencies::shared`), \
-            or a per-call one as `bus_core::Scoped<T>` (register it with `Dependencies::scoped`)",
+            or a per-call one as `arch_events::Scoped<T>` (register it with `Dependencies::scoped`)",
     note = "handlers run on any thread: a shared dependency must be `Send + Sync` (use a `Mutex` or \
             an atomic rather than `Cell`/`RefCell`, and `Arc` rather than `Rc`), a scoped one `Send`"
 )]
@@ -182,7 +183,7 @@ impl<'a> Inject<'a> for EventReleaser {
 /// ```
 /// use std::sync::atomic::{AtomicU32, Ordering};
 /// use std::sync::Arc;
-/// use bus_core::{handler, Bus, Command, Dependencies, Scoped};
+/// use arch_events::{handler, Bus, Command, Dependencies, Scoped};
 ///
 /// /// Made afresh for every call.
 /// struct Attempt { number: u32 }

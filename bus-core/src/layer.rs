@@ -23,8 +23,8 @@
 //! ```
 //! use std::sync::atomic::{AtomicUsize, Ordering};
 //! use std::sync::Arc;
-//! use bus_core::{handler, Bus, Event};
-//! use bus_core::layer::{BoxFuture, HandlerCall, Layer, Next, Outcome};
+//! use arch_events::{handler, Bus, Event};
+//! use arch_events::layer::{BoxFuture, HandlerCall, Layer, Next, Outcome};
 //!
 //! #[derive(Debug, Clone, Event)]
 //! struct Shipped { order: u32 }

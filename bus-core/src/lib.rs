@@ -16,7 +16,7 @@
 //!   [`Observer`], and does not stop the rest of the queue.
 //!
 //! ```
-//! use bus_core::{handler, Bus, Command, Dependencies};
+//! use arch_events::{handler, Bus, Command, Dependencies};
 //!
 //! #[derive(Debug, Command)]
 //! #[command(output = String)]
@@ -35,7 +35,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
-extern crate self as bus_core;
+extern crate self as arch_events;
 
 mod blocking;
 mod bus;
@@ -90,7 +90,7 @@ pub mod describe {
     };
 }
 
-pub use bus_macros::{handler, Command, Event, Query};
+pub use arch_events_macros::{handler, Command, Event, Query};
 
 /// The `async_trait` attribute, re-exported so that object-safe async traits
 /// such as [`UnitOfWork`] can be implemented without another dependency.
@@ -122,3 +122,8 @@ pub mod __private {
         ::core::any::TypeId::of::<T>()
     }
 }
+
+/// The crate's README, whose example runs as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

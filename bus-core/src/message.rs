@@ -215,7 +215,7 @@ impl fmt::Debug for MessageMeta {
 /// say) can be stored and replayed.
 ///
 /// ```
-/// use bus_core::{Event, Message, PendingEvent};
+/// use arch_events::{Event, Message, PendingEvent};
 ///
 /// #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, Event)]
 /// #[event(serde)]
@@ -318,7 +318,7 @@ use marker::{CommandMarker, EventMarker, KindMarker, QueryMarker};
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a message",
     label = "not a command, event or query",
-    note = "derive one of `Command`, `Event` or `Query` on `{Self}`: `#[derive(Debug, bus_core::Command)]`"
+    note = "derive one of `Command`, `Event` or `Query` on `{Self}`: `#[derive(Debug, arch_events::Command)]`"
 )]
 pub trait Message: fmt::Debug + Send + 'static {
     /// [`CommandMarker`], [`EventMarker`] or [`QueryMarker`].
@@ -339,7 +339,7 @@ pub trait Message: fmt::Debug + Send + 'static {
 /// [`Bus::dispatch`](crate::Bus::dispatch) gets exactly that, typed.
 ///
 /// ```
-/// use bus_core::Command;
+/// use arch_events::Command;
 ///
 /// #[derive(Debug, thiserror::Error)]
 /// #[error("invalid sku {0}")]
@@ -356,7 +356,7 @@ pub trait Message: fmt::Debug + Send + 'static {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a command",
     label = "not a command",
-    note = "derive it: `#[derive(Debug, bus_core::Command)]`, with `#[command(output = T, error = E)]` when its handler returns something"
+    note = "derive it: `#[derive(Debug, arch_events::Command)]`, with `#[command(output = T, error = E)]` when its handler returns something"
 )]
 pub trait Command: Message<Marker = CommandMarker> {
     /// What the handler returns on success (`()` unless declared).
@@ -372,7 +372,7 @@ pub trait Command: Message<Marker = CommandMarker> {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an event",
     label = "not an event",
-    note = "derive it: `#[derive(Debug, Clone, bus_core::Event)]`"
+    note = "derive it: `#[derive(Debug, Clone, arch_events::Event)]`"
 )]
 pub trait Event: Message<Marker = EventMarker> + Clone + Sync {}
 
@@ -380,7 +380,7 @@ pub trait Event: Message<Marker = EventMarker> + Clone + Sync {}
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a query",
     label = "not a query",
-    note = "derive it: `#[derive(Debug, bus_core::Query)]`, with `#[query(output = T, error = E)]`"
+    note = "derive it: `#[derive(Debug, arch_events::Query)]`, with `#[query(output = T, error = E)]`"
 )]
 pub trait Query: Message<Marker = QueryMarker> {
     /// What the handler returns on success.

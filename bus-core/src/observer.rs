@@ -125,7 +125,7 @@ impl std::error::Error for HandlerFailure {
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
-/// use bus_core::{handler, Bus, Event, HandlerFailure};
+/// use arch_events::{handler, Bus, Event, HandlerFailure};
 ///
 /// #[derive(Debug, Clone, Event)]
 /// struct Ordered;

@@ -2,7 +2,7 @@
 //! `use`:
 //!
 //! ```
-//! use bus_core::prelude::*;
+//! use arch_events::prelude::*;
 //!
 //! #[derive(Debug, Command)]
 //! #[command(output = u32)]

@@ -151,7 +151,7 @@ pub trait HandlerDef {
 /// from exactly the handlers it names.
 ///
 /// ```
-/// use bus_core::{handler, Bus, Command, Registrations};
+/// use arch_events::{handler, Bus, Command, Registrations};
 ///
 /// #[derive(Debug, Command)]
 /// struct Ping;

@@ -26,7 +26,7 @@ use crate::observer::FailureCause;
 /// anywhere in your error's [`source`](std::error::Error::source) chain.
 ///
 /// ```
-/// use bus_core::{FailureCause, Permanent};
+/// use arch_events::{FailureCause, Permanent};
 ///
 /// let cause = FailureCause::Error(Permanent::new("no such customer").into());
 /// assert!(!cause.is_transient());
@@ -79,7 +79,7 @@ pub type RetryIf = Arc<dyn Fn(&FailureCause) -> bool + Send + Sync>;
 ///
 /// ```
 /// use std::time::Duration;
-/// use bus_core::RetryPolicy;
+/// use arch_events::RetryPolicy;
 ///
 /// let policy = RetryPolicy::exponential(5)
 ///     .first_delay(Duration::from_millis(50))

@@ -8,7 +8,7 @@
 //!   handler returned interrupts none of them.
 //! - Without one, they run inside the caller's future (no task: the
 //!   cheapest); if that future is dropped at an `.await`, what is left of
-//!   the cascade goes on on the current tokio runtime (bus-core's `tokio`
+//!   the cascade goes on on the current tokio runtime (arch-events' `tokio`
 //!   feature) or a thread of its own: the event handler that was
 //!   interrupted is called again from the start, and so are a retry and a
 //!   dead letter that were under way; every other handler runs once, as it
@@ -26,7 +26,7 @@ use crate::call::BoxFuture;
 /// outside one):
 ///
 /// ```
-/// use bus_core::Bus;
+/// use arch_events::Bus;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let bus = Bus::builder()
@@ -40,7 +40,7 @@ use crate::call::BoxFuture;
 /// ```
 ///
 /// Without one, a dispatch whose caller stopped waiting goes on on the
-/// tokio runtime it was dropped on (with bus-core's `tokio` feature), or
+/// tokio runtime it was dropped on (with arch-events' `tokio` feature), or
 /// else on a thread of its own that drives it with
 /// a minimal executor of its own: handlers that need a runtime's timers or
 /// I/O then fail there (loudly: logged, retried, dead-lettered). Name your

@@ -21,7 +21,7 @@ use crate::observer::FailureCause;
 ///
 /// ```
 /// use std::time::Duration;
-/// use bus_core::{handler, Bus, Event, Timeout};
+/// use arch_events::{handler, Bus, Event, Timeout};
 ///
 /// #[derive(Debug, Clone, Event)]
 /// struct Ordered;

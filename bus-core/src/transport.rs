@@ -50,8 +50,8 @@ impl OutboundMessage {
     /// consumer finds its type.
     ///
     /// ```
-    /// use bus_core::transport::OutboundMessage;
-    /// use bus_core::{Event, MessageContext, PendingEvent};
+    /// use arch_events::transport::OutboundMessage;
+    /// use arch_events::{Event, MessageContext, PendingEvent};
     ///
     /// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
     /// #[event(name = "allocation.allocated", external = "line_allocated")]
@@ -187,6 +187,7 @@ pub trait Inbox: Send + Sync + 'static {
 
 /// What a consumer did with one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Handled {
     /// Dispatched and acknowledged.
     Done,
@@ -212,8 +213,8 @@ pub enum Handled {
 /// it.
 ///
 /// ```
-/// use bus_core::transport::{Consumer, Handled, InMemoryBroker, OutboundMessage, Publisher};
-/// use bus_core::{handler, Bus, Command, Event, MessageId};
+/// use arch_events::transport::{Consumer, Handled, InMemoryBroker, OutboundMessage, Publisher};
+/// use arch_events::{handler, Bus, Command, Event, MessageId};
 ///
 /// #[derive(Debug, serde::Deserialize, Command)]
 /// #[command(name = "stock.change_quantity", external = "change_batch_quantity")]
@@ -427,7 +428,7 @@ impl Shortened<'_> {
 /// growing a dead letter or a log line without end.
 ///
 /// ```
-/// use bus_core::transport::truncated;
+/// use arch_events::transport::truncated;
 ///
 /// assert_eq!(truncated("short", 10), "short");
 /// assert_eq!(truncated("aébc", 2), "a", "`é` is two bytes: not cut in half");

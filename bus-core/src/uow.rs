@@ -31,7 +31,7 @@
 /// ```
 /// use std::collections::HashMap;
 /// use std::sync::{Arc, Mutex};
-/// use bus_core::{Aggregate, EventRecorder, EventReleaser, Event, UnitOfWork};
+/// use arch_events::{Aggregate, EventRecorder, EventReleaser, Event, UnitOfWork};
 ///
 /// #[derive(Debug, Clone, Event)]
 /// struct Opened { id: u32 }
@@ -49,7 +49,7 @@
 ///     releaser: EventReleaser,
 /// }
 ///
-/// #[bus_core::async_trait]
+/// #[arch_events::async_trait]
 /// impl UnitOfWork for InMemoryUow {
 ///     type Error = std::convert::Infallible;
 ///     async fn commit(&mut self) -> Result<(), Self::Error> {

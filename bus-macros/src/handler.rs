@@ -351,10 +351,10 @@ fn registration(
             .unwrap_or_else(|| ident.span());
         let describe = describe(
             TokenStream::new(),
-            quote!(::bus_core::__private::ready_ok()),
+            quote!(::arch_events::__private::ready_ok()),
         );
         let boxed = quote_spanned! {async_span=>
-            ::bus_core::__private::boxed(async move {
+            ::arch_events::__private::boxed(async move {
                 let #returned = #ident(#message_value #(, #dep_idents)*).await;
                 #deliver
             })
@@ -362,23 +362,23 @@ fn registration(
         (
             quote! {
                 fn __bus_call<'a>(
-                    mut #call: ::bus_core::__private::Call<'a>,
-                ) -> ::bus_core::__private::BoxFuture<'a, ::core::result::Result<(), ::bus_core::__private::BoxError>> {
+                    mut #call: ::arch_events::__private::Call<'a>,
+                ) -> ::arch_events::__private::BoxFuture<'a, ::core::result::Result<(), ::arch_events::__private::BoxError>> {
                     #describe
                     let (#message_value, #output) = match #take_message {
                         ::core::result::Result::Ok(value) => value,
-                        ::core::result::Result::Err(error) => return ::bus_core::__private::ready_err(error),
+                        ::core::result::Result::Err(error) => return ::arch_events::__private::ready_err(error),
                     };
                     #(
                         let #dep_idents = match #take_dependencies {
                             ::core::result::Result::Ok(value) => value,
-                            ::core::result::Result::Err(error) => return ::bus_core::__private::ready_err(error),
+                            ::core::result::Result::Err(error) => return ::arch_events::__private::ready_err(error),
                         };
                     )*
                     #boxed
                 }
             },
-            quote!(::bus_core::__private::HandlerFn::Async(__bus_call)),
+            quote!(::arch_events::__private::HandlerFn::Async(__bus_call)),
         )
     } else {
         // The typed entry: the same call, given the event itself, so that an
@@ -388,23 +388,23 @@ fn registration(
         let scope_var = format_ident!("__bus_scope");
         let (shared, typed_entry, take_shared) = match message {
             MessageParam::ByValue(ty) => (
-                quote_spanned! {ty.span()=> <#ty as ::bus_core::__private::TakeMessage>::SHARED },
+                quote_spanned! {ty.span()=> <#ty as ::arch_events::__private::TakeMessage>::SHARED },
                 quote_spanned! {ty.span()=> #shape.typed_sync::<#ty> },
                 quote_spanned! {ty.span()=>
-                    <#ty as ::bus_core::__private::TakeMessage>::take_shared(#message_value)?
+                    <#ty as ::arch_events::__private::TakeMessage>::take_shared(#message_value)?
                 },
             ),
             MessageParam::ByRef(ty) => (
-                quote_spanned! {ty.span()=> <#ty as ::bus_core::__private::TakeMessage>::SHARED },
+                quote_spanned! {ty.span()=> <#ty as ::arch_events::__private::TakeMessage>::SHARED },
                 quote_spanned! {ty.span()=> #shape.typed_sync::<#ty> },
                 quote_spanned! {ty.span()=>
-                    <#ty as ::bus_core::__private::TakeMessage>::borrow_shared(#message_value)
+                    <#ty as ::arch_events::__private::TakeMessage>::borrow_shared(#message_value)
                 },
             ),
         };
         let inject_dependencies = dependencies.iter().enumerate().map(|(i, ty)| {
             quote_spanned! {ty.span()=>
-                ::bus_core::__private::inject::<#ty>(#dependencies_var, #i, #scope_var)
+                ::arch_events::__private::inject::<#ty>(#dependencies_var, #i, #scope_var)
             }
         });
         // Only events have typed entries: for a command the constant is
@@ -423,8 +423,8 @@ fn registration(
         (
             quote! {
                 fn __bus_call(
-                    mut #call: ::bus_core::__private::Call<'_>,
-                ) -> ::core::result::Result<(), ::bus_core::__private::BoxError> {
+                    mut #call: ::arch_events::__private::Call<'_>,
+                ) -> ::core::result::Result<(), ::arch_events::__private::BoxError> {
                     #describe
                     let (#message_value, #output) = #take_message?;
                     #( let #dep_idents = #take_dependencies?; )*
@@ -432,7 +432,7 @@ fn registration(
                     #deliver
                 }
             },
-            quote!(::bus_core::__private::HandlerFn::Sync(__bus_call)),
+            quote!(::arch_events::__private::HandlerFn::Sync(__bus_call)),
         )
     };
 
@@ -451,23 +451,23 @@ fn registration(
         const _: () = {
             #call_fn
 
-            static __BUS_HANDLER: ::bus_core::__private::HandlerRegistration =
-                ::bus_core::__private::HandlerRegistration::new(
+            static __BUS_HANDLER: ::arch_events::__private::HandlerRegistration =
+                ::arch_events::__private::HandlerRegistration::new(
                     ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
                     #file_line,
                     #handler_fn,
                 );
 
             #[automatically_derived]
-            impl ::bus_core::__private::HandlerDef for #ident {
+            impl ::arch_events::__private::HandlerDef for #ident {
                 #[inline]
-                fn registration() -> &'static ::bus_core::__private::HandlerRegistration {
+                fn registration() -> &'static ::arch_events::__private::HandlerRegistration {
                     &__BUS_HANDLER
                 }
             }
 
-            ::bus_core::__private::inventory::submit! {
-                ::bus_core::__private::HandlerEntry(&__BUS_HANDLER)
+            ::arch_events::__private::inventory::submit! {
+                ::arch_events::__private::HandlerEntry(&__BUS_HANDLER)
             }
         };
     }

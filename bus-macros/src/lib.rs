@@ -1,6 +1,6 @@
-//! Derive and attribute macros for arch-events. Use them through `bus-core`,
-//! which re-exports them and documents them: `bus_core::Command`,
-//! `bus_core::Event`, `bus_core::Query` and `bus_core::handler`.
+//! Derive and attribute macros for arch-events. Use them through `arch-events`,
+//! which re-exports them and documents them: `arch_events::Command`,
+//! `arch_events::Event`, `arch_events::Query` and `arch_events::handler`.
 
 mod args;
 mod errors;

@@ -183,7 +183,7 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                 .error
                 .as_ref()
                 .map(|t| quote!(#t))
-                .unwrap_or_else(|| quote!(::bus_core::__private::DefaultError));
+                .unwrap_or_else(|| quote!(::arch_events::__private::DefaultError));
             let trait_ident = syn::Ident::new(kind.trait_name(), Span::call_site());
             let take_message = take_message_impl(
                 ident,
@@ -192,12 +192,12 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                 quote!(take_from_frame),
                 quote!(borrow_from_frame),
                 quote!(::core::result::Result::Err(
-                    ::bus_core::__private::not_shared()
+                    ::arch_events::__private::not_shared()
                 )),
             );
             quote! {
                 #[automatically_derived]
-                impl ::bus_core::__private::#trait_ident for #ident {
+                impl ::arch_events::__private::#trait_ident for #ident {
                     type Output = #output;
                     type Error = #error;
                 }
@@ -205,15 +205,15 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                 #take_message
 
                 #[automatically_derived]
-                impl ::bus_core::__private::HandlerOutput<#ident>
+                impl ::arch_events::__private::HandlerOutput<#ident>
                     for ::core::result::Result<#output, #error>
                 {
                     #[inline]
                     fn deliver(
                         self,
                         slot: ::core::option::Option<&mut ::core::option::Option<Self>>,
-                    ) -> ::core::result::Result<(), ::bus_core::__private::BoxError> {
-                        ::bus_core::__private::put_output(self, slot)
+                    ) -> ::core::result::Result<(), ::arch_events::__private::BoxError> {
+                        ::arch_events::__private::put_output(self, slot)
                     }
                 }
             }
@@ -221,7 +221,7 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
         MessageKind::Event => {
             let event_impl = quote_spanned! {span=>
                 #[automatically_derived]
-                impl ::bus_core::__private::Event for #ident {}
+                impl ::arch_events::__private::Event for #ident {}
             };
             let take_message = take_message_impl(
                 ident,
@@ -230,8 +230,8 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                 quote!(take_event),
                 quote!(borrow_event),
                 quote!(::core::result::Result::Ok((
-                    ::bus_core::__private::clone_event(message),
-                    ::bus_core::__private::Output::none(),
+                    ::arch_events::__private::clone_event(message),
+                    ::arch_events::__private::Output::none(),
                 ))),
             );
             quote! {
@@ -240,27 +240,27 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
                 #take_message
 
                 #[automatically_derived]
-                impl ::bus_core::__private::HandlerOutput<#ident> for () {
+                impl ::arch_events::__private::HandlerOutput<#ident> for () {
                     #[inline]
                     fn deliver(
                         self,
                         _: ::core::option::Option<&mut ::core::option::Option<()>>,
-                    ) -> ::core::result::Result<(), ::bus_core::__private::BoxError> {
+                    ) -> ::core::result::Result<(), ::arch_events::__private::BoxError> {
                         ::core::result::Result::Ok(())
                     }
                 }
 
                 #[automatically_derived]
-                impl<E> ::bus_core::__private::HandlerOutput<#ident> for ::core::result::Result<(), E>
+                impl<E> ::arch_events::__private::HandlerOutput<#ident> for ::core::result::Result<(), E>
                 where
-                    E: ::core::convert::Into<::bus_core::__private::BoxError>,
+                    E: ::core::convert::Into<::arch_events::__private::BoxError>,
                 {
                     #[inline]
                     fn deliver(
                         self,
                         _: ::core::option::Option<&mut ::core::option::Option<()>>,
-                    ) -> ::core::result::Result<(), ::bus_core::__private::BoxError> {
-                        ::bus_core::__private::event_result(self)
+                    ) -> ::core::result::Result<(), ::arch_events::__private::BoxError> {
+                        ::arch_events::__private::event_result(self)
                     }
                 }
             }
@@ -277,15 +277,15 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
     let (codec_static, mut with_codec) = match (serde_span, kind) {
         (Some(span), MessageKind::Event) => (
             quote_spanned! {span=>
-                static __BUS_CODEC: ::bus_core::__private::EventCodec =
-                    ::bus_core::__private::EventCodec::json::<#codec_type>();
+                static __BUS_CODEC: ::arch_events::__private::EventCodec =
+                    ::arch_events::__private::EventCodec::json::<#codec_type>();
             },
             quote!(.with_codec(&__BUS_CODEC)),
         ),
         (Some(span), MessageKind::Command) => (
             quote_spanned! {span=>
-                static __BUS_CODEC: ::bus_core::__private::CommandCodec =
-                    ::bus_core::__private::CommandCodec::json::<#codec_type>();
+                static __BUS_CODEC: ::arch_events::__private::CommandCodec =
+                    ::arch_events::__private::CommandCodec::json::<#codec_type>();
             },
             quote!(.with_command_codec(&__BUS_CODEC)),
         ),
@@ -300,28 +300,28 @@ fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) -> TokenStr
         const _: () = {
             #codec_static
 
-            static __BUS_MESSAGE_META: ::bus_core::__private::MessageMeta =
-                ::bus_core::__private::MessageMeta::new(
-                    ::bus_core::__private::MessageKind::#kind_value,
+            static __BUS_MESSAGE_META: ::arch_events::__private::MessageMeta =
+                ::arch_events::__private::MessageMeta::new(
+                    ::arch_events::__private::MessageKind::#kind_value,
                     #name,
                     ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
                     #file_line,
-                    ::bus_core::__private::type_id_of::<#ident>,
+                    ::arch_events::__private::type_id_of::<#ident>,
                 )#with_codec;
 
             #[automatically_derived]
-            impl ::bus_core::__private::Message for #ident {
-                type Marker = ::bus_core::__private::#kind_type;
+            impl ::arch_events::__private::Message for #ident {
+                type Marker = ::arch_events::__private::#kind_type;
                 #[inline]
-                fn meta() -> &'static ::bus_core::__private::MessageMeta {
+                fn meta() -> &'static ::arch_events::__private::MessageMeta {
                     &__BUS_MESSAGE_META
                 }
             }
 
             #specific
 
-            ::bus_core::__private::inventory::submit! {
-                ::bus_core::__private::MessageEntry(&__BUS_MESSAGE_META)
+            ::arch_events::__private::inventory::submit! {
+                ::arch_events::__private::MessageEntry(&__BUS_MESSAGE_META)
             }
         };
     }
@@ -340,37 +340,37 @@ fn take_message_impl(
 ) -> TokenStream {
     quote! {
         #[automatically_derived]
-        impl ::bus_core::__private::TakeMessage for #ident {
+        impl ::arch_events::__private::TakeMessage for #ident {
             type Result = #result;
             const SHARED: bool = #shared;
-            type Taken<'a> = (Self, ::bus_core::__private::Output<'a, Self>);
-            type Borrowed<'a> = (&'a Self, ::bus_core::__private::Output<'a, Self>);
+            type Taken<'a> = (Self, ::arch_events::__private::Output<'a, Self>);
+            type Borrowed<'a> = (&'a Self, ::arch_events::__private::Output<'a, Self>);
 
             #[inline]
             fn take(
-                message: ::bus_core::__private::MessageRef<'_>,
-            ) -> ::core::result::Result<Self::Taken<'_>, ::bus_core::__private::BoxError> {
-                ::bus_core::__private::#take(message)
+                message: ::arch_events::__private::MessageRef<'_>,
+            ) -> ::core::result::Result<Self::Taken<'_>, ::arch_events::__private::BoxError> {
+                ::arch_events::__private::#take(message)
             }
 
             #[inline]
             fn borrow(
-                message: ::bus_core::__private::MessageRef<'_>,
-            ) -> ::core::result::Result<Self::Borrowed<'_>, ::bus_core::__private::BoxError> {
-                ::bus_core::__private::#borrow(message)
+                message: ::arch_events::__private::MessageRef<'_>,
+            ) -> ::core::result::Result<Self::Borrowed<'_>, ::arch_events::__private::BoxError> {
+                ::arch_events::__private::#borrow(message)
             }
 
             #[inline]
             #[allow(unused_variables)]
             fn take_shared(
                 message: &Self,
-            ) -> ::core::result::Result<Self::Taken<'_>, ::bus_core::__private::BoxError> {
+            ) -> ::core::result::Result<Self::Taken<'_>, ::arch_events::__private::BoxError> {
                 #take_shared
             }
 
             #[inline]
             fn borrow_shared(message: &Self) -> Self::Borrowed<'_> {
-                (message, ::bus_core::__private::Output::none())
+                (message, ::arch_events::__private::Output::none())
             }
         }
     }

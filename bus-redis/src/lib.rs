@@ -8,8 +8,8 @@
 //!   older than `min_idle` (`XAUTOCLAIM`: a consumer that died loses
 //!   nothing), and keeps poison messages in `<stream>.dead` with the reason.
 //!
-//! Both implement `bus_core::transport`'s traits, so a
-//! `bus_core::transport::Consumer` runs them through a bus (which dispatches
+//! Both implement `arch_events::transport`'s traits, so a
+//! `arch_events::transport::Consumer` runs them through a bus (which dispatches
 //! only the messages declared for the subscriber's stream).
 //!
 //! # Length caps
@@ -43,10 +43,10 @@
 
 use std::time::Duration;
 
-use bus_core::transport::{
+use arch_events::transport::{
     truncated, BatchError, Delivery, OutboundMessage, Publisher, Subscriber, TransportError,
 };
-use bus_core::{async_trait, MessageId};
+use arch_events::{async_trait, MessageId};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use bus_core::transport::{OutboundMessage, Publisher};
+use arch_events::transport::{OutboundMessage, Publisher};
 use chrono::{DateTime, Utc};
 use sqlx::{Pool, Transaction};
 
@@ -47,7 +47,7 @@ pub(crate) mod sql {
     use super::*;
 
     /// The store's SQL for one database.
-    #[bus_core::async_trait]
+    #[arch_events::async_trait]
     pub trait Sql: sqlx::Database + Sized {
         /// This database's migrations, in order.
         const MIGRATIONS: &'static [crate::migrate::Migration];
@@ -208,13 +208,13 @@ pub(crate) async fn publish_within(
     publisher: &dyn Publisher,
     messages: &[OutboundMessage],
     limit: Duration,
-) -> (usize, Option<bus_core::transport::TransportError>) {
+) -> (usize, Option<arch_events::transport::TransportError>) {
     match tokio::time::timeout(limit, publisher.publish_batch(messages)).await {
         Ok(Ok(())) => (messages.len(), None),
         Ok(Err(error)) => (error.published.min(messages.len()), Some(error.error)),
         Err(_) => (
             0,
-            Some(bus_core::transport::TransportError::new(
+            Some(arch_events::transport::TransportError::new(
                 "publishing",
                 format!("the broker did not answer within {limit:?}"),
             )),
@@ -223,7 +223,7 @@ pub(crate) async fn publish_within(
 }
 
 /// Reads a message id stored as text.
-pub(crate) fn parse_id(column: &str, text: &str) -> Result<bus_core::MessageId, sqlx::Error> {
+pub(crate) fn parse_id(column: &str, text: &str) -> Result<arch_events::MessageId, sqlx::Error> {
     text.parse().map_err(|e| sqlx::Error::ColumnDecode {
         index: column.to_owned(),
         source: Box::new(e),

@@ -4,7 +4,7 @@
 //! up on.
 //!
 //! [`DeadLetters`] is the bus's [`DeadLetterSink`] (give it to
-//! [`BusBuilder::dead_letters`](bus_core::BusBuilder::dead_letters)) and a
+//! [`BusBuilder::dead_letters`](arch_events::BusBuilder::dead_letters)) and a
 //! [`DeadLetterStore`]; [`replay`] reads a letter back and calls the one
 //! handler that failed on it again. A replay claims its letter for a while
 //! ([`Settings::dead_letter_claim`](crate::Settings::dead_letter_claim)), so
@@ -14,9 +14,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bus_core::dead_letter::{DeadLetter, DeadLetterSink};
-use bus_core::delivery::DeliveryLog;
-use bus_core::{async_trait, BoxError, Bus, MessageContext, ReplayError};
+use arch_events::dead_letter::{DeadLetter, DeadLetterSink};
+use arch_events::delivery::DeliveryLog;
+use arch_events::{async_trait, BoxError, Bus, MessageContext, ReplayError};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::Pool;
@@ -288,7 +288,7 @@ async fn store_letter(store: &dyn DeadLetterStore, letter: &DeadLetter) -> Resul
         id,
         handler = letter.handler(),
         message_name = letter.message_name(),
-        "dead letter stored: list, replay or delete it (bus_sqlx::DeadLetterStore)"
+        "dead letter stored: list, replay or delete it (arch_events_sqlx::DeadLetterStore)"
     );
     Ok(())
 }

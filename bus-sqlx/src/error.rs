@@ -1,7 +1,7 @@
 //! What can go wrong, by operation.
 
-use bus_core::transport::TransportError;
-use bus_core::BoxError;
+use arch_events::transport::TransportError;
+use arch_events::BoxError;
 
 /// The store could not be opened, or a background round failed.
 #[derive(Debug, thiserror::Error)]
@@ -14,7 +14,7 @@ pub enum Error {
     #[error(transparent)]
     Migrate(#[from] MigrateError),
     /// The store's timings cannot work (see [`Settings`](crate::Settings)).
-    #[error("bus-sqlx settings refused: {0}")]
+    #[error("arch-events-sqlx settings refused: {0}")]
     InvalidSettings(String),
     /// The bus cannot store some of the events it handles: a durable unit
     /// of work would fail to commit them. Names every such event type.
@@ -31,14 +31,14 @@ pub enum Error {
 #[non_exhaustive]
 pub enum MigrateError {
     /// The database failed.
-    #[error("applying bus-sqlx's migrations failed: {0}")]
+    #[error("applying arch-events-sqlx's migrations failed: {0}")]
     Database(#[from] sqlx::Error),
-    /// A migration applied earlier is not the one this version of bus-sqlx
+    /// A migration applied earlier is not the one this version of arch-events-sqlx
     /// has under that number: the database was migrated by another build.
     #[error(
-        "bus-sqlx migration {version} ({description}) was applied with another content \
+        "arch-events-sqlx migration {version} ({description}) was applied with another content \
          (checksum {applied}, this build has {expected}): the database belongs to another \
-         version of bus-sqlx"
+         version of arch-events-sqlx"
     )]
     Changed {
         /// The migration's number.
@@ -91,7 +91,7 @@ pub enum StageError {
         source: BoxError,
     },
     /// The call is a query handler's (see
-    /// [`EventReleaser::accepts_events`](bus_core::EventReleaser::accepts_events)):
+    /// [`EventReleaser::accepts_events`](arch_events::EventReleaser::accepts_events)):
     /// a query reads, it never releases events, so none is stored; roll the
     /// transaction back.
     #[error(

@@ -1,14 +1,14 @@
 //! The inbox: the ids of the inbound messages whose effects committed,
 //! written by [`Store::stage`] in the unit of work's transaction, so that a
 //! redelivered message is recognised: the
-//! [`Consumer`](bus_core::transport::Consumer) acknowledges it without
+//! [`Consumer`](arch_events::transport::Consumer) acknowledges it without
 //! dispatching it again, and a second commit of it fails.
 //!
 //! The inbox keeps every id: a redelivery can come as long as the broker
 //! keeps the message, so trim it together with the stream.
 
-use bus_core::transport::TransportError;
-use bus_core::{async_trait, MessageId};
+use arch_events::transport::TransportError;
+use arch_events::{async_trait, MessageId};
 
 use crate::backend::Backend;
 use crate::store::Store;
@@ -41,7 +41,7 @@ impl<DB: Backend> Inbox<DB> {
 }
 
 #[async_trait]
-impl<DB: Backend> bus_core::transport::Inbox for Inbox<DB> {
+impl<DB: Backend> arch_events::transport::Inbox for Inbox<DB> {
     async fn handled(&self, id: MessageId) -> Result<bool, TransportError> {
         DB::inbox_has(self.store.pool(), &id.to_string())
             .await

@@ -21,7 +21,7 @@
 //!   expiring claim, and deletion ([`DeadLetters`], [`replay`]).
 //!
 //! Its tables (`bus_*`) and their migrations are its own, recorded in
-//! `bus_sqlx_migrations`: they live beside the application's tables and
+//! `arch_events_sqlx_migrations`: they live beside the application's tables and
 //! its `sqlx::migrate!()` without touching `_sqlx_migrations`.
 //!
 //! Enable the feature of each database the service runs on: `sqlite`,
@@ -38,8 +38,8 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use bus_core::{handler, Bus, Command, Dependencies, Event, EventReleaser, MessageContext, PendingEvent, Scoped};
-//! use bus_sqlx::{Settings, Store, StageError};
+//! use arch_events::{handler, Bus, Command, Dependencies, Event, EventReleaser, MessageContext, PendingEvent, Scoped};
+//! use arch_events_sqlx::{Settings, Store, StageError};
 //! use sqlx::sqlite::SqlitePoolOptions;
 //! use sqlx::Sqlite;
 //!
@@ -114,7 +114,7 @@
 //! )
 //! .execute(&pool)
 //! .await?;
-//! // bus-sqlx's own tables, and this process's node. A process that stops
+//! // arch-events-sqlx's own tables, and this process's node. A process that stops
 //! // beating is taken for dead after `node_timeout` (the setting of the
 //! // process that takes over); `Store::open` uses the defaults.
 //! let settings = Settings::default().node_timeout(Duration::from_secs(5));
@@ -157,8 +157,8 @@
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
 compile_error!(
-    "bus-sqlx needs a database: enable its `sqlite` or `postgres` feature (or both), \
-     e.g. `bus-sqlx = { version = \"0.1\", features = [\"sqlite\"] }`"
+    "arch-events-sqlx needs a database: enable its `sqlite` or `postgres` feature (or both), \
+     e.g. `arch-events-sqlx = { version = \"0.1\", features = [\"sqlite\"] }`"
 );
 
 mod backend;

@@ -1,5 +1,5 @@
 //! The store's own migrations, recorded in a table of their own
-//! (`bus_sqlx_migrations`), so that they never collide with the
+//! (`arch_events_sqlx_migrations`), so that they never collide with the
 //! application's sqlx migrations in the same database: sqlx keeps one
 //! `_sqlx_migrations` table per database and refuses a migration it does
 //! not know, so a library must not write there.
@@ -30,7 +30,7 @@ impl Migration {
 
 /// The migrations still to apply, in order, given those applied (version
 /// and checksum). A changed migration is an error; a version this build
-/// does not know (a newer bus-sqlx migrated the database) is logged and
+/// does not know (a newer arch-events-sqlx migrated the database) is logged and
 /// left alone: migrations only ever add, so an older build still works on
 /// the newer tables during a rolling upgrade.
 pub(crate) fn pending<'m>(
@@ -50,8 +50,8 @@ pub(crate) fn pending<'m>(
             Some(_) => {}
             None => tracing::warn!(
                 version,
-                "bus-sqlx: the database has a migration this build does not know \
-                 (a newer bus-sqlx applied it); going on"
+                "arch-events-sqlx: the database has a migration this build does not know \
+                 (a newer arch-events-sqlx applied it); going on"
             ),
         }
     }

@@ -15,8 +15,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::transport::{OutboundMessage, Publisher};
-use bus_core::MessageId;
+use arch_events::transport::{OutboundMessage, Publisher};
+use arch_events::MessageId;
 use chrono::{DateTime, Utc};
 
 use crate::backend::Backend;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::transport::{OutboundMessage, Publisher};
+use arch_events::transport::{OutboundMessage, Publisher};
 use chrono::{DateTime, Utc};
 use sqlx::{Executor, PgConnection, Pool, Postgres, Row, Transaction};
 
@@ -28,9 +28,9 @@ const MIGRATIONS: &[Migration] = &[Migration {
     sql: include_str!("../migrations/postgres/0001_durable_messaging.sql"),
 }];
 
-/// The advisory lock bus-sqlx's migrations run under (sqlx's own
+/// The advisory lock arch-events-sqlx's migrations run under (sqlx's own
 /// migrations take another).
-const MIGRATION_LOCK: i64 = 0x6275_735f_7371_6c78; // "bus_sqlx"
+const MIGRATION_LOCK: i64 = 0x6275_735f_7371_6c78; // "arch_events_sqlx"
 
 /// The nodes alive now: their heartbeat is younger than the timeout each
 /// declared.
@@ -41,7 +41,7 @@ fn seconds(duration: Duration) -> f64 {
     duration.as_secs_f64()
 }
 
-#[bus_core::async_trait]
+#[arch_events::async_trait]
 impl Sql for Postgres {
     const MIGRATIONS: &'static [Migration] = MIGRATIONS;
     const ONE_WRITER: bool = false;
@@ -57,7 +57,7 @@ impl Sql for Postgres {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "CREATE TABLE IF NOT EXISTS bus_sqlx_migrations (
+            "CREATE TABLE IF NOT EXISTS arch_events_sqlx_migrations (
                 version     BIGINT PRIMARY KEY,
                 description TEXT NOT NULL,
                 checksum    TEXT NOT NULL,
@@ -66,14 +66,15 @@ impl Sql for Postgres {
         )
         .execute(&mut *tx)
         .await?;
-        let applied: Vec<(i64, String)> =
-            sqlx::query_as("SELECT version, checksum FROM bus_sqlx_migrations ORDER BY version")
-                .fetch_all(&mut *tx)
-                .await?;
+        let applied: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT version, checksum FROM arch_events_sqlx_migrations ORDER BY version",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         for migration in pending(MIGRATIONS, &applied)? {
             tx.execute(sqlx::raw_sql(migration.sql)).await?;
             sqlx::query(
-                "INSERT INTO bus_sqlx_migrations (version, description, checksum) \
+                "INSERT INTO arch_events_sqlx_migrations (version, description, checksum) \
                  VALUES ($1, $2, $3)",
             )
             .bind(migration.version)
@@ -81,7 +82,10 @@ impl Sql for Postgres {
             .bind(migration.checksum())
             .execute(&mut *tx)
             .await?;
-            tracing::info!(version = migration.version, "bus-sqlx: migration applied");
+            tracing::info!(
+                version = migration.version,
+                "arch-events-sqlx: migration applied"
+            );
         }
         tx.commit().await?;
         Ok(())

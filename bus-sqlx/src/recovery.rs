@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use bus_core::{Bus, MessageContext, MessageId};
+use arch_events::{Bus, MessageContext, MessageId};
 use chrono::Utc;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -40,7 +40,7 @@ impl Recovery {
     pub async fn stop(self) {
         self.stop.notify_one();
         if let Err(error) = self.task.await {
-            tracing::error!(%error, "bus-sqlx: the recovery loop ended badly");
+            tracing::error!(%error, "arch-events-sqlx: the recovery loop ended badly");
         }
     }
 }
@@ -94,7 +94,7 @@ impl<DB: Backend> Store<DB> {
         if !taken.is_empty() {
             tracing::info!(
                 events = taken.len(),
-                "bus-sqlx: taking over the events of a process that stopped"
+                "arch-events-sqlx: taking over the events of a process that stopped"
             );
         }
         // Each one is counted as a recovery when it is taken up, not when
@@ -102,7 +102,7 @@ impl<DB: Backend> Store<DB> {
         // not counted against the events it never got to.
         for text in taken {
             let Ok(id) = parse_id("id", &text) else {
-                tracing::error!(id = %text, "bus-sqlx: a stored event has no valid id");
+                tracing::error!(id = %text, "arch-events-sqlx: a stored event has no valid id");
                 continue;
             };
             match self.take_up(bus, id).await {
@@ -167,7 +167,7 @@ impl<DB: Backend> Store<DB> {
     /// leaves it abandoned, for the next round.
     async fn deliver(&self, bus: &Bus, id: MessageId, row: EventRow) {
         if let Err(error) = self.try_deliver(bus, id, row).await {
-            tracing::warn!(%error, message_id = %id, "bus-sqlx: redelivery postponed");
+            tracing::warn!(%error, message_id = %id, "arch-events-sqlx: redelivery postponed");
             self.inner.unregister_quietly(id);
         }
     }
@@ -209,10 +209,10 @@ impl<DB: Backend> Store<DB> {
             message_id = %id,
             completed = completed.len(),
             recoveries = row.recoveries,
-            "bus-sqlx: delivering an event again"
+            "arch-events-sqlx: delivering an event again"
         );
         if let Err(error) = bus.redeliver(event, &completed).await {
-            tracing::warn!(%error, message_id = %id, "bus-sqlx: redelivery stopped");
+            tracing::warn!(%error, message_id = %id, "arch-events-sqlx: redelivery stopped");
         }
         Ok(())
     }
@@ -243,7 +243,7 @@ impl<DB: Backend> Store<DB> {
             message_id = %id,
             handlers = ?handlers,
             reason,
-            "bus-sqlx: an event goes to the dead letters undelivered"
+            "arch-events-sqlx: an event goes to the dead letters undelivered"
         );
         let letters: Vec<DeadLetterRecord> = handlers
             .into_iter()
@@ -282,7 +282,7 @@ impl<DB: Backend> Store<DB> {
 fn check_storable(bus: &Bus) -> Result<(), Error> {
     let unstorable: Vec<&'static str> = bus
         .message_types()
-        .filter(|meta| meta.kind() == bus_core::MessageKind::Event && meta.codec().is_none())
+        .filter(|meta| meta.kind() == arch_events::MessageKind::Event && meta.codec().is_none())
         .filter(|meta| bus.handlers_of(meta).next().is_some())
         .map(|meta| meta.name())
         .collect();
@@ -312,8 +312,10 @@ async fn round_after_round<DB: Backend>(store: &Store<DB>, bus: &Bus, stop: &Not
         }
         match store.recover_once(bus).await {
             Ok(0) => {}
-            Ok(events) => tracing::debug!(events, "bus-sqlx: recovery round"),
-            Err(error) => tracing::warn!(%error, "bus-sqlx: recovery round failed; trying again"),
+            Ok(events) => tracing::debug!(events, "arch-events-sqlx: recovery round"),
+            Err(error) => {
+                tracing::warn!(%error, "arch-events-sqlx: recovery round failed; trying again")
+            }
         }
         if purged.elapsed() >= settings.purge_every {
             purged = tokio::time::Instant::now();
@@ -322,7 +324,7 @@ async fn round_after_round<DB: Backend>(store: &Store<DB>, bus: &Bus, stop: &Not
                 .max(std::time::Duration::from_secs(24 * 60 * 60));
             let _turn = store.writer_turn().await;
             if let Err(error) = DB::purge_nodes(store.pool(), stale_for).await {
-                tracing::warn!(%error, "bus-sqlx: stale nodes not purged");
+                tracing::warn!(%error, "arch-events-sqlx: stale nodes not purged");
             }
         }
         tokio::select! {

@@ -1,7 +1,7 @@
 //! Rows read back the same way from SQLite and PostgreSQL: generic over
 //! sqlx's `Row`, so that each database keeps only its SQL.
 
-use bus_core::transport::OutboundMessage;
+use arch_events::transport::OutboundMessage;
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 

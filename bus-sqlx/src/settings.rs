@@ -8,7 +8,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use bus_sqlx::Settings;
+/// use arch_events_sqlx::Settings;
 ///
 /// # #[cfg(feature = "sqlite")]
 /// # #[tokio::main(flavor = "current_thread")]
@@ -17,7 +17,7 @@ use std::time::Duration;
 ///     .node_timeout(Duration::from_secs(5))
 ///     .relay_batch(1_000);
 /// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
-/// let store = bus_sqlx::Store::open_with(pool, settings).await?;
+/// let store = arch_events_sqlx::Store::open_with(pool, settings).await?;
 /// # store.close().await;
 /// # Ok(())
 /// # }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::transport::{OutboundMessage, Publisher};
+use arch_events::transport::{OutboundMessage, Publisher};
 use chrono::{DateTime, Utc};
 use sqlx::{Executor, Pool, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
@@ -46,7 +46,7 @@ fn after(duration: Duration) -> i64 {
     now_ms().saturating_add(millis(duration))
 }
 
-#[bus_core::async_trait]
+#[arch_events::async_trait]
 impl Sql for Sqlite {
     const MIGRATIONS: &'static [Migration] = MIGRATIONS;
     const ONE_WRITER: bool = true;
@@ -57,7 +57,7 @@ impl Sql for Sqlite {
         // migration once, the others wait and find it applied.
         let mut tx = crate::store::begin_on(pool, "BEGIN IMMEDIATE").await?;
         sqlx::query(
-            "CREATE TABLE IF NOT EXISTS bus_sqlx_migrations (
+            "CREATE TABLE IF NOT EXISTS arch_events_sqlx_migrations (
                 version     INTEGER PRIMARY KEY NOT NULL,
                 description TEXT NOT NULL,
                 checksum    TEXT NOT NULL,
@@ -66,14 +66,15 @@ impl Sql for Sqlite {
         )
         .execute(&mut *tx)
         .await?;
-        let applied: Vec<(i64, String)> =
-            sqlx::query_as("SELECT version, checksum FROM bus_sqlx_migrations ORDER BY version")
-                .fetch_all(&mut *tx)
-                .await?;
+        let applied: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT version, checksum FROM arch_events_sqlx_migrations ORDER BY version",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         for migration in pending(MIGRATIONS, &applied)? {
             tx.execute(sqlx::raw_sql(migration.sql)).await?;
             sqlx::query(
-                "INSERT INTO bus_sqlx_migrations (version, description, checksum, applied_at) \
+                "INSERT INTO arch_events_sqlx_migrations (version, description, checksum, applied_at) \
                  VALUES (?, ?, ?, ?)",
             )
             .bind(migration.version)
@@ -82,7 +83,10 @@ impl Sql for Sqlite {
             .bind(Utc::now())
             .execute(&mut *tx)
             .await?;
-            tracing::info!(version = migration.version, "bus-sqlx: migration applied");
+            tracing::info!(
+                version = migration.version,
+                "arch-events-sqlx: migration applied"
+            );
         }
         tx.commit().await?;
         Ok(())

@@ -4,9 +4,9 @@
 //! the inbound message it handles, and the record of the stored event it
 //! delivers.
 
-use bus_core::delivery::Delivery;
-use bus_core::transport::OutboundMessage;
-use bus_core::{EventReleaser, MessageContext, MessageId, PendingEvent};
+use arch_events::delivery::Delivery;
+use arch_events::transport::OutboundMessage;
+use arch_events::{EventReleaser, MessageContext, MessageId, PendingEvent};
 use sqlx::Transaction;
 
 use crate::backend::{Backend, EventRow};

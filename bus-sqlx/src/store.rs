@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use bus_core::delivery::DeliveryLog;
-use bus_core::{async_trait, BoxError, MessageId};
+use arch_events::delivery::DeliveryLog;
+use arch_events::{async_trait, BoxError, MessageId};
 use chrono::{DateTime, Utc};
 use sqlx::{Pool, Transaction};
 use tokio::sync::{Notify, OwnedMutexGuard};
@@ -125,7 +125,7 @@ impl<DB: Backend> Inner<DB> {
         if !self.recovering.load(Ordering::Relaxed) && !self.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 message_id = %id,
-                "bus-sqlx: an event was left undelivered, and no recovery runs in this process: \
+                "arch-events-sqlx: an event was left undelivered, and no recovery runs in this process: \
                  call Store::start_recovery, or it waits until this process stops"
             );
         }
@@ -225,7 +225,7 @@ impl<DB: Backend> std::fmt::Debug for Tx<DB> {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), sqlx::Error> {
 /// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
-/// let mut tx = bus_sqlx::begin_on(&pool, "BEGIN").await?;
+/// let mut tx = arch_events_sqlx::begin_on(&pool, "BEGIN").await?;
 /// sqlx::query("SELECT 1").execute(&mut *tx).await?;
 /// tx.commit().await?;
 /// # Ok(())
@@ -271,7 +271,7 @@ impl Lag {
 }
 
 impl<DB: Backend> Store<DB> {
-    /// Opens the store over `pool`: brings bus-sqlx's tables up to date
+    /// Opens the store over `pool`: brings arch-events-sqlx's tables up to date
     /// ([`migrate`](crate::migrate)), registers this process as a node and
     /// starts its heartbeat (a tokio task, for as long as the store lives
     /// or until [`close`](Self::close)).
@@ -299,7 +299,7 @@ impl<DB: Backend> Store<DB> {
             stop: stop.clone(),
         });
         tokio::spawn(heartbeat(Arc::downgrade(&inner), stop));
-        tracing::info!(node = %inner.node, database = DB::LABEL, "bus-sqlx store open");
+        tracing::info!(node = %inner.node, database = DB::LABEL, "arch-events-sqlx store open");
         Ok(Store { inner })
     }
 
@@ -319,7 +319,7 @@ impl<DB: Backend> Store<DB> {
     }
 
     /// What the bus reports to about the events this store staged (they
-    /// carry it already; see [`bus_core::delivery::DeliveryLog`]).
+    /// carry it already; see [`arch_events::delivery::DeliveryLog`]).
     pub fn delivery_log(&self) -> Arc<dyn DeliveryLog> {
         self.inner.clone()
     }
@@ -350,7 +350,7 @@ impl<DB: Backend> Store<DB> {
         Outbox::new(self.clone())
     }
 
-    /// The inbox, for a [`Consumer`](bus_core::transport::Consumer)'s
+    /// The inbox, for a [`Consumer`](arch_events::transport::Consumer)'s
     /// duplicate check.
     pub fn inbox(&self) -> Inbox<DB> {
         Inbox::new(self.clone())
@@ -381,7 +381,7 @@ impl<DB: Backend> Store<DB> {
         self.inner.stop.notify_one();
         let _turn = self.inner.writer_turn().await;
         if let Err(error) = DB::remove_node(&self.inner.pool, &self.inner.node).await {
-            tracing::warn!(%error, "bus-sqlx: this node's row was not removed; it will time out");
+            tracing::warn!(%error, "arch-events-sqlx: this node's row was not removed; it will time out");
         }
     }
 }
@@ -410,7 +410,7 @@ async fn heartbeat<DB: Backend>(inner: Weak<Inner<DB>>, stop: Arc<Notify>) {
                     tracing::warn!(
                         node = %inner.node,
                         silent = ?silent,
-                        "bus-sqlx: this process went without a heartbeat for longer than the \
+                        "arch-events-sqlx: this process went without a heartbeat for longer than the \
                          node timeout: others may have taken over some of its events (handlers \
                          that commit a unit of work still have their effect once)"
                     );
@@ -418,11 +418,11 @@ async fn heartbeat<DB: Backend>(inner: Weak<Inner<DB>>, stop: Arc<Notify>) {
                 if !alive {
                     let timeout = inner.settings.node_timeout;
                     if let Err(error) = DB::register_node(&inner.pool, &inner.node, timeout).await {
-                        tracing::warn!(%error, "bus-sqlx: heartbeat failed");
+                        tracing::warn!(%error, "arch-events-sqlx: heartbeat failed");
                     }
                 }
             }
-            Err(error) => tracing::warn!(%error, "bus-sqlx: heartbeat failed"),
+            Err(error) => tracing::warn!(%error, "arch-events-sqlx: heartbeat failed"),
         }
     }
 }

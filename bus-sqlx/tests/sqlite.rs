@@ -5,6 +5,6 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use bus_sqlx_conformance::{self as conformance, conformance_tests};
+use arch_events_sqlx_conformance::{self as conformance, conformance_tests};
 
 conformance_tests!(sqlx::Sqlite, conformance::fresh_sqlite);

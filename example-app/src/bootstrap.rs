@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::{BuildError, Bus, Dependencies, FailureCause, RetryPolicy};
-use bus_sqlx::{DeadLetterStore, InMemoryDeadLetterStore, StoreSink};
+use arch_events::{BuildError, Bus, Dependencies, FailureCause, RetryPolicy};
+use arch_events_sqlx::{DeadLetterStore, InMemoryDeadLetterStore, StoreSink};
 
 use crate::adapters::database::Database;
 use crate::adapters::memory::{InMemoryAllocationsView, InMemoryProducts};

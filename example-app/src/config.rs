@@ -138,9 +138,9 @@ pub struct Config {
 
 impl Config {
     /// The timings of the durable messaging store.
-    pub fn store_settings(&self) -> bus_sqlx::Settings {
+    pub fn store_settings(&self) -> arch_events_sqlx::Settings {
         let node_timeout = Duration::from_millis(self.node_timeout_ms);
-        bus_sqlx::Settings::default()
+        arch_events_sqlx::Settings::default()
             .relay_pause(Duration::from_millis(self.relay_pause_ms))
             .heartbeat_every((node_timeout / 4).min(Duration::from_secs(1)))
             .node_timeout(node_timeout)

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::BuildError;
+use arch_events::BuildError;
 use clap::Parser;
 use example_app::adapters::database::{self, Database, DatabaseError};
 use example_app::adapters::memory::InMemoryProducts;
@@ -31,11 +31,11 @@ enum StartError {
     #[error(transparent)]
     AdminToken(#[from] http::BadAdminToken),
     #[error("cannot start the broker entrypoint: {0}")]
-    Broker(bus_core::transport::TransportError),
+    Broker(arch_events::transport::TransportError),
     #[error("the relay publishes to Redis: give --redis-url or REDIS_URL")]
     RelayWithoutBroker,
     #[error("cannot start the delivery of stored events: {0}")]
-    Recovery(#[from] bus_sqlx::Error),
+    Recovery(#[from] arch_events_sqlx::Error),
 }
 
 #[tokio::main]

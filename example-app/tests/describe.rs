@@ -10,7 +10,7 @@ use std::sync::Arc;
 use example_app::adapters::memory::InMemoryProducts;
 use example_app::{bootstrap, Adapters};
 
-fn wiring() -> bus_core::describe::BusDescription {
+fn wiring() -> arch_events::describe::BusDescription {
     let store = Arc::new(InMemoryProducts::default());
     bootstrap(Adapters::in_memory(&store)).unwrap().describe()
 }
@@ -33,10 +33,10 @@ fn every_declared_event_has_a_handler_and_every_message_is_described() {
     let wiring = wiring();
     assert_eq!(
         wiring.dead_ends(),
-        Vec::<bus_core::describe::DeadEnd>::new()
+        Vec::<arch_events::describe::DeadEnd>::new()
     );
     let allocate = wiring.message("allocation.allocate").unwrap();
-    assert_eq!(allocate.kind, bus_core::MessageKind::Command);
+    assert_eq!(allocate.kind, arch_events::MessageKind::Command);
     assert_eq!(
         allocate.handlers[0].name,
         "example_app::service_layer::handlers::allocate"

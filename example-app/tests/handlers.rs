@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use bus_core::testing::{HandlerRun, Recorder};
-use bus_core::{Bus, DispatchError};
+use arch_events::testing::{HandlerRun, Recorder};
+use arch_events::{Bus, DispatchError};
 use chrono::NaiveDate;
 use example_app::adapters::memory::InMemoryProducts;
 use example_app::adapters::notifications::RecordingNotifications;
@@ -311,7 +311,7 @@ async fn reducing_a_batch_reallocates_its_lines_if_necessary() {
 
 #[tokio::test]
 async fn a_concurrent_change_loses_with_a_conflict_and_writes_nothing() {
-    use bus_core::UnitOfWork as _;
+    use arch_events::UnitOfWork as _;
     use example_app::adapters::memory::InMemoryUnitOfWork;
     use example_app::domain::model::OrderLine;
     use example_app::service_layer::unit_of_work::{UnitOfWork, UowError};
@@ -321,8 +321,8 @@ async fn a_concurrent_change_loses_with_a_conflict_and_writes_nothing() {
         .dispatch(batch("b1", "LAMP", 10, None))
         .await
         .expect("added");
-    let mut first = InMemoryUnitOfWork::new(app.store.clone(), bus_core::EventReleaser::new());
-    let mut second = InMemoryUnitOfWork::new(app.store.clone(), bus_core::EventReleaser::new());
+    let mut first = InMemoryUnitOfWork::new(app.store.clone(), arch_events::EventReleaser::new());
+    let mut second = InMemoryUnitOfWork::new(app.store.clone(), arch_events::EventReleaser::new());
     for (uow, orderid) in [(&mut first, "o1"), (&mut second, "o2")] {
         let product = uow
             .products()
@@ -356,7 +356,7 @@ mod racing {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use bus_core::{async_trait, MessageContext};
+    use arch_events::{async_trait, MessageContext};
     use example_app::adapters::memory::{InMemoryProducts, InMemoryUnitOfWork};
     use example_app::service_layer::unit_of_work::{
         ProductRepository, UnitOfWork, UnitOfWorkFactory, UowError,
@@ -367,7 +367,7 @@ mod racing {
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Commit {
         pub number: usize,
-        pub message: bus_core::MessageId,
+        pub message: arch_events::MessageId,
         pub attempt: u32,
         pub lost: bool,
     }
@@ -381,7 +381,7 @@ mod racing {
     }
 
     #[async_trait]
-    impl bus_core::UnitOfWork for Racing {
+    impl arch_events::UnitOfWork for Racing {
         type Error = UowError;
         async fn commit(&mut self) -> Result<(), UowError> {
             let number = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
@@ -421,7 +421,7 @@ mod racing {
         let attempts = Arc::new(AtomicUsize::new(0));
         let commits = Arc::new(Mutex::new(Vec::new()));
         let log = commits.clone();
-        let factory: UnitOfWorkFactory = Arc::new(move |scope: &mut bus_core::Scope| {
+        let factory: UnitOfWorkFactory = Arc::new(move |scope: &mut arch_events::Scope| {
             Box::new(Racing {
                 inner: InMemoryUnitOfWork::new(store.clone(), scope.releaser()),
                 context: scope.context(),

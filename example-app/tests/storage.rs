@@ -22,8 +22,8 @@ async fn fresh_sqlite() -> TestDatabase {
 storage_contract_tests!(fresh_sqlite);
 
 /// A database made before the outbox, the inbox and the dead letters moved
-/// to bus-sqlx keeps what they held: the service's migration carries it
-/// over to bus-sqlx's tables.
+/// to arch-events-sqlx keeps what they held: the service's migration carries it
+/// over to arch-events-sqlx's tables.
 #[tokio::test]
 async fn a_database_from_before_bus_sqlx_keeps_its_outbox_inbox_and_dead_letters() {
     use example_app::adapters::database::Database;
@@ -56,7 +56,7 @@ async fn a_database_from_before_bus_sqlx_keeps_its_outbox_inbox_and_dead_letters
         .run(&pool)
         .await
         .expect("applied");
-    let id = bus_core::MessageId::new().to_string();
+    let id = arch_events::MessageId::new().to_string();
     sqlx::raw_sql(&format!(
         "INSERT INTO outbox (id, stream, name, payload, correlation_id, created_at) \
          VALUES ('{id}', 'line_allocated', 'line_allocated', '{{}}', '{id}', '2026-01-01T00:00:00+00:00');

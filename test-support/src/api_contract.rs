@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use bus_core::Scope;
+use arch_events::Scope;
 use example_app::adapters::database::Database;
 use example_app::views::AllocationRow;
 use example_app::Adapters;

@@ -24,10 +24,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bus_core::transport::{
+use arch_events::transport::{
     Consumer, Delivery, Handled, InMemoryBroker, OutboundMessage, Publisher,
 };
-use bus_core::{EventReleaser, MessageId, Scope};
+use arch_events::{EventReleaser, MessageId, Scope};
 use example_app::adapters::database::Database;
 use example_app::domain::commands::{Allocate, CreateBatch};
 use example_app::{bootstrap, Adapters};
@@ -2103,7 +2103,7 @@ async fn run_messages(
     seed: u64,
     total: usize,
     database: Arc<Database>,
-    bus: bus_core::Bus,
+    bus: arch_events::Bus,
     broker: InMemoryBroker,
     current: Arc<Mutex<String>>,
 ) -> BrokerRun {
@@ -2207,6 +2207,7 @@ async fn run_messages(
             Handled::Duplicate => "duplicate",
             Handled::DeadLettered(_) => "dead-lettered",
             Handled::Left => "left",
+            _ => "another outcome",
         };
         *run.outcomes.entry(outcome).or_default() += 1;
         match (&handled, &expected) {

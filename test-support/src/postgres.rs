@@ -83,7 +83,7 @@ impl FreshDatabase {
     pub async fn create() -> FreshDatabase {
         let name = format!(
             "allocation_test_{}",
-            bus_core::MessageId::new().to_string().replace('-', "")
+            arch_events::MessageId::new().to_string().replace('-', "")
         );
         let mut admin = admin().await;
         sqlx::query(&format!("CREATE DATABASE \"{name}\""))

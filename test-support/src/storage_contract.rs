@@ -2,16 +2,16 @@
 //! for allocation, written once and run on each (SQLite in
 //! `example-app/tests/storage.rs`, PostgreSQL in the `postgres` target of
 //! the tests package): the unit of work, the view, and what the service's
-//! events and failures leave in bus-sqlx's store (the outbox, the inbox,
-//! the dead letters; bus-sqlx's own conformance suite covers the store
+//! events and failures leave in arch-events-sqlx's store (the outbox, the inbox,
+//! the dead letters; arch-events-sqlx's own conformance suite covers the store
 //! itself). [`storage_contract_tests!`](crate::storage_contract_tests) expands to
 //! every test below, given an `async fn` that makes an empty database.
 
 use std::sync::Arc;
 
-use bus_core::transport::{Consumer, Handled, InMemoryBroker, OutboundMessage, Publisher};
-use bus_core::{Bus, EventReleaser, MessageId, Scope};
-use bus_sqlx::{DeadLetterError, DeadLetterRecord, DeadLetterStore};
+use arch_events::transport::{Consumer, Handled, InMemoryBroker, OutboundMessage, Publisher};
+use arch_events::{Bus, EventReleaser, MessageId, Scope};
+use arch_events_sqlx::{DeadLetterError, DeadLetterRecord, DeadLetterStore};
 use chrono::{NaiveDate, Utc};
 use example_app::adapters::database::Database;
 use example_app::adapters::memory::InMemoryProducts;
@@ -38,7 +38,7 @@ impl TestDatabase {
     /// Opens it (again: a restart opens it a second time), as a process
     /// that the others take for dead 300 ms after it went silent.
     pub async fn open(&self) -> Database {
-        let settings = bus_sqlx::Settings::default()
+        let settings = arch_events_sqlx::Settings::default()
             .heartbeat_every(std::time::Duration::from_millis(50))
             .node_timeout(std::time::Duration::from_millis(300));
         Database::connect_with(&self.url, settings)
@@ -851,7 +851,7 @@ pub async fn a_failing_notification_is_kept_and_replayed_once_the_notifier_is_ba
     );
 
     // Still down: the replay fails, the letter stays, with the new error.
-    let error = bus_sqlx::replay(&app.bus, &*app.dead_letters, letter.id)
+    let error = arch_events_sqlx::replay(&app.bus, &*app.dead_letters, letter.id)
         .await
         .expect_err("still down");
     assert!(
@@ -876,7 +876,7 @@ pub async fn a_failing_notification_is_kept_and_replayed_once_the_notifier_is_ba
 
     // Back up: the replay succeeds, once.
     app.notifications.recover();
-    let replayed = bus_sqlx::replay(&app.bus, &*app.dead_letters, letter.id)
+    let replayed = arch_events_sqlx::replay(&app.bus, &*app.dead_letters, letter.id)
         .await
         .expect("replayed");
     assert!(replayed.replayed_at.is_some());
@@ -888,7 +888,7 @@ pub async fn a_failing_notification_is_kept_and_replayed_once_the_notifier_is_ba
             "Out of stock for LAMP".to_owned()
         )]
     );
-    let again = bus_sqlx::replay(&app.bus, &*app.dead_letters, letter.id)
+    let again = arch_events_sqlx::replay(&app.bus, &*app.dead_letters, letter.id)
         .await
         .expect_err("replayed already");
     assert!(
@@ -908,7 +908,7 @@ pub async fn a_failing_notification_is_kept_and_replayed_once_the_notifier_is_ba
 pub async fn a_dead_letter_is_claimed_once_and_an_unknown_one_is_not_found(db: TestDatabase) {
     let database = db.open().await;
     let app = dead_letter_app(&database);
-    let error = bus_sqlx::replay(&app.bus, &*app.dead_letters, 42)
+    let error = arch_events_sqlx::replay(&app.bus, &*app.dead_letters, 42)
         .await
         .expect_err("unknown");
     assert!(matches!(error, DeadLetterError::NotFound(42)));
@@ -934,7 +934,7 @@ pub async fn a_dead_letter_is_claimed_once_and_an_unknown_one_is_not_found(db: T
         !app.dead_letters.claim(id).await.expect("answered"),
         "two replays at once"
     );
-    let busy = bus_sqlx::replay(&app.bus, &*app.dead_letters, id)
+    let busy = arch_events_sqlx::replay(&app.bus, &*app.dead_letters, id)
         .await
         .expect_err("claimed");
     assert!(matches!(busy, DeadLetterError::AlreadyReplayed(_)));

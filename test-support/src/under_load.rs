@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bus_core::{EventReleaser, Scope};
+use arch_events::{EventReleaser, Scope};
 use example_app::adapters::database::Database;
 use example_app::Adapters;
 use reqwest::StatusCode;

@@ -2,7 +2,7 @@
 //! compare it with the read model: every batch of a product, each loaded
 //! whole by its reference (a load reads only what a decision needs).
 
-use bus_core::EventReleaser;
+use arch_events::EventReleaser;
 use example_app::adapters::database::Database;
 use example_app::domain::model::Batch;
 

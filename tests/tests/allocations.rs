@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use allocation_counter::measure;
-use bus_core::{handler, Bus, Command, Dependencies, Event, EventReleaser, Registrations};
+use arch_events::{handler, Bus, Command, Dependencies, Event, EventReleaser, Registrations};
 
 #[derive(Debug)]
 struct Config {
@@ -84,7 +84,7 @@ fn bus() -> (Bus, Arc<Calls>) {
     (builder.build().expect("valid wiring"), calls)
 }
 
-fn builder() -> (bus_core::BusBuilder, Arc<Calls>) {
+fn builder() -> (arch_events::BusBuilder, Arc<Calls>) {
     let calls = Arc::new(Calls::default());
     let builder = Bus::builder()
         .registrations(
@@ -202,7 +202,7 @@ fn publishing_to_plain_fn_handlers_allocates_nothing() {
 fn a_retry_policy_costs_nothing_until_a_handler_fails() {
     let (builder, calls) = builder();
     let bus = builder
-        .retry(bus_core::RetryPolicy::exponential(3).first_delay(std::time::Duration::ZERO))
+        .retry(arch_events::RetryPolicy::exponential(3).first_delay(std::time::Duration::ZERO))
         .build()
         .expect("valid wiring");
     bus.publish_blocking(Tick(1)).expect("warm-up");

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bus_core::{handler, Bus, Command, Dependencies, Event, EventReleaser, Registrations, Scoped};
+use arch_events::{
+    handler, Bus, Command, Dependencies, Event, EventReleaser, Registrations, Scoped,
+};
 
 /// What each dispatch caused, by dispatch id.
 #[derive(Debug, Default)]

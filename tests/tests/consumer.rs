@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use bus_core::transport::{
+use arch_events::transport::{
     Consumer, Delivery, Handled, InMemoryBroker, Publisher, Subscriber, TransportError,
 };
 use fixture_stock::{bus, message};
@@ -116,7 +116,7 @@ struct Forged {
     dead: Vec<String>,
 }
 
-#[bus_core::async_trait]
+#[arch_events::async_trait]
 impl Subscriber for Forged {
     fn stream(&self) -> &str {
         "change_batch_quantity"
@@ -165,7 +165,7 @@ async fn an_oversized_payload_is_dead_lettered_unread_and_the_next_one_is_handle
     // Valid JSON for the command, padded past the default 64 KiB limit.
     let big = format!(
         r#"{{"batchref": "b1", "qty": 5, "padding": "{}"}}"#,
-        "x".repeat(Consumer::<bus_core::transport::InMemorySubscriber>::DEFAULT_MAX_PAYLOAD)
+        "x".repeat(Consumer::<arch_events::transport::InMemorySubscriber>::DEFAULT_MAX_PAYLOAD)
     );
     broker
         .publish(&message(stream, "change_batch_quantity", &big))

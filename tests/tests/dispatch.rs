@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
-use arch_events_tests::Log;
-use bus_core::{
+use arch_events::{
     handler, Aggregate, Bus, Command, Dependencies, DispatchError, Event, EventRecorder,
     EventReleaser, HandlerFailure, Query, Registrations, Scoped, UnitOfWork,
 };
+use arch_events_tests::Log;
 
 // ---- a small bank domain -------------------------------------------------
 
@@ -96,7 +96,7 @@ impl BankUow {
     }
 }
 
-#[bus_core::async_trait]
+#[arch_events::async_trait]
 impl UnitOfWork for BankUow {
     type Error = Infallible;
     async fn commit(&mut self) -> Result<(), Infallible> {
@@ -236,7 +236,7 @@ fn event_handlers_run_in_a_deterministic_order_and_chain() {
         ]
     );
     // A second dispatch releases its own events only, none of the first's.
-    let recorder = bus_core::testing::Recorder::attach(&bus);
+    let recorder = arch_events::testing::Recorder::attach(&bus);
     bus.dispatch_blocking(Deposit {
         account: "carol".into(),
         amount: 2,

@@ -9,8 +9,8 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus_core::delivery::{Delivery, DeliveryLog};
-use bus_core::{
+use arch_events::delivery::{Delivery, DeliveryLog};
+use arch_events::{
     async_trait, handler, BoxError, Bus, Command, Dependencies, Event, EventReleaser,
     MessageContext, MessageId, PendingEvent, Registrations, RetryPolicy, Scoped,
 };
@@ -145,7 +145,7 @@ fn a_notify(event: &Shipped, seen: &Seen) -> Result<(), BoxError> {
         .unwrap()
         .push(format!("a_notify {}", event.order));
     if seen.failing.lock().unwrap().contains("a_notify") {
-        return Err(bus_core::Permanent::new("mail refused").into());
+        return Err(arch_events::Permanent::new("mail refused").into());
     }
     Ok(())
 }
@@ -595,7 +595,7 @@ async fn stored_events_stopped_by_the_cascade_bound_are_dead_letters_not_recover
         .expect("wiring");
     let error = bus.dispatch(StartEcho).await.expect_err("a runaway chain");
     assert!(
-        matches!(error, bus_core::DispatchError::CascadeLimit(_)),
+        matches!(error, arch_events::DispatchError::CascadeLimit(_)),
         "{error}"
     );
     let letters = bus.dead_letters().expect("in memory").take();
@@ -617,8 +617,8 @@ async fn stored_events_stopped_by_the_cascade_bound_are_dead_letters_not_recover
 struct BrokenSink;
 
 #[async_trait]
-impl bus_core::dead_letter::DeadLetterSink for BrokenSink {
-    async fn store(&self, _: &bus_core::dead_letter::DeadLetter) -> Result<(), BoxError> {
+impl arch_events::dead_letter::DeadLetterSink for BrokenSink {
+    async fn store(&self, _: &arch_events::dead_letter::DeadLetter) -> Result<(), BoxError> {
         Err("the dead-letter table is gone".into())
     }
 }

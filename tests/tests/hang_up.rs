@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus_core::{
+use arch_events::{
     handler, Bus, Command, Dependencies, Event, EventReleaser, Registrations, RetryPolicy,
 };
 use tokio::sync::{Notify, Semaphore};

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
-use bus_core::{
+use arch_events::{
     handler, Bus, Command, Dependencies, Event, InboundError, Message, MessageContext, Query,
     Registrations,
 };
@@ -258,7 +258,7 @@ async fn an_internal_event_on_a_stream_is_refused_before_its_payload_is_read() {
             (name, kind, stream.as_str(), declared),
             (
                 "stock.deallocated",
-                bus_core::MessageKind::Event,
+                arch_events::MessageKind::Event,
                 "change_batch_quantity",
                 None
             )

@@ -1,7 +1,7 @@
 //! Handlers registered in a second crate reach a bus built from what the
 //! binary links, once the binary names that crate.
 
-use bus_core::{Bus, Dependencies};
+use arch_events::{Bus, Dependencies};
 use fixture_handlers::Greetings;
 use fixture_messages::Greet;
 

@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
-use bus_core::{
+use arch_events::{
     handler, Bus, Command, Dependencies, Event, EventReleaser, MessageContext, Registrations,
     Scoped,
 };

@@ -7,8 +7,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use bus_core::testing::{handler_name, Entity, FakeUnitOfWork, InMemoryStore, Misuse, Recorder};
-use bus_core::{
+use arch_events::testing::{handler_name, Entity, FakeUnitOfWork, InMemoryStore, Misuse, Recorder};
+use arch_events::{
     handler, Aggregate, Bus, BusBuilder, Command, Dependencies, DispatchError, Event,
     EventRecorder, EventReleaser, Lifetime, MessageKind, MisuseError, Problem, Query,
     Registrations, Scoped, Uncommitted, UnitOfWork,
@@ -227,11 +227,11 @@ fn a_dependency_registered_twice_is_a_build_problem_naming_both_lines() {
             type_name: "misuse::Clock",
             lifetime: Lifetime::Shared,
             registered_at: vec![
-                bus_core::registry::Location {
+                arch_events::registry::Location {
                     file: "tests/tests/misuse.rs",
                     line: line_of("// first clock"),
                 },
-                bus_core::registry::Location {
+                arch_events::registry::Location {
                     file: "tests/tests/misuse.rs",
                     line: line_of("// second clock"),
                 },
@@ -319,7 +319,7 @@ fn a_replacement_of_a_type_nothing_registered_is_a_build_problem() {
             type_name:
                 "misuse::a_replacement_of_a_type_nothing_registered_is_a_build_problem::FakeStdout",
             lifetime: Lifetime::Shared,
-            at: bus_core::registry::Location {
+            at: arch_events::registry::Location {
                 file: "tests/tests/misuse.rs",
                 line: line_of("// the wrong replacement"),
             },
@@ -504,16 +504,16 @@ fn a_second_recorder_of_one_bus_shares_the_first_ones_misuses_and_check() {
 /// Passes a call through, or turns its success into a failure.
 struct Veto(bool);
 
-impl bus_core::layer::Layer for Veto {
+impl arch_events::layer::Layer for Veto {
     fn call<'a>(
         &'a self,
-        call: bus_core::layer::HandlerCall<'a>,
-        next: bus_core::layer::Next<'a>,
-    ) -> bus_core::layer::BoxFuture<'a, bus_core::layer::Outcome> {
+        call: arch_events::layer::HandlerCall<'a>,
+        next: arch_events::layer::Next<'a>,
+    ) -> arch_events::layer::BoxFuture<'a, arch_events::layer::Outcome> {
         Box::pin(async move {
             let outcome = next.run(call).await;
             if self.0 {
-                return Err(bus_core::FailureCause::Error("vetoed".into()));
+                return Err(arch_events::FailureCause::Error("vetoed".into()));
             }
             outcome
         })
@@ -1012,7 +1012,7 @@ fn require_event_handlers_refuses_every_event_without_one_but_those_allowed() {
             Problem::NoHandler {
                 kind: MessageKind::Event,
                 message: "misuse.audited",
-                declared_at: bus_core::registry::Location {
+                declared_at: arch_events::registry::Location {
                     file: "tests/tests/misuse.rs",
                     line: line_of("struct Audited;"),
                 },
@@ -1020,7 +1020,7 @@ fn require_event_handlers_refuses_every_event_without_one_but_those_allowed() {
             Problem::NoHandler {
                 kind: MessageKind::Event,
                 message: "misuse.shipped",
-                declared_at: bus_core::registry::Location {
+                declared_at: arch_events::registry::Location {
                     file: "tests/tests/misuse.rs",
                     line: line_of("struct Shipped;"),
                 },
@@ -1181,8 +1181,8 @@ async fn slow_audit(_: &Renamed) {}
 
 #[test]
 fn settings_that_would_do_nothing_or_fight_are_build_problems() {
-    use bus_core::layer::{BoxFuture, HandlerCall, Layer, Next, Outcome};
-    use bus_core::RetryPolicy;
+    use arch_events::layer::{BoxFuture, HandlerCall, Layer, Next, Outcome};
+    use arch_events::RetryPolicy;
 
     struct Pass;
     impl Layer for Pass {

@@ -7,8 +7,8 @@
 
 use std::convert::Infallible;
 
+use arch_events::{handler, Bus, Command, Event, EventReleaser, Registrations, Scoped};
 use arch_events_tests::LogBuffer;
-use bus_core::{handler, Bus, Command, Event, EventReleaser, Registrations, Scoped};
 
 #[derive(Debug, Clone, Event)]
 #[event(name = "log.audited")]
@@ -46,7 +46,9 @@ fn misuses_that_run_are_logged_naming_the_handler() {
     tracing::subscriber::with_default(log.subscriber(), || {
         let bus = Bus::builder()
             .registrations(Registrations::new().handler::<audit>().handler::<forget>())
-            .dependencies(bus_core::Dependencies::new().scoped(|scope| Forgetful(scope.releaser())))
+            .dependencies(
+                arch_events::Dependencies::new().scoped(|scope| Forgetful(scope.releaser())),
+            )
             .build()
             .expect("valid wiring");
         for _ in 0..3 {

@@ -1,7 +1,7 @@
 //! Handlers keep their real names in logs and spans.
 
+use arch_events::{handler, Bus, Command, Event, EventReleaser, Registrations};
 use arch_events_tests::LogBuffer;
-use bus_core::{handler, Bus, Command, Event, EventReleaser, Registrations};
 
 #[derive(Debug, Command)]
 #[command(name = "shop.checkout")]

@@ -15,8 +15,8 @@ use arch_events_test_support::{
 
 use std::time::Duration;
 
-use bus_core::transport::{InMemoryBroker, OutboundMessage, Publisher, TransportError};
-use bus_core::{async_trait, Bus};
+use arch_events::transport::{InMemoryBroker, OutboundMessage, Publisher, TransportError};
+use arch_events::{async_trait, Bus};
 use example_app::adapters::database::Database;
 use example_app::domain::commands::{Allocate, CreateBatch};
 use example_app::{bootstrap, Adapters};

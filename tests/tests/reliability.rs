@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use bus_core::dead_letter::InMemoryDeadLetters;
-use bus_core::layer::{BoxFuture, HandlerCall, Layer, Next, Outcome};
-use bus_core::{
+use arch_events::dead_letter::InMemoryDeadLetters;
+use arch_events::layer::{BoxFuture, HandlerCall, Layer, Next, Outcome};
+use arch_events::{
     handler, BuildError, Bus, Command, Dependencies, DispatchError, Event, EventReleaser,
     MessageContext, MessageId, Permanent, Problem, Registrations, RetryPolicy,
 };
@@ -919,7 +919,7 @@ async fn shutdown_lets_dispatches_in_flight_finish_and_refuses_new_ones() {
     let early = bus.shutdown(grace).await;
     assert_eq!(
         early,
-        Err(bus_core::ShutdownError { running: 1, grace }),
+        Err(arch_events::ShutdownError { running: 1, grace }),
         "shutdown waits for the dispatch in flight"
     );
     assert!(bus.is_closed());
@@ -1096,7 +1096,7 @@ struct Closed;
 impl Layer for Closed {
     fn call<'a>(&'a self, _: HandlerCall<'a>, _: Next<'a>) -> BoxFuture<'a, Outcome> {
         Box::pin(async {
-            Err(bus_core::FailureCause::Error(
+            Err(arch_events::FailureCause::Error(
                 "outside business hours".into(),
             ))
         })
@@ -1123,7 +1123,7 @@ async fn a_command_times_out_or_is_refused_by_a_layer_with_a_pipeline_error() {
     };
     assert!(matches!(
         failure.cause(),
-        bus_core::FailureCause::TimedOut(limit) if *limit == Duration::from_millis(30)
+        arch_events::FailureCause::TimedOut(limit) if *limit == Duration::from_millis(30)
     ));
     assert_eq!(failure.handler(), "reliability::quote");
 

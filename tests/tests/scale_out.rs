@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
-use bus_core::transport::{Consumer, Handled, Publisher, Subscriber};
-use bus_core::MessageId;
-use bus_redis::redis;
-use bus_redis::{RedisPublisher, RedisSubscriber};
+use arch_events::transport::{Consumer, Handled, Publisher, Subscriber};
+use arch_events::MessageId;
+use arch_events_redis::redis;
+use arch_events_redis::{RedisPublisher, RedisSubscriber};
 use fixture_stock::{bus, message};
 use redis::aio::MultiplexedConnection;
 
@@ -21,7 +21,7 @@ fn redis_url() -> String {
 }
 
 async fn connection() -> MultiplexedConnection {
-    match bus_redis::connect(&redis_url()).await {
+    match arch_events_redis::connect(&redis_url()).await {
         Ok(connection) => connection,
         Err(error) => panic!("{error}"),
     }
@@ -434,7 +434,7 @@ async fn a_dead_letter_stream_keeps_about_its_cap_and_its_payload_limit_is_set_o
             .dead_letter_payload_limit(8);
     let dead_stream = subscriber.dead_letter_stream();
     for n in 0..1_000 {
-        let delivery = bus_core::transport::Delivery {
+        let delivery = arch_events::transport::Delivery {
             message: message(&stream, "no.such.message", &format!("poison number {n}")),
             receipt: format!("{n}-0"),
             redeliveries: 0,

@@ -1,12 +1,12 @@
-//! `bus_core::testing`: the recorder, the given/when/then scenario, and
+//! `arch_events::testing`: the recorder, the given/when/then scenario, and
 //! `Bus::settled`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use bus_core::testing::{given, HandlerRun, Recorder};
-use bus_core::{
+use arch_events::testing::{given, HandlerRun, Recorder};
+use arch_events::{
     handler, Aggregate, Bus, Command, Dependencies, Event, EventRecorder, EventReleaser,
     Registrations, RetryPolicy,
 };

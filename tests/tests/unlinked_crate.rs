@@ -2,7 +2,7 @@
 //! no handler, not silently lost. This binary uses `fixture-messages` but never
 //! names `fixture-handlers`, although it is a dependency of this package.
 
-use bus_core::{Bus, Problem};
+use arch_events::{Bus, Problem};
 use fixture_messages::Greet;
 
 #[test]
@@ -35,7 +35,10 @@ fn allowing_the_command_unhandled_lets_the_bus_start() {
     let error = bus
         .dispatch_blocking(Greet { name: "x".into() })
         .expect_err("no handler here");
-    assert!(matches!(error, bus_core::DispatchError::Unhandled { .. }));
+    assert!(matches!(
+        error,
+        arch_events::DispatchError::Unhandled { .. }
+    ));
     assert_eq!(
         error.to_string(),
         "command `fixture_messages::Greet` has no handler in this bus"

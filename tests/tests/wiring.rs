@@ -2,10 +2,10 @@
 
 use std::convert::Infallible;
 
-use arch_events_tests::Log;
-use bus_core::{
+use arch_events::{
     handler, Bus, Command, Dependencies, Event, Lifetime, Problem, Query, Registrations, Scoped,
 };
+use arch_events_tests::Log;
 
 #[derive(Debug, Command)]
 struct Lonely;
@@ -57,13 +57,13 @@ fn needs_things(_: NeedsThings, _log: &Log, _uow: Scoped<UnitOfWork>) -> Result<
 struct Quiet;
 
 mod first {
-    #[derive(Debug, bus_core::Command)]
+    #[derive(Debug, arch_events::Command)]
     #[command(name = "shared.name")]
     pub struct Clash;
 }
 
 mod second {
-    #[derive(Debug, Clone, bus_core::Event)]
+    #[derive(Debug, Clone, arch_events::Event)]
     #[event(name = "shared.name")]
     pub struct Clash;
 }
@@ -110,9 +110,9 @@ fn every_problem_is_reported_at_once_sorted_with_file_and_line() {
 
     // Zero handlers, with the type's file:line.
     assert!(problems.contains(&Problem::NoHandler {
-        kind: bus_core::MessageKind::Command,
+        kind: arch_events::MessageKind::Command,
         message: "wiring::Lonely",
-        declared_at: bus_core::registry::Location {
+        declared_at: arch_events::registry::Location {
             file: "tests/tests/wiring.rs",
             line: line_of("struct Lonely;"),
         },
@@ -253,7 +253,7 @@ fn an_allowed_unhandled_command_builds_and_reports_at_dispatch() {
         .expect("explicitly allowed");
     assert!(matches!(
         bus.dispatch_blocking(Lonely),
-        Err(bus_core::DispatchError::Unhandled {
+        Err(arch_events::DispatchError::Unhandled {
             name: "wiring::Lonely",
             ..
         })

@@ -6,11 +6,11 @@
 
 use std::convert::Infallible;
 
-use arch_events_tests::LogBuffer;
-use bus_core::{
+use arch_events::{
     handler, Bus, Command, Dependencies, Event, EventReleaser, Lifetime, MessageKind, Query,
     Registrations, Scoped,
 };
+use arch_events_tests::LogBuffer;
 
 #[derive(Debug, Command)]
 #[command(name = "shop.checkout")]
@@ -110,7 +110,7 @@ fn the_bus_describes_its_wiring_and_warns_about_dead_ends() {
         [
             ("wiring_report::Till", Lifetime::Shared),
             ("wiring_report::Receipt", Lifetime::Scoped),
-            ("bus_core::events::EventReleaser", Lifetime::Bus),
+            ("arch_events::events::EventReleaser", Lifetime::Bus),
         ]
     );
     assert_eq!(checkout.releases, ["shop.checked_out", "shop.audited"]);

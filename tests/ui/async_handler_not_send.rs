@@ -1,6 +1,6 @@
 use std::rc::Rc;
 
-use bus_core::{handler, Command};
+use arch_events::{handler, Command};
 
 #[derive(Debug, Command)]
 struct Allocate;

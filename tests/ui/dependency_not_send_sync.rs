@@ -1,7 +1,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use bus_core::{handler, Command};
+use arch_events::{handler, Command};
 
 #[derive(Debug, Command)]
 struct Allocate;

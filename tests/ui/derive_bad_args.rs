@@ -1,4 +1,4 @@
-use bus_core::{Command, Event};
+use arch_events::{Command, Event};
 
 #[derive(Debug, Command)]
 #[command(outptu = String, name = "allocate", name = "again")]

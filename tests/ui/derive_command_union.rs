@@ -1,4 +1,4 @@
-use bus_core::Command;
+use arch_events::Command;
 
 #[derive(Debug, Clone, Copy)]
 struct Raw(u32);

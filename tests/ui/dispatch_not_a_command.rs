@@ -1,4 +1,4 @@
-use bus_core::{Bus, Event};
+use arch_events::{Bus, Event};
 
 #[derive(Debug, Clone, Event)]
 struct Allocated;

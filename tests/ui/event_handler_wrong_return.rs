@@ -1,4 +1,4 @@
-use bus_core::{handler, Event};
+use arch_events::{handler, Event};
 
 #[derive(Debug, Clone, Event)]
 struct Allocated;

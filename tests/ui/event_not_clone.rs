@@ -1,4 +1,4 @@
-use bus_core::Event;
+use arch_events::Event;
 
 #[derive(Debug, Event)]
 struct Allocated {

@@ -1,4 +1,4 @@
-use bus_core::{handler, Command, Event};
+use arch_events::{handler, Command, Event};
 
 #[derive(Debug, Command)]
 struct Allocate;

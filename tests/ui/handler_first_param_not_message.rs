@@ -1,4 +1,4 @@
-use bus_core::handler;
+use arch_events::handler;
 
 #[handler]
 fn allocate(qty: u32) -> Result<(), std::convert::Infallible> {

@@ -1,4 +1,4 @@
-use bus_core::{handler, Command};
+use arch_events::{handler, Command};
 
 #[derive(Debug, Command)]
 struct Allocate;

@@ -1,4 +1,4 @@
-use bus_core::handler;
+use arch_events::handler;
 
 #[handler(retry, timeout = 5)]
 unsafe fn allocate<T>(qty: &mut u32, extra: impl Send) {

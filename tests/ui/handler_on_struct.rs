@@ -1,4 +1,4 @@
-use bus_core::handler;
+use arch_events::handler;
 
 #[handler]
 struct AllocateHandler {

@@ -1,4 +1,4 @@
-use bus_core::{handler, Event, Query};
+use arch_events::{handler, Event, Query};
 
 #[derive(Debug, Query)]
 #[query(output = u32)]

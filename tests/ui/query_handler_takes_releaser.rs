@@ -1,4 +1,4 @@
-use bus_core::{handler, Event, EventReleaser, Query};
+use arch_events::{handler, Event, EventReleaser, Query};
 
 #[derive(Debug, Query)]
 #[query(output = u32)]

@@ -1,4 +1,4 @@
-use bus_core::Query;
+use arch_events::Query;
 
 #[derive(Debug, Query)]
 struct Allocations {

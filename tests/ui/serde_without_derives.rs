@@ -1,4 +1,4 @@
-use bus_core::{Command, Event};
+use arch_events::{Command, Event};
 
 // `external` needs the event to be written as JSON: no serde derives here.
 #[derive(Debug, Clone, Event)]

@@ -27,12 +27,12 @@ pub const DEFAULT_MAX_MESSAGES_PER_DISPATCH: usize = 10_000;
 /// Configures and validates a [`Bus`].
 ///
 /// ```
-/// use bus_core::{Bus, Dependencies};
+/// use arch_events::{Bus, Dependencies};
 ///
 /// let bus = Bus::builder()
 ///     .dependencies(Dependencies::new().shared(String::from("shared config")))
 ///     .max_messages_per_dispatch(500)
-///     .observer(|failure: &bus_core::HandlerFailure| eprintln!("{failure}"))
+///     .observer(|failure: &arch_events::HandlerFailure| eprintln!("{failure}"))
 ///     .build();
 /// # let _ = bus;
 /// ```
@@ -96,7 +96,7 @@ impl BusBuilder {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use bus_core::{Bus, RetryPolicy};
+    /// use arch_events::{Bus, RetryPolicy};
     ///
     /// let bus = Bus::builder()
     ///     .retry(RetryPolicy::exponential(4).first_delay(Duration::from_millis(200)))
@@ -130,7 +130,7 @@ impl BusBuilder {
     /// per `policy`. Commands are never retried otherwise.
     ///
     /// ```
-    /// use bus_core::{Bus, Command, RetryPolicy};
+    /// use arch_events::{Bus, Command, RetryPolicy};
     ///
     /// #[derive(Debug, thiserror::Error)]
     /// enum BookError {
@@ -144,7 +144,7 @@ impl BusBuilder {
     /// #[command(error = BookError)]
     /// struct Book { room: u32 }
     ///
-    /// #[bus_core::handler]
+    /// #[arch_events::handler]
     /// fn book(_: Book) -> Result<(), BookError> { Ok(()) }
     ///
     /// let bus = Bus::builder()
@@ -189,7 +189,7 @@ impl BusBuilder {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let bus = bus_core::Bus::builder()
+    /// let bus = arch_events::Bus::builder()
     ///     .spawner(|task| {
     ///         tokio::spawn(task);
     ///     })
@@ -259,7 +259,7 @@ impl BusBuilder {
     /// them either way.
     ///
     /// ```
-    /// use bus_core::{Bus, Event};
+    /// use arch_events::{Bus, Event};
     ///
     /// #[derive(Debug, Clone, Event)]
     /// struct Shipped;
@@ -268,13 +268,13 @@ impl BusBuilder {
     /// struct Audited;
     ///
     /// let refused = Bus::builder()
-    ///     .registrations(bus_core::Registrations::new().message::<Shipped>().message::<Audited>())
+    ///     .registrations(arch_events::Registrations::new().message::<Shipped>().message::<Audited>())
     ///     .require_event_handlers()
     ///     .allow_unhandled::<Audited>() // published for another service
     ///     .build()
     ///     .unwrap_err();
     /// assert_eq!(refused.problems().len(), 1);
-    /// let shipped = <Shipped as bus_core::Message>::name();
+    /// let shipped = <Shipped as arch_events::Message>::name();
     /// assert!(refused.to_string().contains(&format!("event `{shipped}`")));
     /// ```
     pub fn require_event_handlers(mut self) -> Self {

@@ -13,7 +13,7 @@ use crate::message::MessageKind;
 /// A built bus, described: every message it knows, in name order.
 ///
 /// ```
-/// use bus_core::{handler, Bus, Command, Event, EventReleaser};
+/// use arch_events::{handler, Bus, Command, Event, EventReleaser};
 ///
 /// #[derive(Debug, Command)]
 /// #[command(name = "shop.checkout")]

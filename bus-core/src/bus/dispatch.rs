@@ -49,7 +49,7 @@ impl Bus {
     /// a task of their own all along, so no handler is interrupted; without
     /// one, the handler that was running is called again from the start
     /// (see [`Spawn`](crate::Spawn)). Only a crash loses them; events
-    /// stored by a durable unit of work (`bus-sqlx`) survive that too.
+    /// stored by a durable unit of work (`arch-events-sqlx`) survive that too.
     pub fn dispatch<C: Command>(
         &self,
         command: C,

@@ -166,7 +166,7 @@ impl Bus {
     /// subscriber's stream, never a field of the message itself).
     ///
     /// ```
-    /// use bus_core::{handler, Bus, Command, Event, InboundError, MessageContext};
+    /// use arch_events::{handler, Bus, Command, Event, InboundError, MessageContext};
     /// use std::sync::atomic::{AtomicU32, Ordering};
     ///
     /// #[derive(Debug, serde::Deserialize, Command)]
@@ -186,7 +186,7 @@ impl Bus {
     ///
     /// let last = std::sync::Arc::new(AtomicU32::new(0));
     /// let bus = Bus::builder()
-    ///     .dependencies(bus_core::Dependencies::new().shared_arc(last.clone()))
+    ///     .dependencies(arch_events::Dependencies::new().shared_arc(last.clone()))
     ///     .build()
     ///     .unwrap();
     /// let on = |name, payload| {

@@ -41,7 +41,7 @@ use crate::observer::Observer;
 /// at once: every dispatch has its own queue and its own scoped dependencies.
 ///
 /// ```
-/// use bus_core::{handler, Bus, Command, Dependencies, Event, EventReleaser};
+/// use arch_events::{handler, Bus, Command, Dependencies, Event, EventReleaser};
 /// use std::sync::atomic::{AtomicUsize, Ordering};
 ///
 /// #[derive(Debug, Command)]
@@ -203,7 +203,7 @@ impl Bus {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use bus_core::{handler, Bus, Command, DispatchError};
+    /// use arch_events::{handler, Bus, Command, DispatchError};
     ///
     /// #[derive(Debug, Command)]
     /// struct Ping;

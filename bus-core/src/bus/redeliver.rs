@@ -22,7 +22,7 @@ impl Bus {
     ///
     /// ```
     /// use std::sync::Mutex;
-    /// use bus_core::{handler, Bus, Dependencies, Event, MessageContext, PendingEvent};
+    /// use arch_events::{handler, Bus, Dependencies, Event, MessageContext, PendingEvent};
     ///
     /// #[derive(Debug, Clone, Event)]
     /// struct Shipped;

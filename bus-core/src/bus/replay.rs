@@ -94,7 +94,7 @@ impl Bus {
     ///
     /// ```
     /// use std::sync::atomic::{AtomicBool, Ordering};
-    /// use bus_core::{handler, Bus, Dependencies, Event};
+    /// use arch_events::{handler, Bus, Dependencies, Event};
     ///
     /// #[derive(Debug, Clone, Event)]
     /// struct Ordered;

@@ -88,8 +88,8 @@ struct Recorded {
 /// fails.
 ///
 /// ```
-/// use bus_core::testing::{handler_name, Recorder};
-/// use bus_core::{handler, Bus, Command, Event, EventReleaser};
+/// use arch_events::testing::{handler_name, Recorder};
+/// use arch_events::{handler, Bus, Command, Event, EventReleaser};
 ///
 /// #[derive(Debug, Command)]
 /// struct PlaceOrder { id: u32 }
@@ -132,8 +132,8 @@ pub struct Recorder {
 /// [`Recorder::handlers_that_ran`]: `your_crate::module::function`.
 ///
 /// ```
-/// use bus_core::testing::handler_name;
-/// use bus_core::{handler, Command};
+/// use arch_events::testing::handler_name;
+/// use arch_events::{handler, Command};
 ///
 /// #[derive(Debug, Command)]
 /// struct Ping;

@@ -158,9 +158,9 @@ pub struct Conflict<K: Debug> {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use bus_core::testing::{Entity, FakeUnitOfWork, InMemoryStore};
+/// use arch_events::testing::{Entity, FakeUnitOfWork, InMemoryStore};
 /// use futures::executor::block_on;
-/// use bus_core::{Aggregate, Event, EventRecorder, EventReleaser, UnitOfWork};
+/// use arch_events::{Aggregate, Event, EventRecorder, EventReleaser, UnitOfWork};
 ///
 /// #[derive(Debug, Clone, Event)]
 /// struct Renamed;

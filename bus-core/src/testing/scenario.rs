@@ -9,8 +9,8 @@ use crate::message::Event;
 /// the events raised while building it are forgotten).
 ///
 /// ```
-/// use bus_core::testing::given;
-/// use bus_core::{Aggregate, Event, EventRecorder};
+/// use arch_events::testing::given;
+/// use arch_events::{Aggregate, Event, EventRecorder};
 ///
 /// #[derive(Debug, Clone, PartialEq, Event)]
 /// struct Withdrawn { amount: u32 }

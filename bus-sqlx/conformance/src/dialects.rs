@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use bus_core::async_trait;
+use arch_events::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Pool, Postgres, Sqlite, Transaction};

@@ -1,6 +1,6 @@
-//! The conformance suite of bus-sqlx: what every database it runs on must
+//! The conformance suite of arch-events-sqlx: what every database it runs on must
 //! do, written once and run on each (SQLite in `bus-sqlx/tests/sqlite.rs`,
-//! PostgreSQL in the tests package's `bus_sqlx_postgres` target, under the
+//! PostgreSQL in the tests package's `arch_events_sqlx_postgres` target, under the
 //! `services` feature); [`conformance_tests!`] expands to every test below
 //! for one database type, given an `async fn` that makes an empty
 //! database. Its ledger's handlers register at link time: only the suite's
@@ -24,14 +24,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bus_core::transport::{
+use arch_events::transport::{
     Consumer, Handled, InMemoryBroker, OutboundMessage, Publisher, TransportError,
 };
-use bus_core::{
+use arch_events::{
     async_trait, handler, Bus, Command, Dependencies, DispatchError, Event, EventReleaser,
     MessageContext, MessageId, PendingEvent, Query, Registrations, RetryPolicy, Scoped,
 };
-use bus_sqlx::{
+use arch_events_sqlx::{
     Backend, DeadLetterError, DeadLetterRecord, DeadLetterStore, Error, Settings, StageError, Store,
 };
 use chrono::Utc;
@@ -106,7 +106,7 @@ macro_rules! conformance_tests {
 // The ledger: its SQL per database, its messages and handlers
 // ---------------------------------------------------------------------------
 
-/// The ledger's own SQL on one database (bus-sqlx brings the rest).
+/// The ledger's own SQL on one database (arch-events-sqlx brings the rest).
 #[async_trait]
 pub trait Ledger: Backend {
     /// A pool on `url`.
@@ -525,7 +525,7 @@ pub async fn the_crates_migrations_live_beside_the_applications_own<DB: Ledger>(
     )
     .unwrap();
     DB::app_migrate(&pool, dir.path()).await;
-    bus_sqlx::migrate(&pool).await.unwrap();
+    arch_events_sqlx::migrate(&pool).await.unwrap();
     std::fs::write(
         dir.path().join("0002_outbox.sql"),
         // A table name an application may well have of its own.
@@ -533,7 +533,7 @@ pub async fn the_crates_migrations_live_beside_the_applications_own<DB: Ledger>(
     )
     .unwrap();
     DB::app_migrate(&pool, dir.path()).await;
-    bus_sqlx::migrate(&pool).await.unwrap();
+    arch_events_sqlx::migrate(&pool).await.unwrap();
     DB::app_migrate(&pool, dir.path()).await;
 
     assert_eq!(
@@ -541,7 +541,7 @@ pub async fn the_crates_migrations_live_beside_the_applications_own<DB: Ledger>(
         [1, 2],
         "sqlx sees only the app's"
     );
-    assert_eq!(DB::count(&pool, "bus_sqlx_migrations").await, 1);
+    assert_eq!(DB::count(&pool, "arch_events_sqlx_migrations").await, 1);
     assert_eq!(DB::count(&pool, "outbox").await, 0);
     assert_eq!(DB::count(&pool, "bus_outbox").await, 0);
     // A store opens on it, and the app's migrator still runs.
@@ -556,13 +556,15 @@ pub async fn migrations_run_once_when_processes_start_together<DB: Ledger>(db: T
     let mut starts = Vec::new();
     for _ in 0..4 {
         let pool = db.pool::<DB>().await;
-        starts.push(tokio::spawn(async move { bus_sqlx::migrate(&pool).await }));
+        starts.push(tokio::spawn(async move {
+            arch_events_sqlx::migrate(&pool).await
+        }));
     }
     for start in starts {
         start.await.unwrap().unwrap();
     }
     let pool = db.pool::<DB>().await;
-    assert_eq!(DB::count(&pool, "bus_sqlx_migrations").await, 1);
+    assert_eq!(DB::count(&pool, "arch_events_sqlx_migrations").await, 1);
 }
 
 // ---------------------------------------------------------------------------
@@ -1208,14 +1210,14 @@ impl Publisher for MeetingFirst {
     async fn publish_batch(
         &self,
         messages: &[OutboundMessage],
-    ) -> Result<(), bus_core::transport::BatchError> {
+    ) -> Result<(), arch_events::transport::BatchError> {
         if !self.met.swap(true, Ordering::SeqCst) {
             *self.first_batch.lock().unwrap() = messages.iter().map(|m| m.id).collect();
             self.barrier.wait().await;
         }
         for (published, message) in messages.iter().enumerate() {
             if let Err(error) = self.inner.publish(message).await {
-                return Err(bus_core::transport::BatchError { published, error });
+                return Err(arch_events::transport::BatchError { published, error });
             }
         }
         Ok(())
@@ -1432,7 +1434,7 @@ pub async fn a_failing_handler_is_kept_and_replayed_once_the_fault_is_gone<DB: L
     );
 
     // Still down: the replay fails, the letter stays, with the new error.
-    let error = bus_sqlx::replay(&app.bus, &letters, letter.id)
+    let error = arch_events_sqlx::replay(&app.bus, &letters, letter.id)
         .await
         .unwrap_err();
     assert!(
@@ -1445,12 +1447,12 @@ pub async fn a_failing_handler_is_kept_and_replayed_once_the_fault_is_gone<DB: L
 
     // Back up: the replay succeeds, once.
     app.tally.mail_down.store(false, Ordering::SeqCst);
-    let replayed = bus_sqlx::replay(&app.bus, &letters, letter.id)
+    let replayed = arch_events_sqlx::replay(&app.bus, &letters, letter.id)
         .await
         .unwrap();
     assert!(replayed.replayed_at.is_some());
     assert_eq!(replayed.replay_error, None);
-    let again = bus_sqlx::replay(&app.bus, &letters, letter.id)
+    let again = arch_events_sqlx::replay(&app.bus, &letters, letter.id)
         .await
         .unwrap_err();
     assert!(
@@ -1506,7 +1508,7 @@ pub async fn a_projection_replayed_twice_has_its_effect_once<DB: Ledger>(db: Tes
         replayed.replayed_at.is_some(),
         "marked in the replay's own commit"
     );
-    let again = bus_sqlx::replay(&app.bus, &letters, kept[0].id)
+    let again = arch_events_sqlx::replay(&app.bus, &letters, kept[0].id)
         .await
         .unwrap_err();
     assert!(
@@ -1536,13 +1538,17 @@ pub async fn a_dead_letter_is_claimed_once_until_its_claim_runs_out<DB: Ledger>(
     let settings = fast().dead_letter_claim(Duration::from_millis(200));
     let app = App::<DB>::with(pool, settings, Tally::default()).await;
     let letters = app.store.dead_letters();
-    let unknown = bus_sqlx::replay(&app.bus, &letters, 42).await.unwrap_err();
+    let unknown = arch_events_sqlx::replay(&app.bus, &letters, 42)
+        .await
+        .unwrap_err();
     assert!(matches!(unknown, DeadLetterError::NotFound(42)));
 
     let id = letters.add(record()).await.unwrap();
     assert!(letters.claim(id).await.unwrap());
     assert!(!letters.claim(id).await.unwrap(), "two replays at once");
-    let busy = bus_sqlx::replay(&app.bus, &letters, id).await.unwrap_err();
+    let busy = arch_events_sqlx::replay(&app.bus, &letters, id)
+        .await
+        .unwrap_err();
     assert!(matches!(busy, DeadLetterError::AlreadyReplayed(_)));
     // The replay that claimed it died: once its claim runs out, another
     // replay takes the letter, and the handler runs.
@@ -1551,7 +1557,9 @@ pub async fn a_dead_letter_is_claimed_once_until_its_claim_runs_out<DB: Ledger>(
     })
     .await;
     letters.settle(id, Err("died".into())).await.unwrap();
-    let replayed = bus_sqlx::replay(&app.bus, &letters, id).await.unwrap();
+    let replayed = arch_events_sqlx::replay(&app.bus, &letters, id)
+        .await
+        .unwrap();
     assert!(replayed.replayed_at.is_some());
     assert_eq!(app.tally.mails.load(Ordering::SeqCst), 1);
 }

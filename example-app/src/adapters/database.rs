@@ -1,14 +1,14 @@
 //! The service's database, chosen by URL: SQLite (`sqlite://<file>`, the
 //! embedded default) or PostgreSQL (`postgres://...`, for several processes
-//! sharing it). Each holds the allocation tables and bus-sqlx's store (the
+//! sharing it). Each holds the allocation tables and arch-events-sqlx's store (the
 //! outbox, the inbox, durable delivery of events, the dead letters).
 
 use std::future::Future;
 use std::sync::Arc;
 
-use bus_core::transport::{Inbox, Publisher};
-use bus_core::{BoxError, Bus, EventReleaser};
-use bus_sqlx::{DeadLetterStore, Recovery, Settings};
+use arch_events::transport::{Inbox, Publisher};
+use arch_events::{BoxError, Bus, EventReleaser};
+use arch_events_sqlx::{DeadLetterStore, Recovery, Settings};
 
 use super::postgres::{self, PostgresDatabase};
 use super::sqlite::{self, SqliteDatabase};
@@ -115,7 +115,7 @@ impl Database {
 
     /// Starts delivering again, in the background, the events this process
     /// or a dead one left undelivered.
-    pub fn start_recovery(&self, bus: &Bus) -> Result<Recovery, bus_sqlx::Error> {
+    pub fn start_recovery(&self, bus: &Bus) -> Result<Recovery, arch_events_sqlx::Error> {
         match self {
             Database::Sqlite(database) => database.store().start_recovery(bus),
             Database::Postgres(database) => database.store().start_recovery(bus),

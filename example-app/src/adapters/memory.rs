@@ -1,13 +1,13 @@
 //! In-memory adapters: a fake unit of work over the products and an
-//! in-memory allocations view. The unit of work is `bus_core::testing`'s
+//! in-memory allocations view. The unit of work is `arch_events::testing`'s
 //! generic one, with the same contract as the SQLite one (optimistic
 //! concurrency included), so handler tests run on it; the dead letters of
-//! in-memory adapters are `bus_sqlx::InMemoryDeadLetterStore`.
+//! in-memory adapters are `arch_events_sqlx::InMemoryDeadLetterStore`.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use bus_core::testing::{self, Entity};
-use bus_core::{async_trait, EventReleaser};
+use arch_events::testing::{self, Entity};
+use arch_events::{async_trait, EventReleaser};
 
 use crate::domain::model::{OrderLine, Product};
 use crate::service_layer::unit_of_work::{
@@ -66,7 +66,7 @@ impl InMemoryUnitOfWork {
 }
 
 #[async_trait]
-impl bus_core::UnitOfWork for InMemoryUnitOfWork {
+impl arch_events::UnitOfWork for InMemoryUnitOfWork {
     type Error = UowError;
 
     async fn commit(&mut self) -> Result<(), UowError> {

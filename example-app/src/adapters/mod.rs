@@ -1,5 +1,5 @@
 //! Adapters: the concrete implementations behind the service layer's
-//! traits. [`database`] opens SQLite or PostgreSQL by URL, with bus-sqlx's
+//! traits. [`database`] opens SQLite or PostgreSQL by URL, with arch-events-sqlx's
 //! store on it (outbox, inbox, durable delivery, dead letters); each
 //! ([`sqlite`], [`postgres`]) has its view and the SQL of the unit of work
 //! that [`relational`] runs; [`memory`] holds the in-memory fakes,

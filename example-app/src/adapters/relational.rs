@@ -1,14 +1,14 @@
 //! The unit of work of a relational database, written once: it tracks the
 //! products a handler loads or adds, and at commit writes the changed ones
-//! and stages their events (bus-sqlx: durable delivery, the outbox, the
+//! and stages their events (arch-events-sqlx: durable delivery, the outbox, the
 //! inbox, the delivery it serves) in one transaction, then releases the
 //! events. A database brings only its SQL, as [`ProductTables`] (SQLite
 //! and PostgreSQL here).
 
 use std::sync::Arc;
 
-use bus_core::{async_trait, Aggregate, BoxError, EventReleaser, MessageContext, PendingEvent};
-use bus_sqlx::{Backend, StageError, Store};
+use arch_events::{async_trait, Aggregate, BoxError, EventReleaser, MessageContext, PendingEvent};
+use arch_events_sqlx::{Backend, StageError, Store};
 use sqlx::{Executor, IntoArguments, Transaction};
 
 use super::product_locks::{ProductGuard, ProductLocks};
@@ -61,7 +61,7 @@ pub fn unit_of_work_factory<T: ProductTables>(tables: T) -> UnitOfWorkFactory {
 }
 
 /// A unit of work over a relational database's [`ProductTables`]. Nothing
-/// is written before [`commit`](bus_core::UnitOfWork::commit), and no
+/// is written before [`commit`](arch_events::UnitOfWork::commit), and no
 /// transaction is held while the handler decides.
 pub struct RelationalUnitOfWork<T> {
     tables: T,
@@ -199,7 +199,7 @@ impl<T: ProductTables> RelationalUnitOfWork<T> {
 }
 
 #[async_trait]
-impl<T: ProductTables> bus_core::UnitOfWork for RelationalUnitOfWork<T> {
+impl<T: ProductTables> arch_events::UnitOfWork for RelationalUnitOfWork<T> {
     type Error = UowError;
 
     async fn commit(&mut self) -> Result<(), UowError> {

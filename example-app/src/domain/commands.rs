@@ -1,6 +1,6 @@
 //! Commands: what the outside world asks the service to do.
 
-use bus_core::Command;
+use arch_events::Command;
 use chrono::NaiveDate;
 use serde::Deserialize;
 

@@ -3,7 +3,7 @@
 //! `serde` lets a failed event handler's event be stored as a dead letter
 //! and replayed later.
 
-use bus_core::Event;
+use arch_events::Event;
 use serde::{Deserialize, Serialize};
 
 /// An order line was allocated to a batch. External: published (through the

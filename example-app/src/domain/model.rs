@@ -2,7 +2,7 @@
 
 use std::cmp::Ordering;
 
-use bus_core::{Aggregate, EventRecorder};
+use arch_events::{Aggregate, EventRecorder};
 use chrono::NaiveDate;
 
 use super::events::{Allocated, Deallocated, OutOfStock};
@@ -290,7 +290,7 @@ pub enum ChangeQuantityError {
 mod tests {
     use super::*;
     use crate::domain::events::{Allocated, Deallocated, OutOfStock};
-    use bus_core::testing::given;
+    use arch_events::testing::given;
     use chrono::Days;
 
     fn today() -> NaiveDate {

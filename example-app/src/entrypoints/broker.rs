@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::transport::{Consumer, TransportError};
-use bus_core::Bus;
-use bus_redis::{RedisPublisher, RedisSubscriber};
+use arch_events::transport::{Consumer, TransportError};
+use arch_events::Bus;
+use arch_events_redis::{RedisPublisher, RedisSubscriber};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -32,7 +32,7 @@ pub struct BrokerTasks {
     consumer: JoinHandle<()>,
 }
 
-/// Connects to Redis at `url`, then starts the outbox relay (bus-sqlx's:
+/// Connects to Redis at `url`, then starts the outbox relay (arch-events-sqlx's:
 /// batches back to back while there are rows, a round every relay pause
 /// when idle) and the consumer (as `consumer` in the group).
 pub async fn start(
@@ -41,7 +41,7 @@ pub async fn start(
     database: &Database,
     bus: Bus,
 ) -> Result<BrokerTasks, TransportError> {
-    let publisher = Arc::new(RedisPublisher::new(bus_redis::connect(url).await?));
+    let publisher = Arc::new(RedisPublisher::new(arch_events_redis::connect(url).await?));
     let subscriber =
         RedisSubscriber::join(url, INBOUND_STREAM, CONSUMER_GROUP, consumer, CLAIM_AFTER).await?;
     let stop_relay = Arc::new(Notify::new());
@@ -77,7 +77,7 @@ pub async fn relay_only(
     database: &Database,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), TransportError> {
-    let publisher = Arc::new(RedisPublisher::new(bus_redis::connect(url).await?));
+    let publisher = Arc::new(RedisPublisher::new(arch_events_redis::connect(url).await?));
     tracing::info!(url = %redacted(url), "relaying the outbox");
     database.relay(publisher, stop).await;
     Ok(())

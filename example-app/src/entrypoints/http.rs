@@ -20,14 +20,14 @@ pub use server::{serve, Settings, HYPER_MAX_HEADERS, HYPER_MAX_HEAD_BYTES};
 use std::future::Future;
 use std::sync::Arc;
 
+use arch_events::{Bus, DispatchError};
+use arch_events_sqlx::{DeadLetterError, DeadLetterStore};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{middleware, Json, Router};
-use bus_core::{Bus, DispatchError};
-use bus_sqlx::{DeadLetterError, DeadLetterStore};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -186,7 +186,7 @@ pub const MAX_MESSAGE_BYTES: usize = 300;
 /// `message`, cut to [`MAX_MESSAGE_BYTES`] on a character boundary, saying
 /// how long it was.
 fn shortened(message: &str) -> String {
-    let kept = bus_core::transport::truncated(message, MAX_MESSAGE_BYTES);
+    let kept = arch_events::transport::truncated(message, MAX_MESSAGE_BYTES);
     if kept.len() == message.len() {
         return message.to_owned();
     }
@@ -403,7 +403,8 @@ async fn replay_dead_letter(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = dead_letter_id(&id)?;
-    let replay = tokio::spawn(async move { bus_sqlx::replay(&bus, &*dead_letters, id).await });
+    let replay =
+        tokio::spawn(async move { arch_events_sqlx::replay(&bus, &*dead_letters, id).await });
     let letter = replay.await.map_err(|error| {
         ApiError::server(
             StatusCode::INTERNAL_SERVER_ERROR,

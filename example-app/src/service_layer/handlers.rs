@@ -1,7 +1,7 @@
 //! The command and event handlers: each one a use case, registered by
 //! `#[handler]`, with its dependencies injected by type.
 
-use bus_core::{handler, Scoped};
+use arch_events::{handler, Scoped};
 
 use super::unit_of_work::{UnitOfWork, UowError};
 use super::ServiceError;
@@ -62,7 +62,7 @@ pub async fn allocate(
 ///
 /// When it loses an optimistic-concurrency race, its retry policy (see
 /// [`bootstrap`](crate::bootstrap())) calls it again with a fresh unit of
-/// work; an unknown product is [`Permanent`](bus_core::Permanent).
+/// work; an unknown product is [`Permanent`](arch_events::Permanent).
 #[handler(releases(Allocated, OutOfStock))]
 pub async fn reallocate(
     event: Deallocated,

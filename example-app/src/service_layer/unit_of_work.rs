@@ -3,7 +3,7 @@
 //! Handlers take `Scoped<dyn UnitOfWork>`: bootstrap decides whether that is
 //! the SQLite one or the in-memory fake.
 
-use bus_core::{async_trait, BoxError};
+use arch_events::{async_trait, BoxError};
 
 use crate::domain::model::{OrderLine, Product};
 
@@ -71,8 +71,8 @@ pub trait ProductRepository: Send {
 }
 
 /// One transaction over the products: changes are written, and the products'
-/// events released, only by [`commit`](bus_core::UnitOfWork::commit).
-pub trait UnitOfWork: bus_core::UnitOfWork<Error = UowError> {
+/// events released, only by [`commit`](arch_events::UnitOfWork::commit).
+pub trait UnitOfWork: arch_events::UnitOfWork<Error = UowError> {
     /// The repository of this unit of work.
     fn products(&mut self) -> &mut dyn ProductRepository;
 }
@@ -80,4 +80,4 @@ pub trait UnitOfWork: bus_core::UnitOfWork<Error = UowError> {
 /// Makes a fresh unit of work for one handler call, given the call's
 /// releaser; bootstrap registers it as a scoped dependency.
 pub type UnitOfWorkFactory =
-    std::sync::Arc<dyn Fn(&mut bus_core::Scope) -> Box<dyn UnitOfWork> + Send + Sync>;
+    std::sync::Arc<dyn Fn(&mut arch_events::Scope) -> Box<dyn UnitOfWork> + Send + Sync>;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bus_core::{async_trait, handler, BoxError, Query, Scope, Scoped};
+use arch_events::{async_trait, handler, BoxError, Query, Scope, Scoped};
 use serde::Serialize;
 
 use crate::domain::events::{Allocated, Deallocated};
@@ -47,7 +47,7 @@ pub struct ViewError(#[source] pub BoxError);
 
 /// Where the allocations view is stored. Handlers get one per call (a
 /// scoped dependency): each write is a transaction of its own that also
-/// records the call's delivery of the event it handles (bus-sqlx). The
+/// records the call's delivery of the event it handles (arch-events-sqlx). The
 /// writes are idempotent and independent of order anyway ([`LineChange`]):
 /// concurrent changes of one product, and redeliveries, never make the view
 /// drift from the write model.

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::sync::Mutex;
 
-use bus_core::{handler, EventReleaser};
+use arch_events::{handler, EventReleaser};
 use fixture_messages::{Greet, Greeted};
 
 /// Everyone greeted so far, recorded by [`remember_greeting`].

@@ -1,7 +1,7 @@
 //! Messages whose handlers live in `fixture-handlers`, a crate of their own:
 //! a binary that does not link that crate must report them as unhandled.
 
-use bus_core::{Command, Event};
+use arch_events::{Command, Event};
 
 /// Greets someone; handled in `fixture-handlers`.
 #[derive(Debug, Command)]

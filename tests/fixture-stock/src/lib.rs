@@ -10,8 +10,8 @@
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
-use bus_core::transport::OutboundMessage;
-use bus_core::{handler, Bus, Command, Dependencies, Event, MessageId, Registrations};
+use arch_events::transport::OutboundMessage;
+use arch_events::{handler, Bus, Command, Dependencies, Event, MessageId, Registrations};
 
 #[derive(Debug, serde::Deserialize, Command)]
 #[command(name = "stock.change_quantity", external = "change_batch_quantity")]

@@ -2,7 +2,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use bus_core::{
+use arch_events::{
     handler, Bus, Command, Dependencies, Event, EventReleaser, MessageContext, Query, Scoped,
 };
 

@@ -1,9 +1,9 @@
 //! Message derives with every option, and handlers in modules, named by
 //! their path for a bus built from an explicit list.
-use bus_core::{Bus, Message, Registrations};
+use arch_events::{Bus, Message, Registrations};
 
 mod shop {
-    use bus_core::{handler, Command, Event, EventReleaser};
+    use arch_events::{handler, Command, Event, EventReleaser};
     use serde::{Deserialize, Serialize};
 
     #[derive(Debug, Clone, Deserialize, Command)]

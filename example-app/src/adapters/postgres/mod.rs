@@ -1,6 +1,6 @@
 //! PostgreSQL, for several processes on several machines sharing one
 //! database: the unit of work and repository of the write model and the
-//! allocations view; bus-sqlx's store keeps the outbox (relayed with
+//! allocations view; arch-events-sqlx's store keeps the outbox (relayed with
 //! `FOR UPDATE SKIP LOCKED`), the inbox, the pending events and the dead
 //! letters in the same database.
 
@@ -10,8 +10,8 @@ mod views;
 use std::str::FromStr;
 use std::time::Duration;
 
-use bus_core::BoxError;
-use bus_sqlx::{Settings, Store};
+use arch_events::BoxError;
+use arch_events_sqlx::{Settings, Store};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres};
 
@@ -61,7 +61,7 @@ impl PostgresDatabase {
 
 /// Connects to the database at `url`, such as
 /// `postgres://postgres@127.0.0.1:5432/allocation`, and brings its schema up
-/// to date: bus-sqlx's tables, then the service's own (both under advisory
+/// to date: arch-events-sqlx's tables, then the service's own (both under advisory
 /// locks: processes starting together apply each migration once).
 pub async fn connect(url: &str, settings: Settings) -> Result<PostgresDatabase, BoxError> {
     // A process frozen in a transaction (SIGSTOP, a paused VM) would hold

@@ -1,8 +1,8 @@
 //! The write model's SQL in PostgreSQL: the [`ProductTables`] behind
 //! [`PostgresUnitOfWork`].
 
-use bus_core::async_trait;
-use bus_sqlx::Store;
+use arch_events::async_trait;
+use arch_events_sqlx::Store;
 use sqlx::{Postgres, Transaction};
 
 use super::{storage, write_error, PostgresDatabase};
@@ -191,7 +191,7 @@ impl ProductTables for PostgresDatabase {
     }
 
     async fn load(&self, sku: &str, lines: Lines) -> Result<Option<Tracked>, UowError> {
-        let mut tx = bus_sqlx::begin_on(
+        let mut tx = arch_events_sqlx::begin_on(
             &self.pool,
             "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
         )

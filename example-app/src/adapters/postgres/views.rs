@@ -1,6 +1,6 @@
 //! The allocations view (the read model) in PostgreSQL.
 
-use bus_core::{async_trait, EventReleaser};
+use arch_events::{async_trait, EventReleaser};
 
 use super::PostgresDatabase;
 use crate::adapters::relational::write_once;

@@ -1,5 +1,5 @@
 //! SQLite, the embedded default: one file, one machine. The unit of work and
-//! repository of the write model and the allocations view; bus-sqlx's store
+//! repository of the write model and the allocations view; arch-events-sqlx's store
 //! keeps the outbox, the inbox, the pending events and the dead letters in
 //! the same file.
 
@@ -9,8 +9,8 @@ mod views;
 use std::str::FromStr;
 use std::time::Duration;
 
-use bus_core::BoxError;
-use bus_sqlx::{Settings, Store};
+use arch_events::BoxError;
+use arch_events_sqlx::{Settings, Store};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -54,7 +54,7 @@ impl SqliteDatabase {
 }
 
 /// Opens (creating it when missing) the database at `url`, such as
-/// `sqlite://allocation.db`, and brings its schema up to date: bus-sqlx's
+/// `sqlite://allocation.db`, and brings its schema up to date: arch-events-sqlx's
 /// tables, then the service's own.
 ///
 /// WAL journaling with `synchronous = NORMAL`: a commit survives the process

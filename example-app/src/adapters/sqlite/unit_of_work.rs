@@ -1,8 +1,8 @@
 //! The write model's SQL in SQLite: the [`ProductTables`] behind
 //! [`SqliteUnitOfWork`].
 
-use bus_core::async_trait;
-use bus_sqlx::Store;
+use arch_events::async_trait;
+use arch_events_sqlx::Store;
 use sqlx::{Sqlite, Transaction};
 
 use super::{storage, write_error, SqliteDatabase};
@@ -191,7 +191,7 @@ impl ProductTables for SqliteDatabase {
     }
 
     async fn load(&self, sku: &str, lines: Lines) -> Result<Option<Tracked>, UowError> {
-        let mut tx = bus_sqlx::begin_on(&self.pool, "BEGIN")
+        let mut tx = arch_events_sqlx::begin_on(&self.pool, "BEGIN")
             .await
             .map_err(storage)?;
         let product = Self::load_in(&mut tx, sku, lines).await?;

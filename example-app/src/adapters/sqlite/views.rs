@@ -1,6 +1,6 @@
 //! The allocations view (the read model) in SQLite.
 
-use bus_core::{async_trait, EventReleaser};
+use arch_events::{async_trait, EventReleaser};
 
 use super::SqliteDatabase;
 use crate::adapters::relational::write_once;

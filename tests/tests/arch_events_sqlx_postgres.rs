@@ -1,15 +1,15 @@
-//! bus-sqlx's conformance suite on PostgreSQL: the same tests as on
+//! arch-events-sqlx's conformance suite on PostgreSQL: the same tests as on
 //! SQLite (`bus-sqlx/tests/sqlite.rs`), each on a fresh database. A test
 //! binary of its own: it links the suite's handlers and nothing else (the
 //! example app's would join its bus). Built only with the `services`
 //! feature (`.ci/run` turns it on):
-//! `cargo test -p arch-events-tests --features services --test bus_sqlx_postgres`.
+//! `cargo test -p arch-events-tests --features services --test arch_events_sqlx_postgres`.
 //! PostgreSQL at `POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); without it the tests fail
 //! and say how to start it.
 
+use arch_events_sqlx_conformance::{self as conformance, conformance_tests};
 use arch_events_test_support::postgres;
-use bus_sqlx_conformance::{self as conformance, conformance_tests};
 
 async fn fresh_ledger() -> conformance::TestDatabase {
     let database = postgres::FreshDatabase::create().await;
@@ -21,7 +21,7 @@ async fn fresh_ledger() -> conformance::TestDatabase {
 
 conformance_tests!(sqlx::Postgres, fresh_ledger);
 
-/// `bus_sqlx::begin_on` is cancel-safe where sqlx's `Pool::begin` is not
+/// `arch_events_sqlx::begin_on` is cancel-safe where sqlx's `Pool::begin` is not
 /// (transact-rs/sqlx#4393): a caller that stops waiting during `BEGIN` never
 /// leaves the pool's connection inside a transaction, which would swallow
 /// the next borrower's writes.
@@ -43,7 +43,7 @@ async fn a_begin_cut_short_leaves_no_connection_inside_a_transaction() {
     for n in 0..50_i32 {
         // Cut short at once, or a little later: with BEGIN on the wire.
         let wait = std::time::Duration::from_micros(50 * u64::from(n.unsigned_abs() % 5));
-        let _ = tokio::time::timeout(wait, bus_sqlx::begin_on(&pool, "BEGIN")).await;
+        let _ = tokio::time::timeout(wait, arch_events_sqlx::begin_on(&pool, "BEGIN")).await;
         sqlx::query("INSERT INTO writes (n) VALUES ($1)")
             .bind(n)
             .execute(&pool)
