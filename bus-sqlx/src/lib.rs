@@ -21,7 +21,7 @@
 //!   expiring claim, and deletion ([`DeadLetters`], [`replay`]).
 //!
 //! Its tables (`bus_*`) and their migrations are its own, recorded in
-//! `arch_events_sqlx_migrations`: they live beside the application's tables and
+//! `bus_sqlx_migrations`: they live beside the application's tables and
 //! its `sqlx::migrate!()` without touching `_sqlx_migrations`.
 //!
 //! Enable the feature of each database the service runs on: `sqlite`,

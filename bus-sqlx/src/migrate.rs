@@ -1,5 +1,5 @@
 //! The store's own migrations, recorded in a table of their own
-//! (`arch_events_sqlx_migrations`), so that they never collide with the
+//! (`bus_sqlx_migrations`), so that they never collide with the
 //! application's sqlx migrations in the same database: sqlx keeps one
 //! `_sqlx_migrations` table per database and refuses a migration it does
 //! not know, so a library must not write there.

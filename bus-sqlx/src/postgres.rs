@@ -30,7 +30,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
 
 /// The advisory lock arch-events-sqlx's migrations run under (sqlx's own
 /// migrations take another).
-const MIGRATION_LOCK: i64 = 0x6275_735f_7371_6c78; // "arch_events_sqlx"
+const MIGRATION_LOCK: i64 = 0x6275_735f_7371_6c78; // "bus_sqlx" in ASCII
 
 /// The nodes alive now: their heartbeat is younger than the timeout each
 /// declared.
@@ -57,7 +57,7 @@ impl Sql for Postgres {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "CREATE TABLE IF NOT EXISTS arch_events_sqlx_migrations (
+            "CREATE TABLE IF NOT EXISTS bus_sqlx_migrations (
                 version     BIGINT PRIMARY KEY,
                 description TEXT NOT NULL,
                 checksum    TEXT NOT NULL,
@@ -67,14 +67,14 @@ impl Sql for Postgres {
         .execute(&mut *tx)
         .await?;
         let applied: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT version, checksum FROM arch_events_sqlx_migrations ORDER BY version",
+            "SELECT version, checksum FROM bus_sqlx_migrations ORDER BY version",
         )
         .fetch_all(&mut *tx)
         .await?;
         for migration in pending(MIGRATIONS, &applied)? {
             tx.execute(sqlx::raw_sql(migration.sql)).await?;
             sqlx::query(
-                "INSERT INTO arch_events_sqlx_migrations (version, description, checksum) \
+                "INSERT INTO bus_sqlx_migrations (version, description, checksum) \
                  VALUES ($1, $2, $3)",
             )
             .bind(migration.version)

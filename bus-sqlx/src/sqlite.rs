@@ -57,7 +57,7 @@ impl Sql for Sqlite {
         // migration once, the others wait and find it applied.
         let mut tx = crate::store::begin_on(pool, "BEGIN IMMEDIATE").await?;
         sqlx::query(
-            "CREATE TABLE IF NOT EXISTS arch_events_sqlx_migrations (
+            "CREATE TABLE IF NOT EXISTS bus_sqlx_migrations (
                 version     INTEGER PRIMARY KEY NOT NULL,
                 description TEXT NOT NULL,
                 checksum    TEXT NOT NULL,
@@ -67,14 +67,14 @@ impl Sql for Sqlite {
         .execute(&mut *tx)
         .await?;
         let applied: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT version, checksum FROM arch_events_sqlx_migrations ORDER BY version",
+            "SELECT version, checksum FROM bus_sqlx_migrations ORDER BY version",
         )
         .fetch_all(&mut *tx)
         .await?;
         for migration in pending(MIGRATIONS, &applied)? {
             tx.execute(sqlx::raw_sql(migration.sql)).await?;
             sqlx::query(
-                "INSERT INTO arch_events_sqlx_migrations (version, description, checksum, applied_at) \
+                "INSERT INTO bus_sqlx_migrations (version, description, checksum, applied_at) \
                  VALUES (?, ?, ?, ?)",
             )
             .bind(migration.version)

@@ -541,7 +541,7 @@ pub async fn the_crates_migrations_live_beside_the_applications_own<DB: Ledger>(
         [1, 2],
         "sqlx sees only the app's"
     );
-    assert_eq!(DB::count(&pool, "arch_events_sqlx_migrations").await, 1);
+    assert_eq!(DB::count(&pool, "bus_sqlx_migrations").await, 1);
     assert_eq!(DB::count(&pool, "outbox").await, 0);
     assert_eq!(DB::count(&pool, "bus_outbox").await, 0);
     // A store opens on it, and the app's migrator still runs.
@@ -564,7 +564,7 @@ pub async fn migrations_run_once_when_processes_start_together<DB: Ledger>(db: T
         start.await.unwrap().unwrap();
     }
     let pool = db.pool::<DB>().await;
-    assert_eq!(DB::count(&pool, "arch_events_sqlx_migrations").await, 1);
+    assert_eq!(DB::count(&pool, "bus_sqlx_migrations").await, 1);
 }
 
 // ---------------------------------------------------------------------------

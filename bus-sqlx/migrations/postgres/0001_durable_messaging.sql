@@ -1,6 +1,6 @@
--- arch-events-sqlx's tables. Applied by `arch_events_sqlx::migrate` (or `Store::open`)
+-- bus-sqlx's tables. Applied by `bus_sqlx::migrate` (or `Store::open`)
 -- under an advisory lock, which keeps its own record in
--- `arch_events_sqlx_migrations`: the application's own migrations (sqlx's
+-- `bus_sqlx_migrations`: the application's own migrations (sqlx's
 -- `_sqlx_migrations`) never see these.
 
 -- The processes running a store: a process whose heartbeat is older than

@@ -1,5 +1,5 @@
--- arch-events-sqlx's tables. Applied by `arch_events_sqlx::migrate` (or `Store::open`),
--- which keeps its own record in `arch_events_sqlx_migrations`: the application's
+-- bus-sqlx's tables. Applied by `bus_sqlx::migrate` (or `Store::open`),
+-- which keeps its own record in `bus_sqlx_migrations`: the application's
 -- own migrations (sqlx's `_sqlx_migrations`) never see these.
 
 -- The processes running a store: a process whose heartbeat is older than

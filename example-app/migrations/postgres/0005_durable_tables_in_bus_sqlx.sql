@@ -1,4 +1,4 @@
--- The outbox, the inbox and the dead letters moved to arch-events-sqlx's tables
+-- The outbox, the inbox and the dead letters moved to bus-sqlx's tables
 -- (bus_outbox, bus_inbox, bus_dead_letters), which its store creates at
 -- start-up, before these migrations run: what the service's old tables
 -- hold is carried over, then they go. (A database created after the move
