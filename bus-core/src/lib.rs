@@ -52,6 +52,7 @@ pub mod guide;
 mod inject;
 pub mod layer;
 mod message;
+mod message_id;
 mod observer;
 pub mod prelude;
 pub mod registry;
