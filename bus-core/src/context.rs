@@ -8,8 +8,8 @@
 use std::fmt;
 
 use crate::error::BoxError;
-pub use crate::message_id::{MessageId, ParseMessageIdError};
 use crate::inject::{DependencyKey, Inject, Lifetime, Resolved, Scope};
+pub use crate::message_id::{MessageId, ParseMessageIdError};
 
 /// Where a message stands in its dispatch: its id, the correlation id shared
 /// by everything one command caused, the id of the message that caused it,

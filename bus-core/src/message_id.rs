@@ -283,7 +283,11 @@ mod tests {
         });
         let before_wrap = MessageId::new();
         let after_wrap = MessageId::new();
-        assert_eq!(before_wrap.unix_ms(), future, "a clock behind keeps the time");
+        assert_eq!(
+            before_wrap.unix_ms(),
+            future,
+            "a clock behind keeps the time"
+        );
         assert_eq!(after_wrap.unix_ms(), future + 1);
         assert!(after_wrap > before_wrap);
     }

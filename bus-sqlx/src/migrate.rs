@@ -113,4 +113,51 @@ mod tests {
             "{changed}"
         );
     }
+
+    /// A migration a database applied is never edited: its checksum is
+    /// what every such database recorded, and a changed one is refused at
+    /// start-up. A change to the schema is a new migration.
+    #[test]
+    fn no_released_migration_has_changed() {
+        let released: &[(&str, i64, &str)] = &[
+            #[cfg(feature = "sqlite")]
+            (
+                "sqlite",
+                1,
+                "627af2b5017b1ef3a6bb14d80cb532def6dbea25b6d1d7de60d6ed44e9898b9d",
+            ),
+            #[cfg(feature = "postgres")]
+            (
+                "postgres",
+                1,
+                "e8555de38a01a2e6fd220b7b29fac03cdd5fe421bdd742f4b507820cab6b7189",
+            ),
+            #[cfg(feature = "postgres")]
+            (
+                "postgres",
+                2,
+                "47c8f14252aab6fbefc7f914087df1b4ea07d612ecf90f5be849e23164c82a50",
+            ),
+        ];
+        let shipped = |database: &str| -> &'static [Migration] {
+            match database {
+                #[cfg(feature = "sqlite")]
+                "sqlite" => crate::sqlite::MIGRATIONS,
+                #[cfg(feature = "postgres")]
+                "postgres" => crate::postgres::MIGRATIONS,
+                _ => &[],
+            }
+        };
+        for (database, version, checksum) in released {
+            let migration = shipped(database)
+                .iter()
+                .find(|m| m.version == *version)
+                .unwrap_or_else(|| panic!("{database} migration {version} is gone"));
+            assert_eq!(
+                migration.checksum(),
+                *checksum,
+                "{database} migration {version} was edited: add a new migration instead"
+            );
+        }
+    }
 }

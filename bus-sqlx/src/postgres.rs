@@ -17,16 +17,34 @@ use crate::backend::{publish_within, Deleted, EventRow};
 use crate::dead_letters::{DeadLetterRecord, StoredDeadLetter};
 use crate::error::{MigrateError, RelayError};
 use crate::migrate::{pending, Migration};
-use crate::rows::{
-    by_position, dead_letter, event_row, outbound_message, DEAD_LETTER_COLUMNS, EVENT_COLUMNS,
-    OUTBOX_COLUMNS,
-};
+use crate::rows::{by_position, dead_letter, event_row, outbound_message};
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "durable messaging",
-    sql: include_str!("../migrations/postgres/0001_durable_messaging.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "durable messaging",
+        sql: include_str!("../migrations/postgres/0001_durable_messaging.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "message ids as uuid",
+        sql: include_str!("../migrations/postgres/0002_message_ids_as_uuid.sql"),
+    },
+];
+
+/// The columns [`outbound_message`] reads, ids as text (they are uuid
+/// columns).
+const OUTBOX_COLUMNS: &str = "id::text AS id, stream, name, payload, \
+     correlation_id::text AS correlation_id, causation_id::text AS causation_id";
+
+/// The columns [`event_row`] reads, ids as text.
+const EVENT_COLUMNS: &str = "id::text AS id, name, payload, \
+     correlation_id::text AS correlation_id, causation_id::text AS causation_id, recoveries";
+
+/// The columns [`dead_letter`] reads, ids as text.
+const DEAD_LETTER_COLUMNS: &str = "id, message_name, handler, location, error, attempts, \
+     failed_at, message_id::text AS message_id, correlation_id::text AS correlation_id, \
+     causation_id::text AS causation_id, payload, replayed_at, replay_error";
 
 /// The advisory lock arch-events-sqlx's migrations run under (sqlx's own
 /// migrations take another).
@@ -66,11 +84,10 @@ impl Sql for Postgres {
         )
         .execute(&mut *tx)
         .await?;
-        let applied: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT version, checksum FROM bus_sqlx_migrations ORDER BY version",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+        let applied: Vec<(i64, String)> =
+            sqlx::query_as("SELECT version, checksum FROM bus_sqlx_migrations ORDER BY version")
+                .fetch_all(&mut *tx)
+                .await?;
         for migration in pending(MIGRATIONS, &applied)? {
             tx.execute(sqlx::raw_sql(migration.sql)).await?;
             sqlx::query(
@@ -101,7 +118,7 @@ impl Sql for Postgres {
         timeout: Duration,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO bus_nodes (id, timeout_ms) VALUES ($1, $2) \
+            "INSERT INTO bus_nodes (id, timeout_ms) VALUES ($1::uuid, $2) \
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
         )
         .bind(node)
@@ -112,7 +129,7 @@ impl Sql for Postgres {
     }
 
     async fn heartbeat(pool: &Pool<Self>, node: &str) -> Result<bool, sqlx::Error> {
-        let updated = sqlx::query("UPDATE bus_nodes SET heartbeat_at = now() WHERE id = $1")
+        let updated = sqlx::query("UPDATE bus_nodes SET heartbeat_at = now() WHERE id = $1::uuid")
             .bind(node)
             .execute(pool)
             .await?;
@@ -120,7 +137,7 @@ impl Sql for Postgres {
     }
 
     async fn remove_node(pool: &Pool<Self>, node: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM bus_nodes WHERE id = $1")
+        sqlx::query("DELETE FROM bus_nodes WHERE id = $1::uuid")
             .bind(node)
             .execute(pool)
             .await
@@ -148,7 +165,7 @@ impl Sql for Postgres {
         // one before committed (a locked row read after waiting is read
         // again; a unique key sees committed and running inserts alike).
         let recorded: i64 = sqlx::query_scalar(
-            "WITH pending AS (SELECT id FROM bus_events WHERE id = $1 FOR UPDATE), \
+            "WITH pending AS (SELECT id FROM bus_events WHERE id = $1::uuid FOR UPDATE), \
              recorded AS ( \
                  INSERT INTO bus_handled (event_id, handler) SELECT id, $2 FROM pending \
                  ON CONFLICT DO NOTHING RETURNING 1) \
@@ -163,7 +180,7 @@ impl Sql for Postgres {
         }
         if settles {
             // Its records go with it (ON DELETE CASCADE).
-            sqlx::query("DELETE FROM bus_events WHERE id = $1")
+            sqlx::query("DELETE FROM bus_events WHERE id = $1::uuid")
                 .bind(event)
                 .execute(&mut *connection)
                 .await?;
@@ -186,7 +203,7 @@ impl Sql for Postgres {
     }
 
     async fn record_inbox(connection: &mut PgConnection, id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO bus_inbox (message_id) VALUES ($1)")
+        sqlx::query("INSERT INTO bus_inbox (message_id) VALUES ($1::uuid)")
             .bind(id)
             .execute(&mut *connection)
             .await
@@ -212,14 +229,14 @@ impl Sql for Postgres {
         sqlx::query(
             "WITH events AS ( \
                  INSERT INTO bus_events (id, name, payload, correlation_id, causation_id, owner) \
-                 SELECT id, name, payload, correlation_id, causation_id, $6 \
-                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                 SELECT id, name, payload, correlation_id, causation_id, $6::uuid \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[]) \
                      WITH ORDINALITY AS e (id, name, payload, correlation_id, causation_id, n) \
                  ORDER BY n) \
              INSERT INTO bus_outbox (id, stream, name, payload, correlation_id, causation_id) \
              SELECT id, stream, name, payload, correlation_id, causation_id \
-             FROM UNNEST($7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
-                         $12::text[]) \
+             FROM UNNEST($7::uuid[], $8::text[], $9::text[], $10::text[], $11::uuid[], \
+                         $12::uuid[]) \
                  WITH ORDINALITY AS m (id, stream, name, payload, correlation_id, causation_id, n) \
              ORDER BY n",
         )
@@ -242,7 +259,7 @@ impl Sql for Postgres {
 
     async fn handled(pool: &Pool<Self>, event: &str, handler: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "WITH pending AS (SELECT id FROM bus_events WHERE id = $1 FOR UPDATE) \
+            "WITH pending AS (SELECT id FROM bus_events WHERE id = $1::uuid FOR UPDATE) \
              INSERT INTO bus_handled (event_id, handler) SELECT id, $2 FROM pending \
              ON CONFLICT DO NOTHING",
         )
@@ -255,7 +272,7 @@ impl Sql for Postgres {
 
     async fn delivered(pool: &Pool<Self>, event: &str) -> Result<(), sqlx::Error> {
         // Its records go with it (ON DELETE CASCADE).
-        sqlx::query("DELETE FROM bus_events WHERE id = $1")
+        sqlx::query("DELETE FROM bus_events WHERE id = $1::uuid")
             .bind(event)
             .execute(pool)
             .await
@@ -268,13 +285,13 @@ impl Sql for Postgres {
         max: u32,
     ) -> Result<Vec<String>, sqlx::Error> {
         let rows = sqlx::query(&format!(
-            "UPDATE bus_events SET owner = $1 \
+            "UPDATE bus_events SET owner = $1::uuid \
              WHERE position IN ( \
                  SELECT position FROM bus_events \
-                 WHERE owner <> $1 AND owner NOT IN ({LIVE_NODES}) \
+                 WHERE owner <> $1::uuid AND owner NOT IN ({LIVE_NODES}) \
                  ORDER BY position LIMIT $2 \
                  FOR UPDATE SKIP LOCKED) \
-             RETURNING position, id"
+             RETURNING position, id::text AS id"
         ))
         .bind(node)
         .bind(i64::from(max))
@@ -293,8 +310,8 @@ impl Sql for Postgres {
         node: &str,
     ) -> Result<Option<EventRow>, sqlx::Error> {
         let row = sqlx::query(&format!(
-            "UPDATE bus_events SET owner = $1, recoveries = recoveries + 1 WHERE id = $2 \
-             AND (owner = $1 OR owner NOT IN ({LIVE_NODES})) \
+            "UPDATE bus_events SET owner = $1::uuid, recoveries = recoveries + 1 \
+             WHERE id = $2::uuid AND (owner = $1::uuid OR owner NOT IN ({LIVE_NODES})) \
              RETURNING {EVENT_COLUMNS}"
         ))
         .bind(node)
@@ -311,7 +328,7 @@ impl Sql for Postgres {
         max: u32,
     ) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(
-            "SELECT id FROM bus_events WHERE owner = $1 \
+            "SELECT id::text FROM bus_events WHERE owner = $1::uuid \
              AND recorded_at < now() - make_interval(secs => $2) \
              ORDER BY position LIMIT $3",
         )
@@ -332,7 +349,7 @@ impl Sql for Postgres {
             insert_dead_letter(&mut tx, letter).await?;
         }
         // Its records go with it (ON DELETE CASCADE).
-        sqlx::query("DELETE FROM bus_events WHERE id = $1")
+        sqlx::query("DELETE FROM bus_events WHERE id = $1::uuid")
             .bind(event)
             .execute(&mut *tx)
             .await?;
@@ -340,10 +357,12 @@ impl Sql for Postgres {
     }
 
     async fn completed(pool: &Pool<Self>, event: &str) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT handler FROM bus_handled WHERE event_id = $1 ORDER BY handler")
-            .bind(event)
-            .fetch_all(pool)
-            .await
+        sqlx::query_scalar(
+            "SELECT handler FROM bus_handled WHERE event_id = $1::uuid ORDER BY handler",
+        )
+        .bind(event)
+        .fetch_all(pool)
+        .await
     }
 
     async fn pending_events(
@@ -428,7 +447,7 @@ impl Sql for Postgres {
     }
 
     async fn inbox_has(pool: &Pool<Self>, id: &str) -> Result<bool, sqlx::Error> {
-        let row = sqlx::query("SELECT 1 FROM bus_inbox WHERE message_id = $1")
+        let row = sqlx::query("SELECT 1 FROM bus_inbox WHERE message_id = $1::uuid")
             .bind(id)
             .fetch_optional(pool)
             .await?;
@@ -541,7 +560,7 @@ async fn insert_dead_letter(
     sqlx::query_scalar(
         "INSERT INTO bus_dead_letters (message_name, handler, location, error, attempts, \
          failed_at, message_id, correlation_id, causation_id, payload) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7::uuid, $8::uuid, $9::uuid, $10) RETURNING id",
     )
     .bind(&letter.message_name)
     .bind(&letter.handler)

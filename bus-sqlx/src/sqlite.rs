@@ -20,7 +20,7 @@ use crate::rows::{
     OUTBOX_COLUMNS,
 };
 
-const MIGRATIONS: &[Migration] = &[Migration {
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     description: "durable messaging",
     sql: include_str!("../migrations/sqlite/0001_durable_messaging.sql"),
@@ -66,11 +66,10 @@ impl Sql for Sqlite {
         )
         .execute(&mut *tx)
         .await?;
-        let applied: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT version, checksum FROM bus_sqlx_migrations ORDER BY version",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+        let applied: Vec<(i64, String)> =
+            sqlx::query_as("SELECT version, checksum FROM bus_sqlx_migrations ORDER BY version")
+                .fetch_all(&mut *tx)
+                .await?;
         for migration in pending(MIGRATIONS, &applied)? {
             tx.execute(sqlx::raw_sql(migration.sql)).await?;
             sqlx::query(

@@ -118,3 +118,132 @@ async fn a_dead_server_is_a_clear_error() {
     );
     assert!(!text.contains("secret"), "{text}");
 }
+
+/// A database from before arch-events-sqlx kept ids in uuid columns, whose
+/// service moved its outbox, inbox and dead letters over with migration 5's
+/// first form: the current build opens it, converts the ids, accepts that
+/// migration as applied, and the carried-over rows keep their ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_from_before_uuid_ids_opens_with_its_rows_and_its_migrations() {
+    use sha2::{Digest, Sha256};
+    use sqlx::Executor;
+
+    let database = postgres::FreshDatabase::create().await;
+    let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+
+    // arch-events-sqlx's tables as its first migration made them (ids as
+    // text), recorded as its migrator records them.
+    let first = include_str!("../../bus-sqlx/migrations/postgres/0001_durable_messaging.sql");
+    pool.execute(sqlx::raw_sql(first)).await.unwrap();
+    pool.execute(
+        "CREATE TABLE bus_sqlx_migrations (version BIGINT PRIMARY KEY, \
+         description TEXT NOT NULL, checksum TEXT NOT NULL, \
+         applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await
+    .unwrap();
+    let checksum: String = Sha256::digest(first.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    sqlx::query("INSERT INTO bus_sqlx_migrations (version, description, checksum) VALUES (1, 'durable messaging', $1)")
+        .bind(checksum)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    // The service's migrations 1 to 4, rows in its old tables, then
+    // migration 5 in its first form.
+    let dir = tempfile::tempdir().unwrap();
+    let migrations =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../example-app/migrations");
+    for entry in std::fs::read_dir(migrations.join("postgres")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if ["0001", "0002", "0003", "0004"]
+            .iter()
+            .any(|v| name.starts_with(v))
+        {
+            std::fs::copy(&path, dir.path().join(&name)).unwrap();
+        }
+    }
+    sqlx::migrate::Migrator::new(dir.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let (message, correlation, cause) = (
+        "01930000-0000-7000-8000-000000000001",
+        "01930000-0000-7000-8000-000000000002",
+        "01930000-0000-7000-8000-000000000003",
+    );
+    pool.execute(sqlx::raw_sql(&format!(
+        "INSERT INTO inbox (message_id) VALUES ('{message}');
+         INSERT INTO outbox (id, stream, name, payload, correlation_id, causation_id)
+             VALUES ('{message}', 'line_allocated', 'line_allocated', '{{}}', '{correlation}', '{cause}');
+         INSERT INTO dead_letters (message_name, handler, location, error, attempts, failed_at,
+             message_id, correlation_id, causation_id, payload)
+             VALUES ('allocation.allocated', 'h', 'f.rs:1', 'down', 3, now(),
+                     '{message}', '{correlation}', NULL, '{{}}');"
+    )))
+    .await
+    .unwrap();
+    std::fs::copy(
+        migrations.join("earlier-forms/postgres_0005_durable_tables_in_bus_sqlx.sql"),
+        dir.path().join("0005_durable_tables_in_bus_sqlx.sql"),
+    )
+    .unwrap();
+    sqlx::migrate::Migrator::new(dir.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+
+    // The current build opens it.
+    let opened = Database::connect(&database.url).await.unwrap();
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "SELECT data_type FROM information_schema.columns \
+         WHERE table_name IN ('bus_inbox', 'bus_outbox', 'bus_events', 'bus_nodes') \
+         AND column_name IN ('message_id', 'id', 'correlation_id', 'owner') \
+         GROUP BY data_type",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kinds, ["uuid"]);
+    let inbox: Vec<String> = sqlx::query_scalar("SELECT message_id::text FROM bus_inbox")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(inbox, [message]);
+    let Database::Postgres(postgres) = &opened else {
+        panic!("a PostgreSQL database")
+    };
+    let unsent = postgres.store().outbox().unsent(10).await.unwrap();
+    assert_eq!(unsent.len(), 1);
+    assert_eq!(unsent[0].id.to_string(), message);
+    assert_eq!(unsent[0].correlation_id.to_string(), correlation);
+    assert_eq!(
+        unsent[0].causation_id.map(|id| id.to_string()).as_deref(),
+        Some(cause)
+    );
+    let letters = arch_events_sqlx::DeadLetterStore::list(&postgres.store().dead_letters(), false)
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].record.message_id, message);
+
+    // And it works: an allocation goes through, its event to the outbox.
+    let bus = bootstrap(Adapters::for_database(&opened)).unwrap();
+    allocations(&bus, 1).await;
+    assert_eq!(postgres.store().outbox().unsent(10).await.unwrap().len(), 2);
+    opened.close().await;
+}

@@ -23,6 +23,15 @@ pub async fn fresh_sqlite() -> TestDatabase {
 
 #[async_trait]
 impl Ledger for Sqlite {
+    const STORE_MIGRATIONS: i64 = 1;
+
+    async fn store_versions(pool: &Pool<Self>) -> Vec<i64> {
+        sqlx::query_scalar("SELECT version FROM bus_sqlx_migrations ORDER BY version")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    }
+
     async fn connect(url: &str) -> Pool<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .unwrap()
@@ -110,6 +119,15 @@ impl Ledger for Sqlite {
 
 #[async_trait]
 impl Ledger for Postgres {
+    const STORE_MIGRATIONS: i64 = 2;
+
+    async fn store_versions(pool: &Pool<Self>) -> Vec<i64> {
+        sqlx::query_scalar("SELECT version FROM bus_sqlx_migrations ORDER BY version")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    }
+
     async fn connect(url: &str) -> PgPool {
         PgPoolOptions::new()
             .max_connections(8)

@@ -4,6 +4,7 @@
 //! `FOR UPDATE SKIP LOCKED`), the inbox, the pending events and the dead
 //! letters in the same database.
 
+mod migrations;
 mod unit_of_work;
 mod views;
 
@@ -80,7 +81,7 @@ pub async fn connect(url: &str, settings: Settings) -> Result<PostgresDatabase, 
         .connect_with(options)
         .await?;
     let store = Store::open_with(pool.clone(), settings).await?;
-    sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+    migrations::run(&pool).await?;
     Ok(PostgresDatabase {
         pool,
         store,
