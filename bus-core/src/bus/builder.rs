@@ -284,6 +284,8 @@ impl BusBuilder {
 
     /// Validates all wiring and builds the bus, or returns every problem at once.
     pub fn build(mut self) -> Result<Bus, BuildError> {
+        // Before the bus exists: its in-flight counting relies on it.
+        super::barrier::prepare();
         let registrations_linked = self.registrations.is_none();
         let registrations = self
             .registrations

@@ -125,23 +125,21 @@ impl Drop for Detachable<'_> {
 /// The in-flight count of a run on a task of its own, held by the task.
 struct DetachedInFlight {
     bus: Bus,
-    shard: usize,
 }
 
 impl DetachedInFlight {
     /// Counted in now, whether or not the bus is closed (the dispatch it
-    /// belongs to was in flight already).
+    /// belongs to was in flight already, and is counted out only after
+    /// this).
     fn enter(bus: &Bus) -> Self {
-        DetachedInFlight {
-            shard: bus.inner.lifecycle.enter_detached(),
-            bus: bus.clone(),
-        }
+        bus.inner.lifecycle.enter_detached();
+        DetachedInFlight { bus: bus.clone() }
     }
 }
 
 impl Drop for DetachedInFlight {
     fn drop(&mut self) {
-        self.bus.inner.lifecycle.leave_detached(self.shard);
+        self.bus.inner.lifecycle.leave_detached();
     }
 }
 

@@ -1,6 +1,8 @@
 //! Graceful shutdown: closing the bus to new dispatches and waiting for the
 //! ones in flight (with all of their events) to finish.
 //!
+//! # The counters
+//!
 //! Counting blocking dispatches in flight must not cost the hot path an
 //! atomic read-modify-write (a locked instruction costs as much as a whole
 //! dispatch). So each thread owns one counter slot of each bus, which only it
@@ -8,15 +10,48 @@
 //! [`SLOTS`] at once share one more slot, updated with read-modify-writes.
 //! An awaited dispatch may end on another thread than it started on (its
 //! task moved), so it counts itself on [`SHARDS`] shared counters with
-//! read-modify-writes instead.
+//! read-modify-writes instead. The rest of a dispatch that goes on detached
+//! from its caller counts itself on one more counter, `detached`, before
+//! the dispatch it comes from counts itself out.
 //!
-//! A plain store can reach other cores a moment after the thread went on to
-//! read the `closed` flag, so [`Lifecycle::wait_idle`] only trusts "nothing
-//! in flight" once it has seen it twice, a millisecond apart: far longer
-//! than any store takes to become visible.
+//! # Why a closed bus never misses a dispatch in flight
+//!
+//! A dispatch *enters* by adding one to its counter (store `S`), then
+//! reading `closed` (load `L`); it runs only if `L` read `false`. Closing
+//! stores `closed = true` (`W`), then takes the heavy side of the
+//! asymmetric barrier (`B`, see `barrier.rs`), then reads the counters
+//! (`R`). Between `S` and `L` a dispatch takes the light side.
+//!
+//! 1. *Every dispatch that runs is seen, or no dispatch runs after the
+//!    close.* This is Dekker's pattern with a full barrier on both sides:
+//!    the light side is a full barrier whenever `B` may be taken (it is a
+//!    `fence(SeqCst)`, or `membarrier` makes it one on every thread of the
+//!    process). So either `L` comes after `B` and reads `true` (the dispatch
+//!    is refused), or `S` is visible when `B` returns and `R` reads it (or
+//!    a later value: the dispatch's own decrement, once it is over).
+//! 2. *A dispatch is counted on one counter from its entry to its end*, but
+//!    for the rest of an awaited dispatch that goes on detached: `detached`
+//!    is incremented before the shard it comes from is decremented, and `R`
+//!    reads `detached` after every other counter. A read of the shard that
+//!    finds the decrement acquires it (the decrement is a release), and with
+//!    it the increment of `detached` sequenced before it; so the later read
+//!    of `detached` finds that increment (or the end of the detached run).
+//! 3. *A dispatch made by a handler* enters while the dispatch running that
+//!    handler is still counted.
+//!
+//! So when one reading of every counter after the close sums to zero, no
+//! dispatch is in flight and none will start: [`Lifecycle::wait_idle`]
+//! trusts the first such reading, and nothing rests on a timing. A decrement
+//! is a release and `R` an acquire: what the dispatches did happens before
+//! what the closer does next.
+//!
+//! Without a close ([`Bus::settled`](crate::Bus::settled)), the same
+//! reading after `B` sees every dispatch that entered before `B`.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use super::barrier;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -38,6 +73,9 @@ pub(crate) struct Lifecycle {
     overflow: Slot,
     /// Awaited dispatches, counted by the thread they started on.
     shards: [Slot; SHARDS],
+    /// The rest of awaited dispatches, detached from their callers; read
+    /// last (see the module's docs).
+    detached: Slot,
 }
 
 /// Thread indices in use, and those freed by threads that ended.
@@ -124,6 +162,7 @@ impl Default for Lifecycle {
             slots: (0..SLOTS).map(|_| Slot::default()).collect(),
             overflow: Slot::default(),
             shards: Default::default(),
+            detached: Slot::default(),
         }
     }
 }
@@ -134,6 +173,9 @@ impl Lifecycle {
     #[inline]
     pub(crate) fn enter(&self) -> Result<InFlight<'_>, Closed> {
         let shard = &self.shards[thread_index() % SHARDS].0;
+        // A sequentially consistent read-modify-write, then load: with the
+        // closer's store, fence and loads, Dekker's pattern holds within the
+        // language's own memory model (no light side needed).
         shard.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight {
             counter: shard,
@@ -168,6 +210,9 @@ impl Lifecycle {
                 }
             }
         };
+        // The store above must not pass the load below (see the module's
+        // docs): the light side of the barrier keeps them in order.
+        barrier::light();
         if self.closed.load(Ordering::Acquire) {
             return Err(Closed);
         }
@@ -177,17 +222,13 @@ impl Lifecycle {
     /// Counts in the rest of a dispatch that goes on detached from its
     /// caller, whether or not the bus is closed (it was in flight already);
     /// returns the counter to [`leave_detached`](Self::leave_detached).
-    pub(crate) fn enter_detached(&self) -> usize {
-        let shard = thread_index() % SHARDS;
-        self.shards[shard].0.fetch_add(1, Ordering::SeqCst);
-        shard
+    pub(crate) fn enter_detached(&self) {
+        self.detached.0.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Counts out what [`enter_detached`](Self::enter_detached) counted in.
-    pub(crate) fn leave_detached(&self, shard: usize) {
-        if let Some(counter) = self.shards.get(shard) {
-            counter.0.fetch_sub(1, Ordering::Release);
-        }
+    pub(crate) fn leave_detached(&self) {
+        self.detached.0.fetch_sub(1, Ordering::Release);
     }
 
     pub(crate) fn close(&self) {
@@ -198,39 +239,114 @@ impl Lifecycle {
         self.closed.load(Ordering::SeqCst)
     }
 
+    /// How many dispatches are in flight: one reading of every counter,
+    /// after the heavy side of the barrier, `detached` last (see the
+    /// module's docs).
     pub(crate) fn in_flight(&self) -> usize {
+        barrier::heavy();
         self.slots
             .iter()
             .chain(std::iter::once(&self.overflow))
             .chain(self.shards.iter())
+            .chain(std::iter::once(&self.detached))
             .map(|slot| slot.0.load(Ordering::Acquire))
             .fold(0usize, usize::wrapping_add)
     }
 
-    /// Waits, without blocking the thread, until nothing is in flight (seen
-    /// twice, a millisecond apart) or the grace period is over; returns how
-    /// many dispatches were still running.
+    /// Waits, without blocking the thread, until nothing is in flight or the
+    /// grace period is over; returns how many dispatches were still running.
     pub(crate) async fn wait_idle(&self, grace: Duration) -> usize {
         let deadline = Instant::now() + grace;
         let mut pause = Duration::from_micros(200);
-        let mut idle_since: Option<Instant> = None;
         loop {
             let running = self.in_flight();
-            let now = Instant::now();
             if running == 0 {
-                match idle_since {
-                    Some(since) if now - since >= Duration::from_millis(1) => return 0,
-                    Some(_) => {}
-                    None => idle_since = Some(now),
-                }
-            } else {
-                idle_since = None;
+                return 0;
             }
+            let now = Instant::now();
             if now >= deadline {
                 return running;
             }
             crate::retry::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Barrier};
+
+    #[test]
+    fn the_rest_of_a_detached_dispatch_is_counted_before_its_origin_leaves() {
+        barrier::prepare();
+        let life = Lifecycle::default();
+        let awaited = life.enter().unwrap();
+        let blocking = life.enter_blocking().unwrap();
+        assert_eq!(life.in_flight(), 2);
+        life.enter_detached();
+        drop(awaited);
+        assert_eq!(life.in_flight(), 2, "the detached rest is still in flight");
+        drop(blocking);
+        life.leave_detached();
+        assert_eq!(life.in_flight(), 0);
+        life.close();
+        assert!(life.enter().is_err());
+        assert!(life.enter_blocking().is_err());
+        assert_eq!(life.in_flight(), 0, "a refused dispatch counts itself out");
+    }
+
+    /// Four threads enter and leave as fast as they can while another
+    /// closes: once the closer saw nothing in flight, no thread may be
+    /// inside, and none may enter. (A race test: it can only catch a broken
+    /// protocol, not prove the module's argument.)
+    #[test]
+    fn a_close_never_misses_a_dispatch_that_went_on() {
+        barrier::prepare();
+        for round in 0..100 {
+            let life = Arc::new(Lifecycle::default());
+            let inside = Arc::new(AtomicUsize::new(0));
+            let idle_seen = Arc::new(AtomicBool::new(false));
+            let start = Arc::new(Barrier::new(5));
+            let threads: Vec<_> = (0..4)
+                .map(|n| {
+                    let (life, inside, idle_seen, start) =
+                        (life.clone(), inside.clone(), idle_seen.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        let mut violations = 0;
+                        loop {
+                            let entered = if n % 2 == 0 {
+                                life.enter_blocking()
+                            } else {
+                                life.enter()
+                            };
+                            let Ok(guard) = entered else { break };
+                            if idle_seen.load(Ordering::SeqCst) {
+                                violations += 1;
+                            }
+                            inside.fetch_add(1, Ordering::SeqCst);
+                            std::hint::spin_loop();
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            drop(guard);
+                        }
+                        violations
+                    })
+                })
+                .collect();
+            start.wait();
+            for _ in 0..round % 7 {
+                std::hint::spin_loop();
+            }
+            life.close();
+            let running = crate::executor::block_on(life.wait_idle(Duration::from_secs(60)));
+            assert_eq!(running, 0);
+            assert_eq!(inside.load(Ordering::SeqCst), 0, "a dispatch was still inside");
+            idle_seen.store(true, Ordering::SeqCst);
+            let violations: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+            assert_eq!(violations, 0, "a dispatch entered after the bus was seen idle");
         }
     }
 }

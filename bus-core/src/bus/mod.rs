@@ -1,5 +1,6 @@
 //! The message bus: built once at startup, then dispatched to concurrently.
 
+mod barrier;
 mod builder;
 mod cascade;
 mod command_retry;
