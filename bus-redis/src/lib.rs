@@ -48,7 +48,8 @@ use arch_events::transport::{
 };
 use arch_events::{async_trait, MessageId};
 use redis::aio::MultiplexedConnection;
-use redis::Value;
+use redis::streams::{StreamAutoClaimOptions, StreamId, StreamRangeReply, StreamReadOptions};
+use redis::{FromRedisValue, Value};
 
 /// The `redis` crate this adapter is built on, for a connection of your own.
 pub use redis;
@@ -328,25 +329,26 @@ impl RedisSubscriber {
     }
 
     async fn claim_stale(&mut self, max: usize) -> Result<Vec<Delivery>, TransportError> {
-        let reply = redis::cmd("XAUTOCLAIM")
-            .arg(&self.stream)
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg(self.min_idle.as_millis() as u64)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(max)
-            .query_async::<Value>(&mut self.connection)
-            .await
-            .map_err(|e| TransportError::new("XAUTOCLAIM", e))?;
-        // [next-start, [entries...], [deleted ids...]]
-        let entries = match reply {
-            Value::Array(parts) => parts.into_iter().nth(1),
-            _ => None,
-        };
-        entries
-            .map(|entries| parse_entries(&self.stream, entries, 1))
-            .unwrap_or_else(|| Ok(Vec::new()))
+        let min_idle = u64::try_from(self.min_idle.as_millis()).unwrap_or(u64::MAX);
+        let reply = redis::Cmd::xautoclaim_options(
+            &self.stream,
+            &self.group,
+            &self.consumer,
+            min_idle,
+            "0-0",
+            StreamAutoClaimOptions::default().count(max),
+        )
+        .query_async::<Value>(&mut self.connection)
+        .await
+        .map_err(|e| TransportError::new("XAUTOCLAIM", e))?;
+        // [next start, [entries...], [deleted ids...]]
+        match reply {
+            Value::Array(parts) => match parts.into_iter().nth(1) {
+                Some(entries) => deliveries("XAUTOCLAIM", &self.stream, entries, 1),
+                None => Ok(Vec::new()),
+            },
+            other => Err(unexpected("XAUTOCLAIM", &other)),
+        }
     }
 }
 
@@ -361,21 +363,17 @@ impl Subscriber for RedisSubscriber {
         if !claimed.is_empty() {
             return Ok(claimed);
         }
-        let reply = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(max)
-            .arg("BLOCK")
-            .arg(wait.as_millis().max(1) as u64)
-            .arg("STREAMS")
-            .arg(&self.stream)
-            .arg(">")
+        let block = usize::try_from(wait.as_millis().max(1)).unwrap_or(usize::MAX);
+        let options = StreamReadOptions::default()
+            .group(&self.group, &self.consumer)
+            .count(max)
+            .block(block);
+        let reply = redis::Cmd::xread_options(&[&self.stream], &[">"], &options)
             .query_async::<Value>(&mut self.connection)
             .await
             .map_err(|e| TransportError::new("XREADGROUP", e))?;
-        // nil on timeout; else [[stream, [entries...]]] (RESP2) or a map (RESP3).
+        // Nil on timeout; else [[stream, [entries...]]] (RESP2) or a map
+        // (RESP3) of the one stream asked for.
         let entries = match reply {
             Value::Nil => return Ok(Vec::new()),
             Value::Array(streams) => streams.into_iter().next().and_then(|s| match s {
@@ -383,16 +381,12 @@ impl Subscriber for RedisSubscriber {
                 _ => None,
             }),
             Value::Map(streams) => streams.into_iter().next().map(|(_, entries)| entries),
-            other => {
-                return Err(TransportError::new(
-                    "XREADGROUP",
-                    format!("unexpected reply {other:?}"),
-                ))
-            }
+            other => return Err(unexpected("XREADGROUP", &other)),
         };
-        entries
-            .map(|entries| parse_entries(&self.stream, entries, 0))
-            .unwrap_or_else(|| Ok(Vec::new()))
+        match entries {
+            Some(entries) => deliveries("XREADGROUP", &self.stream, entries, 0),
+            None => Ok(Vec::new()),
+        }
     }
 
     async fn ack(&mut self, delivery: &Delivery) -> Result<(), TransportError> {
@@ -438,77 +432,106 @@ impl Subscriber for RedisSubscriber {
     }
 }
 
-/// Reads `[[entry-id, [field, value, ...]], ...]`. An entry that is not a
-/// message of ours (fields missing) becomes a delivery whose name says so,
-/// so that the consumer dead-letters it instead of stalling on it.
-fn parse_entries(
+/// The deliveries in a reply's list of entries, `[[entry-id, [field,
+/// value, ...]], ...]`.
+///
+/// Each entry is read on its own, by the `redis` crate's stream reply
+/// ([`StreamRangeReply`], whose entries are [`StreamId`]s), so that one
+/// entry it cannot read (a field name that is not UTF-8, a value that is
+/// not a string) spoils only itself: it becomes a delivery whose name says
+/// what is wrong, which the consumer dead-letters and acknowledges, instead
+/// of failing every read of the group for ever. A nil entry (one deleted
+/// from the stream while pending, as Redis 6 reports it) is skipped.
+fn deliveries(
+    command: &'static str,
     stream: &str,
     entries: Value,
     redeliveries: u32,
 ) -> Result<Vec<Delivery>, TransportError> {
     let Value::Array(entries) = entries else {
-        return Err(TransportError::new(
-            "reading stream entries",
-            format!("unexpected reply {entries:?}"),
-        ));
+        return Err(unexpected(command, &entries));
     };
     let mut deliveries = Vec::with_capacity(entries.len());
     for entry in entries {
-        let Value::Array(mut parts) = entry else {
-            continue;
-        };
-        if parts.len() != 2 {
+        if entry == Value::Nil {
             continue;
         }
-        let values = parts.pop().unwrap_or(Value::Nil);
-        let receipt = text(parts.pop().unwrap_or(Value::Nil));
-        let field = |name: &str| -> Option<String> {
-            match &values {
-                Value::Array(items) => items
-                    .chunks(2)
-                    .find(|pair| text(pair[0].clone()) == name)
-                    .and_then(|pair| pair.get(1).cloned().map(text)),
-                Value::Map(items) => items
-                    .iter()
-                    .find(|(k, _)| text(k.clone()) == name)
-                    .map(|(_, v)| text(v.clone())),
-                _ => None,
+        let receipt = entry_id(&entry);
+        let read = StreamRangeReply::from_redis_value(Value::Array(vec![entry]))
+            .ok()
+            .and_then(|reply| reply.ids.into_iter().next());
+        let Some(read) = read else {
+            match receipt {
+                Some(receipt) => deliveries.push(not_a_message(stream, receipt, redeliveries)),
+                // No id to acknowledge it by: nothing to hand over.
+                None => tracing::warn!(stream, "a stream entry without an id was skipped"),
             }
+            continue;
         };
-        let id = field("id").and_then(|id| id.parse::<MessageId>().ok());
-        let correlation = field("correlation_id").and_then(|id| id.parse::<MessageId>().ok());
-        let causation = field("causation_id").and_then(|id| id.parse::<MessageId>().ok());
-        let name = field("name");
-        let payload = field("payload");
-        let (name, payload) = match (id, name, payload) {
-            (Some(_), Some(name), Some(payload)) => (name, payload),
-            _ => (
-                format!("<not a message: entry {receipt} lacks a valid id, a name or a payload>"),
-                String::new(),
-            ),
-        };
-        let id = id.unwrap_or_default();
-        deliveries.push(Delivery {
-            message: OutboundMessage {
-                id,
-                stream: stream.to_owned(),
-                name,
-                payload,
-                correlation_id: correlation.unwrap_or(id),
-                causation_id: causation,
-            },
-            receipt,
-            redeliveries,
-        });
+        deliveries.push(delivery(stream, read, redeliveries));
     }
     Ok(deliveries)
 }
 
-fn text(value: Value) -> String {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Value::SimpleString(text) => text,
-        Value::Int(n) => n.to_string(),
-        other => format!("{other:?}"),
+/// A message of ours, or a delivery that says the entry is not one (a
+/// field missing, or not what it should be).
+fn delivery(stream: &str, entry: StreamId, redeliveries: u32) -> Delivery {
+    let id_field = |name: &str| {
+        entry
+            .get::<String>(name)
+            .and_then(|id| id.parse::<MessageId>().ok())
+    };
+    let (Some(id), Some(name), Some(payload)) = (
+        id_field("id"),
+        entry.get::<String>("name"),
+        entry.get::<String>("payload"),
+    ) else {
+        return not_a_message(stream, entry.id, redeliveries);
+    };
+    Delivery {
+        message: OutboundMessage {
+            id,
+            stream: stream.to_owned(),
+            name,
+            payload,
+            correlation_id: id_field("correlation_id").unwrap_or(id),
+            causation_id: id_field("causation_id"),
+        },
+        receipt: entry.id,
+        redeliveries,
     }
+}
+
+/// A delivery for an entry that is not a message of ours: the consumer
+/// refuses its name and dead-letters it.
+fn not_a_message(stream: &str, receipt: String, redeliveries: u32) -> Delivery {
+    let id = MessageId::default();
+    Delivery {
+        message: OutboundMessage {
+            id,
+            stream: stream.to_owned(),
+            name: format!("<not a message: entry {receipt} lacks a valid id, a name or a payload>"),
+            payload: String::new(),
+            correlation_id: id,
+            causation_id: None,
+        },
+        receipt,
+        redeliveries,
+    }
+}
+
+/// An entry's id, read leniently (it is what the entry is acknowledged by).
+fn entry_id(entry: &Value) -> Option<String> {
+    let Value::Array(parts) = entry else {
+        return None;
+    };
+    match parts.first()? {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn unexpected(command: &'static str, reply: &Value) -> TransportError {
+    TransportError::new(command, format!("unexpected reply {reply:?}"))
 }

@@ -146,6 +146,75 @@ async fn redis_streams_deliver_acknowledge_and_dead_letter_a_poison_message_with
     assert_eq!(summary[0], redis::Value::Int(0), "everything acknowledged");
 }
 
+/// Entries another writer put on the stream that are not messages of ours
+/// (a field name that is not UTF-8, fields missing, an id that is no id):
+/// each is dead-lettered and acknowledged alone, the messages around them
+/// are handled, and the group reads on.
+#[tokio::test]
+async fn entries_that_are_not_messages_are_dead_lettered_one_by_one_and_reading_goes_on() {
+    let mut connection = connection().await;
+    let (_turn, stream) = declared_stream(&mut connection).await;
+    let publisher = RedisPublisher::new(connection.clone());
+    publisher
+        .publish(&message(
+            &stream,
+            "change_batch_quantity",
+            r#"{"batchref": "b1", "qty": 5}"#,
+        ))
+        .await
+        .unwrap();
+    let hostile: [Vec<(Vec<u8>, Vec<u8>)>; 3] = [
+        vec![
+            (vec![0xff, 0xfe], b"x".to_vec()),
+            (b"name".to_vec(), b"n".to_vec()),
+        ],
+        vec![(b"name".to_vec(), b"change_batch_quantity".to_vec())],
+        vec![
+            (b"id".to_vec(), b"not-an-id".to_vec()),
+            (b"name".to_vec(), b"change_batch_quantity".to_vec()),
+            (b"payload".to_vec(), b"{}".to_vec()),
+        ],
+    ];
+    for fields in &hostile {
+        let mut add = redis::cmd("XADD");
+        add.arg(&stream).arg("*");
+        for (field, value) in fields {
+            add.arg(field.as_slice()).arg(value.as_slice());
+        }
+        add.query_async::<String>(&mut connection).await.unwrap();
+    }
+    publisher
+        .publish(&message(
+            &stream,
+            "change_batch_quantity",
+            r#"{"batchref": "b2", "qty": 7}"#,
+        ))
+        .await
+        .unwrap();
+    let subscriber =
+        RedisSubscriber::join(&redis_url(), &stream, "app", "one", Duration::from_secs(30))
+            .await
+            .unwrap();
+    let dead_stream = subscriber.dead_letter_stream();
+    let (bus, seen) = bus();
+    let handled = Consumer::new(bus, subscriber).poll_once().await.unwrap();
+
+    assert_eq!(handled.len(), 5, "{handled:?}");
+    for outcome in &handled[1..4] {
+        assert!(
+            matches!(outcome, Handled::DeadLettered(reason) if reason.contains("not a message")),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(*seen.lock().unwrap(), ["b1=5", "b2=7"]);
+    assert_eq!(stream_len(&mut connection, &dead_stream).await, 3);
+    assert_eq!(
+        pending(&mut connection, &stream, "app").await,
+        0,
+        "all acknowledged"
+    );
+}
+
 #[tokio::test]
 async fn a_delivery_left_unacknowledged_by_a_dead_consumer_is_claimed_by_another() {
     let mut connection = connection().await;

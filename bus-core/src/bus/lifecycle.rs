@@ -312,8 +312,12 @@ mod tests {
             let start = Arc::new(Barrier::new(5));
             let threads: Vec<_> = (0..4)
                 .map(|n| {
-                    let (life, inside, idle_seen, start) =
-                        (life.clone(), inside.clone(), idle_seen.clone(), start.clone());
+                    let (life, inside, idle_seen, start) = (
+                        life.clone(),
+                        inside.clone(),
+                        idle_seen.clone(),
+                        start.clone(),
+                    );
                     std::thread::spawn(move || {
                         start.wait();
                         let mut violations = 0;
@@ -343,10 +347,17 @@ mod tests {
             life.close();
             let running = crate::executor::block_on(life.wait_idle(Duration::from_secs(60)));
             assert_eq!(running, 0);
-            assert_eq!(inside.load(Ordering::SeqCst), 0, "a dispatch was still inside");
+            assert_eq!(
+                inside.load(Ordering::SeqCst),
+                0,
+                "a dispatch was still inside"
+            );
             idle_seen.store(true, Ordering::SeqCst);
             let violations: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
-            assert_eq!(violations, 0, "a dispatch entered after the bus was seen idle");
+            assert_eq!(
+                violations, 0,
+                "a dispatch entered after the bus was seen idle"
+            );
         }
     }
 }
