@@ -28,7 +28,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{middleware, Json, Router};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -248,26 +247,16 @@ async fn detached<T: Send + 'static>(
 }
 
 /// A JSON body whose every rejection (not JSON, wrong content type, a
-/// missing, unknown or mistyped field) is an [`ApiError`] naming the problem.
+/// missing, unknown or mistyped field) is an [`ApiError`] naming the problem:
+/// axum's `Json`, with its rejection turned into ours.
+#[derive(FromRequest)]
+#[from_request(via(Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
 
-impl<S, T> FromRequest<S> for ApiJson<T>
-where
-    S: Send + Sync,
-    T: DeserializeOwned,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        ApiError::new(rejection.status(), rejection.body_text())
     }
-}
-
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    ApiError::new(rejection.status(), rejection.body_text())
 }
 
 impl From<InvalidField> for ApiError {
