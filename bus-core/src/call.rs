@@ -5,6 +5,34 @@
 //! result coming out), handed to the generated code as one `&mut dyn Any`:
 //! one downcast gives the handler its message and the bus its answer. An
 //! event is handed over as `&dyn Any`, shared by all of its handlers.
+//!
+//! # The describe contract
+//!
+//! A handler's signature is learned from the handler itself: the bus calls
+//! its generated function once, at build time, with a [`Call`] in *describe*
+//! mode (`Call::describe_into`, a `Shape` to fill, no message, no
+//! dependencies). The generated code must then, and only then:
+//!
+//! 1. call `Describe::message_by_value::<M>` or `message_by_ref::<M>` once,
+//!    with the message type of its first parameter;
+//! 2. call `Describe::dependency::<D>` once per other parameter, in order
+//!    (its position is the index `Call::dependency` is later asked for);
+//!    `Describe::releaser` for an `EventReleaser` parameter, and
+//!    `Describe::releases::<E, _>` once per event of `releases(...)`, each
+//!    given the message's kind, so that a query handler fails to compile;
+//! 3. for a plain `fn` event handler, hand `Describe::typed_sync` its typed
+//!    entry;
+//! 4. return `Ok(())` (an `async fn` handler: a future that is ready with
+//!    `Ok(())` on its first poll) without calling the handler.
+//!
+//! `HandlerRegistration::shape` asks once per handler and keeps the answer;
+//! an async handler's future is driven by the crate's own `block_on`, which
+//! never waits since the future is ready at once. Keeping every use of the
+//! user's types in that one generated function is what keeps a type error
+//! in a handler signature down to one diagnostic. The checks of the answer
+//! (a message registered, dependencies registered with a lifetime, declared
+//! events that are events) are the build's: a handler that answers nothing
+//! is reported as such.
 
 use std::any::Any;
 use std::convert::Infallible;

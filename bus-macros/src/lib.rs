@@ -20,7 +20,7 @@ use message::MessageKind;
 /// - `name = "..."`: the stable name (default: module path and type name).
 #[proc_macro_derive(Command, attributes(command))]
 pub fn derive_command(input: TokenStream) -> TokenStream {
-    message::expand(input.into(), MessageKind::Command).into()
+    message::derive(input.into(), MessageKind::Command).into()
 }
 
 /// Makes a struct or enum an event: zero or more handlers, each failing alone.
@@ -29,7 +29,7 @@ pub fn derive_command(input: TokenStream) -> TokenStream {
 /// Argument, optional, in `#[event(...)]`: `name = "..."`.
 #[proc_macro_derive(Event, attributes(event))]
 pub fn derive_event(input: TokenStream) -> TokenStream {
-    message::expand(input.into(), MessageKind::Event).into()
+    message::derive(input.into(), MessageKind::Event).into()
 }
 
 /// Makes a struct or enum a query of the read side: exactly one handler.
@@ -38,7 +38,7 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 /// `name = "..."` (optional).
 #[proc_macro_derive(Query, attributes(query))]
 pub fn derive_query(input: TokenStream) -> TokenStream {
-    message::expand(input.into(), MessageKind::Query).into()
+    message::derive(input.into(), MessageKind::Query).into()
 }
 
 /// Registers a free `fn` or `async fn` as a handler. The first parameter is
@@ -48,5 +48,5 @@ pub fn derive_query(input: TokenStream) -> TokenStream {
 /// handler may release.
 #[proc_macro_attribute]
 pub fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
-    handler::expand(args.into(), item.into()).into()
+    handler::attribute(args.into(), item.into()).into()
 }

@@ -535,3 +535,74 @@ fn entry_id(entry: &Value) -> Option<String> {
 fn unexpected(command: &'static str, reply: &Value) -> TransportError {
     TransportError::new(command, format!("unexpected reply {reply:?}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &[u8]) -> Value {
+        Value::BulkString(text.to_vec())
+    }
+
+    fn entry(id: &str, fields: &[(&[u8], &[u8])]) -> Value {
+        Value::Array(vec![
+            bulk(id.as_bytes()),
+            Value::Array(
+                fields
+                    .iter()
+                    .flat_map(|(field, value)| [bulk(field), bulk(value)])
+                    .collect(),
+            ),
+        ])
+    }
+
+    #[test]
+    fn each_entry_is_read_alone_and_a_bad_one_spoils_only_itself() {
+        let id = MessageId::new().to_string();
+        let cause = MessageId::new().to_string();
+        let good = entry(
+            "1-0",
+            &[
+                (b"id", id.as_bytes()),
+                (b"name", b"stock.changed"),
+                (b"payload", b"{}"),
+                (b"correlation_id", id.as_bytes()),
+                (b"causation_id", cause.as_bytes()),
+            ],
+        );
+        let entries = Value::Array(vec![
+            entry("2-0", &[(&[0xff, 0xfe], b"x"), (b"name", b"n")]),
+            good,
+            Value::Nil,
+            entry("3-0", &[(b"name", b"stock.changed")]),
+            entry(
+                "4-0",
+                &[(b"id", b"not-an-id"), (b"name", b"n"), (b"payload", b"{}")],
+            ),
+        ]);
+        let read = deliveries("XREADGROUP", "stock", entries, 0).unwrap();
+        let receipts: Vec<&str> = read.iter().map(|d| d.receipt.as_str()).collect();
+        assert_eq!(
+            receipts,
+            ["2-0", "1-0", "3-0", "4-0"],
+            "the nil entry is skipped"
+        );
+        let message = &read[1].message;
+        assert_eq!(message.id.to_string(), id);
+        assert_eq!(message.name, "stock.changed");
+        assert_eq!(message.causation_id.map(|c| c.to_string()), Some(cause));
+        for poison in [&read[0], &read[2], &read[3]] {
+            assert!(
+                poison.message.name.starts_with("<not a message: entry"),
+                "{poison:?}"
+            );
+            assert!(poison.message.name.contains(&poison.receipt));
+        }
+    }
+
+    #[test]
+    fn a_reply_that_is_not_a_list_of_entries_is_an_error() {
+        let error = deliveries("XAUTOCLAIM", "stock", Value::Int(3), 1).unwrap_err();
+        assert!(error.to_string().contains("XAUTOCLAIM"), "{error}");
+    }
+}

@@ -1,0 +1,381 @@
+//! The code `#[handler]` generates for a function it accepts.
+//!
+//! - A *handle*: a unit struct named like the function (in the type
+//!   namespace, beside the function in the value namespace), so that
+//!   `Registrations::handler::<allocate>()` and
+//!   `BusBuilder::handler_retry::<allocate>()` can name the handler.
+//! - The *erased call* `__bus_call`: takes a `Call` (the message, the
+//!   resolved dependencies, the call's scope), calls the function, delivers
+//!   its result. A plain `fn` gets a `SyncCall`, an `async fn` an
+//!   `AsyncCall` returning the boxed future of the call.
+//! - The *describe mode* of that same function (see `arch_events::call`,
+//!   "The describe contract"): when the `Call` carries a shape to fill, the
+//!   function records its message, dependencies and declared events there
+//!   and returns without running the handler. Every use of the user's types
+//!   is in that one function, so a type mistake in the signature is one
+//!   diagnostic, spanned on the user's token.
+//! - For a plain `fn` handler of an event, a *typed entry*, recorded in
+//!   describe mode: the same call given the event itself, so that an
+//!   event's route calls its handlers without a downcast each.
+//! - The static `HandlerRegistration`, its `HandlerDef` impl on the handle,
+//!   and its `inventory` submission.
+//!
+//! The checks of the user's types are spanned on the user's tokens, so that
+//! a type error points there. Every local they name is interpolated from an
+//! identifier made here (call-site hygiene): written literally inside
+//! `quote_spanned!`, it would take the user's hygiene and not resolve when
+//! the handler is itself produced by a `macro_rules!` macro.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{ItemFn, Path, ReturnType, Type};
+
+use super::valid::MessageParam;
+
+/// Whether a parameter type is spelled `EventReleaser` (any path ending so).
+fn is_releaser(ty: &Type) -> bool {
+    match ty {
+        Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|segment| segment.ident == "EventReleaser"),
+        Type::Paren(paren) => is_releaser(&paren.elem),
+        Type::Group(group) => is_releaser(&group.elem),
+        _ => false,
+    }
+}
+
+/// The generated code's local names, made here (call-site hygiene).
+struct Locals {
+    call: syn::Ident,
+    shape: syn::Ident,
+    output: syn::Ident,
+    returned: syn::Ident,
+    message: syn::Ident,
+    kind: syn::Ident,
+    dependencies: Vec<syn::Ident>,
+}
+
+impl Locals {
+    fn new(dependencies: usize) -> Self {
+        Locals {
+            call: format_ident!("call"),
+            shape: format_ident!("__bus_shape"),
+            output: format_ident!("__bus_output"),
+            returned: format_ident!("__bus_returned"),
+            message: format_ident!("__bus_message"),
+            kind: format_ident!("__bus_kind"),
+            dependencies: (0..dependencies)
+                .map(|i| format_ident!("__bus_dependency_{}", i))
+                .collect(),
+        }
+    }
+}
+
+/// Everything `#[handler]` generates beside an accepted function.
+pub(crate) fn registration(
+    function: &ItemFn,
+    message: &MessageParam,
+    dependencies: &[Type],
+    releases: &[Path],
+) -> TokenStream {
+    let locals = Locals::new(dependencies.len());
+    let (call_fn, handler_fn) = if function.sig.asyncness.is_some() {
+        async_call(function, message, dependencies, releases, &locals)
+    } else {
+        sync_call(function, message, dependencies, releases, &locals)
+    };
+    let ident = &function.sig.ident;
+    let handle = handle(function);
+    let file_line = quote_spanned!(ident.span()=> ::core::file!(), ::core::line!());
+    quote! {
+        #handle
+
+        #[allow(non_upper_case_globals, clippy::all)]
+        const _: () = {
+            #call_fn
+
+            static __BUS_HANDLER: ::arch_events::__private::HandlerRegistration =
+                ::arch_events::__private::HandlerRegistration::new(
+                    ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
+                    #file_line,
+                    #handler_fn,
+                );
+
+            #[automatically_derived]
+            impl ::arch_events::__private::HandlerDef for #ident {
+                #[inline]
+                fn registration() -> &'static ::arch_events::__private::HandlerRegistration {
+                    &__BUS_HANDLER
+                }
+            }
+
+            ::arch_events::__private::inventory::submit! {
+                ::arch_events::__private::HandlerEntry(&__BUS_HANDLER)
+            }
+        };
+    }
+}
+
+/// The handle: a unit struct named like the function. Spanned on the
+/// function's name: a `#[handler]` inside an `impl` block then fails on the
+/// user's token, saying to move it out.
+pub(crate) fn handle(function: &ItemFn) -> TokenStream {
+    let ident = &function.sig.ident;
+    let vis = &function.vis;
+    quote_spanned! {ident.span()=>
+        #[allow(non_camel_case_types, dead_code)]
+        #[doc(hidden)]
+        #vis struct #ident {}
+    }
+}
+
+/// The statements that take the message out of the call.
+fn take_message(message: &MessageParam, locals: &Locals) -> TokenStream {
+    let call = &locals.call;
+    match message {
+        MessageParam::ByValue(ty) => quote_spanned! {ty.span()=> #call.message_by_value::<#ty>() },
+        MessageParam::ByRef(ty) => quote_spanned! {ty.span()=> #call.message_by_ref::<#ty>() },
+    }
+}
+
+/// The expressions that take each dependency out of the call.
+fn take_dependencies(dependencies: &[Type], locals: &Locals) -> Vec<TokenStream> {
+    let call = &locals.call;
+    dependencies
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| quote_spanned! {ty.span()=> #call.dependency::<#ty>(#i) })
+        .collect()
+}
+
+/// Hands the function's return value to the call's output.
+fn deliver(function: &ItemFn, locals: &Locals) -> TokenStream {
+    let sig = &function.sig;
+    let (return_ty, return_span) = match &sig.output {
+        ReturnType::Default => (quote!(()), sig.ident.span()),
+        ReturnType::Type(_, ty) => (quote!(#ty), ty.span()),
+    };
+    let (output, returned) = (&locals.output, &locals.returned);
+    quote_spanned! {return_span=>
+        #output.deliver::<#return_ty>(#returned)
+    }
+}
+
+/// The describe mode: when the call carries a shape, record the handler's
+/// message, dependencies and declared events (and `typed`, a plain `fn`
+/// event handler's typed entry), and return `answer` without running it.
+fn describe(
+    message: &MessageParam,
+    dependencies: &[Type],
+    releases: &[Path],
+    typed: TokenStream,
+    answer: TokenStream,
+    locals: &Locals,
+) -> TokenStream {
+    let (call, shape, kind) = (&locals.call, &locals.shape, &locals.kind);
+    let describe_message = match message {
+        MessageParam::ByValue(ty) => {
+            quote_spanned! {ty.span()=> let #kind = #shape.message_by_value::<#ty>(); }
+        }
+        MessageParam::ByRef(ty) => {
+            quote_spanned! {ty.span()=> let #kind = #shape.message_by_ref::<#ty>(); }
+        }
+    };
+    let describe_dependencies = dependencies.iter().map(|ty| {
+        // `EventReleaser` is refused in a query handler; spelled as itself,
+        // that is a compile error on this parameter. The message's kind is
+        // bound again under a name spanned on the parameter (declared and
+        // used with that one span, so it resolves whatever its hygiene), so
+        // that the error points there.
+        let kind_here = proc_macro2::Ident::new("__bus_releaser_kind", ty.span());
+        let releaser = is_releaser(ty).then(|| {
+            quote_spanned! {ty.span()=>
+                let #kind_here = &#kind;
+                #shape.releaser(#kind_here);
+            }
+        });
+        quote_spanned! {ty.span()=> #shape.dependency::<#ty>(); #releaser }
+    });
+    // A query handler declares no event (the same binding, on the path).
+    let describe_releases = releases.iter().map(|path| {
+        let kind_here = proc_macro2::Ident::new("__bus_releases_kind", path.span());
+        quote_spanned! {path.span()=>
+            let #kind_here = &#kind;
+            #shape.releases::<#path, _>(#kind_here);
+        }
+    });
+    quote! {
+        if let ::core::option::Option::Some(mut #shape) = #call.describe() {
+            #describe_message
+            #(#describe_dependencies)*
+            #(#describe_releases)*
+            #typed
+            return #answer;
+        }
+    }
+}
+
+/// An `async fn` handler's erased call: a `SyncCall`'s preparation, then the
+/// boxed future of the call.
+fn async_call(
+    function: &ItemFn,
+    message: &MessageParam,
+    dependencies: &[Type],
+    releases: &[Path],
+    locals: &Locals,
+) -> (TokenStream, TokenStream) {
+    let sig = &function.sig;
+    let ident = &sig.ident;
+    let Locals {
+        call,
+        output,
+        returned,
+        message: message_value,
+        dependencies: dep_idents,
+        ..
+    } = locals;
+    let async_span = sig.asyncness.map_or_else(|| ident.span(), |a| a.span);
+    let describe = describe(
+        message,
+        dependencies,
+        releases,
+        TokenStream::new(),
+        quote!(::arch_events::__private::ready_ok()),
+        locals,
+    );
+    let take_message = take_message(message, locals);
+    let take_dependencies = take_dependencies(dependencies, locals);
+    let deliver = deliver(function, locals);
+    let boxed = quote_spanned! {async_span=>
+        ::arch_events::__private::boxed(async move {
+            let #returned = #ident(#message_value #(, #dep_idents)*).await;
+            #deliver
+        })
+    };
+    (
+        quote! {
+            fn __bus_call<'a>(
+                mut #call: ::arch_events::__private::Call<'a>,
+            ) -> ::arch_events::__private::BoxFuture<'a, ::core::result::Result<(), ::arch_events::__private::BoxError>> {
+                #describe
+                let (#message_value, #output) = match #take_message {
+                    ::core::result::Result::Ok(value) => value,
+                    ::core::result::Result::Err(error) => return ::arch_events::__private::ready_err(error),
+                };
+                #(
+                    let #dep_idents = match #take_dependencies {
+                        ::core::result::Result::Ok(value) => value,
+                        ::core::result::Result::Err(error) => return ::arch_events::__private::ready_err(error),
+                    };
+                )*
+                #boxed
+            }
+        },
+        quote!(::arch_events::__private::HandlerFn::Async(__bus_call)),
+    )
+}
+
+/// A plain `fn` handler's erased call, with its typed entry recorded in
+/// describe mode.
+fn sync_call(
+    function: &ItemFn,
+    message: &MessageParam,
+    dependencies: &[Type],
+    releases: &[Path],
+    locals: &Locals,
+) -> (TokenStream, TokenStream) {
+    let ident = &function.sig.ident;
+    let Locals {
+        call,
+        output,
+        returned,
+        message: message_value,
+        dependencies: dep_idents,
+        ..
+    } = locals;
+    let typed = typed_entry(function, message, dependencies, locals);
+    let describe = describe(
+        message,
+        dependencies,
+        releases,
+        typed,
+        quote!(::core::result::Result::Ok(())),
+        locals,
+    );
+    let take_message = take_message(message, locals);
+    let take_dependencies = take_dependencies(dependencies, locals);
+    let deliver = deliver(function, locals);
+    (
+        quote! {
+            fn __bus_call(
+                mut #call: ::arch_events::__private::Call<'_>,
+            ) -> ::core::result::Result<(), ::arch_events::__private::BoxError> {
+                #describe
+                let (#message_value, #output) = #take_message?;
+                #( let #dep_idents = #take_dependencies?; )*
+                let #returned = #ident(#message_value #(, #dep_idents)*);
+                #deliver
+            }
+        },
+        quote!(::arch_events::__private::HandlerFn::Sync(__bus_call)),
+    )
+}
+
+/// The typed entry: the same call, given the event itself, so that an
+/// event's route calls it without a downcast. It lives in the describe
+/// body, so that a type mistake is still reported once; for a command the
+/// constant `SHARED` is false and the entry compiles away.
+fn typed_entry(
+    function: &ItemFn,
+    message: &MessageParam,
+    dependencies: &[Type],
+    locals: &Locals,
+) -> TokenStream {
+    let ident = &function.sig.ident;
+    let Locals {
+        shape,
+        output,
+        returned,
+        message: message_value,
+        dependencies: dep_idents,
+        ..
+    } = locals;
+    let dependencies_var = format_ident!("__bus_dependencies");
+    let scope_var = format_ident!("__bus_scope");
+    let (ty, take_shared) = match message {
+        MessageParam::ByValue(ty) => (
+            ty,
+            quote_spanned! {ty.span()=>
+                <#ty as ::arch_events::__private::TakeMessage>::take_shared(#message_value)?
+            },
+        ),
+        MessageParam::ByRef(ty) => (
+            ty,
+            quote_spanned! {ty.span()=>
+                <#ty as ::arch_events::__private::TakeMessage>::borrow_shared(#message_value)
+            },
+        ),
+    };
+    let shared =
+        quote_spanned! {ty.span()=> <#ty as ::arch_events::__private::TakeMessage>::SHARED };
+    let typed_sync = quote_spanned! {ty.span()=> #shape.typed_sync::<#ty> };
+    let inject_dependencies = dependencies.iter().enumerate().map(|(i, ty)| {
+        quote_spanned! {ty.span()=>
+            ::arch_events::__private::inject::<#ty>(#dependencies_var, #i, #scope_var)
+        }
+    });
+    let deliver = deliver(function, locals);
+    quote! {
+        if #shared {
+            #typed_sync(|#message_value, #dependencies_var, #scope_var| {
+                let (#message_value, #output) = #take_shared;
+                #( let #dep_idents = #inject_dependencies?; )*
+                let #returned = #ident(#message_value #(, #dep_idents)*);
+                #deliver
+            });
+        }
+    }
+}

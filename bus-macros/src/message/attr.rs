@@ -1,0 +1,93 @@
+//! `#[command(...)]`, `#[event(...)]` and `#[query(...)]`: which derive is
+//! expanding, and the arguments its attribute gives.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{DeriveInput, LitStr, Type};
+
+use crate::args::ArgWalker;
+use crate::errors::Errors;
+
+/// Which derive is expanding.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MessageKind {
+    Command,
+    Event,
+    Query,
+}
+
+impl MessageKind {
+    pub(crate) fn attribute(self) -> &'static str {
+        match self {
+            MessageKind::Command => "command",
+            MessageKind::Event => "event",
+            MessageKind::Query => "query",
+        }
+    }
+
+    pub(crate) fn trait_name(self) -> &'static str {
+        match self {
+            MessageKind::Command => "Command",
+            MessageKind::Event => "Event",
+            MessageKind::Query => "Query",
+        }
+    }
+
+    fn known_args(self) -> &'static [&'static str] {
+        match self {
+            MessageKind::Command => &["name", "output", "error", "serde", "external"],
+            MessageKind::Query => &["name", "output", "error"],
+            MessageKind::Event => &["name", "serde", "external"],
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct MessageArgs {
+    pub(crate) name: Option<LitStr>,
+    /// `#[event(serde)]`: the event can be written as JSON and read back
+    /// (a command: read from JSON and dispatched).
+    pub(crate) serde: Option<Span>,
+    /// `#[event(external = "stream")]`: its name on a broker; implies `serde`.
+    pub(crate) external: Option<LitStr>,
+    pub(crate) output: Option<Type>,
+    pub(crate) error: Option<Type>,
+}
+
+/// Every argument of the derive's attributes; an unknown, repeated or
+/// malformed one is reported, and the others are still read.
+pub(crate) fn parse(input: &DeriveInput, kind: MessageKind, errors: &mut Errors) -> MessageArgs {
+    let mut args = MessageArgs::default();
+    let mut walker = ArgWalker::new(kind.attribute(), kind.known_args(), errors);
+    for attr in input
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident(kind.attribute()))
+    {
+        let result = attr.parse_nested_meta(|meta| {
+            walker.walk(meta, &mut |key, meta, _| {
+                match key {
+                    "name" => args.name = Some(meta.value()?.parse()?),
+                    "output" => args.output = Some(meta.value()?.parse()?),
+                    "error" => args.error = Some(meta.value()?.parse()?),
+                    "serde" => {
+                        if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                            return Err(meta.error(format!(
+                                "`serde` takes no value: write `#[{}(serde)]`",
+                                kind.attribute()
+                            )));
+                        }
+                        args.serde = Some(meta.path.span());
+                    }
+                    "external" => args.external = Some(meta.value()?.parse()?),
+                    _ => {}
+                }
+                Ok(())
+            })
+        });
+        if let Err(error) = result {
+            walker.errors.push(error);
+        }
+    }
+    args
+}

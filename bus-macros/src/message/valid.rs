@@ -1,0 +1,62 @@
+//! What a message derive refuses, checked on the tokens before anything is
+//! generated: every problem is collected, each spanned on the user's token.
+
+use syn::{Data, DeriveInput};
+
+use super::attr::{MessageArgs, MessageKind};
+use crate::errors::Errors;
+
+/// Whether the type can have the message impls at all: a generic type or a
+/// union cannot (every use of it would be wrong), an argument mistake can
+/// (with defaults, so that uses of the type do not cascade into more errors).
+pub(crate) fn structural(input: &DeriveInput, kind: MessageKind, errors: &mut Errors) -> bool {
+    let derive = kind.trait_name();
+    if !input.generics.params.is_empty() {
+        errors.spanned(
+            &input.generics,
+            format!(
+                "`#[derive({derive})]` does not support generic types: the bus routes each message \
+                 by one concrete type; declare a concrete type for each message"
+            ),
+        );
+    } else if let Some(clause) = &input.generics.where_clause {
+        errors.spanned(
+            clause,
+            format!("`#[derive({derive})]` does not support `where` clauses"),
+        );
+    }
+    if let Data::Union(data) = &input.data {
+        errors.spanned(
+            data.union_token,
+            format!("`#[derive({derive})]` does not support unions: use a struct or an enum"),
+        );
+    }
+    input.generics.params.is_empty()
+        && input.generics.where_clause.is_none()
+        && !matches!(input.data, Data::Union(_))
+}
+
+/// The arguments' own rules.
+pub(crate) fn arguments(
+    input: &DeriveInput,
+    kind: MessageKind,
+    args: &MessageArgs,
+    errors: &mut Errors,
+) {
+    if kind == MessageKind::Query && args.output.is_none() {
+        errors.spanned(
+            &input.ident,
+            "a query declares what its handler returns: add `#[query(output = T)]`",
+        );
+    }
+    if let Some(name) = &args.name {
+        if name.value().trim().is_empty() {
+            errors.spanned(name, "a message name cannot be empty");
+        }
+    }
+    if let Some(external) = &args.external {
+        if external.value().trim().is_empty() {
+            errors.spanned(external, "an external name cannot be empty");
+        }
+    }
+}
