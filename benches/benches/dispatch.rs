@@ -93,6 +93,36 @@ struct MediatorScale {
 }
 impl mediator::Request<u64> for MediatorScale {}
 
+// ---- the mediator-rs crate (async, boxed, a pipeline of behaviors) ----------
+
+struct MediatorRsScale {
+    value: u64,
+}
+
+impl mediator_rs::Request for MediatorRsScale {
+    type Output = u64;
+}
+
+struct MediatorRsHandler;
+
+#[async_trait::async_trait]
+impl mediator_rs::Handler<MediatorRsScale, Infallible, Config> for MediatorRsHandler {
+    async fn handle(&self, cmd: MediatorRsScale, config: &Config) -> Result<u64, Infallible> {
+        Ok(cmd.value.wrapping_mul(config.factor))
+    }
+}
+
+/// A future's output on its first poll (every async variant here is ready
+/// at once: nothing awaits I/O), with no executor's own cost.
+fn on_first_poll<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
+
 // ---- one event, ten handlers ------------------------------------------------
 
 #[derive(Debug, Clone, Event)]
@@ -116,6 +146,12 @@ macro_rules! tick_handlers {
         fn tick_registrations() -> Registrations {
             Registrations::new()$(.handler::<$name>())*
         }
+        /// The same ten handlers as subscribers of the pubsub-bus crate.
+        fn tick_pubsub() -> pubsub_bus::EventBus<Tick, ()> {
+            let bus = pubsub_bus::EventBus::new();
+            $( bus.add_subscriber(TickSubscriber($name)); )*
+            bus
+        }
     };
 }
 
@@ -131,6 +167,15 @@ tick_handlers!(
     tick_8 = 9,
     tick_9 = 10
 );
+
+/// A `Tick` handler as a pubsub-bus subscriber.
+struct TickSubscriber(fn(&Tick));
+
+impl pubsub_bus::Subscriber<Tick, ()> for TickSubscriber {
+    fn on_event(&mut self, event: &pubsub_bus::BusEvent<Tick, ()>) {
+        (self.0)(event.get_content());
+    }
+}
 
 // ---- a command releasing three events, each with two handlers -------------
 
@@ -279,6 +324,16 @@ fn command_dispatch(c: &mut Criterion) {
             mediator.send(black_box(MediatorScale { value: 7 })).ok()
         })
     });
+
+    let mut mediator_rs = mediator_rs::Mediator::<Config, Infallible>::new();
+    mediator_rs.register::<MediatorRsScale, _>(MediatorRsHandler);
+    let config = Config { factor: 3 };
+    group.bench_function("mediator_rs_crate", |b| {
+        b.iter(|| {
+            on_first_poll(mediator_rs.dispatch(black_box(MediatorRsScale { value: 7 }), &config))
+                .and_then(Result::ok)
+        })
+    });
     group.finish();
 }
 
@@ -311,11 +366,85 @@ fn event_fanout(c: &mut Criterion) {
     group.bench_function("bus_10_retry_layer", |b| {
         b.iter(|| retrying.publish_blocking(black_box(Tick(7))).is_ok())
     });
+    let pubsub = tick_pubsub();
+    group.bench_function("pubsub_bus_crate_10", |b| {
+        b.iter(|| pubsub.publish(black_box(Tick(7)), None, 0))
+    });
     group.finish();
+}
+
+// ---- the chain wired by hand: a queue of boxed events, a TypeId map -------
+
+type ChainQueue = std::collections::VecDeque<Box<dyn Any + Send>>;
+
+struct HandWiredChain {
+    commands: HashMap<TypeId, fn(&mut dyn Any, &mut ChainQueue)>,
+    events: ErasedEventHandlers,
+}
+
+impl HandWiredChain {
+    fn new() -> Self {
+        fn checkout_erased(message: &mut dyn Any, queue: &mut ChainQueue) {
+            if let Some(Checkout(n)) = message
+                .downcast_mut::<Option<Checkout>>()
+                .and_then(Option::take)
+            {
+                queue.push_back(Box::new(Reserved(n)));
+                queue.push_back(Box::new(Charged(n)));
+                queue.push_back(Box::new(Shipped(n)));
+            }
+        }
+        macro_rules! erased {
+            ($event:ident, $handler:ident) => {
+                |event: &dyn Any| {
+                    if let Some(event) = event.downcast_ref::<$event>() {
+                        $handler(event);
+                    }
+                }
+            };
+        }
+        let mut commands: HashMap<TypeId, fn(&mut dyn Any, &mut ChainQueue)> = HashMap::new();
+        commands.insert(TypeId::of::<Checkout>(), checkout_erased);
+        let mut events: ErasedEventHandlers = HashMap::new();
+        events.insert(
+            TypeId::of::<Reserved>(),
+            vec![erased!(Reserved, reserved_a), erased!(Reserved, reserved_b)],
+        );
+        events.insert(
+            TypeId::of::<Charged>(),
+            vec![erased!(Charged, charged_a), erased!(Charged, charged_b)],
+        );
+        events.insert(
+            TypeId::of::<Shipped>(),
+            vec![erased!(Shipped, shipped_a), erased!(Shipped, shipped_b)],
+        );
+        HandWiredChain { commands, events }
+    }
+
+    /// The command's handler, then every event it released, in order, each
+    /// through its handlers: the bus's order, by hand.
+    fn dispatch(&self, cmd: Checkout) -> Option<()> {
+        let handler = self.commands.get(&TypeId::of::<Checkout>())?;
+        let mut queue = ChainQueue::new();
+        handler(&mut Some(cmd), &mut queue);
+        while let Some(event) = queue.pop_front() {
+            let event: &dyn Any = &*event;
+            if let Some(handlers) = self.events.get(&event.type_id()) {
+                for handler in handlers {
+                    handler(event);
+                }
+            }
+        }
+        Some(())
+    }
 }
 
 fn chain(c: &mut Criterion) {
     let mut group = c.benchmark_group("chain");
+    let hand_wired = HandWiredChain::new();
+    group.bench_function("hand_wired_3_events", |b| {
+        b.iter(|| hand_wired.dispatch(black_box(Checkout(7))))
+    });
     let bus = Bus::builder()
         .registrations(chain_registrations())
         .build()

@@ -512,7 +512,7 @@ where
 {
     let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
     // A command handler's panic is not caught: commands fail noisily.
-    let called = if tracing::enabled!(tracing::Level::DEBUG) {
+    let called = if super::invocation::spans_wanted() {
         let span = request_handler_span(handler, M::meta(), scope);
         let call = Call::new(MessageRef::Owned(&mut frame), &handler.dependencies, scope);
         span.in_scope(|| f(call))

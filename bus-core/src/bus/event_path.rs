@@ -194,7 +194,7 @@ impl Bus {
                 return;
             }
         }
-        let traced = tracing::enabled!(tracing::Level::DEBUG);
+        let traced = super::invocation::spans_wanted();
         while let Some(handler) = route.handlers.get(*next) {
             match (&handler.pipeline, handler.call) {
                 (Some(pipeline), _) => {
@@ -339,7 +339,7 @@ impl Bus {
                 let message = (event.as_any(), &context);
                 let outcome = match call {
                     HandlerFn::Sync(f) => {
-                        let traced = tracing::enabled!(tracing::Level::DEBUG);
+                        let traced = super::invocation::spans_wanted();
                         call_event_sync(handler, f, message, meta, &mut scope, traced)
                     }
                     HandlerFn::Async(f) => {
@@ -394,7 +394,7 @@ impl Bus {
                 return;
             }
         }
-        let traced = tracing::enabled!(tracing::Level::DEBUG);
+        let traced = super::invocation::spans_wanted();
         for handler in route.handlers.iter() {
             self.call_erased_blocking(handler, event, meta, context, cascade, traced);
         }
@@ -491,7 +491,7 @@ impl Bus {
         cascade: &mut Cascade,
     ) {
         let meta = event.meta();
-        let traced = tracing::enabled!(tracing::Level::DEBUG);
+        let traced = super::invocation::spans_wanted();
         // Read once per event: a test's recorder, if one is attached.
         let tap = self.inner.watch.tap.get();
         for (call, handler) in calls.iter().zip(handlers) {
