@@ -255,38 +255,76 @@ impl Retry {
         &'a self,
         call: HandlerCall<'a>,
         next: Next<'a>,
-        mut cause: crate::observer::FailureCause,
+        cause: crate::observer::FailureCause,
     ) -> Outcome {
-        let mut delays = self.policy.delays();
-        let mut attempt = call.attempt();
-        loop {
-            if !self.policy.is_retryable(&cause) {
+        let retryable = |outcome: &Outcome| match outcome {
+            Ok(()) => false,
+            Err(cause) if self.policy.is_retryable(cause) => true,
+            Err(cause) => {
                 tracing::debug!(
                     handler = call.handler_name(),
-                    attempt,
                     %cause,
                     "permanent failure: not retried"
                 );
-                return Err(cause);
+                false
             }
-            let Some(delay) = delays.next() else {
-                return Err(cause);
-            };
-            tracing::warn!(
-                handler = call.handler_name(),
-                message_name = call.message_name(),
-                attempt,
-                retry_in = ?delay,
-                %cause,
-                "handler failed; retrying"
-            );
-            sleep(delay).await;
-            attempt += 1;
-            cause = match next.run(call.at_attempt(attempt)).await {
-                Ok(()) => return Ok(()),
-                Err(cause) => cause,
-            };
+        };
+        let retrying = |attempt: u32, delay: Duration, outcome: &Outcome| {
+            if let Err(cause) = outcome {
+                tracing::warn!(
+                    handler = call.handler_name(),
+                    message_name = call.message_name(),
+                    attempt,
+                    retry_in = ?delay,
+                    %cause,
+                    "handler failed; retrying"
+                );
+            }
+        };
+        retried(
+            &self.policy,
+            call.attempt(),
+            Err(cause),
+            retryable,
+            retrying,
+            |attempt| next.run(call.at_attempt(attempt)),
+        )
+        .await
+    }
+}
+
+/// The one retry loop of the bus, for event handlers (the [`Retry`] layer)
+/// and commands (their opt-in retry) alike: given the outcome of attempt
+/// number `attempt`, while `retryable` says it is worth another and the
+/// policy has a delay left (its delays are taken from the first, whatever
+/// `attempt` is), waits that delay and runs the next attempt.
+/// `retrying` is told of each retry before its wait. Returns the last
+/// outcome.
+pub(crate) async fn retried<T, Fut>(
+    policy: &RetryPolicy,
+    mut attempt: u32,
+    mut outcome: T,
+    retryable: impl Fn(&T) -> bool,
+    retrying: impl Fn(u32, Duration, &T),
+    mut run: impl FnMut(u32) -> Fut,
+) -> T
+where
+    Fut: std::future::Future<Output = T>,
+{
+    // The policy's delays, from its first: after `attempt`, up to
+    // `max_attempts - 1` more attempts.
+    let mut delays = policy.delays();
+    loop {
+        if !retryable(&outcome) {
+            return outcome;
         }
+        let Some(delay) = delays.next() else {
+            return outcome;
+        };
+        retrying(attempt, delay, &outcome);
+        sleep(delay).await;
+        attempt += 1;
+        outcome = run(attempt).await;
     }
 }
 
@@ -308,5 +346,75 @@ impl Retry {
 pub(crate) async fn sleep(delay: Duration) {
     if !delay.is_zero() {
         futures_timer::Delay::new(delay).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::{Cell, RefCell};
+
+    fn quick(attempts: u32) -> RetryPolicy {
+        RetryPolicy::exponential(attempts)
+            .first_delay(Duration::ZERO)
+            .max_delay(Duration::ZERO)
+            .without_jitter()
+    }
+
+    /// Runs the loop after a failed first attempt; `fails` says which
+    /// attempt numbers fail, and whether retryably.
+    fn run(
+        policy: &RetryPolicy,
+        fails: impl Fn(u32) -> Option<bool>,
+    ) -> (Result<u32, bool>, Vec<u32>) {
+        let ran = RefCell::new(vec![1]);
+        let retried_after = Cell::new(0);
+        let outcome = |attempt: u32| match fails(attempt) {
+            None => Ok(attempt),
+            Some(retryable) => Err(retryable),
+        };
+        let last = crate::executor::block_on(retried(
+            policy,
+            1,
+            outcome(1),
+            |last: &Result<u32, bool>| matches!(last, Err(true)),
+            |attempt, _, _: &_| {
+                assert_eq!(
+                    attempt,
+                    retried_after.get() + 1,
+                    "told of each retry in order"
+                );
+                retried_after.set(attempt);
+            },
+            |attempt| {
+                ran.borrow_mut().push(attempt);
+                std::future::ready(outcome(attempt))
+            },
+        ));
+        (last, ran.into_inner())
+    }
+
+    #[test]
+    fn the_loop_retries_a_retryable_failure_until_it_succeeds() {
+        let (last, ran) = run(&quick(5), |attempt| (attempt < 3).then_some(true));
+        assert_eq!(last, Ok(3));
+        assert_eq!(ran, [1, 2, 3]);
+    }
+
+    #[test]
+    fn the_loop_stops_at_a_failure_that_is_not_retryable() {
+        let (last, ran) = run(&quick(5), |attempt| Some(attempt < 2));
+        assert_eq!(last, Err(false));
+        assert_eq!(ran, [1, 2]);
+    }
+
+    #[test]
+    fn the_loop_makes_no_more_attempts_than_the_policy_allows() {
+        let (last, ran) = run(&quick(3), |_| Some(true));
+        assert_eq!(last, Err(true));
+        assert_eq!(ran, [1, 2, 3]);
+        let (last, ran) = run(&RetryPolicy::none(), |_| Some(true));
+        assert_eq!(last, Err(true));
+        assert_eq!(ran, [1]);
     }
 }

@@ -8,7 +8,7 @@ use std::future::Future;
 use crate::context::MessageContext;
 use crate::error::DispatchError;
 use crate::inject::Scope;
-use crate::retry::{sleep, RetryPolicy};
+use crate::retry::{retried, RetryPolicy};
 
 /// The retry of one command type, `M`, whose handler's error type is `E`.
 pub(crate) struct CommandRetry<M, E> {
@@ -30,26 +30,22 @@ impl<M, E> CommandRetry<M, E> {
         F: Fn(M, MessageContext) -> Fut,
         Fut: Future<Output = (Result<O, DispatchError<E>>, Scope)>,
     {
-        let mut delays = self.policy.delays();
-        let mut number = 1;
-        loop {
-            let copy = (self.copy)(&message);
-            let (output, scope) = attempt(copy, context.at_attempt(number)).await;
-            let retryable =
-                matches!(&output, Err(DispatchError::Handler(error)) if (self.retry_if)(error));
-            if !retryable {
-                return (output, scope);
-            }
-            let Some(delay) = delays.next() else {
-                tracing::warn!(
-                    attempts = number,
-                    "command failed with a retryable error on every attempt; giving up"
-                );
-                return (output, scope);
-            };
+        // Owns the command (a borrow held across the waits would need it
+        // `Sync`): each attempt gets a fresh copy.
+        let copy = self.copy;
+        let run = move |number: u32| attempt(copy(&message), context.at_attempt(number));
+        let first = run(1).await;
+        let retryable = |(output, _): &(Result<O, DispatchError<E>>, Scope)| matches!(output, Err(DispatchError::Handler(error)) if (self.retry_if)(error));
+        let retrying = |number: u32, delay, _: &_| {
             tracing::debug!(attempt = number, retry_in = ?delay, "command failed; retrying");
-            sleep(delay).await;
-            number += 1;
+        };
+        let (output, scope) = retried(&self.policy, 1, first, retryable, retrying, run).await;
+        if matches!(&output, Err(DispatchError::Handler(error)) if (self.retry_if)(error)) {
+            tracing::warn!(
+                attempts = self.policy.max_attempts(),
+                "command failed with a retryable error on every attempt; giving up"
+            );
         }
+        (output, scope)
     }
 }
