@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::command_retry::CommandRetry;
-use super::routes::{BoundHandler, Route, Routes};
+use super::routes::{BoundHandler, CallPath, Route, Routes};
 use super::{Bus, BusInner};
 use crate::context::MessageContext;
 use crate::dead_letter::{DeadLetterSink, InMemoryDeadLetters};
@@ -344,7 +344,11 @@ impl BusBuilder {
                 .iter()
                 .map(|&registration| {
                     let mut handler = bind(registration, &container, &mut missing);
-                    (handler.pipeline, handler.retry) = self.pipeline(meta, registration);
+                    let (pipeline, retry) = self.pipeline(meta, registration);
+                    if let Some(pipeline) = pipeline {
+                        handler.path = CallPath::Layered(pipeline, handler.path.call());
+                    }
+                    handler.retry = retry;
                     if meta.kind() == MessageKind::Command {
                         handler.command_retry = take_command_retry(&mut command_retries, meta);
                     }
@@ -359,9 +363,7 @@ impl BusBuilder {
             } else {
                 None
             };
-            let drives = bound.iter().any(|handler| {
-                handler.pipeline.is_some() || matches!(handler.call, HandlerFn::Async(_))
-            });
+            let drives = bound.iter().any(|handler| handler.path.drives());
             routes.insert(Route {
                 meta,
                 handlers: bound,
@@ -727,12 +729,15 @@ fn bind(
         key.lifetime() == Lifetime::Scoped
             || key.type_id() == std::any::TypeId::of::<MessageContext>()
     });
+    let path = match registration.call() {
+        HandlerFn::Sync(f) => CallPath::Inline(f),
+        HandlerFn::Async(f) => CallPath::Awaited(f),
+    };
     BoundHandler {
-        call: registration.call(),
+        path,
         registration,
         dependencies: resolved,
         needs_context,
-        pipeline: None,
         retry: None,
         command_retry: None,
     }

@@ -15,7 +15,7 @@ use tracing::Instrument;
 use super::cascade::{Cascade, Current, Run};
 use super::command_retry::CommandRetry;
 use super::invocation::{dispatch_span, enter, request_handler_span, RequestInvocation};
-use super::routes::BoundHandler;
+use super::routes::{BoundHandler, CallPath};
 use super::Bus;
 use crate::blocking::{driving, Blocking};
 use crate::call::{AsyncCall, BoxFuture, Call, Frame, MessageRef, SyncCall};
@@ -27,7 +27,6 @@ use crate::inject::Scope;
 use crate::layer::Next;
 use crate::message::{Command, Event, Message, MessageMeta, Query};
 use crate::observer::HandlerFailure;
-use crate::registry::HandlerFn;
 
 impl Bus {
     /// Sends a command to its one handler and returns what the handler
@@ -216,20 +215,21 @@ impl Bus {
         let meta = M::meta();
         let handler = self.single_handler::<E>(meta)?;
         let span = dispatch_span(meta, kind, &mut context);
-        let (output, mut scope) = match (handler.is_direct(), handler.call) {
+        let retried = handler.command_retry.is_some();
+        let (output, mut scope) = match (&handler.path, retried) {
             // The hot path: a plain `fn`, called inline, no future.
-            (true, HandlerFn::Sync(f)) => enter(&span, || {
+            (CallPath::Inline(f), false) => enter(&span, || {
                 let mut scope = Scope::request(context, meta.kind());
-                let output = request_sync(handler, f, message, &mut scope);
+                let output = request_sync(handler, *f, message, &mut scope);
                 (output, scope)
             }),
-            (true, HandlerFn::Async(f)) => {
-                request_direct_async(handler, f, message, context)
+            (CallPath::Awaited(f), false) => {
+                request_direct_async(handler, *f, message, context)
                     .instrument(span.clone())
                     .await
             }
             // Layers or a retry: boxed, so that this future stays small.
-            (false, _) => {
+            _ => {
                 let context = context.unwrap_or_else(MessageContext::root);
                 self.request_driven(handler, message, context)
                     .instrument(span.clone())
@@ -295,9 +295,10 @@ impl Bus {
         let handler = self.single_handler::<E>(meta)?;
         let mut context = None;
         let span = dispatch_span(meta, kind, &mut context);
-        let (output, mut scope) = match (handler.call, handler.is_direct()) {
+        let (output, mut scope) = match (&handler.path, handler.command_retry.is_some()) {
             // The hot path: a plain `fn`, called inline.
-            (HandlerFn::Sync(f), true) => {
+            (CallPath::Inline(f), false) => {
+                let f = *f;
                 let mut scope = Scope::request(context, meta.kind());
                 let output = enter(&span, || request_sync(handler, f, message, &mut scope));
                 if !scope.has_releaser() {
@@ -360,9 +361,9 @@ impl Bus {
         O: Send + 'static,
         E: Send + 'static,
     {
-        match (handler.is_direct(), handler.call) {
-            (true, HandlerFn::Async(f)) => block_on(
-                request_direct_async(handler, f, message, context).instrument(span.clone()),
+        match (&handler.path, handler.command_retry.is_some()) {
+            (CallPath::Awaited(f), false) => block_on(
+                request_direct_async(handler, *f, message, context).instrument(span.clone()),
             ),
             _ => {
                 let context = context.unwrap_or_else(MessageContext::root);
@@ -387,10 +388,10 @@ impl Bus {
         E: Send + 'static,
     {
         let mut scope = Scope::request(Some(context), M::meta().kind());
-        let output = match (&handler.pipeline, handler.call) {
-            (None, HandlerFn::Sync(f)) => request_sync(handler, f, message, &mut scope),
-            (None, HandlerFn::Async(f)) => request_async(handler, f, message, &mut scope).await,
-            (Some(pipeline), _) => {
+        let output = match &handler.path {
+            CallPath::Inline(f) => request_sync(handler, *f, message, &mut scope),
+            CallPath::Awaited(f) => request_async(handler, *f, message, &mut scope).await,
+            CallPath::Layered(pipeline, _) => {
                 let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
                 let invocation = RequestInvocation::new(handler, &mut frame, context);
                 let outcome = Next::new(pipeline, &invocation)
@@ -482,12 +483,6 @@ impl Bus {
 }
 
 impl BoundHandler {
-    /// Whether a call is just the handler: no layer, no command retry.
-    #[inline]
-    fn is_direct(&self) -> bool {
-        self.pipeline.is_none() && self.command_retry.is_none()
-    }
-
     /// The command's opt-in retry, when it has one (only a command whose
     /// message and error types are `M` and `E` can).
     #[inline]

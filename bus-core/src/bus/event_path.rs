@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use super::cascade::{Cascade, Current, PendingRetry, Run};
 use super::invocation::{call_event_async, call_event_sync, handler_span, EventInvocation};
-use super::routes::BoundHandler;
+use super::routes::{BoundHandler, CallPath};
 use super::typed_route::TypedRoute;
 use super::Bus;
 use crate::blocking::Blocking;
@@ -196,8 +196,8 @@ impl Bus {
         }
         let traced = super::invocation::spans_wanted();
         while let Some(handler) = route.handlers.get(*next) {
-            match (&handler.pipeline, handler.call) {
-                (Some(pipeline), _) => {
+            match &handler.path {
+                CallPath::Layered(pipeline, _) => {
                     let invocation =
                         EventInvocation::new(handler, event.as_any(), meta, &self.inner.watch);
                     let outcome = Next::new(pipeline, &invocation)
@@ -205,10 +205,11 @@ impl Bus {
                         .await;
                     self.settle_layered(handler, event, context, invocation, outcome, cascade);
                 }
-                (None, HandlerFn::Sync(f)) => {
-                    self.call_direct_sync(handler, f, event, context, cascade, traced)
+                CallPath::Inline(f) => {
+                    self.call_direct_sync(handler, *f, event, context, cascade, traced)
                 }
-                (None, HandlerFn::Async(f)) => {
+                CallPath::Awaited(f) => {
+                    let f = *f;
                     let mut scope = handler.scope(context);
                     let outcome =
                         call_event_async(handler, f, (event.as_any(), &context), meta, &mut scope)
@@ -292,7 +293,7 @@ impl Bus {
                 (Err(cause), Recorded::No) => {
                     current.failed = true;
                     let event = &current.event;
-                    if handler.pipeline.is_some() {
+                    if handler.path.is_layered() {
                         let copy = event.clone();
                         self.fail(handler, copy, current.context, cause, attempts, cascade);
                     } else {
@@ -323,8 +324,8 @@ impl Bus {
         delivery: Option<Delivery>,
     ) -> (crate::layer::Outcome, Recorded, Closed, u32) {
         let meta = event.meta();
-        match (&handler.pipeline, handler.call) {
-            (Some(pipeline), _) => {
+        match &handler.path {
+            CallPath::Layered(pipeline, _) => {
                 let invocation =
                     EventInvocation::new(handler, event.as_any(), meta, &self.inner.watch)
                         .delivering(delivery);
@@ -334,10 +335,10 @@ impl Bus {
                 let (recorded, attempts) = (invocation.recorded(), invocation.attempts());
                 (outcome, recorded, invocation.closed(), attempts)
             }
-            (None, call) => {
+            direct => {
                 let mut scope = crate::inject::Scope::delivering(context, delivery);
                 let message = (event.as_any(), &context);
-                let outcome = match call {
+                let outcome = match direct.call() {
                     HandlerFn::Sync(f) => {
                         let traced = super::invocation::spans_wanted();
                         call_event_sync(handler, f, message, meta, &mut scope, traced)
@@ -410,18 +411,19 @@ impl Bus {
         cascade: &mut Cascade,
         traced: bool,
     ) {
-        match (&handler.pipeline, handler.call) {
-            (Some(pipeline), _) => {
+        match &handler.path {
+            CallPath::Layered(pipeline, _) => {
                 let invocation =
                     EventInvocation::new(handler, event.as_any(), meta, &self.inner.watch);
                 let outcome =
                     block_on(Next::new(pipeline, &invocation).run(invocation.call(context)));
                 self.settle_layered(handler, event, context, invocation, outcome, cascade);
             }
-            (None, HandlerFn::Sync(f)) => {
-                self.call_direct_sync(handler, f, event, context, cascade, traced)
+            CallPath::Inline(f) => {
+                self.call_direct_sync(handler, *f, event, context, cascade, traced)
             }
-            (None, HandlerFn::Async(f)) => {
+            CallPath::Awaited(f) => {
+                let f = *f;
                 let mut scope = handler.scope(context);
                 let outcome = block_on(call_event_async(
                     handler,

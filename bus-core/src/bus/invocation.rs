@@ -281,7 +281,7 @@ impl EventInvocation<'_> {
 impl Invoke for EventInvocation<'_> {
     fn invoke<'a>(&'a self, call: HandlerCall<'a>) -> BoxFuture<'a, Outcome> {
         self.attempts.fetch_add(1, Ordering::Relaxed);
-        match self.handler.call {
+        match self.handler.path.call() {
             // A plain `fn` runs right here; its outcome is a ready future.
             HandlerFn::Sync(f) => {
                 let mut scope = self.scope(call.context);
@@ -369,7 +369,7 @@ impl Invoke for RequestInvocation<'_, '_> {
                     &self.handler.dependencies,
                     &mut scope,
                 );
-                match self.handler.call {
+                match self.handler.path.call() {
                     HandlerFn::Sync(f) => span.in_scope(|| f(call)),
                     HandlerFn::Async(f) => f(call).instrument(span).await,
                 }

@@ -9,6 +9,7 @@ use tracing::Instrument;
 use super::cascade::{Cascade, Run};
 use super::detach::Stopped;
 use super::invocation::{dispatch_span, EventInvocation};
+use super::routes::CallPath;
 use super::Bus;
 use crate::context::MessageContext;
 use crate::error::CascadeLimitError;
@@ -191,7 +192,10 @@ impl Bus {
                 .iter()
                 .map(|retry| retry.clone() as Arc<dyn Layer>)
                 .collect();
-            let layers = bound.pipeline.as_deref().unwrap_or(&retry_only);
+            let layers = match &bound.path {
+                CallPath::Layered(pipeline, _) => &pipeline[..],
+                _ => &retry_only[..],
+            };
             let outcome = Next::new(layers, &invocation)
                 .run(invocation.call(context))
                 .await;

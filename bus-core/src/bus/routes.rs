@@ -6,26 +6,56 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::typed_route::EventRoute;
+use crate::call::{AsyncCall, SyncCall};
 use crate::inject::Resolved;
 use crate::layer::Pipeline;
 use crate::message::MessageMeta;
 use crate::registry::{HandlerFn, HandlerRegistration};
 use crate::retry::Retry;
 
+/// How a handler is called, decided once when the bus is built: every path
+/// of a dispatch matches on it (see the table in `bus/mod.rs`).
+pub(crate) enum CallPath {
+    /// A plain `fn` without layers: called inline, no future, no allocation.
+    Inline(SyncCall),
+    /// An `async fn` without layers: its future awaited in place.
+    Awaited(AsyncCall),
+    /// Through its layers, outermost first (a boxed future per layer);
+    /// the innermost calls `call`.
+    Layered(Pipeline, HandlerFn),
+}
+
+impl CallPath {
+    /// The handler's own call, whatever is around it.
+    pub(crate) fn call(&self) -> HandlerFn {
+        match *self {
+            CallPath::Inline(f) => HandlerFn::Sync(f),
+            CallPath::Awaited(f) => HandlerFn::Async(f),
+            CallPath::Layered(_, call) => call,
+        }
+    }
+
+    /// Whether a call drives a future (an `async fn`, or layers).
+    pub(crate) fn drives(&self) -> bool {
+        !matches!(self, CallPath::Inline(_))
+    }
+
+    /// Whether it has layers.
+    pub(crate) fn is_layered(&self) -> bool {
+        matches!(self, CallPath::Layered(..))
+    }
+}
+
 /// A handler with its dependencies already looked up.
 pub(crate) struct BoundHandler {
-    /// How to call it, copied out of the registration so that a call reads
-    /// it from the route directly.
-    pub(crate) call: HandlerFn,
+    /// How a call is made: the variants of a call, as data.
+    pub(crate) path: CallPath,
     pub(crate) registration: &'static HandlerRegistration,
     pub(crate) dependencies: Box<[Resolved]>,
     /// Whether a call's scope must carry the message's ids: the handler asks
     /// for a `MessageContext`, or for a scoped dependency (whose factory may
     /// read them). Otherwise they stay out of its scope, which is cheaper.
     pub(crate) needs_context: bool,
-    /// Its layers, outermost first; `None` when it has none, so that it is
-    /// called directly.
-    pub(crate) pipeline: Option<Pipeline>,
     /// An event handler's retry, when it is its only layer: the handler is
     /// called directly, and the retry takes over after a failed attempt.
     pub(crate) retry: Option<Arc<Retry>>,

@@ -33,7 +33,7 @@ impl<M: TakeMessage> TypedEntry for TypedSyncEntry<M> {
             .iter()
             .map(|handler| {
                 // A layered handler is called through its pipeline.
-                if handler.pipeline.is_some() {
+                if handler.path.is_layered() {
                     return None;
                 }
                 handler
