@@ -1,4 +1,42 @@
 //! The message bus: built once at startup, then dispatched to concurrently.
+//!
+//! # Where a dispatch goes
+//!
+//! Every entry point counts itself in flight (`lifecycle.rs`: `enter` for an
+//! awaited one, `enter_blocking` for one that ends on its thread), finds the
+//! message's route by its slot (`routes.rs`), and calls each handler by the
+//! handler's [`CallPath`](routes::CallPath), decided at build
+//! (`builder.rs`): `Inline` (a plain `fn`, no future), `Awaited` (an
+//! `async fn`) or `Layered` (its pipeline, a boxed future per layer).
+//!
+//! | entry point | file: function | the handler's call | what it released |
+//! |---|---|---|---|
+//! | `dispatch`, `dispatch_in`, `query` | `dispatch.rs`: `request` | `Inline`: `request_sync`; `Awaited`: `request_direct_async`; `Layered`, or a command's retry: `request_driven` → `CommandRetry::run` → `request_once` | `settle_request` → `detach.rs`: `run_to_end` → `event_path.rs`: `run_queue` |
+//! | `dispatch_blocking`, `query_blocking` | `dispatch.rs`: `request_blocking` | `Inline` on this thread; else `Blocking::check`, then `request_blocking_driven` under the crate's `block_on` | `answer_blocking` → `run_queue_blocking` |
+//! | `publish`, `publish_in` | `dispatch.rs`: `publish_awaited` | the event's handlers, as below | `run_to_end` → `run_queue` |
+//! | `publish_blocking` | `dispatch.rs`: `publish_blocking` | `publish_typed_blocking` (the typed route) | `run_queue_blocking` |
+//! | `handle_external` | `inbound.rs` | a command: its `CommandCodec` → `dispatch_in`; an event: `publish_erased` | as for `dispatch` / `publish` |
+//! | `redeliver` (a store's recovery) | `redeliver.rs` | `event_path.rs`: `handle_tracked`, skipping the handlers that completed | `run_queue` |
+//! | `replay` (a dead letter) | `replay.rs`: `replay_with` | the one handler, through its layers or its retry | `run_to_end` |
+//! | `shutdown`, `settled` | `mod.rs` → `lifecycle.rs`: `wait_idle` | none | none |
+//!
+//! The queue of a dispatch's events (`cascade.rs`: a `Run` over a
+//! `Cascade`) runs one event at a time, first in, first out, each through
+//! all of its handlers in route order (`event_path.rs`):
+//! - an event whose handlers are all plain `fn`s without layers goes through
+//!   its typed route (`typed_route.rs`: no downcast per handler,
+//!   `handle_typed_blocking`);
+//! - a stored event (a durable unit of work released it) goes through
+//!   `handle_tracked`, which records each handler's success with the store;
+//! - otherwise each handler by its `CallPath`: `call_direct_sync`,
+//!   `call_event_async`, or an `EventInvocation` through `Next`.
+//!
+//! An event handler's failure never stops the queue: `fail_or_retry` keeps
+//! it for its retry, when its only layer is a `Retry` (the retry runs after
+//! the event's other handlers, in `after_event`, through
+//! `Retry::after_failure`), else it fails for good (`fail`: logged, told to
+//! the observer and the recorder, kept as a dead letter). Both retries, an
+//! event handler's and a command's, are the one loop `retry::retried`.
 
 mod barrier;
 mod builder;
