@@ -51,8 +51,18 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The erased form of a plain `fn` handler.
 pub type SyncCall = for<'a> fn(Call<'a>) -> Result<(), BoxError>;
 
+/// How many bytes an `async fn` handler's future may take to be stored in
+/// place, with no allocation: a handler whose future is larger (one that
+/// holds big values across an `.await`) is boxed instead.
+pub const INLINE_FUTURE_BYTES: usize = 256;
+
+/// An `async fn` handler call's future: stored in place when it fits in
+/// [`INLINE_FUTURE_BYTES`], boxed otherwise.
+pub type HandlerFuture<'a> =
+    stackfuture::StackFuture<'a, Result<(), BoxError>, INLINE_FUTURE_BYTES>;
+
 /// The erased form of an `async fn` handler.
-pub type AsyncCall = for<'a> fn(Call<'a>) -> BoxFuture<'a, Result<(), BoxError>>;
+pub type AsyncCall = for<'a> fn(Call<'a>) -> HandlerFuture<'a>;
 
 /// A command or query call: the message in, the handler's result out.
 #[doc(hidden)]
@@ -466,24 +476,24 @@ pub fn event_result<E: Into<BoxError>>(result: Result<(), E>) -> Result<(), BoxE
 
 /// An async handler's answer in describe mode.
 #[doc(hidden)]
-pub fn ready_ok<'a>() -> BoxFuture<'a, Result<(), BoxError>> {
-    Box::pin(std::future::ready(Ok(())))
+pub fn ready_ok<'a>() -> HandlerFuture<'a> {
+    HandlerFuture::from(std::future::ready(Ok(())))
 }
 
 /// An async handler whose preparation failed: a ready error.
 #[doc(hidden)]
-pub fn ready_err<'a>(error: BoxError) -> BoxFuture<'a, Result<(), BoxError>> {
-    Box::pin(std::future::ready(Err(error)))
+pub fn ready_err<'a>(error: BoxError) -> HandlerFuture<'a> {
+    HandlerFuture::from(std::future::ready(Err(error)))
 }
 
-/// Boxes an async handler's future.
+/// An async handler's future, in place when it fits, else boxed.
 #[doc(hidden)]
 #[inline]
-pub fn boxed<'a, F>(future: F) -> BoxFuture<'a, Result<(), BoxError>>
+pub fn handler_future<'a, F>(future: F) -> HandlerFuture<'a>
 where
     F: Future<Output = Result<(), BoxError>> + Send + 'a,
 {
-    Box::pin(future)
+    HandlerFuture::from_or_box(future)
 }
 
 /// The default error type of commands and queries.

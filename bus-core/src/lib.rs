@@ -103,9 +103,9 @@ pub use async_trait::async_trait;
 pub mod __private {
     pub use crate::bus::CommandCodec;
     pub use crate::call::{
-        borrow_event, borrow_from_frame, boxed, clone_event, event_result, inject, not_shared,
-        put_output, ready_err, ready_ok, take_event, take_from_frame, BoxFuture, Call,
-        DefaultError, HandlerOutput, MessageRef, Output, TakeMessage, TypedSync,
+        borrow_event, borrow_from_frame, clone_event, event_result, handler_future, inject,
+        not_shared, put_output, ready_err, ready_ok, take_event, take_from_frame, Call,
+        DefaultError, HandlerFuture, HandlerOutput, MessageRef, Output, TakeMessage, TypedSync,
     };
     pub use crate::codec::{JsonCommand, JsonEvent};
     pub use crate::executor::block_on;

@@ -149,7 +149,7 @@ pub(super) async fn call_event_async(
     let call = Call::new(MessageRef::Shared(event), &handler.dependencies, scope);
     let outcome = match catch_unwind(AssertUnwindSafe(|| f(call))) {
         Ok(future) => {
-            CatchUnwind(future)
+            CatchUnwind::new(future)
                 .instrument(handler_span(handler, meta, context))
                 .await
         }

@@ -7,7 +7,8 @@
 //! - The *erased call* `__bus_call`: takes a `Call` (the message, the
 //!   resolved dependencies, the call's scope), calls the function, delivers
 //!   its result. A plain `fn` gets a `SyncCall`, an `async fn` an
-//!   `AsyncCall` returning the boxed future of the call.
+//!   `AsyncCall` returning the future of the call (a `HandlerFuture`:
+//!   stored in place when it fits, boxed otherwise).
 //! - The *describe mode* of that same function (see `arch_events::call`,
 //!   "The describe contract"): when the `Call` carries a shape to fill, the
 //!   function records its message, dependencies and declared events there
@@ -219,7 +220,7 @@ fn describe(
 }
 
 /// An `async fn` handler's erased call: a `SyncCall`'s preparation, then the
-/// boxed future of the call.
+/// future of the call, in place when it fits.
 fn async_call(
     function: &ItemFn,
     message: &MessageParam,
@@ -250,7 +251,7 @@ fn async_call(
     let take_dependencies = take_dependencies(dependencies, locals);
     let deliver = deliver(function, locals);
     let boxed = quote_spanned! {async_span=>
-        ::arch_events::__private::boxed(async move {
+        ::arch_events::__private::handler_future(async move {
             let #returned = #ident(#message_value #(, #dep_idents)*).await;
             #deliver
         })
@@ -259,7 +260,7 @@ fn async_call(
         quote! {
             fn __bus_call<'a>(
                 mut #call: ::arch_events::__private::Call<'a>,
-            ) -> ::arch_events::__private::BoxFuture<'a, ::core::result::Result<(), ::arch_events::__private::BoxError>> {
+            ) -> ::arch_events::__private::HandlerFuture<'a> {
                 #describe
                 let (#message_value, #output) = match #take_message {
                     ::core::result::Result::Ok(value) => value,

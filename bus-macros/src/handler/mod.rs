@@ -95,7 +95,7 @@ mod tests {
             ),
         );
         assert!(out.contains("HandlerFn :: Async"), "{out}");
-        assert!(out.contains("__private :: boxed"), "{out}");
+        assert!(out.contains("__private :: handler_future"), "{out}");
         assert!(!out.contains("typed_sync"), "{out}");
     }
 
