@@ -57,7 +57,7 @@ pub type SyncCall = for<'a> fn(Call<'a>) -> Result<(), BoxError>;
 pub const INLINE_FUTURE_BYTES: usize = 256;
 
 /// An `async fn` handler call's future: stored in place when it fits in
-/// [`INLINE_FUTURE_BYTES`], boxed otherwise.
+/// `INLINE_FUTURE_BYTES`, boxed otherwise.
 pub type HandlerFuture<'a> =
     stackfuture::StackFuture<'a, Result<(), BoxError>, INLINE_FUTURE_BYTES>;
 
