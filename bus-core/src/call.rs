@@ -116,6 +116,21 @@ fn internal(what: &str) -> BoxError {
 pub type TypedSync<M> =
     for<'x, 'y> fn(&'x M, &'x [Resolved], &'y mut Scope) -> Result<(), BoxError>;
 
+/// A plain `fn` command or query handler's typed entry: called with the
+/// message itself, it hands back the handler's result, so a dispatch makes
+/// no frame and no downcast of it.
+pub type TypedRequest<M> = for<'x, 'y> fn(
+    M,
+    &'x [Resolved],
+    &'y mut Scope,
+) -> Result<<M as TakeMessage>::Result, BoxError>;
+
+/// A [`TypedRequest`] as the bus keeps it: `R` is the handler's result
+/// type, which a dispatch names as `Result<C::Output, C::Error>`.
+pub(crate) struct TypedRequestEntry<M, R>(
+    pub(crate) for<'x, 'y> fn(M, &'x [Resolved], &'y mut Scope) -> Result<R, BoxError>,
+);
+
 /// What a handler's signature says, gathered in describe mode.
 #[derive(Default)]
 #[doc(hidden)]
@@ -124,6 +139,9 @@ pub struct Shape {
     pub(crate) dependencies: Vec<DependencyKey>,
     pub(crate) releases: Vec<&'static MessageMeta>,
     pub(crate) typed: Option<Box<dyn crate::bus::TypedEntry>>,
+    /// A `TypedRequestEntry<M, M::Result>`, for a plain `fn` command or
+    /// query handler.
+    pub(crate) typed_request: Option<Box<dyn Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Shape {
@@ -136,6 +154,7 @@ impl std::fmt::Debug for Shape {
                 &self.releases.iter().map(|m| m.name()).collect::<Vec<_>>(),
             )
             .field("typed", &self.typed.is_some())
+            .field("typed_request", &self.typed_request.is_some())
             .finish()
     }
 }
@@ -224,6 +243,14 @@ impl<'a> Describe<'_, 'a> {
     #[inline(never)]
     pub fn typed_sync<M: TakeMessage>(&mut self, entry: TypedSync<M>) {
         self.shape.typed = Some(Box::new(crate::bus::TypedSyncEntry(entry)));
+    }
+
+    /// The handler's typed entry (plain `fn` command and query handlers).
+    #[cold]
+    #[inline(never)]
+    pub fn typed_request<M: TakeMessage>(&mut self, entry: TypedRequest<M>) {
+        let entry: TypedRequestEntry<M, M::Result> = TypedRequestEntry(entry);
+        self.shape.typed_request = Some(Box::new(entry));
     }
 }
 
@@ -337,6 +364,15 @@ impl<M: TakeMessage> Output<'_, M> {
     }
 }
 
+impl<'a, M: TakeMessage> Output<'a, M> {
+    /// The result goes to `slot`: a typed request entry's.
+    #[doc(hidden)]
+    #[inline]
+    pub fn to(slot: &'a mut Option<M::Result>) -> Self {
+        Output(Some(slot))
+    }
+}
+
 /// How a handler gets its message and gives back its result. Implemented by
 /// the derives: commands and queries are moved out of their frame, events are
 /// shared (and cloned for a by-value parameter).
@@ -374,6 +410,17 @@ pub trait TakeMessage: Message + Sized {
 
     /// The message by reference, from a shared reference.
     fn borrow_shared(message: &Self) -> Self::Borrowed<'_>;
+
+    /// The message by value, for a typed request entry whose result goes
+    /// to `slot`.
+    fn take_owned(message: Self, slot: &mut Option<Self::Result>) -> Self::Taken<'_>;
+
+    /// The message by reference, for a typed request entry whose result
+    /// goes to `slot`.
+    fn borrow_owned<'a>(
+        message: &'a Self,
+        slot: &'a mut Option<Self::Result>,
+    ) -> Self::Borrowed<'a>;
 }
 
 fn frame<'a, M: TakeMessage>(
@@ -465,6 +512,13 @@ pub fn put_output<T>(value: T, slot: Option<&mut Option<T>>) -> Result<(), BoxEr
     let slot = slot.ok_or_else(|| internal("no result slot"))?;
     *slot = Some(value);
     Ok(())
+}
+
+/// What a typed request entry hands back: the result its handler gave.
+#[doc(hidden)]
+#[inline]
+pub fn request_result<R>(slot: Option<R>) -> Result<R, BoxError> {
+    slot.ok_or_else(|| internal("the handler produced no output"))
 }
 
 /// [`HandlerOutput`] for events returning `Result<(), E>`.

@@ -65,6 +65,39 @@ pub struct MessageContext {
 /// The bit of `MessageContext::attempt` that marks an inbound message.
 const INBOUND: u32 = 1 << 31;
 
+/// A message's ids, made on first demand: an event published outside any
+/// dispatch gets its id only when something reads it (a handler that takes
+/// a [`MessageContext`], an event it releases, a failure kept as a dead
+/// letter, an enabled span). Every reader sees the same ids.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LazyContext(Option<MessageContext>);
+
+impl LazyContext {
+    /// The ids of a first message, not made yet.
+    #[inline]
+    pub(crate) fn root() -> Self {
+        LazyContext(None)
+    }
+
+    /// Ids known already (a queued event's).
+    #[inline]
+    pub(crate) fn known(context: MessageContext) -> Self {
+        LazyContext(Some(context))
+    }
+
+    /// The ids, made now if nothing asked for them before.
+    #[inline]
+    pub(crate) fn get(&mut self) -> MessageContext {
+        *self.0.get_or_insert_with(MessageContext::root)
+    }
+
+    /// The slot itself, for a span that fills it only when enabled.
+    #[inline]
+    pub(crate) fn slot(&mut self) -> &mut Option<MessageContext> {
+        &mut self.0
+    }
+}
+
 impl MessageContext {
     /// The context of a dispatch's first message: it correlates everything
     /// the dispatch causes.

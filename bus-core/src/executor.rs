@@ -31,6 +31,7 @@ impl Wake for ThreadWaker {
 /// (a thread driving tokio tasks, or a handler of an awaited dispatch of
 /// the bus): parking it could hang that runtime. `.await` the future there.
 #[track_caller]
+#[inline]
 pub fn block_on<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);
     // First poll with a no-op waker: a future that is ready at once needs no

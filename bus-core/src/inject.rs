@@ -309,6 +309,15 @@ impl Scope {
         *self.context.get_or_insert_with(MessageContext::root)
     }
 
+    /// Gives the call the ids of its message, unless it has them already
+    /// (a scope reused by the handlers of one event).
+    #[inline]
+    pub(crate) fn ensure_context(&mut self, context: impl FnOnce() -> MessageContext) {
+        if self.context.is_none() {
+            self.context = Some(context());
+        }
+    }
+
     /// This call's event releaser: what is released through it reaches the
     /// bus when the handler returns `Ok`.
     pub fn releaser(&mut self) -> EventReleaser {

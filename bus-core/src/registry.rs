@@ -112,6 +112,12 @@ impl HandlerRegistration {
         self.shape().typed.as_deref()
     }
 
+    /// Its typed request entry (a `TypedRequestEntry<M, M::Result>`), when
+    /// its generated code has one: a plain `fn` command or query handler.
+    pub(crate) fn typed_request(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        self.shape().typed_request.as_deref()
+    }
+
     /// Whether it is an `async fn`.
     pub fn is_async(&self) -> bool {
         matches!(self.call, HandlerFn::Async(_))

@@ -733,10 +733,15 @@ fn bind(
         HandlerFn::Sync(f) => CallPath::Inline(f),
         HandlerFn::Async(f) => CallPath::Awaited(f),
     };
+    let typed_request = match path {
+        CallPath::Inline(_) => registration.typed_request(),
+        _ => None,
+    };
     BoundHandler {
         path,
         registration,
         dependencies: resolved,
+        typed_request,
         needs_context,
         retry: None,
         command_retry: None,

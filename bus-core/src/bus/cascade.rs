@@ -19,10 +19,18 @@ pub(crate) struct Cascade {
     processed: usize,
     /// Created on the first release: most dispatches never need one.
     pub(super) queue: Option<VecDeque<PendingEvent>>,
-    /// Dead letters waiting to be handed to the sink.
-    pub(super) dead: Vec<DeadLetter>,
-    /// Direct calls that failed and are to be retried.
-    pub(super) retries: Vec<PendingRetry>,
+    /// Created on the first failure: most dispatches never need it, and an
+    /// empty one costs nothing to drop.
+    failures: Option<Box<Failures>>,
+}
+
+/// A cascade's failures not dealt with yet.
+#[derive(Default)]
+struct Failures {
+    /// Dead letters waiting to be handed to the sink, oldest first.
+    dead: VecDeque<DeadLetter>,
+    /// Direct calls that failed and are to be retried, oldest first.
+    retries: VecDeque<PendingRetry>,
 }
 
 /// A direct event-handler call that failed on its first attempt, whose
@@ -109,8 +117,8 @@ impl Run {
     pub(super) fn is_finished(&self) -> bool {
         self.current.is_none()
             && self.retrying.is_none()
-            && self.cascade.retries.is_empty()
-            && self.cascade.dead.is_empty()
+            && !self.cascade.has_retries()
+            && !self.cascade.has_dead()
             && self.cascade.queue.as_ref().is_none_or(VecDeque::is_empty)
     }
 }
@@ -122,9 +130,60 @@ impl Cascade {
             limit,
             processed,
             queue: None,
-            dead: Vec::new(),
-            retries: Vec::new(),
+            failures: None,
         }
+    }
+
+    /// Whether nothing is queued, dead-lettered or to be retried.
+    #[inline]
+    pub(super) fn is_quiet(&self) -> bool {
+        self.queue.is_none() && !self.has_dead() && !self.has_retries()
+    }
+
+    fn failures(&mut self) -> &mut Failures {
+        self.failures.get_or_insert_with(Box::default)
+    }
+
+    /// Keeps a failed direct call to be retried after its event's other
+    /// handlers.
+    pub(super) fn push_retry(&mut self, retry: PendingRetry) {
+        self.failures().retries.push_back(retry);
+    }
+
+    /// Whether failed calls wait to be retried.
+    #[inline]
+    pub(super) fn has_retries(&self) -> bool {
+        self.failures
+            .as_ref()
+            .is_some_and(|failures| !failures.retries.is_empty())
+    }
+
+    /// The oldest failed call waiting to be retried.
+    pub(super) fn next_retry(&mut self) -> Option<PendingRetry> {
+        self.failures.as_mut()?.retries.pop_front()
+    }
+
+    /// Keeps a dead letter until the sink has it.
+    pub(super) fn push_dead(&mut self, letter: DeadLetter) {
+        self.failures().dead.push_back(letter);
+    }
+
+    /// Whether dead letters wait for the sink.
+    #[inline]
+    pub(super) fn has_dead(&self) -> bool {
+        self.failures
+            .as_ref()
+            .is_some_and(|failures| !failures.dead.is_empty())
+    }
+
+    /// The oldest dead letter waiting for the sink.
+    pub(super) fn first_dead(&self) -> Option<&DeadLetter> {
+        self.failures.as_ref()?.dead.front()
+    }
+
+    /// Takes the oldest dead letter, once the sink was asked to keep it.
+    pub(super) fn pop_dead(&mut self) -> Option<DeadLetter> {
+        self.failures.as_mut()?.dead.pop_front()
     }
 
     /// The message the dispatch started with.

@@ -18,8 +18,8 @@ use super::invocation::{dispatch_span, enter, request_handler_span, RequestInvoc
 use super::routes::{BoundHandler, CallPath};
 use super::Bus;
 use crate::blocking::{driving, Blocking};
-use crate::call::{AsyncCall, BoxFuture, Call, Frame, MessageRef, SyncCall};
-use crate::context::MessageContext;
+use crate::call::{AsyncCall, BoxFuture, Call, Frame, MessageRef, SyncCall, TypedRequestEntry};
+use crate::context::{LazyContext, MessageContext};
 use crate::error::{BoxError, DispatchError, InternalError, MisuseError};
 use crate::events::PendingEvent;
 use crate::executor::block_on;
@@ -161,15 +161,20 @@ impl Bus {
             blocking.check();
         }
         let _in_flight = self.enter_blocking()?;
-        let context = MessageContext::root();
-        let span = dispatch_span(meta, "event", &mut Some(context));
+        let mut ids = LazyContext::root();
+        let span = dispatch_span(meta, "event", ids.slot());
         // The published event is the first message processed; the bound is
         // at least 1.
-        let mut run = Run::new(Cascade::new(meta, self.inner.max_messages, 1));
+        let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
         enter(&span, || {
             if let Some(route) = route {
-                self.publish_typed_blocking(&event, route, context, &mut run.cascade);
+                self.publish_typed_blocking(&event, route, &mut ids, &mut cascade);
             }
+            if cascade.is_quiet() {
+                // Nothing released, failed or to retry: the common case.
+                return Ok(());
+            }
+            let mut run = Run::new(cascade);
             self.after_event_blocking(&mut run, blocking);
             if run.cascade.queue.is_some() {
                 self.run_queue_blocking(&mut run, blocking)?;
@@ -295,23 +300,25 @@ impl Bus {
         let handler = self.single_handler::<E>(meta)?;
         let mut context = None;
         let span = dispatch_span(meta, kind, &mut context);
-        let (output, mut scope) = match (&handler.path, handler.command_retry.is_some()) {
+        let mut scope = Scope::request(context, meta.kind());
+        let output = match (&handler.path, handler.command_retry.is_some()) {
             // The hot path: a plain `fn`, called inline.
             (CallPath::Inline(f), false) => {
-                let f = *f;
-                let mut scope = Scope::request(context, meta.kind());
-                let output = enter(&span, || request_sync(handler, f, message, &mut scope));
-                if !scope.has_releaser() {
-                    self.tap_ran(handler, meta, 1, output.is_ok());
-                    let value = output?;
-                    return Ok(value);
-                }
-                return self.answer_blocking(handler, meta, output, &mut scope, &span, blocking);
+                enter(&span, || request_sync(handler, *f, message, &mut scope))
+            }
+            // An `async fn`: its future polled here, in place.
+            (CallPath::Awaited(f), false) => {
+                blocking.check();
+                enter(&span, || {
+                    request_async_blocking(handler, *f, message, &mut scope)
+                })
             }
             _ => {
-                // An `async fn`, layers or a retry: driven on this thread.
+                // Layers or a retry: driven on this thread.
                 blocking.check();
-                self.request_blocking_driven(handler, message, context, &span)
+                let (output, ran) = self.request_blocking_driven(handler, message, context, &span);
+                scope = ran;
+                output
             }
         };
         if !scope.has_releaser() {
@@ -346,8 +353,7 @@ impl Bus {
         output
     }
 
-    /// A blocking request whose handler needs driving: an `async fn`, layers,
-    /// or a command's retry.
+    /// A blocking request through its layers, or retried.
     #[inline(never)]
     fn request_blocking_driven<M, O, E>(
         &self,
@@ -361,18 +367,11 @@ impl Bus {
         O: Send + 'static,
         E: Send + 'static,
     {
-        match (&handler.path, handler.command_retry.is_some()) {
-            (CallPath::Awaited(f), false) => block_on(
-                request_direct_async(handler, *f, message, context).instrument(span.clone()),
-            ),
-            _ => {
-                let context = context.unwrap_or_else(MessageContext::root);
-                block_on(
-                    self.request_driven(handler, message, context)
-                        .instrument(span.clone()),
-                )
-            }
-        }
+        let context = context.unwrap_or_else(MessageContext::root);
+        block_on(
+            self.request_driven(handler, message, context)
+                .instrument(span.clone()),
+        )
     }
 
     /// One call of a command or query handler, direct or through its layers.
@@ -483,6 +482,12 @@ impl Bus {
 }
 
 impl BoundHandler {
+    /// The typed entry of a plain `fn` handler of `M` whose result is `R`.
+    #[inline(always)]
+    fn typed_request<M: 'static, R: 'static>(&self) -> Option<&TypedRequestEntry<M, R>> {
+        self.typed_request?.downcast_ref()
+    }
+
     /// The command's opt-in retry, when it has one (only a command whose
     /// message and error types are `M` and `E` can).
     #[inline]
@@ -493,7 +498,7 @@ impl BoundHandler {
 
 /// A plain `fn` command or query handler, called inline. On success, what
 /// it released stays in `scope` for the caller.
-#[inline]
+#[inline(always)]
 fn request_sync<M, O, E>(
     handler: &BoundHandler,
     f: SyncCall,
@@ -505,8 +510,21 @@ where
     O: Send + 'static,
     E: Send + 'static,
 {
+    // A command or query handler's panic is not caught: it fails noisily.
+    if let Some(entry) = handler.typed_request::<M, Result<O, E>>() {
+        // The typed entry: the message in, the result out, no frame.
+        let called = if super::invocation::spans_wanted() {
+            let span = request_handler_span(handler, M::meta(), scope);
+            span.in_scope(|| (entry.0)(message, &handler.dependencies, scope))
+        } else {
+            (entry.0)(message, &handler.dependencies, scope)
+        };
+        return match called {
+            Ok(result) => complete(handler, Ok(()), Some(result), scope),
+            Err(error) => complete(handler, Err(error), None, scope),
+        };
+    }
     let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
-    // A command handler's panic is not caught: commands fail noisily.
     let called = if super::invocation::spans_wanted() {
         let span = request_handler_span(handler, M::meta(), scope);
         let call = Call::new(MessageRef::Owned(&mut frame), &handler.dependencies, scope);
@@ -517,6 +535,35 @@ where
             &handler.dependencies,
             scope,
         ))
+    };
+    complete(handler, called, frame.output, scope)
+}
+
+/// An `async fn` command or query handler driven on this thread: its
+/// future polled where it was made, with no wrapper around it when no span
+/// is wanted (a future of a few hundred bytes costs a copy per move).
+#[inline]
+fn request_async_blocking<M, O, E>(
+    handler: &BoundHandler,
+    f: AsyncCall,
+    message: M,
+    scope: &mut Scope,
+) -> Result<O, DispatchError<E>>
+where
+    M: Message,
+    O: Send + 'static,
+    E: Send + 'static,
+{
+    let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
+    let span = request_handler_span(handler, M::meta(), scope);
+    let called = {
+        let call = Call::new(MessageRef::Owned(&mut frame), &handler.dependencies, scope);
+        let mut future = std::pin::pin!(f(call));
+        if span.is_disabled() {
+            block_on(future.as_mut())
+        } else {
+            block_on(future.as_mut().instrument(span))
+        }
     };
     complete(handler, called, frame.output, scope)
 }
@@ -584,17 +631,32 @@ fn query_released(
 
 /// The caller's answer from a command or query handler's call; a failed
 /// handler's released events are dropped.
-#[inline]
+#[inline(always)]
 fn complete<O, E>(
     handler: &BoundHandler,
     called: Result<(), BoxError>,
     output: Option<Result<O, E>>,
     scope: &mut Scope,
 ) -> Result<O, DispatchError<E>> {
+    match (called, output) {
+        (Ok(()), Some(Ok(value))) => Ok(value),
+        (called, output) => Err(failed(handler, called, output, scope)),
+    }
+}
+
+/// Why a command or query handler's call failed; what it released is
+/// dropped.
+#[cold]
+#[inline(never)]
+fn failed<O, E>(
+    handler: &BoundHandler,
+    called: Result<(), BoxError>,
+    output: Option<Result<O, E>>,
+    scope: &mut Scope,
+) -> DispatchError<E> {
     let failure = match (called, output) {
-        (Ok(()), Some(Ok(value))) => return Ok(value),
         (Ok(()), Some(Err(error))) => DispatchError::Handler(error),
-        (Ok(()), None) => DispatchError::Internal(Box::new(InternalError {
+        (Ok(()), Some(Ok(_)) | None) => DispatchError::Internal(Box::new(InternalError {
             handler: handler.registration.name(),
             error: "the handler produced no output".into(),
         })),
@@ -610,5 +672,5 @@ fn complete<O, E>(
             "handler failed: the events it released are dropped"
         );
     }
-    Err(failure)
+    failure
 }

@@ -12,7 +12,7 @@ use super::typed_route::TypedRoute;
 use super::Bus;
 use crate::blocking::Blocking;
 use crate::call::TypedSync;
-use crate::context::{Causation, MessageContext};
+use crate::context::{Causation, LazyContext, MessageContext};
 use crate::dead_letter::DeadLetter;
 use crate::delivery::Delivery;
 use crate::error::CascadeLimitError;
@@ -60,11 +60,12 @@ impl BoundHandler {
 impl Bus {
     /// The published event through its handlers: its type is known here, so
     /// its typed route is used without looking at the event's type again.
+    #[inline(always)]
     pub(super) fn publish_typed_blocking<E: Event>(
         &self,
         event: &E,
         route: &super::routes::Route,
-        context: MessageContext,
+        ids: &mut LazyContext,
         cascade: &mut Cascade,
     ) {
         let meta = route.meta;
@@ -78,10 +79,10 @@ impl Bus {
                 &route.handlers,
                 event,
                 event,
-                context,
+                ids,
                 cascade,
             ),
-            None => self.handle_route_blocking(route, event, meta, context, cascade),
+            None => self.handle_route_blocking(route, event, meta, ids.get(), cascade),
         }
     }
 
@@ -188,7 +189,13 @@ impl Bus {
             // blocks: its typed entries run right here, all at once.
             if *next == 0
                 && typed.all_sync()
-                && typed.run_blocking(self, &route.handlers, event, context, cascade)
+                && typed.run_blocking(
+                    self,
+                    &route.handlers,
+                    event,
+                    &mut LazyContext::known(context),
+                    cascade,
+                )
             {
                 *next = route.handlers.len();
                 return;
@@ -391,7 +398,8 @@ impl Bus {
         cascade: &mut Cascade,
     ) {
         if let Some(typed) = &route.typed {
-            if typed.run_blocking(self, &route.handlers, event, context, cascade) {
+            let ids = &mut LazyContext::known(context);
+            if typed.run_blocking(self, &route.handlers, event, ids, cascade) {
                 return;
             }
         }
@@ -482,33 +490,38 @@ impl Bus {
     }
 
     /// One event's handlers through their typed entries (the typed route);
-    /// a handler without one goes through its erased entry.
+    /// a handler without one goes through its erased entry. The calls share
+    /// one scope until one of them uses it (asks for a releaser): a fresh
+    /// one follows that call. The event's ids are made when first read.
     pub(super) fn handle_typed_blocking<M>(
         &self,
         calls: &[Option<TypedSync<M>>],
         handlers: &[BoundHandler],
         typed: &M,
         event: &dyn ErasedEvent,
-        context: MessageContext,
+        ids: &mut LazyContext,
         cascade: &mut Cascade,
     ) {
         let meta = event.meta();
         let traced = super::invocation::spans_wanted();
         // Read once per event: a test's recorder, if one is attached.
         let tap = self.inner.watch.tap.get();
+        let mut scope = Scope::with_context(None);
         for (call, handler) in calls.iter().zip(handlers) {
             let Some(f) = call else {
                 // No typed entry (an `async fn`, or a layered handler).
-                self.call_erased_blocking(handler, event, meta, context, cascade, traced);
+                self.call_erased_blocking(handler, event, meta, ids.get(), cascade, traced);
                 continue;
             };
-            let mut scope = handler.scope(context);
+            if handler.needs_context {
+                scope.ensure_context(|| ids.get());
+            }
             let dependencies = &handler.dependencies;
             let called = {
                 let scope = &mut scope;
                 let mut run = || catch_unwind(AssertUnwindSafe(|| f(typed, dependencies, scope)));
                 if traced {
-                    handler_span(handler, meta, &context).in_scope(run)
+                    handler_span(handler, meta, &ids.get()).in_scope(run)
                 } else {
                     run()
                 }
@@ -519,19 +532,20 @@ impl Bus {
                         tap.ran(handler.registration.name(), meta.name(), 1, true);
                     }
                     if scope.has_releaser() {
-                        let released = self.inner.watch.accept(handler.registration, scope);
-                        cascade.push_all(released, &context);
+                        let used = std::mem::take(&mut scope);
+                        let released = self.inner.watch.accept(handler.registration, used);
+                        cascade.push_all(released, &ids.get());
                     }
                 }
                 Ok(Err(error)) => {
-                    drop(scope.finish());
+                    drop(std::mem::take(&mut scope).finish());
                     let cause = FailureCause::Error(error);
-                    self.fail_or_retry(handler, event, None, context, cause, cascade);
+                    self.fail_or_retry(handler, event, None, ids.get(), cause, cascade);
                 }
                 Err(payload) => {
-                    drop(scope.finish());
+                    drop(std::mem::take(&mut scope).finish());
                     let cause = FailureCause::Panic(panic_text(&*payload));
-                    self.fail_or_retry(handler, event, None, context, cause, cascade);
+                    self.fail_or_retry(handler, event, None, ids.get(), cause, cascade);
                 }
             }
         }
@@ -584,7 +598,7 @@ impl Bus {
         };
         match &handler.retry {
             Some(retry) if retry.policy().is_retryable(&cause) => {
-                cascade.retries.push(PendingRetry {
+                cascade.push_retry(PendingRetry {
                     handler: handler.registration,
                     event: copy,
                     context,
@@ -602,10 +616,10 @@ impl Bus {
     pub(super) async fn after_event(&self, run: &mut Run) {
         loop {
             if run.retrying.is_none() {
-                if run.cascade.retries.is_empty() {
-                    break;
+                match run.cascade.next_retry() {
+                    Some(retry) => run.retrying = Some(retry),
+                    None => break,
                 }
-                run.retrying = Some(run.cascade.retries.remove(0));
             }
             if let Some(pending) = &mut run.retrying {
                 self.retry_direct(pending, &mut run.cascade).await;
@@ -630,11 +644,7 @@ impl Bus {
             .current
             .as_ref()
             .is_some_and(|current| current.event.is_stored() && !current.settled);
-        if stored
-            || run.retrying.is_some()
-            || !run.cascade.retries.is_empty()
-            || !run.cascade.dead.is_empty()
-        {
+        if stored || run.retrying.is_some() || run.cascade.has_retries() || run.cascade.has_dead() {
             if blocking.refused() {
                 self.refuse_detaching(run, blocking);
             }
@@ -803,7 +813,7 @@ impl Bus {
             observer.handler_failed(&failure);
         }
         self.tap_ran(handler, event.meta(), attempts, false);
-        cascade.dead.push(DeadLetter {
+        cascade.push_dead(DeadLetter {
             event,
             handler: failure.handler,
             location: failure.location,
@@ -821,16 +831,18 @@ impl Bus {
     /// Returns whether the sink kept them all.
     pub(super) async fn flush_dead_letters(&self, cascade: &mut Cascade) -> bool {
         let mut kept = true;
-        while let Some(letter) = cascade.dead.first() {
-            match self.inner.dead_letters.store(letter).await {
+        while let Some(letter) = cascade.first_dead() {
+            let stored = self.inner.dead_letters.store(letter).await;
+            // Through with it before the record is awaited.
+            let Some(letter) = cascade.pop_dead() else {
+                break;
+            };
+            match stored {
                 Ok(()) => {
-                    // Kept: through with it before the record is awaited.
-                    let letter = cascade.dead.remove(0);
                     let id = letter.context.message_id();
                     self.record_handled(&letter.event, id, letter.handler).await;
                 }
                 Err(error) => {
-                    let letter = cascade.dead.remove(0);
                     kept = false;
                     tracing::error!(
                         %error,
@@ -860,7 +872,7 @@ impl Bus {
                 continue;
             };
             for handler in self.inner.routes.handlers(event.meta()) {
-                cascade.dead.push(DeadLetter {
+                cascade.push_dead(DeadLetter {
                     event: event.clone(),
                     handler: handler.registration.name(),
                     location: handler.registration.location(),

@@ -45,6 +45,17 @@ pub(super) fn dispatch_span(
     if !spans_wanted() {
         return Span::none();
     }
+    new_dispatch_span(meta, kind, context)
+}
+
+/// [`dispatch_span`] when spans may be wanted: out of the hot path.
+#[cold]
+#[inline(never)]
+fn new_dispatch_span(
+    meta: &'static MessageMeta,
+    kind: &'static str,
+    context: &mut Option<MessageContext>,
+) -> Span {
     let span = tracing::debug_span!(
         "dispatch",
         kind,
@@ -82,6 +93,17 @@ pub(super) fn handler_span(
     if !spans_wanted() {
         return Span::none();
     }
+    new_handler_span(handler, meta, context)
+}
+
+/// [`handler_span`] when spans may be wanted: out of the hot path.
+#[cold]
+#[inline(never)]
+fn new_handler_span(
+    handler: &BoundHandler,
+    meta: &'static MessageMeta,
+    context: &MessageContext,
+) -> Span {
     tracing::debug_span!(
         "handler",
         handler = handler.registration.name(),
@@ -95,7 +117,7 @@ pub(super) fn handler_span(
 
 /// The span of one command or query handler call: its ids are made, when
 /// still missing, only when the span is enabled.
-#[inline]
+#[inline(always)]
 pub(super) fn request_handler_span(
     handler: &BoundHandler,
     meta: &'static MessageMeta,
@@ -109,7 +131,7 @@ pub(super) fn request_handler_span(
 }
 
 /// Runs `f` inside `span` (the dispatch's, when nothing entered it yet).
-#[inline]
+#[inline(always)]
 pub(super) fn enter<R>(span: &Span, f: impl FnOnce() -> R) -> R {
     if span.is_disabled() {
         f()

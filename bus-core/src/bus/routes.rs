@@ -52,6 +52,9 @@ pub(crate) struct BoundHandler {
     pub(crate) path: CallPath,
     pub(crate) registration: &'static HandlerRegistration,
     pub(crate) dependencies: Box<[Resolved]>,
+    /// A plain `fn` command or query handler's typed entry (a
+    /// `TypedRequestEntry<M, M::Result>`): called with the message itself.
+    pub(crate) typed_request: Option<&'static (dyn Any + Send + Sync)>,
     /// Whether a call's scope must carry the message's ids: the handler asks
     /// for a `MessageContext`, or for a scoped dependency (whose factory may
     /// read them). Otherwise they stay out of its scope, which is cheaper.

@@ -8,7 +8,7 @@ use super::cascade::Cascade;
 use super::routes::BoundHandler;
 use super::Bus;
 use crate::call::{TakeMessage, TypedSync};
-use crate::context::MessageContext;
+use crate::context::LazyContext;
 use crate::events::ErasedEvent;
 
 /// A handler's typed entry, as its generated code described it.
@@ -63,7 +63,7 @@ pub(crate) trait EventRoute: Send + Sync + 'static {
         bus: &Bus,
         handlers: &[BoundHandler],
         event: &dyn ErasedEvent,
-        context: MessageContext,
+        ids: &mut LazyContext,
         cascade: &mut Cascade,
     ) -> bool;
 }
@@ -90,13 +90,13 @@ impl<M: TakeMessage> EventRoute for TypedRoute<M> {
         bus: &Bus,
         handlers: &[BoundHandler],
         event: &dyn ErasedEvent,
-        context: MessageContext,
+        ids: &mut LazyContext,
         cascade: &mut Cascade,
     ) -> bool {
         let Some(typed) = event.as_any().downcast_ref::<M>() else {
             return false;
         };
-        bus.handle_typed_blocking(&self.calls, handlers, typed, event, context, cascade);
+        bus.handle_typed_blocking(&self.calls, handlers, typed, event, ids, cascade);
         true
     }
 }

@@ -325,10 +325,12 @@ fn sync_call(
     )
 }
 
-/// The typed entry: the same call, given the event itself, so that an
-/// event's route calls it without a downcast. It lives in the describe
-/// body, so that a type mistake is still reported once; for a command the
-/// constant `SHARED` is false and the entry compiles away.
+/// The typed entry: the same call, given the message itself, so that the
+/// bus calls it without a downcast. An event's entry borrows the event its
+/// handlers share; a command's or query's takes the message and hands back
+/// the handler's result. It lives in the describe body, so that a type
+/// mistake is still reported once; the constant `SHARED` picks the one
+/// that applies and the other compiles away.
 fn typed_entry(
     function: &ItemFn,
     message: &MessageParam,
@@ -346,11 +348,18 @@ fn typed_entry(
     } = locals;
     let dependencies_var = format_ident!("__bus_dependencies");
     let scope_var = format_ident!("__bus_scope");
-    let (ty, take_shared) = match message {
+    let result_var = format_ident!("__bus_result");
+    let (ty, take_shared, take_owned) = match message {
         MessageParam::ByValue(ty) => (
             ty,
             quote_spanned! {ty.span()=>
                 <#ty as ::arch_events::__private::TakeMessage>::take_shared(#message_value)?
+            },
+            quote_spanned! {ty.span()=>
+                <#ty as ::arch_events::__private::TakeMessage>::take_owned(
+                    #message_value,
+                    &mut #result_var,
+                )
             },
         ),
         MessageParam::ByRef(ty) => (
@@ -358,16 +367,27 @@ fn typed_entry(
             quote_spanned! {ty.span()=>
                 <#ty as ::arch_events::__private::TakeMessage>::borrow_shared(#message_value)
             },
+            quote_spanned! {ty.span()=>
+                <#ty as ::arch_events::__private::TakeMessage>::borrow_owned(
+                    &#message_value,
+                    &mut #result_var,
+                )
+            },
         ),
     };
     let shared =
         quote_spanned! {ty.span()=> <#ty as ::arch_events::__private::TakeMessage>::SHARED };
     let typed_sync = quote_spanned! {ty.span()=> #shape.typed_sync::<#ty> };
-    let inject_dependencies = dependencies.iter().enumerate().map(|(i, ty)| {
-        quote_spanned! {ty.span()=>
-            ::arch_events::__private::inject::<#ty>(#dependencies_var, #i, #scope_var)
-        }
-    });
+    let typed_request = quote_spanned! {ty.span()=> #shape.typed_request::<#ty> };
+    let inject_dependencies: Vec<_> = dependencies
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| {
+            quote_spanned! {ty.span()=>
+                ::arch_events::__private::inject::<#ty>(#dependencies_var, #i, #scope_var)
+            }
+        })
+        .collect();
     let deliver = deliver(function, locals);
     quote! {
         if #shared {
@@ -376,6 +396,17 @@ fn typed_entry(
                 #( let #dep_idents = #inject_dependencies?; )*
                 let #returned = #ident(#message_value #(, #dep_idents)*);
                 #deliver
+            });
+        } else {
+            #typed_request(|#message_value, #dependencies_var, #scope_var| {
+                let mut #result_var = ::core::option::Option::None;
+                {
+                    let (#message_value, #output) = #take_owned;
+                    #( let #dep_idents = #inject_dependencies?; )*
+                    let #returned = #ident(#message_value #(, #dep_idents)*);
+                    #deliver?;
+                }
+                ::arch_events::__private::request_result(#result_var)
             });
         }
     }

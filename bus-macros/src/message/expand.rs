@@ -226,6 +226,22 @@ fn take_message_impl(
             fn borrow_shared(message: &Self) -> Self::Borrowed<'_> {
                 (message, ::arch_events::__private::Output::none())
             }
+
+            #[inline]
+            fn take_owned(
+                message: Self,
+                slot: &mut ::core::option::Option<Self::Result>,
+            ) -> Self::Taken<'_> {
+                (message, ::arch_events::__private::Output::to(slot))
+            }
+
+            #[inline]
+            fn borrow_owned<'a>(
+                message: &'a Self,
+                slot: &'a mut ::core::option::Option<Self::Result>,
+            ) -> Self::Borrowed<'a> {
+                (message, ::arch_events::__private::Output::to(slot))
+            }
         }
     }
 }
