@@ -171,7 +171,8 @@ impl Bus {
                 self.publish_typed_blocking(&event, route, &mut ids, &mut cascade);
             }
             if cascade.is_quiet() {
-                // Nothing released, failed or to retry: the common case.
+                // Nothing released or failed: the common case.
+                cascade.finish();
                 return Ok(());
             }
             let mut run = Run::new(cascade);
@@ -302,16 +303,24 @@ impl Bus {
         let span = dispatch_span(meta, kind, &mut context);
         let mut scope = Scope::request(context, meta.kind());
         let output = match (&handler.path, handler.command_retry.is_some()) {
-            // The hot path: a plain `fn`, called inline.
+            // The hot path: a plain `fn`, called inline. (Not through
+            // `enter`: its closure, called from two places, stays a call of
+            // its own.)
             (CallPath::Inline(f), false) => {
-                enter(&span, || request_sync(handler, *f, message, &mut scope))
+                if span.is_disabled() {
+                    request_sync(handler, *f, message, &mut scope)
+                } else {
+                    span.in_scope(|| request_sync(handler, *f, message, &mut scope))
+                }
             }
             // An `async fn`: its future polled here, in place.
             (CallPath::Awaited(f), false) => {
                 blocking.check();
-                enter(&span, || {
+                if span.is_disabled() {
                     request_async_blocking(handler, *f, message, &mut scope)
-                })
+                } else {
+                    span.in_scope(|| request_async_blocking(handler, *f, message, &mut scope))
+                }
             }
             _ => {
                 // Layers or a retry: driven on this thread.

@@ -116,7 +116,7 @@ impl Bus {
                 Ok(None) => return Ok(()),
                 Err(limit) => {
                     self.stop_stored(&mut run.cascade, &limit).await;
-                    return Err(limit);
+                    return Err(*limit);
                 }
             }
         }
@@ -159,12 +159,30 @@ impl Bus {
             match run.cascade.next() {
                 Ok(Some((event, context))) => {
                     self.tap_released(&event);
-                    run.current = Some(Current::new(event, context));
+                    if event.is_stored() {
+                        run.current = Some(Current::new(event, context));
+                        continue;
+                    }
+                    let Some(route) = self.inner.routes.route(event.meta()) else {
+                        // No handler: nothing to do with it.
+                        continue;
+                    };
+                    if route.drives {
+                        run.current = Some(Current::new(event, context));
+                        continue;
+                    }
+                    // Every handler a plain `fn`, and nothing stored: the
+                    // calls never wait, so nothing can stop them half-way;
+                    // the event is handled here, without becoming the
+                    // run's current event (what a run taken up elsewhere
+                    // would go on with). What failed is in the cascade.
+                    let (erased, meta) = (event.erased(), event.meta());
+                    self.handle_route_blocking(route, erased, meta, context, &mut run.cascade);
                 }
                 Ok(None) => return Ok(()),
                 Err(limit) => {
                     block_on(self.stop_stored(&mut run.cascade, &limit));
-                    return Err(limit);
+                    return Err(*limit);
                 }
             }
         }

@@ -5,9 +5,16 @@
 //!
 //! Counting blocking dispatches in flight must not cost the hot path an
 //! atomic read-modify-write (a locked instruction costs as much as a whole
-//! dispatch). So each thread owns one counter slot of each bus, which only it
-//! writes, with plain stores; shutdown reads them all. Threads beyond
-//! [`SLOTS`] at once share one more slot, updated with read-modify-writes.
+//! dispatch), nor even a plain one: an increment and a decrement of one
+//! memory word by every dispatch chain each dispatch to the one before it
+//! through that word, some ten cycles a dispatch. So each thread owns one
+//! slot of each bus, which only it writes, with plain stores of constants:
+//! `1` while a blocking dispatch of that bus runs on the thread, `0` once it
+//! is over. A blocking dispatch made by a handler of another one on the
+//! same thread finds the slot set and leaves it be: the outer dispatch ends
+//! after it, on this thread, and clears the slot then (so it counts as one).
+//! Shutdown reads every slot. Threads beyond [`SLOTS`] at once share one
+//! more slot, a counter updated with read-modify-writes.
 //! An awaited dispatch may end on another thread than it started on (its
 //! task moved), so it counts itself on [`SHARDS`] shared counters with
 //! read-modify-writes instead. The rest of a dispatch that goes on detached
@@ -16,8 +23,11 @@
 //!
 //! # Why a closed bus never misses a dispatch in flight
 //!
-//! A dispatch *enters* by adding one to its counter (store `S`), then
-//! reading `closed` (load `L`); it runs only if `L` read `false`. Closing
+//! A dispatch *enters* by setting its slot or adding one to its counter
+//! (store `S`), then reading `closed` (load `L`); it runs only if `L` read
+//! `false`. (A blocking dispatch whose slot an outer one set has no `S` of
+//! its own: the outer one's `S` comes before its `L` on its thread, and
+//! the argument below holds with that `S`.) Closing
 //! stores `closed = true` (`W`), then takes the heavy side of the
 //! asymmetric barrier (`B`, see `barrier.rs`), then reads the counters
 //! (`R`). Between `S` and `L` a dispatch takes the light side.
@@ -136,17 +146,30 @@ fn first_index() -> usize {
 /// One dispatch in flight; counted until dropped.
 pub(crate) struct InFlight<'a> {
     counter: &'a AtomicUsize,
-    owned: bool,
+    counted: Counted,
+}
+
+/// How an [`InFlight`] dispatch is counted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// It set this thread's slot: it clears it.
+    Slot,
+    /// An outer blocking dispatch on this thread set the slot: that one
+    /// clears it, after this one is over.
+    Covered,
+    /// On a shared counter.
+    Shared,
 }
 
 impl Drop for InFlight<'_> {
     #[inline]
     fn drop(&mut self) {
-        if self.owned {
-            let now = self.counter.load(Ordering::Relaxed);
-            self.counter.store(now.wrapping_sub(1), Ordering::Release);
-        } else {
-            self.counter.fetch_sub(1, Ordering::Release);
+        match self.counted {
+            Counted::Slot => self.counter.store(0, Ordering::Release),
+            Counted::Covered => {}
+            Counted::Shared => {
+                self.counter.fetch_sub(1, Ordering::Release);
+            }
         }
     }
 }
@@ -179,7 +202,7 @@ impl Lifecycle {
         shard.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight {
             counter: shard,
-            owned: false,
+            counted: Counted::Shared,
         };
         if self.closed.load(Ordering::SeqCst) {
             return Err(Closed);
@@ -193,20 +216,26 @@ impl Lifecycle {
     #[inline]
     pub(crate) fn enter_blocking(&self) -> Result<InFlight<'_>, Closed> {
         let guard = match self.slots.get(thread_index()) {
-            // Only this thread writes its slot: a plain store suffices.
+            // Only this thread writes its slot: a plain store suffices, and
+            // it stores a constant, so that no dispatch waits on the last
+            // one's store. The load only picks the branch.
             Some(slot) => {
-                let now = slot.0.load(Ordering::Relaxed);
-                slot.0.store(now + 1, Ordering::Relaxed);
+                let counted = if slot.0.load(Ordering::Relaxed) == 0 {
+                    slot.0.store(1, Ordering::Relaxed);
+                    Counted::Slot
+                } else {
+                    Counted::Covered
+                };
                 InFlight {
                     counter: &slot.0,
-                    owned: true,
+                    counted,
                 }
             }
             None => {
                 self.overflow.0.fetch_add(1, Ordering::SeqCst);
                 InFlight {
                     counter: &self.overflow.0,
-                    owned: false,
+                    counted: Counted::Shared,
                 }
             }
         };
@@ -296,6 +325,29 @@ mod tests {
         assert!(life.enter().is_err());
         assert!(life.enter_blocking().is_err());
         assert_eq!(life.in_flight(), 0, "a refused dispatch counts itself out");
+    }
+
+    #[test]
+    fn a_blocking_dispatch_inside_another_on_its_thread_is_covered_by_it() {
+        barrier::prepare();
+        let life = Lifecycle::default();
+        let outer = life.enter_blocking().unwrap();
+        let inner = life.enter_blocking().unwrap();
+        assert_eq!(life.in_flight(), 1, "counted as one");
+        drop(inner);
+        assert_eq!(life.in_flight(), 1, "the outer one still runs");
+        drop(outer);
+        assert_eq!(life.in_flight(), 0);
+        let again = life.enter_blocking().unwrap();
+        assert_eq!(life.in_flight(), 1, "a later dispatch sets the slot again");
+        life.close();
+        assert!(
+            life.enter_blocking().is_err(),
+            "a dispatch made inside one that runs is refused once closed"
+        );
+        assert_eq!(life.in_flight(), 1, "the refusal left the slot set");
+        drop(again);
+        assert_eq!(life.in_flight(), 0);
     }
 
     /// Four threads enter and leave as fast as they can while another
