@@ -47,6 +47,7 @@ thread_local! {
 
 /// Whether a blocking call here would park a thread that drives async
 /// tasks (see the module docs).
+#[inline]
 pub(crate) fn inside_async_runtime() -> bool {
     if DRIVING.with(Cell::get) > 0 {
         return true;
@@ -64,6 +65,7 @@ pub(crate) fn inside_async_runtime() -> bool {
 /// (constrained) or more were given than any budget holds (unconstrained:
 /// no task is being driven); then gives every unit back.
 #[cfg(feature = "tokio")]
+#[inline(never)]
 fn drives_tokio_tasks() -> bool {
     use std::task::{Context, Poll, Waker};
     use tokio::task::coop;
@@ -120,12 +122,15 @@ impl Blocking {
     /// Whether this call may not drive a future here: its thread drives
     /// async tasks (see the module docs). While unwinding from a panic it
     /// may (a second panic would abort the process): that is logged.
+    #[inline]
+    pub(crate) fn refused(&self) -> bool {
+        inside_async_runtime() && self.refused_inside()
+    }
+
+    /// [`refused`](Self::refused), on a thread that drives async tasks.
     #[cold]
     #[inline(never)]
-    pub(crate) fn refused(&self) -> bool {
-        if !inside_async_runtime() {
-            return false;
-        }
+    fn refused_inside(&self) -> bool {
         if std::thread::panicking() {
             tracing::error!(
                 method = self.method,

@@ -20,8 +20,13 @@
 //!    `Describe::releaser` for an `EventReleaser` parameter, and
 //!    `Describe::releases::<E, _>` once per event of `releases(...)`, each
 //!    given the message's kind, so that a query handler fails to compile;
-//! 3. for a plain `fn` event handler, hand `Describe::typed_sync` its typed
-//!    entry;
+//! 3. hand the bus its *typed entry*, the same call with no erased
+//!    message: `Describe::typed_sync` for a plain `fn` event handler (it
+//!    borrows the event), `Describe::typed_request` for a plain `fn`
+//!    command or query handler and `Describe::typed_async_request` for an
+//!    `async fn` one (they take the message and hand back the handler's
+//!    result); the bus calls it instead of the erased call wherever no
+//!    layer is in the way;
 //! 4. return `Ok(())` (an `async fn` handler: a future that is ready with
 //!    `Ok(())` on its first poll) without calling the handler.
 //!
@@ -125,6 +130,21 @@ pub type TypedRequest<M> = for<'x, 'y> fn(
     &'y mut Scope,
 ) -> Result<<M as TakeMessage>::Result, BoxError>;
 
+/// A typed async request entry's future: stored in place when it fits in
+/// `INLINE_FUTURE_BYTES`, boxed otherwise.
+pub type RequestFuture<'a, R> =
+    stackfuture::StackFuture<'a, Result<R, BoxError>, INLINE_FUTURE_BYTES>;
+
+/// An `async fn` command or query handler's typed entry: [`TypedRequest`]'s
+/// counterpart, whose future hands back the handler's result.
+pub type TypedAsyncRequest<M> =
+    for<'a> fn(M, &'a [Resolved], &'a mut Scope) -> RequestFuture<'a, <M as TakeMessage>::Result>;
+
+/// A [`TypedAsyncRequest`] as the bus keeps it (see [`TypedRequestEntry`]).
+pub(crate) struct TypedAsyncRequestEntry<M, R>(
+    pub(crate) for<'a> fn(M, &'a [Resolved], &'a mut Scope) -> RequestFuture<'a, R>,
+);
+
 /// A [`TypedRequest`] as the bus keeps it: `R` is the handler's result
 /// type, which a dispatch names as `Result<C::Output, C::Error>`.
 pub(crate) struct TypedRequestEntry<M, R>(
@@ -139,8 +159,9 @@ pub struct Shape {
     pub(crate) dependencies: Vec<DependencyKey>,
     pub(crate) releases: Vec<&'static MessageMeta>,
     pub(crate) typed: Option<Box<dyn crate::bus::TypedEntry>>,
-    /// A `TypedRequestEntry<M, M::Result>`, for a plain `fn` command or
-    /// query handler.
+    /// A `TypedRequestEntry<M, M::Result>` for a plain `fn` command or
+    /// query handler, a `TypedAsyncRequestEntry<M, M::Result>` for an
+    /// `async fn` one.
     pub(crate) typed_request: Option<Box<dyn Any + Send + Sync>>,
 }
 
@@ -243,6 +264,14 @@ impl<'a> Describe<'_, 'a> {
     #[inline(never)]
     pub fn typed_sync<M: TakeMessage>(&mut self, entry: TypedSync<M>) {
         self.shape.typed = Some(Box::new(crate::bus::TypedSyncEntry(entry)));
+    }
+
+    /// The handler's typed entry (`async fn` command and query handlers).
+    #[cold]
+    #[inline(never)]
+    pub fn typed_async_request<M: TakeMessage>(&mut self, entry: TypedAsyncRequest<M>) {
+        let entry: TypedAsyncRequestEntry<M, M::Result> = TypedAsyncRequestEntry(entry);
+        self.shape.typed_request = Some(Box::new(entry));
     }
 
     /// The handler's typed entry (plain `fn` command and query handlers).
@@ -548,6 +577,23 @@ where
     F: Future<Output = Result<(), BoxError>> + Send + 'a,
 {
     HandlerFuture::from_or_box(future)
+}
+
+/// A typed async request entry's future, in place when it fits, else
+/// boxed.
+#[doc(hidden)]
+#[inline]
+pub fn request_future<'a, R, F>(future: F) -> RequestFuture<'a, R>
+where
+    F: Future<Output = Result<R, BoxError>> + Send + 'a,
+{
+    RequestFuture::from_or_box(future)
+}
+
+/// A typed async request entry whose preparation failed: a ready error.
+#[doc(hidden)]
+pub fn ready_request_err<'a, R: Send + 'a>(error: BoxError) -> RequestFuture<'a, R> {
+    RequestFuture::from(std::future::ready(Err(error)))
 }
 
 /// The default error type of commands and queries.

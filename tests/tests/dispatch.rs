@@ -598,3 +598,145 @@ fn awaited_publishes_isolate_failures_of_plain_fn_handlers_too() {
         ["dispatch::risky_1_errors", "dispatch::risky_2_panics"]
     );
 }
+
+// ---- commands and queries taken by reference ----------------------------
+
+#[derive(Debug, Command)]
+#[command(output = String, error = BankError)]
+struct Rename {
+    account: String,
+    to: String,
+}
+
+/// A command handler that borrows its command: the bus still owns it.
+#[handler]
+fn rename(cmd: &Rename, log: &Log) -> Result<String, BankError> {
+    if cmd.to.is_empty() {
+        return Err(BankError::Frozen(cmd.account.clone()));
+    }
+    log.push(format!("rename {} -> {}", cmd.account, cmd.to));
+    Ok(format!("{} is now {}", cmd.account, cmd.to))
+}
+
+#[derive(Debug, Command)]
+#[command(output = usize, error = BankError)]
+struct Close {
+    account: String,
+}
+
+/// An `async fn` command handler that borrows its command across an await.
+#[handler]
+async fn close(cmd: &Close, log: &Log) -> Result<usize, BankError> {
+    std::future::ready(()).await;
+    if cmd.account == "frozen" {
+        return Err(BankError::Frozen(cmd.account.clone()));
+    }
+    log.push(format!("close {}", cmd.account));
+    Ok(cmd.account.len())
+}
+
+#[derive(Debug, Query)]
+#[query(output = usize)]
+struct NameLength {
+    name: String,
+}
+
+#[handler]
+fn name_length(query: &NameLength) -> Result<usize, Infallible> {
+    Ok(query.name.len())
+}
+
+fn by_ref_bus(log: Arc<Log>) -> Bus {
+    Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<rename>()
+                .handler::<close>()
+                .handler::<name_length>(),
+        )
+        .dependencies(Dependencies::new().shared_arc(log))
+        .build()
+        .expect("valid wiring")
+}
+
+#[test]
+fn commands_and_queries_taken_by_reference_answer_blocking_and_awaited() {
+    let log = Arc::new(Log::default());
+    let bus = by_ref_bus(log.clone());
+    let renamed = Rename {
+        account: "alice".into(),
+        to: "alicia".into(),
+    };
+    assert_eq!(
+        bus.dispatch_blocking(renamed).expect("renamed"),
+        "alice is now alicia"
+    );
+    let closed = Close {
+        account: "bob".into(),
+    };
+    assert_eq!(bus.dispatch_blocking(closed).expect("closed"), 3);
+    let asked = NameLength {
+        name: "carol".into(),
+    };
+    assert_eq!(bus.query_blocking(asked).expect("answered"), 5);
+    let awaited = futures::executor::block_on(async {
+        let renamed = bus
+            .dispatch(Rename {
+                account: "dave".into(),
+                to: "david".into(),
+            })
+            .await;
+        let closed = bus
+            .dispatch(Close {
+                account: "erin".into(),
+            })
+            .await;
+        let asked = bus
+            .query(NameLength {
+                name: "frank".into(),
+            })
+            .await;
+        (renamed, closed, asked)
+    });
+    assert_eq!(awaited.0.expect("renamed"), "dave is now david");
+    assert_eq!(awaited.1.expect("closed"), 4);
+    assert_eq!(awaited.2.expect("answered"), 5);
+    assert_eq!(
+        log.entries(),
+        vec![
+            "rename alice -> alicia",
+            "close bob",
+            "rename dave -> david",
+            "close erin"
+        ]
+    );
+}
+
+#[test]
+fn a_command_taken_by_reference_fails_with_its_typed_error() {
+    let log = Arc::new(Log::default());
+    let bus = by_ref_bus(log.clone());
+    let refused = bus.dispatch_blocking(Rename {
+        account: "alice".into(),
+        to: String::new(),
+    });
+    assert!(
+        matches!(&refused, Err(DispatchError::Handler(BankError::Frozen(name))) if name == "alice"),
+        "{refused:?}"
+    );
+    let refused = futures::executor::block_on(bus.dispatch(Close {
+        account: "frozen".into(),
+    }));
+    assert!(
+        matches!(&refused, Err(DispatchError::Handler(BankError::Frozen(name))) if name == "frozen"),
+        "{refused:?}"
+    );
+    let refused = bus.dispatch_blocking(Close {
+        account: "frozen".into(),
+    });
+    assert!(
+        matches!(&refused, Err(DispatchError::Handler(BankError::Frozen(_)))),
+        "{refused:?}"
+    );
+    assert!(log.entries().is_empty(), "{:?}", log.entries());
+}

@@ -363,11 +363,13 @@ impl BusBuilder {
             } else {
                 None
             };
+            let typed_any = typed.clone().map(super::typed_route::EventRoute::into_any);
             let drives = bound.iter().any(|handler| handler.path.drives());
             routes.insert(Route {
                 meta,
                 handlers: bound,
                 typed,
+                typed_any,
                 drives,
             });
         }
@@ -734,8 +736,8 @@ fn bind(
         HandlerFn::Async(f) => CallPath::Awaited(f),
     };
     let typed_request = match path {
-        CallPath::Inline(_) => registration.typed_request(),
-        _ => None,
+        CallPath::Inline(_) | CallPath::Awaited(_) => registration.typed_request(),
+        CallPath::Layered(..) => None,
     };
     BoundHandler {
         path,

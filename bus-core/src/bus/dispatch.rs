@@ -18,7 +18,10 @@ use super::invocation::{dispatch_span, enter, request_handler_span, RequestInvoc
 use super::routes::{BoundHandler, CallPath};
 use super::Bus;
 use crate::blocking::{driving, Blocking};
-use crate::call::{AsyncCall, BoxFuture, Call, Frame, MessageRef, SyncCall, TypedRequestEntry};
+use crate::call::{
+    AsyncCall, BoxFuture, Call, Frame, MessageRef, SyncCall, TypedAsyncRequestEntry,
+    TypedRequestEntry,
+};
 use crate::context::{LazyContext, MessageContext};
 use crate::error::{BoxError, DispatchError, InternalError, MisuseError};
 use crate::events::PendingEvent;
@@ -165,24 +168,41 @@ impl Bus {
         let span = dispatch_span(meta, "event", ids.slot());
         // The published event is the first message processed; the bound is
         // at least 1.
-        let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
-        enter(&span, || {
-            if let Some(route) = route {
-                self.publish_typed_blocking(&event, route, &mut ids, &mut cascade);
-            }
-            if cascade.is_quiet() {
-                // Nothing released or failed: the common case.
-                cascade.finish();
-                return Ok(());
-            }
-            let mut run = Run::new(cascade);
-            self.after_event_blocking(&mut run, blocking);
-            if run.cascade.queue.is_some() {
-                self.run_queue_blocking(&mut run, blocking)?;
-            }
-            Ok::<(), crate::error::CascadeLimitError>(())
-        })
+        let cascade = Cascade::new(meta, self.inner.max_messages, 1);
+        let published = (&event, route, &mut ids);
+        // Not through `enter`: a closure called from two places stays a
+        // call of its own.
+        if span.is_disabled() {
+            self.publish_to_end(published, cascade, blocking)
+        } else {
+            span.in_scope(|| self.publish_to_end(published, cascade, blocking))
+        }
         .map_err(DispatchError::from)
+    }
+
+    /// A published event through its handlers, then what they released,
+    /// on this thread.
+    #[inline(always)]
+    fn publish_to_end<E: Event>(
+        &self,
+        (event, route, ids): (&E, Option<&super::routes::Route>, &mut LazyContext),
+        mut cascade: Cascade,
+        blocking: &Blocking,
+    ) -> Result<(), crate::error::CascadeLimitError> {
+        if let Some(route) = route {
+            self.publish_typed_blocking(event, route, ids, &mut cascade);
+        }
+        if cascade.is_quiet() {
+            // Nothing released or failed: the common case.
+            cascade.finish();
+            return Ok(());
+        }
+        let mut run = Run::new(cascade);
+        self.after_event_blocking(&mut run, blocking);
+        if run.cascade.queue.is_some() {
+            self.run_queue_blocking(&mut run, blocking)?;
+        }
+        Ok(())
     }
 
     /// Counts an awaited dispatch in, or refuses it once the bus is closed.
@@ -497,6 +517,12 @@ impl BoundHandler {
         self.typed_request?.downcast_ref()
     }
 
+    /// The typed entry of an `async fn` handler of `M` whose result is `R`.
+    #[inline(always)]
+    fn typed_async_request<M: 'static, R: 'static>(&self) -> Option<&TypedAsyncRequestEntry<M, R>> {
+        self.typed_request?.downcast_ref()
+    }
+
     /// The command's opt-in retry, when it has one (only a command whose
     /// message and error types are `M` and `E` can).
     #[inline]
@@ -563,8 +589,23 @@ where
     O: Send + 'static,
     E: Send + 'static,
 {
-    let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
     let span = request_handler_span(handler, M::meta(), scope);
+    if let Some(entry) = handler.typed_async_request::<M, Result<O, E>>() {
+        // The typed entry: the message in, the result out, no frame.
+        let called = {
+            let mut future = std::pin::pin!((entry.0)(message, &handler.dependencies, scope));
+            if span.is_disabled() {
+                block_on(future.as_mut())
+            } else {
+                block_on(future.as_mut().instrument(span))
+            }
+        };
+        return match called {
+            Ok(result) => complete(handler, Ok(()), Some(result), scope),
+            Err(error) => complete(handler, Err(error), None, scope),
+        };
+    }
+    let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
     let called = {
         let call = Call::new(MessageRef::Owned(&mut frame), &handler.dependencies, scope);
         let mut future = std::pin::pin!(f(call));
@@ -607,8 +648,18 @@ where
     O: Send + 'static,
     E: Send + 'static,
 {
-    let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
     let span = request_handler_span(handler, M::meta(), scope);
+    if let Some(entry) = handler.typed_async_request::<M, Result<O, E>>() {
+        // The typed entry: the message in, the result out, no frame.
+        let called = (entry.0)(message, &handler.dependencies, scope)
+            .instrument(span)
+            .await;
+        return match called {
+            Ok(result) => complete(handler, Ok(()), Some(result), scope),
+            Err(error) => complete(handler, Err(error), None, scope),
+        };
+    }
+    let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
     let call = Call::new(MessageRef::Owned(&mut frame), &handler.dependencies, scope);
     let called = f(call).instrument(span).await;
     complete(handler, called, frame.output, scope)

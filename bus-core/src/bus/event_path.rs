@@ -70,9 +70,9 @@ impl Bus {
     ) {
         let meta = route.meta;
         let typed = route
-            .typed
+            .typed_any
             .as_deref()
-            .and_then(|typed| typed.as_any().downcast_ref::<TypedRoute<E>>());
+            .and_then(|typed| typed.downcast_ref::<TypedRoute<E>>());
         match typed {
             Some(typed) => self.handle_typed_blocking(
                 &typed.calls,

@@ -12,7 +12,7 @@
 //! | entry point | file: function | the handler's call | what it released |
 //! |---|---|---|---|
 //! | `dispatch`, `dispatch_in`, `query` | `dispatch.rs`: `request` | `Inline`: `request_sync`; `Awaited`: `request_direct_async`; `Layered`, or a command's retry: `request_driven` → `CommandRetry::run` → `request_once` | `settle_request` → `detach.rs`: `run_to_end` → `event_path.rs`: `run_queue` |
-//! | `dispatch_blocking`, `query_blocking` | `dispatch.rs`: `request_blocking` | `Inline` on this thread; else `Blocking::check`, then `request_blocking_driven` under the crate's `block_on` | `answer_blocking` → `run_queue_blocking` |
+//! | `dispatch_blocking`, `query_blocking` | `dispatch.rs`: `request_blocking` | `Inline`: `request_sync` on this thread; `Awaited`: `Blocking::check`, then `request_async_blocking` (its future polled in place); `Layered`, or a retry: `Blocking::check`, then `request_blocking_driven` under the crate's `block_on` | `answer_blocking` → `run_queue_blocking` |
 //! | `publish`, `publish_in` | `dispatch.rs`: `publish_awaited` | the event's handlers, as below | `run_to_end` → `run_queue` |
 //! | `publish_blocking` | `dispatch.rs`: `publish_blocking` | `publish_typed_blocking` (the typed route) | `run_queue_blocking` |
 //! | `handle_external` | `inbound.rs` | a command: its `CommandCodec` → `dispatch_in`; an event: `publish_erased` | as for `dispatch` / `publish` |
@@ -20,12 +20,20 @@
 //! | `replay` (a dead letter) | `replay.rs`: `replay_with` | the one handler, through its layers or its retry | `run_to_end` |
 //! | `shutdown`, `settled` | `mod.rs` → `lifecycle.rs`: `wait_idle` | none | none |
 //!
+//! A command or query handler without layers is called through its typed
+//! entry (`BoundHandler::typed_request`: the message in, the result out, no
+//! frame and no downcast of it), an event handler's plain `fn` through its
+//! typed route; the erased call (`Call`, `Frame`) serves the layers.
+//!
 //! The queue of a dispatch's events (`cascade.rs`: a `Run` over a
 //! `Cascade`) runs one event at a time, first in, first out, each through
 //! all of its handlers in route order (`event_path.rs`):
 //! - an event whose handlers are all plain `fn`s without layers goes through
 //!   its typed route (`typed_route.rs`: no downcast per handler,
 //!   `handle_typed_blocking`);
+//! - on a blocking run, such an event that is not stored is handled as it
+//!   leaves the queue, without becoming the run's current event: nothing
+//!   can stop its calls half-way (`run_queue_blocking`);
 //! - a stored event (a durable unit of work released it) goes through
 //!   `handle_tracked`, which records each handler's success with the store;
 //! - otherwise each handler by its `CallPath`: `call_direct_sync`,

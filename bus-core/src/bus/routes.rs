@@ -52,8 +52,10 @@ pub(crate) struct BoundHandler {
     pub(crate) path: CallPath,
     pub(crate) registration: &'static HandlerRegistration,
     pub(crate) dependencies: Box<[Resolved]>,
-    /// A plain `fn` command or query handler's typed entry (a
-    /// `TypedRequestEntry<M, M::Result>`): called with the message itself.
+    /// A command or query handler's typed entry (a
+    /// `TypedRequestEntry<M, M::Result>` for a plain `fn`, a
+    /// `TypedAsyncRequestEntry<M, M::Result>` for an `async fn`): called
+    /// with the message itself.
     pub(crate) typed_request: Option<&'static (dyn Any + Send + Sync)>,
     /// Whether a call's scope must carry the message's ids: the handler asks
     /// for a `MessageContext`, or for a scoped dependency (whose factory may
@@ -71,7 +73,10 @@ pub(crate) struct Route {
     pub(crate) meta: &'static MessageMeta,
     pub(crate) handlers: Box<[BoundHandler]>,
     /// For an event type whose handlers have typed entries.
-    pub(crate) typed: Option<Box<dyn EventRoute>>,
+    pub(crate) typed: Option<Arc<dyn EventRoute>>,
+    /// The same route, as its concrete `TypedRoute<E>`: a publisher that
+    /// knows the event type reaches it with one downcast.
+    pub(crate) typed_any: Option<Arc<dyn Any + Send + Sync>>,
     /// Whether calling its handlers drives a future (an `async fn` or a
     /// layered handler): what a blocking dispatch may not do on a thread
     /// that drives async tasks.

@@ -3,6 +3,7 @@
 //! downcasting it again.
 
 use std::any::Any;
+use std::sync::Arc;
 
 use super::cascade::Cascade;
 use super::routes::BoundHandler;
@@ -17,7 +18,7 @@ pub(crate) trait TypedEntry: Send + Sync + 'static {
 
     /// The typed route of the event type this entry takes, over `handlers`
     /// (all the handlers of that event, in order).
-    fn build_route(&self, handlers: &[BoundHandler]) -> Box<dyn EventRoute>;
+    fn build_route(&self, handlers: &[BoundHandler]) -> Arc<dyn EventRoute>;
 }
 
 /// The typed entry of a plain `fn` handler of `M`.
@@ -28,7 +29,7 @@ impl<M: TakeMessage> TypedEntry for TypedSyncEntry<M> {
         self
     }
 
-    fn build_route(&self, handlers: &[BoundHandler]) -> Box<dyn EventRoute> {
+    fn build_route(&self, handlers: &[BoundHandler]) -> Arc<dyn EventRoute> {
         let calls: Vec<_> = handlers
             .iter()
             .map(|handler| {
@@ -44,14 +45,14 @@ impl<M: TakeMessage> TypedEntry for TypedSyncEntry<M> {
             })
             .collect();
         let all_sync = calls.iter().all(Option::is_some);
-        Box::new(TypedRoute::<M> { calls, all_sync })
+        Arc::new(TypedRoute::<M> { calls, all_sync })
     }
 }
 
 /// Runs one event type's handlers through their typed entries.
 pub(crate) trait EventRoute: Send + Sync + 'static {
     /// The concrete route, for a caller that knows the event type.
-    fn as_any(&self) -> &dyn Any;
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 
     /// Whether every handler has a typed entry (none is an `async fn` or has
     /// layers), so that running the route never blocks.
@@ -77,7 +78,7 @@ pub(crate) struct TypedRoute<M> {
 }
 
 impl<M: TakeMessage> EventRoute for TypedRoute<M> {
-    fn as_any(&self) -> &dyn Any {
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
         self
     }
 

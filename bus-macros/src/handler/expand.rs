@@ -239,11 +239,12 @@ fn async_call(
         ..
     } = locals;
     let async_span = sig.asyncness.map_or_else(|| ident.span(), |a| a.span);
+    let typed = typed_async_request(function, message, dependencies, locals);
     let describe = describe(
         message,
         dependencies,
         releases,
-        TokenStream::new(),
+        typed,
         quote!(::arch_events::__private::ready_ok()),
         locals,
     );
@@ -277,6 +278,91 @@ fn async_call(
         },
         quote!(::arch_events::__private::HandlerFn::Async(__bus_call)),
     )
+}
+
+/// An `async fn` command or query handler's typed entry: the message in,
+/// a future of the handler's result out (no frame). Like the plain `fn`
+/// one, it lives in the describe body; for an event `SHARED` is true and it
+/// compiles away.
+fn typed_async_request(
+    function: &ItemFn,
+    message: &MessageParam,
+    dependencies: &[Type],
+    locals: &Locals,
+) -> TokenStream {
+    let ident = &function.sig.ident;
+    let Locals {
+        shape,
+        output,
+        returned,
+        message: message_value,
+        dependencies: dep_idents,
+        ..
+    } = locals;
+    let dependencies_var = format_ident!("__bus_dependencies");
+    let scope_var = format_ident!("__bus_scope");
+    let result_var = format_ident!("__bus_result");
+    let (ty, take_owned) = match message {
+        MessageParam::ByValue(ty) => (
+            ty,
+            quote_spanned! {ty.span()=>
+                <#ty as ::arch_events::__private::TakeMessage>::take_owned(
+                    #message_value,
+                    &mut #result_var,
+                )
+            },
+        ),
+        MessageParam::ByRef(ty) => (
+            ty,
+            quote_spanned! {ty.span()=>
+                <#ty as ::arch_events::__private::TakeMessage>::borrow_owned(
+                    &#message_value,
+                    &mut #result_var,
+                )
+            },
+        ),
+    };
+    let shared =
+        quote_spanned! {ty.span()=> <#ty as ::arch_events::__private::TakeMessage>::SHARED };
+    let typed_request = quote_spanned! {ty.span()=> #shape.typed_async_request::<#ty> };
+    let inject_dependencies = dependencies.iter().enumerate().map(|(i, ty)| {
+        quote_spanned! {ty.span()=>
+            ::arch_events::__private::inject::<#ty>(#dependencies_var, #i, #scope_var)
+        }
+    });
+    let deliver = deliver(function, locals);
+    // Spanned like the erased call's future: a handler whose future is not
+    // `Send` is told so on its `async`.
+    let async_span = function
+        .sig
+        .asyncness
+        .map_or_else(|| ident.span(), |a| a.span);
+    let future = quote_spanned! {async_span=>
+        ::arch_events::__private::request_future(async move {
+            let mut #result_var = ::core::option::Option::None;
+            {
+                let (#message_value, #output) = #take_owned;
+                let #returned = #ident(#message_value #(, #dep_idents)*).await;
+                #deliver?;
+            }
+            ::arch_events::__private::request_result(#result_var)
+        })
+    };
+    quote! {
+        if !#shared {
+            #typed_request(|#message_value, #dependencies_var, #scope_var| {
+                #(
+                    let #dep_idents = match #inject_dependencies {
+                        ::core::result::Result::Ok(value) => value,
+                        ::core::result::Result::Err(error) => {
+                            return ::arch_events::__private::ready_request_err(error);
+                        }
+                    };
+                )*
+                #future
+            });
+        }
+    }
 }
 
 /// A plain `fn` handler's erased call, with its typed entry recorded in

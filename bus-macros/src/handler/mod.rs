@@ -78,6 +78,8 @@ mod tests {
             "releases :: < Shipped , _ >",
             "dependency :: < & Stock >",
             "typed_sync :: < Ship >",
+            "typed_request :: < Ship >",
+            "take_owned",
         ] {
             assert!(out.contains(expected), "`{expected}` missing from {out}");
         }
@@ -85,17 +87,25 @@ mod tests {
     }
 
     #[test]
-    fn an_async_handler_gets_a_boxed_call_and_no_typed_entry() {
+    fn an_async_handler_gets_an_in_place_call_and_a_typed_request_entry_only() {
         let out = expanded(
             TokenStream::new(),
             quote!(
-                async fn ship(cmd: &Shipped) -> Result<(), E> {
+                async fn ship(cmd: &Shipped, stock: &Stock) -> Result<(), E> {
                     Ok(())
                 }
             ),
         );
-        assert!(out.contains("HandlerFn :: Async"), "{out}");
-        assert!(out.contains("__private :: handler_future"), "{out}");
+        for expected in [
+            "HandlerFn :: Async",
+            "__private :: handler_future",
+            "typed_async_request :: < Shipped >",
+            "borrow_owned",
+            "__private :: request_future",
+            "inject :: < & Stock >",
+        ] {
+            assert!(out.contains(expected), "`{expected}` missing from {out}");
+        }
         assert!(!out.contains("typed_sync"), "{out}");
     }
 
