@@ -14,7 +14,9 @@ use tracing::Instrument;
 
 use super::cascade::{Cascade, Current, Run};
 use super::command_retry::CommandRetry;
-use super::invocation::{dispatch_span, enter, request_handler_span, RequestInvocation};
+use super::invocation::{
+    dispatch_span, enter, request_handler_span, wanted_dispatch_span, RequestInvocation, NO_SPAN,
+};
 use super::routes::{BoundHandler, CallPath};
 use super::Bus;
 use crate::blocking::{driving, Blocking};
@@ -165,17 +167,16 @@ impl Bus {
         }
         let _in_flight = self.enter_blocking()?;
         let mut ids = LazyContext::root();
-        let span = dispatch_span(meta, "event", ids.slot());
+        let span = wanted_dispatch_span(meta, "event", ids.slot());
         // The published event is the first message processed; the bound is
         // at least 1.
         let cascade = Cascade::new(meta, self.inner.max_messages, 1);
         let published = (&event, route, &mut ids);
         // Not through `enter`: a closure called from two places stays a
         // call of its own.
-        if span.is_disabled() {
-            self.publish_to_end(published, cascade, blocking)
-        } else {
-            span.in_scope(|| self.publish_to_end(published, cascade, blocking))
+        match &span {
+            None => self.publish_to_end(published, cascade, blocking),
+            Some(span) => span.in_scope(|| self.publish_to_end(published, cascade, blocking)),
         }
         .map_err(DispatchError::from)
     }
@@ -320,32 +321,31 @@ impl Bus {
         let meta = M::meta();
         let handler = self.single_handler::<E>(meta)?;
         let mut context = None;
-        let span = dispatch_span(meta, kind, &mut context);
+        let span = wanted_dispatch_span(meta, kind, &mut context);
         let mut scope = Scope::request(context, meta.kind());
         let output = match (&handler.path, handler.command_retry.is_some()) {
             // The hot path: a plain `fn`, called inline. (Not through
             // `enter`: its closure, called from two places, stays a call of
             // its own.)
-            (CallPath::Inline(f), false) => {
-                if span.is_disabled() {
-                    request_sync(handler, *f, message, &mut scope)
-                } else {
-                    span.in_scope(|| request_sync(handler, *f, message, &mut scope))
-                }
-            }
+            (CallPath::Inline(f), false) => match &span {
+                None => request_sync(handler, *f, message, &mut scope),
+                Some(span) => span.in_scope(|| request_sync(handler, *f, message, &mut scope)),
+            },
             // An `async fn`: its future polled here, in place.
             (CallPath::Awaited(f), false) => {
                 blocking.check();
-                if span.is_disabled() {
-                    request_async_blocking(handler, *f, message, &mut scope)
-                } else {
-                    span.in_scope(|| request_async_blocking(handler, *f, message, &mut scope))
+                match &span {
+                    None => request_async_blocking(handler, *f, message, &mut scope),
+                    Some(span) => {
+                        span.in_scope(|| request_async_blocking(handler, *f, message, &mut scope))
+                    }
                 }
             }
             _ => {
                 // Layers or a retry: driven on this thread.
                 blocking.check();
-                let (output, ran) = self.request_blocking_driven(handler, message, context, &span);
+                let span = span.as_ref().unwrap_or(&NO_SPAN);
+                let (output, ran) = self.request_blocking_driven(handler, message, context, span);
                 scope = ran;
                 output
             }
@@ -356,7 +356,8 @@ impl Bus {
             let value = output?;
             return Ok(value);
         }
-        self.answer_blocking(handler, meta, output, &mut scope, &span, blocking)
+        let span = span.as_ref().unwrap_or(&NO_SPAN);
+        self.answer_blocking(handler, meta, output, &mut scope, span, blocking)
     }
 
     /// A command's or query's answer, once what its handler released ran
@@ -589,15 +590,17 @@ where
     O: Send + 'static,
     E: Send + 'static,
 {
-    let span = request_handler_span(handler, M::meta(), scope);
+    // No span at all when none is wanted (not even a disabled one, whose
+    // drop is a call of its own with tracing's `log` feature on).
+    let span =
+        super::invocation::spans_wanted().then(|| request_handler_span(handler, M::meta(), scope));
     if let Some(entry) = handler.typed_async_request::<M, Result<O, E>>() {
         // The typed entry: the message in, the result out, no frame.
         let called = {
             let mut future = std::pin::pin!((entry.0)(message, &handler.dependencies, scope));
-            if span.is_disabled() {
-                block_on(future.as_mut())
-            } else {
-                block_on(future.as_mut().instrument(span))
+            match span {
+                None => block_on(future.as_mut()),
+                Some(span) => block_on(future.as_mut().instrument(span)),
             }
         };
         return match called {
@@ -609,10 +612,9 @@ where
     let called = {
         let call = Call::new(MessageRef::Owned(&mut frame), &handler.dependencies, scope);
         let mut future = std::pin::pin!(f(call));
-        if span.is_disabled() {
-            block_on(future.as_mut())
-        } else {
-            block_on(future.as_mut().instrument(span))
+        match span {
+            None => block_on(future.as_mut()),
+            Some(span) => block_on(future.as_mut().instrument(span)),
         }
     };
     complete(handler, called, frame.output, scope)

@@ -48,6 +48,19 @@ impl Bus {
     }
 }
 
+/// A handler call inside its span: out of the hot path, which makes no
+/// span when none is wanted.
+#[cold]
+#[inline(never)]
+fn traced_call<R>(
+    handler: &BoundHandler,
+    meta: &'static MessageMeta,
+    context: MessageContext,
+    call: impl FnOnce() -> R,
+) -> R {
+    handler_span(handler, meta, &context).in_scope(call)
+}
+
 impl BoundHandler {
     /// The scope of one call of this event handler on the message `context`
     /// describes.
@@ -535,14 +548,12 @@ impl Bus {
                 scope.ensure_context(|| ids.get());
             }
             let dependencies = &handler.dependencies;
-            let called = {
-                let scope = &mut scope;
-                let mut run = || catch_unwind(AssertUnwindSafe(|| f(typed, dependencies, scope)));
-                if traced {
-                    handler_span(handler, meta, &ids.get()).in_scope(run)
-                } else {
-                    run()
-                }
+            let called = if traced {
+                traced_call(handler, meta, ids.get(), || {
+                    catch_unwind(AssertUnwindSafe(|| f(typed, dependencies, &mut scope)))
+                })
+            } else {
+                catch_unwind(AssertUnwindSafe(|| f(typed, dependencies, &mut scope)))
             };
             match called {
                 Ok(Ok(())) => {

@@ -48,6 +48,25 @@ pub(super) fn dispatch_span(
     new_dispatch_span(meta, kind, context)
 }
 
+/// A disabled span, for a path that made none.
+pub(super) static NO_SPAN: Span = Span::none();
+
+/// [`dispatch_span`] for the blocking hot paths: `None` when no span is
+/// wanted, so that no disabled span is made and dropped either (with
+/// tracing's `log` feature on, dropping one is a call of its own).
+#[inline(always)]
+pub(super) fn wanted_dispatch_span(
+    meta: &'static MessageMeta,
+    kind: &'static str,
+    context: &mut Option<MessageContext>,
+) -> Option<Span> {
+    if spans_wanted() {
+        Some(new_dispatch_span(meta, kind, context))
+    } else {
+        None
+    }
+}
+
 /// [`dispatch_span`] when spans may be wanted: out of the hot path.
 #[cold]
 #[inline(never)]
