@@ -22,11 +22,13 @@
 //!    given the message's kind, so that a query handler fails to compile;
 //! 3. hand the bus its *typed entry*, the same call with no erased
 //!    message: `Describe::typed_sync` for a plain `fn` event handler (it
-//!    borrows the event), `Describe::typed_request` for a plain `fn`
-//!    command or query handler and `Describe::typed_async_request` for an
-//!    `async fn` one (they take the message and hand back the handler's
-//!    result); the bus calls it instead of the erased call wherever no
-//!    layer is in the way;
+//!    borrows the event), `Describe::typed_request` for a command or query
+//!    handler (it takes the message and hands back the handler's result;
+//!    an `async fn` one's drives the handler's future to its end with the
+//!    crate's `block_on`, for a blocking dispatch) and, for an `async fn`
+//!    one, `Describe::typed_async_request` too (a future of the result,
+//!    for an awaited dispatch); the bus calls it instead of the erased call
+//!    wherever no layer is in the way;
 //! 4. return `Ok(())` (an `async fn` handler: a future that is ready with
 //!    `Ok(())` on its first poll) without calling the handler.
 //!
@@ -159,10 +161,13 @@ pub struct Shape {
     pub(crate) dependencies: Vec<DependencyKey>,
     pub(crate) releases: Vec<&'static MessageMeta>,
     pub(crate) typed: Option<Box<dyn crate::bus::TypedEntry>>,
-    /// A `TypedRequestEntry<M, M::Result>` for a plain `fn` command or
-    /// query handler, a `TypedAsyncRequestEntry<M, M::Result>` for an
-    /// `async fn` one.
+    /// A `TypedRequestEntry<M, M::Result>`: a plain `fn` command or query
+    /// handler's call, or an `async fn` one's driven to its end on the
+    /// calling thread (for a blocking dispatch).
     pub(crate) typed_request: Option<Box<dyn Any + Send + Sync>>,
+    /// A `TypedAsyncRequestEntry<M, M::Result>`, for an `async fn` command
+    /// or query handler.
+    pub(crate) typed_async_request: Option<Box<dyn Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Shape {
@@ -176,6 +181,7 @@ impl std::fmt::Debug for Shape {
             )
             .field("typed", &self.typed.is_some())
             .field("typed_request", &self.typed_request.is_some())
+            .field("typed_async_request", &self.typed_async_request.is_some())
             .finish()
     }
 }
@@ -271,10 +277,11 @@ impl<'a> Describe<'_, 'a> {
     #[inline(never)]
     pub fn typed_async_request<M: TakeMessage>(&mut self, entry: TypedAsyncRequest<M>) {
         let entry: TypedAsyncRequestEntry<M, M::Result> = TypedAsyncRequestEntry(entry);
-        self.shape.typed_request = Some(Box::new(entry));
+        self.shape.typed_async_request = Some(Box::new(entry));
     }
 
-    /// The handler's typed entry (plain `fn` command and query handlers).
+    /// The handler's typed entry (plain `fn` command and query handlers),
+    /// or an `async fn` one's, driven to its end on the calling thread.
     #[cold]
     #[inline(never)]
     pub fn typed_request<M: TakeMessage>(&mut self, entry: TypedRequest<M>) {

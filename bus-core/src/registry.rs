@@ -112,11 +112,16 @@ impl HandlerRegistration {
         self.shape().typed.as_deref()
     }
 
-    /// Its typed request entry (`TypedRequestEntry<M, M::Result>` or
-    /// `TypedAsyncRequestEntry<M, M::Result>`), when its generated code has
-    /// one: a command or query handler.
+    /// Its typed request entry (a `TypedRequestEntry<M, M::Result>`), when
+    /// its generated code has one: a command or query handler.
     pub(crate) fn typed_request(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
         self.shape().typed_request.as_deref()
+    }
+
+    /// Its typed async request entry (a `TypedAsyncRequestEntry<M,
+    /// M::Result>`): an `async fn` command or query handler.
+    pub(crate) fn typed_async_request(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        self.shape().typed_async_request.as_deref()
     }
 
     /// Whether it is an `async fn`.

@@ -735,15 +735,20 @@ fn bind(
         HandlerFn::Sync(f) => CallPath::Inline(f),
         HandlerFn::Async(f) => CallPath::Awaited(f),
     };
-    let typed_request = match path {
-        CallPath::Inline(_) | CallPath::Awaited(_) => registration.typed_request(),
-        CallPath::Layered(..) => None,
+    let (typed_request, typed_async_request) = match path {
+        CallPath::Inline(_) => (registration.typed_request(), None),
+        CallPath::Awaited(_) => (
+            registration.typed_request(),
+            registration.typed_async_request(),
+        ),
+        CallPath::Layered(..) => (None, None),
     };
     BoundHandler {
         path,
         registration,
         dependencies: resolved,
         typed_request,
+        typed_async_request,
         needs_context,
         retry: None,
         command_retry: None,

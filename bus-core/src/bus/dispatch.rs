@@ -521,7 +521,7 @@ impl BoundHandler {
     /// The typed entry of an `async fn` handler of `M` whose result is `R`.
     #[inline(always)]
     fn typed_async_request<M: 'static, R: 'static>(&self) -> Option<&TypedAsyncRequestEntry<M, R>> {
-        self.typed_request?.downcast_ref()
+        self.typed_async_request?.downcast_ref()
     }
 
     /// The command's opt-in retry, when it has one (only a command whose
@@ -575,9 +575,10 @@ where
     complete(handler, called, frame.output, scope)
 }
 
-/// An `async fn` command or query handler driven on this thread: its
-/// future polled where it was made, with no wrapper around it when no span
-/// is wanted (a future of a few hundred bytes costs a copy per move).
+/// An `async fn` command or query handler driven on this thread: through
+/// its typed entry, which drives the handler's own future where it was made
+/// (no future stored, boxed or moved); else its erased call's future, with
+/// no wrapper around it when no span is wanted.
 #[inline]
 fn request_async_blocking<M, O, E>(
     handler: &BoundHandler,
@@ -590,24 +591,24 @@ where
     O: Send + 'static,
     E: Send + 'static,
 {
-    // No span at all when none is wanted (not even a disabled one, whose
-    // drop is a call of its own with tracing's `log` feature on).
-    let span =
-        super::invocation::spans_wanted().then(|| request_handler_span(handler, M::meta(), scope));
-    if let Some(entry) = handler.typed_async_request::<M, Result<O, E>>() {
-        // The typed entry: the message in, the result out, no frame.
-        let called = {
-            let mut future = std::pin::pin!((entry.0)(message, &handler.dependencies, scope));
-            match span {
-                None => block_on(future.as_mut()),
-                Some(span) => block_on(future.as_mut().instrument(span)),
-            }
+    if let Some(entry) = handler.typed_request::<M, Result<O, E>>() {
+        // The typed entry drives the handler's future where it was made:
+        // the message in, the result out, no frame, nothing stored.
+        let called = if super::invocation::spans_wanted() {
+            let span = request_handler_span(handler, M::meta(), scope);
+            span.in_scope(|| (entry.0)(message, &handler.dependencies, scope))
+        } else {
+            (entry.0)(message, &handler.dependencies, scope)
         };
         return match called {
             Ok(result) => complete(handler, Ok(()), Some(result), scope),
             Err(error) => complete(handler, Err(error), None, scope),
         };
     }
+    // No span at all when none is wanted (not even a disabled one, whose
+    // drop is a call of its own with tracing's `log` feature on).
+    let span =
+        super::invocation::spans_wanted().then(|| request_handler_span(handler, M::meta(), scope));
     let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
     let called = {
         let call = Call::new(MessageRef::Owned(&mut frame), &handler.dependencies, scope);

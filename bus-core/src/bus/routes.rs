@@ -53,10 +53,12 @@ pub(crate) struct BoundHandler {
     pub(crate) registration: &'static HandlerRegistration,
     pub(crate) dependencies: Box<[Resolved]>,
     /// A command or query handler's typed entry (a
-    /// `TypedRequestEntry<M, M::Result>` for a plain `fn`, a
-    /// `TypedAsyncRequestEntry<M, M::Result>` for an `async fn`): called
-    /// with the message itself.
+    /// `TypedRequestEntry<M, M::Result>`): called with the message itself;
+    /// an `async fn` handler's drives its future on the calling thread.
     pub(crate) typed_request: Option<&'static (dyn Any + Send + Sync)>,
+    /// An `async fn` command or query handler's typed entry for an awaited
+    /// dispatch (a `TypedAsyncRequestEntry<M, M::Result>`).
+    pub(crate) typed_async_request: Option<&'static (dyn Any + Send + Sync)>,
     /// Whether a call's scope must carry the message's ids: the handler asks
     /// for a `MessageContext`, or for a scoped dependency (whose factory may
     /// read them). Otherwise they stay out of its scope, which is cheaper.

@@ -325,11 +325,16 @@ fn typed_async_request(
     let shared =
         quote_spanned! {ty.span()=> <#ty as ::arch_events::__private::TakeMessage>::SHARED };
     let typed_request = quote_spanned! {ty.span()=> #shape.typed_async_request::<#ty> };
-    let inject_dependencies = dependencies.iter().enumerate().map(|(i, ty)| {
-        quote_spanned! {ty.span()=>
-            ::arch_events::__private::inject::<#ty>(#dependencies_var, #i, #scope_var)
-        }
-    });
+    let typed_blocking = quote_spanned! {ty.span()=> #shape.typed_request::<#ty> };
+    let inject_dependencies: Vec<_> = dependencies
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| {
+            quote_spanned! {ty.span()=>
+                ::arch_events::__private::inject::<#ty>(#dependencies_var, #i, #scope_var)
+            }
+        })
+        .collect();
     let deliver = deliver(function, locals);
     // Spanned like the erased call's future: a handler whose future is not
     // `Send` is told so on its `async`.
@@ -360,6 +365,20 @@ fn typed_async_request(
                     };
                 )*
                 #future
+            });
+            // For a blocking dispatch: the handler's own future, driven to
+            // its end where it was made.
+            #typed_blocking(|#message_value, #dependencies_var, #scope_var| {
+                let mut #result_var = ::core::option::Option::None;
+                {
+                    let (#message_value, #output) = #take_owned;
+                    #( let #dep_idents = #inject_dependencies?; )*
+                    let #returned = ::arch_events::__private::block_on(
+                        #ident(#message_value #(, #dep_idents)*),
+                    );
+                    #deliver?;
+                }
+                ::arch_events::__private::request_result(#result_var)
             });
         }
     }

@@ -100,6 +100,8 @@ mod tests {
             "HandlerFn :: Async",
             "__private :: handler_future",
             "typed_async_request :: < Shipped >",
+            "typed_request :: < Shipped >",
+            "__private :: block_on",
             "borrow_owned",
             "__private :: request_future",
             "inject :: < & Stock >",
