@@ -11,7 +11,6 @@ use super::routes::{BoundHandler, CallPath};
 use super::typed_route::TypedRoute;
 use super::Bus;
 use crate::blocking::Blocking;
-use crate::call::TypedSync;
 use crate::context::{Causation, LazyContext, MessageContext};
 use crate::dead_letter::DeadLetter;
 use crate::delivery::Delivery;
@@ -87,14 +86,9 @@ impl Bus {
             .as_deref()
             .and_then(|typed| typed.downcast_ref::<TypedRoute<E>>());
         match typed {
-            Some(typed) => self.handle_typed_blocking(
-                &typed.calls,
-                &route.handlers,
-                event,
-                event,
-                ids,
-                cascade,
-            ),
+            Some(typed) => {
+                self.handle_typed_blocking(typed, &route.handlers, event, event, ids, cascade)
+            }
             None => self.handle_route_blocking(route, event, meta, ids.get(), cascade),
         }
     }
@@ -526,7 +520,7 @@ impl Bus {
     /// one follows that call. The event's ids are made when first read.
     pub(super) fn handle_typed_blocking<M>(
         &self,
-        calls: &[Option<TypedSync<M>>],
+        route: &TypedRoute<M>,
         handlers: &[BoundHandler],
         typed: &M,
         event: &dyn ErasedEvent,
@@ -538,15 +532,15 @@ impl Bus {
         // Read once per event: a test's recorder, if one is attached.
         let tap = self.inner.watch.tap.get();
         let mut scope = Scope::with_context(None);
-        for (call, handler) in calls.iter().zip(handlers) {
+        if route.needs_context {
+            scope.ensure_context(|| ids.get());
+        }
+        for (call, handler) in route.calls.iter().zip(handlers) {
             let Some(f) = call else {
                 // No typed entry (an `async fn`, or a layered handler).
                 self.call_erased_blocking(handler, event, meta, ids.get(), cascade, traced);
                 continue;
             };
-            if handler.needs_context {
-                scope.ensure_context(|| ids.get());
-            }
             let dependencies = &handler.dependencies;
             let called = if traced {
                 traced_call(handler, meta, ids.get(), || {
@@ -555,27 +549,31 @@ impl Bus {
             } else {
                 catch_unwind(AssertUnwindSafe(|| f(typed, dependencies, &mut scope)))
             };
-            match called {
+            let failed = match called {
+                // Nothing to tell and nothing released: the common case.
+                Ok(Ok(())) if tap.is_none() && !scope.has_releaser() => continue,
                 Ok(Ok(())) => {
                     if let Some(tap) = tap {
                         tap.ran(handler.registration.name(), meta.name(), 1, true);
                     }
-                    if scope.has_releaser() {
-                        let used = std::mem::take(&mut scope);
-                        let released = self.inner.watch.accept(handler.registration, used);
-                        cascade.push_all(released, &ids.get());
+                    if !scope.has_releaser() {
+                        continue;
                     }
+                    let used = std::mem::take(&mut scope);
+                    let released = self.inner.watch.accept(handler.registration, used);
+                    cascade.push_all(released, &ids.get());
+                    None
                 }
-                Ok(Err(error)) => {
-                    drop(std::mem::take(&mut scope).finish());
-                    let cause = FailureCause::Error(error);
-                    self.fail_or_retry(handler, event, None, ids.get(), cause, cascade);
-                }
-                Err(payload) => {
-                    drop(std::mem::take(&mut scope).finish());
-                    let cause = FailureCause::Panic(panic_text(&*payload));
-                    self.fail_or_retry(handler, event, None, ids.get(), cause, cascade);
-                }
+                Ok(Err(error)) => Some(FailureCause::Error(error)),
+                Err(payload) => Some(FailureCause::Panic(panic_text(&*payload))),
+            };
+            if let Some(cause) = failed {
+                drop(std::mem::take(&mut scope).finish());
+                self.fail_or_retry(handler, event, None, ids.get(), cause, cascade);
+            }
+            // The scope was used: the next call's is fresh, with the ids.
+            if route.needs_context {
+                scope.ensure_context(|| ids.get());
             }
         }
     }

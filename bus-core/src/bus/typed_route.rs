@@ -45,7 +45,12 @@ impl<M: TakeMessage> TypedEntry for TypedSyncEntry<M> {
             })
             .collect();
         let all_sync = calls.iter().all(Option::is_some);
-        Arc::new(TypedRoute::<M> { calls, all_sync })
+        let needs_context = handlers.iter().any(|handler| handler.needs_context);
+        Arc::new(TypedRoute::<M> {
+            calls,
+            all_sync,
+            needs_context,
+        })
     }
 }
 
@@ -75,6 +80,9 @@ pub(crate) trait EventRoute: Send + Sync + 'static {
 pub(crate) struct TypedRoute<M> {
     pub(crate) calls: Vec<Option<TypedSync<M>>>,
     all_sync: bool,
+    /// Whether a handler's scope must carry the event's ids (one of them
+    /// asks for a `MessageContext` or a scoped dependency).
+    pub(crate) needs_context: bool,
 }
 
 impl<M: TakeMessage> EventRoute for TypedRoute<M> {
@@ -97,7 +105,7 @@ impl<M: TakeMessage> EventRoute for TypedRoute<M> {
         let Some(typed) = event.as_any().downcast_ref::<M>() else {
             return false;
         };
-        bus.handle_typed_blocking(&self.calls, handlers, typed, event, ids, cascade);
+        bus.handle_typed_blocking(self, handlers, typed, event, ids, cascade);
         true
     }
 }
