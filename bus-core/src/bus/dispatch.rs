@@ -549,16 +549,7 @@ where
     // A command or query handler's panic is not caught: it fails noisily.
     if let Some(entry) = handler.typed_request::<M, Result<O, E>>() {
         // The typed entry: the message in, the result out, no frame.
-        let called = if super::invocation::spans_wanted() {
-            let span = request_handler_span(handler, M::meta(), scope);
-            span.in_scope(|| (entry.0)(message, &handler.dependencies, scope))
-        } else {
-            (entry.0)(message, &handler.dependencies, scope)
-        };
-        return match called {
-            Ok(result) => complete(handler, Ok(()), Some(result), scope),
-            Err(error) => complete(handler, Err(error), None, scope),
-        };
+        return call_typed(handler, entry, message, scope);
     }
     let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
     let called = if super::invocation::spans_wanted() {
@@ -573,6 +564,30 @@ where
         ))
     };
     complete(handler, called, frame.output, scope)
+}
+
+/// A command or query handler's call through its typed entry (for an
+/// `async fn` one, the entry that drives its future on this thread).
+#[inline(always)]
+fn call_typed<M, O, E>(
+    handler: &BoundHandler,
+    entry: &TypedRequestEntry<M, Result<O, E>>,
+    message: M,
+    scope: &mut Scope,
+) -> Result<O, DispatchError<E>>
+where
+    M: Message,
+{
+    let called = if super::invocation::spans_wanted() {
+        let span = request_handler_span(handler, M::meta(), scope);
+        span.in_scope(|| (entry.0)(message, &handler.dependencies, scope))
+    } else {
+        (entry.0)(message, &handler.dependencies, scope)
+    };
+    match called {
+        Ok(result) => complete(handler, Ok(()), Some(result), scope),
+        Err(error) => complete(handler, Err(error), None, scope),
+    }
 }
 
 /// An `async fn` command or query handler driven on this thread: through
@@ -594,16 +609,7 @@ where
     if let Some(entry) = handler.typed_request::<M, Result<O, E>>() {
         // The typed entry drives the handler's future where it was made:
         // the message in, the result out, no frame, nothing stored.
-        let called = if super::invocation::spans_wanted() {
-            let span = request_handler_span(handler, M::meta(), scope);
-            span.in_scope(|| (entry.0)(message, &handler.dependencies, scope))
-        } else {
-            (entry.0)(message, &handler.dependencies, scope)
-        };
-        return match called {
-            Ok(result) => complete(handler, Ok(()), Some(result), scope),
-            Err(error) => complete(handler, Err(error), None, scope),
-        };
+        return call_typed(handler, entry, message, scope);
     }
     // No span at all when none is wanted (not even a disabled one, whose
     // drop is a call of its own with tracing's `log` feature on).

@@ -280,6 +280,120 @@ fn async_call(
     )
 }
 
+/// What the typed entries of a handler share: the names of their
+/// parameters, how each takes the message, and the dependencies resolved
+/// from their slice.
+struct TypedParts<'a> {
+    ty: &'a Type,
+    dependencies_var: proc_macro2::Ident,
+    scope_var: proc_macro2::Ident,
+    result_var: proc_macro2::Ident,
+    /// The message from a shared reference (an event's entry).
+    take_shared: TokenStream,
+    /// The message owned by the entry, its result going to `result_var`
+    /// (a command's or query's entry).
+    take_owned: TokenStream,
+    inject_dependencies: Vec<TokenStream>,
+}
+
+impl TypedParts<'_> {
+    /// A command's or query's typed entry: a closure taking the message, the
+    /// dependencies and the scope, and handing back what `call` (the
+    /// handler's call, given its arguments) returned.
+    fn request_entry(
+        &self,
+        function: &ItemFn,
+        locals: &Locals,
+        call: impl FnOnce(TokenStream) -> TokenStream,
+    ) -> TokenStream {
+        let Locals {
+            output,
+            returned,
+            message: message_value,
+            dependencies: dep_idents,
+            ..
+        } = locals;
+        let TypedParts {
+            dependencies_var,
+            scope_var,
+            result_var,
+            take_owned,
+            inject_dependencies,
+            ..
+        } = self;
+        let ident = &function.sig.ident;
+        let called = call(quote!(#ident(#message_value #(, #dep_idents)*)));
+        let deliver = deliver(function, locals);
+        quote! {
+            |#message_value, #dependencies_var, #scope_var| {
+                let mut #result_var = ::core::option::Option::None;
+                {
+                    let (#message_value, #output) = #take_owned;
+                    #( let #dep_idents = #inject_dependencies?; )*
+                    let #returned = #called;
+                    #deliver?;
+                }
+                ::arch_events::__private::request_result(#result_var)
+            }
+        }
+    }
+}
+
+fn typed_parts<'a>(
+    message: &'a MessageParam,
+    dependencies: &[Type],
+    locals: &Locals,
+) -> TypedParts<'a> {
+    let message_value = &locals.message;
+    let dependencies_var = format_ident!("__bus_dependencies");
+    let scope_var = format_ident!("__bus_scope");
+    let result_var = format_ident!("__bus_result");
+    let (ty, take_shared, take_owned) = match message {
+        MessageParam::ByValue(ty) => (
+            ty,
+            quote_spanned! {ty.span()=>
+                <#ty as ::arch_events::__private::TakeMessage>::take_shared(#message_value)?
+            },
+            quote_spanned! {ty.span()=>
+                <#ty as ::arch_events::__private::TakeMessage>::take_owned(
+                    #message_value,
+                    &mut #result_var,
+                )
+            },
+        ),
+        MessageParam::ByRef(ty) => (
+            ty,
+            quote_spanned! {ty.span()=>
+                <#ty as ::arch_events::__private::TakeMessage>::borrow_shared(#message_value)
+            },
+            quote_spanned! {ty.span()=>
+                <#ty as ::arch_events::__private::TakeMessage>::borrow_owned(
+                    &#message_value,
+                    &mut #result_var,
+                )
+            },
+        ),
+    };
+    let inject_dependencies = dependencies
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| {
+            quote_spanned! {ty.span()=>
+                ::arch_events::__private::inject::<#ty>(#dependencies_var, #i, #scope_var)
+            }
+        })
+        .collect();
+    TypedParts {
+        ty,
+        dependencies_var,
+        scope_var,
+        result_var,
+        take_shared,
+        take_owned,
+        inject_dependencies,
+    }
+}
+
 /// An `async fn` command or query handler's typed entry: the message in,
 /// a future of the handler's result out (no frame). Like the plain `fn`
 /// one, it lives in the describe body; for an event `SHARED` is true and it
@@ -299,42 +413,20 @@ fn typed_async_request(
         dependencies: dep_idents,
         ..
     } = locals;
-    let dependencies_var = format_ident!("__bus_dependencies");
-    let scope_var = format_ident!("__bus_scope");
-    let result_var = format_ident!("__bus_result");
-    let (ty, take_owned) = match message {
-        MessageParam::ByValue(ty) => (
-            ty,
-            quote_spanned! {ty.span()=>
-                <#ty as ::arch_events::__private::TakeMessage>::take_owned(
-                    #message_value,
-                    &mut #result_var,
-                )
-            },
-        ),
-        MessageParam::ByRef(ty) => (
-            ty,
-            quote_spanned! {ty.span()=>
-                <#ty as ::arch_events::__private::TakeMessage>::borrow_owned(
-                    &#message_value,
-                    &mut #result_var,
-                )
-            },
-        ),
-    };
+    let parts = typed_parts(message, dependencies, locals);
+    let TypedParts {
+        ty,
+        dependencies_var,
+        scope_var,
+        result_var,
+        take_owned,
+        inject_dependencies,
+        ..
+    } = &parts;
     let shared =
         quote_spanned! {ty.span()=> <#ty as ::arch_events::__private::TakeMessage>::SHARED };
     let typed_request = quote_spanned! {ty.span()=> #shape.typed_async_request::<#ty> };
     let typed_blocking = quote_spanned! {ty.span()=> #shape.typed_request::<#ty> };
-    let inject_dependencies: Vec<_> = dependencies
-        .iter()
-        .enumerate()
-        .map(|(i, ty)| {
-            quote_spanned! {ty.span()=>
-                ::arch_events::__private::inject::<#ty>(#dependencies_var, #i, #scope_var)
-            }
-        })
-        .collect();
     let deliver = deliver(function, locals);
     // Spanned like the erased call's future: a handler whose future is not
     // `Send` is told so on its `async`.
@@ -342,6 +434,11 @@ fn typed_async_request(
         .sig
         .asyncness
         .map_or_else(|| ident.span(), |a| a.span);
+    let blocking_entry = parts.request_entry(
+        function,
+        locals,
+        |call| quote!(::arch_events::__private::block_on(#call)),
+    );
     let future = quote_spanned! {async_span=>
         ::arch_events::__private::request_future(async move {
             let mut #result_var = ::core::option::Option::None;
@@ -368,18 +465,7 @@ fn typed_async_request(
             });
             // For a blocking dispatch: the handler's own future, driven to
             // its end where it was made.
-            #typed_blocking(|#message_value, #dependencies_var, #scope_var| {
-                let mut #result_var = ::core::option::Option::None;
-                {
-                    let (#message_value, #output) = #take_owned;
-                    #( let #dep_idents = #inject_dependencies?; )*
-                    let #returned = ::arch_events::__private::block_on(
-                        #ident(#message_value #(, #dep_idents)*),
-                    );
-                    #deliver?;
-                }
-                ::arch_events::__private::request_result(#result_var)
-            });
+            #typed_blocking(#blocking_entry);
         }
     }
 }
@@ -451,48 +537,20 @@ fn typed_entry(
         dependencies: dep_idents,
         ..
     } = locals;
-    let dependencies_var = format_ident!("__bus_dependencies");
-    let scope_var = format_ident!("__bus_scope");
-    let result_var = format_ident!("__bus_result");
-    let (ty, take_shared, take_owned) = match message {
-        MessageParam::ByValue(ty) => (
-            ty,
-            quote_spanned! {ty.span()=>
-                <#ty as ::arch_events::__private::TakeMessage>::take_shared(#message_value)?
-            },
-            quote_spanned! {ty.span()=>
-                <#ty as ::arch_events::__private::TakeMessage>::take_owned(
-                    #message_value,
-                    &mut #result_var,
-                )
-            },
-        ),
-        MessageParam::ByRef(ty) => (
-            ty,
-            quote_spanned! {ty.span()=>
-                <#ty as ::arch_events::__private::TakeMessage>::borrow_shared(#message_value)
-            },
-            quote_spanned! {ty.span()=>
-                <#ty as ::arch_events::__private::TakeMessage>::borrow_owned(
-                    &#message_value,
-                    &mut #result_var,
-                )
-            },
-        ),
-    };
+    let parts = typed_parts(message, dependencies, locals);
+    let request_entry = parts.request_entry(function, locals, |call| call);
+    let TypedParts {
+        ty,
+        dependencies_var,
+        scope_var,
+        take_shared,
+        inject_dependencies,
+        ..
+    } = &parts;
     let shared =
         quote_spanned! {ty.span()=> <#ty as ::arch_events::__private::TakeMessage>::SHARED };
     let typed_sync = quote_spanned! {ty.span()=> #shape.typed_sync::<#ty> };
     let typed_request = quote_spanned! {ty.span()=> #shape.typed_request::<#ty> };
-    let inject_dependencies: Vec<_> = dependencies
-        .iter()
-        .enumerate()
-        .map(|(i, ty)| {
-            quote_spanned! {ty.span()=>
-                ::arch_events::__private::inject::<#ty>(#dependencies_var, #i, #scope_var)
-            }
-        })
-        .collect();
     let deliver = deliver(function, locals);
     quote! {
         if #shared {
@@ -503,16 +561,7 @@ fn typed_entry(
                 #deliver
             });
         } else {
-            #typed_request(|#message_value, #dependencies_var, #scope_var| {
-                let mut #result_var = ::core::option::Option::None;
-                {
-                    let (#message_value, #output) = #take_owned;
-                    #( let #dep_idents = #inject_dependencies?; )*
-                    let #returned = #ident(#message_value #(, #dep_idents)*);
-                    #deliver?;
-                }
-                ::arch_events::__private::request_result(#result_var)
-            });
+            #typed_request(#request_entry);
         }
     }
 }
