@@ -24,8 +24,8 @@
 //!    message: `Describe::typed_sync` for a plain `fn` event handler (it
 //!    borrows the event), `Describe::typed_request` for a command or query
 //!    handler (it takes the message and hands back the handler's result;
-//!    an `async fn` one's drives the handler's future to its end with the
-//!    crate's `block_on`, for a blocking dispatch) and, for an `async fn`
+//!    an `async fn` one's drives the handler's future to its end with
+//!    `drive_future`, for a blocking dispatch) and, for an `async fn`
 //!    one, `Describe::typed_async_request` too (a future of the result,
 //!    for an awaited dispatch); the bus calls it instead of the erased call
 //!    wherever no layer is in the way;
@@ -584,6 +584,26 @@ where
     F: Future<Output = Result<(), BoxError>> + Send + 'a,
 {
     HandlerFuture::from_or_box(future)
+}
+
+/// How many bytes an `async fn` handler's future may take to be driven on
+/// the stack by a blocking dispatch; a larger one is boxed first, so that a
+/// handler holding a big buffer across an `.await` does not hold it on the
+/// calling thread's stack for as long as it runs.
+pub const STACK_FUTURE_BYTES: usize = 16 * 1024;
+
+/// Drives an `async fn` handler's future to its end on this thread (the
+/// typed entry of a blocking dispatch): where it was made, or boxed when it
+/// is larger than `STACK_FUTURE_BYTES`.
+#[doc(hidden)]
+#[track_caller]
+#[inline]
+pub fn drive_future<F: Future>(future: F) -> F::Output {
+    if std::mem::size_of::<F>() > STACK_FUTURE_BYTES {
+        crate::executor::block_on(Box::pin(future))
+    } else {
+        crate::executor::block_on(future)
+    }
 }
 
 /// A typed async request entry's future, in place when it fits, else

@@ -69,7 +69,9 @@ const INBOUND: u32 = 1 << 31;
 /// dispatch gets its id only when something reads it (a handler that takes
 /// a [`MessageContext`], an event it releases, a failure kept as a dead
 /// letter, an enabled span). Every reader sees the same ids.
-#[derive(Debug, Clone, Copy)]
+/// Neither `Clone` nor `Copy`: a copy taken before the first read would
+/// make other ids.
+#[derive(Debug)]
 pub(crate) struct LazyContext(Option<MessageContext>);
 
 impl LazyContext {

@@ -103,8 +103,8 @@ pub use async_trait::async_trait;
 pub mod __private {
     pub use crate::bus::CommandCodec;
     pub use crate::call::{
-        borrow_event, borrow_from_frame, clone_event, event_result, handler_future, inject,
-        not_shared, put_output, ready_err, ready_ok, ready_request_err, request_future,
+        borrow_event, borrow_from_frame, clone_event, drive_future, event_result, handler_future,
+        inject, not_shared, put_output, ready_err, ready_ok, ready_request_err, request_future,
         request_result, take_event, take_from_frame, Call, DefaultError, HandlerFuture,
         HandlerOutput, MessageRef, Output, TakeMessage, TypedAsyncRequest, TypedRequest, TypedSync,
     };

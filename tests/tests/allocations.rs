@@ -86,6 +86,18 @@ async fn sum(cmd: Sum) -> Result<u64, Infallible> {
     Ok(buffer.iter().map(|byte| u64::from(*byte)).sum())
 }
 
+/// A command whose handler's future is too large to hold on the stack.
+#[derive(Debug, Command)]
+#[command(output = u64)]
+struct SumHuge(u8);
+
+#[handler]
+async fn sum_huge(cmd: SumHuge) -> Result<u64, Infallible> {
+    let buffer = [cmd.0; 64 * 1024];
+    std::future::ready(()).await;
+    Ok(buffer.iter().map(|byte| u64::from(*byte)).sum())
+}
+
 /// An event whose handlers are both `async fn`s.
 #[derive(Debug, Clone, Event)]
 struct Tock(u64);
@@ -127,6 +139,7 @@ fn builder() -> (arch_events::BusBuilder, Arc<Calls>) {
                 .handler::<tick_a>()
                 .handler::<tick_b>()
                 .handler::<sum>()
+                .handler::<sum_huge>()
                 .handler::<tock_a>()
                 .handler::<tock_b>()
                 .handler::<checkout>(),
@@ -256,6 +269,27 @@ fn a_blocking_dispatch_drives_even_a_large_handler_future_where_it_was_made() {
         info.count_total, 0,
         "the future is polled on this thread's stack, never stored: {info:?}"
     );
+    assert_eq!(wrong, 0);
+}
+
+#[test]
+fn a_blocking_dispatch_boxes_a_handler_future_too_large_for_the_stack_once() {
+    let (bus, _) = bus();
+    assert_eq!(
+        bus.dispatch_blocking(SumHuge(1)).expect("warm-up"),
+        64 * 1024
+    );
+    let mut wrong = 0;
+    let info = measure(|| {
+        for n in 0..CALLS {
+            let byte = (n % 200) as u8;
+            let total = bus
+                .dispatch_blocking(black_box(SumHuge(byte)))
+                .expect("dispatched");
+            wrong += u64::from(total != u64::from(byte) * 64 * 1024);
+        }
+    });
+    assert_eq!(info.count_total, CALLS, "one box per call: {info:?}");
     assert_eq!(wrong, 0);
 }
 

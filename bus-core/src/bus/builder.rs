@@ -347,6 +347,9 @@ impl BusBuilder {
                     let (pipeline, retry) = self.pipeline(meta, registration);
                     if let Some(pipeline) = pipeline {
                         handler.path = CallPath::Layered(pipeline, handler.path.call());
+                        // Its layers come first: no typed entry around them.
+                        handler.typed_request = None;
+                        handler.typed_async_request = None;
                     }
                     handler.retry = retry;
                     if meta.kind() == MessageKind::Command {
@@ -741,6 +744,8 @@ fn bind(
             registration.typed_request(),
             registration.typed_async_request(),
         ),
+        // Not made here: layers are set on a bound handler later, and clear
+        // its typed entries then.
         CallPath::Layered(..) => (None, None),
     };
     BoundHandler {

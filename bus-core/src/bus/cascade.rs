@@ -148,6 +148,17 @@ impl Cascade {
     #[inline]
     pub(super) fn finish(self) {
         if self.is_quiet() {
+            // Every field named: one added later must be weighed here.
+            let Cascade {
+                origin: _,
+                limit: _,
+                processed: _,
+                queue: None,
+                failures: None,
+            } = &self
+            else {
+                return;
+            };
             std::mem::forget(self);
         }
     }

@@ -2,10 +2,13 @@
 //! through its layers, retried when the command opted in), its typed result
 //! returned, then the events it released run to the end.
 //!
-//! Plain `fn` handlers without layers are called inline, with no future and
-//! no allocation; only `async fn` handlers and layered ones go through a
-//! (boxed) future. The `*_blocking` entry points therefore drive a dispatch
-//! whose handlers are all plain `fn`s without touching an executor at all.
+//! Plain `fn` handlers without layers are called inline, through their
+//! typed entries, with no future and no allocation. An `async fn` handler's
+//! future is driven where it was made by a blocking dispatch, stored in
+//! place (boxed beyond 256 bytes) by an awaited one; layered handlers go
+//! through a boxed future per layer. The `*_blocking` entry points
+//! therefore drive a dispatch whose handlers are all plain `fn`s without
+//! touching an executor at all.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -220,7 +223,9 @@ impl Bus {
     /// Counts a blocking dispatch (one that ends on this thread) in, or
     /// refuses it once the bus is closed.
     #[inline]
-    fn enter_blocking<E>(&self) -> Result<super::lifecycle::InFlight<'_>, DispatchError<E>> {
+    fn enter_blocking<E>(
+        &self,
+    ) -> Result<super::lifecycle::BlockingInFlight<'_>, DispatchError<E>> {
         self.inner
             .lifecycle
             .enter_blocking()

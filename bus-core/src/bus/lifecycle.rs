@@ -38,9 +38,12 @@
 //!    `fence(SeqCst)`, or `membarrier` makes it one on every thread of the
 //!    process). So either `L` comes after `B` and reads `true` (the dispatch
 //!    is refused), or `S` is visible when `B` returns and `R` reads it (or
-//!    a later value: the dispatch's own decrement, once it is over).
-//! 2. *A dispatch is counted on one counter from its entry to its end*, but
-//!    for the rest of an awaited dispatch that goes on detached: `detached`
+//!    a later value: the dispatch's own clear or decrement, or the covering
+//!    dispatch's clear, once it is over).
+//! 2. *A dispatch is counted from its entry to its end, on one counter or
+//!    slot (its own, or the slot of the dispatch covering it, which ends
+//!    after it)*, but for the rest of a dispatch that goes on detached:
+//!    `detached`
 //!    is incremented before the shard it comes from is decremented, and `R`
 //!    reads `detached` after every other counter. A read of the shard that
 //!    finds the decrement acquires it (the decrement is a release), and with
@@ -48,6 +51,11 @@
 //!    of `detached` finds that increment (or the end of the detached run).
 //! 3. *A dispatch made by a handler* enters while the dispatch running that
 //!    handler is still counted.
+//!
+//! A blocking dispatch's guard ([`BlockingInFlight`]) is not `Send`: it is
+//! dropped on the thread that made it, and a dispatch covered by another is
+//! a local of a call made inside that one, so it is dropped first, unwinding
+//! included. (Nested blocking dispatches on one thread count as one.)
 //!
 //! So when one reading of every counter after the close sums to zero, no
 //! dispatch is in flight and none will start: [`Lifecycle::wait_idle`]
@@ -96,6 +104,9 @@ struct ThreadIndex(usize);
 
 impl Drop for ThreadIndex {
     fn drop(&mut self) {
+        // From here on this thread (its later thread-local destructors) uses
+        // the shared overflow slot: the index may go to a new thread at once.
+        let _ = CACHED.try_with(|cached| cached.set(usize::MAX - 1));
         let mut indices = INDICES
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -147,6 +158,14 @@ fn first_index() -> usize {
 pub(crate) struct InFlight<'a> {
     counter: &'a AtomicUsize,
     counted: Counted,
+}
+
+/// A blocking dispatch in flight: an [`InFlight`] that stays on the thread
+/// that made it (not `Send`), so that a dispatch covered by its thread's
+/// slot always ends before the one that set it.
+pub(crate) struct BlockingInFlight<'a> {
+    _counted: InFlight<'a>,
+    _on_this_thread: std::marker::PhantomData<*const ()>,
 }
 
 /// How an [`InFlight`] dispatch is counted.
@@ -214,7 +233,7 @@ impl Lifecycle {
     /// must be dropped on this thread (it is: the dispatch runs to its end
     /// here).
     #[inline]
-    pub(crate) fn enter_blocking(&self) -> Result<InFlight<'_>, Closed> {
+    pub(crate) fn enter_blocking(&self) -> Result<BlockingInFlight<'_>, Closed> {
         let guard = match self.slots.get(thread_index()) {
             // Only this thread writes its slot: a plain store suffices, and
             // it stores a constant, so that no dispatch waits on the last
@@ -245,7 +264,10 @@ impl Lifecycle {
         if self.closed.load(Ordering::Acquire) {
             return Err(Closed);
         }
-        Ok(guard)
+        Ok(BlockingInFlight {
+            _counted: guard,
+            _on_this_thread: std::marker::PhantomData,
+        })
     }
 
     /// Counts in the rest of a dispatch that goes on detached from its
@@ -307,6 +329,12 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
     use std::sync::{Arc, Barrier};
+
+    /// Either guard, held until dropped.
+    enum Guard<'a> {
+        Blocking(#[allow(dead_code)] BlockingInFlight<'a>),
+        Awaited(#[allow(dead_code)] InFlight<'a>),
+    }
 
     #[test]
     fn the_rest_of_a_detached_dispatch_is_counted_before_its_origin_leaves() {
@@ -375,9 +403,9 @@ mod tests {
                         let mut violations = 0;
                         loop {
                             let entered = if n % 2 == 0 {
-                                life.enter_blocking()
+                                life.enter_blocking().map(Guard::Blocking)
                             } else {
-                                life.enter()
+                                life.enter().map(Guard::Awaited)
                             };
                             let Ok(guard) = entered else { break };
                             if idle_seen.load(Ordering::SeqCst) {

@@ -185,7 +185,7 @@ impl BusInner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{running} dispatch(es) still running after the {grace:?} grace period")]
 pub struct ShutdownError {
-    /// How many.
+    /// How many (blocking dispatches nested on one thread count as one).
     pub running: usize,
     /// The grace period that ended.
     pub grace: Duration,
@@ -239,7 +239,9 @@ impl Bus {
         self.inner.lifecycle.is_closed()
     }
 
-    /// How many dispatches (with their cascades) are running now.
+    /// How many dispatches (with their cascades) are running now. A
+    /// blocking dispatch made by a handler of another on the same thread
+    /// counts with that one.
     pub fn in_flight(&self) -> usize {
         self.inner.lifecycle.in_flight()
     }

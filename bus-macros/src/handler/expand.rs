@@ -15,9 +15,11 @@
 //!   and returns without running the handler. Every use of the user's types
 //!   is in that one function, so a type mistake in the signature is one
 //!   diagnostic, spanned on the user's token.
-//! - For a plain `fn` handler of an event, a *typed entry*, recorded in
-//!   describe mode: the same call given the event itself, so that an
-//!   event's route calls its handlers without a downcast each.
+//! - *Typed entries*, recorded in describe mode: the same call given the
+//!   message itself, so that the bus calls the handler without a downcast
+//!   (a plain `fn` event handler's borrows the event; a command's or
+//!   query's takes the message and hands back the result; an `async fn`
+//!   one's has a blocking driver and an in-place future).
 //! - The static `HandlerRegistration`, its `HandlerDef` impl on the handle,
 //!   and its `inventory` submission.
 //!
@@ -166,8 +168,8 @@ fn deliver(function: &ItemFn, locals: &Locals) -> TokenStream {
 }
 
 /// The describe mode: when the call carries a shape, record the handler's
-/// message, dependencies and declared events (and `typed`, a plain `fn`
-/// event handler's typed entry), and return `answer` without running it.
+/// message, dependencies and declared events (and `typed`, the handler's
+/// typed entries), and return `answer` without running it.
 fn describe(
     message: &MessageParam,
     dependencies: &[Type],
@@ -437,7 +439,7 @@ fn typed_async_request(
     let blocking_entry = parts.request_entry(
         function,
         locals,
-        |call| quote!(::arch_events::__private::block_on(#call)),
+        |call| quote!(::arch_events::__private::drive_future(#call)),
     );
     let future = quote_spanned! {async_span=>
         ::arch_events::__private::request_future(async move {

@@ -101,7 +101,7 @@ mod tests {
             "__private :: handler_future",
             "typed_async_request :: < Shipped >",
             "typed_request :: < Shipped >",
-            "__private :: block_on",
+            "__private :: drive_future",
             "borrow_owned",
             "__private :: request_future",
             "inject :: < & Stock >",
