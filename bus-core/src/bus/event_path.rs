@@ -19,7 +19,7 @@ use crate::events::{Closed, ErasedEvent, PendingEvent, Recorded};
 use crate::executor::block_on;
 use crate::inject::Scope;
 use crate::layer::{Next, Outcome};
-use crate::message::{Event, MessageMeta};
+use crate::message::{Event, Message, MessageMeta};
 use crate::observer::{panic_text, FailureCause, HandlerFailure};
 use crate::registry::HandlerFn;
 
@@ -518,7 +518,7 @@ impl Bus {
     /// a handler without one goes through its erased entry. The calls share
     /// one scope until one of them uses it (asks for a releaser): a fresh
     /// one follows that call. The event's ids are made when first read.
-    pub(super) fn handle_typed_blocking<M>(
+    pub(super) fn handle_typed_blocking<M: Message>(
         &self,
         route: &TypedRoute<M>,
         handlers: &[BoundHandler],
@@ -527,7 +527,8 @@ impl Bus {
         ids: &mut LazyContext,
         cascade: &mut Cascade,
     ) {
-        let meta = event.meta();
+        // The event's type is known here: no virtual call for its meta.
+        let meta = M::meta();
         let traced = super::invocation::spans_wanted();
         // Read once per event: a test's recorder, if one is attached.
         let tap = self.inner.watch.tap.get();
