@@ -147,18 +147,15 @@ impl Cascade {
     /// spares is a call into its drop glue on `publish_blocking`'s hot path.
     #[inline]
     pub(super) fn finish(self) {
-        if self.is_quiet() {
-            // Every field named: one added later must be weighed here.
-            let Cascade {
-                origin: _,
-                limit: _,
-                processed: _,
-                queue: None,
-                failures: None,
-            } = &self
-            else {
-                return;
-            };
+        // Every field named: one added later must be weighed here.
+        if let Cascade {
+            origin: _,
+            limit: _,
+            processed: _,
+            queue: None,
+            failures: None,
+        } = &self
+        {
             std::mem::forget(self);
         }
     }

@@ -18,7 +18,8 @@ use tracing::Instrument;
 use super::cascade::{Cascade, Current, Run};
 use super::command_retry::CommandRetry;
 use super::invocation::{
-    dispatch_span, enter, request_handler_span, wanted_dispatch_span, RequestInvocation, NO_SPAN,
+    dispatch_span, enter, request_handler_span, wanted_dispatch_span, within, RequestInvocation,
+    NO_SPAN,
 };
 use super::routes::{BoundHandler, CallPath};
 use super::Bus;
@@ -175,12 +176,10 @@ impl Bus {
         // at least 1.
         let cascade = Cascade::new(meta, self.inner.max_messages, 1);
         let published = (&event, route, &mut ids);
-        // Not through `enter`: a closure called from two places stays a
-        // call of its own.
-        match &span {
-            None => self.publish_to_end(published, cascade, blocking),
-            Some(span) => span.in_scope(|| self.publish_to_end(published, cascade, blocking)),
-        }
+        within!(
+            span.as_ref(),
+            self.publish_to_end(published, cascade, blocking)
+        )
         .map_err(DispatchError::from)
     }
 
@@ -329,22 +328,18 @@ impl Bus {
         let span = wanted_dispatch_span(meta, kind, &mut context);
         let mut scope = Scope::request(context, meta.kind());
         let output = match (&handler.path, handler.command_retry.is_some()) {
-            // The hot path: a plain `fn`, called inline. (Not through
-            // `enter`: its closure, called from two places, stays a call of
-            // its own.)
-            (CallPath::Inline(f), false) => match &span {
-                None => request_sync(handler, *f, message, &mut scope),
-                Some(span) => span.in_scope(|| request_sync(handler, *f, message, &mut scope)),
-            },
-            // An `async fn`: its future polled here, in place.
+            // The hot path: a plain `fn`, called inline.
+            (CallPath::Inline(f), false) => within!(
+                span.as_ref(),
+                request_sync(handler, *f, message, &mut scope)
+            ),
+            // An `async fn`: its future driven here, where it was made.
             (CallPath::Awaited(f), false) => {
                 blocking.check();
-                match &span {
-                    None => request_async_blocking(handler, *f, message, &mut scope),
-                    Some(span) => {
-                        span.in_scope(|| request_async_blocking(handler, *f, message, &mut scope))
-                    }
-                }
+                within!(
+                    span.as_ref(),
+                    request_async_blocking(handler, *f, message, &mut scope)
+                )
             }
             _ => {
                 // Layers or a retry: driven on this thread.

@@ -48,6 +48,19 @@ pub(super) fn dispatch_span(
     new_dispatch_span(meta, kind, context)
 }
 
+/// Evaluates `$call` inside `$span`, an `Option<&Span>` (`None` when no
+/// span is wanted). A macro rather than `enter`: a closure called from two
+/// branches stays a call of its own, and this is for the hot paths.
+macro_rules! within {
+    ($span:expr, $call:expr) => {
+        match $span {
+            None => $call,
+            Some(span) => span.in_scope(|| $call),
+        }
+    };
+}
+pub(super) use within;
+
 /// A disabled span, for a path that made none.
 pub(super) static NO_SPAN: Span = Span::none();
 
