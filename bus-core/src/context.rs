@@ -66,37 +66,94 @@ pub struct MessageContext {
 const INBOUND: u32 = 1 << 31;
 
 /// A message's ids, made on first demand: an event published outside any
-/// dispatch gets its id only when something reads it (a handler that takes
-/// a [`MessageContext`], an event it releases, a failure kept as a dead
-/// letter, an enabled span). Every reader sees the same ids.
+/// dispatch, or released by a handler, gets its id only when something
+/// reads it (a handler that takes a [`MessageContext`], an event it
+/// releases, a failure kept as a dead letter, an enabled span, a test's
+/// recorder). Every reader sees the same ids. Its correlation and causation
+/// ids are known from the start: the cause's ([`Cause`]).
 /// Neither `Clone` nor `Copy`: a copy taken before the first read would
 /// make other ids.
 #[derive(Debug)]
-pub(crate) struct LazyContext(Option<MessageContext>);
+pub(crate) struct LazyContext {
+    ids: Option<MessageContext>,
+    /// What the message was released by; `None` for a first message.
+    cause: Option<Cause>,
+}
+
+/// The ids a message released by a handler takes from the message that
+/// handler handled: its correlation id, and its id as the causation id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cause {
+    correlation_id: MessageId,
+    causation_id: MessageId,
+}
+
+impl Cause {
+    /// The cause of a message released while handling `cause`.
+    #[inline]
+    pub(crate) fn of(cause: &MessageContext) -> Self {
+        Cause {
+            correlation_id: cause.correlation_id,
+            causation_id: cause.message_id,
+        }
+    }
+
+    /// The ids of the message released, its own id made now.
+    #[inline]
+    pub(crate) fn ids(self) -> MessageContext {
+        MessageContext::with_ids(
+            MessageId::new(),
+            self.correlation_id,
+            Some(self.causation_id),
+            false,
+        )
+    }
+}
 
 impl LazyContext {
     /// The ids of a first message, not made yet.
     #[inline]
     pub(crate) fn root() -> Self {
-        LazyContext(None)
+        LazyContext {
+            ids: None,
+            cause: None,
+        }
     }
 
-    /// Ids known already (a queued event's).
+    /// Ids known already.
     #[inline]
     pub(crate) fn known(context: MessageContext) -> Self {
-        LazyContext(Some(context))
+        LazyContext {
+            ids: Some(context),
+            cause: None,
+        }
+    }
+
+    /// The ids of a message released while handling the one `cause`
+    /// describes, not made yet.
+    #[inline]
+    pub(crate) fn caused_by(cause: Cause) -> Self {
+        LazyContext {
+            ids: None,
+            cause: Some(cause),
+        }
     }
 
     /// The ids, made now if nothing asked for them before.
     #[inline]
     pub(crate) fn get(&mut self) -> MessageContext {
-        *self.0.get_or_insert_with(MessageContext::root)
+        let LazyContext { ids, cause } = self;
+        *ids.get_or_insert_with(|| match cause {
+            Some(cause) => cause.ids(),
+            None => MessageContext::root(),
+        })
     }
 
-    /// The slot itself, for a span that fills it only when enabled.
+    /// The slot itself, for a span of a first message that fills it only
+    /// when enabled.
     #[inline]
     pub(crate) fn slot(&mut self) -> &mut Option<MessageContext> {
-        &mut self.0
+        &mut self.ids
     }
 }
 
@@ -155,17 +212,6 @@ impl MessageContext {
         causation_id: Option<MessageId>,
     ) -> Self {
         MessageContext::with_ids(message_id, correlation_id, causation_id, false)
-    }
-
-    /// The context of a message released by the handler of this one.
-    #[inline]
-    pub(crate) fn caused(&self) -> Self {
-        MessageContext::with_ids(
-            MessageId::new(),
-            self.correlation_id,
-            Some(self.message_id),
-            false,
-        )
     }
 
     /// The same message, at another attempt of the handler call.
@@ -240,7 +286,7 @@ impl fmt::Display for Causation {
 
 #[cfg(test)]
 mod tests {
-    use super::{MessageContext, MessageId};
+    use super::{Cause, MessageContext, MessageId};
 
     #[test]
     fn an_inbound_message_stays_inbound_across_attempts_and_its_events_do_not() {
@@ -252,7 +298,7 @@ mod tests {
         assert!(third.is_inbound());
         assert_eq!(third.attempt(), 3);
         assert!(format!("{third:?}").contains("attempt: 3, inbound: true"));
-        assert!(!inbound.caused().is_inbound());
+        assert!(!Cause::of(&inbound).ids().is_inbound());
         assert!(!MessageContext::root().at_attempt(2).is_inbound());
     }
 }

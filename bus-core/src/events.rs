@@ -7,17 +7,22 @@
 
 use std::any::Any;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::cell::Cell;
+use std::sync::Arc;
 
-use crate::context::MessageContext;
+use spin::mutex::{SpinMutex, SpinMutexGuard};
+use spin::relax::Yield;
+
+use crate::context::{Cause, LazyContext, MessageContext};
 use crate::delivery::{Delivery, DeliveryLog, Stored};
+use crate::event_box::{event_box, EventBox};
 use crate::message::{Event, MessageMeta};
 
 /// The object-safe face of an event, for queues and recorders.
 pub(crate) trait ErasedEvent: Send + Sync + 'static {
     fn meta(&self) -> &'static MessageMeta;
     fn as_any(&self) -> &(dyn Any + Send + Sync);
-    fn clone_box(&self) -> Box<dyn ErasedEvent>;
+    fn clone_box(&self) -> EventBox;
     fn debug(&self) -> &dyn fmt::Debug;
 }
 
@@ -28,42 +33,100 @@ impl<E: Event> ErasedEvent for E {
     fn as_any(&self) -> &(dyn Any + Send + Sync) {
         self
     }
-    fn clone_box(&self) -> Box<dyn ErasedEvent> {
-        Box::new(self.clone())
+    fn clone_box(&self) -> EventBox {
+        event_box(self.clone())
     }
     fn debug(&self) -> &dyn fmt::Debug {
         self
     }
 }
 
+/// Events a handler call released, in order: the buffer that becomes its
+/// dispatch's queue.
+pub(crate) type Released = Vec<PendingEvent>;
+
+/// What is known of a pending event's ids.
+#[derive(Clone, Copy)]
+enum EventIds {
+    /// Nothing: it is in no dispatch yet.
+    Unassigned,
+    /// Its cause's: its own id is made when first read.
+    Caused(Cause),
+    /// All of them.
+    Known(MessageContext),
+}
+
 /// One event of any type, waiting to be handled.
 pub struct PendingEvent {
-    event: Box<dyn ErasedEvent>,
-    /// Set when the event joins a dispatch's queue, or earlier by a unit of
-    /// work that stores it ([`assign_ids`](Self::assign_ids)).
-    pub(crate) context: Option<MessageContext>,
+    /// Inline when small: releasing a small event allocates nothing.
+    event: EventBox,
+    /// Its cause's when it joins a dispatch's queue, its own once read or
+    /// assigned by a unit of work that stores it
+    /// ([`assign_ids`](Self::assign_ids)).
+    ids: EventIds,
     /// Set by a store that wrote the event ([`stored`](Self::stored)).
-    pub(crate) stored: Option<Stored>,
+    /// Boxed: most events are not stored, and a smaller event moves
+    /// through the queue faster.
+    pub(crate) stored: Option<Box<Stored>>,
 }
 
 impl PendingEvent {
     /// Wraps an event.
     pub fn new<E: Event>(event: E) -> Self {
-        PendingEvent::boxed(Box::new(event))
+        PendingEvent::boxed(event_box(event))
     }
 
-    fn boxed(event: Box<dyn ErasedEvent>) -> Self {
+    fn boxed(event: EventBox) -> Self {
         PendingEvent {
             event,
-            context: None,
+            ids: EventIds::Unassigned,
             stored: None,
         }
     }
 
-    /// The ids the event is handled with: `None` until it joins a
-    /// dispatch's queue, or until [`assign_ids`](Self::assign_ids).
+    /// The ids the event is handled with: `None` until the bus handles it
+    /// and something reads them (a handler taking a [`MessageContext`], an
+    /// event it releases, a failure, a span, a test's recorder), or until
+    /// [`assign_ids`](Self::assign_ids).
     pub fn context(&self) -> Option<MessageContext> {
-        self.context
+        match self.ids {
+            EventIds::Known(context) => Some(context),
+            EventIds::Unassigned | EventIds::Caused(_) => None,
+        }
+    }
+
+    /// Queues the event as released by the handler of the message `cause`
+    /// describes: it takes that message's correlation id, and that
+    /// message's id as its causation id; its own id is made when first
+    /// read. An event with ids (a stored one) keeps them.
+    #[inline]
+    pub(crate) fn caused_by(&mut self, cause: &MessageContext) {
+        if let EventIds::Unassigned = self.ids {
+            self.ids = EventIds::Caused(Cause::of(cause));
+        }
+    }
+
+    /// The ids the bus handles the event with, made on first read.
+    #[inline]
+    pub(crate) fn lazy_ids(&self) -> LazyContext {
+        match self.ids {
+            EventIds::Unassigned => LazyContext::root(),
+            EventIds::Caused(cause) => LazyContext::caused_by(cause),
+            EventIds::Known(context) => LazyContext::known(context),
+        }
+    }
+
+    /// The ids the bus handles the event with, made now if they were not.
+    #[inline]
+    pub(crate) fn fixed_ids(&mut self) -> MessageContext {
+        let context = self.lazy_ids().get();
+        self.ids = EventIds::Known(context);
+        context
+    }
+
+    /// Gives the event exactly these ids.
+    pub(crate) fn set_ids(&mut self, context: MessageContext) {
+        self.ids = EventIds::Known(context);
     }
 
     /// Gives the event its ids now, as an event released by the handler of
@@ -86,13 +149,16 @@ impl PendingEvent {
     /// assert_eq!(event.assign_ids(&MessageContext::root()), ids, "assigned once");
     /// ```
     pub fn assign_ids(&mut self, cause: &MessageContext) -> MessageContext {
-        *self.context.get_or_insert_with(|| cause.caused())
+        if let EventIds::Unassigned = self.ids {
+            self.ids = EventIds::Caused(Cause::of(cause));
+        }
+        self.fixed_ids()
     }
 
     /// The event with exactly these ids: a stored event read back, to be
     /// handled with the ids it was stored with.
     pub fn with_context(mut self, context: MessageContext) -> Self {
-        self.context = Some(context);
+        self.ids = EventIds::Known(context);
         self
     }
 
@@ -100,10 +166,8 @@ impl PendingEvent {
     /// how its delivery goes (see [`DeliveryLog`]). Its ids are made first
     /// if it has none (see [`assign_ids`](Self::assign_ids)).
     pub fn stored(mut self, log: Arc<dyn DeliveryLog>) -> Self {
-        if self.context.is_none() {
-            self.context = Some(MessageContext::root());
-        }
-        self.stored = Some(Stored::new(log));
+        self.fixed_ids();
+        self.stored = Some(Box::new(Stored::new(log)));
         self
     }
 
@@ -165,8 +229,8 @@ impl Clone for PendingEvent {
     fn clone(&self) -> Self {
         PendingEvent {
             event: self.event.clone_box(),
-            context: self.context,
-            stored: self.stored.as_ref().map(Stored::copy),
+            ids: self.ids,
+            stored: self.stored.as_ref().map(|stored| Box::new(stored.copy())),
         }
     }
 }
@@ -174,7 +238,11 @@ impl Clone for PendingEvent {
 impl Drop for PendingEvent {
     fn drop(&mut self) {
         if let Some(stored) = &mut self.stored {
-            stored.let_go(self.context.map(|context| context.message_id()));
+            let id = match self.ids {
+                EventIds::Known(context) => Some(context.message_id()),
+                EventIds::Unassigned | EventIds::Caused(_) => None,
+            };
+            stored.let_go(id);
         }
     }
 }
@@ -328,12 +396,67 @@ pub trait Aggregate {
 /// ```
 #[derive(Clone, Default)]
 pub struct EventReleaser {
-    inner: Arc<Mutex<ReleaserState>>,
+    inner: Arc<ReleaserLock>,
+}
+
+/// The lock around a releaser's state: a spin lock, whose release is a
+/// plain store, as the state is only ever held for a push or a take, by one
+/// call's handler and units of work, in turn; a thread that finds it taken
+/// (another thread releasing through a clone at that very moment) yields.
+type ReleaserLock = SpinMutex<ReleaserState, Yield>;
+
+thread_local! {
+    /// A releaser's state that its last call left unshared, emptied: the
+    /// next call on this thread takes it instead of allocating one.
+    static SPARE: Cell<Option<Arc<ReleaserLock>>> = const { Cell::new(None) };
+
+    /// The buffer of a dispatch's queue that was done with, empty: the next
+    /// call on this thread that releases an event fills it instead of
+    /// allocating one (the released events' buffer becomes the queue).
+    static SPARE_BUFFER: Cell<Vec<PendingEvent>> = const { Cell::new(Vec::new()) };
+}
+
+/// The most events a buffer kept for reuse holds room for: a dispatch that
+/// queued more gives its larger buffer back to the allocator.
+const SPARE_BUFFER_MAX: usize = 64;
+
+/// Keeps the empty buffer of a dispatch's queue for this thread's next
+/// releasing call (see [`SPARE_BUFFER`]).
+pub(crate) fn recycle_buffer(buffer: Released) {
+    if buffer.is_empty() && buffer.capacity() <= SPARE_BUFFER_MAX {
+        // A thread being torn down keeps nothing.
+        let _ = SPARE_BUFFER.try_with(|spare| spare.set(buffer));
+    }
+}
+
+impl ReleaserState {
+    /// Takes what the call released, what its units of work dropped and
+    /// what a query's call tried to release.
+    #[inline]
+    fn take_closed(&mut self) -> Closed {
+        Closed {
+            events: std::mem::take(&mut self.events),
+            uncommitted: std::mem::take(&mut self.uncommitted),
+            refused: std::mem::take(&mut self.refused),
+        }
+    }
+
+    /// The buffer released events go to: the spare one of this thread
+    /// when this call has none yet.
+    #[inline]
+    fn buffer(&mut self) -> &mut Released {
+        if self.events.capacity() == 0 {
+            if let Ok(buffer) = SPARE_BUFFER.try_with(Cell::take) {
+                self.events = buffer;
+            }
+        }
+        &mut self.events
+    }
 }
 
 #[derive(Default)]
 struct ReleaserState {
-    events: Vec<PendingEvent>,
+    events: Released,
     closed: bool,
     /// Whether the bus made it for a handler call (and so checks it when
     /// the call ends); `false` for [`EventReleaser::new`].
@@ -353,7 +476,7 @@ struct ReleaserState {
 #[derive(Default)]
 pub(crate) struct Closed {
     /// What it released, for the queue.
-    pub(crate) events: Vec<PendingEvent>,
+    pub(crate) events: Released,
     /// What its units of work dropped without committing.
     pub(crate) uncommitted: Uncommitted,
     /// What it tried to release although it is a query's.
@@ -412,12 +535,21 @@ impl EventReleaser {
     /// The releaser of one handler call (`delivery`: the stored event it
     /// delivers, if it is one; `reads_only`: the call is a query's).
     pub(crate) fn for_call(delivery: Option<Delivery>, reads_only: bool) -> Self {
-        let releaser = Self::default();
-        {
+        // The state a call on this thread left unshared, ready for a call
+        // that delivers nothing and is not a query's (see `close_checked`),
+        // or a new one.
+        let inner = match SPARE.try_with(Cell::take) {
+            Ok(Some(spare)) => spare,
+            _ => Arc::new(ReleaserLock::new(ReleaserState {
+                in_call: true,
+                ..ReleaserState::default()
+            })),
+        };
+        let releaser = EventReleaser { inner };
+        if delivery.is_some() || reads_only {
             let mut state = releaser.state();
             state.delivery = delivery;
             state.reads_only = reads_only;
-            state.in_call = true;
         }
         releaser
     }
@@ -437,46 +569,56 @@ impl EventReleaser {
         !self.state().reads_only
     }
 
-    fn state(&self) -> MutexGuard<'_, ReleaserState> {
-        // A panic while the lock was held cannot leave the Vec half-written:
-        // pushes are single calls. Keep going with the data.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn state(&self) -> SpinMutexGuard<'_, ReleaserState, Yield> {
+        // A panic while the lock was held cannot leave the Vec half-written
+        // (pushes are single calls), and unwinding releases the lock.
+        self.inner.lock()
     }
 
     /// Releases one event.
     pub fn release<E: Event>(&self, event: E) {
-        self.release_all([PendingEvent::new(event)]);
+        let mut state = self.state();
+        if state.reads_only || state.closed {
+            return Self::refuse(state, [PendingEvent::new(event)]);
+        }
+        state.buffer().push(PendingEvent::new(event));
     }
 
     /// Releases events, in order.
     pub fn release_all(&self, events: impl IntoIterator<Item = PendingEvent>) {
         let mut state = self.state();
+        if state.reads_only || state.closed {
+            return Self::refuse(state, events);
+        }
+        state.buffer().extend(events);
+    }
+
+    /// Events released through a query's releaser, or after the call
+    /// ended: refused, and said so.
+    #[cold]
+    #[inline(never)]
+    fn refuse(
+        mut state: SpinMutexGuard<'_, ReleaserState, Yield>,
+        events: impl IntoIterator<Item = PendingEvent>,
+    ) {
+        let names: Vec<&'static str> = events.into_iter().map(|e| e.name()).collect();
+        if names.is_empty() {
+            return;
+        }
         if state.reads_only {
-            let names: Vec<&'static str> = events.into_iter().map(|e| e.name()).collect();
-            if !names.is_empty() {
-                tracing::error!(
-                    events = ?names,
-                    "a query's handler released events: refused, and the query fails \
-                     (a query reads, it never releases events)"
-                );
-                state.refused.extend(names);
-            }
-            return;
+            tracing::error!(
+                events = ?names,
+                "a query's handler released events: refused, and the query fails \
+                 (a query reads, it never releases events)"
+            );
+            state.refused.extend(names);
+        } else {
+            tracing::error!(
+                events = ?names,
+                "events released after their handler returned were not handled; \
+                 release events before the handler returns"
+            );
         }
-        if state.closed {
-            let names: Vec<&str> = events.into_iter().map(|e| e.name()).collect();
-            if !names.is_empty() {
-                tracing::error!(
-                    events = ?names,
-                    "events released after their handler returned were not handled; \
-                     release events before the handler returns"
-                );
-            }
-            return;
-        }
-        state.events.extend(events);
     }
 
     /// Releases everything the aggregate recorded, leaving it empty.
@@ -493,21 +635,46 @@ impl EventReleaser {
     }
 
     /// Takes what was released and refuses anything later.
-    pub(crate) fn close(&self) -> Vec<PendingEvent> {
+    pub(crate) fn close(self) -> Released {
         self.close_checked().events
     }
 
     /// Takes what was released, what units of work dropped without
     /// committing and what a query's call tried to release, and refuses
-    /// anything later.
-    pub(crate) fn close_checked(&self) -> Closed {
-        let mut state = self.state();
-        state.closed = true;
-        Closed {
-            events: std::mem::take(&mut state.events),
-            uncommitted: std::mem::take(&mut state.uncommitted),
-            refused: std::mem::take(&mut state.refused),
-        }
+    /// anything later (through any clone still held).
+    ///
+    /// When no clone is left, the state is emptied and kept for the next
+    /// call on this thread, so that a call that releases events does not
+    /// allocate its releaser. No clone can appear meanwhile: cloning takes
+    /// a releaser, and this one is the last.
+    pub(crate) fn close_checked(mut self) -> Closed {
+        // The last handle (the common case): no lock to take, and the state
+        // is kept for the next call.
+        let Some(state) = Arc::get_mut(&mut self.inner).map(SpinMutex::get_mut) else {
+            // Shared: closed for good.
+            let mut state = self.state();
+            state.closed = true;
+            return state.take_closed();
+        };
+        let closed = state.take_closed();
+        // Every field named: one added later must be reset here too. Ready
+        // for a call that delivers nothing and is not a query's.
+        let ReleaserState {
+            events: _,
+            closed: is_closed,
+            in_call,
+            reads_only,
+            refused: _,
+            delivery,
+            recorded,
+            uncommitted: _,
+        } = state;
+        (*is_closed, *in_call, *reads_only) = (false, true, false);
+        (*delivery, *recorded) = (None, Recorded::No);
+        let inner = self.inner;
+        // A thread being torn down keeps nothing.
+        let _ = SPARE.try_with(|spare| spare.set(Some(inner)));
+        closed
     }
 
     /// Says that a unit of work was dropped without commit or rollback while
@@ -620,7 +787,7 @@ mod tests {
         let releaser = EventReleaser::new();
         releaser.release(Shipped(1));
         releaser.release_all([PendingEvent::new(Shipped(2))]);
-        let clone = releaser.clone();
+        let (clone, other) = (releaser.clone(), releaser.clone());
         let taken = releaser.close();
         let values: Vec<_> = taken
             .iter()
@@ -628,7 +795,39 @@ mod tests {
             .collect();
         assert_eq!(values, [Some(1), Some(2)]);
         clone.release(Shipped(3));
-        assert!(releaser.drain().is_empty(), "a late release is refused");
+        assert!(other.drain().is_empty(), "a late release is refused");
+    }
+
+    #[test]
+    fn a_closed_releaser_nobody_holds_is_reused_empty_and_a_shared_one_never() {
+        let first = EventReleaser::for_call(None, true);
+        first.release(Shipped(1));
+        let kept = first.clone();
+        let closed = first.close_checked();
+        assert_eq!(closed.refused.len(), 1, "a query's releaser refused it");
+        // A clone is still held: the next call gets a state of its own.
+        let second = EventReleaser::for_call(None, false);
+        assert!(!Arc::ptr_eq(&kept.inner, &second.inner));
+        second.release(Shipped(2));
+        let second_state = Arc::as_ptr(&second.inner);
+        assert_eq!(second.close_checked().events.len(), 1);
+        // Nothing held that one: the next call on this thread reuses it,
+        // emptied, and as a command's releaser it takes events again.
+        let third = EventReleaser::for_call(None, false);
+        assert_eq!(Arc::as_ptr(&third.inner), second_state, "reused");
+        assert!(third.accepts_events());
+        assert!(third.delivery().is_none());
+        third.release(Shipped(3));
+        let closed = third.close_checked();
+        let values: Vec<_> = closed
+            .events
+            .iter()
+            .map(|e| e.downcast_ref::<Shipped>().map(|s| s.0))
+            .collect();
+        assert_eq!(values, [Some(3)], "nothing of the earlier calls is left");
+        // The first one, still held, stays closed.
+        kept.release(Shipped(4));
+        assert!(kept.drain().is_empty());
     }
 
     #[test]

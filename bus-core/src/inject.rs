@@ -335,10 +335,10 @@ impl Scope {
 
     /// Closes the releaser (if any was asked for) and takes what it holds.
     #[inline]
-    pub(crate) fn finish(self) -> Vec<crate::events::PendingEvent> {
+    pub(crate) fn finish(self) -> crate::events::Released {
         match self.releaser {
             Some(releaser) => releaser.close(),
-            None => Vec::new(),
+            None => crate::events::Released::new(),
         }
     }
 

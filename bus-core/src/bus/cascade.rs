@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use crate::context::MessageContext;
 use crate::dead_letter::DeadLetter;
 use crate::error::CascadeLimitError;
-use crate::events::PendingEvent;
+use crate::events::{PendingEvent, Released};
 use crate::message::MessageMeta;
 use crate::observer::FailureCause;
 use crate::registry::HandlerRegistration;
@@ -22,6 +22,20 @@ pub(crate) struct Cascade {
     /// Created on the first failure: most dispatches never need it, and an
     /// empty one costs nothing to drop.
     failures: Option<Box<Failures>>,
+}
+
+impl Drop for Cascade {
+    /// An emptied queue's buffer is kept for the next releasing call on
+    /// this thread: a dispatch whose handlers release events allocates
+    /// nothing for them.
+    fn drop(&mut self) {
+        if let Some(queue) = self.queue.take() {
+            if queue.is_empty() {
+                // An empty queue's buffer, without moving anything.
+                crate::events::recycle_buffer(Vec::from(queue));
+            }
+        }
+    }
 }
 
 /// A cascade's failures not dealt with yet.
@@ -219,10 +233,11 @@ impl Cascade {
     /// Queues events released by the handler of the message `cause`
     /// describes, after those already queued.
     #[inline]
-    pub(super) fn push_all(&mut self, mut events: Vec<PendingEvent>, cause: &MessageContext) {
+    pub(super) fn push_all(&mut self, mut events: Released, cause: &MessageContext) {
         for event in &mut events {
-            // A unit of work that stored the event gave it its ids already.
-            event.assign_ids(cause);
+            // Its own id is made when first read; a unit of work that stored
+            // the event gave it its ids already.
+            event.caused_by(cause);
         }
         match &mut self.queue {
             Some(queue) => queue.extend(events),
@@ -243,9 +258,7 @@ impl Cascade {
 
     /// The next queued event, counted against the bound.
     #[inline]
-    pub(super) fn next(
-        &mut self,
-    ) -> Result<Option<(PendingEvent, MessageContext)>, Box<CascadeLimitError>> {
+    pub(super) fn next(&mut self) -> Result<Option<PendingEvent>, Box<CascadeLimitError>> {
         let Some(event) = self.queue.as_mut().and_then(VecDeque::pop_front) else {
             return Ok(None);
         };
@@ -253,14 +266,7 @@ impl Cascade {
         if self.processed > self.limit {
             return Err(Box::new(self.limit_error(event.name())));
         }
-        let context = event.context().unwrap_or_else(|| self.origin_context());
-        Ok(Some((event, context)))
-    }
-
-    /// The context of an event queued without one (never, in practice).
-    #[cold]
-    fn origin_context(&self) -> MessageContext {
-        MessageContext::root()
+        Ok(Some(event))
     }
 
     #[cold]

@@ -148,7 +148,7 @@ impl Bus {
         let mut cascade = Cascade::new(E::meta(), self.inner.max_messages, 0);
         cascade.count(E::meta())?;
         let mut event = PendingEvent::new(event);
-        event.context = Some(context);
+        event.set_ids(context);
         let run = Run::starting_with(cascade, Current::new(event, context));
         self.run_to_end(run, span)
             .await

@@ -26,8 +26,10 @@ use crate::registry::HandlerFn;
 impl Bus {
     /// Tells the attached recorder (tests) about an event leaving the queue.
     #[inline]
-    pub(super) fn tap_released(&self, event: &PendingEvent) {
+    pub(super) fn tap_released(&self, event: &mut PendingEvent) {
         if let Some(tap) = self.inner.watch.tap.get() {
+            // What the recorder keeps shows the ids the handlers see.
+            event.fixed_ids();
             tap.released(event);
         }
     }
@@ -89,7 +91,7 @@ impl Bus {
             Some(typed) => {
                 self.handle_typed_blocking(typed, &route.handlers, event, event, ids, cascade)
             }
-            None => self.handle_route_blocking(route, event, meta, ids.get(), cascade),
+            None => self.handle_route_blocking(route, event, meta, ids, cascade),
         }
     }
 
@@ -116,8 +118,9 @@ impl Bus {
             self.after_event(run).await;
             run.current = None;
             match run.cascade.next() {
-                Ok(Some((event, context))) => {
-                    self.tap_released(&event);
+                Ok(Some(mut event)) => {
+                    self.tap_released(&mut event);
+                    let context = event.fixed_ids();
                     run.current = Some(Current::new(event, context));
                 }
                 Ok(None) => return Ok(()),
@@ -148,13 +151,8 @@ impl Bus {
                         block_on(self.handle_tracked(current, &mut run.cascade));
                     } else {
                         let (event, meta) = (current.event.erased(), current.event.meta());
-                        self.handle_route_blocking(
-                            route,
-                            event,
-                            meta,
-                            current.context,
-                            &mut run.cascade,
-                        );
+                        let ids = &mut LazyContext::known(current.context);
+                        self.handle_route_blocking(route, event, meta, ids, &mut run.cascade);
                         // Through with every handler: a run taken up
                         // elsewhere goes on after them.
                         current.next = usize::MAX;
@@ -164,9 +162,10 @@ impl Bus {
             self.after_event_blocking(run, blocking);
             run.current = None;
             match run.cascade.next() {
-                Ok(Some((event, context))) => {
-                    self.tap_released(&event);
+                Ok(Some(mut event)) => {
+                    self.tap_released(&mut event);
                     if event.is_stored() {
+                        let context = event.fixed_ids();
                         run.current = Some(Current::new(event, context));
                         continue;
                     }
@@ -175,6 +174,7 @@ impl Bus {
                         continue;
                     };
                     if route.drives {
+                        let context = event.fixed_ids();
                         run.current = Some(Current::new(event, context));
                         continue;
                     }
@@ -183,8 +183,9 @@ impl Bus {
                     // the event is handled here, without becoming the
                     // run's current event (what a run taken up elsewhere
                     // would go on with). What failed is in the cascade.
-                    let (erased, meta) = (event.erased(), event.meta());
-                    self.handle_route_blocking(route, erased, meta, context, &mut run.cascade);
+                    // Its ids are made only if something reads them.
+                    let (erased, meta, ids) = (event.erased(), event.meta(), &mut event.lazy_ids());
+                    self.handle_route_blocking(route, erased, meta, ids, &mut run.cascade);
                 }
                 Ok(None) => return Ok(()),
                 Err(limit) => {
@@ -419,18 +420,17 @@ impl Bus {
         route: &super::routes::Route,
         event: &dyn ErasedEvent,
         meta: &'static MessageMeta,
-        context: MessageContext,
+        ids: &mut LazyContext,
         cascade: &mut Cascade,
     ) {
         if let Some(typed) = &route.typed {
-            let ids = &mut LazyContext::known(context);
             if typed.run_blocking(self, &route.handlers, event, ids, cascade) {
                 return;
             }
         }
         let traced = super::invocation::spans_wanted();
         for handler in route.handlers.iter() {
-            self.call_erased_blocking(handler, event, meta, context, cascade, traced);
+            self.call_erased_blocking(handler, event, meta, ids.get(), cascade, traced);
         }
     }
 

@@ -15,7 +15,7 @@ use crate::call::{AsyncCall, BoxFuture, Call, MessageRef, SyncCall};
 use crate::context::{Causation, MessageContext};
 use crate::delivery::Delivery;
 use crate::error::BoxError;
-use crate::events::{Closed, PendingEvent, Recorded};
+use crate::events::{Closed, Recorded};
 use crate::inject::Scope;
 use crate::layer::{HandlerCall, Invoke, Outcome};
 use crate::message::MessageMeta;
@@ -308,7 +308,7 @@ impl<'h> EventInvocation<'h> {
 
     /// What the last successful run released, checked (see `watch.rs`):
     /// call it only when the pipeline's outcome is `Ok`.
-    pub(super) fn released(self) -> Vec<PendingEvent> {
+    pub(super) fn released(self) -> crate::events::Released {
         let (watch, registration) = (self.watch, self.handler.registration);
         watch.accept_closed(registration, self.closed())
     }

@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use crate::events::{Closed, PendingEvent, Uncommitted};
+use crate::events::{Closed, PendingEvent, Released, Uncommitted};
 use crate::inject::Scope;
 use crate::registry::HandlerRegistration;
 use crate::testing::{Misuse, RecorderInner};
@@ -36,7 +36,7 @@ impl Watch {
         &self,
         registration: &'static HandlerRegistration,
         mut scope: Scope,
-    ) -> Vec<PendingEvent> {
+    ) -> Released {
         self.accept_closed(registration, scope.finish_checked())
     }
 
@@ -48,7 +48,7 @@ impl Watch {
         &self,
         registration: &'static HandlerRegistration,
         closed: Closed,
-    ) -> Vec<PendingEvent> {
+    ) -> Released {
         if !closed.uncommitted.is_empty() {
             self.uncommitted(registration, closed.uncommitted);
         }
@@ -67,21 +67,21 @@ impl Watch {
         for (index, event) in events.iter().enumerate() {
             let meta = event.meta();
             if !declared.iter().any(|d| std::ptr::eq(*d, meta)) {
-                self.undeclared(registration, meta, &events[..index]);
+                self.undeclared(registration, meta, events[..index].iter());
             }
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn undeclared(
+    fn undeclared<'a>(
         &self,
         registration: &'static HandlerRegistration,
         meta: &'static crate::message::MessageMeta,
-        earlier: &[PendingEvent],
+        mut earlier: impl Iterator<Item = &'a PendingEvent>,
     ) {
         // Once per call and event type.
-        if earlier.iter().any(|e| std::ptr::eq(e.meta(), meta)) {
+        if earlier.any(|e| std::ptr::eq(e.meta(), meta)) {
             return;
         }
         let key = (
