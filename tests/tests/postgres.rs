@@ -13,6 +13,7 @@ use arch_events_test_support::{
     api_contract_tests, fuzz_tests, postgres, server, storage_contract_tests, under_load_tests,
 };
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use arch_events::transport::{InMemoryBroker, OutboundMessage, Publisher, TransportError};
@@ -37,12 +38,18 @@ fuzz_tests!(server::example_app_binary(), fresh_postgres);
 
 under_load_tests!(server::example_app_binary(), fresh_postgres);
 
-/// A broker that never answers.
-struct Stuck;
+/// A broker that never answers, and says when it was first called: the
+/// relay calling it holds its rows by then.
+#[derive(Default)]
+struct Stuck {
+    reached: tokio::sync::Notify,
+}
 
 #[async_trait]
 impl Publisher for Stuck {
     async fn publish(&self, _message: &OutboundMessage) -> Result<(), TransportError> {
+        // Stored if nobody waits yet: the test's wait sees it either way.
+        self.reached.notify_one();
         std::future::pending().await
     }
 }
@@ -79,8 +86,14 @@ async fn a_relay_skips_the_rows_another_holds_and_takes_them_when_that_one_dies(
     };
     // The first relay locks the rows and hangs on the broker.
     let outbox = postgres.store().outbox();
-    let stuck = tokio::spawn(async move { outbox.relay_once(&Stuck, 10).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let broker_of_stuck = Arc::new(Stuck::default());
+    let publisher = broker_of_stuck.clone();
+    let stuck = tokio::spawn(async move { outbox.relay_once(&*publisher, 10).await });
+    // Not a guess at how long locking takes: the relay publishes only the
+    // rows it locked, so once it calls the broker it holds them.
+    tokio::time::timeout(Duration::from_secs(10), broker_of_stuck.reached.notified())
+        .await
+        .expect("the first relay reaches the broker");
 
     // The second one skips them at once: it neither waits nor doubles them.
     let broker = InMemoryBroker::default();

@@ -259,14 +259,31 @@ impl Cascade {
     /// The next queued event, counted against the bound.
     #[inline]
     pub(super) fn next(&mut self) -> Result<Option<PendingEvent>, Box<CascadeLimitError>> {
-        let Some(event) = self.queue.as_mut().and_then(VecDeque::pop_front) else {
+        let Some(event) = self.pop() else {
             return Ok(None);
         };
+        self.count_taken(&event)?;
+        Ok(Some(event))
+    }
+
+    /// The next queued event, not counted yet: count it with
+    /// [`count_taken`](Self::count_taken) before handling it.
+    #[inline(always)]
+    pub(super) fn pop(&mut self) -> Option<PendingEvent> {
+        self.queue.as_mut()?.pop_front()
+    }
+
+    /// Counts `event`, just taken from the queue, against the bound.
+    #[inline(always)]
+    pub(super) fn count_taken(
+        &mut self,
+        event: &PendingEvent,
+    ) -> Result<(), Box<CascadeLimitError>> {
         self.processed += 1;
         if self.processed > self.limit {
             return Err(Box::new(self.limit_error(event.name())));
         }
-        Ok(Some(event))
+        Ok(())
     }
 
     #[cold]

@@ -161,38 +161,36 @@ impl Bus {
             }
             self.after_event_blocking(run, blocking);
             run.current = None;
-            match run.cascade.next() {
-                Ok(Some(mut event)) => {
-                    self.tap_released(&mut event);
-                    if event.is_stored() {
-                        let context = event.fixed_ids();
-                        run.current = Some(Current::new(event, context));
-                        continue;
-                    }
-                    let Some(route) = self.inner.routes.route(event.meta()) else {
-                        // No handler: nothing to do with it.
-                        continue;
-                    };
-                    if route.drives {
-                        let context = event.fixed_ids();
-                        run.current = Some(Current::new(event, context));
-                        continue;
-                    }
-                    // Every handler a plain `fn`, and nothing stored: the
-                    // calls never wait, so nothing can stop them half-way;
-                    // the event is handled here, without becoming the
-                    // run's current event (what a run taken up elsewhere
-                    // would go on with). What failed is in the cascade.
-                    // Its ids are made only if something reads them.
-                    let (erased, meta, ids) = (event.erased(), event.meta(), &mut event.lazy_ids());
-                    self.handle_route_blocking(route, erased, meta, ids, &mut run.cascade);
-                }
-                Ok(None) => return Ok(()),
-                Err(limit) => {
-                    block_on(self.stop_stored(&mut run.cascade, &limit));
-                    return Err(*limit);
-                }
+            let Some(mut event) = run.cascade.pop() else {
+                return Ok(());
+            };
+            if let Err(limit) = run.cascade.count_taken(&event) {
+                drop(event);
+                block_on(self.stop_stored(&mut run.cascade, &limit));
+                return Err(*limit);
             }
+            self.tap_released(&mut event);
+            if event.is_stored() {
+                let context = event.fixed_ids();
+                run.current = Some(Current::new(event, context));
+                continue;
+            }
+            let Some(route) = self.inner.routes.route(event.meta()) else {
+                // No handler: nothing to do with it.
+                continue;
+            };
+            if route.drives {
+                let context = event.fixed_ids();
+                run.current = Some(Current::new(event, context));
+                continue;
+            }
+            // Every handler a plain `fn`, and nothing stored: the calls
+            // never wait, so nothing can stop them half-way; the event is
+            // handled here, without becoming the run's current event (what a
+            // run taken up elsewhere would go on with). What failed is in
+            // the cascade. Its ids are made only if something reads them.
+            let (erased, meta, ids) = (event.erased(), event.meta(), &mut event.lazy_ids());
+            self.handle_route_blocking(route, erased, meta, ids, &mut run.cascade);
         }
     }
 
