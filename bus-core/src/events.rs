@@ -6,8 +6,8 @@
 //! appends them to the dispatch's queue. A handler that fails releases nothing.
 
 use std::any::Any;
-use std::fmt;
 use std::cell::Cell;
+use std::fmt;
 use std::sync::Arc;
 
 use spin::mutex::{SpinMutex, SpinMutexGuard};

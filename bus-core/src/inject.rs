@@ -102,6 +102,7 @@ pub trait Inject<'a>: Sized {
 
 /// A dependency as the build resolved it for one handler parameter.
 #[doc(hidden)]
+#[derive(Clone)]
 pub enum Resolved {
     /// Holds an `Arc<T>`.
     Shared(Arc<dyn Any + Send + Sync>),

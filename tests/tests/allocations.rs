@@ -421,7 +421,8 @@ fn releasing_a_large_event_allocates_its_box_only() {
     bus.dispatch_blocking(Ship(1)).expect("warm-up");
     let info = measure(|| {
         for n in 0..CALLS {
-            bus.dispatch_blocking(black_box(Ship(n))).expect("dispatched");
+            bus.dispatch_blocking(black_box(Ship(n)))
+                .expect("dispatched");
         }
     });
     assert_eq!(info.count_total, CALLS, "{info:?}");

@@ -530,17 +530,20 @@ impl Bus {
         let traced = super::invocation::spans_wanted();
         // Read once per event: a test's recorder, if one is attached.
         let tap = self.inner.watch.tap.get();
+        let quiet = tap.is_none();
         let mut scope = Scope::with_context(None);
         if route.needs_context {
             scope.ensure_context(|| ids.get());
         }
         for (call, handler) in route.calls.iter().zip(handlers) {
-            let Some(f) = call else {
+            let Some(f) = call.entry else {
                 // No typed entry (an `async fn`, or a layered handler).
                 self.call_erased_blocking(handler, event, meta, ids.get(), cascade, traced);
                 continue;
             };
-            let dependencies = &handler.dependencies;
+            // Read from the route, not the handler: the calls of the common
+            // case touch nothing else.
+            let dependencies = &call.dependencies;
             let called = if traced {
                 traced_call(handler, meta, ids.get(), || {
                     catch_unwind(AssertUnwindSafe(|| f(typed, dependencies, &mut scope)))
@@ -550,7 +553,7 @@ impl Bus {
             };
             let failed = match called {
                 // Nothing to tell and nothing released: the common case.
-                Ok(Ok(())) if tap.is_none() && !scope.has_releaser() => continue,
+                Ok(Ok(())) if quiet && !scope.has_releaser() => continue,
                 Ok(Ok(())) => {
                     if let Some(tap) = tap {
                         tap.ran(handler.registration.name(), meta.name(), 1, true);

@@ -30,21 +30,19 @@ impl<M: TakeMessage> TypedEntry for TypedSyncEntry<M> {
     }
 
     fn build_route(&self, handlers: &[BoundHandler]) -> Arc<dyn EventRoute> {
-        let calls: Vec<_> = handlers
+        let calls: Box<[_]> = handlers
             .iter()
-            .map(|handler| {
+            .map(|handler| TypedCall {
                 // A layered handler is called through its pipeline.
-                if handler.path.is_layered() {
-                    return None;
-                }
-                handler
-                    .registration
-                    .typed_entry()
+                entry: (!handler.path.is_layered())
+                    .then(|| handler.registration.typed_entry())
+                    .flatten()
                     .and_then(|entry| entry.as_any().downcast_ref::<TypedSyncEntry<M>>())
-                    .map(|entry| entry.0)
+                    .map(|entry| entry.0),
+                dependencies: handler.dependencies.clone(),
             })
             .collect();
-        let all_sync = calls.iter().all(Option::is_some);
+        let all_sync = calls.iter().all(|call| call.entry.is_some());
         let needs_context = handlers.iter().any(|handler| handler.needs_context);
         Arc::new(TypedRoute::<M> {
             calls,
@@ -74,11 +72,21 @@ pub(crate) trait EventRoute: Send + Sync + 'static {
     ) -> bool;
 }
 
+/// One handler's call in a typed route: what a call needs, side by side
+/// with the other handlers', so that publishing reads nothing else.
+pub(crate) struct TypedCall<M> {
+    /// The typed entry; `None` for a handler that has none (an `async fn`)
+    /// or has layers, which is called through its erased entry.
+    pub(crate) entry: Option<TypedSync<M>>,
+    /// The handler's dependencies (the same `Arc`s as its own).
+    pub(crate) dependencies: Box<[crate::inject::Resolved]>,
+}
+
 /// One typed entry per handler, in the route's order; `None` for a handler
 /// that has none (an `async fn`) or has layers, which is called through its
 /// erased entry.
 pub(crate) struct TypedRoute<M> {
-    pub(crate) calls: Vec<Option<TypedSync<M>>>,
+    pub(crate) calls: Box<[TypedCall<M>]>,
     all_sync: bool,
     /// Whether a handler's scope must carry the event's ids (one of them
     /// asks for a `MessageContext` or a scoped dependency).
