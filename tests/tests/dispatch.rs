@@ -415,6 +415,101 @@ fn a_failed_handler_does_not_stop_the_rest_of_the_queue() {
     assert_eq!(log.entries(), ["panics", "audited after"]);
 }
 
+#[test]
+fn plain_fn_handlers_go_on_after_one_that_releases_panics_or_fails() {
+    #[derive(Debug, Clone, Event)]
+    struct Parcel(u32);
+
+    #[handler]
+    fn parcel_1_counts(event: &Parcel, log: &Log) {
+        log.push(format!("counted {}", event.0));
+    }
+
+    #[handler(releases(Audited))]
+    fn parcel_2_releases(event: &Parcel, log: &Log, events: EventReleaser) {
+        log.push(format!("released {}", event.0));
+        events.release(Audited {
+            account: format!("parcel {}", event.0),
+        });
+    }
+
+    #[handler]
+    fn parcel_3_panics(event: &Parcel, log: &Log) {
+        log.push(format!("panics {}", event.0));
+        panic!("parcel {} jammed", event.0);
+    }
+
+    #[handler]
+    fn parcel_4_fails(event: &Parcel, log: &Log) -> Result<(), MailTimeout> {
+        log.push(format!("fails {}", event.0));
+        Err(MailTimeout)
+    }
+
+    #[handler]
+    fn parcel_5_counts(event: &Parcel, log: &Log) {
+        log.push(format!("counted again {}", event.0));
+    }
+
+    let log = Arc::new(Log::default());
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let seen = failures.clone();
+    // Plain `fn`s only, no recorder, no span: the calls run back to back
+    // under one catch, and each stop is settled before the rest go on.
+    let bus = Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<parcel_1_counts>()
+                .handler::<parcel_2_releases>()
+                .handler::<parcel_3_panics>()
+                .handler::<parcel_4_fails>()
+                .handler::<parcel_5_counts>()
+                .handler::<on_audited>(),
+        )
+        .dependencies(Dependencies::new().shared_arc(log.clone()))
+        .observer(move |failure: &HandlerFailure| {
+            seen.lock().expect("lock").push(
+                failure
+                    .handler()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+            );
+        })
+        .build()
+        .expect("valid wiring");
+    for n in 1..=2 {
+        bus.publish_blocking(Parcel(n))
+            .expect("failures do not fail the publish");
+    }
+    assert_eq!(
+        log.entries(),
+        [
+            "counted 1",
+            "released 1",
+            "panics 1",
+            "fails 1",
+            "counted again 1",
+            "audited parcel 1",
+            "counted 2",
+            "released 2",
+            "panics 2",
+            "fails 2",
+            "counted again 2",
+            "audited parcel 2",
+        ]
+    );
+    assert_eq!(
+        *failures.lock().expect("lock"),
+        [
+            "parcel_3_panics",
+            "parcel_4_fails",
+            "parcel_3_panics",
+            "parcel_4_fails"
+        ]
+    );
+}
+
 // ---- the cascade bound ---------------------------------------------------
 
 #[derive(Debug, Clone, Event)]

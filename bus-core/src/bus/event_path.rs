@@ -530,53 +530,101 @@ impl Bus {
         let traced = super::invocation::spans_wanted();
         // Read once per event: a test's recorder, if one is attached.
         let tap = self.inner.watch.tap.get();
-        let quiet = tap.is_none();
         let mut scope = Scope::with_context(None);
         if route.needs_context {
             scope.ensure_context(|| ids.get());
         }
-        for (call, handler) in route.calls.iter().zip(handlers) {
-            let Some(f) = call.entry else {
-                // No typed entry (an `async fn`, or a layered handler).
-                self.call_erased_blocking(handler, event, meta, ids.get(), cascade, traced);
-                continue;
-            };
-            // Read from the route, not the handler: the calls of the common
-            // case touch nothing else.
-            let dependencies = &call.dependencies;
-            let called = if traced {
-                traced_call(handler, meta, ids.get(), || {
+        let settle = Settle {
+            needs_context: route.needs_context,
+            meta,
+            event,
+            tap,
+        };
+        if traced || tap.is_some() {
+            // Each call in its span, or told to the recorder.
+            for (call, handler) in route.calls.iter().zip(handlers) {
+                let Some(f) = call.entry else {
+                    self.call_erased_blocking(handler, event, meta, ids.get(), cascade, traced);
+                    continue;
+                };
+                let dependencies = &call.dependencies;
+                let called = if traced {
+                    traced_call(handler, meta, ids.get(), || {
+                        catch_unwind(AssertUnwindSafe(|| f(typed, dependencies, &mut scope)))
+                    })
+                } else {
                     catch_unwind(AssertUnwindSafe(|| f(typed, dependencies, &mut scope)))
-                })
-            } else {
-                catch_unwind(AssertUnwindSafe(|| f(typed, dependencies, &mut scope)))
+                };
+                self.settle_typed(&settle, handler, called, &mut scope, ids, cascade);
+            }
+            return;
+        }
+        // The common case: the calls run one after the other under a single
+        // catch, and stop only at one that failed, panicked or released
+        // something (or has no typed entry); that one is settled, and the
+        // calls after it go on under a new catch.
+        let calls = &route.calls[..];
+        let mut next = 0;
+        while next < calls.len() {
+            let stop = catch_unwind(AssertUnwindSafe(|| {
+                run_quiet(calls, &mut next, typed, &mut scope)
+            }));
+            // `next` is the call that stopped the run, if any.
+            let Some(handler) = handlers.get(next) else {
+                return;
             };
-            let failed = match called {
-                // Nothing to tell and nothing released: the common case.
-                Ok(Ok(())) if quiet && !scope.has_releaser() => continue,
-                Ok(Ok(())) => {
-                    if let Some(tap) = tap {
-                        tap.ran(handler.registration.name(), meta.name(), 1, true);
-                    }
-                    if !scope.has_releaser() {
-                        continue;
-                    }
-                    let used = std::mem::take(&mut scope);
-                    let released = self.inner.watch.accept(handler.registration, used);
-                    cascade.push_all(released, &ids.get());
-                    None
+            match stop {
+                Ok(Stop::End) => return,
+                Ok(Stop::Erased) => {
+                    self.call_erased_blocking(handler, event, meta, ids.get(), cascade, false);
                 }
-                Ok(Err(error)) => Some(FailureCause::Error(error)),
-                Err(payload) => Some(FailureCause::Panic(panic_text(&*payload))),
-            };
-            if let Some(cause) = failed {
-                drop(std::mem::take(&mut scope).finish());
-                self.fail_or_retry(handler, event, None, ids.get(), cause, cascade);
+                Ok(Stop::Called(result)) => {
+                    self.settle_typed(&settle, handler, Ok(result), &mut scope, ids, cascade)
+                }
+                Err(payload) => {
+                    self.settle_typed(&settle, handler, Err(payload), &mut scope, ids, cascade)
+                }
             }
-            // The scope was used: the next call's is fresh, with the ids.
-            if route.needs_context {
-                scope.ensure_context(|| ids.get());
+            next += 1;
+        }
+    }
+
+    /// One typed call that did not end quietly: tell the recorder, queue
+    /// what it released, or report its failure; the next call gets a fresh
+    /// scope if this one was used.
+    #[inline(never)]
+    fn settle_typed(
+        &self,
+        settle: &Settle<'_>,
+        handler: &BoundHandler,
+        called: std::thread::Result<Result<(), crate::BoxError>>,
+        scope: &mut Scope,
+        ids: &mut LazyContext,
+        cascade: &mut Cascade,
+    ) {
+        let failed = match called {
+            Ok(Ok(())) => {
+                if let Some(tap) = settle.tap {
+                    tap.ran(handler.registration.name(), settle.meta.name(), 1, true);
+                }
+                if !scope.has_releaser() {
+                    return;
+                }
+                let used = std::mem::take(scope);
+                let released = self.inner.watch.accept(handler.registration, used);
+                cascade.push_all(released, &ids.get());
+                None
             }
+            Ok(Err(error)) => Some(FailureCause::Error(error)),
+            Err(payload) => Some(FailureCause::Panic(panic_text(&*payload))),
+        };
+        if let Some(cause) = failed {
+            drop(std::mem::take(scope).finish());
+            self.fail_or_retry(handler, settle.event, None, ids.get(), cause, cascade);
+        }
+        // The scope was used: the next call's is fresh, with the ids.
+        if settle.needs_context {
+            scope.ensure_context(|| ids.get());
         }
     }
 
@@ -917,4 +965,45 @@ impl Bus {
             }
         }
     }
+}
+
+/// What settling a typed call needs to know of its event.
+struct Settle<'a> {
+    needs_context: bool,
+    meta: &'static MessageMeta,
+    event: &'a dyn ErasedEvent,
+    tap: Option<&'a std::sync::Arc<crate::testing::RecorderInner>>,
+}
+
+/// Why a run of typed calls stopped.
+enum Stop {
+    /// Every call ended quietly.
+    End,
+    /// The call at `next` has no typed entry: it was not made.
+    Erased,
+    /// The call at `next` failed, or released events.
+    Called(Result<(), crate::BoxError>),
+}
+
+/// The typed calls from `next` on, while each ends quietly (`Ok`, nothing
+/// released); `next` is left at the call that stopped the run. A panic
+/// leaves it at the call that panicked.
+#[inline(always)]
+fn run_quiet<M>(
+    calls: &[super::typed_route::TypedCall<M>],
+    next: &mut usize,
+    typed: &M,
+    scope: &mut Scope,
+) -> Stop {
+    while let Some(call) = calls.get(*next) {
+        let Some(f) = call.entry else {
+            return Stop::Erased;
+        };
+        let result = f(typed, &call.dependencies, scope);
+        if result.is_err() || scope.has_releaser() {
+            return Stop::Called(result);
+        }
+        *next += 1;
+    }
+    Stop::End
 }
