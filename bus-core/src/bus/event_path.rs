@@ -516,6 +516,9 @@ impl Bus {
     /// a handler without one goes through its erased entry. The calls share
     /// one scope until one of them uses it (asks for a releaser): a fresh
     /// one follows that call. The event's ids are made when first read.
+    /// Inlined into its two callers (one per event type each): one call
+    /// frame fewer per event.
+    #[inline(always)]
     pub(super) fn handle_typed_blocking<M: Message>(
         &self,
         route: &TypedRoute<M>,
