@@ -25,12 +25,18 @@
 //! frame and no downcast of it), an event handler's plain `fn` through its
 //! typed route; the erased call (`Call`, `Frame`) serves the layers.
 //!
-//! The queue of a dispatch's events (`cascade.rs`: a `Run` over a
-//! `Cascade`) runs one event at a time, first in, first out, each through
-//! all of its handlers in route order (`event_path.rs`):
+//! What a handler call released (`events.rs`: its `EventReleaser`, reused
+//! by the thread's next call when no clone outlived the call) becomes the
+//! queue of a dispatch's events (`cascade.rs`: a `Run` over a `Cascade`; a
+//! released event's own id is made when first read, its correlation and
+//! causation ids are its cause's). The queue runs one event at a time,
+//! first in, first out, each through all of its handlers in route order
+//! (`event_path.rs`):
 //! - an event whose handlers are all plain `fn`s without layers goes through
 //!   its typed route (`typed_route.rs`: no downcast per handler,
-//!   `handle_typed_blocking`);
+//!   `handle_typed_blocking`): the calls run back to back under one
+//!   `catch_unwind` (`run_quiet`), and one that failed, panicked or released
+//!   events is settled (`settle_typed`) before the rest go on;
 //! - on a blocking run, such an event that is not stored is handled as it
 //!   leaves the queue, without becoming the run's current event: nothing
 //!   can stop its calls half-way (`run_queue_blocking`);
