@@ -579,8 +579,9 @@ fn echo(event: &Echo, mut uow: Scoped<StoringUow>) -> Result<(), BoxError> {
     uow.commit("echo")
 }
 
-#[tokio::test]
-async fn stored_events_stopped_by_the_cascade_bound_are_dead_letters_not_recovered() {
+/// A bus whose `StartEcho` starts a chain of stored events that never ends,
+/// stopped by a bound of five messages.
+fn echo_bus() -> (Bus, Arc<MemoryLog>, Arc<Seen>) {
     let log = Arc::new(MemoryLog::default());
     let seen = Arc::new(Seen::default());
     let bus = Bus::builder()
@@ -593,7 +594,18 @@ async fn stored_events_stopped_by_the_cascade_bound_are_dead_letters_not_recover
         .max_messages_per_dispatch(5)
         .build()
         .expect("wiring");
-    let error = bus.dispatch(StartEcho).await.expect_err("a runaway chain");
+    (bus, log, seen)
+}
+
+/// What a chain of stored events stopped by the bound leaves: the stopped
+/// events are dead letters whose delivery was ended, and no stored event
+/// was let go otherwise.
+fn assert_stopped_chain_left_nothing_to_recover(
+    bus: &Bus,
+    log: &MemoryLog,
+    seen: &Seen,
+    error: arch_events::DispatchError<Refused>,
+) {
     assert!(
         matches!(error, arch_events::DispatchError::CascadeLimit(_)),
         "{error}"
@@ -611,6 +623,49 @@ async fn stored_events_stopped_by_the_cascade_bound_are_dead_letters_not_recover
             "a stopped event's delivery is ended, so no recovery takes the chain up again"
         );
     }
+    // Every stored event the bus let go (each one stored is let go in the
+    // end) was either delivered to `echo`, whose commit recorded it, or
+    // kept as a dead letter: the one taken from the queue when the bound was
+    // reached included. One let go otherwise is one a recovery would run
+    // again.
+    let delivered: Vec<MessageId> = seen
+        .deliveries
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|delivery| delivery.event())
+        .collect();
+    let letters: Vec<MessageId> = letters.iter().map(|l| l.context().message_id()).collect();
+    let let_go: Vec<MessageId> = heard
+        .iter()
+        .filter_map(|heard| match heard {
+            Heard::LetGo(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(let_go.len(), delivered.len() + letters.len(), "{heard:?}");
+    for id in let_go {
+        assert!(
+            delivered.contains(&id) || letters.contains(&id),
+            "{id} was let go neither delivered nor a dead letter: {heard:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn stored_events_stopped_by_the_cascade_bound_are_dead_letters_not_recovered() {
+    let (bus, log, seen) = echo_bus();
+    let error = bus.dispatch(StartEcho).await.expect_err("a runaway chain");
+    assert_stopped_chain_left_nothing_to_recover(&bus, &log, &seen, error);
+}
+
+#[test]
+fn a_blocking_dispatch_stopped_by_the_cascade_bound_leaves_nothing_to_recover() {
+    let (bus, log, seen) = echo_bus();
+    let error = bus
+        .dispatch_blocking(StartEcho)
+        .expect_err("a runaway chain");
+    assert_stopped_chain_left_nothing_to_recover(&bus, &log, &seen, error);
 }
 
 /// A sink that keeps nothing.

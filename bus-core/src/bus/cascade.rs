@@ -262,8 +262,7 @@ impl Cascade {
         let Some(event) = self.pop() else {
             return Ok(None);
         };
-        self.count_taken(&event)?;
-        Ok(Some(event))
+        self.count_taken(event).map(Some)
     }
 
     /// The next queued event, not counted yet: count it with
@@ -273,17 +272,30 @@ impl Cascade {
         self.queue.as_mut()?.pop_front()
     }
 
-    /// Counts `event`, just taken from the queue, against the bound.
+    /// Counts `event`, just taken from the queue, against the bound. Over
+    /// it, the event goes back to the front of the queue (where what stops
+    /// the run finds it with the rest: a stored one must be dead-lettered,
+    /// not let go undelivered), and the error names what was queued.
     #[inline(always)]
     pub(super) fn count_taken(
         &mut self,
-        event: &PendingEvent,
-    ) -> Result<(), Box<CascadeLimitError>> {
+        event: PendingEvent,
+    ) -> Result<PendingEvent, Box<CascadeLimitError>> {
         self.processed += 1;
         if self.processed > self.limit {
-            return Err(Box::new(self.limit_error(event.name())));
+            return Err(self.over_limit(event));
         }
-        Ok(())
+        Ok(event)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn over_limit(&mut self, event: PendingEvent) -> Box<CascadeLimitError> {
+        let error = Box::new(self.limit_error(event.name()));
+        if let Some(queue) = &mut self.queue {
+            queue.push_front(event);
+        }
+        error
     }
 
     #[cold]

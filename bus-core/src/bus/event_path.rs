@@ -161,14 +161,16 @@ impl Bus {
             }
             self.after_event_blocking(run, blocking);
             run.current = None;
-            let Some(mut event) = run.cascade.pop() else {
+            let Some(event) = run.cascade.pop() else {
                 return Ok(());
             };
-            if let Err(limit) = run.cascade.count_taken(&event) {
-                drop(event);
-                block_on(self.stop_stored(&mut run.cascade, &limit));
-                return Err(*limit);
-            }
+            let mut event = match run.cascade.count_taken(event) {
+                Ok(event) => event,
+                Err(limit) => {
+                    block_on(self.stop_stored(&mut run.cascade, &limit));
+                    return Err(*limit);
+                }
+            };
             self.tap_released(&mut event);
             if event.is_stored() {
                 let context = event.fixed_ids();
