@@ -106,7 +106,10 @@ impl PendingEvent {
         }
     }
 
-    /// The ids the bus handles the event with, made on first read.
+    /// The ids the bus handles the event with, made on first read. Each
+    /// call returns a slot of its own: the one caller (the blocking run,
+    /// which then drops the event) reads its ids through that slot only;
+    /// any other reader takes [`fixed_ids`](Self::fixed_ids).
     #[inline]
     pub(crate) fn lazy_ids(&self) -> LazyContext {
         match self.ids {
@@ -227,6 +230,14 @@ impl Clone for PendingEvent {
     /// A copy with the same ids; a copy of a stored event still reports to
     /// its store, but only the original tells it the bus let the event go.
     fn clone(&self) -> Self {
+        // An event queued with its cause's ids only (its own id made when
+        // first read) is never copied: each copy would make an id of its
+        // own. The bus fixes the ids first (`fixed_ids`), or copies the
+        // event without them (`copy_of`, with the ids kept beside it).
+        debug_assert!(
+            !matches!(self.ids, EventIds::Caused(_)),
+            "a queued event copied before its ids were made"
+        );
         PendingEvent {
             event: self.event.clone_box(),
             ids: self.ids,
@@ -234,6 +245,11 @@ impl Clone for PendingEvent {
         }
     }
 }
+
+// `SmallBox<dyn ErasedEvent>` is not `Unpin` (the trait has no `Unpin`
+// bound); nothing pins into a pending event, and it was `Unpin` with a
+// `Box`. A safe trait: no projection of the event's place is offered.
+impl Unpin for PendingEvent {}
 
 impl Drop for PendingEvent {
     fn drop(&mut self) {
@@ -400,9 +416,11 @@ pub struct EventReleaser {
 }
 
 /// The lock around a releaser's state: a spin lock, whose release is a
-/// plain store, as the state is only ever held for a push or a take, by one
-/// call's handler and units of work, in turn; a thread that finds it taken
-/// (another thread releasing through a clone at that very moment) yields.
+/// plain store, as the state is only ever held to move events in or out
+/// (never while a caller's code runs: not an iterator, a `Debug`, a drop or
+/// a log), by one call's handler and units of work, in turn; a thread that
+/// finds it taken (another thread releasing through a clone at that very
+/// moment) yields.
 type ReleaserLock = SpinMutex<ReleaserState, Yield>;
 
 thread_local! {
@@ -577,41 +595,61 @@ impl EventReleaser {
 
     /// Releases one event.
     pub fn release<E: Event>(&self, event: E) {
-        let mut state = self.state();
-        if state.reads_only || state.closed {
-            return Self::refuse(state, [PendingEvent::new(event)]);
+        // Made before the lock is taken: the lock is only ever held to move
+        // events in or out, never while code of the caller's runs.
+        let event = PendingEvent::new(event);
+        let refused = {
+            let mut state = self.state();
+            if state.reads_only || state.closed {
+                Some(state.reads_only)
+            } else {
+                state.buffer().push(event);
+                return;
+            }
+        };
+        if let Some(reads_only) = refused {
+            self.refuse(reads_only, vec![event]);
         }
-        state.buffer().push(PendingEvent::new(event));
     }
 
     /// Releases events, in order.
     pub fn release_all(&self, events: impl IntoIterator<Item = PendingEvent>) {
-        let mut state = self.state();
-        if state.reads_only || state.closed {
-            return Self::refuse(state, events);
+        // The caller's iterator runs before the lock is taken (collecting a
+        // `Vec`'s own iterator reuses its buffer).
+        let mut events: Vec<PendingEvent> = events.into_iter().collect();
+        if events.is_empty() {
+            return;
         }
-        state.buffer().extend(events);
+        let refused = {
+            let mut state = self.state();
+            if state.reads_only || state.closed {
+                Some(state.reads_only)
+            } else {
+                state.buffer().append(&mut events);
+                None
+            }
+        };
+        // Dropped, or refused, outside the lock.
+        if let Some(reads_only) = refused {
+            self.refuse(reads_only, events);
+        }
     }
 
     /// Events released through a query's releaser, or after the call
-    /// ended: refused, and said so.
+    /// ended: refused, and said so. Called without the lock held: dropping
+    /// an event may call its store, and logging runs a subscriber.
     #[cold]
     #[inline(never)]
-    fn refuse(
-        mut state: SpinMutexGuard<'_, ReleaserState, Yield>,
-        events: impl IntoIterator<Item = PendingEvent>,
-    ) {
-        let names: Vec<&'static str> = events.into_iter().map(|e| e.name()).collect();
-        if names.is_empty() {
-            return;
-        }
-        if state.reads_only {
+    fn refuse(&self, reads_only: bool, events: Vec<PendingEvent>) {
+        let names: Vec<&'static str> = events.iter().map(PendingEvent::name).collect();
+        drop(events);
+        if reads_only {
             tracing::error!(
                 events = ?names,
                 "a query's handler released events: refused, and the query fails \
                  (a query reads, it never releases events)"
             );
-            state.refused.extend(names);
+            self.state().refused.extend(names);
         } else {
             tracing::error!(
                 events = ?names,
@@ -763,16 +801,30 @@ impl EventReleaser {
 }
 
 impl fmt::Debug for EventReleaser {
+    /// The names of the events it holds, not the events: formatting them
+    /// would run their `Debug` with the lock held.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.state();
+        let (events, closed, delivery, uncommitted) = {
+            let state = self.state();
+            let names: Vec<&'static str> = state.events.iter().map(PendingEvent::name).collect();
+            (names, state.closed, state.delivery, state.uncommitted)
+        };
         f.debug_struct("EventReleaser")
-            .field("events", &state.events)
-            .field("closed", &state.closed)
-            .field("delivery", &state.delivery)
-            .field("uncommitted", &state.uncommitted)
+            .field("events", &events)
+            .field("closed", &closed)
+            .field("delivery", &delivery)
+            .field("uncommitted", &uncommitted)
             .finish()
     }
 }
+
+// A panic anywhere leaves a releaser's state whole: the lock is held only
+// to move events in or out (a push, an append, a take), never while a
+// caller's code runs, and unwinding releases it. (`SpinMutex` holds an
+// `UnsafeCell`, which is why these are not inferred; `std`'s `Mutex`, used
+// before, had them.)
+impl std::panic::UnwindSafe for EventReleaser {}
+impl std::panic::RefUnwindSafe for EventReleaser {}
 
 #[cfg(test)]
 mod tests {
@@ -828,6 +880,29 @@ mod tests {
         // The first one, still held, stays closed.
         kept.release(Shipped(4));
         assert!(kept.drain().is_empty());
+    }
+
+    #[test]
+    fn the_callers_code_never_runs_under_the_releasers_lock() {
+        let releaser = EventReleaser::new();
+        let same = releaser.clone();
+        // An iterator that reads the releaser it releases into: run under
+        // the lock, it would wait on itself for ever.
+        releaser.release_all((0..3).map(|n| {
+            assert!(same.accepts_events());
+            assert!(format!("{same:?}").contains("EventReleaser"));
+            PendingEvent::new(Shipped(n))
+        }));
+        let shown = format!("{releaser:?}");
+        assert!(shown.contains("events::tests::Shipped"), "{shown}");
+        assert_eq!(releaser.drain().len(), 3);
+        // Refused events are dropped and logged without the lock too.
+        let refusing = EventReleaser::for_call(None, true);
+        refusing.release_all((0..2).map(|n| {
+            assert!(!refusing.accepts_events());
+            PendingEvent::new(Shipped(n))
+        }));
+        assert_eq!(refusing.close_checked().refused.len(), 2);
     }
 
     #[test]

@@ -643,6 +643,32 @@ fn the_bus_is_send_sync_clone_and_its_futures_are_send() {
 }
 
 #[test]
+fn events_and_releasers_keep_their_auto_traits() {
+    fn assert_send_sync_unpin<T: Send + Sync + Unpin>() {}
+    fn assert_unwind_safe<T: std::panic::UnwindSafe + std::panic::RefUnwindSafe>() {}
+    // A pending event, and what holds one, can be moved out of a pinned
+    // future's state and kept in any container.
+    assert_send_sync_unpin::<arch_events::PendingEvent>();
+    assert_send_sync_unpin::<arch_events::dead_letter::DeadLetter>();
+    assert_send_sync_unpin::<EventReleaser>();
+    // A releaser can be captured by `catch_unwind` as it could before.
+    assert_unwind_safe::<EventReleaser>();
+    let releaser = EventReleaser::new();
+    let caught = std::panic::catch_unwind(|| {
+        releaser.release(Audited {
+            account: "before the panic".into(),
+        });
+        panic!("after a release");
+    });
+    assert!(caught.is_err());
+    assert_eq!(
+        releaser.drain().len(),
+        1,
+        "the release before the panic is kept, the lock free again"
+    );
+}
+
+#[test]
 fn sync_handlers_need_no_runtime_and_async_ones_run_on_any_executor() {
     let log = Arc::new(Log::default());
     let (bus, _) = bank_bus(log.clone());
