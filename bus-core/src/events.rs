@@ -595,21 +595,15 @@ impl EventReleaser {
 
     /// Releases one event.
     pub fn release<E: Event>(&self, event: E) {
-        // Made before the lock is taken: the lock is only ever held to move
-        // events in or out, never while code of the caller's runs.
-        let event = PendingEvent::new(event);
-        let refused = {
-            let mut state = self.state();
-            if state.reads_only || state.closed {
-                Some(state.reads_only)
-            } else {
-                state.buffer().push(event);
-                return;
-            }
-        };
-        if let Some(reads_only) = refused {
-            self.refuse(reads_only, vec![event]);
+        let mut state = self.state();
+        if !(state.reads_only || state.closed) {
+            // Moving the event in runs none of the caller's code.
+            state.buffer().push(PendingEvent::new(event));
+            return;
         }
+        let reads_only = state.reads_only;
+        drop(state);
+        self.refuse(reads_only, vec![PendingEvent::new(event)]);
     }
 
     /// Releases events, in order.
