@@ -208,18 +208,22 @@ impl MessageId {
     /// integers cost some forty times as much, and a store writes several
     /// ids per request.
     fn hyphenated(self) -> [u8; 36] {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let value = self.as_u128();
-        let mut text = [b'-'; 36];
-        let mut digit = 0;
-        for (at, byte) in text.iter_mut().enumerate() {
-            if matches!(at, 8 | 13 | 18 | 23) {
-                continue;
+        /// Writes the low `digits.len()` hexadecimal digits of `value`.
+        fn hex(digits: &mut [u8], value: u64) {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            let last = digits.len().saturating_sub(1);
+            for (at, digit) in digits.iter_mut().enumerate() {
+                let nibble = (value >> (4 * (last - at))) & 0xf;
+                *digit = DIGITS[nibble as usize];
             }
-            let nibble = (value >> (124 - 4 * digit)) & 0xf;
-            *byte = DIGITS[nibble as usize];
-            digit += 1;
         }
+        let (high, low) = (self.high.get(), self.low);
+        let mut text = [b'-'; 36];
+        hex(&mut text[0..8], high >> 32);
+        hex(&mut text[9..13], high >> 16);
+        hex(&mut text[14..18], high);
+        hex(&mut text[19..23], low >> 48);
+        hex(&mut text[24..36], low);
         text
     }
 }
