@@ -365,7 +365,10 @@ mod tests {
         // Every digit in its place, and the text padded like any other.
         let all: MessageId = "0123456789abcdeffedcba9876543210".parse().unwrap();
         assert_eq!(all.to_string(), "01234567-89ab-cdef-fedc-ba9876543210");
-        assert_eq!(format!("{all:>38}|"), "  01234567-89ab-cdef-fedc-ba9876543210|");
+        assert_eq!(
+            format!("{all:>38}|"),
+            "  01234567-89ab-cdef-fedc-ba9876543210|"
+        );
         assert_eq!(
             format!("{all:?}"),
             "MessageId(01234567-89ab-cdef-fedc-ba9876543210)"
