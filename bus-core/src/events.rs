@@ -448,6 +448,18 @@ pub(crate) fn recycle_buffer(buffer: Released) {
 }
 
 impl ReleaserState {
+    /// Refuses `events` (this is a query's releaser, or its call ended): a
+    /// query's call keeps their names, under the same lock as the check, so
+    /// that closing the call sees them and the query fails. Returns whether
+    /// this is a query's releaser.
+    #[cold]
+    fn refuses(&mut self, events: &[PendingEvent]) -> bool {
+        if self.reads_only {
+            self.refused.extend(events.iter().map(PendingEvent::name));
+        }
+        self.reads_only
+    }
+
     /// Takes what the call released, what its units of work dropped and
     /// what a query's call tried to release.
     #[inline]
@@ -601,9 +613,10 @@ impl EventReleaser {
             state.buffer().push(PendingEvent::new(event));
             return;
         }
-        let reads_only = state.reads_only;
+        let event = PendingEvent::new(event);
+        let reads_only = state.refuses(std::slice::from_ref(&event));
         drop(state);
-        self.refuse(reads_only, vec![PendingEvent::new(event)]);
+        Self::refuse(reads_only, vec![event]);
     }
 
     /// Releases events, in order.
@@ -617,24 +630,25 @@ impl EventReleaser {
         let refused = {
             let mut state = self.state();
             if state.reads_only || state.closed {
-                Some(state.reads_only)
+                Some(state.refuses(&events))
             } else {
                 state.buffer().append(&mut events);
                 None
             }
         };
-        // Dropped, or refused, outside the lock.
+        // Dropped, and said so, outside the lock.
         if let Some(reads_only) = refused {
-            self.refuse(reads_only, events);
+            Self::refuse(reads_only, events);
         }
     }
 
     /// Events released through a query's releaser, or after the call
-    /// ended: refused, and said so. Called without the lock held: dropping
-    /// an event may call its store, and logging runs a subscriber.
+    /// ended, once refused ([`ReleaserState::refuses`]): dropped, and said
+    /// so. Called without the lock held: dropping an event may call its
+    /// store, and logging runs a subscriber.
     #[cold]
     #[inline(never)]
-    fn refuse(&self, reads_only: bool, events: Vec<PendingEvent>) {
+    fn refuse(reads_only: bool, events: Vec<PendingEvent>) {
         let names: Vec<&'static str> = events.iter().map(PendingEvent::name).collect();
         drop(events);
         if reads_only {
@@ -643,7 +657,6 @@ impl EventReleaser {
                 "a query's handler released events: refused, and the query fails \
                  (a query reads, it never releases events)"
             );
-            self.state().refused.extend(names);
         } else {
             tracing::error!(
                 events = ?names,
