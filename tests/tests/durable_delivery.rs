@@ -668,6 +668,107 @@ fn a_blocking_dispatch_stopped_by_the_cascade_bound_leaves_nothing_to_recover() 
     assert_stopped_chain_left_nothing_to_recover(&bus, &log, &seen, error);
 }
 
+/// A dead-letter sink that keeps its letters once a gate opens, and says
+/// when the first one reached it.
+struct GatedSink {
+    reached: tokio::sync::Notify,
+    gate: tokio::sync::Semaphore,
+    kept: Mutex<Vec<arch_events::dead_letter::DeadLetter>>,
+}
+
+impl Default for GatedSink {
+    fn default() -> Self {
+        GatedSink {
+            reached: tokio::sync::Notify::new(),
+            // Closed until the test opens it.
+            gate: tokio::sync::Semaphore::new(0),
+            kept: Mutex::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl arch_events::dead_letter::DeadLetterSink for GatedSink {
+    async fn store(&self, letter: &arch_events::dead_letter::DeadLetter) -> Result<(), BoxError> {
+        self.reached.notify_one();
+        let _pass = self.gate.acquire().await?;
+        self.kept.lock().unwrap().push(letter.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_stop_at_the_bound_cut_short_by_its_caller_goes_on_and_leaves_nothing_to_recover() {
+    let log = Arc::new(MemoryLog::default());
+    let seen = Arc::new(Seen::default());
+    let sink = Arc::new(GatedSink::default());
+    let bus = Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<start_echo>()
+                .handler::<echo>(),
+        )
+        .dependencies(dependencies(&log, &seen))
+        .dead_letters_arc(sink.clone())
+        .max_messages_per_dispatch(5)
+        .build()
+        .expect("wiring");
+    // The caller stops waiting while the first dead letter of the stop is
+    // with the sink: the rest of the run goes on without it.
+    let dispatch = bus.dispatch(StartEcho);
+    tokio::select! {
+        _ = dispatch => panic!("the sink holds the stop"),
+        () = sink.reached.notified() => {}
+    }
+    sink.gate.add_permits(1_000);
+    assert!(
+        bus.settled(Duration::from_secs(30)).await,
+        "the rest of the run ended"
+    );
+
+    let heard = log.heard();
+    let letters: Vec<MessageId> = sink
+        .kept
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|letter| letter.context().message_id())
+        .collect();
+    let mut distinct = letters.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        letters.len(),
+        "one letter per stopped event: {letters:?}"
+    );
+    let delivered: Vec<MessageId> = seen
+        .deliveries
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|delivery| delivery.event())
+        .collect();
+    let let_go: Vec<MessageId> = heard
+        .iter()
+        .filter_map(|heard| match heard {
+            Heard::LetGo(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert!(!letters.is_empty());
+    for id in &letters {
+        assert!(heard.contains(&Heard::Delivered(*id)), "{id}: {heard:?}");
+    }
+    assert_eq!(let_go.len(), delivered.len() + letters.len(), "{heard:?}");
+    for id in let_go {
+        assert!(
+            delivered.contains(&id) || letters.contains(&id),
+            "{id} was let go neither delivered nor a dead letter: {heard:?}"
+        );
+    }
+}
+
 /// A sink that keeps nothing.
 struct BrokenSink;
 

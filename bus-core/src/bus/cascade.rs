@@ -22,6 +22,10 @@ pub(crate) struct Cascade {
     /// Created on the first failure: most dispatches never need it, and an
     /// empty one costs nothing to drop.
     failures: Option<Box<Failures>>,
+    /// When the bound stopped the run: the stored event at the queue's
+    /// front whose dead letters were made already, so that a stop cut short
+    /// at an `.await` (its caller gone) goes on without making them twice.
+    pub(super) stopping: Option<crate::context::MessageId>,
 }
 
 impl Drop for Cascade {
@@ -145,6 +149,7 @@ impl Cascade {
             processed,
             queue: None,
             failures: None,
+            stopping: None,
         }
     }
 
@@ -168,6 +173,7 @@ impl Cascade {
             processed: _,
             queue: None,
             failures: None,
+            stopping: _,
         } = &self
         {
             std::mem::forget(self);

@@ -945,29 +945,43 @@ impl Bus {
     /// queue are kept as dead letters (one per handler) and their delivery
     /// ended, so that no recovery takes the runaway chain up again; the
     /// others are dropped with the run, as the caller is told.
+    ///
+    /// One event at a time, left in the queue until its delivery is ended:
+    /// when the caller stops waiting at one of these `.await`s, the rest of
+    /// the run (handed on, see `detach.rs`) reaches the bound again and goes
+    /// on from that event, without making its dead letters twice.
     #[cold]
     pub(super) async fn stop_stored(&self, cascade: &mut Cascade, limit: &CascadeLimitError) {
-        let queued: Vec<PendingEvent> =
-            cascade.queue.iter_mut().flat_map(|q| q.drain(..)).collect();
-        for event in queued {
-            let (Some(context), true) = (event.context(), event.is_stored()) else {
+        while let Some(front) = cascade.queue.as_ref().and_then(|queue| queue.front()) {
+            let (Some(context), true) = (front.context(), front.is_stored()) else {
+                // Not stored: dropped with the run.
+                drop(cascade.pop());
                 continue;
             };
-            for handler in self.inner.routes.handlers(event.meta()) {
-                cascade.push_dead(DeadLetter {
-                    event: event.clone(),
-                    handler: handler.registration.name(),
-                    location: handler.registration.location(),
-                    error: limit.to_string(),
-                    panicked: false,
-                    attempts: 0,
-                    failed_at: SystemTime::now(),
-                    context: context.at_attempt(1),
-                });
+            // A copy, for the letters and the record: the queued original
+            // tells its store the bus let it go, once through with it.
+            let event = front.clone();
+            let id = context.message_id();
+            if cascade.stopping != Some(id) {
+                for handler in self.inner.routes.handlers(event.meta()) {
+                    cascade.push_dead(DeadLetter {
+                        event: event.clone(),
+                        handler: handler.registration.name(),
+                        location: handler.registration.location(),
+                        error: limit.to_string(),
+                        panicked: false,
+                        attempts: 0,
+                        failed_at: SystemTime::now(),
+                        context: context.at_attempt(1),
+                    });
+                }
+                cascade.stopping = Some(id);
             }
             if self.flush_dead_letters(cascade).await {
                 self.record_delivered(&event, context).await;
             }
+            cascade.stopping = None;
+            drop(cascade.pop());
         }
     }
 }
