@@ -581,53 +581,40 @@ fn echo(event: &Echo, mut uow: Scoped<StoringUow>) -> Result<(), BoxError> {
 
 /// A bus whose `StartEcho` starts a chain of stored events that never ends,
 /// stopped by a bound of five messages.
-fn echo_bus() -> (Bus, Arc<MemoryLog>, Arc<Seen>) {
+fn echo_bus(
+    sink: Option<Arc<dyn arch_events::dead_letter::DeadLetterSink>>,
+) -> (Bus, Arc<MemoryLog>, Arc<Seen>) {
     let log = Arc::new(MemoryLog::default());
     let seen = Arc::new(Seen::default());
-    let bus = Bus::builder()
+    let builder = Bus::builder()
         .registrations(
             Registrations::new()
                 .handler::<start_echo>()
                 .handler::<echo>(),
         )
         .dependencies(dependencies(&log, &seen))
-        .max_messages_per_dispatch(5)
-        .build()
-        .expect("wiring");
-    (bus, log, seen)
+        .max_messages_per_dispatch(5);
+    let builder = match sink {
+        Some(sink) => builder.dead_letters_arc(sink),
+        None => builder,
+    };
+    (builder.build().expect("wiring"), log, seen)
 }
 
-/// What a chain of stored events stopped by the bound leaves: the stopped
-/// events are dead letters whose delivery was ended, and no stored event
-/// was let go otherwise.
-fn assert_stopped_chain_left_nothing_to_recover(
-    bus: &Bus,
-    log: &MemoryLog,
-    seen: &Seen,
-    error: arch_events::DispatchError<Refused>,
-) {
-    assert!(
-        matches!(error, arch_events::DispatchError::CascadeLimit(_)),
-        "{error}"
-    );
-    let letters = bus.dead_letters().expect("in memory").take();
-    assert!(!letters.is_empty());
-    assert!(letters
-        .iter()
-        .all(|letter| letter.error().contains("messages") && letter.handler().ends_with("::echo")));
+/// Every stored event the bus let go (each one stored is let go in the
+/// end) was either delivered to `echo`, whose commit recorded it, or kept as
+/// a dead letter (`letters`) whose delivery was ended: one let go otherwise
+/// is one a recovery would run again.
+fn assert_nothing_left_to_recover(log: &MemoryLog, seen: &Seen, letters: &[MessageId]) {
     let heard = log.heard();
-    for letter in &letters {
-        let id = letter.context().message_id();
+    assert!(!letters.is_empty());
+    for id in letters {
         assert!(
-            heard.contains(&Heard::Delivered(id)),
-            "a stopped event's delivery is ended, so no recovery takes the chain up again"
+            heard.contains(&Heard::Delivered(*id)),
+            "a stopped event's delivery is ended, so no recovery takes the chain up again: \
+             {id} in {heard:?}"
         );
     }
-    // Every stored event the bus let go (each one stored is let go in the
-    // end) was either delivered to `echo`, whose commit recorded it, or
-    // kept as a dead letter: the one taken from the queue when the bound was
-    // reached included. One let go otherwise is one a recovery would run
-    // again.
     let delivered: Vec<MessageId> = seen
         .deliveries
         .lock()
@@ -635,7 +622,6 @@ fn assert_stopped_chain_left_nothing_to_recover(
         .iter()
         .map(|delivery| delivery.event())
         .collect();
-    let letters: Vec<MessageId> = letters.iter().map(|l| l.context().message_id()).collect();
     let let_go: Vec<MessageId> = heard
         .iter()
         .filter_map(|heard| match heard {
@@ -652,16 +638,37 @@ fn assert_stopped_chain_left_nothing_to_recover(
     }
 }
 
+/// What a chain of stored events stopped by the bound leaves: the stopped
+/// events are dead letters whose delivery was ended, and no stored event
+/// was let go otherwise.
+fn assert_stopped_chain_left_nothing_to_recover(
+    bus: &Bus,
+    log: &MemoryLog,
+    seen: &Seen,
+    error: arch_events::DispatchError<Refused>,
+) {
+    assert!(
+        matches!(error, arch_events::DispatchError::CascadeLimit(_)),
+        "{error}"
+    );
+    let letters = bus.dead_letters().expect("in memory").take();
+    assert!(letters
+        .iter()
+        .all(|letter| letter.error().contains("messages") && letter.handler().ends_with("::echo")));
+    let letters: Vec<MessageId> = letters.iter().map(|l| l.context().message_id()).collect();
+    assert_nothing_left_to_recover(log, seen, &letters);
+}
+
 #[tokio::test]
 async fn stored_events_stopped_by_the_cascade_bound_are_dead_letters_not_recovered() {
-    let (bus, log, seen) = echo_bus();
+    let (bus, log, seen) = echo_bus(None);
     let error = bus.dispatch(StartEcho).await.expect_err("a runaway chain");
     assert_stopped_chain_left_nothing_to_recover(&bus, &log, &seen, error);
 }
 
 #[test]
 fn a_blocking_dispatch_stopped_by_the_cascade_bound_leaves_nothing_to_recover() {
-    let (bus, log, seen) = echo_bus();
+    let (bus, log, seen) = echo_bus(None);
     let error = bus
         .dispatch_blocking(StartEcho)
         .expect_err("a runaway chain");
@@ -699,20 +706,8 @@ impl arch_events::dead_letter::DeadLetterSink for GatedSink {
 
 #[tokio::test]
 async fn a_stop_at_the_bound_cut_short_by_its_caller_goes_on_and_leaves_nothing_to_recover() {
-    let log = Arc::new(MemoryLog::default());
-    let seen = Arc::new(Seen::default());
     let sink = Arc::new(GatedSink::default());
-    let bus = Bus::builder()
-        .registrations(
-            Registrations::new()
-                .handler::<start_echo>()
-                .handler::<echo>(),
-        )
-        .dependencies(dependencies(&log, &seen))
-        .dead_letters_arc(sink.clone())
-        .max_messages_per_dispatch(5)
-        .build()
-        .expect("wiring");
+    let (bus, log, seen) = echo_bus(Some(sink.clone()));
     // The caller stops waiting while the first dead letter of the stop is
     // with the sink: the rest of the run goes on without it.
     let dispatch = bus.dispatch(StartEcho);
@@ -725,8 +720,6 @@ async fn a_stop_at_the_bound_cut_short_by_its_caller_goes_on_and_leaves_nothing_
         bus.settled(Duration::from_secs(30)).await,
         "the rest of the run ended"
     );
-
-    let heard = log.heard();
     let letters: Vec<MessageId> = sink
         .kept
         .lock()
@@ -742,31 +735,7 @@ async fn a_stop_at_the_bound_cut_short_by_its_caller_goes_on_and_leaves_nothing_
         letters.len(),
         "one letter per stopped event: {letters:?}"
     );
-    let delivered: Vec<MessageId> = seen
-        .deliveries
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|delivery| delivery.event())
-        .collect();
-    let let_go: Vec<MessageId> = heard
-        .iter()
-        .filter_map(|heard| match heard {
-            Heard::LetGo(id) => Some(*id),
-            _ => None,
-        })
-        .collect();
-    assert!(!letters.is_empty());
-    for id in &letters {
-        assert!(heard.contains(&Heard::Delivered(*id)), "{id}: {heard:?}");
-    }
-    assert_eq!(let_go.len(), delivered.len() + letters.len(), "{heard:?}");
-    for id in let_go {
-        assert!(
-            delivered.contains(&id) || letters.contains(&id),
-            "{id} was let go neither delivered nor a dead letter: {heard:?}"
-        );
-    }
+    assert_nothing_left_to_recover(&log, &seen, &letters);
 }
 
 /// A sink that keeps nothing.
