@@ -127,11 +127,6 @@ impl PendingEvent {
         context
     }
 
-    /// Gives the event exactly these ids.
-    pub(crate) fn set_ids(&mut self, context: MessageContext) {
-        self.ids = EventIds::Known(context);
-    }
-
     /// Gives the event its ids now, as an event released by the handler of
     /// the message `cause` describes (unless it has ids already), and
     /// returns them: a unit of work that stores the events it releases calls

@@ -192,3 +192,74 @@ fn tasks_on_a_multi_threaded_runtime_each_see_only_their_own_cascade() {
         }
     });
 }
+
+/// One call's releaser, cloned to threads that release through it at once
+/// while the call runs: every event is queued once, and each thread's own
+/// events stay in the order it released them.
+#[test]
+fn threads_releasing_through_clones_of_one_releaser_lose_nothing() {
+    const THREADS: u64 = 4;
+    const EACH: u64 = 250;
+
+    #[derive(Debug, Command)]
+    struct FanOut;
+
+    #[derive(Debug, Clone, Event)]
+    struct Released {
+        thread: u64,
+        n: u64,
+    }
+
+    #[handler(releases(Released))]
+    fn fan_out(_: FanOut, events: EventReleaser) -> Result<(), Infallible> {
+        std::thread::scope(|scope| {
+            for thread in 0..THREADS {
+                let events = events.clone();
+                scope.spawn(move || {
+                    for n in 0..EACH {
+                        events.release(Released { thread, n });
+                    }
+                });
+            }
+        });
+        Ok(())
+    }
+
+    #[derive(Debug, Default)]
+    struct Seen(Mutex<Vec<(u64, u64)>>);
+
+    #[handler]
+    fn record(event: &Released, seen: &Seen) {
+        seen.0.lock().unwrap().push((event.thread, event.n));
+    }
+
+    let seen = Arc::new(Seen::default());
+    let bus = Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<fan_out>()
+                .handler::<record>(),
+        )
+        .dependencies(Dependencies::new().shared_arc(seen.clone()))
+        .max_messages_per_dispatch(10_000)
+        .build()
+        .expect("valid wiring");
+    for _ in 0..5 {
+        seen.0.lock().unwrap().clear();
+        bus.dispatch_blocking(FanOut).expect("dispatched");
+        let seen = seen.0.lock().unwrap().clone();
+        assert_eq!(seen.len() as u64, THREADS * EACH, "each event handled once");
+        for thread in 0..THREADS {
+            let order: Vec<u64> = seen
+                .iter()
+                .filter(|(t, _)| *t == thread)
+                .map(|(_, n)| *n)
+                .collect();
+            assert_eq!(
+                order,
+                (0..EACH).collect::<Vec<_>>(),
+                "thread {thread}'s order"
+            );
+        }
+    }
+}

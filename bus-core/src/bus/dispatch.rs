@@ -147,8 +147,7 @@ impl Bus {
         let span = dispatch_span(E::meta(), "event", &mut Some(context));
         let mut cascade = Cascade::new(E::meta(), self.inner.max_messages, 0);
         cascade.count(E::meta())?;
-        let mut event = PendingEvent::new(event);
-        event.set_ids(context);
+        let event = PendingEvent::new(event).with_context(context);
         let run = Run::starting_with(cascade, Current::new(event, context));
         self.run_to_end(run, span)
             .await
@@ -584,10 +583,7 @@ where
     } else {
         (entry.0)(message, &handler.dependencies, scope)
     };
-    match called {
-        Ok(result) => complete(handler, Ok(()), Some(result), scope),
-        Err(error) => complete(handler, Err(error), None, scope),
-    }
+    complete_typed(handler, called, scope)
 }
 
 /// An `async fn` command or query handler driven on this thread: through
@@ -663,10 +659,7 @@ where
         let called = (entry.0)(message, &handler.dependencies, scope)
             .instrument(span)
             .await;
-        return match called {
-            Ok(result) => complete(handler, Ok(()), Some(result), scope),
-            Err(error) => complete(handler, Err(error), None, scope),
-        };
+        return complete_typed(handler, called, scope);
     }
     let mut frame: Frame<M, Result<O, E>> = Frame::new(message);
     let call = Call::new(MessageRef::Owned(&mut frame), &handler.dependencies, scope);
@@ -710,6 +703,20 @@ fn complete<O, E>(
     match (called, output) {
         (Ok(()), Some(Ok(value))) => Ok(value),
         (called, output) => Err(failed(handler, called, output, scope)),
+    }
+}
+
+/// [`complete`] for a call through a typed entry, which hands back the
+/// handler's result itself (or the error of a call that never ran it).
+#[inline(always)]
+fn complete_typed<O, E>(
+    handler: &BoundHandler,
+    called: Result<Result<O, E>, BoxError>,
+    scope: &mut Scope,
+) -> Result<O, DispatchError<E>> {
+    match called {
+        Ok(result) => complete(handler, Ok(()), Some(result), scope),
+        Err(error) => complete(handler, Err(error), None, scope),
     }
 }
 

@@ -271,8 +271,7 @@ impl Bus {
         };
         let span = dispatch_span(meta, "event", &mut Some(context));
         let cascade = Cascade::new(meta, self.inner.max_messages, 1);
-        let mut event = event;
-        event.set_ids(context);
+        let event = event.with_context(context);
         let run = Run::starting_with(cascade, Current::new(event, context));
         self.run_to_end(run, span)
             .await
