@@ -304,6 +304,12 @@ impl EventRecorder {
         std::mem::take(&mut self.events)
     }
 
+    /// The recorded events, to give them ids before they are stored.
+    #[cfg(feature = "json")]
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [PendingEvent] {
+        &mut self.events
+    }
+
     /// The recorded events, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = &PendingEvent> {
         self.events.iter()

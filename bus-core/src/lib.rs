@@ -49,6 +49,8 @@ pub mod delivery;
 mod dependencies;
 mod error;
 mod event_box;
+#[cfg(feature = "json")]
+pub mod event_store;
 mod events;
 mod executor;
 pub mod guide;

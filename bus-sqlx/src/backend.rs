@@ -15,7 +15,7 @@ use crate::error::{MigrateError, RelayError};
 /// A database the store runs on: `sqlx::Sqlite` (feature `sqlite`) or
 /// `sqlx::Postgres` (feature `postgres`). Sealed: its methods are the
 /// store's SQL, not an API.
-pub trait Backend: sql::Sql {}
+pub trait Backend: sql::Sql + crate::event_store::sql::EventSql {}
 
 #[cfg(feature = "sqlite")]
 impl Backend for sqlx::Sqlite {}

@@ -164,6 +164,7 @@ compile_error!(
 mod backend;
 mod dead_letters;
 mod error;
+mod event_store;
 mod inbox;
 mod migrate;
 mod outbox;
@@ -183,6 +184,7 @@ pub use dead_letters::{
     InMemoryDeadLetterStore, StoreSink, StoredDeadLetter,
 };
 pub use error::{Error, MigrateError, RelayError, StageError};
+pub use event_store::{HeldBy, SqlEventStore};
 pub use inbox::Inbox;
 pub use migrate::migrate;
 pub use outbox::Outbox;

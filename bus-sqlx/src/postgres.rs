@@ -30,6 +30,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "message ids as uuid",
         sql: include_str!("../migrations/postgres/0002_message_ids_as_uuid.sql"),
     },
+    Migration {
+        version: 3,
+        description: "event store",
+        sql: include_str!("../migrations/postgres/0003_event_store.sql"),
+    },
 ];
 
 /// The columns [`outbound_message`] reads, ids as text (they are uuid

@@ -20,11 +20,18 @@ use crate::rows::{
     OUTBOX_COLUMNS,
 };
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "durable messaging",
-    sql: include_str!("../migrations/sqlite/0001_durable_messaging.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "durable messaging",
+        sql: include_str!("../migrations/sqlite/0001_durable_messaging.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "event store",
+        sql: include_str!("../migrations/sqlite/0002_event_store.sql"),
+    },
+];
 
 /// The nodes alive at the bound Unix time (milliseconds): their heartbeat
 /// is younger than the timeout each declared.

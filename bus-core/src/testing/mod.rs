@@ -15,10 +15,14 @@
 //! dispatches running on other tasks, [`Bus::settled`](crate::Bus::settled)
 //! waits until none is in flight.
 
+#[cfg(feature = "json")]
+mod event_store;
 mod recorder;
 mod repository;
 mod scenario;
 
+#[cfg(feature = "json")]
+pub use event_store::InMemoryEventStore;
 pub(crate) use recorder::RecorderInner;
 pub use recorder::{handler_name, HandlerRun, Misuse, Recorder};
 pub use repository::{Conflict, Entity, FakeUnitOfWork, InMemoryRepository, InMemoryStore};

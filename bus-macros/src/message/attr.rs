@@ -37,7 +37,7 @@ impl MessageKind {
         match self {
             MessageKind::Command => &["name", "output", "error", "serde", "external"],
             MessageKind::Query => &["name", "output", "error"],
-            MessageKind::Event => &["name", "serde", "external"],
+            MessageKind::Event => &["name", "serde", "external", "version"],
         }
     }
 }
@@ -50,6 +50,9 @@ pub(crate) struct MessageArgs {
     pub(crate) serde: Option<Span>,
     /// `#[event(external = "stream")]`: its name on a broker; implies `serde`.
     pub(crate) external: Option<LitStr>,
+    /// `#[event(version = 2)]`: the schema version of the event's stored
+    /// shape (1 when absent).
+    pub(crate) version: Option<syn::LitInt>,
     pub(crate) output: Option<Type>,
     pub(crate) error: Option<Type>,
 }
@@ -80,6 +83,7 @@ pub(crate) fn parse(input: &DeriveInput, kind: MessageKind, errors: &mut Errors)
                         args.serde = Some(meta.path.span());
                     }
                     "external" => args.external = Some(meta.value()?.parse()?),
+                    "version" => args.version = Some(meta.value()?.parse()?),
                     _ => {}
                 }
                 Ok(())

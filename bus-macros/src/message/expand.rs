@@ -148,6 +148,13 @@ pub(crate) fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) 
     if let Some(external) = &args.external {
         with_codec.extend(quote!(.with_external(#external)));
     }
+    if let Some(version) = args
+        .version
+        .as_ref()
+        .and_then(|v| v.base10_parse::<u32>().ok())
+    {
+        with_codec.extend(quote!(.with_schema_version(#version)));
+    }
     quote! {
         #[doc(hidden)]
         #[allow(non_upper_case_globals, clippy::all)]

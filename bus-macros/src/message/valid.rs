@@ -59,4 +59,23 @@ pub(crate) fn arguments(
             errors.spanned(external, "an external name cannot be empty");
         }
     }
+    if let Some(version) = &args.version {
+        match version.base10_parse::<u32>() {
+            Ok(0) => errors.spanned(
+                version,
+                "schema versions start at 1: write `version = 1` or more",
+            ),
+            Ok(_) => {}
+            Err(_) => errors.spanned(
+                version,
+                "a schema version is a whole number from 1 to 4294967295, such as `version = 2`",
+            ),
+        }
+        if args.serde.is_none() && args.external.is_none() {
+            errors.spanned(
+                version,
+                "a schema version describes the event's stored JSON: add `serde` (`#[event(serde, version = ..)]`)",
+            );
+        }
+    }
 }

@@ -15,6 +15,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 mod dialects;
+pub mod event_store;
 
 pub use dialects::fresh_sqlite;
 

@@ -1,0 +1,379 @@
+//! Event-sourced aggregates: state rebuilt from its stream, one `apply`
+//! per event type, and `record`, which applies an event at once and keeps
+//! it for the commit.
+
+use std::any::type_name;
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+
+use crate::context::MessageContext;
+use crate::events::{Aggregate, PendingEvent};
+use crate::message::Event;
+
+use super::envelope::{NewEvent, RecordedEvent};
+use super::error::EventStoreError;
+use super::store::{Appended, EventStore};
+use super::stream::{ExpectedVersion, StreamId};
+
+/// How an aggregate's state changes with one of its events.
+///
+/// It is the only place the state changes: a method decides, then
+/// [`record`](EventSourced::record)s what happened, which applies it. The
+/// same `apply` rebuilds the state from the stream on the next load.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not apply `{E}`",
+    label = "`{E}` is not one of `{Self}`'s events",
+    note = "implement `arch_events::event_store::Apply<{E}> for {Self}` and list it in `{Self}`'s `EventSourced::event_types`"
+)]
+pub trait Apply<E: Event> {
+    /// The state after `event`.
+    fn apply(&mut self, event: &E);
+}
+
+/// An aggregate whose state is its stream of events.
+///
+/// Its state starts as `Default` and is rebuilt by applying its stored
+/// events in order. Its methods [`record`](Self::record) events, which
+/// applies each at once (the state is current within a command) and keeps
+/// it for the commit, which appends it to the stream at the version the
+/// aggregate was loaded at.
+///
+/// ```
+/// use arch_events::event_store::{Apply, EventSourced, EventTypes};
+/// use arch_events::{Aggregate, Event, EventRecorder};
+///
+/// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+/// #[event(name = "account.opened", serde)]
+/// struct Opened { owner: String }
+///
+/// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+/// #[event(name = "account.deposited", serde)]
+/// struct Deposited { amount: u64 }
+///
+/// #[derive(Debug, Default)]
+/// struct Account { owner: String, balance: u64, events: EventRecorder }
+///
+/// impl Account {
+///     fn deposit(&mut self, amount: u64) {
+///         self.record(Deposited { amount });
+///     }
+/// }
+///
+/// impl EventSourced for Account {
+///     const KIND: &'static str = "account";
+///     fn event_types(types: EventTypes<Self>) -> EventTypes<Self> {
+///         types.event::<Opened>().event::<Deposited>()
+///     }
+/// }
+/// impl Apply<Opened> for Account {
+///     fn apply(&mut self, event: &Opened) { self.owner = event.owner.clone(); }
+/// }
+/// impl Apply<Deposited> for Account {
+///     fn apply(&mut self, event: &Deposited) { self.balance += event.amount; }
+/// }
+/// impl Aggregate for Account {
+///     fn events(&mut self) -> &mut EventRecorder { &mut self.events }
+/// }
+///
+/// let mut account = Account::default();
+/// account.deposit(5);
+/// account.deposit(7);
+/// assert_eq!(account.balance, 12, "applied as recorded");
+/// assert_eq!(Aggregate::events(&mut account).len(), 2, "and kept for the commit");
+/// ```
+pub trait EventSourced: Aggregate + Default + Send + 'static {
+    /// The aggregate's kind: the first part of its streams' ids. Keep it
+    /// stable: stored streams are found by it.
+    const KIND: &'static str;
+
+    /// Every event type its stream can hold, each with its [`Apply`].
+    fn event_types(types: EventTypes<Self>) -> EventTypes<Self>;
+
+    /// Applies `event` to the state and keeps it for the commit.
+    fn record<E: Event>(&mut self, event: E)
+    where
+        Self: Apply<E>,
+    {
+        self.apply(&event);
+        self.events().record(event);
+    }
+}
+
+type ApplyFn<A> = fn(&mut A, &RecordedEvent) -> Result<(), EventStoreError>;
+
+/// The event types of an aggregate's stream, each with the step that
+/// applies it: built by [`EventSourced::event_types`].
+pub struct EventTypes<A> {
+    by_name: HashMap<&'static str, ApplyFn<A>>,
+}
+
+impl<A> fmt::Debug for EventTypes<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<_> = self.by_name.keys().collect();
+        names.sort();
+        f.debug_struct("EventTypes")
+            .field("events", &names)
+            .finish()
+    }
+}
+
+impl<A: EventSourced> EventTypes<A> {
+    fn new() -> Self {
+        EventTypes {
+            by_name: HashMap::new(),
+        }
+    }
+
+    /// The aggregate's event types, as its [`EventSourced::event_types`] lists
+    /// them.
+    pub fn of() -> Self {
+        A::event_types(EventTypes::new())
+    }
+
+    /// Lists `E`: the stream can hold it, and loading applies it.
+    pub fn event<E>(mut self) -> Self
+    where
+        E: Event + serde::de::DeserializeOwned,
+        A: Apply<E>,
+    {
+        fn apply<A: Apply<E>, E: Event + serde::de::DeserializeOwned>(
+            state: &mut A,
+            recorded: &RecordedEvent,
+        ) -> Result<(), EventStoreError> {
+            let event: E = serde_json::from_str(&recorded.payload)
+                .map_err(|error| recorded.decode_error(error.to_string()))?;
+            state.apply(&event);
+            Ok(())
+        }
+        // Two types under one name never get this far: the bus refuses to
+        // build with them.
+        self.by_name.insert(E::name(), apply::<A, E>);
+        self
+    }
+
+    /// Whether the stream can hold events named `name`.
+    pub fn lists(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Applies a stored event to `state`: [`EventStoreError::Decode`] when
+    /// its type is not listed or its JSON does not fit.
+    pub fn apply(&self, state: &mut A, recorded: &RecordedEvent) -> Result<(), EventStoreError> {
+        match self.by_name.get(recorded.name.as_str()) {
+            Some(apply) => apply(state, recorded),
+            None => Err(recorded.decode_error(format!(
+                "`{}` does not list it in its `EventSourced::event_types`",
+                type_name::<A>()
+            ))),
+        }
+    }
+}
+
+/// An event-sourced aggregate as loaded from its stream: its state, and the
+/// version the commit expects the stream to still be at. Derefs to the
+/// state.
+///
+/// ```
+/// # use arch_events::event_store::{Apply, EventSourced, EventTypes};
+/// # use arch_events::{Aggregate, Event, EventRecorder};
+/// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+/// # #[event(name = "counter.bumped", serde)]
+/// # struct Bumped;
+/// # #[derive(Debug, Default)]
+/// # struct Counter { count: u32, events: EventRecorder }
+/// # impl EventSourced for Counter {
+/// #     const KIND: &'static str = "counter";
+/// #     fn event_types(types: EventTypes<Self>) -> EventTypes<Self> { types.event::<Bumped>() }
+/// # }
+/// # impl Apply<Bumped> for Counter { fn apply(&mut self, _: &Bumped) { self.count += 1; } }
+/// # impl Aggregate for Counter { fn events(&mut self) -> &mut EventRecorder { &mut self.events } }
+/// use arch_events::event_store::{ExpectedVersion, Loaded, EventStore};
+/// use arch_events::testing::InMemoryEventStore;
+/// use arch_events::MessageContext;
+///
+/// # futures::executor::block_on(async {
+/// let store = InMemoryEventStore::new();
+/// let flow = MessageContext::root();
+///
+/// let mut counter = Loaded::<Counter>::new("c1");
+/// counter.record(Bumped);
+/// counter.save(&store, &flow).await?;
+///
+/// let mut counter = Loaded::<Counter>::load(&store, "c1").await?;
+/// assert_eq!((counter.count, counter.version()), (1, 1));
+/// counter.record(Bumped);
+///
+/// // Another writer appends first: this commit conflicts.
+/// let mut other = Loaded::<Counter>::load(&store, "c1").await?;
+/// other.record(Bumped);
+/// other.save(&store, &flow).await?;
+/// assert!(counter.save(&store, &flow).await.unwrap_err().is_conflict());
+/// assert_eq!(Loaded::<Counter>::load(&store, "c1").await?.count, 2);
+/// # Ok::<(), arch_events::event_store::EventStoreError>(())
+/// # }).unwrap();
+/// ```
+pub struct Loaded<A> {
+    stream: StreamId,
+    version: u64,
+    state: A,
+}
+
+impl<A: fmt::Debug> fmt::Debug for Loaded<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loaded")
+            .field("stream", &self.stream)
+            .field("version", &self.version)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+/// Events read per round trip while rebuilding.
+const PAGE: usize = 1000;
+
+impl<A: EventSourced> Loaded<A> {
+    /// A new aggregate, whose stream must not exist yet: its first commit
+    /// fails with a conflict if it does.
+    pub fn new(id: impl Into<String>) -> Self {
+        Loaded {
+            stream: StreamId::new(A::KIND, id),
+            version: 0,
+            state: A::default(),
+        }
+    }
+
+    /// The aggregate `id`, rebuilt from its stream: the default state, and
+    /// version 0, when the stream has no event.
+    pub async fn load(
+        store: &(impl EventStore + ?Sized),
+        id: impl Into<String>,
+    ) -> Result<Self, EventStoreError> {
+        let mut loaded = Loaded::<A>::new(id);
+        let types = EventTypes::<A>::of();
+        loop {
+            let page = store
+                .read_stream(&loaded.stream, loaded.version + 1, PAGE)
+                .await?;
+            let full = page.len() == PAGE;
+            for recorded in &page {
+                loaded.apply(&types, recorded)?;
+            }
+            if !full {
+                return Ok(loaded);
+            }
+        }
+    }
+
+    /// Applies the stream's next event (the stream's events must come in
+    /// version order, from the one after [`version`](Self::version)).
+    pub fn apply(
+        &mut self,
+        types: &EventTypes<A>,
+        recorded: &RecordedEvent,
+    ) -> Result<(), EventStoreError> {
+        if recorded.stream != self.stream || recorded.version != self.version + 1 {
+            return Err(recorded.decode_error(format!(
+                "expected version {} of stream {}",
+                self.version + 1,
+                self.stream
+            )));
+        }
+        types.apply(&mut self.state, recorded)?;
+        self.version = recorded.version;
+        Ok(())
+    }
+
+    /// The stream.
+    pub fn stream(&self) -> &StreamId {
+        &self.stream
+    }
+
+    /// The stream's version this state stands at (0 for a new aggregate).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The state.
+    pub fn state(&self) -> &A {
+        &self.state
+    }
+
+    /// The version the commit expects the stream at.
+    pub fn expected(&self) -> ExpectedVersion {
+        match self.version {
+            0 => ExpectedVersion::NoStream,
+            version => ExpectedVersion::Exact(version),
+        }
+    }
+
+    /// The events recorded since the load, as the store writes them (with
+    /// ids caused by `cause`), and as the bus releases them after the
+    /// commit; the aggregate keeps them until [`saved`](Self::saved).
+    /// [`EventStoreError::Unlisted`] when one of them is not in the
+    /// aggregate's [`EventSourced::event_types`]: it could be written but never
+    /// read back.
+    pub fn changes(&mut self, cause: &MessageContext) -> Result<Vec<NewEvent>, EventStoreError> {
+        let types = EventTypes::<A>::of();
+        let recorded = Aggregate::events(&mut self.state).as_mut_slice();
+        encode_listed::<A>(&types, recorded, cause)
+    }
+
+    /// After the commit: the stream is at `appended.to_version` now, and
+    /// the recorded events are handed back for the bus to release.
+    pub fn saved(&mut self, appended: &Appended) -> Vec<PendingEvent> {
+        self.version = appended.to_version;
+        Aggregate::events(&mut self.state).take()
+    }
+
+    /// Appends what was recorded since the load to `store` (one append,
+    /// expecting the loaded version) and returns the events for the bus to
+    /// release. For a store of its own transaction; a unit of work on a SQL
+    /// store appends in its transaction instead
+    /// ([`changes`](Self::changes), then [`saved`](Self::saved)).
+    pub async fn save(
+        &mut self,
+        store: &(impl EventStore + ?Sized),
+        cause: &MessageContext,
+    ) -> Result<Vec<PendingEvent>, EventStoreError> {
+        let events = self.changes(cause)?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let appended = store.append(&self.stream, self.expected(), &events).await?;
+        Ok(self.saved(&appended))
+    }
+}
+
+fn encode_listed<A: EventSourced>(
+    types: &EventTypes<A>,
+    pending: &mut [PendingEvent],
+    cause: &MessageContext,
+) -> Result<Vec<NewEvent>, EventStoreError> {
+    pending
+        .iter_mut()
+        .map(|event| {
+            if !types.lists(event.name()) {
+                return Err(EventStoreError::Unlisted {
+                    aggregate: type_name::<A>(),
+                    event: event.name(),
+                    event_path: event.meta().rust_path(),
+                });
+            }
+            NewEvent::encode(event, cause)
+        })
+        .collect()
+}
+
+impl<A> Deref for Loaded<A> {
+    type Target = A;
+    fn deref(&self) -> &A {
+        &self.state
+    }
+}
+
+impl<A> DerefMut for Loaded<A> {
+    fn deref_mut(&mut self) -> &mut A {
+        &mut self.state
+    }
+}

@@ -1,0 +1,121 @@
+//! The event store's contract, which every backend keeps (in memory,
+//! SQLite, PostgreSQL) and one conformance suite checks on each.
+
+use super::envelope::{NewEvent, Position, RecordedEvent};
+use super::error::EventStoreError;
+use super::stream::{ExpectedVersion, StreamId};
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream's version before the append.
+    pub from_version: u64,
+    /// The stream's version after it: its last event's.
+    pub to_version: u64,
+    /// The global position of the last event appended (or of the stream's
+    /// last event, when nothing was appended): a caller waits for a
+    /// projection to reach it to read its own write.
+    pub position: Position,
+    /// `false` when every event was stored already, by an earlier run of
+    /// the same append (a retry): nothing was written.
+    pub written: bool,
+}
+
+/// Which events [`EventStore::read_all`] reads.
+///
+/// ```
+/// use arch_events::event_store::{Position, ReadAll};
+///
+/// let read = ReadAll::after(Position::START).limit(100).types(["shop.shipped"]);
+/// assert!(read.wants("shop.shipped"));
+/// assert!(!read.wants("shop.ordered"));
+/// assert!(ReadAll::after(Position::START).wants("anything"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadAll {
+    /// Only events after this position.
+    pub after: Position,
+    /// At most this many.
+    pub limit: usize,
+    /// Only events with one of these type names; every type when empty.
+    pub types: Vec<String>,
+}
+
+impl ReadAll {
+    /// Every event after `after`, in pages of 1,000.
+    pub fn after(after: Position) -> Self {
+        ReadAll {
+            after,
+            limit: 1000,
+            types: Vec::new(),
+        }
+    }
+
+    /// At most `limit` events (at least 1).
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit.max(1);
+        self
+    }
+
+    /// Only events of these types (by name).
+    pub fn types<S: Into<String>>(mut self, types: impl IntoIterator<Item = S>) -> Self {
+        self.types = types.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Whether an event of type `name` is one this read wants.
+    pub fn wants(&self, name: &str) -> bool {
+        self.types.is_empty() || self.types.iter().any(|wanted| wanted == name)
+    }
+}
+
+/// An event store: streams of events, each with its own version, in one
+/// global order.
+///
+/// The contract (the conformance suite checks it on every backend):
+/// - **Append** writes all of its events or none, at the stream's next
+///   versions, only if the stream's version passes `expected`; otherwise
+///   [`EventStoreError::Conflict`], with the actual version.
+/// - **Idempotent**: an append whose event ids are stored already, as the
+///   same stream's events in the same order, is a retry of an append that
+///   succeeded: it writes nothing and returns what was written
+///   (`written: false`), whatever `expected` says. Any other use of a
+///   stored id is [`EventStoreError::DuplicateId`].
+/// - **Read a stream**: its events from a version, in version order.
+/// - **Read all**: every event after a [`Position`], in position order;
+///   a reader that goes on from the last position it saw never misses an
+///   event, however concurrent the writers were, and never sees one twice.
+#[crate::async_trait]
+pub trait EventStore: Send + Sync {
+    /// Appends `events` to `stream` if its version passes `expected`.
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Appended, EventStoreError>;
+
+    /// Up to `limit` events of `stream` from version `from` on (1 for
+    /// the whole stream), in version order; none for a stream that does
+    /// not exist.
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, EventStoreError>;
+
+    /// The events `read` asks for, in position order.
+    async fn read_all(&self, read: &ReadAll) -> Result<Vec<RecordedEvent>, EventStoreError>;
+
+    /// The stream's version: 0 when it has no event.
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, EventStoreError>;
+
+    /// The position of the last event committed now ([`Position::START`]
+    /// when there is none). Every event committed before this call is at
+    /// or before it, and [`read_all`](Self::read_all) reaches it once the
+    /// transactions older than it have ended (at once where commits are
+    /// serial): a caller that read up to it has read everything committed
+    /// before it asked.
+    async fn head(&self) -> Result<Position, EventStoreError>;
+}

@@ -1,0 +1,30 @@
+-- The event store: streams of events, each with its own version, in one
+-- global order. SQLite has one writer at a time, so positions are taken
+-- in commit order: a reader that goes on after the last position it saw
+-- never misses an event.
+
+-- Each stream's version: the optimistic-concurrency check of an append
+-- reads and moves it.
+CREATE TABLE IF NOT EXISTS bus_streams (
+    kind    TEXT NOT NULL,
+    id      TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+
+CREATE TABLE IF NOT EXISTS bus_stream_events (
+    position       INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id       TEXT NOT NULL UNIQUE,
+    stream_kind    TEXT NOT NULL,
+    stream_id      TEXT NOT NULL,
+    version        INTEGER NOT NULL,
+    name           TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    payload        TEXT NOT NULL,
+    metadata       TEXT NULL,
+    correlation_id TEXT NOT NULL,
+    causation_id   TEXT NULL,
+    recorded_at    TEXT NOT NULL,
+    UNIQUE (stream_kind, stream_id, version)
+);
+CREATE INDEX IF NOT EXISTS bus_stream_events_by_name ON bus_stream_events (name, position);

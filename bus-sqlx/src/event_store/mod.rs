@@ -1,0 +1,254 @@
+//! The event store on SQLite and PostgreSQL: streams with a version each,
+//! in one global order that never skips, appended inside a unit of work's
+//! own transaction ([`SqlEventStore::append_in`]) or in one of its own.
+
+#[cfg(feature = "postgres")]
+mod postgres;
+mod rows;
+pub(crate) mod sql;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use std::collections::HashSet;
+
+use arch_events::event_store::{
+    Appended, EventStore, EventStoreError, ExpectedVersion, NewEvent, Position, ReadAll,
+    RecordedEvent, StreamId,
+};
+use arch_events::MessageId;
+use sqlx::Transaction;
+
+use crate::backend::Backend;
+use crate::store::Store;
+
+/// The event store of a [`Store`]'s database: `arch_events`'
+/// [`EventStore`] on SQLite or PostgreSQL, whose appends can also join a
+/// unit of work's transaction, so that the events, the outbox rows, the
+/// staged deliveries and an inline projection's writes commit together.
+///
+/// On PostgreSQL, [`read_all`](EventStore::read_all) reads only events of
+/// transactions older than the oldest one still running: a catch-up reader
+/// never skips an event that commits late, and never waits on a timer; a
+/// transaction held open stalls readers until it ends, which
+/// [`held_back_by`](Self::held_back_by) shows.
+///
+/// ```
+/// # #[cfg(feature = "sqlite")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use arch_events::event_store::{EventStore, ExpectedVersion, NewEvent, Position, ReadAll, StreamId};
+/// use arch_events::{Event, MessageContext, PendingEvent};
+/// use arch_events_sqlx::Store;
+/// use sqlx::sqlite::SqlitePoolOptions;
+///
+/// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+/// #[event(name = "door.opened", serde)]
+/// struct Opened { by: String }
+///
+/// let pool = SqlitePoolOptions::new().connect("sqlite::memory:").await?;
+/// let store = Store::open(pool).await?;
+/// let events = store.event_store();
+/// let door = StreamId::new("door", "front");
+/// let opened = NewEvent::encode(&mut PendingEvent::new(Opened { by: "ada".into() }), &MessageContext::root())?;
+///
+/// // In a transaction of the application's own, with its other writes:
+/// let mut tx = store.begin().await?;
+/// let appended = events.append_in(&mut tx, &door, ExpectedVersion::NoStream, &[opened]).await?;
+/// tx.commit().await?;
+/// assert_eq!(appended.to_version, 1);
+///
+/// let all = events.read_all(&ReadAll::after(Position::START)).await?;
+/// assert_eq!(all[0].decode::<Opened>()?.by, "ada");
+/// store.close().await;
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
+/// ```
+pub struct SqlEventStore<DB: Backend> {
+    store: Store<DB>,
+}
+
+impl<DB: Backend> Clone for SqlEventStore<DB> {
+    fn clone(&self) -> Self {
+        SqlEventStore {
+            store: self.store.clone(),
+        }
+    }
+}
+
+impl<DB: Backend> std::fmt::Debug for SqlEventStore<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlEventStore")
+            .field("database", &DB::LABEL)
+            .finish()
+    }
+}
+
+impl<DB: Backend> Store<DB> {
+    /// The event store in this store's database.
+    pub fn event_store(&self) -> SqlEventStore<DB> {
+        SqlEventStore {
+            store: self.clone(),
+        }
+    }
+}
+
+impl<DB: Backend> SqlEventStore<DB> {
+    /// Appends `events` to `stream` in `transaction` (the unit of work's
+    /// own, begun with [`Store::begin`]), if the stream's version passes
+    /// `expected`. The contract is [`EventStore::append`]'s; once the
+    /// transaction commits, the events are stored.
+    ///
+    /// On PostgreSQL, an append from a transaction older than the one that
+    /// last appended to the stream fails with [`EventStoreError::Raced`]
+    /// (a rerun in a new transaction succeeds): a stream's versions follow
+    /// the global order. Roll the transaction back on any error.
+    pub async fn append_in(
+        &self,
+        transaction: &mut Transaction<'_, DB>,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Appended, EventStoreError> {
+        let mut unique = HashSet::with_capacity(events.len());
+        if let Some(event) = events.iter().find(|event| !unique.insert(event.id)) {
+            return Err(EventStoreError::DuplicateId {
+                id: event.id,
+                stream: stream.clone(),
+            });
+        }
+        let connection: &mut DB::Connection = transaction;
+        DB::append(connection, stream, expected, events).await
+    }
+
+    /// The transactions that hold catch-up readers back now (PostgreSQL;
+    /// none on SQLite, whose readers never wait): a transaction that stays
+    /// open stalls every reader of all events until it ends. Give it to
+    /// your monitoring with the projections' lag.
+    pub async fn held_back_by(&self) -> Result<Vec<HeldBy>, EventStoreError> {
+        DB::held_back_by(self.store.pool())
+            .await
+            .map_err(EventStoreError::backend)
+    }
+}
+
+/// A transaction that holds catch-up readers back, as
+/// [`SqlEventStore::held_back_by`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldBy {
+    /// The backend's process id (`pg_stat_activity.pid`), or the prepared
+    /// transaction's global id.
+    pub holder: String,
+    /// How long the transaction has been open.
+    pub open_for: std::time::Duration,
+    /// What it runs (or ran last): `pg_stat_activity.query`.
+    pub query: String,
+}
+
+#[arch_events::async_trait]
+impl<DB: Backend> EventStore for SqlEventStore<DB> {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Appended, EventStoreError> {
+        let mut tx = self.store.begin().await.map_err(EventStoreError::backend)?;
+        let appended = self.append_in(&mut tx, stream, expected, events).await?;
+        if appended.written {
+            tx.commit().await.map_err(EventStoreError::backend)?;
+        }
+        Ok(appended)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        DB::read_stream(self.store.pool(), stream, from, limit)
+            .await
+            .map_err(EventStoreError::backend)
+    }
+
+    async fn read_all(&self, read: &ReadAll) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        DB::read_all(self.store.pool(), read)
+            .await
+            .map_err(EventStoreError::backend)
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, EventStoreError> {
+        DB::stream_version(self.store.pool(), stream)
+            .await
+            .map_err(EventStoreError::backend)
+    }
+
+    async fn head(&self) -> Result<Position, EventStoreError> {
+        DB::head(self.store.pool())
+            .await
+            .map_err(EventStoreError::backend)
+    }
+}
+
+/// Where one of an append's ids is stored already.
+pub(crate) struct Found {
+    pub(crate) id: MessageId,
+    pub(crate) stream: StreamId,
+    pub(crate) version: u64,
+    pub(crate) position: Position,
+}
+
+/// What the ids of `events` found stored say: `None` when none is (a new
+/// append); the earlier append's outcome when all of them are, as this
+/// stream's events at consecutive versions in this order (a retry);
+/// [`EventStoreError::DuplicateId`] otherwise.
+pub(crate) fn earlier_append(
+    stream: &StreamId,
+    events: &[NewEvent],
+    found: Vec<Found>,
+) -> Result<Option<Appended>, EventStoreError> {
+    let Some(known) = found.first().map(|found| found.id) else {
+        return Ok(None);
+    };
+    let duplicate = || EventStoreError::DuplicateId {
+        id: known,
+        stream: stream.clone(),
+    };
+    let by_id: std::collections::HashMap<MessageId, &Found> =
+        found.iter().map(|found| (found.id, found)).collect();
+    let stored: Option<Vec<&Found>> = events
+        .iter()
+        .map(|event| by_id.get(&event.id).copied())
+        .collect();
+    let Some(stored) = stored else {
+        return Err(duplicate());
+    };
+    let (Some(first), Some(last)) = (stored.first(), stored.last()) else {
+        return Err(duplicate());
+    };
+    let in_place = stored.iter().enumerate().all(|(offset, found)| {
+        found.stream == *stream && found.version == first.version + offset as u64
+    });
+    if !in_place {
+        return Err(duplicate());
+    }
+    Ok(Some(Appended {
+        from_version: first.version - 1,
+        to_version: last.version,
+        position: last.position,
+        written: false,
+    }))
+}
+
+/// A count or version read from the database, which never stores a
+/// negative one.
+pub(crate) fn unsigned(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// A count or version for the database.
+pub(crate) fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}

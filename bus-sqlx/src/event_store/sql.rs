@@ -1,0 +1,39 @@
+//! What each database brings to the event store: its SQL, behind one
+//! sealed trait implemented for `sqlx::Sqlite` and `sqlx::Postgres`.
+
+use arch_events::event_store::{
+    Appended, EventStoreError, ExpectedVersion, NewEvent, Position, ReadAll, RecordedEvent,
+    StreamId,
+};
+use sqlx::Pool;
+
+use super::HeldBy;
+
+/// The event store's SQL for one database.
+#[arch_events::async_trait]
+pub trait EventSql: sqlx::Database + Sized {
+    /// Appends `events` (ids unique among themselves) to `stream` in the
+    /// transaction `connection` is in.
+    async fn append(
+        connection: &mut Self::Connection,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Appended, EventStoreError>;
+
+    async fn read_stream(
+        pool: &Pool<Self>,
+        stream: &StreamId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error>;
+
+    async fn read_all(pool: &Pool<Self>, read: &ReadAll)
+        -> Result<Vec<RecordedEvent>, sqlx::Error>;
+
+    async fn stream_version(pool: &Pool<Self>, stream: &StreamId) -> Result<u64, sqlx::Error>;
+
+    async fn head(pool: &Pool<Self>) -> Result<Position, sqlx::Error>;
+
+    async fn held_back_by(pool: &Pool<Self>) -> Result<Vec<HeldBy>, sqlx::Error>;
+}

@@ -1,0 +1,214 @@
+//! The event store's SQL on SQLite. Writers take turns (`BEGIN IMMEDIATE`,
+//! the store's writer queue), so positions are taken in commit order and a
+//! reader needs no more than `position > last seen`.
+
+use arch_events::event_store::{
+    Appended, EventStoreError, ExpectedVersion, NewEvent, Position, ReadAll, RecordedEvent,
+    StreamId,
+};
+use chrono::Utc;
+use sqlx::{Pool, QueryBuilder, Sqlite, SqliteConnection};
+
+use super::rows::{found, recorded_event};
+use super::sql::EventSql;
+use super::{earlier_append, signed, unsigned, HeldBy};
+
+const COLUMNS: &str = "event_id, stream_kind, stream_id, version, position AS commit_key, \
+     position, name, schema_version, payload, metadata, correlation_id, causation_id, recorded_at";
+
+/// Rows per multi-row `INSERT` (11 values each; SQLite takes at most
+/// 32,766 bound values).
+const INSERT_CHUNK: usize = 1000;
+
+fn backend(error: sqlx::Error) -> EventStoreError {
+    EventStoreError::backend(error)
+}
+
+async fn current_version(
+    connection: &mut SqliteConnection,
+    stream: &StreamId,
+) -> Result<u64, sqlx::Error> {
+    let version: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM bus_streams WHERE kind = ? AND id = ?")
+            .bind(stream.kind())
+            .bind(stream.id())
+            .fetch_optional(&mut *connection)
+            .await?;
+    Ok(version.map_or(0, unsigned))
+}
+
+async fn last_position(
+    connection: &mut SqliteConnection,
+    stream: &StreamId,
+) -> Result<Position, sqlx::Error> {
+    let position: Option<i64> = sqlx::query_scalar(
+        "SELECT max(position) FROM bus_stream_events WHERE stream_kind = ? AND stream_id = ?",
+    )
+    .bind(stream.kind())
+    .bind(stream.id())
+    .fetch_one(&mut *connection)
+    .await?;
+    let position = position.map_or(0, unsigned);
+    Ok(Position::new(position, position))
+}
+
+#[arch_events::async_trait]
+impl EventSql for Sqlite {
+    async fn append(
+        connection: &mut SqliteConnection,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Appended, EventStoreError> {
+        if !events.is_empty() {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "SELECT event_id, stream_kind, stream_id, version, position AS commit_key, \
+                 position FROM bus_stream_events WHERE event_id IN (",
+            );
+            let mut ids = query.separated(", ");
+            for event in events {
+                ids.push_bind(event.id.to_string());
+            }
+            query.push(")");
+            let rows = query
+                .build()
+                .fetch_all(&mut *connection)
+                .await
+                .map_err(backend)?;
+            let found = rows
+                .iter()
+                .map(found)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            if let Some(appended) = earlier_append(stream, events, found)? {
+                return Ok(appended);
+            }
+        }
+        let current = current_version(connection, stream).await.map_err(backend)?;
+        if !expected.admits(current) {
+            return Err(EventStoreError::Conflict {
+                stream: stream.clone(),
+                expected,
+                actual: current,
+            });
+        }
+        if events.is_empty() {
+            let position = last_position(connection, stream).await.map_err(backend)?;
+            return Ok(Appended {
+                from_version: current,
+                to_version: current,
+                position,
+                written: false,
+            });
+        }
+        let to_version = current + events.len() as u64;
+        sqlx::query(
+            "INSERT INTO bus_streams (kind, id, version) VALUES (?, ?, ?) \
+             ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version",
+        )
+        .bind(stream.kind())
+        .bind(stream.id())
+        .bind(signed(to_version))
+        .execute(&mut *connection)
+        .await
+        .map_err(backend)?;
+        let recorded_at = Utc::now();
+        let mut last = 0;
+        for (chunk_index, chunk) in events.chunks(INSERT_CHUNK).enumerate() {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO bus_stream_events (event_id, stream_kind, stream_id, version, name, \
+                 schema_version, payload, metadata, correlation_id, causation_id, recorded_at) ",
+            );
+            let first_version = current + (chunk_index * INSERT_CHUNK) as u64 + 1;
+            insert.push_values(chunk.iter().enumerate(), |mut row, (offset, event)| {
+                row.push_bind(event.id.to_string())
+                    .push_bind(stream.kind())
+                    .push_bind(stream.id())
+                    .push_bind(signed(first_version + offset as u64))
+                    .push_bind(event.name.as_str())
+                    .push_bind(i64::from(event.schema_version))
+                    .push_bind(event.payload.as_str())
+                    .push_bind((!event.metadata.is_null()).then(|| event.metadata.to_string()))
+                    .push_bind(event.correlation_id.to_string())
+                    .push_bind(event.causation_id.map(|id| id.to_string()))
+                    .push_bind(recorded_at);
+            });
+            insert.push(" RETURNING position");
+            let positions: Vec<i64> = insert
+                .build_query_scalar()
+                .fetch_all(&mut *connection)
+                .await
+                .map_err(backend)?;
+            last = positions.into_iter().max().unwrap_or(last).max(last);
+        }
+        let last = unsigned(last);
+        Ok(Appended {
+            from_version: current,
+            to_version,
+            position: Position::new(last, last),
+            written: true,
+        })
+    }
+
+    async fn read_stream(
+        pool: &Pool<Self>,
+        stream: &StreamId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM bus_stream_events \
+             WHERE stream_kind = ? AND stream_id = ? AND version >= ? \
+             ORDER BY version LIMIT ?"
+        ))
+        .bind(stream.kind())
+        .bind(stream.id())
+        .bind(signed(from))
+        .bind(signed(limit as u64))
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(recorded_event).collect()
+    }
+
+    async fn read_all(
+        pool: &Pool<Self>,
+        read: &ReadAll,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let mut query = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {COLUMNS} FROM bus_stream_events WHERE position > "
+        ));
+        query.push_bind(signed(read.after.sequence()));
+        if !read.types.is_empty() {
+            query.push(" AND name IN (");
+            let mut names = query.separated(", ");
+            for name in &read.types {
+                names.push_bind(name.as_str());
+            }
+            query.push(")");
+        }
+        query.push(" ORDER BY position LIMIT ");
+        query.push_bind(signed(read.limit as u64));
+        let rows = query.build().fetch_all(pool).await?;
+        rows.iter().map(recorded_event).collect()
+    }
+
+    async fn stream_version(pool: &Pool<Self>, stream: &StreamId) -> Result<u64, sqlx::Error> {
+        let mut connection = pool.acquire().await?;
+        current_version(&mut connection, stream).await
+    }
+
+    async fn head(pool: &Pool<Self>) -> Result<Position, sqlx::Error> {
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT max(position) FROM bus_stream_events")
+                .fetch_one(pool)
+                .await?;
+        let position = position.map_or(0, unsigned);
+        Ok(Position::new(position, position))
+    }
+
+    async fn held_back_by(_: &Pool<Self>) -> Result<Vec<HeldBy>, sqlx::Error> {
+        // One writer at a time, positions in commit order: readers never
+        // wait for a transaction.
+        Ok(Vec::new())
+    }
+}
