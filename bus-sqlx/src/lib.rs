@@ -170,6 +170,7 @@ mod migrate;
 mod outbox;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod projection;
 mod recovery;
 mod rows;
 mod settings;
@@ -188,6 +189,7 @@ pub use event_store::{HeldBy, SqlEventStore};
 pub use inbox::Inbox;
 pub use migrate::migrate;
 pub use outbox::Outbox;
+pub use projection::{Batch, Projection, ProjectionError, RunningProjection};
 pub use recovery::Recovery;
 pub use settings::Settings;
 pub use stage::Staged;

@@ -36,3 +36,10 @@ mod in_memory {
 mod sqlite {
     super::event_store_tests!(super::on_sqlite);
 }
+
+mod projection_on_sqlite {
+    arch_events_sqlx_conformance::projection_tests!(
+        sqlx::Sqlite,
+        arch_events_sqlx_conformance::fresh_sqlite
+    );
+}

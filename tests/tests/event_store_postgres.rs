@@ -46,6 +46,18 @@ mod conformance {
     super::event_store_tests!(super::on_postgres);
 }
 
+async fn fresh_database() -> arch_events_sqlx_conformance::TestDatabase {
+    let database = FreshDatabase::create().await;
+    arch_events_sqlx_conformance::TestDatabase {
+        url: database.url.clone(),
+        keep: Box::new(database),
+    }
+}
+
+mod projection {
+    arch_events_sqlx_conformance::projection_tests!(sqlx::Postgres, super::fresh_database);
+}
+
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
 #[event(name = "order.noted", serde)]
 struct Noted {

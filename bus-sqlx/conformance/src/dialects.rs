@@ -93,6 +93,20 @@ impl Ledger for Sqlite {
             .unwrap_or(0)
     }
 
+    async fn balance_sum(pool: &Pool<Self>) -> (i64, i64) {
+        sqlx::query_as(
+            "SELECT CAST(coalesce(sum(total), 0) AS BIGINT), \
+             CAST(coalesce(sum(applied), 0) AS BIGINT) FROM totals",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    }
+
+    async fn execute_in(connection: &mut Self::Connection, sql: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(sql).execute(&mut *connection).await.map(drop)
+    }
+
     async fn count(pool: &Pool<Self>, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(pool)
@@ -182,6 +196,20 @@ impl Ledger for Postgres {
             .await
             .unwrap()
             .unwrap_or(0)
+    }
+
+    async fn balance_sum(pool: &Pool<Self>) -> (i64, i64) {
+        sqlx::query_as(
+            "SELECT CAST(coalesce(sum(total), 0) AS BIGINT), \
+             CAST(coalesce(sum(applied), 0) AS BIGINT) FROM totals",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    }
+
+    async fn execute_in(connection: &mut Self::Connection, sql: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(sql).execute(&mut *connection).await.map(drop)
     }
 
     async fn count(pool: &PgPool, table: &str) -> i64 {

@@ -130,7 +130,7 @@ fn deposit(amount: u64, cause: &MessageContext) -> NewEvent {
     NewEvent::encode(&mut PendingEvent::new(Deposited { amount }), cause).expect("encodes")
 }
 
-fn deposits(amounts: impl IntoIterator<Item = u64>) -> Vec<NewEvent> {
+pub(crate) fn deposits(amounts: impl IntoIterator<Item = u64>) -> Vec<NewEvent> {
     let cause = MessageContext::root();
     amounts
         .into_iter()

@@ -16,6 +16,7 @@
 
 mod dialects;
 pub mod event_store;
+pub mod projection;
 
 pub use dialects::fresh_sqlite;
 
@@ -128,6 +129,12 @@ pub trait Ledger: Backend {
     ) -> Result<(), sqlx::Error>;
     /// A projected balance.
     async fn balance(pool: &Pool<Self>, account: &str) -> i64;
+    /// The projection suite's `totals` table: the sum of `total` and of
+    /// `applied` (0, 0 when empty).
+    async fn balance_sum(pool: &Pool<Self>) -> (i64, i64);
+    /// Runs a statement of the test's own in the transaction `connection`
+    /// is in.
+    async fn execute_in(connection: &mut Self::Connection, sql: &str) -> Result<(), sqlx::Error>;
     /// `SELECT count(*) FROM <table>`.
     async fn count(pool: &Pool<Self>, table: &str) -> i64;
     /// Runs a statement of the test's own.

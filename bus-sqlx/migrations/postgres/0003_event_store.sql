@@ -40,3 +40,14 @@ CREATE TABLE IF NOT EXISTS bus_stream_events (
     UNIQUE (stream_kind, stream_id, version)
 );
 CREATE INDEX IF NOT EXISTS bus_stream_events_by_name ON bus_stream_events (name, xid, position);
+
+-- Each catch-up projection's checkpoint: the position of the last event it
+-- applied, written in the same transaction as its read model's writes. A
+-- batch holds its row's lock to its commit: one process at a time applies
+-- a projection's events, the others skip it (SKIP LOCKED).
+CREATE TABLE IF NOT EXISTS bus_projections (
+    name       TEXT PRIMARY KEY,
+    commit_key BIGINT NOT NULL DEFAULT 0,
+    position   BIGINT NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);

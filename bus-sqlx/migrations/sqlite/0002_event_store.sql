@@ -28,3 +28,12 @@ CREATE TABLE IF NOT EXISTS bus_stream_events (
     UNIQUE (stream_kind, stream_id, version)
 );
 CREATE INDEX IF NOT EXISTS bus_stream_events_by_name ON bus_stream_events (name, position);
+
+-- Each catch-up projection's checkpoint: the position of the last event it
+-- applied, written in the same transaction as its read model's writes.
+CREATE TABLE IF NOT EXISTS bus_projections (
+    name       TEXT PRIMARY KEY NOT NULL,
+    commit_key INTEGER NOT NULL DEFAULT 0,
+    position   INTEGER NOT NULL DEFAULT 0,
+    updated_at TEXT NOT NULL
+);

@@ -122,6 +122,11 @@ impl<DB: Backend> SqlEventStore<DB> {
         DB::append(connection, stream, expected, events).await
     }
 
+    /// The store this event store is in.
+    pub(crate) fn store(&self) -> &Store<DB> {
+        &self.store
+    }
+
     /// The transactions that hold catch-up readers back now (PostgreSQL;
     /// none on SQLite, whose readers never wait): a transaction that stays
     /// open stalls every reader of all events until it ends. Give it to

@@ -263,6 +263,14 @@ impl EventSql for Postgres {
         pool: &Pool<Self>,
         read: &ReadAll,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let mut connection = pool.acquire().await?;
+        Self::read_all_on(&mut connection, read).await
+    }
+
+    async fn read_all_on(
+        connection: &mut PgConnection,
+        read: &ReadAll,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         // One statement, one snapshot: the line and the rows below it are
         // read in the same one.
         let rows = sqlx::query(&format!(
@@ -276,9 +284,55 @@ impl EventSql for Postgres {
         .bind(signed(read.after.sequence()))
         .bind(signed(read.limit as u64))
         .bind(&read.types)
-        .fetch_all(pool)
+        .fetch_all(&mut *connection)
         .await?;
         rows.iter().map(recorded_event).collect()
+    }
+
+    async fn lock_checkpoint(
+        connection: &mut PgConnection,
+        name: &str,
+    ) -> Result<Option<Position>, sqlx::Error> {
+        sqlx::query("INSERT INTO bus_projections (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .execute(&mut *connection)
+            .await?;
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT commit_key, position FROM bus_projections WHERE name = $1 \
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(name)
+        .fetch_optional(&mut *connection)
+        .await?;
+        Ok(row.map(|(commit, sequence)| Position::new(unsigned(commit), unsigned(sequence))))
+    }
+
+    async fn save_checkpoint(
+        connection: &mut PgConnection,
+        name: &str,
+        position: Position,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE bus_projections SET commit_key = $2, position = $3, updated_at = now() \
+             WHERE name = $1",
+        )
+        .bind(name)
+        .bind(signed(position.commit()))
+        .bind(signed(position.sequence()))
+        .execute(&mut *connection)
+        .await
+        .map(drop)
+    }
+
+    async fn checkpoint(pool: &Pool<Self>, name: &str) -> Result<Position, sqlx::Error> {
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("SELECT commit_key, position FROM bus_projections WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?;
+        Ok(row.map_or(Position::START, |(commit, sequence)| {
+            Position::new(unsigned(commit), unsigned(sequence))
+        }))
     }
 
     async fn stream_version(pool: &Pool<Self>, stream: &StreamId) -> Result<u64, sqlx::Error> {

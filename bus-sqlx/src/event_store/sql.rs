@@ -31,6 +31,30 @@ pub trait EventSql: sqlx::Database + Sized {
     async fn read_all(pool: &Pool<Self>, read: &ReadAll)
         -> Result<Vec<RecordedEvent>, sqlx::Error>;
 
+    /// [`read_all`](Self::read_all), in the transaction `connection` is in.
+    async fn read_all_on(
+        connection: &mut Self::Connection,
+        read: &ReadAll,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error>;
+
+    /// The projection's checkpoint, its row locked to the commit (made at
+    /// [`Position::START`] if it has none); `None` when another
+    /// transaction holds it (another process is applying a batch).
+    async fn lock_checkpoint(
+        connection: &mut Self::Connection,
+        name: &str,
+    ) -> Result<Option<Position>, sqlx::Error>;
+
+    async fn save_checkpoint(
+        connection: &mut Self::Connection,
+        name: &str,
+        position: Position,
+    ) -> Result<(), sqlx::Error>;
+
+    /// The projection's checkpoint as committed ([`Position::START`] if it
+    /// has none).
+    async fn checkpoint(pool: &Pool<Self>, name: &str) -> Result<Position, sqlx::Error>;
+
     async fn stream_version(pool: &Pool<Self>, stream: &StreamId) -> Result<u64, sqlx::Error>;
 
     async fn head(pool: &Pool<Self>) -> Result<Position, sqlx::Error>;

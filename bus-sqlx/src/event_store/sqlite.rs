@@ -174,6 +174,14 @@ impl EventSql for Sqlite {
         pool: &Pool<Self>,
         read: &ReadAll,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let mut connection = pool.acquire().await?;
+        Self::read_all_on(&mut connection, read).await
+    }
+
+    async fn read_all_on(
+        connection: &mut SqliteConnection,
+        read: &ReadAll,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         let mut query = QueryBuilder::<Sqlite>::new(format!(
             "SELECT {COLUMNS} FROM bus_stream_events WHERE position > "
         ));
@@ -188,8 +196,58 @@ impl EventSql for Sqlite {
         }
         query.push(" ORDER BY position LIMIT ");
         query.push_bind(signed(read.limit as u64));
-        let rows = query.build().fetch_all(pool).await?;
+        let rows = query.build().fetch_all(&mut *connection).await?;
         rows.iter().map(recorded_event).collect()
+    }
+
+    async fn lock_checkpoint(
+        connection: &mut SqliteConnection,
+        name: &str,
+    ) -> Result<Option<Position>, sqlx::Error> {
+        // The write transaction (`BEGIN IMMEDIATE`) is the lock: one
+        // writer at a time.
+        sqlx::query(
+            "INSERT INTO bus_projections (name, updated_at) VALUES (?, ?) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(Utc::now())
+        .execute(&mut *connection)
+        .await?;
+        let (commit, sequence): (i64, i64) =
+            sqlx::query_as("SELECT commit_key, position FROM bus_projections WHERE name = ?")
+                .bind(name)
+                .fetch_one(&mut *connection)
+                .await?;
+        Ok(Some(Position::new(unsigned(commit), unsigned(sequence))))
+    }
+
+    async fn save_checkpoint(
+        connection: &mut SqliteConnection,
+        name: &str,
+        position: Position,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE bus_projections SET commit_key = ?, position = ?, updated_at = ? WHERE name = ?",
+        )
+        .bind(signed(position.commit()))
+        .bind(signed(position.sequence()))
+        .bind(Utc::now())
+        .bind(name)
+        .execute(&mut *connection)
+        .await
+        .map(drop)
+    }
+
+    async fn checkpoint(pool: &Pool<Self>, name: &str) -> Result<Position, sqlx::Error> {
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("SELECT commit_key, position FROM bus_projections WHERE name = ?")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?;
+        Ok(row.map_or(Position::START, |(commit, sequence)| {
+            Position::new(unsigned(commit), unsigned(sequence))
+        }))
     }
 
     async fn stream_version(pool: &Pool<Self>, stream: &StreamId) -> Result<u64, sqlx::Error> {
