@@ -15,7 +15,8 @@ use arch_events::event_store::{
     Appended, EventStore, EventStoreError, ExpectedVersion, NewEvent, Position, ReadAll,
     RecordedEvent, StreamId,
 };
-use arch_events::MessageId;
+use arch_events::event_store::{EventSourced, Loaded};
+use arch_events::{MessageContext, MessageId, PendingEvent};
 use sqlx::Transaction;
 
 use crate::backend::Backend;
@@ -120,6 +121,34 @@ impl<DB: Backend> SqlEventStore<DB> {
         }
         let connection: &mut DB::Connection = transaction;
         DB::append(connection, stream, expected, events).await
+    }
+
+    /// Appends what `aggregate` recorded since it was loaded, in
+    /// `transaction`, expecting the stream at the version it was loaded at;
+    /// returns the events for the unit of work to stage
+    /// ([`Store::stage`]) in the same transaction and release after the
+    /// commit. A concurrent writer makes it fail with a conflict
+    /// ([`EventStoreError::is_conflict`]), which the command's retry policy
+    /// turns into a rerun with fresh state.
+    pub async fn save_in<A: EventSourced>(
+        &self,
+        transaction: &mut Transaction<'_, DB>,
+        aggregate: &mut Loaded<A>,
+        cause: &MessageContext,
+    ) -> Result<Vec<PendingEvent>, EventStoreError> {
+        let events = aggregate.changes(cause)?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let appended = self
+            .append_in(
+                transaction,
+                aggregate.stream(),
+                aggregate.expected(),
+                &events,
+            )
+            .await?;
+        Ok(aggregate.saved(&appended))
     }
 
     /// The store this event store is in.
