@@ -13,6 +13,7 @@ use crate::message::Event;
 
 use super::envelope::{NewEvent, RecordedEvent};
 use super::error::EventStoreError;
+use super::snapshot::{Snapshotted, StoredSnapshot};
 use super::store::{Appended, EventStore};
 use super::stream::{ExpectedVersion, StreamId};
 
@@ -216,6 +217,10 @@ impl<A: EventSourced> EventTypes<A> {
 pub struct Loaded<A> {
     stream: StreamId,
     version: u64,
+    /// The version the state was loaded at (from the events or a
+    /// snapshot): a snapshot is due when a commit crosses a multiple of the
+    /// policy since.
+    loaded_at: u64,
     state: A,
 }
 
@@ -224,6 +229,7 @@ impl<A: fmt::Debug> fmt::Debug for Loaded<A> {
         f.debug_struct("Loaded")
             .field("stream", &self.stream)
             .field("version", &self.version)
+            .field("loaded_at", &self.loaded_at)
             .field("state", &self.state)
             .finish()
     }
@@ -239,6 +245,7 @@ impl<A: EventSourced> Loaded<A> {
         Loaded {
             stream: StreamId::new(A::KIND, id),
             version: 0,
+            loaded_at: 0,
             state: A::default(),
         }
     }
@@ -249,7 +256,12 @@ impl<A: EventSourced> Loaded<A> {
         store: &(impl EventStore + ?Sized),
         id: impl Into<String>,
     ) -> Result<Self, EventStoreError> {
-        let mut loaded = Loaded::<A>::new(id);
+        Loaded::<A>::new(id).replay(store).await
+    }
+
+    /// Applies the stream's events after the current version.
+    async fn replay(mut self, store: &(impl EventStore + ?Sized)) -> Result<Self, EventStoreError> {
+        let loaded = &mut self;
         let types = EventTypes::<A>::of();
         loop {
             let page = store
@@ -260,7 +272,8 @@ impl<A: EventSourced> Loaded<A> {
                 loaded.apply(&types, recorded)?;
             }
             if !full {
-                return Ok(loaded);
+                loaded.loaded_at = loaded.version;
+                return Ok(self);
             }
         }
     }
@@ -317,6 +330,81 @@ impl<A: EventSourced> Loaded<A> {
         let types = EventTypes::<A>::of();
         let recorded = Aggregate::events(&mut self.state).as_mut_slice();
         encode_listed::<A>(&types, recorded, cause)
+    }
+
+    /// Whether a snapshot is due: the stream crossed a multiple of
+    /// [`Snapshotted::SNAPSHOT_EVERY`] since this state was loaded.
+    pub fn snapshot_due(&self) -> bool
+    where
+        A: Snapshotted,
+    {
+        let every = A::SNAPSHOT_EVERY.max(1);
+        self.version / every > self.loaded_at / every
+    }
+
+    /// Saves the state as the stream's snapshot if one is due
+    /// ([`snapshot_due`](Self::snapshot_due)); call it after the commit.
+    /// `true` when it saved one.
+    pub async fn save_snapshot_if_due(
+        &mut self,
+        snapshots: &(impl EventStore + ?Sized),
+    ) -> Result<bool, EventStoreError>
+    where
+        A: Snapshotted,
+    {
+        if !self.snapshot_due() {
+            return Ok(false);
+        }
+        let state =
+            serde_json::to_string(&self.state).map_err(|error| EventStoreError::Encode {
+                event: type_name::<A>(),
+                source: error.into(),
+            })?;
+        let snapshot = StoredSnapshot {
+            version: self.version,
+            state_version: A::STATE_VERSION,
+            state,
+        };
+        snapshots.save_snapshot(&self.stream, &snapshot).await?;
+        self.loaded_at = self.version;
+        Ok(true)
+    }
+
+    /// The aggregate `id`, from its latest snapshot and the events after
+    /// it; from the events alone when it has no snapshot, or one of another
+    /// [`Snapshotted::STATE_VERSION`], or one that no longer reads (logged).
+    pub async fn load_snapshotted(
+        store: &(impl EventStore + ?Sized),
+        id: impl Into<String>,
+    ) -> Result<Self, EventStoreError>
+    where
+        A: Snapshotted,
+    {
+        let mut loaded = Loaded::<A>::new(id);
+        if let Some(snapshot) = store.load_snapshot(&loaded.stream).await? {
+            if snapshot.state_version != A::STATE_VERSION {
+                tracing::debug!(
+                    stream = %loaded.stream,
+                    stored = snapshot.state_version,
+                    code = A::STATE_VERSION,
+                    "arch-events: a snapshot of another state version is ignored"
+                );
+            } else {
+                match serde_json::from_str::<A>(&snapshot.state) {
+                    Ok(state) => {
+                        loaded.state = state;
+                        loaded.version = snapshot.version;
+                    }
+                    Err(error) => tracing::warn!(
+                        stream = %loaded.stream,
+                        version = snapshot.version,
+                        %error,
+                        "arch-events: a snapshot does not read; the state is rebuilt from the events"
+                    ),
+                }
+            }
+        }
+        loaded.replay(store).await
     }
 
     /// After the commit: the stream is at `appended.to_version` now, and

@@ -12,6 +12,10 @@
 //!   [`InMemoryEventStore`](crate::testing::InMemoryEventStore) for tests
 //!   and by `arch-events-sqlx`'s SQLite and PostgreSQL stores, which also
 //!   append inside a unit of work's transaction.
+//! - [`Snapshotted`]: an aggregate's state saved
+//!   every so many events ([`Loaded::load_snapshotted`],
+//!   [`Loaded::save_snapshot_if_due`]); a snapshot of another state schema
+//!   version is ignored and the state rebuilt from the events.
 //! - [`RecordedEvent`]: what the store holds for each event: its ids, its
 //!   stream and version, its global [`Position`], its type's name and
 //!   schema version, when it was recorded, and the application's metadata.
@@ -21,11 +25,13 @@
 mod aggregate;
 mod envelope;
 mod error;
+mod snapshot;
 mod store;
 mod stream;
 
 pub use aggregate::{Apply, EventSourced, EventTypes, Loaded};
 pub use envelope::{NewEvent, ParsePositionError, Position, RecordedEvent};
 pub use error::EventStoreError;
+pub use snapshot::{Snapshotted, StoredSnapshot};
 pub use store::{Appended, EventStore, ReadAll};
 pub use stream::{ExpectedVersion, StreamId};

@@ -3,6 +3,7 @@
 
 use super::envelope::{NewEvent, Position, RecordedEvent};
 use super::error::EventStoreError;
+use super::snapshot::StoredSnapshot;
 use super::stream::{ExpectedVersion, StreamId};
 
 /// What an append did.
@@ -118,4 +119,18 @@ pub trait EventStore: Send + Sync {
     /// serial): a caller that read up to it has read everything committed
     /// before it asked.
     async fn head(&self) -> Result<Position, EventStoreError>;
+
+    /// The stream's latest snapshot, if any.
+    async fn load_snapshot(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<StoredSnapshot>, EventStoreError>;
+
+    /// Keeps `snapshot` as the stream's latest, unless one at a later
+    /// version is kept already.
+    async fn save_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: &StoredSnapshot,
+    ) -> Result<(), EventStoreError>;
 }

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use crate::event_store::{
     Appended, EventStore, EventStoreError, ExpectedVersion, NewEvent, Position, ReadAll,
-    RecordedEvent, StreamId,
+    RecordedEvent, StoredSnapshot, StreamId,
 };
 use crate::message_id::MessageId;
 
@@ -47,6 +47,8 @@ pub struct InMemoryEventStore {
 struct Streams {
     /// Every event, in position order.
     all: Vec<RecordedEvent>,
+    /// Each stream's latest snapshot.
+    snapshots: HashMap<StreamId, StoredSnapshot>,
     /// Each stream's events, as indexes into `all`.
     streams: HashMap<StreamId, Vec<usize>>,
     /// Where each id is in `all`.
@@ -236,6 +238,29 @@ impl EventStore for InMemoryEventStore {
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, EventStoreError> {
         Ok(self.streams().version(stream))
+    }
+
+    async fn load_snapshot(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<StoredSnapshot>, EventStoreError> {
+        Ok(self.streams().snapshots.get(stream).cloned())
+    }
+
+    async fn save_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: &StoredSnapshot,
+    ) -> Result<(), EventStoreError> {
+        let mut streams = self.streams();
+        let kept = streams
+            .snapshots
+            .entry(stream.clone())
+            .or_insert_with(|| snapshot.clone());
+        if kept.version < snapshot.version {
+            *kept = snapshot.clone();
+        }
+        Ok(())
     }
 
     async fn head(&self) -> Result<Position, EventStoreError> {

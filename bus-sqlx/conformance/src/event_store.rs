@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use arch_events::event_store::{
     Apply, EventSourced, EventStore, EventStoreError, EventTypes, ExpectedVersion, Loaded,
-    NewEvent, Position, ReadAll, RecordedEvent, StreamId,
+    NewEvent, Position, ReadAll, RecordedEvent, Snapshotted, StoredSnapshot, StreamId,
 };
 use arch_events::{
     Aggregate, Event, EventRecorder, Message, MessageContext, MessageId, PendingEvent,
@@ -44,6 +44,8 @@ macro_rules! event_store_tests {
             a_reader_following_concurrent_writers_sees_every_event_once_in_stream_order,
             an_aggregate_is_rebuilt_from_its_stream_and_a_stale_one_conflicts,
             an_aggregate_that_recorded_an_unlisted_event_appends_nothing,
+            a_snapshot_every_so_many_events_spares_a_load_the_events_before_it,
+            a_snapshot_of_another_state_version_or_that_does_not_read_is_ignored,
         );
     };
     (@each $fresh:path; $($test:ident),* $(,)?) => {
@@ -73,11 +75,20 @@ pub struct Deposited {
 }
 
 /// An event-sourced account.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Account {
     owner: String,
     balance: u64,
+    /// Events applied since this state was loaded or made.
+    #[serde(skip)]
+    replayed: u64,
+    #[serde(skip)]
     events: EventRecorder,
+}
+
+impl Snapshotted for Account {
+    const STATE_VERSION: u32 = 1;
+    const SNAPSHOT_EVERY: u64 = 10;
 }
 
 impl Account {
@@ -101,12 +112,14 @@ impl EventSourced for Account {
 
 impl Apply<Opened> for Account {
     fn apply(&mut self, event: &Opened) {
+        self.replayed += 1;
         self.owner.clone_from(&event.owner);
     }
 }
 
 impl Apply<Deposited> for Account {
     fn apply(&mut self, event: &Deposited) {
+        self.replayed += 1;
         self.balance += event.amount;
     }
 }
@@ -740,4 +753,94 @@ pub async fn an_aggregate_that_recorded_an_unlisted_event_appends_nothing(
     );
     assert!(error.to_string().contains(".event::<"), "{error}");
     assert!(everything(store).await.is_empty());
+}
+
+pub async fn a_snapshot_every_so_many_events_spares_a_load_the_events_before_it(
+    subject: EventStoreUnderTest,
+) {
+    let store = &*subject.store;
+    let flow = MessageContext::root();
+    let mut taken = Vec::new();
+    for amount in 1..=25 {
+        let mut account = Loaded::<Account>::load_snapshotted(store, "a1")
+            .await
+            .unwrap();
+        account.deposit(amount);
+        account.save(store, &flow).await.unwrap();
+        if account.save_snapshot_if_due(store).await.unwrap() {
+            taken.push(account.version());
+        }
+    }
+    assert_eq!(taken, [10, 20], "every 10 events");
+    let kept = store.load_snapshot(&stream("a1")).await.unwrap().unwrap();
+    assert_eq!((kept.version, kept.state_version), (20, 1));
+    let from_snapshot = Loaded::<Account>::load_snapshotted(store, "a1")
+        .await
+        .unwrap();
+    assert_eq!(
+        (from_snapshot.balance, from_snapshot.version()),
+        (25 * 26 / 2, 25)
+    );
+    assert_eq!(
+        from_snapshot.replayed, 5,
+        "only the events after the snapshot"
+    );
+    let from_events = Loaded::<Account>::load(store, "a1").await.unwrap();
+    assert_eq!(
+        (from_events.balance, from_events.replayed),
+        (25 * 26 / 2, 25)
+    );
+    // An older snapshot never replaces a newer one.
+    let older = StoredSnapshot {
+        version: 5,
+        ..kept.clone()
+    };
+    store.save_snapshot(&stream("a1"), &older).await.unwrap();
+    assert_eq!(
+        store.load_snapshot(&stream("a1")).await.unwrap(),
+        Some(kept)
+    );
+}
+
+pub async fn a_snapshot_of_another_state_version_or_that_does_not_read_is_ignored(
+    subject: EventStoreUnderTest,
+) {
+    let store = &*subject.store;
+    let flow = MessageContext::root();
+    for id in ["a1", "a2"] {
+        let mut account = Loaded::<Account>::new(id);
+        for amount in 1..=12 {
+            account.deposit(amount);
+        }
+        account.save(store, &flow).await.unwrap();
+    }
+    let other_shape = StoredSnapshot {
+        version: 12,
+        state_version: 99,
+        state: r#"{"owner":"","balance":1000000}"#.into(),
+    };
+    store
+        .save_snapshot(&stream("a1"), &other_shape)
+        .await
+        .unwrap();
+    let unreadable = StoredSnapshot {
+        version: 12,
+        state_version: Account::STATE_VERSION,
+        state: r#"{"owner":7}"#.into(),
+    };
+    store
+        .save_snapshot(&stream("a2"), &unreadable)
+        .await
+        .unwrap();
+    for id in ["a1", "a2"] {
+        let account = Loaded::<Account>::load_snapshotted(store, id)
+            .await
+            .unwrap();
+        assert_eq!(
+            (account.balance, account.version()),
+            (12 * 13 / 2, 12),
+            "{id}: never misread"
+        );
+        assert_eq!(account.replayed, 12, "{id}: rebuilt from the events");
+    }
 }

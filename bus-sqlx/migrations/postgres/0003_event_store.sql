@@ -51,3 +51,15 @@ CREATE TABLE IF NOT EXISTS bus_projections (
     position   BIGINT NOT NULL DEFAULT 0,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Each stream's latest snapshot: an aggregate's state at a version, in the
+-- shape its state schema version names.
+CREATE TABLE IF NOT EXISTS bus_snapshots (
+    kind          TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    version       BIGINT NOT NULL,
+    state_version INTEGER NOT NULL,
+    state         jsonb NOT NULL,
+    taken_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, id)
+);

@@ -37,3 +37,15 @@ CREATE TABLE IF NOT EXISTS bus_projections (
     position   INTEGER NOT NULL DEFAULT 0,
     updated_at TEXT NOT NULL
 );
+
+-- Each stream's latest snapshot: an aggregate's state at a version, in the
+-- shape its state schema version names.
+CREATE TABLE IF NOT EXISTS bus_snapshots (
+    kind          TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    state_version INTEGER NOT NULL,
+    state         TEXT NOT NULL,
+    taken_at      TEXT NOT NULL,
+    PRIMARY KEY (kind, id)
+);

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 
 use arch_events::event_store::{
     Appended, EventStore, EventStoreError, ExpectedVersion, NewEvent, Position, ReadAll,
-    RecordedEvent, StreamId,
+    RecordedEvent, StoredSnapshot, StreamId,
 };
 use arch_events::event_store::{EventSourced, Loaded};
 use arch_events::{MessageContext, MessageId, PendingEvent};
@@ -215,6 +215,25 @@ impl<DB: Backend> EventStore for SqlEventStore<DB> {
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, EventStoreError> {
         DB::stream_version(self.store.pool(), stream)
+            .await
+            .map_err(EventStoreError::backend)
+    }
+
+    async fn load_snapshot(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<StoredSnapshot>, EventStoreError> {
+        DB::load_snapshot(self.store.pool(), stream)
+            .await
+            .map_err(EventStoreError::backend)
+    }
+
+    async fn save_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: &StoredSnapshot,
+    ) -> Result<(), EventStoreError> {
+        DB::save_snapshot(self.store.pool(), stream, snapshot)
             .await
             .map_err(EventStoreError::backend)
     }

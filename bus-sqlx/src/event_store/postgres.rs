@@ -27,7 +27,7 @@
 
 use arch_events::event_store::{
     Appended, EventStoreError, ExpectedVersion, NewEvent, Position, ReadAll, RecordedEvent,
-    StreamId,
+    StoredSnapshot, StreamId,
 };
 use sqlx::{PgConnection, Pool, Postgres, Row};
 
@@ -355,6 +355,47 @@ impl EventSql for Postgres {
         Ok(last.map_or(Position::START, |(commit, sequence)| {
             Position::new(unsigned(commit), unsigned(sequence))
         }))
+    }
+
+    async fn load_snapshot(
+        pool: &Pool<Self>,
+        stream: &StreamId,
+    ) -> Result<Option<StoredSnapshot>, sqlx::Error> {
+        let row: Option<(i64, i32, String)> = sqlx::query_as(
+            "SELECT version, state_version, state::text FROM bus_snapshots \
+             WHERE kind = $1 AND id = $2",
+        )
+        .bind(stream.kind())
+        .bind(stream.id())
+        .fetch_optional(pool)
+        .await?;
+        Ok(row.map(|(version, state_version, state)| StoredSnapshot {
+            version: unsigned(version),
+            state_version: u32::try_from(state_version).unwrap_or(u32::MAX),
+            state,
+        }))
+    }
+
+    async fn save_snapshot(
+        pool: &Pool<Self>,
+        stream: &StreamId,
+        snapshot: &StoredSnapshot,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO bus_snapshots AS s (kind, id, version, state_version, state) \
+             VALUES ($1, $2, $3, $4, $5::jsonb) \
+             ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version, \
+               state_version = excluded.state_version, state = excluded.state, taken_at = now() \
+             WHERE excluded.version > s.version",
+        )
+        .bind(stream.kind())
+        .bind(stream.id())
+        .bind(signed(snapshot.version))
+        .bind(i32::try_from(snapshot.state_version).unwrap_or(i32::MAX))
+        .bind(snapshot.state.as_str())
+        .execute(pool)
+        .await
+        .map(drop)
     }
 
     async fn held_back_by(pool: &Pool<Self>) -> Result<Vec<HeldBy>, sqlx::Error> {

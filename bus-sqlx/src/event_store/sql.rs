@@ -3,7 +3,7 @@
 
 use arch_events::event_store::{
     Appended, EventStoreError, ExpectedVersion, NewEvent, Position, ReadAll, RecordedEvent,
-    StreamId,
+    StoredSnapshot, StreamId,
 };
 use sqlx::Pool;
 
@@ -58,6 +58,18 @@ pub trait EventSql: sqlx::Database + Sized {
     async fn stream_version(pool: &Pool<Self>, stream: &StreamId) -> Result<u64, sqlx::Error>;
 
     async fn head(pool: &Pool<Self>) -> Result<Position, sqlx::Error>;
+
+    async fn load_snapshot(
+        pool: &Pool<Self>,
+        stream: &StreamId,
+    ) -> Result<Option<StoredSnapshot>, sqlx::Error>;
+
+    /// Upserts, unless the kept one is at a later version.
+    async fn save_snapshot(
+        pool: &Pool<Self>,
+        stream: &StreamId,
+        snapshot: &StoredSnapshot,
+    ) -> Result<(), sqlx::Error>;
 
     async fn held_back_by(pool: &Pool<Self>) -> Result<Vec<HeldBy>, sqlx::Error>;
 }

@@ -4,7 +4,7 @@
 
 use arch_events::event_store::{
     Appended, EventStoreError, ExpectedVersion, NewEvent, Position, ReadAll, RecordedEvent,
-    StreamId,
+    StoredSnapshot, StreamId,
 };
 use chrono::Utc;
 use sqlx::{Pool, QueryBuilder, Sqlite, SqliteConnection};
@@ -262,6 +262,48 @@ impl EventSql for Sqlite {
                 .await?;
         let position = position.map_or(0, unsigned);
         Ok(Position::new(position, position))
+    }
+
+    async fn load_snapshot(
+        pool: &Pool<Self>,
+        stream: &StreamId,
+    ) -> Result<Option<StoredSnapshot>, sqlx::Error> {
+        let row: Option<(i64, i64, String)> = sqlx::query_as(
+            "SELECT version, state_version, state FROM bus_snapshots WHERE kind = ? AND id = ?",
+        )
+        .bind(stream.kind())
+        .bind(stream.id())
+        .fetch_optional(pool)
+        .await?;
+        Ok(row.map(|(version, state_version, state)| StoredSnapshot {
+            version: unsigned(version),
+            state_version: u32::try_from(state_version).unwrap_or(u32::MAX),
+            state,
+        }))
+    }
+
+    async fn save_snapshot(
+        pool: &Pool<Self>,
+        stream: &StreamId,
+        snapshot: &StoredSnapshot,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO bus_snapshots (kind, id, version, state_version, state, taken_at) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version, \
+               state_version = excluded.state_version, state = excluded.state, \
+               taken_at = excluded.taken_at \
+             WHERE excluded.version > bus_snapshots.version",
+        )
+        .bind(stream.kind())
+        .bind(stream.id())
+        .bind(signed(snapshot.version))
+        .bind(i64::from(snapshot.state_version))
+        .bind(snapshot.state.as_str())
+        .bind(Utc::now())
+        .execute(pool)
+        .await
+        .map(drop)
     }
 
     async fn held_back_by(_: &Pool<Self>) -> Result<Vec<HeldBy>, sqlx::Error> {
