@@ -269,6 +269,16 @@ pub enum Problem {
         /// Why it cannot apply.
         reason: &'static str,
     },
+    /// The upcasters of a stored event cannot bring every stored version
+    /// to the code's (`#[upcaster]`).
+    Upcaster {
+        /// The event's name.
+        event: &'static str,
+        /// What is wrong.
+        reason: String,
+        /// The upcasters concerned: their paths and locations.
+        upcasters: Vec<(&'static str, Location)>,
+    },
     /// Two message types share one name.
     DuplicateName {
         /// The name.
@@ -292,6 +302,7 @@ impl Problem {
                 handler.name
             }
             Problem::DuplicateName { name, .. } => name,
+            Problem::Upcaster { event, .. } => event,
         }
     }
 
@@ -411,6 +422,17 @@ impl fmt::Display for Problem {
                 replacement(type_name, *lifetime),
                 registration(type_name, *lifetime)
             ),
+            Problem::Upcaster {
+                event,
+                reason,
+                upcasters,
+            } => {
+                write!(f, "event `{event}`: {reason}:")?;
+                for (path, at) in upcasters {
+                    write!(f, " `{path}` ({at});")?;
+                }
+                Ok(())
+            }
             Problem::UndescribedHandler { handler } => write!(
                 f,
                 "handler {handler} could not say which message it takes: register handlers with `#[handler]`"

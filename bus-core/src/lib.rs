@@ -96,7 +96,7 @@ pub mod describe {
     };
 }
 
-pub use arch_events_macros::{handler, Command, Event, Query};
+pub use arch_events_macros::{handler, upcaster, Command, Event, Query};
 
 /// The `async_trait` attribute, re-exported so that object-safe async traits
 /// such as [`UnitOfWork`] can be implemented without another dependency.
@@ -114,6 +114,24 @@ pub mod __private {
         HandlerOutput, MessageRef, Output, TakeMessage, TypedAsyncRequest, TypedRequest, TypedSync,
     };
     pub use crate::codec::{JsonCommand, JsonEvent};
+    #[cfg(feature = "json")]
+    pub use crate::event_store::upcast::UpcasterEntry;
+    #[cfg(feature = "json")]
+    pub use serde_json;
+
+    /// An upcaster's result, its error boxed.
+    #[cfg(feature = "json")]
+    pub fn upcast_result<E: Into<crate::BoxError>>(
+        result: ::core::result::Result<serde_json::Value, E>,
+    ) -> ::core::result::Result<serde_json::Value, crate::BoxError> {
+        result.map_err(Into::into)
+    }
+
+    /// Names the event an upcaster is for: it must be a stored event.
+    #[cfg(feature = "json")]
+    pub fn upcast_target<E: crate::Event + JsonEvent>() -> &'static crate::__private::MessageMeta {
+        E::meta()
+    }
     pub use crate::executor::block_on;
     pub use crate::message::marker::{CommandMarker, EventMarker, KindMarker, QueryMarker};
     pub use crate::message::{EventCodec, MessageKind, MessageMeta};

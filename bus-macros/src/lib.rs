@@ -6,6 +6,7 @@ mod args;
 mod errors;
 mod handler;
 mod message;
+mod upcaster;
 
 use proc_macro::TokenStream;
 
@@ -49,4 +50,13 @@ pub fn derive_query(input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
     handler::attribute(args.into(), item.into()).into()
+}
+
+/// Registers a step that brings a stored event from schema version `from`
+/// to `from + 1`: `#[upcaster(EventType, from = 1)]` on a
+/// `fn(serde_json::Value) -> Result<serde_json::Value, E>`. See the
+/// `arch_events::event_store` docs.
+#[proc_macro_attribute]
+pub fn upcaster(args: TokenStream, item: TokenStream) -> TokenStream {
+    upcaster::attribute(args.into(), item.into()).into()
 }

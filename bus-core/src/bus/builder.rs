@@ -308,6 +308,8 @@ impl BusBuilder {
         });
         let messages = unique_messages(&registrations, &handlers);
         problems.extend(duplicate_names(&messages));
+        #[cfg(feature = "json")]
+        problems.extend(crate::event_store::upcast::problems());
 
         let mut by_message: HashMap<*const MessageMeta, Vec<&'static HandlerRegistration>> =
             HashMap::new();

@@ -142,8 +142,7 @@ impl<A: EventSourced> EventTypes<A> {
             state: &mut A,
             recorded: &RecordedEvent,
         ) -> Result<(), EventStoreError> {
-            let event: E = serde_json::from_str(&recorded.payload)
-                .map_err(|error| recorded.decode_error(error.to_string()))?;
+            let event: E = recorded.decode()?;
             state.apply(&event);
             Ok(())
         }

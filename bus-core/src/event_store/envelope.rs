@@ -199,8 +199,10 @@ impl RecordedEvent {
         MessageContext::restored(self.id, self.correlation_id, self.causation_id)
     }
 
-    /// The event, read as an `E`: [`EventStoreError::Decode`] when it is
-    /// another type or its JSON does not fit.
+    /// The event, read as an `E`, brought first from the schema version it
+    /// was stored in to the code's by its upcasters (`#[upcaster]`):
+    /// [`EventStoreError::Decode`] when it is another type, an upcaster is
+    /// missing or fails, or its JSON does not fit.
     pub fn decode<E>(&self) -> Result<E, EventStoreError>
     where
         E: Event + serde::de::DeserializeOwned,
@@ -212,7 +214,15 @@ impl RecordedEvent {
                 E::name()
             )));
         }
-        serde_json::from_str(&self.payload).map_err(|error| self.decode_error(error.to_string()))
+        let meta = E::meta();
+        if self.schema_version == meta.schema_version() {
+            return serde_json::from_str(&self.payload)
+                .map_err(|error| self.decode_error(error.to_string()));
+        }
+        let current = super::upcast::to_current(meta, self.schema_version, &self.payload)
+            .map_err(|reason| self.decode_error(reason))?;
+        serde_json::from_value(current)
+            .map_err(|error| self.decode_error(format!("after its upcasters: {error}")))
     }
 
     pub(crate) fn decode_error(&self, reason: String) -> EventStoreError {

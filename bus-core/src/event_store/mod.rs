@@ -28,6 +28,7 @@ mod error;
 mod snapshot;
 mod store;
 mod stream;
+pub(crate) mod upcast;
 
 pub use aggregate::{Apply, EventSourced, EventTypes, Loaded};
 pub use envelope::{NewEvent, ParsePositionError, Position, RecordedEvent};

@@ -46,6 +46,7 @@ macro_rules! event_store_tests {
             an_aggregate_that_recorded_an_unlisted_event_appends_nothing,
             a_snapshot_every_so_many_events_spares_a_load_the_events_before_it,
             a_snapshot_of_another_state_version_or_that_does_not_read_is_ignored,
+            an_event_stored_in_an_older_shape_is_upcast_when_read,
         );
     };
     (@each $fresh:path; $($test:ident),* $(,)?) => {
@@ -72,6 +73,17 @@ pub struct Opened {
 pub struct Deposited {
     /// How much.
     pub amount: u64,
+}
+
+/// Version 1 of `Deposited` kept the amount in `cents`; version 2 calls it
+/// `amount`.
+#[arch_events::upcaster(Deposited, from = 1)]
+fn deposited_from_cents(mut value: serde_json::Value) -> Result<serde_json::Value, String> {
+    let cents = value
+        .get_mut("cents")
+        .map(serde_json::Value::take)
+        .ok_or("a version 1 deposit has `cents`")?;
+    Ok(serde_json::json!({ "amount": cents }))
 }
 
 /// An event-sourced account.
@@ -842,5 +854,52 @@ pub async fn a_snapshot_of_another_state_version_or_that_does_not_read_is_ignore
             "{id}: never misread"
         );
         assert_eq!(account.replayed, 12, "{id}: rebuilt from the events");
+    }
+}
+
+pub async fn an_event_stored_in_an_older_shape_is_upcast_when_read(subject: EventStoreUnderTest) {
+    let store = &*subject.store;
+    let stored_as = |schema_version: u32, payload: &str| NewEvent {
+        schema_version,
+        payload: payload.into(),
+        ..deposit(0, &MessageContext::root())
+    };
+    let events = [
+        stored_as(1, r#"{"cents":7}"#),
+        stored_as(2, r#"{"amount":5}"#),
+    ];
+    store
+        .append(&stream("old"), ExpectedVersion::NoStream, &events)
+        .await
+        .unwrap();
+    let read = store.read_stream(&stream("old"), 1, 10).await.unwrap();
+    assert_eq!(read[0].schema_version, 1, "stored as it was written");
+    assert_eq!(
+        read[0].decode::<Deposited>().unwrap(),
+        Deposited { amount: 7 }
+    );
+    let account = Loaded::<Account>::load(store, "old").await.unwrap();
+    assert_eq!(account.balance, 12, "the aggregate reads both shapes");
+
+    store
+        .append(
+            &stream("broken"),
+            ExpectedVersion::NoStream,
+            &[stored_as(1, r#"{"dollars":7}"#)],
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            &stream("newer"),
+            ExpectedVersion::NoStream,
+            &[stored_as(3, r#"{"amount":1}"#)],
+        )
+        .await
+        .unwrap();
+    for (id, says) in [("broken", "deposited_from_cents"), ("newer", "newer build")] {
+        let error = Loaded::<Account>::load(store, id).await.unwrap_err();
+        assert!(matches!(error, EventStoreError::Decode { .. }), "{error}");
+        assert!(error.to_string().contains(says), "{id}: {error}");
     }
 }
