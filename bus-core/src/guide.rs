@@ -49,3 +49,9 @@ pub mod nothing_committed_is_lost {
 pub mod your_own_domain {
     #![doc = include_str!("../guide/10-your-own-domain.md")]
 }
+
+/// Chapter 11.
+#[cfg(feature = "json")]
+pub mod event_sourcing {
+    #![doc = include_str!("../guide/11-event-sourcing.md")]
+}

@@ -119,12 +119,29 @@ pub mod __private {
     #[cfg(feature = "json")]
     pub use serde_json;
 
-    /// An upcaster's result, its error boxed.
+    /// What `#[upcaster]` calls: a function with an upcaster's signature.
     #[cfg(feature = "json")]
-    pub fn upcast_result<E: Into<crate::BoxError>>(
-        result: ::core::result::Result<serde_json::Value, E>,
-    ) -> ::core::result::Result<serde_json::Value, crate::BoxError> {
-        result.map_err(Into::into)
+    #[diagnostic::on_unimplemented(
+        message = "`#[upcaster]` needs `fn(serde_json::Value) -> Result<serde_json::Value, E>`",
+        label = "not an upcaster's signature",
+        note = "take the stored JSON as `value: serde_json::Value` and return \
+                `Result<serde_json::Value, E>` with an error type `E` that converts into \
+                `Box<dyn Error + Send + Sync>` (a `String` does)"
+    )]
+    pub trait Upcast {
+        /// Runs it.
+        fn upcast(&self, value: serde_json::Value) -> Result<serde_json::Value, crate::BoxError>;
+    }
+
+    #[cfg(feature = "json")]
+    impl<F, E> Upcast for F
+    where
+        F: Fn(serde_json::Value) -> Result<serde_json::Value, E>,
+        E: Into<crate::BoxError>,
+    {
+        fn upcast(&self, value: serde_json::Value) -> Result<serde_json::Value, crate::BoxError> {
+            self(value).map_err(Into::into)
+        }
     }
 
     /// Names the event an upcaster is for: it must be a stored event.

@@ -16,8 +16,8 @@ pub(crate) fn registration(function: &ItemFn, args: &UpcasterArgs) -> TokenStrea
     let target = quote_spanned! {event.span()=>
         ::arch_events::__private::upcast_target::<#event>
     };
-    let call = quote_spanned! {function.sig.output.span()=>
-        ::arch_events::__private::upcast_result(#name(value))
+    let call = quote_spanned! {name.span()=>
+        ::arch_events::__private::Upcast::upcast(&#name, value)
     };
     quote! {
         #[doc(hidden)]

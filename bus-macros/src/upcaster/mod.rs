@@ -93,6 +93,7 @@ mod tests {
         for expected in [
             "fn shipped_v1",
             "UpcasterEntry :: new",
+            "Upcast :: upcast",
             "upcast_target :: < Shipped >",
             "1u32",
             "inventory :: submit !",
