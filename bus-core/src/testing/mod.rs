@@ -4,7 +4,11 @@
 //!   events were released, in order, and which handlers ran, and how they
 //!   ended. No recorder to write by hand.
 //! - [`given`]: given an aggregate in some state, when a method runs, then
-//!   these events were raised (or this error returned).
+//!   these events were raised (or this error returned); `given_events` for
+//!   an event-sourced aggregate, whose state is built from a history of
+//!   events (feature `json`).
+//! - `InMemoryEventStore`: the event store's contract in memory (feature
+//!   `json`).
 //! - [`InMemoryStore`], [`InMemoryRepository`] and [`FakeUnitOfWork`]: a
 //!   generic in-memory repository and unit of work with the real contract
 //!   (optimistic concurrency at commit, events released only after it), for
@@ -17,12 +21,16 @@
 
 #[cfg(feature = "json")]
 mod event_store;
+#[cfg(feature = "json")]
+mod history;
 mod recorder;
 mod repository;
 mod scenario;
 
 #[cfg(feature = "json")]
 pub use event_store::InMemoryEventStore;
+#[cfg(feature = "json")]
+pub use history::{given_events, History};
 pub(crate) use recorder::RecorderInner;
 pub use recorder::{handler_name, HandlerRun, Misuse, Recorder};
 pub use repository::{Conflict, Entity, FakeUnitOfWork, InMemoryRepository, InMemoryStore};
