@@ -151,7 +151,7 @@ pub mod __private {
     }
     pub use crate::executor::block_on;
     pub use crate::message::marker::{CommandMarker, EventMarker, KindMarker, QueryMarker};
-    pub use crate::message::{EventCodec, MessageKind, MessageMeta};
+    pub use crate::message::{EventCodec, MessageKind, MessageMeta, PersonalFields};
     pub use crate::registry::{
         HandlerDef, HandlerEntry, HandlerFn, HandlerRegistration, MessageEntry,
     };

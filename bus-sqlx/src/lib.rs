@@ -185,7 +185,7 @@ pub use dead_letters::{
     InMemoryDeadLetterStore, StoreSink, StoredDeadLetter,
 };
 pub use error::{Error, MigrateError, RelayError, StageError};
-pub use event_store::{HeldBy, SqlEventStore};
+pub use event_store::{HeldBy, SqlEventStore, SqlKeyStore};
 pub use inbox::Inbox;
 pub use migrate::migrate;
 pub use outbox::Outbox;

@@ -149,6 +149,15 @@ pub enum ProjectionError {
         #[source]
         source: sqlx::Error,
     },
+    /// The subjects' keys could not be read.
+    #[error("projection `{projection}`: the subjects' keys could not be read")]
+    Keys {
+        /// The projection.
+        projection: String,
+        /// The key store's error.
+        #[source]
+        source: EventStoreError,
+    },
     /// [`SqlEventStore::wait_for`] gave up.
     #[error("projection `{projection}` did not reach {wanted} within {within:?}: it is at {at}")]
     NotReached {
@@ -207,9 +216,15 @@ impl<DB: Backend> SqlEventStore<DB> {
         else {
             return Ok(Batch::Busy);
         };
-        let events = DB::read_all_on(connection, &ReadAll::after(checkpoint).limit(BATCH))
+        let mut events = DB::read_all_on(connection, &ReadAll::after(checkpoint).limit(BATCH))
             .await
             .map_err(database)?;
+        self.reveal(&mut events)
+            .await
+            .map_err(|error| ProjectionError::Keys {
+                projection: name.to_owned(),
+                source: error,
+            })?;
         let Some(last) = events.last().map(|event| event.position) else {
             return Ok(Batch::UpToDate);
         };

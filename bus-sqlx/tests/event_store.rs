@@ -7,14 +7,19 @@
 
 use std::sync::Arc;
 
-use arch_events::testing::InMemoryEventStore;
+use arch_events::event_store::{KeyStore, Protected};
+use arch_events::testing::{InMemoryEventStore, InMemoryKeyStore};
 use arch_events_sqlx::Store;
 use arch_events_sqlx_conformance::event_store::EventStoreUnderTest;
 use arch_events_sqlx_conformance::{self as conformance, event_store_tests};
 
 async fn in_memory() -> EventStoreUnderTest {
+    let store = Arc::new(InMemoryEventStore::new());
+    let keys: Arc<dyn KeyStore> = Arc::new(InMemoryKeyStore::new());
     EventStoreUnderTest {
-        store: Arc::new(InMemoryEventStore::new()),
+        protected: Arc::new(Protected::new(store.clone(), keys.clone())),
+        store,
+        keys,
         keep: Box::new(()),
     }
 }
@@ -23,7 +28,10 @@ async fn on_sqlite() -> EventStoreUnderTest {
     let database = conformance::fresh_sqlite().await;
     let pool = database.pool::<sqlx::Sqlite>().await;
     let store = Store::open(pool).await.expect("opens");
+    let keys: Arc<dyn KeyStore> = Arc::new(store.key_store());
     EventStoreUnderTest {
+        protected: Arc::new(store.event_store().with_personal_data()),
+        keys,
         store: Arc::new(store.event_store()),
         keep: Box::new((database, store)),
     }

@@ -36,7 +36,10 @@ async fn open() -> (FreshDatabase, PgPool, Store<Postgres>) {
 
 async fn on_postgres() -> EventStoreUnderTest {
     let (database, _pool, store) = open().await;
+    let keys: Arc<dyn arch_events::event_store::KeyStore> = Arc::new(store.key_store());
     EventStoreUnderTest {
+        protected: Arc::new(store.event_store().with_personal_data()),
+        keys,
         store: Arc::new(store.event_store()),
         keep: Box::new((store, database)),
     }

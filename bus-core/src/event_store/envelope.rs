@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use crate::context::MessageContext;
 use crate::events::PendingEvent;
-use crate::message::Event;
+use crate::message::{Event, PersonalFields};
 use crate::message_id::MessageId;
 
 use super::error::EventStoreError;
@@ -111,6 +111,9 @@ pub struct NewEvent {
     /// Anything else the application keeps with the event (who, from
     /// where): a JSON object, or `null`.
     pub metadata: serde_json::Value,
+    /// The event type's personal fields (`#[event(personal(..))]`), which
+    /// a [`Protected`](super::Protected) store encrypts.
+    pub personal: Option<&'static PersonalFields>,
 }
 
 impl NewEvent {
@@ -156,6 +159,7 @@ impl NewEvent {
             correlation_id: context.correlation_id(),
             causation_id: context.causation_id(),
             metadata: serde_json::Value::Null,
+            personal: event.meta().personal(),
         })
     }
 

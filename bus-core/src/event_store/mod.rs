@@ -25,14 +25,19 @@
 mod aggregate;
 mod envelope;
 mod error;
+#[cfg(feature = "personal-data")]
+mod personal;
 mod snapshot;
 mod store;
 mod stream;
 pub(crate) mod upcast;
 
+pub use crate::message::PersonalFields;
 pub use aggregate::{Apply, EventSourced, EventTypes, Loaded};
 pub use envelope::{NewEvent, ParsePositionError, Position, RecordedEvent};
 pub use error::EventStoreError;
+#[cfg(feature = "personal-data")]
+pub use personal::{protect, reveal, InMemoryKeyStore, KeyStore, Protected, SubjectKey};
 pub use snapshot::{Snapshotted, StoredSnapshot};
 pub use store::{Appended, EventStore, ReadAll};
 pub use stream::{ExpectedVersion, StreamId};

@@ -134,3 +134,52 @@ pub trait EventStore: Send + Sync {
         snapshot: &StoredSnapshot,
     ) -> Result<(), EventStoreError>;
 }
+
+/// A shared store is a store: `Arc<InMemoryEventStore>`, `Arc<dyn EventStore>`.
+#[crate::async_trait]
+impl<S: EventStore + ?Sized> EventStore for std::sync::Arc<S> {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Appended, EventStoreError> {
+        (**self).append(stream, expected, events).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        (**self).read_stream(stream, from, limit).await
+    }
+
+    async fn read_all(&self, read: &ReadAll) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        (**self).read_all(read).await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, EventStoreError> {
+        (**self).stream_version(stream).await
+    }
+
+    async fn head(&self) -> Result<Position, EventStoreError> {
+        (**self).head().await
+    }
+
+    async fn load_snapshot(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<StoredSnapshot>, EventStoreError> {
+        (**self).load_snapshot(stream).await
+    }
+
+    async fn save_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: &StoredSnapshot,
+    ) -> Result<(), EventStoreError> {
+        (**self).save_snapshot(stream, snapshot).await
+    }
+}

@@ -27,6 +27,8 @@ mod recorder;
 mod repository;
 mod scenario;
 
+#[cfg(feature = "personal-data")]
+pub use crate::event_store::InMemoryKeyStore;
 #[cfg(feature = "json")]
 pub use event_store::InMemoryEventStore;
 #[cfg(feature = "json")]

@@ -37,7 +37,7 @@ impl MessageKind {
         match self {
             MessageKind::Command => &["name", "output", "error", "serde", "external"],
             MessageKind::Query => &["name", "output", "error"],
-            MessageKind::Event => &["name", "serde", "external", "version"],
+            MessageKind::Event => &["name", "serde", "external", "version", "personal"],
         }
     }
 }
@@ -53,8 +53,47 @@ pub(crate) struct MessageArgs {
     /// `#[event(version = 2)]`: the schema version of the event's stored
     /// shape (1 when absent).
     pub(crate) version: Option<syn::LitInt>,
+    /// `#[event(personal(subject = customer, fields(email, name)))]`: the
+    /// fields stored encrypted under the subject's key.
+    pub(crate) personal: Option<Personal>,
     pub(crate) output: Option<Type>,
     pub(crate) error: Option<Type>,
+}
+
+/// The personal data of an event: whose it is, and which fields.
+pub(crate) struct Personal {
+    /// The `personal` keyword, for errors about the whole argument.
+    pub(crate) span: Span,
+    pub(crate) subject: Option<syn::Ident>,
+    pub(crate) fields: Vec<syn::Ident>,
+}
+
+fn parse_personal(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<Personal> {
+    let mut personal = Personal {
+        span: meta.path.span(),
+        subject: None,
+        fields: Vec::new(),
+    };
+    meta.parse_nested_meta(|inner| {
+        if inner.path.is_ident("subject") {
+            personal.subject = Some(inner.value()?.parse()?);
+            Ok(())
+        } else if inner.path.is_ident("fields") {
+            inner.parse_nested_meta(|field| {
+                match field.path.get_ident() {
+                    Some(ident) => personal.fields.push(ident.clone()),
+                    None => return Err(field.error("a field's name, such as `email`")),
+                }
+                Ok(())
+            })
+        } else {
+            Err(inner.error(
+                "`personal` takes `subject = <field>` and `fields(<field>, ...)`: \
+                 `personal(subject = customer, fields(email, name))`",
+            ))
+        }
+    })?;
+    Ok(personal)
 }
 
 /// Every argument of the derive's attributes; an unknown, repeated or
@@ -84,6 +123,7 @@ pub(crate) fn parse(input: &DeriveInput, kind: MessageKind, errors: &mut Errors)
                     }
                     "external" => args.external = Some(meta.value()?.parse()?),
                     "version" => args.version = Some(meta.value()?.parse()?),
+                    "personal" => args.personal = Some(parse_personal(meta)?),
                     _ => {}
                 }
                 Ok(())

@@ -148,6 +148,18 @@ pub(crate) fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) 
     if let Some(external) = &args.external {
         with_codec.extend(quote!(.with_external(#external)));
     }
+    let mut personal_static = TokenStream::new();
+    if let Some(personal) = &args.personal {
+        if let Some(subject) = &personal.subject {
+            let subject = subject.to_string();
+            let fields: Vec<String> = personal.fields.iter().map(ToString::to_string).collect();
+            personal_static = quote! {
+                static __BUS_PERSONAL: ::arch_events::__private::PersonalFields =
+                    ::arch_events::__private::PersonalFields::new(#subject, &[#(#fields),*]);
+            };
+            with_codec.extend(quote!(.with_personal(&__BUS_PERSONAL)));
+        }
+    }
     if let Some(version) = args
         .version
         .as_ref()
@@ -160,6 +172,7 @@ pub(crate) fn impls(input: &DeriveInput, kind: MessageKind, args: &MessageArgs) 
         #[allow(non_upper_case_globals, clippy::all)]
         const _: () = {
             #codec_static
+            #personal_static
 
             static __BUS_MESSAGE_META: ::arch_events::__private::MessageMeta =
                 ::arch_events::__private::MessageMeta::new(

@@ -78,4 +78,88 @@ pub(crate) fn arguments(
             );
         }
     }
+    if let Some(personal) = &args.personal {
+        personal_fields(input, args, personal, errors);
+    }
+}
+
+/// The personal fields name fields of the struct; each one can read as
+/// erased (`Option`); the event is stored (`serde`).
+fn personal_fields(
+    input: &DeriveInput,
+    args: &MessageArgs,
+    personal: &super::attr::Personal,
+    errors: &mut Errors,
+) {
+    let fields: Vec<&syn::Field> = match &input.data {
+        Data::Struct(data) => data.fields.iter().collect(),
+        _ => {
+            errors.push(syn::Error::new(
+                personal.span,
+                "`personal` describes the named fields of a struct: an enum's cannot be listed",
+            ));
+            return;
+        }
+    };
+    let find = |name: &syn::Ident| {
+        fields
+            .iter()
+            .find(|f| f.ident.as_ref() == Some(name))
+            .copied()
+    };
+    if args.serde.is_none() && args.external.is_none() {
+        errors.push(syn::Error::new(
+            personal.span,
+            "personal fields are encrypted where the event is stored: add `serde` (`#[event(serde, personal(..))]`)",
+        ));
+    }
+    match &personal.subject {
+        Some(subject) if find(subject).is_none() => {
+            errors.spanned(subject, format!("`{subject}` is not a field of `{}`: the subject is the field that names whose data it is", input.ident));
+        }
+        Some(_) => {}
+        None => errors.push(syn::Error::new(
+            personal.span,
+            "`personal` names the field that says whose data it is: add `subject = <field>`",
+        )),
+    }
+    if personal.fields.is_empty() {
+        errors.push(syn::Error::new(
+            personal.span,
+            "`personal` lists the fields to encrypt: add `fields(<field>, ...)`",
+        ));
+    }
+    for name in &personal.fields {
+        match find(name) {
+            None => errors.spanned(
+                name,
+                format!("`{name}` is not a field of `{}`", input.ident),
+            ),
+            Some(field) if !is_option(&field.ty) => errors.spanned(
+                &field.ty,
+                format!(
+                    "`{name}` is personal: once its subject is forgotten it reads as erased, so it \
+                     must be an `Option<..>`"
+                ),
+            ),
+            Some(_) => {}
+        }
+        if personal.subject.as_ref() == Some(name) {
+            errors.spanned(
+                name,
+                "the subject cannot be encrypted under its own key: it is how the key is found",
+            );
+        }
+    }
+}
+
+fn is_option(ty: &syn::Type) -> bool {
+    match ty {
+        syn::Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|segment| segment.ident == "Option"),
+        _ => false,
+    }
 }

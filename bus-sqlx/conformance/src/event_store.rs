@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arch_events::event_store::{
-    Apply, EventSourced, EventStore, EventStoreError, EventTypes, ExpectedVersion, Loaded,
-    NewEvent, Position, ReadAll, RecordedEvent, Snapshotted, StoredSnapshot, StreamId,
+    Apply, EventSourced, EventStore, EventStoreError, EventTypes, ExpectedVersion, KeyStore,
+    Loaded, NewEvent, Position, ReadAll, RecordedEvent, Snapshotted, StoredSnapshot, StreamId,
 };
 use arch_events::{
     Aggregate, Event, EventRecorder, Message, MessageContext, MessageId, PendingEvent,
@@ -22,6 +22,10 @@ use serde::{Deserialize, Serialize};
 pub struct EventStoreUnderTest {
     /// The store.
     pub store: Arc<dyn EventStore>,
+    /// The same store, encrypting personal fields under `keys`.
+    pub protected: Arc<dyn EventStore>,
+    /// The subjects' keys of `protected`.
+    pub keys: Arc<dyn KeyStore>,
     /// Dropped with the test.
     pub keep: Box<dyn Any + Send>,
 }
@@ -47,6 +51,7 @@ macro_rules! event_store_tests {
             a_snapshot_every_so_many_events_spares_a_load_the_events_before_it,
             a_snapshot_of_another_state_version_or_that_does_not_read_is_ignored,
             an_event_stored_in_an_older_shape_is_upcast_when_read,
+            personal_fields_are_stored_encrypted_and_read_as_erased_once_forgotten,
         );
     };
     (@each $fresh:path; $($test:ident),* $(,)?) => {
@@ -902,4 +907,96 @@ pub async fn an_event_stored_in_an_older_shape_is_upcast_when_read(subject: Even
         assert!(matches!(error, EventStoreError::Decode { .. }), "{error}");
         assert!(error.to_string().contains(says), "{id}: {error}");
     }
+}
+
+/// A customer's registration: whose (`customer`), their email and name
+/// (personal), and their plan (not).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "conformance.registered", serde, personal(subject = customer, fields(email, name)))]
+pub struct Registered {
+    customer: String,
+    email: Option<String>,
+    name: Option<String>,
+    plan: String,
+}
+
+fn registered(customer: &str, email: Option<&str>) -> NewEvent {
+    let event = Registered {
+        customer: customer.into(),
+        email: email.map(Into::into),
+        name: Some(format!("{customer}'s name")),
+        plan: "pro".into(),
+    };
+    NewEvent::encode(&mut PendingEvent::new(event), &MessageContext::root()).unwrap()
+}
+
+pub async fn personal_fields_are_stored_encrypted_and_read_as_erased_once_forgotten(
+    subject: EventStoreUnderTest,
+) {
+    let (raw, protected, keys) = (&*subject.store, &*subject.protected, &*subject.keys);
+    for (customer, email) in [
+        ("c1", Some("ada@example.com")),
+        ("c2", Some("bob@example.com")),
+        ("c3", None),
+    ] {
+        protected
+            .append(
+                &StreamId::new("customer", customer),
+                ExpectedVersion::NoStream,
+                &[registered(customer, email)],
+            )
+            .await
+            .unwrap();
+    }
+    let stored = everything(raw).await;
+    assert_eq!(stored.len(), 3);
+    for event in &stored {
+        for secret in ["ada@", "bob@", "'s name"] {
+            assert!(
+                !event.payload.contains(secret),
+                "stored encrypted: {}",
+                event.payload
+            );
+        }
+        assert!(
+            event.payload.contains("pro"),
+            "the rest in clear: {}",
+            event.payload
+        );
+    }
+    let read = |events: Vec<RecordedEvent>| -> Vec<Registered> {
+        events
+            .iter()
+            .map(|event| event.decode::<Registered>().unwrap())
+            .collect()
+    };
+    let before = read(everything(protected).await);
+    assert_eq!(before[0].email.as_deref(), Some("ada@example.com"));
+    assert_eq!(before[1].name.as_deref(), Some("c2's name"));
+    assert_eq!(before[2].email, None, "a field that was empty stays empty");
+
+    assert!(keys.forget("c1").await.unwrap());
+    assert!(!keys.forget("c1").await.unwrap(), "forgotten already");
+    assert!(keys.key("c1").await.unwrap().is_none());
+    let after = read(everything(protected).await);
+    assert_eq!(
+        (after[0].email.as_deref(), after[0].name.as_deref()),
+        (None, None),
+        "erased"
+    );
+    assert_eq!(
+        (after[0].customer.as_str(), after[0].plan.as_str()),
+        ("c1", "pro"),
+        "the rest still loads"
+    );
+    assert_eq!(after[1], before[1], "another subject untouched");
+    let stream = protected
+        .read_stream(&StreamId::new("customer", "c1"), 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        read(stream)[0].email,
+        None,
+        "erased when read by stream too"
+    );
 }

@@ -63,3 +63,11 @@ CREATE TABLE IF NOT EXISTS bus_snapshots (
     taken_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (kind, id)
 );
+
+-- Each subject's key for the personal fields of its events: deleting the
+-- row forgets the subject (its fields read as erased).
+CREATE TABLE IF NOT EXISTS bus_subject_keys (
+    subject    TEXT PRIMARY KEY,
+    key        bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);

@@ -49,3 +49,11 @@ CREATE TABLE IF NOT EXISTS bus_snapshots (
     taken_at      TEXT NOT NULL,
     PRIMARY KEY (kind, id)
 );
+
+-- Each subject's key for the personal fields of its events: deleting the
+-- row forgets the subject (its fields read as erased).
+CREATE TABLE IF NOT EXISTS bus_subject_keys (
+    subject    TEXT PRIMARY KEY NOT NULL,
+    key        BLOB NOT NULL,
+    created_at TEXT NOT NULL
+);

@@ -11,11 +11,11 @@ mod sqlite;
 
 use std::collections::HashSet;
 
+use arch_events::event_store::{protect, reveal, EventSourced, KeyStore, Loaded, SubjectKey};
 use arch_events::event_store::{
     Appended, EventStore, EventStoreError, ExpectedVersion, NewEvent, Position, ReadAll,
     RecordedEvent, StoredSnapshot, StreamId,
 };
-use arch_events::event_store::{EventSourced, Loaded};
 use arch_events::{MessageContext, MessageId, PendingEvent};
 use sqlx::Transaction;
 
@@ -68,12 +68,15 @@ use crate::store::Store;
 /// ```
 pub struct SqlEventStore<DB: Backend> {
     store: Store<DB>,
+    /// Set by [`with_personal_data`](SqlEventStore::with_personal_data).
+    personal: bool,
 }
 
 impl<DB: Backend> Clone for SqlEventStore<DB> {
     fn clone(&self) -> Self {
         SqlEventStore {
             store: self.store.clone(),
+            personal: self.personal,
         }
     }
 }
@@ -91,11 +94,146 @@ impl<DB: Backend> Store<DB> {
     pub fn event_store(&self) -> SqlEventStore<DB> {
         SqlEventStore {
             store: self.clone(),
+            personal: false,
+        }
+    }
+
+    /// The subjects' keys of the personal fields of this database's events
+    /// (`#[event(serde, personal(..))]`): give it to
+    /// [`SqlEventStore::with_keys`].
+    pub fn key_store(&self) -> SqlKeyStore<DB> {
+        SqlKeyStore {
+            pool: self.pool().clone(),
         }
     }
 }
 
+/// The subjects' keys, in a table beside the events (`bus_subject_keys`):
+/// [`forget`](KeyStore::forget) deletes a subject's row, and its personal
+/// fields read as erased from then on, in every process.
+pub struct SqlKeyStore<DB: Backend> {
+    pool: sqlx::Pool<DB>,
+}
+
+impl<DB: Backend> std::fmt::Debug for SqlKeyStore<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlKeyStore")
+            .field("database", &DB::LABEL)
+            .finish()
+    }
+}
+
+/// A subject's key on `connection`, made if it has none.
+async fn key_on<DB: Backend>(
+    connection: &mut DB::Connection,
+    subject: &str,
+    create: bool,
+) -> Result<Option<SubjectKey>, EventStoreError> {
+    let read = |stored: Option<Vec<u8>>| match stored {
+        None => Ok(None),
+        Some(bytes) => SubjectKey::from_bytes(&bytes).map(Some).ok_or_else(|| {
+            EventStoreError::backend(format!("the key of subject `{subject}` is not 32 bytes"))
+        }),
+    };
+    let stored = DB::subject_key(connection, subject)
+        .await
+        .map_err(EventStoreError::backend)?;
+    if stored.is_some() || !create {
+        return read(stored);
+    }
+    DB::insert_subject_key(connection, subject, SubjectKey::generate().as_bytes())
+        .await
+        .map_err(EventStoreError::backend)?;
+    // The one kept, whoever made it.
+    let stored = DB::subject_key(connection, subject)
+        .await
+        .map_err(EventStoreError::backend)?;
+    read(stored)
+}
+
+#[arch_events::async_trait]
+impl<DB: Backend> KeyStore for SqlKeyStore<DB> {
+    async fn key(&self, subject: &str) -> Result<Option<SubjectKey>, EventStoreError> {
+        let mut connection = self
+            .pool
+            .acquire()
+            .await
+            .map_err(EventStoreError::backend)?;
+        key_on::<DB>(&mut connection, subject, false).await
+    }
+
+    async fn key_or_create(&self, subject: &str) -> Result<SubjectKey, EventStoreError> {
+        let mut connection = self
+            .pool
+            .acquire()
+            .await
+            .map_err(EventStoreError::backend)?;
+        key_on::<DB>(&mut connection, subject, true)
+            .await?
+            .ok_or_else(|| {
+                EventStoreError::backend(format!("no key was kept for subject `{subject}`"))
+            })
+    }
+
+    async fn forget(&self, subject: &str) -> Result<bool, EventStoreError> {
+        DB::delete_subject_key(&self.pool, subject)
+            .await
+            .map_err(EventStoreError::backend)
+    }
+}
+
+/// The keys as an append inside a transaction sees them: made in that
+/// transaction (on SQLite, the only writer; on PostgreSQL, committed with
+/// the events or not at all).
+struct InTransaction<'c, DB: Backend> {
+    connection: tokio::sync::Mutex<&'c mut DB::Connection>,
+}
+
+#[arch_events::async_trait]
+impl<DB: Backend> KeyStore for InTransaction<'_, DB> {
+    async fn key(&self, subject: &str) -> Result<Option<SubjectKey>, EventStoreError> {
+        let mut connection = self.connection.lock().await;
+        key_on::<DB>(&mut connection, subject, false).await
+    }
+
+    async fn key_or_create(&self, subject: &str) -> Result<SubjectKey, EventStoreError> {
+        let mut connection = self.connection.lock().await;
+        key_on::<DB>(&mut connection, subject, true)
+            .await?
+            .ok_or_else(|| {
+                EventStoreError::backend(format!("no key was kept for subject `{subject}`"))
+            })
+    }
+
+    async fn forget(&self, _: &str) -> Result<bool, EventStoreError> {
+        Err(EventStoreError::backend(
+            "a subject is forgotten through the key store, not inside an append",
+        ))
+    }
+}
+
 impl<DB: Backend> SqlEventStore<DB> {
+    /// The same store, with its events' personal fields
+    /// (`#[event(serde, personal(..))]`) encrypted under their subjects'
+    /// keys ([`Store::key_store`], in the same database; a key is made in
+    /// the append's transaction) on every append, and decrypted, or read
+    /// as erased once the subject is forgotten, on every read, projections'
+    /// included. (For keys kept elsewhere, wrap the store in
+    /// [`arch_events::event_store::Protected`].)
+    pub fn with_personal_data(mut self) -> Self {
+        self.personal = true;
+        self
+    }
+
+    /// Decrypts what `events` hold of personal data, when this store keeps
+    /// personal data.
+    pub(crate) async fn reveal(&self, events: &mut [RecordedEvent]) -> Result<(), EventStoreError> {
+        if !self.personal {
+            return Ok(());
+        }
+        reveal(&self.store.key_store(), events).await
+    }
+
     /// Appends `events` to `stream` in `transaction` (the unit of work's
     /// own, begun with [`Store::begin`]), if the stream's version passes
     /// `expected`. The contract is [`EventStore::append`]'s; once the
@@ -118,6 +256,16 @@ impl<DB: Backend> SqlEventStore<DB> {
                 id: event.id,
                 stream: stream.clone(),
             });
+        }
+        if self.personal && events.iter().any(|event| event.personal.is_some()) {
+            let mut events = events.to_vec();
+            let connection: &mut DB::Connection = transaction;
+            let keys = InTransaction::<DB> {
+                connection: tokio::sync::Mutex::new(connection),
+            };
+            protect(&keys, &mut events).await?;
+            let connection = keys.connection.into_inner();
+            return DB::append(connection, stream, expected, &events).await;
         }
         let connection: &mut DB::Connection = transaction;
         DB::append(connection, stream, expected, events).await
@@ -202,15 +350,19 @@ impl<DB: Backend> EventStore for SqlEventStore<DB> {
         from: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, EventStoreError> {
-        DB::read_stream(self.store.pool(), stream, from, limit)
+        let mut events = DB::read_stream(self.store.pool(), stream, from, limit)
             .await
-            .map_err(EventStoreError::backend)
+            .map_err(EventStoreError::backend)?;
+        self.reveal(&mut events).await?;
+        Ok(events)
     }
 
     async fn read_all(&self, read: &ReadAll) -> Result<Vec<RecordedEvent>, EventStoreError> {
-        DB::read_all(self.store.pool(), read)
+        let mut events = DB::read_all(self.store.pool(), read)
             .await
-            .map_err(EventStoreError::backend)
+            .map_err(EventStoreError::backend)?;
+        self.reveal(&mut events).await?;
+        Ok(events)
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, EventStoreError> {

@@ -398,6 +398,40 @@ impl EventSql for Postgres {
         .map(drop)
     }
 
+    async fn subject_key(
+        connection: &mut PgConnection,
+        subject: &str,
+    ) -> Result<Option<Vec<u8>>, sqlx::Error> {
+        sqlx::query_scalar("SELECT key FROM bus_subject_keys WHERE subject = $1")
+            .bind(subject)
+            .fetch_optional(&mut *connection)
+            .await
+    }
+
+    async fn insert_subject_key(
+        connection: &mut PgConnection,
+        subject: &str,
+        key: &[u8],
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO bus_subject_keys (subject, key) VALUES ($1, $2) \
+             ON CONFLICT (subject) DO NOTHING",
+        )
+        .bind(subject)
+        .bind(key)
+        .execute(&mut *connection)
+        .await
+        .map(drop)
+    }
+
+    async fn delete_subject_key(pool: &Pool<Self>, subject: &str) -> Result<bool, sqlx::Error> {
+        let deleted = sqlx::query("DELETE FROM bus_subject_keys WHERE subject = $1")
+            .bind(subject)
+            .execute(pool)
+            .await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
     async fn held_back_by(pool: &Pool<Self>) -> Result<Vec<HeldBy>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT pid::text AS holder, \

@@ -71,5 +71,20 @@ pub trait EventSql: sqlx::Database + Sized {
         snapshot: &StoredSnapshot,
     ) -> Result<(), sqlx::Error>;
 
+    async fn subject_key(
+        connection: &mut Self::Connection,
+        subject: &str,
+    ) -> Result<Option<Vec<u8>>, sqlx::Error>;
+
+    /// Keeps `key` unless the subject has one already.
+    async fn insert_subject_key(
+        connection: &mut Self::Connection,
+        subject: &str,
+        key: &[u8],
+    ) -> Result<(), sqlx::Error>;
+
+    /// `true` when the subject had a key.
+    async fn delete_subject_key(pool: &Pool<Self>, subject: &str) -> Result<bool, sqlx::Error>;
+
     async fn held_back_by(pool: &Pool<Self>) -> Result<Vec<HeldBy>, sqlx::Error>;
 }

@@ -306,6 +306,41 @@ impl EventSql for Sqlite {
         .map(drop)
     }
 
+    async fn subject_key(
+        connection: &mut SqliteConnection,
+        subject: &str,
+    ) -> Result<Option<Vec<u8>>, sqlx::Error> {
+        sqlx::query_scalar("SELECT key FROM bus_subject_keys WHERE subject = ?")
+            .bind(subject)
+            .fetch_optional(&mut *connection)
+            .await
+    }
+
+    async fn insert_subject_key(
+        connection: &mut SqliteConnection,
+        subject: &str,
+        key: &[u8],
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO bus_subject_keys (subject, key, created_at) VALUES (?, ?, ?) \
+             ON CONFLICT (subject) DO NOTHING",
+        )
+        .bind(subject)
+        .bind(key)
+        .bind(Utc::now())
+        .execute(&mut *connection)
+        .await
+        .map(drop)
+    }
+
+    async fn delete_subject_key(pool: &Pool<Self>, subject: &str) -> Result<bool, sqlx::Error> {
+        let deleted = sqlx::query("DELETE FROM bus_subject_keys WHERE subject = ?")
+            .bind(subject)
+            .execute(pool)
+            .await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
     async fn held_back_by(_: &Pool<Self>) -> Result<Vec<HeldBy>, sqlx::Error> {
         // One writer at a time, positions in commit order: readers never
         // wait for a transaction.
