@@ -205,11 +205,8 @@ where
         .unwrap();
     let start = Instant::now();
     let mut applied = 0;
-    loop {
-        match events.project(&Lines).await.unwrap() {
-            Batch::Applied { events, .. } => applied += events,
-            Batch::UpToDate | Batch::Busy => break,
-        }
+    while let Batch::Applied { events, .. } = events.project(&Lines).await.unwrap() {
+        applied += events;
     }
     applied as f64 / start.elapsed().as_secs_f64()
 }

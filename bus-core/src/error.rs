@@ -427,7 +427,10 @@ impl fmt::Display for Problem {
                 reason,
                 upcasters,
             } => {
-                write!(f, "event `{event}`: {reason}:")?;
+                write!(f, "event `{event}`: {reason}")?;
+                if !upcasters.is_empty() {
+                    f.write_str("; its upcasters:")?;
+                }
                 for (path, at) in upcasters {
                     write!(f, " `{path}` ({at});")?;
                 }

@@ -24,6 +24,17 @@ pub enum Error {
         .0.join(", ")
     )]
     NotStorable(Vec<&'static str>),
+    /// The event store's events carry transaction ids from another
+    /// PostgreSQL cluster (a logical dump and restore, or a move by logical
+    /// replication): readers of all events would skip what is appended
+    /// from now on. The store refuses to open rather than lose events.
+    #[error(
+        "the event store's events carry transaction ids ahead of this PostgreSQL cluster's \
+         (the database was restored from a logical dump or moved by logical replication): \
+         catch-up readers would skip new events; see the `SqlEventStore` docs, \
+         'Moving the database', for how to renumber"
+    )]
+    ForeignTransactionIds,
 }
 
 /// The store's migrations could not be applied.

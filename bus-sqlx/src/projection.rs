@@ -11,11 +11,17 @@
 //! UPDATE SKIP LOCKED`, the others skip their turn; SQLite: the single
 //! writer), so one process at a time applies its events.
 //!
+//! On PostgreSQL a batch holds a transaction id from its first write to its
+//! commit, and every catch-up reader in the cluster (other projections
+//! included) waits for it: keep `apply` quick, and put slow work (a call to
+//! another service) in an event handler instead.
+//!
 //! A failing event stops the projection there (the batch rolls back and is
 //! retried, with growing pauses): a read model that skipped an event would
 //! be wrong for good. Its error is logged each time, and
 //! [`SqlEventStore::checkpoint`] shows where it stands.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -177,12 +183,14 @@ pub enum ProjectionError {
 #[derive(Debug)]
 pub struct RunningProjection {
     stop: Arc<Notify>,
+    stopping: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
 impl RunningProjection {
     /// Stops it after its current batch, and waits for it.
     pub async fn stop(self) {
+        self.stopping.store(true, Ordering::SeqCst);
         self.stop.notify_one();
         if let Err(error) = self.task.await {
             tracing::error!(%error, "arch-events-sqlx: a projection's task ended badly");
@@ -259,11 +267,14 @@ impl<DB: Backend> SqlEventStore<DB> {
         poll: Duration,
     ) -> RunningProjection {
         let stop = Arc::new(Notify::new());
+        let stopping = Arc::new(AtomicBool::new(false));
         let events = self.clone();
-        let stopped = stop.clone();
+        let (stopped, asked) = (stop.clone(), stopping.clone());
         let task = tokio::spawn(async move {
             let mut failures = 0u32;
-            loop {
+            // Checked before every batch: a projection that always has
+            // events to apply still stops.
+            while !asked.load(Ordering::SeqCst) {
                 let pause = match events.project(&projection).await {
                     Ok(Batch::Applied { .. }) => {
                         failures = 0;
@@ -295,7 +306,11 @@ impl<DB: Backend> SqlEventStore<DB> {
                 }
             }
         });
-        RunningProjection { stop, task }
+        RunningProjection {
+            stop,
+            stopping,
+            task,
+        }
     }
 
     /// Where the projection `name` stands: the position of the last event

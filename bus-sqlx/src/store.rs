@@ -283,6 +283,9 @@ impl<DB: Backend> Store<DB> {
     pub async fn open_with(pool: Pool<DB>, settings: Settings) -> Result<Self, Error> {
         settings.check().map_err(Error::InvalidSettings)?;
         crate::migrate::migrate(&pool).await?;
+        if !DB::transaction_ids_are_ours(&pool).await? {
+            return Err(Error::ForeignTransactionIds);
+        }
         let node = MessageId::new().to_string();
         DB::register_node(&pool, &node, settings.node_timeout).await?;
         let stop = Arc::new(Notify::new());

@@ -305,3 +305,111 @@ async fn writers_holding_transactions_open_never_make_a_reader_skip_or_repeat() 
     );
     store.close().await;
 }
+
+/// Two runs of one append at once (a retry racing its first attempt): the
+/// one that waited for the stream's lock finds the other's events and
+/// reports them, written already, instead of a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_of_one_append_at_once_are_one_append_and_a_retry() {
+    let (_database, pool, store) = open().await;
+    let events = store.event_store();
+    let stream = StreamId::new("order", "twice");
+    let batch = vec![noted(1), noted(2)];
+    let mut first = store.begin().await.unwrap();
+    let appended = events
+        .append_in(&mut first, &stream, ExpectedVersion::NoStream, &batch)
+        .await
+        .unwrap();
+    let second = {
+        let (store, events, stream, batch) =
+            (store.clone(), events.clone(), stream.clone(), batch.clone());
+        tokio::spawn(async move {
+            let mut tx = store.begin().await.unwrap();
+            let result = events
+                .append_in(&mut tx, &stream, ExpectedVersion::NoStream, &batch)
+                .await;
+            tx.rollback().await.unwrap();
+            result
+        })
+    };
+    // The second waits for the first's lock, past its own first look for
+    // the ids, until the first commits.
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    first.commit().await.unwrap();
+    let retried = second.await.unwrap().unwrap();
+    assert!(!retried.written);
+    assert_eq!(
+        (retried.to_version, retried.position),
+        (2, appended.position)
+    );
+    assert_eq!(catch_up(&events, Position::START).await.len(), 2);
+    store.close().await;
+}
+
+/// A logical dump and restore leaves events with transaction ids the new
+/// cluster has not reached: the store refuses to open rather than let
+/// readers skip new events, and the renumbering its docs give brings it
+/// back with every event readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_another_clusters_transactions_are_refused_until_renumbered() {
+    let (database, pool, store) = open().await;
+    let events = store.event_store();
+    events
+        .append(
+            &StreamId::new("order", "moved"),
+            ExpectedVersion::NoStream,
+            &[noted(1)],
+        )
+        .await
+        .unwrap();
+    store.close().await;
+    // What a restore into a younger cluster looks like.
+    sqlx::raw_sql(
+        "UPDATE bus_stream_events \
+         SET xid = (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000000)::text::xid8",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    match Store::open(pool.clone()).await {
+        Err(arch_events_sqlx::Error::ForeignTransactionIds) => {}
+        other => panic!("expected the store to refuse, got {other:?}"),
+    }
+    sqlx::raw_sql(
+        "UPDATE bus_stream_events SET xid = '1'; UPDATE bus_streams SET last_xid = '1'; \
+         UPDATE bus_projections SET commit_key = 0, position = 0;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let store = Store::open(pool.clone()).await.unwrap();
+    let events = store.event_store();
+    events
+        .append(
+            &StreamId::new("order", "moved"),
+            ExpectedVersion::Exact(1),
+            &[noted(2)],
+        )
+        .await
+        .unwrap();
+    let read = catch_up(&events, Position::START).await;
+    let order: Vec<u64> = read
+        .iter()
+        .map(|e| e.decode::<Noted>().unwrap().n)
+        .collect();
+    assert_eq!(order, [1, 2]);
+    store.close().await;
+    drop(database);
+}

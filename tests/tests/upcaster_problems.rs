@@ -23,6 +23,21 @@ struct Beyond;
 #[event(name = "problems.fine", serde, version = 3)]
 struct Fine;
 
+/// Bumped to version 2 and no upcaster written.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+#[event(name = "problems.bumped", serde, version = 2)]
+struct Bumped;
+
+/// Upcasters from 2 on only: version 1 cannot be read.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+#[event(name = "problems.late_start", serde, version = 3)]
+struct LateStart;
+
+#[upcaster(LateStart, from = 2)]
+fn late_start_from_2(value: Value) -> Result<Value, String> {
+    Ok(value)
+}
+
 #[upcaster(Gap, from = 1)]
 fn gap_from_1(value: Value) -> Result<Value, String> {
     Ok(value)
@@ -69,14 +84,18 @@ fn every_upcaster_problem_is_reported_at_build_with_its_place() {
             _ => None,
         })
         .collect();
-    assert_eq!(upcasters.len(), 3, "{error}");
+    // `Bumped` is in the bus's messages because a test names it: link it.
+    let _ = std::any::type_name::<Bumped>();
+    assert_eq!(upcasters.len(), 6, "{error}");
     assert!(
         upcasters.iter().all(|(event, _)| *event != "problems.fine"),
         "{error}"
     );
     let text = error.to_string();
     for expected in [
-        "event `problems.gap`: its upcasters start from version 1 and it is at version 4, but none starts from version 2",
+        "event `problems.gap`: it is at schema version 4, but no upcaster starts from version 2",
+        "event `problems.bumped`: it is at schema version 2, but no upcaster starts from version 1: its events stored then could not be read; add `#[upcaster(upcaster_problems::Bumped, from = ..)]`",
+        "event `problems.late_start`: it is at schema version 3, but no upcaster starts from version 1",
         "event `problems.twice`: 2 upcasters start from version 1, and one may",
         "event `problems.beyond`: an upcaster starts from version 2, but the event is at version 2",
         "`upcaster_problems::twice_a` (tests/tests/upcaster_problems.rs:",

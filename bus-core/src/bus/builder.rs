@@ -309,7 +309,7 @@ impl BusBuilder {
         let messages = unique_messages(&registrations, &handlers);
         problems.extend(duplicate_names(&messages));
         #[cfg(feature = "json")]
-        problems.extend(crate::event_store::upcast::problems());
+        problems.extend(crate::event_store::upcast::problems(&messages));
 
         let mut by_message: HashMap<*const MessageMeta, Vec<&'static HandlerRegistration>> =
             HashMap::new();

@@ -342,7 +342,8 @@ impl<A: EventSourced> Loaded<A> {
     }
 
     /// Saves the state as the stream's snapshot if one is due
-    /// ([`snapshot_due`](Self::snapshot_due)); call it after the commit.
+    /// ([`snapshot_due`](Self::snapshot_due)); call it only after the
+    /// commit succeeded (a snapshot ahead of its stream is ignored on load).
     /// `true` when it saved one.
     pub async fn save_snapshot_if_due(
         &mut self,
@@ -381,7 +382,15 @@ impl<A: EventSourced> Loaded<A> {
     {
         let mut loaded = Loaded::<A>::new(id);
         if let Some(snapshot) = store.load_snapshot(&loaded.stream).await? {
-            if snapshot.state_version != A::STATE_VERSION {
+            let stream_version = store.stream_version(&loaded.stream).await?;
+            if snapshot.version > stream_version {
+                tracing::warn!(
+                    stream = %loaded.stream,
+                    snapshot = snapshot.version,
+                    stream_version,
+                    "arch-events: a snapshot ahead of its stream (taken after a commit that failed) is ignored"
+                );
+            } else if snapshot.state_version != A::STATE_VERSION {
                 tracing::debug!(
                     stream = %loaded.stream,
                     stored = snapshot.state_version,

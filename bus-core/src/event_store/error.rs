@@ -88,6 +88,16 @@ pub enum EventStoreError {
         /// The event's Rust path.
         event_path: &'static str,
     },
+    /// An event's personal fields could not be protected: its JSON does
+    /// not have the subject field the event declares, or a field would not
+    /// encrypt. Nothing was appended.
+    #[error("event `{event}` cannot be stored with its personal data protected: {reason}")]
+    Protect {
+        /// The event's type name.
+        event: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The database failed (or is unreachable).
     #[error("the event store failed")]
     Backend(#[source] BoxError),

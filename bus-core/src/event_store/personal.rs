@@ -10,10 +10,18 @@
 //! and decrypts on read. The cipher is XChaCha20-Poly1305 (a random 192-bit
 //! nonce per field), authenticated with the subject's id.
 //!
-//! What it does not reach: a snapshot, a read model or a log that holds a
-//! decrypted copy. Do not snapshot an aggregate whose state holds personal
-//! fields, and have the read models that do react to forgetting (an event
-//! of your own, say) or be rebuilt.
+//! What it does not reach: every copy of the event outside the event
+//! store's table. With `arch-events-sqlx`, the durable delivery's row of an
+//! event (`Store::stage`; deleted once every handler handled it), a dead
+//! letter kept for it, and the outbox row and broker message of an external
+//! event hold its JSON as the bus has it, in clear; so does a snapshot, a
+//! read model or a log that holds a decrypted copy. Do not snapshot an
+//! aggregate whose state holds personal fields, do not make an event with
+//! personal fields external, purge its dead letters, and have the read
+//! models that keep them react to forgetting (an event of your own, say)
+//! or be rebuilt. The subject's id itself stays in clear (it is how the
+//! key is found). A subject that is forgotten and then appears in a new
+//! event gets a new key: forgetting erases what was stored before it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -128,9 +136,10 @@ pub async fn protect(keys: &dyn KeyStore, events: &mut [NewEvent]) -> Result<(),
         let Some(personal) = event.personal else {
             continue;
         };
-        let refuse = |reason: String| EventStoreError::Encode {
-            event: personal.subject(),
-            source: format!("event `{}`: {reason}", event.name).into(),
+        let name = event.name.clone();
+        let refuse = |reason: String| EventStoreError::Protect {
+            event: name.clone(),
+            reason,
         };
         let mut payload: Map<String, Value> = serde_json::from_str(&event.payload)
             .map_err(|error| refuse(format!("its JSON is not an object: {error}")))?;
@@ -143,25 +152,22 @@ pub async fn protect(keys: &dyn KeyStore, events: &mut [NewEvent]) -> Result<(),
         let key = keys.key_or_create(&subject).await?;
         let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
         for field in personal.fields() {
-            let Some(value) = payload.get_mut(*field) else {
-                return Err(refuse(format!(
-                    "its personal field `{field}` is not in its JSON (a serde rename?)"
-                )));
-            };
-            if value.is_null() {
+            // Absent (`skip_serializing_if`) or empty: nothing to protect.
+            let Some(value) = payload.get_mut(*field).filter(|value| !value.is_null()) else {
                 continue;
-            }
+            };
             let plain = serde_json::to_vec(value).map_err(|error| refuse(error.to_string()))?;
             let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+            let aad = associated(&event.id.to_string(), field, &subject);
             let sealed = cipher
                 .encrypt(
                     &nonce,
                     Payload {
                         msg: &plain,
-                        aad: subject.as_bytes(),
+                        aad: &aad,
                     },
                 )
-                .map_err(|_| refuse("the cipher refused the field".into()))?;
+                .map_err(|_| refuse(format!("the cipher refused field `{field}`")))?;
             let mut stored = nonce.to_vec();
             stored.extend_from_slice(&sealed);
             *value = serde_json::json!({ SEALED: BASE64.encode(stored), "subject": subject });
@@ -171,8 +177,39 @@ pub async fn protect(keys: &dyn KeyStore, events: &mut [NewEvent]) -> Result<(),
     Ok(())
 }
 
-/// Decrypts the personal fields of `events`; a field whose subject was
-/// forgotten (or whose cipher text does not open) reads as `null`.
+/// What a sealed field is bound to: its event, its field and its subject,
+/// so that a cipher text moved to another field, event or subject does
+/// not open.
+fn associated(event: &str, field: &str, subject: &str) -> Vec<u8> {
+    [event, field, subject].join("\u{0}").into_bytes()
+}
+
+/// The personal fields of each linked event type, by name.
+fn declared(name: &str) -> Option<&'static crate::message::PersonalFields> {
+    use std::sync::OnceLock;
+    static BY_NAME: OnceLock<HashMap<&'static str, &'static crate::message::PersonalFields>> =
+        OnceLock::new();
+    BY_NAME
+        .get_or_init(|| {
+            inventory::iter::<crate::registry::MessageEntry>
+                .into_iter()
+                .filter_map(|entry| {
+                    entry
+                        .0
+                        .personal()
+                        .map(|personal| (entry.0.name(), personal))
+                })
+                .collect()
+        })
+        .get(name)
+        .copied()
+}
+
+/// Decrypts the personal fields of `events`, those its type declares
+/// (`#[event(personal(..))]`; a type this program does not link keeps
+/// them sealed): a field whose subject was forgotten reads as `null`. A
+/// field whose key is there but does not open it (tampered with, moved
+/// from another field or event) is an error, never taken for erased.
 pub async fn reveal(
     keys: &dyn KeyStore,
     events: &mut [RecordedEvent],
@@ -182,10 +219,17 @@ pub async fn reveal(
         if !event.payload.contains(SEALED) {
             continue;
         }
+        let Some(personal) = declared(&event.name) else {
+            continue;
+        };
         let Ok(Value::Object(mut payload)) = serde_json::from_str::<Value>(&event.payload) else {
             continue;
         };
-        for value in payload.values_mut() {
+        let id = event.id.to_string();
+        for field in personal.fields() {
+            let Some(value) = payload.get_mut(*field) else {
+                continue;
+            };
             let Some((sealed, subject)) = sealed_field(value) else {
                 continue;
             };
@@ -193,11 +237,14 @@ pub async fn reveal(
                 let key = keys.key(&subject).await?;
                 known.insert(subject.clone(), key);
             }
-            *value = known
-                .get(&subject)
-                .and_then(Option::as_ref)
-                .and_then(|key| open(key, &sealed, &subject))
-                .unwrap_or(Value::Null);
+            *value = match known.get(&subject).and_then(Option::as_ref) {
+                None => Value::Null,
+                Some(key) => open(key, &sealed, &associated(&id, field, &subject)).ok_or_else(|| {
+                    event.decode_error(format!(
+                        "its personal field `{field}` does not open with its subject's key: it was altered"
+                    ))
+                })?,
+            };
         }
         event.payload = Value::Object(payload).to_string();
     }
@@ -211,7 +258,7 @@ fn sealed_field(value: &Value) -> Option<(String, String)> {
     Some((sealed.to_owned(), subject.to_owned()))
 }
 
-fn open(key: &SubjectKey, sealed: &str, subject: &str) -> Option<Value> {
+fn open(key: &SubjectKey, sealed: &str, aad: &[u8]) -> Option<Value> {
     let bytes = BASE64.decode(sealed).ok()?;
     if bytes.len() < 24 {
         return None;
@@ -223,7 +270,7 @@ fn open(key: &SubjectKey, sealed: &str, subject: &str) -> Option<Value> {
             XNonce::from_slice(nonce),
             Payload {
                 msg: cipher_text,
-                aad: subject.as_bytes(),
+                aad,
             },
         )
         .ok()?;
@@ -350,5 +397,108 @@ impl<S: EventStore> EventStore for Protected<S> {
         snapshot: &StoredSnapshot,
     ) -> Result<(), EventStoreError> {
         self.inner.save_snapshot(stream, snapshot).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::MessageContext;
+    use crate::events::PendingEvent;
+    use crate::testing::InMemoryEventStore;
+    use crate::Event;
+
+    #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+    #[event(name = "personal.test.registered", serde, personal(subject = customer, fields(email)))]
+    struct Registered {
+        customer: String,
+        email: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        note: Option<Value>,
+    }
+
+    fn registered(customer: &str, email: &str, note: Option<Value>) -> NewEvent {
+        let event = Registered {
+            customer: customer.into(),
+            email: Some(email.into()),
+            note,
+        };
+        NewEvent::encode(&mut PendingEvent::new(event), &MessageContext::root()).unwrap()
+    }
+
+    async fn all(store: &dyn EventStore) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        store.read_all(&ReadAll::after(Position::START)).await
+    }
+
+    #[test]
+    fn a_sealed_field_moved_to_another_event_does_not_open_and_undeclared_fields_stay_sealed() {
+        futures::executor::block_on(async {
+            let inner = Arc::new(InMemoryEventStore::new());
+            let store = Protected::new(inner.clone(), Arc::new(InMemoryKeyStore::new()));
+            let stream = StreamId::new("customer", "c1");
+            store
+                .append(
+                    &stream,
+                    ExpectedVersion::NoStream,
+                    &[registered("c1", "ada@example.com", None)],
+                )
+                .await
+                .unwrap();
+            let stored: Value =
+                serde_json::from_str(&all(&*inner).await.unwrap()[0].payload).unwrap();
+            let sealed = stored["email"].clone();
+            assert!(sealed.get(SEALED).is_some(), "{stored}");
+
+            // The same cipher text, in an undeclared field of a new event of
+            // the same subject: it stays sealed there.
+            let mut copied = registered("c1", "bob@example.com", Some(sealed.clone()));
+            copied.personal = None;
+            inner
+                .append(&stream, ExpectedVersion::Exact(1), &[copied])
+                .await
+                .unwrap();
+            let read = all(&store).await.unwrap();
+            let note = read[1].decode::<Registered>().unwrap().note.unwrap();
+            assert!(
+                note.get(SEALED).is_some(),
+                "not decrypted where it was not declared: {note}"
+            );
+
+            // Moved into the declared field of another event: an error, not
+            // the victim's email and not "erased".
+            let mut moved = registered("c1", "x", None);
+            moved.personal = None;
+            let mut payload: Value = serde_json::from_str(&moved.payload).unwrap();
+            payload["email"] = sealed;
+            moved.payload = payload.to_string();
+            inner
+                .append(&stream, ExpectedVersion::Exact(2), &[moved])
+                .await
+                .unwrap();
+            let error = all(&store).await.unwrap_err();
+            assert!(error.to_string().contains("was altered"), "{error}");
+        });
+    }
+
+    #[test]
+    fn an_absent_personal_field_is_nothing_to_protect() {
+        futures::executor::block_on(async {
+            let store =
+                Protected::new(InMemoryEventStore::new(), Arc::new(InMemoryKeyStore::new()));
+            let mut event = registered("c2", "x", None);
+            let mut payload: Value = serde_json::from_str(&event.payload).unwrap();
+            payload.as_object_mut().unwrap().remove("email");
+            event.payload = payload.to_string();
+            store
+                .append(
+                    &StreamId::new("customer", "c2"),
+                    ExpectedVersion::NoStream,
+                    &[event],
+                )
+                .await
+                .unwrap();
+            let read = all(&store).await.unwrap();
+            assert_eq!(read[0].decode::<Registered>().unwrap().email, None);
+        });
     }
 }

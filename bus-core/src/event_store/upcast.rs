@@ -101,12 +101,17 @@ pub(crate) fn to_current(
     Ok(value)
 }
 
-/// The problems of the linked upcasters: two from one version of an event,
-/// one from a version the event never had before its current one, a gap
-/// between an event's steps and its current version.
-pub(crate) fn problems() -> Vec<Problem> {
+/// The problems of the linked upcasters, for the bus's `messages` and the
+/// events upcasters name: two from one version of an event, one from a
+/// version the event never had before its current one, and an event at
+/// version N > 1 without a step from each of 1 to N - 1 (its stored events
+/// of the older versions could not be read).
+pub(crate) fn problems(messages: &[&'static MessageMeta]) -> Vec<Problem> {
     let mut by_event: BTreeMap<&'static str, (&'static MessageMeta, Vec<&'static UpcasterEntry>)> =
         BTreeMap::new();
+    for meta in messages.iter().filter(|meta| meta.schema_version() > 1) {
+        by_event.entry(meta.name()).or_insert((meta, Vec::new()));
+    }
     for entry in inventory::iter::<UpcasterEntry> {
         let meta = (entry.event)();
         by_event
@@ -149,10 +154,7 @@ pub(crate) fn problems() -> Vec<Problem> {
                 });
             }
         }
-        let Some(&lowest) = from_versions.keys().next() else {
-            continue;
-        };
-        let missing: Vec<String> = (lowest..current)
+        let missing: Vec<String> = (1..current)
             .filter(|version| !from_versions.contains_key(version))
             .map(|version| version.to_string())
             .collect();
@@ -160,9 +162,11 @@ pub(crate) fn problems() -> Vec<Problem> {
             problems.push(Problem::Upcaster {
                 event: name,
                 reason: format!(
-                    "its upcasters start from version {lowest} and it is at version {current}, \
-                     but none starts from version {}: events stored then could not be read",
-                    missing.join(", ")
+                    "it is at schema version {current}, but no upcaster starts from version {}: \
+                     its events stored then could not be read; add `#[upcaster({}, from = ..)]` \
+                     for each",
+                    missing.join(", "),
+                    meta.rust_path()
                 ),
                 upcasters: entries.iter().map(|entry| site(entry)).collect(),
             });

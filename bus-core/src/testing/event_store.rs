@@ -115,7 +115,7 @@ impl Streams {
             });
         };
         Ok(Some(Appended {
-            from_version: first.version - 1,
+            from_version: first.version.saturating_sub(1),
             to_version: last.version,
             position: last.position,
             written: false,
@@ -231,7 +231,7 @@ impl EventStore for InMemoryEventStore {
         Ok(streams.all[start..]
             .iter()
             .filter(|event| read.wants(&event.name))
-            .take(read.limit)
+            .take(read.limit.max(1))
             .cloned()
             .collect())
     }

@@ -1,6 +1,7 @@
 //! Given / when / then for event-sourced aggregates: the state is built from
-//! a history of events, each through the same path a load takes (written as
-//! JSON, read back, brought up to date by its upcasters, applied).
+//! a history of events, each through the path a load takes (written as JSON
+//! in the code's current shape, read back through the aggregate's event
+//! list, applied).
 
 use std::time::SystemTime;
 
@@ -84,8 +85,8 @@ pub struct History<A> {
 }
 
 impl<A: EventSourced> History<A> {
-    /// `event` happened next: it is written as the store would write it,
-    /// read back and applied. Panics, saying why, when that fails (the
+    /// `event` happened next: it is written as the store would write it (in
+    /// its current shape), read back and applied. Panics, saying why, when that fails (the
     /// event is not `#[event(serde)]`, not listed in the aggregate's
     /// `event_types`, or its JSON does not read back).
     pub fn event<E: Event>(mut self, event: E) -> Self

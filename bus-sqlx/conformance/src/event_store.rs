@@ -849,7 +849,18 @@ pub async fn a_snapshot_of_another_state_version_or_that_does_not_read_is_ignore
         .save_snapshot(&stream("a2"), &unreadable)
         .await
         .unwrap();
-    for id in ["a1", "a2"] {
+    let ahead = StoredSnapshot {
+        version: 13,
+        state_version: Account::STATE_VERSION,
+        state: r#"{"owner":"","balance":1000000}"#.into(),
+    };
+    store.save_snapshot(&stream("a3"), &ahead).await.unwrap();
+    let mut a3 = Loaded::<Account>::new("a3");
+    for amount in 1..=12 {
+        a3.deposit(amount);
+    }
+    a3.save(store, &flow).await.unwrap();
+    for id in ["a1", "a2", "a3"] {
         let account = Loaded::<Account>::load_snapshotted(store, id)
             .await
             .unwrap();

@@ -26,6 +26,7 @@ macro_rules! projection_tests {
             a_batch_cut_short_midway_leaves_nothing_and_the_next_one_redoes_it,
             two_processes_running_one_projection_apply_each_event_once,
             waiting_for_a_position_the_projection_has_not_reached_says_where_it_is,
+            a_running_projection_stops_while_events_keep_coming,
         );
     };
     (@each $db:ty, $fresh:path; $($test:ident),* $(,)?) => {
@@ -330,5 +331,35 @@ pub async fn waiting_for_a_position_the_projection_has_not_reached_says_where_it
         }
         other => panic!("expected NotReached, got {other:?}"),
     }
+    store.close().await;
+}
+
+pub async fn a_running_projection_stops_while_events_keep_coming<DB>(database: TestDatabase)
+where
+    DB: Ledger + Backend,
+{
+    let (_pool, store) = open::<DB>(&database).await;
+    let events = store.event_store();
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (events, writing) = (events.clone(), writing.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while writing.load(Ordering::SeqCst) {
+                n += 1;
+                append(&events, "a", [n]).await;
+            }
+        })
+    };
+    let running = events.start_projection(Totals::plain(), Duration::from_millis(1));
+    while events.checkpoint("totals").await.unwrap() == Position::START {
+        tokio::task::yield_now().await;
+    }
+    // A bound for a hang, not a speed: stop returns after the current batch.
+    tokio::time::timeout(Duration::from_secs(60), running.stop())
+        .await
+        .expect("the projection stops although events keep coming");
+    writing.store(false, Ordering::SeqCst);
+    writer.await.unwrap();
     store.close().await;
 }

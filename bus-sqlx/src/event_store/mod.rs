@@ -33,6 +33,20 @@ use crate::store::Store;
 /// transaction held open stalls readers until it ends, which
 /// [`held_back_by`](Self::held_back_by) shows.
 ///
+/// # Moving the database
+///
+/// On PostgreSQL the order of all events rests on the cluster's
+/// transaction ids. `pg_upgrade` and physical replicas keep them; a
+/// logical dump and restore (or a move by logical replication) does not,
+/// and [`Store::open`] then refuses with
+/// [`Error::ForeignTransactionIds`](crate::Error::ForeignTransactionIds)
+/// rather than let readers skip new events. To go on after such a move,
+/// with no writer running: `UPDATE bus_stream_events SET xid = '1';
+/// UPDATE bus_streams SET last_xid = '1'; UPDATE bus_projections SET
+/// commit_key = 0, position = 0;` (the events keep their order by
+/// position, which follows each stream's versions), and rebuild the
+/// catch-up projections' read models from the start.
+///
 /// ```
 /// # #[cfg(feature = "sqlite")]
 /// # #[tokio::main(flavor = "current_thread")]
@@ -440,7 +454,7 @@ pub(crate) fn earlier_append(
         return Err(duplicate());
     }
     Ok(Some(Appended {
-        from_version: first.version - 1,
+        from_version: first.version.saturating_sub(1),
         to_version: last.version,
         position: last.position,
         written: false,

@@ -136,10 +136,34 @@ impl EventSql for Postgres {
             }
         };
         let Some(from) = moved.map(unsigned) else {
-            // Nothing moved: say why, from the stream's row as it is now.
+            if !events.is_empty() {
+                // Another run of this same append may have committed while
+                // this one waited for the stream's lock: then this is a
+                // retry, not a conflict.
+                let rows = sqlx::query(
+                    "SELECT event_id::text AS event_id, stream_kind, stream_id, version, \
+                     xid::text::bigint AS commit_key, position \
+                     FROM bus_stream_events WHERE event_id = ANY($1::text[]::uuid[])",
+                )
+                .bind(&ids)
+                .fetch_all(&mut *connection)
+                .await
+                .map_err(fail)?;
+                let found = rows
+                    .iter()
+                    .map(found)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(fail)?;
+                if let Some(appended) = earlier_append(stream, events, found)? {
+                    return Ok(appended);
+                }
+            }
+            // Nothing moved: say why, from the stream's row as it is now
+            // (an empty append takes no transaction id to ask).
             let row: Option<(i64, bool)> = sqlx::query_as(
-                "SELECT version, last_xid <= pg_current_xact_id() FROM bus_streams \
-                 WHERE kind = $1 AND id = $2",
+                "SELECT version, \
+                   last_xid <= coalesce(pg_current_xact_id_if_assigned(), last_xid) \
+                 FROM bus_streams WHERE kind = $1 AND id = $2",
             )
             .bind(stream.kind())
             .bind(stream.id())
@@ -156,7 +180,7 @@ impl EventSql for Postgres {
                     actual,
                 });
             }
-            if !in_order {
+            if !in_order && !events.is_empty() {
                 return Err(EventStoreError::Raced {
                     stream: stream.clone(),
                     reason: "a transaction that began later appended to it first".into(),
@@ -208,6 +232,7 @@ impl EventSql for Postgres {
              FROM UNNEST($1::text[], $5::text[], $6::int4[], $7::text[], $8::text[], $9::text[], \
                $10::text[]) WITH ORDINALITY \
                AS e(id, name, schema_version, payload, metadata, correlation_id, causation_id, n) \
+             ORDER BY e.n \
              RETURNING xid::text::bigint AS commit_key, position",
         )
         .bind(&ids)
@@ -282,7 +307,7 @@ impl EventSql for Postgres {
         ))
         .bind(signed(read.after.commit()))
         .bind(signed(read.after.sequence()))
-        .bind(signed(read.limit as u64))
+        .bind(signed(read.limit.max(1) as u64))
         .bind(&read.types)
         .fetch_all(&mut *connection)
         .await?;
@@ -430,6 +455,19 @@ impl EventSql for Postgres {
             .execute(pool)
             .await?;
         Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn transaction_ids_are_ours(pool: &Pool<Self>) -> Result<bool, sqlx::Error> {
+        // The next id this cluster will give out is above every stored one,
+        // unless the rows came from another cluster. (The primary key's
+        // index answers without a scan.)
+        let foreign: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM bus_stream_events \
+             WHERE xid >= pg_snapshot_xmax(pg_current_snapshot()))",
+        )
+        .fetch_one(pool)
+        .await?;
+        Ok(!foreign)
     }
 
     async fn held_back_by(pool: &Pool<Self>) -> Result<Vec<HeldBy>, sqlx::Error> {

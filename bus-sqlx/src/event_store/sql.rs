@@ -86,5 +86,9 @@ pub trait EventSql: sqlx::Database + Sized {
     /// `true` when the subject had a key.
     async fn delete_subject_key(pool: &Pool<Self>, subject: &str) -> Result<bool, sqlx::Error>;
 
+    /// `false` when stored events carry transaction ids this database has
+    /// not reached (PostgreSQL after a logical restore).
+    async fn transaction_ids_are_ours(pool: &Pool<Self>) -> Result<bool, sqlx::Error>;
+
     async fn held_back_by(pool: &Pool<Self>) -> Result<Vec<HeldBy>, sqlx::Error>;
 }
