@@ -272,7 +272,7 @@ async fn writers_holding_transactions_open_never_make_a_reader_skip_or_repeat() 
     let ids: Vec<MessageId> = seen.iter().map(|e| e.id).collect();
     let unique: HashSet<MessageId> = ids.iter().copied().collect();
     assert_eq!(unique.len(), ids.len(), "no event seen twice");
-    let committed = committed.lock().unwrap();
+    let committed = std::mem::take(&mut *committed.lock().unwrap());
     let missed = committed.difference(&unique).count();
     assert_eq!(
         missed,
@@ -280,7 +280,7 @@ async fn writers_holding_transactions_open_never_make_a_reader_skip_or_repeat() 
         "{missed} of {} committed events never seen",
         committed.len()
     );
-    let rolled_back = rolled_back.lock().unwrap();
+    let rolled_back = std::mem::take(&mut *rolled_back.lock().unwrap());
     let phantom = unique.difference(&committed).count();
     assert_eq!(phantom, 0, "{phantom} events seen that were not committed");
     assert!(unique.is_disjoint(&rolled_back));
