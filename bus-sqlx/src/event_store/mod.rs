@@ -113,8 +113,8 @@ impl<DB: Backend> Store<DB> {
     }
 
     /// The subjects' keys of the personal fields of this database's events
-    /// (`#[event(serde, personal(..))]`): give it to
-    /// [`SqlEventStore::with_keys`].
+    /// (`#[event(serde, personal(..))]`), which
+    /// [`SqlEventStore::with_personal_data`] uses: forget a subject here.
     pub fn key_store(&self) -> SqlKeyStore<DB> {
         SqlKeyStore {
             pool: self.pool().clone(),
