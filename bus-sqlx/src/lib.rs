@@ -19,6 +19,13 @@
 //!   its transaction: a redelivery is recognised ([`Inbox`]).
 //! - **Dead letters.** The bus's sink, with listing, replay under an
 //!   expiring claim, and deletion ([`DeadLetters`], [`replay`]).
+//! - **Event store.** [`Store::event_store`]: streams with expected
+//!   versions and idempotent appends, in the unit of work's transaction
+//!   ([`SqlEventStore::save_in`]), in one global order that never skips
+//!   (on PostgreSQL without a timeout: see [`SqlEventStore`]); catch-up
+//!   [`Projection`]s whose checkpoint commits with their read model;
+//!   snapshots; personal fields encrypted per subject
+//!   ([`SqlEventStore::with_personal_data`]).
 //!
 //! Its tables (`bus_*`) and their migrations are its own, recorded in
 //! `bus_sqlx_migrations`: they live beside the application's tables and
