@@ -258,6 +258,89 @@ impl<DB: Backend> SqlEventStore<DB> {
         })
     }
 
+    /// Applies to `projection` every event committed before the call, batch
+    /// after batch, and returns how many it applied: a command-line rebuild,
+    /// or a test's "given these events, then this read model" (see the
+    /// example). On PostgreSQL it waits, as every reader does, for the
+    /// transactions older than the last event to end; while another process
+    /// holds the projection's batch, it waits for that one too.
+    ///
+    /// ```
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use arch_events::event_store::{EventStore, ExpectedVersion, NewEvent, RecordedEvent, StreamId};
+    /// use arch_events::{BoxError, Event, MessageContext, PendingEvent};
+    /// use arch_events_sqlx::{Projection, Store};
+    /// use sqlx::{Sqlite, SqliteConnection};
+    ///
+    /// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+    /// #[event(name = "shop.ordered", serde)]
+    /// struct Ordered { amount: i64 }
+    ///
+    /// struct Orders;
+    ///
+    /// #[arch_events::async_trait]
+    /// impl Projection<Sqlite> for Orders {
+    ///     fn name(&self) -> &str { "orders" }
+    ///     async fn apply(&self, tx: &mut SqliteConnection, event: &RecordedEvent) -> Result<(), BoxError> {
+    ///         let ordered: Ordered = event.decode()?;
+    ///         sqlx::query("INSERT INTO orders (customer, amount) VALUES (?, ?)")
+    ///             .bind(event.stream.id()).bind(ordered.amount)
+    ///             .execute(&mut *tx).await?;
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+    /// sqlx::query("CREATE TABLE orders (customer TEXT, amount INTEGER)").execute(&pool).await?;
+    /// let store = Store::open(pool.clone()).await?;
+    /// let events = store.event_store();
+    ///
+    /// // Given these events,
+    /// for (customer, amount) in [("ada", 30), ("bob", 5), ("ada", 12)] {
+    ///     let ordered = NewEvent::encode(&mut PendingEvent::new(Ordered { amount }), &MessageContext::root())?;
+    ///     events.append(&StreamId::new("customer", customer), ExpectedVersion::Any, &[ordered]).await?;
+    /// }
+    /// // when the projection catches up,
+    /// assert_eq!(events.catch_up(&Orders).await?, 3);
+    /// // then this read model.
+    /// let ada: i64 = sqlx::query_scalar("SELECT sum(amount) FROM orders WHERE customer = 'ada'")
+    ///     .fetch_one(&pool).await?;
+    /// assert_eq!(ada, 42);
+    /// assert_eq!(events.catch_up(&Orders).await?, 0, "each event once");
+    /// store.close().await;
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
+    pub async fn catch_up<P: Projection<DB> + ?Sized>(
+        &self,
+        projection: &P,
+    ) -> Result<usize, ProjectionError> {
+        let database = |source| ProjectionError::Database {
+            projection: projection.name().to_owned(),
+            source,
+        };
+        let head = DB::head(self.store().pool()).await.map_err(database)?;
+        let mut applied = 0;
+        loop {
+            match self.project(projection).await? {
+                Batch::Applied { events, .. } => applied += events,
+                Batch::UpToDate | Batch::Busy => {
+                    let at = DB::checkpoint(self.store().pool(), projection.name())
+                        .await
+                        .map_err(database)?;
+                    if at >= head {
+                        return Ok(applied);
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+
     /// Runs `projection` on a tokio task until [`RunningProjection::stop`]:
     /// batch after batch while there are events, then a look every `poll`.
     /// A failing batch is retried after a pause that doubles up to 30 s.

@@ -139,20 +139,7 @@ async fn run_to_the_end<DB>(events: &SqlEventStore<DB>, projection: &Totals) -> 
 where
     DB: Backend + Ledger,
 {
-    let head = events.head().await.expect("head");
-    let mut applied = 0;
-    for _ in 0..10_000 {
-        match events.project(projection).await.expect("a batch") {
-            Batch::Applied { events: n, .. } => applied += n,
-            Batch::UpToDate | Batch::Busy => {
-                if events.checkpoint("totals").await.expect("checkpoint") >= head {
-                    return applied;
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-    }
-    panic!("the projection never reached {head}");
+    events.catch_up(projection).await.expect("catches up")
 }
 
 pub async fn a_projection_applies_every_event_once_with_its_checkpoint<DB>(database: TestDatabase)
