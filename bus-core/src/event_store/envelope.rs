@@ -219,14 +219,26 @@ impl RecordedEvent {
             )));
         }
         let meta = E::meta();
+        // serde's messages can quote the values they refused: an event with
+        // personal fields says only where and what kind of mistake it was.
+        let describe = |error: serde_json::Error| match meta.personal() {
+            None => error.to_string(),
+            Some(_) => format!(
+                "its JSON does not fit ({:?} error at line {}, column {}; the message is withheld: \
+                 the event holds personal data)",
+                error.classify(),
+                error.line(),
+                error.column()
+            ),
+        };
         if self.schema_version == meta.schema_version() {
             return serde_json::from_str(&self.payload)
-                .map_err(|error| self.decode_error(error.to_string()));
+                .map_err(|error| self.decode_error(describe(error)));
         }
         let current = super::upcast::to_current(meta, self.schema_version, &self.payload)
             .map_err(|reason| self.decode_error(reason))?;
         serde_json::from_value(current)
-            .map_err(|error| self.decode_error(format!("after its upcasters: {error}")))
+            .map_err(|error| self.decode_error(format!("after its upcasters: {}", describe(error))))
     }
 
     pub(crate) fn decode_error(&self, reason: String) -> EventStoreError {

@@ -481,6 +481,29 @@ mod tests {
     }
 
     #[test]
+    fn a_decode_error_of_an_event_with_personal_data_quotes_none_of_it() {
+        let recorded = RecordedEvent {
+            id: crate::MessageId::new(),
+            stream: StreamId::new("customer", "c1"),
+            version: 1,
+            position: Position::new(1, 1),
+            name: "personal.test.registered".into(),
+            schema_version: 1,
+            payload: r#"{"customer":"c1","email":{"not":"a string: ada@example.com"}}"#.into(),
+            recorded_at: std::time::SystemTime::now(),
+            correlation_id: crate::MessageId::new(),
+            causation_id: None,
+            metadata: Value::Null,
+        };
+        let error = recorded.decode::<Registered>().unwrap_err().to_string();
+        assert!(!error.contains("ada@"), "{error}");
+        assert!(
+            error.contains("withheld") && error.contains("line 1"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn an_absent_personal_field_is_nothing_to_protect() {
         futures::executor::block_on(async {
             let store =
