@@ -39,5 +39,5 @@ pub use error::EventStoreError;
 #[cfg(feature = "personal-data")]
 pub use personal::{protect, reveal, InMemoryKeyStore, KeyStore, Protected, SubjectKey};
 pub use snapshot::{Snapshotted, StoredSnapshot};
-pub use store::{Appended, EventStore, ReadAll};
+pub use store::{earlier_append, Appended, EventStore, ReadAll, StoredAt};
 pub use stream::{ExpectedVersion, StreamId};

@@ -22,6 +22,64 @@ pub struct Appended {
     pub written: bool,
 }
 
+/// Where an event id is stored already: what a backend found when it
+/// looked up an append's ids, for [`earlier_append`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAt {
+    /// The event's id.
+    pub id: crate::MessageId,
+    /// Its stream.
+    pub stream: StreamId,
+    /// Its version in the stream.
+    pub version: u64,
+    /// Its global position.
+    pub position: Position,
+}
+
+/// The idempotency rule of [`EventStore::append`], for a backend: given
+/// where the ids of `events` are stored already (`found`, any order),
+/// `None` when none is (a new append); the earlier append's outcome
+/// (`written: false`) when all are, as `stream`'s events at consecutive
+/// versions in this order (a retry); [`EventStoreError::DuplicateId`]
+/// otherwise.
+pub fn earlier_append(
+    stream: &StreamId,
+    events: &[NewEvent],
+    found: &[StoredAt],
+) -> Result<Option<Appended>, EventStoreError> {
+    let Some(known) = found.first().map(|found| found.id) else {
+        return Ok(None);
+    };
+    let duplicate = || EventStoreError::DuplicateId {
+        id: known,
+        stream: stream.clone(),
+    };
+    let by_id: std::collections::HashMap<crate::MessageId, &StoredAt> =
+        found.iter().map(|found| (found.id, found)).collect();
+    let stored: Option<Vec<&StoredAt>> = events
+        .iter()
+        .map(|event| by_id.get(&event.id).copied())
+        .collect();
+    let (Some(first), Some(last)) = (
+        stored.as_ref().and_then(|stored| stored.first()),
+        stored.as_ref().and_then(|stored| stored.last()),
+    ) else {
+        return Err(duplicate());
+    };
+    let in_place = stored.iter().flatten().enumerate().all(|(offset, found)| {
+        found.stream == *stream && found.version == first.version + offset as u64
+    });
+    if !in_place {
+        return Err(duplicate());
+    }
+    Ok(Some(Appended {
+        from_version: first.version.saturating_sub(1),
+        to_version: last.version,
+        position: last.position,
+        written: false,
+    }))
+}
+
 /// Which events [`EventStore::read_all`] reads.
 ///
 /// ```

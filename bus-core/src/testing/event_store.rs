@@ -6,8 +6,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use crate::event_store::{
-    Appended, EventStore, EventStoreError, ExpectedVersion, NewEvent, Position, ReadAll,
-    RecordedEvent, StoredSnapshot, StreamId,
+    earlier_append, Appended, EventStore, EventStoreError, ExpectedVersion, NewEvent, Position,
+    ReadAll, RecordedEvent, StoredAt, StoredSnapshot, StreamId,
 };
 use crate::message_id::MessageId;
 
@@ -85,41 +85,21 @@ impl Streams {
             .map_or(0, |events| events.len() as u64)
     }
 
-    /// `Some` when `events` were appended already, as they are now: to
-    /// this stream, at consecutive versions, in this order.
-    fn earlier_append(
-        &self,
-        stream: &StreamId,
-        events: &[NewEvent],
-    ) -> Result<Option<Appended>, EventStoreError> {
-        let Some(known) = events.iter().find(|event| self.ids.contains_key(&event.id)) else {
-            return Ok(None);
-        };
-        let stored: Vec<Option<&RecordedEvent>> = events
+    /// Where the ids of `events` are stored already.
+    fn stored(&self, events: &[NewEvent]) -> Vec<StoredAt> {
+        events
             .iter()
-            .map(|event| self.ids.get(&event.id).map(|&index| &self.all[index]))
-            .collect();
-        let retry = match stored.first() {
-            Some(Some(first)) => stored.iter().enumerate().all(|(offset, event)| {
-                event.is_some_and(|event| {
-                    event.stream == *stream && event.version == first.version + offset as u64
-                })
-            }),
-            _ => false,
-        };
-        let (Some(Some(first)), Some(Some(last)), true) = (stored.first(), stored.last(), retry)
-        else {
-            return Err(EventStoreError::DuplicateId {
-                id: known.id,
-                stream: stream.clone(),
-            });
-        };
-        Ok(Some(Appended {
-            from_version: first.version.saturating_sub(1),
-            to_version: last.version,
-            position: last.position,
-            written: false,
-        }))
+            .filter_map(|event| self.ids.get(&event.id))
+            .map(|&index| {
+                let event = &self.all[index];
+                StoredAt {
+                    id: event.id,
+                    stream: event.stream.clone(),
+                    version: event.version,
+                    position: event.position,
+                }
+            })
+            .collect()
     }
 }
 
@@ -153,7 +133,7 @@ impl EventStore for InMemoryEventStore {
                 written: false,
             });
         }
-        if let Some(appended) = streams.earlier_append(stream, events)? {
+        if let Some(appended) = earlier_append(stream, events, &streams.stored(events))? {
             return Ok(appended);
         }
         let mut unique = std::collections::HashSet::new();

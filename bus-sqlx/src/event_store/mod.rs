@@ -16,7 +16,7 @@ use arch_events::event_store::{
     Appended, EventStore, EventStoreError, ExpectedVersion, NewEvent, Position, ReadAll,
     RecordedEvent, StoredSnapshot, StreamId,
 };
-use arch_events::{MessageContext, MessageId, PendingEvent};
+use arch_events::{MessageContext, PendingEvent};
 use sqlx::Transaction;
 
 use crate::backend::Backend;
@@ -411,54 +411,9 @@ impl<DB: Backend> EventStore for SqlEventStore<DB> {
     }
 }
 
-/// Where one of an append's ids is stored already.
-pub(crate) struct Found {
-    pub(crate) id: MessageId,
-    pub(crate) stream: StreamId,
-    pub(crate) version: u64,
-    pub(crate) position: Position,
-}
-
-/// What the ids of `events` found stored say: `None` when none is (a new
-/// append); the earlier append's outcome when all of them are, as this
-/// stream's events at consecutive versions in this order (a retry);
-/// [`EventStoreError::DuplicateId`] otherwise.
-pub(crate) fn earlier_append(
-    stream: &StreamId,
-    events: &[NewEvent],
-    found: Vec<Found>,
-) -> Result<Option<Appended>, EventStoreError> {
-    let Some(known) = found.first().map(|found| found.id) else {
-        return Ok(None);
-    };
-    let duplicate = || EventStoreError::DuplicateId {
-        id: known,
-        stream: stream.clone(),
-    };
-    let by_id: std::collections::HashMap<MessageId, &Found> =
-        found.iter().map(|found| (found.id, found)).collect();
-    let stored: Option<Vec<&Found>> = events
-        .iter()
-        .map(|event| by_id.get(&event.id).copied())
-        .collect();
-    let Some(stored) = stored else {
-        return Err(duplicate());
-    };
-    let (Some(first), Some(last)) = (stored.first(), stored.last()) else {
-        return Err(duplicate());
-    };
-    let in_place = stored.iter().enumerate().all(|(offset, found)| {
-        found.stream == *stream && found.version == first.version + offset as u64
-    });
-    if !in_place {
-        return Err(duplicate());
-    }
-    Ok(Some(Appended {
-        from_version: first.version.saturating_sub(1),
-        to_version: last.version,
-        position: last.position,
-        written: false,
-    }))
+/// A position read from the database as (commit key, sequence).
+pub(crate) fn stored_position((commit, sequence): (i64, i64)) -> Position {
+    Position::new(unsigned(commit), unsigned(sequence))
 }
 
 /// A count or version read from the database, which never stores a

@@ -26,14 +26,14 @@
 //! [`held_back_by`]: EventSql::held_back_by
 
 use arch_events::event_store::{
-    Appended, EventStoreError, ExpectedVersion, NewEvent, Position, ReadAll, RecordedEvent,
-    StoredSnapshot, StreamId,
+    earlier_append, Appended, EventStoreError, ExpectedVersion, NewEvent, Position, ReadAll,
+    RecordedEvent, StoredSnapshot, StreamId,
 };
 use sqlx::{PgConnection, Pool, Postgres, Row};
 
 use super::rows::{found, position, recorded_event};
 use super::sql::EventSql;
-use super::{earlier_append, signed, unsigned, HeldBy};
+use super::{signed, stored_position, unsigned, HeldBy};
 
 const COLUMNS: &str = "event_id::text AS event_id, stream_kind, stream_id, version, \
      xid::text::bigint AS commit_key, position, name, schema_version::bigint AS schema_version, \
@@ -58,6 +58,34 @@ fn raced(stream: &StreamId, error: sqlx::Error) -> EventStoreError {
     EventStoreError::backend(error)
 }
 
+/// The outcome of an earlier run of this append, when its ids (`ids`, the
+/// events' as text) are stored already: see [`earlier_append`].
+async fn retried(
+    connection: &mut PgConnection,
+    stream: &StreamId,
+    events: &[NewEvent],
+    ids: &[String],
+) -> Result<Option<Appended>, EventStoreError> {
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let rows = sqlx::query(
+        "SELECT event_id::text AS event_id, stream_kind, stream_id, version, \
+         xid::text::bigint AS commit_key, position \
+         FROM bus_stream_events WHERE event_id = ANY($1::text[]::uuid[])",
+    )
+    .bind(ids)
+    .fetch_all(&mut *connection)
+    .await
+    .map_err(|error| raced(stream, error))?;
+    let found = rows
+        .iter()
+        .map(found)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| raced(stream, error))?;
+    earlier_append(stream, events, &found)
+}
+
 #[arch_events::async_trait]
 impl EventSql for Postgres {
     async fn append(
@@ -68,24 +96,8 @@ impl EventSql for Postgres {
     ) -> Result<Appended, EventStoreError> {
         let fail = |error| raced(stream, error);
         let ids: Vec<String> = events.iter().map(|event| event.id.to_string()).collect();
-        if !events.is_empty() {
-            let rows = sqlx::query(
-                "SELECT event_id::text AS event_id, stream_kind, stream_id, version, \
-                 xid::text::bigint AS commit_key, position \
-                 FROM bus_stream_events WHERE event_id = ANY($1::text[]::uuid[])",
-            )
-            .bind(&ids)
-            .fetch_all(&mut *connection)
-            .await
-            .map_err(fail)?;
-            let found = rows
-                .iter()
-                .map(found)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(fail)?;
-            if let Some(appended) = earlier_append(stream, events, found)? {
-                return Ok(appended);
-            }
+        if let Some(appended) = retried(connection, stream, events, &ids).await? {
+            return Ok(appended);
         }
         let count = events.len() as u64;
         // Moves the stream's version by `count` if the check passes and this
@@ -136,27 +148,11 @@ impl EventSql for Postgres {
             }
         };
         let Some(from) = moved.map(unsigned) else {
-            if !events.is_empty() {
-                // Another run of this same append may have committed while
-                // this one waited for the stream's lock: then this is a
-                // retry, not a conflict.
-                let rows = sqlx::query(
-                    "SELECT event_id::text AS event_id, stream_kind, stream_id, version, \
-                     xid::text::bigint AS commit_key, position \
-                     FROM bus_stream_events WHERE event_id = ANY($1::text[]::uuid[])",
-                )
-                .bind(&ids)
-                .fetch_all(&mut *connection)
-                .await
-                .map_err(fail)?;
-                let found = rows
-                    .iter()
-                    .map(found)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(fail)?;
-                if let Some(appended) = earlier_append(stream, events, found)? {
-                    return Ok(appended);
-                }
+            // Another run of this same append may have committed while this
+            // one waited for the stream's lock: then this is a retry, not a
+            // conflict.
+            if let Some(appended) = retried(connection, stream, events, &ids).await? {
+                return Ok(appended);
             }
             // Nothing moved: say why, from the stream's row as it is now
             // (an empty append takes no transaction id to ask).
@@ -196,9 +192,7 @@ impl EventSql for Postgres {
             .fetch_optional(&mut *connection)
             .await
             .map_err(fail)?;
-            let position = position.map_or(Position::START, |(commit, sequence)| {
-                Position::new(unsigned(commit), unsigned(sequence))
-            });
+            let position = position.map_or(Position::START, stored_position);
             return Ok(Appended {
                 from_version: actual,
                 to_version: actual,
@@ -329,7 +323,7 @@ impl EventSql for Postgres {
         .bind(name)
         .fetch_optional(&mut *connection)
         .await?;
-        Ok(row.map(|(commit, sequence)| Position::new(unsigned(commit), unsigned(sequence))))
+        Ok(row.map(stored_position))
     }
 
     async fn save_checkpoint(
@@ -355,9 +349,7 @@ impl EventSql for Postgres {
                 .bind(name)
                 .fetch_optional(pool)
                 .await?;
-        Ok(row.map_or(Position::START, |(commit, sequence)| {
-            Position::new(unsigned(commit), unsigned(sequence))
-        }))
+        Ok(row.map_or(Position::START, stored_position))
     }
 
     async fn stream_version(pool: &Pool<Self>, stream: &StreamId) -> Result<u64, sqlx::Error> {
@@ -377,9 +369,7 @@ impl EventSql for Postgres {
         )
         .fetch_optional(pool)
         .await?;
-        Ok(last.map_or(Position::START, |(commit, sequence)| {
-            Position::new(unsigned(commit), unsigned(sequence))
-        }))
+        Ok(last.map_or(Position::START, stored_position))
     }
 
     async fn load_snapshot(

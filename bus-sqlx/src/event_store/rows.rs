@@ -1,11 +1,11 @@
 //! Stored events read back the same way from SQLite and PostgreSQL: each
 //! database selects the same columns, as text and 64-bit integers.
 
-use arch_events::event_store::{Position, RecordedEvent, StreamId};
+use arch_events::event_store::{Position, RecordedEvent, StoredAt, StreamId};
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{unsigned, Found};
+use super::unsigned;
 use crate::backend::parse_id;
 
 /// Reads a stored event: columns `event_id`, `stream_kind`, `stream_id`,
@@ -56,14 +56,14 @@ where
 
 /// Where an id is stored: columns `event_id`, `stream_kind`, `stream_id`,
 /// `version`, `commit_key`, `position`.
-pub(crate) fn found<R>(row: &R) -> Result<Found, sqlx::Error>
+pub(crate) fn found<R>(row: &R) -> Result<StoredAt, sqlx::Error>
 where
     R: Row,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
     for<'c> &'c str: ColumnIndex<R>,
 {
-    Ok(Found {
+    Ok(StoredAt {
         id: parse_id("event_id", &row.try_get::<String, _>("event_id")?)?,
         stream: StreamId::new(
             row.try_get::<String, _>("stream_kind")?,

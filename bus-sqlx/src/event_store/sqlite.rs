@@ -3,15 +3,15 @@
 //! reader needs no more than `position > last seen`.
 
 use arch_events::event_store::{
-    Appended, EventStoreError, ExpectedVersion, NewEvent, Position, ReadAll, RecordedEvent,
-    StoredSnapshot, StreamId,
+    earlier_append, Appended, EventStoreError, ExpectedVersion, NewEvent, Position, ReadAll,
+    RecordedEvent, StoredSnapshot, StreamId,
 };
 use chrono::Utc;
 use sqlx::{Pool, QueryBuilder, Sqlite, SqliteConnection};
 
 use super::rows::{found, recorded_event};
 use super::sql::EventSql;
-use super::{earlier_append, signed, unsigned, HeldBy};
+use super::{signed, stored_position, unsigned, HeldBy};
 
 const COLUMNS: &str = "event_id, stream_kind, stream_id, version, position AS commit_key, \
      position, name, schema_version, payload, metadata, correlation_id, causation_id, recorded_at";
@@ -81,7 +81,7 @@ impl EventSql for Sqlite {
                     found_rows.push(found(row).map_err(backend)?);
                 }
             }
-            if let Some(appended) = earlier_append(stream, events, found_rows)? {
+            if let Some(appended) = earlier_append(stream, events, &found_rows)? {
                 return Ok(appended);
             }
         }
@@ -220,7 +220,7 @@ impl EventSql for Sqlite {
                 .bind(name)
                 .fetch_one(&mut *connection)
                 .await?;
-        Ok(Some(Position::new(unsigned(commit), unsigned(sequence))))
+        Ok(Some(stored_position((commit, sequence))))
     }
 
     async fn save_checkpoint(
@@ -246,9 +246,7 @@ impl EventSql for Sqlite {
                 .bind(name)
                 .fetch_optional(pool)
                 .await?;
-        Ok(row.map_or(Position::START, |(commit, sequence)| {
-            Position::new(unsigned(commit), unsigned(sequence))
-        }))
+        Ok(row.map_or(Position::START, stored_position))
     }
 
     async fn stream_version(pool: &Pool<Self>, stream: &StreamId) -> Result<u64, sqlx::Error> {
