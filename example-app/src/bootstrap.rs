@@ -17,6 +17,7 @@ use crate::adapters::postgres::{self, PostgresDatabase};
 use crate::adapters::relational;
 use crate::adapters::sqlite::{self, SqliteDatabase};
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
+use crate::domain::events::{BatchAdded, BatchQuantityChanged};
 use crate::service_layer::handlers::reallocate;
 use crate::service_layer::unit_of_work::{UnitOfWork, UnitOfWorkFactory};
 use crate::service_layer::ServiceError;
@@ -113,8 +114,10 @@ pub const REALLOCATION_ATTEMPTS: u32 = 10;
 ///   [`CONFLICT_ATTEMPTS`] times; no other command error is retried;
 /// - the events of a dispatch whose caller stopped waiting (an HTTP client
 ///   hung up) still run, on the tokio runtime;
-/// - every event must have a handler: a handler that lost its `#[handler]`
-///   (or whose crate is no longer linked) stops the service at startup.
+/// - every event must have a handler (but [`BatchAdded`] and
+///   [`BatchQuantityChanged`], which only tell a product's history): a
+///   handler that lost its `#[handler]` (or whose crate is no longer
+///   linked) stops the service at startup.
 pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
     let Adapters {
         unit_of_work,
@@ -129,6 +132,10 @@ pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
     Bus::builder()
         .dependencies(dependencies)
         .require_event_handlers()
+        // Facts of a product's history (its stream, with `--storage
+        // events`): nothing reacts to them.
+        .allow_unhandled::<BatchAdded>()
+        .allow_unhandled::<BatchQuantityChanged>()
         .retry(
             RetryPolicy::exponential(EVENT_HANDLER_ATTEMPTS)
                 .first_delay(Duration::from_millis(50))

@@ -505,7 +505,11 @@ async fn a_smaller_batch_releases_deallocated_then_reallocates_and_the_read_mode
     // No sleeping: the dispatch returned after its whole cascade ran.
     assert_eq!(
         app.recorder.event_names(),
-        ["allocation.deallocated", "allocation.allocated"]
+        [
+            "allocation.batch_quantity_changed",
+            "allocation.deallocated",
+            "allocation.allocated"
+        ]
     );
     assert_eq!(
         app.recorder.events_of::<Allocated>(),
@@ -514,9 +518,9 @@ async fn a_smaller_batch_releases_deallocated_then_reallocates_and_the_read_mode
             sku: "VASE".into(),
             qty: 8,
             batchref: "big".into(),
-            // Created with `small` (0), `big` added (1), allocated (2),
-            // `small` changed (3), reallocated (4).
-            version: 4,
+            // `small` added (1), `big` added (2), allocated (3),
+            // `small` changed (4), reallocated (5).
+            version: 5,
         }]
     );
     let ran = |handler: &'static str, message: &'static str| HandlerRun {

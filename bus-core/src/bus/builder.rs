@@ -391,7 +391,7 @@ impl BusBuilder {
         if !problems.is_empty() {
             return Err(BuildError::new(problems));
         }
-        warn_unhandled_releases(&handlers, &routes);
+        warn_unhandled_releases(&handlers, &routes, &self.allowed_unhandled);
         tracing::debug!(
             messages = messages.len(),
             handlers = handlers.len(),
@@ -920,11 +920,17 @@ fn bare_type(type_name: &str) -> &str {
 }
 
 /// A handler that declares it releases an event nobody handles is a dead end
-/// worth a warning (not an error: events may have no handler).
-fn warn_unhandled_releases(handlers: &[&'static HandlerRegistration], routes: &Routes) {
+/// worth a warning (not an error: events may have no handler), unless the
+/// event was allowed none ([`BusBuilder::allow_unhandled`]).
+fn warn_unhandled_releases(
+    handlers: &[&'static HandlerRegistration],
+    routes: &Routes,
+    allowed: &[&'static MessageMeta],
+) {
     for handler in handlers {
         for event in handler.releases() {
-            if routes.handlers(event).is_empty() {
+            let allowed = allowed.iter().any(|meta| std::ptr::eq(*meta, event));
+            if !allowed && routes.handlers(event).is_empty() {
                 tracing::warn!(
                     handler = handler.name(),
                     event = event.name(),

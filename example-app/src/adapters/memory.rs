@@ -114,8 +114,8 @@ impl ProductRepository for InMemoryUnitOfWork {
             .find(|product| product.batch(reference).is_some()))
     }
 
-    fn add(&mut self, product: Product) -> &mut Product {
-        self.0.repository().add(product)
+    fn add(&mut self, sku: &str) -> &mut Product {
+        self.0.repository().add(Product::new(sku, Vec::new(), 0))
     }
 }
 

@@ -167,9 +167,9 @@ impl<T: ProductTables> ProductRepository for RelationalUnitOfWork<T> {
             .await
     }
 
-    fn add(&mut self, product: Product) -> &mut Product {
+    fn add(&mut self, sku: &str) -> &mut Product {
         self.track(Tracked {
-            product,
+            product: Product::new(sku, Vec::new(), 0),
             loaded_version: None,
             stored: Vec::new(),
             stored_batches: Vec::new(),

@@ -4,7 +4,38 @@
 //! and replayed later.
 
 use arch_events::Event;
+use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
+
+/// A batch of stock was added to a product. It is how a product's stream
+/// starts (`--storage events`) and grows; nothing else reacts to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(name = "allocation.batch_added", serde)]
+pub struct BatchAdded {
+    /// The batch's reference.
+    pub reference: String,
+    /// The product.
+    pub sku: String,
+    /// Units purchased.
+    pub qty: u32,
+    /// When it arrives; `None` when it is in the warehouse.
+    pub eta: Option<NaiveDate>,
+    /// The product's version this addition made.
+    pub version: u64,
+}
+
+/// A batch's purchased quantity was set. The lines that no longer fit
+/// follow as [`Deallocated`] events, with the same version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(name = "allocation.batch_quantity_changed", serde)]
+pub struct BatchQuantityChanged {
+    /// The batch's reference.
+    pub reference: String,
+    /// Its new purchased quantity.
+    pub qty: u32,
+    /// The product's version this change made.
+    pub version: u64,
+}
 
 /// An order line was allocated to a batch. External: published (through the
 /// outbox) to the stream `line_allocated` as

@@ -1,14 +1,22 @@
 //! The aggregate: a `Product` and its `Batch`es of stock.
+//!
+//! Every change is an event: a method decides, then records what happened,
+//! and the event's `apply` is the only code that changes the state. So the
+//! same model is stored either way the service offers: as rows of its
+//! current state (`--storage state`), or as its stream of events
+//! (`--storage events`), rebuilt by applying them.
 
 use std::cmp::Ordering;
 
+use arch_events::event_store::{Apply, EventSourced, EventTypes, Snapshotted};
 use arch_events::{Aggregate, EventRecorder};
 use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
 
-use super::events::{Allocated, Deallocated, OutOfStock};
+use super::events::{Allocated, BatchAdded, BatchQuantityChanged, Deallocated, OutOfStock};
 
 /// One line of a customer's order.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct OrderLine {
     /// The order.
     pub orderid: String,
@@ -25,7 +33,7 @@ pub struct OrderLine {
 /// [`ProductRepository`](crate::service_layer::unit_of_work::ProductRepository)):
 /// a decision never needs every line ever allocated, and loading them all
 /// would make every request cost more than the one before.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     /// Unique reference.
     pub reference: String,
@@ -137,10 +145,29 @@ impl Batch {
         }
     }
 
-    fn deallocate_one(&mut self) -> Option<OrderLine> {
-        let line = self.allocations.pop()?;
-        self.allocated_quantity -= u64::from(line.qty);
-        Some(line)
+    /// Takes `line` off the batch; `false` when the batch does not hold it.
+    fn deallocate(&mut self, line: &OrderLine) -> bool {
+        let Some(at) = self.allocations.iter().rposition(|held| held == line) else {
+            return false;
+        };
+        self.allocations.remove(at);
+        self.allocated_quantity = self.allocated_quantity.saturating_sub(u64::from(line.qty));
+        true
+    }
+
+    /// The lines to take off, most recent first, for `qty` units to hold
+    /// what stays.
+    fn lines_beyond(&self, qty: u32) -> Vec<OrderLine> {
+        let mut allocated = self.allocated_quantity;
+        let mut going = Vec::new();
+        for line in self.allocations.iter().rev() {
+            if allocated <= u64::from(qty) {
+                break;
+            }
+            allocated -= u64::from(line.qty);
+            going.push(line.clone());
+        }
+        going
     }
 
     /// Warehouse stock first, then the earliest arrival.
@@ -156,14 +183,19 @@ impl Batch {
 
 /// The aggregate: all batches of one product, changed together and versioned
 /// for optimistic concurrency.
-#[derive(Debug, Clone)]
+///
+/// Its state changes only by the events it records (see the module's
+/// documentation): [`Product::default`] and its stream's events rebuild it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Product {
     /// The product.
     pub sku: String,
     /// Its batches.
     pub batches: Vec<Batch>,
-    /// Incremented by every change; a unit of work checks it at commit.
+    /// Incremented by every change (a command's, whatever the number of
+    /// events it records); a unit of work checks it at commit.
     pub version_number: u64,
+    #[serde(skip)]
     events: EventRecorder,
 }
 
@@ -173,8 +205,92 @@ impl Aggregate for Product {
     }
 }
 
+/// A product's stream, `product-<sku>`, holds these events.
+impl EventSourced for Product {
+    const KIND: &'static str = "product";
+
+    fn event_types(types: EventTypes<Self>) -> EventTypes<Self> {
+        types
+            .event::<BatchAdded>()
+            .event::<Allocated>()
+            .event::<BatchQuantityChanged>()
+            .event::<Deallocated>()
+            .event::<OutOfStock>()
+    }
+}
+
+/// A product is loaded from its latest snapshot and the events after it.
+impl Snapshotted for Product {
+    /// Bump it when the shape of `Product`, `Batch` or `OrderLine`
+    /// changes: older snapshots are then ignored, and rebuilt.
+    const STATE_VERSION: u32 = 1;
+    const SNAPSHOT_EVERY: u64 = 100;
+}
+
+impl Apply<BatchAdded> for Product {
+    fn apply(&mut self, event: &BatchAdded) {
+        if self.sku.is_empty() {
+            self.sku.clone_from(&event.sku);
+        }
+        self.batches.push(Batch::new(
+            &event.reference,
+            &event.sku,
+            event.qty,
+            event.eta,
+        ));
+        self.version_number = event.version;
+    }
+}
+
+impl Apply<Allocated> for Product {
+    fn apply(&mut self, event: &Allocated) {
+        if let Some(batch) = self.batch_mut(&event.batchref) {
+            batch.allocate(OrderLine {
+                orderid: event.orderid.clone(),
+                sku: event.sku.clone(),
+                qty: event.qty,
+            });
+        }
+        self.version_number = event.version;
+    }
+}
+
+impl Apply<BatchQuantityChanged> for Product {
+    fn apply(&mut self, event: &BatchQuantityChanged) {
+        if let Some(batch) = self.batch_mut(&event.reference) {
+            batch.purchased_quantity = event.qty;
+        }
+        self.version_number = event.version;
+    }
+}
+
+impl Apply<Deallocated> for Product {
+    fn apply(&mut self, event: &Deallocated) {
+        let line = OrderLine {
+            orderid: event.orderid.clone(),
+            sku: event.sku.clone(),
+            qty: event.qty,
+        };
+        // A line is held by one batch at most: `allocate` never allocates a
+        // line the product holds.
+        for batch in &mut self.batches {
+            if batch.deallocate(&line) {
+                break;
+            }
+        }
+        self.version_number = event.version;
+    }
+}
+
+/// Running out changes nothing: the event is kept for the buyers' sake.
+impl Apply<OutOfStock> for Product {
+    fn apply(&mut self, _event: &OutOfStock) {}
+}
+
 impl Product {
-    /// A product with the given batches.
+    /// A product as stored, with the given batches: a repository's
+    /// restore. A new product is [`Product::default`] given its first batch
+    /// by [`add_batch`](Self::add_batch).
     pub fn new(sku: &str, batches: Vec<Batch>, version_number: u64) -> Self {
         Product {
             sku: sku.to_owned(),
@@ -194,14 +310,31 @@ impl Product {
         self.batches.iter().find(|b| b.reference == reference)
     }
 
-    /// Adds a batch; `false` (and nothing changed) when the product has a
-    /// batch with its reference already.
-    pub fn add_batch(&mut self, batch: Batch) -> bool {
-        if self.batch(&batch.reference).is_some() {
+    fn batch_mut(&mut self, reference: &str) -> Option<&mut Batch> {
+        self.batches.iter_mut().find(|b| b.reference == reference)
+    }
+
+    /// Adds a batch of `sku` (a product with no batch yet takes the sku of
+    /// its first); `false` (and nothing changed) when the product has a
+    /// batch with this reference already.
+    pub fn add_batch(
+        &mut self,
+        reference: &str,
+        sku: &str,
+        qty: u32,
+        eta: Option<NaiveDate>,
+    ) -> bool {
+        if self.batch(reference).is_some() {
             return false;
         }
-        self.batches.push(batch);
-        self.version_number += 1;
+        let version = self.version_number + 1;
+        self.record(BatchAdded {
+            reference: reference.to_owned(),
+            sku: sku.to_owned(),
+            qty,
+            eta,
+            version,
+        });
         true
     }
 
@@ -212,34 +345,30 @@ impl Product {
         if let Some(batch) = self.batches.iter().find(|b| b.holds(&line)) {
             return Some(batch.reference.clone());
         }
-        let mut candidates: Vec<&mut Batch> = self
+        let preferred = self
             .batches
-            .iter_mut()
+            .iter()
             .filter(|b| b.can_allocate(&line))
-            .collect();
-        candidates.sort_by(|a, b| a.preference(b));
-        let Some(batch) = candidates.into_iter().next() else {
-            self.events.record(OutOfStock {
-                sku: line.sku.clone(),
-            });
+            .min_by(|a, b| a.preference(b));
+        let Some(batch) = preferred else {
+            self.record(OutOfStock { sku: line.sku });
             return None;
         };
-        let reference = batch.reference.clone();
+        let batchref = batch.reference.clone();
         let version = self.version_number + 1;
-        self.events.record(Allocated {
-            orderid: line.orderid.clone(),
-            sku: line.sku.clone(),
+        self.record(Allocated {
+            orderid: line.orderid,
+            sku: line.sku,
             qty: line.qty,
-            batchref: reference.clone(),
+            batchref: batchref.clone(),
             version,
         });
-        batch.allocate(line);
-        self.version_number = version;
-        Some(reference)
+        Some(batchref)
     }
 
     /// Sets a batch's purchased quantity, deallocating its most recent lines
-    /// until the rest fit; records `Deallocated` for each.
+    /// until the rest fit; records `BatchQuantityChanged`, then
+    /// `Deallocated` for each line taken off.
     ///
     /// # Errors
     /// [`ChangeQuantityError::UnknownBatch`] when the product has no such
@@ -251,26 +380,27 @@ impl Product {
         reference: &str,
         qty: u32,
     ) -> Result<(), ChangeQuantityError> {
-        let Some(batch) = self.batches.iter_mut().find(|b| b.reference == reference) else {
+        let Some(batch) = self.batch(reference) else {
             return Err(ChangeQuantityError::UnknownBatch(reference.to_owned()));
         };
         if !batch.all_loaded && batch.allocated_quantity > u64::from(qty) {
             return Err(ChangeQuantityError::LinesNotLoaded(reference.to_owned()));
         }
+        let going = batch.lines_beyond(qty);
         let version = self.version_number + 1;
-        batch.purchased_quantity = qty;
-        while batch.available_quantity() < 0 {
-            let Some(line) = batch.deallocate_one() else {
-                break;
-            };
-            self.events.record(Deallocated {
+        self.record(BatchQuantityChanged {
+            reference: reference.to_owned(),
+            qty,
+            version,
+        });
+        for line in going {
+            self.record(Deallocated {
                 orderid: line.orderid,
                 sku: line.sku,
                 qty: line.qty,
                 version,
             });
         }
-        self.version_number = version;
         Ok(())
     }
 }
@@ -289,8 +419,10 @@ pub enum ChangeQuantityError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::events::{Allocated, Deallocated, OutOfStock};
-    use arch_events::testing::given;
+    use crate::domain::events::{
+        Allocated, BatchAdded, BatchQuantityChanged, Deallocated, OutOfStock,
+    };
+    use arch_events::testing::{given, given_events};
     use chrono::Days;
 
     fn today() -> NaiveDate {
@@ -438,28 +570,110 @@ mod tests {
         product.allocate(line("o2", "RUG", 20));
         given(product)
             .when(|product| product.change_batch_quantity("b1", 25))
-            .then_events(&[Deallocated {
-                orderid: "o2".into(),
-                sku: "RUG".into(),
-                qty: 20,
-                version: 3,
-            }])
+            .then_event_names(&[
+                "allocation.batch_quantity_changed",
+                "allocation.deallocated",
+            ])
             .then(|product, changed| {
                 assert_eq!(*changed, Ok(()));
+                assert_eq!(product.version_number, 3, "one version for the command");
                 let batch = product.batch("b1").unwrap();
                 assert_eq!(batch.allocations(), [line("o1", "RUG", 20)]);
                 assert_eq!(batch.available_quantity(), 5);
             });
     }
 
+    /// The stream of a product rebuilds the state its commands left.
+    #[test]
+    fn a_product_is_rebuilt_from_its_events() {
+        given_events::<Product>()
+            .event(BatchAdded {
+                reference: "b1".into(),
+                sku: "RUG".into(),
+                qty: 50,
+                eta: None,
+                version: 1,
+            })
+            .event(Allocated {
+                orderid: "o1".into(),
+                sku: "RUG".into(),
+                qty: 20,
+                batchref: "b1".into(),
+                version: 2,
+            })
+            .event(Allocated {
+                orderid: "o2".into(),
+                sku: "RUG".into(),
+                qty: 20,
+                batchref: "b1".into(),
+                version: 3,
+            })
+            .event(OutOfStock { sku: "RUG".into() })
+            .when(|product| product.change_batch_quantity("b1", 15))
+            .then(|product, changed| {
+                assert_eq!(*changed, Ok(()));
+                assert_eq!(product.sku, "RUG");
+                assert_eq!(product.version_number, 4);
+                let batch = product.batch("b1").unwrap();
+                assert!(batch.allocations().is_empty(), "both lines went");
+                assert_eq!(batch.purchased_quantity(), 15);
+            })
+            .then_event_names(&[
+                "allocation.batch_quantity_changed",
+                "allocation.deallocated",
+                "allocation.deallocated",
+            ]);
+    }
+
+    #[test]
+    fn a_quantity_change_records_the_new_quantity_first() {
+        given(Product::new(
+            "RUG",
+            vec![Batch::new("b1", "RUG", 5, None)],
+            2,
+        ))
+        .when(|product| product.change_batch_quantity("b1", 9))
+        .then_events(&[BatchQuantityChanged {
+            reference: "b1".into(),
+            qty: 9,
+            version: 3,
+        }]);
+    }
+
+    #[test]
+    fn a_deallocation_takes_off_the_line_it_names() {
+        let mut product = Product::new("RUG", vec![Batch::new("b1", "RUG", 50, None)], 0);
+        product.allocate(line("o1", "RUG", 1));
+        product.allocate(line("o2", "RUG", 2));
+        product.allocate(line("o3", "RUG", 3));
+        given(product)
+            .when(|product| {
+                product.record(Deallocated {
+                    orderid: "o2".into(),
+                    sku: "RUG".into(),
+                    qty: 2,
+                    version: 4,
+                })
+            })
+            .then(|product, ()| {
+                let batch = product.batch("b1").unwrap();
+                assert_eq!(
+                    batch.allocations(),
+                    [line("o1", "RUG", 1), line("o3", "RUG", 3)]
+                );
+                assert_eq!(batch.allocated_quantity(), 4);
+            });
+    }
+
     #[test]
     fn a_batch_is_added_once() {
         let mut product = Product::new("RUG", vec![Batch::new("b1", "RUG", 5, None)], 2);
-        assert!(!product.add_batch(Batch::new("b1", "RUG", 50, None)));
+        assert!(!product.add_batch("b1", "RUG", 50, None));
         assert_eq!(product.version_number, 2);
         assert_eq!(product.batch("b1").unwrap().purchased_quantity(), 5);
-        assert!(product.add_batch(Batch::new("b2", "RUG", 50, None)));
+        assert!(product.add_batch("b2", "RUG", 50, None));
         assert_eq!(product.version_number, 3);
+        assert_eq!(product.recorded().len(), 1, "one BatchAdded");
     }
 
     #[test]

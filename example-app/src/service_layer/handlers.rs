@@ -7,8 +7,8 @@ use super::unit_of_work::{UnitOfWork, UowError};
 use super::ServiceError;
 use crate::adapters::notifications::{NotificationError, Notifications};
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
-use crate::domain::events::{Allocated, Deallocated, OutOfStock};
-use crate::domain::model::{Batch, ChangeQuantityError, OrderLine, Product};
+use crate::domain::events::{Allocated, BatchAdded, BatchQuantityChanged, Deallocated, OutOfStock};
+use crate::domain::model::{ChangeQuantityError, OrderLine};
 
 /// Adds a batch, creating the product on its first batch.
 ///
@@ -16,7 +16,7 @@ use crate::domain::model::{Batch, ChangeQuantityError, OrderLine, Product};
 /// committed so far, and the database refuses a second row for the same
 /// reference (two adds at once: one commits, the other is a conflict, which
 /// the bus retries, and the retry finds the batch).
-#[handler]
+#[handler(releases(BatchAdded))]
 pub async fn add_batch(
     cmd: CreateBatch,
     mut uow: Scoped<dyn UnitOfWork>,
@@ -29,16 +29,12 @@ pub async fn add_batch(
     {
         return Err(ServiceError::DuplicateBatch(cmd.reference));
     }
-    let batch = Batch::new(&cmd.reference, &cmd.sku, cmd.qty, cmd.eta);
-    match uow.products().get(&cmd.sku).await? {
-        Some(product) => {
-            if !product.add_batch(batch) {
-                return Err(ServiceError::DuplicateBatch(cmd.reference));
-            }
-        }
-        None => {
-            uow.products().add(Product::new(&cmd.sku, vec![batch], 0));
-        }
+    let product = match uow.products().get(&cmd.sku).await? {
+        Some(product) => product,
+        None => uow.products().add(&cmd.sku),
+    };
+    if !product.add_batch(&cmd.reference, &cmd.sku, cmd.qty, cmd.eta) {
+        return Err(ServiceError::DuplicateBatch(cmd.reference));
     }
     uow.commit().await?;
     Ok(())
@@ -91,7 +87,7 @@ async fn allocate_line(
 /// Changes a batch's quantity; lines that no longer fit are deallocated, and
 /// their `Deallocated` events reallocate them. The batch's lines are loaded
 /// only when some must go (the new quantity is below what is allocated).
-#[handler(releases(Deallocated))]
+#[handler(releases(BatchQuantityChanged, Deallocated))]
 pub async fn change_batch_quantity(
     cmd: ChangeBatchQuantity,
     mut uow: Scoped<dyn UnitOfWork>,

@@ -66,8 +66,11 @@ pub trait ProductRepository: Send {
         reference: &str,
     ) -> Result<Option<&mut Product>, UowError>;
 
-    /// Adds a new product, tracked by the unit of work.
-    fn add(&mut self, product: Product) -> &mut Product;
+    /// Adds the new product `sku`, with no batch yet, tracked by the unit
+    /// of work: give it its first batch with
+    /// [`Product::add_batch`]. (It starts empty so that everything it
+    /// holds is recorded as its events, which `--storage events` stores.)
+    fn add(&mut self, sku: &str) -> &mut Product;
 }
 
 /// One transaction over the products: changes are written, and the products'
