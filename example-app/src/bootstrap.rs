@@ -7,15 +7,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arch_events::{BuildError, Bus, Dependencies, FailureCause, RetryPolicy};
-use arch_events_sqlx::{DeadLetterStore, InMemoryDeadLetterStore, StoreSink};
+use arch_events::{BuildError, Bus, Dependencies, FailureCause, RetryPolicy, Scope};
+use arch_events_sqlx::{
+    Backend, DeadLetterStore, InMemoryDeadLetterStore, Projection, SqlEventStore, StoreSink,
+};
 
 use crate::adapters::database::Database;
 use crate::adapters::memory::{InMemoryAllocationsView, InMemoryProducts};
 use crate::adapters::notifications::{LogNotifications, Notifications};
+use crate::adapters::event_sourced;
 use crate::adapters::postgres::{self, PostgresDatabase};
+use crate::adapters::projected_view::ProjectedAllocationsView;
 use crate::adapters::relational;
 use crate::adapters::sqlite::{self, SqliteDatabase};
+use crate::adapters::storage::Storage;
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
 use crate::domain::events::{BatchAdded, BatchQuantityChanged};
 use crate::service_layer::handlers::reallocate;
@@ -36,8 +41,9 @@ pub struct Adapters {
 }
 
 impl Adapters {
-    /// The real adapters over `database`, whichever it is: both models and
-    /// the dead letters in it, notifications to the log.
+    /// The real adapters over `database`, whichever it is and however it
+    /// keeps the products: both models and the dead letters in it,
+    /// notifications to the log.
     pub fn for_database(database: &Database) -> Self {
         match database {
             Database::Sqlite(database) => Adapters::sqlite(database.clone()),
@@ -45,34 +51,66 @@ impl Adapters {
         }
     }
 
-    /// The real adapters on SQLite.
+    /// The real adapters on SQLite, as it keeps the products.
     pub fn sqlite(database: SqliteDatabase) -> Self {
-        let views = database.clone();
+        let reads = database.clone();
+        let read_view = move |scope: &mut Scope| -> Box<dyn AllocationsView> {
+            Box::new(sqlite::SqliteAllocationsView::new(
+                reads.clone(),
+                scope.releaser(),
+            ))
+        };
+        let (unit_of_work, views): (UnitOfWorkFactory, AllocationsViewFactory) =
+            match database.storage() {
+                Storage::State => (
+                    relational::unit_of_work_factory(database.clone()),
+                    Arc::new(read_view),
+                ),
+                Storage::Events => (
+                    event_sourced::unit_of_work_factory(database.clone()),
+                    projected(
+                        database.event_store().clone(),
+                        sqlite::SqliteAllocationsProjection,
+                        read_view,
+                    ),
+                ),
+            };
         Adapters {
-            views: Arc::new(move |scope| {
-                Box::new(sqlite::SqliteAllocationsView::new(
-                    views.clone(),
-                    scope.releaser(),
-                ))
-            }),
+            unit_of_work,
+            views,
             dead_letters: Arc::new(database.store().dead_letters()),
-            unit_of_work: relational::unit_of_work_factory(database),
             notifications: Arc::new(LogNotifications),
         }
     }
 
-    /// The real adapters on PostgreSQL.
+    /// The real adapters on PostgreSQL, as it keeps the products.
     pub fn postgres(database: PostgresDatabase) -> Self {
-        let views = database.clone();
+        let reads = database.clone();
+        let read_view = move |scope: &mut Scope| -> Box<dyn AllocationsView> {
+            Box::new(postgres::PostgresAllocationsView::new(
+                reads.clone(),
+                scope.releaser(),
+            ))
+        };
+        let (unit_of_work, views): (UnitOfWorkFactory, AllocationsViewFactory) =
+            match database.storage() {
+                Storage::State => (
+                    relational::unit_of_work_factory(database.clone()),
+                    Arc::new(read_view),
+                ),
+                Storage::Events => (
+                    event_sourced::unit_of_work_factory(database.clone()),
+                    projected(
+                        database.event_store().clone(),
+                        postgres::PostgresAllocationsProjection,
+                        read_view,
+                    ),
+                ),
+            };
         Adapters {
-            views: Arc::new(move |scope| {
-                Box::new(postgres::PostgresAllocationsView::new(
-                    views.clone(),
-                    scope.releaser(),
-                ))
-            }),
+            unit_of_work,
+            views,
             dead_letters: Arc::new(database.store().dead_letters()),
-            unit_of_work: relational::unit_of_work_factory(database),
             notifications: Arc::new(LogNotifications),
         }
     }
@@ -86,6 +124,23 @@ impl Adapters {
             dead_letters: Arc::new(InMemoryDeadLetterStore::default()),
         }
     }
+}
+
+/// The views of `--storage events`: written by `projection` from the
+/// streams in `events`, read through `reads`.
+fn projected<DB: Backend, P: Projection<DB>>(
+    events: SqlEventStore<DB>,
+    projection: P,
+    reads: impl Fn(&mut Scope) -> Box<dyn AllocationsView> + Send + Sync + 'static,
+) -> AllocationsViewFactory {
+    let projection = Arc::new(projection);
+    Arc::new(move |scope| {
+        Box::new(ProjectedAllocationsView::new(
+            events.clone(),
+            projection.clone(),
+            reads(scope),
+        ))
+    })
 }
 
 /// How many times a command that lost an optimistic-concurrency race runs

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::adapters::storage::Storage;
 use crate::entrypoints::http::{self, AdminToken, BadAdminToken};
 
 /// The allocation service.
@@ -31,6 +32,15 @@ pub struct Config {
         default_value = "sqlite://allocation.db"
     )]
     pub database_url: String,
+
+    /// How a new database keeps the products: `state`, as rows of their
+    /// current state (the default for a new database), or `events`, as a
+    /// stream of events per product, the allocations view then kept by a
+    /// catch-up projection. A database keeps what it was created with:
+    /// without this setting the service follows it, and asking for the
+    /// other one is refused at start.
+    #[arg(long = "storage", env = "STORAGE")]
+    pub storage: Option<Storage>,
 
     /// Redis, for the broker entrypoint: relays the outbox to the stream
     /// `line_allocated` and consumes `change_batch_quantity`. Without it the

@@ -81,13 +81,15 @@ async fn run(config: Config) -> Result<(), StartError> {
         tracing::info!("relay stopped");
         return Ok(());
     }
-    let database = Database::connect_with(&config.database_url, settings).await?;
+    let database = Database::open(&config.database_url, settings, config.storage).await?;
     let adapters = Adapters::for_database(&database);
     let dead_letters = adapters.dead_letters.clone();
     let bus = bootstrap(adapters)?;
     // Events committed but not handled (a crash, a task torn down) are
     // delivered again, from now on.
     let recovery = database.start_recovery(&bus)?;
+    // With `--storage events`, the allocations view follows the streams.
+    let projection = database.start_projection();
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|source| StartError::Bind {
@@ -111,6 +113,7 @@ async fn run(config: Config) -> Result<(), StartError> {
     let addr = listener.local_addr().unwrap_or(config.bind);
     tracing::info!(
         database = %database::redacted(&config.database_url),
+        storage = %database.storage(),
         "listening on http://{addr}"
     );
     let state = http::AppState::new(bus.clone(), dead_letters, config.max_commands as usize);
@@ -136,6 +139,9 @@ async fn run(config: Config) -> Result<(), StartError> {
         broker.join_consumer().await;
     }
     recovery.stop().await;
+    if let Some(projection) = projection {
+        projection.stop().await;
+    }
     database.close().await;
     tracing::info!("shut down cleanly");
     Ok(())

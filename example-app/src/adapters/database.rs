@@ -1,17 +1,23 @@
 //! The service's database, chosen by URL: SQLite (`sqlite://<file>`, the
 //! embedded default) or PostgreSQL (`postgres://...`, for several processes
 //! sharing it). Each holds the allocation tables and arch-events-sqlx's store (the
-//! outbox, the inbox, durable delivery of events, the dead letters).
+//! outbox, the inbox, durable delivery of events, the dead letters, the
+//! event store), and keeps its products as rows or as streams of events:
+//! its [`Storage`], chosen when it is created.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arch_events::transport::{Inbox, Publisher};
 use arch_events::{BoxError, Bus, EventReleaser};
-use arch_events_sqlx::{DeadLetterStore, Recovery, Settings};
+use arch_events_sqlx::{DeadLetterStore, Recovery, RunningProjection, Settings};
 
+use super::event_sourced::EventSourcedUnitOfWork;
 use super::postgres::{self, PostgresDatabase};
+use super::relational::RelationalUnitOfWork;
 use super::sqlite::{self, SqliteDatabase};
+use super::storage::Storage;
 use crate::service_layer::unit_of_work::UnitOfWork;
 
 /// Why the database could not be opened.
@@ -35,6 +41,20 @@ pub enum DatabaseError {
         /// What the driver or the store said.
         #[source]
         source: BoxError,
+    },
+    /// The database keeps its products in another way than asked for.
+    #[error(
+        "the database {url} keeps its products as {stored} (it was created with \
+         --storage {stored}): start with --storage {stored}, or give a new database \
+         for --storage {requested}"
+    )]
+    StorageMismatch {
+        /// The URL, its password hidden.
+        url: String,
+        /// How it keeps them.
+        stored: Storage,
+        /// How the settings asked.
+        requested: Storage,
     },
 }
 
@@ -66,35 +86,112 @@ impl Database {
 
     /// [`connect`](Self::connect), with the store's timings.
     pub async fn connect_with(url: &str, settings: Settings) -> Result<Database, DatabaseError> {
+        Self::open(url, settings, None).await
+    }
+
+    /// [`connect_with`](Self::connect_with), keeping the products as
+    /// `storage` asks: a new database is created so (as rows when `None`);
+    /// one that keeps them otherwise is a
+    /// [`DatabaseError::StorageMismatch`], and nothing is changed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use arch_events_sqlx::Settings;
+    /// use example_app::adapters::database::{Database, DatabaseError};
+    /// use example_app::adapters::storage::Storage;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let url = format!("sqlite://{}", dir.path().join("allocation.db").display());
+    /// let database = Database::open(&url, Settings::default(), Some(Storage::Events)).await.unwrap();
+    /// database.close().await;
+    ///
+    /// // Opened again without a setting, it keeps its products as it did;
+    /// let database = Database::connect(&url).await.unwrap();
+    /// assert_eq!(database.storage(), Storage::Events);
+    /// database.close().await;
+    /// // asked for the other storage, it refuses.
+    /// let refused = Database::open(&url, Settings::default(), Some(Storage::State)).await;
+    /// assert!(matches!(refused, Err(DatabaseError::StorageMismatch { .. })));
+    /// # }
+    /// ```
+    pub async fn open(
+        url: &str,
+        settings: Settings,
+        storage: Option<Storage>,
+    ) -> Result<Database, DatabaseError> {
         let open = |source| DatabaseError::Open {
             url: redacted(url),
             source,
         };
-        match url.split_once(':').map(|(scheme, _)| scheme) {
-            Some("sqlite") => sqlite::connect(url, settings)
+        let new = storage.unwrap_or_default();
+        let database = match url.split_once(':').map(|(scheme, _)| scheme) {
+            Some("sqlite") => sqlite::connect(url, settings, new)
                 .await
                 .map(Database::Sqlite)
-                .map_err(open),
-            Some("postgres" | "postgresql") => postgres::connect(url, settings)
+                .map_err(open)?,
+            Some("postgres" | "postgresql") => postgres::connect(url, settings, new)
                 .await
                 .map(Database::Postgres)
-                .map_err(open),
-            _ => Err(DatabaseError::Unsupported { url: redacted(url) }),
+                .map_err(open)?,
+            _ => return Err(DatabaseError::Unsupported { url: redacted(url) }),
+        };
+        match storage {
+            Some(requested) if requested != database.storage() => {
+                database.close().await;
+                Err(DatabaseError::StorageMismatch {
+                    url: redacted(url),
+                    stored: database.storage(),
+                    requested,
+                })
+            }
+            _ => Ok(database),
+        }
+    }
+
+    /// How this database keeps its products.
+    pub fn storage(&self) -> Storage {
+        match self {
+            Database::Sqlite(database) => database.storage(),
+            Database::Postgres(database) => database.storage(),
         }
     }
 
     /// A unit of work that releases into `releaser`, outside any dispatch
     /// (for tests and scripts).
     pub fn unit_of_work(&self, releaser: EventReleaser) -> Box<dyn UnitOfWork> {
-        match self {
-            Database::Sqlite(database) => {
-                Box::new(sqlite::SqliteUnitOfWork::new(database.clone(), releaser))
-            }
-            Database::Postgres(database) => Box::new(postgres::PostgresUnitOfWork::new(
-                database.clone(),
-                releaser,
-            )),
+        match (self, self.storage()) {
+            (Database::Sqlite(database), Storage::State) => Box::new(
+                RelationalUnitOfWork::new(database.clone(), releaser),
+            ),
+            (Database::Sqlite(database), Storage::Events) => Box::new(
+                EventSourcedUnitOfWork::new(database.clone(), releaser),
+            ),
+            (Database::Postgres(database), Storage::State) => Box::new(
+                RelationalUnitOfWork::new(database.clone(), releaser),
+            ),
+            (Database::Postgres(database), Storage::Events) => Box::new(
+                EventSourcedUnitOfWork::new(database.clone(), releaser),
+            ),
         }
+    }
+
+    /// With `--storage events`, starts keeping the allocations view from
+    /// the products' streams, in the background, until
+    /// [`RunningProjection::stop`]: the events committed by any process
+    /// reach it, one batch at a time, each once. `None` with rows, whose
+    /// view is written by event handlers.
+    pub fn start_projection(&self) -> Option<RunningProjection> {
+        if self.storage() != Storage::Events {
+            return None;
+        }
+        Some(match self {
+            Database::Sqlite(database) => database
+                .event_store()
+                .start_projection(sqlite::SqliteAllocationsProjection, PROJECTION_POLL),
+            Database::Postgres(database) => database
+                .event_store()
+                .start_projection(postgres::PostgresAllocationsProjection, PROJECTION_POLL),
+        })
     }
 
     /// The dead letters.
@@ -139,6 +236,12 @@ impl Database {
         }
     }
 }
+
+/// How often a running projection looks for new events when it has none.
+/// Event handlers catch it up at once after each command of this process
+/// (see [`ProjectedAllocationsView`](super::projected_view::ProjectedAllocationsView)): this is the
+/// pace for those of other processes, and the safety net.
+pub const PROJECTION_POLL: Duration = Duration::from_millis(500);
 
 /// `url` with its password (if any) replaced by `***`, for logs and errors.
 pub fn redacted(url: &str) -> String {

@@ -134,15 +134,6 @@ impl<T: ProductTables> RelationalUnitOfWork<T> {
         &mut self.seen[last].product
     }
 
-    /// What a failed staging means for the product `sku`.
-    fn stage_error(&self, error: StageError, sku: &str) -> UowError {
-        match error {
-            StageError::AlreadyHandled { message_id } => UowError::AlreadyHandled { message_id },
-            StageError::Duplicate { event, .. } => UowError::AlreadyHandled { message_id: event },
-            StageError::Database(error) => self.tables.write_error(error, sku),
-            other => UowError::Storage(Box::new(other)),
-        }
-    }
 }
 
 #[async_trait]
@@ -237,7 +228,7 @@ impl<T: ProductTables> arch_events::UnitOfWork for RelationalUnitOfWork<T> {
         let staged = store
             .stage(&mut tx, &self.releaser, &flow, events)
             .await
-            .map_err(|e| self.stage_error(e, &sku))?;
+            .map_err(|e| stage_error(e, |e| self.tables.write_error(e, &sku)))?;
         tx.commit()
             .await
             .map_err(|e| self.tables.write_error(e, &sku))?;
@@ -273,6 +264,17 @@ impl<T> Drop for RelationalUnitOfWork<T> {
 impl<T: ProductTables> UnitOfWork for RelationalUnitOfWork<T> {
     fn products(&mut self) -> &mut dyn ProductRepository {
         self
+    }
+}
+
+/// What a failed staging of a unit of work's events means; `write_error`
+/// says what a failed statement means for its product.
+pub fn stage_error(error: StageError, write_error: impl FnOnce(sqlx::Error) -> UowError) -> UowError {
+    match error {
+        StageError::AlreadyHandled { message_id } => UowError::AlreadyHandled { message_id },
+        StageError::Duplicate { event, .. } => UowError::AlreadyHandled { message_id: event },
+        StageError::Database(error) => write_error(error),
+        other => UowError::Storage(Box::new(other)),
     }
 }
 

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use arch_events::{async_trait, handler, BoxError, Query, Scope, Scoped};
+use arch_events::event_store::{EventStoreError, RecordedEvent};
+use arch_events::{async_trait, handler, BoxError, Message, Query, Scope, Scoped};
 use serde::Serialize;
 
 use crate::domain::events::{Allocated, Deallocated};
@@ -38,6 +39,63 @@ pub struct LineChange<'a> {
     pub batchref: Option<&'a str>,
     /// The product's version the change made.
     pub version: u64,
+}
+
+/// The name of the projection that keeps the view with `--storage events`:
+/// its checkpoint's key. A new name rebuilds the view from the first event.
+pub const ALLOCATIONS_PROJECTION: &str = "allocations_view";
+
+/// What a stored event says about one order line, as the projection reads
+/// it: [`LineChange`], owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectedLine {
+    orderid: String,
+    sku: String,
+    qty: u32,
+    batchref: Option<String>,
+    version: u64,
+}
+
+impl ProjectedLine {
+    /// The line `event` changes: `Some` for an [`Allocated`] or a
+    /// [`Deallocated`], `None` for any other event (the view has nothing to
+    /// do with it). An event of those types that does not read is an
+    /// error: the projection stops there rather than skip it.
+    pub fn of(event: &RecordedEvent) -> Result<Option<ProjectedLine>, EventStoreError> {
+        let line = if event.name == <Allocated as Message>::name() {
+            let allocated: Allocated = event.decode()?;
+            ProjectedLine {
+                orderid: allocated.orderid,
+                sku: allocated.sku,
+                qty: allocated.qty,
+                batchref: Some(allocated.batchref),
+                version: allocated.version,
+            }
+        } else if event.name == <Deallocated as Message>::name() {
+            let deallocated: Deallocated = event.decode()?;
+            ProjectedLine {
+                orderid: deallocated.orderid,
+                sku: deallocated.sku,
+                qty: deallocated.qty,
+                batchref: None,
+                version: deallocated.version,
+            }
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(line))
+    }
+
+    /// The change, as the view applies it.
+    pub fn change(&self) -> LineChange<'_> {
+        LineChange {
+            orderid: &self.orderid,
+            sku: &self.sku,
+            qty: self.qty,
+            batchref: self.batchref.as_deref(),
+            version: self.version,
+        }
+    }
 }
 
 /// Why the view could not be read or written.

@@ -5,6 +5,7 @@
 //! letters in the same database.
 
 mod migrations;
+mod streams;
 mod unit_of_work;
 mod views;
 
@@ -12,14 +13,16 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use arch_events::BoxError;
-use arch_events_sqlx::{Settings, Store};
+use arch_events_sqlx::{Settings, SqlEventStore, Store};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres};
 
 pub use unit_of_work::PostgresUnitOfWork;
-pub use views::PostgresAllocationsView;
+pub use streams::PostgresEventSourcedUnitOfWork;
+pub use views::{PostgresAllocationsProjection, PostgresAllocationsView};
 
 use crate::adapters::product_locks::ProductLocks;
+use crate::adapters::storage::Storage;
 use crate::service_layer::unit_of_work::UowError;
 
 /// How many connections one process keeps to PostgreSQL at most.
@@ -37,8 +40,12 @@ pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "10s";
 pub struct PostgresDatabase {
     pool: PgPool,
     store: Store<Postgres>,
+    /// The event store on it (`--storage events`).
+    events: SqlEventStore<Postgres>,
     /// The products this process's units of work hold.
     locks: ProductLocks,
+    /// How it keeps the products.
+    storage: Storage,
 }
 
 impl PostgresDatabase {
@@ -50,6 +57,17 @@ impl PostgresDatabase {
     /// The durable messaging store on this database.
     pub fn store(&self) -> &Store<Postgres> {
         &self.store
+    }
+
+    /// The event store on this database, where `--storage events` keeps
+    /// the products.
+    pub fn event_store(&self) -> &SqlEventStore<Postgres> {
+        &self.events
+    }
+
+    /// How this database keeps the products.
+    pub fn storage(&self) -> Storage {
+        self.storage
     }
 
     /// Leaves the processes sharing the database, then closes every
@@ -64,7 +82,14 @@ impl PostgresDatabase {
 /// `postgres://postgres@127.0.0.1:5432/allocation`, and brings its schema up
 /// to date: arch-events-sqlx's tables, then the service's own (both under advisory
 /// locks: processes starting together apply each migration once).
-pub async fn connect(url: &str, settings: Settings) -> Result<PostgresDatabase, BoxError> {
+///
+/// `storage` is how a new database keeps its products; one that has a
+/// setting keeps it: `storage()` says which.
+pub async fn connect(
+    url: &str,
+    settings: Settings,
+    storage: Storage,
+) -> Result<PostgresDatabase, BoxError> {
     // A process frozen in a transaction (SIGSTOP, a paused VM) would hold
     // its locks for as long as its connection lives: the server ends such
     // a session after a while, and its transaction rolls back.
@@ -82,11 +107,30 @@ pub async fn connect(url: &str, settings: Settings) -> Result<PostgresDatabase, 
         .await?;
     let store = Store::open_with(pool.clone(), settings).await?;
     migrations::run(&pool).await?;
+    let storage = stored_storage(&pool, storage).await?;
     Ok(PostgresDatabase {
         pool,
+        events: store.event_store(),
         store,
         locks: ProductLocks::default(),
+        storage,
     })
+}
+
+/// How the database keeps its products: `new` when it has no setting yet
+/// (it is new), else the one it was created with. Of processes starting
+/// together on a new database, the first to write its setting wins.
+async fn stored_storage(pool: &PgPool, new: Storage) -> Result<Storage, BoxError> {
+    sqlx::query(
+        "INSERT INTO service_storage (id, storage) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(new.as_str())
+    .execute(pool)
+    .await?;
+    let stored: String = sqlx::query_scalar("SELECT storage FROM service_storage WHERE id = 1")
+        .fetch_one(pool)
+        .await?;
+    Ok(stored.parse()?)
 }
 
 fn storage(error: sqlx::Error) -> UowError {

@@ -1,12 +1,19 @@
 //! The allocations view (the read model) in PostgreSQL.
 
-use arch_events::{async_trait, EventReleaser};
+use arch_events::event_store::RecordedEvent;
+use arch_events::{async_trait, BoxError, EventReleaser};
+use arch_events_sqlx::Projection;
+use sqlx::query::Query;
+use sqlx::postgres::PgArguments;
+use sqlx::{PgConnection, Postgres};
 
 use super::PostgresDatabase;
 use crate::adapters::relational::write_once;
 use crate::adapters::rows::allocation_row;
 use crate::adapters::tracked::to_i64;
-use crate::views::{AllocationRow, AllocationsView, LineChange, ViewError};
+use crate::views::{
+    AllocationRow, AllocationsView, LineChange, ProjectedLine, ViewError, ALLOCATIONS_PROJECTION,
+};
 
 /// The allocations view in PostgreSQL, for one handler call: each write is
 /// a transaction that also records the call's delivery.
@@ -23,6 +30,47 @@ impl PostgresAllocationsView {
     }
 }
 
+/// The statement that applies `change` to the view unless it holds a
+/// newer one for that line (see [`LineChange`]): the event handlers' write
+/// with rows, the projection's with events.
+fn upsert(change: LineChange<'_>) -> Query<'_, Postgres, PgArguments> {
+    sqlx::query(
+        "INSERT INTO allocations_view (orderid, sku, qty, batchref, version) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (orderid, sku, qty) DO UPDATE \
+         SET batchref = excluded.batchref, version = excluded.version \
+         WHERE excluded.version > allocations_view.version",
+    )
+    .bind(change.orderid)
+    .bind(change.sku)
+    .bind(i64::from(change.qty))
+    .bind(change.batchref)
+    .bind(to_i64(change.version))
+}
+
+/// The allocations view kept from the products' streams (`--storage
+/// events`): a catch-up projection, each event applied once, in the
+/// transaction that moves its checkpoint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PostgresAllocationsProjection;
+
+#[async_trait]
+impl Projection<Postgres> for PostgresAllocationsProjection {
+    fn name(&self) -> &str {
+        ALLOCATIONS_PROJECTION
+    }
+
+    async fn apply(
+        &self,
+        connection: &mut PgConnection,
+        event: &RecordedEvent,
+    ) -> Result<(), BoxError> {
+        if let Some(line) = ProjectedLine::of(event)? {
+            upsert(line.change()).execute(connection).await?;
+        }
+        Ok(())
+    }
+}
+
 fn view_error(error: sqlx::Error) -> ViewError {
     ViewError(Box::new(error))
 }
@@ -30,17 +78,7 @@ fn view_error(error: sqlx::Error) -> ViewError {
 #[async_trait]
 impl AllocationsView for PostgresAllocationsView {
     async fn apply(&self, change: LineChange<'_>) -> Result<(), ViewError> {
-        let query = sqlx::query(
-            "INSERT INTO allocations_view (orderid, sku, qty, batchref, version) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (orderid, sku, qty) DO UPDATE \
-             SET batchref = excluded.batchref, version = excluded.version \
-             WHERE excluded.version > allocations_view.version",
-        )
-        .bind(change.orderid)
-        .bind(change.sku)
-        .bind(i64::from(change.qty))
-        .bind(change.batchref)
-        .bind(to_i64(change.version));
+        let query = upsert(change);
         write_once(self.database.store(), &self.releaser, query)
             .await
             .map_err(ViewError)

@@ -3,6 +3,7 @@
 //! keeps the outbox, the inbox, the pending events and the dead letters in
 //! the same file.
 
+mod streams;
 mod unit_of_work;
 mod views;
 
@@ -10,16 +11,18 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use arch_events::BoxError;
-use arch_events_sqlx::{Settings, Store};
+use arch_events_sqlx::{Settings, SqlEventStore, Store};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::Sqlite;
 
 pub use unit_of_work::SqliteUnitOfWork;
-pub use views::SqliteAllocationsView;
+pub use streams::SqliteEventSourcedUnitOfWork;
+pub use views::{SqliteAllocationsProjection, SqliteAllocationsView};
 
 use crate::adapters::product_locks::ProductLocks;
+use crate::adapters::storage::Storage;
 use crate::service_layer::unit_of_work::UowError;
 
 /// An open SQLite database: its connection pool, and the store on it (whose
@@ -31,8 +34,12 @@ use crate::service_layer::unit_of_work::UowError;
 pub struct SqliteDatabase {
     pool: SqlitePool,
     store: Store<Sqlite>,
+    /// The event store on it (`--storage events`).
+    events: SqlEventStore<Sqlite>,
     /// The products this process's units of work hold.
     locks: ProductLocks,
+    /// How it keeps the products.
+    storage: Storage,
 }
 
 impl SqliteDatabase {
@@ -44,6 +51,17 @@ impl SqliteDatabase {
     /// The durable messaging store on this database.
     pub fn store(&self) -> &Store<Sqlite> {
         &self.store
+    }
+
+    /// The event store on this database, where `--storage events` keeps
+    /// the products.
+    pub fn event_store(&self) -> &SqlEventStore<Sqlite> {
+        &self.events
+    }
+
+    /// How this database keeps the products.
+    pub fn storage(&self) -> Storage {
+        self.storage
     }
 
     /// Leaves the processes sharing the file, then closes every connection.
@@ -60,7 +78,14 @@ impl SqliteDatabase {
 /// WAL journaling with `synchronous = NORMAL`: a commit survives the process
 /// crashing or being killed; only a power loss can take back the last
 /// commits, the usual trade for SQLite in WAL mode.
-pub async fn connect(url: &str, settings: Settings) -> Result<SqliteDatabase, BoxError> {
+///
+/// `storage` is how a new database keeps its products; one that has a
+/// setting keeps it: `storage()` says which.
+pub async fn connect(
+    url: &str,
+    settings: Settings,
+    storage: Storage,
+) -> Result<SqliteDatabase, BoxError> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -70,11 +95,30 @@ pub async fn connect(url: &str, settings: Settings) -> Result<SqliteDatabase, Bo
     let pool = SqlitePoolOptions::new().connect_with(options).await?;
     let store = Store::open_with(pool.clone(), settings).await?;
     sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+    let storage = stored_storage(&pool, storage).await?;
     Ok(SqliteDatabase {
         pool,
+        events: store.event_store(),
         store,
         locks: ProductLocks::default(),
+        storage,
     })
+}
+
+/// How the database keeps its products: `new` when it has no setting yet
+/// (it is new), else the one it was created with. Of processes starting
+/// together on a new database, the first to write its setting wins.
+async fn stored_storage(pool: &SqlitePool, new: Storage) -> Result<Storage, BoxError> {
+    sqlx::query(
+        "INSERT INTO service_storage (id, storage) VALUES (1, ?) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(new.as_str())
+    .execute(pool)
+    .await?;
+    let stored: String = sqlx::query_scalar("SELECT storage FROM service_storage WHERE id = 1")
+        .fetch_one(pool)
+        .await?;
+    Ok(stored.parse()?)
 }
 
 fn storage(error: sqlx::Error) -> UowError {

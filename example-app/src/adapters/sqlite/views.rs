@@ -1,12 +1,19 @@
 //! The allocations view (the read model) in SQLite.
 
-use arch_events::{async_trait, EventReleaser};
+use arch_events::event_store::RecordedEvent;
+use arch_events::{async_trait, BoxError, EventReleaser};
+use arch_events_sqlx::Projection;
+use sqlx::query::Query;
+use sqlx::sqlite::SqliteArguments;
+use sqlx::{SqliteConnection, Sqlite};
 
 use super::SqliteDatabase;
 use crate::adapters::relational::write_once;
 use crate::adapters::rows::allocation_row;
 use crate::adapters::tracked::to_i64;
-use crate::views::{AllocationRow, AllocationsView, LineChange, ViewError};
+use crate::views::{
+    AllocationRow, AllocationsView, LineChange, ProjectedLine, ViewError, ALLOCATIONS_PROJECTION,
+};
 
 /// The allocations view in SQLite, for one handler call: each write is a
 /// transaction of the store (this process's writers take turns) that also
@@ -24,6 +31,47 @@ impl SqliteAllocationsView {
     }
 }
 
+/// The statement that applies `change` to the view unless it holds a
+/// newer one for that line (see [`LineChange`]): the event handlers' write
+/// with rows, the projection's with events.
+fn upsert(change: LineChange<'_>) -> Query<'_, Sqlite, SqliteArguments<'_>> {
+    sqlx::query(
+        "INSERT INTO allocations_view (orderid, sku, qty, batchref, version) \
+         VALUES (?, ?, ?, ?, ?) ON CONFLICT (orderid, sku, qty) DO UPDATE \
+         SET batchref = excluded.batchref, version = excluded.version \
+         WHERE excluded.version > allocations_view.version",
+    )
+    .bind(change.orderid)
+    .bind(change.sku)
+    .bind(i64::from(change.qty))
+    .bind(change.batchref)
+    .bind(to_i64(change.version))
+}
+
+/// The allocations view kept from the products' streams (`--storage
+/// events`): a catch-up projection, each event applied once, in the
+/// transaction that moves its checkpoint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SqliteAllocationsProjection;
+
+#[async_trait]
+impl Projection<Sqlite> for SqliteAllocationsProjection {
+    fn name(&self) -> &str {
+        ALLOCATIONS_PROJECTION
+    }
+
+    async fn apply(
+        &self,
+        connection: &mut SqliteConnection,
+        event: &RecordedEvent,
+    ) -> Result<(), BoxError> {
+        if let Some(line) = ProjectedLine::of(event)? {
+            upsert(line.change()).execute(connection).await?;
+        }
+        Ok(())
+    }
+}
+
 fn view_error(error: sqlx::Error) -> ViewError {
     ViewError(Box::new(error))
 }
@@ -31,17 +79,7 @@ fn view_error(error: sqlx::Error) -> ViewError {
 #[async_trait]
 impl AllocationsView for SqliteAllocationsView {
     async fn apply(&self, change: LineChange<'_>) -> Result<(), ViewError> {
-        let query = sqlx::query(
-            "INSERT INTO allocations_view (orderid, sku, qty, batchref, version) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (orderid, sku, qty) DO UPDATE \
-             SET batchref = excluded.batchref, version = excluded.version \
-             WHERE excluded.version > allocations_view.version",
-        )
-        .bind(change.orderid)
-        .bind(change.sku)
-        .bind(i64::from(change.qty))
-        .bind(change.batchref)
-        .bind(to_i64(change.version));
+        let query = upsert(change);
         write_once(self.database.store(), &self.releaser, query)
             .await
             .map_err(ViewError)
