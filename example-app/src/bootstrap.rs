@@ -13,9 +13,9 @@ use arch_events_sqlx::{
 };
 
 use crate::adapters::database::Database;
+use crate::adapters::event_sourced;
 use crate::adapters::memory::{InMemoryAllocationsView, InMemoryProducts};
 use crate::adapters::notifications::{LogNotifications, Notifications};
-use crate::adapters::event_sourced;
 use crate::adapters::postgres::{self, PostgresDatabase};
 use crate::adapters::projected_view::ProjectedAllocationsView;
 use crate::adapters::relational;

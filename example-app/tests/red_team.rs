@@ -15,3 +15,12 @@ const BINARY: &str = env!("CARGO_BIN_EXE_example-app");
 fuzz_tests!(BINARY, server::fresh_sqlite);
 
 under_load_tests!(BINARY, server::fresh_sqlite);
+
+/// The same suite, the products kept as streams of events.
+mod events {
+    use super::*;
+
+    fuzz_tests!(BINARY, server::fresh_sqlite_events);
+
+    under_load_tests!(BINARY, server::fresh_sqlite_events);
+}

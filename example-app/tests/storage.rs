@@ -21,6 +21,21 @@ async fn fresh_sqlite() -> TestDatabase {
 
 storage_contract_tests!(fresh_sqlite);
 
+/// A fresh SQLite file that keeps its products as streams of events.
+async fn fresh_sqlite_events() -> TestDatabase {
+    fresh_sqlite()
+        .await
+        .keeping(example_app::adapters::storage::Storage::Events)
+        .await
+}
+
+/// The same contract, the products kept as streams of events.
+mod events {
+    use arch_events_test_support::storage_contract_tests;
+
+    storage_contract_tests!(events super::fresh_sqlite_events);
+}
+
 /// A database made before the outbox, the inbox and the dead letters moved
 /// to arch-events-sqlx keeps what they held: the service's migration carries it
 /// over to arch-events-sqlx's tables.

@@ -6,6 +6,8 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use example_app::adapters::database::Database;
+use example_app::adapters::storage::Storage;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -123,6 +125,19 @@ pub async fn fresh_sqlite() -> FreshSqlite {
         url: format!("sqlite://{}", path.display()),
         _dir: dir,
     }
+}
+
+/// A new SQLite file that keeps its products as streams of events (the
+/// service started on it follows it, as with `--storage events`).
+pub async fn fresh_sqlite_events() -> FreshSqlite {
+    let fresh = fresh_sqlite().await;
+    let settings = arch_events_sqlx::Settings::default();
+    Database::open(&fresh.url, settings, Some(Storage::Events))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .close()
+        .await;
+    fresh
 }
 
 pub fn database() -> (TempDir, std::path::PathBuf) {

@@ -16,6 +16,7 @@ use chrono::{NaiveDate, Utc};
 use example_app::adapters::database::Database;
 use example_app::adapters::memory::InMemoryProducts;
 use example_app::adapters::notifications::RecordingNotifications;
+use example_app::adapters::storage::Storage;
 use example_app::bootstrap::EVENT_HANDLER_ATTEMPTS;
 use example_app::domain::commands::{Allocate, CreateBatch};
 use example_app::domain::model::{Batch, OrderLine, Product};
@@ -45,10 +46,25 @@ impl TestDatabase {
             .await
             .unwrap_or_else(|e| panic!("{e}"))
     }
+
+    /// The same empty database, made to keep its products as `storage`
+    /// says (a database keeps what it was first opened with).
+    pub async fn keeping(self, storage: Storage) -> TestDatabase {
+        let settings = arch_events_sqlx::Settings::default();
+        Database::open(&self.url, settings, Some(storage))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .close()
+            .await;
+        self
+    }
 }
 
 /// Expands to one `#[tokio::test]` per contract test, each on a fresh
-/// database from `$fresh` (an `async fn() -> TestDatabase`).
+/// database from `$fresh` (an `async fn() -> TestDatabase`). With
+/// `events $fresh` (a database that keeps its products as streams), all but
+/// the tests that write the view directly: there only its projection
+/// writes it, from the streams.
 #[macro_export]
 macro_rules! storage_contract_tests {
     ($fresh:path) => {
@@ -64,6 +80,27 @@ macro_rules! storage_contract_tests {
             the_view_keeps_rows_in_order_and_forgets_removed_ones,
             the_view_is_the_same_whatever_order_its_changes_arrive_in,
             an_event_from_before_versions_leaves_the_view_as_it_is,
+            an_allocation_writes_its_event_to_the_outbox_and_the_relay_publishes_it_once,
+            an_event_committed_before_a_crash_is_published_after_the_restart,
+            a_lost_race_writes_nothing_to_the_outbox,
+            a_redelivered_message_is_handled_once,
+            the_stream_takes_only_its_own_messages_checked_as_over_http,
+            an_allocation_committed_before_a_crash_reaches_the_view_after_the_restart,
+            a_failing_notification_is_kept_and_replayed_once_the_notifier_is_back,
+            a_dead_letter_is_claimed_once_and_an_unknown_one_is_not_found,
+            a_working_notifier_leaves_no_dead_letter,
+        );
+    };
+    (events $fresh:path) => {
+        $crate::storage_contract_tests!(@each $fresh;
+            a_commit_persists_products_batches_and_allocations,
+            without_commit_nothing_is_written_or_released,
+            a_rollback_writes_nothing,
+            a_failed_commit_writes_nothing_and_releases_nothing,
+            of_two_concurrent_allocations_exactly_one_commits,
+            concurrent_allocations_through_the_bus_never_oversell,
+            a_deallocation_is_persisted_and_the_rest_kept_in_order,
+            a_batch_reference_finds_its_product,
             an_allocation_writes_its_event_to_the_outbox_and_the_relay_publishes_it_once,
             an_event_committed_before_a_crash_is_published_after_the_restart,
             a_lost_race_writes_nothing_to_the_outbox,

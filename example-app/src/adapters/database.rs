@@ -160,18 +160,18 @@ impl Database {
     /// (for tests and scripts).
     pub fn unit_of_work(&self, releaser: EventReleaser) -> Box<dyn UnitOfWork> {
         match (self, self.storage()) {
-            (Database::Sqlite(database), Storage::State) => Box::new(
-                RelationalUnitOfWork::new(database.clone(), releaser),
-            ),
-            (Database::Sqlite(database), Storage::Events) => Box::new(
-                EventSourcedUnitOfWork::new(database.clone(), releaser),
-            ),
-            (Database::Postgres(database), Storage::State) => Box::new(
-                RelationalUnitOfWork::new(database.clone(), releaser),
-            ),
-            (Database::Postgres(database), Storage::Events) => Box::new(
-                EventSourcedUnitOfWork::new(database.clone(), releaser),
-            ),
+            (Database::Sqlite(database), Storage::State) => {
+                Box::new(RelationalUnitOfWork::new(database.clone(), releaser))
+            }
+            (Database::Sqlite(database), Storage::Events) => {
+                Box::new(EventSourcedUnitOfWork::new(database.clone(), releaser))
+            }
+            (Database::Postgres(database), Storage::State) => {
+                Box::new(RelationalUnitOfWork::new(database.clone(), releaser))
+            }
+            (Database::Postgres(database), Storage::Events) => {
+                Box::new(EventSourcedUnitOfWork::new(database.clone(), releaser))
+            }
         }
     }
 

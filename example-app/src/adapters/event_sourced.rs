@@ -56,8 +56,7 @@ pub trait ProductStreams: Clone + Send + Sync + 'static {
 pub fn unit_of_work_factory<T: ProductStreams>(streams: T) -> UnitOfWorkFactory {
     std::sync::Arc::new(move |scope| {
         Box::new(
-            EventSourcedUnitOfWork::new(streams.clone(), scope.releaser())
-                .in_flow(scope.context()),
+            EventSourcedUnitOfWork::new(streams.clone(), scope.releaser()).in_flow(scope.context()),
         )
     })
 }
@@ -126,7 +125,10 @@ impl<T: ProductStreams> EventSourcedUnitOfWork<T> {
         Ok(Some(&mut *self.seen[index]))
     }
 
-    async fn load_by_batchref(&mut self, reference: &str) -> Result<Option<&mut Product>, UowError> {
+    async fn load_by_batchref(
+        &mut self,
+        reference: &str,
+    ) -> Result<Option<&mut Product>, UowError> {
         let sku = match self.seen.iter().find(|p| p.batch(reference).is_some()) {
             Some(product) => product.sku.clone(),
             None => match self
@@ -144,10 +146,7 @@ impl<T: ProductStreams> EventSourcedUnitOfWork<T> {
 
     /// Appends every product's new events and stages them, in one
     /// transaction; the events to release, `None` when there were none.
-    async fn append(
-        &mut self,
-        flow: &MessageContext,
-    ) -> Result<Option<Staged<T::Db>>, UowError> {
+    async fn append(&mut self, flow: &MessageContext) -> Result<Option<Staged<T::Db>>, UowError> {
         let Some(first) = self.seen.iter().find(|p| !p.recorded().is_empty()) else {
             return Ok(None);
         };
@@ -166,7 +165,10 @@ impl<T: ProductStreams> EventSourcedUnitOfWork<T> {
                 .save_in(&mut tx, product, flow)
                 .await
                 .map_err(|error| append_error(error, &sku))?;
-            for added in events.iter().filter_map(PendingEvent::downcast_ref::<BatchAdded>) {
+            for added in events
+                .iter()
+                .filter_map(PendingEvent::downcast_ref::<BatchAdded>)
+            {
                 streams
                     .index_batch(&mut tx, &added.reference, &sku)
                     .await

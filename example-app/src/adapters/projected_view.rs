@@ -32,7 +32,11 @@ pub struct ProjectedAllocationsView<DB: Backend, P> {
 impl<DB: Backend, P: Projection<DB>> ProjectedAllocationsView<DB, P> {
     /// The view that `projection` keeps in `events`' database, read (never
     /// written) through `reads`, the view on the same table.
-    pub fn new(events: SqlEventStore<DB>, projection: Arc<P>, reads: Box<dyn AllocationsView>) -> Self {
+    pub fn new(
+        events: SqlEventStore<DB>,
+        projection: Arc<P>,
+        reads: Box<dyn AllocationsView>,
+    ) -> Self {
         ProjectedAllocationsView {
             events,
             projection,

@@ -133,7 +133,6 @@ impl<T: ProductTables> RelationalUnitOfWork<T> {
         let last = self.seen.len() - 1;
         &mut self.seen[last].product
     }
-
 }
 
 #[async_trait]
@@ -269,7 +268,10 @@ impl<T: ProductTables> UnitOfWork for RelationalUnitOfWork<T> {
 
 /// What a failed staging of a unit of work's events means; `write_error`
 /// says what a failed statement means for its product.
-pub fn stage_error(error: StageError, write_error: impl FnOnce(sqlx::Error) -> UowError) -> UowError {
+pub fn stage_error(
+    error: StageError,
+    write_error: impl FnOnce(sqlx::Error) -> UowError,
+) -> UowError {
     match error {
         StageError::AlreadyHandled { message_id } => UowError::AlreadyHandled { message_id },
         StageError::Duplicate { event, .. } => UowError::AlreadyHandled { message_id: event },

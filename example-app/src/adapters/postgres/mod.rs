@@ -17,8 +17,8 @@ use arch_events_sqlx::{Settings, SqlEventStore, Store};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres};
 
-pub use unit_of_work::PostgresUnitOfWork;
 pub use streams::PostgresEventSourcedUnitOfWork;
+pub use unit_of_work::PostgresUnitOfWork;
 pub use views::{PostgresAllocationsProjection, PostgresAllocationsView};
 
 use crate::adapters::product_locks::ProductLocks;

@@ -3,8 +3,8 @@
 use arch_events::event_store::RecordedEvent;
 use arch_events::{async_trait, BoxError, EventReleaser};
 use arch_events_sqlx::Projection;
-use sqlx::query::Query;
 use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
 use sqlx::{PgConnection, Postgres};
 
 use super::PostgresDatabase;

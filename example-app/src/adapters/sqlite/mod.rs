@@ -17,8 +17,8 @@ use sqlx::sqlite::{
 };
 use sqlx::Sqlite;
 
-pub use unit_of_work::SqliteUnitOfWork;
 pub use streams::SqliteEventSourcedUnitOfWork;
+pub use unit_of_work::SqliteUnitOfWork;
 pub use views::{SqliteAllocationsProjection, SqliteAllocationsView};
 
 use crate::adapters::product_locks::ProductLocks;

@@ -5,7 +5,7 @@ use arch_events::{async_trait, BoxError, EventReleaser};
 use arch_events_sqlx::Projection;
 use sqlx::query::Query;
 use sqlx::sqlite::SqliteArguments;
-use sqlx::{SqliteConnection, Sqlite};
+use sqlx::{Sqlite, SqliteConnection};
 
 use super::SqliteDatabase;
 use crate::adapters::relational::write_once;
