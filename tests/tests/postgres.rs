@@ -1,7 +1,8 @@
 //! The example app on PostgreSQL: the storage contract and the HTTP
 //! contract, the same tests as on SQLite (`example-app/tests/storage.rs`,
-//! `example-app/tests/api.rs`), each on a fresh database, and what only
-//! PostgreSQL's relay does. Built only with the `services` feature
+//! `example-app/tests/api.rs`), each on a fresh database, with the products
+//! kept as rows and as streams of events, and what only PostgreSQL's relay
+//! does. Built only with the `services` feature
 //! (`.ci/run` turns it on):
 //! `cargo test -p arch-events-tests --features services --test postgres`.
 //! PostgreSQL at `POSTGRES_URL` (default
@@ -37,6 +38,26 @@ api_contract_tests!(server::example_app_binary(), fresh_postgres);
 fuzz_tests!(server::example_app_binary(), fresh_postgres);
 
 under_load_tests!(server::example_app_binary(), fresh_postgres);
+
+/// The same suites, the products kept as streams of events.
+mod events {
+    use super::*;
+
+    async fn fresh_postgres_events() -> TestDatabase {
+        fresh_postgres()
+            .await
+            .keeping(example_app::adapters::storage::Storage::Events)
+            .await
+    }
+
+    storage_contract_tests!(events fresh_postgres_events);
+
+    api_contract_tests!(server::example_app_binary(), fresh_postgres_events);
+
+    fuzz_tests!(server::example_app_binary(), fresh_postgres_events);
+
+    under_load_tests!(server::example_app_binary(), fresh_postgres_events);
+}
 
 /// A broker that never answers, and says when it was first called: the
 /// relay calling it holds its rows by then.

@@ -1,0 +1,377 @@
+//! What only `--storage events` does, on SQLite: the setting belongs to the
+//! database, a product loads from its snapshot as it would from its whole
+//! stream, the allocations view is rebuilt from the streams without firing
+//! a side effect again, and a unit of work whose commit failed cannot
+//! commit what it lost. (The storage, HTTP, fuzz and load suites run in
+//! this storage too: `storage.rs`, `api.rs`, `red_team.rs`.)
+
+// A test whose setup fails should panic, helpers included.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::process::Command;
+use std::sync::Arc;
+
+use arch_events::event_store::{EventStore, Loaded, StreamId};
+use arch_events::{Bus, EventReleaser};
+use arch_events_sqlx::Settings;
+use arch_events_test_support::server::{self, add_batch, post, Server};
+use example_app::adapters::database::{Database, DatabaseError};
+use example_app::adapters::notifications::RecordingNotifications;
+use example_app::adapters::sqlite::SqliteAllocationsProjection;
+use example_app::adapters::storage::Storage;
+use example_app::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
+use example_app::domain::model::{OrderLine, Product};
+use example_app::service_layer::unit_of_work::UowError;
+use example_app::views::{AllocationRow, Allocations, ALLOCATIONS_PROJECTION};
+use example_app::{bootstrap, Adapters};
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// The binary under test.
+const BINARY: &str = env!("CARGO_BIN_EXE_example-app");
+
+async fn open_events(url: &str) -> Database {
+    Database::open(url, Settings::default(), Some(Storage::Events))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn sqlite_of(database: &Database) -> &example_app::adapters::sqlite::SqliteDatabase {
+    match database {
+        Database::Sqlite(database) => database,
+        Database::Postgres(_) => panic!("a SQLite database"),
+    }
+}
+
+fn started_with(url: &str, storage: &str) -> std::process::Output {
+    Command::new(BINARY)
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "--database-url",
+            url,
+            "--storage",
+            storage,
+        ])
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("the binary runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storage_setting_makes_a_new_database_and_the_other_one_is_refused() {
+    let fresh = server::fresh_sqlite().await;
+    let server = Server::start_with(BINARY, &fresh.url, &[("STORAGE", "events")]);
+    add_batch(&server, "b1", "LAMP", 10, None).await;
+    let (status, _) = post(
+        &server,
+        "/allocate",
+        json!({"orderid": "o1", "sku": "LAMP", "qty": 2}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(server.interrupt().success());
+
+    let database = Database::connect(&fresh.url).await.expect("opens");
+    assert_eq!(database.storage(), Storage::Events);
+    let stream = StreamId::new("product", "LAMP");
+    let version = sqlite_of(&database)
+        .event_store()
+        .stream_version(&stream)
+        .await
+        .expect("read");
+    assert_eq!(version, 2, "BatchAdded, Allocated");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM products")
+        .fetch_one(sqlite_of(&database).pool())
+        .await
+        .expect("read");
+    assert_eq!(rows, 0, "no product is kept as rows");
+    database.close().await;
+
+    let refused = started_with(&fresh.url, "state");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("keeps its products as events")
+            && stderr.contains("start with --storage events"),
+        "{stderr}"
+    );
+
+    // A database of rows refuses events the same way, and a bad name is
+    // refused before anything opens.
+    let rows = server::fresh_sqlite().await;
+    Database::connect(&rows.url)
+        .await
+        .expect("opens")
+        .close()
+        .await;
+    let refused = started_with(&rows.url, "events");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("keeps its products as state"), "{stderr}");
+    let refused = started_with(&rows.url, "rows");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("unknown storage \"rows\""),
+        "{stderr}"
+    );
+}
+
+/// A database from before the setting existed, whose products are rows:
+/// opening it for events would hide them, so its migration fixes it as
+/// rows.
+#[tokio::test]
+async fn a_database_from_before_the_setting_keeps_its_products_as_rows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("allocation.db");
+    let url = format!("sqlite://{}", file.display());
+    // The schema as it was: arch-events-sqlx's store, then the service's
+    // own migrations up to 0007, and a product.
+    let old = tempfile::tempdir().expect("temp dir");
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for entry in std::fs::read_dir(&migrations).expect("migrations") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("a name")
+            .to_string_lossy()
+            .into_owned();
+        if name.as_str() < "0008" {
+            std::fs::copy(&path, old.path().join(&name)).expect("copied");
+        }
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&file)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options)
+        .await
+        .expect("opened");
+    arch_events_sqlx::Store::open(pool.clone())
+        .await
+        .expect("the store")
+        .close()
+        .await;
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .expect("the old migrations")
+        .run(&pool)
+        .await
+        .expect("applied");
+    sqlx::query("INSERT INTO products (sku, version_number) VALUES ('LAMP', 1)")
+        .execute(&pool)
+        .await
+        .expect("a product");
+    pool.close().await;
+
+    let refused = Database::open(&url, Settings::default(), Some(Storage::Events)).await;
+    assert!(
+        matches!(
+            refused,
+            Err(DatabaseError::StorageMismatch {
+                stored: Storage::State,
+                requested: Storage::Events,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let database = Database::connect(&url).await.expect("opens");
+    assert_eq!(database.storage(), Storage::State);
+    database.close().await;
+}
+
+#[tokio::test]
+async fn a_product_loads_from_its_snapshot_as_from_its_whole_stream() {
+    let fresh = server::fresh_sqlite().await;
+    let database = open_events(&fresh.url).await;
+    let mut uow = database.unit_of_work(EventReleaser::new());
+    uow.products()
+        .add("LAMP")
+        .add_batch("b1", "LAMP", 1000, None);
+    uow.commit().await.expect("committed");
+    for n in 0..150 {
+        let mut uow = database.unit_of_work(EventReleaser::new());
+        let line = OrderLine {
+            orderid: format!("o{n}"),
+            sku: "LAMP".into(),
+            qty: 1,
+        };
+        let product = uow.products().get_for_line(&line).await.expect("read");
+        assert!(product.expect("exists").allocate(line).is_some());
+        uow.commit().await.expect("committed");
+    }
+    let events = sqlite_of(&database).event_store();
+    let snapshot = events
+        .load_snapshot(&StreamId::new("product", "LAMP"))
+        .await
+        .expect("read")
+        .expect("a snapshot every 100 events");
+    assert_eq!(snapshot.version, 100);
+
+    let rebuilt = Loaded::<Product>::load(events, "LAMP").await.expect("read");
+    let from_snapshot = Loaded::<Product>::load_snapshotted(events, "LAMP")
+        .await
+        .expect("read");
+    assert_eq!(rebuilt.version(), 151);
+    assert_eq!(from_snapshot.version(), 151);
+    assert_eq!(from_snapshot.batches, rebuilt.batches);
+    assert_eq!(from_snapshot.version_number, rebuilt.version_number);
+    assert_eq!(rebuilt.batches[0].allocations().len(), 150);
+    database.close().await;
+}
+
+async fn allocate(bus: &Bus, orderid: &str, sku: &str, qty: u32) -> Option<String> {
+    bus.dispatch(Allocate {
+        orderid: orderid.into(),
+        sku: sku.into(),
+        qty,
+    })
+    .await
+    .expect("allocated")
+}
+
+async fn view_of(bus: &Bus, orders: &[&str]) -> Vec<Vec<AllocationRow>> {
+    let mut rows = Vec::new();
+    for orderid in orders {
+        rows.push(
+            bus.query(Allocations {
+                orderid: (*orderid).into(),
+            })
+            .await
+            .expect("read"),
+        );
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_is_rebuilt_from_the_streams_alike_and_fires_nothing_again() {
+    let fresh = server::fresh_sqlite().await;
+    let database = open_events(&fresh.url).await;
+    let notifications = Arc::new(RecordingNotifications::default());
+    let bus = bootstrap(Adapters {
+        notifications: notifications.clone(),
+        ..Adapters::for_database(&database)
+    })
+    .expect("wiring");
+    for (reference, qty) in [("small", 10), ("big", 100)] {
+        bus.dispatch(CreateBatch {
+            reference: reference.into(),
+            sku: "VASE".into(),
+            qty,
+            eta: None,
+        })
+        .await
+        .expect("added");
+    }
+    assert_eq!(
+        allocate(&bus, "o1", "VASE", 8).await.as_deref(),
+        Some("small")
+    );
+    assert_eq!(
+        allocate(&bus, "o2", "VASE", 2).await.as_deref(),
+        Some("small")
+    );
+    assert_eq!(allocate(&bus, "o3", "VASE", 500).await, None);
+    // o2 moves to big: Deallocated, then Allocated again.
+    bus.dispatch(ChangeBatchQuantity {
+        reference: "small".into(),
+        qty: 8,
+    })
+    .await
+    .expect("changed");
+    let orders = ["o1", "o2", "o3"];
+    let before = view_of(&bus, &orders).await;
+    assert_eq!(
+        before,
+        [
+            vec![AllocationRow {
+                sku: "VASE".into(),
+                qty: 8,
+                batchref: "small".into()
+            }],
+            vec![AllocationRow {
+                sku: "VASE".into(),
+                qty: 2,
+                batchref: "big".into()
+            }],
+            vec![],
+        ],
+        "read your writes: each dispatch returned after the view had it"
+    );
+    assert_eq!(notifications.sent().len(), 1, "o3 ran out of stock");
+
+    // The view is lost; the projection starts over from the first event.
+    let sqlite = sqlite_of(&database);
+    sqlx::query("DELETE FROM allocations_view")
+        .execute(sqlite.pool())
+        .await
+        .expect("runs");
+    sqlx::query("DELETE FROM bus_projections WHERE name = ?")
+        .bind(ALLOCATIONS_PROJECTION)
+        .execute(sqlite.pool())
+        .await
+        .expect("runs");
+    assert_eq!(view_of(&bus, &orders).await, [vec![], vec![], vec![]]);
+    let applied = sqlite
+        .event_store()
+        .catch_up(&SqliteAllocationsProjection)
+        .await
+        .expect("caught up");
+    let head = sqlite.event_store().head().await.expect("read");
+    assert_eq!(applied as u64, head.sequence(), "every event, once");
+    assert_eq!(view_of(&bus, &orders).await, before);
+    assert_eq!(notifications.sent().len(), 1, "no notification again");
+    bus.shutdown(std::time::Duration::from_secs(5))
+        .await
+        .expect("idle");
+    database.close().await;
+}
+
+#[tokio::test]
+async fn a_unit_of_work_whose_commit_failed_commits_nothing_more() {
+    let fresh = server::fresh_sqlite().await;
+    let database = open_events(&fresh.url).await;
+    let mut uow = database.unit_of_work(EventReleaser::new());
+    uow.products().add("LAMP").add_batch("b1", "LAMP", 10, None);
+    uow.commit().await.expect("committed");
+
+    let line = |orderid: &str| OrderLine {
+        orderid: orderid.into(),
+        sku: "LAMP".into(),
+        qty: 1,
+    };
+    let mut stale = database.unit_of_work(EventReleaser::new());
+    let product = stale
+        .products()
+        .get("LAMP")
+        .await
+        .expect("read")
+        .expect("exists");
+    product.allocate(line("o1"));
+    product.allocate(line("o2"));
+    let mut other = database.unit_of_work(EventReleaser::new());
+    let product = other
+        .products()
+        .get("LAMP")
+        .await
+        .expect("read")
+        .expect("exists");
+    product.allocate(line("o3"));
+    other.commit().await.expect("committed");
+
+    let lost = stale.commit().await.expect_err("the stream moved on");
+    assert!(matches!(lost, UowError::Conflict { .. }), "{lost}");
+    let again = stale.commit().await.expect_err("nothing left to commit");
+    assert!(matches!(again, UowError::Storage(_)), "{again}");
+    assert!(again.to_string().contains("failed already"), "{again}");
+
+    let events = sqlite_of(&database).event_store();
+    let product = Loaded::<Product>::load(events, "LAMP").await.expect("read");
+    let held: Vec<_> = product.batches[0]
+        .allocations()
+        .iter()
+        .map(|line| line.orderid.as_str())
+        .collect();
+    assert_eq!(held, ["o3"]);
+    database.close().await;
+}
