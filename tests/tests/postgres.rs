@@ -242,7 +242,7 @@ async fn a_database_from_before_uuid_ids_opens_with_its_rows_and_its_migrations(
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
     let kinds: Vec<String> = sqlx::query_scalar(
         "SELECT data_type FROM information_schema.columns \
          WHERE table_name IN ('bus_inbox', 'bus_outbox', 'bus_events', 'bus_nodes') \
