@@ -323,11 +323,25 @@ impl<DB: Backend> SqlEventStore<DB> {
             projection: projection.name().to_owned(),
             source,
         };
-        let head = DB::head(self.store().pool()).await.map_err(database)?;
+        let pool = self.store().pool();
+        let head = DB::head(pool).await.map_err(database)?;
+        // Already there (another caller applied it): no batch, no write.
+        if DB::checkpoint(pool, projection.name())
+            .await
+            .map_err(database)?
+            >= head
+        {
+            return Ok(0);
+        }
         let mut applied = 0;
         loop {
             match self.project(projection).await? {
-                Batch::Applied { events, .. } => applied += events,
+                Batch::Applied { events, to } => {
+                    applied += events;
+                    if to >= head {
+                        return Ok(applied);
+                    }
+                }
                 Batch::UpToDate | Batch::Busy => {
                     let at = DB::checkpoint(self.store().pool(), projection.name())
                         .await

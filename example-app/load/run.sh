@@ -2,7 +2,8 @@
 # Load test of POST /allocate: starts a release build on a fresh database,
 # seeds 100 products, runs wrk against it. The database is a new SQLite file,
 # or, when LOAD_DATABASE_URL is set, that (empty) database, such as
-# postgres://postgres@127.0.0.1:5432/load.
+# postgres://postgres@127.0.0.1:5432/load. STORAGE=events keeps the products
+# as streams of events (default: state, as rows).
 # Needs wrk (Debian: apt-get install wrk). Usage: example-app/load/run.sh [seconds] [connections]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,7 +16,8 @@ trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$dir"' EXIT
 
 cargo build --release -q -p example-app
 RUST_LOG=error target/release/example-app --bind "127.0.0.1:$port" \
-    --database-url "${LOAD_DATABASE_URL:-sqlite://$dir/load.db}" &
+    --database-url "${LOAD_DATABASE_URL:-sqlite://$dir/load.db}" \
+    --storage "${STORAGE:-state}" &
 server=$!
 for _ in $(seq 100); do
     curl -s -o /dev/null "http://127.0.0.1:$port/allocations/none" && break

@@ -381,38 +381,58 @@ impl<A: EventSourced> Loaded<A> {
         A: Snapshotted,
     {
         let mut loaded = Loaded::<A>::new(id);
-        if let Some(snapshot) = store.load_snapshot(&loaded.stream).await? {
-            let stream_version = store.stream_version(&loaded.stream).await?;
-            if snapshot.version > stream_version {
+        let Some(snapshot) = store.load_snapshot(&loaded.stream).await? else {
+            return loaded.replay(store).await;
+        };
+        if snapshot.state_version != A::STATE_VERSION {
+            tracing::debug!(
+                stream = %loaded.stream,
+                stored = snapshot.state_version,
+                code = A::STATE_VERSION,
+                "arch-events: a snapshot of another state version is ignored"
+            );
+            return loaded.replay(store).await;
+        }
+        let state = match serde_json::from_str::<A>(&snapshot.state) {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::warn!(
+                    stream = %loaded.stream,
+                    version = snapshot.version,
+                    %error,
+                    "arch-events: a snapshot does not read; the state is rebuilt from the events"
+                );
+                return loaded.replay(store).await;
+            }
+        };
+        // Read from the snapshot's own version: that event must be there (a
+        // snapshot taken after a commit that failed is ahead of its stream),
+        // and the ones after it are the rest of the state.
+        let page = store
+            .read_stream(&loaded.stream, snapshot.version, PAGE)
+            .await?;
+        match page.first() {
+            Some(taken_at) if snapshot.version > 0 && taken_at.version == snapshot.version => {}
+            _ => {
                 tracing::warn!(
                     stream = %loaded.stream,
                     snapshot = snapshot.version,
-                    stream_version,
                     "arch-events: a snapshot ahead of its stream (taken after a commit that failed) is ignored"
                 );
-            } else if snapshot.state_version != A::STATE_VERSION {
-                tracing::debug!(
-                    stream = %loaded.stream,
-                    stored = snapshot.state_version,
-                    code = A::STATE_VERSION,
-                    "arch-events: a snapshot of another state version is ignored"
-                );
-            } else {
-                match serde_json::from_str::<A>(&snapshot.state) {
-                    Ok(state) => {
-                        loaded.state = state;
-                        loaded.version = snapshot.version;
-                    }
-                    Err(error) => tracing::warn!(
-                        stream = %loaded.stream,
-                        version = snapshot.version,
-                        %error,
-                        "arch-events: a snapshot does not read; the state is rebuilt from the events"
-                    ),
-                }
+                return loaded.replay(store).await;
             }
         }
-        loaded.replay(store).await
+        loaded.state = state;
+        loaded.version = snapshot.version;
+        let types = EventTypes::<A>::of();
+        for recorded in &page[1..] {
+            loaded.apply(&types, recorded)?;
+        }
+        if page.len() == PAGE {
+            return loaded.replay(store).await;
+        }
+        loaded.loaded_at = loaded.version;
+        Ok(loaded)
     }
 
     /// After the commit: the stream is at `appended.to_version` now, and
