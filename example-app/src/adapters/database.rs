@@ -238,9 +238,9 @@ impl Database {
 }
 
 /// How often a running projection looks for new events when it has none.
-/// Event handlers catch it up at once after each command of this process
-/// (see [`ProjectedAllocationsView`](super::projected_view::ProjectedAllocationsView)): this is the
-/// pace for those of other processes, and the safety net.
+/// A read of the view catches it up first anyway (see
+/// [`ProjectedAllocationsView`](super::projected_view::ProjectedAllocationsView)):
+/// this is how stale the view's table may get between reads.
 pub const PROJECTION_POLL: Duration = Duration::from_millis(500);
 
 /// `url` with its password (if any) replaced by `***`, for logs and errors.

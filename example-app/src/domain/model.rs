@@ -224,7 +224,7 @@ impl Snapshotted for Product {
     /// Bump it when the shape of `Product`, `Batch` or `OrderLine`
     /// changes: older snapshots are then ignored, and rebuilt.
     const STATE_VERSION: u32 = 1;
-    const SNAPSHOT_EVERY: u64 = 100;
+    const SNAPSHOT_EVERY: u64 = 25;
 }
 
 impl Apply<BatchAdded> for Product {
