@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use arch_events::event_store::{EventStoreError, Position, ReadAll, RecordedEvent};
 use arch_events::BoxError;
+use sqlx::Transaction;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -408,6 +409,23 @@ impl<DB: Backend> SqlEventStore<DB> {
             stopping,
             task,
         }
+    }
+
+    /// Sets the projection `name` back to before the first event, in
+    /// `transaction`: empty its read model in the same transaction, and it
+    /// is rebuilt in place (readers that catch it up first, as
+    /// [`catch_up`](Self::catch_up) does, never see it half-built). Waits
+    /// for a batch that another process is applying; call it before the
+    /// read model's own writes, which the batch may hold.
+    pub async fn restart_in(
+        &self,
+        transaction: &mut Transaction<'_, DB>,
+        name: &str,
+    ) -> Result<(), EventStoreError> {
+        let connection: &mut DB::Connection = transaction;
+        DB::save_checkpoint(connection, name, Position::START)
+            .await
+            .map_err(EventStoreError::backend)
     }
 
     /// Where the projection `name` stands: the position of the last event

@@ -201,6 +201,10 @@ pub enum Command {
     /// dependencies and the events they release) as a table, then as a
     /// Mermaid flowchart; touches no database.
     Describe,
+    /// With `--storage events`: rebuilds the allocations view from the
+    /// products' streams, in place, then exits (services running on the
+    /// database keep serving: a read waits for the new view to catch up).
+    RebuildView,
     /// Runs only the outbox relay (needs `--redis-url`): publishes the
     /// external events committed by any instance, until Ctrl-C. Several
     /// relays, in app instances or on their own, never publish one row at

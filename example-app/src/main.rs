@@ -34,6 +34,8 @@ enum StartError {
     Broker(arch_events::transport::TransportError),
     #[error("the relay publishes to Redis: give --redis-url or REDIS_URL")]
     RelayWithoutBroker,
+    #[error("cannot rebuild the allocations view: {0}")]
+    Rebuild(arch_events::BoxError),
     #[error("cannot start the delivery of stored events: {0}")]
     Recovery(#[from] arch_events_sqlx::Error),
 }
@@ -69,6 +71,14 @@ async fn run(config: Config) -> Result<(), StartError> {
     }
     let settings = config.store_settings();
     let http_settings = config.http_settings()?;
+    if let Some(Command::RebuildView) = config.command {
+        let database = Database::open(&config.database_url, settings, config.storage).await?;
+        let rebuilt = database.rebuild_view().await;
+        database.close().await;
+        let events = rebuilt.map_err(StartError::Rebuild)?;
+        println!("rebuilt the allocations view from {events} events");
+        return Ok(());
+    }
     if let Some(Command::Relay) = config.command {
         let url = config
             .redis_url

@@ -17,12 +17,11 @@ use arch_events_sqlx::Settings;
 use arch_events_test_support::server::{self, add_batch, post, Server};
 use example_app::adapters::database::{Database, DatabaseError};
 use example_app::adapters::notifications::RecordingNotifications;
-use example_app::adapters::sqlite::SqliteAllocationsProjection;
 use example_app::adapters::storage::Storage;
 use example_app::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
 use example_app::domain::model::{OrderLine, Product};
 use example_app::service_layer::unit_of_work::UowError;
-use example_app::views::{AllocationRow, Allocations, ALLOCATIONS_PROJECTION};
+use example_app::views::{AllocationRow, Allocations};
 use example_app::{bootstrap, Adapters};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -302,27 +301,9 @@ async fn the_view_is_rebuilt_from_the_streams_alike_and_fires_nothing_again() {
     );
     assert_eq!(notifications.sent().len(), 1, "o3 ran out of stock");
 
-    // The view is lost; the projection starts over from the first event.
+    // Rebuilt in place, from the first event.
+    let applied = database.rebuild_view().await.expect("rebuilt");
     let sqlite = sqlite_of(&database);
-    sqlx::query("DELETE FROM allocations_view")
-        .execute(sqlite.pool())
-        .await
-        .expect("runs");
-    sqlx::query("DELETE FROM bus_projections WHERE name = ?")
-        .bind(ALLOCATIONS_PROJECTION)
-        .execute(sqlite.pool())
-        .await
-        .expect("runs");
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM allocations_view")
-        .fetch_one(sqlite.pool())
-        .await
-        .expect("read");
-    assert_eq!(rows, 0);
-    let applied = sqlite
-        .event_store()
-        .catch_up(&SqliteAllocationsProjection)
-        .await
-        .expect("caught up");
     let head = sqlite.event_store().head().await.expect("read");
     assert_eq!(applied as u64, head.sequence(), "every event, once");
     assert_eq!(view_of(&bus, &orders).await, before);
@@ -331,6 +312,44 @@ async fn the_view_is_rebuilt_from_the_streams_alike_and_fires_nothing_again() {
         .await
         .expect("idle");
     database.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rebuild_subcommand_rebuilds_the_view_while_the_service_serves() {
+    let fresh = server::fresh_sqlite_events().await;
+    let server = Server::start_with(BINARY, &fresh.url, &[]);
+    add_batch(&server, "b1", "LAMP", 10, None).await;
+    for orderid in ["o1", "o2"] {
+        let line = json!({"orderid": orderid, "sku": "LAMP", "qty": 3});
+        assert_eq!(
+            post(&server, "/allocate", line).await.0,
+            StatusCode::ACCEPTED
+        );
+    }
+    let rebuilt = Command::new(BINARY)
+        .args(["--database-url", &fresh.url, "rebuild-view"])
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("the binary runs");
+    assert!(rebuilt.status.success(), "{rebuilt:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&rebuilt.stdout),
+        "rebuilt the allocations view from 3 events\n"
+    );
+    let (status, body) = server::get(&server, "/allocations/o2").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!([{"sku": "LAMP", "qty": 3, "batchref": "b1"}]));
+
+    // Rows have no streams to rebuild from: said, not done.
+    let rows = server::fresh_sqlite().await;
+    let refused = Command::new(BINARY)
+        .args(["--database-url", &rows.url, "rebuild-view"])
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("the binary runs");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("keeps its products as rows"), "{stderr}");
 }
 
 #[tokio::test]

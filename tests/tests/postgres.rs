@@ -57,6 +57,58 @@ mod events {
     fuzz_tests!(server::example_app_binary(), fresh_postgres_events);
 
     under_load_tests!(server::example_app_binary(), fresh_postgres_events);
+
+    /// A rebuild in place while the projection runs in the background and
+    /// commands keep coming: every event applied once, and the view ends
+    /// as the write model says.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_view_is_rebuilt_in_place_while_commands_run() {
+        let fresh = fresh_postgres_events().await;
+        let database = fresh.open().await;
+        let running = database.start_projection().expect("events");
+        let bus = bootstrap(Adapters::for_database(&database)).unwrap();
+        bus.dispatch(CreateBatch {
+            reference: "b1".into(),
+            sku: "LAMP".into(),
+            qty: 1000,
+            eta: None,
+        })
+        .await
+        .unwrap();
+        let writer = {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                for n in 0..60 {
+                    bus.dispatch(Allocate {
+                        orderid: format!("o{n}"),
+                        sku: "LAMP".into(),
+                        qty: 1,
+                    })
+                    .await
+                    .unwrap();
+                }
+            })
+        };
+        let mut rebuilt = Vec::new();
+        for _ in 0..3 {
+            rebuilt.push(database.rebuild_view().await.unwrap());
+        }
+        writer.await.unwrap();
+        assert!(rebuilt.iter().all(|applied| *applied >= 1), "{rebuilt:?}");
+        for n in 0..60 {
+            let rows = bus
+                .query(example_app::views::Allocations {
+                    orderid: format!("o{n}"),
+                })
+                .await
+                .unwrap();
+            assert_eq!(rows.len(), 1, "o{n}: {rows:?}");
+            assert_eq!(rows[0].batchref, "b1");
+        }
+        bus.shutdown(Duration::from_secs(5)).await.unwrap();
+        running.stop().await;
+        database.close().await;
+    }
 }
 
 /// A broker that never answers, and says when it was first called: the

@@ -219,6 +219,39 @@ impl Database {
         }
     }
 
+    /// With `--storage events`, rebuilds the allocations view from the
+    /// streams, in place, and returns how many events it applied: the view
+    /// is emptied and its projection set back in one transaction, so a
+    /// read meanwhile sees the old view, or waits for the new one to catch
+    /// up (up to [`CATCH_UP_WITHIN`](super::projected_view::CATCH_UP_WITHIN)).
+    /// No event handler runs again. An error with rows, whose view is
+    /// written by event handlers.
+    pub async fn rebuild_view(&self) -> Result<usize, BoxError> {
+        match self {
+            _ if self.storage() != Storage::Events => Err(
+                "the database keeps its products as rows: its view is written by event \
+                 handlers, and there are no streams to rebuild it from"
+                    .into(),
+            ),
+            Database::Sqlite(database) => {
+                rebuild(
+                    database.store(),
+                    database.event_store(),
+                    &sqlite::SqliteAllocationsProjection,
+                )
+                .await
+            }
+            Database::Postgres(database) => {
+                rebuild(
+                    database.store(),
+                    database.event_store(),
+                    &postgres::PostgresAllocationsProjection,
+                )
+                .await
+            }
+        }
+    }
+
     /// Relays the outbox to `publisher` until `stop` resolves.
     pub async fn relay(&self, publisher: Arc<dyn Publisher>, stop: impl Future<Output = ()>) {
         match self {
@@ -235,6 +268,30 @@ impl Database {
             Database::Postgres(database) => database.close().await,
         }
     }
+}
+
+/// Rebuilds the allocations view that `projection` keeps in `events` from
+/// the first event: empties it and sets its checkpoint back in one
+/// transaction of `store`, then catches it up.
+async fn rebuild<DB, P>(
+    store: &arch_events_sqlx::Store<DB>,
+    events: &arch_events_sqlx::SqlEventStore<DB>,
+    projection: &P,
+) -> Result<usize, BoxError>
+where
+    DB: arch_events_sqlx::Backend,
+    P: arch_events_sqlx::Projection<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let mut tx = store.begin().await?;
+    // The checkpoint first: a batch in progress holds it, then the rows it
+    // writes.
+    events.restart_in(&mut tx, projection.name()).await?;
+    sqlx::raw_sql("DELETE FROM allocations_view")
+        .execute(&mut **tx)
+        .await?;
+    tx.commit().await?;
+    Ok(events.catch_up(projection).await?)
 }
 
 /// How often a running projection looks for new events when it has none.
