@@ -7,18 +7,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arch_events::{BuildError, Bus, Dependencies, FailureCause, RetryPolicy, Scope};
+use arch_events::{BuildError, Bus, Dependencies, EventReleaser, FailureCause, RetryPolicy, Scope};
 use arch_events_sqlx::{
     Backend, DeadLetterStore, InMemoryDeadLetterStore, Projection, SqlEventStore, StoreSink,
 };
 
 use crate::adapters::database::Database;
-use crate::adapters::event_sourced;
+use crate::adapters::event_sourced::{self, ProductStreams};
 use crate::adapters::memory::{InMemoryAllocationsView, InMemoryProducts};
 use crate::adapters::notifications::{LogNotifications, Notifications};
 use crate::adapters::postgres::{self, PostgresDatabase};
 use crate::adapters::projected_view::ProjectedAllocationsView;
-use crate::adapters::relational;
+use crate::adapters::relational::{self, ProductTables};
 use crate::adapters::sqlite::{self, SqliteDatabase};
 use crate::adapters::storage::Storage;
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
@@ -53,64 +53,61 @@ impl Adapters {
 
     /// The real adapters on SQLite, as it keeps the products.
     pub fn sqlite(database: SqliteDatabase) -> Self {
-        let reads = database.clone();
-        let read_view = move |scope: &mut Scope| -> Box<dyn AllocationsView> {
-            Box::new(sqlite::SqliteAllocationsView::new(
-                reads.clone(),
-                scope.releaser(),
-            ))
-        };
-        let (unit_of_work, views): (UnitOfWorkFactory, AllocationsViewFactory) =
-            match database.storage() {
-                Storage::State => (
-                    relational::unit_of_work_factory(database.clone()),
-                    Arc::new(read_view),
-                ),
-                Storage::Events => (
-                    event_sourced::unit_of_work_factory(database.clone()),
-                    projected(
-                        database.event_store().clone(),
-                        sqlite::SqliteAllocationsProjection,
-                        read_view,
-                    ),
-                ),
-            };
-        Adapters {
-            unit_of_work,
-            views,
-            dead_letters: Arc::new(database.store().dead_letters()),
-            notifications: Arc::new(LogNotifications),
-        }
+        Adapters::on(
+            database.storage(),
+            database,
+            sqlite::SqliteAllocationsView::new,
+            sqlite::SqliteAllocationsProjection,
+        )
     }
 
     /// The real adapters on PostgreSQL, as it keeps the products.
     pub fn postgres(database: PostgresDatabase) -> Self {
+        Adapters::on(
+            database.storage(),
+            database,
+            postgres::PostgresAllocationsView::new,
+            postgres::PostgresAllocationsProjection,
+        )
+    }
+
+    /// The real adapters over one database's SQL, which keeps its products
+    /// as `storage` says: its view (`view`, for a handler call's releaser),
+    /// and with streams the projection that writes that view.
+    fn on<D, B, V, P>(
+        storage: Storage,
+        database: D,
+        view: fn(D, EventReleaser) -> V,
+        projection: P,
+    ) -> Self
+    where
+        B: Backend,
+        D: ProductTables<Db = B> + ProductStreams<Db = B>,
+        V: AllocationsView + 'static,
+        P: Projection<B>,
+    {
+        let dead_letters = Arc::new(ProductTables::store(&database).dead_letters());
         let reads = database.clone();
         let read_view = move |scope: &mut Scope| -> Box<dyn AllocationsView> {
-            Box::new(postgres::PostgresAllocationsView::new(
-                reads.clone(),
-                scope.releaser(),
-            ))
+            Box::new(view(reads.clone(), scope.releaser()))
         };
-        let (unit_of_work, views): (UnitOfWorkFactory, AllocationsViewFactory) =
-            match database.storage() {
-                Storage::State => (
-                    relational::unit_of_work_factory(database.clone()),
-                    Arc::new(read_view),
-                ),
-                Storage::Events => (
-                    event_sourced::unit_of_work_factory(database.clone()),
-                    projected(
-                        database.event_store().clone(),
-                        postgres::PostgresAllocationsProjection,
-                        read_view,
-                    ),
-                ),
-            };
+        let (unit_of_work, views): (UnitOfWorkFactory, AllocationsViewFactory) = match storage {
+            Storage::State => (
+                relational::unit_of_work_factory(database),
+                Arc::new(read_view),
+            ),
+            Storage::Events => {
+                let events = database.event_store().clone();
+                (
+                    event_sourced::unit_of_work_factory(database),
+                    projected(events, projection, read_view),
+                )
+            }
+        };
         Adapters {
             unit_of_work,
             views,
-            dead_letters: Arc::new(database.store().dead_letters()),
+            dead_letters,
             notifications: Arc::new(LogNotifications),
         }
     }
