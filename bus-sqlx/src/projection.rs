@@ -22,7 +22,7 @@
 //! [`SqlEventStore::checkpoint`] shows where it stands.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arch_events::event_store::{EventStoreError, Position, ReadAll, RecordedEvent};
@@ -57,7 +57,7 @@ use crate::event_store::SqlEventStore;
 /// impl Projection<Sqlite> for OrderTotals {
 ///     fn name(&self) -> &str { "order_totals" }
 ///     async fn apply(&self, tx: &mut SqliteConnection, event: &RecordedEvent) -> Result<(), BoxError> {
-///         if event.name == "shop.ordered" {
+///         if event.is::<Ordered>() {
 ///             let ordered: Ordered = event.decode()?;
 ///             sqlx::query(
 ///                 "INSERT INTO order_totals (customer, total) VALUES (?, ?) \
@@ -185,10 +185,21 @@ pub enum ProjectionError {
 pub struct RunningProjection {
     stop: Arc<Notify>,
     stopping: Arc<AtomicBool>,
+    failure: Arc<Mutex<Option<String>>>,
     task: JoinHandle<()>,
 }
 
 impl RunningProjection {
+    /// Why its last batch failed, with its causes, while it is stuck on an
+    /// event (`None` once a batch succeeds): each failure is also logged
+    /// (`tracing`, at `error`).
+    pub fn last_error(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Stops it after its current batch, and waits for it.
     pub async fn stop(self) {
         self.stopping.store(true, Ordering::SeqCst);
@@ -366,14 +377,18 @@ impl<DB: Backend> SqlEventStore<DB> {
     ) -> RunningProjection {
         let stop = Arc::new(Notify::new());
         let stopping = Arc::new(AtomicBool::new(false));
+        let failure = Arc::new(Mutex::new(None));
         let events = self.clone();
-        let (stopped, asked) = (stop.clone(), stopping.clone());
+        let (stopped, asked, failed) = (stop.clone(), stopping.clone(), failure.clone());
         let task = tokio::spawn(async move {
             let mut failures = 0u32;
             // Checked before every batch: a projection that always has
             // events to apply still stops.
             while !asked.load(Ordering::SeqCst) {
-                let pause = match events.project(&projection).await {
+                let outcome = events.project(&projection).await;
+                *failed.lock().unwrap_or_else(PoisonError::into_inner) =
+                    outcome.as_ref().err().map(with_causes);
+                let pause = match outcome {
                     Ok(Batch::Applied { .. }) => {
                         failures = 0;
                         continue;
@@ -407,6 +422,7 @@ impl<DB: Backend> SqlEventStore<DB> {
         RunningProjection {
             stop,
             stopping,
+            failure,
             task,
         }
     }
@@ -467,4 +483,16 @@ impl<DB: Backend> SqlEventStore<DB> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// `error` and its sources, `: `-separated.
+fn with_causes(error: &ProjectionError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

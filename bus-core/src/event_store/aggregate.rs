@@ -11,7 +11,7 @@ use crate::context::MessageContext;
 use crate::events::{Aggregate, PendingEvent};
 use crate::message::Event;
 
-use super::envelope::{NewEvent, RecordedEvent};
+use super::envelope::{NewEvent, Position, RecordedEvent};
 use super::error::EventStoreError;
 use super::snapshot::{Snapshotted, StoredSnapshot};
 use super::store::{Appended, EventStore};
@@ -199,6 +199,8 @@ impl<A: EventSourced> EventTypes<A> {
 /// let mut counter = Loaded::<Counter>::new("c1");
 /// counter.record(Bumped);
 /// counter.save(&store, &flow).await?;
+/// // Where its event stands in the global order (to wait for a projection).
+/// assert_eq!(counter.position(), Some(store.head().await?));
 ///
 /// let mut counter = Loaded::<Counter>::load(&store, "c1").await?;
 /// assert_eq!((counter.count, counter.version()), (1, 1));
@@ -220,6 +222,8 @@ pub struct Loaded<A> {
     /// snapshot): a snapshot is due when a commit crosses a multiple of the
     /// policy since.
     loaded_at: u64,
+    /// Where the last save put the stream's last event.
+    saved_at: Option<Position>,
     state: A,
 }
 
@@ -245,6 +249,7 @@ impl<A: EventSourced> Loaded<A> {
             stream: StreamId::new(A::KIND, id),
             version: 0,
             loaded_at: 0,
+            saved_at: None,
             state: A::default(),
         }
     }
@@ -304,6 +309,13 @@ impl<A: EventSourced> Loaded<A> {
     /// The stream's version this state stands at (0 for a new aggregate).
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The global position of the last event the last save appended
+    /// (`None` before one): wait for a projection to reach it
+    /// (`SqlEventStore::wait_for`) to read your own write.
+    pub fn position(&self) -> Option<Position> {
+        self.saved_at
     }
 
     /// The state.
@@ -439,6 +451,7 @@ impl<A: EventSourced> Loaded<A> {
     /// the recorded events are handed back for the bus to release.
     pub fn saved(&mut self, appended: &Appended) -> Vec<PendingEvent> {
         self.version = appended.to_version;
+        self.saved_at = Some(appended.position);
         Aggregate::events(&mut self.state).take()
     }
 

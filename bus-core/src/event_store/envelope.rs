@@ -163,6 +163,25 @@ impl NewEvent {
         })
     }
 
+    /// `event` on its own, caused by no message of this process (a new
+    /// flow, new ids): what a test's history or a script appends.
+    ///
+    /// ```
+    /// use arch_events::event_store::NewEvent;
+    /// use arch_events::Event;
+    ///
+    /// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+    /// #[event(name = "shop.shipped", serde)]
+    /// struct Shipped { order: u32 }
+    ///
+    /// let new = NewEvent::of(Shipped { order: 7 }).unwrap();
+    /// assert_eq!((new.name.as_str(), new.payload.as_str()), ("shop.shipped", r#"{"order":7}"#));
+    /// assert_ne!(new.id, NewEvent::of(Shipped { order: 7 }).unwrap().id, "ids of its own");
+    /// ```
+    pub fn of<E: Event>(event: E) -> Result<Self, EventStoreError> {
+        NewEvent::encode(&mut PendingEvent::new(event), &MessageContext::root())
+    }
+
     /// The same event, with `metadata` kept beside it.
     pub fn with_metadata(mut self, metadata: serde_json::Value) -> Self {
         self.metadata = metadata;
@@ -223,6 +242,10 @@ impl RecordedEvent {
         // personal fields says only where and what kind of mistake it was.
         let describe = |error: serde_json::Error| match meta.personal() {
             None => error.to_string(),
+            Some(_) if sealed(&self.payload) => "its personal fields are sealed: read it through \
+                a store that reveals them (`SqlEventStore::with_personal_data()`, or \
+                `Protected` around another store), every reader alike, projections included"
+                .to_owned(),
             Some(_) => format!(
                 "its JSON does not fit ({:?} error at line {}, column {}; the message is withheld: \
                  the event holds personal data)",
@@ -241,6 +264,35 @@ impl RecordedEvent {
             .map_err(|error| self.decode_error(format!("after its upcasters: {}", describe(error))))
     }
 
+    /// Whether the event is an `E` (by its stored name), as a projection
+    /// asks before it decodes one.
+    ///
+    /// ```
+    /// use arch_events::event_store::{EventStore, ExpectedVersion, NewEvent, StreamId};
+    /// use arch_events::testing::InMemoryEventStore;
+    /// use arch_events::Event;
+    ///
+    /// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+    /// #[event(name = "shop.shipped", serde)]
+    /// struct Shipped { order: u32 }
+    /// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+    /// #[event(name = "shop.returned", serde)]
+    /// struct Returned { order: u32 }
+    ///
+    /// # futures::executor::block_on(async {
+    /// let store = InMemoryEventStore::new();
+    /// let stream = StreamId::new("order", "7");
+    /// store.append(&stream, ExpectedVersion::Any, &[NewEvent::of(Shipped { order: 7 })?]).await?;
+    /// let event = &store.read_stream(&stream, 1, 10).await?[0];
+    /// assert!(event.is::<Shipped>() && !event.is::<Returned>());
+    /// assert_eq!(event.decode::<Shipped>()?.order, 7);
+    /// # Ok::<(), arch_events::event_store::EventStoreError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn is<E: Event>(&self) -> bool {
+        self.name == E::name()
+    }
+
     pub(crate) fn decode_error(&self, reason: String) -> EventStoreError {
         EventStoreError::Decode {
             stream: self.stream.clone(),
@@ -248,5 +300,19 @@ impl RecordedEvent {
             event: self.name.clone(),
             reason,
         }
+    }
+}
+
+/// Whether `payload` holds a personal field still sealed: read from the
+/// store as written, not through one that reveals it.
+fn sealed(payload: &str) -> bool {
+    #[cfg(feature = "personal-data")]
+    {
+        payload.contains(super::personal::SEALED)
+    }
+    #[cfg(not(feature = "personal-data"))]
+    {
+        let _ = payload;
+        false
     }
 }

@@ -119,7 +119,7 @@ impl KeyStore for InMemoryKeyStore {
 }
 
 /// The marker an encrypted field is stored as.
-const SEALED: &str = "$personal";
+pub(super) const SEALED: &str = "$personal";
 
 fn subject_of(payload: &Map<String, Value>, field: &str) -> Option<String> {
     match payload.get(field)? {
@@ -501,6 +501,36 @@ mod tests {
             error.contains("withheld") && error.contains("line 1"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn an_event_read_past_the_protection_names_the_store_to_read_it_through() {
+        futures::executor::block_on(async {
+            let inner = Arc::new(InMemoryEventStore::new());
+            let store = Protected::new(inner.clone(), Arc::new(InMemoryKeyStore::new()));
+            let stream = StreamId::new("customer", "c1");
+            store
+                .append(
+                    &stream,
+                    ExpectedVersion::NoStream,
+                    &[registered("c1", "ada@example.com", None)],
+                )
+                .await
+                .unwrap();
+            let unrevealed = all(&*inner).await.unwrap();
+            let error = unrevealed[0]
+                .decode::<Registered>()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("sealed") && error.contains("with_personal_data()"),
+                "{error}"
+            );
+            let revealed = all(&store).await.unwrap()[0]
+                .decode::<Registered>()
+                .unwrap();
+            assert_eq!(revealed.email.as_deref(), Some("ada@example.com"));
+        });
     }
 
     #[test]

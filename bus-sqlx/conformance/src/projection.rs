@@ -206,8 +206,28 @@ pub async fn a_failing_event_rolls_its_batch_back_and_the_projection_stops_there
         );
         assert_eq!(events.checkpoint("totals").await.unwrap(), Position::START);
     }
+    // Running, it is stuck there and says why.
+    let running = events.start_projection(projection, Duration::from_millis(1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let reason = loop {
+        if let Some(reason) = running.last_error() {
+            break reason;
+        }
+        assert!(std::time::Instant::now() < deadline, "no failure seen");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    assert!(
+        reason.contains("account-a") && reason.ends_with("the read model refuses this one"),
+        "{reason}"
+    );
     failing.store(false, Ordering::SeqCst);
-    run_to_the_end(&events, &projection).await;
+    let head = events.head().await.unwrap();
+    events
+        .wait_for("totals", head, Duration::from_secs(30))
+        .await
+        .expect("it goes on once the event applies");
+    assert_eq!(running.last_error(), None, "a batch succeeded since");
+    running.stop().await;
     assert_eq!(totals(&pool).await, (55, 10));
     store.close().await;
 }

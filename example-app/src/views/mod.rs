@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use arch_events::event_store::{EventStoreError, RecordedEvent};
-use arch_events::{async_trait, handler, BoxError, Message, Query, Scope, Scoped};
+use arch_events::{async_trait, handler, BoxError, Query, Scope, Scoped};
 use serde::Serialize;
 
 use crate::domain::events::{Allocated, Deallocated};
@@ -62,7 +62,7 @@ impl ProjectedLine {
     /// do with it). An event of those types that does not read is an
     /// error: the projection stops there rather than skip it.
     pub fn of(event: &RecordedEvent) -> Result<Option<ProjectedLine>, EventStoreError> {
-        let line = if event.name == <Allocated as Message>::name() {
+        let line = if event.is::<Allocated>() {
             let allocated: Allocated = event.decode()?;
             ProjectedLine {
                 orderid: allocated.orderid,
@@ -71,7 +71,7 @@ impl ProjectedLine {
                 batchref: Some(allocated.batchref),
                 version: allocated.version,
             }
-        } else if event.name == <Deallocated as Message>::name() {
+        } else if event.is::<Deallocated>() {
             let deallocated: Deallocated = event.decode()?;
             ProjectedLine {
                 orderid: deallocated.orderid,
