@@ -216,6 +216,9 @@ const BATCH: usize = 500;
 /// The longest pause after failures.
 const MAX_PAUSE: Duration = Duration::from_secs(30);
 
+/// The longest pause of [`SqlEventStore::catch_up`] between two looks.
+const MAX_WAIT_PAUSE: Duration = Duration::from_millis(50);
+
 impl<DB: Backend> SqlEventStore<DB> {
     /// Applies the next batch of events (up to 500) to `projection`, in
     /// one transaction with its checkpoint.
@@ -346,6 +349,7 @@ impl<DB: Backend> SqlEventStore<DB> {
             return Ok(0);
         }
         let mut applied = 0;
+        let mut pause = Duration::from_millis(1);
         loop {
             match self.project(projection).await? {
                 Batch::Applied { events, to } => {
@@ -361,7 +365,11 @@ impl<DB: Backend> SqlEventStore<DB> {
                     if at >= head {
                         return Ok(applied);
                     }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    // Another process's batch, or (PostgreSQL) older
+                    // transactions still running: look again, less and
+                    // less often.
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_WAIT_PAUSE);
                 }
             }
         }
@@ -386,8 +394,14 @@ impl<DB: Backend> SqlEventStore<DB> {
             // events to apply still stops.
             while !asked.load(Ordering::SeqCst) {
                 let outcome = events.project(&projection).await;
-                *failed.lock().unwrap_or_else(PoisonError::into_inner) =
-                    outcome.as_ref().err().map(with_causes);
+                // Another process's batch (`Busy`) says nothing of this one.
+                match &outcome {
+                    Ok(Batch::Busy) => {}
+                    outcome => {
+                        *failed.lock().unwrap_or_else(PoisonError::into_inner) =
+                            outcome.as_ref().err().map(with_causes);
+                    }
+                }
                 let pause = match outcome {
                     Ok(Batch::Applied { .. }) => {
                         failures = 0;
@@ -427,19 +441,39 @@ impl<DB: Backend> SqlEventStore<DB> {
         }
     }
 
-    /// Sets the projection `name` back to before the first event, in
-    /// `transaction`: empty its read model in the same transaction, and it
-    /// is rebuilt in place (readers that catch it up first, as
-    /// [`catch_up`](Self::catch_up) does, never see it half-built). Waits
-    /// for a batch that another process is applying; call it before the
-    /// read model's own writes, which the batch may hold.
-    pub async fn restart_in(
+    /// Where the projection `name` stands, read in `transaction` with its
+    /// checkpoint held until the commit: no batch of it runs meanwhile
+    /// (one in progress elsewhere is waited for). With
+    /// [`set_checkpoint_in`](Self::set_checkpoint_in), a rebuild swaps a
+    /// read model caught up under another name for this one's (see
+    /// `example-app rebuild-view`).
+    pub async fn checkpoint_in(
         &self,
         transaction: &mut Transaction<'_, DB>,
         name: &str,
+    ) -> Result<Position, EventStoreError> {
+        let connection: &mut DB::Connection = transaction;
+        DB::wait_for_checkpoint(connection, name)
+            .await
+            .map_err(EventStoreError::backend)
+    }
+
+    /// Moves the projection `name` to `position`, in `transaction`: the
+    /// next batch applies the events after it ([`Position::START`]: from
+    /// the first). Its read model must hold every event up to `position`,
+    /// and no other. Waits for a batch of it in progress elsewhere.
+    pub async fn set_checkpoint_in(
+        &self,
+        transaction: &mut Transaction<'_, DB>,
+        name: &str,
+        position: Position,
     ) -> Result<(), EventStoreError> {
         let connection: &mut DB::Connection = transaction;
-        DB::save_checkpoint(connection, name, Position::START)
+        DB::wait_for_checkpoint(connection, name)
+            .await
+            .map_err(EventStoreError::backend)?;
+        let connection: &mut DB::Connection = transaction;
+        DB::save_checkpoint(connection, name, position)
             .await
             .map_err(EventStoreError::backend)
     }

@@ -26,7 +26,7 @@ use crate::domain::events::{BatchAdded, BatchQuantityChanged};
 use crate::service_layer::handlers::reallocate;
 use crate::service_layer::unit_of_work::{UnitOfWork, UnitOfWorkFactory};
 use crate::service_layer::ServiceError;
-use crate::views::{AllocationsView, AllocationsViewFactory};
+use crate::views::{AllocationsView, AllocationsViewFactory, ViewTable};
 
 /// Everything the handlers depend on.
 pub struct Adapters {
@@ -57,7 +57,7 @@ impl Adapters {
             database.storage(),
             database,
             sqlite::SqliteAllocationsView::new,
-            sqlite::SqliteAllocationsProjection,
+            sqlite::SqliteAllocationsProjection::new(ViewTable::LIVE),
         )
     }
 
@@ -67,7 +67,7 @@ impl Adapters {
             database.storage(),
             database,
             postgres::PostgresAllocationsView::new,
-            postgres::PostgresAllocationsProjection,
+            postgres::PostgresAllocationsProjection::new(ViewTable::LIVE),
         )
     }
 

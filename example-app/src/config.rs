@@ -202,8 +202,8 @@ pub enum Command {
     /// Mermaid flowchart; touches no database.
     Describe,
     /// With `--storage events`: rebuilds the allocations view from the
-    /// products' streams, in place, then exits (services running on the
-    /// database keep serving: a read waits for the new view to catch up).
+    /// products' streams, beside the live one, swaps it in, then exits
+    /// (services running on the database serve the live view meanwhile).
     RebuildView,
     /// Runs only the outbox relay (needs `--redis-url`): publishes the
     /// external events committed by any instance, until Ctrl-C. Several

@@ -34,7 +34,7 @@ enum StartError {
     Broker(arch_events::transport::TransportError),
     #[error("the relay publishes to Redis: give --redis-url or REDIS_URL")]
     RelayWithoutBroker,
-    #[error("cannot rebuild the allocations view: {0}")]
+    #[error("cannot rebuild the allocations view: {}", with_causes(.0.as_ref()))]
     Rebuild(arch_events::BoxError),
     #[error("cannot start the delivery of stored events: {0}")]
     Recovery(#[from] arch_events_sqlx::Error),
@@ -72,7 +72,8 @@ async fn run(config: Config) -> Result<(), StartError> {
     let settings = config.store_settings();
     let http_settings = config.http_settings()?;
     if let Some(Command::RebuildView) = config.command {
-        let database = Database::open(&config.database_url, settings, config.storage).await?;
+        // The database's own storage: a rebuild never chooses it.
+        let database = Database::connect_with(&config.database_url, settings).await?;
         let rebuilt = database.rebuild_view().await;
         database.close().await;
         let events = rebuilt.map_err(StartError::Rebuild)?;
@@ -155,6 +156,18 @@ async fn run(config: Config) -> Result<(), StartError> {
     database.close().await;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// `error` and its sources, `: `-separated.
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// This machine's name, for the consumer's name.

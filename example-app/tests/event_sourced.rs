@@ -42,8 +42,8 @@ fn sqlite_of(database: &Database) -> &example_app::adapters::sqlite::SqliteDatab
     }
 }
 
-fn started_with(url: &str, storage: &str) -> std::process::Output {
-    Command::new(BINARY)
+fn started_with(url: &str, storage: &str) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(BINARY)
         .args([
             "--bind",
             "127.0.0.1:0",
@@ -53,8 +53,25 @@ fn started_with(url: &str, storage: &str) -> std::process::Output {
             storage,
         ])
         .env("RUST_LOG", "off")
-        .output()
-        .expect("the binary runs")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waits") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().expect("killed");
+            panic!("the binary started with --storage {storage} serves instead of refusing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr)
+        .expect("read");
+    (status, stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,9 +104,8 @@ async fn the_storage_setting_makes_a_new_database_and_the_other_one_is_refused()
     assert_eq!(rows, 0, "no product is kept as rows");
     database.close().await;
 
-    let refused = started_with(&fresh.url, "state");
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let (status, stderr) = started_with(&fresh.url, "state");
+    assert!(!status.success());
     assert!(
         stderr.contains("keeps its products as events")
             && stderr.contains("start with --storage events"),
@@ -99,20 +115,35 @@ async fn the_storage_setting_makes_a_new_database_and_the_other_one_is_refused()
     // A database of rows refuses events the same way, and a bad name is
     // refused before anything opens.
     let rows = server::fresh_sqlite().await;
-    Database::connect(&rows.url)
+    Database::open(&rows.url, Settings::default(), Some(Storage::State))
         .await
         .expect("opens")
         .close()
         .await;
-    let refused = started_with(&rows.url, "events");
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let (status, stderr) = started_with(&rows.url, "events");
+    assert!(!status.success());
     assert!(stderr.contains("keeps its products as state"), "{stderr}");
-    let refused = started_with(&rows.url, "rows");
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let (status, stderr) = started_with(&rows.url, "rows");
     assert!(
-        !refused.status.success() && stderr.contains("unknown storage \"rows\""),
+        !status.success() && stderr.contains("unknown storage \"rows\""),
         "{stderr}"
     );
+}
+
+/// A process that only follows the database (a relay, a rebuild, a test)
+/// on a new one leaves the choice to the service.
+#[tokio::test]
+async fn only_the_serving_process_chooses_a_new_databases_storage() {
+    let fresh = server::fresh_sqlite().await;
+    let follower = Database::connect(&fresh.url).await.expect("opens");
+    assert_eq!(follower.storage(), Storage::State, "read as rows meanwhile");
+    follower.close().await;
+    let served = open_events(&fresh.url).await;
+    assert_eq!(served.storage(), Storage::Events);
+    served.close().await;
+    let follower = Database::connect(&fresh.url).await.expect("opens");
+    assert_eq!(follower.storage(), Storage::Events, "then followed");
+    follower.close().await;
 }
 
 /// A database from before the setting existed, whose products are rows:
@@ -301,13 +332,68 @@ async fn the_view_is_rebuilt_from_the_streams_alike_and_fires_nothing_again() {
     );
     assert_eq!(notifications.sent().len(), 1, "o3 ran out of stock");
 
-    // Rebuilt in place, from the first event.
+    // Rebuilt from the first event, beside the live view, then swapped in.
     let applied = database.rebuild_view().await.expect("rebuilt");
     let sqlite = sqlite_of(&database);
     let head = sqlite.event_store().head().await.expect("read");
     assert_eq!(applied as u64, head.sequence(), "every event, once");
     assert_eq!(view_of(&bus, &orders).await, before);
     assert_eq!(notifications.sent().len(), 1, "no notification again");
+    bus.shutdown(std::time::Duration::from_secs(5))
+        .await
+        .expect("idle");
+    database.close().await;
+}
+
+/// While the view is rebuilt beside it, the live one serves every line:
+/// no read sees it empty or half-built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_serves_whole_while_it_is_rebuilt() {
+    const LINES: usize = 200;
+    let fresh = server::fresh_sqlite().await;
+    let database = open_events(&fresh.url).await;
+    let bus = bootstrap(Adapters::for_database(&database)).expect("wiring");
+    bus.dispatch(CreateBatch {
+        reference: "b1".into(),
+        sku: "LAMP".into(),
+        qty: 1000,
+        eta: None,
+    })
+    .await
+    .expect("added");
+    for n in 0..LINES {
+        allocate(&bus, &format!("o{n}"), "LAMP", 1).await;
+    }
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (bus, done) = (bus.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut reads = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) || reads < LINES {
+                let orderid = format!("o{}", reads % LINES);
+                let rows = bus
+                    .query(Allocations {
+                        orderid: orderid.clone(),
+                    })
+                    .await
+                    .expect("read");
+                assert_eq!(
+                    rows.len(),
+                    1,
+                    "{orderid} read as {rows:?} during the rebuild"
+                );
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for _ in 0..3 {
+        let applied = database.rebuild_view().await.expect("rebuilt");
+        assert_eq!(applied, LINES + 1, "BatchAdded, then each Allocated");
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let reads = reader.await.expect("the reader saw every line each time");
+    assert!(reads >= LINES);
     bus.shutdown(std::time::Duration::from_secs(5))
         .await
         .expect("idle");
@@ -342,6 +428,11 @@ async fn the_rebuild_subcommand_rebuilds_the_view_while_the_service_serves() {
 
     // Rows have no streams to rebuild from: said, not done.
     let rows = server::fresh_sqlite().await;
+    Database::open(&rows.url, Settings::default(), Some(Storage::State))
+        .await
+        .expect("opens")
+        .close()
+        .await;
     let refused = Command::new(BINARY)
         .args(["--database-url", &rows.url, "rebuild-view"])
         .env("RUST_LOG", "off")

@@ -58,9 +58,9 @@ mod events {
 
     under_load_tests!(server::example_app_binary(), fresh_postgres_events);
 
-    /// A rebuild in place while the projection runs in the background and
-    /// commands keep coming: every event applied once, and the view ends
-    /// as the write model says.
+    /// Rebuilds while the projection runs in the background, commands keep
+    /// coming and reads keep going: no read misses a line allocated before
+    /// it, and the view ends as the write model says.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn the_view_is_rebuilt_in_place_while_commands_run() {
         let fresh = fresh_postgres_events().await;
@@ -89,11 +89,31 @@ mod events {
                 }
             })
         };
+        let reader = {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                // o0 is allocated early; once seen, it must never vanish.
+                let mut seen = false;
+                for _ in 0..300 {
+                    let rows = bus
+                        .query(example_app::views::Allocations {
+                            orderid: "o0".into(),
+                        })
+                        .await
+                        .unwrap();
+                    assert!(!(seen && rows.is_empty()), "o0 vanished from the view");
+                    seen |= !rows.is_empty();
+                    tokio::task::yield_now().await;
+                }
+                seen
+            })
+        };
         let mut rebuilt = Vec::new();
         for _ in 0..3 {
             rebuilt.push(database.rebuild_view().await.unwrap());
         }
         writer.await.unwrap();
+        assert!(reader.await.unwrap(), "o0 was read");
         assert!(rebuilt.iter().all(|applied| *applied >= 1), "{rebuilt:?}");
         for n in 0..60 {
             let rows = bus

@@ -107,6 +107,8 @@ type ApplyFn<A> = fn(&mut A, &RecordedEvent) -> Result<(), EventStoreError>;
 /// applies it: built by [`EventSourced::event_types`].
 pub struct EventTypes<A> {
     by_name: HashMap<&'static str, ApplyFn<A>>,
+    /// Events released with the others and never stored.
+    released: Vec<&'static str>,
 }
 
 impl<A> fmt::Debug for EventTypes<A> {
@@ -115,6 +117,7 @@ impl<A> fmt::Debug for EventTypes<A> {
         names.sort();
         f.debug_struct("EventTypes")
             .field("events", &names)
+            .field("released", &self.released)
             .finish()
     }
 }
@@ -123,6 +126,7 @@ impl<A: EventSourced> EventTypes<A> {
     fn new() -> Self {
         EventTypes {
             by_name: HashMap::new(),
+            released: Vec::new(),
         }
     }
 
@@ -152,9 +156,25 @@ impl<A: EventSourced> EventTypes<A> {
         self
     }
 
+    /// Lists `E` as released only: the aggregate records it (with
+    /// `Aggregate::events(self).record(..)`: it changes no state, so it has
+    /// no [`Apply`]) and the commit hands it to the bus with the others,
+    /// but it is never stored in the stream. For what a decision says and
+    /// nothing needs to replay (an attempt refused, a notice to send): a
+    /// refused request then grows no stream, and conflicts with no writer.
+    pub fn released<E: Event>(mut self) -> Self {
+        self.released.push(E::name());
+        self
+    }
+
     /// Whether the stream can hold events named `name`.
     pub fn lists(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
+    }
+
+    /// Whether events named `name` are released only, never stored.
+    pub fn releases_only(&self, name: &str) -> bool {
+        self.released.contains(&name)
     }
 
     /// Applies a stored event to `state`: [`EventStoreError::Decode`] when
@@ -332,8 +352,9 @@ impl<A: EventSourced> Loaded<A> {
     }
 
     /// The events recorded since the load, as the store writes them (with
-    /// ids caused by `cause`), and as the bus releases them after the
-    /// commit; the aggregate keeps them until [`saved`](Self::saved).
+    /// ids caused by `cause`; those released only are not among them), and
+    /// as the bus releases them after the commit; the aggregate keeps them
+    /// until [`saved`](Self::saved) or [`unstored`](Self::unstored).
     /// [`EventStoreError::Unlisted`] when one of them is not in the
     /// aggregate's [`EventSourced::event_types`]: it could be written but never
     /// read back.
@@ -354,9 +375,11 @@ impl<A: EventSourced> Loaded<A> {
     }
 
     /// Saves the state as the stream's snapshot if one is due
-    /// ([`snapshot_due`](Self::snapshot_due)); call it only after the
-    /// commit succeeded (a snapshot ahead of its stream is ignored on load).
-    /// `true` when it saved one.
+    /// ([`snapshot_due`](Self::snapshot_due)), after the commit. `true`
+    /// when it saved one; `false`, and nothing saved, when the stream's
+    /// event at this version is not the one this state's last save
+    /// appended (its commit failed, or was never made): such a snapshot
+    /// would describe a state the stream never had.
     pub async fn save_snapshot_if_due(
         &mut self,
         snapshots: &(impl EventStore + ?Sized),
@@ -365,6 +388,16 @@ impl<A: EventSourced> Loaded<A> {
         A: Snapshotted,
     {
         if !self.snapshot_due() {
+            return Ok(false);
+        }
+        let stored = snapshots.read_stream(&self.stream, self.version, 1).await?;
+        let committed = stored.first().map(|event| event.position);
+        if self.saved_at.is_none() || committed != self.saved_at {
+            tracing::warn!(
+                stream = %self.stream,
+                version = self.version,
+                "arch-events: no snapshot of a state whose last save did not commit"
+            );
             return Ok(false);
         }
         let state =
@@ -447,6 +480,13 @@ impl<A: EventSourced> Loaded<A> {
         Ok(loaded)
     }
 
+    /// The recorded events, handed over for the bus to release, when
+    /// [`changes`](Self::changes) has none to store (they are all released
+    /// only: see [`EventTypes::released`]); the version is unchanged.
+    pub fn unstored(&mut self) -> Vec<PendingEvent> {
+        Aggregate::events(&mut self.state).take()
+    }
+
     /// After the commit: the stream is at `appended.to_version` now, and
     /// the recorded events are handed back for the bus to release.
     pub fn saved(&mut self, appended: &Appended) -> Vec<PendingEvent> {
@@ -467,7 +507,7 @@ impl<A: EventSourced> Loaded<A> {
     ) -> Result<Vec<PendingEvent>, EventStoreError> {
         let events = self.changes(cause)?;
         if events.is_empty() {
-            return Ok(Vec::new());
+            return Ok(self.unstored());
         }
         let appended = store.append(&self.stream, self.expected(), &events).await?;
         Ok(self.saved(&appended))
@@ -481,6 +521,7 @@ fn encode_listed<A: EventSourced>(
 ) -> Result<Vec<NewEvent>, EventStoreError> {
     pending
         .iter_mut()
+        .filter(|event| !types.releases_only(event.name()))
         .map(|event| {
             if !types.lists(event.name()) {
                 return Err(EventStoreError::Unlisted {

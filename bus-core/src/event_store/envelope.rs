@@ -242,10 +242,12 @@ impl RecordedEvent {
         // personal fields says only where and what kind of mistake it was.
         let describe = |error: serde_json::Error| match meta.personal() {
             None => error.to_string(),
-            Some(_) if sealed(&self.payload) => "its personal fields are sealed: read it through \
+            Some(personal) if sealed(&self.payload, personal) => {
+                "its personal fields are sealed: read it through \
                 a store that reveals them (`SqlEventStore::with_personal_data()`, or \
                 `Protected` around another store), every reader alike, projections included"
-                .to_owned(),
+                    .to_owned()
+            }
             Some(_) => format!(
                 "its JSON does not fit ({:?} error at line {}, column {}; the message is withheld: \
                  the event holds personal data)",
@@ -303,16 +305,25 @@ impl RecordedEvent {
     }
 }
 
-/// Whether `payload` holds a personal field still sealed: read from the
-/// store as written, not through one that reveals it.
-fn sealed(payload: &str) -> bool {
+/// Whether one of the `personal` fields of `payload` is still sealed: the
+/// event was read from the store as written, not through one that reveals
+/// it.
+fn sealed(payload: &str, personal: &PersonalFields) -> bool {
     #[cfg(feature = "personal-data")]
     {
-        payload.contains(super::personal::SEALED)
+        let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(payload) else {
+            return false;
+        };
+        personal.fields().iter().any(|field| {
+            fields
+                .get(*field)
+                .and_then(serde_json::Value::as_object)
+                .is_some_and(|value| value.contains_key(super::personal::SEALED))
+        })
     }
     #[cfg(not(feature = "personal-data"))]
     {
-        let _ = payload;
+        let _ = (payload, personal);
         false
     }
 }

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arch_events::event_store::{
-    Apply, EventSourced, EventStore, EventStoreError, EventTypes, ExpectedVersion, KeyStore,
-    Loaded, NewEvent, Position, ReadAll, RecordedEvent, Snapshotted, StoredSnapshot, StreamId,
+    Appended, Apply, EventSourced, EventStore, EventStoreError, EventTypes, ExpectedVersion,
+    KeyStore, Loaded, NewEvent, Position, ReadAll, RecordedEvent, Snapshotted, StoredSnapshot,
+    StreamId,
 };
 use arch_events::{
     Aggregate, Event, EventRecorder, Message, MessageContext, MessageId, PendingEvent,
@@ -52,6 +53,8 @@ macro_rules! event_store_tests {
             a_snapshot_of_another_state_version_or_that_does_not_read_is_ignored,
             an_event_stored_in_an_older_shape_is_upcast_when_read,
             personal_fields_are_stored_encrypted_and_read_as_erased_once_forgotten,
+            an_event_released_only_goes_to_the_bus_and_never_to_the_stream,
+            no_snapshot_is_taken_of_a_state_whose_save_did_not_commit,
         );
     };
     (@each $fresh:path; $($test:ident),* $(,)?) => {
@@ -91,6 +94,14 @@ fn deposited_from_cents(mut value: serde_json::Value) -> Result<serde_json::Valu
     Ok(serde_json::json!({ "amount": cents }))
 }
 
+/// The suite's events: a withdrawal refused, released and never stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "conformance.refused", serde)]
+pub struct Refused {
+    /// How much was asked.
+    pub amount: u64,
+}
+
 /// An event-sourced account.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Account {
@@ -118,12 +129,20 @@ impl Account {
     fn deposit(&mut self, amount: u64) {
         self.record(Deposited { amount });
     }
+
+    /// Withdrawing is not built: every withdrawal is refused.
+    fn withdraw(&mut self, amount: u64) {
+        Aggregate::events(self).record(Refused { amount });
+    }
 }
 
 impl EventSourced for Account {
     const KIND: &'static str = "account";
     fn event_types(types: EventTypes<Self>) -> EventTypes<Self> {
-        types.event::<Opened>().event::<Deposited>()
+        types
+            .event::<Opened>()
+            .event::<Deposited>()
+            .released::<Refused>()
     }
 }
 
@@ -1010,4 +1029,95 @@ pub async fn personal_fields_are_stored_encrypted_and_read_as_erased_once_forgot
         None,
         "erased when read by stream too"
     );
+}
+
+pub async fn an_event_released_only_goes_to_the_bus_and_never_to_the_stream(
+    subject: EventStoreUnderTest,
+) {
+    let store = &*subject.store;
+    let flow = MessageContext::root();
+    let mut account = Loaded::<Account>::new("a1");
+    account.open("ada");
+    account.withdraw(3);
+    account.deposit(5);
+    let released: Vec<&str> = account
+        .save(store, &flow)
+        .await
+        .unwrap()
+        .iter()
+        .map(PendingEvent::name)
+        .collect();
+    assert_eq!(
+        released,
+        [
+            "conformance.opened",
+            "conformance.refused",
+            "conformance.deposited"
+        ],
+        "every recorded event goes to the bus, in order"
+    );
+    assert_eq!(account.version(), 2, "two of them stored");
+
+    // Only a released one: nothing to append, the version stays.
+    let mut account = Loaded::<Account>::load(store, "a1").await.unwrap();
+    account.withdraw(10);
+    assert!(account.changes(&flow).unwrap().is_empty());
+    let released = account.save(store, &flow).await.unwrap();
+    assert_eq!(released.len(), 1);
+    assert_eq!(
+        released[0].downcast_ref::<Refused>(),
+        Some(&Refused { amount: 10 })
+    );
+    assert_eq!(account.version(), 2);
+    let stream = stream("a1");
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 2);
+    let names: Vec<String> = store
+        .read_stream(&stream, 1, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.name)
+        .collect();
+    assert_eq!(names, ["conformance.opened", "conformance.deposited"]);
+}
+
+pub async fn no_snapshot_is_taken_of_a_state_whose_save_did_not_commit(
+    subject: EventStoreUnderTest,
+) {
+    let store = &*subject.store;
+    let flow = MessageContext::root();
+    let mut account = Loaded::<Account>::new("a1");
+    account.open("ada");
+    for amount in 1..=8 {
+        account.deposit(amount);
+    }
+    account.save(store, &flow).await.unwrap();
+    assert_eq!(account.version(), 9);
+
+    // A save whose commit failed: the aggregate took its events and moved
+    // to version 10, the stream did not.
+    let mut failed = Loaded::<Account>::load(store, "a1").await.unwrap();
+    failed.deposit(100);
+    assert_eq!(failed.changes(&flow).unwrap().len(), 1);
+    failed.saved(&Appended {
+        from_version: 9,
+        to_version: 10,
+        position: Position::new(u64::from(u32::MAX), u64::from(u32::MAX)),
+        written: true,
+    });
+    assert!(failed.snapshot_due());
+    assert!(!failed.save_snapshot_if_due(store).await.unwrap());
+    assert_eq!(store.load_snapshot(&stream("a1")).await.unwrap(), None);
+
+    // The same step, committed: its snapshot is taken.
+    let mut committed = Loaded::<Account>::load(store, "a1").await.unwrap();
+    committed.deposit(9);
+    committed.save(store, &flow).await.unwrap();
+    assert!(committed.save_snapshot_if_due(store).await.unwrap());
+    let snapshot = store.load_snapshot(&stream("a1")).await.unwrap().unwrap();
+    assert_eq!(snapshot.version, 10);
+    let loaded = Loaded::<Account>::load_snapshotted(store, "a1")
+        .await
+        .unwrap();
+    assert_eq!(loaded.balance, (1..=9).sum::<u64>());
 }

@@ -300,7 +300,7 @@ impl<DB: Backend> SqlEventStore<DB> {
     ) -> Result<Vec<PendingEvent>, EventStoreError> {
         let events = aggregate.changes(cause)?;
         if events.is_empty() {
-            return Ok(Vec::new());
+            return Ok(aggregate.unstored());
         }
         let appended = self
             .append_in(

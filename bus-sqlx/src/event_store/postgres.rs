@@ -326,6 +326,23 @@ impl EventSql for Postgres {
         Ok(row.map(stored_position))
     }
 
+    async fn wait_for_checkpoint(
+        connection: &mut PgConnection,
+        name: &str,
+    ) -> Result<Position, sqlx::Error> {
+        sqlx::query("INSERT INTO bus_projections (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .execute(&mut *connection)
+            .await?;
+        let row: (i64, i64) = sqlx::query_as(
+            "SELECT commit_key, position FROM bus_projections WHERE name = $1 FOR UPDATE",
+        )
+        .bind(name)
+        .fetch_one(&mut *connection)
+        .await?;
+        Ok(stored_position(row))
+    }
+
     async fn save_checkpoint(
         connection: &mut PgConnection,
         name: &str,

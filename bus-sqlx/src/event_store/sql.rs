@@ -45,6 +45,13 @@ pub trait EventSql: sqlx::Database + Sized {
         name: &str,
     ) -> Result<Option<Position>, sqlx::Error>;
 
+    /// [`lock_checkpoint`](Self::lock_checkpoint), waiting for the
+    /// transaction that holds it instead of skipping it.
+    async fn wait_for_checkpoint(
+        connection: &mut Self::Connection,
+        name: &str,
+    ) -> Result<Position, sqlx::Error>;
+
     async fn save_checkpoint(
         connection: &mut Self::Connection,
         name: &str,

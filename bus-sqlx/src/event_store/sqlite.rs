@@ -223,6 +223,15 @@ impl EventSql for Sqlite {
         Ok(Some(stored_position((commit, sequence))))
     }
 
+    async fn wait_for_checkpoint(
+        connection: &mut SqliteConnection,
+        name: &str,
+    ) -> Result<Position, sqlx::Error> {
+        // The write transaction is the lock, taken when it began.
+        let locked = Self::lock_checkpoint(connection, name).await?;
+        Ok(locked.unwrap_or(Position::START))
+    }
+
     async fn save_checkpoint(
         connection: &mut SqliteConnection,
         name: &str,

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arch_events::event_store::Position;
 use arch_events::transport::{Inbox, Publisher};
 use arch_events::{BoxError, Bus, EventReleaser};
 use arch_events_sqlx::{DeadLetterStore, Recovery, RunningProjection, Settings};
@@ -19,6 +20,7 @@ use super::relational::RelationalUnitOfWork;
 use super::sqlite::{self, SqliteDatabase};
 use super::storage::Storage;
 use crate::service_layer::unit_of_work::UnitOfWork;
+use crate::views::ViewTable;
 
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -84,15 +86,19 @@ impl Database {
         Self::connect_with(url, Settings::default()).await
     }
 
-    /// [`connect`](Self::connect), with the store's timings.
+    /// [`connect`](Self::connect), with the store's timings. The database
+    /// keeps its products as it was created to; one that has no setting
+    /// yet is read as rows, and given no setting (the serving process,
+    /// [`open`](Self::open), chooses it).
     pub async fn connect_with(url: &str, settings: Settings) -> Result<Database, DatabaseError> {
-        Self::open(url, settings, None).await
+        Self::open_as(url, settings, None).await
     }
 
-    /// [`connect_with`](Self::connect_with), keeping the products as
-    /// `storage` asks: a new database is created so (as rows when `None`);
-    /// one that keeps them otherwise is a
-    /// [`DatabaseError::StorageMismatch`], and nothing is changed.
+    /// [`connect_with`](Self::connect_with) for the process that serves:
+    /// keeps the products as `storage` asks, and a new database is created
+    /// so for good (as rows when `None`). A database that keeps them
+    /// otherwise is a [`DatabaseError::StorageMismatch`] (its schema is
+    /// brought up to date all the same).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -119,22 +125,7 @@ impl Database {
         settings: Settings,
         storage: Option<Storage>,
     ) -> Result<Database, DatabaseError> {
-        let open = |source| DatabaseError::Open {
-            url: redacted(url),
-            source,
-        };
-        let new = storage.unwrap_or_default();
-        let database = match url.split_once(':').map(|(scheme, _)| scheme) {
-            Some("sqlite") => sqlite::connect(url, settings, new)
-                .await
-                .map(Database::Sqlite)
-                .map_err(open)?,
-            Some("postgres" | "postgresql") => postgres::connect(url, settings, new)
-                .await
-                .map(Database::Postgres)
-                .map_err(open)?,
-            _ => return Err(DatabaseError::Unsupported { url: redacted(url) }),
-        };
+        let database = Self::open_as(url, settings, Some(storage.unwrap_or_default())).await?;
         match storage {
             Some(requested) if requested != database.storage() => {
                 database.close().await;
@@ -146,6 +137,30 @@ impl Database {
             }
             _ => Ok(database),
         }
+    }
+
+    /// Opens the database, writing `new` as its storage if it has none.
+    async fn open_as(
+        url: &str,
+        settings: Settings,
+        new: Option<Storage>,
+    ) -> Result<Database, DatabaseError> {
+        let open = |source| DatabaseError::Open {
+            url: redacted(url),
+            source,
+        };
+        let database = match url.split_once(':').map(|(scheme, _)| scheme) {
+            Some("sqlite") => sqlite::connect(url, settings, new)
+                .await
+                .map(Database::Sqlite)
+                .map_err(open)?,
+            Some("postgres" | "postgresql") => postgres::connect(url, settings, new)
+                .await
+                .map(Database::Postgres)
+                .map_err(open)?,
+            _ => return Err(DatabaseError::Unsupported { url: redacted(url) }),
+        };
+        Ok(database)
     }
 
     /// How this database keeps its products.
@@ -185,12 +200,14 @@ impl Database {
             return None;
         }
         Some(match self {
-            Database::Sqlite(database) => database
-                .event_store()
-                .start_projection(sqlite::SqliteAllocationsProjection, PROJECTION_POLL),
-            Database::Postgres(database) => database
-                .event_store()
-                .start_projection(postgres::PostgresAllocationsProjection, PROJECTION_POLL),
+            Database::Sqlite(database) => database.event_store().start_projection(
+                sqlite::SqliteAllocationsProjection::new(ViewTable::LIVE),
+                PROJECTION_POLL,
+            ),
+            Database::Postgres(database) => database.event_store().start_projection(
+                postgres::PostgresAllocationsProjection::new(ViewTable::LIVE),
+                PROJECTION_POLL,
+            ),
         })
     }
 
@@ -220,12 +237,13 @@ impl Database {
     }
 
     /// With `--storage events`, rebuilds the allocations view from the
-    /// streams, in place, and returns how many events it applied: the view
-    /// is emptied and its projection set back in one transaction, so a
-    /// read meanwhile sees the old view, or waits for the new one to catch
-    /// up (up to [`CATCH_UP_WITHIN`](super::projected_view::CATCH_UP_WITHIN)).
-    /// No event handler runs again. An error with rows, whose view is
-    /// written by event handlers.
+    /// streams, and returns how many events it applied. The view is built
+    /// in a table beside the live one ([`ViewTable::REBUILT`]) while the
+    /// live one serves; once it holds every event the live one does, the
+    /// two are swapped in one transaction (which waits for a batch of the
+    /// live projection in progress, and holds the next ones off). No event
+    /// handler runs again. An error with rows, whose view is written by
+    /// event handlers.
     pub async fn rebuild_view(&self) -> Result<usize, BoxError> {
         match self {
             _ if self.storage() != Storage::Events => Err(
@@ -234,18 +252,39 @@ impl Database {
                     .into(),
             ),
             Database::Sqlite(database) => {
+                // The live table's own definition, under the new name.
+                let live: String = sqlx::query_scalar(
+                    "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = $1",
+                )
+                .bind(ViewTable::LIVE.table)
+                .fetch_one(database.pool())
+                .await?;
+                let create = live.replacen(ViewTable::LIVE.table, ViewTable::REBUILT.table, 1);
                 rebuild(
                     database.store(),
                     database.event_store(),
-                    &sqlite::SqliteAllocationsProjection,
+                    [
+                        sqlite::SqliteAllocationsProjection::new(ViewTable::LIVE),
+                        sqlite::SqliteAllocationsProjection::new(ViewTable::REBUILT),
+                    ],
+                    &create,
                 )
                 .await
             }
             Database::Postgres(database) => {
+                let create = format!(
+                    "CREATE TABLE {} (LIKE {} INCLUDING ALL)",
+                    ViewTable::REBUILT.table,
+                    ViewTable::LIVE.table
+                );
                 rebuild(
                     database.store(),
                     database.event_store(),
-                    &postgres::PostgresAllocationsProjection,
+                    [
+                        postgres::PostgresAllocationsProjection::new(ViewTable::LIVE),
+                        postgres::PostgresAllocationsProjection::new(ViewTable::REBUILT),
+                    ],
+                    &create,
                 )
                 .await
             }
@@ -270,28 +309,61 @@ impl Database {
     }
 }
 
-/// Rebuilds the allocations view that `projection` keeps in `events` from
-/// the first event: empties it and sets its checkpoint back in one
-/// transaction of `store`, then catches it up.
+/// How many times a rebuild tries to swap its table in before it gives up
+/// (each time the live view had moved on, it catches up again).
+const SWAP_ATTEMPTS: usize = 100;
+
+/// Rebuilds the allocations view that `live` keeps in `events`: `create`
+/// makes an empty table for `rebuilt` beside it, `rebuilt` applies every
+/// event to it, then the tables and checkpoints are swapped in one
+/// transaction of `store`, once `rebuilt` has reached where `live` stands.
 async fn rebuild<DB, P>(
     store: &arch_events_sqlx::Store<DB>,
     events: &arch_events_sqlx::SqlEventStore<DB>,
-    projection: &P,
+    [live, rebuilt]: [P; 2],
+    create: &str,
 ) -> Result<usize, BoxError>
 where
     DB: arch_events_sqlx::Backend,
     P: arch_events_sqlx::Projection<DB>,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
 {
+    let (live_table, rebuilt_table) = (ViewTable::LIVE.table, ViewTable::REBUILT.table);
     let mut tx = store.begin().await?;
-    // The checkpoint first: a batch in progress holds it, then the rows it
-    // writes.
-    events.restart_in(&mut tx, projection.name()).await?;
-    sqlx::raw_sql("DELETE FROM allocations_view")
+    sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {rebuilt_table}"))
         .execute(&mut **tx)
         .await?;
+    sqlx::raw_sql(create).execute(&mut **tx).await?;
+    events
+        .set_checkpoint_in(&mut tx, rebuilt.name(), Position::START)
+        .await?;
     tx.commit().await?;
-    Ok(events.catch_up(projection).await?)
+    let mut applied = events.catch_up(&rebuilt).await?;
+    for _ in 0..SWAP_ATTEMPTS {
+        let mut tx = store.begin().await?;
+        // Held to the commit: no batch of the live view meanwhile.
+        let live_at = events.checkpoint_in(&mut tx, live.name()).await?;
+        let rebuilt_at = events.checkpoint_in(&mut tx, rebuilt.name()).await?;
+        if rebuilt_at >= live_at {
+            sqlx::raw_sql(&format!(
+                "DROP TABLE {live_table}; ALTER TABLE {rebuilt_table} RENAME TO {live_table}"
+            ))
+            .execute(&mut **tx)
+            .await?;
+            events
+                .set_checkpoint_in(&mut tx, live.name(), rebuilt_at)
+                .await?;
+            tx.commit().await?;
+            return Ok(applied);
+        }
+        drop(tx);
+        applied += events.catch_up(&rebuilt).await?;
+    }
+    Err(format!(
+        "the live view moved on {SWAP_ATTEMPTS} times before the rebuilt one caught up: \
+         try again when the service is less busy"
+    )
+    .into())
 }
 
 /// How often a running projection looks for new events when it has none.

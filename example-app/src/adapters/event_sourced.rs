@@ -187,12 +187,6 @@ impl<T: ProductStreams> EventSourcedUnitOfWork<T> {
         tx.commit()
             .await
             .map_err(|e| streams.write_error(e, &sku))?;
-        for product in &mut self.seen {
-            // Only a shortcut for later loads: a failure costs them time.
-            if let Err(error) = product.save_snapshot_if_due(streams.event_store()).await {
-                tracing::warn!(stream = %product.stream(), %error, "a product's snapshot was not saved");
-            }
-        }
         Ok(Some(staged))
     }
 }
@@ -263,13 +257,22 @@ impl<T: ProductStreams> arch_events::UnitOfWork for EventSourcedUnitOfWork<T> {
         let flow = self.flow.unwrap_or_default();
         match self.append(&flow).await {
             Ok(staged) => {
-                // Anything loaded after this commit is read afresh, and the
-                // next unit of work may have the product.
-                self.seen.clear();
+                // The next unit of work may have the product, and the
+                // events go to their handlers.
                 self.held = None;
                 if let Some(staged) = staged {
                     staged.release();
                 }
+                for product in &mut self.seen {
+                    // Only a shortcut for later loads: a failure costs them
+                    // time, not the command.
+                    let events = self.streams.event_store();
+                    if let Err(error) = product.save_snapshot_if_due(events).await {
+                        tracing::warn!(stream = %product.stream(), %error, "a product's snapshot was not saved");
+                    }
+                }
+                // Anything loaded after this commit is read afresh.
+                self.seen.clear();
                 Ok(())
             }
             Err(error) => {

@@ -215,7 +215,9 @@ impl EventSourced for Product {
             .event::<Allocated>()
             .event::<BatchQuantityChanged>()
             .event::<Deallocated>()
-            .event::<OutOfStock>()
+            // Released for the buyers' sake, never stored: running out
+            // changes nothing, and a refused request grows no stream.
+            .released::<OutOfStock>()
     }
 }
 
@@ -282,11 +284,6 @@ impl Apply<Deallocated> for Product {
     }
 }
 
-/// Running out changes nothing: the event is kept for the buyers' sake.
-impl Apply<OutOfStock> for Product {
-    fn apply(&mut self, _event: &OutOfStock) {}
-}
-
 impl Product {
     /// A product as stored, with the given batches: a repository's
     /// restore. A new product is [`Product::default`] given its first batch
@@ -351,7 +348,8 @@ impl Product {
             .filter(|b| b.can_allocate(&line))
             .min_by(|a, b| a.preference(b));
         let Some(batch) = preferred else {
-            self.record(OutOfStock { sku: line.sku });
+            // It changes nothing: no `Apply`, released and never stored.
+            self.events.record(OutOfStock { sku: line.sku });
             return None;
         };
         let batchref = batch.reference.clone();
@@ -608,7 +606,6 @@ mod tests {
                 batchref: "b1".into(),
                 version: 3,
             })
-            .event(OutOfStock { sku: "RUG".into() })
             .when(|product| product.change_batch_quantity("b1", 15))
             .then(|product, changed| {
                 assert_eq!(*changed, Ok(()));

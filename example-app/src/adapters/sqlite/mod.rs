@@ -79,12 +79,13 @@ impl SqliteDatabase {
 /// crashing or being killed; only a power loss can take back the last
 /// commits, the usual trade for SQLite in WAL mode.
 ///
-/// `storage` is how a new database keeps its products; one that has a
-/// setting keeps it: `storage()` says which.
+/// `storage` is how a new database keeps its products (written for good;
+/// `None` writes nothing); one that has a setting keeps it: `storage()`
+/// says which.
 pub async fn connect(
     url: &str,
     settings: Settings,
-    storage: Storage,
+    storage: Option<Storage>,
 ) -> Result<SqliteDatabase, BoxError> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
@@ -105,20 +106,28 @@ pub async fn connect(
     })
 }
 
-/// How the database keeps its products: `new` when it has no setting yet
-/// (it is new), else the one it was created with. Of processes starting
-/// together on a new database, the first to write its setting wins.
-async fn stored_storage(pool: &SqlitePool, new: Storage) -> Result<Storage, BoxError> {
-    sqlx::query(
-        "INSERT INTO service_storage (id, storage) VALUES (1, ?) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(new.as_str())
-    .execute(pool)
-    .await?;
-    let stored: String = sqlx::query_scalar("SELECT storage FROM service_storage WHERE id = 1")
-        .fetch_one(pool)
+/// How the database keeps its products: as it was created, else `new`
+/// (a new database), which is then written for good (of processes
+/// starting together, the first to write wins). Without `new` nothing is
+/// written, and a database with no setting yet keeps its products as rows
+/// for this process only.
+async fn stored_storage(pool: &SqlitePool, new: Option<Storage>) -> Result<Storage, BoxError> {
+    if let Some(new) = new {
+        sqlx::query(
+            "INSERT INTO service_storage (id, storage) VALUES (1, ?) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(new.as_str())
+        .execute(pool)
         .await?;
-    Ok(stored.parse()?)
+    }
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT storage FROM service_storage WHERE id = 1")
+            .fetch_optional(pool)
+            .await?;
+    Ok(match stored {
+        Some(stored) => stored.parse()?,
+        None => Storage::default(),
+    })
 }
 
 fn storage(error: sqlx::Error) -> UowError {

@@ -12,7 +12,7 @@ use crate::adapters::relational::write_once;
 use crate::adapters::rows::allocation_row;
 use crate::adapters::tracked::to_i64;
 use crate::views::{
-    AllocationRow, AllocationsView, LineChange, ProjectedLine, ViewError, ALLOCATIONS_PROJECTION,
+    AllocationRow, AllocationsView, LineChange, ProjectedLine, ViewError, ViewTable,
 };
 
 /// The allocations view in SQLite, for one handler call: each write is a
@@ -31,33 +31,39 @@ impl SqliteAllocationsView {
     }
 }
 
-/// The statement that applies `change` to the view unless it holds a
-/// newer one for that line (see [`LineChange`]): the event handlers' write
-/// with rows, the projection's with events.
-fn upsert(change: LineChange<'_>) -> Query<'_, Sqlite, SqliteArguments<'_>> {
-    sqlx::query(
-        "INSERT INTO allocations_view (orderid, sku, qty, batchref, version) \
-         VALUES (?, ?, ?, ?, ?) ON CONFLICT (orderid, sku, qty) DO UPDATE \
-         SET batchref = excluded.batchref, version = excluded.version \
-         WHERE excluded.version > allocations_view.version",
-    )
-    .bind(change.orderid)
-    .bind(change.sku)
-    .bind(i64::from(change.qty))
-    .bind(change.batchref)
-    .bind(to_i64(change.version))
+/// `sql` ([`ViewTable::upsert_sql`]) with `change` bound.
+fn upsert<'q>(sql: &'q str, change: LineChange<'q>) -> Query<'q, Sqlite, SqliteArguments<'q>> {
+    sqlx::query(sql)
+        .bind(change.orderid)
+        .bind(change.sku)
+        .bind(i64::from(change.qty))
+        .bind(change.batchref)
+        .bind(to_i64(change.version))
 }
 
 /// The allocations view kept from the products' streams (`--storage
-/// events`): a catch-up projection, each event applied once, in the
-/// transaction that moves its checkpoint.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SqliteAllocationsProjection;
+/// events`) in one of its tables: a catch-up projection, each event
+/// applied once, in the transaction that moves its checkpoint.
+#[derive(Debug, Clone)]
+pub struct SqliteAllocationsProjection {
+    view: ViewTable,
+    upsert: String,
+}
+
+impl SqliteAllocationsProjection {
+    /// The projection that keeps `view`.
+    pub fn new(view: ViewTable) -> Self {
+        SqliteAllocationsProjection {
+            view,
+            upsert: view.upsert_sql(),
+        }
+    }
+}
 
 #[async_trait]
 impl Projection<Sqlite> for SqliteAllocationsProjection {
     fn name(&self) -> &str {
-        ALLOCATIONS_PROJECTION
+        self.view.projection
     }
 
     async fn apply(
@@ -66,7 +72,9 @@ impl Projection<Sqlite> for SqliteAllocationsProjection {
         event: &RecordedEvent,
     ) -> Result<(), BoxError> {
         if let Some(line) = ProjectedLine::of(event)? {
-            upsert(line.change()).execute(connection).await?;
+            upsert(&self.upsert, line.change())
+                .execute(connection)
+                .await?;
         }
         Ok(())
     }
@@ -79,7 +87,8 @@ fn view_error(error: sqlx::Error) -> ViewError {
 #[async_trait]
 impl AllocationsView for SqliteAllocationsView {
     async fn apply(&self, change: LineChange<'_>) -> Result<(), ViewError> {
-        let query = upsert(change);
+        let sql = ViewTable::LIVE.upsert_sql();
+        let query = upsert(&sql, change);
         write_once(self.database.store(), &self.releaser, query)
             .await
             .map_err(ViewError)
