@@ -1,9 +1,9 @@
 //! What only `--storage events` does, on SQLite: the setting belongs to the
 //! database, a product loads from its snapshot as it would from its whole
-//! stream, the allocations view is rebuilt from the streams without firing
-//! a side effect again, and a unit of work whose commit failed cannot
-//! commit what it lost. (The storage, HTTP, fuzz and load suites run in
-//! this storage too: `storage.rs`, `api.rs`, `red_team.rs`.)
+//! stream, and the allocations view is rebuilt from the streams beside the
+//! live one, without firing a side effect again. (The storage, HTTP, fuzz
+//! and load suites run in this storage too: `storage.rs`, `api.rs`,
+//! `red_team.rs`.)
 
 // A test whose setup fails should panic, helpers included.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -20,7 +20,6 @@ use example_app::adapters::notifications::RecordingNotifications;
 use example_app::adapters::storage::Storage;
 use example_app::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
 use example_app::domain::model::{OrderLine, Product};
-use example_app::service_layer::unit_of_work::UowError;
 use example_app::views::{AllocationRow, Allocations};
 use example_app::{bootstrap, Adapters};
 use reqwest::StatusCode;
@@ -441,53 +440,4 @@ async fn the_rebuild_subcommand_rebuilds_the_view_while_the_service_serves() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("keeps its products as rows"), "{stderr}");
-}
-
-#[tokio::test]
-async fn a_unit_of_work_whose_commit_failed_commits_nothing_more() {
-    let fresh = server::fresh_sqlite().await;
-    let database = open_events(&fresh.url).await;
-    let mut uow = database.unit_of_work(EventReleaser::new());
-    uow.products().add("LAMP").add_batch("b1", "LAMP", 10, None);
-    uow.commit().await.expect("committed");
-
-    let line = |orderid: &str| OrderLine {
-        orderid: orderid.into(),
-        sku: "LAMP".into(),
-        qty: 1,
-    };
-    let mut stale = database.unit_of_work(EventReleaser::new());
-    let product = stale
-        .products()
-        .get("LAMP")
-        .await
-        .expect("read")
-        .expect("exists");
-    product.allocate(line("o1"));
-    product.allocate(line("o2"));
-    let mut other = database.unit_of_work(EventReleaser::new());
-    let product = other
-        .products()
-        .get("LAMP")
-        .await
-        .expect("read")
-        .expect("exists");
-    product.allocate(line("o3"));
-    other.commit().await.expect("committed");
-
-    let lost = stale.commit().await.expect_err("the stream moved on");
-    assert!(matches!(lost, UowError::Conflict { .. }), "{lost}");
-    let again = stale.commit().await.expect_err("nothing left to commit");
-    assert!(matches!(again, UowError::Storage(_)), "{again}");
-    assert!(again.to_string().contains("failed already"), "{again}");
-
-    let events = sqlite_of(&database).event_store();
-    let product = Loaded::<Product>::load(events, "LAMP").await.expect("read");
-    let held: Vec<_> = product.batches[0]
-        .allocations()
-        .iter()
-        .map(|line| line.orderid.as_str())
-        .collect();
-    assert_eq!(held, ["o3"]);
-    database.close().await;
 }

@@ -277,6 +277,10 @@ pub async fn a_failed_commit_writes_nothing_and_releases_nothing(db: TestDatabas
         releaser.drain().is_empty(),
         "a failed commit releases nothing"
     );
+    // Its events went with the failed transaction: committing its changes
+    // again, without them, is refused.
+    let again = stale.commit().await.expect_err("nothing more to commit");
+    assert!(again.to_string().contains("failed already"), "{again}");
     let product = load(&database, "LAMP").await.expect("exists");
     assert_eq!(
         product.batch("b1").expect("b1").allocations(),

@@ -11,7 +11,7 @@ use arch_events_sqlx::{Backend, SqlEventStore, Staged, Store};
 use sqlx::Transaction;
 
 use super::product_locks::{ProductGuard, ProductLocks};
-use super::relational::stage_error;
+use super::relational::{failed_already, stage_error};
 use crate::domain::events::BatchAdded;
 use crate::domain::model::{OrderLine, Product};
 use crate::service_layer::unit_of_work::{
@@ -248,11 +248,7 @@ impl<T: ProductStreams> arch_events::UnitOfWork for EventSourcedUnitOfWork<T> {
 
     async fn commit(&mut self) -> Result<(), UowError> {
         if self.failed {
-            return Err(UowError::Storage(
-                "a commit of this unit of work failed already: run the use case again, \
-                 with a new one"
-                    .into(),
-            ));
+            return Err(failed_already());
         }
         let flow = self.flow.unwrap_or_default();
         match self.append(&flow).await {

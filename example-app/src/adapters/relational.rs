@@ -74,6 +74,9 @@ pub struct RelationalUnitOfWork<T> {
     /// The product this unit of work holds (the first it loaded), until it
     /// commits, rolls back or is dropped.
     held: Option<ProductGuard>,
+    /// A commit failed after the products handed over their events: the
+    /// unit of work cannot commit them any more.
+    failed: bool,
 }
 
 impl<T: ProductTables> RelationalUnitOfWork<T> {
@@ -85,6 +88,7 @@ impl<T: ProductTables> RelationalUnitOfWork<T> {
             releaser,
             flow: None,
             held: None,
+            failed: false,
         }
     }
 
@@ -193,6 +197,28 @@ impl<T: ProductTables> arch_events::UnitOfWork for RelationalUnitOfWork<T> {
     type Error = UowError;
 
     async fn commit(&mut self) -> Result<(), UowError> {
+        if self.failed {
+            return Err(failed_already());
+        }
+        let written = self.write().await;
+        self.failed = written.is_err();
+        written
+    }
+
+    async fn rollback(&mut self) -> Result<(), UowError> {
+        // Nothing was written before commit: forgetting what was loaded is
+        // the whole rollback.
+        self.seen.clear();
+        self.held = None;
+        self.failed = false;
+        Ok(())
+    }
+}
+
+impl<T: ProductTables> RelationalUnitOfWork<T> {
+    /// The commit: the changed products and their events, in one
+    /// transaction, then the events released.
+    async fn write(&mut self) -> Result<(), UowError> {
         let events: Vec<PendingEvent> = self
             .seen
             .iter_mut()
@@ -239,14 +265,6 @@ impl<T: ProductTables> arch_events::UnitOfWork for RelationalUnitOfWork<T> {
         staged.release();
         Ok(())
     }
-
-    async fn rollback(&mut self) -> Result<(), UowError> {
-        // Nothing was written before commit: forgetting what was loaded is
-        // the whole rollback.
-        self.seen.clear();
-        self.held = None;
-        Ok(())
-    }
 }
 
 /// A unit of work dropped without commit or rollback while it held
@@ -264,6 +282,16 @@ impl<T: ProductTables> UnitOfWork for RelationalUnitOfWork<T> {
     fn products(&mut self) -> &mut dyn ProductRepository {
         self
     }
+}
+
+/// What a unit of work whose commit failed answers to another commit: the
+/// events it handed over are gone with the failed transaction, and
+/// committing its changes without them would lose them for good.
+pub fn failed_already() -> UowError {
+    UowError::Storage(
+        "a commit of this unit of work failed already: run the use case again, with a new one"
+            .into(),
+    )
 }
 
 /// What a failed staging of a unit of work's events means; `write_error`
