@@ -400,19 +400,36 @@ impl<A: EventSourced> Loaded<A> {
             );
             return Ok(false);
         }
+        let Some(snapshot) = self.snapshot_if_due()? else {
+            return Ok(false);
+        };
+        snapshots.save_snapshot(&self.stream, &snapshot).await?;
+        Ok(true)
+    }
+
+    /// The state as the stream's snapshot, when one is due
+    /// ([`snapshot_due`](Self::snapshot_due)), for a store that saves it in
+    /// the transaction of the save it follows (`SqlEventStore::save_snapshot_in`,
+    /// after `save_in`): then it is stored with those events, or not at all.
+    /// The next one is due [`Snapshotted::SNAPSHOT_EVERY`] events later.
+    pub fn snapshot_if_due(&mut self) -> Result<Option<StoredSnapshot>, EventStoreError>
+    where
+        A: Snapshotted,
+    {
+        if !self.snapshot_due() {
+            return Ok(None);
+        }
         let state =
             serde_json::to_string(&self.state).map_err(|error| EventStoreError::Encode {
                 event: type_name::<A>(),
                 source: error.into(),
             })?;
-        let snapshot = StoredSnapshot {
+        self.loaded_at = self.version;
+        Ok(Some(StoredSnapshot {
             version: self.version,
             state_version: A::STATE_VERSION,
             state,
-        };
-        snapshots.save_snapshot(&self.stream, &snapshot).await?;
-        self.loaded_at = self.version;
-        Ok(true)
+        }))
     }
 
     /// The aggregate `id`, from its latest snapshot and the events after

@@ -313,6 +313,23 @@ impl<DB: Backend> SqlEventStore<DB> {
         Ok(aggregate.saved(&appended))
     }
 
+    /// Saves `snapshot` as `stream`'s in `transaction`: with the events it
+    /// follows, or not at all (see [`Loaded::snapshot_if_due`]). A newer
+    /// snapshot stored already is kept.
+    ///
+    /// [`Loaded::snapshot_if_due`]: arch_events::event_store::Loaded::snapshot_if_due
+    pub async fn save_snapshot_in(
+        &self,
+        transaction: &mut Transaction<'_, DB>,
+        stream: &StreamId,
+        snapshot: &StoredSnapshot,
+    ) -> Result<(), EventStoreError> {
+        let connection: &mut DB::Connection = transaction;
+        DB::save_snapshot(connection, stream, snapshot)
+            .await
+            .map_err(EventStoreError::backend)
+    }
+
     /// The store this event store is in.
     pub(crate) fn store(&self) -> &Store<DB> {
         &self.store
@@ -399,7 +416,13 @@ impl<DB: Backend> EventStore for SqlEventStore<DB> {
         stream: &StreamId,
         snapshot: &StoredSnapshot,
     ) -> Result<(), EventStoreError> {
-        DB::save_snapshot(self.store.pool(), stream, snapshot)
+        let mut connection = self
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(EventStoreError::backend)?;
+        DB::save_snapshot(&mut connection, stream, snapshot)
             .await
             .map_err(EventStoreError::backend)
     }

@@ -409,7 +409,7 @@ impl EventSql for Postgres {
     }
 
     async fn save_snapshot(
-        pool: &Pool<Self>,
+        connection: &mut PgConnection,
         stream: &StreamId,
         snapshot: &StoredSnapshot,
     ) -> Result<(), sqlx::Error> {
@@ -425,7 +425,7 @@ impl EventSql for Postgres {
         .bind(signed(snapshot.version))
         .bind(i32::try_from(snapshot.state_version).unwrap_or(i32::MAX))
         .bind(snapshot.state.as_str())
-        .execute(pool)
+        .execute(&mut *connection)
         .await
         .map(drop)
     }

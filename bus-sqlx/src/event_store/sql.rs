@@ -73,7 +73,7 @@ pub trait EventSql: sqlx::Database + Sized {
 
     /// Upserts, unless the kept one is at a later version.
     async fn save_snapshot(
-        pool: &Pool<Self>,
+        connection: &mut Self::Connection,
         stream: &StreamId,
         snapshot: &StoredSnapshot,
     ) -> Result<(), sqlx::Error>;

@@ -291,7 +291,7 @@ impl EventSql for Sqlite {
     }
 
     async fn save_snapshot(
-        pool: &Pool<Self>,
+        connection: &mut SqliteConnection,
         stream: &StreamId,
         snapshot: &StoredSnapshot,
     ) -> Result<(), sqlx::Error> {
@@ -309,7 +309,7 @@ impl EventSql for Sqlite {
         .bind(i64::from(snapshot.state_version))
         .bind(snapshot.state.as_str())
         .bind(Utc::now())
-        .execute(pool)
+        .execute(&mut *connection)
         .await
         .map(drop)
     }

@@ -2,7 +2,8 @@
 //! arch-events-sqlx's event store, rebuilt from its latest snapshot and the
 //! events after it; a commit appends what the product recorded, at the
 //! version it was loaded at, and stages the events for their handlers (and
-//! the outbox) in the same transaction. A database brings only its SQL, as
+//! the outbox) in the same transaction, with the product's snapshot when
+//! one is due. A database brings only its SQL, as
 //! [`ProductStreams`] (SQLite and PostgreSQL here).
 
 use arch_events::event_store::{EventStoreError, Loaded};
@@ -165,6 +166,14 @@ impl<T: ProductStreams> EventSourcedUnitOfWork<T> {
                 .save_in(&mut tx, product, flow)
                 .await
                 .map_err(|error| append_error(error, &sku))?;
+            // A snapshot every so many events, with the events it follows.
+            if let Some(snapshot) = product.snapshot_if_due().map_err(storage)? {
+                streams
+                    .event_store()
+                    .save_snapshot_in(&mut tx, product.stream(), &snapshot)
+                    .await
+                    .map_err(storage)?;
+            }
             for added in events
                 .iter()
                 .filter_map(PendingEvent::downcast_ref::<BatchAdded>)
@@ -258,14 +267,6 @@ impl<T: ProductStreams> arch_events::UnitOfWork for EventSourcedUnitOfWork<T> {
                 self.held = None;
                 if let Some(staged) = staged {
                     staged.release();
-                }
-                for product in &mut self.seen {
-                    // Only a shortcut for later loads: a failure costs them
-                    // time, not the command.
-                    let events = self.streams.event_store();
-                    if let Err(error) = product.save_snapshot_if_due(events).await {
-                        tracing::warn!(stream = %product.stream(), %error, "a product's snapshot was not saved");
-                    }
                 }
                 // Anything loaded after this commit is read afresh.
                 self.seen.clear();
