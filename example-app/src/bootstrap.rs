@@ -17,7 +17,7 @@ use crate::adapters::event_sourced::{self, ProductStreams};
 use crate::adapters::memory::{InMemoryAllocationsView, InMemoryProducts};
 use crate::adapters::notifications::{LogNotifications, Notifications};
 use crate::adapters::postgres::{self, PostgresDatabase};
-use crate::adapters::projected_view::ProjectedAllocationsView;
+use crate::adapters::projected_view::{AllocationsProjection, ProjectedAllocationsView};
 use crate::adapters::relational::{self, ProductTables};
 use crate::adapters::sqlite::{self, SqliteDatabase};
 use crate::adapters::storage::Storage;
@@ -57,7 +57,7 @@ impl Adapters {
             database.storage(),
             database,
             sqlite::SqliteAllocationsView::new,
-            sqlite::SqliteAllocationsProjection::new(ViewTable::LIVE),
+            AllocationsProjection(ViewTable::LIVE),
         )
     }
 
@@ -67,7 +67,7 @@ impl Adapters {
             database.storage(),
             database,
             postgres::PostgresAllocationsView::new,
-            postgres::PostgresAllocationsProjection::new(ViewTable::LIVE),
+            AllocationsProjection(ViewTable::LIVE),
         )
     }
 

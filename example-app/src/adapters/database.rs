@@ -16,6 +16,7 @@ use arch_events_sqlx::{DeadLetterStore, Recovery, RunningProjection, Settings};
 
 use super::event_sourced::EventSourcedUnitOfWork;
 use super::postgres::{self, PostgresDatabase};
+use super::projected_view::AllocationsProjection;
 use super::relational::RelationalUnitOfWork;
 use super::sqlite::{self, SqliteDatabase};
 use super::storage::Storage;
@@ -200,14 +201,12 @@ impl Database {
             return None;
         }
         Some(match self {
-            Database::Sqlite(database) => database.event_store().start_projection(
-                sqlite::SqliteAllocationsProjection::new(ViewTable::LIVE),
-                PROJECTION_POLL,
-            ),
-            Database::Postgres(database) => database.event_store().start_projection(
-                postgres::PostgresAllocationsProjection::new(ViewTable::LIVE),
-                PROJECTION_POLL,
-            ),
+            Database::Sqlite(database) => database
+                .event_store()
+                .start_projection(AllocationsProjection(ViewTable::LIVE), PROJECTION_POLL),
+            Database::Postgres(database) => database
+                .event_store()
+                .start_projection(AllocationsProjection(ViewTable::LIVE), PROJECTION_POLL),
         })
     }
 
@@ -264,8 +263,8 @@ impl Database {
                     database.store(),
                     database.event_store(),
                     [
-                        sqlite::SqliteAllocationsProjection::new(ViewTable::LIVE),
-                        sqlite::SqliteAllocationsProjection::new(ViewTable::REBUILT),
+                        AllocationsProjection(ViewTable::LIVE),
+                        AllocationsProjection(ViewTable::REBUILT),
                     ],
                     &create,
                 )
@@ -281,8 +280,8 @@ impl Database {
                     database.store(),
                     database.event_store(),
                     [
-                        postgres::PostgresAllocationsProjection::new(ViewTable::LIVE),
-                        postgres::PostgresAllocationsProjection::new(ViewTable::REBUILT),
+                        AllocationsProjection(ViewTable::LIVE),
+                        AllocationsProjection(ViewTable::REBUILT),
                     ],
                     &create,
                 )

@@ -13,10 +13,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arch_events::async_trait;
+use arch_events::event_store::RecordedEvent;
+use arch_events::{async_trait, BoxError};
 use arch_events_sqlx::{Backend, Projection, SqlEventStore};
+use sqlx::{Encode, Executor, IntoArguments, Type};
 
-use crate::views::{AllocationRow, AllocationsView, LineChange, ViewError};
+use crate::adapters::tracked::to_i64;
+use crate::views::{
+    AllocationRow, AllocationsView, LineChange, ProjectedLine, ViewError, ViewTable,
+};
 
 /// How long a read waits for the projection to reach the events committed
 /// before it (on PostgreSQL, for the transactions older than them to end):
@@ -67,4 +72,59 @@ impl<DB: Backend, P: Projection<DB>> AllocationsView for ProjectedAllocationsVie
         }
         self.reads.for_order(orderid).await
     }
+}
+
+/// The allocations view kept from the products' streams in one of its
+/// tables ([`ViewTable`]), on either database: a catch-up projection, each
+/// event applied once, in the transaction that moves its checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct AllocationsProjection(pub ViewTable);
+
+#[async_trait]
+impl<DB> Projection<DB> for AllocationsProjection
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    fn name(&self) -> &str {
+        self.0.projection
+    }
+
+    async fn apply(
+        &self,
+        connection: &mut DB::Connection,
+        event: &RecordedEvent,
+    ) -> Result<(), BoxError> {
+        if let Some(line) = ProjectedLine::of(event)? {
+            upsert(self.0, line.change())
+                .execute(&mut *connection)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The statement that applies `change` to `view`'s table unless it holds a
+/// newer one for that line: the projection's write, and with rows the
+/// view's event handlers'.
+pub fn upsert<'q, DB>(
+    view: ViewTable,
+    change: LineChange<'q>,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    &'q str: Encode<'q, DB> + Type<DB>,
+    Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(view.upsert_sql())
+        .bind(change.orderid)
+        .bind(change.sku)
+        .bind(i64::from(change.qty))
+        .bind(change.batchref)
+        .bind(to_i64(change.version))
 }

@@ -41,6 +41,26 @@ pub struct LineChange<'a> {
     pub version: u64,
 }
 
+/// The view kept in `$table` (a literal), by the projection of that name.
+macro_rules! view_table {
+    ($table:literal) => {
+        ViewTable {
+            table: $table,
+            projection: $table,
+            upsert: concat!(
+                "INSERT INTO ",
+                $table,
+                " (orderid, sku, qty, batchref, version) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (orderid, sku, qty) DO UPDATE \
+                 SET batchref = excluded.batchref, version = excluded.version \
+                 WHERE excluded.version > ",
+                $table,
+                ".version"
+            ),
+        }
+    };
+}
+
 /// A table the allocations view is kept in, and with `--storage events`
 /// the projection that keeps it (its checkpoint's key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,33 +69,22 @@ pub struct ViewTable {
     pub table: &'static str,
     /// The projection.
     pub projection: &'static str,
+    upsert: &'static str,
 }
 
 impl ViewTable {
     /// The view that queries read.
-    pub const LIVE: ViewTable = ViewTable {
-        table: "allocations_view",
-        projection: "allocations_view",
-    };
+    pub const LIVE: ViewTable = view_table!("allocations_view");
 
     /// The view a rebuild fills beside the live one, then swaps in.
-    pub const REBUILT: ViewTable = ViewTable {
-        table: "allocations_view_next",
-        projection: "allocations_view_next",
-    };
+    pub const REBUILT: ViewTable = view_table!("allocations_view_next");
 
     /// The statement that applies a [`LineChange`] to this table unless it
     /// holds a newer one for that line; `$1` to `$5` (SQLite takes them
     /// too) are the order, the product, the units, the batch and the
     /// version.
-    pub fn upsert_sql(self) -> String {
-        let table = self.table;
-        format!(
-            "INSERT INTO {table} (orderid, sku, qty, batchref, version) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (orderid, sku, qty) DO UPDATE \
-             SET batchref = excluded.batchref, version = excluded.version \
-             WHERE excluded.version > {table}.version"
-        )
+    pub fn upsert_sql(self) -> &'static str {
+        self.upsert
     }
 }
 

@@ -19,7 +19,7 @@ use sqlx::{Connection, Postgres};
 
 pub use streams::PostgresEventSourcedUnitOfWork;
 pub use unit_of_work::PostgresUnitOfWork;
-pub use views::{PostgresAllocationsProjection, PostgresAllocationsView};
+pub use views::PostgresAllocationsView;
 
 use crate::adapters::product_locks::ProductLocks;
 use crate::adapters::storage::Storage;

@@ -19,7 +19,7 @@ use sqlx::Sqlite;
 
 pub use streams::SqliteEventSourcedUnitOfWork;
 pub use unit_of_work::SqliteUnitOfWork;
-pub use views::{SqliteAllocationsProjection, SqliteAllocationsView};
+pub use views::SqliteAllocationsView;
 
 use crate::adapters::product_locks::ProductLocks;
 use crate::adapters::storage::Storage;
