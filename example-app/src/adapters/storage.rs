@@ -6,6 +6,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use arch_events::BoxError;
+use sqlx::{Encode, Executor, IntoArguments, Pool, Type};
+
 /// Where the products are kept.
 ///
 /// ```
@@ -58,4 +61,36 @@ impl FromStr for Storage {
             other => Err(UnknownStorage(other.to_owned())),
         }
     }
+}
+
+/// How the database behind `pool` keeps its products: as it was created,
+/// else `new` (a new database), which is then written for good (of
+/// processes starting together, the first to write wins). Without `new`
+/// nothing is written, and a database with no setting yet keeps its
+/// products as rows for this process only.
+pub(super) async fn stored<DB>(pool: &Pool<DB>, new: Option<Storage>) -> Result<Storage, BoxError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    (String,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    if let Some(new) = new {
+        // `$1`: SQLite takes it too.
+        sqlx::query(
+            "INSERT INTO service_storage (id, storage) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(new.as_str())
+        .execute(pool)
+        .await?;
+    }
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT storage FROM service_storage WHERE id = 1")
+            .fetch_optional(pool)
+            .await?;
+    Ok(match stored {
+        Some(stored) => stored.parse()?,
+        None => Storage::default(),
+    })
 }

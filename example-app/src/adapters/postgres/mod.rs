@@ -22,7 +22,7 @@ pub use unit_of_work::PostgresUnitOfWork;
 pub use views::PostgresAllocationsView;
 
 use crate::adapters::product_locks::ProductLocks;
-use crate::adapters::storage::Storage;
+use crate::adapters::storage::{self, Storage};
 use crate::service_layer::unit_of_work::UowError;
 
 /// How many connections one process keeps to PostgreSQL at most.
@@ -108,37 +108,13 @@ pub async fn connect(
         .await?;
     let store = Store::open_with(pool.clone(), settings).await?;
     migrations::run(&pool).await?;
-    let storage = stored_storage(&pool, storage).await?;
+    let storage = storage::stored(&pool, storage).await?;
     Ok(PostgresDatabase {
         pool,
         events: store.event_store(),
         store,
         locks: ProductLocks::default(),
         storage,
-    })
-}
-
-/// How the database keeps its products: as it was created, else `new`
-/// (a new database), which is then written for good (of processes
-/// starting together, the first to write wins). Without `new` nothing is
-/// written, and a database with no setting yet keeps its products as rows
-/// for this process only.
-async fn stored_storage(pool: &PgPool, new: Option<Storage>) -> Result<Storage, BoxError> {
-    if let Some(new) = new {
-        sqlx::query(
-            "INSERT INTO service_storage (id, storage) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(new.as_str())
-        .execute(pool)
-        .await?;
-    }
-    let stored: Option<String> =
-        sqlx::query_scalar("SELECT storage FROM service_storage WHERE id = 1")
-            .fetch_optional(pool)
-            .await?;
-    Ok(match stored {
-        Some(stored) => stored.parse()?,
-        None => Storage::default(),
     })
 }
 
