@@ -62,6 +62,11 @@ mod observer;
 pub mod prelude;
 pub mod registry;
 mod retry;
+#[cfg(feature = "json")]
+pub mod saga;
+mod saga_role;
+#[cfg(feature = "json")]
+pub mod schedule;
 mod spawn;
 pub mod testing;
 mod timeout;
@@ -93,6 +98,7 @@ pub use uow::UnitOfWork;
 pub mod describe {
     pub use crate::bus::{
         BusDescription, DeadEnd, DependencyDescription, HandlerDescription, MessageDescription,
+        SagaDescription, SagaRole, SagaStepDescription,
     };
 }
 
@@ -118,6 +124,43 @@ pub mod __private {
     pub use crate::event_store::upcast::UpcasterEntry;
     #[cfg(feature = "json")]
     pub use serde_json;
+
+    /// What `#[saga]` generates names.
+    #[cfg(feature = "json")]
+    pub mod saga {
+        pub use crate::saga::{
+            NotFound, Role, Saga, SagaContext, SagaEntry, SagaError, SagaRegistration, SagaStep,
+            Sagas,
+        };
+
+        /// A saga handler's return value: nothing, or `Result<(), E>`.
+        #[diagnostic::on_unimplemented(
+            message = "a saga's handler returns nothing or `Result<(), E>`, not `{Self}`",
+            label = "not a saga handler's result",
+            note = "return `Result<(), E>` with an error type `E` that converts into \
+                    `Box<dyn Error + Send + Sync>`, or nothing"
+        )]
+        pub trait StepResult {
+            /// As a result.
+            fn into_result(self) -> Result<(), crate::BoxError>;
+        }
+
+        impl<E: Into<crate::BoxError>> StepResult for Result<(), E> {
+            fn into_result(self) -> Result<(), crate::BoxError> {
+                self.map_err(Into::into)
+            }
+        }
+
+        /// `result`, as the runtime takes it.
+        pub fn into_result(result: impl StepResult) -> Result<(), crate::BoxError> {
+            result.into_result()
+        }
+
+        /// Where a `#[saga]` is.
+        pub const fn location(file: &'static str, line: u32) -> crate::registry::Location {
+            crate::registry::Location { file, line }
+        }
+    }
 
     /// What `#[upcaster]` calls: a function with an upcaster's signature.
     #[cfg(feature = "json")]
@@ -155,7 +198,7 @@ pub mod __private {
     pub use crate::registry::{
         HandlerDef, HandlerEntry, HandlerFn, HandlerRegistration, MessageEntry,
     };
-    pub use crate::{BoxError, Command, Event, Message, Query};
+    pub use crate::{BoxError, Command, Event, EventReleaser, Message, MessageContext, Query};
     pub use core;
     pub use inventory;
 

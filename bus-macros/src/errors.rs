@@ -21,6 +21,13 @@ impl Errors {
         self.push(syn::Error::new_spanned(tokens, message));
     }
 
+    /// Adds every error of `other`.
+    pub(crate) fn merge(&mut self, other: Errors) {
+        if let Some(error) = other.combined {
+            self.push(error);
+        }
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.combined.is_none()
     }

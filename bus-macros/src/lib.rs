@@ -6,6 +6,7 @@ mod args;
 mod errors;
 mod handler;
 mod message;
+mod saga;
 mod upcaster;
 
 use proc_macro::TokenStream;
@@ -59,4 +60,13 @@ pub fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn upcaster(args: TokenStream, item: TokenStream) -> TokenStream {
     upcaster::attribute(args.into(), item.into()).into()
+}
+
+/// Makes a type's `impl` block a saga: its methods marked
+/// `#[starts(by = field)]`, `#[handles(by = field, not_found = ..)]` or
+/// `#[timeout(by = field)]` handle messages on the saga's stored state.
+/// See the `arch_events::saga` docs.
+#[proc_macro_attribute]
+pub fn saga(args: TokenStream, item: TokenStream) -> TokenStream {
+    saga::attribute(args.into(), item.into()).into()
 }

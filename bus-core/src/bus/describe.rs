@@ -42,7 +42,37 @@ use crate::message::MessageKind;
 pub struct BusDescription {
     /// Every message type, sorted by name.
     pub messages: Vec<MessageDescription>,
+    /// Every saga whose handlers are in the bus, sorted by name.
+    pub sagas: Vec<SagaDescription>,
 }
+
+/// A saga: its handlers, and what each message does to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SagaDescription {
+    /// Its stable name.
+    pub name: &'static str,
+    /// Its state type's path.
+    pub rust_path: &'static str,
+    /// Where its `#[saga]` is (`file:line`).
+    pub location: String,
+    /// Its handlers, in the order they are written.
+    pub steps: Vec<SagaStepDescription>,
+}
+
+/// One message a saga handles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SagaStepDescription {
+    /// The message's name.
+    pub message: &'static str,
+    /// Its handler's path (as in [`MessageDescription::handlers`]).
+    pub handler: &'static str,
+    /// `starts`, `continues` (with what a message that finds no saga
+    /// does) or `timeout`.
+    pub role: SagaRole,
+}
+
+/// What a message does to a saga, as the wiring report shows it.
+pub use crate::saga_role::Role as SagaRole;
 
 /// One message type of the bus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -146,7 +176,39 @@ impl Bus {
             })
             .collect();
         messages.sort_by(|a, b| a.name.cmp(b.name).then(a.rust_path.cmp(b.rust_path)));
-        BusDescription { messages }
+        BusDescription {
+            messages,
+            sagas: self.describe_sagas(),
+        }
+    }
+
+    #[cfg(feature = "json")]
+    fn describe_sagas(&self) -> Vec<SagaDescription> {
+        let handlers = &self.inner.names().handlers;
+        let mut sagas: Vec<SagaDescription> = crate::saga::registered()
+            .filter(|saga| saga.steps.iter().any(|step| handlers.contains_key(step.handler)))
+            .map(|saga| SagaDescription {
+                name: saga.name,
+                rust_path: saga.rust_path,
+                location: saga.location.to_string(),
+                steps: saga
+                    .steps
+                    .iter()
+                    .map(|step| SagaStepDescription {
+                        message: (step.message)().name(),
+                        handler: step.handler,
+                        role: step.role,
+                    })
+                    .collect(),
+            })
+            .collect();
+        sagas.sort_by(|a, b| a.name.cmp(b.name));
+        sagas
+    }
+
+    #[cfg(not(feature = "json"))]
+    fn describe_sagas(&self) -> Vec<SagaDescription> {
+        Vec::new()
     }
 }
 
@@ -254,6 +316,12 @@ impl BusDescription {
                 &row.iter().map(String::as_str).collect::<Vec<_>>(),
             );
         }
+        for saga in &self.sagas {
+            let _ = writeln!(out, "\nsaga {} ({}, {})", saga.name, saga.rust_path, saga.location);
+            for step in &saga.steps {
+                let _ = writeln!(out, "  {:<28} {} → {}", step.role.to_string(), step.message, step.handler);
+            }
+        }
         out
     }
 
@@ -287,6 +355,26 @@ impl BusDescription {
                 let _ = writeln!(out, "    {message_id} --> {handler_id}");
                 for event in &handler.releases {
                     let _ = writeln!(out, "    {handler_id} -.-> {}", node_id("m", event));
+                }
+            }
+        }
+        for saga in &self.sagas {
+            let saga_id = node_id("s", saga.name);
+            let _ = writeln!(out, "    subgraph {saga_id}[\"saga {}\"]", escape(saga.name));
+            for step in &saga.steps {
+                let _ = writeln!(out, "        {}", node_id("h", step.handler));
+            }
+            let _ = writeln!(out, "    end");
+            for step in &saga.steps {
+                let message_id = node_id("m", step.message);
+                match step.role {
+                    SagaRole::Starts => {
+                        let _ = writeln!(out, "    {message_id} == starts ==> {saga_id}");
+                    }
+                    SagaRole::Timeout => {
+                        let _ = writeln!(out, "    {saga_id} -. timeout .-> {message_id}");
+                    }
+                    SagaRole::Continues(_) => {}
                 }
             }
         }

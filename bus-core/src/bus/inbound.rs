@@ -97,7 +97,7 @@ impl InboundError {
 /// Reads one command type from JSON and dispatches it; what
 /// `#[command(serde)]` generates.
 pub struct CommandCodec {
-    dispatch:
+    pub(super) dispatch:
         for<'a> fn(&'a Bus, &'a str, MessageContext) -> BoxFuture<'a, Result<(), InboundError>>,
 }
 
@@ -260,7 +260,7 @@ impl Bus {
     }
 
     /// Publishes an event whose type is known only at run time.
-    async fn publish_erased(
+    pub(super) async fn publish_erased(
         &self,
         event: crate::events::PendingEvent,
         meta: &'static MessageMeta,

@@ -17,6 +17,7 @@
 //! | `publish_blocking` | `dispatch.rs`: `publish_blocking` | `publish_typed_blocking` (the typed route) | `run_queue_blocking` |
 //! | `handle_external` | `inbound.rs` | a command: its `CommandCodec` → `dispatch_in`; an event: `publish_erased` | as for `dispatch` / `publish` |
 //! | `redeliver` (a store's recovery) | `redeliver.rs` | `event_path.rs`: `handle_tracked`, skipping the handlers that completed | `run_queue` |
+//! | `deliver_scheduled` (a scheduler) | `scheduled.rs` | a command: its `CommandCodec` → `dispatch_in`; an event: `publish_erased` | as for `dispatch` / `publish` |
 //! | `replay` (a dead letter) | `replay.rs`: `replay_with` | the one handler, through its layers or its retry | `run_to_end` |
 //! | `shutdown`, `settled` | `mod.rs` → `lifecycle.rs`: `wait_idle` | none | none |
 //!
@@ -66,6 +67,8 @@ mod lifecycle;
 mod redeliver;
 mod replay;
 mod routes;
+#[cfg(feature = "json")]
+mod scheduled;
 mod typed_route;
 mod unwind;
 mod watch;
@@ -77,6 +80,7 @@ use std::time::Duration;
 pub use builder::{BusBuilder, DEFAULT_MAX_MESSAGES_PER_DISPATCH};
 pub use describe::{
     BusDescription, DeadEnd, DependencyDescription, HandlerDescription, MessageDescription,
+    SagaDescription, SagaRole, SagaStepDescription,
 };
 pub use inbound::{CommandCodec, InboundError};
 pub use replay::ReplayError;

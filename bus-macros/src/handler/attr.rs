@@ -2,20 +2,36 @@
 
 use proc_macro2::TokenStream;
 use syn::punctuated::Punctuated;
-use syn::{Path, Token};
+use syn::{LitStr, Path, Token};
 
 use crate::args::ArgWalker;
 use crate::errors::Errors;
 
-/// The events the handler declares it releases; an unknown, repeated or
-/// malformed argument is reported.
-pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Vec<Path> {
-    let mut releases = Vec::new();
+/// `#[handler]`'s arguments.
+#[derive(Default)]
+pub(crate) struct HandlerArgs {
+    /// The events the handler declares it releases.
+    pub(crate) releases: Vec<Path>,
+    /// Set by `#[saga]` on the handlers it generates: the name the handler
+    /// goes by after its module's path (`Saga::method`), instead of the
+    /// generated function's.
+    pub(crate) saga_step: Option<LitStr>,
+}
+
+/// The arguments; an unknown, repeated or malformed one is reported.
+pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> HandlerArgs {
+    let mut parsed = HandlerArgs::default();
     if args.is_empty() {
-        return releases;
+        return parsed;
     }
+    let releases = &mut parsed.releases;
+    let saga_step = &mut parsed.saga_step;
     let mut walker = ArgWalker::new("handler", &["releases"], errors);
     let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("__saga_step") {
+            *saga_step = Some(meta.value()?.parse()?);
+            return Ok(());
+        }
         walker.walk(meta, &mut |key, meta, _| {
             if key == "releases" {
                 let content;
@@ -29,5 +45,5 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Vec<Path> {
     if let Err(error) = syn::parse::Parser::parse2(parser, args) {
         walker.errors.push(error);
     }
-    releases
+    parsed
 }

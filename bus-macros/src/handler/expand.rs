@@ -82,8 +82,9 @@ pub(crate) fn registration(
     function: &ItemFn,
     message: &MessageParam,
     dependencies: &[Type],
-    releases: &[Path],
+    args: &super::attr::HandlerArgs,
 ) -> TokenStream {
+    let releases = &args.releases;
     let locals = Locals::new(dependencies.len());
     let (call_fn, handler_fn) = if function.sig.asyncness.is_some() {
         async_call(function, message, dependencies, releases, &locals)
@@ -92,6 +93,10 @@ pub(crate) fn registration(
     };
     let ident = &function.sig.ident;
     let handle = handle(function);
+    let path_tail = match &args.saga_step {
+        Some(step) => quote!(#step),
+        None => quote!(::core::stringify!(#ident)),
+    };
     let file_line = quote_spanned!(ident.span()=> ::core::file!(), ::core::line!());
     quote! {
         #handle
@@ -102,7 +107,7 @@ pub(crate) fn registration(
 
             static __BUS_HANDLER: ::arch_events::__private::HandlerRegistration =
                 ::arch_events::__private::HandlerRegistration::new(
-                    ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
+                    ::core::concat!(::core::module_path!(), "::", #path_tail),
                     #file_line,
                     #handler_fn,
                 );

@@ -17,7 +17,7 @@ use crate::errors::Errors;
 
 pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
-    let releases = attr::parse(args, &mut errors);
+    let args = attr::parse(args, &mut errors);
 
     let parsed: Item = match syn::parse2(item.clone()) {
         Ok(parsed) => parsed,
@@ -43,7 +43,7 @@ pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
         _ => return fallback::refused(&function, signature.in_impl, errors.to_compile_errors()),
     };
     let registration =
-        expand::registration(&function, &message, &signature.dependencies, &releases);
+        expand::registration(&function, &message, &signature.dependencies, &args);
     quote! {
         #function
         #registration

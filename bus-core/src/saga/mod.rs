@@ -1,0 +1,147 @@
+//! Sagas: a business process that spans several messages and time, with
+//! its state kept between them.
+//!
+//! A saga is a type (its state, `Default` + serde) and an `impl` block
+//! under `#[saga]` whose methods handle messages:
+//!
+//! - `#[starts(by = field)]`: the message starts an instance (or, if one
+//!   with that id runs already, continues it: two racing starts make one
+//!   saga);
+//! - `#[handles(by = field, not_found = ignore | error | dead_letter)]`:
+//!   the message continues an instance; what a message that finds none
+//!   does is declared, never silently dropped by default;
+//! - `#[timeout(by = field)]`: a message the saga sends itself with
+//!   [`SagaContext::request_timeout`]; one that finds no saga is ignored.
+//!
+//! `by` names the message's field that holds the instance's id: a handler
+//! without one does not compile. Each may declare the events it publishes
+//! with `releases(..)`, as a `#[handler]` does. A message that arrives after its saga
+//! completed ([`SagaContext::mark_completed`]) is logged and ignored.
+//!
+//! Each method takes `&mut self`, the message by reference and
+//! `&mut SagaContext`, decides, and returns `Result<(), E>` (or nothing).
+//! The runtime ([`Sagas`], a shared dependency over a [`SagaStore`]) then
+//! commits at once the new state, the events it publishes, the messages
+//! it sends and the timeouts it requests; on a conflict with another
+//! message it handles the message again on the fresh state.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use arch_events::saga::{saga, SagaContext, SagaError, Sagas};
+//! use arch_events::schedule::{InMemoryScheduler, VirtualClock};
+//! use arch_events::{Bus, Command, Dependencies, Event};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+//! #[event(name = "shop.ordered", serde)]
+//! struct Ordered { order: u32 }
+//!
+//! #[derive(Debug, Serialize, Deserialize, Command)]
+//! #[command(name = "shop.pay", serde, error = SagaError)]
+//! struct Pay { order: u32 }
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+//! #[event(name = "shop.payment_overdue", serde)]
+//! struct PaymentOverdue { order: u32 }
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+//! #[event(name = "shop.order_cancelled", serde)]
+//! struct OrderCancelled { order: u32 }
+//!
+//! /// Waits for an order's payment, and cancels the order after a day.
+//! #[derive(Debug, Default, Serialize, Deserialize)]
+//! struct AwaitPayment { order: u32 }
+//!
+//! #[saga(name = "shop.await_payment")]
+//! impl AwaitPayment {
+//!     #[starts(by = order)]
+//!     fn ordered(&mut self, event: &Ordered, saga: &mut SagaContext) {
+//!         self.order = event.order;
+//!         saga.request_timeout(Duration::from_secs(86_400), &PaymentOverdue { order: event.order });
+//!     }
+//!
+//!     #[handles(by = order, not_found = error)]
+//!     fn paid(&mut self, _: &Pay, saga: &mut SagaContext) {
+//!         saga.mark_completed(); // the timeout is cancelled
+//!     }
+//!
+//!     #[timeout(by = order, releases(OrderCancelled))]
+//!     fn overdue(&mut self, _: &PaymentOverdue, saga: &mut SagaContext) {
+//!         saga.publish(OrderCancelled { order: self.order });
+//!         saga.mark_completed();
+//!     }
+//! }
+//! # #[arch_events::handler]
+//! # fn cancelled(_: &OrderCancelled) {}
+//!
+//! let clock = VirtualClock::new();
+//! let scheduler = Arc::new(InMemoryScheduler::with_clock(clock.clone()));
+//! let bus = Bus::builder()
+//!     .dependencies(Dependencies::new().shared(Sagas::new(scheduler.clone())))
+//!     .build()?;
+//!
+//! bus.publish(Ordered { order: 1 }).await?;
+//! bus.publish(Ordered { order: 2 }).await?;
+//! bus.dispatch(Pay { order: 1 }).await?;
+//! // A day later, order 2 (never paid) is cancelled; order 1's timeout is gone.
+//! let fired = clock.advance_and_fire(Duration::from_secs(86_400), &*scheduler, &bus).await?;
+//! assert_eq!(fired, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+mod context;
+mod runtime;
+mod store;
+
+pub use arch_events_macros::saga;
+pub use context::SagaContext;
+pub use runtime::{Sagas, MAX_CONFLICTS};
+pub use store::{SagaChange, SagaError, SagaRecord, SagaStore};
+pub use crate::saga_role::{NotFound, Role};
+
+use crate::message::{Location, MessageMeta};
+
+/// A saga's state type; implemented by `#[saga]`.
+pub trait Saga: serde::Serialize + serde::de::DeserializeOwned + Default + Send + 'static {
+    /// The saga's stable name: the key of its stored instances.
+    const NAME: &'static str;
+}
+
+/// A saga, as `#[saga]` registers it: what describes it in
+/// [`Bus::describe`](crate::Bus::describe).
+#[doc(hidden)]
+pub struct SagaRegistration {
+    /// The saga's name.
+    pub name: &'static str,
+    /// Its type's path.
+    pub rust_path: &'static str,
+    /// Where the `#[saga]` is.
+    pub location: Location,
+    /// Its handlers.
+    pub steps: &'static [SagaStep],
+}
+
+/// One handler of a saga.
+#[doc(hidden)]
+pub struct SagaStep {
+    /// The generated handler's path (as the bus names it).
+    pub handler: &'static str,
+    /// The message it takes.
+    pub message: fn() -> &'static MessageMeta,
+    /// What the message does to the saga.
+    pub role: Role,
+}
+
+/// A saga, as submitted by `#[saga]`.
+#[doc(hidden)]
+pub struct SagaEntry(pub &'static SagaRegistration);
+inventory::collect!(SagaEntry);
+
+/// Every linked saga.
+pub(crate) fn registered() -> impl Iterator<Item = &'static SagaRegistration> {
+    inventory::iter::<SagaEntry>.into_iter().map(|entry| entry.0)
+}

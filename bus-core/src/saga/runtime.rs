@@ -1,0 +1,161 @@
+//! Handling one message in a saga: load its instance, decide what a
+//! missing or completed one means, run the handler on the state, commit
+//! the change; on a conflict, all of it again on the fresh state.
+
+use std::sync::Arc;
+
+use super::context::SagaContext;
+use super::store::{SagaChange, SagaError, SagaRecord, SagaStore};
+use super::{NotFound, Role, Saga};
+use crate::context::MessageContext;
+use crate::error::BoxError;
+use crate::events::EventReleaser;
+use crate::message::Message;
+use crate::retry::Permanent;
+
+/// How many times a message is handled on fresh state after conflicts
+/// before [`SagaError::Contended`].
+pub const MAX_CONFLICTS: u32 = 16;
+
+/// The sagas' runtime, a shared dependency that every saga handler takes:
+/// register it once, over the service's store.
+///
+/// ```
+/// use std::sync::Arc;
+/// use arch_events::saga::Sagas;
+/// use arch_events::schedule::InMemoryScheduler;
+/// use arch_events::Dependencies;
+///
+/// let scheduler = Arc::new(InMemoryScheduler::new());
+/// let dependencies = Dependencies::new().shared(Sagas::new(scheduler.clone()));
+/// # let _ = dependencies;
+/// ```
+#[derive(Clone)]
+pub struct Sagas {
+    store: Arc<dyn SagaStore>,
+}
+
+impl std::fmt::Debug for Sagas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sagas").finish_non_exhaustive()
+    }
+}
+
+impl Sagas {
+    /// The runtime over `store`.
+    pub fn new(store: Arc<dyn SagaStore>) -> Self {
+        Sagas { store }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn SagaStore> {
+        &self.store
+    }
+
+    /// Handles `message`, which correlates to the instance `id`, with
+    /// `handler`; what `#[saga]` generates calls this.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub async fn handle<S, M, E>(
+        &self,
+        role: Role,
+        message: &M,
+        id: String,
+        releaser: EventReleaser,
+        flow: MessageContext,
+        handler: fn(&mut S, &M, &mut SagaContext) -> Result<(), E>,
+    ) -> Result<(), SagaError>
+    where
+        S: Saga,
+        M: Message,
+        E: Into<BoxError>,
+    {
+        let saga = S::NAME;
+        let name = M::meta().name();
+        for _ in 0..MAX_CONFLICTS {
+            let (mut state, expected) = match self.store.load(saga, &id).await? {
+                Some(SagaRecord::Active { state, version }) => {
+                    let state: S =
+                        serde_json::from_str(&state).map_err(|error| SagaError::Decode {
+                            saga,
+                            id: id.clone(),
+                            error: error.into(),
+                        })?;
+                    (state, Some(version))
+                }
+                Some(SagaRecord::Completed { .. }) => {
+                    tracing::info!(
+                        saga,
+                        saga_id = %id,
+                        message = name,
+                        message_id = %flow.message_id(),
+                        "a message arrived after its saga completed: ignored"
+                    );
+                    return Ok(());
+                }
+                None => match role {
+                    Role::Starts => (S::default(), None),
+                    Role::Timeout => {
+                        tracing::info!(saga, saga_id = %id, message = name, "a timeout found no saga: ignored");
+                        return Ok(());
+                    }
+                    Role::Continues(NotFound::Ignore) => {
+                        tracing::info!(saga, saga_id = %id, message = name, "no saga for this message: ignored (not_found = ignore)");
+                        return Ok(());
+                    }
+                    Role::Continues(NotFound::Error) => {
+                        return Err(SagaError::NotFound { saga, id, message: name });
+                    }
+                    Role::Continues(NotFound::DeadLetter) => {
+                        // Permanent: never retried, dead-lettered at once.
+                        return Err(SagaError::Handler {
+                            saga,
+                            error: Box::new(Permanent::new(SagaError::NotFound {
+                                saga,
+                                id,
+                                message: name,
+                            })),
+                        });
+                    }
+                },
+            };
+            let mut context = SagaContext::new(saga, id.clone(), self.store.now(), flow);
+            handler(&mut state, message, &mut context).map_err(|error| SagaError::Handler {
+                saga,
+                error: error.into(),
+            })?;
+            if let Some(error) = context.error.take() {
+                return Err(error.into());
+            }
+            let state = if context.completed {
+                None
+            } else {
+                Some(serde_json::to_string(&state).map_err(|error| SagaError::Encode {
+                    saga,
+                    error: error.into(),
+                })?)
+            };
+            let change = SagaChange {
+                saga,
+                id: id.clone(),
+                expected,
+                state,
+                events: context.events,
+                scheduled: context.scheduled,
+                cancelled: context.cancelled,
+            };
+            match self.store.commit(change, &releaser, &flow).await {
+                Ok(()) => return Ok(()),
+                Err(SagaError::Conflict { .. }) => {
+                    tracing::debug!(saga, saga_id = %id, message = name, "saga changed meanwhile: handled again on its fresh state");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(SagaError::Contended {
+            saga,
+            id,
+            attempts: MAX_CONFLICTS,
+        })
+    }
+}

@@ -1,0 +1,245 @@
+//! A scheduled message: what is sent, when, with which ids.
+
+use std::time::SystemTime;
+
+use super::SchedulerError;
+use crate::codec::{JsonCommand, JsonEvent};
+use crate::context::MessageContext;
+use crate::message::{Command, Event, Message, MessageKind, MessageMeta};
+use crate::MessageId;
+
+/// The saga instance a scheduled message belongs to (a timeout it
+/// requested): its completion cancels the message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SagaRef {
+    /// The saga type's name.
+    pub saga: String,
+    /// The instance's id.
+    pub id: String,
+}
+
+/// A command or event to send at `due`, kept as JSON.
+///
+/// Its id is its own, made when it is scheduled: a command is dispatched
+/// with it as an inbound message id (a unit of work's inbox recognises a
+/// firing repeated after a crash), an event is published with it. Its
+/// correlation and causation ids are those of what scheduled it
+/// ([`caused_by`](Self::caused_by)), or its own id as a first message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledMessage {
+    id: MessageId,
+    kind: MessageKind,
+    name: String,
+    payload: String,
+    due: SystemTime,
+    correlation_id: MessageId,
+    causation_id: Option<MessageId>,
+    saga: Option<SagaRef>,
+    attempts: u32,
+    last_error: Option<String>,
+    parked: bool,
+}
+
+impl ScheduledMessage {
+    /// `command`, to be dispatched at `due`. Its type must read from JSON
+    /// (`#[command(serde)]` or `external`) and write to it (`Serialize`).
+    pub fn command<C>(command: &C, due: SystemTime) -> Result<Self, SchedulerError>
+    where
+        C: Command + JsonCommand + serde::Serialize,
+    {
+        let meta = C::meta();
+        if meta.command_codec().is_none() {
+            return Err(not_serializable(meta));
+        }
+        Self::of(meta, encode(meta, command)?, due)
+    }
+
+    /// `event`, to be published at `due`. Its type must be derived with
+    /// `#[event(serde)]` (or `external`).
+    pub fn event<E>(event: &E, due: SystemTime) -> Result<Self, SchedulerError>
+    where
+        E: Event + JsonEvent,
+    {
+        let meta = E::meta();
+        if meta.codec().is_none() {
+            return Err(not_serializable(meta));
+        }
+        Self::of(meta, encode(meta, event)?, due)
+    }
+
+    /// `message`, a command or an event, to be sent at `due`: what a saga's
+    /// [`send`](crate::saga::SagaContext::send) and timeouts use. Its type
+    /// must have a JSON codec (`serde` or `external` in its derive).
+    pub fn message<M>(message: &M, due: SystemTime) -> Result<Self, SchedulerError>
+    where
+        M: Message + serde::Serialize,
+    {
+        let meta = M::meta();
+        let readable = match meta.kind() {
+            MessageKind::Command => meta.command_codec().is_some(),
+            MessageKind::Event => meta.codec().is_some(),
+            MessageKind::Query => false,
+        };
+        if !readable {
+            return Err(not_serializable(meta));
+        }
+        Self::of(meta, encode(meta, message)?, due)
+    }
+
+    fn of(meta: &'static MessageMeta, payload: String, due: SystemTime) -> Result<Self, SchedulerError> {
+        let id = MessageId::new();
+        Ok(ScheduledMessage {
+            id,
+            kind: meta.kind(),
+            name: meta.name().to_owned(),
+            payload,
+            due,
+            correlation_id: id,
+            causation_id: None,
+            saga: None,
+            attempts: 0,
+            last_error: None,
+            parked: false,
+        })
+    }
+
+    /// The same message, caused by the message `flow` describes: it takes
+    /// that flow's correlation id, and that message's id as its causation
+    /// id.
+    pub fn caused_by(mut self, flow: &MessageContext) -> Self {
+        self.correlation_id = flow.correlation_id();
+        self.causation_id = Some(flow.message_id());
+        self
+    }
+
+    /// The same message, belonging to the saga instance `saga`.
+    pub fn for_saga(mut self, saga: SagaRef) -> Self {
+        self.saga = Some(saga);
+        self
+    }
+
+    /// A scheduled message as a store kept it; for stores.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restored(
+        id: MessageId,
+        kind: MessageKind,
+        name: String,
+        payload: String,
+        due: SystemTime,
+        correlation_id: MessageId,
+        causation_id: Option<MessageId>,
+        saga: Option<SagaRef>,
+    ) -> Self {
+        ScheduledMessage {
+            id,
+            kind,
+            name,
+            payload,
+            due,
+            correlation_id,
+            causation_id,
+            saga,
+            attempts: 0,
+            last_error: None,
+            parked: false,
+        }
+    }
+
+    /// The same message, with the failures a store kept of it.
+    pub fn with_failures(mut self, attempts: u32, last_error: Option<String>, parked: bool) -> Self {
+        self.attempts = attempts;
+        self.last_error = last_error;
+        self.parked = parked;
+        self
+    }
+
+    /// Its id.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// Command or event.
+    pub fn kind(&self) -> MessageKind {
+        self.kind
+    }
+
+    /// The message's name ([`MessageMeta::name`]).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The message as JSON.
+    pub fn payload(&self) -> &str {
+        &self.payload
+    }
+
+    /// When it is due.
+    pub fn due(&self) -> SystemTime {
+        self.due
+    }
+
+    /// The same message, due at `due` (a firing that failed, put off).
+    pub fn due_at(mut self, due: SystemTime) -> Self {
+        self.due = due;
+        self
+    }
+
+    /// The id of the first message of the flow that scheduled it.
+    pub fn correlation_id(&self) -> MessageId {
+        self.correlation_id
+    }
+
+    /// The id of the message whose handler scheduled it.
+    pub fn causation_id(&self) -> Option<MessageId> {
+        self.causation_id
+    }
+
+    /// The saga instance it belongs to, if it is a saga's timeout.
+    pub fn saga(&self) -> Option<&SagaRef> {
+        self.saga.as_ref()
+    }
+
+    /// How many firings of it failed.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The error of the last failed firing.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    /// Whether it failed [`MAX_ATTEMPTS`](super::MAX_ATTEMPTS) times and is
+    /// no longer fired.
+    pub fn is_parked(&self) -> bool {
+        self.parked
+    }
+
+    /// The ids it is dispatched with: its own id, as an inbound message
+    /// (a command's unit of work records it in its inbox).
+    pub fn context(&self) -> MessageContext {
+        match self.kind {
+            MessageKind::Command => {
+                MessageContext::inbound(self.id, self.correlation_id, self.causation_id)
+            }
+            _ => MessageContext::restored(self.id, self.correlation_id, self.causation_id),
+        }
+    }
+}
+
+fn not_serializable(meta: &'static MessageMeta) -> SchedulerError {
+    if meta.kind() == MessageKind::Query {
+        return SchedulerError::Query(meta.name());
+    }
+    SchedulerError::NotSerializable {
+        kind: meta.kind(),
+        name: meta.name(),
+    }
+}
+
+fn encode<T: serde::Serialize>(meta: &'static MessageMeta, value: &T) -> Result<String, SchedulerError> {
+    serde_json::to_string(value).map_err(|error| SchedulerError::Encode {
+        name: meta.name(),
+        error: error.into(),
+    })
+}
