@@ -208,6 +208,17 @@ impl Registrations {
         self.handler_registration(H::registration())
     }
 
+    /// Adds every handler of the saga `S` (its `#[saga]` block's), and
+    /// their messages.
+    #[cfg(feature = "json")]
+    pub fn saga<S: crate::saga::Saga>(mut self) -> Self {
+        for step in S::registration().steps {
+            self.messages.push((step.message)());
+            self = self.handler_registration((step.handler)());
+        }
+        self
+    }
+
     /// Adds a handler registration.
     pub fn handler_registration(mut self, registration: &'static HandlerRegistration) -> Self {
         self.handlers.push(registration);

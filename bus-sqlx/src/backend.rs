@@ -15,7 +15,10 @@ use crate::error::{MigrateError, RelayError};
 /// A database the store runs on: `sqlx::Sqlite` (feature `sqlite`) or
 /// `sqlx::Postgres` (feature `postgres`). Sealed: its methods are the
 /// store's SQL, not an API.
-pub trait Backend: sql::Sql + crate::event_store::sql::EventSql {}
+pub trait Backend:
+    sql::Sql + crate::event_store::sql::EventSql + crate::scheduler::sql::SchedulerSql
+{
+}
 
 #[cfg(feature = "sqlite")]
 impl Backend for sqlx::Sqlite {}

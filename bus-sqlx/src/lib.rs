@@ -180,6 +180,7 @@ mod postgres;
 mod projection;
 mod recovery;
 mod rows;
+mod scheduler;
 mod settings;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -198,6 +199,7 @@ pub use migrate::migrate;
 pub use outbox::Outbox;
 pub use projection::{Batch, Projection, ProjectionError, RunningProjection};
 pub use recovery::Recovery;
+pub use scheduler::{RunningScheduler, SqlScheduler, DEFAULT_LEASE};
 pub use settings::Settings;
 pub use stage::Staged;
 pub use store::{begin_on, Lag, Store, Tx};

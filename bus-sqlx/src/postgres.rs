@@ -35,6 +35,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "event store",
         sql: include_str!("../migrations/postgres/0003_event_store.sql"),
     },
+    Migration {
+        version: 4,
+        description: "sagas and scheduler",
+        sql: include_str!("../migrations/postgres/0004_sagas_and_scheduler.sql"),
+    },
 ];
 
 /// The columns [`outbound_message`] reads, ids as text (they are uuid

@@ -31,6 +31,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "event store",
         sql: include_str!("../migrations/sqlite/0002_event_store.sql"),
     },
+    Migration {
+        version: 3,
+        description: "sagas and scheduler",
+        sql: include_str!("../migrations/sqlite/0003_sagas_and_scheduler.sql"),
+    },
 ];
 
 /// The nodes alive at the bound Unix time (milliseconds): their heartbeat

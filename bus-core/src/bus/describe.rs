@@ -186,7 +186,11 @@ impl Bus {
     fn describe_sagas(&self) -> Vec<SagaDescription> {
         let handlers = &self.inner.names().handlers;
         let mut sagas: Vec<SagaDescription> = crate::saga::registered()
-            .filter(|saga| saga.steps.iter().any(|step| handlers.contains_key(step.handler)))
+            .filter(|saga| {
+                saga.steps
+                    .iter()
+                    .any(|step| handlers.contains_key((step.handler)().name()))
+            })
             .map(|saga| SagaDescription {
                 name: saga.name,
                 rust_path: saga.rust_path,
@@ -196,7 +200,7 @@ impl Bus {
                     .iter()
                     .map(|step| SagaStepDescription {
                         message: (step.message)().name(),
-                        handler: step.handler,
+                        handler: (step.handler)().name(),
                         role: step.role,
                     })
                     .collect(),

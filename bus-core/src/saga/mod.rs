@@ -109,6 +109,10 @@ use crate::message::{Location, MessageMeta};
 pub trait Saga: serde::Serialize + serde::de::DeserializeOwned + Default + Send + 'static {
     /// The saga's stable name: the key of its stored instances.
     const NAME: &'static str;
+
+    /// Its handlers, as `#[saga]` registered them.
+    #[doc(hidden)]
+    fn registration() -> &'static SagaRegistration;
 }
 
 /// A saga, as `#[saga]` registers it: what describes it in
@@ -128,8 +132,8 @@ pub struct SagaRegistration {
 /// One handler of a saga.
 #[doc(hidden)]
 pub struct SagaStep {
-    /// The generated handler's path (as the bus names it).
-    pub handler: &'static str,
+    /// The generated handler.
+    pub handler: fn() -> &'static crate::registry::HandlerRegistration,
     /// The message it takes.
     pub message: fn() -> &'static MessageMeta,
     /// What the message does to the saga.

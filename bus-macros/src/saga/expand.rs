@@ -21,15 +21,18 @@ fn name(block: &ItemImpl, name: Option<&LitStr>) -> TokenStream {
     }
 }
 
-/// The `Saga` impl alone: what a refused block still gets, so that its
-/// errors are only its own.
-pub(crate) fn saga_impl(block: &ItemImpl, given: Option<&LitStr>) -> TokenStream {
+/// The `Saga` impl, naming the registration `__BUS_SAGA`.
+fn saga_impl(block: &ItemImpl, given: Option<&LitStr>) -> TokenStream {
     let self_ty = &block.self_ty;
     let name = name(block, given);
     quote_spanned! {self_ty.span()=>
         #[automatically_derived]
         impl ::arch_events::__private::saga::Saga for #self_ty {
             const NAME: &'static str = #name;
+
+            fn registration() -> &'static ::arch_events::__private::saga::SagaRegistration {
+                &__BUS_SAGA
+            }
         }
     }
 }
@@ -62,6 +65,9 @@ fn role(step: &Step) -> TokenStream {
     }
 }
 
+/// Everything, for the accepted `steps` (none when the block was refused:
+/// the `Saga` impl and an empty registration are still there, so that the
+/// block's errors are only its own).
 pub(crate) fn registrations(block: &ItemImpl, given: Option<&LitStr>, steps: &[Step]) -> TokenStream {
     let self_ty = &block.self_ty;
     let saga_impl = saga_impl(block, given);
@@ -116,10 +122,10 @@ pub(crate) fn registrations(block: &ItemImpl, given: Option<&LitStr>, steps: &[S
         let method = &step.method;
         let message = &step.message;
         let role = role(step);
-        let path = LitStr::new(&format!("{label}::{method}"), method.span());
+        let handler = format_ident!("{}", method, span = method.span());
         quote! {
             #private::saga::SagaStep {
-                handler: ::core::concat!(::core::module_path!(), "::", #path),
+                handler: <#handler as #private::HandlerDef>::registration,
                 message: <#message as #private::Message>::meta,
                 role: #role,
             }

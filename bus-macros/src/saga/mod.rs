@@ -102,11 +102,10 @@ pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
     }
 
     let compile_errors = errors.to_compile_errors();
-    let generated = if errors.is_empty() {
-        expand::registrations(&block, args.name.as_ref(), &steps)
-    } else {
-        expand::saga_impl(&block, args.name.as_ref())
-    };
+    if !errors.is_empty() {
+        steps.clear();
+    }
+    let generated = expand::registrations(&block, args.name.as_ref(), &steps);
     quote! {
         #compile_errors
         #block

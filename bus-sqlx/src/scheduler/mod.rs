@@ -1,0 +1,455 @@
+//! The durable scheduler and sagas' store, on SQLite and PostgreSQL
+//! ([`SqlScheduler`]): scheduled messages survive a restart and fire once
+//! across processes; a saga's state, the events it publishes, the
+//! messages it sends and the timeouts it requests commit in one
+//! transaction.
+
+#[cfg(feature = "postgres")]
+mod postgres;
+mod rows;
+pub(crate) mod sql;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arch_events::saga::{SagaChange, SagaError, SagaRecord, SagaStore};
+use arch_events::schedule::{
+    retry_pause, Clock, ScheduledMessage, Scheduler, SchedulerError, SystemClock, MAX_ATTEMPTS,
+};
+use arch_events::{async_trait, Bus, EventReleaser, InboundError, MessageContext, MessageId, MessageKind};
+use sqlx::Transaction;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::backend::Backend;
+use crate::error::StageError;
+use crate::store::Store;
+use rows::{millis, time};
+
+/// How long a firing process holds a message before another may take it.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+/// How many due messages one round takes.
+const BATCH: u32 = 100;
+
+/// The scheduler and sagas' store of a [`Store`]'s database: `arch_events`'
+/// [`Scheduler`] and [`SagaStore`], durable, shared by every process on
+/// the database.
+///
+/// - A message is kept in `bus_scheduled` until it fires: due while every
+///   process was down, it fires when one comes back.
+/// - Each round ([`fire_due`](Scheduler::fire_due), or the loop of
+///   [`start`](Self::start)) leases the due messages it takes (PostgreSQL:
+///   `FOR UPDATE SKIP LOCKED`): of several processes, one fires each.
+/// - An event is handed to durable delivery in the transaction that deletes
+///   it (exactly once; its handlers run as any stored event's, again after
+///   a crash). A command is dispatched as an inbound message with its own
+///   id: its unit of work records the id in the inbox, so a firing repeated
+///   after a crash (or a lease that ran out) has its effect once; one found
+///   in the inbox is not dispatched again.
+/// - A failed command is fired again after a growing pause, and parked
+///   after [`MAX_ATTEMPTS`] (listed by [`pending`](Scheduler::pending)).
+/// - A saga's change commits with its events (staged, with the outbox), the
+///   messages it sends, the timeouts it requests and cancels, and the
+///   record of the delivery or inbound message it handles.
+///
+/// Due times are read on the scheduler's clock ([`with_clock`](Self::with_clock):
+/// a [`VirtualClock`](arch_events::schedule::VirtualClock) in tests); the
+/// processes' clocks should agree to within the lease.
+///
+/// ```
+/// # #[cfg(feature = "sqlite")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+/// use arch_events::schedule::{ScheduledMessage, Scheduler};
+/// use arch_events::{handler, Bus, Command, Dependencies};
+/// use arch_events_sqlx::Store;
+///
+/// #[derive(Debug, serde::Serialize, serde::Deserialize, Command)]
+/// #[command(name = "billing.remind", serde)]
+/// struct Remind { customer: String }
+///
+/// #[handler]
+/// fn remind(cmd: Remind, sent: &Mutex<Vec<String>>) -> Result<(), std::convert::Infallible> {
+///     sent.lock().unwrap().push(cmd.customer);
+///     Ok(())
+/// }
+///
+/// let sent = Arc::new(Mutex::new(Vec::<String>::new()));
+/// let bus = Bus::builder().dependencies(Dependencies::new().shared_arc(sent.clone())).build()?;
+/// let store = Store::open(sqlx::SqlitePool::connect("sqlite::memory:").await?).await?;
+/// let scheduler = store.scheduler();
+/// let running = scheduler.start(&bus);
+///
+/// let due = scheduler.now() + Duration::from_millis(50);
+/// scheduler.schedule(ScheduledMessage::command(&Remind { customer: "ada".into() }, due)?).await?;
+/// while sent.lock().unwrap().is_empty() {
+///     tokio::time::sleep(Duration::from_millis(10)).await;
+/// }
+/// assert!(scheduler.pending().await?.is_empty());
+/// running.stop().await;
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
+/// ```
+pub struct SqlScheduler<DB: Backend> {
+    store: Store<DB>,
+    clock: Arc<dyn Clock>,
+    lease: Duration,
+    /// Wakes this process's loop when something is scheduled here.
+    wake: Arc<Notify>,
+}
+
+impl<DB: Backend> Clone for SqlScheduler<DB> {
+    fn clone(&self) -> Self {
+        SqlScheduler {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            lease: self.lease,
+            wake: self.wake.clone(),
+        }
+    }
+}
+
+impl<DB: Backend> std::fmt::Debug for SqlScheduler<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlScheduler")
+            .field("database", &DB::LABEL)
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+impl<DB: Backend> Store<DB> {
+    /// The scheduler and sagas' store on this database, on the system's
+    /// clock.
+    pub fn scheduler(&self) -> SqlScheduler<DB> {
+        SqlScheduler {
+            store: self.clone(),
+            clock: Arc::new(SystemClock),
+            lease: DEFAULT_LEASE,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+}
+
+fn store_error(error: sqlx::Error) -> SchedulerError {
+    SchedulerError::Store(Box::new(error))
+}
+
+fn saga_store_error(error: impl Into<arch_events::BoxError>) -> SagaError {
+    SagaError::Store(error.into())
+}
+
+/// The scheduler's loop in one process, running.
+#[derive(Debug)]
+pub struct RunningScheduler {
+    stop: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl RunningScheduler {
+    /// Stops the loop after its current round, and waits for it.
+    pub async fn stop(self) {
+        self.stop.notify_one();
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "arch-events-sqlx: the scheduler loop ended badly");
+        }
+    }
+}
+
+impl<DB: Backend> SqlScheduler<DB> {
+    /// The same scheduler, on `clock`.
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The same scheduler, holding the messages it fires for `lease`
+    /// (default [`DEFAULT_LEASE`]) before another process may take them:
+    /// longer than a firing takes.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Keeps `message` in `transaction` (a unit of work's own): it is
+    /// scheduled if and only if the transaction commits.
+    pub async fn schedule_in(
+        &self,
+        transaction: &mut Transaction<'_, DB>,
+        message: &ScheduledMessage,
+    ) -> Result<(), SchedulerError> {
+        let connection: &mut DB::Connection = transaction;
+        DB::insert_scheduled(connection, std::slice::from_ref(message))
+            .await
+            .map_err(store_error)?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Starts this process's loop (a tokio task): a round at once, then
+    /// whenever the next message falls due, something is scheduled here,
+    /// or a second passes (another process may have scheduled), until the
+    /// bus is closed or [`RunningScheduler::stop`].
+    pub fn start(&self, bus: &Bus) -> RunningScheduler {
+        let stop = Arc::new(Notify::new());
+        let task = tokio::spawn(run(self.clone(), bus.clone(), stop.clone()));
+        RunningScheduler { stop, task }
+    }
+
+    /// Fires one claimed message; `true` if it was fired.
+    async fn fire(&self, bus: &Bus, message: ScheduledMessage) -> Result<bool, SchedulerError> {
+        let node = self.store.node().to_owned();
+        let id = message.id().to_string();
+        let pool = self.store.pool();
+        let outcome = match message.kind() {
+            MessageKind::Event => self.fire_event(bus, &message).await,
+            _ => {
+                if DB::inbox_has(pool, &id).await.map_err(store_error)? {
+                    // Its effect committed before a crash, or another
+                    // firing's did: done.
+                    self.take(&id).await?;
+                    return Ok(false);
+                }
+                match bus.deliver_scheduled(&message).await {
+                    Ok(()) => {
+                        self.take(&id).await?;
+                        Ok(())
+                    }
+                    Err(InboundError::Closed(_)) => {
+                        let _turn = self.store.writer_turn().await;
+                        DB::let_go(pool, &id, &node).await.map_err(store_error)?;
+                        return Ok(false);
+                    }
+                    Err(error) => Err(error.to_string()),
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => Ok(true),
+            Err(error) => {
+                let attempts = message.attempts() + 1;
+                let parked = attempts >= MAX_ATTEMPTS;
+                tracing::warn!(
+                    message = message.name(),
+                    message_id = %message.id(),
+                    attempts,
+                    parked,
+                    %error,
+                    "arch-events-sqlx: a scheduled message failed"
+                );
+                let due = millis(self.clock.now() + retry_pause(attempts));
+                let _turn = self.store.writer_turn().await;
+                DB::put_off(pool, &id, &node, i64::from(attempts), &error, due, parked)
+                    .await
+                    .map_err(store_error)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Deletes a fired message this process holds.
+    async fn take(&self, id: &str) -> Result<bool, SchedulerError> {
+        let mut tx = self.store.begin().await.map_err(store_error)?;
+        let connection: &mut DB::Connection = &mut tx;
+        let taken = DB::take_claimed(connection, id, self.store.node())
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(taken)
+    }
+
+    /// Hands an event to durable delivery in the transaction that deletes
+    /// it, then delivers it. `Err` holds why it could not be.
+    async fn fire_event(&self, bus: &Bus, message: &ScheduledMessage) -> Result<(), String> {
+        let event = bus
+            .decode_event(message.name(), message.payload())
+            .map_err(|error| error.to_string())?;
+        let context = message.context();
+        let releaser = EventReleaser::new();
+        let mut tx = self.store.begin().await.map_err(|e| e.to_string())?;
+        let connection: &mut DB::Connection = &mut tx;
+        let id = message.id().to_string();
+        if !DB::take_claimed(connection, &id, self.store.node())
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            // Cancelled, or its lease went to another process.
+            return Ok(());
+        }
+        let staged = self
+            .store
+            .stage(&mut tx, &releaser, &context, vec![event.with_context(context)])
+            .await
+            .map_err(|e| e.to_string())?;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        staged.release();
+        for event in releaser.drain() {
+            // Its handlers' failures are theirs (retried, dead-lettered);
+            // what is left undelivered, the recovery delivers.
+            if let Err(error) = bus.redeliver(event, &[]).await {
+                tracing::warn!(%error, message_id = %message.id(), "arch-events-sqlx: a scheduled event's delivery stopped; the recovery goes on with it");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<DB: Backend> Scheduler for SqlScheduler<DB> {
+    async fn schedule(&self, message: ScheduledMessage) -> Result<(), SchedulerError> {
+        let mut tx = self.store.begin().await.map_err(store_error)?;
+        let connection: &mut DB::Connection = &mut tx;
+        DB::insert_scheduled(connection, std::slice::from_ref(&message))
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn cancel(&self, id: MessageId) -> Result<bool, SchedulerError> {
+        let mut tx = self.store.begin().await.map_err(store_error)?;
+        let connection: &mut DB::Connection = &mut tx;
+        let cancelled = DB::cancel_scheduled(connection, &id.to_string(), millis(self.clock.now()))
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(cancelled)
+    }
+
+    async fn fire_due(&self, bus: &Bus) -> Result<usize, SchedulerError> {
+        let now = millis(self.clock.now());
+        let lease_until = now.saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX));
+        let mut claimed = {
+            let _turn = self.store.writer_turn().await;
+            DB::claim_due(self.store.pool(), self.store.node(), now, lease_until, BATCH)
+                .await
+                .map_err(store_error)?
+        };
+        claimed.sort_by_key(|message| (message.due(), message.id()));
+        let mut fired = 0;
+        for message in claimed {
+            if self.fire(bus, message).await? {
+                fired += 1;
+            }
+        }
+        Ok(fired)
+    }
+
+    async fn next_due(&self) -> Result<Option<SystemTime>, SchedulerError> {
+        Ok(DB::next_due(self.store.pool())
+            .await
+            .map_err(store_error)?
+            .map(time))
+    }
+
+    async fn pending(&self) -> Result<Vec<ScheduledMessage>, SchedulerError> {
+        DB::scheduled(self.store.pool()).await.map_err(store_error)
+    }
+
+    fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+}
+
+#[async_trait]
+impl<DB: Backend> SagaStore for SqlScheduler<DB> {
+    async fn load(&self, saga: &'static str, id: &str) -> Result<Option<SagaRecord>, SagaError> {
+        let row = DB::load_saga(self.store.pool(), saga, id)
+            .await
+            .map_err(saga_store_error)?;
+        Ok(row.map(|(state, version)| {
+            let version = u64::try_from(version).unwrap_or(0);
+            match state {
+                Some(state) => SagaRecord::Active { state, version },
+                None => SagaRecord::Completed { version },
+            }
+        }))
+    }
+
+    async fn commit(
+        &self,
+        change: SagaChange,
+        releaser: &EventReleaser,
+        flow: &MessageContext,
+    ) -> Result<(), SagaError> {
+        let saga = change.saga;
+        let mut tx = self.store.begin().await.map_err(saga_store_error)?;
+        let connection: &mut DB::Connection = &mut tx;
+        let state = change.state.as_deref();
+        let written = match change.expected {
+            None => DB::insert_saga(connection, saga, &change.id, state).await,
+            Some(version) => {
+                let version = i64::try_from(version).unwrap_or(i64::MAX);
+                DB::update_saga(connection, saga, &change.id, version, state).await
+            }
+        }
+        .map_err(saga_store_error)?;
+        if !written {
+            return Err(SagaError::Conflict {
+                saga,
+                id: change.id,
+            });
+        }
+        if state.is_none() {
+            DB::cancel_saga_timeouts(connection, saga, &change.id)
+                .await
+                .map_err(saga_store_error)?;
+        }
+        DB::insert_scheduled(connection, &change.scheduled)
+            .await
+            .map_err(saga_store_error)?;
+        let now = millis(self.clock.now());
+        for id in &change.cancelled {
+            DB::cancel_scheduled(connection, &id.to_string(), now)
+                .await
+                .map_err(saga_store_error)?;
+        }
+        let staged = match self.store.stage(&mut tx, releaser, flow, change.events).await {
+            Ok(staged) => staged,
+            Err(StageError::Duplicate { .. }) => return Err(SagaError::Duplicate { saga }),
+            Err(error) => return Err(saga_store_error(error)),
+        };
+        tx.commit().await.map_err(saga_store_error)?;
+        staged.release();
+        if !change.scheduled.is_empty() {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+}
+
+async fn run<DB: Backend>(scheduler: SqlScheduler<DB>, bus: Bus, stop: Arc<Notify>) {
+    const POLL: Duration = Duration::from_secs(1);
+    loop {
+        if bus.is_closed() {
+            return;
+        }
+        if let Err(error) = scheduler.fire_due(&bus).await {
+            tracing::warn!(%error, "arch-events-sqlx: scheduler round failed; trying again");
+        }
+        let pause = match scheduler.next_due().await {
+            Ok(Some(due)) => due
+                .duration_since(scheduler.clock.now())
+                .unwrap_or_default()
+                .min(POLL),
+            _ => POLL,
+        };
+        tokio::select! {
+            () = stop.notified() => return,
+            () = scheduler.wake.notified() => {}
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Scheduled messages read back the same way from SQLite and PostgreSQL:
+//! each database selects the same columns, as text and 64-bit integers.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arch_events::schedule::{SagaRef, ScheduledMessage};
+use arch_events::MessageKind;
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use crate::backend::parse_id;
+
+/// The columns [`scheduled_message`] reads, for a database that stores ids
+/// and flags as text and integers (SQLite).
+pub(crate) const COLUMNS: &str = "id, kind, name, payload, due_at, correlation_id, causation_id, \
+     saga, saga_id, attempts, last_error, parked";
+
+/// Milliseconds since the Unix epoch (0 before it, saturated far after).
+pub(crate) fn millis(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The time `millis` milliseconds after the Unix epoch.
+pub(crate) fn time(millis: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).unwrap_or(0))
+}
+
+/// `command` or `event`, as stored.
+pub(crate) fn kind_text(kind: MessageKind) -> &'static str {
+    kind.as_str()
+}
+
+/// Reads a kept message: columns [`COLUMNS`].
+pub(crate) fn scheduled_message<R>(row: &R) -> Result<ScheduledMessage, sqlx::Error>
+where
+    R: Row,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'c> &'c str: ColumnIndex<R>,
+{
+    let kind = match row.try_get::<String, _>("kind")?.as_str() {
+        "command" => MessageKind::Command,
+        "event" => MessageKind::Event,
+        other => {
+            return Err(sqlx::Error::ColumnDecode {
+                index: "kind".into(),
+                source: format!("`{other}` is not a kind of scheduled message").into(),
+            })
+        }
+    };
+    let causation_id = match row.try_get::<Option<String>, _>("causation_id")? {
+        Some(text) => Some(parse_id("causation_id", &text)?),
+        None => None,
+    };
+    let saga = match (
+        row.try_get::<Option<String>, _>("saga")?,
+        row.try_get::<Option<String>, _>("saga_id")?,
+    ) {
+        (Some(saga), Some(id)) => Some(SagaRef { saga, id }),
+        _ => None,
+    };
+    let attempts: i64 = row.try_get("attempts")?;
+    let parked: i64 = row.try_get("parked")?;
+    Ok(ScheduledMessage::restored(
+        parse_id("id", &row.try_get::<String, _>("id")?)?,
+        kind,
+        row.try_get("name")?,
+        row.try_get("payload")?,
+        time(row.try_get("due_at")?),
+        parse_id("correlation_id", &row.try_get::<String, _>("correlation_id")?)?,
+        causation_id,
+        saga,
+    )
+    .with_failures(
+        u32::try_from(attempts).unwrap_or(u32::MAX),
+        row.try_get("last_error")?,
+        parked != 0,
+    ))
+}

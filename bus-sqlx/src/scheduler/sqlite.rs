@@ -1,0 +1,202 @@
+//! The scheduler's SQL on SQLite: one writer at a time, so a claim is a
+//! plain update of the rows it selects.
+
+use arch_events::schedule::ScheduledMessage;
+use sqlx::{Pool, Sqlite, SqliteConnection};
+
+use super::rows::{kind_text, millis, scheduled_message, COLUMNS};
+use super::sql::SchedulerSql;
+
+#[arch_events::async_trait]
+impl SchedulerSql for Sqlite {
+    async fn load_saga(
+        pool: &Pool<Self>,
+        saga: &str,
+        id: &str,
+    ) -> Result<Option<(Option<String>, i64)>, sqlx::Error> {
+        sqlx::query_as("SELECT state, version FROM bus_sagas WHERE saga = $1 AND id = $2")
+            .bind(saga)
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+    }
+
+    async fn insert_saga(
+        connection: &mut SqliteConnection,
+        saga: &str,
+        id: &str,
+        state: Option<&str>,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "INSERT INTO bus_sagas (saga, id, version, state) VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (saga, id) DO NOTHING",
+        )
+        .bind(saga)
+        .bind(id)
+        .bind(state)
+        .execute(connection)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn update_saga(
+        connection: &mut SqliteConnection,
+        saga: &str,
+        id: &str,
+        expected: i64,
+        state: Option<&str>,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE bus_sagas SET version = version + 1, state = $4, \
+             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+             WHERE saga = $1 AND id = $2 AND version = $3 AND state IS NOT NULL",
+        )
+        .bind(saga)
+        .bind(id)
+        .bind(expected)
+        .bind(state)
+        .execute(connection)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_scheduled(
+        connection: &mut SqliteConnection,
+        messages: &[ScheduledMessage],
+    ) -> Result<(), sqlx::Error> {
+        for message in messages {
+            sqlx::query(
+                "INSERT INTO bus_scheduled (id, kind, name, payload, due_at, correlation_id, \
+                 causation_id, saga, saga_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(message.id().to_string())
+            .bind(kind_text(message.kind()))
+            .bind(message.name())
+            .bind(message.payload())
+            .bind(millis(message.due()))
+            .bind(message.correlation_id().to_string())
+            .bind(message.causation_id().map(|id| id.to_string()))
+            .bind(message.saga().map(|saga| saga.saga.as_str()))
+            .bind(message.saga().map(|saga| saga.id.as_str()))
+            .execute(&mut *connection)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn cancel_scheduled(
+        connection: &mut SqliteConnection,
+        id: &str,
+        now: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "DELETE FROM bus_scheduled WHERE id = $1 AND parked = 0 \
+             AND (lease_until IS NULL OR lease_until <= $2)",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(connection)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn cancel_saga_timeouts(
+        connection: &mut SqliteConnection,
+        saga: &str,
+        id: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM bus_scheduled WHERE saga = $1 AND saga_id = $2")
+            .bind(saga)
+            .bind(id)
+            .execute(connection)
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_due(
+        pool: &Pool<Self>,
+        node: &str,
+        now: i64,
+        lease_until: i64,
+        max: u32,
+    ) -> Result<Vec<ScheduledMessage>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "UPDATE bus_scheduled SET lease_owner = $1, lease_until = $3 \
+             WHERE seq IN (SELECT seq FROM bus_scheduled WHERE parked = 0 AND due_at <= $2 \
+                 AND (lease_until IS NULL OR lease_until <= $2) ORDER BY due_at, seq LIMIT $4) \
+             RETURNING {COLUMNS}"
+        ))
+        .bind(node)
+        .bind(now)
+        .bind(lease_until)
+        .bind(i64::from(max))
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(scheduled_message).collect()
+    }
+
+    async fn take_claimed(
+        connection: &mut SqliteConnection,
+        id: &str,
+        node: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM bus_scheduled WHERE id = $1 AND lease_owner = $2")
+            .bind(id)
+            .bind(node)
+            .execute(connection)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn put_off(
+        pool: &Pool<Self>,
+        id: &str,
+        node: &str,
+        attempts: i64,
+        error: &str,
+        due: i64,
+        parked: bool,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE bus_scheduled SET attempts = $3, last_error = $4, due_at = $5, parked = $6, \
+             lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(node)
+        .bind(attempts)
+        .bind(error)
+        .bind(due)
+        .bind(i64::from(parked))
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn let_go(pool: &Pool<Self>, id: &str, node: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE bus_scheduled SET lease_owner = NULL, lease_until = NULL \
+             WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(node)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn next_due(pool: &Pool<Self>) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar("SELECT MIN(due_at) FROM bus_scheduled WHERE parked = 0")
+            .fetch_one(pool)
+            .await
+    }
+
+    async fn scheduled(pool: &Pool<Self>) -> Result<Vec<ScheduledMessage>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM bus_scheduled ORDER BY due_at, seq"
+        ))
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(scheduled_message).collect()
+    }
+}
