@@ -21,6 +21,19 @@ async fn fresh_ledger() -> conformance::TestDatabase {
 
 conformance_tests!(sqlx::Postgres, fresh_ledger);
 
+/// The sagas' and scheduler's suite (the same as in memory and on SQLite,
+/// `bus-sqlx/tests/saga.rs`): two processes on each database.
+mod sagas {
+    async fn on_postgres(
+        clock: arch_events::schedule::VirtualClock,
+    ) -> arch_events_sqlx_conformance::saga::SagasUnderTest {
+        arch_events_sqlx_conformance::saga::on_database::<sqlx::Postgres>(super::fresh_ledger().await, clock)
+            .await
+    }
+
+    arch_events_sqlx_conformance::saga_tests!(on_postgres);
+}
+
 /// `arch_events_sqlx::begin_on` is cancel-safe where sqlx's `Pool::begin` is not
 /// (transact-rs/sqlx#4393): a caller that stops waiting during `BEGIN` never
 /// leaves the pool's connection inside a transaction, which would swallow

@@ -14,8 +14,10 @@ use crate::message::Message;
 use crate::retry::Permanent;
 
 /// How many times a message is handled on fresh state after conflicts
-/// before [`SagaError::Contended`].
-pub const MAX_CONFLICTS: u32 = 16;
+/// before [`SagaError::Contended`]. Of the messages racing on one saga,
+/// each round commits one: as many messages as this race without any of
+/// them giving up.
+pub const MAX_CONFLICTS: u32 = 100;
 
 /// The sagas' runtime, a shared dependency that every saga handler takes:
 /// register it once, over the service's store.

@@ -39,9 +39,16 @@ pub struct VirtualClock {
 }
 
 impl VirtualClock {
-    /// A clock that reads the system's time now, and stands still there.
+    /// A clock that reads the system's time now, to the whole second (so
+    /// that a time it gives reads back equal from a store that keeps
+    /// milliseconds), and stands still there.
     pub fn new() -> Self {
-        VirtualClock::at(SystemTime::now())
+        let now = SystemTime::now();
+        let second = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| std::time::UNIX_EPOCH + Duration::from_secs(since.as_secs()))
+            .unwrap_or(now);
+        VirtualClock::at(second)
     }
 
     /// A clock that reads `now`.
@@ -49,6 +56,11 @@ impl VirtualClock {
         VirtualClock {
             now: Arc::new(Mutex::new(now)),
         }
+    }
+
+    /// The time it reads ([`Clock::now`], without the trait in scope).
+    pub fn now(&self) -> SystemTime {
+        *self.now.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Moves the clock `by` forward.
@@ -71,6 +83,6 @@ impl Default for VirtualClock {
 
 impl Clock for VirtualClock {
     fn now(&self) -> SystemTime {
-        *self.now.lock().unwrap_or_else(PoisonError::into_inner)
+        VirtualClock::now(self)
     }
 }

@@ -17,6 +17,7 @@
 mod dialects;
 pub mod event_store;
 pub mod projection;
+pub mod saga;
 
 pub use dialects::fresh_sqlite;
 

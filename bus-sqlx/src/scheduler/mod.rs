@@ -31,7 +31,7 @@ use rows::{millis, time};
 /// How long a firing process holds a message before another may take it.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
-/// How many due messages one round takes.
+/// How many due messages one round takes, by default.
 const BATCH: u32 = 100;
 
 /// The scheduler and sagas' store of a [`Store`]'s database: `arch_events`'
@@ -101,6 +101,7 @@ pub struct SqlScheduler<DB: Backend> {
     store: Store<DB>,
     clock: Arc<dyn Clock>,
     lease: Duration,
+    batch: u32,
     /// Wakes this process's loop when something is scheduled here.
     wake: Arc<Notify>,
 }
@@ -111,6 +112,7 @@ impl<DB: Backend> Clone for SqlScheduler<DB> {
             store: self.store.clone(),
             clock: self.clock.clone(),
             lease: self.lease,
+            batch: self.batch,
             wake: self.wake.clone(),
         }
     }
@@ -133,6 +135,7 @@ impl<DB: Backend> Store<DB> {
             store: self.clone(),
             clock: Arc::new(SystemClock),
             lease: DEFAULT_LEASE,
+            batch: BATCH,
             wake: Arc::new(Notify::new()),
         }
     }
@@ -175,6 +178,13 @@ impl<DB: Backend> SqlScheduler<DB> {
     /// longer than a firing takes.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// The same scheduler, taking at most `batch` due messages a round
+    /// (default 100; at least 1).
+    pub fn batch(mut self, batch: u32) -> Self {
+        self.batch = batch.max(1);
         self
     }
 
@@ -329,7 +339,7 @@ impl<DB: Backend> Scheduler for SqlScheduler<DB> {
         let lease_until = now.saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX));
         let mut claimed = {
             let _turn = self.store.writer_turn().await;
-            DB::claim_due(self.store.pool(), self.store.node(), now, lease_until, BATCH)
+            DB::claim_due(self.store.pool(), self.store.node(), now, lease_until, self.batch)
                 .await
                 .map_err(store_error)?
         };

@@ -5,7 +5,7 @@
 use arch_events::schedule::ScheduledMessage;
 use sqlx::{PgConnection, Pool, Postgres};
 
-use super::rows::{kind_text, millis, scheduled_message};
+use super::rows::{due_millis, kind_text, scheduled_message};
 use super::sql::SchedulerSql;
 
 /// The columns `scheduled_message` reads, as text and 64-bit integers.
@@ -81,7 +81,7 @@ impl SchedulerSql for Postgres {
             .bind(kind_text(message.kind()))
             .bind(message.name())
             .bind(message.payload())
-            .bind(millis(message.due()))
+            .bind(due_millis(message.due()))
             .bind(message.correlation_id().to_string())
             .bind(message.causation_id().map(|id| id.to_string()))
             .bind(message.saga().map(|saga| saga.saga.as_str()))

@@ -14,11 +14,24 @@ use crate::backend::parse_id;
 pub(crate) const COLUMNS: &str = "id, kind, name, payload, due_at, correlation_id, causation_id, \
      saga, saga_id, attempts, last_error, parked";
 
-/// Milliseconds since the Unix epoch (0 before it, saturated far after).
+/// Milliseconds since the Unix epoch (0 before it, saturated far after),
+/// rounded down: for "now".
 pub(crate) fn millis(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH)
         .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// [`millis`], rounded up: for a due time, which must never be earlier
+/// than asked.
+pub(crate) fn due_millis(at: SystemTime) -> i64 {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let whole = i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
+    if since.subsec_nanos() % 1_000_000 == 0 {
+        whole
+    } else {
+        whole.saturating_add(1)
+    }
 }
 
 /// The time `millis` milliseconds after the Unix epoch.

@@ -4,7 +4,7 @@
 use arch_events::schedule::ScheduledMessage;
 use sqlx::{Pool, Sqlite, SqliteConnection};
 
-use super::rows::{kind_text, millis, scheduled_message, COLUMNS};
+use super::rows::{due_millis, kind_text, scheduled_message, COLUMNS};
 use super::sql::SchedulerSql;
 
 #[arch_events::async_trait]
@@ -74,7 +74,7 @@ impl SchedulerSql for Sqlite {
             .bind(kind_text(message.kind()))
             .bind(message.name())
             .bind(message.payload())
-            .bind(millis(message.due()))
+            .bind(due_millis(message.due()))
             .bind(message.correlation_id().to_string())
             .bind(message.causation_id().map(|id| id.to_string()))
             .bind(message.saga().map(|saga| saga.saga.as_str()))
