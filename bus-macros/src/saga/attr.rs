@@ -102,6 +102,8 @@ pub(crate) fn parse_step(kind: StepKind, attribute: &Attribute, errors: &mut Err
         StepKind::Starts | StepKind::Timeout => &["by", "releases"],
     };
     let word = kind.word();
+    // Whether `not_found` was given, even with a value refused already.
+    let mut not_found_given = false;
     match &attribute.meta {
         syn::Meta::List(list) => {
             let mut walker = ArgWalker::new(word, known, errors);
@@ -117,6 +119,7 @@ pub(crate) fn parse_step(kind: StepKind, attribute: &Attribute, errors: &mut Err
                         let list = Punctuated::<syn::Path, Token![,]>::parse_terminated(&content)?;
                         args.releases.extend(list);
                     } else {
+                        not_found_given = true;
                         let value: syn::Ident = meta.value()?.parse()?;
                         args.not_found = match value.to_string().as_str() {
                             "ignore" => Some(NotFound::Ignore),
@@ -162,7 +165,7 @@ pub(crate) fn parse_step(kind: StepKind, attribute: &Attribute, errors: &mut Err
             format!("a saga's message must correlate to its instance: {BY_HELP}, as in {example}"),
         ));
     }
-    if kind == StepKind::Handles && args.not_found.is_none() {
+    if kind == StepKind::Handles && !not_found_given {
         errors.push(syn::Error::new(
             args.span,
             "say what this message does when it finds no saga: add `not_found = ignore`, \

@@ -86,10 +86,12 @@ pub(crate) fn registrations(block: &ItemImpl, given: Option<&LitStr>, steps: &[S
         let id = quote_spanned! {by_span=>
             ::std::string::ToString::to_string(&__message #(.#by)*)
         };
-        let call = if step.returns_unit {
-            quote!({ <#self_ty>::#method(__state, __message, __saga); ::core::result::Result::Ok(()) })
-        } else {
-            quote!(#private::saga::into_result(<#self_ty>::#method(__state, __message, __saga)))
+        let call = match &step.returns {
+            None => quote!({ <#self_ty>::#method(__state, __message, __saga); ::core::result::Result::Ok(()) }),
+            // Spanned on the return type: a wrong one is an error there.
+            Some(returns) => quote_spanned! {returns.span()=>
+                #private::saga::into_result(<#self_ty>::#method(__state, __message, __saga))
+            },
         };
         let path = LitStr::new(&format!("{label}::{method}"), method.span());
         let releases = &step.args.releases;

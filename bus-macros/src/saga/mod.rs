@@ -22,7 +22,8 @@ pub(crate) struct Step {
     pub(crate) method: syn::Ident,
     pub(crate) message: syn::Type,
     pub(crate) args: attr::StepArgs,
-    pub(crate) returns_unit: bool,
+    /// The return type, unless it returns nothing.
+    pub(crate) returns: Option<syn::Type>,
 }
 
 pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -84,7 +85,10 @@ pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
                 method: method.sig.ident.clone(),
                 message,
                 args: step,
-                returns_unit: matches!(method.sig.output, syn::ReturnType::Default),
+                returns: match &method.sig.output {
+                    syn::ReturnType::Default => None,
+                    syn::ReturnType::Type(_, ty) => Some((**ty).clone()),
+                },
             });
         }
     }
