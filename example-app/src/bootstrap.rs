@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arch_events::saga::{SagaStore, Sagas};
+use arch_events::schedule::InMemoryScheduler;
 use arch_events::{BuildError, Bus, Dependencies, EventReleaser, FailureCause, RetryPolicy, Scope};
 use arch_events_sqlx::{
     Backend, DeadLetterStore, InMemoryDeadLetterStore, Projection, SqlEventStore, StoreSink,
@@ -21,9 +23,10 @@ use crate::adapters::projected_view::{AllocationsProjection, ProjectedAllocation
 use crate::adapters::relational::{self, ProductTables};
 use crate::adapters::sqlite::{self, SqliteDatabase};
 use crate::adapters::storage::Storage;
-use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
+use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch, ReleaseAllocation};
 use crate::domain::events::{BatchAdded, BatchQuantityChanged};
 use crate::service_layer::handlers::reallocate;
+use crate::service_layer::shipment::ShipmentDeadline;
 use crate::service_layer::unit_of_work::{UnitOfWork, UnitOfWorkFactory};
 use crate::service_layer::ServiceError;
 use crate::views::{AllocationsView, AllocationsViewFactory, ViewTable};
@@ -38,6 +41,11 @@ pub struct Adapters {
     pub notifications: Arc<dyn Notifications>,
     /// Where event-handler calls that failed for good are kept.
     pub dead_letters: Arc<dyn DeadLetterStore>,
+    /// Where the sagas keep their state, and schedule their timeouts and
+    /// what they send: the database's durable scheduler.
+    pub sagas: Arc<dyn SagaStore>,
+    /// How long an order's allocations wait for its shipment.
+    pub shipment_deadline: ShipmentDeadline,
 }
 
 impl Adapters {
@@ -51,9 +59,18 @@ impl Adapters {
         }
     }
 
+    /// The same adapters, with allocations waiting `deadline` for their
+    /// shipment.
+    pub fn shipment_deadline(mut self, deadline: ShipmentDeadline) -> Self {
+        self.shipment_deadline = deadline;
+        self
+    }
+
     /// The real adapters on SQLite, as it keeps the products.
     pub fn sqlite(database: SqliteDatabase) -> Self {
+        let sagas = Arc::new(database.scheduler().clone());
         Adapters::on(
+            sagas,
             database.storage(),
             database,
             sqlite::SqliteAllocationsView::new,
@@ -63,7 +80,9 @@ impl Adapters {
 
     /// The real adapters on PostgreSQL, as it keeps the products.
     pub fn postgres(database: PostgresDatabase) -> Self {
+        let sagas = Arc::new(database.scheduler().clone());
         Adapters::on(
+            sagas,
             database.storage(),
             database,
             postgres::PostgresAllocationsView::new,
@@ -75,6 +94,7 @@ impl Adapters {
     /// as `storage` says: its view (`view`, for a handler call's releaser),
     /// and with streams the projection that writes that view.
     fn on<D, B, V, P>(
+        sagas: Arc<dyn SagaStore>,
         storage: Storage,
         database: D,
         view: fn(D, EventReleaser) -> V,
@@ -109,16 +129,22 @@ impl Adapters {
             views,
             dead_letters,
             notifications: Arc::new(LogNotifications),
+            sagas,
+            shipment_deadline: ShipmentDeadline::default(),
         }
     }
 
-    /// In-memory adapters over `store`, for tests and demos.
+    /// In-memory adapters over `store`, for tests and demos. Their sagas'
+    /// scheduler is in memory too, and fires only when told to (give a
+    /// test's own, on a virtual clock, as `sagas`).
     pub fn in_memory(store: &Arc<InMemoryProducts>) -> Self {
         Adapters {
             unit_of_work: store.unit_of_work_factory(),
             views: InMemoryAllocationsView::default().factory(),
             notifications: Arc::new(LogNotifications),
             dead_letters: Arc::new(InMemoryDeadLetterStore::default()),
+            sagas: Arc::new(InMemoryScheduler::new()),
+            shipment_deadline: ShipmentDeadline::default(),
         }
     }
 }
@@ -176,11 +202,14 @@ pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
         views,
         notifications,
         dead_letters,
+        sagas,
+        shipment_deadline,
     } = adapters;
     let dependencies = Dependencies::new()
         .scoped_boxed::<dyn UnitOfWork, _>(move |scope| unit_of_work(scope))
         .scoped_boxed::<dyn AllocationsView, _>(move |scope| views(scope))
-        .shared_arc(notifications);
+        .shared_arc(notifications)
+        .shared(Sagas::new(sagas).with(shipment_deadline));
     Bus::builder()
         .dependencies(dependencies)
         .require_event_handlers()
@@ -203,6 +232,7 @@ pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
         .retry_command::<Allocate>(conflicts(), ServiceError::is_conflict)
         .retry_command::<ChangeBatchQuantity>(conflicts(), ServiceError::is_conflict)
         .retry_command::<CreateBatch>(conflicts(), ServiceError::is_conflict)
+        .retry_command::<ReleaseAllocation>(conflicts(), ServiceError::is_conflict)
         .dead_letters(StoreSink(dead_letters))
         .spawner(|task| {
             tokio::spawn(task);

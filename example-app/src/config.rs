@@ -52,6 +52,18 @@ pub struct Config {
     #[arg(long = "consumer-name", env = "CONSUMER_NAME")]
     pub consumer_name: Option<String>,
 
+    /// How long an order's allocations wait for its shipment to be
+    /// confirmed (`POST /orders/<orderid>/shipped`, or the stream
+    /// `shipment_confirmed`), from its first allocation: then they are
+    /// released, their units returned to their batches. In seconds.
+    #[arg(
+        long = "shipment-deadline-secs",
+        env = "SHIPMENT_DEADLINE_SECS",
+        default_value_t = 2 * 24 * 60 * 60,
+        value_parser = clap::value_parser!(u64).range(1..=365 * 24 * 60 * 60)
+    )]
+    pub shipment_deadline_secs: u64,
+
     /// How long the outbox relay waits between rounds when it found nothing.
     /// A large value is a fault-injection switch: events commit but are not
     /// relayed yet (kill the process, restart it, nothing is lost).
@@ -147,6 +159,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// How long an order's allocations wait for its shipment.
+    pub fn shipment_deadline(&self) -> crate::service_layer::shipment::ShipmentDeadline {
+        crate::service_layer::shipment::ShipmentDeadline(Duration::from_secs(
+            self.shipment_deadline_secs,
+        ))
+    }
+
     /// The timings of the durable messaging store.
     pub fn store_settings(&self) -> arch_events_sqlx::Settings {
         let node_timeout = Duration::from_millis(self.node_timeout_ms);

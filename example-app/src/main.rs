@@ -93,12 +93,14 @@ async fn run(config: Config) -> Result<(), StartError> {
         return Ok(());
     }
     let database = Database::open(&config.database_url, settings, config.storage).await?;
-    let adapters = Adapters::for_database(&database);
+    let adapters = Adapters::for_database(&database).shipment_deadline(config.shipment_deadline());
     let dead_letters = adapters.dead_letters.clone();
     let bus = bootstrap(adapters)?;
     // Events committed but not handled (a crash, a task torn down) are
     // delivered again, from now on.
     let recovery = database.start_recovery(&bus)?;
+    // Shipment deadlines, and what the sagas send, fire when due.
+    let scheduler = database.start_scheduler(&bus);
     // With `--storage events`, the allocations view follows the streams.
     let projection = database.start_projection();
     let listener = TcpListener::bind(config.bind)
@@ -149,6 +151,7 @@ async fn run(config: Config) -> Result<(), StartError> {
     if let Some(broker) = broker {
         broker.join_consumer().await;
     }
+    scheduler.stop().await;
     recovery.stop().await;
     if let Some(projection) = projection {
         projection.stop().await;

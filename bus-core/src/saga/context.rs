@@ -3,6 +3,8 @@
 //! commands to send, timeouts, completion), all of it committed with the
 //! state or not at all.
 
+use std::any::TypeId;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::context::MessageContext;
@@ -20,6 +22,7 @@ pub struct SagaContext {
     id: String,
     now: SystemTime,
     flow: MessageContext,
+    settings: Arc<super::runtime::Settings>,
     pub(super) events: Vec<PendingEvent>,
     pub(super) scheduled: Vec<ScheduledMessage>,
     pub(super) cancelled: Vec<MessageId>,
@@ -28,12 +31,19 @@ pub struct SagaContext {
 }
 
 impl SagaContext {
-    pub(super) fn new(saga: &'static str, id: String, now: SystemTime, flow: MessageContext) -> Self {
+    pub(super) fn new(
+        saga: &'static str,
+        id: String,
+        now: SystemTime,
+        flow: MessageContext,
+        settings: Arc<super::runtime::Settings>,
+    ) -> Self {
         SagaContext {
             saga,
             id,
             now,
             flow,
+            settings,
             events: Vec::new(),
             scheduled: Vec::new(),
             cancelled: Vec::new(),
@@ -50,6 +60,14 @@ impl SagaContext {
     /// The store's time now (a test's virtual clock's).
     pub fn now(&self) -> SystemTime {
         self.now
+    }
+
+    /// The value of type `T` the runtime was given
+    /// ([`Sagas::with`](super::Sagas::with)), if it was.
+    pub fn setting<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.settings
+            .get(&TypeId::of::<T>())
+            .and_then(|value| value.downcast_ref())
     }
 
     /// The ids of the message being handled.

@@ -2,6 +2,8 @@
 //! missing or completed one means, run the handler on the state, commit
 //! the change; on a conflict, all of it again on the fresh state.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::context::SagaContext;
@@ -35,7 +37,11 @@ pub const MAX_CONFLICTS: u32 = 100;
 #[derive(Clone)]
 pub struct Sagas {
     store: Arc<dyn SagaStore>,
+    settings: Arc<Settings>,
 }
+
+/// Values a saga's handlers read by type ([`SagaContext::setting`]).
+pub(super) type Settings = HashMap<TypeId, Arc<dyn Any + Send + Sync>>;
 
 impl std::fmt::Debug for Sagas {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -46,7 +52,34 @@ impl std::fmt::Debug for Sagas {
 impl Sagas {
     /// The runtime over `store`.
     pub fn new(store: Arc<dyn SagaStore>) -> Self {
-        Sagas { store }
+        Sagas {
+            store,
+            settings: Arc::default(),
+        }
+    }
+
+    /// The same runtime, giving `value` to every saga handler that asks
+    /// for a `T` ([`SagaContext::setting`]): a configured delay, say. A
+    /// second value of one type replaces the first.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use arch_events::saga::Sagas;
+    /// use arch_events::schedule::InMemoryScheduler;
+    ///
+    /// /// How long an order waits for its payment.
+    /// struct PaymentWindow(Duration);
+    ///
+    /// let sagas = Sagas::new(Arc::new(InMemoryScheduler::new()))
+    ///     .with(PaymentWindow(Duration::from_secs(3600)));
+    /// # let _ = sagas;
+    /// ```
+    pub fn with<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        let mut settings = (*self.settings).clone();
+        settings.insert(TypeId::of::<T>(), Arc::new(value));
+        self.settings = Arc::new(settings);
+        self
     }
 
     /// The store.
@@ -121,7 +154,13 @@ impl Sagas {
                     }
                 },
             };
-            let mut context = SagaContext::new(saga, id.clone(), self.store.now(), flow);
+            let mut context = SagaContext::new(
+                saga,
+                id.clone(),
+                self.store.now(),
+                flow,
+                self.settings.clone(),
+            );
             handler(&mut state, message, &mut context).map_err(|error| SagaError::Handler {
                 saga,
                 error: error.into(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use arch_events::event_store::Position;
 use arch_events::transport::{Inbox, Publisher};
 use arch_events::{BoxError, Bus, EventReleaser};
-use arch_events_sqlx::{DeadLetterStore, Recovery, RunningProjection, Settings};
+use arch_events_sqlx::{DeadLetterStore, Recovery, RunningProjection, RunningScheduler, Settings};
 
 use super::event_sourced::EventSourcedUnitOfWork;
 use super::postgres::{self, PostgresDatabase};
@@ -232,6 +232,16 @@ impl Database {
         match self {
             Database::Sqlite(database) => database.store().start_recovery(bus),
             Database::Postgres(database) => database.store().start_recovery(bus),
+        }
+    }
+
+    /// Starts firing, in the background, the scheduled messages that fall
+    /// due (the shipment deadlines, and what the sagas send), whichever
+    /// process scheduled them: one process fires each.
+    pub fn start_scheduler(&self, bus: &Bus) -> RunningScheduler {
+        match self {
+            Database::Sqlite(database) => database.scheduler().start(bus),
+            Database::Postgres(database) => database.scheduler().start(bus),
         }
     }
 

@@ -1,8 +1,9 @@
 //! Commands: what the outside world asks the service to do.
 
+use arch_events::saga::SagaError;
 use arch_events::Command;
 use chrono::NaiveDate;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::validation::{self, InvalidField};
 use crate::service_layer::ServiceError;
@@ -108,4 +109,63 @@ impl TryFrom<ChangeBatchQuantityMessage> for ChangeBatchQuantity {
     fn try_from(message: ChangeBatchQuantityMessage) -> Result<Self, InvalidField> {
         ChangeBatchQuantity::new("batchref", message.batchref, message.qty)
     }
+}
+
+/// Confirms that an order was shipped: its allocations stay. External:
+/// also read from the stream `shipment_confirmed` as `{"orderid"}`.
+/// Handled by the order's
+/// [`ShipmentWatch`](crate::service_layer::shipment::ShipmentWatch): an
+/// order with no allocation waiting for its shipment is an error
+/// ([`SagaError::NotFound`]), one confirmed already is not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Command)]
+#[command(
+    name = "allocation.confirm_shipment",
+    error = SagaError,
+    external = "shipment_confirmed"
+)]
+#[serde(try_from = "ConfirmShipmentMessage")]
+pub struct ConfirmShipment {
+    /// The order.
+    pub orderid: String,
+}
+
+impl ConfirmShipment {
+    /// The command, from what a client sent: the order checked by
+    /// [`validation`].
+    pub fn new(orderid: String) -> Result<Self, InvalidField> {
+        Ok(ConfirmShipment {
+            orderid: validation::identifier("orderid", orderid)?,
+        })
+    }
+}
+
+/// [`ConfirmShipment`] as it comes from the stream, before its check.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmShipmentMessage {
+    orderid: String,
+}
+
+impl TryFrom<ConfirmShipmentMessage> for ConfirmShipment {
+    type Error = InvalidField;
+
+    fn try_from(message: ConfirmShipmentMessage) -> Result<Self, InvalidField> {
+        ConfirmShipment::new(message.orderid)
+    }
+}
+
+/// Takes an order line off its batch for good, returning its units: sent
+/// by an order's
+/// [`ShipmentWatch`](crate::service_layer::shipment::ShipmentWatch) when
+/// its shipment is overdue. A line that is not allocated (any more) is
+/// left alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Command)]
+#[command(name = "allocation.release_allocation", serde, error = ServiceError)]
+pub struct ReleaseAllocation {
+    /// The order.
+    pub orderid: String,
+    /// The product.
+    pub sku: String,
+    /// Units allocated.
+    pub qty: u32,
 }

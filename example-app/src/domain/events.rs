@@ -77,6 +77,34 @@ pub struct Deallocated {
     pub version: u64,
 }
 
+/// An order line was taken off its batch for good, its units returned to
+/// the batch: its order was not shipped in time (see
+/// [`ShipmentWatch`](crate::service_layer::shipment::ShipmentWatch)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(name = "allocation.allocation_released", serde)]
+pub struct AllocationReleased {
+    /// The order.
+    pub orderid: String,
+    /// The product.
+    pub sku: String,
+    /// Units returned.
+    pub qty: u32,
+    /// The batch that held them.
+    pub batchref: String,
+    /// The product's version this release made.
+    pub version: u64,
+}
+
+/// An order's shipment is overdue: the timeout its
+/// [`ShipmentWatch`](crate::service_layer::shipment::ShipmentWatch) asks
+/// for when its first line is allocated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(name = "allocation.shipment_overdue", serde)]
+pub struct ShipmentOverdue {
+    /// The order.
+    pub orderid: String,
+}
+
 /// No batch could take an order line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
 #[event(name = "allocation.out_of_stock", serde)]

@@ -13,7 +13,9 @@ use arch_events::{Aggregate, EventRecorder};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
-use super::events::{Allocated, BatchAdded, BatchQuantityChanged, Deallocated, OutOfStock};
+use super::events::{
+    AllocationReleased, Allocated, BatchAdded, BatchQuantityChanged, Deallocated, OutOfStock,
+};
 
 /// One line of a customer's order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -215,6 +217,7 @@ impl EventSourced for Product {
             .event::<Allocated>()
             .event::<BatchQuantityChanged>()
             .event::<Deallocated>()
+            .event::<AllocationReleased>()
             // Released for the buyers' sake, never stored: running out
             // changes nothing, and a refused request grows no stream.
             .released::<OutOfStock>()
@@ -279,6 +282,20 @@ impl Apply<Deallocated> for Product {
             if batch.deallocate(&line) {
                 break;
             }
+        }
+        self.version_number = event.version;
+    }
+}
+
+impl Apply<AllocationReleased> for Product {
+    fn apply(&mut self, event: &AllocationReleased) {
+        let line = OrderLine {
+            orderid: event.orderid.clone(),
+            sku: event.sku.clone(),
+            qty: event.qty,
+        };
+        if let Some(batch) = self.batch_mut(&event.batchref) {
+            batch.deallocate(&line);
         }
         self.version_number = event.version;
     }
@@ -362,6 +379,25 @@ impl Product {
             version,
         });
         Some(batchref)
+    }
+
+    /// Takes `line` off its batch for good, returning its units, and
+    /// records `AllocationReleased`; `false` (and nothing changed) when no
+    /// batch holds it.
+    pub fn release(&mut self, line: &OrderLine) -> bool {
+        let Some(batch) = self.batches.iter().find(|b| b.holds(line)) else {
+            return false;
+        };
+        let batchref = batch.reference.clone();
+        let version = self.version_number + 1;
+        self.record(AllocationReleased {
+            orderid: line.orderid.clone(),
+            sku: line.sku.clone(),
+            qty: line.qty,
+            batchref,
+            version,
+        });
+        true
     }
 
     /// Sets a batch's purchased quantity, deallocating its most recent lines

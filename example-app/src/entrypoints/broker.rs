@@ -1,7 +1,7 @@
 //! The broker entrypoint (Redis Streams): the outbox relay publishes the
-//! external events (`line_allocated`), and a consumer dispatches the
-//! external commands (`change_batch_quantity`), with poison messages kept
-//! in `change_batch_quantity.dead`.
+//! external events (`line_allocated`), and a consumer per stream dispatches
+//! the external commands (`change_batch_quantity`, `shipment_confirmed`),
+//! with poison messages kept in `<stream>.dead`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +14,11 @@ use tokio::task::JoinHandle;
 
 use crate::adapters::database::{redacted, Database};
 
-/// The stream the app consumes.
+/// The stream of batch quantity changes the app consumes.
 pub const INBOUND_STREAM: &str = "change_batch_quantity";
+
+/// The stream of shipment confirmations the app consumes.
+pub const SHIPMENTS_STREAM: &str = "shipment_confirmed";
 
 /// The consumer group of every instance of the app.
 pub const CONSUMER_GROUP: &str = "allocation";
@@ -29,12 +32,13 @@ pub const CLAIM_AFTER: Duration = Duration::from_secs(10);
 pub struct BrokerTasks {
     stop_relay: Arc<Notify>,
     relay: JoinHandle<()>,
-    consumer: JoinHandle<()>,
+    consumers: Vec<JoinHandle<()>>,
 }
 
 /// Connects to Redis at `url`, then starts the outbox relay (arch-events-sqlx's:
 /// batches back to back while there are rows, a round every relay pause
-/// when idle) and the consumer (as `consumer` in the group).
+/// when idle) and a consumer per inbound stream (as `consumer` in the
+/// group).
 pub async fn start(
     url: &str,
     consumer: &str,
@@ -42,8 +46,11 @@ pub async fn start(
     bus: Bus,
 ) -> Result<BrokerTasks, TransportError> {
     let publisher = Arc::new(RedisPublisher::new(arch_events_redis::connect(url).await?));
-    let subscriber =
-        RedisSubscriber::join(url, INBOUND_STREAM, CONSUMER_GROUP, consumer, CLAIM_AFTER).await?;
+    let mut subscribers = Vec::new();
+    for stream in [INBOUND_STREAM, SHIPMENTS_STREAM] {
+        subscribers
+            .push(RedisSubscriber::join(url, stream, CONSUMER_GROUP, consumer, CLAIM_AFTER).await?);
+    }
     let stop_relay = Arc::new(Notify::new());
     let stop = stop_relay.clone();
     let outbox = database.clone();
@@ -52,20 +59,25 @@ pub async fn start(
             .relay(publisher, async move { stop.notified().await })
             .await
     });
-    let consumer = tokio::spawn(
-        Consumer::new(bus, subscriber)
-            .with_inbox(database.inbox())
-            .run(),
-    );
+    let consumers = subscribers
+        .into_iter()
+        .map(|subscriber| {
+            tokio::spawn(
+                Consumer::new(bus.clone(), subscriber)
+                    .with_inbox(database.inbox())
+                    .run(),
+            )
+        })
+        .collect();
     tracing::info!(
         url = %redacted(url),
-        stream = INBOUND_STREAM,
+        streams = ?[INBOUND_STREAM, SHIPMENTS_STREAM],
         "broker: relaying the outbox and consuming"
     );
     Ok(BrokerTasks {
         stop_relay,
         relay,
-        consumer,
+        consumers,
     })
 }
 
@@ -93,10 +105,12 @@ impl BrokerTasks {
         }
     }
 
-    /// Waits for the consumer, once the bus is closed.
+    /// Waits for the consumers, once the bus is closed.
     pub async fn join_consumer(self) {
-        if let Err(error) = self.consumer.await {
-            tracing::error!(%error, "the consumer ended badly");
+        for consumer in self.consumers {
+            if let Err(error) = consumer.await {
+                tracing::error!(%error, "a consumer ended badly");
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ pub use server::{serve, Settings, HYPER_MAX_HEADERS, HYPER_MAX_HEAD_BYTES};
 use std::future::Future;
 use std::sync::Arc;
 
+use arch_events::saga::SagaError;
 use arch_events::{Bus, DispatchError};
 use arch_events_sqlx::{DeadLetterError, DeadLetterStore};
 use axum::extract::rejection::JsonRejection;
@@ -33,7 +34,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
+use crate::domain::commands::{Allocate, ChangeBatchQuantity, ConfirmShipment, CreateBatch};
 use crate::domain::validation::{self, InvalidField};
 use crate::service_layer::unit_of_work::UowError;
 use crate::service_layer::ServiceError;
@@ -78,7 +79,8 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         .route("/add_batch", post(add_batch))
         .route("/allocate", post(allocate))
         .route("/allocations/{orderid}", get(allocations))
-        .route("/change_batch_quantity", post(change_batch_quantity));
+        .route("/change_batch_quantity", post(change_batch_quantity))
+        .route("/orders/{orderid}/shipped", post(shipped));
     if let Some(token) = &settings.admin_token {
         let operations = Router::new()
             .route("/dead_letters", get(list_dead_letters))
@@ -318,6 +320,41 @@ async fn change_batch_quantity(
     let answer = json!({ "ref": command.reference, "qty": command.qty });
     detached(&commands, async move { bus.dispatch(command).await }).await??;
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+/// Confirms an order's shipment: its allocations stay. 200 once confirmed
+/// (again: a repeated confirmation changes nothing), 404 for an order with
+/// no allocation waiting for its shipment (never allocated, or released
+/// already for being late).
+async fn shipped(
+    State(AppState { bus, commands, .. }): State<AppState>,
+    Path(orderid): Path<String>,
+) -> Result<Response, ApiError> {
+    let command = ConfirmShipment::new(orderid)?;
+    let answer = json!({ "orderid": command.orderid, "shipped": true });
+    detached(&commands, async move { bus.dispatch(command).await }).await??;
+    Ok((StatusCode::OK, Json(answer)).into_response())
+}
+
+impl From<DispatchError<SagaError>> for ApiError {
+    fn from(error: DispatchError<SagaError>) -> Self {
+        let status = match &error {
+            DispatchError::Handler(SagaError::NotFound { .. }) => StatusCode::NOT_FOUND,
+            DispatchError::Handler(SagaError::Store(_) | SagaError::Contended { .. })
+            | DispatchError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            return ApiError::server(status, "command", error);
+        }
+        let message = match &error {
+            DispatchError::Handler(SagaError::NotFound { id, .. }) => {
+                format!("no allocation of order {id} waits for its shipment")
+            }
+            other => other.to_string(),
+        };
+        ApiError::new(status, message)
+    }
 }
 
 async fn allocations(

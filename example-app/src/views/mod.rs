@@ -7,7 +7,7 @@ use arch_events::event_store::{EventStoreError, RecordedEvent};
 use arch_events::{async_trait, handler, BoxError, Query, Scope, Scoped};
 use serde::Serialize;
 
-use crate::domain::events::{Allocated, Deallocated};
+use crate::domain::events::{AllocationReleased, Allocated, Deallocated};
 
 /// One row of the allocations view: a line of the order, and where it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -100,8 +100,8 @@ pub struct ProjectedLine {
 }
 
 impl ProjectedLine {
-    /// The line `event` changes: `Some` for an [`Allocated`] or a
-    /// [`Deallocated`], `None` for any other event (the view has nothing to
+    /// The line `event` changes: `Some` for an [`Allocated`], a
+    /// [`Deallocated`] or an [`AllocationReleased`], `None` for any other event (the view has nothing to
     /// do with it). An event of those types that does not read is an
     /// error: the projection stops there rather than skip it.
     pub fn of(event: &RecordedEvent) -> Result<Option<ProjectedLine>, EventStoreError> {
@@ -113,6 +113,15 @@ impl ProjectedLine {
                 qty: allocated.qty,
                 batchref: Some(allocated.batchref),
                 version: allocated.version,
+            }
+        } else if event.is::<AllocationReleased>() {
+            let released: AllocationReleased = event.decode()?;
+            ProjectedLine {
+                orderid: released.orderid,
+                sku: released.sku,
+                qty: released.qty,
+                batchref: None,
+                version: released.version,
             }
         } else if event.is::<Deallocated>() {
             let deallocated: Deallocated = event.decode()?;
@@ -217,6 +226,22 @@ pub async fn remove_allocation_from_read_model(
     if event.version == UNVERSIONED {
         return Ok(());
     }
+    view.apply(LineChange {
+        orderid: &event.orderid,
+        sku: &event.sku,
+        qty: event.qty,
+        batchref: None,
+        version: event.version,
+    })
+    .await
+}
+
+/// Keeps the view in step with a released allocation: the line is gone.
+#[handler]
+pub async fn remove_released_allocation_from_read_model(
+    event: &AllocationReleased,
+    view: Scoped<dyn AllocationsView>,
+) -> Result<(), ViewError> {
     view.apply(LineChange {
         orderid: &event.orderid,
         sku: &event.sku,

@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use arch_events::BoxError;
-use arch_events_sqlx::{Settings, SqlEventStore, Store};
+use arch_events_sqlx::{Settings, SqlEventStore, SqlScheduler, Store};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres};
 
@@ -46,6 +46,8 @@ pub struct PostgresDatabase {
     locks: ProductLocks,
     /// How it keeps the products.
     storage: Storage,
+    /// The durable scheduler and sagas' store on it.
+    scheduler: SqlScheduler<Postgres>,
 }
 
 impl PostgresDatabase {
@@ -57,6 +59,12 @@ impl PostgresDatabase {
     /// The durable messaging store on this database.
     pub fn store(&self) -> &Store<Postgres> {
         &self.store
+    }
+
+    /// The durable scheduler and sagas' store on this database (one per
+    /// process: what it schedules wakes its own loop).
+    pub fn scheduler(&self) -> &SqlScheduler<Postgres> {
+        &self.scheduler
     }
 
     /// The event store on this database, where `--storage events` keeps
@@ -112,6 +120,7 @@ pub async fn connect(
     Ok(PostgresDatabase {
         pool,
         events: store.event_store(),
+        scheduler: store.scheduler(),
         store,
         locks: ProductLocks::default(),
         storage,

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use arch_events::BoxError;
-use arch_events_sqlx::{Settings, SqlEventStore, Store};
+use arch_events_sqlx::{Settings, SqlEventStore, SqlScheduler, Store};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -40,6 +40,8 @@ pub struct SqliteDatabase {
     locks: ProductLocks,
     /// How it keeps the products.
     storage: Storage,
+    /// The durable scheduler and sagas' store on it.
+    scheduler: SqlScheduler<Sqlite>,
 }
 
 impl SqliteDatabase {
@@ -51,6 +53,12 @@ impl SqliteDatabase {
     /// The durable messaging store on this database.
     pub fn store(&self) -> &Store<Sqlite> {
         &self.store
+    }
+
+    /// The durable scheduler and sagas' store on this database (one per
+    /// process: what it schedules wakes its own loop).
+    pub fn scheduler(&self) -> &SqlScheduler<Sqlite> {
+        &self.scheduler
     }
 
     /// The event store on this database, where `--storage events` keeps
@@ -100,6 +108,7 @@ pub async fn connect(
     Ok(SqliteDatabase {
         pool,
         events: store.event_store(),
+        scheduler: store.scheduler(),
         store,
         locks: ProductLocks::default(),
         storage,

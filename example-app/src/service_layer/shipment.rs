@@ -1,0 +1,118 @@
+//! Allocations wait for their shipment: an order whose shipment is not
+//! confirmed in time ([`ShipmentDeadline`]) has its lines released, their
+//! units returned to their batches. A saga ([`ShipmentWatch`]) per order,
+//! started by its first `Allocated`, completed by `ConfirmShipment`,
+//! timing out into a `ReleaseAllocation` per line; the releases are sent
+//! through the durable scheduler, so they happen even if the process dies
+//! right after the timeout.
+
+use std::time::Duration;
+
+use arch_events::saga::{saga, SagaContext};
+use arch_events::{handler, Scoped};
+use serde::{Deserialize, Serialize};
+
+use super::unit_of_work::UnitOfWork;
+use super::ServiceError;
+use crate::domain::commands::{ConfirmShipment, ReleaseAllocation};
+use crate::domain::events::{AllocationReleased, Allocated, ShipmentOverdue};
+use crate::domain::model::OrderLine;
+
+/// How long an order's allocations wait for its shipment, from its first
+/// allocation: a setting of the sagas' runtime
+/// ([`Sagas::with`](arch_events::saga::Sagas::with)); two days when unset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShipmentDeadline(pub Duration);
+
+impl Default for ShipmentDeadline {
+    fn default() -> Self {
+        ShipmentDeadline(Duration::from_secs(2 * 24 * 60 * 60))
+    }
+}
+
+/// One order's allocations, waiting for its shipment.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ShipmentWatch {
+    /// The order.
+    pub orderid: String,
+    /// Its lines, as last allocated, one per product.
+    pub lines: Vec<WatchedLine>,
+}
+
+/// A line the watch releases if the order is not shipped in time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchedLine {
+    /// The product.
+    pub sku: String,
+    /// Units allocated.
+    pub qty: u32,
+}
+
+#[saga(name = "allocation.shipment_watch")]
+impl ShipmentWatch {
+    /// A line of the order was allocated (or allocated again, after its
+    /// batch shrank): watched. The first one starts the clock.
+    #[starts(by = orderid)]
+    fn allocated(&mut self, event: &Allocated, saga: &mut SagaContext) {
+        if self.lines.is_empty() {
+            self.orderid.clone_from(&event.orderid);
+            let deadline = saga.setting::<ShipmentDeadline>().copied().unwrap_or_default();
+            saga.request_timeout(
+                deadline.0,
+                &ShipmentOverdue {
+                    orderid: event.orderid.clone(),
+                },
+            );
+        }
+        let line = WatchedLine {
+            sku: event.sku.clone(),
+            qty: event.qty,
+        };
+        match self.lines.iter_mut().find(|watched| watched.sku == line.sku) {
+            Some(watched) => *watched = line,
+            None => self.lines.push(line),
+        }
+    }
+
+    /// Shipped: the allocations stay, the timeout goes.
+    #[handles(by = orderid, not_found = error)]
+    fn shipped(&mut self, _: &ConfirmShipment, saga: &mut SagaContext) {
+        saga.mark_completed();
+    }
+
+    /// Not shipped in time: every line is released.
+    #[timeout(by = orderid)]
+    fn overdue(&mut self, _: &ShipmentOverdue, saga: &mut SagaContext) {
+        tracing::info!(orderid = %self.orderid, lines = self.lines.len(), "shipment overdue: releasing the order's allocations");
+        for line in &self.lines {
+            saga.send(&ReleaseAllocation {
+                orderid: self.orderid.clone(),
+                sku: line.sku.clone(),
+                qty: line.qty,
+            });
+        }
+        saga.mark_completed();
+    }
+}
+
+/// Releases a line whose order was not shipped in time. A line no batch
+/// holds (it was never reallocated after its batch shrank, or released
+/// already) is left alone.
+#[handler(releases(AllocationReleased))]
+pub async fn release_allocation(
+    cmd: ReleaseAllocation,
+    mut uow: Scoped<dyn UnitOfWork>,
+) -> Result<(), ServiceError> {
+    let line = OrderLine {
+        orderid: cmd.orderid,
+        sku: cmd.sku,
+        qty: cmd.qty,
+    };
+    let Some(product) = uow.products().get_for_line(&line).await? else {
+        return Ok(());
+    };
+    if product.release(&line) {
+        uow.commit().await?;
+    }
+    Ok(())
+}
