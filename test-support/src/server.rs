@@ -33,6 +33,34 @@ impl Server {
     /// Starts `binary` on a free port over the database at `database_url`
     /// (SQLite or PostgreSQL), with more environment variables.
     pub fn start_with(binary: &str, database_url: &str, env: &[(&str, &str)]) -> Server {
+        Server::spawn(binary, database_url, env, Stdio::null(), Stdio::inherit())
+    }
+
+    /// [`start_with`](Self::start_with), its log (at `info`, unless `env`
+    /// sets `RUST_LOG`; the service logs to standard output) and its
+    /// standard error written to the file `log`.
+    pub fn start_logging(
+        binary: &str,
+        database_url: &str,
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Server {
+        let file = std::fs::File::create(log).expect("the log file");
+        let mut env = env.to_vec();
+        if !env.iter().any(|(name, _)| *name == "RUST_LOG") {
+            env.push(("RUST_LOG", "info"));
+        }
+        let errors = file.try_clone().expect("the log file, again");
+        Server::spawn(binary, database_url, &env, Stdio::from(file), Stdio::from(errors))
+    }
+
+    fn spawn(
+        binary: &str,
+        database_url: &str,
+        env: &[(&str, &str)],
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -47,8 +75,8 @@ impl Server {
             // environment the tests run in.
             .env_remove("REDIS_URL")
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("the binary starts");
         let mut server = Server {

@@ -353,3 +353,63 @@ async fn a_database_from_before_uuid_ids_opens_with_its_rows_and_its_migrations(
     assert_eq!(postgres.store().outbox().unsent(10).await.unwrap().len(), 2);
     opened.close().await;
 }
+
+/// The shipment deadlines of orders allocated through one process, with
+/// two processes sharing the database (each runs the durable scheduler):
+/// every order is released, each deadline handled by one process, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_fire_each_shipment_deadline_once() {
+    use arch_events_test_support::server::{add_batch, get, post, Server};
+    use reqwest::StatusCode;
+    use serde_json::json;
+
+    let database = postgres::FreshDatabase::create().await;
+    let logs = tempfile::tempdir().unwrap();
+    let env = [("SHIPMENT_DEADLINE_SECS", "2"), ("NO_COLOR", "1")];
+    let binary = server::example_app_binary();
+    let (first_log, second_log) = (logs.path().join("first.log"), logs.path().join("second.log"));
+    let first = Server::start_logging(&binary, &database.url, &env, &first_log);
+    let second = Server::start_logging(&binary, &database.url, &env, &second_log);
+    add_batch(&first, "b1", "LAMP", 1000, None).await;
+    let orders: Vec<String> = (0..20).map(|n| format!("order-{n}")).collect();
+    for (n, orderid) in orders.iter().enumerate() {
+        let server = if n % 2 == 0 { &first } else { &second };
+        let (status, body) = post(server, "/allocate", json!({"orderid": orderid, "sku": "LAMP", "qty": 10})).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for orderid in &orders {
+        loop {
+            let (status, _) = get(&first, &format!("/allocations/{orderid}")).await;
+            if status == StatusCode::NOT_FOUND {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{orderid} was not released");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Both processes stop (their logs are whole), then count who handled
+    // which deadline.
+    assert!(first.interrupt().success());
+    assert!(second.interrupt().success());
+    let handled: Vec<String> = [first_log, second_log]
+        .iter()
+        .flat_map(|log| {
+            std::fs::read_to_string(log)
+                .unwrap()
+                .lines()
+                .filter(|line| line.contains("shipment overdue: releasing"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for orderid in &orders {
+        let times = handled
+            .iter()
+            .filter(|line| line.contains(&format!("orderid={orderid} ")))
+            .count();
+        assert_eq!(times, 1, "{orderid}'s deadline handled {times} times: {handled:#?}");
+    }
+    let (status, body) = post(&Server::start_with(&binary, &database.url, &env), "/allocate", json!({"orderid": "after", "sku": "LAMP", "qty": 1000})).await;
+    assert_eq!((status, body), (StatusCode::ACCEPTED, json!({"batchref": "b1"})), "all the stock is back");
+}
