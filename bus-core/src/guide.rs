@@ -55,3 +55,9 @@ pub mod your_own_domain {
 pub mod event_sourcing {
     #![doc = include_str!("../guide/11-event-sourcing.md")]
 }
+
+/// Chapter 12.
+#[cfg(feature = "json")]
+pub mod sagas_and_scheduling {
+    #![doc = include_str!("../guide/12-sagas-and-scheduling.md")]
+}

@@ -544,6 +544,11 @@ async fn a_smaller_batch_releases_deallocated_then_reallocates_and_the_read_mode
                 "example_app::views::remove_allocation_from_read_model",
                 "allocation.deallocated"
             ),
+            // The order's shipment watch takes the line's new batch.
+            ran(
+                "example_app::service_layer::shipment::ShipmentWatch::allocated",
+                "allocation.allocated"
+            ),
             ran(
                 "example_app::views::add_allocation_to_read_model",
                 "allocation.allocated"

@@ -190,6 +190,50 @@ impl<DB: Backend> SqlScheduler<DB> {
 
     /// Keeps `message` in `transaction` (a unit of work's own): it is
     /// scheduled if and only if the transaction commits.
+    ///
+    /// ```
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use arch_events::saga::{SagaStore, Sagas};
+    /// use arch_events::schedule::{ScheduledMessage, Scheduler, VirtualClock};
+    /// use arch_events::{handler, Bus, Command, Dependencies};
+    /// use arch_events_sqlx::Store;
+    ///
+    /// #[derive(Debug, serde::Serialize, serde::Deserialize, Command)]
+    /// #[command(name = "billing.invoice", serde)]
+    /// struct Invoice { customer: String }
+    ///
+    /// #[handler]
+    /// fn invoice(cmd: Invoice) -> Result<(), std::convert::Infallible> {
+    ///     println!("invoicing {}", cmd.customer);
+    ///     Ok(())
+    /// }
+    ///
+    /// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+    /// let store = Store::open(pool).await?;
+    /// let clock = VirtualClock::new();
+    /// let scheduler = Arc::new(store.scheduler().with_clock(clock.clone()));
+    /// let sagas: Arc<dyn SagaStore> = scheduler.clone();
+    /// let bus = Bus::builder().dependencies(Dependencies::new().shared(Sagas::new(sagas))).build()?;
+    ///
+    /// // Scheduled in a unit of work's transaction: it exists once that commits.
+    /// let mut tx = store.begin().await?;
+    /// let message = ScheduledMessage::command(&Invoice { customer: "ada".into() }, clock.now() + Duration::from_secs(30 * 86_400))?;
+    /// scheduler.schedule_in(&mut tx, &message).await?;
+    /// tx.commit().await?;
+    ///
+    /// assert_eq!(scheduler.pending().await?.len(), 1);
+    /// assert_eq!(clock.advance_and_fire(Duration::from_secs(30 * 86_400), &*scheduler, &bus).await?, 1);
+    /// assert!(scheduler.pending().await?.is_empty());
+    /// // In a service: `let running = scheduler.start(&bus);` ... `running.stop().await;`
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub async fn schedule_in(
         &self,
         transaction: &mut Transaction<'_, DB>,
