@@ -279,6 +279,17 @@ pub enum Problem {
         /// The upcasters concerned: their paths and locations.
         upcasters: Vec<(&'static str, Location)>,
     },
+    /// A saga in the bus that cannot work as written: two saga types share
+    /// its name (their instances would mix), or a timeout it handles
+    /// cannot be scheduled.
+    Saga {
+        /// The saga's name.
+        saga: &'static str,
+        /// Where its `#[saga]` is.
+        location: Location,
+        /// What is wrong, and the fix.
+        reason: String,
+    },
     /// Two message types share one name.
     DuplicateName {
         /// The name.
@@ -303,6 +314,7 @@ impl Problem {
             }
             Problem::DuplicateName { name, .. } => name,
             Problem::Upcaster { event, .. } => event,
+            Problem::Saga { saga, .. } => saga,
         }
     }
 
@@ -452,6 +464,11 @@ impl fmt::Display for Problem {
                 }
                 f.write_str(" give each a distinct `name = \"...\"`")
             }
+            Problem::Saga {
+                saga,
+                location,
+                reason,
+            } => write!(f, "saga `{saga}` (at {location}): {reason}"),
         }
     }
 }

@@ -310,6 +310,8 @@ impl BusBuilder {
         problems.extend(duplicate_names(&messages));
         #[cfg(feature = "json")]
         problems.extend(crate::event_store::upcast::problems(&messages));
+        #[cfg(feature = "json")]
+        problems.extend(crate::saga::problems(&handlers));
 
         let mut by_message: HashMap<*const MessageMeta, Vec<&'static HandlerRegistration>> =
             HashMap::new();

@@ -149,3 +149,76 @@ inventory::collect!(SagaEntry);
 pub(crate) fn registered() -> impl Iterator<Item = &'static SagaRegistration> {
     inventory::iter::<SagaEntry>.into_iter().map(|entry| entry.0)
 }
+
+/// The sagas with a handler among `handlers` (the bus's), each once.
+fn in_bus(
+    handlers: &[&'static crate::registry::HandlerRegistration],
+) -> Vec<&'static SagaRegistration> {
+    let mut sagas: Vec<&'static SagaRegistration> = registered()
+        .filter(|saga| {
+            saga.steps.iter().any(|step| {
+                let registration = (step.handler)();
+                handlers.iter().any(|handler| std::ptr::eq(*handler, registration))
+            })
+        })
+        .collect();
+    sagas.sort_by_key(|saga| (saga.name, saga.location));
+    sagas.dedup_by(|a, b| std::ptr::eq(*a, *b));
+    sagas
+}
+
+/// What the bus's build finds wrong with the sagas among its `handlers`:
+/// two saga types with one name (their instances would share rows), a
+/// timeout that cannot be scheduled (its type has no JSON codec).
+pub(crate) fn problems(
+    handlers: &[&'static crate::registry::HandlerRegistration],
+) -> Vec<crate::error::Problem> {
+    use crate::error::Problem;
+    use crate::message::MessageKind;
+
+    let sagas = in_bus(handlers);
+    let mut problems = Vec::new();
+    for (i, saga) in sagas.iter().enumerate() {
+        let others: Vec<String> = sagas
+            .iter()
+            .enumerate()
+            .filter(|(j, other)| *j != i && other.name == saga.name)
+            .map(|(_, other)| format!("`{}` ({})", other.rust_path, other.location))
+            .collect();
+        if !others.is_empty() {
+            problems.push(Problem::Saga {
+                saga: saga.name,
+                location: saga.location,
+                reason: format!(
+                    "`{}` shares its name with {}: their instances would mix; give each a \
+                     distinct `#[saga(name = \"...\")]`",
+                    saga.rust_path,
+                    others.join(", ")
+                ),
+            });
+        }
+        for step in saga.steps.iter().filter(|step| step.role == Role::Timeout) {
+            let message = (step.message)();
+            let readable = match message.kind() {
+                MessageKind::Command => message.command_codec().is_some(),
+                MessageKind::Event => message.codec().is_some(),
+                MessageKind::Query => false,
+            };
+            if !readable {
+                problems.push(Problem::Saga {
+                    saga: saga.name,
+                    location: saga.location,
+                    reason: format!(
+                        "its timeout `{}` ({}) cannot be scheduled: it is kept as JSON until \
+                         due; derive it with `#[{}(serde)]` and serde's `Serialize` and \
+                         `Deserialize`",
+                        message.name(),
+                        message.location(),
+                        message.kind()
+                    ),
+                });
+            }
+        }
+    }
+    problems
+}

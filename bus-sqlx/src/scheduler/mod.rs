@@ -87,10 +87,11 @@ const BATCH: u32 = 100;
 ///
 /// let due = scheduler.now() + Duration::from_millis(50);
 /// scheduler.schedule(ScheduledMessage::command(&Remind { customer: "ada".into() }, due)?).await?;
-/// while sent.lock().unwrap().is_empty() {
+/// // Fired by the loop once due, then deleted.
+/// while !scheduler.pending().await?.is_empty() {
 ///     tokio::time::sleep(Duration::from_millis(10)).await;
 /// }
-/// assert!(scheduler.pending().await?.is_empty());
+/// assert_eq!(*sent.lock().unwrap(), ["ada"]);
 /// running.stop().await;
 /// # Ok(())
 /// # }
