@@ -137,12 +137,25 @@ async fn a_shipped_order_keeps_its_allocations(storage: Storage) {
     let service = service(storage).await;
     service.allocate("o1", "LAMP", 3).await.unwrap();
     service.allocate("o1", "DESK", 2).await.unwrap();
-    assert!(matches!(service.watch("o1").await, Some(SagaRecord::Active { .. })));
-    assert_eq!(service.scheduler.pending().await.unwrap().len(), 1, "one deadline per order");
+    assert!(matches!(
+        service.watch("o1").await,
+        Some(SagaRecord::Active { .. })
+    ));
+    assert_eq!(
+        service.scheduler.pending().await.unwrap().len(),
+        1,
+        "one deadline per order"
+    );
 
     service.confirm("o1").await.unwrap();
-    assert!(matches!(service.watch("o1").await, Some(SagaRecord::Completed { .. })));
-    assert!(service.scheduler.pending().await.unwrap().is_empty(), "the deadline went with it");
+    assert!(matches!(
+        service.watch("o1").await,
+        Some(SagaRecord::Completed { .. })
+    ));
+    assert!(
+        service.scheduler.pending().await.unwrap().is_empty(),
+        "the deadline went with it"
+    );
     assert_eq!(service.advance(DEADLINE * 2).await, 0);
     let rows = service.allocations("o1").await;
     assert_eq!(rows.len(), 2, "{rows:?}");
@@ -153,7 +166,11 @@ async fn a_late_order_has_its_lines_released_and_their_stock_returned(storage: S
     let service = service(storage).await;
     service.allocate("late", "LAMP", 10).await.unwrap();
     service.allocate("late", "DESK", 5).await.unwrap();
-    assert_eq!(service.allocate("other", "LAMP", 1).await, None, "all of it is taken");
+    assert_eq!(
+        service.allocate("other", "LAMP", 1).await,
+        None,
+        "all of it is taken"
+    );
     service.advance(DEADLINE - Duration::from_secs(1)).await;
     assert_eq!(service.allocations("late").await.len(), 2, "not late yet");
 
@@ -162,7 +179,10 @@ async fn a_late_order_has_its_lines_released_and_their_stock_returned(storage: S
     let fired = service.advance(Duration::from_secs(1)).await;
     assert_eq!(fired, 3, "the deadline and two releases");
     assert!(service.allocations("late").await.is_empty(), "released");
-    assert!(matches!(service.watch("late").await, Some(SagaRecord::Completed { .. })));
+    assert!(matches!(
+        service.watch("late").await,
+        Some(SagaRecord::Completed { .. })
+    ));
     assert_eq!(
         service.allocate("other", "LAMP", 10).await.as_deref(),
         Some("b1"),
@@ -173,7 +193,10 @@ async fn a_late_order_has_its_lines_released_and_their_stock_returned(storage: S
         Err(DispatchError::Handler(SagaError::NotFound { id, .. })) => assert_eq!(id, "never"),
         other => panic!("expected NotFound, got {other:?}"),
     }
-    service.confirm("late").await.expect("a late confirmation is logged and ignored");
+    service
+        .confirm("late")
+        .await
+        .expect("a late confirmation is logged and ignored");
     assert!(service.allocations("late").await.is_empty());
     service.database.close().await;
 }
@@ -190,7 +213,10 @@ async fn a_deadline_after_the_shipment_changes_nothing(storage: Storage) {
         })
         .await
         .unwrap();
-    service.confirm("o2").await.expect("confirmed twice: no error");
+    service
+        .confirm("o2")
+        .await
+        .expect("confirmed twice: no error");
     assert!(service.bus.settled(Duration::from_secs(10)).await);
     assert_eq!(service.allocations("o2").await.len(), 1, "still allocated");
     assert!(service.scheduler.pending().await.unwrap().is_empty());
@@ -244,7 +270,10 @@ async fn until_status(server: &Server, orderid: &str, status: StatusCode, within
         if answered == status {
             return;
         }
-        assert!(Instant::now() < deadline, "still {answered} {body} after {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "still {answered} {body} after {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -254,15 +283,26 @@ async fn confirming_over_http_keeps_the_allocations_and_a_bad_order_is_refused()
     let (_dir, path) = server::database();
     let server = Server::start(BINARY, &path);
     add_batch(&server, "b1", "LAMP", 10, None).await;
-    let (status, _) = post(&server, "/allocate", json!({"orderid": "o1", "sku": "LAMP", "qty": 2})).await;
+    let (status, _) = post(
+        &server,
+        "/allocate",
+        json!({"orderid": "o1", "sku": "LAMP", "qty": 2}),
+    )
+    .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let (status, body) = post(&server, "/orders/o1/shipped", json!(null)).await;
-    assert_eq!((status, body), (StatusCode::OK, json!({"orderid": "o1", "shipped": true})));
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"orderid": "o1", "shipped": true}))
+    );
     let (status, _) = post(&server, "/orders/o1/shipped", json!(null)).await;
     assert_eq!(status, StatusCode::OK, "confirmed twice");
     let (status, body) = post(&server, "/orders/nobody/shipped", json!(null)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(server::message(&body), "no allocation of order nobody waits for its shipment");
+    assert_eq!(
+        server::message(&body),
+        "no allocation of order nobody waits for its shipment"
+    );
     let (status, body) = post(&server, "/orders/%20bad%0A/shipped", json!(null)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     until_status(&server, "o1", StatusCode::OK, Duration::from_secs(5)).await;
@@ -278,13 +318,33 @@ async fn a_deadline_that_passes_while_the_service_is_down_fires_when_it_is_back(
     let env = [("SHIPMENT_DEADLINE_SECS", "2"), ("NODE_TIMEOUT_MS", "1000")];
     let server = Server::start_with(BINARY, &url, &env);
     add_batch(&server, "b1", "LAMP", 10, None).await;
-    let (status, _) = post(&server, "/allocate", json!({"orderid": "late", "sku": "LAMP", "qty": 10})).await;
+    let (status, _) = post(
+        &server,
+        "/allocate",
+        json!({"orderid": "late", "sku": "LAMP", "qty": 10}),
+    )
+    .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     server.kill_hard();
     // Down past the deadline.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let server = Server::start_with(BINARY, &url, &env);
-    until_status(&server, "late", StatusCode::NOT_FOUND, Duration::from_secs(30)).await;
-    let (status, body) = post(&server, "/allocate", json!({"orderid": "next", "sku": "LAMP", "qty": 10})).await;
-    assert_eq!((status, body), (StatusCode::ACCEPTED, json!({"batchref": "b1"})), "its stock is back");
+    until_status(
+        &server,
+        "late",
+        StatusCode::NOT_FOUND,
+        Duration::from_secs(30),
+    )
+    .await;
+    let (status, body) = post(
+        &server,
+        "/allocate",
+        json!({"orderid": "next", "sku": "LAMP", "qty": 10}),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::ACCEPTED, json!({"batchref": "b1"})),
+        "its stock is back"
+    );
 }

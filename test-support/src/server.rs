@@ -51,7 +51,13 @@ impl Server {
             env.push(("RUST_LOG", "info"));
         }
         let errors = file.try_clone().expect("the log file, again");
-        Server::spawn(binary, database_url, &env, Stdio::from(file), Stdio::from(errors))
+        Server::spawn(
+            binary,
+            database_url,
+            &env,
+            Stdio::from(file),
+            Stdio::from(errors),
+        )
     }
 
     fn spawn(

@@ -27,8 +27,11 @@ mod sagas {
     async fn on_postgres(
         clock: arch_events::schedule::VirtualClock,
     ) -> arch_events_sqlx_conformance::saga::SagasUnderTest {
-        arch_events_sqlx_conformance::saga::on_database::<sqlx::Postgres>(super::fresh_ledger().await, clock)
-            .await
+        arch_events_sqlx_conformance::saga::on_database::<sqlx::Postgres>(
+            super::fresh_ledger().await,
+            clock,
+        )
+        .await
     }
 
     arch_events_sqlx_conformance::saga_tests!(on_postgres);

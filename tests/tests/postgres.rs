@@ -367,14 +367,22 @@ async fn two_processes_fire_each_shipment_deadline_once() {
     let logs = tempfile::tempdir().unwrap();
     let env = [("SHIPMENT_DEADLINE_SECS", "2"), ("NO_COLOR", "1")];
     let binary = server::example_app_binary();
-    let (first_log, second_log) = (logs.path().join("first.log"), logs.path().join("second.log"));
+    let (first_log, second_log) = (
+        logs.path().join("first.log"),
+        logs.path().join("second.log"),
+    );
     let first = Server::start_logging(&binary, &database.url, &env, &first_log);
     let second = Server::start_logging(&binary, &database.url, &env, &second_log);
     add_batch(&first, "b1", "LAMP", 1000, None).await;
     let orders: Vec<String> = (0..20).map(|n| format!("order-{n}")).collect();
     for (n, orderid) in orders.iter().enumerate() {
         let server = if n % 2 == 0 { &first } else { &second };
-        let (status, body) = post(server, "/allocate", json!({"orderid": orderid, "sku": "LAMP", "qty": 10})).await;
+        let (status, body) = post(
+            server,
+            "/allocate",
+            json!({"orderid": orderid, "sku": "LAMP", "qty": 10}),
+        )
+        .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -384,7 +392,10 @@ async fn two_processes_fire_each_shipment_deadline_once() {
             if status == StatusCode::NOT_FOUND {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "{orderid} was not released");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{orderid} was not released"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -408,8 +419,20 @@ async fn two_processes_fire_each_shipment_deadline_once() {
             .iter()
             .filter(|line| line.contains(&format!("orderid={orderid} ")))
             .count();
-        assert_eq!(times, 1, "{orderid}'s deadline handled {times} times: {handled:#?}");
+        assert_eq!(
+            times, 1,
+            "{orderid}'s deadline handled {times} times: {handled:#?}"
+        );
     }
-    let (status, body) = post(&Server::start_with(&binary, &database.url, &env), "/allocate", json!({"orderid": "after", "sku": "LAMP", "qty": 1000})).await;
-    assert_eq!((status, body), (StatusCode::ACCEPTED, json!({"batchref": "b1"})), "all the stock is back");
+    let (status, body) = post(
+        &Server::start_with(&binary, &database.url, &env),
+        "/allocate",
+        json!({"orderid": "after", "sku": "LAMP", "qty": 1000}),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::ACCEPTED, json!({"batchref": "b1"})),
+        "all the stock is back"
+    );
 }

@@ -107,9 +107,7 @@ fn every_saga_problem_is_reported_at_once_with_its_place() {
 fn a_saga_is_described_with_what_each_message_does_to_it() {
     let bus = Bus::builder()
         .registrations(Registrations::new().saga::<Closing>())
-        .dependencies(
-            Dependencies::new().shared(Sagas::new(Arc::new(InMemoryScheduler::new()))),
-        )
+        .dependencies(Dependencies::new().shared(Sagas::new(Arc::new(InMemoryScheduler::new()))))
         .build()
         .unwrap();
     let wiring = bus.describe();
@@ -125,7 +123,11 @@ fn a_saga_is_described_with_what_each_message_does_to_it() {
     assert_eq!(
         steps,
         [
-            ("wiring.opened", "saga_wiring::Closing::opened", "starts".to_owned()),
+            (
+                "wiring.opened",
+                "saga_wiring::Closing::opened",
+                "starts".to_owned()
+            ),
             (
                 "wiring.closed",
                 "saga_wiring::Closing::closed",
@@ -134,8 +136,17 @@ fn a_saga_is_described_with_what_each_message_does_to_it() {
         ]
     );
     let table = wiring.to_table();
-    assert!(table.contains("saga wiring.closing (saga_wiring::Closing, "), "{table}");
+    assert!(
+        table.contains("saga wiring.closing (saga_wiring::Closing, "),
+        "{table}"
+    );
     let mermaid = wiring.to_mermaid();
-    assert!(mermaid.contains("subgraph s_wiring_closing[\"saga wiring.closing\"]"), "{mermaid}");
-    assert!(mermaid.contains("m_wiring_opened == starts ==> s_wiring_closing"), "{mermaid}");
+    assert!(
+        mermaid.contains("subgraph s_wiring_closing[\"saga wiring.closing\"]"),
+        "{mermaid}"
+    );
+    assert!(
+        mermaid.contains("m_wiring_opened == starts ==> s_wiring_closing"),
+        "{mermaid}"
+    );
 }

@@ -321,9 +321,19 @@ impl BusDescription {
             );
         }
         for saga in &self.sagas {
-            let _ = writeln!(out, "\nsaga {} ({}, {})", saga.name, saga.rust_path, saga.location);
+            let _ = writeln!(
+                out,
+                "\nsaga {} ({}, {})",
+                saga.name, saga.rust_path, saga.location
+            );
             for step in &saga.steps {
-                let _ = writeln!(out, "  {:<28} {} → {}", step.role.to_string(), step.message, step.handler);
+                let _ = writeln!(
+                    out,
+                    "  {:<28} {} → {}",
+                    step.role.to_string(),
+                    step.message,
+                    step.handler
+                );
             }
         }
         out
@@ -364,7 +374,11 @@ impl BusDescription {
         }
         for saga in &self.sagas {
             let saga_id = node_id("s", saga.name);
-            let _ = writeln!(out, "    subgraph {saga_id}[\"saga {}\"]", escape(saga.name));
+            let _ = writeln!(
+                out,
+                "    subgraph {saga_id}[\"saga {}\"]",
+                escape(saga.name)
+            );
             for step in &saga.steps {
                 let _ = writeln!(out, "        {}", node_id("h", step.handler));
             }

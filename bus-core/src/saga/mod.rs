@@ -97,11 +97,11 @@ mod context;
 mod runtime;
 mod store;
 
+pub use crate::saga_role::{NotFound, Role};
 pub use arch_events_macros::saga;
 pub use context::SagaContext;
 pub use runtime::{Sagas, MAX_CONFLICTS};
 pub use store::{SagaChange, SagaError, SagaRecord, SagaStore};
-pub use crate::saga_role::{NotFound, Role};
 
 use crate::message::{Location, MessageMeta};
 
@@ -147,7 +147,9 @@ inventory::collect!(SagaEntry);
 
 /// Every linked saga.
 pub(crate) fn registered() -> impl Iterator<Item = &'static SagaRegistration> {
-    inventory::iter::<SagaEntry>.into_iter().map(|entry| entry.0)
+    inventory::iter::<SagaEntry>
+        .into_iter()
+        .map(|entry| entry.0)
 }
 
 /// The sagas with a handler among `handlers` (the bus's), each once.
@@ -158,7 +160,9 @@ fn in_bus(
         .filter(|saga| {
             saga.steps.iter().any(|step| {
                 let registration = (step.handler)();
-                handlers.iter().any(|handler| std::ptr::eq(*handler, registration))
+                handlers
+                    .iter()
+                    .any(|handler| std::ptr::eq(*handler, registration))
             })
         })
         .collect();

@@ -139,7 +139,11 @@ impl Sagas {
                         return Ok(());
                     }
                     Role::Continues(NotFound::Error) => {
-                        return Err(SagaError::NotFound { saga, id, message: name });
+                        return Err(SagaError::NotFound {
+                            saga,
+                            id,
+                            message: name,
+                        });
                     }
                     Role::Continues(NotFound::DeadLetter) => {
                         // Permanent: never retried, dead-lettered at once.
@@ -171,10 +175,12 @@ impl Sagas {
             let state = if context.completed {
                 None
             } else {
-                Some(serde_json::to_string(&state).map_err(|error| SagaError::Encode {
-                    saga,
-                    error: error.into(),
-                })?)
+                Some(
+                    serde_json::to_string(&state).map_err(|error| SagaError::Encode {
+                        saga,
+                        error: error.into(),
+                    })?,
+                )
             };
             let change = SagaChange {
                 saga,

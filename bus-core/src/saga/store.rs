@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use crate::context::MessageContext;
 use crate::error::BoxError;
 use crate::events::{EventReleaser, PendingEvent};
-use crate::schedule::{SchedulerError, ScheduledMessage};
+use crate::schedule::{ScheduledMessage, SchedulerError};
 use crate::MessageId;
 
 /// A saga instance as stored.

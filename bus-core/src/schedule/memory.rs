@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use super::{retry_pause, Clock, ScheduledMessage, Scheduler, SchedulerError, SystemClock, MAX_ATTEMPTS};
+use super::{
+    retry_pause, Clock, ScheduledMessage, Scheduler, SchedulerError, SystemClock, MAX_ATTEMPTS,
+};
 use crate::bus::InboundError;
 use crate::context::MessageContext;
 use crate::events::EventReleaser;
@@ -199,7 +201,8 @@ impl SagaStore for InMemoryScheduler {
                 Some(state) => SagaRecord::Active { state, version },
                 None => {
                     inner.waiting.retain(|(_, m)| {
-                        m.saga().is_none_or(|owner| owner.saga != key.0 || owner.id != key.1)
+                        m.saga()
+                            .is_none_or(|owner| owner.saga != key.0 || owner.id != key.1)
                     });
                     SagaRecord::Completed { version }
                 }

@@ -86,7 +86,11 @@ impl ScheduledMessage {
         Self::of(meta, encode(meta, message)?, due)
     }
 
-    fn of(meta: &'static MessageMeta, payload: String, due: SystemTime) -> Result<Self, SchedulerError> {
+    fn of(
+        meta: &'static MessageMeta,
+        payload: String,
+        due: SystemTime,
+    ) -> Result<Self, SchedulerError> {
         let id = MessageId::new();
         Ok(ScheduledMessage {
             id,
@@ -146,7 +150,12 @@ impl ScheduledMessage {
     }
 
     /// The same message, with the failures a store kept of it.
-    pub fn with_failures(mut self, attempts: u32, last_error: Option<String>, parked: bool) -> Self {
+    pub fn with_failures(
+        mut self,
+        attempts: u32,
+        last_error: Option<String>,
+        parked: bool,
+    ) -> Self {
         self.attempts = attempts;
         self.last_error = last_error;
         self.parked = parked;
@@ -237,7 +246,10 @@ fn not_serializable(meta: &'static MessageMeta) -> SchedulerError {
     }
 }
 
-fn encode<T: serde::Serialize>(meta: &'static MessageMeta, value: &T) -> Result<String, SchedulerError> {
+fn encode<T: serde::Serialize>(
+    meta: &'static MessageMeta,
+    value: &T,
+) -> Result<String, SchedulerError> {
     serde_json::to_string(value).map_err(|error| SchedulerError::Encode {
         name: meta.name(),
         error: error.into(),

@@ -42,8 +42,7 @@ pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
         Some(message) if errors.is_empty() => message,
         _ => return fallback::refused(&function, signature.in_impl, errors.to_compile_errors()),
     };
-    let registration =
-        expand::registration(&function, &message, &signature.dependencies, &args);
+    let registration = expand::registration(&function, &message, &signature.dependencies, &args);
     quote! {
         #function
         #registration

@@ -111,7 +111,8 @@ pub(crate) fn parse_step(kind: StepKind, attribute: &Attribute, errors: &mut Err
                 walker.walk(meta, &mut |key, meta, errors| {
                     if key == "by" {
                         let input = meta.value()?;
-                        let path = Punctuated::<Member, Token![.]>::parse_separated_nonempty(input)?;
+                        let path =
+                            Punctuated::<Member, Token![.]>::parse_separated_nonempty(input)?;
                         args.by = Some(path);
                     } else if key == "releases" {
                         let content;

@@ -17,7 +17,11 @@ fn name(block: &ItemImpl, name: Option<&LitStr>) -> TokenStream {
     let self_ty = &block.self_ty;
     match name {
         Some(name) => quote!(#name),
-        None => quote!(::core::concat!(::core::module_path!(), "::", ::core::stringify!(#self_ty))),
+        None => quote!(::core::concat!(
+            ::core::module_path!(),
+            "::",
+            ::core::stringify!(#self_ty)
+        )),
     }
 }
 
@@ -68,7 +72,11 @@ fn role(step: &Step) -> TokenStream {
 /// Everything, for the accepted `steps` (none when the block was refused:
 /// the `Saga` impl and an empty registration are still there, so that the
 /// block's errors are only its own).
-pub(crate) fn registrations(block: &ItemImpl, given: Option<&LitStr>, steps: &[Step]) -> TokenStream {
+pub(crate) fn registrations(
+    block: &ItemImpl,
+    given: Option<&LitStr>,
+    steps: &[Step],
+) -> TokenStream {
     let self_ty = &block.self_ty;
     let saga_impl = saga_impl(block, given);
     let private = quote!(::arch_events::__private);

@@ -62,13 +62,15 @@ pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
             continue;
         };
         let mut found: Vec<attr::StepArgs> = Vec::new();
-        method.attrs.retain(|attribute| match StepKind::of(attribute) {
-            Some(kind) => {
-                found.push(attr::parse_step(kind, attribute, &mut errors));
-                false
-            }
-            None => true,
-        });
+        method
+            .attrs
+            .retain(|attribute| match StepKind::of(attribute) {
+                Some(kind) => {
+                    found.push(attr::parse_step(kind, attribute, &mut errors));
+                    false
+                }
+                None => true,
+            });
         let mut found = found.into_iter();
         let Some(step) = found.next() else {
             continue;

@@ -44,7 +44,10 @@ pub struct SagasUnderTest {
 
 /// Opens the backend again, as a process started later does.
 pub type Restart = Box<
-    dyn FnOnce(VirtualClock) -> Pin<Box<dyn Future<Output = (Arc<dyn Scheduler>, Box<dyn Any + Send>)> + Send>>
+    dyn FnOnce(
+            VirtualClock,
+        )
+            -> Pin<Box<dyn Future<Output = (Arc<dyn Scheduler>, Box<dyn Any + Send>)> + Send>>
         + Send,
 >;
 
@@ -58,7 +61,10 @@ pub async fn on_database<DB: crate::Ledger>(
     async fn open<DB: crate::Ledger>(
         url: String,
         clock: VirtualClock,
-    ) -> (arch_events_sqlx::Store<DB>, Arc<arch_events_sqlx::SqlScheduler<DB>>) {
+    ) -> (
+        arch_events_sqlx::Store<DB>,
+        Arc<arch_events_sqlx::SqlScheduler<DB>>,
+    ) {
         let store = arch_events_sqlx::Store::open(DB::connect(&url).await)
             .await
             .expect("opens");
@@ -72,7 +78,10 @@ pub async fn on_database<DB: crate::Ledger>(
         Box::pin(async move {
             let (store, scheduler) = open::<DB>(url, clock).await;
             let scheduler: Arc<dyn Scheduler> = scheduler;
-            (scheduler, Box::new((store, database)) as Box<dyn Any + Send>)
+            (
+                scheduler,
+                Box::new((store, database)) as Box<dyn Any + Send>,
+            )
         })
     });
     let other_sagas: Arc<dyn SagaStore> = other.clone();
@@ -293,8 +302,16 @@ fn record_cancelled(event: &OrderCancelled, journal: &Journal) {
 }
 
 #[handler]
-fn remind(command: Remind, journal: &Journal, flow: MessageContext) -> Result<(), std::convert::Infallible> {
-    journal.reminded.lock().unwrap().push((command.customer, flow));
+fn remind(
+    command: Remind,
+    journal: &Journal,
+    flow: MessageContext,
+) -> Result<(), std::convert::Infallible> {
+    journal
+        .reminded
+        .lock()
+        .unwrap()
+        .push((command.customer, flow));
     Ok(())
 }
 
@@ -314,7 +331,11 @@ pub fn bus(sagas: Arc<dyn SagaStore>, journal: Arc<Journal>) -> Bus {
                 .handler::<remind>()
                 .handler::<flaky>(),
         )
-        .dependencies(Dependencies::new().shared(Sagas::new(sagas)).shared_arc(journal))
+        .dependencies(
+            Dependencies::new()
+                .shared(Sagas::new(sagas))
+                .shared_arc(journal),
+        )
         .retry(RetryPolicy::exponential(3).first_delay(Duration::from_millis(1)))
         .build()
         .expect("the suite's bus builds")
@@ -330,7 +351,9 @@ async fn state(sagas: &dyn SagaStore, order: u32) -> Option<SagaRecord> {
 
 async fn running(sagas: &dyn SagaStore, order: u32) -> (AwaitPayment, u64) {
     match state(sagas, order).await {
-        Some(SagaRecord::Active { state, version }) => (serde_json::from_str(&state).unwrap(), version),
+        Some(SagaRecord::Active { state, version }) => {
+            (serde_json::from_str(&state).unwrap(), version)
+        }
         other => panic!("saga {order} is not running: {other:?}"),
     }
 }
@@ -344,15 +367,24 @@ pub async fn a_saga_starts_continues_and_completes_and_its_timeout_goes_with_it(
     bus.publish(Ordered { order: 1 }).await.unwrap();
     bus.publish(Noted { order: 1, note: 7 }).await.unwrap();
     let (saga, version) = running(&*under.sagas, 1).await;
-    assert_eq!((saga.order, saga.starts, saga.notes, version), (1, 1, vec![7], 2));
+    assert_eq!(
+        (saga.order, saga.starts, saga.notes, version),
+        (1, 1, vec![7], 2)
+    );
     let pending = under.scheduler.pending().await.unwrap();
     assert_eq!(pending.len(), 1, "its timeout waits");
     assert_eq!(pending[0].name(), "conformance.payment_overdue");
     assert_eq!(pending[0].due(), clock.now() + PAYMENT_WINDOW);
 
     bus.dispatch(Pay { order: 1 }).await.unwrap();
-    assert_eq!(state(&*under.sagas, 1).await, Some(SagaRecord::Completed { version: 3 }));
-    assert!(under.scheduler.pending().await.unwrap().is_empty(), "completion cancels its timeout");
+    assert_eq!(
+        state(&*under.sagas, 1).await,
+        Some(SagaRecord::Completed { version: 3 })
+    );
+    assert!(
+        under.scheduler.pending().await.unwrap().is_empty(),
+        "completion cancels its timeout"
+    );
     let fired = clock
         .advance_and_fire(PAYMENT_WINDOW * 2, &*under.scheduler, &bus)
         .await
@@ -369,9 +401,18 @@ pub async fn a_timeout_fires_at_its_time_on_the_virtual_clock_and_not_before(
     let bus = bus(under.sagas.clone(), journal.clone());
     bus.publish(Ordered { order: 2 }).await.unwrap();
     let almost = PAYMENT_WINDOW - Duration::from_millis(1);
-    assert_eq!(clock.advance_and_fire(almost, &*under.scheduler, &bus).await.unwrap(), 0);
+    assert_eq!(
+        clock
+            .advance_and_fire(almost, &*under.scheduler, &bus)
+            .await
+            .unwrap(),
+        0
+    );
     assert!(journal.cancelled.lock().unwrap().is_empty(), "not due yet");
-    assert!(matches!(state(&*under.sagas, 2).await, Some(SagaRecord::Active { .. })));
+    assert!(matches!(
+        state(&*under.sagas, 2).await,
+        Some(SagaRecord::Active { .. })
+    ));
 
     let fired = clock
         .advance_and_fire(Duration::from_millis(1), &*under.scheduler, &bus)
@@ -379,8 +420,15 @@ pub async fn a_timeout_fires_at_its_time_on_the_virtual_clock_and_not_before(
         .unwrap();
     assert_eq!(fired, 1);
     assert!(bus.settled(Duration::from_secs(10)).await);
-    assert_eq!(*journal.cancelled.lock().unwrap(), [2], "the timeout's event was handled");
-    assert_eq!(state(&*under.sagas, 2).await, Some(SagaRecord::Completed { version: 2 }));
+    assert_eq!(
+        *journal.cancelled.lock().unwrap(),
+        [2],
+        "the timeout's event was handled"
+    );
+    assert_eq!(
+        state(&*under.sagas, 2).await,
+        Some(SagaRecord::Completed { version: 2 })
+    );
     assert!(under.scheduler.pending().await.unwrap().is_empty());
 }
 
@@ -392,13 +440,21 @@ pub async fn a_message_after_completion_is_a_no_op(under: SagasUnderTest, _clock
     // A late timeout, a late payment, a late note, a late start: each is
     // logged and done, none an error, none a change.
     bus.publish(PaymentOverdue { order: 3 }).await.unwrap();
-    bus.dispatch(Pay { order: 3 }).await.expect("a late command is no error");
+    bus.dispatch(Pay { order: 3 })
+        .await
+        .expect("a late command is no error");
     bus.publish(Noted { order: 3, note: 1 }).await.unwrap();
     bus.publish(Ordered { order: 3 }).await.unwrap();
-    assert_eq!(state(&*under.sagas, 3).await, Some(SagaRecord::Completed { version: 2 }));
+    assert_eq!(
+        state(&*under.sagas, 3).await,
+        Some(SagaRecord::Completed { version: 2 })
+    );
     assert!(journal.cancelled.lock().unwrap().is_empty());
     assert!(bus.dead_letters().unwrap().is_empty());
-    assert!(under.scheduler.pending().await.unwrap().is_empty(), "a late start schedules nothing");
+    assert!(
+        under.scheduler.pending().await.unwrap().is_empty(),
+        "a late start schedules nothing"
+    );
 }
 
 pub async fn a_continuing_message_that_finds_no_saga_does_what_it_declares(
@@ -409,11 +465,18 @@ pub async fn a_continuing_message_that_finds_no_saga_does_what_it_declares(
     let bus = bus(under.sagas.clone(), journal.clone());
     // ignore
     bus.publish(Noted { order: 4, note: 1 }).await.unwrap();
-    assert_eq!(state(&*under.sagas, 4).await, None, "ignored: nothing started");
+    assert_eq!(
+        state(&*under.sagas, 4).await,
+        None,
+        "ignored: nothing started"
+    );
     // error, on a command: its caller gets it, typed
     match bus.dispatch(Refund { order: 4 }).await {
         Err(DispatchError::Handler(SagaError::NotFound { saga, id, message })) => {
-            assert_eq!((saga, id.as_str(), message), ("conformance.await_payment", "4", "conformance.refund"));
+            assert_eq!(
+                (saga, id.as_str(), message),
+                ("conformance.await_payment", "4", "conformance.refund")
+            );
         }
         other => panic!("expected NotFound, got {other:?}"),
     }
@@ -421,8 +484,19 @@ pub async fn a_continuing_message_that_finds_no_saga_does_what_it_declares(
     bus.publish(Disputed { order: 4 }).await.unwrap();
     let letters = bus.dead_letters().unwrap().take();
     assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].attempts(), 1, "never retried: {}", letters[0].error());
-    assert!(letters[0].error().contains("no saga `conformance.await_payment` has the id `4`"), "{}", letters[0].error());
+    assert_eq!(
+        letters[0].attempts(),
+        1,
+        "never retried: {}",
+        letters[0].error()
+    );
+    assert!(
+        letters[0]
+            .error()
+            .contains("no saga `conformance.await_payment` has the id `4`"),
+        "{}",
+        letters[0].error()
+    );
     assert_eq!(state(&*under.sagas, 4).await, None);
 }
 
@@ -443,10 +517,17 @@ pub async fn racing_starts_make_one_saga(under: SagasUnderTest, _clock: VirtualC
     let (saga, version) = running(&*under.sagas, 5).await;
     assert_eq!(saga.starts, starts, "every start reached the one saga");
     assert_eq!(version, u64::from(starts));
-    assert_eq!(under.scheduler.pending().await.unwrap().len(), 1, "one timeout, from the first start");
+    assert_eq!(
+        under.scheduler.pending().await.unwrap().len(),
+        1,
+        "one timeout, from the first start"
+    );
 }
 
-pub async fn concurrent_messages_to_one_saga_lose_no_update(under: SagasUnderTest, _clock: VirtualClock) {
+pub async fn concurrent_messages_to_one_saga_lose_no_update(
+    under: SagasUnderTest,
+    _clock: VirtualClock,
+) {
     let journal = Arc::new(Journal::default());
     let bus = bus(under.sagas.clone(), journal);
     bus.publish(Ordered { order: 6 }).await.unwrap();
@@ -460,7 +541,15 @@ pub async fn concurrent_messages_to_one_saga_lose_no_update(under: SagasUnderTes
     for task in tasks {
         task.await.unwrap().unwrap();
     }
-    assert!(bus.dead_letters().unwrap().is_empty(), "{:?}", bus.dead_letters().unwrap().letters().first().map(|l| l.error().to_owned()));
+    assert!(
+        bus.dead_letters().unwrap().is_empty(),
+        "{:?}",
+        bus.dead_letters()
+            .unwrap()
+            .letters()
+            .first()
+            .map(|l| l.error().to_owned())
+    );
     let (mut saga, version) = running(&*under.sagas, 6).await;
     saga.notes.sort_unstable();
     assert_eq!(saga.notes, (1..=notes).collect::<Vec<_>>());
@@ -476,10 +565,18 @@ pub async fn a_saga_whose_handler_fails_stores_nothing(under: SagasUnderTest, cl
     let letters = bus.dead_letters().unwrap().take();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].attempts(), 3, "retried by the bus's policy");
-    assert!(letters[0].error().contains("order 7 botched"), "{}", letters[0].error());
+    assert!(
+        letters[0].error().contains("order 7 botched"),
+        "{}",
+        letters[0].error()
+    );
     let (saga, version) = running(&*under.sagas, 7).await;
     assert_eq!((saga.notes.len(), version), (0, 1), "no state change");
-    assert_eq!(under.scheduler.pending().await.unwrap(), before, "no timeout");
+    assert_eq!(
+        under.scheduler.pending().await.unwrap(),
+        before,
+        "no timeout"
+    );
     assert!(journal.cancelled.lock().unwrap().is_empty(), "no event");
     let _ = clock;
 }
@@ -495,7 +592,11 @@ pub async fn two_processes_continue_one_saga_without_losing_an_update(
     let notes = 20;
     let tasks: Vec<_> = (1..=notes)
         .map(|note| {
-            let bus = if note % 2 == 0 { here.clone() } else { there.clone() };
+            let bus = if note % 2 == 0 {
+                here.clone()
+            } else {
+                there.clone()
+            };
             tokio::spawn(async move { bus.publish(Noted { order: 8, note }).await })
         })
         .collect();
@@ -516,16 +617,34 @@ pub async fn a_scheduled_command_fires_once_with_the_ids_of_what_scheduled_it(
     let journal = Arc::new(Journal::default());
     let bus = bus(under.sagas.clone(), journal.clone());
     let cause = MessageContext::root();
-    let message = ScheduledMessage::command(&Remind { customer: "ada".into() }, clock.now() + Duration::from_secs(60))
-        .unwrap()
-        .caused_by(&cause);
+    let message = ScheduledMessage::command(
+        &Remind {
+            customer: "ada".into(),
+        },
+        clock.now() + Duration::from_secs(60),
+    )
+    .unwrap()
+    .caused_by(&cause);
     let id = message.id();
     under.scheduler.schedule(message.clone()).await.unwrap();
     under.scheduler.schedule(message).await.unwrap(); // the same id: kept once
-    assert_eq!(under.scheduler.next_due().await.unwrap(), Some(clock.now() + Duration::from_secs(60)));
+    assert_eq!(
+        under.scheduler.next_due().await.unwrap(),
+        Some(clock.now() + Duration::from_secs(60))
+    );
     assert_eq!(under.scheduler.fire_due(&bus).await.unwrap(), 0, "not due");
-    assert_eq!(clock.advance_and_fire(Duration::from_secs(3600), &*under.scheduler, &bus).await.unwrap(), 1);
-    assert_eq!(under.scheduler.fire_due(&bus).await.unwrap(), 0, "fired once");
+    assert_eq!(
+        clock
+            .advance_and_fire(Duration::from_secs(3600), &*under.scheduler, &bus)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        under.scheduler.fire_due(&bus).await.unwrap(),
+        0,
+        "fired once"
+    );
     let reminded = journal.reminded.lock().unwrap().clone();
     assert_eq!(reminded.len(), 1);
     let (customer, flow) = &reminded[0];
@@ -543,12 +662,36 @@ pub async fn scheduled_messages_fire_in_due_order(under: SagasUnderTest, clock: 
     let bus = bus(under.sagas.clone(), journal.clone());
     let now = clock.now();
     for (customer, after) in [("c", 30), ("a", 10), ("d", 40), ("b", 20)] {
-        let message = ScheduledMessage::command(&Remind { customer: customer.into() }, now + Duration::from_secs(after)).unwrap();
+        let message = ScheduledMessage::command(
+            &Remind {
+                customer: customer.into(),
+            },
+            now + Duration::from_secs(after),
+        )
+        .unwrap();
         under.scheduler.schedule(message).await.unwrap();
     }
-    assert_eq!(clock.advance_and_fire(Duration::from_secs(25), &*under.scheduler, &bus).await.unwrap(), 2);
-    assert_eq!(clock.advance_and_fire(Duration::from_secs(25), &*under.scheduler, &bus).await.unwrap(), 2);
-    let order: Vec<String> = journal.reminded.lock().unwrap().iter().map(|(c, _)| c.clone()).collect();
+    assert_eq!(
+        clock
+            .advance_and_fire(Duration::from_secs(25), &*under.scheduler, &bus)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        clock
+            .advance_and_fire(Duration::from_secs(25), &*under.scheduler, &bus)
+            .await
+            .unwrap(),
+        2
+    );
+    let order: Vec<String> = journal
+        .reminded
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(c, _)| c.clone())
+        .collect();
     assert_eq!(order, ["a", "b", "c", "d"]);
 }
 
@@ -556,40 +699,93 @@ pub async fn a_cancelled_message_never_fires(under: SagasUnderTest, clock: Virtu
     let journal = Arc::new(Journal::default());
     let bus = bus(under.sagas.clone(), journal.clone());
     let due = clock.now() + Duration::from_secs(5);
-    let kept = ScheduledMessage::command(&Remind { customer: "kept".into() }, due).unwrap();
-    let dropped = ScheduledMessage::command(&Remind { customer: "dropped".into() }, due).unwrap();
+    let kept = ScheduledMessage::command(
+        &Remind {
+            customer: "kept".into(),
+        },
+        due,
+    )
+    .unwrap();
+    let dropped = ScheduledMessage::command(
+        &Remind {
+            customer: "dropped".into(),
+        },
+        due,
+    )
+    .unwrap();
     under.scheduler.schedule(kept.clone()).await.unwrap();
     under.scheduler.schedule(dropped.clone()).await.unwrap();
     assert!(under.scheduler.cancel(dropped.id()).await.unwrap());
-    assert!(!under.scheduler.cancel(dropped.id()).await.unwrap(), "cancelled once");
-    assert!(!under.scheduler.cancel(MessageId::new()).await.unwrap(), "never scheduled");
-    clock.advance_and_fire(Duration::from_secs(5), &*under.scheduler, &bus).await.unwrap();
-    let sent: Vec<String> = journal.reminded.lock().unwrap().iter().map(|(c, _)| c.clone()).collect();
+    assert!(
+        !under.scheduler.cancel(dropped.id()).await.unwrap(),
+        "cancelled once"
+    );
+    assert!(
+        !under.scheduler.cancel(MessageId::new()).await.unwrap(),
+        "never scheduled"
+    );
+    clock
+        .advance_and_fire(Duration::from_secs(5), &*under.scheduler, &bus)
+        .await
+        .unwrap();
+    let sent: Vec<String> = journal
+        .reminded
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(c, _)| c.clone())
+        .collect();
     assert_eq!(sent, ["kept"]);
-    assert!(!under.scheduler.cancel(kept.id()).await.unwrap(), "fired already");
+    assert!(
+        !under.scheduler.cancel(kept.id()).await.unwrap(),
+        "fired already"
+    );
 }
 
-pub async fn a_failing_command_is_tried_again_later_then_parked(under: SagasUnderTest, clock: VirtualClock) {
+pub async fn a_failing_command_is_tried_again_later_then_parked(
+    under: SagasUnderTest,
+    clock: VirtualClock,
+) {
     let journal = Arc::new(Journal::default());
     let bus = bus(under.sagas.clone(), journal.clone());
     let message = ScheduledMessage::command(&Flaky, clock.now()).unwrap();
     under.scheduler.schedule(message.clone()).await.unwrap();
     assert_eq!(under.scheduler.fire_due(&bus).await.unwrap(), 1);
     assert_eq!(*journal.flaky.lock().unwrap(), 1);
-    assert_eq!(under.scheduler.fire_due(&bus).await.unwrap(), 0, "put off, not fired at once again");
+    assert_eq!(
+        under.scheduler.fire_due(&bus).await.unwrap(),
+        0,
+        "put off, not fired at once again"
+    );
     let waiting = under.scheduler.pending().await.unwrap();
-    assert_eq!((waiting.len(), waiting[0].attempts(), waiting[0].is_parked()), (1, 1, false));
-    assert!(waiting[0].last_error().unwrap().contains("the mail server is down"));
+    assert_eq!(
+        (waiting.len(), waiting[0].attempts(), waiting[0].is_parked()),
+        (1, 1, false)
+    );
+    assert!(waiting[0]
+        .last_error()
+        .unwrap()
+        .contains("the mail server is down"));
     assert!(waiting[0].due() > clock.now());
     // A day on: fired until parked, never after.
-    clock.advance_and_fire(Duration::from_secs(86_400), &*under.scheduler, &bus).await.unwrap();
+    clock
+        .advance_and_fire(Duration::from_secs(86_400), &*under.scheduler, &bus)
+        .await
+        .unwrap();
     assert_eq!(*journal.flaky.lock().unwrap(), MAX_ATTEMPTS);
     let parked = under.scheduler.pending().await.unwrap();
     assert_eq!(parked.len(), 1, "kept, to be looked at");
     assert!(parked[0].is_parked());
     assert_eq!(parked[0].attempts(), MAX_ATTEMPTS);
-    assert_eq!(under.scheduler.next_due().await.unwrap(), None, "a parked message is not due");
-    assert!(!under.scheduler.cancel(message.id()).await.unwrap(), "a parked message stays");
+    assert_eq!(
+        under.scheduler.next_due().await.unwrap(),
+        None,
+        "a parked message is not due"
+    );
+    assert!(
+        !under.scheduler.cancel(message.id()).await.unwrap(),
+        "a parked message stays"
+    );
 }
 
 pub async fn two_processes_fire_each_due_message_once(under: SagasUnderTest, clock: VirtualClock) {
@@ -598,7 +794,13 @@ pub async fn two_processes_fire_each_due_message_once(under: SagasUnderTest, clo
     let there = bus(under.other.1.clone(), journal.clone());
     let count = 60;
     for n in 0..count {
-        let message = ScheduledMessage::command(&Remind { customer: n.to_string() }, clock.now() + Duration::from_millis(n)).unwrap();
+        let message = ScheduledMessage::command(
+            &Remind {
+                customer: n.to_string(),
+            },
+            clock.now() + Duration::from_millis(n),
+        )
+        .unwrap();
         under.scheduler.schedule(message).await.unwrap();
     }
     clock.advance(Duration::from_secs(1));
@@ -617,7 +819,13 @@ pub async fn two_processes_fire_each_due_message_once(under: SagasUnderTest, clo
     let b = until_none(under.other.0.clone(), there);
     let (a, b) = (a.await.unwrap(), b.await.unwrap());
     assert_eq!(a + b, count as usize);
-    let mut sent: Vec<String> = journal.reminded.lock().unwrap().iter().map(|(c, _)| c.clone()).collect();
+    let mut sent: Vec<String> = journal
+        .reminded
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(c, _)| c.clone())
+        .collect();
     sent.sort();
     let mut expected: Vec<String> = (0..count).map(|n| n.to_string()).collect();
     expected.sort();
@@ -632,7 +840,13 @@ pub async fn a_message_due_while_no_process_ran_fires_after_a_restart(
         return; // in memory: nothing outlives the process
     };
     let due = clock.now() + Duration::from_secs(600);
-    let message = ScheduledMessage::command(&Remind { customer: "later".into() }, due).unwrap();
+    let message = ScheduledMessage::command(
+        &Remind {
+            customer: "later".into(),
+        },
+        due,
+    )
+    .unwrap();
     under.scheduler.schedule(message.clone()).await.unwrap();
     // Every process stops; the database stays (the restart holds it).
     drop((under.scheduler, under.sagas, under.other, under.keep));
@@ -642,7 +856,10 @@ pub async fn a_message_due_while_no_process_ran_fires_after_a_restart(
     let sagas: Arc<dyn SagaStore> = Arc::new(arch_events::schedule::InMemoryScheduler::new());
     let bus = bus(sagas, journal.clone());
     assert_eq!(scheduler.fire_due(&bus).await.unwrap(), 1);
-    assert_eq!(journal.reminded.lock().unwrap()[0].1.message_id(), message.id());
+    assert_eq!(
+        journal.reminded.lock().unwrap()[0].1.message_id(),
+        message.id()
+    );
     drop(keep);
 }
 
@@ -656,7 +873,13 @@ pub async fn a_saga_with_an_unschedulable_timeout_fails_and_stores_nothing(
     bus.publish(Misfired { order: 9 }).await.unwrap();
     let letters = bus.dead_letters().unwrap().take();
     assert_eq!(letters.len(), 1);
-    assert!(letters[0].error().contains("`conformance.unkept` cannot be scheduled"), "{}", letters[0].error());
+    assert!(
+        letters[0]
+            .error()
+            .contains("`conformance.unkept` cannot be scheduled"),
+        "{}",
+        letters[0].error()
+    );
     let (saga, version) = running(&*under.sagas, 9).await;
     assert_eq!((saga.notes.len(), version), (0, 1));
 }

@@ -18,7 +18,9 @@ use arch_events::saga::{SagaChange, SagaError, SagaRecord, SagaStore};
 use arch_events::schedule::{
     retry_pause, Clock, ScheduledMessage, Scheduler, SchedulerError, SystemClock, MAX_ATTEMPTS,
 };
-use arch_events::{async_trait, Bus, EventReleaser, InboundError, MessageContext, MessageId, MessageKind};
+use arch_events::{
+    async_trait, Bus, EventReleaser, InboundError, MessageContext, MessageId, MessageKind,
+};
 use sqlx::Transaction;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -340,7 +342,12 @@ impl<DB: Backend> SqlScheduler<DB> {
         }
         let staged = self
             .store
-            .stage(&mut tx, &releaser, &context, vec![event.with_context(context)])
+            .stage(
+                &mut tx,
+                &releaser,
+                &context,
+                vec![event.with_context(context)],
+            )
             .await
             .map_err(|e| e.to_string())?;
         tx.commit().await.map_err(|e| e.to_string())?;
@@ -381,12 +388,19 @@ impl<DB: Backend> Scheduler for SqlScheduler<DB> {
 
     async fn fire_due(&self, bus: &Bus) -> Result<usize, SchedulerError> {
         let now = millis(self.clock.now());
-        let lease_until = now.saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX));
+        let lease_until =
+            now.saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX));
         let mut claimed = {
             let _turn = self.store.writer_turn().await;
-            DB::claim_due(self.store.pool(), self.store.node(), now, lease_until, self.batch)
-                .await
-                .map_err(store_error)?
+            DB::claim_due(
+                self.store.pool(),
+                self.store.node(),
+                now,
+                lease_until,
+                self.batch,
+            )
+            .await
+            .map_err(store_error)?
         };
         claimed.sort_by_key(|message| (message.due(), message.id()));
         let mut fired = 0;
@@ -467,7 +481,11 @@ impl<DB: Backend> SagaStore for SqlScheduler<DB> {
                 .await
                 .map_err(saga_store_error)?;
         }
-        let staged = match self.store.stage(&mut tx, releaser, flow, change.events).await {
+        let staged = match self
+            .store
+            .stage(&mut tx, releaser, flow, change.events)
+            .await
+        {
             Ok(staged) => staged,
             Err(StageError::Duplicate { .. }) => return Err(SagaError::Duplicate { saga }),
             Err(error) => return Err(saga_store_error(error)),

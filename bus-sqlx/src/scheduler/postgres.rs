@@ -149,11 +149,12 @@ impl SchedulerSql for Postgres {
         id: &str,
         node: &str,
     ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query("DELETE FROM bus_scheduled WHERE id = $1::uuid AND lease_owner = $2::uuid")
-            .bind(id)
-            .bind(node)
-            .execute(connection)
-            .await?;
+        let done =
+            sqlx::query("DELETE FROM bus_scheduled WHERE id = $1::uuid AND lease_owner = $2::uuid")
+                .bind(id)
+                .bind(node)
+                .execute(connection)
+                .await?;
         Ok(done.rows_affected() == 1)
     }
 

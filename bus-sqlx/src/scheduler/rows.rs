@@ -81,7 +81,10 @@ where
         row.try_get("name")?,
         row.try_get("payload")?,
         time(row.try_get("due_at")?),
-        parse_id("correlation_id", &row.try_get::<String, _>("correlation_id")?)?,
+        parse_id(
+            "correlation_id",
+            &row.try_get::<String, _>("correlation_id")?,
+        )?,
         causation_id,
         saga,
     )

@@ -14,7 +14,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 use super::events::{
-    AllocationReleased, Allocated, BatchAdded, BatchQuantityChanged, Deallocated, OutOfStock,
+    Allocated, AllocationReleased, BatchAdded, BatchQuantityChanged, Deallocated, OutOfStock,
 };
 
 /// One line of a customer's order.

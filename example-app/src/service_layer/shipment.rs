@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::unit_of_work::UnitOfWork;
 use super::ServiceError;
 use crate::domain::commands::{ConfirmShipment, ReleaseAllocation};
-use crate::domain::events::{AllocationReleased, Allocated, ShipmentOverdue};
+use crate::domain::events::{Allocated, AllocationReleased, ShipmentOverdue};
 use crate::domain::model::OrderLine;
 
 /// How long an order's allocations wait for its shipment, from its first
@@ -56,7 +56,10 @@ impl ShipmentWatch {
     fn allocated(&mut self, event: &Allocated, saga: &mut SagaContext) {
         if self.lines.is_empty() {
             self.orderid.clone_from(&event.orderid);
-            let deadline = saga.setting::<ShipmentDeadline>().copied().unwrap_or_default();
+            let deadline = saga
+                .setting::<ShipmentDeadline>()
+                .copied()
+                .unwrap_or_default();
             saga.request_timeout(
                 deadline.0,
                 &ShipmentOverdue {
@@ -68,7 +71,11 @@ impl ShipmentWatch {
             sku: event.sku.clone(),
             qty: event.qty,
         };
-        match self.lines.iter_mut().find(|watched| watched.sku == line.sku) {
+        match self
+            .lines
+            .iter_mut()
+            .find(|watched| watched.sku == line.sku)
+        {
             Some(watched) => *watched = line,
             None => self.lines.push(line),
         }

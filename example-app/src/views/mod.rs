@@ -7,7 +7,7 @@ use arch_events::event_store::{EventStoreError, RecordedEvent};
 use arch_events::{async_trait, handler, BoxError, Query, Scope, Scoped};
 use serde::Serialize;
 
-use crate::domain::events::{AllocationReleased, Allocated, Deallocated};
+use crate::domain::events::{Allocated, AllocationReleased, Deallocated};
 
 /// One row of the allocations view: a line of the order, and where it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
