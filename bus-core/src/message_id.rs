@@ -265,9 +265,37 @@ impl FromStr for MessageId {
     }
 }
 
+/// Written as its text (`0190e0b6-...`), as it prints: a saga's state can
+/// keep the id of a timeout it requested, say.
+impl serde::Serialize for MessageId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Read from its text; anything else is an error naming it.
+impl<'de> serde::Deserialize<'de> for MessageId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(feature = "json")]
+    fn an_id_is_written_as_its_text_and_read_back() {
+        let id = MessageId::new();
+        let json = serde_json::to_string(&id).unwrap_or_default();
+        assert_eq!(json, format!("\"{id}\""));
+        let back: MessageId = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, id);
+        let bad = serde_json::from_str::<MessageId>("\"not-an-id\"").unwrap_err();
+        assert!(bad.to_string().contains("not-an-id"), "{bad}");
+    }
 
     #[test]
     fn every_id_has_the_version_and_variant_bits_of_a_uuid_v7() {

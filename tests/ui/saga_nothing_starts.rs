@@ -12,7 +12,7 @@ struct AwaitPayment {
     order: u32,
 }
 
-#[saga]
+#[saga(name = "shop.await_payment")]
 impl AwaitPayment {
     #[handles(by = order, not_found = ignore)]
     fn paid(&mut self, _: &Paid, saga: &mut SagaContext) {

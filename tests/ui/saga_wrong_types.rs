@@ -13,7 +13,7 @@ struct AwaitPayment {
     order: u32,
 }
 
-#[saga]
+#[saga(name = "shop.await_payment")]
 impl AwaitPayment {
     // `Ordered` has no field `order_id`.
     #[starts(by = order_id)]

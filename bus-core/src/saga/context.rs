@@ -104,7 +104,9 @@ impl SagaContext {
         self.schedule(message, due, true)
     }
 
-    /// Cancels a timeout this saga requested, if it is still waiting.
+    /// Cancels a timeout this saga requested: it will not be handled,
+    /// even if the scheduler is firing it at this moment (the saga keeps
+    /// the ids of the timeouts it waits for, and ignores any other).
     pub fn cancel_timeout(&mut self, id: MessageId) {
         self.cancelled.push(id);
     }

@@ -13,8 +13,12 @@
 //! - `#[timeout(by = field)]`: a message the saga sends itself with
 //!   [`SagaContext::request_timeout`]; one that finds no saga is ignored.
 //!
-//! `by` names the message's field that holds the instance's id: a handler
-//! without one does not compile. Each may declare the events it publishes
+//! `by` names the message's field that holds the instance's id (compared
+//! as text: give every handler's field the same type): a handler without
+//! one does not compile. The saga's `name` is the key of its stored
+//! instances: it is required, and must not change. An instance's id is
+//! used once: a message for a completed one is ignored, a starting one
+//! included. Each may declare the events it publishes
 //! with `releases(..)`, as a `#[handler]` does. A message that arrives after its saga
 //! completed ([`SagaContext::mark_completed`]) is logged and ignored.
 //!
@@ -200,6 +204,22 @@ pub(crate) fn problems(
                     others.join(", ")
                 ),
             });
+        }
+        let mut taken: Vec<&'static MessageMeta> = Vec::new();
+        for step in saga.steps {
+            let message = (step.message)();
+            if taken.iter().any(|seen| std::ptr::eq(*seen, message)) {
+                problems.push(Problem::Saga {
+                    saga: saga.name,
+                    location: saga.location,
+                    reason: format!(
+                        "two of its handlers take `{}`: a message has one role in a saga; \
+                         handle it in one method",
+                        message.name()
+                    ),
+                });
+            }
+            taken.push(message);
         }
         for step in saga.steps.iter().filter(|step| step.role == Role::Timeout) {
             let message = (step.message)();

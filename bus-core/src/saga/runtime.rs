@@ -108,15 +108,20 @@ impl Sagas {
         let saga = S::NAME;
         let name = M::meta().name();
         for _ in 0..MAX_CONFLICTS {
-            let (mut state, expected) = match self.store.load(saga, &id).await? {
-                Some(SagaRecord::Active { state, version }) => {
+            let (mut state, expected, mut timeouts) = match self.store.load(saga, &id).await? {
+                Some(SagaRecord::Active {
+                    state,
+                    version,
+                    timeouts,
+                }) => {
                     let state: S =
                         serde_json::from_str(&state).map_err(|error| SagaError::Decode {
                             saga,
                             id: id.clone(),
-                            error: error.into(),
+                            // Permanent: the same row reads the same way next time.
+                            error: Box::new(Permanent::new(error)),
                         })?;
-                    (state, Some(version))
+                    (state, Some(version), timeouts)
                 }
                 Some(SagaRecord::Completed { .. }) => {
                     tracing::info!(
@@ -129,7 +134,7 @@ impl Sagas {
                     return Ok(());
                 }
                 None => match role {
-                    Role::Starts => (S::default(), None),
+                    Role::Starts => (S::default(), None, Vec::new()),
                     Role::Timeout => {
                         tracing::info!(saga, saga_id = %id, message = name, "a timeout found no saga: ignored");
                         return Ok(());
@@ -139,11 +144,7 @@ impl Sagas {
                         return Ok(());
                     }
                     Role::Continues(NotFound::Error) => {
-                        return Err(SagaError::NotFound {
-                            saga,
-                            id,
-                            message: name,
-                        });
+                        return Err(SagaError::NotFound { saga, id, message: name });
                     }
                     Role::Continues(NotFound::DeadLetter) => {
                         // Permanent: never retried, dead-lettered at once.
@@ -158,6 +159,20 @@ impl Sagas {
                     }
                 },
             };
+            if role == Role::Timeout {
+                let this = flow.message_id();
+                let Some(at) = timeouts.iter().position(|waiting| *waiting == this) else {
+                    tracing::info!(
+                        saga,
+                        saga_id = %id,
+                        message = name,
+                        message_id = %this,
+                        "a timeout the saga does not wait for (cancelled, or sent by hand): ignored"
+                    );
+                    return Ok(());
+                };
+                timeouts.remove(at);
+            }
             let mut context = SagaContext::new(
                 saga,
                 id.clone(),
@@ -171,6 +186,17 @@ impl Sagas {
             })?;
             if let Some(error) = context.error.take() {
                 return Err(error.into());
+            }
+            timeouts.retain(|waiting| !context.cancelled.contains(waiting));
+            timeouts.extend(
+                context
+                    .scheduled
+                    .iter()
+                    .filter(|message| message.saga().is_some())
+                    .map(|message| message.id()),
+            );
+            if context.completed {
+                timeouts.clear();
             }
             let state = if context.completed {
                 None
@@ -187,6 +213,7 @@ impl Sagas {
                 id: id.clone(),
                 expected,
                 state,
+                timeouts,
                 events: context.events,
                 scheduled: context.scheduled,
                 cancelled: context.cancelled,

@@ -12,13 +12,17 @@ use crate::MessageId;
 /// A saga instance as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SagaRecord {
-    /// Running: its state as JSON, and its version (1 when it started,
-    /// one more with each change).
+    /// Running: its state as JSON, its version (1 when it started, one
+    /// more with each change), and the timeouts it waits for.
     Active {
         /// The state, as JSON.
         state: String,
         /// Its version.
         version: u64,
+        /// The ids of the timeouts it requested and has not had, nor
+        /// cancelled: a timeout message with another id is not one it
+        /// waits for (cancelled while it was being fired), and is ignored.
+        timeouts: Vec<MessageId>,
     },
     /// Completed: its state is gone, its id is remembered, so that a late
     /// message is recognised as late.
@@ -52,6 +56,8 @@ pub struct SagaChange {
     /// The new state as JSON; `None` once the saga completed (the state is
     /// deleted, its waiting timeouts cancelled).
     pub state: Option<String>,
+    /// The timeouts it waits for after this change (none once completed).
+    pub timeouts: Vec<MessageId>,
     /// The events it publishes: stored and released with the commit.
     pub events: Vec<PendingEvent>,
     /// The messages it sends and the timeouts it requests.
@@ -86,7 +92,9 @@ pub enum SagaError {
         message: &'static str,
     },
     /// The stored state does not read back as the saga's type (its shape
-    /// changed without a default for the new fields, say).
+    /// changed without a default for the new fields, say). Permanent
+    /// ([`is_permanent`](crate::is_permanent)): trying again cannot help,
+    /// so an event's handler is dead-lettered at once.
     #[error("the stored state of saga `{saga}` `{id}` does not read back: {error}")]
     Decode {
         /// The saga type's name.

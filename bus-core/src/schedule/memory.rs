@@ -16,6 +16,9 @@ use crate::events::EventReleaser;
 use crate::saga::{SagaChange, SagaError, SagaRecord, SagaStore};
 use crate::{Bus, MessageId};
 
+/// How long a message this bus does not know is put off.
+const UNKNOWN_PAUSE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Scheduled messages and sagas' state, in memory: for tests (with a
 /// [`VirtualClock`](super::VirtualClock)) and for a service that needs no
 /// durability.
@@ -80,7 +83,7 @@ impl Inner {
 
     fn remove(&mut self, id: MessageId) -> bool {
         let before = self.waiting.len();
-        self.waiting.retain(|(_, m)| m.id() != id || m.is_parked());
+        self.waiting.retain(|(_, m)| m.id() != id);
         self.waiting.len() != before
     }
 }
@@ -107,15 +110,22 @@ impl Scheduler for InMemoryScheduler {
             due
         };
         due.sort_by_key(|(seq, m)| (m.due(), *seq));
-        let fired = due.len();
+        let mut fired = 0;
         for (seq, message) in due {
             match bus.deliver_scheduled(&message).await {
-                Ok(()) => {}
+                Ok(()) => fired += 1,
                 Err(InboundError::Closed(_)) => {
                     // Not fired: the bus is shutting down.
                     self.lock().waiting.push((seq, message));
                 }
+                Err(error @ InboundError::UnknownName(_)) => {
+                    // Not this bus's: put off for another, no attempt counted.
+                    tracing::warn!(message = message.name(), message_id = %message.id(), %error, "a scheduled message this bus does not know: put off");
+                    let later = message.due_at(now + UNKNOWN_PAUSE);
+                    self.lock().waiting.push((seq, later));
+                }
                 Err(error) => {
+                    fired += 1;
                     let attempts = message.attempts() + 1;
                     let parked = attempts >= MAX_ATTEMPTS;
                     tracing::warn!(
@@ -134,6 +144,23 @@ impl Scheduler for InMemoryScheduler {
             }
         }
         Ok(fired)
+    }
+
+    async fn unpark(&self, id: MessageId) -> Result<bool, SchedulerError> {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        let Some(at) = inner
+            .waiting
+            .iter()
+            .position(|(_, m)| m.id() == id && m.is_parked())
+        else {
+            return Ok(false);
+        };
+        let (seq, message) = inner.waiting.remove(at);
+        inner
+            .waiting
+            .push((seq, message.with_failures(0, None, false).due_at(now)));
+        Ok(true)
     }
 
     async fn next_due(&self) -> Result<Option<SystemTime>, SchedulerError> {
@@ -178,6 +205,7 @@ impl SagaStore for InMemoryScheduler {
             id,
             expected,
             state,
+            timeouts,
             events,
             scheduled,
             cancelled,
@@ -198,7 +226,11 @@ impl SagaStore for InMemoryScheduler {
                 inner.remove(id);
             }
             let record = match state {
-                Some(state) => SagaRecord::Active { state, version },
+                Some(state) => SagaRecord::Active {
+                    state,
+                    version,
+                    timeouts,
+                },
                 None => {
                     inner.waiting.retain(|(_, m)| {
                         m.saga()

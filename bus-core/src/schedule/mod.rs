@@ -66,8 +66,10 @@ use crate::error::BoxError;
 use crate::{Bus, MessageId};
 
 /// How many times a scheduled command that fails is fired before it is
-/// parked (kept, and listed, but no longer fired).
-pub const MAX_ATTEMPTS: u32 = 5;
+/// parked (kept, and listed, but no longer fired until
+/// [`Scheduler::unpark`]): with [`retry_pause`], some 20 minutes of
+/// trying.
+pub const MAX_ATTEMPTS: u32 = 12;
 
 /// The pause before the firing after the `attempt`th failed one: 1 s,
 /// 2 s, 4 s, ... up to 5 minutes.
@@ -117,9 +119,16 @@ pub trait Scheduler: Send + Sync + 'static {
     /// first.
     async fn schedule(&self, message: ScheduledMessage) -> Result<(), SchedulerError>;
 
-    /// Cancels the message `id`: `true` if it was waiting (it will not be
-    /// fired), `false` if it was fired already, is being fired, or never was.
+    /// Cancels the message `id`: `true` if it was waiting or parked (it
+    /// will not be fired), `false` if it was fired already, is being fired,
+    /// or never was. (A saga's timeout cancelled while it is being fired
+    /// reaches the saga, which ignores it: see
+    /// [`SagaContext::cancel_timeout`](crate::saga::SagaContext::cancel_timeout).)
     async fn cancel(&self, id: MessageId) -> Result<bool, SchedulerError>;
+
+    /// Fires the parked message `id` again, now, its attempts counted from
+    /// zero (its fault was fixed); `false` if no parked message has it.
+    async fn unpark(&self, id: MessageId) -> Result<bool, SchedulerError>;
 
     /// Fires every message due by [`now`](Self::now), earliest first, each
     /// through `bus`; returns how many were fired. A firing that fails is

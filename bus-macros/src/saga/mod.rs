@@ -55,6 +55,13 @@ pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
     if !block.generics.params.is_empty() {
         errors.spanned(&block.generics, "a saga's state type cannot be generic");
     }
+    if args.name.is_none() {
+        errors.push(syn::Error::new(
+            block.impl_token.span,
+            "give the saga a stable name: `#[saga(name = \"shop.await_payment\")]`; it is the \
+             key of its stored instances, so it must not change when the type moves or is renamed",
+        ));
+    }
 
     let mut steps = Vec::new();
     for item in &mut block.items {

@@ -115,6 +115,8 @@ macro_rules! saga_tests {
             two_processes_fire_each_due_message_once,
             a_message_due_while_no_process_ran_fires_after_a_restart,
             a_saga_with_an_unschedulable_timeout_fails_and_stores_nothing,
+            a_timeout_cancelled_while_it_fires_is_ignored,
+            a_message_this_bus_does_not_know_is_left_for_another,
         );
     };
     (@each $fresh:path; $($test:ident),* $(,)?) => {
@@ -194,6 +196,15 @@ pub struct Unkept {
     pub order: u32,
 }
 
+/// Moves an order's deadline: the saga cancels its timeout and requests
+/// another.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(name = "conformance.extended", serde)]
+pub struct Extended {
+    /// The order.
+    pub order: u32,
+}
+
 /// The saga's timeout.
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
 #[event(name = "conformance.payment_overdue", serde)]
@@ -222,6 +233,8 @@ pub struct AwaitPayment {
     pub starts: u32,
     /// Its notes, in order.
     pub notes: Vec<u32>,
+    /// The timeout it waits for.
+    pub deadline: Option<MessageId>,
 }
 
 #[saga(name = "conformance.await_payment")]
@@ -231,7 +244,9 @@ impl AwaitPayment {
         self.order = event.order;
         self.starts += 1;
         if self.starts == 1 {
-            saga.request_timeout(PAYMENT_WINDOW, &PaymentOverdue { order: event.order });
+            let deadline =
+                saga.request_timeout(PAYMENT_WINDOW, &PaymentOverdue { order: event.order });
+            self.deadline = Some(deadline);
         }
     }
 
@@ -243,6 +258,15 @@ impl AwaitPayment {
     #[handles(by = order, not_found = error)]
     fn paid(&mut self, _: &Pay, saga: &mut SagaContext) {
         saga.mark_completed();
+    }
+
+    #[handles(by = order, not_found = ignore)]
+    fn extended(&mut self, event: &Extended, saga: &mut SagaContext) {
+        if let Some(old) = self.deadline.take() {
+            saga.cancel_timeout(old);
+        }
+        let deadline = saga.request_timeout(PAYMENT_WINDOW, &PaymentOverdue { order: event.order });
+        self.deadline = Some(deadline);
     }
 
     #[handles(by = order, not_found = error)]
@@ -351,7 +375,7 @@ async fn state(sagas: &dyn SagaStore, order: u32) -> Option<SagaRecord> {
 
 async fn running(sagas: &dyn SagaStore, order: u32) -> (AwaitPayment, u64) {
     match state(sagas, order).await {
-        Some(SagaRecord::Active { state, version }) => {
+        Some(SagaRecord::Active { state, version, .. }) => {
             (serde_json::from_str(&state).unwrap(), version)
         }
         other => panic!("saga {order} is not running: {other:?}"),
@@ -782,10 +806,16 @@ pub async fn a_failing_command_is_tried_again_later_then_parked(
         None,
         "a parked message is not due"
     );
-    assert!(
-        !under.scheduler.cancel(message.id()).await.unwrap(),
-        "a parked message stays"
-    );
+    // Its fault fixed, it is fired again, from its first attempt.
+    assert!(under.scheduler.unpark(parked[0].id()).await.unwrap());
+    assert!(!under.scheduler.unpark(parked[0].id()).await.unwrap(), "unparked once");
+    let waiting = under.scheduler.pending().await.unwrap();
+    assert_eq!((waiting[0].attempts(), waiting[0].is_parked()), (0, false));
+    assert_eq!(under.scheduler.fire_due(&bus).await.unwrap(), 1);
+    assert_eq!(*journal.flaky.lock().unwrap(), MAX_ATTEMPTS + 1);
+    // Or it is given up: a parked (or waiting) message can be cancelled.
+    assert!(under.scheduler.cancel(message.id()).await.unwrap());
+    assert!(under.scheduler.pending().await.unwrap().is_empty());
 }
 
 pub async fn two_processes_fire_each_due_message_once(under: SagasUnderTest, clock: VirtualClock) {
@@ -882,4 +912,61 @@ pub async fn a_saga_with_an_unschedulable_timeout_fails_and_stores_nothing(
     );
     let (saga, version) = running(&*under.sagas, 9).await;
     assert_eq!((saga.notes.len(), version), (0, 1));
+}
+
+pub async fn a_timeout_cancelled_while_it_fires_is_ignored(under: SagasUnderTest, clock: VirtualClock) {
+    let journal = Arc::new(Journal::default());
+    let bus = bus(under.sagas.clone(), journal.clone());
+    bus.publish(Ordered { order: 10 }).await.unwrap();
+    let (saga, _) = running(&*under.sagas, 10).await;
+    let first = saga.deadline.expect("a deadline");
+    bus.publish(Extended { order: 10 }).await.unwrap();
+    let pending = under.scheduler.pending().await.unwrap();
+    assert_eq!(pending.len(), 1, "the first timeout is cancelled");
+    assert_ne!(pending[0].id(), first);
+    // The first timeout, fired just before it was cancelled, arrives: the
+    // saga no longer waits for it.
+    let late = MessageContext::restored(first, first, None);
+    bus.publish_in(PaymentOverdue { order: 10 }, late).await.unwrap();
+    // So does a timeout message sent by hand.
+    bus.publish(PaymentOverdue { order: 10 }).await.unwrap();
+    assert!(journal.cancelled.lock().unwrap().is_empty());
+    assert!(matches!(state(&*under.sagas, 10).await, Some(SagaRecord::Active { .. })));
+    // The second one, when due, is handled.
+    let fired = clock
+        .advance_and_fire(PAYMENT_WINDOW, &*under.scheduler, &bus)
+        .await
+        .unwrap();
+    assert_eq!(fired, 1);
+    assert!(bus.settled(Duration::from_secs(10)).await);
+    assert_eq!(*journal.cancelled.lock().unwrap(), [10]);
+    assert!(matches!(state(&*under.sagas, 10).await, Some(SagaRecord::Completed { .. })));
+}
+
+pub async fn a_message_this_bus_does_not_know_is_left_for_another(
+    under: SagasUnderTest,
+    clock: VirtualClock,
+) {
+    let journal = Arc::new(Journal::default());
+    // A bus of another build, without `Remind` (a rolling upgrade).
+    let older = Bus::builder()
+        .registrations(Registrations::new().saga::<AwaitPayment>().handler::<record_cancelled>())
+        .dependencies(Dependencies::new().shared(Sagas::new(under.sagas.clone())).shared_arc(journal.clone()))
+        .build()
+        .unwrap();
+    let message = ScheduledMessage::command(&Remind { customer: "new".into() }, clock.now()).unwrap();
+    under.scheduler.schedule(message.clone()).await.unwrap();
+    assert_eq!(under.scheduler.fire_due(&older).await.unwrap(), 0);
+    let waiting = under.scheduler.pending().await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!((waiting[0].attempts(), waiting[0].is_parked()), (0, false), "no attempt counted");
+    assert!(waiting[0].due() > clock.now(), "put off");
+    // A process that knows it fires it, once its turn comes.
+    let newer = bus(under.sagas.clone(), journal.clone());
+    let fired = clock
+        .advance_and_fire(Duration::from_secs(120), &*under.scheduler, &newer)
+        .await
+        .unwrap();
+    assert_eq!(fired, 1);
+    assert_eq!(journal.reminded.lock().unwrap()[0].1.message_id(), message.id());
 }

@@ -1,11 +1,12 @@
--- Sagas' state, with a version for optimistic concurrency. A completed
--- saga keeps its row with no state: a message that arrives later is
--- recognised as late.
+-- Sagas' state, with a version for optimistic concurrency, and the ids of
+-- the timeouts each waits for (a JSON array). A completed saga keeps its
+-- row with no state: a message that arrives later is recognised as late.
 CREATE TABLE IF NOT EXISTS bus_sagas (
     saga       TEXT NOT NULL,
     id         TEXT NOT NULL,
     version    INTEGER NOT NULL,
     state      TEXT NULL,
+    timeouts   TEXT NOT NULL DEFAULT '[]',
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     PRIMARY KEY (saga, id)
 );

@@ -52,7 +52,11 @@ const BATCH: u32 = 100;
 ///   after a crash (or a lease that ran out) has its effect once; one found
 ///   in the inbox is not dispatched again.
 /// - A failed command is fired again after a growing pause, and parked
-///   after [`MAX_ATTEMPTS`] (listed by [`pending`](Scheduler::pending)).
+///   after [`MAX_ATTEMPTS`] (listed by [`pending`](Scheduler::pending),
+///   fired again by [`unpark`](Scheduler::unpark)).
+/// - Each message is leased again just before it fires, for the whole
+///   lease: a batch that takes long does not let another process take the
+///   rest of it while this one is still going.
 /// - A saga's change commits with its events (staged, with the outbox), the
 ///   messages it sends, the timeouts it requests and cancels, and the
 ///   record of the delivery or inbound message it handles.
@@ -142,6 +146,25 @@ impl<DB: Backend> Store<DB> {
             wake: Arc::new(Notify::new()),
         }
     }
+}
+
+/// A lease's length in milliseconds.
+fn lease_millis(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A saga's timeouts as stored: a JSON array of ids.
+fn write_timeouts(timeouts: &[MessageId]) -> String {
+    let ids: Vec<String> = timeouts.iter().map(MessageId::to_string).collect();
+    serde_json::Value::from(ids).to_string()
+}
+
+/// A saga's stored timeouts.
+fn read_timeouts(stored: &str) -> Result<Vec<MessageId>, arch_events::BoxError> {
+    let ids: Vec<String> = serde_json::from_str(stored)?;
+    ids.iter()
+        .map(|id| id.parse().map_err(arch_events::BoxError::from))
+        .collect()
 }
 
 fn store_error(error: sqlx::Error) -> SchedulerError {
@@ -260,13 +283,30 @@ impl<DB: Backend> SqlScheduler<DB> {
         RunningScheduler { stop, task }
     }
 
-    /// Fires one claimed message; `true` if it was fired.
+    /// Fires one claimed message; `true` if it was fired (or failed and
+    /// was put off).
     async fn fire(&self, bus: &Bus, message: ScheduledMessage) -> Result<bool, SchedulerError> {
         let node = self.store.node().to_owned();
         let id = message.id().to_string();
         let pool = self.store.pool();
+        // A lease for this firing alone: the batch's may have run out while
+        // the ones before it fired, and another process may have it now.
+        let now = self.clock.now();
+        let renewed = {
+            let _turn = self.store.writer_turn().await;
+            DB::renew_lease(pool, &id, &node, millis(now), self.lease_end(now))
+                .await
+                .map_err(store_error)?
+        };
+        if !renewed {
+            return Ok(false);
+        }
         let outcome = match message.kind() {
-            MessageKind::Event => self.fire_event(bus, &message).await,
+            MessageKind::Event => match self.fire_event(bus, &message).await {
+                Ok(true) => Ok(()),
+                Ok(false) => return Ok(false),
+                Err(error) => Err(error),
+            },
             _ => {
                 if DB::inbox_has(pool, &id).await.map_err(store_error)? {
                     // Its effect committed before a crash, or another
@@ -282,6 +322,19 @@ impl<DB: Backend> SqlScheduler<DB> {
                     Err(InboundError::Closed(_)) => {
                         let _turn = self.store.writer_turn().await;
                         DB::let_go(pool, &id, &node).await.map_err(store_error)?;
+                        return Ok(false);
+                    }
+                    Err(error @ InboundError::UnknownName(_)) => {
+                        // This build does not know it (a newer one, in a
+                        // rolling upgrade, scheduled it): put off for
+                        // another process, without counting an attempt.
+                        tracing::warn!(message = message.name(), message_id = %message.id(), %error, "arch-events-sqlx: a scheduled message this build does not know: left for another process");
+                        let due = self.lease_end(self.clock.now());
+                        let attempts = i64::from(message.attempts());
+                        let _turn = self.store.writer_turn().await;
+                        DB::put_off(pool, &id, &node, attempts, &error.to_string(), due, false)
+                            .await
+                            .map_err(store_error)?;
                         return Ok(false);
                     }
                     Err(error) => Err(error.to_string()),
@@ -322,9 +375,15 @@ impl<DB: Backend> SqlScheduler<DB> {
         Ok(taken)
     }
 
+    /// When a lease taken at `now` ends, in milliseconds.
+    fn lease_end(&self, now: SystemTime) -> i64 {
+        millis(now).saturating_add(lease_millis(self.lease))
+    }
+
     /// Hands an event to durable delivery in the transaction that deletes
-    /// it, then delivers it. `Err` holds why it could not be.
-    async fn fire_event(&self, bus: &Bus, message: &ScheduledMessage) -> Result<(), String> {
+    /// it, then delivers it: `false` when it was cancelled meanwhile (or
+    /// its lease went to another process). `Err` holds why it could not be.
+    async fn fire_event(&self, bus: &Bus, message: &ScheduledMessage) -> Result<bool, String> {
         let event = bus
             .decode_event(message.name(), message.payload())
             .map_err(|error| error.to_string())?;
@@ -338,7 +397,7 @@ impl<DB: Backend> SqlScheduler<DB> {
             .map_err(|e| e.to_string())?
         {
             // Cancelled, or its lease went to another process.
-            return Ok(());
+            return Ok(false);
         }
         let staged = self
             .store
@@ -359,7 +418,7 @@ impl<DB: Backend> SqlScheduler<DB> {
                 tracing::warn!(%error, message_id = %message.id(), "arch-events-sqlx: a scheduled event's delivery stopped; the recovery goes on with it");
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -387,9 +446,8 @@ impl<DB: Backend> Scheduler for SqlScheduler<DB> {
     }
 
     async fn fire_due(&self, bus: &Bus) -> Result<usize, SchedulerError> {
-        let now = millis(self.clock.now());
-        let lease_until =
-            now.saturating_add(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX));
+        let at = self.clock.now();
+        let (now, lease_until) = (millis(at), self.lease_end(at));
         let mut claimed = {
             let _turn = self.store.writer_turn().await;
             DB::claim_due(
@@ -410,6 +468,20 @@ impl<DB: Backend> Scheduler for SqlScheduler<DB> {
             }
         }
         Ok(fired)
+    }
+
+    async fn unpark(&self, id: MessageId) -> Result<bool, SchedulerError> {
+        let now = millis(self.clock.now());
+        let unparked = {
+            let _turn = self.store.writer_turn().await;
+            DB::unpark(self.store.pool(), &id.to_string(), now)
+                .await
+                .map_err(store_error)?
+        };
+        if unparked {
+            self.wake.notify_one();
+        }
+        Ok(unparked)
     }
 
     async fn next_due(&self) -> Result<Option<SystemTime>, SchedulerError> {
@@ -434,12 +506,17 @@ impl<DB: Backend> SagaStore for SqlScheduler<DB> {
         let row = DB::load_saga(self.store.pool(), saga, id)
             .await
             .map_err(saga_store_error)?;
-        Ok(row.map(|(state, version)| {
-            let version = u64::try_from(version).unwrap_or(0);
-            match state {
-                Some(state) => SagaRecord::Active { state, version },
-                None => SagaRecord::Completed { version },
-            }
+        let Some((state, version, timeouts)) = row else {
+            return Ok(None);
+        };
+        let version = u64::try_from(version).unwrap_or(0);
+        Ok(Some(match state {
+            Some(state) => SagaRecord::Active {
+                state,
+                version,
+                timeouts: read_timeouts(&timeouts).map_err(saga_store_error)?,
+            },
+            None => SagaRecord::Completed { version },
         }))
     }
 
@@ -453,11 +530,12 @@ impl<DB: Backend> SagaStore for SqlScheduler<DB> {
         let mut tx = self.store.begin().await.map_err(saga_store_error)?;
         let connection: &mut DB::Connection = &mut tx;
         let state = change.state.as_deref();
+        let timeouts = write_timeouts(&change.timeouts);
         let written = match change.expected {
-            None => DB::insert_saga(connection, saga, &change.id, state).await,
+            None => DB::insert_saga(connection, saga, &change.id, state, &timeouts).await,
             Some(version) => {
                 let version = i64::try_from(version).unwrap_or(i64::MAX);
-                DB::update_saga(connection, saga, &change.id, version, state).await
+                DB::update_saga(connection, saga, &change.id, version, state, &timeouts).await
             }
         }
         .map_err(saga_store_error)?;
@@ -467,14 +545,16 @@ impl<DB: Backend> SagaStore for SqlScheduler<DB> {
                 id: change.id,
             });
         }
+        DB::insert_scheduled(connection, &change.scheduled)
+            .await
+            .map_err(saga_store_error)?;
         if state.is_none() {
+            // After the inserts: a timeout requested by the step that
+            // completes goes too, as in memory.
             DB::cancel_saga_timeouts(connection, saga, &change.id)
                 .await
                 .map_err(saga_store_error)?;
         }
-        DB::insert_scheduled(connection, &change.scheduled)
-            .await
-            .map_err(saga_store_error)?;
         let now = millis(self.clock.now());
         for id in &change.cancelled {
             DB::cancel_scheduled(connection, &id.to_string(), now)
@@ -505,13 +585,18 @@ impl<DB: Backend> SagaStore for SqlScheduler<DB> {
 
 async fn run<DB: Backend>(scheduler: SqlScheduler<DB>, bus: Bus, stop: Arc<Notify>) {
     const POLL: Duration = Duration::from_secs(1);
+    const IDLE: Duration = Duration::from_millis(10);
     loop {
         if bus.is_closed() {
             return;
         }
-        if let Err(error) = scheduler.fire_due(&bus).await {
-            tracing::warn!(%error, "arch-events-sqlx: scheduler round failed; trying again");
-        }
+        let fired = match scheduler.fire_due(&bus).await {
+            Ok(fired) => fired,
+            Err(error) => {
+                tracing::warn!(%error, "arch-events-sqlx: scheduler round failed; trying again");
+                0
+            }
+        };
         let pause = match scheduler.next_due().await {
             Ok(Some(due)) => due
                 .duration_since(scheduler.clock.now())
@@ -519,6 +604,9 @@ async fn run<DB: Backend>(scheduler: SqlScheduler<DB>, bus: Bus, stop: Arc<Notif
                 .min(POLL),
             _ => POLL,
         };
+        // Never less than this after a round that fired nothing: the loop
+        // does not spin on a message it cannot take.
+        let pause = if fired == 0 { pause.max(IDLE) } else { pause };
         tokio::select! {
             () = stop.notified() => return,
             () = scheduler.wake.notified() => {}

@@ -11,8 +11,8 @@ use crate::backend::parse_id;
 
 /// The columns [`scheduled_message`] reads, for a database that stores ids
 /// and flags as text and integers (SQLite).
-pub(crate) const COLUMNS: &str = "id, kind, name, payload, due_at, correlation_id, causation_id, \
-     saga, saga_id, attempts, last_error, parked";
+pub(crate) const COLUMNS: &str = "seq, id, kind, name, payload, due_at, correlation_id, \
+     causation_id, saga, saga_id, attempts, last_error, parked";
 
 /// Milliseconds since the Unix epoch (0 before it, saturated far after),
 /// rounded down: for "now".

@@ -9,13 +9,13 @@ use sqlx::Pool;
 /// The scheduler's SQL for one database.
 #[arch_events::async_trait]
 pub trait SchedulerSql: sqlx::Database + Sized {
-    /// The saga's state (`None` once completed) and version, if it ever
-    /// started.
+    /// The saga's state (`None` once completed), version and timeouts (a
+    /// JSON array of ids), if it ever started.
     async fn load_saga(
         pool: &Pool<Self>,
         saga: &str,
         id: &str,
-    ) -> Result<Option<(Option<String>, i64)>, sqlx::Error>;
+    ) -> Result<Option<(Option<String>, i64, String)>, sqlx::Error>;
 
     /// Inserts a saga at version 1; `false` if it exists (a racing start).
     async fn insert_saga(
@@ -23,6 +23,7 @@ pub trait SchedulerSql: sqlx::Database + Sized {
         saga: &str,
         id: &str,
         state: Option<&str>,
+        timeouts: &str,
     ) -> Result<bool, sqlx::Error>;
 
     /// Moves a running saga from `expected` to the next version; `false`
@@ -33,6 +34,7 @@ pub trait SchedulerSql: sqlx::Database + Sized {
         id: &str,
         expected: i64,
         state: Option<&str>,
+        timeouts: &str,
     ) -> Result<bool, sqlx::Error>;
 
     /// Keeps `messages` (an id kept already is left alone).
@@ -41,8 +43,8 @@ pub trait SchedulerSql: sqlx::Database + Sized {
         messages: &[ScheduledMessage],
     ) -> Result<(), sqlx::Error>;
 
-    /// Deletes the waiting message `id` unless a firing holds it (its
-    /// lease runs after `now`) or it is parked; `true` if it was deleted.
+    /// Deletes the waiting or parked message `id` unless a firing holds it
+    /// (its lease runs after `now`); `true` if it was deleted.
     async fn cancel_scheduled(
         connection: &mut Self::Connection,
         id: &str,
@@ -57,7 +59,8 @@ pub trait SchedulerSql: sqlx::Database + Sized {
     ) -> Result<(), sqlx::Error>;
 
     /// Takes up to `max` messages due by `now` that no live lease holds,
-    /// earliest first, leasing them to `node` until `lease_until`.
+    /// earliest first, leasing them to `node` until `lease_until`. A row
+    /// that does not read back is parked with the reason, not returned.
     async fn claim_due(
         pool: &Pool<Self>,
         node: &str,
@@ -65,6 +68,21 @@ pub trait SchedulerSql: sqlx::Database + Sized {
         lease_until: i64,
         max: u32,
     ) -> Result<Vec<ScheduledMessage>, sqlx::Error>;
+
+    /// Extends the lease `node` holds on `id` to `until`, if it still holds
+    /// it at `now`; `false` otherwise (its lease ran out, another process
+    /// may have it: it must not be fired here).
+    async fn renew_lease(
+        pool: &Pool<Self>,
+        id: &str,
+        node: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, sqlx::Error>;
+
+    /// Makes the parked message `id` due at `now`, its attempts from zero;
+    /// `false` if no parked message has it.
+    async fn unpark(pool: &Pool<Self>, id: &str, now: i64) -> Result<bool, sqlx::Error>;
 
     /// Deletes the message `id` if `node` still holds it: `false` when it
     /// was cancelled, or its lease went to another process.
@@ -90,7 +108,8 @@ pub trait SchedulerSql: sqlx::Database + Sized {
     /// Lets go of the lease `node` holds on `id` (it was not fired).
     async fn let_go(pool: &Pool<Self>, id: &str, node: &str) -> Result<(), sqlx::Error>;
 
-    /// The earliest due time of a message that is not parked.
+    /// The earliest time a message that is not parked can be taken: its
+    /// due time, or the end of the lease a firing holds it by.
     async fn next_due(pool: &Pool<Self>) -> Result<Option<i64>, sqlx::Error>;
 
     /// Every kept message, earliest first.
