@@ -179,10 +179,6 @@ async fn a_late_order_has_its_lines_released_and_their_stock_returned(storage: S
     let fired = service.advance(Duration::from_secs(1)).await;
     assert_eq!(fired, 3, "the deadline and two releases");
     assert!(service.allocations("late").await.is_empty(), "released");
-    assert!(matches!(
-        service.watch("late").await,
-        Some(SagaRecord::Completed { .. })
-    ));
     assert_eq!(
         service.allocate("other", "LAMP", 10).await.as_deref(),
         Some("b1"),
@@ -193,11 +189,29 @@ async fn a_late_order_has_its_lines_released_and_their_stock_returned(storage: S
         Err(DispatchError::Handler(SagaError::NotFound { id, .. })) => assert_eq!(id, "never"),
         other => panic!("expected NotFound, got {other:?}"),
     }
+    // Confirmed after the release: refused, its stock may be sold already.
+    match service.confirm("late").await {
+        Err(DispatchError::Handler(SagaError::Handler { error, .. })) => assert_eq!(
+            error.to_string(),
+            "order late was not shipped in time: its allocations were released"
+        ),
+        other => panic!("expected the order to be too late, got {other:?}"),
+    }
+    assert!(service.allocations("late").await.is_empty());
+    assert!(
+        matches!(service.watch("late").await, Some(SagaRecord::Active { .. })),
+        "remembered"
+    );
+    // Another deadline on, forgotten: a confirmation changes nothing.
+    service.advance(DEADLINE).await;
+    assert!(matches!(
+        service.watch("late").await,
+        Some(SagaRecord::Completed { .. })
+    ));
     service
         .confirm("late")
         .await
-        .expect("a late confirmation is logged and ignored");
-    assert!(service.allocations("late").await.is_empty());
+        .expect("a confirmation after the watch is logged and ignored");
     service.database.close().await;
 }
 
@@ -347,4 +361,44 @@ async fn a_deadline_that_passes_while_the_service_is_down_fires_when_it_is_back(
         (StatusCode::ACCEPTED, json!({"batchref": "b1"})),
         "its stock is back"
     );
+    let (status, body) = post(&server, "/orders/late/shipped", json!(null)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        server::message(&body),
+        "order late was not shipped in time: its allocations were released"
+    );
+}
+
+async fn an_order_allocated_again_after_its_release_is_watched_again(storage: Storage) {
+    let service = service(storage).await;
+    service.allocate("again", "LAMP", 2).await.unwrap();
+    service.advance(DEADLINE).await;
+    assert!(service.allocations("again").await.is_empty(), "released");
+    // The customer orders again, under the same order id.
+    service.allocate("again", "DESK", 1).await.unwrap();
+    service
+        .confirm("again")
+        .await
+        .expect("a new watch, confirmed in time");
+    assert!(
+        service.scheduler.pending().await.unwrap().is_empty(),
+        "no timeout left"
+    );
+    assert_eq!(service.advance(DEADLINE * 3).await, 0);
+    assert_eq!(
+        service.allocations("again").await.len(),
+        1,
+        "the new line stays"
+    );
+    service.database.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_allocated_again_after_its_release_is_watched_again_with_rows() {
+    an_order_allocated_again_after_its_release_is_watched_again(Storage::State).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_allocated_again_after_its_release_is_watched_again_with_streams() {
+    an_order_allocated_again_after_its_release_is_watched_again(Storage::Events).await;
 }

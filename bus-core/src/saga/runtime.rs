@@ -144,7 +144,11 @@ impl Sagas {
                         return Ok(());
                     }
                     Role::Continues(NotFound::Error) => {
-                        return Err(SagaError::NotFound { saga, id, message: name });
+                        return Err(SagaError::NotFound {
+                            saga,
+                            id,
+                            message: name,
+                        });
                     }
                     Role::Continues(NotFound::DeadLetter) => {
                         // Permanent: never retried, dead-lettered at once.

@@ -808,7 +808,10 @@ pub async fn a_failing_command_is_tried_again_later_then_parked(
     );
     // Its fault fixed, it is fired again, from its first attempt.
     assert!(under.scheduler.unpark(parked[0].id()).await.unwrap());
-    assert!(!under.scheduler.unpark(parked[0].id()).await.unwrap(), "unparked once");
+    assert!(
+        !under.scheduler.unpark(parked[0].id()).await.unwrap(),
+        "unparked once"
+    );
     let waiting = under.scheduler.pending().await.unwrap();
     assert_eq!((waiting[0].attempts(), waiting[0].is_parked()), (0, false));
     assert_eq!(under.scheduler.fire_due(&bus).await.unwrap(), 1);
@@ -914,7 +917,10 @@ pub async fn a_saga_with_an_unschedulable_timeout_fails_and_stores_nothing(
     assert_eq!((saga.notes.len(), version), (0, 1));
 }
 
-pub async fn a_timeout_cancelled_while_it_fires_is_ignored(under: SagasUnderTest, clock: VirtualClock) {
+pub async fn a_timeout_cancelled_while_it_fires_is_ignored(
+    under: SagasUnderTest,
+    clock: VirtualClock,
+) {
     let journal = Arc::new(Journal::default());
     let bus = bus(under.sagas.clone(), journal.clone());
     bus.publish(Ordered { order: 10 }).await.unwrap();
@@ -927,11 +933,16 @@ pub async fn a_timeout_cancelled_while_it_fires_is_ignored(under: SagasUnderTest
     // The first timeout, fired just before it was cancelled, arrives: the
     // saga no longer waits for it.
     let late = MessageContext::restored(first, first, None);
-    bus.publish_in(PaymentOverdue { order: 10 }, late).await.unwrap();
+    bus.publish_in(PaymentOverdue { order: 10 }, late)
+        .await
+        .unwrap();
     // So does a timeout message sent by hand.
     bus.publish(PaymentOverdue { order: 10 }).await.unwrap();
     assert!(journal.cancelled.lock().unwrap().is_empty());
-    assert!(matches!(state(&*under.sagas, 10).await, Some(SagaRecord::Active { .. })));
+    assert!(matches!(
+        state(&*under.sagas, 10).await,
+        Some(SagaRecord::Active { .. })
+    ));
     // The second one, when due, is handled.
     let fired = clock
         .advance_and_fire(PAYMENT_WINDOW, &*under.scheduler, &bus)
@@ -940,7 +951,10 @@ pub async fn a_timeout_cancelled_while_it_fires_is_ignored(under: SagasUnderTest
     assert_eq!(fired, 1);
     assert!(bus.settled(Duration::from_secs(10)).await);
     assert_eq!(*journal.cancelled.lock().unwrap(), [10]);
-    assert!(matches!(state(&*under.sagas, 10).await, Some(SagaRecord::Completed { .. })));
+    assert!(matches!(
+        state(&*under.sagas, 10).await,
+        Some(SagaRecord::Completed { .. })
+    ));
 }
 
 pub async fn a_message_this_bus_does_not_know_is_left_for_another(
@@ -950,16 +964,34 @@ pub async fn a_message_this_bus_does_not_know_is_left_for_another(
     let journal = Arc::new(Journal::default());
     // A bus of another build, without `Remind` (a rolling upgrade).
     let older = Bus::builder()
-        .registrations(Registrations::new().saga::<AwaitPayment>().handler::<record_cancelled>())
-        .dependencies(Dependencies::new().shared(Sagas::new(under.sagas.clone())).shared_arc(journal.clone()))
+        .registrations(
+            Registrations::new()
+                .saga::<AwaitPayment>()
+                .handler::<record_cancelled>(),
+        )
+        .dependencies(
+            Dependencies::new()
+                .shared(Sagas::new(under.sagas.clone()))
+                .shared_arc(journal.clone()),
+        )
         .build()
         .unwrap();
-    let message = ScheduledMessage::command(&Remind { customer: "new".into() }, clock.now()).unwrap();
+    let message = ScheduledMessage::command(
+        &Remind {
+            customer: "new".into(),
+        },
+        clock.now(),
+    )
+    .unwrap();
     under.scheduler.schedule(message.clone()).await.unwrap();
     assert_eq!(under.scheduler.fire_due(&older).await.unwrap(), 0);
     let waiting = under.scheduler.pending().await.unwrap();
     assert_eq!(waiting.len(), 1);
-    assert_eq!((waiting[0].attempts(), waiting[0].is_parked()), (0, false), "no attempt counted");
+    assert_eq!(
+        (waiting[0].attempts(), waiting[0].is_parked()),
+        (0, false),
+        "no attempt counted"
+    );
     assert!(waiting[0].due() > clock.now(), "put off");
     // A process that knows it fires it, once its turn comes.
     let newer = bus(under.sagas.clone(), journal.clone());
@@ -968,5 +1000,8 @@ pub async fn a_message_this_bus_does_not_know_is_left_for_another(
         .await
         .unwrap();
     assert_eq!(fired, 1);
-    assert_eq!(journal.reminded.lock().unwrap()[0].1.message_id(), message.id());
+    assert_eq!(
+        journal.reminded.lock().unwrap()[0].1.message_id(),
+        message.id()
+    );
 }

@@ -249,10 +249,12 @@ impl SchedulerSql for Postgres {
     }
 
     async fn next_due(pool: &Pool<Self>) -> Result<Option<i64>, sqlx::Error> {
-        sqlx::query_scalar("SELECT MIN(GREATEST(due_at, COALESCE(lease_until, due_at))) FROM bus_scheduled \
-             WHERE NOT parked")
-            .fetch_one(pool)
-            .await
+        sqlx::query_scalar(
+            "SELECT MIN(GREATEST(due_at, COALESCE(lease_until, due_at))) FROM bus_scheduled \
+             WHERE NOT parked",
+        )
+        .fetch_one(pool)
+        .await
     }
 
     async fn scheduled(pool: &Pool<Self>) -> Result<Vec<ScheduledMessage>, sqlx::Error> {

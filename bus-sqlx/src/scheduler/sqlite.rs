@@ -240,10 +240,12 @@ impl SchedulerSql for Sqlite {
     }
 
     async fn next_due(pool: &Pool<Self>) -> Result<Option<i64>, sqlx::Error> {
-        sqlx::query_scalar("SELECT MIN(MAX(due_at, COALESCE(lease_until, due_at))) FROM bus_scheduled \
-             WHERE parked = 0")
-            .fetch_one(pool)
-            .await
+        sqlx::query_scalar(
+            "SELECT MIN(MAX(due_at, COALESCE(lease_until, due_at))) FROM bus_scheduled \
+             WHERE parked = 0",
+        )
+        .fetch_one(pool)
+        .await
     }
 
     async fn scheduled(pool: &Pool<Self>) -> Result<Vec<ScheduledMessage>, sqlx::Error> {

@@ -36,6 +36,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, ConfirmShipment, CreateBatch};
 use crate::domain::validation::{self, InvalidField};
+use crate::service_layer::shipment::ShippedTooLate;
 use crate::service_layer::unit_of_work::UowError;
 use crate::service_layer::ServiceError;
 use crate::views::{Allocations, ViewError};
@@ -323,9 +324,9 @@ async fn change_batch_quantity(
 }
 
 /// Confirms an order's shipment: its allocations stay. 200 once confirmed
-/// (again: a repeated confirmation changes nothing), 404 for an order with
-/// no allocation waiting for its shipment (never allocated, or released
-/// already for being late).
+/// (again: a repeated confirmation changes nothing), 409 for an order whose
+/// lines were released for being late, 404 for an order with no allocation
+/// waiting for its shipment (never allocated, or released long ago).
 async fn shipped(
     State(AppState { bus, commands, .. }): State<AppState>,
     Path(orderid): Path<String>,
@@ -338,7 +339,12 @@ async fn shipped(
 
 impl From<DispatchError<SagaError>> for ApiError {
     fn from(error: DispatchError<SagaError>) -> Self {
+        let too_late = matches!(
+            &error,
+            DispatchError::Handler(SagaError::Handler { error, .. }) if error.is::<ShippedTooLate>()
+        );
         let status = match &error {
+            _ if too_late => StatusCode::CONFLICT,
             DispatchError::Handler(SagaError::NotFound { .. }) => StatusCode::NOT_FOUND,
             DispatchError::Handler(SagaError::Store(_) | SagaError::Contended { .. })
             | DispatchError::Closed => StatusCode::SERVICE_UNAVAILABLE,
@@ -350,6 +356,9 @@ impl From<DispatchError<SagaError>> for ApiError {
         let message = match &error {
             DispatchError::Handler(SagaError::NotFound { id, .. }) => {
                 format!("no allocation of order {id} waits for its shipment")
+            }
+            DispatchError::Handler(SagaError::Handler { error, .. }) if too_late => {
+                error.to_string()
             }
             other => other.to_string(),
         };

@@ -4,18 +4,21 @@
 //! started by its first `Allocated`, completed by `ConfirmShipment`,
 //! timing out into a `ReleaseAllocation` per line; the releases are sent
 //! through the durable scheduler, so they happen even if the process dies
-//! right after the timeout.
+//! right after the timeout. A released order is remembered for one more
+//! deadline (a confirmation that comes then is refused: its stock may be
+//! someone else's by now), then forgotten; allocated again meanwhile, it
+//! is watched again.
 
 use std::time::Duration;
 
 use arch_events::saga::{saga, SagaContext};
-use arch_events::{handler, Scoped};
+use arch_events::{handler, MessageId, Scoped};
 use serde::{Deserialize, Serialize};
 
 use super::unit_of_work::UnitOfWork;
 use super::ServiceError;
 use crate::domain::commands::{ConfirmShipment, ReleaseAllocation};
-use crate::domain::events::{Allocated, AllocationReleased, ShipmentOverdue};
+use crate::domain::events::{Allocated, AllocationReleased, ShipmentOverdue, ShipmentWatchExpired};
 use crate::domain::model::OrderLine;
 
 /// How long an order's allocations wait for its shipment, from its first
@@ -37,6 +40,9 @@ pub struct ShipmentWatch {
     pub orderid: String,
     /// Its lines, as last allocated, one per product.
     pub lines: Vec<WatchedLine>,
+    /// Set once its deadline passed and its lines were released: the
+    /// timeout that then forgets it.
+    pub released: Option<MessageId>,
 }
 
 /// A line the watch releases if the order is not shipped in time.
@@ -48,20 +54,26 @@ pub struct WatchedLine {
     pub qty: u32,
 }
 
+/// A shipment confirmed after the order's lines were released.
+#[derive(Debug, thiserror::Error)]
+#[error("order {0} was not shipped in time: its allocations were released")]
+pub struct ShippedTooLate(pub String);
+
 #[saga(name = "allocation.shipment_watch")]
 impl ShipmentWatch {
     /// A line of the order was allocated (or allocated again, after its
-    /// batch shrank): watched. The first one starts the clock.
+    /// batch shrank): watched. The first one starts the clock; one after
+    /// a release starts a new watch.
     #[starts(by = orderid)]
     fn allocated(&mut self, event: &Allocated, saga: &mut SagaContext) {
+        if let Some(expiry) = self.released.take() {
+            saga.cancel_timeout(expiry);
+            self.lines.clear();
+        }
         if self.lines.is_empty() {
             self.orderid.clone_from(&event.orderid);
-            let deadline = saga
-                .setting::<ShipmentDeadline>()
-                .copied()
-                .unwrap_or_default();
             saga.request_timeout(
-                deadline.0,
+                deadline(saga),
                 &ShipmentOverdue {
                     orderid: event.orderid.clone(),
                 },
@@ -81,13 +93,23 @@ impl ShipmentWatch {
         }
     }
 
-    /// Shipped: the allocations stay, the timeout goes.
+    /// Shipped: the allocations stay, the timeout goes. Too late once they
+    /// were released.
     #[handles(by = orderid, not_found = error)]
-    fn shipped(&mut self, _: &ConfirmShipment, saga: &mut SagaContext) {
+    fn shipped(
+        &mut self,
+        _: &ConfirmShipment,
+        saga: &mut SagaContext,
+    ) -> Result<(), ShippedTooLate> {
+        if self.released.is_some() {
+            return Err(ShippedTooLate(self.orderid.clone()));
+        }
         saga.mark_completed();
+        Ok(())
     }
 
-    /// Not shipped in time: every line is released.
+    /// Not shipped in time: every line is released, and the order is
+    /// remembered for another deadline.
     #[timeout(by = orderid)]
     fn overdue(&mut self, _: &ShipmentOverdue, saga: &mut SagaContext) {
         tracing::info!(orderid = %self.orderid, lines = self.lines.len(), "shipment overdue: releasing the order's allocations");
@@ -98,8 +120,28 @@ impl ShipmentWatch {
                 qty: line.qty,
             });
         }
+        let expiry = saga.request_timeout(
+            deadline(saga),
+            &ShipmentWatchExpired {
+                orderid: self.orderid.clone(),
+            },
+        );
+        self.released = Some(expiry);
+    }
+
+    /// A released order, forgotten.
+    #[timeout(by = orderid)]
+    fn expired(&mut self, _: &ShipmentWatchExpired, saga: &mut SagaContext) {
         saga.mark_completed();
     }
+}
+
+/// The configured deadline.
+fn deadline(saga: &SagaContext) -> Duration {
+    saga.setting::<ShipmentDeadline>()
+        .copied()
+        .unwrap_or_default()
+        .0
 }
 
 /// Releases a line whose order was not shipped in time. A line no batch
