@@ -33,3 +33,11 @@ mod in_memory {
 mod sqlite {
     super::saga_tests!(super::on_sqlite);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_completed_sagas_are_purged_and_running_ones_kept() {
+    conformance::saga::old_completed_sagas_are_purged::<sqlx::Sqlite>(
+        conformance::fresh_sqlite().await,
+    )
+    .await;
+}

@@ -35,6 +35,14 @@ mod sagas {
     }
 
     arch_events_sqlx_conformance::saga_tests!(on_postgres);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn old_completed_sagas_are_purged_and_running_ones_kept() {
+        arch_events_sqlx_conformance::saga::old_completed_sagas_are_purged::<sqlx::Postgres>(
+            super::fresh_ledger().await,
+        )
+        .await;
+    }
 }
 
 /// `arch_events_sqlx::begin_on` is cancel-safe where sqlx's `Pool::begin` is not

@@ -1005,3 +1005,31 @@ pub async fn a_message_this_bus_does_not_know_is_left_for_another(
         message.id()
     );
 }
+
+/// Completed sagas leave their id behind, so that a late message is seen
+/// as late; `purge_completed` deletes the old ones, and no running one.
+/// (On the SQL databases: the in-memory scheduler keeps nothing past its
+/// process.)
+pub async fn old_completed_sagas_are_purged<DB: crate::Ledger>(database: crate::TestDatabase) {
+    let store = arch_events_sqlx::Store::open(DB::connect(&database.url).await)
+        .await
+        .expect("opens");
+    let scheduler = Arc::new(store.scheduler());
+    let bus = bus(scheduler.clone(), Arc::new(Journal::default()));
+    for order in [1, 2] {
+        bus.publish(Ordered { order }).await.unwrap();
+    }
+    bus.dispatch(Pay { order: 1 }).await.unwrap();
+    let recent = scheduler
+        .purge_completed(Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(recent, 0, "too recent");
+    assert_eq!(scheduler.purge_completed(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(state(&*scheduler, 1).await, None, "purged");
+    assert!(
+        matches!(state(&*scheduler, 2).await, Some(SagaRecord::Active { .. })),
+        "running: kept"
+    );
+    store.close().await;
+}

@@ -273,6 +273,23 @@ impl<DB: Backend> SqlScheduler<DB> {
         Ok(())
     }
 
+    /// Deletes what is left of the sagas that completed more than
+    /// `older_than` ago: their ids, kept so that a late message is
+    /// recognised as late. A message for a purged saga finds none: a
+    /// starting one starts it anew, another does what its `not_found`
+    /// says. Run it now and then with a span longer than any message can
+    /// arrive late (days); returns how many were deleted.
+    pub async fn purge_completed(&self, older_than: Duration) -> Result<u64, SchedulerError> {
+        let older_than = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let before = chrono::Utc::now()
+            .checked_sub_signed(older_than)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        let _turn = self.store.writer_turn().await;
+        DB::purge_completed(self.store.pool(), before)
+            .await
+            .map_err(store_error)
+    }
+
     /// Starts this process's loop (a tokio task): a round at once, then
     /// whenever the next message falls due, something is scheduled here,
     /// or a second passes (another process may have scheduled), until the

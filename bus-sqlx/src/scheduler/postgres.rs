@@ -248,6 +248,17 @@ impl SchedulerSql for Postgres {
         Ok(())
     }
 
+    async fn purge_completed(
+        pool: &Pool<Self>,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM bus_sagas WHERE state IS NULL AND updated_at < $1")
+            .bind(before)
+            .execute(pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn next_due(pool: &Pool<Self>) -> Result<Option<i64>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT MIN(GREATEST(due_at, COALESCE(lease_until, due_at))) FROM bus_scheduled \

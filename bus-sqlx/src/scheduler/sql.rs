@@ -108,6 +108,12 @@ pub trait SchedulerSql: sqlx::Database + Sized {
     /// Lets go of the lease `node` holds on `id` (it was not fired).
     async fn let_go(pool: &Pool<Self>, id: &str, node: &str) -> Result<(), sqlx::Error>;
 
+    /// Deletes the rows of sagas that completed before `before`; how many.
+    async fn purge_completed(
+        pool: &Pool<Self>,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, sqlx::Error>;
+
     /// The earliest time a message that is not parked can be taken: its
     /// due time, or the end of the lease a firing holds it by.
     async fn next_due(pool: &Pool<Self>) -> Result<Option<i64>, sqlx::Error>;

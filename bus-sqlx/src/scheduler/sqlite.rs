@@ -239,6 +239,19 @@ impl SchedulerSql for Sqlite {
         Ok(())
     }
 
+    async fn purge_completed(
+        pool: &Pool<Self>,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, sqlx::Error> {
+        // `updated_at` is written as this text, which sorts as time does.
+        let before = before.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        let done = sqlx::query("DELETE FROM bus_sagas WHERE state IS NULL AND updated_at < $1")
+            .bind(before)
+            .execute(pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn next_due(pool: &Pool<Self>) -> Result<Option<i64>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT MIN(MAX(due_at, COALESCE(lease_until, due_at))) FROM bus_scheduled \
