@@ -55,12 +55,14 @@ pub struct Config {
     /// How long an order's allocations wait for its shipment to be
     /// confirmed (`POST /orders/<orderid>/shipped`, or the stream
     /// `shipment_confirmed`), from its first allocation: then they are
-    /// released, their units returned to their batches. In seconds.
+    /// released, their units returned to their batches. In seconds; 0
+    /// turns the watch off (no order is watched, every confirmation is a
+    /// 404).
     #[arg(
         long = "shipment-deadline-secs",
         env = "SHIPMENT_DEADLINE_SECS",
         default_value_t = 2 * 24 * 60 * 60,
-        value_parser = clap::value_parser!(u64).range(1..=365 * 24 * 60 * 60)
+        value_parser = clap::value_parser!(u64).range(0..=365 * 24 * 60 * 60)
     )]
     pub shipment_deadline_secs: u64,
 

@@ -402,3 +402,52 @@ async fn an_order_allocated_again_after_its_release_is_watched_again_with_rows()
 async fn an_order_allocated_again_after_its_release_is_watched_again_with_streams() {
     an_order_allocated_again_after_its_release_is_watched_again(Storage::Events).await;
 }
+
+/// With the watch off (a deadline of 0), no order is watched: nothing is
+/// stored per allocation, and a confirmation finds nothing to confirm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_watch_off_no_order_is_watched() {
+    let file = server::fresh_sqlite().await;
+    let database = Database::open(&file.url, Settings::default(), Some(Storage::State))
+        .await
+        .unwrap();
+    let bus = bootstrap(
+        Adapters::for_database(&database).shipment_deadline(ShipmentDeadline(Duration::ZERO)),
+    )
+    .unwrap();
+    bus.dispatch(CreateBatch {
+        reference: "b1".into(),
+        sku: "LAMP".into(),
+        qty: 10,
+        eta: None,
+    })
+    .await
+    .unwrap();
+    bus.dispatch(Allocate {
+        orderid: "o1".into(),
+        sku: "LAMP".into(),
+        qty: 1,
+    })
+    .await
+    .unwrap();
+    let Database::Sqlite(sqlite) = &database else {
+        unreachable!("a SQLite URL")
+    };
+    let watch = sqlite
+        .scheduler()
+        .load("allocation.shipment_watch", "o1")
+        .await
+        .unwrap();
+    assert_eq!(watch, None);
+    assert!(sqlite.scheduler().pending().await.unwrap().is_empty());
+    let confirmed = bus
+        .dispatch(ConfirmShipment {
+            orderid: "o1".into(),
+        })
+        .await;
+    assert!(
+        matches!(confirmed, Err(DispatchError::Handler(SagaError::NotFound { .. }))),
+        "{confirmed:?}"
+    );
+    database.close().await;
+}

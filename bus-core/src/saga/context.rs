@@ -27,6 +27,7 @@ pub struct SagaContext {
     pub(super) scheduled: Vec<ScheduledMessage>,
     pub(super) cancelled: Vec<MessageId>,
     pub(super) completed: bool,
+    pub(super) declined: bool,
     pub(super) error: Option<SchedulerError>,
 }
 
@@ -48,6 +49,7 @@ impl SagaContext {
             scheduled: Vec::new(),
             cancelled: Vec::new(),
             completed: false,
+            declined: false,
             error: None,
         }
     }
@@ -116,6 +118,15 @@ impl SagaContext {
     /// ignored.
     pub fn mark_completed(&mut self) {
         self.completed = true;
+    }
+
+    /// Changes nothing after all: nothing is stored (for a starting
+    /// message, no saga starts), whatever else was asked. The decision
+    /// rests on the state as loaded, which another message may be changing
+    /// at the same moment: decline only what does not depend on it (a
+    /// feature switched off, a message the saga is not for).
+    pub fn decline(&mut self) {
+        self.declined = true;
     }
 
     /// Whether [`mark_completed`](Self::mark_completed) was called.

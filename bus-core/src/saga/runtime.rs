@@ -188,6 +188,10 @@ impl Sagas {
                 saga,
                 error: error.into(),
             })?;
+            if context.declined {
+                tracing::debug!(saga, saga_id = %id, message = name, "declined: nothing stored");
+                return Ok(());
+            }
             if let Some(error) = context.error.take() {
                 return Err(error.into());
             }

@@ -117,6 +117,7 @@ macro_rules! saga_tests {
             a_saga_with_an_unschedulable_timeout_fails_and_stores_nothing,
             a_timeout_cancelled_while_it_fires_is_ignored,
             a_message_this_bus_does_not_know_is_left_for_another,
+            a_declined_start_stores_nothing,
         );
     };
     (@each $fresh:path; $($test:ident),* $(,)?) => {
@@ -221,6 +222,9 @@ pub struct OrderCancelled {
     pub order: u32,
 }
 
+/// The order the saga declines: it starts no saga.
+pub const DECLINED: u32 = 999;
+
 /// How long an order waits for its payment.
 pub const PAYMENT_WINDOW: Duration = Duration::from_secs(3600);
 
@@ -241,6 +245,10 @@ pub struct AwaitPayment {
 impl AwaitPayment {
     #[starts(by = order)]
     fn ordered(&mut self, event: &Ordered, saga: &mut SagaContext) {
+        if event.order == DECLINED {
+            saga.decline();
+            return;
+        }
         self.order = event.order;
         self.starts += 1;
         if self.starts == 1 {
@@ -1032,4 +1040,13 @@ pub async fn old_completed_sagas_are_purged<DB: crate::Ledger>(database: crate::
         "running: kept"
     );
     store.close().await;
+}
+
+pub async fn a_declined_start_stores_nothing(under: SagasUnderTest, _clock: VirtualClock) {
+    let journal = Arc::new(Journal::default());
+    let bus = bus(under.sagas.clone(), journal);
+    bus.publish(Ordered { order: DECLINED }).await.unwrap();
+    assert_eq!(state(&*under.sagas, DECLINED).await, None, "no saga");
+    assert!(under.scheduler.pending().await.unwrap().is_empty(), "no timeout");
+    assert!(bus.dead_letters().unwrap().is_empty());
 }

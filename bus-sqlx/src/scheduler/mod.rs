@@ -269,7 +269,7 @@ impl<DB: Backend> SqlScheduler<DB> {
         DB::insert_scheduled(connection, std::slice::from_ref(message))
             .await
             .map_err(store_error)?;
-        self.wake.notify_one();
+        self.wake_for(std::slice::from_ref(message));
         Ok(())
     }
 
@@ -392,6 +392,16 @@ impl<DB: Backend> SqlScheduler<DB> {
         Ok(taken)
     }
 
+    /// Wakes this process's loop when one of `messages` is due before its
+    /// next look anyway (a saga's `send`, a short delay); a message due
+    /// later is found by that look, without a round now.
+    fn wake_for(&self, messages: &[ScheduledMessage]) {
+        let soon = self.clock.now() + POLL;
+        if messages.iter().any(|message| message.due() <= soon) {
+            self.wake.notify_one();
+        }
+    }
+
     /// When a lease taken at `now` ends, in milliseconds.
     fn lease_end(&self, now: SystemTime) -> i64 {
         millis(now).saturating_add(lease_millis(self.lease))
@@ -448,7 +458,7 @@ impl<DB: Backend> Scheduler for SqlScheduler<DB> {
             .await
             .map_err(store_error)?;
         tx.commit().await.map_err(store_error)?;
-        self.wake.notify_one();
+        self.wake_for(std::slice::from_ref(&message));
         Ok(())
     }
 
@@ -464,6 +474,12 @@ impl<DB: Backend> Scheduler for SqlScheduler<DB> {
 
     async fn fire_due(&self, bus: &Bus) -> Result<usize, SchedulerError> {
         let at = self.clock.now();
+        // A read first: a round with nothing to take writes nothing (on
+        // SQLite, it does not take the database's one writer's turn).
+        match self.next_due().await? {
+            Some(next) if next <= at => {}
+            _ => return Ok(0),
+        }
         let (now, lease_until) = (millis(at), self.lease_end(at));
         let mut claimed = {
             let _turn = self.store.writer_turn().await;
@@ -589,9 +605,7 @@ impl<DB: Backend> SagaStore for SqlScheduler<DB> {
         };
         tx.commit().await.map_err(saga_store_error)?;
         staged.release();
-        if !change.scheduled.is_empty() {
-            self.wake.notify_one();
-        }
+        self.wake_for(&change.scheduled);
         Ok(())
     }
 
@@ -600,8 +614,10 @@ impl<DB: Backend> SagaStore for SqlScheduler<DB> {
     }
 }
 
+/// How often a process's loop looks for what other processes scheduled.
+const POLL: Duration = Duration::from_secs(1);
+
 async fn run<DB: Backend>(scheduler: SqlScheduler<DB>, bus: Bus, stop: Arc<Notify>) {
-    const POLL: Duration = Duration::from_secs(1);
     const IDLE: Duration = Duration::from_millis(10);
     loop {
         if bus.is_closed() {

@@ -23,7 +23,8 @@ use crate::domain::model::OrderLine;
 
 /// How long an order's allocations wait for its shipment, from its first
 /// allocation: a setting of the sagas' runtime
-/// ([`Sagas::with`](arch_events::saga::Sagas::with)); two days when unset.
+/// ([`Sagas::with`](arch_events::saga::Sagas::with)); two days when unset,
+/// and no watch at all when zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShipmentDeadline(pub Duration);
 
@@ -66,6 +67,11 @@ impl ShipmentWatch {
     /// a release starts a new watch.
     #[starts(by = orderid)]
     fn allocated(&mut self, event: &Allocated, saga: &mut SagaContext) {
+        if deadline(saga).is_zero() {
+            // The watch is off: no order is watched.
+            saga.decline();
+            return;
+        }
         if let Some(expiry) = self.released.take() {
             saga.cancel_timeout(expiry);
             self.lines.clear();
