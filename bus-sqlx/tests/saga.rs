@@ -41,3 +41,47 @@ async fn old_completed_sagas_are_purged_and_running_ones_kept() {
     )
     .await;
 }
+
+/// A stored event a saga declines, as its only handler (the call that
+/// finishes its delivery): the delivery is recorded as finished all the
+/// same, and nothing waits for a recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_event_a_saga_declines_is_delivered() {
+    use std::sync::Arc;
+
+    use arch_events::schedule::{ScheduledMessage, Scheduler};
+    use arch_events_sqlx_conformance::saga::{bus, Journal, Ordered, DECLINED};
+
+    let database = conformance::fresh_sqlite().await;
+    let pool = <sqlx::Sqlite as conformance::Ledger>::connect(&database.url).await;
+    let store = arch_events_sqlx::Store::open(pool).await.expect("opens");
+    let clock = VirtualClock::new();
+    let scheduler = Arc::new(store.scheduler().with_clock(clock.clone()));
+    let bus = bus(scheduler.clone(), Arc::new(Journal::default()));
+    // Fired by the scheduler, the event is stored for durable delivery.
+    for order in [DECLINED, 5] {
+        let message = ScheduledMessage::event(&Ordered { order }, clock.now()).unwrap();
+        scheduler.schedule(message).await.unwrap();
+    }
+    assert_eq!(scheduler.fire_due(&bus).await.unwrap(), 2);
+    assert!(bus.settled(std::time::Duration::from_secs(10)).await);
+    assert_eq!(
+        store.delivery_lag().await.unwrap().count,
+        0,
+        "both delivered"
+    );
+    let sagas: Arc<dyn arch_events::saga::SagaStore> = scheduler.clone();
+    assert_eq!(
+        sagas
+            .load("conformance.await_payment", "999")
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(sagas
+        .load("conformance.await_payment", "5")
+        .await
+        .unwrap()
+        .is_some());
+    store.close().await;
+}

@@ -440,13 +440,21 @@ async fn with_the_watch_off_no_order_is_watched() {
         .unwrap();
     assert_eq!(watch, None);
     assert!(sqlite.scheduler().pending().await.unwrap().is_empty());
+    assert_eq!(
+        sqlite.store().delivery_lag().await.unwrap().count,
+        0,
+        "`Allocated` delivered to every handler, the declining watch included"
+    );
     let confirmed = bus
         .dispatch(ConfirmShipment {
             orderid: "o1".into(),
         })
         .await;
     assert!(
-        matches!(confirmed, Err(DispatchError::Handler(SagaError::NotFound { .. }))),
+        matches!(
+            confirmed,
+            Err(DispatchError::Handler(SagaError::NotFound { .. }))
+        ),
         "{confirmed:?}"
     );
     database.close().await;

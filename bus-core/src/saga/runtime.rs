@@ -49,6 +49,20 @@ impl std::fmt::Debug for Sagas {
     }
 }
 
+/// Nothing was stored: running this call again would store nothing either,
+/// so the delivery it serves (a stored event's, for one of its handlers)
+/// needs no record of its own: a crash before the event's other handlers
+/// are through runs it again, to the same effect. The call that finishes
+/// the delivery is left to the bus, which records that the event is done.
+fn unchanged(releaser: &EventReleaser) {
+    if releaser
+        .delivery()
+        .is_some_and(|delivery| !delivery.settles())
+    {
+        releaser.delivery_recorded();
+    }
+}
+
 impl Sagas {
     /// The runtime over `store`.
     pub fn new(store: Arc<dyn SagaStore>) -> Self {
@@ -131,17 +145,17 @@ impl Sagas {
                         message_id = %flow.message_id(),
                         "a message arrived after its saga completed: ignored"
                     );
-                    return Ok(());
+                    return Ok(unchanged(&releaser));
                 }
                 None => match role {
                     Role::Starts => (S::default(), None, Vec::new()),
                     Role::Timeout => {
                         tracing::info!(saga, saga_id = %id, message = name, "a timeout found no saga: ignored");
-                        return Ok(());
+                        return Ok(unchanged(&releaser));
                     }
                     Role::Continues(NotFound::Ignore) => {
                         tracing::info!(saga, saga_id = %id, message = name, "no saga for this message: ignored (not_found = ignore)");
-                        return Ok(());
+                        return Ok(unchanged(&releaser));
                     }
                     Role::Continues(NotFound::Error) => {
                         return Err(SagaError::NotFound {
@@ -173,7 +187,7 @@ impl Sagas {
                         message_id = %this,
                         "a timeout the saga does not wait for (cancelled, or sent by hand): ignored"
                     );
-                    return Ok(());
+                    return Ok(unchanged(&releaser));
                 };
                 timeouts.remove(at);
             }
@@ -190,7 +204,7 @@ impl Sagas {
             })?;
             if context.declined {
                 tracing::debug!(saga, saga_id = %id, message = name, "declined: nothing stored");
-                return Ok(());
+                return Ok(unchanged(&releaser));
             }
             if let Some(error) = context.error.take() {
                 return Err(error.into());

@@ -1047,6 +1047,9 @@ pub async fn a_declined_start_stores_nothing(under: SagasUnderTest, _clock: Virt
     let bus = bus(under.sagas.clone(), journal);
     bus.publish(Ordered { order: DECLINED }).await.unwrap();
     assert_eq!(state(&*under.sagas, DECLINED).await, None, "no saga");
-    assert!(under.scheduler.pending().await.unwrap().is_empty(), "no timeout");
+    assert!(
+        under.scheduler.pending().await.unwrap().is_empty(),
+        "no timeout"
+    );
     assert!(bus.dead_letters().unwrap().is_empty());
 }
