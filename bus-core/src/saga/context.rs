@@ -124,7 +124,9 @@ impl SagaContext {
     /// message, no saga starts), whatever else was asked. The decision
     /// rests on the state as loaded, which another message may be changing
     /// at the same moment: decline only what does not depend on it (a
-    /// feature switched off, a message the saga is not for).
+    /// feature switched off, a message the saga is not for). A declined
+    /// stored event costs its delivery no record: redelivered after a
+    /// crash, it is decided again, with the settings of then.
     pub fn decline(&mut self) {
         self.declined = true;
     }

@@ -49,18 +49,21 @@ impl std::fmt::Debug for Sagas {
     }
 }
 
-/// Nothing was stored: running this call again would store nothing either,
-/// so the delivery it serves (a stored event's, for one of its handlers)
-/// needs no record of its own: a crash before the event's other handlers
-/// are through runs it again, to the same effect. The call that finishes
-/// the delivery is left to the bus, which records that the event is done.
-fn unchanged(releaser: &EventReleaser) {
+/// Nothing was stored, and running this call again would store nothing
+/// either (the saga completed, a timeout it does not wait for, a message
+/// the saga declines): the delivery it serves (a stored event's, for one
+/// of its handlers) needs no record of its own; a crash before the event's
+/// other handlers are through runs it again, to the same effect. The call
+/// that finishes the delivery is left to the bus, which records that the
+/// event is done.
+fn unchanged(releaser: &EventReleaser) -> Result<(), SagaError> {
     if releaser
         .delivery()
         .is_some_and(|delivery| !delivery.settles())
     {
         releaser.delivery_recorded();
     }
+    Ok(())
 }
 
 impl Sagas {
@@ -145,17 +148,19 @@ impl Sagas {
                         message_id = %flow.message_id(),
                         "a message arrived after its saga completed: ignored"
                     );
-                    return Ok(unchanged(&releaser));
+                    return unchanged(&releaser);
                 }
                 None => match role {
                     Role::Starts => (S::default(), None, Vec::new()),
                     Role::Timeout => {
                         tracing::info!(saga, saga_id = %id, message = name, "a timeout found no saga: ignored");
-                        return Ok(unchanged(&releaser));
+                        return unchanged(&releaser);
                     }
                     Role::Continues(NotFound::Ignore) => {
                         tracing::info!(saga, saga_id = %id, message = name, "no saga for this message: ignored (not_found = ignore)");
-                        return Ok(unchanged(&releaser));
+                        // Recorded as any handler's: a redelivery may find
+                        // the saga started meanwhile.
+                        return Ok(());
                     }
                     Role::Continues(NotFound::Error) => {
                         return Err(SagaError::NotFound {
@@ -187,7 +192,7 @@ impl Sagas {
                         message_id = %this,
                         "a timeout the saga does not wait for (cancelled, or sent by hand): ignored"
                     );
-                    return Ok(unchanged(&releaser));
+                    return unchanged(&releaser);
                 };
                 timeouts.remove(at);
             }
@@ -204,7 +209,7 @@ impl Sagas {
             })?;
             if context.declined {
                 tracing::debug!(saga, saga_id = %id, message = name, "declined: nothing stored");
-                return Ok(unchanged(&releaser));
+                return unchanged(&releaser);
             }
             if let Some(error) = context.error.take() {
                 return Err(error.into());

@@ -31,5 +31,8 @@ CREATE TABLE IF NOT EXISTS bus_scheduled (
     lease_owner    UUID NULL,
     lease_until    BIGINT NULL
 );
-CREATE INDEX IF NOT EXISTS bus_scheduled_due ON bus_scheduled (due_at) WHERE NOT parked;
+CREATE INDEX IF NOT EXISTS bus_scheduled_due ON bus_scheduled (due_at)
+    WHERE NOT parked AND lease_until IS NULL;
+CREATE INDEX IF NOT EXISTS bus_scheduled_leased ON bus_scheduled (lease_until)
+    WHERE lease_until IS NOT NULL;
 CREATE INDEX IF NOT EXISTS bus_scheduled_by_saga ON bus_scheduled (saga, saga_id);

@@ -30,5 +30,8 @@ CREATE TABLE IF NOT EXISTS bus_scheduled (
     lease_owner    TEXT NULL,
     lease_until    INTEGER NULL
 );
-CREATE INDEX IF NOT EXISTS bus_scheduled_due ON bus_scheduled (parked, due_at);
+CREATE INDEX IF NOT EXISTS bus_scheduled_due ON bus_scheduled (parked, due_at)
+    WHERE lease_until IS NULL;
+CREATE INDEX IF NOT EXISTS bus_scheduled_leased ON bus_scheduled (lease_until)
+    WHERE lease_until IS NOT NULL;
 CREATE INDEX IF NOT EXISTS bus_scheduled_by_saga ON bus_scheduled (saga, saga_id);

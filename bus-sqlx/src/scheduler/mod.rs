@@ -20,6 +20,7 @@ use arch_events::schedule::{
 };
 use arch_events::{
     async_trait, Bus, EventReleaser, InboundError, MessageContext, MessageId, MessageKind,
+    ReplayError,
 };
 use sqlx::Transaction;
 use tokio::sync::Notify;
@@ -145,6 +146,20 @@ impl<DB: Backend> Store<DB> {
             batch: BATCH,
             wake: Arc::new(Notify::new()),
         }
+    }
+}
+
+/// Why a scheduled event could not be handed to durable delivery.
+enum FireError {
+    /// This build does not know it.
+    Unknown(String),
+    /// Anything else: counted as a failed attempt.
+    Failed(String),
+}
+
+impl From<sqlx::Error> for FireError {
+    fn from(error: sqlx::Error) -> Self {
+        FireError::Failed(error.to_string())
     }
 }
 
@@ -281,9 +296,11 @@ impl<DB: Backend> SqlScheduler<DB> {
     /// arrive late (days); returns how many were deleted.
     pub async fn purge_completed(&self, older_than: Duration) -> Result<u64, SchedulerError> {
         let older_than = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        // Never before the Unix epoch: a date every database stores.
         let before = chrono::Utc::now()
             .checked_sub_signed(older_than)
-            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+            .filter(|before| before.timestamp() > 0)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH);
         let _turn = self.store.writer_turn().await;
         DB::purge_completed(self.store.pool(), before)
             .await
@@ -322,7 +339,10 @@ impl<DB: Backend> SqlScheduler<DB> {
             MessageKind::Event => match self.fire_event(bus, &message).await {
                 Ok(true) => Ok(()),
                 Ok(false) => return Ok(false),
-                Err(error) => Err(error),
+                Err(FireError::Unknown(error)) => {
+                    return self.put_off_unknown(&message, &error).await.map(|()| false)
+                }
+                Err(FireError::Failed(error)) => Err(error),
             },
             _ => {
                 if DB::inbox_has(pool, &id).await.map_err(store_error)? {
@@ -342,16 +362,7 @@ impl<DB: Backend> SqlScheduler<DB> {
                         return Ok(false);
                     }
                     Err(error @ InboundError::UnknownName(_)) => {
-                        // This build does not know it (a newer one, in a
-                        // rolling upgrade, scheduled it): put off for
-                        // another process, without counting an attempt.
-                        tracing::warn!(message = message.name(), message_id = %message.id(), %error, "arch-events-sqlx: a scheduled message this build does not know: left for another process");
-                        let due = self.lease_end(self.clock.now());
-                        let attempts = i64::from(message.attempts());
-                        let _turn = self.store.writer_turn().await;
-                        DB::put_off(pool, &id, &node, attempts, &error.to_string(), due, false)
-                            .await
-                            .map_err(store_error)?;
+                        self.put_off_unknown(&message, &error.to_string()).await?;
                         return Ok(false);
                     }
                     Err(error) => Err(error.to_string()),
@@ -402,6 +413,32 @@ impl<DB: Backend> SqlScheduler<DB> {
         }
     }
 
+    /// A message this build does not know (a newer one, in a rolling
+    /// upgrade, scheduled it): put off for another process, a lease later,
+    /// without counting an attempt.
+    async fn put_off_unknown(
+        &self,
+        message: &ScheduledMessage,
+        error: &str,
+    ) -> Result<(), SchedulerError> {
+        tracing::warn!(message = message.name(), message_id = %message.id(), %error, "arch-events-sqlx: a scheduled message this build does not know: left for another process");
+        let due = self.lease_end(self.clock.now());
+        let attempts = i64::from(message.attempts());
+        let id = message.id().to_string();
+        let _turn = self.store.writer_turn().await;
+        DB::put_off(
+            self.store.pool(),
+            &id,
+            self.store.node(),
+            attempts,
+            error,
+            due,
+            false,
+        )
+        .await
+        .map_err(store_error)
+    }
+
     /// When a lease taken at `now` ends, in milliseconds.
     fn lease_end(&self, now: SystemTime) -> i64 {
         millis(now).saturating_add(lease_millis(self.lease))
@@ -410,18 +447,21 @@ impl<DB: Backend> SqlScheduler<DB> {
     /// Hands an event to durable delivery in the transaction that deletes
     /// it, then delivers it: `false` when it was cancelled meanwhile (or
     /// its lease went to another process). `Err` holds why it could not be.
-    async fn fire_event(&self, bus: &Bus, message: &ScheduledMessage) -> Result<bool, String> {
+    async fn fire_event(&self, bus: &Bus, message: &ScheduledMessage) -> Result<bool, FireError> {
         let event = bus
             .decode_event(message.name(), message.payload())
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| match error {
+                ReplayError::UnknownEvent(_) => FireError::Unknown(error.to_string()),
+                other => FireError::Failed(other.to_string()),
+            })?;
         let context = message.context();
         let releaser = EventReleaser::new();
-        let mut tx = self.store.begin().await.map_err(|e| e.to_string())?;
+        let mut tx = self.store.begin().await.map_err(FireError::from)?;
         let connection: &mut DB::Connection = &mut tx;
         let id = message.id().to_string();
         if !DB::take_claimed(connection, &id, self.store.node())
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(FireError::from)?
         {
             // Cancelled, or its lease went to another process.
             return Ok(false);
@@ -435,8 +475,8 @@ impl<DB: Backend> SqlScheduler<DB> {
                 vec![event.with_context(context)],
             )
             .await
-            .map_err(|e| e.to_string())?;
-        tx.commit().await.map_err(|e| e.to_string())?;
+            .map_err(|e| FireError::Failed(e.to_string()))?;
+        tx.commit().await.map_err(FireError::from)?;
         staged.release();
         for event in releaser.drain() {
             // Its handlers' failures are theirs (retried, dead-lettered);

@@ -105,15 +105,6 @@ pub struct ShipmentOverdue {
     pub orderid: String,
 }
 
-/// A released order's watch is over: the timeout that forgets it, one
-/// deadline after its release.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
-#[event(name = "allocation.shipment_watch_expired", serde)]
-pub struct ShipmentWatchExpired {
-    /// The order.
-    pub orderid: String,
-}
-
 /// No batch could take an order line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
 #[event(name = "allocation.out_of_stock", serde)]

@@ -325,8 +325,7 @@ async fn change_batch_quantity(
 
 /// Confirms an order's shipment: its allocations stay. 200 once confirmed
 /// (again: a repeated confirmation changes nothing), 409 for an order whose
-/// lines were released for being late, 404 for an order with no allocation
-/// waiting for its shipment (never allocated, or released long ago).
+/// lines were released for being late, 404 for an order never allocated.
 async fn shipped(
     State(AppState { bus, commands, .. }): State<AppState>,
     Path(orderid): Path<String>,

@@ -4,21 +4,20 @@
 //! started by its first `Allocated`, completed by `ConfirmShipment`,
 //! timing out into a `ReleaseAllocation` per line; the releases are sent
 //! through the durable scheduler, so they happen even if the process dies
-//! right after the timeout. A released order is remembered for one more
-//! deadline (a confirmation that comes then is refused: its stock may be
-//! someone else's by now), then forgotten; allocated again meanwhile, it
-//! is watched again.
+//! right after the timeout. A released order's watch stays, released: a
+//! confirmation that comes later is refused (its stock may be someone
+//! else's by now); the same order allocated again is watched again.
 
 use std::time::Duration;
 
 use arch_events::saga::{saga, SagaContext};
-use arch_events::{handler, MessageId, Scoped};
+use arch_events::{handler, Scoped};
 use serde::{Deserialize, Serialize};
 
 use super::unit_of_work::UnitOfWork;
 use super::ServiceError;
 use crate::domain::commands::{ConfirmShipment, ReleaseAllocation};
-use crate::domain::events::{Allocated, AllocationReleased, ShipmentOverdue, ShipmentWatchExpired};
+use crate::domain::events::{Allocated, AllocationReleased, ShipmentOverdue};
 use crate::domain::model::OrderLine;
 
 /// How long an order's allocations wait for its shipment, from its first
@@ -41,9 +40,8 @@ pub struct ShipmentWatch {
     pub orderid: String,
     /// Its lines, as last allocated, one per product.
     pub lines: Vec<WatchedLine>,
-    /// Set once its deadline passed and its lines were released: the
-    /// timeout that then forgets it.
-    pub released: Option<MessageId>,
+    /// Set once its deadline passed and its lines were released.
+    pub released: bool,
 }
 
 /// A line the watch releases if the order is not shipped in time.
@@ -72,8 +70,9 @@ impl ShipmentWatch {
             saga.decline();
             return;
         }
-        if let Some(expiry) = self.released.take() {
-            saga.cancel_timeout(expiry);
+        if self.released {
+            // Allocated again after it was released: a new watch.
+            self.released = false;
             self.lines.clear();
         }
         if self.lines.is_empty() {
@@ -107,15 +106,15 @@ impl ShipmentWatch {
         _: &ConfirmShipment,
         saga: &mut SagaContext,
     ) -> Result<(), ShippedTooLate> {
-        if self.released.is_some() {
+        if self.released {
             return Err(ShippedTooLate(self.orderid.clone()));
         }
         saga.mark_completed();
         Ok(())
     }
 
-    /// Not shipped in time: every line is released, and the order is
-    /// remembered for another deadline.
+    /// Not shipped in time: every line is released; the watch stays, to
+    /// refuse a late confirmation.
     #[timeout(by = orderid)]
     fn overdue(&mut self, _: &ShipmentOverdue, saga: &mut SagaContext) {
         tracing::info!(orderid = %self.orderid, lines = self.lines.len(), "shipment overdue: releasing the order's allocations");
@@ -126,19 +125,7 @@ impl ShipmentWatch {
                 qty: line.qty,
             });
         }
-        let expiry = saga.request_timeout(
-            deadline(saga),
-            &ShipmentWatchExpired {
-                orderid: self.orderid.clone(),
-            },
-        );
-        self.released = Some(expiry);
-    }
-
-    /// A released order, forgotten.
-    #[timeout(by = orderid)]
-    fn expired(&mut self, _: &ShipmentWatchExpired, saga: &mut SagaContext) {
-        saga.mark_completed();
+        self.released = true;
     }
 }
 
