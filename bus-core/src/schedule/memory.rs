@@ -7,9 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use super::{
-    retry_pause, Clock, ScheduledMessage, Scheduler, SchedulerError, SystemClock, MAX_ATTEMPTS,
-};
+use super::{Clock, ScheduledMessage, Scheduler, SchedulerError, SystemClock};
 use crate::bus::InboundError;
 use crate::context::MessageContext;
 use crate::events::EventReleaser;
@@ -126,19 +124,7 @@ impl Scheduler for InMemoryScheduler {
                 }
                 Err(error) => {
                     fired += 1;
-                    let attempts = message.attempts() + 1;
-                    let parked = attempts >= MAX_ATTEMPTS;
-                    tracing::warn!(
-                        message = message.name(),
-                        message_id = %message.id(),
-                        attempts,
-                        parked,
-                        %error,
-                        "a scheduled message failed"
-                    );
-                    let again = message
-                        .with_failures(attempts, Some(error.to_string()), parked)
-                        .due_at(now + retry_pause(attempts));
+                    let again = message.failed(&error.to_string(), now);
                     self.lock().waiting.push((seq, again));
                 }
             }

@@ -162,6 +162,26 @@ impl ScheduledMessage {
         self
     }
 
+    /// The same message after a firing that failed at `now` with `error`:
+    /// one more attempt counted, the error kept, due again after
+    /// [`retry_pause`](super::retry_pause), parked once it reached
+    /// [`MAX_ATTEMPTS`](super::MAX_ATTEMPTS). Logged. What every scheduler
+    /// does with a failed firing.
+    pub fn failed(self, error: &str, now: SystemTime) -> Self {
+        let attempts = self.attempts + 1;
+        let parked = attempts >= super::MAX_ATTEMPTS;
+        tracing::warn!(
+            message = %self.name,
+            message_id = %self.id,
+            attempts,
+            parked,
+            error,
+            "a scheduled message failed"
+        );
+        self.with_failures(attempts, Some(error.to_owned()), parked)
+            .due_at(now + super::retry_pause(attempts))
+    }
+
     /// Its id.
     pub fn id(&self) -> MessageId {
         self.id

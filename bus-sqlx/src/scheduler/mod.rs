@@ -15,9 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arch_events::saga::{SagaChange, SagaError, SagaRecord, SagaStore};
-use arch_events::schedule::{
-    retry_pause, Clock, ScheduledMessage, Scheduler, SchedulerError, SystemClock, MAX_ATTEMPTS,
-};
+use arch_events::schedule::{Clock, ScheduledMessage, Scheduler, SchedulerError, SystemClock};
 use arch_events::{
     async_trait, Bus, EventReleaser, InboundError, MessageContext, MessageId, MessageKind,
     ReplayError,
@@ -53,7 +51,7 @@ const BATCH: u32 = 100;
 ///   after a crash (or a lease that ran out) has its effect once; one found
 ///   in the inbox is not dispatched again.
 /// - A failed command is fired again after a growing pause, and parked
-///   after [`MAX_ATTEMPTS`] (listed by [`pending`](Scheduler::pending),
+///   after [`MAX_ATTEMPTS`](arch_events::schedule::MAX_ATTEMPTS) (listed by [`pending`](Scheduler::pending),
 ///   fired again by [`unpark`](Scheduler::unpark)).
 /// - Each message is leased again just before it fires, for the whole
 ///   lease: a batch that takes long does not let another process take the
@@ -372,19 +370,11 @@ impl<DB: Backend> SqlScheduler<DB> {
         match outcome {
             Ok(()) => Ok(true),
             Err(error) => {
-                let attempts = message.attempts() + 1;
-                let parked = attempts >= MAX_ATTEMPTS;
-                tracing::warn!(
-                    message = message.name(),
-                    message_id = %message.id(),
-                    attempts,
-                    parked,
-                    %error,
-                    "arch-events-sqlx: a scheduled message failed"
-                );
-                let due = millis(self.clock.now() + retry_pause(attempts));
+                let failed = message.failed(&error, self.clock.now());
+                let attempts = i64::from(failed.attempts());
+                let due = millis(failed.due());
                 let _turn = self.store.writer_turn().await;
-                DB::put_off(pool, &id, &node, i64::from(attempts), &error, due, parked)
+                DB::put_off(pool, &id, &node, attempts, &error, due, failed.is_parked())
                     .await
                     .map_err(store_error)?;
                 Ok(true)
