@@ -546,6 +546,8 @@ async fn reset_app_streams(connection: &mut MultiplexedConnection) {
         .arg("line_allocated")
         .arg("change_batch_quantity")
         .arg("change_batch_quantity.dead")
+        .arg("shipment_confirmed")
+        .arg("shipment_confirmed.dead")
         .query_async(connection)
         .await
         .unwrap();
@@ -1012,4 +1014,70 @@ async fn two_processes_allocate_concurrently(run: &AppRun, database_url: &str) -
         "exactly the committed allocations, once each"
     );
     allocated.len()
+}
+
+/// A shipment confirmed on the stream `shipment_confirmed` keeps the
+/// order's allocations past its deadline; an order not confirmed is
+/// released; a confirmation that does not read is dead-lettered with the
+/// reason, and the stream goes on.
+#[tokio::test]
+async fn a_shipment_confirmed_on_the_stream_keeps_the_order_and_an_unconfirmed_one_is_released() {
+    let run = app_run().await;
+    let connection = run.connection.clone();
+    let server = run.start(&[("SHIPMENT_DEADLINE_SECS", "4")]);
+    add_batch(&server, "b1", "LAMP", 10, None).await;
+    for order in ["kept", "late"] {
+        let (status, body) = post(
+            &server,
+            "/allocate",
+            json!({"orderid": order, "sku": "LAMP", "qty": 2}),
+        )
+        .await;
+        assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    }
+    let publisher = RedisPublisher::new(connection.clone());
+    for payload in [r#"{"orderid": ""}"#, r#"{"orderid": "kept"}"#] {
+        publisher
+            .publish(&message(
+                "shipment_confirmed",
+                "shipment_confirmed",
+                payload,
+            ))
+            .await
+            .unwrap();
+    }
+    // The deadline passes: the unconfirmed order is released.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = get(&server, "/allocations/late").await;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "late was not released"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = get(&server, "/allocations/kept").await;
+    assert_eq!(
+        (status, body),
+        (
+            reqwest::StatusCode::OK,
+            json!([{"sku": "LAMP", "qty": 2, "batchref": "b1"}])
+        ),
+        "confirmed on the stream: kept"
+    );
+    let mut connection = connection.clone();
+    let dead: redis::Value = redis::cmd("XRANGE")
+        .arg("shipment_confirmed.dead")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let text = format!("{dead:?}");
+    assert!(text.contains("orderid"), "the bad one is kept: {text}");
+    assert!(text.contains("malformed"), "with its reason: {text}");
+    drop(server);
 }

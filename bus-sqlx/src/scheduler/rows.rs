@@ -11,6 +11,7 @@ use crate::backend::parse_id;
 
 /// The columns [`scheduled_message`] reads, for a database that stores ids
 /// and flags as text and integers (SQLite).
+#[cfg(feature = "sqlite")]
 pub(crate) const COLUMNS: &str = "seq, id, kind, name, payload, due_at, correlation_id, \
      causation_id, saga, saga_id, attempts, last_error, parked";
 
