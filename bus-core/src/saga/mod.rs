@@ -182,7 +182,6 @@ pub(crate) fn problems(
     handlers: &[&'static crate::registry::HandlerRegistration],
 ) -> Vec<crate::error::Problem> {
     use crate::error::Problem;
-    use crate::message::MessageKind;
 
     let sagas = in_bus(handlers);
     let mut problems = Vec::new();
@@ -223,12 +222,7 @@ pub(crate) fn problems(
         }
         for step in saga.steps.iter().filter(|step| step.role == Role::Timeout) {
             let message = (step.message)();
-            let readable = match message.kind() {
-                MessageKind::Command => message.command_codec().is_some(),
-                MessageKind::Event => message.codec().is_some(),
-                MessageKind::Query => false,
-            };
-            if !readable {
+            if !crate::schedule::schedulable(message) {
                 problems.push(Problem::Saga {
                     saga: saga.name,
                     location: saga.location,

@@ -47,11 +47,7 @@ impl ScheduledMessage {
     where
         C: Command + JsonCommand + serde::Serialize,
     {
-        let meta = C::meta();
-        if meta.command_codec().is_none() {
-            return Err(not_serializable(meta));
-        }
-        Self::of(meta, encode(meta, command)?, due)
+        Self::message(command, due)
     }
 
     /// `event`, to be published at `due`. Its type must be derived with
@@ -60,11 +56,7 @@ impl ScheduledMessage {
     where
         E: Event + JsonEvent,
     {
-        let meta = E::meta();
-        if meta.codec().is_none() {
-            return Err(not_serializable(meta));
-        }
-        Self::of(meta, encode(meta, event)?, due)
+        Self::message(event, due)
     }
 
     /// `message`, a command or an event, to be sent at `due`: what a saga's
@@ -75,12 +67,7 @@ impl ScheduledMessage {
         M: Message + serde::Serialize,
     {
         let meta = M::meta();
-        let readable = match meta.kind() {
-            MessageKind::Command => meta.command_codec().is_some(),
-            MessageKind::Event => meta.codec().is_some(),
-            MessageKind::Query => false,
-        };
-        if !readable {
+        if !schedulable(meta) {
             return Err(not_serializable(meta));
         }
         Self::of(meta, encode(meta, message)?, due)
@@ -253,6 +240,16 @@ impl ScheduledMessage {
             }
             _ => MessageContext::restored(self.id, self.correlation_id, self.causation_id),
         }
+    }
+}
+
+/// Whether a message of this type can be kept as JSON and read back when
+/// due: a command or event with its codec.
+pub(crate) fn schedulable(meta: &MessageMeta) -> bool {
+    match meta.kind() {
+        MessageKind::Command => meta.command_codec().is_some(),
+        MessageKind::Event => meta.codec().is_some(),
+        MessageKind::Query => false,
     }
 }
 

@@ -60,6 +60,7 @@ use std::time::{Duration, SystemTime};
 
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use memory::InMemoryScheduler;
+pub(crate) use message::schedulable;
 pub use message::{SagaRef, ScheduledMessage};
 
 use crate::error::BoxError;
