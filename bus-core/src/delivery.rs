@@ -40,6 +40,8 @@ pub struct Delivery {
     pub(crate) log: usize,
     /// The store's id of the dead letter this call replays, if it replays one.
     pub(crate) letter: Option<i64>,
+    /// The id of the scheduled retry this call makes, if it makes one.
+    pub(crate) scheduled: Option<MessageId>,
 }
 
 impl Delivery {
@@ -56,6 +58,24 @@ impl Delivery {
             settles,
             log: log_address(log),
             letter: None,
+            scheduled: None,
+        }
+    }
+
+    /// A retry of the event `event`'s handler `handler` that a scheduler
+    /// fired: the scheduled message `scheduled`.
+    pub(crate) fn scheduled_retry(
+        event: MessageId,
+        handler: &'static str,
+        scheduled: MessageId,
+    ) -> Self {
+        Delivery {
+            event,
+            handler,
+            settles: false,
+            log: 0,
+            letter: None,
+            scheduled: Some(scheduled),
         }
     }
 
@@ -83,11 +103,23 @@ impl Delivery {
         self.letter
     }
 
-    /// Whether the event was stored by the store whose log is `log`: a
-    /// unit of work records only the deliveries of its own store's events
-    /// (one on another database leaves the record to the bus).
+    /// When this call is a retry that the scheduler fired (its retry
+    /// policy handed it off: see
+    /// [`RetryPolicy::hand_off_waits_over`](crate::RetryPolicy::hand_off_waits_over)):
+    /// the scheduled message's id. A unit of work then records that id in
+    /// its inbox (instead of the event's delivery, which ended when the
+    /// retry was handed off), so that a retry fired again after a crash
+    /// has its effect once.
+    pub fn scheduled(&self) -> Option<MessageId> {
+        self.scheduled
+    }
+
+    /// Whether a unit of work of the store whose log is `log` records this
+    /// call: the deliveries of its own store's events (one on another
+    /// database leaves the record to the bus), and any scheduled retry
+    /// (recorded in the unit of work's own inbox).
     pub fn is_for(&self, log: &Arc<dyn DeliveryLog>) -> bool {
-        self.log == log_address(log)
+        self.scheduled.is_some() || self.log == log_address(log)
     }
 
     /// The stored event's id.

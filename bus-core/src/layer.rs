@@ -59,6 +59,7 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use crate::call::BoxFuture;
 use crate::context::MessageContext;
@@ -186,6 +187,14 @@ impl<'a> Next<'a> {
             None => self.handler.invoke(call),
         }
     }
+
+    /// Hands attempt number `attempt` of this call to the bus's scheduler,
+    /// to be made `after` from now, once the pipeline returns its last
+    /// failure; `false` when this call cannot be handed off (no scheduler,
+    /// not an event handler's call, or a replay): the retry waits then.
+    pub(crate) fn hand_off(&self, attempt: u32, after: Duration) -> bool {
+        self.handler.hand_off(attempt, after)
+    }
 }
 
 impl std::fmt::Debug for Next<'_> {
@@ -199,6 +208,14 @@ impl std::fmt::Debug for Next<'_> {
 /// The innermost step of a pipeline: one real handler call.
 pub(crate) trait Invoke: Sync {
     fn invoke<'a>(&'a self, call: HandlerCall<'a>) -> BoxFuture<'a, Outcome>;
+
+    /// Takes over attempt `attempt`, `after` from now, for the scheduler
+    /// (see [`Next::hand_off`]); `false` by default: only an event
+    /// handler's call on a bus with a scheduler can be handed off.
+    fn hand_off(&self, attempt: u32, after: Duration) -> bool {
+        let _ = (attempt, after);
+        false
+    }
 }
 
 /// The layers of one handler, outermost first.

@@ -99,6 +99,7 @@ pub struct RetryPolicy {
     factor: f32,
     jitter: bool,
     retry_if: Option<RetryIf>,
+    hand_off_over: Option<Duration>,
 }
 
 impl RetryPolicy {
@@ -117,6 +118,7 @@ impl RetryPolicy {
             factor: 2.0,
             jitter: true,
             retry_if: None,
+            hand_off_over: None,
         }
     }
 
@@ -153,6 +155,61 @@ impl RetryPolicy {
     ) -> Self {
         self.retry_if = Some(Arc::new(decide));
         self
+    }
+
+    /// Hands every wait longer than `limit` to the bus's scheduler instead
+    /// of waiting in the dispatch: the dispatch goes on at once (an HTTP
+    /// request no longer waits for its event handlers' retries), and the
+    /// scheduler calls the handler again when the wait is over, durably
+    /// with a durable scheduler (`arch_events_sqlx::SqlScheduler`), in
+    /// another process if this one is gone. `Duration::ZERO` hands off every
+    /// retry; the first attempt is always made in the dispatch.
+    ///
+    /// The retry keeps the event's ids and counts its attempts on (a
+    /// handler sees [`MessageContext::attempt`](crate::MessageContext::attempt));
+    /// once they are spent, the call is a dead letter as always. Only event
+    /// handlers' retries are handed off, and only on a bus with a scheduler
+    /// ([`BusBuilder::scheduler`](crate::BusBuilder::scheduler)), for events
+    /// that read from JSON: the build refuses a policy set with
+    /// [`retry`](crate::BusBuilder::retry) or
+    /// [`handler_retry`](crate::BusBuilder::handler_retry) that cannot be
+    /// handed off. (A [`Retry`] layer added by hand, with
+    /// [`layer`](crate::BusBuilder::layer), waits in the dispatch where it
+    /// cannot hand off.)
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use arch_events::RetryPolicy;
+    ///
+    /// // Two quick tries in the request, then minutes apart, in the background.
+    /// let policy = RetryPolicy::exponential(8)
+    ///     .first_delay(Duration::from_millis(20))
+    ///     .max_delay(Duration::from_secs(600))
+    ///     .without_jitter()
+    ///     .hand_off_waits_over(Duration::from_millis(50));
+    /// assert!(!policy.hands_off(Duration::from_millis(40)));
+    /// assert!(policy.hands_off(Duration::from_millis(80)));
+    /// assert!(!RetryPolicy::exponential(8).hands_off(Duration::from_secs(3600)));
+    /// ```
+    pub fn hand_off_waits_over(mut self, limit: Duration) -> Self {
+        self.hand_off_over = Some(limit);
+        self
+    }
+
+    /// Whether a wait of `delay` is handed to the scheduler (see
+    /// [`hand_off_waits_over`](Self::hand_off_waits_over)).
+    pub fn hands_off(&self, delay: Duration) -> bool {
+        self.hand_off_over.is_some_and(|limit| delay > limit)
+    }
+
+    /// Whether the policy was told to hand waits off at all.
+    pub(crate) fn sets_hand_off(&self) -> bool {
+        self.hand_off_over.is_some()
+    }
+
+    /// Whether any wait of this policy may be handed to the scheduler.
+    pub fn may_hand_off(&self) -> bool {
+        self.retries() && self.hand_off_over.is_some_and(|limit| limit < self.max_delay)
     }
 
     /// Attempts in all, the first one included.
@@ -204,6 +261,7 @@ impl fmt::Debug for RetryPolicy {
             .field("factor", &self.factor)
             .field("jitter", &self.jitter)
             .field("retry_if", &self.retry_if.is_some())
+            .field("hand_off_over", &self.hand_off_over)
             .finish()
     }
 }
@@ -281,12 +339,28 @@ impl Retry {
                 );
             }
         };
+        // A wait the policy hands off, and the call can: the attempt after
+        // it is the scheduler's; this call ends with the last failure.
+        let hand_off = |attempt: u32, delay: Duration| {
+            let handed = self.policy.hands_off(delay) && next.hand_off(attempt, delay);
+            if handed {
+                tracing::info!(
+                    handler = call.handler_name(),
+                    message_name = call.message_name(),
+                    attempt,
+                    retry_in = ?delay,
+                    "handler failed; its next attempt is handed to the scheduler"
+                );
+            }
+            handed
+        };
         retried(
             &self.policy,
             call.attempt(),
             Err(cause),
             retryable,
             retrying,
+            hand_off,
             |attempt| next.run(call.at_attempt(attempt)),
         )
         .await
@@ -296,24 +370,29 @@ impl Retry {
 /// The one retry loop of the bus, for event handlers (the [`Retry`] layer)
 /// and commands (their opt-in retry) alike: given the outcome of attempt
 /// number `attempt`, while `retryable` says it is worth another and the
-/// policy has a delay left (its delays are taken from the first, whatever
-/// `attempt` is), waits that delay and runs the next attempt.
-/// `retrying` is told of each retry before its wait. Returns the last
-/// outcome.
+/// policy has a delay left (the delay after attempt `n` is its `n`th: an
+/// attempt the scheduler makes goes on where the dispatch stopped), waits
+/// that delay and runs the next attempt. `hand_off` is asked first, with
+/// the next attempt's number and the delay: when it takes the attempt over,
+/// the loop returns. `retrying` is told of each retry before its wait.
+/// Returns the last outcome.
 pub(crate) async fn retried<T, Fut>(
     policy: &RetryPolicy,
     mut attempt: u32,
     mut outcome: T,
     retryable: impl Fn(&T) -> bool,
     retrying: impl Fn(u32, Duration, &T),
+    hand_off: impl Fn(u32, Duration) -> bool,
     mut run: impl FnMut(u32) -> Fut,
 ) -> T
 where
     Fut: std::future::Future<Output = T>,
 {
-    // The policy's delays, from its first: after `attempt`, up to
-    // `max_attempts - 1` more attempts.
-    let mut delays = policy.delays();
+    // The policy's delays after attempt `attempt`: up to `max_attempts`
+    // attempts in all.
+    let mut delays = policy
+        .delays()
+        .skip(usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX));
     loop {
         if !retryable(&outcome) {
             return outcome;
@@ -321,6 +400,9 @@ where
         let Some(delay) = delays.next() else {
             return outcome;
         };
+        if hand_off(attempt + 1, delay) {
+            return outcome;
+        }
         retrying(attempt, delay, &outcome);
         sleep(delay).await;
         attempt += 1;
@@ -331,8 +413,7 @@ where
 impl Retry {
     /// The attempts after one that was interrupted (the dispatch running it
     /// was dropped at an `.await`): `call` (numbered as the next attempt)
-    /// at once, then as after any failure. The interrupted attempt is not
-    /// counted, so such a call may be made once more than the policy says.
+    /// at once, then as after any failure.
     pub(crate) async fn resume<'a>(&'a self, call: HandlerCall<'a>, next: Next<'a>) -> Outcome {
         match next.run(call).await {
             Ok(()) => Ok(()),
@@ -386,6 +467,7 @@ mod tests {
                 );
                 retried_after.set(attempt);
             },
+            |_, _| false,
             |attempt| {
                 ran.borrow_mut().push(attempt);
                 std::future::ready(outcome(attempt))

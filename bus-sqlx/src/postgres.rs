@@ -40,6 +40,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "sagas and scheduler",
         sql: include_str!("../migrations/postgres/0004_sagas_and_scheduler.sql"),
     },
+    Migration {
+        version: 5,
+        description: "handler retries",
+        sql: include_str!("../migrations/postgres/0005_handler_retries.sql"),
+    },
 ];
 
 /// The columns [`outbound_message`] reads, ids as text (they are uuid

@@ -36,6 +36,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "sagas and scheduler",
         sql: include_str!("../migrations/sqlite/0003_sagas_and_scheduler.sql"),
     },
+    Migration {
+        version: 4,
+        description: "handler retries",
+        sql: include_str!("../migrations/sqlite/0004_handler_retries.sql"),
+    },
 ];
 
 /// The nodes alive at the bound Unix time (milliseconds): their heartbeat

@@ -193,11 +193,21 @@ impl<DB: Backend> Store<DB> {
             let connection: &mut DB::Connection = transaction;
             let event = delivery.event().to_string();
             let handler = delivery.handler();
-            let recorded = match delivery.letter() {
+            let recorded = match (delivery.letter(), delivery.scheduled()) {
                 // A replay of a dead letter: the event's delivery ended when
                 // the letter was kept; the letter is what records this one.
-                Some(letter) => DB::record_replay(connection, letter).await?,
-                None => {
+                (Some(letter), _) => DB::record_replay(connection, letter).await?,
+                // A retry the scheduler fired: the event's delivery ended
+                // when it was scheduled; its own id, in the inbox, records
+                // this one.
+                (None, Some(retry)) => {
+                    match DB::record_inbox(connection, &retry.to_string()).await {
+                        Ok(()) => true,
+                        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => false,
+                        Err(other) => return Err(other.into()),
+                    }
+                }
+                (None, None) => {
                     DB::record_delivery(connection, &event, handler, delivery.settles()).await?
                 }
             };

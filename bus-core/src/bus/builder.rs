@@ -48,11 +48,16 @@ pub struct BusBuilder {
     layers: Vec<Arc<dyn Layer>>,
     message_layers: Vec<(&'static MessageMeta, Arc<dyn Layer>)>,
     retry: RetryPolicy,
+    /// Where `retry` was called, for its problems.
+    retry_at: Option<Location>,
     handler_retries: Vec<(&'static HandlerRegistration, RetryPolicy)>,
     handler_timeouts: Vec<(&'static HandlerRegistration, Duration)>,
     command_retries: Vec<(&'static MessageMeta, Box<dyn Any + Send + Sync>)>,
     dead_letters: Option<Arc<dyn DeadLetterSink>>,
     spawner: Option<Arc<dyn crate::spawn::Spawn>>,
+    scheduler: Option<super::hand_off::RetryScheduler>,
+    /// Commands whose retry was given a policy that hands off.
+    command_hand_offs: Vec<&'static MessageMeta>,
 }
 
 impl BusBuilder {
@@ -68,11 +73,14 @@ impl BusBuilder {
             layers: Vec::new(),
             message_layers: Vec::new(),
             retry: RetryPolicy::none(),
+            retry_at: None,
             handler_retries: Vec::new(),
             handler_timeouts: Vec::new(),
             command_retries: Vec::new(),
             dead_letters: None,
             spawner: None,
+            scheduler: None,
+            command_hand_offs: Vec::new(),
         }
     }
 
@@ -104,8 +112,14 @@ impl BusBuilder {
     ///     .unwrap();
     /// # let _ = bus;
     /// ```
+    #[track_caller]
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        let caller = std::panic::Location::caller();
         self.retry = policy;
+        self.retry_at = Some(Location {
+            file: caller.file(),
+            line: caller.line(),
+        });
         self
     }
 
@@ -158,6 +172,9 @@ impl BusBuilder {
         policy: RetryPolicy,
         retry_if: impl Fn(&C::Error) -> bool + Send + Sync + 'static,
     ) -> Self {
+        if policy.sets_hand_off() {
+            self.command_hand_offs.push(C::meta());
+        }
         let retry = CommandRetry::<C, C::Error> {
             policy,
             copy: C::clone,
@@ -200,6 +217,67 @@ impl BusBuilder {
     /// ```
     pub fn spawner(mut self, spawner: impl crate::spawn::Spawn) -> Self {
         self.spawner = Some(Arc::new(spawner));
+        self
+    }
+
+    /// The scheduler that keeps the attempts event handlers' retry
+    /// policies hand off
+    /// ([`RetryPolicy::hand_off_waits_over`](crate::RetryPolicy::hand_off_waits_over)),
+    /// and fires them when due (run its loop, or fire it, with this bus):
+    /// `arch_events_sqlx::SqlScheduler` keeps them durably, with the
+    /// events they retry; an [`InMemoryScheduler`](crate::schedule::InMemoryScheduler)
+    /// in a test, driven by its [`VirtualClock`](crate::schedule::VirtualClock).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use arch_events::schedule::{InMemoryScheduler, Scheduler, VirtualClock};
+    /// use arch_events::{handler, Bus, Dependencies, Event, MessageContext, RetryPolicy};
+    ///
+    /// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+    /// #[event(serde)]
+    /// struct Ordered { id: u32 }
+    ///
+    /// /// The mail server is down for the first two attempts.
+    /// #[handler]
+    /// fn send_mail(_: &Ordered, context: &MessageContext, sent: &AtomicU32) -> Result<(), std::io::Error> {
+    ///     if context.attempt() < 3 {
+    ///         return Err(std::io::Error::other("mail server down"));
+    ///     }
+    ///     sent.fetch_add(1, Ordering::SeqCst);
+    ///     Ok(())
+    /// }
+    ///
+    /// let clock = VirtualClock::new();
+    /// let scheduler = Arc::new(InMemoryScheduler::with_clock(clock.clone()));
+    /// let sent = Arc::new(AtomicU32::new(0));
+    /// let bus = Bus::builder()
+    ///     .dependencies(Dependencies::new().shared_arc(sent.clone()))
+    ///     .retry(
+    ///         RetryPolicy::exponential(5)
+    ///             .first_delay(Duration::from_secs(30))
+    ///             .without_jitter()
+    ///             .hand_off_waits_over(Duration::ZERO),
+    ///     )
+    ///     .scheduler(scheduler.clone())
+    ///     .build()?;
+    ///
+    /// // The publish returns after the first attempt; the second waits in the scheduler.
+    /// bus.publish(Ordered { id: 7 }).await?;
+    /// assert_eq!(scheduler.pending().await?.len(), 1);
+    /// // 30 s later the second attempt fails and hands off the third, 60 s after it.
+    /// clock.advance_and_fire(Duration::from_secs(90), &*scheduler, &bus).await?;
+    /// assert_eq!(sent.load(Ordering::SeqCst), 1);
+    /// assert!(scheduler.pending().await?.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "json")]
+    pub fn scheduler(mut self, scheduler: Arc<dyn crate::schedule::Scheduler>) -> Self {
+        self.scheduler = Some(scheduler);
         self
     }
 
@@ -412,6 +490,7 @@ impl BusBuilder {
                 names: Default::default(),
                 watch: Default::default(),
                 spawner: self.spawner,
+                scheduler: self.scheduler,
             }),
         })
     }
@@ -614,6 +693,18 @@ impl BusBuilder {
                 });
             }
         }
+        problems.extend(self.hand_off_problems(handlers));
+        for meta in &self.command_hand_offs {
+            problems.push(Problem::InvalidSetting {
+                handler: HandlerSite {
+                    name: meta.name(),
+                    location: meta.location(),
+                },
+                setting: "retry_command",
+                reason: "a command's caller waits for its answer: its retries cannot be handed \
+                         to the scheduler (drop `hand_off_waits_over` from its policy)",
+            });
+        }
         for (meta, _) in unused_command_retries {
             problems.push(Problem::InvalidSetting {
                 handler: HandlerSite {
@@ -623,6 +714,71 @@ impl BusBuilder {
                 setting: "retry_command",
                 reason: "the command has no handler in this bus",
             });
+        }
+        problems
+    }
+}
+
+impl BusBuilder {
+    /// Event handlers whose retry policy hands waits off where it cannot:
+    /// the bus has no scheduler (one problem for the bus-wide policy), or
+    /// the handler's event does not read back from JSON.
+    fn hand_off_problems(&self, handlers: &[&'static HandlerRegistration]) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut bus_wide_told = false;
+        for &handler in handlers {
+            let Some(meta) = handler.message() else {
+                continue;
+            };
+            if meta.kind() != MessageKind::Event {
+                continue;
+            }
+            let own = self
+                .handler_retries
+                .iter()
+                .rev()
+                .find(|(h, _)| std::ptr::eq(*h, handler))
+                .map(|(_, policy)| policy);
+            let policy = own.unwrap_or(&self.retry);
+            if !policy.may_hand_off() {
+                continue;
+            }
+            let setting = if own.is_some() { "handler_retry" } else { "retry" };
+            if self.scheduler.is_none() {
+                let reason = "its retry policy hands waits off to a scheduler, and the bus has \
+                              none: add `.scheduler(...)` (a durable one, such as the store's \
+                              `SqlScheduler`)";
+                if own.is_some() {
+                    problems.push(Problem::InvalidSetting {
+                        handler: site(handler),
+                        setting,
+                        reason,
+                    });
+                } else if !bus_wide_told {
+                    bus_wide_told = true;
+                    problems.push(Problem::InvalidSetting {
+                        handler: HandlerSite {
+                            name: "the bus",
+                            location: self.retry_at.unwrap_or(Location {
+                                file: "(bootstrap)",
+                                line: 0,
+                            }),
+                        },
+                        setting,
+                        reason,
+                    });
+                }
+            }
+            if meta.codec().is_none() {
+                problems.push(Problem::InvalidSetting {
+                    handler: site(handler),
+                    setting,
+                    reason: "its retry policy hands waits off to the scheduler, which keeps the \
+                             event as JSON, and the event does not read from JSON: derive it \
+                             with `#[event(serde)]`, or give this handler a `handler_retry` \
+                             without `hand_off_waits_over`",
+                });
+            }
         }
         problems
     }

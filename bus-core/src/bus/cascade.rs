@@ -49,6 +49,27 @@ struct Failures {
     dead: VecDeque<DeadLetter>,
     /// Direct calls that failed and are to be retried, oldest first.
     retries: VecDeque<PendingRetry>,
+    /// Calls whose retry handed the next attempt to the scheduler, waiting
+    /// to be scheduled, oldest first.
+    handed: VecDeque<PendingHandOff>,
+}
+
+/// An event-handler call whose retry handed its next attempt to the
+/// scheduler: kept until the scheduler has it (`hand_off.rs`).
+#[cfg_attr(not(feature = "json"), allow(dead_code))]
+pub(super) struct PendingHandOff {
+    pub(super) handler: &'static HandlerRegistration,
+    /// The event, with its store's mark when it was stored.
+    pub(super) event: PendingEvent,
+    pub(super) context: MessageContext,
+    /// Why the last attempt failed.
+    pub(super) cause: FailureCause,
+    /// The attempts made so far.
+    pub(super) attempts: u32,
+    /// The attempt handed off.
+    pub(super) next: super::invocation::HandOff,
+    /// The id it is scheduled under, made when it was handed off.
+    pub(super) id: crate::context::MessageId,
 }
 
 /// A direct event-handler call that failed on its first attempt, whose
@@ -208,12 +229,28 @@ impl Cascade {
         self.failures().dead.push_back(letter);
     }
 
-    /// Whether dead letters wait for the sink.
+    /// Keeps a call whose next attempt is the scheduler's until it has it.
+    pub(super) fn push_hand_off(&mut self, handed: PendingHandOff) {
+        self.failures().handed.push_back(handed);
+    }
+
+    /// The oldest call waiting for the scheduler.
+    pub(super) fn first_hand_off(&self) -> Option<&PendingHandOff> {
+        self.failures.as_ref()?.handed.front()
+    }
+
+    /// Takes the oldest call waiting for the scheduler, once it was asked
+    /// to keep it.
+    pub(super) fn pop_hand_off(&mut self) -> Option<PendingHandOff> {
+        self.failures.as_mut()?.handed.pop_front()
+    }
+
+    /// Whether dead letters wait for the sink, or calls for the scheduler.
     #[inline]
     pub(super) fn has_dead(&self) -> bool {
         self.failures
             .as_ref()
-            .is_some_and(|failures| !failures.dead.is_empty())
+            .is_some_and(|failures| !failures.dead.is_empty() || !failures.handed.is_empty())
     }
 
     /// The oldest dead letter waiting for the sink.

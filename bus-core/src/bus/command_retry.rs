@@ -39,7 +39,11 @@ impl<M, E> CommandRetry<M, E> {
         let retrying = |number: u32, delay, _: &_| {
             tracing::debug!(attempt = number, retry_in = ?delay, "command failed; retrying");
         };
-        let (output, scope) = retried(&self.policy, 1, first, retryable, retrying, run).await;
+        // The caller waits for the answer: a command's waits are never
+        // handed off.
+        let never = |_, _| false;
+        let (output, scope) =
+            retried(&self.policy, 1, first, retryable, retrying, never, run).await;
         if matches!(&output, Err(DispatchError::Handler(error)) if (self.retry_if)(error)) {
             tracing::warn!(
                 attempts = self.policy.max_attempts(),

@@ -5,8 +5,10 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::SystemTime;
 
-use super::cascade::{Cascade, Current, PendingRetry, Run};
-use super::invocation::{call_event_async, call_event_sync, handler_span, EventInvocation};
+use super::cascade::{Cascade, Current, PendingHandOff, PendingRetry, Run};
+use super::invocation::{
+    call_event_async, call_event_sync, handler_span, EventInvocation, HandOff,
+};
 use super::routes::{BoundHandler, CallPath};
 use super::typed_route::TypedRoute;
 use super::Bus;
@@ -232,7 +234,8 @@ impl Bus {
             match &handler.path {
                 CallPath::Layered(pipeline, _) => {
                     let invocation =
-                        EventInvocation::new(handler, event.as_any(), meta, &self.inner.watch);
+                        EventInvocation::new(handler, event.as_any(), meta, &self.inner.watch)
+                            .handing_off(self.may_hand_off(meta));
                     let outcome = Next::new(pipeline, &invocation)
                         .run(invocation.call(context))
                         .await;
@@ -281,7 +284,7 @@ impl Bus {
                 .event
                 .delivery_log()
                 .map(|log| Delivery::new(id, name, settles, log));
-            let (outcome, recorded, closed, attempts) = self
+            let (outcome, recorded, closed, attempts, handed) = self
                 .deliver_once(handler, &current.event, current.context, delivery)
                 .await;
             // Through with this handler before the record below is awaited:
@@ -328,7 +331,8 @@ impl Bus {
                     let event = &current.event;
                     if handler.path.is_layered() {
                         let copy = event.clone();
-                        self.fail(handler, copy, current.context, cause, attempts, cascade);
+                        let failed = (cause, attempts, handed);
+                        self.fail(handler, copy, current.context, failed, cascade);
                     } else {
                         self.fail_or_retry(
                             handler,
@@ -348,25 +352,28 @@ impl Bus {
     /// or a direct first attempt when its retry (if any) is beside it.
     /// Returns the outcome, what the call's unit of work said, what its
     /// releaser held (unchecked: the caller checks it once it knows the
-    /// call counts), and how many attempts it took.
+    /// call counts), how many attempts it took, and the attempt its retry
+    /// handed to the scheduler.
     async fn deliver_once(
         &self,
         handler: &BoundHandler,
         event: &PendingEvent,
         context: MessageContext,
         delivery: Option<Delivery>,
-    ) -> (crate::layer::Outcome, Recorded, Closed, u32) {
+    ) -> (crate::layer::Outcome, Recorded, Closed, u32, Option<HandOff>) {
         let meta = event.meta();
         match &handler.path {
             CallPath::Layered(pipeline, _) => {
                 let invocation =
                     EventInvocation::new(handler, event.as_any(), meta, &self.inner.watch)
-                        .delivering(delivery);
+                        .delivering(delivery)
+                        .handing_off(self.may_hand_off(meta));
                 let outcome = Next::new(pipeline, &invocation)
                     .run(invocation.call(context))
                     .await;
                 let (recorded, attempts) = (invocation.recorded(), invocation.attempts());
-                (outcome, recorded, invocation.closed(), attempts)
+                let handed = invocation.handed_off();
+                (outcome, recorded, invocation.closed(), attempts, handed)
             }
             direct => {
                 let mut scope = crate::inject::Scope::delivering(context, delivery);
@@ -387,13 +394,13 @@ impl Bus {
                     drop(scope.finish());
                     Closed::default()
                 };
-                (outcome, recorded, closed, 1)
+                (outcome, recorded, closed, 1, None)
             }
         }
     }
 
     /// Tells a stored event's store that `handler` handled it.
-    async fn record_handled(
+    pub(super) async fn record_handled(
         &self,
         event: &PendingEvent,
         id: crate::MessageId,
@@ -447,7 +454,8 @@ impl Bus {
         match &handler.path {
             CallPath::Layered(pipeline, _) => {
                 let invocation =
-                    EventInvocation::new(handler, event.as_any(), meta, &self.inner.watch);
+                    EventInvocation::new(handler, event.as_any(), meta, &self.inner.watch)
+                        .handing_off(self.may_hand_off(meta));
                 let outcome =
                     block_on(Next::new(pipeline, &invocation).run(invocation.call(context)));
                 self.settle_layered(handler, event, context, invocation, outcome, cascade);
@@ -509,7 +517,8 @@ impl Bus {
             }
             Err(cause) => {
                 let copy = PendingEvent::copy_of(event);
-                self.fail(handler, copy, context, cause, attempts, cascade)
+                let failed = (cause, attempts, invocation.handed_off());
+                self.fail(handler, copy, context, failed, cascade)
             }
         }
     }
@@ -687,14 +696,15 @@ impl Bus {
                     cause: Some(cause),
                 })
             }
-            _ => self.fail(handler, copy, context, cause, 1, cascade),
+            _ => self.fail(handler, copy, context, (cause, 1, None), cascade),
         }
     }
 
     /// After one event's handlers: the retries of the direct calls that
     /// failed (each after the other handlers of its event ran; the one a
-    /// cut-short run was in first), the dead letters to the sink, then, for
-    /// a stored event, the record that its delivery is finished.
+    /// cut-short run was in first), the attempts handed off to the
+    /// scheduler, the dead letters to the sink, then, for a stored event,
+    /// the record that its delivery is finished.
     pub(super) async fn after_event(&self, run: &mut Run) {
         loop {
             if run.retrying.is_none() {
@@ -708,6 +718,7 @@ impl Bus {
             }
             run.retrying = None;
         }
+        self.flush_hand_offs(&mut run.cascade).await;
         let kept = self.flush_dead_letters(&mut run.cascade).await;
         if let Some(current) = &mut run.current {
             // A stored event whose dead letter could not be kept stays
@@ -788,7 +799,8 @@ impl Bus {
         let event = pending.event.erased();
         let invocation = EventInvocation::new(handler, event.as_any(), meta, &self.inner.watch)
             .after(1)
-            .delivering(delivery);
+            .delivering(delivery)
+            .handing_off(self.may_hand_off(meta));
         let next = Next::new(&[], &invocation);
         let outcome = match pending.cause.take() {
             Some(cause) => {
@@ -851,8 +863,8 @@ impl Bus {
     ) {
         match (outcome, original) {
             (Err(cause), Some(original)) => {
-                let attempts = invocation.attempts();
-                self.fail(handler, original.clone(), context, cause, attempts, cascade)
+                let failed = (cause, invocation.attempts(), invocation.handed_off());
+                self.fail(handler, original.clone(), context, failed, cascade)
             }
             (outcome, _) => {
                 self.settle_layered(handler, event, context, invocation, outcome, cascade)
@@ -860,19 +872,33 @@ impl Bus {
         }
     }
 
-    /// An event-handler call that failed for good: logged, reported to the
+    /// An event-handler call that failed after `attempts` attempts: kept
+    /// for the scheduler when its retry handed the next attempt off (see
+    /// `hand_off.rs`), else failed for good: logged, reported to the
     /// observer, and kept as a dead letter.
     #[cold]
     #[inline(never)]
-    fn fail(
+    pub(super) fn fail(
         &self,
         handler: &BoundHandler,
         event: PendingEvent,
         context: MessageContext,
-        cause: FailureCause,
-        attempts: u32,
+        (cause, attempts, handed): (FailureCause, u32, Option<HandOff>),
         cascade: &mut Cascade,
     ) {
+        if let Some(next) = handed {
+            self.tap_ran(handler, event.meta(), attempts, false);
+            cascade.push_hand_off(PendingHandOff {
+                handler: handler.registration,
+                event,
+                context,
+                cause,
+                attempts,
+                next,
+                id: crate::context::MessageId::new(),
+            });
+            return;
+        }
         let failure = HandlerFailure {
             message: event.meta().name(),
             handler: handler.registration.name(),

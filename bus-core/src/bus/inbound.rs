@@ -74,6 +74,15 @@ pub enum InboundError {
         /// The error's text.
         error: String,
     },
+    /// A scheduled retry of a handler this bus does not have (a newer or
+    /// older build scheduled it): another instance may have it.
+    #[error("no handler `{handler}` of `{name}` in this bus")]
+    UnknownHandler {
+        /// The event's name.
+        name: &'static str,
+        /// The handler's path.
+        handler: String,
+    },
     /// The bus is closed: nothing was handled; another instance may take it.
     #[error("the bus is shutting down: `{0}` was not handled")]
     Closed(&'static str),

@@ -235,6 +235,18 @@ pub(super) struct EventInvocation<'h> {
     /// run's unit of work said about its delivery.
     released: Mutex<(Option<Closed>, Recorded)>,
     delivery: Option<Delivery>,
+    /// Whether its retry may hand an attempt to the scheduler, and the one
+    /// it handed: its number and how long after now it is due.
+    may_hand_off: bool,
+    handed_off: Mutex<Option<HandOff>>,
+}
+
+/// An attempt a retry handed to the scheduler: its number, and how long
+/// after now it is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HandOff {
+    pub(crate) attempt: u32,
+    pub(crate) after: std::time::Duration,
 }
 
 impl<'h> EventInvocation<'h> {
@@ -252,7 +264,24 @@ impl<'h> EventInvocation<'h> {
             attempts: AtomicU32::new(0),
             released: Mutex::new((None, Recorded::No)),
             delivery: None,
+            may_hand_off: false,
+            handed_off: Mutex::new(None),
         }
+    }
+
+    /// An invocation whose retry may hand attempts to the scheduler (the
+    /// bus has one, and the event reads from JSON).
+    pub(super) fn handing_off(mut self, may: bool) -> Self {
+        self.may_hand_off = may;
+        self
+    }
+
+    /// The attempt its retry handed to the scheduler, if it handed one.
+    pub(super) fn handed_off(&self) -> Option<HandOff> {
+        *self
+            .handed_off
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// An invocation delivering a stored event: each run's scope carries
@@ -335,6 +364,14 @@ impl EventInvocation<'_> {
 impl Invoke for EventInvocation<'_> {
     fn invoke<'a>(&'a self, call: HandlerCall<'a>) -> BoxFuture<'a, Outcome> {
         self.attempts.fetch_add(1, Ordering::Relaxed);
+        if self.may_hand_off {
+            // A hand-off counts only when no attempt follows it (a layer
+            // outside the retry may call again).
+            *self
+                .handed_off
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
+        }
         match self.handler.path.call() {
             // A plain `fn` runs right here; its outcome is a ready future.
             HandlerFn::Sync(f) => {
@@ -355,6 +392,16 @@ impl Invoke for EventInvocation<'_> {
                 outcome
             }),
         }
+    }
+
+    fn hand_off(&self, attempt: u32, after: std::time::Duration) -> bool {
+        if self.may_hand_off {
+            *self
+                .handed_off
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(HandOff { attempt, after });
+        }
+        self.may_hand_off
     }
 }
 

@@ -61,6 +61,7 @@ mod describe;
 mod detach;
 mod dispatch;
 mod event_path;
+mod hand_off;
 mod inbound;
 mod invocation;
 mod lifecycle;
@@ -143,6 +144,8 @@ struct BusInner {
     /// Where the cascade of an awaited dispatch runs, when bootstrap named
     /// a runtime (see `detach.rs`).
     spawner: Option<Arc<dyn crate::spawn::Spawn>>,
+    /// Where event handlers' retries hand their attempts off to.
+    scheduler: Option<hand_off::RetryScheduler>,
 }
 
 /// What a replay looks up by name.

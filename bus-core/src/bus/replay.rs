@@ -8,7 +8,7 @@ use tracing::Instrument;
 
 use super::cascade::{Cascade, Run};
 use super::detach::Stopped;
-use super::invocation::{dispatch_span, EventInvocation};
+use super::invocation::{dispatch_span, EventInvocation, HandOff};
 use super::routes::CallPath;
 use super::Bus;
 use crate::context::MessageContext;
@@ -16,6 +16,19 @@ use crate::error::CascadeLimitError;
 use crate::events::PendingEvent;
 use crate::layer::{Layer, Next};
 use crate::observer::HandlerFailure;
+
+/// What a handler is called again for.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(feature = "json"), allow(dead_code))]
+pub(super) enum Again<'a> {
+    /// A replay the caller asked for.
+    Replay,
+    /// The replay of a store's dead letter: the store's log and the
+    /// letter's id.
+    Letter(&'a Arc<dyn crate::delivery::DeliveryLog>, i64),
+    /// A retry the scheduler fired: the scheduled message's id.
+    Scheduled(crate::context::MessageId),
+}
 
 /// Why a replay did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +166,28 @@ impl Bus {
         context: MessageContext,
         letter: Option<(&Arc<dyn crate::delivery::DeliveryLog>, i64)>,
     ) -> Result<(), ReplayError> {
+        let again = match letter {
+            Some((log, letter)) => Again::Letter(log, letter),
+            None => Again::Replay,
+        };
+        self.call_again(handler, event, context, again)
+            .await
+            .map(|_| ())
+    }
+
+    /// Calls the event handler at path `handler` on `event` again, through
+    /// its layers and retry policy (numbered from `context`'s attempt on),
+    /// then runs what it releases: a dead letter's replay, or a retry the
+    /// scheduler fired. A failure of a replay is returned; a scheduled
+    /// retry's is a dead letter, unless its policy handed the next attempt
+    /// off again: that attempt is returned.
+    pub(super) async fn call_again(
+        &self,
+        handler: &str,
+        event: PendingEvent,
+        context: MessageContext,
+        again: Again<'_>,
+    ) -> Result<Option<HandOff>, ReplayError> {
         let _in_flight = self
             .inner
             .lifecycle
@@ -178,14 +213,28 @@ impl Bus {
                 given: event.name(),
             });
         }
-        let span = dispatch_span(meta, "replay", &mut Some(context));
+        let kind = match again {
+            Again::Scheduled(_) => "scheduled retry",
+            _ => "replay",
+        };
+        let span = dispatch_span(meta, kind, &mut Some(context));
         let name = bound.registration.name();
-        let delivery = letter.map(|(log, letter)| {
-            crate::delivery::Delivery::replaying(context.message_id(), name, log, letter)
-        });
+        let id = context.message_id();
+        let (delivery, hands_off) = match again {
+            Again::Replay => (None, false),
+            Again::Letter(log, letter) => (
+                Some(crate::delivery::Delivery::replaying(id, name, log, letter)),
+                false,
+            ),
+            Again::Scheduled(scheduled) => (
+                Some(crate::delivery::Delivery::scheduled_retry(id, name, scheduled)),
+                self.may_hand_off(meta),
+            ),
+        };
         async {
             let invocation = EventInvocation::new(bound, event.as_any(), meta, &self.inner.watch)
-                .delivering(delivery);
+                .delivering(delivery)
+                .handing_off(hands_off);
             // The handler's retry, when it is its only layer, is kept beside it.
             let retry_only: Vec<Arc<dyn Layer>> = bound
                 .retry
@@ -202,29 +251,42 @@ impl Bus {
             let attempts = invocation.attempts();
             match (&outcome, invocation.recorded()) {
                 (Err(_), crate::events::Recorded::Duplicate) => {
-                    tracing::info!(handler, "dead letter replayed already: nothing done");
-                    return Ok(());
+                    tracing::info!(handler, "{kind} made already: nothing done");
+                    return Ok(None);
                 }
                 (Err(cause), crate::events::Recorded::Yes) => {
                     tracing::warn!(
                         handler,
                         %cause,
-                        "replayed handler failed after its unit of work committed: replayed"
+                        "handler failed after its unit of work committed: counted as done"
                     );
                 }
                 _ => {}
             }
-            if let (Err(cause), crate::events::Recorded::No) = (outcome, invocation.recorded()) {
-                return Err(ReplayError::Failed(Box::new(HandlerFailure {
-                    message: meta.name(),
-                    handler: bound.registration.name(),
-                    location: bound.registration.location(),
-                    cause,
-                    attempts,
-                })));
-            }
-            tracing::info!(handler, "dead letter replayed");
             let mut cascade = Cascade::new(meta, self.inner.max_messages, 1);
+            if let (Err(cause), crate::events::Recorded::No) = (outcome, invocation.recorded()) {
+                let Again::Scheduled(_) = again else {
+                    return Err(ReplayError::Failed(Box::new(HandlerFailure {
+                        message: meta.name(),
+                        handler: bound.registration.name(),
+                        location: bound.registration.location(),
+                        cause,
+                        attempts,
+                    })));
+                };
+                let handed = invocation.handed_off();
+                if handed.is_none() {
+                    // Its attempts are spent: a dead letter, as in a dispatch.
+                    let failed = (cause, context.attempt() + attempts - 1, None);
+                    self.fail(bound, event.clone(), context, failed, &mut cascade);
+                    if !self.flush_dead_letters(&mut cascade).await {
+                        // Kept nowhere: the scheduler fires it again later.
+                        return Err(ReplayError::Interrupted);
+                    }
+                }
+                return Ok(handed);
+            }
+            tracing::info!(handler, "{kind} made");
             let released = invocation.released();
             if !released.is_empty() {
                 cascade.push_all(released, &context);
@@ -237,7 +299,7 @@ impl Bus {
                     Err(Stopped::Dropped) => return Err(ReplayError::Interrupted),
                 }
             }
-            Ok(())
+            Ok(None)
         }
         .instrument(span)
         .await

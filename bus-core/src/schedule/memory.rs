@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use super::{Clock, ScheduledMessage, Scheduler, SchedulerError, SystemClock};
+use super::{Clock, Fired, ScheduledMessage, Scheduler, SchedulerError, SystemClock};
 use crate::bus::InboundError;
 use crate::context::MessageContext;
 use crate::events::EventReleaser;
@@ -111,12 +111,17 @@ impl Scheduler for InMemoryScheduler {
         let mut fired = 0;
         for (seq, message) in due {
             match bus.deliver_scheduled(&message).await {
-                Ok(()) => fired += 1,
+                Ok(Fired::Again { attempt, after }) => {
+                    fired += 1;
+                    let next = message.next_attempt(attempt, self.clock.now() + after);
+                    self.lock().waiting.push((seq, next));
+                }
+                Ok(_) => fired += 1,
                 Err(InboundError::Closed(_)) => {
                     // Not fired: the bus is shutting down.
                     self.lock().waiting.push((seq, message));
                 }
-                Err(error @ InboundError::UnknownName(_)) => {
+                Err(error @ (InboundError::UnknownName(_) | InboundError::UnknownHandler { .. })) => {
                     // Not this bus's: put off for another, no attempt counted.
                     tracing::warn!(message = message.name(), message_id = %message.id(), %error, "a scheduled message this bus does not know: put off");
                     let later = message.due_at(now + UNKNOWN_PAUSE);

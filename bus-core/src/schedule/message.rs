@@ -18,7 +18,21 @@ pub struct SagaRef {
     pub id: String,
 }
 
-/// A command or event to send at `due`, kept as JSON.
+/// The one handler a scheduled event is for, when it is the retry of that
+/// handler's call (its retry policy handed the attempt off: see
+/// [`RetryPolicy::hand_off_waits_over`](crate::RetryPolicy::hand_off_waits_over)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerRetry {
+    /// The handler's path (its name in every record).
+    pub handler: String,
+    /// The number of the attempt the firing makes (2 or more).
+    pub attempt: u32,
+    /// The event's own id: a retry keeps the event's ids.
+    pub event_id: MessageId,
+}
+
+/// A command or event to send at `due`, kept as JSON; or the retry of one
+/// event handler's call ([`handler_retry`](Self::handler_retry)).
 ///
 /// Its id is its own, made when it is scheduled: a command is dispatched
 /// with it as an inbound message id (a unit of work's inbox recognises a
@@ -38,6 +52,7 @@ pub struct ScheduledMessage {
     attempts: u32,
     last_error: Option<String>,
     parked: bool,
+    retry: Option<HandlerRetry>,
 }
 
 impl ScheduledMessage {
@@ -91,6 +106,42 @@ impl ScheduledMessage {
             attempts: 0,
             last_error: None,
             parked: false,
+            retry: None,
+        })
+    }
+
+    /// Attempt `attempt` of `handler`'s call on `event`, whose ids
+    /// `context` holds, due at `due`, under the id `id`: what the bus
+    /// schedules when a retry policy hands an attempt off.
+    pub(crate) fn retry_of(
+        event: &crate::PendingEvent,
+        context: &MessageContext,
+        handler: &str,
+        attempt: u32,
+        due: SystemTime,
+        id: MessageId,
+    ) -> Result<Self, SchedulerError> {
+        let meta = event.meta();
+        let payload = match event.to_json() {
+            Some(Ok(payload)) => payload,
+            Some(Err(error)) => {
+                return Err(SchedulerError::Encode {
+                    name: meta.name(),
+                    error,
+                })
+            }
+            None => return Err(not_serializable(meta)),
+        };
+        Ok(ScheduledMessage {
+            id,
+            correlation_id: context.correlation_id(),
+            causation_id: context.causation_id(),
+            retry: Some(HandlerRetry {
+                handler: handler.to_owned(),
+                attempt,
+                event_id: context.message_id(),
+            }),
+            ..Self::of(meta, payload, due)?
         })
     }
 
@@ -133,7 +184,26 @@ impl ScheduledMessage {
             attempts: 0,
             last_error: None,
             parked: false,
+            retry: None,
         }
+    }
+
+    /// The same message, as the retry of one handler's call (for stores:
+    /// see [`handler_retry`](Self::handler_retry)).
+    pub fn retrying(mut self, retry: HandlerRetry) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// The same handler retry, as attempt `attempt`, due at `due`: what a
+    /// scheduler keeps when a firing hands the next attempt back
+    /// ([`Fired::Again`](super::Fired::Again)).
+    pub fn next_attempt(mut self, attempt: u32, due: SystemTime) -> Self {
+        if let Some(retry) = &mut self.retry {
+            retry.attempt = attempt;
+        }
+        self.due = due;
+        self
     }
 
     /// The same message, with the failures a store kept of it.
@@ -215,6 +285,12 @@ impl ScheduledMessage {
         self.saga.as_ref()
     }
 
+    /// The handler it is for, when it is the retry of one handler's call on
+    /// an event: only that handler is called, with the event's ids.
+    pub fn handler_retry(&self) -> Option<&HandlerRetry> {
+        self.retry.as_ref()
+    }
+
     /// How many firings of it failed.
     pub fn attempts(&self) -> u32 {
         self.attempts
@@ -232,8 +308,13 @@ impl ScheduledMessage {
     }
 
     /// The ids it is dispatched with: its own id, as an inbound message
-    /// (a command's unit of work records it in its inbox).
+    /// (a command's unit of work records it in its inbox); a handler's
+    /// retry keeps its event's, numbered as the attempt it makes.
     pub fn context(&self) -> MessageContext {
+        if let Some(retry) = &self.retry {
+            return MessageContext::restored(retry.event_id, self.correlation_id, self.causation_id)
+                .at_attempt(retry.attempt);
+        }
         match self.kind {
             MessageKind::Command => {
                 MessageContext::inbound(self.id, self.correlation_id, self.causation_id)

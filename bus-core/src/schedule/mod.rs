@@ -10,6 +10,11 @@
 //!   firing repeated after a crash has its effect once), an event is
 //!   published. A command that fails is tried again later, with a growing
 //!   pause, and parked after [`MAX_ATTEMPTS`].
+//! - The retries an event handler's [`RetryPolicy`](crate::RetryPolicy)
+//!   hands off ([`hand_off_waits_over`](crate::RetryPolicy::hand_off_waits_over))
+//!   are scheduled messages too ([`ScheduledMessage::handler_retry`]): the
+//!   firing calls that one handler, and keeps the message for the next
+//!   attempt when the handler fails again ([`Fired::Again`]).
 //! - [`Clock`]: what time it is; [`VirtualClock`] in tests, which moves
 //!   only when the test says so, firing what falls due on the way
 //!   ([`VirtualClock::advance_and_fire`]): no test sleeps.
@@ -61,7 +66,7 @@ use std::time::{Duration, SystemTime};
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use memory::InMemoryScheduler;
 pub(crate) use message::schedulable;
-pub use message::{SagaRef, ScheduledMessage};
+pub use message::{HandlerRetry, SagaRef, ScheduledMessage};
 
 use crate::error::BoxError;
 use crate::{Bus, MessageId};
@@ -76,6 +81,26 @@ pub const MAX_ATTEMPTS: u32 = 12;
 /// 2 s, 4 s, ... up to 5 minutes.
 pub fn retry_pause(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.saturating_sub(1).min(8)).min(Duration::from_secs(300))
+}
+
+/// What firing a scheduled message came to, for its scheduler
+/// ([`Bus::deliver_scheduled`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fired {
+    /// It was sent (a handler's retry: the handler succeeded, or failed
+    /// for good and is a dead letter, or the store had its effect
+    /// already): it is through.
+    Done,
+    /// A handler's retry that failed again, and whose policy hands the
+    /// next attempt back: keep the message as attempt `attempt`, due
+    /// `after` from now ([`ScheduledMessage::next_attempt`]).
+    Again {
+        /// The number of the next attempt.
+        attempt: u32,
+        /// How long after now it is due.
+        after: Duration,
+    },
 }
 
 /// Why scheduling, cancelling or firing did not work.

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arch_events::saga::{SagaChange, SagaError, SagaRecord, SagaStore};
-use arch_events::schedule::{Clock, ScheduledMessage, Scheduler, SchedulerError, SystemClock};
+use arch_events::schedule::{
+    Clock, Fired, ScheduledMessage, Scheduler, SchedulerError, SystemClock,
+};
 use arch_events::{
     async_trait, Bus, EventReleaser, InboundError, MessageContext, MessageId, MessageKind,
     ReplayError,
@@ -27,7 +29,7 @@ use tokio::task::JoinHandle;
 use crate::backend::Backend;
 use crate::error::StageError;
 use crate::store::Store;
-use rows::{millis, time};
+use rows::{due_millis, millis, time};
 
 /// How long a firing process holds a message before another may take it.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
@@ -50,6 +52,12 @@ const BATCH: u32 = 100;
 ///   id: its unit of work records the id in the inbox, so a firing repeated
 ///   after a crash (or a lease that ran out) has its effect once; one found
 ///   in the inbox is not dispatched again.
+/// - A handler's retry (an event handler's retry policy handed the attempt
+///   off) is scheduled in the transaction that ends the event's delivery
+///   to that handler, when the event is this store's; firing it calls that
+///   handler alone, and its unit of work records the message's id in its
+///   inbox (so, again, once). One that fails again and hands the next
+///   attempt back stays, due then.
 /// - A failed command is fired again after a growing pause, and parked
 ///   after [`MAX_ATTEMPTS`](arch_events::schedule::MAX_ATTEMPTS) (listed by [`pending`](Scheduler::pending),
 ///   fired again by [`unpark`](Scheduler::unpark)).
@@ -334,7 +342,10 @@ impl<DB: Backend> SqlScheduler<DB> {
             return Ok(false);
         }
         let outcome = match message.kind() {
-            MessageKind::Event => match self.fire_event(bus, &message).await {
+            MessageKind::Event if message.handler_retry().is_none() => match self
+                .fire_event(bus, &message)
+                .await
+            {
                 Ok(true) => Ok(()),
                 Ok(false) => return Ok(false),
                 Err(FireError::Unknown(error)) => {
@@ -350,7 +361,15 @@ impl<DB: Backend> SqlScheduler<DB> {
                     return Ok(false);
                 }
                 match bus.deliver_scheduled(&message).await {
-                    Ok(()) => {
+                    Ok(Fired::Again { attempt, after }) => {
+                        let due = due_millis(self.clock.now() + after);
+                        let _turn = self.store.writer_turn().await;
+                        DB::retry_later(pool, &id, &node, attempt, due)
+                            .await
+                            .map_err(store_error)?;
+                        return Ok(true);
+                    }
+                    Ok(_) => {
                         self.take(&id).await?;
                         Ok(())
                     }
@@ -359,7 +378,10 @@ impl<DB: Backend> SqlScheduler<DB> {
                         DB::let_go(pool, &id, &node).await.map_err(store_error)?;
                         return Ok(false);
                     }
-                    Err(error @ InboundError::UnknownName(_)) => {
+                    Err(
+                        error @ (InboundError::UnknownName(_)
+                        | InboundError::UnknownHandler { .. }),
+                    ) => {
                         self.put_off_unknown(&message, &error.to_string()).await?;
                         return Ok(false);
                     }
@@ -487,6 +509,16 @@ impl<DB: Backend> Scheduler for SqlScheduler<DB> {
         DB::insert_scheduled(connection, std::slice::from_ref(&message))
             .await
             .map_err(store_error)?;
+        if let Some(retry) = message.handler_retry() {
+            // The event's delivery to the handler ends with its retry
+            // scheduled, in one transaction, when the event is this
+            // store's (a no-op otherwise: the bus tells the event's own
+            // store next).
+            let event = retry.event_id.to_string();
+            DB::record_delivery(connection, &event, &retry.handler, false)
+                .await
+                .map_err(store_error)?;
+        }
         tx.commit().await.map_err(store_error)?;
         self.wake_for(std::slice::from_ref(&message));
         Ok(())

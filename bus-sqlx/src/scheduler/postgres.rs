@@ -11,7 +11,8 @@ use super::sql::SchedulerSql;
 /// The columns `scheduled_message` reads, as text and 64-bit integers.
 const COLUMNS: &str = "seq, id::text AS id, kind, name, payload, due_at, \
      correlation_id::text AS correlation_id, causation_id::text AS causation_id, saga, saga_id, \
-     attempts::int8 AS attempts, last_error, (CASE WHEN parked THEN 1 ELSE 0 END)::int8 AS parked";
+     attempts::int8 AS attempts, last_error, (CASE WHEN parked THEN 1 ELSE 0 END)::int8 AS parked, \
+     handler, handler_attempt::int8 AS handler_attempt, event_id::text AS event_id";
 
 #[arch_events::async_trait]
 impl SchedulerSql for Postgres {
@@ -77,8 +78,8 @@ impl SchedulerSql for Postgres {
         for message in messages {
             sqlx::query(
                 "INSERT INTO bus_scheduled (id, kind, name, payload, due_at, correlation_id, \
-                 causation_id, saga, saga_id) \
-                 VALUES ($1::uuid, $2, $3, $4, $5, $6::uuid, $7::uuid, $8, $9) \
+                 causation_id, saga, saga_id, handler, handler_attempt, event_id) \
+                 VALUES ($1::uuid, $2, $3, $4, $5, $6::uuid, $7::uuid, $8, $9, $10, $11, $12::uuid) \
                  ON CONFLICT (id) DO NOTHING",
             )
             .bind(message.id().to_string())
@@ -90,6 +91,9 @@ impl SchedulerSql for Postgres {
             .bind(message.causation_id().map(|id| id.to_string()))
             .bind(message.saga().map(|saga| saga.saga.as_str()))
             .bind(message.saga().map(|saga| saga.id.as_str()))
+            .bind(message.handler_retry().map(|retry| retry.handler.as_str()))
+            .bind(message.handler_retry().map(|retry| attempt_column(retry.attempt)))
+            .bind(message.handler_retry().map(|retry| retry.event_id.to_string()))
             .execute(&mut *connection)
             .await?;
         }
@@ -236,6 +240,26 @@ impl SchedulerSql for Postgres {
         Ok(())
     }
 
+    async fn retry_later(
+        pool: &Pool<Self>,
+        id: &str,
+        node: &str,
+        attempt: u32,
+        due: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE bus_scheduled SET handler_attempt = $3, due_at = $4, \
+             lease_owner = NULL, lease_until = NULL WHERE id = $1::uuid AND lease_owner = $2::uuid",
+        )
+        .bind(id)
+        .bind(node)
+        .bind(attempt_column(attempt))
+        .bind(due)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
     async fn let_go(pool: &Pool<Self>, id: &str, node: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE bus_scheduled SET lease_owner = NULL, lease_until = NULL \
@@ -296,4 +320,9 @@ impl SchedulerSql for Postgres {
             })
             .collect())
     }
+}
+
+/// An attempt number as the `INTEGER` column keeps it.
+fn attempt_column(attempt: u32) -> i32 {
+    i32::try_from(attempt).unwrap_or(i32::MAX)
 }

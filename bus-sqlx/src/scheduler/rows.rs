@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arch_events::schedule::{SagaRef, ScheduledMessage};
+use arch_events::schedule::{HandlerRetry, SagaRef, ScheduledMessage};
 use arch_events::MessageKind;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
@@ -13,7 +13,7 @@ use crate::backend::parse_id;
 /// and flags as text and integers (SQLite).
 #[cfg(feature = "sqlite")]
 pub(crate) const COLUMNS: &str = "seq, id, kind, name, payload, due_at, correlation_id, \
-     causation_id, saga, saga_id, attempts, last_error, parked";
+     causation_id, saga, saga_id, attempts, last_error, parked, handler, handler_attempt, event_id";
 
 /// Milliseconds since the Unix epoch (0 before it, saturated far after),
 /// rounded down: for "now".
@@ -76,7 +76,28 @@ where
     };
     let attempts: i64 = row.try_get("attempts")?;
     let parked: i64 = row.try_get("parked")?;
-    Ok(ScheduledMessage::restored(
+    let retry = match (
+        row.try_get::<Option<String>, _>("handler")?,
+        row.try_get::<Option<i64>, _>("handler_attempt")?,
+        row.try_get::<Option<String>, _>("event_id")?,
+    ) {
+        (None, None, None) => None,
+        (Some(handler), Some(attempt), Some(event_id)) => Some(HandlerRetry {
+            handler,
+            attempt: u32::try_from(attempt).map_err(|_| sqlx::Error::ColumnDecode {
+                index: "handler_attempt".into(),
+                source: format!("{attempt} is not an attempt number").into(),
+            })?,
+            event_id: parse_id("event_id", &event_id)?,
+        }),
+        _ => {
+            return Err(sqlx::Error::ColumnDecode {
+                index: "handler".into(),
+                source: "a handler retry needs its handler, attempt and event id".into(),
+            })
+        }
+    };
+    let message = ScheduledMessage::restored(
         parse_id("id", &row.try_get::<String, _>("id")?)?,
         kind,
         row.try_get("name")?,
@@ -93,5 +114,9 @@ where
         u32::try_from(attempts).unwrap_or(u32::MAX),
         row.try_get("last_error")?,
         parked != 0,
-    ))
+    );
+    Ok(match retry {
+        Some(retry) => message.retrying(retry),
+        None => message,
+    })
 }

@@ -105,6 +105,16 @@ pub trait SchedulerSql: sqlx::Database + Sized {
         parked: bool,
     ) -> Result<(), sqlx::Error>;
 
+    /// Keeps the handler retry `id` held by `node` for its attempt
+    /// `attempt`, due at `due`; the lease goes.
+    async fn retry_later(
+        pool: &Pool<Self>,
+        id: &str,
+        node: &str,
+        attempt: u32,
+        due: i64,
+    ) -> Result<(), sqlx::Error>;
+
     /// Lets go of the lease `node` holds on `id` (it was not fired).
     async fn let_go(pool: &Pool<Self>, id: &str, node: &str) -> Result<(), sqlx::Error>;
 

@@ -71,7 +71,8 @@ impl SchedulerSql for Sqlite {
         for message in messages {
             sqlx::query(
                 "INSERT INTO bus_scheduled (id, kind, name, payload, due_at, correlation_id, \
-                 causation_id, saga, saga_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 causation_id, saga, saga_id, handler, handler_attempt, event_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                  ON CONFLICT (id) DO NOTHING",
             )
             .bind(message.id().to_string())
@@ -83,6 +84,9 @@ impl SchedulerSql for Sqlite {
             .bind(message.causation_id().map(|id| id.to_string()))
             .bind(message.saga().map(|saga| saga.saga.as_str()))
             .bind(message.saga().map(|saga| saga.id.as_str()))
+            .bind(message.handler_retry().map(|retry| retry.handler.as_str()))
+            .bind(message.handler_retry().map(|retry| i64::from(retry.attempt)))
+            .bind(message.handler_retry().map(|retry| retry.event_id.to_string()))
             .execute(&mut *connection)
             .await?;
         }
@@ -222,6 +226,26 @@ impl SchedulerSql for Sqlite {
         .bind(error)
         .bind(due)
         .bind(i64::from(parked))
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn retry_later(
+        pool: &Pool<Self>,
+        id: &str,
+        node: &str,
+        attempt: u32,
+        due: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE bus_scheduled SET handler_attempt = $3, due_at = $4, \
+             lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(node)
+        .bind(i64::from(attempt))
+        .bind(due)
         .execute(pool)
         .await?;
         Ok(())
