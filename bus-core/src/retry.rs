@@ -209,7 +209,10 @@ impl RetryPolicy {
 
     /// Whether any wait of this policy may be handed to the scheduler.
     pub fn may_hand_off(&self) -> bool {
-        self.retries() && self.hand_off_over.is_some_and(|limit| limit < self.max_delay)
+        self.retries()
+            && self
+                .hand_off_over
+                .is_some_and(|limit| limit < self.max_delay)
     }
 
     /// Attempts in all, the first one included.
@@ -488,6 +491,98 @@ mod tests {
         let (last, ran) = run(&quick(5), |attempt| Some(attempt < 2));
         assert_eq!(last, Err(false));
         assert_eq!(ran, [1, 2]);
+    }
+
+    /// The loop from attempt `from` on, every attempt failing retryably:
+    /// the attempts it made, and the (attempt, delay) it was told of or
+    /// handed off.
+    fn from_attempt(
+        policy: &RetryPolicy,
+        from: u32,
+        hand_off_from: u32,
+    ) -> (Vec<u32>, Vec<(u32, Duration)>, Option<(u32, Duration)>) {
+        let ran = RefCell::new(vec![from]);
+        let told = RefCell::new(Vec::new());
+        let handed = Cell::new(None);
+        let last = crate::executor::block_on(retried(
+            policy,
+            from,
+            Err::<(), ()>(()),
+            |_| true,
+            |attempt, delay, _: &_| told.borrow_mut().push((attempt, delay)),
+            |attempt, delay| {
+                let hand = attempt >= hand_off_from;
+                if hand {
+                    handed.set(Some((attempt, delay)));
+                }
+                hand
+            },
+            |attempt| {
+                ran.borrow_mut().push(attempt);
+                std::future::ready(Err(()))
+            },
+        ));
+        assert_eq!(last, Err(()), "the last failure is returned");
+        (ran.into_inner(), told.into_inner(), handed.get())
+    }
+
+    #[test]
+    fn a_loop_taken_up_at_a_later_attempt_goes_on_with_the_policys_later_delays() {
+        let policy = RetryPolicy::exponential(5)
+            .first_delay(Duration::ZERO)
+            .max_delay(Duration::ZERO)
+            .without_jitter();
+        let (ran, _, handed) = from_attempt(&policy, 3, u32::MAX);
+        assert_eq!(
+            ran,
+            [3, 4, 5],
+            "five attempts in all, the first two made before"
+        );
+        assert_eq!(handed, None);
+        let (ran, _, _) = from_attempt(&policy, 5, u32::MAX);
+        assert_eq!(ran, [5], "none left after the last");
+    }
+
+    #[test]
+    fn a_hand_off_ends_the_loop_before_its_wait_with_the_next_attempts_number() {
+        let policy = RetryPolicy::exponential(6)
+            .first_delay(Duration::from_millis(1))
+            .max_delay(Duration::from_secs(60))
+            .without_jitter();
+        // Attempts 2 and 3 in the loop; attempt 4 handed off, after the
+        // third delay (4 ms: 1, 2, then 4).
+        let (ran, told, handed) = from_attempt(&policy, 1, 4);
+        assert_eq!(ran, [1, 2, 3]);
+        assert_eq!(
+            told,
+            [(1, Duration::from_millis(1)), (2, Duration::from_millis(2))]
+        );
+        assert_eq!(handed, Some((4, Duration::from_millis(4))));
+        // Taken up by the scheduler at attempt 4: its delay is the fourth.
+        let (ran, _, handed) = from_attempt(&policy, 4, 5);
+        assert_eq!(ran, [4]);
+        assert_eq!(handed, Some((5, Duration::from_millis(8))));
+    }
+
+    #[test]
+    fn a_policy_hands_off_only_the_waits_over_its_limit() {
+        let policy = RetryPolicy::exponential(3).hand_off_waits_over(Duration::from_millis(50));
+        assert!(policy.may_hand_off());
+        assert!(!policy.hands_off(Duration::from_millis(50)));
+        assert!(policy.hands_off(Duration::from_millis(51)));
+        assert!(
+            !RetryPolicy::none()
+                .hand_off_waits_over(Duration::ZERO)
+                .may_hand_off(),
+            "one attempt: nothing to hand off"
+        );
+        assert!(
+            !RetryPolicy::exponential(3)
+                .max_delay(Duration::from_millis(20))
+                .hand_off_waits_over(Duration::from_millis(20))
+                .may_hand_off(),
+            "no wait is ever over the limit"
+        );
     }
 
     #[test]

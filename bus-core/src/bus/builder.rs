@@ -743,7 +743,11 @@ impl BusBuilder {
             if !policy.may_hand_off() {
                 continue;
             }
-            let setting = if own.is_some() { "handler_retry" } else { "retry" };
+            let setting = if own.is_some() {
+                "handler_retry"
+            } else {
+                "retry"
+            };
             if self.scheduler.is_none() {
                 let reason = "its retry policy hands waits off to a scheduler, and the bus has \
                               none: add `.scheduler(...)` (a durable one, such as the store's \

@@ -360,7 +360,13 @@ impl Bus {
         event: &PendingEvent,
         context: MessageContext,
         delivery: Option<Delivery>,
-    ) -> (crate::layer::Outcome, Recorded, Closed, u32, Option<HandOff>) {
+    ) -> (
+        crate::layer::Outcome,
+        Recorded,
+        Closed,
+        u32,
+        Option<HandOff>,
+    ) {
         let meta = event.meta();
         match &handler.path {
             CallPath::Layered(pipeline, _) => {

@@ -227,7 +227,9 @@ impl Bus {
                 false,
             ),
             Again::Scheduled(scheduled) => (
-                Some(crate::delivery::Delivery::scheduled_retry(id, name, scheduled)),
+                Some(crate::delivery::Delivery::scheduled_retry(
+                    id, name, scheduled,
+                )),
                 self.may_hand_off(meta),
             ),
         };

@@ -24,7 +24,10 @@ impl Bus {
     /// it fails again and its policy hands the next attempt off, that
     /// attempt is returned ([`Fired::Again`]): the scheduler keeps the
     /// message for it. Spent, it is a dead letter, and the firing is done.
-    pub async fn deliver_scheduled(&self, message: &ScheduledMessage) -> Result<Fired, InboundError> {
+    pub async fn deliver_scheduled(
+        &self,
+        message: &ScheduledMessage,
+    ) -> Result<Fired, InboundError> {
         let meta = self
             .inner
             .names()

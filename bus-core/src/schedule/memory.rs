@@ -121,7 +121,9 @@ impl Scheduler for InMemoryScheduler {
                     // Not fired: the bus is shutting down.
                     self.lock().waiting.push((seq, message));
                 }
-                Err(error @ (InboundError::UnknownName(_) | InboundError::UnknownHandler { .. })) => {
+                Err(
+                    error @ (InboundError::UnknownName(_) | InboundError::UnknownHandler { .. }),
+                ) => {
                     // Not this bus's: put off for another, no attempt counted.
                     tracing::warn!(message = message.name(), message_id = %message.id(), %error, "a scheduled message this bus does not know: put off");
                     let later = message.due_at(now + UNKNOWN_PAUSE);

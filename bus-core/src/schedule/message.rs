@@ -312,8 +312,12 @@ impl ScheduledMessage {
     /// retry keeps its event's, numbered as the attempt it makes.
     pub fn context(&self) -> MessageContext {
         if let Some(retry) = &self.retry {
-            return MessageContext::restored(retry.event_id, self.correlation_id, self.causation_id)
-                .at_attempt(retry.attempt);
+            return MessageContext::restored(
+                retry.event_id,
+                self.correlation_id,
+                self.causation_id,
+            )
+            .at_attempt(retry.attempt);
         }
         match self.kind {
             MessageKind::Command => {

@@ -342,17 +342,16 @@ impl<DB: Backend> SqlScheduler<DB> {
             return Ok(false);
         }
         let outcome = match message.kind() {
-            MessageKind::Event if message.handler_retry().is_none() => match self
-                .fire_event(bus, &message)
-                .await
-            {
-                Ok(true) => Ok(()),
-                Ok(false) => return Ok(false),
-                Err(FireError::Unknown(error)) => {
-                    return self.put_off_unknown(&message, &error).await.map(|()| false)
+            MessageKind::Event if message.handler_retry().is_none() => {
+                match self.fire_event(bus, &message).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => return Ok(false),
+                    Err(FireError::Unknown(error)) => {
+                        return self.put_off_unknown(&message, &error).await.map(|()| false)
+                    }
+                    Err(FireError::Failed(error)) => Err(error),
                 }
-                Err(FireError::Failed(error)) => Err(error),
-            },
+            }
             _ => {
                 if DB::inbox_has(pool, &id).await.map_err(store_error)? {
                     // Its effect committed before a crash, or another
@@ -379,8 +378,8 @@ impl<DB: Backend> SqlScheduler<DB> {
                         return Ok(false);
                     }
                     Err(
-                        error @ (InboundError::UnknownName(_)
-                        | InboundError::UnknownHandler { .. }),
+                        error
+                        @ (InboundError::UnknownName(_) | InboundError::UnknownHandler { .. }),
                     ) => {
                         self.put_off_unknown(&message, &error.to_string()).await?;
                         return Ok(false);

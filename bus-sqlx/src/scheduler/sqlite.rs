@@ -85,8 +85,16 @@ impl SchedulerSql for Sqlite {
             .bind(message.saga().map(|saga| saga.saga.as_str()))
             .bind(message.saga().map(|saga| saga.id.as_str()))
             .bind(message.handler_retry().map(|retry| retry.handler.as_str()))
-            .bind(message.handler_retry().map(|retry| i64::from(retry.attempt)))
-            .bind(message.handler_retry().map(|retry| retry.event_id.to_string()))
+            .bind(
+                message
+                    .handler_retry()
+                    .map(|retry| i64::from(retry.attempt)),
+            )
+            .bind(
+                message
+                    .handler_retry()
+                    .map(|retry| retry.event_id.to_string()),
+            )
             .execute(&mut *connection)
             .await?;
         }
