@@ -23,7 +23,7 @@ pub async fn fresh_sqlite() -> TestDatabase {
 
 #[async_trait]
 impl Ledger for Sqlite {
-    const STORE_MIGRATIONS: i64 = 3;
+    const STORE_MIGRATIONS: i64 = 4;
 
     async fn store_versions(pool: &Pool<Self>) -> Vec<i64> {
         sqlx::query_scalar("SELECT version FROM bus_sqlx_migrations ORDER BY version")
@@ -133,7 +133,7 @@ impl Ledger for Sqlite {
 
 #[async_trait]
 impl Ledger for Postgres {
-    const STORE_MIGRATIONS: i64 = 4;
+    const STORE_MIGRATIONS: i64 = 5;
 
     async fn store_versions(pool: &Pool<Self>) -> Vec<i64> {
         sqlx::query_scalar("SELECT version FROM bus_sqlx_migrations ORDER BY version")

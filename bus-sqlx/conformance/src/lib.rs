@@ -16,10 +16,12 @@
 
 mod dialects;
 pub mod event_store;
+mod hand_off;
 pub mod projection;
 pub mod saga;
 
 pub use dialects::fresh_sqlite;
+pub use hand_off::*;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -93,6 +95,10 @@ macro_rules! conformance_tests {
             a_projection_replayed_twice_has_its_effect_once,
             a_dead_letter_is_claimed_once_until_its_claim_runs_out,
             a_dead_letter_given_up_on_is_deleted_unless_it_is_being_replayed,
+            a_handed_off_retry_ends_the_events_delivery_and_commits_once_when_due,
+            a_handed_off_retry_fired_twice_has_its_committed_effect_once,
+            a_handed_off_retry_that_fails_again_waits_then_is_a_dead_letter,
+            a_handed_off_retry_is_made_once_by_the_processes_started_after_a_stop,
         );
     };
     (@each $db:ty, $fresh:path; $($name:ident),* $(,)?) => {
@@ -232,6 +238,8 @@ pub struct Tally {
     pub mail_down: AtomicBool,
     /// `project_balance` fails.
     pub projection_down: AtomicBool,
+    /// `project_balance` calls: the event's id and the attempt.
+    pub projected: Mutex<Vec<(MessageId, u32)>>,
     /// `tally_deposit` waits here (never, unless a test closes it).
     pub gate: Option<Arc<tokio::sync::Semaphore>>,
 }
@@ -329,9 +337,15 @@ fn handler_name(name: &str) -> String {
 #[handler]
 pub async fn project_balance(
     event: &Deposited,
+    context: MessageContext,
     mut uow: Scoped<dyn LedgerUow>,
     tally: &Tally,
 ) -> Result<(), LedgerError> {
+    tally
+        .projected
+        .lock()
+        .unwrap()
+        .push((context.message_id(), context.attempt()));
     if tally.projection_down.load(Ordering::SeqCst) {
         return Err(LedgerError::Down);
     }
