@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arch_events::saga::{SagaStore, Sagas};
-use arch_events::schedule::InMemoryScheduler;
+use arch_events::schedule::{InMemoryScheduler, Scheduler};
 use arch_events::{BuildError, Bus, Dependencies, EventReleaser, FailureCause, RetryPolicy, Scope};
 use arch_events_sqlx::{
     Backend, DeadLetterStore, InMemoryDeadLetterStore, Projection, SqlEventStore, StoreSink,
@@ -41,12 +41,25 @@ pub struct Adapters {
     pub notifications: Arc<dyn Notifications>,
     /// Where event-handler calls that failed for good are kept.
     pub dead_letters: Arc<dyn DeadLetterStore>,
-    /// Where the sagas keep their state, and schedule their timeouts and
-    /// what they send: the database's durable scheduler.
-    pub sagas: Arc<dyn SagaStore>,
+    /// Where the sagas keep their state, where their timeouts and what
+    /// they send wait, and where event handlers' retries wait: the
+    /// database's durable scheduler.
+    pub scheduler: Arc<dyn SchedulerStore>,
     /// How long an order's allocations wait for its shipment.
     pub shipment_deadline: ShipmentDeadline,
+    /// How long an event handler's first retry waits (each next one twice
+    /// as long): see [`bootstrap`].
+    pub event_retry_wait: Duration,
 }
+
+/// A scheduler that keeps the sagas' state too, as both of arch-events'
+/// schedulers do: `SqlScheduler` (durable) and `InMemoryScheduler`.
+pub trait SchedulerStore: Scheduler + SagaStore {}
+
+impl<T: Scheduler + SagaStore> SchedulerStore for T {}
+
+/// The default of [`Adapters::event_retry_wait`].
+pub const EVENT_RETRY_WAIT: Duration = Duration::from_secs(1);
 
 impl Adapters {
     /// The real adapters over `database`, whichever it is and however it
@@ -66,11 +79,18 @@ impl Adapters {
         self
     }
 
+    /// The same adapters, with event handlers' first retry `wait` after
+    /// their first attempt.
+    pub fn event_retry_wait(mut self, wait: Duration) -> Self {
+        self.event_retry_wait = wait;
+        self
+    }
+
     /// The real adapters on SQLite, as it keeps the products.
     pub fn sqlite(database: SqliteDatabase) -> Self {
-        let sagas = Arc::new(database.scheduler().clone());
+        let scheduler = Arc::new(database.scheduler().clone());
         Adapters::on(
-            sagas,
+            scheduler,
             database.storage(),
             database,
             sqlite::SqliteAllocationsView::new,
@@ -80,9 +100,9 @@ impl Adapters {
 
     /// The real adapters on PostgreSQL, as it keeps the products.
     pub fn postgres(database: PostgresDatabase) -> Self {
-        let sagas = Arc::new(database.scheduler().clone());
+        let scheduler = Arc::new(database.scheduler().clone());
         Adapters::on(
-            sagas,
+            scheduler,
             database.storage(),
             database,
             postgres::PostgresAllocationsView::new,
@@ -94,7 +114,7 @@ impl Adapters {
     /// as `storage` says: its view (`view`, for a handler call's releaser),
     /// and with streams the projection that writes that view.
     fn on<D, B, V, P>(
-        sagas: Arc<dyn SagaStore>,
+        scheduler: Arc<dyn SchedulerStore>,
         storage: Storage,
         database: D,
         view: fn(D, EventReleaser) -> V,
@@ -129,22 +149,25 @@ impl Adapters {
             views,
             dead_letters,
             notifications: Arc::new(LogNotifications),
-            sagas,
+            scheduler,
             shipment_deadline: ShipmentDeadline::default(),
+            event_retry_wait: EVENT_RETRY_WAIT,
         }
     }
 
-    /// In-memory adapters over `store`, for tests and demos. Their sagas'
+    /// In-memory adapters over `store`, for tests and demos. Their
     /// scheduler is in memory too, and fires only when told to (give a
-    /// test's own, on a virtual clock, as `sagas`).
+    /// test's own, on a virtual clock, as `scheduler`): the sagas'
+    /// timeouts, and event handlers' retries, wait until then.
     pub fn in_memory(store: &Arc<InMemoryProducts>) -> Self {
         Adapters {
             unit_of_work: store.unit_of_work_factory(),
             views: InMemoryAllocationsView::default().factory(),
             notifications: Arc::new(LogNotifications),
             dead_letters: Arc::new(InMemoryDeadLetterStore::default()),
-            sagas: Arc::new(InMemoryScheduler::new()),
+            scheduler: Arc::new(InMemoryScheduler::new()),
             shipment_deadline: ShipmentDeadline::default(),
+            event_retry_wait: EVENT_RETRY_WAIT,
         }
     }
 }
@@ -172,7 +195,7 @@ pub const CONFLICT_ATTEMPTS: u32 = 5;
 
 /// How many times an event handler is called before its event becomes a
 /// dead letter.
-pub const EVENT_HANDLER_ATTEMPTS: u32 = 3;
+pub const EVENT_HANDLER_ATTEMPTS: u32 = 5;
 
 /// How many times `reallocate` is called before its line waits in the dead
 /// letters: it only ever loses races (and database outages), so it keeps
@@ -181,13 +204,19 @@ pub const REALLOCATION_ATTEMPTS: u32 = 10;
 
 /// Builds the bus. Every handler is registered by `#[handler]`; this decides
 /// which adapters they get, and how failures are handled:
-/// - an event handler is tried [`EVENT_HANDLER_ATTEMPTS`] times (backing
-///   off from 50 ms, at most 1 s apart), unless its error is a broken rule
-///   ([`ServiceError::is_transient`]); then it is a dead letter in
-///   [`Adapters::dead_letters`];
+/// - an event handler is tried [`EVENT_HANDLER_ATTEMPTS`] times, unless its
+///   error is a broken rule ([`ServiceError::is_transient`]); then it is a
+///   dead letter in [`Adapters::dead_letters`]. Only its first attempt is
+///   made in the dispatch: the others wait in [`Adapters::scheduler`]
+///   ([`Adapters::event_retry_wait`], 1 s, then twice as long each time,
+///   at most 5 minutes apart), so a request never waits for a broken read
+///   model or notifier, and a retry due while the process is down is made
+///   by the next one;
 /// - `reallocate` tries harder ([`REALLOCATION_ATTEMPTS`], from 10 ms to
 ///   half a second apart): it only ever loses races to other requests on
-///   the same product, or a database that is briefly away;
+///   the same product, or a database that is briefly away. Its waits of
+///   up to 100 ms are made in the dispatch (a race is best tried again at
+///   once); the longer ones wait in the scheduler;
 /// - a command that lost an optimistic-concurrency race runs again, up to
 ///   [`CONFLICT_ATTEMPTS`] times; no other command error is retried;
 /// - the events of a dispatch whose caller stopped waiting (an HTTP client
@@ -202,9 +231,11 @@ pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
         views,
         notifications,
         dead_letters,
-        sagas,
+        scheduler,
         shipment_deadline,
+        event_retry_wait,
     } = adapters;
+    let sagas: Arc<dyn SagaStore> = scheduler.clone();
     let dependencies = Dependencies::new()
         .scoped_boxed::<dyn UnitOfWork, _>(move |scope| unit_of_work(scope))
         .scoped_boxed::<dyn AllocationsView, _>(move |scope| views(scope))
@@ -219,16 +250,19 @@ pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
         .allow_unhandled::<BatchQuantityChanged>()
         .retry(
             RetryPolicy::exponential(EVENT_HANDLER_ATTEMPTS)
-                .first_delay(Duration::from_millis(50))
-                .max_delay(Duration::from_secs(1))
-                .retry_if(is_transient),
+                .first_delay(event_retry_wait)
+                .max_delay(Duration::from_secs(300))
+                .retry_if(is_transient)
+                .hand_off_waits_over(Duration::ZERO),
         )
         .handler_retry::<reallocate>(
             RetryPolicy::exponential(REALLOCATION_ATTEMPTS)
                 .first_delay(Duration::from_millis(10))
                 .max_delay(Duration::from_millis(500))
-                .retry_if(is_transient),
+                .retry_if(is_transient)
+                .hand_off_waits_over(Duration::from_millis(100)),
         )
+        .scheduler(scheduler)
         .retry_command::<Allocate>(conflicts(), ServiceError::is_conflict)
         .retry_command::<ChangeBatchQuantity>(conflicts(), ServiceError::is_conflict)
         .retry_command::<CreateBatch>(conflicts(), ServiceError::is_conflict)

@@ -66,6 +66,18 @@ pub struct Config {
     )]
     pub shipment_deadline_secs: u64,
 
+    /// How long an event handler that failed waits for its first retry,
+    /// in milliseconds; each next one waits twice as long (at most 5
+    /// minutes). The retries wait in the database's scheduler, not in the
+    /// request that raised the event.
+    #[arg(
+        long = "event-retry-wait-ms",
+        env = "EVENT_RETRY_WAIT_MS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(1..=300_000)
+    )]
+    pub event_retry_wait_ms: u64,
+
     /// How long the outbox relay waits between rounds when it found nothing.
     /// A large value is a fault-injection switch: events commit but are not
     /// relayed yet (kill the process, restart it, nothing is lost).
@@ -166,6 +178,11 @@ impl Config {
         crate::service_layer::shipment::ShipmentDeadline(Duration::from_secs(
             self.shipment_deadline_secs,
         ))
+    }
+
+    /// How long an event handler's first retry waits.
+    pub fn event_retry_wait(&self) -> Duration {
+        Duration::from_millis(self.event_retry_wait_ms)
     }
 
     /// The timings of the durable messaging store.

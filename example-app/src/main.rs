@@ -93,7 +93,9 @@ async fn run(config: Config) -> Result<(), StartError> {
         return Ok(());
     }
     let database = Database::open(&config.database_url, settings, config.storage).await?;
-    let adapters = Adapters::for_database(&database).shipment_deadline(config.shipment_deadline());
+    let adapters = Adapters::for_database(&database)
+        .shipment_deadline(config.shipment_deadline())
+        .event_retry_wait(config.event_retry_wait());
     let dead_letters = adapters.dead_letters.clone();
     let bus = bootstrap(adapters)?;
     // Events committed but not handled (a crash, a task torn down) are

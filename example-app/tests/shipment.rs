@@ -52,9 +52,9 @@ async fn service(storage: Storage) -> Service {
     };
     let clock = VirtualClock::new();
     let scheduler = Arc::new(sqlite.scheduler().clone().with_clock(clock.clone()));
-    let sagas: Arc<dyn SagaStore> = scheduler.clone();
+
     let bus = bootstrap(Adapters {
-        sagas,
+        scheduler: scheduler.clone(),
         ..Adapters::for_database(&database).shipment_deadline(ShipmentDeadline(DEADLINE))
     })
     .unwrap();
