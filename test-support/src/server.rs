@@ -23,6 +23,28 @@ pub struct Server {
 /// `("ADMIN_TOKEN", ADMIN_TOKEN)`: see [`admin`].
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
+/// A port free now that this process never handed out before: two servers
+/// started at once by one test binary never get the same one (the kernel
+/// may give a port just released to the next `bind`, before the first
+/// server bound it), so a test never talks to another test's server.
+fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Held until the loop ends: each port probed is a different one.
+    let mut probes = Vec::new();
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("its address").port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+        probes.push(listener);
+    }
+}
+
 impl Server {
     /// Starts `binary` on a free port over the SQLite file `database`, and
     /// waits until it listens.
@@ -67,10 +89,7 @@ impl Server {
         stdout: Stdio,
         stderr: Stdio,
     ) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let child = Command::new(binary)
             .arg("--bind")
             .arg(format!("127.0.0.1:{port}"))
@@ -91,9 +110,12 @@ impl Server {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
             if let Ok(Some(status)) = server.child.try_wait() {
                 panic!("the server exited before it listened ({status}): see its error above");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
             }
             assert!(
                 Instant::now() < deadline,

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use arch_events::schedule::{InMemoryScheduler, VirtualClock};
 use arch_events::transport::{Consumer, Handled, InMemoryBroker, OutboundMessage, Publisher};
 use arch_events::{Bus, EventReleaser, MessageId, Scope};
 use arch_events_sqlx::{DeadLetterError, DeadLetterRecord, DeadLetterStore};
@@ -841,6 +842,9 @@ struct DeadLetterApp {
     bus: Bus,
     notifications: Arc<RecordingNotifications>,
     dead_letters: Arc<dyn DeadLetterStore>,
+    /// Where the notifier's retries wait, on `clock`.
+    scheduler: Arc<InMemoryScheduler>,
+    clock: VirtualClock,
 }
 
 /// The in-memory write model, with the database's dead-letter store.
@@ -848,9 +852,12 @@ fn dead_letter_app(database: &Database) -> DeadLetterApp {
     let store = Arc::new(InMemoryProducts::default());
     let notifications = Arc::new(RecordingNotifications::default());
     let dead_letters = database.dead_letters();
+    let clock = VirtualClock::new();
+    let scheduler = Arc::new(InMemoryScheduler::with_clock(clock.clone()));
     let bus = bootstrap(Adapters {
         notifications: notifications.clone(),
         dead_letters: dead_letters.clone(),
+        scheduler: scheduler.clone(),
         ..Adapters::in_memory(&store)
     })
     .expect("wiring");
@@ -858,6 +865,8 @@ fn dead_letter_app(database: &Database) -> DeadLetterApp {
         bus,
         notifications,
         dead_letters,
+        scheduler,
+        clock,
     }
 }
 
@@ -875,7 +884,23 @@ pub async fn a_failing_notification_is_kept_and_replayed_once_the_notifier_is_ba
     app.notifications.fail("smtp: connection refused");
     run_out_of_stock(&app.bus).await;
 
+    // One attempt in the dispatch; the others wait in the scheduler.
+    assert_eq!(app.notifications.refused(), 1);
+    assert!(app
+        .dead_letters
+        .list(false)
+        .await
+        .expect("listed")
+        .is_empty());
     // Retried per policy, then kept, with everything needed to replay it.
+    app.clock
+        .advance_and_fire(
+            std::time::Duration::from_secs(3600),
+            &*app.scheduler,
+            &app.bus,
+        )
+        .await
+        .expect("fired");
     assert_eq!(app.notifications.refused(), EVENT_HANDLER_ATTEMPTS);
     let letters = app.dead_letters.list(false).await.expect("listed");
     assert_eq!(letters.len(), 1, "{letters:?}");
