@@ -106,20 +106,23 @@ impl Delivery {
     /// When this call is a retry that the scheduler fired (its retry
     /// policy handed it off: see
     /// [`RetryPolicy::hand_off_waits_over`](crate::RetryPolicy::hand_off_waits_over)):
-    /// the scheduled message's id. A unit of work then records that id in
-    /// its inbox (instead of the event's delivery, which ended when the
-    /// retry was handed off), so that a retry fired again after a crash
-    /// has its effect once.
+    /// the scheduled message's id. A unit of work that knows of it records
+    /// that id in its own inbox (instead of the event's delivery, which
+    /// ended when the retry was handed off), so that a retry fired again
+    /// after a crash has its effect once; one that does not (its
+    /// [`is_for`](Self::is_for) says no to a retry) leaves it unrecorded,
+    /// and such a retry has its effect at least once.
     pub fn scheduled(&self) -> Option<MessageId> {
         self.scheduled
     }
 
-    /// Whether a unit of work of the store whose log is `log` records this
-    /// call: the deliveries of its own store's events (one on another
-    /// database leaves the record to the bus), and any scheduled retry
-    /// (recorded in the unit of work's own inbox).
+    /// Whether the event was stored by the store whose log is `log`: a
+    /// unit of work records only the deliveries of its own store's events
+    /// (one on another database leaves the record to the bus). `false`
+    /// for a [`scheduled`](Self::scheduled) retry, whose record is the
+    /// unit of work's own inbox.
     pub fn is_for(&self, log: &Arc<dyn DeliveryLog>) -> bool {
-        self.scheduled.is_some() || self.log == log_address(log)
+        self.scheduled.is_none() && self.log == log_address(log)
     }
 
     /// The stored event's id.

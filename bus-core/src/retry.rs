@@ -175,7 +175,9 @@ impl RetryPolicy {
     /// [`handler_retry`](crate::BusBuilder::handler_retry) that cannot be
     /// handed off. (A [`Retry`] layer added by hand, with
     /// [`layer`](crate::BusBuilder::layer), waits in the dispatch where it
-    /// cannot hand off.)
+    /// cannot hand off.) A dead letter's replay, whose caller waits for its
+    /// outcome, makes the attempts a dispatch makes and stops, failed, at
+    /// the first wait handed off.
     ///
     /// ```
     /// use std::time::Duration;
@@ -208,7 +210,7 @@ impl RetryPolicy {
     }
 
     /// Whether any wait of this policy may be handed to the scheduler.
-    pub fn may_hand_off(&self) -> bool {
+    pub(crate) fn may_hand_off(&self) -> bool {
         self.retries()
             && self
                 .hand_off_over
@@ -415,8 +417,9 @@ where
 
 impl Retry {
     /// The attempts after one that was interrupted (the dispatch running it
-    /// was dropped at an `.await`): `call` (numbered as the next attempt)
-    /// at once, then as after any failure.
+    /// was dropped at an `.await`): `call` (numbered as attempt 2, wherever
+    /// the interrupted one was) at once, then as after any failure: such a
+    /// call may be made more often than the policy says.
     pub(crate) async fn resume<'a>(&'a self, call: HandlerCall<'a>, next: Next<'a>) -> Outcome {
         match next.run(call).await {
             Ok(()) => Ok(()),

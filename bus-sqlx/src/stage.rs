@@ -185,10 +185,13 @@ impl<DB: Backend> Store<DB> {
         transaction: &mut Transaction<'_, DB>,
         releaser: &EventReleaser,
     ) -> Result<Staged<DB>, StageError> {
-        // Only a delivery of this store's events: a unit of work on another
-        // database leaves the record to the bus.
+        // Only a delivery of this store's events (a unit of work on another
+        // database leaves the record to the bus), or a scheduled retry (its
+        // record is this unit of work's inbox).
         let log = self.delivery_log();
-        let delivery = releaser.delivery().filter(|delivery| delivery.is_for(&log));
+        let delivery = releaser
+            .delivery()
+            .filter(|delivery| delivery.scheduled().is_some() || delivery.is_for(&log));
         if let Some(delivery) = delivery {
             let connection: &mut DB::Connection = transaction;
             let event = delivery.event().to_string();

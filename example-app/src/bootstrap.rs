@@ -54,9 +54,22 @@ pub struct Adapters {
 
 /// A scheduler that keeps the sagas' state too, as both of arch-events'
 /// schedulers do: `SqlScheduler` (durable) and `InMemoryScheduler`.
-pub trait SchedulerStore: Scheduler + SagaStore {}
+pub trait SchedulerStore: Scheduler + SagaStore {
+    /// The same, as the bus's scheduler.
+    fn into_scheduler(self: Arc<Self>) -> Arc<dyn Scheduler>;
+    /// The same, as the sagas' store.
+    fn into_saga_store(self: Arc<Self>) -> Arc<dyn SagaStore>;
+}
 
-impl<T: Scheduler + SagaStore> SchedulerStore for T {}
+impl<T: Scheduler + SagaStore> SchedulerStore for T {
+    fn into_scheduler(self: Arc<Self>) -> Arc<dyn Scheduler> {
+        self
+    }
+
+    fn into_saga_store(self: Arc<Self>) -> Arc<dyn SagaStore> {
+        self
+    }
+}
 
 /// The default of [`Adapters::event_retry_wait`].
 pub const EVENT_RETRY_WAIT: Duration = Duration::from_secs(1);
@@ -235,7 +248,7 @@ pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
         shipment_deadline,
         event_retry_wait,
     } = adapters;
-    let sagas: Arc<dyn SagaStore> = scheduler.clone();
+    let sagas = scheduler.clone().into_saga_store();
     let dependencies = Dependencies::new()
         .scoped_boxed::<dyn UnitOfWork, _>(move |scope| unit_of_work(scope))
         .scoped_boxed::<dyn AllocationsView, _>(move |scope| views(scope))
@@ -262,7 +275,7 @@ pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
                 .retry_if(is_transient)
                 .hand_off_waits_over(Duration::from_millis(100)),
         )
-        .scheduler(scheduler)
+        .scheduler(scheduler.into_scheduler())
         .retry_command::<Allocate>(conflicts(), ServiceError::is_conflict)
         .retry_command::<ChangeBatchQuantity>(conflicts(), ServiceError::is_conflict)
         .retry_command::<CreateBatch>(conflicts(), ServiceError::is_conflict)

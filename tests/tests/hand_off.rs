@@ -6,7 +6,8 @@
 //! call path hands off alike (a plain `fn` with its retry beside it, an
 //! `async fn` inside layers, a blocking dispatch); a scheduler that refuses
 //! the attempt makes the call a dead letter; a retry this bus cannot call
-//! is left for another; a replay never hands off; and the build refuses a
+//! is left for another; a replay stops where its policy hands off,
+//! scheduling nothing; and the build refuses a
 //! hand-off that cannot work, naming each. Durability (SQLite, PostgreSQL)
 //! is the sqlx conformance suite's.
 
@@ -510,35 +511,52 @@ async fn a_retry_this_bus_has_no_handler_for_is_left_for_another_and_a_replay_ne
     );
     assert_eq!(s.journal.attempts(), [1, 2]);
 
-    // A replay of a dead letter waits in place, whatever the policy.
+    // A replay of a dead letter: its caller waits, so it makes the
+    // attempts a dispatch makes (here the short waits) and stops, failed,
+    // at the first wait the policy hands off; nothing is scheduled.
     let journal = Journal::failing_until(u32::MAX);
     let r = setup(
         Registrations::new().handler::<ship_async>(),
         journal.clone(),
         |bus| {
             bus.retry(
-                RetryPolicy::exponential(3)
+                RetryPolicy::exponential(4)
                     .first_delay(Duration::from_millis(1))
+                    .max_delay(Duration::from_secs(60))
                     .without_jitter()
-                    .hand_off_waits_over(Duration::ZERO),
+                    .hand_off_waits_over(Duration::from_millis(1)),
             )
         },
     );
     r.bus.dispatch(PlaceOrder { order: 10 }).await.unwrap();
     r.advance(Duration::from_secs(1)).await;
     let letter = r.letters().take().remove(0);
-    journal.succeed_from.store(3, Ordering::SeqCst);
+    assert_eq!(letter.attempts(), 4);
     journal.calls.lock().unwrap().clear();
-    let replayed = r
-        .bus
-        .replay(letter.handler(), letter.event().clone(), letter.context())
-        .await;
-    assert!(replayed.is_ok(), "{replayed:?}");
-    assert_eq!(journal.attempts(), [1, 2, 3], "its waits waited in place");
+    let replay = || {
+        r.bus
+            .replay(letter.handler(), letter.event().clone(), letter.context())
+    };
+    let still = replay().await;
+    assert!(
+        matches!(&still, Err(arch_events::ReplayError::Failed(failure)) if failure.attempts() == 2),
+        "{still:?}"
+    );
+    assert_eq!(
+        journal.attempts(),
+        [1, 2],
+        "the 1 ms wait made in place, the 2 ms one not handed off"
+    );
     assert!(
         r.pending().await.is_empty(),
         "nothing handed off by a replay"
     );
+    journal.succeed_from.store(2, Ordering::SeqCst);
+    journal.calls.lock().unwrap().clear();
+    let replayed = replay().await;
+    assert!(replayed.is_ok(), "{replayed:?}");
+    assert_eq!(journal.attempts(), [1, 2]);
+    assert!(r.pending().await.is_empty());
 }
 
 #[test]

@@ -243,7 +243,7 @@ impl BusBuilder {
     ///
     /// /// The mail server is down for the first two attempts.
     /// #[handler]
-    /// fn send_mail(_: &Ordered, context: &MessageContext, sent: &AtomicU32) -> Result<(), std::io::Error> {
+    /// fn send_mail(_: &Ordered, context: MessageContext, sent: &AtomicU32) -> Result<(), std::io::Error> {
     ///     if context.attempt() < 3 {
     ///         return Err(std::io::Error::other("mail server down"));
     ///     }

@@ -395,6 +395,9 @@ impl Invoke for EventInvocation<'_> {
     }
 
     fn hand_off(&self, attempt: u32, after: std::time::Duration) -> bool {
+        // A year at most: any clock can add it (a policy's cap may be
+        // `Duration::MAX`).
+        let after = after.min(std::time::Duration::from_secs(365 * 24 * 60 * 60));
         if self.may_hand_off {
             *self
                 .handed_off

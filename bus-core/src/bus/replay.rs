@@ -100,8 +100,10 @@ impl Bus {
     }
 
     /// Calls the event handler at path `handler` on `event` again (a dead
-    /// letter, once its fault is gone), through its layers and retry policy;
-    /// then runs what it releases. `context` keeps the original ids.
+    /// letter, once its fault is gone), through its layers and retry policy
+    /// (the attempts it makes in a dispatch: a replay stops at a wait the
+    /// policy hands off to the scheduler); then runs what it releases.
+    /// `context` keeps the original ids.
     ///
     /// A failure is returned, not dead-lettered again: the caller still holds
     /// the letter.
@@ -178,9 +180,10 @@ impl Bus {
     /// Calls the event handler at path `handler` on `event` again, through
     /// its layers and retry policy (numbered from `context`'s attempt on),
     /// then runs what it releases: a dead letter's replay, or a retry the
-    /// scheduler fired. A failure of a replay is returned; a scheduled
-    /// retry's is a dead letter, unless its policy handed the next attempt
-    /// off again: that attempt is returned.
+    /// scheduler fired. A failure of a replay is returned (after the
+    /// attempts its policy makes in a dispatch); a scheduled retry's is a
+    /// dead letter, unless its policy handed the next attempt off again:
+    /// that attempt is returned.
     pub(super) async fn call_again(
         &self,
         handler: &str,
@@ -220,11 +223,14 @@ impl Bus {
         let span = dispatch_span(meta, kind, &mut Some(context));
         let name = bound.registration.name();
         let id = context.message_id();
+        // A replay's caller waits for its outcome: it stops, failed, at
+        // the first wait its policy would hand off (the hand-off is
+        // dropped), and makes the attempts a dispatch makes.
         let (delivery, hands_off) = match again {
-            Again::Replay => (None, false),
+            Again::Replay => (None, true),
             Again::Letter(log, letter) => (
                 Some(crate::delivery::Delivery::replaying(id, name, log, letter)),
-                false,
+                true,
             ),
             Again::Scheduled(scheduled) => (
                 Some(crate::delivery::Delivery::scheduled_retry(
@@ -279,7 +285,8 @@ impl Bus {
                 let handed = invocation.handed_off();
                 if handed.is_none() {
                     // Its attempts are spent: a dead letter, as in a dispatch.
-                    let failed = (cause, context.attempt() + attempts - 1, None);
+                    let made = context.attempt().saturating_add(attempts).saturating_sub(1);
+                    let failed = (cause, made.max(1), None);
                     self.fail(bound, event.clone(), context, failed, &mut cascade);
                     if !self.flush_dead_letters(&mut cascade).await {
                         // Kept nowhere: the scheduler fires it again later.
@@ -293,13 +300,20 @@ impl Bus {
             if !released.is_empty() {
                 cascade.push_all(released, &context);
                 let run = Run::new(cascade);
-                match self.run_to_end(run, tracing::Span::current()).await {
-                    Ok(()) => {}
-                    Err(Stopped::Limit(error)) => {
-                        return Err(ReplayError::CascadeLimit(Box::new(error)))
-                    }
-                    Err(Stopped::Dropped) => return Err(ReplayError::Interrupted),
+                let error = match self.run_to_end(run, tracing::Span::current()).await {
+                    Ok(()) => return Ok(None),
+                    Err(Stopped::Limit(error)) => ReplayError::CascadeLimit(Box::new(error)),
+                    Err(Stopped::Dropped) => ReplayError::Interrupted,
+                };
+                if let Again::Scheduled(_) = again {
+                    // The retry succeeded: firing it again would call the
+                    // handler again. What it released and did not run is
+                    // lost as in any dispatch (a stored event is
+                    // recovered by its store).
+                    tracing::warn!(handler, %error, "retry made; the events it released stopped short");
+                    return Ok(None);
                 }
+                return Err(error);
             }
             Ok(None)
         }

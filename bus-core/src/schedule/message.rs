@@ -22,6 +22,7 @@ pub struct SagaRef {
 /// handler's call (its retry policy handed the attempt off: see
 /// [`RetryPolicy::hand_off_waits_over`](crate::RetryPolicy::hand_off_waits_over)).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HandlerRetry {
     /// The handler's path (its name in every record).
     pub handler: String,
@@ -29,6 +30,18 @@ pub struct HandlerRetry {
     pub attempt: u32,
     /// The event's own id: a retry keeps the event's ids.
     pub event_id: MessageId,
+}
+
+impl HandlerRetry {
+    /// Attempt `attempt` of `handler`'s call on the event `event_id` (for
+    /// stores, restoring one).
+    pub fn new(handler: impl Into<String>, attempt: u32, event_id: MessageId) -> Self {
+        HandlerRetry {
+            handler: handler.into(),
+            attempt,
+            event_id,
+        }
+    }
 }
 
 /// A command or event to send at `due`, kept as JSON; or the retry of one

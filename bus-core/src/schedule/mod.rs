@@ -87,6 +87,7 @@ pub fn retry_pause(attempt: u32) -> Duration {
 /// ([`Bus::deliver_scheduled`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
+#[must_use = "a handler retry that failed again must be kept for its next attempt"]
 pub enum Fired {
     /// It was sent (a handler's retry: the handler succeeded, or failed
     /// for good and is a dead letter, or the store had its effect
@@ -139,6 +140,13 @@ pub enum SchedulerError {
 /// Implemented by [`InMemoryScheduler`] and by arch-events-sqlx's
 /// `SqlScheduler` (durable, several processes); the conformance suite
 /// holds both to the same contract.
+///
+/// An implementation of your own keeps each message whole, a handler's
+/// retry included ([`ScheduledMessage::handler_retry`]: a store restores
+/// it with [`ScheduledMessage::retrying`]), fires through
+/// [`Bus::deliver_scheduled`], and keeps a message that comes back
+/// [`Fired::Again`] for its next attempt
+/// ([`ScheduledMessage::next_attempt`]).
 #[crate::async_trait]
 pub trait Scheduler: Send + Sync + 'static {
     /// Keeps `message` until it is due. Scheduling one id twice keeps the

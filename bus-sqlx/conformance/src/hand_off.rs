@@ -11,11 +11,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arch_events::schedule::{Fired, ScheduledMessage, Scheduler, VirtualClock};
-use arch_events::{Bus, MessageId, RetryPolicy};
+use arch_events::schedule::{Fired, HandlerRetry, ScheduledMessage, Scheduler, VirtualClock};
+use arch_events::{Bus, MessageId, MessageKind, RetryPolicy};
 use arch_events_sqlx::{DeadLetterStore, SqlScheduler, Store};
 
-use crate::{fast, handler_name, ledger, project_balance, App, Ledger, Tally, TestDatabase};
+use crate::{
+    fast, handler_name, ledger, project_balance, App, Deposit, Ledger, Tally, TestDatabase,
+};
 
 /// The projection's policy: three attempts, 30 s then 60 s apart, every
 /// wait handed to the scheduler.
@@ -36,10 +38,14 @@ struct Process<DB: Ledger> {
 
 impl<DB: Ledger> Process<DB> {
     async fn start(db: &TestDatabase, clock: &VirtualClock) -> Self {
+        Self::start_with(db, clock, Tally::default()).await
+    }
+
+    async fn start_with(db: &TestDatabase, clock: &VirtualClock, tally: Tally) -> Self {
         let pool = db.pool::<DB>().await;
         let store = Store::open_with(pool.clone(), fast()).await.unwrap();
         DB::create_tables(&pool).await;
-        let tally = Arc::new(Tally::default());
+        let tally = Arc::new(tally);
         let scheduler = Arc::new(store.scheduler().with_clock(clock.clone()));
         let bus = Bus::builder()
             .registrations(ledger())
@@ -116,6 +122,15 @@ pub async fn a_handed_off_retry_ends_the_events_delivery_and_commits_once_when_d
         .await
         .unwrap()
         .is_empty());
+    assert_eq!(
+        DB::count(
+            p.app.store.pool(),
+            "bus_scheduled WHERE name = 'handler-retry:ledger.deposited'"
+        )
+        .await,
+        1,
+        "kept under a name that a build without handler retries knows no event by"
+    );
 
     // Not before its time; then once, with the event's id, as attempt 2.
     assert_eq!(p.advance(&clock, Duration::from_secs(29)).await, 0);
@@ -236,4 +251,49 @@ pub async fn a_handed_off_retry_is_made_once_by_the_processes_started_after_a_st
         "one call, as attempt 2"
     );
     assert!(a.pending().await.is_empty());
+}
+
+pub async fn a_retry_of_a_handler_whose_delivery_was_recorded_meanwhile_is_not_scheduled<
+    DB: Ledger,
+>(
+    db: TestDatabase,
+) {
+    let clock = VirtualClock::new();
+    // `project_balance` succeeds and is recorded; `tally_deposit` holds
+    // the event's delivery open at its gate.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let tally = Tally {
+        gate: Some(gate.clone()),
+        ..Tally::default()
+    };
+    let p = Process::<DB>::start_with(&db, &clock, tally).await;
+    let bus = p.app.bus.clone();
+    let dispatch = tokio::spawn(async move { bus.dispatch(Deposit::of("ada", 5)).await });
+    crate::eventually("the projection committed", || async {
+        p.balance().await == 5
+    })
+    .await;
+    let (event, _) = p.projected()[0];
+
+    // A hand-off of the same handler on the same event (another delivery
+    // of it, a recovery's, failed there): nothing left to retry.
+    let late = ScheduledMessage::restored(
+        MessageId::new(),
+        MessageKind::Event,
+        "ledger.deposited".into(),
+        r#"{"account":"ada","amount":5}"#.into(),
+        clock.now() + Duration::from_secs(30),
+        event,
+        None,
+        None,
+    )
+    .retrying(HandlerRetry::new(handler_name("project_balance"), 2, event));
+    p.scheduler.schedule(late).await.unwrap();
+    assert!(p.pending().await.is_empty(), "not scheduled");
+
+    gate.add_permits(1);
+    dispatch.await.unwrap().unwrap();
+    assert_eq!(p.app.store.delivery_lag().await.unwrap().count, 0);
+    assert_eq!(p.advance(&clock, Duration::from_secs(60)).await, 0);
+    assert_eq!(p.balance().await, 5);
 }

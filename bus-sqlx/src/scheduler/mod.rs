@@ -505,19 +505,34 @@ impl<DB: Backend> Scheduler for SqlScheduler<DB> {
     async fn schedule(&self, message: ScheduledMessage) -> Result<(), SchedulerError> {
         let mut tx = self.store.begin().await.map_err(store_error)?;
         let connection: &mut DB::Connection = &mut tx;
-        DB::insert_scheduled(connection, std::slice::from_ref(&message))
-            .await
-            .map_err(store_error)?;
         if let Some(retry) = message.handler_retry() {
             // The event's delivery to the handler ends with its retry
             // scheduled, in one transaction, when the event is this
             // store's (a no-op otherwise: the bus tells the event's own
             // store next).
             let event = retry.event_id.to_string();
-            DB::record_delivery(connection, &event, &retry.handler, false)
+            let recorded = DB::record_delivery(connection, &event, &retry.handler, false)
                 .await
                 .map_err(store_error)?;
+            if !recorded
+                && DB::holds_event(connection, &event)
+                    .await
+                    .map_err(store_error)?
+            {
+                // Another delivery of the event recorded this handler
+                // meanwhile (it succeeded, or handed off a retry of its
+                // own): there is nothing left to retry.
+                tracing::info!(
+                    handler = %retry.handler,
+                    message_id = %retry.event_id,
+                    "arch-events-sqlx: the handler's delivery was recorded meanwhile: no retry scheduled"
+                );
+                return Ok(());
+            }
         }
+        DB::insert_scheduled(connection, std::slice::from_ref(&message))
+            .await
+            .map_err(store_error)?;
         tx.commit().await.map_err(store_error)?;
         self.wake_for(std::slice::from_ref(&message));
         Ok(())

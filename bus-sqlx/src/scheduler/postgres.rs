@@ -5,7 +5,7 @@
 use arch_events::schedule::ScheduledMessage;
 use sqlx::{PgConnection, Pool, Postgres, Row};
 
-use super::rows::{due_millis, kind_text, scheduled_message};
+use super::rows::{due_millis, kind_text, scheduled_message, stored_name};
 use super::sql::SchedulerSql;
 
 /// The columns `scheduled_message` reads, as text and 64-bit integers.
@@ -84,7 +84,7 @@ impl SchedulerSql for Postgres {
             )
             .bind(message.id().to_string())
             .bind(kind_text(message.kind()))
-            .bind(message.name())
+            .bind(stored_name(message))
             .bind(message.payload())
             .bind(due_millis(message.due()))
             .bind(message.correlation_id().to_string())
@@ -98,6 +98,14 @@ impl SchedulerSql for Postgres {
             .await?;
         }
         Ok(())
+    }
+
+    async fn holds_event(connection: &mut PgConnection, event: &str) -> Result<bool, sqlx::Error> {
+        let held: i64 = sqlx::query_scalar("SELECT count(*) FROM bus_events WHERE id = $1::uuid")
+            .bind(event)
+            .fetch_one(connection)
+            .await?;
+        Ok(held > 0)
     }
 
     async fn cancel_scheduled(

@@ -40,6 +40,21 @@ pub(crate) fn time(millis: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).unwrap_or(0))
 }
 
+/// What a handler's retry's `name` column starts with, before its event's
+/// name: a build that does not know handler retries (older than the
+/// `handler_retries` migration) finds no event of that name, and leaves
+/// the row for another process, instead of publishing the event again to
+/// every handler.
+const RETRY_PREFIX: &str = "handler-retry:";
+
+/// The `name` column of `message`.
+pub(crate) fn stored_name(message: &ScheduledMessage) -> std::borrow::Cow<'_, str> {
+    match message.handler_retry() {
+        Some(_) => format!("{RETRY_PREFIX}{}", message.name()).into(),
+        None => message.name().into(),
+    }
+}
+
 /// `command` or `event`, as stored.
 pub(crate) fn kind_text(kind: MessageKind) -> &'static str {
     kind.as_str()
@@ -82,14 +97,17 @@ where
         row.try_get::<Option<String>, _>("event_id")?,
     ) {
         (None, None, None) => None,
-        (Some(handler), Some(attempt), Some(event_id)) => Some(HandlerRetry {
+        (Some(handler), Some(attempt), Some(event_id)) => Some(HandlerRetry::new(
             handler,
-            attempt: u32::try_from(attempt).map_err(|_| sqlx::Error::ColumnDecode {
-                index: "handler_attempt".into(),
-                source: format!("{attempt} is not an attempt number").into(),
-            })?,
-            event_id: parse_id("event_id", &event_id)?,
-        }),
+            u32::try_from(attempt)
+                .ok()
+                .filter(|attempt| *attempt >= 2)
+                .ok_or_else(|| sqlx::Error::ColumnDecode {
+                    index: "handler_attempt".into(),
+                    source: format!("{attempt} is not the number of a retry's attempt").into(),
+                })?,
+            parse_id("event_id", &event_id)?,
+        )),
         _ => {
             return Err(sqlx::Error::ColumnDecode {
                 index: "handler".into(),
@@ -97,10 +115,24 @@ where
             })
         }
     };
+    let name: String = row.try_get("name")?;
+    let name = match &retry {
+        None => name,
+        Some(_) => match name.strip_prefix(RETRY_PREFIX) {
+            Some(event) => event.to_owned(),
+            None => {
+                return Err(sqlx::Error::ColumnDecode {
+                    index: "name".into(),
+                    source: format!("a handler retry's name `{name}` lacks `{RETRY_PREFIX}`")
+                        .into(),
+                })
+            }
+        },
+    };
     let message = ScheduledMessage::restored(
         parse_id("id", &row.try_get::<String, _>("id")?)?,
         kind,
-        row.try_get("name")?,
+        name,
         row.try_get("payload")?,
         time(row.try_get("due_at")?),
         parse_id(

@@ -43,6 +43,13 @@ pub trait SchedulerSql: sqlx::Database + Sized {
         messages: &[ScheduledMessage],
     ) -> Result<(), sqlx::Error>;
 
+    /// Whether the stored event `event` is still in `bus_events` (its
+    /// delivery not finished).
+    async fn holds_event(
+        connection: &mut Self::Connection,
+        event: &str,
+    ) -> Result<bool, sqlx::Error>;
+
     /// Deletes the waiting or parked message `id` unless a firing holds it
     /// (its lease runs after `now`); `true` if it was deleted.
     async fn cancel_scheduled(

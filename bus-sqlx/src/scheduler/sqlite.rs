@@ -4,7 +4,7 @@
 use arch_events::schedule::ScheduledMessage;
 use sqlx::{Pool, Row, Sqlite, SqliteConnection};
 
-use super::rows::{due_millis, kind_text, scheduled_message, COLUMNS};
+use super::rows::{due_millis, kind_text, scheduled_message, stored_name, COLUMNS};
 use super::sql::SchedulerSql;
 
 #[arch_events::async_trait]
@@ -77,7 +77,7 @@ impl SchedulerSql for Sqlite {
             )
             .bind(message.id().to_string())
             .bind(kind_text(message.kind()))
-            .bind(message.name())
+            .bind(stored_name(message))
             .bind(message.payload())
             .bind(due_millis(message.due()))
             .bind(message.correlation_id().to_string())
@@ -99,6 +99,17 @@ impl SchedulerSql for Sqlite {
             .await?;
         }
         Ok(())
+    }
+
+    async fn holds_event(
+        connection: &mut SqliteConnection,
+        event: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let held: i64 = sqlx::query_scalar("SELECT count(*) FROM bus_events WHERE id = $1")
+            .bind(event)
+            .fetch_one(connection)
+            .await?;
+        Ok(held > 0)
     }
 
     async fn cancel_scheduled(
