@@ -496,6 +496,9 @@ mod tests {
         assert_eq!(ran, [1, 2]);
     }
 
+    /// An attempt's number and the wait before it.
+    type Wait = (u32, Duration);
+
     /// The loop from attempt `from` on, every attempt failing retryably:
     /// the attempts it made, and the (attempt, delay) it was told of or
     /// handed off.
@@ -503,7 +506,7 @@ mod tests {
         policy: &RetryPolicy,
         from: u32,
         hand_off_from: u32,
-    ) -> (Vec<u32>, Vec<(u32, Duration)>, Option<(u32, Duration)>) {
+    ) -> (Vec<u32>, Vec<Wait>, Option<Wait>) {
         let ran = RefCell::new(vec![from]);
         let told = RefCell::new(Vec::new());
         let handed = Cell::new(None);

@@ -9,63 +9,43 @@
 // A test whose setup fails should panic, helpers included.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use arch_events::schedule::{Scheduler, VirtualClock};
-use arch_events::Bus;
-use arch_events_sqlx::{Settings, SqlScheduler};
-use arch_events_test_support::server;
-use example_app::adapters::database::Database;
+use arch_events::schedule::Scheduler;
+use arch_events_test_support::in_process::{self, InProcess};
 use example_app::adapters::storage::Storage;
 use example_app::bootstrap::{EVENT_HANDLER_ATTEMPTS, EVENT_RETRY_WAIT};
 use example_app::domain::commands::{Allocate, CreateBatch};
 use example_app::views::{AllocationRow, Allocations};
-use example_app::{bootstrap, Adapters};
-use sqlx::{Connection, Sqlite};
+use sqlx::Connection;
 
 const VIEW_HANDLER: &str = "example_app::views::add_allocation_to_read_model";
 
 /// The service on a fresh SQLite file kept as `storage` says, its
 /// scheduler on a virtual clock, with a batch of ten lamps.
-struct Service {
-    bus: Bus,
-    scheduler: Arc<SqlScheduler<Sqlite>>,
-    clock: VirtualClock,
-    database: Database,
-    file: server::FreshSqlite,
+struct Service(InProcess);
+
+impl std::ops::Deref for Service {
+    type Target = InProcess;
+
+    fn deref(&self) -> &InProcess {
+        &self.0
+    }
 }
 
 async fn service(storage: Storage) -> Service {
-    let file = server::fresh_sqlite().await;
-    let database = Database::open(&file.url, Settings::default(), Some(storage))
+    let service = in_process::on_sqlite(storage, |adapters| adapters).await;
+    service
+        .bus
+        .dispatch(CreateBatch {
+            reference: "b1".into(),
+            sku: "LAMP".into(),
+            qty: 10,
+            eta: None,
+        })
         .await
         .unwrap();
-    let Database::Sqlite(sqlite) = &database else {
-        unreachable!("a SQLite URL")
-    };
-    let clock = VirtualClock::new();
-    let scheduler = Arc::new(sqlite.scheduler().clone().with_clock(clock.clone()));
-    let bus = bootstrap(Adapters {
-        scheduler: scheduler.clone(),
-        ..Adapters::for_database(&database)
-    })
-    .unwrap();
-    bus.dispatch(CreateBatch {
-        reference: "b1".into(),
-        sku: "LAMP".into(),
-        qty: 10,
-        eta: None,
-    })
-    .await
-    .unwrap();
-    Service {
-        bus,
-        scheduler,
-        clock,
-        database,
-        file,
-    }
+    Service(service)
 }
 
 impl Service {

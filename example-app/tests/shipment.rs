@@ -15,6 +15,7 @@ use arch_events::saga::{SagaError, SagaRecord, SagaStore};
 use arch_events::schedule::{Scheduler, VirtualClock};
 use arch_events::{Bus, DispatchError};
 use arch_events_sqlx::{Settings, SqlScheduler};
+use arch_events_test_support::in_process::{self, InProcess};
 use arch_events_test_support::server::{self, add_batch, get, post, Server};
 use example_app::adapters::database::Database;
 use example_app::adapters::storage::Storage;
@@ -43,21 +44,16 @@ struct Service {
 }
 
 async fn service(storage: Storage) -> Service {
-    let file = server::fresh_sqlite().await;
-    let database = Database::open(&file.url, Settings::default(), Some(storage))
-        .await
-        .unwrap();
-    let Database::Sqlite(sqlite) = &database else {
-        unreachable!("a SQLite URL")
-    };
-    let clock = VirtualClock::new();
-    let scheduler = Arc::new(sqlite.scheduler().clone().with_clock(clock.clone()));
-
-    let bus = bootstrap(Adapters {
-        scheduler: scheduler.clone(),
-        ..Adapters::for_database(&database).shipment_deadline(ShipmentDeadline(DEADLINE))
+    let InProcess {
+        bus,
+        scheduler,
+        clock,
+        database,
+        file,
+    } = in_process::on_sqlite(storage, |adapters| {
+        adapters.shipment_deadline(ShipmentDeadline(DEADLINE))
     })
-    .unwrap();
+    .await;
     bus.dispatch(CreateBatch {
         reference: "b1".into(),
         sku: "LAMP".into(),

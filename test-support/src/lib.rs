@@ -1,7 +1,9 @@
 //! What the tests of arch-events share, instead of `#[path]` includes:
 //!
 //! - [`server`]: the real `example-app` binary, started on a free port and
-//!   spoken to over HTTP; [`write_model`]: the write model as stored;
+//!   spoken to over HTTP; [`in_process`]: the app in the test's process,
+//!   its scheduler on a virtual clock; [`write_model`]: the write model as
+//!   stored;
 //! - the example app's contracts, written once and run on SQLite (by
 //!   example-app's tests) and on PostgreSQL (by the tests package): the
 //!   storage contract ([`storage_contract_tests!`]), the HTTP contract
@@ -18,6 +20,7 @@
 
 pub mod api_contract;
 pub mod fuzz;
+pub mod in_process;
 pub mod postgres;
 pub mod server;
 pub mod storage_contract;
