@@ -259,7 +259,7 @@ impl Bus {
             let attempts = invocation.attempts();
             match (&outcome, invocation.recorded()) {
                 (Err(_), crate::events::Recorded::Duplicate) => {
-                    tracing::info!(handler, "{kind} made already: nothing done");
+                    tracing::info!(handler, kind, "made already: nothing done");
                     return Ok(None);
                 }
                 (Err(cause), crate::events::Recorded::Yes) => {
@@ -295,7 +295,7 @@ impl Bus {
                 }
                 return Ok(handed);
             }
-            tracing::info!(handler, "{kind} made");
+            tracing::info!(handler, kind, "made");
             let released = invocation.released();
             if !released.is_empty() {
                 cascade.push_all(released, &context);
