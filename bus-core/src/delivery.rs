@@ -168,7 +168,7 @@ pub trait DeliveryLog: Send + Sync + 'static {
 }
 
 /// Where a log lives: what tells two stores apart.
-fn log_address(log: &Arc<dyn DeliveryLog>) -> usize {
+pub(crate) fn log_address(log: &Arc<dyn DeliveryLog>) -> usize {
     Arc::as_ptr(log).cast::<()>() as usize
 }
 

@@ -191,7 +191,8 @@ impl<'a> Next<'a> {
     /// Hands attempt number `attempt` of this call to the bus's scheduler,
     /// to be made `after` from now, once the pipeline returns its last
     /// failure; `false` when this call cannot be handed off (no scheduler,
-    /// not an event handler's call, or a replay): the retry waits then.
+    /// not an event handler's call): the retry waits then. (A replay's
+    /// call takes it, and drops it: the replay stops there, failed.)
     pub(crate) fn hand_off(&self, attempt: u32, after: Duration) -> bool {
         self.handler.hand_off(attempt, after)
     }

@@ -462,7 +462,7 @@ async fn a_scheduler_that_refuses_the_attempt_makes_the_call_a_dead_letter() {
 }
 
 #[tokio::test]
-async fn a_retry_this_bus_has_no_handler_for_is_left_for_another_and_a_replay_never_hands_off() {
+async fn a_retry_for_a_handler_not_here_is_left_for_another_and_a_replay_schedules_nothing() {
     let s = setup(
         Registrations::new()
             .handler::<ship>()

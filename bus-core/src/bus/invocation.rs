@@ -270,7 +270,9 @@ impl<'h> EventInvocation<'h> {
     }
 
     /// An invocation whose retry may hand attempts to the scheduler (the
-    /// bus has one, and the event reads from JSON).
+    /// bus has one, and the event reads from JSON): a dispatch's and a
+    /// scheduled retry's keep the attempt handed off, a replay's stops
+    /// there.
     pub(super) fn handing_off(mut self, may: bool) -> Self {
         self.may_hand_off = may;
         self

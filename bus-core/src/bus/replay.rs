@@ -61,7 +61,8 @@ pub enum ReplayError {
         /// What the codec said.
         error: crate::CodecError,
     },
-    /// The handler failed again (after its retry policy's attempts).
+    /// The handler failed again (after the attempts its retry policy makes
+    /// in a dispatch: a replay stops at a wait the policy hands off).
     #[error(transparent)]
     Failed(Box<HandlerFailure>),
     /// The events the replayed call released kept raising events.
@@ -223,21 +224,18 @@ impl Bus {
         let span = dispatch_span(meta, kind, &mut Some(context));
         let name = bound.registration.name();
         let id = context.message_id();
-        // A replay's caller waits for its outcome: it stops, failed, at
-        // the first wait its policy would hand off (the hand-off is
-        // dropped), and makes the attempts a dispatch makes.
-        let (delivery, hands_off) = match again {
-            Again::Replay => (None, true),
-            Again::Letter(log, letter) => (
-                Some(crate::delivery::Delivery::replaying(id, name, log, letter)),
-                true,
-            ),
-            Again::Scheduled(scheduled) => (
-                Some(crate::delivery::Delivery::scheduled_retry(
-                    id, name, scheduled,
-                )),
-                self.may_hand_off(meta),
-            ),
+        // A replay's caller waits for its outcome: it makes the attempts a
+        // dispatch makes, and stops, failed, where a dispatch would hand
+        // an attempt off (the hand-off is dropped).
+        let hands_off = self.may_hand_off(meta);
+        let delivery = match again {
+            Again::Replay => None,
+            Again::Letter(log, letter) => {
+                Some(crate::delivery::Delivery::replaying(id, name, log, letter))
+            }
+            Again::Scheduled(scheduled) => Some(crate::delivery::Delivery::scheduled_retry(
+                id, name, scheduled,
+            )),
         };
         async {
             let invocation = EventInvocation::new(bound, event.as_any(), meta, &self.inner.watch)

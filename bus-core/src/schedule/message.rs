@@ -34,11 +34,12 @@ pub struct HandlerRetry {
 
 impl HandlerRetry {
     /// Attempt `attempt` of `handler`'s call on the event `event_id` (for
-    /// stores, restoring one).
+    /// stores, restoring one). 2 at least: the first attempt is always
+    /// the dispatch's.
     pub fn new(handler: impl Into<String>, attempt: u32, event_id: MessageId) -> Self {
         HandlerRetry {
             handler: handler.into(),
-            attempt,
+            attempt: attempt.max(2),
             event_id,
         }
     }
@@ -66,6 +67,9 @@ pub struct ScheduledMessage {
     last_error: Option<String>,
     parked: bool,
     retry: Option<HandlerRetry>,
+    /// For a retry the bus just handed off: which store's log its event was
+    /// stored with (its address), if it was stored. Not kept by stores.
+    event_log: Option<usize>,
 }
 
 impl ScheduledMessage {
@@ -120,6 +124,7 @@ impl ScheduledMessage {
             last_error: None,
             parked: false,
             retry: None,
+            event_log: None,
         })
     }
 
@@ -149,11 +154,8 @@ impl ScheduledMessage {
             id,
             correlation_id: context.correlation_id(),
             causation_id: context.causation_id(),
-            retry: Some(HandlerRetry {
-                handler: handler.to_owned(),
-                attempt,
-                event_id: context.message_id(),
-            }),
+            retry: Some(HandlerRetry::new(handler, attempt, context.message_id())),
+            event_log: event.delivery_log().map(crate::delivery::log_address),
             ..Self::of(meta, payload, due)?
         })
     }
@@ -198,6 +200,7 @@ impl ScheduledMessage {
             last_error: None,
             parked: false,
             retry: None,
+            event_log: None,
         }
     }
 
@@ -302,6 +305,18 @@ impl ScheduledMessage {
     /// an event: only that handler is called, with the event's ids.
     pub fn handler_retry(&self) -> Option<&HandlerRetry> {
         self.retry.as_ref()
+    }
+
+    /// Whether it is a retry the bus just handed off for an event stored
+    /// by the store whose log is `log`: a store that finds the event's
+    /// delivery to the handler recorded, or finished, by another delivery
+    /// of it (a recovery's) schedules nothing. `false` for a message read
+    /// back from a store.
+    pub fn retries_an_event_of(
+        &self,
+        log: &std::sync::Arc<dyn crate::delivery::DeliveryLog>,
+    ) -> bool {
+        self.retry.is_some() && self.event_log == Some(crate::delivery::log_address(log))
     }
 
     /// How many firings of it failed.

@@ -100,6 +100,7 @@ macro_rules! conformance_tests {
             a_handed_off_retry_that_fails_again_waits_then_is_a_dead_letter,
             a_handed_off_retry_is_made_once_by_the_processes_started_after_a_stop,
             a_retry_of_a_handler_whose_delivery_was_recorded_meanwhile_is_not_scheduled,
+            a_retry_of_an_event_another_delivery_finished_meanwhile_is_not_scheduled,
         );
     };
     (@each $db:ty, $fresh:path; $($name:ident),* $(,)?) => {

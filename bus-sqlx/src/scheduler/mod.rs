@@ -514,14 +514,16 @@ impl<DB: Backend> Scheduler for SqlScheduler<DB> {
             let recorded = DB::record_delivery(connection, &event, &retry.handler, false)
                 .await
                 .map_err(store_error)?;
+            let ours = message.retries_an_event_of(&self.store.delivery_log());
             if !recorded
-                && DB::holds_event(connection, &event)
-                    .await
-                    .map_err(store_error)?
+                && (ours
+                    || DB::holds_event(connection, &event)
+                        .await
+                        .map_err(store_error)?)
             {
-                // Another delivery of the event recorded this handler
-                // meanwhile (it succeeded, or handed off a retry of its
-                // own): there is nothing left to retry.
+                // Another delivery of the event (a recovery's) recorded this
+                // handler meanwhile (it succeeded, or handed off a retry of
+                // its own), or finished the event: nothing left to retry.
                 tracing::info!(
                     handler = %retry.handler,
                     message_id = %retry.event_id,

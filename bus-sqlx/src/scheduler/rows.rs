@@ -99,13 +99,7 @@ where
         (None, None, None) => None,
         (Some(handler), Some(attempt), Some(event_id)) => Some(HandlerRetry::new(
             handler,
-            u32::try_from(attempt)
-                .ok()
-                .filter(|attempt| *attempt >= 2)
-                .ok_or_else(|| sqlx::Error::ColumnDecode {
-                    index: "handler_attempt".into(),
-                    source: format!("{attempt} is not the number of a retry's attempt").into(),
-                })?,
+            u32::try_from(attempt).unwrap_or(u32::MAX),
             parse_id("event_id", &event_id)?,
         )),
         _ => {
@@ -116,18 +110,9 @@ where
         }
     };
     let name: String = row.try_get("name")?;
-    let name = match &retry {
-        None => name,
-        Some(_) => match name.strip_prefix(RETRY_PREFIX) {
-            Some(event) => event.to_owned(),
-            None => {
-                return Err(sqlx::Error::ColumnDecode {
-                    index: "name".into(),
-                    source: format!("a handler retry's name `{name}` lacks `{RETRY_PREFIX}`")
-                        .into(),
-                })
-            }
-        },
+    let name = match (&retry, name.strip_prefix(RETRY_PREFIX)) {
+        (Some(_), Some(event)) => event.to_owned(),
+        _ => name,
     };
     let message = ScheduledMessage::restored(
         parse_id("id", &row.try_get::<String, _>("id")?)?,
