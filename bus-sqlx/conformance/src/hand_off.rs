@@ -365,3 +365,37 @@ pub async fn a_retry_of_an_event_another_delivery_finished_meanwhile_is_not_sche
     assert!(p.pending().await.is_empty(), "nothing left to retry");
     assert_eq!(p.app.store.delivery_lag().await.unwrap().count, 0);
 }
+
+pub async fn a_scheduled_row_that_does_not_read_back_is_parked_not_fired<DB: Ledger>(
+    db: TestDatabase,
+) {
+    let clock = VirtualClock::new();
+    let p = Process::<DB>::start(&db, &clock).await;
+    p.deposit_while_down().await;
+    p.app.tally.projection_down.store(false, Ordering::SeqCst);
+    // Written by something else than this crate: a kind it does not know.
+    DB::execute(
+        p.app.store.pool(),
+        "UPDATE bus_scheduled SET kind = 'query'",
+    )
+    .await;
+
+    assert_eq!(p.advance(&clock, Duration::from_secs(60)).await, 0);
+    assert_eq!(p.projected().len(), 1, "not fired");
+    assert!(
+        p.pending().await.is_empty(),
+        "not listed: it does not read back"
+    );
+    assert_eq!(
+        DB::count(
+            p.app.store.pool(),
+            "bus_scheduled WHERE parked = TRUE AND lease_until IS NULL \
+             AND last_error LIKE '%not a kind of scheduled message%'"
+        )
+        .await,
+        1,
+        "parked, with the reason, its lease gone"
+    );
+    // Parked: no later round takes it again.
+    assert_eq!(p.advance(&clock, Duration::from_secs(3600)).await, 0);
+}

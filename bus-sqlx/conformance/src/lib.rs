@@ -101,6 +101,7 @@ macro_rules! conformance_tests {
             a_handed_off_retry_is_made_once_by_the_processes_started_after_a_stop,
             a_retry_of_a_handler_whose_delivery_was_recorded_meanwhile_is_not_scheduled,
             a_retry_of_an_event_another_delivery_finished_meanwhile_is_not_scheduled,
+            a_scheduled_row_that_does_not_read_back_is_parked_not_fired,
         );
     };
     (@each $db:ty, $fresh:path; $($name:ident),* $(,)?) => {

@@ -559,18 +559,24 @@ impl<DB: Backend> Scheduler for SqlScheduler<DB> {
             _ => return Ok(0),
         }
         let (now, lease_until) = (millis(at), self.lease_end(at));
-        let mut claimed = {
-            let _turn = self.store.writer_turn().await;
-            DB::claim_due(
-                self.store.pool(),
-                self.store.node(),
-                now,
-                lease_until,
-                self.batch,
-            )
+        let pool = self.store.pool();
+        let mut claimed = Vec::new();
+        let turn = self.store.writer_turn().await;
+        let rows = DB::claim_due(pool, self.store.node(), now, lease_until, self.batch)
             .await
-            .map_err(store_error)?
-        };
+            .map_err(store_error)?;
+        for row in rows {
+            match row {
+                Ok(message) => claimed.push(message),
+                Err((seq, error)) => {
+                    tracing::error!(seq, %error, "arch-events-sqlx: a scheduled message does not read back: parked");
+                    DB::park_unreadable(pool, seq, &error.to_string())
+                        .await
+                        .map_err(store_error)?;
+                }
+            }
+        }
+        drop(turn);
         claimed.sort_by_key(|message| (message.due(), message.id()));
         let mut fired = 0;
         for message in claimed {

@@ -3,9 +3,9 @@
 //! wait on each other nor take one message twice.
 
 use arch_events::schedule::ScheduledMessage;
-use sqlx::{PgConnection, Pool, Postgres, Row};
+use sqlx::{PgConnection, Pool, Postgres};
 
-use super::rows::{due_millis, kind_text, scheduled_message, stored_name};
+use super::rows::{claimed, due_millis, kind_text, readable, stored_name, Claimed};
 use super::sql::SchedulerSql;
 
 /// The columns `scheduled_message` reads, as text and 64-bit integers.
@@ -143,7 +143,7 @@ impl SchedulerSql for Postgres {
         now: i64,
         lease_until: i64,
         max: u32,
-    ) -> Result<Vec<ScheduledMessage>, sqlx::Error> {
+    ) -> Result<Vec<Claimed>, sqlx::Error> {
         let rows = sqlx::query(&format!(
             "UPDATE bus_scheduled SET lease_owner = $1::uuid, lease_until = $3 \
              WHERE seq IN (SELECT seq FROM bus_scheduled WHERE NOT parked AND due_at <= $2 \
@@ -157,25 +157,19 @@ impl SchedulerSql for Postgres {
         .bind(i64::from(max))
         .fetch_all(pool)
         .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match scheduled_message(row) {
-                Ok(message) => claimed.push(message),
-                Err(error) => {
-                    let seq: i64 = row.try_get("seq")?;
-                    tracing::error!(seq, %error, "arch-events-sqlx: a scheduled message does not read back: parked");
-                    sqlx::query(
-                        "UPDATE bus_scheduled SET parked = TRUE, last_error = $2, lease_owner = NULL, \
-                         lease_until = NULL WHERE seq = $1",
-                    )
-                    .bind(seq)
-                    .bind(error.to_string())
-                    .execute(pool)
-                    .await?;
-                }
-            }
-        }
-        Ok(claimed)
+        claimed(&rows)
+    }
+
+    async fn park_unreadable(pool: &Pool<Self>, seq: i64, reason: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE bus_scheduled SET parked = TRUE, last_error = $2, lease_owner = NULL, \
+             lease_until = NULL WHERE seq = $1",
+        )
+        .bind(seq)
+        .bind(reason)
+        .execute(pool)
+        .await?;
+        Ok(())
     }
 
     async fn renew_lease(
@@ -315,18 +309,7 @@ impl SchedulerSql for Postgres {
         ))
         .fetch_all(pool)
         .await?;
-        // A row that does not read back is skipped, not an error: it was
-        // parked with the reason when it was claimed.
-        Ok(rows
-            .iter()
-            .filter_map(|row| match scheduled_message(row) {
-                Ok(message) => Some(message),
-                Err(error) => {
-                    tracing::warn!(%error, "arch-events-sqlx: a scheduled message does not read back");
-                    None
-                }
-            })
-            .collect())
+        Ok(readable(&rows))
     }
 }
 

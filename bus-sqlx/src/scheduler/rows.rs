@@ -60,6 +60,46 @@ pub(crate) fn kind_text(kind: MessageKind) -> &'static str {
     kind.as_str()
 }
 
+/// A claimed row: its message, or its `seq` and why it does not read back.
+pub(crate) type Claimed = Result<ScheduledMessage, (i64, sqlx::Error)>;
+
+/// Reads claimed rows back; a row that does not read back is returned
+/// with its `seq`, for the caller to park.
+pub(crate) fn claimed<R>(rows: &[R]) -> Result<Vec<Claimed>, sqlx::Error>
+where
+    R: Row,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'c> &'c str: ColumnIndex<R>,
+{
+    rows.iter()
+        .map(|row| match scheduled_message(row) {
+            Ok(message) => Ok(Ok(message)),
+            Err(error) => Ok(Err((row.try_get("seq")?, error))),
+        })
+        .collect()
+}
+
+/// Reads listed rows back, skipping (with a warning) a row that does not
+/// read back: it was parked with the reason when it was claimed.
+pub(crate) fn readable<R>(rows: &[R]) -> Vec<ScheduledMessage>
+where
+    R: Row,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'c> &'c str: ColumnIndex<R>,
+{
+    rows.iter()
+        .filter_map(|row| match scheduled_message(row) {
+            Ok(message) => Some(message),
+            Err(error) => {
+                tracing::warn!(%error, "arch-events-sqlx: a scheduled message does not read back");
+                None
+            }
+        })
+        .collect()
+}
+
 /// Reads a kept message: columns [`COLUMNS`].
 pub(crate) fn scheduled_message<R>(row: &R) -> Result<ScheduledMessage, sqlx::Error>
 where

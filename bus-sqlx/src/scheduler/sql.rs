@@ -66,15 +66,19 @@ pub trait SchedulerSql: sqlx::Database + Sized {
     ) -> Result<(), sqlx::Error>;
 
     /// Takes up to `max` messages due by `now` that no live lease holds,
-    /// earliest first, leasing them to `node` until `lease_until`. A row
-    /// that does not read back is parked with the reason, not returned.
+    /// earliest first, leasing them to `node` until `lease_until`; a row
+    /// that does not read back comes with its `seq` and why.
     async fn claim_due(
         pool: &Pool<Self>,
         node: &str,
         now: i64,
         lease_until: i64,
         max: u32,
-    ) -> Result<Vec<ScheduledMessage>, sqlx::Error>;
+    ) -> Result<Vec<super::rows::Claimed>, sqlx::Error>;
+
+    /// Parks the row `seq`, which does not read back, with `reason`; its
+    /// lease goes.
+    async fn park_unreadable(pool: &Pool<Self>, seq: i64, reason: &str) -> Result<(), sqlx::Error>;
 
     /// Extends the lease `node` holds on `id` to `until`, if it still holds
     /// it at `now`; `false` otherwise (its lease ran out, another process

@@ -2,9 +2,9 @@
 //! plain update of the rows it selects.
 
 use arch_events::schedule::ScheduledMessage;
-use sqlx::{Pool, Row, Sqlite, SqliteConnection};
+use sqlx::{Pool, Sqlite, SqliteConnection};
 
-use super::rows::{due_millis, kind_text, scheduled_message, stored_name, COLUMNS};
+use super::rows::{claimed, due_millis, kind_text, readable, stored_name, Claimed, COLUMNS};
 use super::sql::SchedulerSql;
 
 #[arch_events::async_trait]
@@ -147,7 +147,7 @@ impl SchedulerSql for Sqlite {
         now: i64,
         lease_until: i64,
         max: u32,
-    ) -> Result<Vec<ScheduledMessage>, sqlx::Error> {
+    ) -> Result<Vec<Claimed>, sqlx::Error> {
         let rows = sqlx::query(&format!(
             "UPDATE bus_scheduled SET lease_owner = $1, lease_until = $3 \
              WHERE seq IN (SELECT seq FROM bus_scheduled WHERE parked = 0 AND due_at <= $2 \
@@ -160,25 +160,19 @@ impl SchedulerSql for Sqlite {
         .bind(i64::from(max))
         .fetch_all(pool)
         .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match scheduled_message(row) {
-                Ok(message) => claimed.push(message),
-                Err(error) => {
-                    let seq: i64 = row.try_get("seq")?;
-                    tracing::error!(seq, %error, "arch-events-sqlx: a scheduled message does not read back: parked");
-                    sqlx::query(
-                        "UPDATE bus_scheduled SET parked = 1, last_error = $2, lease_owner = NULL, \
-                         lease_until = NULL WHERE seq = $1",
-                    )
-                    .bind(seq)
-                    .bind(error.to_string())
-                    .execute(pool)
-                    .await?;
-                }
-            }
-        }
-        Ok(claimed)
+        claimed(&rows)
+    }
+
+    async fn park_unreadable(pool: &Pool<Self>, seq: i64, reason: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE bus_scheduled SET parked = 1, last_error = $2, lease_owner = NULL, \
+             lease_until = NULL WHERE seq = $1",
+        )
+        .bind(seq)
+        .bind(reason)
+        .execute(pool)
+        .await?;
+        Ok(())
     }
 
     async fn renew_lease(
@@ -319,17 +313,6 @@ impl SchedulerSql for Sqlite {
         ))
         .fetch_all(pool)
         .await?;
-        // A row that does not read back is skipped, not an error: it was
-        // parked with the reason when it was claimed.
-        Ok(rows
-            .iter()
-            .filter_map(|row| match scheduled_message(row) {
-                Ok(message) => Some(message),
-                Err(error) => {
-                    tracing::warn!(%error, "arch-events-sqlx: a scheduled message does not read back");
-                    None
-                }
-            })
-            .collect())
+        Ok(readable(&rows))
     }
 }
