@@ -3,16 +3,20 @@
 //! after the view handler's first attempt; its retry, durable, catches the
 //! view up once the fault is gone, or ends a dead letter after its
 //! attempts. In process on SQLite, the scheduler on a virtual clock (no
-//! test sleeps for a retry). The real binary's dead letter is
-//! `tests/tests/reliability.rs`'s.
+//! test sleeps for a retry); then the real binary, killed (`kill -9`)
+//! between the failed attempt and its retry. The real binary's dead letter
+//! is `tests/tests/reliability.rs`'s.
 
 // A test whose setup fails should panic, helpers included.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::time::Duration;
 
+use std::time::Instant;
+
 use arch_events::schedule::Scheduler;
 use arch_events_test_support::in_process::{self, InProcess};
+use arch_events_test_support::server::{self, add_batch, get, post, Server};
 use example_app::adapters::storage::Storage;
 use example_app::bootstrap::{EVENT_HANDLER_ATTEMPTS, EVENT_RETRY_WAIT};
 use example_app::domain::commands::{Allocate, CreateBatch};
@@ -49,26 +53,12 @@ async fn service(storage: Storage) -> Service {
 }
 
 impl Service {
-    /// Runs `statement` on the database from outside: the fault injection.
-    async fn on_database(&self, statement: &str) {
-        let mut connection = sqlx::SqliteConnection::connect(&self.file.url)
-            .await
-            .unwrap();
-        sqlx::query(statement)
-            .execute(&mut connection)
-            .await
-            .unwrap();
-        connection.close().await.unwrap();
-    }
-
     async fn break_view(&self) {
-        self.on_database("ALTER TABLE allocations_view RENAME TO allocations_view_away")
-            .await;
+        break_view(&self.file.url).await;
     }
 
     async fn mend_view(&self) {
-        self.on_database("ALTER TABLE allocations_view_away RENAME TO allocations_view")
-            .await;
+        mend_view(&self.file.url).await;
     }
 
     async fn allocate(&self, orderid: &str) {
@@ -203,4 +193,95 @@ async fn a_broken_read_model_is_retried_by_the_scheduler_not_the_request() {
 #[tokio::test]
 async fn a_read_model_broken_for_good_is_a_dead_letter_after_every_attempt() {
     dead_letter_after_every_attempt(Storage::State).await;
+}
+
+/// Runs `statement` on the database at `url` from outside: the fault
+/// injection.
+async fn on_database(url: &str, statement: &str) {
+    let mut connection = sqlx::SqliteConnection::connect(url).await.unwrap();
+    sqlx::query(statement)
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    connection.close().await.unwrap();
+}
+
+/// The read model's table goes away: its handler fails on every attempt.
+async fn break_view(url: &str) {
+    on_database(
+        url,
+        "ALTER TABLE allocations_view RENAME TO allocations_view_away",
+    )
+    .await;
+}
+
+/// The read model's table is back.
+async fn mend_view(url: &str) {
+    on_database(
+        url,
+        "ALTER TABLE allocations_view_away RENAME TO allocations_view",
+    )
+    .await;
+}
+
+/// The binary under test.
+const BINARY: &str = env!("CARGO_BIN_EXE_example-app");
+
+/// A retry scheduled by a process killed before it was due is made by the
+/// next process on the database: the view catches up, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_scheduled_before_a_kill_is_made_by_the_next_process() {
+    let file = server::fresh_sqlite().await;
+    // Retries 3 s on: the kill comes first, whatever this machine's speed
+    // (were it later, the retry would fail on the broken view and wait on).
+    let env = [("EVENT_RETRY_WAIT_MS", "3000")];
+    let first = Server::start_with(BINARY, &file.url, &env);
+    add_batch(&first, "b1", "LAMP", 10, None).await;
+    break_view(&file.url).await;
+    let (status, body) = post(
+        &first,
+        "/allocate",
+        serde_json::json!({"orderid": "o1", "sku": "LAMP", "qty": 2}),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    first.kill_hard();
+    assert_eq!(
+        retries_kept(&file.url).await,
+        1,
+        "killed with the view handler's retry kept"
+    );
+
+    mend_view(&file.url).await;
+    let next = Server::start_with(BINARY, &file.url, &env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rows = loop {
+        let (status, rows) = get(&next, "/allocations/o1").await;
+        if status == reqwest::StatusCode::OK || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        rows,
+        serde_json::json!([{"sku": "LAMP", "qty": 2, "batchref": "b1"}]),
+        "the retry was made after the restart"
+    );
+    // Its row goes once the firing is through (just after the view's commit).
+    while retries_kept(&file.url).await != 0 {
+        assert!(Instant::now() < deadline, "the retry's row stays");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How many handler retries wait in the database at `url`.
+async fn retries_kept(url: &str) -> i64 {
+    let mut connection = sqlx::SqliteConnection::connect(url).await.unwrap();
+    let kept =
+        sqlx::query_scalar("SELECT count(*) FROM bus_scheduled WHERE name LIKE 'handler-retry:%'")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+    connection.close().await.unwrap();
+    kept
 }
