@@ -38,10 +38,19 @@ pub struct Delivery {
     pub(crate) settles: bool,
     /// The address of the store's log: which store the event is in.
     pub(crate) log: usize,
-    /// The store's id of the dead letter this call replays, if it replays one.
-    pub(crate) letter: Option<i64>,
-    /// The id of the scheduled retry this call makes, if it makes one.
-    pub(crate) scheduled: Option<MessageId>,
+    pub(crate) record: Record,
+}
+
+/// What records a call: the event's delivery, a dead letter's replay, or a
+/// scheduled retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Record {
+    /// The event's delivery to the handler.
+    Delivery,
+    /// The dead letter, by the store's id, that the call replays.
+    Letter(i64),
+    /// The scheduled retry, by its id, that the call makes.
+    Scheduled(MessageId),
 }
 
 impl Delivery {
@@ -57,8 +66,7 @@ impl Delivery {
             handler,
             settles,
             log: log_address(log),
-            letter: None,
-            scheduled: None,
+            record: Record::Delivery,
         }
     }
 
@@ -74,8 +82,7 @@ impl Delivery {
             handler,
             settles: false,
             log: 0,
-            letter: None,
-            scheduled: Some(scheduled),
+            record: Record::Scheduled(scheduled),
         }
     }
 
@@ -88,7 +95,7 @@ impl Delivery {
         letter: i64,
     ) -> Self {
         Delivery {
-            letter: Some(letter),
+            record: Record::Letter(letter),
             ..Delivery::new(event, handler, false, log)
         }
     }
@@ -100,7 +107,10 @@ impl Delivery {
     /// when the letter was kept), so that a second replay finds it replayed
     /// and writes nothing.
     pub fn letter(&self) -> Option<i64> {
-        self.letter
+        match self.record {
+            Record::Letter(letter) => Some(letter),
+            _ => None,
+        }
     }
 
     /// When this call is a retry that the scheduler fired (its retry
@@ -113,7 +123,10 @@ impl Delivery {
     /// [`is_for`](Self::is_for) says no to a retry) leaves it unrecorded,
     /// and such a retry has its effect at least once.
     pub fn scheduled(&self) -> Option<MessageId> {
-        self.scheduled
+        match self.record {
+            Record::Scheduled(id) => Some(id),
+            _ => None,
+        }
     }
 
     /// Whether the event was stored by the store whose log is `log`: a
@@ -122,7 +135,7 @@ impl Delivery {
     /// for a [`scheduled`](Self::scheduled) retry, whose record is the
     /// unit of work's own inbox.
     pub fn is_for(&self, log: &Arc<dyn DeliveryLog>) -> bool {
-        self.scheduled.is_none() && self.log == log_address(log)
+        self.scheduled().is_none() && self.log == log_address(log)
     }
 
     /// The stored event's id.

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use arch_events::schedule::Scheduler;
 use arch_events_test_support::in_process::{self, InProcess};
-use arch_events_test_support::server::{self, add_batch, get, post, Server};
+use arch_events_test_support::server::{self, add_batch, get, on_database, post, Server};
 use example_app::adapters::storage::Storage;
 use example_app::bootstrap::{EVENT_HANDLER_ATTEMPTS, EVENT_RETRY_WAIT};
 use example_app::domain::commands::{Allocate, CreateBatch};
@@ -193,17 +193,6 @@ async fn a_broken_read_model_is_retried_by_the_scheduler_not_the_request() {
 #[tokio::test]
 async fn a_read_model_broken_for_good_is_a_dead_letter_after_every_attempt() {
     dead_letter_after_every_attempt(Storage::State).await;
-}
-
-/// Runs `statement` on the database at `url` from outside: the fault
-/// injection.
-async fn on_database(url: &str, statement: &str) {
-    let mut connection = sqlx::SqliteConnection::connect(url).await.unwrap();
-    sqlx::query(statement)
-        .execute(&mut connection)
-        .await
-        .unwrap();
-    connection.close().await.unwrap();
 }
 
 /// The read model's table goes away: its handler fails on every attempt.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use arch_events::saga::{SagaError, SagaRecord, SagaStore};
 use arch_events::schedule::{Scheduler, VirtualClock};
 use arch_events::{Bus, DispatchError};
-use arch_events_sqlx::{Settings, SqlScheduler};
+use arch_events_sqlx::SqlScheduler;
 use arch_events_test_support::in_process::{self, InProcess};
 use arch_events_test_support::server::{self, add_batch, get, post, Server};
 use example_app::adapters::database::Database;
@@ -23,7 +23,6 @@ use example_app::domain::commands::{Allocate, ConfirmShipment, CreateBatch};
 use example_app::domain::events::ShipmentOverdue;
 use example_app::service_layer::shipment::ShipmentDeadline;
 use example_app::views::{AllocationRow, Allocations};
-use example_app::{bootstrap, Adapters};
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::Sqlite;
@@ -400,14 +399,16 @@ async fn an_order_allocated_again_after_its_release_is_watched_again_with_stream
 /// stored per allocation, and a confirmation finds nothing to confirm.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_watch_off_no_order_is_watched() {
-    let file = server::fresh_sqlite().await;
-    let database = Database::open(&file.url, Settings::default(), Some(Storage::State))
-        .await
-        .unwrap();
-    let bus = bootstrap(
-        Adapters::for_database(&database).shipment_deadline(ShipmentDeadline(Duration::ZERO)),
-    )
-    .unwrap();
+    // The file is kept to the test's end.
+    let InProcess {
+        bus,
+        database,
+        file: _file,
+        ..
+    } = in_process::on_sqlite(Storage::State, |adapters| {
+        adapters.shipment_deadline(ShipmentDeadline(Duration::ZERO))
+    })
+    .await;
     bus.dispatch(CreateBatch {
         reference: "b1".into(),
         sku: "LAMP".into(),

@@ -16,7 +16,7 @@ use example_app::Adapters;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::server::{add_batch, get, message, post, post_raw, Server};
+use crate::server::{add_batch, get, message, on_database, post, post_raw, Server};
 
 /// Expands to one `#[tokio::test]` per contract test, each starting
 /// `$binary` (a `&str` expression) over a fresh database from `$fresh` (an
@@ -1027,31 +1027,6 @@ pub async fn every_error_answer_is_json_with_a_message(binary: &str, database_ur
     .expect("answered");
     assert_eq!(status, 408, "{body}");
     assert!(body["message"].is_string(), "{body}");
-}
-
-/// Runs `statement` on the server's database from outside (SQLite or
-/// PostgreSQL, by the URL): the fault injection of the 5xx test.
-async fn on_database(database_url: &str, statement: &str) {
-    use sqlx::Connection as _;
-    if database_url.starts_with("sqlite:") {
-        let mut connection = sqlx::SqliteConnection::connect(database_url)
-            .await
-            .expect("opens");
-        sqlx::query(statement)
-            .execute(&mut connection)
-            .await
-            .expect("runs");
-        connection.close().await.expect("closes");
-    } else {
-        let mut connection = sqlx::PgConnection::connect(database_url)
-            .await
-            .expect("opens");
-        sqlx::query(statement)
-            .execute(&mut connection)
-            .await
-            .expect("runs");
-        connection.close().await.expect("closes");
-    }
 }
 
 pub async fn a_server_error_names_no_internal_detail_only_an_error_id(

@@ -294,3 +294,28 @@ pub fn example_app_binary() -> String {
         .display()
         .to_string()
 }
+
+/// Runs `statement` on the server's database from outside (SQLite or
+/// PostgreSQL, by the URL): the fault injection of the tests.
+pub async fn on_database(database_url: &str, statement: &str) {
+    use sqlx::Connection as _;
+    if database_url.starts_with("sqlite:") {
+        let mut connection = sqlx::SqliteConnection::connect(database_url)
+            .await
+            .expect("opens");
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .expect("runs");
+        connection.close().await.expect("closes");
+    } else {
+        let mut connection = sqlx::PgConnection::connect(database_url)
+            .await
+            .expect("opens");
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .expect("runs");
+        connection.close().await.expect("closes");
+    }
+}

@@ -983,29 +983,17 @@ fn shutdown_reports_dispatches_still_running_after_the_grace_period() {
 
 use arch_events_test_support::server;
 use reqwest::Method;
-use server::{add_batch, admin, database, example_app_binary, get, message, post, Server};
-
-/// Runs one statement on the server's database from outside: the fault
-/// injection of the dead-letter test.
-async fn on_database(database: &std::path::Path, statement: &str) {
-    use sqlx::Connection as _;
-    let mut connection =
-        sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display()))
-            .await
-            .expect("the test opens the server's database");
-    sqlx::query(statement)
-        .execute(&mut connection)
-        .await
-        .expect("the statement runs");
-    connection.close().await.expect("closes");
-}
+use server::{
+    add_batch, admin, database, example_app_binary, get, message, on_database, post, Server,
+};
 
 #[tokio::test]
 async fn the_example_app_replays_a_dead_letter_once_the_fault_is_gone() {
     let (_dir, path) = database();
+    let url = format!("sqlite://{}", path.display());
     let server = Server::start_with(
         &example_app_binary(),
-        &format!("sqlite://{}", path.display()),
+        &url,
         // Its retries 10 ms, 20 ms, 40 ms and 80 ms apart, in the scheduler.
         &[
             ("ADMIN_TOKEN", server::ADMIN_TOKEN),
@@ -1017,7 +1005,7 @@ async fn the_example_app_replays_a_dead_letter_once_the_fault_is_gone() {
     // The read model's table goes away: its event handler fails on every
     // attempt, the allocation itself still commits.
     on_database(
-        &path,
+        &url,
         "ALTER TABLE allocations_view RENAME TO allocations_view_away",
     )
     .await;
@@ -1065,7 +1053,7 @@ async fn the_example_app_replays_a_dead_letter_once_the_fault_is_gone() {
 
     // The fault is gone: the replay succeeds and the read model catches up.
     on_database(
-        &path,
+        &url,
         "ALTER TABLE allocations_view_away RENAME TO allocations_view",
     )
     .await;
