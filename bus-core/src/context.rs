@@ -71,13 +71,21 @@ const INBOUND: u32 = 1 << 31;
 /// releases, a failure kept as a dead letter, an enabled span, a test's
 /// recorder). Every reader sees the same ids. Its correlation and causation
 /// ids are known from the start: the cause's ([`Cause`]).
-/// Neither `Clone` nor `Copy`: a copy taken before the first read would
-/// make other ids.
+///
+/// A pending event keeps its ids in one (`PendingEvent::lazy_ids` lends it
+/// to the run that handles the event, not a copy). Neither `Clone` nor
+/// `Copy`: a copy taken before the first read would make other ids
+/// ([`copied`](Self::copied) is for a state that cannot).
 #[derive(Debug)]
-pub(crate) struct LazyContext {
-    ids: Option<MessageContext>,
-    /// What the message was released by; `None` for a first message.
-    cause: Option<Cause>,
+pub(crate) enum LazyContext {
+    /// A first message (or an event in no dispatch yet): its ids are all
+    /// made on first read, its own id its correlation id.
+    Root,
+    /// A message released while handling the one this describes: its own
+    /// id is made on first read.
+    Caused(Cause),
+    /// Made, or known from the start.
+    Known(MessageContext),
 }
 
 /// The ids a message released by a handler takes from the message that
@@ -114,46 +122,75 @@ impl LazyContext {
     /// The ids of a first message, not made yet.
     #[inline]
     pub(crate) fn root() -> Self {
-        LazyContext {
-            ids: None,
-            cause: None,
-        }
+        LazyContext::Root
     }
 
     /// Ids known already.
     #[inline]
     pub(crate) fn known(context: MessageContext) -> Self {
-        LazyContext {
-            ids: Some(context),
-            cause: None,
-        }
-    }
-
-    /// The ids of a message released while handling the one `cause`
-    /// describes, not made yet.
-    #[inline]
-    pub(crate) fn caused_by(cause: Cause) -> Self {
-        LazyContext {
-            ids: None,
-            cause: Some(cause),
-        }
+        LazyContext::Known(context)
     }
 
     /// The ids, made now if nothing asked for them before.
     #[inline]
     pub(crate) fn get(&mut self) -> MessageContext {
-        let LazyContext { ids, cause } = self;
-        *ids.get_or_insert_with(|| match cause {
-            Some(cause) => cause.ids(),
-            None => MessageContext::root(),
-        })
+        match *self {
+            LazyContext::Known(context) => context,
+            LazyContext::Caused(cause) => self.make(cause.ids()),
+            LazyContext::Root => self.make(MessageContext::root()),
+        }
     }
 
-    /// The slot itself, for a span of a first message that fills it only
-    /// when enabled.
     #[inline]
-    pub(crate) fn slot(&mut self) -> &mut Option<MessageContext> {
-        &mut self.ids
+    fn make(&mut self, context: MessageContext) -> MessageContext {
+        *self = LazyContext::Known(context);
+        context
+    }
+
+    /// The ids, if they are made.
+    #[inline]
+    pub(crate) fn made(&self) -> Option<MessageContext> {
+        match *self {
+            LazyContext::Known(context) => Some(context),
+            LazyContext::Root | LazyContext::Caused(_) => None,
+        }
+    }
+
+    /// A copy of a state whose copy cannot make other ids: ids not
+    /// caused by anything yet, or made already. (A state waiting on its
+    /// cause is never copied: each copy would make an id of its own.)
+    #[inline]
+    pub(crate) fn copied(&self) -> Self {
+        match *self {
+            LazyContext::Known(context) => LazyContext::Known(context),
+            LazyContext::Root => LazyContext::Root,
+            LazyContext::Caused(cause) => {
+                debug_assert!(
+                    false,
+                    "ids waiting on their cause copied before they were made"
+                );
+                LazyContext::Caused(cause)
+            }
+        }
+    }
+}
+
+/// Where a dispatch's span finds its message's ids, made only when the
+/// span is enabled.
+pub(crate) trait IdsSlot {
+    /// The ids, made now if they were not.
+    fn ids(&mut self) -> MessageContext;
+}
+
+impl IdsSlot for LazyContext {
+    fn ids(&mut self) -> MessageContext {
+        self.get()
+    }
+}
+
+impl IdsSlot for Option<MessageContext> {
+    fn ids(&mut self) -> MessageContext {
+        *self.get_or_insert_with(MessageContext::root)
     }
 }
 

@@ -45,25 +45,14 @@ impl<E: Event> ErasedEvent for E {
 /// dispatch's queue.
 pub(crate) type Released = Vec<PendingEvent>;
 
-/// What is known of a pending event's ids.
-#[derive(Clone, Copy)]
-enum EventIds {
-    /// Nothing: it is in no dispatch yet.
-    Unassigned,
-    /// Its cause's: its own id is made when first read.
-    Caused(Cause),
-    /// All of them.
-    Known(MessageContext),
-}
-
 /// One event of any type, waiting to be handled.
 pub struct PendingEvent {
     /// Inline when small: releasing a small event allocates nothing.
     event: EventBox,
-    /// Its cause's when it joins a dispatch's queue, its own once read or
-    /// assigned by a unit of work that stores it
+    /// Unmade until it joins a dispatch's queue (`Root`), its cause's
+    /// then, its own once read or assigned by a unit of work that stores it
     /// ([`assign_ids`](Self::assign_ids)).
-    ids: EventIds,
+    ids: LazyContext,
     /// Set by a store that wrote the event ([`stored`](Self::stored)).
     /// Boxed: most events are not stored, and a smaller event moves
     /// through the queue faster.
@@ -79,7 +68,7 @@ impl PendingEvent {
     fn boxed(event: EventBox) -> Self {
         PendingEvent {
             event,
-            ids: EventIds::Unassigned,
+            ids: LazyContext::Root,
             stored: None,
         }
     }
@@ -89,10 +78,7 @@ impl PendingEvent {
     /// event it releases, a failure, a span, a test's recorder), or until
     /// [`assign_ids`](Self::assign_ids).
     pub fn context(&self) -> Option<MessageContext> {
-        match self.ids {
-            EventIds::Known(context) => Some(context),
-            EventIds::Unassigned | EventIds::Caused(_) => None,
-        }
+        self.ids.made()
     }
 
     /// Queues the event as released by the handler of the message `cause`
@@ -101,30 +87,23 @@ impl PendingEvent {
     /// read. An event with ids (a stored one) keeps them.
     #[inline]
     pub(crate) fn caused_by(&mut self, cause: &MessageContext) {
-        if let EventIds::Unassigned = self.ids {
-            self.ids = EventIds::Caused(Cause::of(cause));
+        if let LazyContext::Root = self.ids {
+            self.ids = LazyContext::Caused(Cause::of(cause));
         }
     }
 
-    /// The ids the bus handles the event with, made on first read. Each
-    /// call returns a slot of its own: the one caller (the blocking run,
-    /// which then drops the event) reads its ids through that slot only;
-    /// any other reader takes [`fixed_ids`](Self::fixed_ids).
+    /// The event as the bus handles it, and its ids, made on first read:
+    /// the event's own, lent (the blocking run reads them through it, with
+    /// no copy of them in between).
     #[inline]
-    pub(crate) fn lazy_ids(&self) -> LazyContext {
-        match self.ids {
-            EventIds::Unassigned => LazyContext::root(),
-            EventIds::Caused(cause) => LazyContext::caused_by(cause),
-            EventIds::Known(context) => LazyContext::known(context),
-        }
+    pub(crate) fn with_lazy_ids(&mut self) -> (&dyn ErasedEvent, &mut LazyContext) {
+        (&*self.event, &mut self.ids)
     }
 
     /// The ids the bus handles the event with, made now if they were not.
     #[inline]
     pub(crate) fn fixed_ids(&mut self) -> MessageContext {
-        let context = self.lazy_ids().get();
-        self.ids = EventIds::Known(context);
-        context
+        self.ids.get()
     }
 
     /// Gives the event its ids now, as an event released by the handler of
@@ -147,16 +126,14 @@ impl PendingEvent {
     /// assert_eq!(event.assign_ids(&MessageContext::root()), ids, "assigned once");
     /// ```
     pub fn assign_ids(&mut self, cause: &MessageContext) -> MessageContext {
-        if let EventIds::Unassigned = self.ids {
-            self.ids = EventIds::Caused(Cause::of(cause));
-        }
+        self.caused_by(cause);
         self.fixed_ids()
     }
 
     /// The event with exactly these ids: a stored event read back, to be
     /// handled with the ids it was stored with.
     pub fn with_context(mut self, context: MessageContext) -> Self {
-        self.ids = EventIds::Known(context);
+        self.ids = LazyContext::Known(context);
         self
     }
 
@@ -229,13 +206,9 @@ impl Clone for PendingEvent {
         // first read) is never copied: each copy would make an id of its
         // own. The bus fixes the ids first (`fixed_ids`), or copies the
         // event without them (`copy_of`, with the ids kept beside it).
-        debug_assert!(
-            !matches!(self.ids, EventIds::Caused(_)),
-            "a queued event copied before its ids were made"
-        );
         PendingEvent {
             event: self.event.clone_box(),
-            ids: self.ids,
+            ids: self.ids.copied(),
             stored: self.stored.as_ref().map(|stored| Box::new(stored.copy())),
         }
     }
@@ -249,11 +222,7 @@ impl Unpin for PendingEvent {}
 impl Drop for PendingEvent {
     fn drop(&mut self) {
         if let Some(stored) = &mut self.stored {
-            let id = match self.ids {
-                EventIds::Known(context) => Some(context.message_id()),
-                EventIds::Unassigned | EventIds::Caused(_) => None,
-            };
-            stored.let_go(id);
+            stored.let_go(self.ids.made().map(|context| context.message_id()));
         }
     }
 }

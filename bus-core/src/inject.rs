@@ -310,6 +310,13 @@ impl Scope {
         *self.context.get_or_insert_with(MessageContext::root)
     }
 
+    /// The ids of the call's message, if made yet: where a dispatch's span
+    /// makes them when it records them.
+    #[inline(always)]
+    pub(crate) fn context_slot(&mut self) -> &mut Option<MessageContext> {
+        &mut self.context
+    }
+
     /// Gives the call the ids of its message, unless it has them already
     /// (a scope reused by the handlers of one event).
     #[inline]

@@ -294,58 +294,46 @@ impl Cascade {
     pub(super) fn count(&mut self, meta: &'static MessageMeta) -> Result<(), CascadeLimitError> {
         self.processed += 1;
         if self.processed > self.limit {
-            return Err(self.limit_error(meta.name()));
+            return Err(self.limit_error(Some(meta.name())));
         }
         Ok(())
     }
 
-    /// The next queued event, counted against the bound.
-    #[inline]
+    /// The next queued event, counted against the bound. Over it, the
+    /// event stays at the front of the queue (where what stops the run
+    /// finds it with the rest: a stored one must be dead-lettered, not let
+    /// go undelivered), and the error names what was queued. Counted
+    /// before it is taken: a large event is moved once, out of the queue.
+    #[inline(always)]
     pub(super) fn next(&mut self) -> Result<Option<PendingEvent>, Box<CascadeLimitError>> {
-        let Some(event) = self.pop() else {
+        if self.queue.as_ref().is_none_or(VecDeque::is_empty) {
             return Ok(None);
-        };
-        self.count_taken(event).map(Some)
+        }
+        self.processed += 1;
+        if self.processed > self.limit {
+            return Err(self.over_limit());
+        }
+        Ok(self.pop())
     }
 
-    /// The next queued event, not counted yet: count it with
-    /// [`count_taken`](Self::count_taken) before handling it.
+    /// The next queued event, not counted against the bound.
     #[inline(always)]
     pub(super) fn pop(&mut self) -> Option<PendingEvent> {
         self.queue.as_mut()?.pop_front()
     }
 
-    /// Counts `event`, just taken from the queue, against the bound. Over
-    /// it, the event goes back to the front of the queue (where what stops
-    /// the run finds it with the rest: a stored one must be dead-lettered,
-    /// not let go undelivered), and the error names what was queued.
-    #[inline(always)]
-    pub(super) fn count_taken(
-        &mut self,
-        event: PendingEvent,
-    ) -> Result<PendingEvent, Box<CascadeLimitError>> {
-        self.processed += 1;
-        if self.processed > self.limit {
-            return Err(self.over_limit(event));
-        }
-        Ok(event)
-    }
-
     #[cold]
     #[inline(never)]
-    fn over_limit(&mut self, event: PendingEvent) -> Box<CascadeLimitError> {
-        let error = Box::new(self.limit_error(event.name()));
-        if let Some(queue) = &mut self.queue {
-            queue.push_front(event);
-        }
-        error
+    fn over_limit(&self) -> Box<CascadeLimitError> {
+        // The event over the bound is still at the front of the queue.
+        Box::new(self.limit_error(None))
     }
 
     #[cold]
-    fn limit_error(&self, current: &'static str) -> CascadeLimitError {
+    fn limit_error(&self, current: Option<&'static str>) -> CascadeLimitError {
         let mut counts: Vec<(&'static str, usize)> = Vec::new();
         let queued = self.queue.iter().flatten().map(PendingEvent::name);
-        for name in std::iter::once(current).chain(queued) {
+        for name in current.into_iter().chain(queued) {
             match counts.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, count)) => *count += 1,
                 None => counts.push((name, 1)),

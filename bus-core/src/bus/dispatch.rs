@@ -170,7 +170,7 @@ impl Bus {
         }
         let _in_flight = self.enter_blocking()?;
         let mut ids = LazyContext::root();
-        let span = wanted_dispatch_span(meta, "event", ids.slot());
+        let span = wanted_dispatch_span(meta, "event", &mut ids);
         // The published event is the first message processed; the bound is
         // at least 1.
         let cascade = Cascade::new(meta, self.inner.max_messages, 1);
@@ -323,9 +323,10 @@ impl Bus {
         let _in_flight = self.enter_blocking()?;
         let meta = M::meta();
         let handler = self.single_handler::<E>(meta)?;
-        let mut context = None;
-        let span = wanted_dispatch_span(meta, kind, &mut context);
-        let mut scope = Scope::request(context, meta.kind());
+        // The scope first, its ids slot given to the span: a context built
+        // apart and then moved into the scope would be copied whole.
+        let mut scope = Scope::request(None, meta.kind());
+        let span = wanted_dispatch_span(meta, kind, scope.context_slot());
         let output = match (&handler.path, handler.command_retry.is_some()) {
             // The hot path: a plain `fn`, called inline.
             (CallPath::Inline(f), false) => within!(
@@ -344,6 +345,7 @@ impl Bus {
                 // Layers or a retry: driven on this thread.
                 blocking.check();
                 let span = span.as_ref().unwrap_or(&NO_SPAN);
+                let context = *scope.context_slot();
                 let (output, ran) = self.request_blocking_driven(handler, message, context, span);
                 scope = ran;
                 output

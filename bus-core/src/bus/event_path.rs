@@ -163,11 +163,9 @@ impl Bus {
             }
             self.after_event_blocking(run, blocking);
             run.current = None;
-            let Some(event) = run.cascade.pop() else {
-                return Ok(());
-            };
-            let mut event = match run.cascade.count_taken(event) {
-                Ok(event) => event,
+            let mut event = match run.cascade.next() {
+                Ok(Some(event)) => event,
+                Ok(None) => return Ok(()),
                 Err(limit) => {
                     block_on(self.stop_stored(&mut run.cascade, &limit));
                     return Err(*limit);
@@ -193,7 +191,8 @@ impl Bus {
             // handled here, without becoming the run's current event (what a
             // run taken up elsewhere would go on with). What failed is in
             // the cascade. Its ids are made only if something reads them.
-            let (erased, meta, ids) = (event.erased(), event.meta(), &mut event.lazy_ids());
+            let meta = event.meta();
+            let (erased, ids) = event.with_lazy_ids();
             self.handle_route_blocking(route, erased, meta, ids, &mut run.cascade);
         }
     }

@@ -12,7 +12,7 @@ use tracing::{Instrument, Span};
 use super::routes::BoundHandler;
 use super::unwind::CatchUnwind;
 use crate::call::{AsyncCall, BoxFuture, Call, MessageRef, SyncCall};
-use crate::context::{Causation, MessageContext};
+use crate::context::{Causation, IdsSlot, MessageContext};
 use crate::delivery::Delivery;
 use crate::error::BoxError;
 use crate::events::{Closed, Recorded};
@@ -40,7 +40,7 @@ pub(super) fn spans_wanted() -> bool {
 pub(super) fn dispatch_span(
     meta: &'static MessageMeta,
     kind: &'static str,
-    context: &mut Option<MessageContext>,
+    context: &mut dyn IdsSlot,
 ) -> Span {
     if !spans_wanted() {
         return Span::none();
@@ -71,7 +71,7 @@ pub(super) static NO_SPAN: Span = Span::none();
 pub(super) fn wanted_dispatch_span(
     meta: &'static MessageMeta,
     kind: &'static str,
-    context: &mut Option<MessageContext>,
+    context: &mut dyn IdsSlot,
 ) -> Option<Span> {
     if spans_wanted() {
         Some(new_dispatch_span(meta, kind, context))
@@ -86,7 +86,7 @@ pub(super) fn wanted_dispatch_span(
 fn new_dispatch_span(
     meta: &'static MessageMeta,
     kind: &'static str,
-    context: &mut Option<MessageContext>,
+    context: &mut dyn IdsSlot,
 ) -> Span {
     let span = tracing::debug_span!(
         "dispatch",
@@ -97,7 +97,7 @@ fn new_dispatch_span(
         causation_id = tracing::field::Empty,
     );
     if !span.is_disabled() {
-        record_ids(&span, context.get_or_insert_with(MessageContext::root));
+        record_ids(&span, &context.ids());
     }
     span
 }
