@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::hint::black_box;
 
 use arch_events::{handler, Bus, Command, Dependencies, Event, EventReleaser, Registrations};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 
 // ---- the command every variant handles ------------------------------------
 
@@ -476,4 +476,90 @@ fn startup(c: &mut Criterion) {
 }
 
 criterion_group!(benches, command_dispatch, event_fanout, chain, startup);
-criterion_main!(benches);
+
+// ---- counted runs, for callgrind ---------------------------------------------
+
+/// One path run `times` times, for an instruction count that does not move
+/// between runs (timings on a shared machine do):
+///
+/// ```sh
+/// ARCH_EVENTS_COUNT=chain:10000 valgrind --tool=callgrind target/release/deps/dispatch-<hash>
+/// ARCH_EVENTS_COUNT=chain:20000 valgrind --tool=callgrind target/release/deps/dispatch-<hash>
+/// ```
+///
+/// The difference of the two totals, divided by 10,000, is one dispatch's
+/// instructions, start-up and wiring taken out.
+fn counted(spec: &str) -> Result<(), String> {
+    let (path, times) = spec
+        .split_once(':')
+        .ok_or_else(|| format!("ARCH_EVENTS_COUNT is <path>:<times>, not {spec:?}"))?;
+    let times: u64 = times
+        .parse()
+        .map_err(|_| format!("not a number of times: {times:?}"))?;
+    let config = Config { factor: 3 };
+    let commands = Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<scale>()
+                .handler::<scale_async>(),
+        )
+        .dependencies(Dependencies::new().shared(Config { factor: 3 }))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let ticks = Bus::builder()
+        .registrations(tick_registrations())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let chained = Bus::builder()
+        .registrations(chain_registrations())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut command_map: HashMap<TypeId, ErasedCommand> = HashMap::new();
+    command_map.insert(TypeId::of::<Scale>(), erased_scale);
+    let mut tick_map: ErasedEventHandlers = HashMap::new();
+    tick_map.insert(TypeId::of::<Tick>(), TICK_HANDLERS.to_vec());
+    let hand_wired = HandWired {
+        commands: command_map,
+        events: tick_map,
+        config,
+    };
+    let hand_chain = HandWiredChain::new();
+    let run: Box<dyn Fn()> = match path {
+        "hand_wired_map" => Box::new(|| {
+            black_box(hand_wired.dispatch(black_box(Scale { value: 7 })));
+        }),
+        "bus_sync" => Box::new(|| {
+            black_box(commands.dispatch_blocking(black_box(Scale { value: 7 })).ok());
+        }),
+        "bus_async" => Box::new(|| {
+            black_box(commands.dispatch_blocking(black_box(ScaleAsync { value: 7 })).ok());
+        }),
+        "hand_wired_10" => Box::new(|| hand_wired.publish(&black_box(Tick(7)))),
+        "bus_10" => Box::new(|| {
+            black_box(ticks.publish_blocking(black_box(Tick(7))).is_ok());
+        }),
+        "hand_wired_3_events" => Box::new(|| {
+            black_box(hand_chain.dispatch(black_box(Checkout(7))));
+        }),
+        "bus_command_3_events" => Box::new(|| {
+            black_box(chained.dispatch_blocking(black_box(Checkout(7))).ok());
+        }),
+        other => return Err(format!("no path {other:?}: hand_wired_map, bus_sync, bus_async, hand_wired_10, bus_10, hand_wired_3_events, bus_command_3_events")),
+    };
+    for _ in 0..times {
+        run();
+    }
+    Ok(())
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("ARCH_EVENTS_COUNT") {
+        if let Err(problem) = counted(&spec) {
+            eprintln!("{problem}");
+            std::process::exit(2);
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

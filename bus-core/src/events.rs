@@ -425,7 +425,10 @@ impl ReleaserState {
     #[cold]
     fn refuses(&mut self, events: &[PendingEvent]) -> bool {
         if self.reads_only {
-            self.refused.extend(events.iter().map(PendingEvent::name));
+            let trouble = self.trouble.get_or_insert_with(Box::default);
+            trouble
+                .refused
+                .extend(events.iter().map(PendingEvent::name));
         }
         self.reads_only
     }
@@ -436,8 +439,7 @@ impl ReleaserState {
     fn take_closed(&mut self) -> Closed {
         Closed {
             events: std::mem::take(&mut self.events),
-            uncommitted: std::mem::take(&mut self.uncommitted),
-            refused: std::mem::take(&mut self.refused),
+            trouble: self.trouble.take(),
         }
     }
 
@@ -463,13 +465,21 @@ struct ReleaserState {
     in_call: bool,
     /// The releaser of a query's handler call: it takes no event.
     reads_only: bool,
-    /// The names of the events refused because the call is a query's.
-    refused: Vec<&'static str>,
     /// The stored event this call delivers, if it is one.
     delivery: Option<Delivery>,
     recorded: Recorded,
-    /// What units of work of this call dropped without committing.
+    /// What is wrong with the call, if anything: boxed, so that what a
+    /// call hands over when it ends stays small.
+    trouble: Option<Box<Trouble>>,
+}
+
+/// What a handler call's releaser holds when something went wrong.
+#[derive(Default)]
+pub(crate) struct Trouble {
+    /// What units of work of the call dropped without committing.
     uncommitted: Uncommitted,
+    /// The names of the events refused because the call is a query's.
+    refused: Vec<&'static str>,
 }
 
 /// What a handler call's releaser held when the call ended.
@@ -477,10 +487,24 @@ struct ReleaserState {
 pub(crate) struct Closed {
     /// What it released, for the queue.
     pub(crate) events: Released,
+    /// What else it has to say, rarely anything.
+    trouble: Option<Box<Trouble>>,
+}
+
+impl Closed {
     /// What its units of work dropped without committing.
-    pub(crate) uncommitted: Uncommitted,
-    /// What it tried to release although it is a query's.
-    pub(crate) refused: Vec<&'static str>,
+    pub(crate) fn uncommitted(&self) -> Uncommitted {
+        self.trouble
+            .as_ref()
+            .map_or_else(Uncommitted::default, |trouble| trouble.uncommitted)
+    }
+
+    /// What it tried to release although it is a query's, taken.
+    pub(crate) fn take_refused(&mut self) -> Vec<&'static str> {
+        self.trouble
+            .as_mut()
+            .map_or_else(Vec::new, |trouble| std::mem::take(&mut trouble.refused))
+    }
 }
 
 /// What a unit of work dropped without commit still held: reported with
@@ -679,10 +703,9 @@ impl EventReleaser {
             closed: is_closed,
             in_call,
             reads_only,
-            refused: _,
             delivery,
             recorded,
-            uncommitted: _,
+            trouble: _,
         } = state;
         (*is_closed, *in_call, *reads_only) = (false, true, false);
         (*delivery, *recorded) = (None, Recorded::No);
@@ -729,8 +752,9 @@ impl EventReleaser {
         }
         let mut state = self.state();
         if state.in_call && !state.closed {
-            state.uncommitted.aggregates += aggregates;
-            state.uncommitted.events += events;
+            let trouble = state.trouble.get_or_insert_with(Box::default);
+            trouble.uncommitted.aggregates += aggregates;
+            trouble.uncommitted.events += events;
             return;
         }
         drop(state);
@@ -784,7 +808,11 @@ impl fmt::Debug for EventReleaser {
         let (events, closed, delivery, uncommitted) = {
             let state = self.state();
             let names: Vec<&'static str> = state.events.iter().map(PendingEvent::name).collect();
-            (names, state.closed, state.delivery, state.uncommitted)
+            let uncommitted = state
+                .trouble
+                .as_ref()
+                .map_or_else(Uncommitted::default, |trouble| trouble.uncommitted);
+            (names, state.closed, state.delivery, uncommitted)
         };
         f.debug_struct("EventReleaser")
             .field("events", &events)
@@ -832,8 +860,12 @@ mod tests {
         let first = EventReleaser::for_call(None, true);
         first.release(Shipped(1));
         let kept = first.clone();
-        let closed = first.close_checked();
-        assert_eq!(closed.refused.len(), 1, "a query's releaser refused it");
+        let mut closed = first.close_checked();
+        assert_eq!(
+            closed.take_refused().len(),
+            1,
+            "a query's releaser refused it"
+        );
         // A clone is still held: the next call gets a state of its own.
         let second = EventReleaser::for_call(None, false);
         assert!(!Arc::ptr_eq(&kept.inner, &second.inner));
@@ -879,7 +911,7 @@ mod tests {
             assert!(!refusing.accepts_events());
             PendingEvent::new(Shipped(n))
         }));
-        assert_eq!(refusing.close_checked().refused.len(), 2);
+        assert_eq!(refusing.close_checked().take_refused().len(), 2);
     }
 
     #[test]

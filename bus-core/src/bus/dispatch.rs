@@ -482,7 +482,7 @@ impl Bus {
         }
         let context = scope.context();
         let mut closed = scope.finish_checked();
-        let refused = std::mem::take(&mut closed.refused);
+        let refused = closed.take_refused();
         let events = self.inner.watch.accept_closed(handler.registration, closed);
         if !refused.is_empty() {
             return Err(query_released(handler, meta, refused));

@@ -49,8 +49,9 @@ impl Watch {
         registration: &'static HandlerRegistration,
         closed: Closed,
     ) -> Released {
-        if !closed.uncommitted.is_empty() {
-            self.uncommitted(registration, closed.uncommitted);
+        let uncommitted = closed.uncommitted();
+        if !uncommitted.is_empty() {
+            self.uncommitted(registration, uncommitted);
         }
         // Checked in debug builds, and whenever a test's recorder is
         // attached: a release build without one skips it (it costs a look
