@@ -51,9 +51,12 @@ postgres_database_url() {
     echo "${base%/*}/$1$query"
 }
 
-# Starts binary $1 on database URL $2 and waits until it answers HTTP.
+# Starts binary $1 on database URL $2, with the environment settings $3
+# (NAME=value, space separated; may be empty), and waits until it answers
+# HTTP.
 start_server() {
-    RUST_LOG=error "$1" --bind "127.0.0.1:$port" --database-url "$2" >"$dir/server.log" 2>&1 &
+    # shellcheck disable=SC2086 # $3 is a list of settings
+    env RUST_LOG=error $3 "$1" --bind "127.0.0.1:$port" --database-url "$2" >"$dir/server.log" 2>&1 &
     server=$!
     for _ in $(seq 300); do
         if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
@@ -102,10 +105,11 @@ cpu_ticks() {
 results="$dir/results"
 : >"$results"
 
-# Loads the service $2 (binary $3) on database $1 (URL $4); appends its row.
+# Loads the service $2 (binary $3, settings $5) on database $1 (URL $4);
+# appends its row.
 measure() {
-    local db="$1" name="$2" binary="$3" url="$4"
-    start_server "$binary" "$url"
+    local db="$1" name="$2" binary="$3" url="$4" settings="$5"
+    start_server "$binary" "$url" "$settings"
     seed
     local cpu_before cpu_after
     cpu_before=$(cpu_ticks "$server")
@@ -129,22 +133,27 @@ measure() {
     echo "$db $name: $rps requests/s, p50 $p50 ms, p99 $p99 ms, $cpu us CPU/request ($statuses)" >&2
 }
 
+# The like-for-like comparison is the example app with its shipment watch
+# off (SHIPMENT_DEADLINE_SECS=0): the baseline has no saga. The app as it
+# ships, watch on (a saga instance and its deadline stored per new order),
+# is measured beside them.
 services=(
-    "example-app target/release/example-app"
+    "example-app target/release/example-app SHIPMENT_DEADLINE_SECS=0"
     "baseline target/release/hand-written-allocation"
+    "example-app+watch target/release/example-app"
 )
 
 for service in "${services[@]}"; do
-    read -r name binary <<<"$service"
-    measure sqlite "$name" "$binary" "sqlite://$dir/$name.db"
+    read -r name binary settings <<<"$service"
+    measure sqlite "$name" "$binary" "sqlite://$dir/$name.db" "$settings"
 done
 
 if psql "$postgres_url" -q -c 'SELECT 1' >/dev/null 2>&1; then
     for service in "${services[@]}"; do
-        read -r name binary <<<"$service"
-        database="bench_service_$$_${name//-/_}"
+        read -r name binary settings <<<"$service"
+        database="bench_service_$$_${name//[-+]/_}"
         psql "$postgres_url" -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE $database" >/dev/null
-        measure postgres "$name" "$binary" "$(postgres_database_url "$database")"
+        measure postgres "$name" "$binary" "$(postgres_database_url "$database")" "$settings"
         drop_database
     done
 else
@@ -157,7 +166,7 @@ awk '
     { db[NR] = $1; svc[NR] = $2; rps[NR] = $3; p50[NR] = $4; p99[NR] = $5; cpu[NR] = $6; st[NR] = $7
       if ($2 == "baseline") base[$1] = $3 }
     END {
-        fmt = "%-9s %-12s %11s %8s %8s %13s %15s  %s\n"
+        fmt = "%-9s %-18s %11s %8s %8s %13s %15s  %s\n"
         printf fmt, "database", "service", "requests/s", "p50 ms", "p99 ms", "app/baseline", \
             "CPU us/request", "statuses"
         for (i = 1; i <= NR; i++) {

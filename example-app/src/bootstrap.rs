@@ -26,7 +26,7 @@ use crate::adapters::storage::Storage;
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch, ReleaseAllocation};
 use crate::domain::events::{BatchAdded, BatchQuantityChanged};
 use crate::service_layer::handlers::reallocate;
-use crate::service_layer::shipment::ShipmentDeadline;
+use crate::service_layer::shipment::{ShipmentDeadline, ShipmentWatch};
 use crate::service_layer::unit_of_work::{UnitOfWork, UnitOfWorkFactory};
 use crate::service_layer::ServiceError;
 use crate::views::{AllocationsView, AllocationsViewFactory, ViewTable};
@@ -248,12 +248,17 @@ pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
         shipment_deadline,
         event_retry_wait,
     } = adapters;
-    let sagas = scheduler.clone().into_saga_store();
+    let mut sagas = Sagas::new(scheduler.clone().into_saga_store()).with(shipment_deadline);
+    if shipment_deadline.0.is_zero() {
+        // The watch is off: its saga is never read, so an allocation costs
+        // no read of it either.
+        sagas = sagas.disabled::<ShipmentWatch>();
+    }
     let dependencies = Dependencies::new()
         .scoped_boxed::<dyn UnitOfWork, _>(move |scope| unit_of_work(scope))
         .scoped_boxed::<dyn AllocationsView, _>(move |scope| views(scope))
         .shared_arc(notifications)
-        .shared(Sagas::new(sagas).with(shipment_deadline));
+        .shared(sagas);
     Bus::builder()
         .dependencies(dependencies)
         .require_event_handlers()

@@ -38,6 +38,8 @@ pub const MAX_CONFLICTS: u32 = 100;
 pub struct Sagas {
     store: Arc<dyn SagaStore>,
     settings: Arc<Settings>,
+    /// The names of the sagas turned off ([`Sagas::disabled`]).
+    disabled: Arc<[&'static str]>,
 }
 
 /// Values a saga's handlers read by type ([`SagaContext::setting`]).
@@ -72,6 +74,7 @@ impl Sagas {
         Sagas {
             store,
             settings: Arc::default(),
+            disabled: Arc::new([]),
         }
     }
 
@@ -99,6 +102,51 @@ impl Sagas {
         self
     }
 
+    /// The same runtime with the saga `S` turned off, for a deployment
+    /// that does not want it: no instance of it is ever read, started or
+    /// stored. A message that would start one is taken and dropped (as if
+    /// the saga declined it), a timeout is ignored, and any other message
+    /// finds no instance (its `not_found` says what then). The store is
+    /// never asked: a saga turned off costs its messages nothing.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use arch_events::saga::{saga, SagaContext, Sagas};
+    /// use arch_events::schedule::InMemoryScheduler;
+    /// use arch_events::Event;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+    /// #[event(serde)]
+    /// struct Signed { account: String }
+    ///
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Onboarding;
+    ///
+    /// #[saga(name = "onboarding")]
+    /// impl Onboarding {
+    ///     #[starts(by = account)]
+    ///     fn signed(&mut self, _: &Signed, _: &mut SagaContext) {}
+    /// }
+    ///
+    /// // The onboarding is off in this deployment.
+    /// let sagas = Sagas::new(Arc::new(InMemoryScheduler::new())).disabled::<Onboarding>();
+    /// assert!(sagas.is_disabled("onboarding"));
+    /// ```
+    pub fn disabled<S: Saga>(mut self) -> Self {
+        if !self.is_disabled(S::NAME) {
+            let mut disabled = self.disabled.to_vec();
+            disabled.push(S::NAME);
+            self.disabled = disabled.into();
+        }
+        self
+    }
+
+    /// Whether the saga named `saga` is turned off ([`disabled`](Self::disabled)).
+    pub fn is_disabled(&self, saga: &str) -> bool {
+        self.disabled.iter().any(|name| *name == saga)
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn SagaStore> {
         &self.store
@@ -124,8 +172,19 @@ impl Sagas {
     {
         let saga = S::NAME;
         let name = M::meta().name();
+        let disabled = self.is_disabled(saga);
+        if disabled && role == Role::Starts {
+            tracing::debug!(saga, saga_id = %id, message = name, "the saga is turned off: nothing started");
+            return unchanged(&releaser);
+        }
         for _ in 0..MAX_CONFLICTS {
-            let (mut state, expected, mut timeouts) = match self.store.load(saga, &id).await? {
+            // A saga turned off has no instance: the store is not asked.
+            let record = if disabled {
+                None
+            } else {
+                self.store.load(saga, &id).await?
+            };
+            let (mut state, expected, mut timeouts) = match record {
                 Some(SagaRecord::Active {
                     state,
                     version,

@@ -118,6 +118,7 @@ macro_rules! saga_tests {
             a_timeout_cancelled_while_it_fires_is_ignored,
             a_message_this_bus_does_not_know_is_left_for_another,
             a_declined_start_stores_nothing,
+            a_disabled_saga_never_asks_its_store,
         );
     };
     (@each $fresh:path; $($test:ident),* $(,)?) => {
@@ -355,6 +356,11 @@ fn flaky(_: Flaky, journal: &Journal) -> Result<(), std::io::Error> {
 
 /// The suite's bus over `sagas`, writing to `journal`.
 pub fn bus(sagas: Arc<dyn SagaStore>, journal: Arc<Journal>) -> Bus {
+    bus_with(Sagas::new(sagas), journal)
+}
+
+/// The suite's bus over the runtime `sagas`, writing to `journal`.
+pub fn bus_with(sagas: Sagas, journal: Arc<Journal>) -> Bus {
     Bus::builder()
         .registrations(
             Registrations::new()
@@ -363,11 +369,7 @@ pub fn bus(sagas: Arc<dyn SagaStore>, journal: Arc<Journal>) -> Bus {
                 .handler::<remind>()
                 .handler::<flaky>(),
         )
-        .dependencies(
-            Dependencies::new()
-                .shared(Sagas::new(sagas))
-                .shared_arc(journal),
-        )
+        .dependencies(Dependencies::new().shared(sagas).shared_arc(journal))
         .retry(RetryPolicy::exponential(3).first_delay(Duration::from_millis(1)))
         .build()
         .expect("the suite's bus builds")
@@ -1078,4 +1080,78 @@ pub async fn a_declined_start_stores_nothing(under: SagasUnderTest, _clock: Virt
         "no timeout"
     );
     assert!(bus.dead_letters().unwrap().is_empty());
+}
+
+/// A saga store that counts what it is asked, over another.
+struct Counting {
+    store: Arc<dyn SagaStore>,
+    asked: Mutex<usize>,
+}
+
+#[arch_events::async_trait]
+impl SagaStore for Counting {
+    async fn load(&self, saga: &'static str, id: &str) -> Result<Option<SagaRecord>, SagaError> {
+        *self.asked.lock().unwrap() += 1;
+        self.store.load(saga, id).await
+    }
+
+    async fn commit(
+        &self,
+        change: arch_events::saga::SagaChange,
+        releaser: &arch_events::EventReleaser,
+        flow: &MessageContext,
+    ) -> Result<(), SagaError> {
+        *self.asked.lock().unwrap() += 1;
+        self.store.commit(change, releaser, flow).await
+    }
+
+    fn now(&self) -> std::time::SystemTime {
+        self.store.now()
+    }
+}
+
+/// A saga turned off (`Sagas::disabled`) is never read or stored: what
+/// would start it is dropped, a continuing message finds none (each as its
+/// `not_found` says), and the store is never asked. The same messages on
+/// a runtime where it is on do ask it, and start it.
+pub async fn a_disabled_saga_never_asks_its_store(under: SagasUnderTest, _clock: VirtualClock) {
+    let counting = Arc::new(Counting {
+        store: under.sagas.clone(),
+        asked: Mutex::new(0),
+    });
+    let journal = Arc::new(Journal::default());
+    let off = bus_with(
+        Sagas::new(counting.clone()).disabled::<AwaitPayment>(),
+        journal.clone(),
+    );
+    off.publish(Ordered { order: 8 }).await.unwrap();
+    off.publish(Noted { order: 8, note: 1 }).await.unwrap();
+    match off.dispatch(Refund { order: 8 }).await {
+        Err(DispatchError::Handler(SagaError::NotFound { saga, id, .. })) => {
+            assert_eq!((saga, id.as_str()), ("conformance.await_payment", "8"));
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    off.publish(Disputed { order: 8 }).await.unwrap();
+    let letters = off.dead_letters().unwrap().take();
+    assert_eq!(letters.len(), 1, "`Disputed` finds none: dead-lettered");
+    assert_eq!(
+        *counting.asked.lock().unwrap(),
+        0,
+        "the store was never asked"
+    );
+    assert_eq!(state(&*under.sagas, 8).await, None, "nothing started");
+    assert!(
+        under.scheduler.pending().await.unwrap().is_empty(),
+        "no timeout"
+    );
+    // Turned on, the same start reaches the store and starts the saga.
+    let on = bus_with(Sagas::new(counting.clone()), journal);
+    on.publish(Ordered { order: 8 }).await.unwrap();
+    assert!(
+        *counting.asked.lock().unwrap() >= 2,
+        "loaded, then committed"
+    );
+    running(&*under.sagas, 8).await;
+    assert!(on.dead_letters().unwrap().is_empty());
 }
