@@ -483,8 +483,8 @@ criterion_group!(benches, command_dispatch, event_fanout, chain, startup);
 /// between runs (timings on a shared machine do):
 ///
 /// ```sh
-/// ARCH_EVENTS_COUNT=chain:10000 valgrind --tool=callgrind target/release/deps/dispatch-<hash>
-/// ARCH_EVENTS_COUNT=chain:20000 valgrind --tool=callgrind target/release/deps/dispatch-<hash>
+/// ARCH_EVENTS_COUNT=bus_command_3_events:10000 valgrind --tool=callgrind target/release/deps/dispatch-<hash>
+/// ARCH_EVENTS_COUNT=bus_command_3_events:20000 valgrind --tool=callgrind target/release/deps/dispatch-<hash>
 /// ```
 ///
 /// The difference of the two totals, divided by 10,000, is one dispatch's

@@ -72,10 +72,10 @@ const INBOUND: u32 = 1 << 31;
 /// recorder). Every reader sees the same ids. Its correlation and causation
 /// ids are known from the start: the cause's ([`Cause`]).
 ///
-/// A pending event keeps its ids in one (`PendingEvent::lazy_ids` lends it
-/// to the run that handles the event, not a copy). Neither `Clone` nor
-/// `Copy`: a copy taken before the first read would make other ids
-/// ([`copied`](Self::copied) is for a state that cannot).
+/// A pending event keeps its ids in one (`PendingEvent::with_lazy_ids`
+/// lends it to the run that handles the event, not a copy). Neither `Clone`
+/// nor `Copy`: a copy taken before the first read would make other ids
+/// ([`copied`](Self::copied) is for a pending event's copy only).
 #[derive(Debug)]
 pub(crate) enum LazyContext {
     /// A first message (or an event in no dispatch yet): its ids are all
@@ -156,9 +156,10 @@ impl LazyContext {
         }
     }
 
-    /// A copy of a state whose copy cannot make other ids: ids not
-    /// caused by anything yet, or made already. (A state waiting on its
-    /// cause is never copied: each copy would make an id of its own.)
+    /// The ids of a copy of a pending event: the same once made; unmade
+    /// for an event in no dispatch yet (`Root`: each copy joins a dispatch,
+    /// and takes its ids there, on its own). A state waiting on its cause
+    /// is never copied: each copy would make an id of its own.
     #[inline]
     pub(crate) fn copied(&self) -> Self {
         match *self {

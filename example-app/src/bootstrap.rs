@@ -250,9 +250,9 @@ pub fn bootstrap(adapters: Adapters) -> Result<Bus, BuildError> {
     } = adapters;
     let mut sagas = Sagas::new(scheduler.clone().into_saga_store()).with(shipment_deadline);
     if shipment_deadline.0.is_zero() {
-        // The watch is off: its saga is never read, so an allocation costs
-        // no read of it either.
-        sagas = sagas.disabled::<ShipmentWatch>();
+        // The watch is off: an allocation starts no watch, and costs no
+        // read of one either (watches started before go on to their end).
+        sagas = sagas.no_new::<ShipmentWatch>();
     }
     let dependencies = Dependencies::new()
         .scoped_boxed::<dyn UnitOfWork, _>(move |scope| unit_of_work(scope))

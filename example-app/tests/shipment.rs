@@ -437,7 +437,7 @@ async fn with_the_watch_off_no_order_is_watched() {
     assert_eq!(
         sqlite.store().delivery_lag().await.unwrap().count,
         0,
-        "`Allocated` delivered to every handler, the declining watch included"
+        "`Allocated` delivered to every handler, the watch that starts nothing included"
     );
     let confirmed = bus
         .dispatch(ConfirmShipment {

@@ -38,8 +38,8 @@ pub const MAX_CONFLICTS: u32 = 100;
 pub struct Sagas {
     store: Arc<dyn SagaStore>,
     settings: Arc<Settings>,
-    /// The names of the sagas turned off ([`Sagas::disabled`]).
-    disabled: Arc<[&'static str]>,
+    /// The names of the sagas that start no new instance ([`Sagas::no_new`]).
+    not_starting: Arc<[&'static str]>,
 }
 
 /// Values a saga's handlers read by type ([`SagaContext::setting`]).
@@ -53,7 +53,8 @@ impl std::fmt::Debug for Sagas {
 
 /// Nothing was stored, and running this call again would store nothing
 /// either (the saga completed, a timeout it does not wait for, a message
-/// the saga declines): the delivery it serves (a stored event's, for one
+/// the saga declines, a start of a saga that starts no new instance): the
+/// delivery it serves (a stored event's, for one
 /// of its handlers) needs no record of its own; a crash before the event's
 /// other handlers are through runs it again, to the same effect. The call
 /// that finishes the delivery is left to the bus, which records that the
@@ -74,7 +75,7 @@ impl Sagas {
         Sagas {
             store,
             settings: Arc::default(),
-            disabled: Arc::new([]),
+            not_starting: Arc::new([]),
         }
     }
 
@@ -102,12 +103,12 @@ impl Sagas {
         self
     }
 
-    /// The same runtime with the saga `S` turned off, for a deployment
-    /// that does not want it: no instance of it is ever read, started or
-    /// stored. A message that would start one is taken and dropped (as if
-    /// the saga declined it), a timeout is ignored, and any other message
-    /// finds no instance (its `not_found` says what then). The store is
-    /// never asked: a saga turned off costs its messages nothing.
+    /// The same runtime, starting no new instance of the saga `S`: for a
+    /// deployment that turns the saga off. A message that would start one
+    /// is dropped without reading the store (nothing stored, as when the
+    /// saga declines it). The instances already running go on as before
+    /// (their messages and their timeouts), so that turning a saga off
+    /// winds it down instead of stranding what it was waiting for.
     ///
     /// ```
     /// use std::sync::Arc;
@@ -129,22 +130,23 @@ impl Sagas {
     ///     fn signed(&mut self, _: &Signed, _: &mut SagaContext) {}
     /// }
     ///
-    /// // The onboarding is off in this deployment.
-    /// let sagas = Sagas::new(Arc::new(InMemoryScheduler::new())).disabled::<Onboarding>();
-    /// assert!(sagas.is_disabled("onboarding"));
+    /// // No new onboarding in this deployment.
+    /// let sagas = Sagas::new(Arc::new(InMemoryScheduler::new())).no_new::<Onboarding>();
+    /// assert!(!sagas.starts("onboarding"));
     /// ```
-    pub fn disabled<S: Saga>(mut self) -> Self {
-        if !self.is_disabled(S::NAME) {
-            let mut disabled = self.disabled.to_vec();
-            disabled.push(S::NAME);
-            self.disabled = disabled.into();
+    pub fn no_new<S: Saga>(mut self) -> Self {
+        if self.starts(S::NAME) {
+            let mut not_starting = self.not_starting.to_vec();
+            not_starting.push(S::NAME);
+            self.not_starting = not_starting.into();
         }
         self
     }
 
-    /// Whether the saga named `saga` is turned off ([`disabled`](Self::disabled)).
-    pub fn is_disabled(&self, saga: &str) -> bool {
-        self.disabled.iter().any(|name| *name == saga)
+    /// Whether the saga named `saga` starts new instances (it does unless
+    /// [`no_new`](Self::no_new) said otherwise).
+    pub fn starts(&self, saga: &str) -> bool {
+        !self.not_starting.iter().any(|name| *name == saga)
     }
 
     /// The store.
@@ -172,19 +174,14 @@ impl Sagas {
     {
         let saga = S::NAME;
         let name = M::meta().name();
-        let disabled = self.is_disabled(saga);
-        if disabled && role == Role::Starts {
-            tracing::debug!(saga, saga_id = %id, message = name, "the saga is turned off: nothing started");
+        if role == Role::Starts && !self.starts(saga) {
+            // Dropped unread: starting nothing, it would store nothing,
+            // whatever the store holds.
+            tracing::debug!(saga, saga_id = %id, message = name, "the saga starts no new instance: dropped");
             return unchanged(&releaser);
         }
         for _ in 0..MAX_CONFLICTS {
-            // A saga turned off has no instance: the store is not asked.
-            let record = if disabled {
-                None
-            } else {
-                self.store.load(saga, &id).await?
-            };
-            let (mut state, expected, mut timeouts) = match record {
+            let (mut state, expected, mut timeouts) = match self.store.load(saga, &id).await? {
                 Some(SagaRecord::Active {
                     state,
                     version,

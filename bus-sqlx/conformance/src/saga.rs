@@ -118,7 +118,7 @@ macro_rules! saga_tests {
             a_timeout_cancelled_while_it_fires_is_ignored,
             a_message_this_bus_does_not_know_is_left_for_another,
             a_declined_start_stores_nothing,
-            a_disabled_saga_never_asks_its_store,
+            a_saga_that_starts_no_new_instance_never_reads_for_a_start,
         );
     };
     (@each $fresh:path; $($test:ident),* $(,)?) => {
@@ -1110,48 +1110,63 @@ impl SagaStore for Counting {
     }
 }
 
-/// A saga turned off (`Sagas::disabled`) is never read or stored: what
-/// would start it is dropped, a continuing message finds none (each as its
-/// `not_found` says), and the store is never asked. The same messages on
-/// a runtime where it is on do ask it, and start it.
-pub async fn a_disabled_saga_never_asks_its_store(under: SagasUnderTest, _clock: VirtualClock) {
+/// A runtime that starts no new instance of a saga (`Sagas::no_new`)
+/// drops what would start one without asking the store, while the
+/// instances already running go on: their messages update them, a
+/// start for one of them changes nothing, a continuing message that finds
+/// none does what it declares.
+pub async fn a_saga_that_starts_no_new_instance_never_reads_for_a_start(
+    under: SagasUnderTest,
+    _clock: VirtualClock,
+) {
     let counting = Arc::new(Counting {
         store: under.sagas.clone(),
         asked: Mutex::new(0),
     });
     let journal = Arc::new(Journal::default());
+    let on = bus_with(Sagas::new(counting.clone()), journal.clone());
     let off = bus_with(
-        Sagas::new(counting.clone()).disabled::<AwaitPayment>(),
+        Sagas::new(counting.clone()).no_new::<AwaitPayment>(),
         journal.clone(),
     );
+    // Started while the saga started instances.
+    on.publish(Ordered { order: 9 }).await.unwrap();
+    let (_, version) = running(&*under.sagas, 9).await;
+    let timeouts = under.scheduler.pending().await.unwrap().len();
+    assert_eq!(timeouts, 1, "order 9's timeout waits");
+    let asked = *counting.asked.lock().unwrap();
+    assert!(asked >= 2, "a start reads, then commits");
+    // Starts: dropped unread, a new one as an existing one's.
     off.publish(Ordered { order: 8 }).await.unwrap();
-    off.publish(Noted { order: 8, note: 1 }).await.unwrap();
+    off.publish(Ordered { order: 9 }).await.unwrap();
+    assert_eq!(
+        *counting.asked.lock().unwrap(),
+        asked,
+        "the store was not asked"
+    );
+    assert_eq!(state(&*under.sagas, 8).await, None, "nothing started");
+    assert_eq!(
+        running(&*under.sagas, 9).await.1,
+        version,
+        "order 9 unchanged"
+    );
+    assert_eq!(
+        under.scheduler.pending().await.unwrap().len(),
+        timeouts,
+        "no new timeout"
+    );
+    // The running one goes on; a missing one is not found.
+    off.publish(Noted { order: 9, note: 5 }).await.unwrap();
+    assert!(
+        running(&*under.sagas, 9).await.1 > version,
+        "order 9 went on"
+    );
     match off.dispatch(Refund { order: 8 }).await {
         Err(DispatchError::Handler(SagaError::NotFound { saga, id, .. })) => {
             assert_eq!((saga, id.as_str()), ("conformance.await_payment", "8"));
         }
         other => panic!("expected NotFound, got {other:?}"),
     }
-    off.publish(Disputed { order: 8 }).await.unwrap();
-    let letters = off.dead_letters().unwrap().take();
-    assert_eq!(letters.len(), 1, "`Disputed` finds none: dead-lettered");
-    assert_eq!(
-        *counting.asked.lock().unwrap(),
-        0,
-        "the store was never asked"
-    );
-    assert_eq!(state(&*under.sagas, 8).await, None, "nothing started");
-    assert!(
-        under.scheduler.pending().await.unwrap().is_empty(),
-        "no timeout"
-    );
-    // Turned on, the same start reaches the store and starts the saga.
-    let on = bus_with(Sagas::new(counting.clone()), journal);
-    on.publish(Ordered { order: 8 }).await.unwrap();
-    assert!(
-        *counting.asked.lock().unwrap() >= 2,
-        "loaded, then committed"
-    );
-    running(&*under.sagas, 8).await;
+    assert!(off.dead_letters().unwrap().is_empty());
     assert!(on.dead_letters().unwrap().is_empty());
 }

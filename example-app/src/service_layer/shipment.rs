@@ -66,7 +66,9 @@ impl ShipmentWatch {
     #[starts(by = orderid)]
     fn allocated(&mut self, event: &Allocated, saga: &mut SagaContext) {
         if deadline(saga).is_zero() {
-            // The watch is off: no order is watched.
+            // The watch is off: no order is watched. (The bootstrap's
+            // runtime starts none then, `Sagas::no_new`; this is for a
+            // runtime wired otherwise.)
             saga.decline();
             return;
         }
