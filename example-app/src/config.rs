@@ -56,8 +56,8 @@ pub struct Config {
     /// confirmed (`POST /orders/<orderid>/shipped`, or the stream
     /// `shipment_confirmed`), from its first allocation: then they are
     /// released, their units returned to their batches. In seconds; 0
-    /// turns the watch off (no order is watched, every confirmation is a
-    /// 404).
+    /// turns the watch off (no new order is watched, and confirming one is
+    /// a 404; the watches started before go on to their deadlines).
     #[arg(
         long = "shipment-deadline-secs",
         env = "SHIPMENT_DEADLINE_SECS",
