@@ -57,7 +57,8 @@ pub struct Config {
     /// `shipment_confirmed`), from its first allocation: then they are
     /// released, their units returned to their batches. In seconds; 0
     /// turns the watch off (no new order is watched, and confirming one is
-    /// a 404; the watches started before go on to their deadlines).
+    /// a 404; a watch started before goes on to its deadline with the
+    /// lines it knew, see the guide's chapter 12).
     #[arg(
         long = "shipment-deadline-secs",
         env = "SHIPMENT_DEADLINE_SECS",

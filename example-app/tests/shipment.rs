@@ -427,6 +427,32 @@ async fn with_the_watch_off_no_order_is_watched() {
     let Database::Sqlite(sqlite) = &database else {
         unreachable!("a SQLite URL")
     };
+    // A watch that does not read back, for another order: an allocation
+    // that read its order's watch (to decline it) would fail on it, and
+    // its event would be a dead letter.
+    sqlx::query(
+        "INSERT INTO bus_sagas (saga, id, version, state) \
+         VALUES ('allocation.shipment_watch', 'o2', 1, 'not a watch')",
+    )
+    .execute(sqlite.pool())
+    .await
+    .unwrap();
+    bus.dispatch(Allocate {
+        orderid: "o2".into(),
+        sku: "LAMP".into(),
+        qty: 1,
+    })
+    .await
+    .unwrap();
+    assert!(
+        database
+            .dead_letters()
+            .list(false)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no allocation read its order's watch"
+    );
     let watch = sqlite
         .scheduler()
         .load("allocation.shipment_watch", "o1")

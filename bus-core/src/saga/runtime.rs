@@ -104,11 +104,14 @@ impl Sagas {
     }
 
     /// The same runtime, starting no new instance of the saga `S`: for a
-    /// deployment that turns the saga off. A message that would start one
-    /// is dropped without reading the store (nothing stored, as when the
-    /// saga declines it). The instances already running go on as before
-    /// (their messages and their timeouts), so that turning a saga off
-    /// winds it down instead of stranding what it was waiting for.
+    /// deployment that turns the saga off. Every message of a `#[starts]`
+    /// handler is dropped without reading the store (nothing stored, as
+    /// when the saga declines it), also when an instance for it is
+    /// running: finding out would take the read this saves. The instances
+    /// already running hear their other messages and their timeouts as
+    /// before, and so wind down to their end; one that waits for another
+    /// starting message (a saga started by whichever of two messages
+    /// comes first) waits for its timeout instead.
     ///
     /// ```
     /// use std::sync::Arc;
@@ -146,7 +149,7 @@ impl Sagas {
     /// Whether the saga named `saga` starts new instances (it does unless
     /// [`no_new`](Self::no_new) said otherwise).
     pub fn starts(&self, saga: &str) -> bool {
-        !self.not_starting.iter().any(|name| *name == saga)
+        self.not_starting.iter().all(|name| *name != saga)
     }
 
     /// The store.

@@ -1112,12 +1112,12 @@ impl SagaStore for Counting {
 
 /// A runtime that starts no new instance of a saga (`Sagas::no_new`)
 /// drops what would start one without asking the store, while the
-/// instances already running go on: their messages update them, a
-/// start for one of them changes nothing, a continuing message that finds
-/// none does what it declares.
+/// instances already running go on: their messages update them, their
+/// timeouts fire, a start for one of them is dropped too, a continuing
+/// message that finds none does what it declares.
 pub async fn a_saga_that_starts_no_new_instance_never_reads_for_a_start(
     under: SagasUnderTest,
-    _clock: VirtualClock,
+    clock: VirtualClock,
 ) {
     let counting = Arc::new(Counting {
         store: under.sagas.clone(),
@@ -1167,6 +1167,18 @@ pub async fn a_saga_that_starts_no_new_instance_never_reads_for_a_start(
         }
         other => panic!("expected NotFound, got {other:?}"),
     }
+    // The running one's timeout fires on the runtime that starts none.
+    let fired = clock
+        .advance_and_fire(PAYMENT_WINDOW, &*under.scheduler, &off)
+        .await
+        .unwrap();
+    assert_eq!(fired, 1);
+    assert!(off.settled(Duration::from_secs(10)).await);
+    assert_eq!(*journal.cancelled.lock().unwrap(), [9], "order 9 timed out");
+    assert!(matches!(
+        state(&*under.sagas, 9).await,
+        Some(SagaRecord::Completed { .. })
+    ));
     assert!(off.dead_letters().unwrap().is_empty());
     assert!(on.dead_letters().unwrap().is_empty());
 }
