@@ -275,6 +275,19 @@ fn startup_registrations(count: usize) -> Registrations {
 
 // ---- the benchmarks ---------------------------------------------------------
 
+/// The bus of the command benchmarks: `scale` and `scale_async`, over
+/// the same configuration as the hand-written map.
+fn command_bus() -> Result<Bus, arch_events::BuildError> {
+    Bus::builder()
+        .registrations(
+            Registrations::new()
+                .handler::<scale>()
+                .handler::<scale_async>(),
+        )
+        .dependencies(Dependencies::new().shared(Config { factor: 3 }))
+        .build()
+}
+
 fn command_dispatch(c: &mut Criterion) {
     let config = Config { factor: 3 };
     let mut group = c.benchmark_group("command_dispatch");
@@ -294,15 +307,7 @@ fn command_dispatch(c: &mut Criterion) {
         b.iter(|| hand_wired.dispatch(black_box(Scale { value: 7 })))
     });
 
-    let bus = Bus::builder()
-        .registrations(
-            Registrations::new()
-                .handler::<scale>()
-                .handler::<scale_async>(),
-        )
-        .dependencies(Dependencies::new().shared(Config { factor: 3 }))
-        .build()
-        .expect("valid wiring");
+    let bus = command_bus().expect("valid wiring");
     // Every variant hands back an `Option<u64>`, as `hand_wired_map` does.
     group.bench_function("bus_sync", |b| {
         b.iter(|| bus.dispatch_blocking(black_box(Scale { value: 7 })).ok())
@@ -497,15 +502,7 @@ fn counted(spec: &str) -> Result<(), String> {
         .parse()
         .map_err(|_| format!("not a number of times: {times:?}"))?;
     let config = Config { factor: 3 };
-    let commands = Bus::builder()
-        .registrations(
-            Registrations::new()
-                .handler::<scale>()
-                .handler::<scale_async>(),
-        )
-        .dependencies(Dependencies::new().shared(Config { factor: 3 }))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let commands = command_bus().map_err(|e| e.to_string())?;
     let ticks = Bus::builder()
         .registrations(tick_registrations())
         .build()
