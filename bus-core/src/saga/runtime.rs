@@ -178,8 +178,8 @@ impl Sagas {
         let saga = S::NAME;
         let name = M::meta().name();
         if role == Role::Starts && !self.starts(saga) {
-            // Dropped unread: starting nothing, it would store nothing,
-            // whatever the store holds.
+            // Dropped unread, also a start for a running instance (finding
+            // out would take the read this saves; see `no_new`).
             tracing::debug!(saga, saga_id = %id, message = name, "the saga starts no new instance: dropped");
             return unchanged(&releaser);
         }
