@@ -491,12 +491,17 @@ pub(crate) struct Closed {
     trouble: Option<Box<Trouble>>,
 }
 
+impl Trouble {
+    /// What units of work dropped without committing, if there is trouble.
+    fn uncommitted(trouble: Option<&Trouble>) -> Uncommitted {
+        trouble.map_or_else(Uncommitted::default, |trouble| trouble.uncommitted)
+    }
+}
+
 impl Closed {
     /// What its units of work dropped without committing.
     pub(crate) fn uncommitted(&self) -> Uncommitted {
-        self.trouble
-            .as_ref()
-            .map_or_else(Uncommitted::default, |trouble| trouble.uncommitted)
+        Trouble::uncommitted(self.trouble.as_deref())
     }
 
     /// What it tried to release although it is a query's, taken.
@@ -808,10 +813,7 @@ impl fmt::Debug for EventReleaser {
         let (events, closed, delivery, uncommitted) = {
             let state = self.state();
             let names: Vec<&'static str> = state.events.iter().map(PendingEvent::name).collect();
-            let uncommitted = state
-                .trouble
-                .as_ref()
-                .map_or_else(Uncommitted::default, |trouble| trouble.uncommitted);
+            let uncommitted = Trouble::uncommitted(state.trouble.as_deref());
             (names, state.closed, state.delivery, uncommitted)
         };
         f.debug_struct("EventReleaser")

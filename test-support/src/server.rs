@@ -298,24 +298,23 @@ pub fn example_app_binary() -> String {
 /// Runs `statement` on the server's database from outside (SQLite or
 /// PostgreSQL, by the URL): the fault injection of the tests.
 pub async fn on_database(database_url: &str, statement: &str) {
-    use sqlx::Connection as _;
     if database_url.starts_with("sqlite:") {
-        let mut connection = sqlx::SqliteConnection::connect(database_url)
-            .await
-            .expect("opens");
-        sqlx::query(statement)
-            .execute(&mut connection)
-            .await
-            .expect("runs");
-        connection.close().await.expect("closes");
+        run_on::<sqlx::SqliteConnection>(database_url, statement).await;
     } else {
-        let mut connection = sqlx::PgConnection::connect(database_url)
-            .await
-            .expect("opens");
-        sqlx::query(statement)
-            .execute(&mut connection)
-            .await
-            .expect("runs");
-        connection.close().await.expect("closes");
+        run_on::<sqlx::PgConnection>(database_url, statement).await;
     }
+}
+
+/// Runs `statement` on a connection of its own, of the kind `C`.
+async fn run_on<C>(database_url: &str, statement: &str)
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+{
+    let mut connection = C::connect(database_url).await.expect("opens");
+    sqlx::raw_sql(statement)
+        .execute(&mut connection)
+        .await
+        .expect("runs");
+    connection.close().await.expect("closes");
 }
